@@ -55,7 +55,7 @@ impl MoatHome {
 
     /// User-declared providers.
     pub fn providers_file(&self) -> PathBuf {
-        self.root.join("providers.yaml")
+        self.root.join("providers.json")
     }
 
     /// The proxy daemon's working directory.
@@ -91,10 +91,7 @@ mod tests {
     #[test]
     fn profile_credentials_are_nested() {
         let home = MoatHome::at("/h");
-        assert_eq!(
-            home.credentials_dir(None),
-            PathBuf::from("/h/credentials")
-        );
+        assert_eq!(home.credentials_dir(None), PathBuf::from("/h/credentials"));
         let work = Profile::new("work").unwrap();
         assert_eq!(
             home.credentials_dir(Some(&work)),

@@ -8,7 +8,9 @@ pub struct Profile(String);
 
 /// A profile name that does not follow the rules.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid profile name {0:?}: use letters, digits, '-' and '_', starting with a letter or digit")]
+#[error(
+    "invalid profile name {0:?}: use letters, digits, '-' and '_', starting with a letter or digit"
+)]
 pub struct ProfileError(pub String);
 
 impl Profile {

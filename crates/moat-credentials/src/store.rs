@@ -1,0 +1,438 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use chrono::{DateTime, Utc};
+use moat_home::{read_if_exists, write_private_atomic, MoatHome, Profile};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{CredentialError, DecryptError, EncryptionKey, ProviderKind, Secret};
+
+/// Where a stored secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialSource {
+    /// An environment variable.
+    Env,
+    /// Another tool's CLI (`gh auth token`).
+    Cli,
+    /// Typed or pasted at a prompt, or read from stdin.
+    Prompt,
+    /// Imported from another tool's credentials file.
+    Import,
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialSource::Env => "env",
+            CredentialSource::Cli => "cli",
+            CredentialSource::Prompt => "prompt",
+            CredentialSource::Import => "import",
+        })
+    }
+}
+
+/// A stored credential: the secret and what moat knows about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credential {
+    /// The file stem: provider name, or `mcp-<name>`.
+    pub provider: String,
+    /// The secret.
+    pub secret: Secret,
+    /// What the secret is.
+    pub kind: ProviderKind,
+    /// Where it came from.
+    pub source: CredentialSource,
+    /// When it was stored.
+    pub granted_at: DateTime<Utc>,
+    /// When it stops working, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Scopes, if the provider has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Provider extras that are not secret (GitHub login, npm host).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Credential {
+    /// A token credential granted now.
+    pub fn new(provider: &str, secret: Secret, source: CredentialSource) -> Self {
+        Credential {
+            provider: provider.to_string(),
+            secret,
+            kind: ProviderKind::Token,
+            source,
+            granted_at: Utc::now(),
+            expires_at: None,
+            scopes: Vec::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the credential is past its expiry at `now`.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// One file in the store, decrypted or not.
+#[derive(Debug)]
+pub struct StoredEntry {
+    /// The file stem (provider name).
+    pub provider: String,
+    /// The credential, or why it could not be read.
+    pub credential: Result<Credential, DecryptError>,
+}
+
+const MAGIC: &[u8; 4] = b"MOAT";
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = MAGIC.len() + 1 + NONCE_LEN;
+
+/// The encrypted credential store of one profile.
+///
+/// Files are `MAGIC ‖ version ‖ nonce ‖ AES-256-GCM(JSON)`, with the file
+/// stem as associated data: a file copied to another provider's name fails
+/// authentication instead of injecting the wrong secret. The key is loaded
+/// lazily, so `remove` works even when the key is lost.
+#[derive(Debug)]
+pub struct CredentialStore {
+    home: MoatHome,
+    profile: Option<Profile>,
+    key: OnceLock<EncryptionKey>,
+}
+
+impl CredentialStore {
+    /// The store of `profile` (the default profile when `None`) in `home`.
+    pub fn new(home: MoatHome, profile: Option<Profile>) -> Self {
+        CredentialStore {
+            home,
+            profile,
+            key: OnceLock::new(),
+        }
+    }
+
+    /// A store using `key` instead of the keychain or key file.
+    pub fn with_key(home: MoatHome, profile: Option<Profile>, key: EncryptionKey) -> Self {
+        let store = CredentialStore::new(home, profile);
+        let _ = store.key.set(key);
+        store
+    }
+
+    /// The active profile.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_ref()
+    }
+
+    /// The directory holding this profile's files.
+    pub fn dir(&self) -> PathBuf {
+        self.home.credentials_dir(self.profile.as_ref())
+    }
+
+    /// The path of `provider`'s file.
+    pub fn path(&self, provider: &str) -> PathBuf {
+        self.dir().join(format!("{provider}.enc"))
+    }
+
+    /// The encryption key, loaded (or created) on first use.
+    pub fn key(&self) -> Result<&EncryptionKey, CredentialError> {
+        if let Some(key) = self.key.get() {
+            return Ok(key);
+        }
+        let key = EncryptionKey::load_or_create(&self.home)?;
+        Ok(self.key.get_or_init(|| key))
+    }
+
+    /// Encrypts and writes `credential`, replacing any previous one.
+    pub fn save(&self, credential: &Credential) -> Result<PathBuf, CredentialError> {
+        let key = self.key()?;
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(credential).map_err(|e| CredentialError::Encode(e.to_string()))?,
+        );
+        let bytes = seal(key, &credential.provider, &plaintext)?;
+        let path = self.path(&credential.provider);
+        write_private_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Reads and decrypts `provider`'s credential.
+    pub fn load(&self, provider: &str) -> Result<Credential, CredentialError> {
+        let path = self.path(provider);
+        let Some(bytes) = read_if_exists(&path)? else {
+            return Err(self.not_found(provider));
+        };
+        let key = self.key()?;
+        open(key, provider, &bytes).map_err(|source| CredentialError::Decrypt {
+            provider: provider.to_string(),
+            grant_command: grant_command_for(provider),
+            source,
+        })
+    }
+
+    /// Deletes `provider`'s credential. Needs no key.
+    pub fn remove(&self, provider: &str) -> Result<(), CredentialError> {
+        let path = self.path(provider);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.not_found(provider)),
+            Err(e) => Err(CredentialError::Home(moat_home::HomeError::Io {
+                action: "removing",
+                path,
+                source: e,
+            })),
+        }
+    }
+
+    /// Whether `provider` has a stored file (readable or not).
+    pub fn contains(&self, provider: &str) -> bool {
+        self.path(provider).exists()
+    }
+
+    /// Every stored credential of this profile, sorted by provider; files
+    /// that fail to decrypt are listed with the reason.
+    pub fn list(&self) -> Result<Vec<StoredEntry>, CredentialError> {
+        let dir = self.dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(CredentialError::Home(moat_home::HomeError::Io {
+                    action: "listing",
+                    path: dir,
+                    source: e,
+                }))
+            }
+        };
+        let mut stems: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".enc"))
+                    .filter(|n| !n.starts_with('.'))
+                    .map(str::to_string)
+            })
+            .collect();
+        stems.sort();
+        if stems.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.key()?;
+        let mut out = Vec::with_capacity(stems.len());
+        for provider in stems {
+            let credential = match read_if_exists(&self.path(&provider))? {
+                Some(bytes) => open(key, &provider, &bytes),
+                None => continue,
+            };
+            out.push(StoredEntry {
+                provider,
+                credential,
+            });
+        }
+        Ok(out)
+    }
+
+    fn not_found(&self, provider: &str) -> CredentialError {
+        let profile_hint = match &self.profile {
+            Some(p) => format!(
+                "\n(looked in profile {p:?}; credentials granted without --profile live in the default profile)"
+            ),
+            None => "\nIf you granted it under a profile, select it: export MOAT_PROFILE=<name>".to_string(),
+        };
+        CredentialError::NotFound {
+            provider: display_name(provider),
+            grant_command: grant_command_for(provider),
+            profile_hint,
+        }
+    }
+}
+
+fn display_name(stem: &str) -> String {
+    stem.to_string()
+}
+
+pub(crate) fn grant_command_for(stem: &str) -> String {
+    match stem.strip_prefix("mcp-") {
+        Some(name) => format!("mcp {name}"),
+        None => stem.to_string(),
+    }
+}
+
+fn aad(provider: &str) -> Vec<u8> {
+    format!("moat-credential:v1:{provider}").into_bytes()
+}
+
+fn seal(key: &EncryptionKey, provider: &str, plaintext: &[u8]) -> Result<Vec<u8>, CredentialError> {
+    let cipher = Aes256Gcm::new(key.bytes().into());
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad(provider),
+            },
+        )
+        .map_err(|_| CredentialError::Encode("AES-GCM encryption failed".into()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Ok(out)
+}
+
+fn open(key: &EncryptionKey, provider: &str, bytes: &[u8]) -> Result<Credential, DecryptError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(
+            if bytes.len() < HEADER_LEN + TAG_LEN && MAGIC.starts_with(bytes) {
+                DecryptError::Truncated(bytes.len())
+            } else {
+                DecryptError::Foreign
+            },
+        );
+    }
+    if bytes.len() < HEADER_LEN + TAG_LEN {
+        return Err(DecryptError::Truncated(bytes.len()));
+    }
+    let version = bytes[MAGIC.len()];
+    if version != VERSION {
+        return Err(DecryptError::UnsupportedVersion(version));
+    }
+    let nonce = &bytes[MAGIC.len() + 1..HEADER_LEN];
+    let cipher = Aes256Gcm::new(key.bytes().into());
+    let plaintext = Zeroizing::new(
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: &bytes[HEADER_LEN..],
+                    aad: &aad(provider),
+                },
+            )
+            .map_err(|_| DecryptError::Authentication)?,
+    );
+    let credential: Credential =
+        serde_json::from_slice(&plaintext).map_err(|e| DecryptError::Malformed(e.to_string()))?;
+    if credential.provider != provider {
+        return Err(DecryptError::Malformed(format!(
+            "file belongs to {:?}",
+            credential.provider
+        )));
+    }
+    Ok(credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyBackend;
+
+    fn store(dir: &std::path::Path, key: u8) -> CredentialStore {
+        CredentialStore::with_key(
+            MoatHome::at(dir),
+            None,
+            EncryptionKey::from_bytes([key; 32], KeyBackend::File),
+        )
+    }
+
+    #[test]
+    fn round_trip_and_fresh_nonce_per_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1);
+        let c = Credential::new("github", Secret::new("ghp_abc"), CredentialSource::Env);
+        let path = s.save(&c).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        s.save(&c).unwrap();
+        let second = std::fs::read(&path).unwrap();
+        assert_ne!(first, second, "nonce must change per write");
+        assert_eq!(s.load("github").unwrap().secret.expose(), "ghp_abc");
+        assert!(!String::from_utf8_lossy(&second).contains("ghp_abc"));
+    }
+
+    #[test]
+    fn wrong_key_is_an_authentication_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        store(tmp.path(), 1)
+            .save(&Credential::new(
+                "github",
+                Secret::new("x"),
+                CredentialSource::Env,
+            ))
+            .unwrap();
+        let err = store(tmp.path(), 2).load("github").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(
+            "decrypting credential for github: cipher: message authentication failed\n\
+             This may indicate the encryption key has changed."
+        ));
+        assert!(text.ends_with("To re-authenticate: moat grant github"));
+    }
+
+    #[test]
+    fn swapped_files_fail_authentication() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1);
+        s.save(&Credential::new(
+            "github",
+            Secret::new("x"),
+            CredentialSource::Env,
+        ))
+        .unwrap();
+        std::fs::copy(s.path("github"), s.path("openai")).unwrap();
+        assert!(matches!(
+            s.load("openai"),
+            Err(CredentialError::Decrypt {
+                source: DecryptError::Authentication,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn every_corruption_is_an_error_and_leaves_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1);
+        s.save(&Credential::new(
+            "github",
+            Secret::new("x"),
+            CredentialSource::Env,
+        ))
+        .unwrap();
+        let good = std::fs::read(s.path("github")).unwrap();
+        let mut cases: Vec<Vec<u8>> = vec![Vec::new(), b"hello".to_vec(), b"MOAT".to_vec()];
+        for cut in 0..good.len() {
+            cases.push(good[..cut].to_vec());
+        }
+        for i in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x01;
+            cases.push(flipped);
+        }
+        for bytes in cases {
+            std::fs::write(s.path("github"), &bytes).unwrap();
+            assert!(s.load("github").is_err());
+            assert_eq!(std::fs::read(s.path("github")).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn missing_credential_is_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = store(tmp.path(), 1).load("github").unwrap_err();
+        assert!(err.to_string().starts_with("credential not found: github"));
+        let err = store(tmp.path(), 1).remove("mcp-x").unwrap_err();
+        assert!(err.to_string().contains("Run: moat grant mcp x"));
+    }
+}

@@ -1,0 +1,232 @@
+//! Checking a token against its API when it is granted, so a typo is
+//! caught now rather than as a 401 in the middle of an agent's run.
+//!
+//! Base URLs can be overridden (`MOAT_GITHUB_API_URL` for GitHub
+//! Enterprise, `MOAT_ANTHROPIC_API_URL`); plain `http://` is accepted only
+//! for loopback addresses, so a token is never sent in clear over a network.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::{CredentialError, Secret};
+
+/// The outcome of a validation that did not reject the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validation {
+    /// The API accepted the token; `identity` names the account if known.
+    Valid {
+        /// Account name (GitHub login), if the API says.
+        identity: Option<String>,
+        /// Scopes, if the API says.
+        scopes: Vec<String>,
+    },
+    /// The API could not be reached; the token is neither good nor bad.
+    Unreachable(String),
+}
+
+/// The API base URL from `env_var`, else `default`.
+pub fn api_base(env_var: &str, default: &str) -> Result<Url, CredentialError> {
+    let raw = std::env::var(env_var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        CredentialError::Rejected(format!("{env_var}={raw:?} is not a valid URL: {e}"))
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(CredentialError::Rejected(format!(
+            "{env_var}={raw:?} uses plain http:// for a non-loopback host; tokens would travel \
+             unencrypted. Use https://, or http:// only with localhost/127.0.0.1/[::1]"
+        ))),
+        other => Err(CredentialError::Rejected(format!(
+            "{env_var}={raw:?} has unsupported scheme {other:?}; use https://"
+        ))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn endpoint(base: &Url, path: &str) -> Result<Url, CredentialError> {
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    base.join(path)
+        .map_err(|e| CredentialError::Rejected(format!("building {path} URL: {e}")))
+}
+
+fn client() -> Result<reqwest::Client, CredentialError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("moat/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(path) = std::env::var_os("MOAT_UPSTREAM_CA_FILE").filter(|v| !v.is_empty()) {
+        let pem = std::fs::read(&path).map_err(|e| {
+            CredentialError::Rejected(format!(
+                "MOAT_UPSTREAM_CA_FILE={}: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        })?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            CredentialError::Rejected(format!(
+                "MOAT_UPSTREAM_CA_FILE={}: not a PEM certificate bundle: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        })? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| CredentialError::Rejected(format!("creating HTTP client: {e}")))
+}
+
+/// Validates a GitHub token with `GET /user`.
+pub async fn github(token: &Secret) -> Result<Validation, CredentialError> {
+    let url = endpoint(
+        &api_base("MOAT_GITHUB_API_URL", "https://api.github.com")?,
+        "user",
+    )?;
+    let response = match client()?
+        .get(url.clone())
+        .bearer_auth(token.expose())
+        .header("Accept", "application/vnd.github+json")
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Validation::Unreachable(format!(
+                "{url}: {}",
+                error_chain(&e)
+            )))
+        }
+    };
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(CredentialError::Rejected(
+            "invalid token (401 Unauthorized)\n\
+             GitHub rejected the token: it is wrong, expired or revoked.\n\
+             Create a new one (or run `gh auth login`), then run: moat grant github"
+                .to_string(),
+        ));
+    }
+    if !status.is_success() {
+        return Err(CredentialError::Rejected(format!(
+            "GitHub answered {status} to GET {url}; the token was not stored.\n\
+             If this is GitHub Enterprise, set MOAT_GITHUB_API_URL to its API URL."
+        )));
+    }
+    let scopes = response
+        .headers()
+        .get("x-oauth-scopes")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let identity = body
+        .get("login")
+        .and_then(|l| l.as_str())
+        .map(str::to_string);
+    Ok(Validation::Valid { identity, scopes })
+}
+
+/// Validates an Anthropic API key with `GET /v1/models`.
+pub async fn anthropic(key: &Secret) -> Result<Validation, CredentialError> {
+    let url = endpoint(
+        &api_base("MOAT_ANTHROPIC_API_URL", "https://api.anthropic.com")?,
+        "v1/models",
+    )?;
+    let response = match client()?
+        .get(url.clone())
+        .header("x-api-key", key.expose())
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Validation::Unreachable(format!(
+                "{url}: {}",
+                error_chain(&e)
+            )))
+        }
+    };
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(CredentialError::Rejected(
+            "invalid API key (check that the key is correct and not expired)\n\
+             Create a key in the Anthropic Console, then run: moat grant anthropic"
+                .to_string(),
+        ));
+    }
+    if !status.is_success() {
+        return Err(CredentialError::Rejected(format!(
+            "Anthropic answered {status} to GET {url}; the key was not stored."
+        )));
+    }
+    Ok(Validation::Valid {
+        identity: None,
+        scopes: Vec::new(),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_join_under_a_path_prefix() {
+        let base = Url::parse("https://ghe.corp.test/api/v3").unwrap();
+        assert_eq!(
+            endpoint(&base, "user").unwrap().as_str(),
+            "https://ghe.corp.test/api/v3/user"
+        );
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        for (url, ok) in [
+            ("http://127.0.0.1:9/", true),
+            ("http://localhost:9/", true),
+            ("http://[::1]:9/", true),
+            ("http://example.test/", false),
+            ("ftp://127.0.0.1/", false),
+        ] {
+            let parsed = Url::parse(url).unwrap();
+            let allowed = match parsed.scheme() {
+                "https" => true,
+                "http" => is_loopback(&parsed),
+                _ => false,
+            };
+            assert_eq!(allowed, ok, "{url}");
+        }
+    }
+}
