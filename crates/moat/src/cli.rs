@@ -1,0 +1,97 @@
+//! Command-line grammar. Flag names follow the reference moat CLI.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run AI coding agents in a sandbox, with credentials injected at the
+/// network layer so the agent never holds a token.
+#[derive(Debug, Parser)]
+#[command(name = "moat", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print debug logs on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Machine-readable JSON output (list-like commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Credential profile to use.
+    #[arg(long, global = true, env = "MOAT_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a credential, encrypted, for injection into runs.
+    Grant(GrantArgs),
+    /// Delete a stored credential.
+    Revoke(RevokeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct GrantArgs {
+    #[command(subcommand)]
+    pub command: Option<GrantCommand>,
+    /// Provider to grant (github, anthropic, claude, openai, gemini, gitlab,
+    /// npm, or a custom one). See `moat grant providers`.
+    #[arg(required = true)]
+    pub provider: Option<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// npm: the registry host the token belongs to.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// claude: import this Claude Code credentials file.
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Store without checking the token against its API.
+    #[arg(long)]
+    pub no_validate: bool,
+}
+
+/// How the secret may be obtained.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// Never prompt; fail if the secret is not found (also MOAT_NO_PROMPT=1).
+    #[arg(long, global = true)]
+    pub no_prompt: bool,
+    /// Read the secret from standard input.
+    #[arg(long, global = true)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// List stored credentials (never their values).
+    List,
+    /// Show one stored credential, redacted.
+    Show {
+        /// Provider name.
+        provider: String,
+    },
+    /// List the providers moat knows.
+    Providers,
+    /// Store the token an MCP server needs (`mcp:NAME` in grants).
+    Mcp {
+        /// The MCP server's name, as in moat.yaml `mcp:`.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Provider to revoke (`mcp:NAME` for an MCP server token).
+    pub provider: String,
+}

@@ -1,0 +1,388 @@
+//! `moat grant` and `moat revoke`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use chrono::{DateTime, Utc};
+use moat_credentials::source::{self, SourceOptions};
+use moat_credentials::{
+    validate, Credential, CredentialStore, GrantName, ProviderRegistry, ProviderSpec, Validation,
+};
+use serde::Serialize;
+
+use super::{block_on, Context};
+use crate::cli::{GrantArgs, GrantCommand, RevokeArgs};
+use crate::output::table;
+
+pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
+    let registry = ProviderRegistry::load(&ctx.home.providers_file())?;
+    let opts = SourceOptions {
+        no_prompt: args.source.no_prompt,
+        from_stdin: args.source.stdin,
+    };
+    match args.command {
+        Some(GrantCommand::List) => list(ctx),
+        Some(GrantCommand::Show { provider }) => show(ctx, &registry, &provider),
+        Some(GrantCommand::Providers) => providers(ctx, &registry),
+        Some(GrantCommand::Mcp { name }) => {
+            let grant = GrantName::Mcp(name.clone());
+            let obtained = source::obtain_mcp(&name, &opts)?;
+            store_obtained(ctx, &grant, obtained, moat_credentials::ProviderKind::Token)
+        }
+        None => {
+            let Some(provider) = args.provider else {
+                bail!(
+                    "name a provider to grant, e.g. moat grant github (see moat grant providers)"
+                );
+            };
+            let grant = GrantName::parse(&provider)?;
+            let name = match &grant {
+                GrantName::Ssh(_) => {
+                    bail!("SSH access is granted per host: moat grant ssh --host HOST")
+                }
+                GrantName::Mcp(name) => {
+                    let obtained = source::obtain_mcp(name, &opts)?;
+                    return store_obtained(
+                        ctx,
+                        &grant,
+                        obtained,
+                        moat_credentials::ProviderKind::Token,
+                    );
+                }
+                GrantName::Provider(name) => name,
+            };
+            let spec = registry.require(name)?;
+            if name != "npm" && args.host.is_some() {
+                bail!("--host applies to npm only (and to ssh grants)");
+            }
+            if name != "claude" && args.from_file.is_some() {
+                bail!("--from-file applies to claude only");
+            }
+            let mut obtained = match name.as_str() {
+                "claude" => source::obtain_claude(args.from_file.as_deref(), &opts)?,
+                "npm" => {
+                    let host = args.host.as_deref().unwrap_or("registry.npmjs.org");
+                    let mut found = source::obtain_npm(spec, host, &opts)?;
+                    if host != "registry.npmjs.org" {
+                        found.metadata.insert("host".into(), host.to_string());
+                    }
+                    found
+                }
+                _ => source::obtain(spec, &opts)?,
+            };
+            eprintln!("Using {} from {}", secret_noun(spec), obtained.origin);
+            if !args.no_validate {
+                validate_into(spec, &mut obtained)?;
+            }
+            store_obtained(ctx, &grant, obtained, spec.kind)
+        }
+    }
+}
+
+fn secret_noun(spec: &ProviderSpec) -> &'static str {
+    match spec.kind {
+        moat_credentials::ProviderKind::ApiKey => "API key",
+        moat_credentials::ProviderKind::Token => "token",
+        moat_credentials::ProviderKind::Oauth => "OAuth token",
+    }
+}
+
+fn validate_into(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result<()> {
+    let outcome = match spec.name.as_str() {
+        "github" => block_on(validate::github(&obtained.secret))??,
+        "anthropic" => block_on(validate::anthropic(&obtained.secret))??,
+        _ => return Ok(()),
+    };
+    match outcome {
+        Validation::Valid { identity, scopes } => {
+            if let Some(login) = identity {
+                eprintln!("Authenticated as: {login}");
+                obtained.metadata.insert("login".into(), login);
+            } else {
+                eprintln!("Validated {} with its API", spec.name);
+            }
+            if !scopes.is_empty() {
+                obtained.scopes = scopes;
+            }
+        }
+        Validation::Unreachable(why) => {
+            eprintln!(
+                "Warning: could not validate the {} {} ({why}); storing it anyway.",
+                spec.name,
+                secret_noun(spec)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn store_obtained(
+    ctx: &Context,
+    grant: &GrantName,
+    obtained: source::Obtained,
+    kind: moat_credentials::ProviderKind,
+) -> Result<ExitCode> {
+    let Some(stem) = grant.file_stem() else {
+        bail!("{grant} holds no secret");
+    };
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    let mut credential = Credential::new(&stem, obtained.secret, obtained.source);
+    credential.kind = kind;
+    credential.expires_at = obtained.expires_at;
+    credential.scopes = obtained.scopes;
+    credential.metadata = obtained.metadata;
+    credential
+        .metadata
+        .insert("origin".into(), obtained.origin.clone());
+    let path = store.save(&credential)?;
+    let key = store.key()?;
+    let profile = match &ctx.profile {
+        Some(p) => format!(" in profile {p}"),
+        None => String::new(),
+    };
+    println!("Granted {grant}{profile}.");
+    eprintln!(
+        "Stored encrypted at {} (key: {}).",
+        path.display(),
+        key.backend()
+    );
+    if let Some(exp) = credential.expires_at {
+        eprintln!("The token expires {}.", format_time(exp));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct ListRow {
+    provider: String,
+    profile: String,
+    kind: Option<String>,
+    source: Option<String>,
+    granted_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn list(ctx: &Context) -> Result<ExitCode> {
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    let now = Utc::now();
+    let rows: Vec<ListRow> = store
+        .list()?
+        .into_iter()
+        .map(|entry| match entry.credential {
+            Ok(c) => ListRow {
+                provider: display_provider(&entry.provider),
+                profile: ctx.profile_name().to_string(),
+                kind: Some(c.kind.to_string()),
+                source: Some(c.source.to_string()),
+                granted_at: Some(c.granted_at),
+                expires_at: c.expires_at,
+                status: if c.is_expired(now) { "expired" } else { "ok" }.to_string(),
+                error: None,
+            },
+            Err(e) => ListRow {
+                provider: display_provider(&entry.provider),
+                profile: ctx.profile_name().to_string(),
+                kind: None,
+                source: None,
+                granted_at: None,
+                expires_at: None,
+                status: "unreadable".to_string(),
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!(
+            "No credentials in profile {}. Grant one with: moat grant github",
+            ctx.profile_name()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.provider.clone(),
+                r.profile.clone(),
+                r.granted_at.map(format_time).unwrap_or_else(|| "-".into()),
+                r.source.clone().unwrap_or_else(|| "-".into()),
+                match (&r.status[..], r.expires_at) {
+                    ("unreadable", _) => "unreadable: run moat grant again".to_string(),
+                    ("expired", Some(t)) => format!("expired {}", format_time(t)),
+                    (_, Some(t)) => format_time(t),
+                    _ => "never".to_string(),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["PROVIDER", "PROFILE", "GRANTED", "SOURCE", "EXPIRES"],
+            &cells
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn display_provider(stem: &str) -> String {
+    match stem.strip_prefix("mcp-") {
+        Some(name) => format!("mcp:{name}"),
+        None => stem.to_string(),
+    }
+}
+
+fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<ExitCode> {
+    let grant = GrantName::parse(provider)?;
+    let Some(stem) = grant.file_stem() else {
+        bail!("{grant} holds no secret to show");
+    };
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    let c = store.load(&stem)?;
+    let spec = match &grant {
+        GrantName::Provider(name) => registry.get(name),
+        _ => None,
+    };
+    let hint = c.secret.hint();
+    let token = if hint.is_empty() {
+        "****".to_string()
+    } else {
+        format!("****{hint}")
+    };
+    if ctx.json {
+        let value = serde_json::json!({
+            "provider": display_provider(&stem),
+            "profile": ctx.profile_name(),
+            "kind": c.kind.to_string(),
+            "source": c.source.to_string(),
+            "origin": c.metadata.get("origin"),
+            "granted_at": c.granted_at,
+            "expires_at": c.expires_at,
+            "scopes": c.scopes,
+            "account": c.metadata.get("login"),
+            "token": token,
+            "hosts": spec.map(|s| s.host_patterns()).unwrap_or_default(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut lines = vec![
+        ("Provider", display_provider(&stem)),
+        ("Profile", ctx.profile_name().to_string()),
+        ("Type", c.kind.to_string()),
+        (
+            "Source",
+            match c.metadata.get("origin") {
+                Some(o) => format!("{} ({o})", c.source),
+                None => c.source.to_string(),
+            },
+        ),
+        ("Granted", format_time(c.granted_at)),
+        (
+            "Expires",
+            c.expires_at
+                .map(format_time)
+                .unwrap_or_else(|| "never".into()),
+        ),
+    ];
+    if let Some(login) = c.metadata.get("login") {
+        lines.push(("Account", login.clone()));
+    }
+    if !c.scopes.is_empty() {
+        lines.push(("Scopes", c.scopes.join(", ")));
+    }
+    lines.push(("Token", token));
+    if let Some(spec) = spec {
+        let hosts: Vec<String> = spec
+            .hosts
+            .iter()
+            .map(|h| {
+                let names: Vec<&str> = h.headers.iter().map(|x| x.name.as_str()).collect();
+                format!("{} ({})", h.host, names.join(", "))
+            })
+            .collect();
+        lines.push(("Injects", hosts.join("; ")));
+    }
+    for (k, v) in lines {
+        println!("{:<9} {v}", format!("{k}:"));
+    }
+    if c.is_expired(Utc::now()) {
+        if stem == "claude" {
+            eprintln!(
+                "Claude Code token has expired\nRe-authenticate, then run: moat grant claude"
+            );
+        } else {
+            eprintln!(
+                "This token has expired. Run: moat grant {}",
+                grant.grant_command()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
+    if ctx.json {
+        let rows: Vec<_> = registry
+            .all()
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "description": p.description,
+                    "kind": p.kind.to_string(),
+                    "type": if p.builtin { "builtin" } else { "custom" },
+                    "hosts": p.host_patterns(),
+                    "placeholder": p.placeholder.as_ref().map(|ph| &ph.env),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = registry
+        .all()
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.description.clone(),
+                if p.builtin { "builtin" } else { "custom" }.to_string(),
+                p.host_patterns().join(", "),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["PROVIDER", "DESCRIPTION", "TYPE", "HOSTS"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn revoke(ctx: &Context, args: RevokeArgs) -> Result<ExitCode> {
+    let grant = GrantName::parse(&args.provider)?;
+    let Some(stem) = grant.file_stem() else {
+        bail!(
+            "SSH grants are revoked with: moat revoke ssh:HOST (not yet supported in this build)"
+        );
+    };
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    store.remove(&stem)?;
+    let profile = match &ctx.profile {
+        Some(p) => format!(" from profile {p}"),
+        None => String::new(),
+    };
+    println!("Revoked {grant}{profile}.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}

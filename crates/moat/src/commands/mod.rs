@@ -1,0 +1,66 @@
+//! One module per command family; each turns parsed arguments into calls
+//! on the library crates and prints the result.
+
+mod grant;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use moat_home::{MoatHome, Profile};
+
+use crate::cli::{Cli, Command, GlobalArgs};
+
+/// What every command may need: where state lives, which profile, how to
+/// print.
+#[derive(Debug)]
+pub struct Context {
+    pub home: MoatHome,
+    pub profile: Option<Profile>,
+    pub json: bool,
+}
+
+impl Context {
+    fn from_global(global: &GlobalArgs) -> Result<Self> {
+        let home = MoatHome::from_env().context(
+            "cannot locate moat's state directory: neither MOAT_HOME nor HOME is set. \
+             Set MOAT_HOME=/path/to/dir",
+        )?;
+        let profile = match global.profile.as_deref().map(str::trim) {
+            None | Some("") | Some("default") => None,
+            Some(name) => Some(Profile::new(name)?),
+        };
+        Ok(Context {
+            home,
+            profile,
+            json: global.json,
+        })
+    }
+
+    /// The profile's display name.
+    pub fn profile_name(&self) -> &str {
+        self.profile
+            .as_ref()
+            .map(Profile::as_str)
+            .unwrap_or("default")
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Version => {
+            println!("moat {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Grant(args) => grant::grant(&Context::from_global(&cli.global)?, args),
+        Command::Revoke(args) => grant::revoke(&Context::from_global(&cli.global)?, args),
+    }
+}
+
+/// A current-thread runtime for commands that do a little network I/O.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(future))
+}

@@ -1,0 +1,22 @@
+//! The `moat` command: parses arguments and hands each command to the
+//! library crate that owns it. Nothing here holds state or policy.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    output::init_logging(cli.global.verbose);
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            output::print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Shared helpers for end-to-end tests that drive the real `moat` binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A temporary user: a HOME and a MOAT_HOME inside it.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        TestEnv {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn moat_home(&self) -> PathBuf {
+        self.dir.path().join("moat")
+    }
+
+    /// `moat` with a clean environment: no inherited tokens, no keychain,
+    /// no terminal.
+    pub fn moat(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
+        std::fs::create_dir_all(self.home()).expect("home");
+        cmd.env_clear()
+            .env("HOME", self.home())
+            .env("MOAT_HOME", self.moat_home())
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("MOAT_KEYRING_BACKEND", "file")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result {
+        Result::from(self.moat().args(args).output().expect("spawn moat"))
+    }
+
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Result {
+        let mut cmd = self.moat();
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Result::from(cmd.output().expect("spawn moat"))
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Result {
+        let mut child = self
+            .moat()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn moat");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Result::from(child.wait_with_output().expect("wait"))
+    }
+
+    /// Replaces the temp dir in `text` so snapshots are stable.
+    pub fn redact(&self, text: &str) -> String {
+        text.replace(&self.dir.path().display().to_string(), "[TMP]")
+    }
+
+    /// Every file under MOAT_HOME.
+    pub fn files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        out.push(p.clone());
+                        walk(&p, out);
+                    } else {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.moat_home(), &mut out);
+        out
+    }
+}
+
+pub struct Result {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Result {
+    fn from(o: Output) -> Self {
+        Result {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Result {
+    pub fn success(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn failure(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected failure\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A request seen by [`FakeApi`].
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain-HTTP API on 127.0.0.1 that answers with a status and body
+/// chosen per request by `respond`.
+pub struct FakeApi {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+impl FakeApi {
+    pub fn start<F>(respond: F) -> Self
+    where
+        F: Fn(&SeenRequest) -> (u16, String) + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut headers = Vec::new();
+                let mut content_length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            content_length = v.trim().parse().unwrap_or(0);
+                        }
+                        headers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
+                let mut body = vec![0u8; content_length];
+                let _ = reader.read_exact(&mut body);
+                let req = SeenRequest {
+                    request_line: request_line.trim_end().to_string(),
+                    headers,
+                };
+                let (status, body) = respond(&req);
+                seen2.lock().expect("lock").push(req);
+                let reason = match status {
+                    200 => "OK",
+                    401 => "Unauthorized",
+                    403 => "Forbidden",
+                    _ => "Status",
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeApi { url, seen }
+    }
+}
