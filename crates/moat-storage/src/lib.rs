@@ -1,0 +1,23 @@
+//! Per-run storage: everything moat keeps about a run under
+//! `MOAT_HOME/runs/<run-id>/`.
+//!
+//! - [`RunId`] (`run_<12 hex>`) and [`generate_name`] (`brave-otter`).
+//! - [`RunMetadata`] in `metadata.json`, rewritten atomically at each state
+//!   change, so a crash leaves the last consistent state.
+//! - [`LogWriter`] appending `logs.jsonl` one line per write, so a crash
+//!   loses at most the line being written; [`read_logs`] to read it back.
+//! - [`RunStore`]: create, load, list, find a run by id, id prefix or name,
+//!   and remove it.
+//!
+//! It does not start or stop anything: runtimes and the orchestrator do,
+//! and record what happened here.
+
+mod logs;
+mod metadata;
+mod names;
+mod store;
+
+pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter};
+pub use crate::metadata::{RunMetadata, RunState};
+pub use crate::names::{generate_name, validate_name, RunId};
+pub use crate::store::{RunStore, StorageError};

@@ -1,0 +1,121 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::RunId;
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Being set up (image, sandbox, proxy registration).
+    Starting,
+    /// The command is running.
+    Running,
+    /// The command exited, or was stopped.
+    Stopped,
+    /// Setup failed, or the supervising process vanished.
+    Failed,
+}
+
+impl RunState {
+    /// Whether the run may still have processes.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Starting | RunState::Running)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Stopped => "stopped",
+            RunState::Failed => "failed",
+        })
+    }
+}
+
+/// `metadata.json`: what a run is and how it went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunMetadata {
+    /// Run id.
+    pub id: RunId,
+    /// Run name (unique among active runs).
+    pub name: String,
+    /// The project directory mounted at `/workspace`.
+    pub workspace: PathBuf,
+    /// The command run in the sandbox.
+    pub command: Vec<String>,
+    /// Grants, as named by the user.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// `native`, `docker` or `apple`.
+    pub runtime: String,
+    /// `permissive` or `strict`.
+    pub policy: String,
+    /// Current state.
+    pub state: RunState,
+    /// Whether the run was started detached.
+    #[serde(default)]
+    pub detached: bool,
+    /// Whether the run has a terminal.
+    #[serde(default)]
+    pub interactive: bool,
+    /// The moat process supervising the run (it owns the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+    /// The container, for container runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The image, for container runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When the command started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// The command's exit code (128+N for signal N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the run failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Runtime-specific extras.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl RunMetadata {
+    /// A new run in state `starting`.
+    pub fn new(id: RunId, name: String, workspace: PathBuf, command: Vec<String>) -> Self {
+        RunMetadata {
+            id,
+            name,
+            workspace,
+            command,
+            grants: Vec::new(),
+            runtime: "native".into(),
+            policy: "permissive".into(),
+            state: RunState::Starting,
+            detached: false,
+            interactive: false,
+            supervisor_pid: None,
+            container_id: None,
+            image: None,
+            created_at: Utc::now(),
+            started_at: None,
+            stopped_at: None,
+            exit_code: None,
+            error: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+use std::path::PathBuf;
+
+use moat_home::{ensure_private_dir, write_private_atomic, MoatHome};
+
+use crate::{RunId, RunMetadata, RunState};
+
+/// A failure of run storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No run matches.
+    #[error("no run matches {0:?}. List runs with: moat list")]
+    NotFound(String),
+    /// No run exists at all.
+    #[error("no runs yet. Start one with: moat run -- <command>")]
+    NoRuns,
+    /// A name matches several runs; the user must pick an id.
+    #[error("{name:?} matches {} runs: {}. Use a run id", ids.len(), ids.join(", "))]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// The matching ids.
+        ids: Vec<String>,
+    },
+    /// `metadata.json` is damaged.
+    #[error("{path}: damaged run metadata ({reason}). Remove the run with: moat destroy {id}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The run id (directory name).
+        id: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error(transparent)]
+    Home(#[from] moat_home::HomeError),
+    /// A directory operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The runs under `MOAT_HOME/runs`.
+#[derive(Debug, Clone)]
+pub struct RunStore {
+    home: MoatHome,
+}
+
+impl RunStore {
+    /// The store in `home`.
+    pub fn new(home: MoatHome) -> Self {
+        RunStore { home }
+    }
+
+    /// A run's directory.
+    pub fn dir(&self, id: &RunId) -> PathBuf {
+        self.home.run_dir(id.as_str())
+    }
+
+    /// Creates the run's directory (0700) and writes its metadata.
+    pub fn create(&self, meta: &RunMetadata) -> Result<PathBuf, StorageError> {
+        let dir = self.dir(&meta.id);
+        ensure_private_dir(&dir)?;
+        self.save(meta)?;
+        Ok(dir)
+    }
+
+    /// Rewrites `metadata.json` atomically.
+    pub fn save(&self, meta: &RunMetadata) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Damaged {
+            path: self.dir(&meta.id).join("metadata.json"),
+            id: meta.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        write_private_atomic(&self.dir(&meta.id).join("metadata.json"), &bytes)?;
+        Ok(())
+    }
+
+    /// Reads a run's metadata.
+    pub fn load(&self, id: &RunId) -> Result<RunMetadata, StorageError> {
+        let path = self.dir(id).join("metadata.json");
+        let bytes = match moat_home::read_if_exists(&path)? {
+            Some(b) => b,
+            None => return Err(StorageError::NotFound(id.to_string())),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::Damaged {
+            path,
+            id: id.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Every run, newest first; runs whose metadata is damaged are returned
+    /// separately so a list can show them.
+    pub fn list(&self) -> Result<(Vec<RunMetadata>, Vec<StorageError>), StorageError> {
+        let dir = self.home.runs_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()))
+            }
+            Err(source) => {
+                return Err(StorageError::Io {
+                    action: "listing",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        let mut runs = Vec::new();
+        let mut damaged = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().and_then(RunId::parse) else {
+                continue;
+            };
+            match self.load(&id) {
+                Ok(meta) => runs.push(meta),
+                Err(StorageError::NotFound(_)) => {}
+                Err(e) => damaged.push(e),
+            }
+        }
+        runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+        Ok((runs, damaged))
+    }
+
+    /// Finds a run by exact id, then unique id prefix, then exact name
+    /// (the newest active one wins over stopped ones of the same name only
+    /// when it is the single active one). With no query: the newest run
+    /// satisfying `filter`.
+    pub fn find(
+        &self,
+        query: Option<&str>,
+        filter: impl Fn(&RunMetadata) -> bool,
+    ) -> Result<RunMetadata, StorageError> {
+        let (runs, _) = self.list()?;
+        let Some(query) = query else {
+            return runs
+                .into_iter()
+                .find(|r| filter(r))
+                .ok_or(StorageError::NoRuns);
+        };
+        if let Some(r) = runs.iter().find(|r| r.id.as_str() == query) {
+            return Ok(r.clone());
+        }
+        if query.starts_with("run_") && query.len() > 4 {
+            let matches: Vec<&RunMetadata> = runs
+                .iter()
+                .filter(|r| r.id.as_str().starts_with(query))
+                .collect();
+            if matches.len() == 1 {
+                return Ok(matches[0].clone());
+            }
+        }
+        let named: Vec<&RunMetadata> = runs.iter().filter(|r| r.name == query).collect();
+        match named.len() {
+            0 => Err(StorageError::NotFound(query.to_string())),
+            1 => Ok(named[0].clone()),
+            _ => {
+                let active: Vec<&&RunMetadata> =
+                    named.iter().filter(|r| r.state.is_active()).collect();
+                if active.len() == 1 {
+                    return Ok((*active[0]).clone());
+                }
+                Err(StorageError::Ambiguous {
+                    name: query.to_string(),
+                    ids: named.iter().map(|r| r.id.to_string()).collect(),
+                })
+            }
+        }
+    }
+
+    /// The active run named `name`, if any.
+    pub fn active_named(&self, name: &str) -> Result<Option<RunMetadata>, StorageError> {
+        let (runs, _) = self.list()?;
+        Ok(runs
+            .into_iter()
+            .find(|r| r.name == name && r.state.is_active()))
+    }
+
+    /// Deletes a run's directory.
+    pub fn remove(&self, id: &RunId) -> Result<(), StorageError> {
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StorageError::Io {
+                action: "removing",
+                path: dir,
+                source,
+            }),
+        }
+    }
+
+    /// Marks runs whose supervising process is gone as failed, so a crash
+    /// of the CLI never leaves a run "running" forever.
+    pub fn reconcile(&self, meta: &mut RunMetadata) -> Result<(), StorageError> {
+        if !meta.state.is_active() {
+            return Ok(());
+        }
+        let alive = meta.supervisor_pid.is_some_and(process_alive);
+        if !alive && meta.container_id.is_none() {
+            meta.state = RunState::Failed;
+            meta.error
+                .get_or_insert_with(|| "the moat process supervising this run exited".into());
+            meta.stopped_at.get_or_insert_with(chrono::Utc::now);
+            self.save(meta)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a process with `pid` exists (and is not a zombie we could see).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    // The state is the field after the parenthesised command name.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str) -> RunMetadata {
+        RunMetadata::new(
+            RunId::generate(),
+            name.into(),
+            "/w".into(),
+            vec!["true".into()],
+        )
+    }
+
+    #[test]
+    fn create_find_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RunStore::new(MoatHome::at(tmp.path()));
+        let mut a = meta("alpha");
+        a.state = RunState::Stopped;
+        store.create(&a).unwrap();
+        let b = meta("beta");
+        store.create(&b).unwrap();
+        assert_eq!(
+            store.find(Some(a.id.as_str()), |_| true).unwrap().name,
+            "alpha"
+        );
+        assert_eq!(store.find(Some("beta"), |_| true).unwrap().id, b.id);
+        assert_eq!(
+            store.find(Some(&a.id.as_str()[..10]), |_| true).unwrap().id,
+            a.id
+        );
+        assert!(matches!(
+            store.find(Some("gamma"), |_| true),
+            Err(StorageError::NotFound(_))
+        ));
+        assert_eq!(
+            store
+                .find(None, |r| r.state == RunState::Stopped)
+                .unwrap()
+                .id,
+            a.id
+        );
+        store.remove(&a.id).unwrap();
+        assert!(store.find(Some("alpha"), |_| true).is_err());
+    }
+
+    #[test]
+    fn damaged_metadata_is_reported_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RunStore::new(MoatHome::at(tmp.path()));
+        let a = meta("alpha");
+        store.create(&a).unwrap();
+        std::fs::write(store.dir(&a.id).join("metadata.json"), b"{trunc").unwrap();
+        let (runs, damaged) = store.list().unwrap();
+        assert!(runs.is_empty());
+        assert_eq!(damaged.len(), 1);
+        assert!(damaged[0].to_string().contains("moat destroy"));
+    }
+
+    #[test]
+    fn reconcile_marks_orphans_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RunStore::new(MoatHome::at(tmp.path()));
+        let mut a = meta("alpha");
+        a.state = RunState::Running;
+        a.supervisor_pid = Some(u32::MAX - 1);
+        store.create(&a).unwrap();
+        store.reconcile(&mut a).unwrap();
+        assert_eq!(a.state, RunState::Failed);
+        let mut b = meta("beta");
+        b.state = RunState::Running;
+        b.supervisor_pid = Some(std::process::id());
+        store.reconcile(&mut b).unwrap();
+        assert_eq!(b.state, RunState::Running);
+    }
+}
