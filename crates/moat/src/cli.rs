@@ -35,8 +35,56 @@ pub enum Command {
     Grant(GrantArgs),
     /// Delete a stored credential.
     Revoke(RevokeArgs),
+    /// List runs.
+    List,
+    /// Show a run's output.
+    Logs(LogsArgs),
+    /// Stop a run (the most recent running one when RUN is omitted).
+    Stop(RunRef),
+    /// Remove a stopped run and its stored artefacts.
+    Destroy(DestroyArgs),
+    /// Remove every stopped run.
+    Clean(CleanArgs),
     /// Print the version.
     Version,
+}
+
+/// A run named by id, id prefix or name.
+#[derive(Debug, Args)]
+pub struct RunRef {
+    /// Run id, id prefix or name.
+    pub run: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Run id, id prefix or name (default: the most recent run).
+    pub run: Option<String>,
+    /// Show the last N lines.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100)]
+    pub lines: usize,
+    /// Keep printing new lines until the run ends.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Run id, id prefix or name (default: the most recent stopped run).
+    pub run: Option<String>,
+    /// Stop the run first if it is still running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! on the library crates and prints the result.
 
 mod grant;
+mod runs;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Grant(args) => grant::grant(&Context::from_global(&cli.global)?, args),
         Command::Revoke(args) => grant::revoke(&Context::from_global(&cli.global)?, args),
+        Command::List => runs::list(&Context::from_global(&cli.global)?),
+        Command::Logs(args) => runs::logs(&Context::from_global(&cli.global)?, args),
+        Command::Stop(args) => runs::stop(&Context::from_global(&cli.global)?, args),
+        Command::Destroy(args) => runs::destroy(&Context::from_global(&cli.global)?, args),
+        Command::Clean(args) => runs::clean(&Context::from_global(&cli.global)?, args),
     }
 }
 

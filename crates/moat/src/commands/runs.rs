@@ -1,0 +1,257 @@
+//! `moat list`, `logs`, `stop`, `destroy`, `clean`: the lifecycle of runs
+//! as recorded in run storage.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use chrono::Utc;
+use moat_storage::{read_logs, LogStream, RunMetadata, RunState, RunStore};
+
+use super::Context;
+use crate::cli::{CleanArgs, DestroyArgs, LogsArgs, RunRef};
+use crate::output::table;
+
+fn store(ctx: &Context) -> RunStore {
+    RunStore::new(ctx.home.clone())
+}
+
+/// Every run, with stale "running" states corrected.
+fn runs(store: &RunStore) -> Result<Vec<RunMetadata>> {
+    let (mut runs, damaged) = store.list()?;
+    for d in damaged {
+        eprintln!("Warning: {d}");
+    }
+    for run in &mut runs {
+        store.reconcile(run)?;
+    }
+    Ok(runs)
+}
+
+pub fn list(ctx: &Context) -> Result<ExitCode> {
+    let store = store(ctx);
+    let runs = runs(&store)?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("No runs. Start one with: moat run -- <command>");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.id.to_string(),
+                r.runtime.clone(),
+                r.state.to_string(),
+                age(r),
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["NAME", "RUN ID", "RUNTIME", "STATE", "AGE", "EXIT"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(r: &RunMetadata) -> String {
+    let secs = (Utc::now() - r.created_at).num_seconds().max(0);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
+    let store = store(ctx);
+    let run = store.find(args.run.as_deref(), |_| true)?;
+    let path = store.dir(&run.id).join("logs.jsonl");
+    let (lines, damaged) = read_logs(&path, Some(args.lines))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    let print = |out: &mut std::io::StdoutLock<'_>, line: &moat_storage::LogLine| {
+        let ts = line.ts.format("%H:%M:%S%.3f");
+        let marker = match line.stream {
+            LogStream::Stdout => "",
+            LogStream::Stderr => "stderr: ",
+        };
+        writeln!(out, "[{ts}] {marker}{}", line.line)
+    };
+    for line in &lines {
+        print(&mut out, line)?;
+    }
+    if damaged > 0 {
+        eprintln!(
+            "Warning: skipped {damaged} damaged line(s) in {}",
+            path.display()
+        );
+    }
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Follow: re-read what was appended until the run is no longer active.
+    let mut seen = read_logs(&path, None)?.0.len();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let (all, _) = read_logs(&path, None)?;
+        for line in all.iter().skip(seen) {
+            print(&mut out, line)?;
+        }
+        out.flush()?;
+        seen = all.len();
+        let mut meta = store.load(&run.id)?;
+        store.reconcile(&mut meta)?;
+        if !meta.state.is_active() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
+    let store = store(ctx);
+    let mut run = match args.run.as_deref() {
+        Some(q) => store.find(Some(q), |_| true)?,
+        None => store
+            .find(None, |r| r.state.is_active())
+            .map_err(|_| anyhow::anyhow!("no running runs. List runs with: moat list"))?,
+    };
+    store.reconcile(&mut run)?;
+    if !run.state.is_active() {
+        println!("Run {} ({}) is already {}.", run.name, run.id, run.state);
+        return Ok(ExitCode::SUCCESS);
+    }
+    stop_run(&store, &run)?;
+    let meta = store.load(&run.id)?;
+    println!(
+        "Stopped {} ({}){}.",
+        meta.name,
+        meta.id,
+        meta.exit_code
+            .map(|c| format!(", exit code {c}"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the run's supervisor to stop (SIGTERM), then insists (SIGKILL)
+/// after 10 s; the run's metadata ends up `stopped` either way.
+pub fn stop_run(store: &RunStore, run: &RunMetadata) -> Result<()> {
+    let Some(pid) = run.supervisor_pid else {
+        bail!(
+            "run {} has no supervising process recorded; remove it with: moat destroy {}",
+            run.id,
+            run.id
+        );
+    };
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .context("invalid supervisor pid in run metadata")?;
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut meta = store.load(&run.id)?;
+        store.reconcile(&mut meta)?;
+        if !meta.state.is_active() {
+            if meta.state == RunState::Failed && meta.stopped_at.is_some() {
+                // The supervisor died before recording the stop: record it.
+                meta.state = RunState::Stopped;
+                store.save(&meta)?;
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        if Instant::now() >= deadline + Duration::from_secs(5) {
+            bail!(
+                "run {} did not stop; its supervisor (pid {}) ignores signals",
+                run.id,
+                pid.as_raw_nonzero()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
+    let store = store(ctx);
+    let mut run = match args.run.as_deref() {
+        Some(q) => store.find(Some(q), |_| true)?,
+        None => store.find(None, |r| !r.state.is_active()).map_err(|_| {
+            anyhow::anyhow!("no stopped runs to destroy. List runs with: moat list")
+        })?,
+    };
+    store.reconcile(&mut run)?;
+    if run.state.is_active() {
+        if !args.force {
+            bail!(
+                "run {} ({}) is still running. Stop it first with: moat stop {}\n\
+                 Or stop and remove it at once: moat destroy --force {}",
+                run.name,
+                run.id,
+                run.id,
+                run.id
+            );
+        }
+        stop_run(&store, &run)?;
+    }
+    store.remove(&run.id)?;
+    println!("Destroyed {} ({}).", run.name, run.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
+    let store = store(ctx);
+    let stopped: Vec<RunMetadata> = runs(&store)?
+        .into_iter()
+        .filter(|r| !r.state.is_active())
+        .collect();
+    if stopped.is_empty() {
+        println!("Nothing to clean.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &stopped {
+        println!(
+            "{}{} ({}, {})",
+            if args.dry_run { "Would remove " } else { "" },
+            r.name,
+            r.id,
+            r.state
+        );
+    }
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.force {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to remove {} runs without confirmation: run moat clean --force",
+                stopped.len()
+            );
+        }
+        eprint!("Remove {} stopped runs? [y/N] ", stopped.len());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Nothing removed.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    for r in &stopped {
+        store.remove(&r.id)?;
+    }
+    println!("Removed {} runs.", stopped.len());
+    Ok(ExitCode::SUCCESS)
+}
