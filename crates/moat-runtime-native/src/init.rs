@@ -1,0 +1,484 @@
+//! The sandbox init: the code that runs when [`crate::spawn`] re-executes
+//! the current program.
+//!
+//! # Integration
+//!
+//! Every binary that calls [`crate::spawn`] must call [`maybe_run_init`] as
+//! the very first statement of `main`, before starting any thread (the
+//! kernel only lets a single-threaded process create a user namespace) and
+//! before parsing arguments:
+//!
+//! ```no_run
+//! fn main() {
+//!     moat_runtime_native::init::maybe_run_init();
+//!     // ... the program's normal main ...
+//! }
+//! ```
+//!
+//! It returns immediately unless `argv[1]` is [`INIT_MARKER`]; in that case
+//! it runs the sandbox and never returns.
+//!
+//! # Process layout
+//!
+//! ```text
+//! caller ── init (host pid; new user/pid/ipc/uts/cgroup[/net] namespaces,
+//!            │    host mount namespace: runs the proxy relay)
+//!            └── PID 1 of the sandbox (new mount namespace; builds the root
+//!                 │    filesystem, reaps orphans, forwards signals)
+//!                 └── the command
+//! ```
+//!
+//! The init watches the spec pipe (a lifeline held by the caller) and kills
+//! the sandbox on end-of-file; PID 1 has `PR_SET_PDEATHSIG(SIGKILL)` on the
+//! init; when PID 1 exits, the kernel kills everything left in the pid
+//! namespace.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rustix::fs::OFlags;
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
+
+use crate::protocol::{read_spec, write_status, Status};
+use crate::rootfs::{self, Ids};
+use crate::spec::{NetworkMode, SandboxSpec, DEFAULT_PATH, WORKSPACE_IN_SANDBOX};
+use crate::sys::{self, CaughtSignal, Fork, SignalSet};
+
+/// `argv[1]` that makes [`maybe_run_init`] take over the process.
+pub const INIT_MARKER: &str = "__moat-sandbox-init";
+
+/// Exit code of the init when the sandbox could not be built.
+const SETUP_FAILED: i32 = 125;
+
+/// Signals the init and PID 1 forward to the command when sent by a process.
+const FORWARDED: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// Runs the sandbox init if this process was started as one by
+/// [`crate::spawn`] (`argv[1] == INIT_MARKER`), and then exits with the
+/// command's exit code; otherwise returns at once.
+///
+/// Call it first thing in `main`: see the [module documentation](self).
+pub fn maybe_run_init() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(INIT_MARKER.as_ref()) {
+        return;
+    }
+    let code = run_init(args.collect());
+    std::process::exit(code);
+}
+
+fn parse_fd(arg: Option<&OsString>) -> Option<i32> {
+    arg?.to_str()?.parse().ok()
+}
+
+fn run_init(args: Vec<OsString>) -> i32 {
+    let (Some(spec_fd), Some(status_fd)) = (parse_fd(args.first()), parse_fd(args.get(1))) else {
+        eprintln!("moat: {INIT_MARKER} is internal to moat and not meant to be run by hand");
+        return SETUP_FAILED;
+    };
+    let (lifeline, status) = match (
+        sys::adopt_inherited_fd(spec_fd),
+        sys::adopt_inherited_fd(status_fd),
+    ) {
+        (Ok(l), Ok(s)) => (File::from(l), File::from(s)),
+        _ => {
+            eprintln!("moat: sandbox init started without its control descriptors");
+            return SETUP_FAILED;
+        }
+    };
+    let fail = |message: String| {
+        let _ = write_status(&status, &Status::Error { message });
+        SETUP_FAILED
+    };
+    let spec = match read_spec(&lifeline) {
+        Ok(spec) => spec,
+        Err(e) => return fail(format!("cannot read the sandbox spec: {e}")),
+    };
+
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    let signals = match SignalSet::block(&blocked) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot block signals: {e}")),
+    };
+
+    let outer_uid = rustix::process::getuid().as_raw();
+    let outer_gid = rustix::process::getgid().as_raw();
+    // The command never runs as root: a root caller's files are owned, in
+    // the sandbox, by an ordinary user (uid 1000) that maps to host root.
+    let ids = Ids {
+        uid: if outer_uid == 0 { 1000 } else { outer_uid },
+        gid: if outer_gid == 0 { 1000 } else { outer_gid },
+    };
+
+    // Not CLONE_NEWPID yet: after it, this process could no longer create
+    // threads (the kernel refuses CLONE_THREAD), and the helper needs some.
+    let mut flags = UnshareFlags::NEWUSER
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWCGROUP;
+    if matches!(spec.network, NetworkMode::Isolated { .. }) {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if let Err(e) = sys::unshare_namespaces(flags) {
+        return fail(explain_unshare_error(&e));
+    }
+    if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
+        return fail(e);
+    }
+
+    let listener = match &spec.network {
+        NetworkMode::Host => None,
+        NetworkMode::Isolated {
+            relay_port,
+            proxy_socket,
+        } => {
+            if let Err(e) = sys::loopback_up() {
+                return fail(format!("cannot bring up loopback in the sandbox: {e}"));
+            }
+            match TcpListener::bind(("127.0.0.1", *relay_port)) {
+                Ok(l) => Some((l, proxy_socket.clone())),
+                Err(e) => {
+                    return fail(format!(
+                        "cannot listen on 127.0.0.1:{relay_port} in the sandbox: {e}"
+                    ))
+                }
+            }
+        }
+    };
+
+    // The helper: watches the lifeline and runs the relay. It is listening
+    // already (the socket is bound), so it is ready before the command runs.
+    let init_pid = rustix::process::getpid();
+    match sys::fork_single_threaded() {
+        Err(e) => return fail(format!("cannot fork the sandbox helper: {e}")),
+        Ok(Fork::Child) => {
+            drop(status);
+            std::process::exit(run_helper(init_pid, lifeline, listener));
+        }
+        Ok(Fork::Parent(_)) => {
+            drop(listener);
+            drop(lifeline);
+        }
+    }
+
+    if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWPID) {
+        return fail(explain_unshare_error(&e));
+    }
+    let (alive_r, alive_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot create a pipe: {e}")),
+    };
+    match sys::fork_single_threaded() {
+        Err(e) => fail(format!("cannot fork the sandbox's PID 1: {e}")),
+        Ok(Fork::Child) => {
+            drop(alive_w);
+            if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
+                || init_is_gone(&alive_r)
+            {
+                std::process::exit(SETUP_FAILED);
+            }
+            drop(alive_r);
+            std::process::exit(run_pid1(&spec, ids, &status, &signals))
+        }
+        Ok(Fork::Parent(pid)) => {
+            drop(alive_r);
+            let Some(pid1) = Pid::from_raw(pid) else {
+                return SETUP_FAILED;
+            };
+            let code = supervise_pid1(pid1, &status, &signals);
+            drop(alive_w);
+            code
+        }
+    }
+}
+
+/// The helper process (child of the init, outside the sandbox's pid
+/// namespace, inside its network namespace): runs the relay and, when the
+/// caller's lifeline closes, kills the init, hence PID 1 (its death signal)
+/// and the whole sandbox. Dies with the init.
+fn run_helper(init_pid: Pid, mut lifeline: File, listener: Option<(TcpListener, PathBuf)>) -> i32 {
+    if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
+        || rustix::process::getppid() != Some(init_pid)
+    {
+        let _ = rustix::process::kill_process(init_pid, Signal::KILL);
+        return SETUP_FAILED;
+    }
+    if let Some((listener, socket)) = listener {
+        if crate::relay::start(listener, socket).is_err() {
+            let _ = rustix::process::kill_process(init_pid, Signal::KILL);
+            return SETUP_FAILED;
+        }
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        match lifeline.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = rustix::process::kill_process(init_pid, Signal::KILL);
+    0
+}
+
+/// After `PR_SET_PDEATHSIG`: was the init already gone before it was set?
+fn init_is_gone(alive_r: &OwnedFd) -> bool {
+    if rustix::fs::fcntl_setfl(alive_r, OFlags::NONBLOCK).is_err() {
+        return true;
+    }
+    let mut byte = [0u8; 1];
+    // EAGAIN: the write end is still open, so the init is alive.
+    !matches!(
+        rustix::io::read(alive_r.as_fd(), &mut byte),
+        Err(rustix::io::Errno::AGAIN)
+    )
+}
+
+fn explain_unshare_error(e: &io::Error) -> String {
+    format!(
+        "cannot create the sandbox namespaces: {e}. {}",
+        crate::support::namespace_hint()
+    )
+}
+
+fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), String> {
+    let write = |path: &str, content: String| {
+        fs::write(path, content).map_err(|e| format!("cannot write {path}: {e}"))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{} {outer_uid} 1\n", ids.uid))?;
+    write("/proc/self/gid_map", format!("{} {outer_gid} 1\n", ids.gid))
+}
+
+fn exit_of(status: WaitStatus) -> Option<(i32, Option<i32>)> {
+    if let Some(code) = status.exit_status() {
+        Some((code, None))
+    } else {
+        status
+            .terminating_signal()
+            .map(|sig| (128 + sig, Some(sig)))
+    }
+}
+
+fn forward(sig: CaughtSignal, to: Pid) {
+    if sig.sent_by_process() {
+        if let Some(s) = Signal::from_named_raw(sig.signo) {
+            let _ = rustix::process::kill_process(to, s);
+        }
+    }
+}
+
+/// The init's main loop: forwards signals to PID 1 and exits like it.
+fn supervise_pid1(pid1: Pid, status: &File, signals: &SignalSet) -> i32 {
+    loop {
+        let sig = match signals.wait() {
+            Ok(sig) => sig,
+            Err(_) => {
+                let _ = rustix::process::kill_process(pid1, Signal::KILL);
+                return SETUP_FAILED;
+            }
+        };
+        if sig.signo != libc::SIGCHLD {
+            forward(sig, pid1);
+            continue;
+        }
+        match rustix::process::waitpid(Some(pid1), WaitOptions::NOHANG) {
+            Ok(Some((_, st))) => {
+                let Some((code, signal)) = exit_of(st) else {
+                    continue;
+                };
+                if signal.is_some() {
+                    // PID 1 was killed and could not report: report for it.
+                    let _ = write_status(status, &Status::Exit { code, signal });
+                }
+                return code;
+            }
+            Ok(None) => {}
+            Err(_) => return SETUP_FAILED,
+        }
+    }
+}
+
+/// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
+/// and forwards until the command exits.
+fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) -> i32 {
+    let fail = |message: String| {
+        let _ = write_status(status, &Status::Error { message });
+        SETUP_FAILED
+    };
+    rootfs::set_umask();
+    if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWNS) {
+        return fail(format!("cannot create the sandbox mount namespace: {e}"));
+    }
+    if let Err(message) = rootfs::build(spec, ids) {
+        return fail(message);
+    }
+    if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
+        return fail(format!("cannot set the hostname {:?}: {e}", spec.hostname));
+    }
+    if let Err(e) = drop_privileges() {
+        return fail(format!("cannot drop privileges: {e}"));
+    }
+    if write_status(status, &Status::Ready).is_err() {
+        return SETUP_FAILED;
+    }
+
+    let finish = |code: i32, signal: Option<i32>| {
+        let _ = write_status(status, &Status::Exit { code, signal });
+        code
+    };
+    let env = command_env(spec);
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    let name = &spec.command[0];
+    let Some(program) = resolve_program(name, path_var) else {
+        eprintln!("moat: command not found in sandbox: {name}");
+        return finish(127, None);
+    };
+    let mut cmd = Command::new(&program);
+    cmd.arg0(name)
+        .args(&spec.command[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(WORKSPACE_IN_SANDBOX);
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("moat: cannot execute {} in sandbox: {e}", program.display());
+            return finish(code, None);
+        }
+    };
+    let Some(cmd_pid) = Pid::from_raw(child.id() as i32) else {
+        return finish(SETUP_FAILED, None);
+    };
+    // Reaped through waitpid below, never through `child`.
+    drop(child);
+
+    loop {
+        let sig = match signals.wait() {
+            Ok(sig) => sig,
+            Err(_) => return finish(SETUP_FAILED, None),
+        };
+        if sig.signo != libc::SIGCHLD {
+            forward(sig, cmd_pid);
+            continue;
+        }
+        // Reap the command and any orphan re-parented to us.
+        while let Ok(Some((pid, st))) = rustix::process::wait(WaitOptions::NOHANG) {
+            if pid == cmd_pid {
+                if let Some((code, signal)) = exit_of(st) {
+                    return finish(code, signal);
+                }
+            }
+        }
+    }
+}
+
+/// The command's environment: the spec's, plus defaults for HOME, USER and
+/// PATH when the spec does not set them.
+fn command_env(spec: &SandboxSpec) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    let home = spec.home_in_sandbox().to_string_lossy().into_owned();
+    for (key, value) in [
+        ("HOME", home),
+        ("USER", spec.user.clone()),
+        ("PATH", DEFAULT_PATH.to_owned()),
+    ] {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.to_owned(), value));
+        }
+    }
+    env
+}
+
+/// Finds `name` like a shell would: as given if it contains `/`, else in
+/// each `PATH` entry.
+fn resolve_program(name: &str, path_var: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.exists().then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Removes every capability the setup needed before the command runs:
+/// bounding set, ambient and inheritable sets emptied, and no_new_privs so
+/// that neither setuid binaries nor file capabilities can bring them back.
+fn drop_privileges() -> io::Result<()> {
+    for bit in 0..64u32 {
+        let cap = CapabilitySet::from_bits_retain(1u64 << bit);
+        // EINVAL: a capability this kernel does not know.
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_no_new_privs(true)?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_defaults_only_when_unset() {
+        let mut spec = SandboxSpec::new("/w", vec!["true".into()]);
+        spec.user = "dev".into();
+        spec.env = vec![("PATH".into(), "/x".into()), ("A".into(), "1".into())];
+        let env = command_env(&spec);
+        assert!(env.contains(&("PATH".into(), "/x".into())));
+        assert!(env.contains(&("HOME".into(), "/home/dev".into())));
+        assert!(env.contains(&("USER".into(), "dev".into())));
+        assert_eq!(env.len(), 4);
+    }
+
+    #[test]
+    fn resolves_like_a_shell() {
+        assert!(resolve_program("sh", DEFAULT_PATH).is_some());
+        assert!(resolve_program("definitely-not-a-command-xyz", DEFAULT_PATH).is_none());
+    }
+}

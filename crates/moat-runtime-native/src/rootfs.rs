@@ -1,0 +1,463 @@
+//! Builds the sandbox's root filesystem, inside the sandbox's own mount
+//! namespace (run by PID 1 of the sandbox, before the command starts).
+//!
+//! Layout: a tmpfs is mounted over `/tmp` and becomes the new root with
+//! `pivot_root`, the host root staying reachable at `/oldroot` while we
+//! bind what the sandbox may see; `/oldroot` is then detached and the root
+//! tmpfs remounted read-only. Host paths given by the caller are
+//! canonicalised *before* the pivot, so a symlink cannot redirect a bind.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{statvfs, Mode};
+use rustix::mount::{
+    mount, mount_bind, mount_bind_recursive, mount_change, mount_remount, unmount, MountFlags,
+    MountPropagationFlags, UnmountFlags,
+};
+
+use crate::spec::{NetworkMode, SandboxSpec, PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX};
+
+/// Where the host root is attached while the new root is being built.
+const OLD_ROOT: &str = "/oldroot";
+
+/// Host files copied into the sandbox's `/etc` (when present).
+const ETC_FILES: &[&str] = &[
+    "resolv.conf",
+    "hosts",
+    "nsswitch.conf",
+    "host.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "localtime",
+    "timezone",
+    "ca-certificates.conf",
+    "services",
+    "protocols",
+];
+
+/// Host directories copied (recursively, symlinks kept) into `/etc`.
+const ETC_DIRS: &[&str] = &["ssl", "ca-certificates", "alternatives", "ld.so.conf.d"];
+
+/// Entries never copied from the host's `/etc` directories.
+const ETC_SKIP: &[&str] = &["private"];
+
+/// Host root-level entries reproduced as they are (symlink or read-only dir).
+const ROOT_LINKS: &[&str] = &["bin", "sbin", "lib", "lib64", "lib32", "libx32"];
+
+/// Numeric ids of the sandbox user inside the sandbox.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ids {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// A setup failure, already phrased for the user.
+pub(crate) type SetupResult<T> = Result<T, String>;
+
+/// Host paths from the spec, canonicalised while the host tree is visible.
+#[derive(Debug)]
+struct HostPaths {
+    workspace: PathBuf,
+    mounts: Vec<(PathBuf, PathBuf, bool)>,
+    proxy_socket: Option<PathBuf>,
+}
+
+fn resolve_host_paths(spec: &SandboxSpec) -> SetupResult<HostPaths> {
+    let workspace = fs::canonicalize(&spec.workspace).map_err(|e| {
+        format!(
+            "workspace {} cannot be used: {e} (create the directory or run from an existing project)",
+            spec.workspace.display()
+        )
+    })?;
+    if !workspace.is_dir() {
+        return Err(format!(
+            "workspace {} is not a directory",
+            spec.workspace.display()
+        ));
+    }
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        let source = fs::canonicalize(&m.source).map_err(|e| {
+            format!(
+                "mount source {} cannot be used: {e} (fix or remove this mount)",
+                m.source.display()
+            )
+        })?;
+        mounts.push((source, m.target.clone(), m.read_only));
+    }
+    let proxy_socket = match &spec.network {
+        NetworkMode::Host => None,
+        NetworkMode::Isolated { proxy_socket, .. } => {
+            Some(fs::canonicalize(proxy_socket).map_err(|e| {
+                format!(
+                    "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
+                    proxy_socket.display()
+                )
+            })?)
+        }
+    };
+    Ok(HostPaths {
+        workspace,
+        mounts,
+        proxy_socket,
+    })
+}
+
+/// The host path `p` as seen while the host root is at [`OLD_ROOT`].
+fn host(p: &Path) -> PathBuf {
+    Path::new(OLD_ROOT).join(p.strip_prefix("/").unwrap_or(p))
+}
+
+fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+fn mkdir_p(path: &Path, mode: u32) -> SetupResult<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| err("cannot create directory", path, e))
+}
+
+fn touch(path: &Path) -> SetupResult<()> {
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent, 0o755)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .map(drop)
+        .map_err(|e| err("cannot create mount point", path, e))
+}
+
+fn mount_tmpfs(target: &Path, flags: MountFlags, options: &str) -> SetupResult<()> {
+    let data = CString::new(options).map_err(|e| e.to_string())?;
+    mount("tmpfs", target, "tmpfs", flags, Some(data.as_c_str()))
+        .map_err(|e| err("cannot mount a tmpfs on", target, e))
+}
+
+/// Per-mount flags that a remount in a user namespace must keep (the kernel
+/// refuses to clear them when they are locked).
+fn kept_flags(path: &Path) -> SetupResult<MountFlags> {
+    let st = statvfs(path).map_err(|e| err("cannot stat mount", path, e))?;
+    let keep = MountFlags::NOSUID
+        | MountFlags::NODEV
+        | MountFlags::NOEXEC
+        | MountFlags::NOATIME
+        | MountFlags::NODIRATIME
+        | MountFlags::RELATIME;
+    Ok(MountFlags::from_bits_retain(st.f_flag.bits() as _) & keep)
+}
+
+fn remount_read_only(target: &Path) -> SetupResult<()> {
+    let flags = kept_flags(target)? | MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID;
+    mount_remount(target, flags, "").map_err(|e| err("cannot make read-only:", target, e))
+}
+
+/// Binds host `source` (an already-translated path) onto `target`.
+fn bind(source: &Path, target: &Path, read_only: bool) -> SetupResult<()> {
+    let result = if read_only {
+        mount_bind(source, target)
+    } else {
+        mount_bind_recursive(source, target)
+    };
+    result.map_err(|e| {
+        format!(
+            "cannot bind-mount {} onto {}: {e}",
+            source
+                .strip_prefix(OLD_ROOT)
+                .map(|p| Path::new("/").join(p))
+                .unwrap_or_else(|_| source.to_path_buf())
+                .display(),
+            target.display()
+        )
+    })?;
+    if read_only {
+        remount_read_only(target)?;
+    }
+    Ok(())
+}
+
+/// Builds the whole tree and leaves the process in `/workspace`, with the
+/// host root detached.
+pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
+    let paths = resolve_host_paths(spec)?;
+
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
+
+    // The new root: a tmpfs over /tmp, then pivot into it.
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755",
+    )?;
+    mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
+    rustix::process::pivot_root("/tmp", "/tmp/oldroot")
+        .map_err(|e| format!("pivot_root into the new root failed: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("cannot chdir to the new root: {e}"))?;
+
+    // /usr and the merged-/usr links.
+    mkdir_p(Path::new("/usr"), 0o755)?;
+    bind(&host(Path::new("/usr")), Path::new("/usr"), true)?;
+    for name in ROOT_LINKS {
+        let src = host(&Path::new("/").join(name));
+        let dst = Path::new("/").join(name);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
+                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
+            }
+            Ok(meta) if meta.is_dir() => {
+                mkdir_p(&dst, 0o755)?;
+                bind(&src, &dst, true)?;
+            }
+            _ => {}
+        }
+    }
+
+    build_etc(spec, ids)?;
+
+    mkdir_p(Path::new("/tmp"), 0o1777)?;
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=1777",
+    )?;
+    mkdir_p(Path::new("/var"), 0o755)?;
+    symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
+    mkdir_p(Path::new("/run"), 0o755)?;
+
+    mkdir_p(Path::new("/proc"), 0o555)?;
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("cannot mount /proc in the sandbox: {e}"))?;
+
+    build_dev()?;
+
+    let ws = Path::new(WORKSPACE_IN_SANDBOX);
+    mkdir_p(ws, 0o755)?;
+    bind(&host(&paths.workspace), ws, false)?;
+
+    let home = spec.home_in_sandbox();
+    mkdir_p(&home, 0o755)?;
+    mount_tmpfs(&home, MountFlags::NOSUID | MountFlags::NODEV, "mode=0700")?;
+
+    for (source, target, read_only) in &paths.mounts {
+        let src = host(source);
+        if src.is_dir() {
+            mkdir_p(target, 0o755)?;
+        } else {
+            touch(target)?;
+        }
+        bind(&src, target, *read_only)?;
+    }
+
+    if let Some(sock) = &paths.proxy_socket {
+        let dst = Path::new(PROXY_SOCKET_IN_SANDBOX);
+        touch(dst)?;
+        bind(&host(sock), dst, false)?;
+    }
+
+    for file in &spec.files {
+        write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
+        let writable_parent = [Path::new("/tmp"), home.as_path()]
+            .iter()
+            .any(|p| file.path_in_sandbox.starts_with(p));
+        if writable_parent {
+            bind(&file.path_in_sandbox, &file.path_in_sandbox, true)?;
+        }
+    }
+
+    unmount(OLD_ROOT, UnmountFlags::DETACH)
+        .map_err(|e| format!("cannot detach the host root: {e}"))?;
+    fs::remove_dir(OLD_ROOT).map_err(|e| err("cannot remove", Path::new(OLD_ROOT), e))?;
+    remount_read_only(Path::new("/dev"))?;
+    remount_read_only(Path::new("/"))?;
+
+    std::env::set_current_dir(ws).map_err(|e| err("cannot enter", ws, e))?;
+    Ok(())
+}
+
+fn write_injected(path: &Path, contents: &[u8], mode: u32) -> SetupResult<()> {
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent, 0o755)?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| err("cannot create injected file", path, e))?;
+    f.write_all(contents)
+        .map_err(|e| err("cannot write injected file", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777 & !0o6000))
+        .map_err(|e| err("cannot set mode of injected file", path, e))
+}
+
+fn build_etc(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
+    let etc = Path::new("/etc");
+    mkdir_p(etc, 0o755)?;
+    for name in ETC_FILES {
+        let src = host(&etc.join(name));
+        let dst = etc.join(name);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.file_type().is_symlink() && *name == "localtime" => {
+                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
+                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
+            }
+            Ok(_) => copy_file(&src, &dst)?,
+            Err(_) => {}
+        }
+    }
+    for name in ETC_DIRS {
+        let src = host(&etc.join(name));
+        if src.is_dir() {
+            copy_tree(&src, &etc.join(name))?;
+        }
+    }
+
+    let shell = if Path::new("/usr/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
+    let user = &spec.user;
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    let mut group = String::from("root:x:0:\n");
+    if ids.uid != 65534 {
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    }
+    if ids.gid != 65534 {
+        group.push_str("nogroup:x:65534:\n");
+    }
+    passwd.push_str(&format!(
+        "{user}:x:{}:{}:{user}:/home/{user}:{shell}\n",
+        ids.uid, ids.gid
+    ));
+    group.push_str(&format!("{user}:x:{}:\n", ids.gid));
+    write_new(&etc.join("passwd"), passwd.as_bytes())?;
+    write_new(&etc.join("group"), group.as_bytes())?;
+    write_new(
+        &etc.join("hostname"),
+        format!("{}\n", spec.hostname).as_bytes(),
+    )?;
+    // Let the sandbox hostname resolve, like a container does.
+    let hosts = etc.join("hosts");
+    let mut content = fs::read(&hosts).unwrap_or_else(|_| b"127.0.0.1\tlocalhost\n".to_vec());
+    content.extend_from_slice(format!("127.0.1.1\t{}\n", spec.hostname).as_bytes());
+    write_new(&hosts, &content)?;
+    Ok(())
+}
+
+fn write_new(path: &Path, contents: &[u8]) -> SetupResult<()> {
+    fs::write(path, contents).map_err(|e| err("cannot write", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .map_err(|e| err("cannot set mode of", path, e))
+}
+
+fn copy_file(src: &Path, dst: &Path) -> SetupResult<()> {
+    let data = match fs::read(src) {
+        Ok(data) => data,
+        // Unreadable for this user: the sandbox would not see it either.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
+        Err(e) => return Err(err("cannot read host file", src, e)),
+    };
+    let mode = fs::metadata(src)
+        .map(|m| m.permissions().mode() & 0o755)
+        .unwrap_or(0o644);
+    fs::write(dst, data).map_err(|e| err("cannot write", dst, e))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+        .map_err(|e| err("cannot set mode of", dst, e))
+}
+
+/// Copies a host directory tree: directories, regular files and symlinks
+/// (as symlinks), skipping [`ETC_SKIP`] entries and what we cannot read.
+fn copy_tree(src: &Path, dst: &Path) -> SetupResult<()> {
+    mkdir_p(dst, 0o755)?;
+    let entries = match fs::read_dir(src) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
+        Err(e) => return Err(err("cannot list host directory", src, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| err("cannot list host directory", src, e))?;
+        let name = entry.file_name();
+        if ETC_SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(&name);
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() {
+            let target = fs::read_link(&from).map_err(|e| err("cannot read link", &from, e))?;
+            symlink(&target, &to).map_err(|e| err("cannot create link", &to, e))?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else if kind.is_file() {
+            copy_file(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+fn build_dev() -> SetupResult<()> {
+    let dev = Path::new("/dev");
+    mkdir_p(dev, 0o755)?;
+    mount_tmpfs(dev, MountFlags::NOSUID | MountFlags::NOEXEC, "mode=0755")?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let dst = dev.join(node);
+        touch(&dst)?;
+        bind(&host(&dst), &dst, false)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755)?;
+    mount(
+        "devpts",
+        &pts,
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| err("cannot mount devpts on", &pts, e))?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        let path = dev.join(name);
+        symlink(target, &path).map_err(|e| err("cannot create link", &path, e))?;
+    }
+    let shm = dev.join("shm");
+    mkdir_p(&shm, 0o1777)?;
+    mount_tmpfs(&shm, MountFlags::NOSUID | MountFlags::NODEV, "mode=1777")?;
+    Ok(())
+}
+
+/// Sets the file mode creation mask used while building (and inherited by
+/// the command).
+pub(crate) fn set_umask() {
+    rustix::process::umask(Mode::from_bits_truncate(0o022));
+}

@@ -1,0 +1,298 @@
+//! What the caller asks for: the description of one sandboxed run.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+
+/// Where the Unix socket of the host proxy appears inside an isolated sandbox.
+pub const PROXY_SOCKET_IN_SANDBOX: &str = "/run/moat/proxy.sock";
+
+/// Where the project directory appears inside the sandbox (and the working
+/// directory of the command).
+pub const WORKSPACE_IN_SANDBOX: &str = "/workspace";
+
+/// `PATH` given to the command when the spec does not set one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One sandboxed run: what to run, what it sees, how it talks to the world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Hostname inside the sandbox (its own UTS namespace).
+    pub hostname: String,
+    /// Name of the sandbox user (`/etc/passwd` entry, `USER`, `/home/<user>`).
+    pub user: String,
+    /// Host project directory, bind-mounted read-write at `/workspace`,
+    /// which is also the working directory of the command.
+    pub workspace: PathBuf,
+    /// Extra host paths to bind-mount into the sandbox.
+    pub mounts: Vec<BindMount>,
+    /// Files created read-only inside the sandbox (CA certificates, configs).
+    pub files: Vec<InjectedFile>,
+    /// The command's whole environment, apart from the defaults for `HOME`,
+    /// `USER` and `PATH` (used only when not given here). Nothing is
+    /// inherited from the caller's environment.
+    pub env: Vec<(String, String)>,
+    /// Program and arguments. A program without `/` is looked up in the
+    /// sandbox's `PATH`.
+    pub command: Vec<String>,
+    /// How (and whether) the sandbox reaches the network.
+    pub network: NetworkMode,
+    /// Where the command's stdin, stdout and stderr go.
+    pub stdio: StdioMode,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path (file or directory); it must exist.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox. It may not be `/`, nor lie under
+    /// `/proc`, `/dev` or `/workspace`.
+    pub target: PathBuf,
+    /// Mount read-only (recommended) instead of read-write.
+    pub read_only: bool,
+}
+
+/// A file whose contents the caller provides; it appears read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedFile {
+    /// Absolute path inside the sandbox, e.g. `/etc/ssl/certs/moat-ca/ca.crt`.
+    /// Parent directories are created. It may not lie under `/workspace`,
+    /// `/proc`, `/dev` or an extra mount (that would write to the host).
+    pub path_in_sandbox: PathBuf,
+    /// The bytes of the file.
+    pub contents: Vec<u8>,
+    /// Permission bits, e.g. `0o644` (write bits are moot: it is read-only).
+    pub mode: u32,
+}
+
+/// Network access of the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// Share the host network namespace. The caller is expected to set the
+    /// proxy environment variables; nothing is enforced.
+    Host,
+    /// A private network namespace with only loopback up. A relay listens on
+    /// `127.0.0.1:relay_port` inside and forwards every connection to the
+    /// host Unix socket `proxy_socket` (also visible inside at
+    /// [`PROXY_SOCKET_IN_SANDBOX`]). Nothing else is reachable.
+    Isolated {
+        /// TCP port of the relay on the sandbox's loopback.
+        relay_port: u16,
+        /// Host path of the proxy's Unix socket.
+        proxy_socket: PathBuf,
+    },
+}
+
+/// Where the command's standard streams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdioMode {
+    /// stdin, stdout and stderr are the caller's (e.g. its terminal).
+    Inherit,
+    /// stdin is `/dev/null`; stdout and stderr are pipes the caller reads
+    /// through [`crate::Sandbox::take_stdout`] and
+    /// [`crate::Sandbox::take_stderr`].
+    Piped,
+}
+
+impl SandboxSpec {
+    /// A spec with the usual defaults: host network, inherited stdio, no
+    /// extra mounts, files or environment.
+    pub fn new(workspace: impl Into<PathBuf>, command: Vec<String>) -> Self {
+        SandboxSpec {
+            hostname: "moat".to_owned(),
+            user: "moat".to_owned(),
+            workspace: workspace.into(),
+            mounts: Vec::new(),
+            files: Vec::new(),
+            env: Vec::new(),
+            command,
+            network: NetworkMode::Host,
+            stdio: StdioMode::Inherit,
+        }
+    }
+
+    /// Checks what can be checked before anything is started.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        let invalid = |message: String| Err(SandboxError::InvalidSpec { message });
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return invalid("the command is empty: give at least a program name".into());
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return invalid("a command argument contains a NUL byte".into());
+        }
+        if !valid_user_name(&self.user) {
+            return invalid(format!(
+                "invalid user name {:?}: use 1-32 characters of a-z, 0-9, '_' or '-', not starting with a digit or '-'",
+                self.user
+            ));
+        }
+        if self.user == "root" || self.user == "nobody" {
+            return invalid(format!(
+                "the sandbox user may not be called {:?}: that name is reserved",
+                self.user
+            ));
+        }
+        if self.hostname.is_empty()
+            || self.hostname.len() > 64
+            || !self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return invalid(format!(
+                "invalid hostname {:?}: use 1-64 characters of letters, digits, '-' or '.'",
+                self.hostname
+            ));
+        }
+        if !self.workspace.is_absolute() {
+            return invalid(format!(
+                "the workspace path must be absolute: {}",
+                self.workspace.display()
+            ));
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return invalid(format!(
+                    "invalid environment variable name or value: {key:?}"
+                ));
+            }
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() {
+                return invalid(format!(
+                    "mount source must be an absolute host path: {}",
+                    m.source.display()
+                ));
+            }
+            check_sandbox_path(&m.target, "mount target")?;
+            if is_reserved(&m.target, &["/proc", "/dev", WORKSPACE_IN_SANDBOX]) {
+                return invalid(format!(
+                    "mount target {} is inside /proc, /dev or /workspace, which the sandbox manages",
+                    m.target.display()
+                ));
+            }
+        }
+        for f in &self.files {
+            check_sandbox_path(&f.path_in_sandbox, "injected file path")?;
+            let mut forbidden = vec![
+                PathBuf::from("/proc"),
+                PathBuf::from("/dev"),
+                PathBuf::from(WORKSPACE_IN_SANDBOX),
+            ];
+            forbidden.extend(self.mounts.iter().map(|m| m.target.clone()));
+            if forbidden.iter().any(|p| f.path_in_sandbox.starts_with(p)) {
+                return invalid(format!(
+                    "injected file {} would be written inside /proc, /dev, /workspace or an extra mount (i.e. on the host): choose a path elsewhere",
+                    f.path_in_sandbox.display()
+                ));
+            }
+        }
+        if let NetworkMode::Isolated {
+            relay_port,
+            proxy_socket,
+        } = &self.network
+        {
+            if *relay_port == 0 {
+                return invalid("the relay port must not be 0".into());
+            }
+            if !proxy_socket.is_absolute() {
+                return invalid(format!(
+                    "the proxy socket path must be absolute: {}",
+                    proxy_socket.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sandbox user's home directory inside the sandbox.
+    pub fn home_in_sandbox(&self) -> PathBuf {
+        PathBuf::from("/home").join(&self.user)
+    }
+}
+
+fn valid_user_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 32
+        && !bytes[0].is_ascii_digit()
+        && bytes[0] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+fn is_reserved(path: &Path, roots: &[&str]) -> bool {
+    roots.iter().any(|r| path.starts_with(r))
+}
+
+/// An absolute path without `..`, `.` or a trailing nothing, and not `/`.
+fn check_sandbox_path(path: &Path, what: &str) -> Result<(), SandboxError> {
+    let ok = path.is_absolute()
+        && path.components().count() > 1
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::InvalidSpec {
+            message: format!(
+                "{what} must be an absolute path other than / without '.' or '..': {}",
+                path.display()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec::new("/tmp/ws", vec!["true".into()])
+    }
+
+    #[test]
+    fn default_spec_is_valid() {
+        assert!(spec().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut s = spec();
+        s.command.clear();
+        assert!(s.validate().is_err());
+
+        let mut s = spec();
+        s.user = "Root;rm".into();
+        assert!(s.validate().is_err());
+
+        let mut s = spec();
+        s.mounts.push(BindMount {
+            source: "/etc".into(),
+            target: "/workspace/etc".into(),
+            read_only: true,
+        });
+        assert!(s.validate().is_err());
+
+        let mut s = spec();
+        s.files.push(InjectedFile {
+            path_in_sandbox: "/etc/../root/x".into(),
+            contents: vec![],
+            mode: 0o644,
+        });
+        assert!(s.validate().is_err());
+
+        let mut s = spec();
+        s.files.push(InjectedFile {
+            path_in_sandbox: "/workspace/x".into(),
+            contents: vec![],
+            mode: 0o644,
+        });
+        assert!(s.validate().is_err());
+    }
+}

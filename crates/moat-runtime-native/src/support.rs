@@ -1,0 +1,86 @@
+//! `check_support`: can this machine, for this user, run a native sandbox?
+
+use std::fs;
+use std::io::Read;
+
+use crate::error::SandboxError;
+use crate::spec::{SandboxSpec, StdioMode};
+
+fn read_sysctl(path: &str) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+/// The usual reasons user namespaces are refused, and their fixes, as they
+/// apply to this machine.
+pub(crate) fn namespace_hint() -> String {
+    let mut hints = Vec::new();
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        hints.push(
+            "user.max_user_namespaces is 0: run `sudo sysctl -w user.max_user_namespaces=15000`",
+        );
+    }
+    if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        hints.push("kernel.unprivileged_userns_clone is 0: run `sudo sysctl -w kernel.unprivileged_userns_clone=1`");
+    }
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        hints.push("AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1): set it to 0 with sysctl, or install an AppArmor profile granting `userns` to the moat binary");
+    }
+    if hints.is_empty() {
+        "Unprivileged user namespaces must be enabled (check `sysctl user.max_user_namespaces`, `kernel.unprivileged_userns_clone`, AppArmor/SELinux policy, and that this is not already inside a container that forbids them).".to_owned()
+    } else {
+        hints.join("; ")
+    }
+}
+
+/// Checks that native sandboxes work here, for `moat doctor`.
+///
+/// Reads the relevant sysctls, then starts a real sandbox running `true`
+/// in a throw-away workspace. On failure the error says what blocks it and
+/// how to fix it (sysctl `user.max_user_namespaces`,
+/// `kernel.unprivileged_userns_clone`,
+/// `kernel.apparmor_restrict_unprivileged_userns`). Like [`crate::spawn`],
+/// it requires [`crate::init::maybe_run_init`] in the binary's `main`.
+pub fn check_support() -> Result<(), SandboxError> {
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Err(SandboxError::Unsupported {
+            message: namespace_hint(),
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("moat-check-{}", std::process::id()));
+    fs::create_dir_all(&dir)
+        .map_err(|e| SandboxError::io(format!("cannot create {}", dir.display()), e))?;
+    let mut spec = SandboxSpec::new(&dir, vec!["true".into()]);
+    spec.stdio = StdioMode::Piped;
+    let result = run_probe(&spec);
+    let _ = fs::remove_dir(&dir);
+    result
+}
+
+fn run_probe(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let mut sandbox = match crate::spawn(spec) {
+        Ok(sandbox) => sandbox,
+        Err(SandboxError::Setup { message }) => {
+            return Err(SandboxError::Unsupported {
+                message: format!("{message} ({})", namespace_hint()),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = sandbox.take_stderr() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let exit = sandbox.wait()?;
+    if exit.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Unsupported {
+            message: format!(
+                "a test sandbox running `true` exited with {}: {}",
+                exit.code,
+                stderr.trim()
+            ),
+        })
+    }
+}
