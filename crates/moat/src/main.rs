@@ -12,6 +12,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     output::init_logging(cli.global.verbose);
+    tracing::debug!(command = ?std::env::args().nth(1), pid = std::process::id(), "moat started");
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -3,16 +3,67 @@
 
 use std::io::Write;
 
-/// Debug logs go to stderr with `--verbose`; otherwise only warnings.
+/// Logging for every moat process: JSON lines at debug level into
+/// `MOAT_HOME/debug/YYYY-MM-DD.jsonl` (mode 0600, files older than 14 days
+/// removed), and human-readable lines on stderr — debug with `--verbose`,
+/// otherwise warnings only. A debug directory that cannot be written never
+/// stops the command.
 pub fn init_logging(verbose: bool) {
-    let default = if verbose { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
+    let stderr_filter =
+        tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(if verbose { "debug" } else { "warn" })
+        });
+    let stderr_layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(stderr_filter);
+    let file_layer = debug_log_file().map(|file| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_filter(tracing_subscriber::EnvFilter::new(
+                "debug,hyper=info,rustls=info,h2=info,reqwest=info",
+            ))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(file_layer)
         .try_init();
+}
+
+const DEBUG_RETENTION_DAYS: i64 = 14;
+
+fn debug_log_file() -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let home = moat_home::MoatHome::from_env()?;
+    let dir = home.debug_dir();
+    moat_home::ensure_private_dir(&dir).ok()?;
+    let today = chrono::Utc::now().date_naive();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(date) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            else {
+                continue;
+            };
+            if (today - date).num_days() > DEBUG_RETENTION_DAYS {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join(format!("{today}.jsonl")))
+        .ok()
 }
 
 /// Prints an error and its causes; each cause only once even when a
