@@ -91,6 +91,31 @@ pub(crate) fn keep_fds_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
+/// Makes `cmd`'s child start with an empty signal mask (the init and PID 1
+/// block the signals they forward, and a mask survives `exec`).
+pub(crate) fn clear_signal_mask_before_exec(cmd: &mut Command) {
+    let hook = || -> io::Result<()> {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set it is given.
+        if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `set` was initialised just above; null old-set is allowed.
+        let rc =
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only calls
+    // sigemptyset and pthread_sigmask, both async-signal-safe, with no
+    // allocation and no lock.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// A set of blocked signals that the init collects with [`SignalSet::wait`].
 #[derive(Debug)]
 pub(crate) struct SignalSet(libc::sigset_t);
