@@ -39,8 +39,11 @@ const ETC_FILES: &[&str] = &[
     "protocols",
 ];
 
-/// Host directories copied (recursively, symlinks kept) into `/etc`.
+/// Host directories shown read-only in `/etc` (see [`mount_etc_dir`]).
 const ETC_DIRS: &[&str] = &["ssl", "ca-certificates", "alternatives", "ld.so.conf.d"];
+
+/// Scratch tmpfs holding the upper layers of `/etc` overlays during setup.
+const LAYERS: &str = "/.moat-layers";
 
 /// Entries never copied from the host's `/etc` directories.
 const ETC_SKIP: &[&str] = &["private"];
@@ -227,7 +230,18 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
         }
     }
 
-    build_etc(spec, ids)?;
+    mkdir_p(Path::new(LAYERS), 0o700)?;
+    mount_tmpfs(
+        Path::new(LAYERS),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0700",
+    )?;
+    let mut handled = vec![false; spec.files.len()];
+    build_etc(spec, ids, &mut handled)?;
+    // The overlays keep their own reference to their layers.
+    unmount(LAYERS, UnmountFlags::DETACH)
+        .map_err(|e| err("cannot detach", Path::new(LAYERS), e))?;
+    fs::remove_dir(LAYERS).map_err(|e| err("cannot remove", Path::new(LAYERS), e))?;
 
     mkdir_p(Path::new("/tmp"), 0o1777)?;
     mount_tmpfs(
@@ -275,7 +289,7 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
         bind(&host(sock), dst, false)?;
     }
 
-    for file in &spec.files {
+    for (file, _) in spec.files.iter().zip(&handled).filter(|(_, done)| !**done) {
         write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
         let writable_parent = [Path::new("/tmp"), home.as_path()]
             .iter()
@@ -312,7 +326,9 @@ fn write_injected(path: &Path, contents: &[u8], mode: u32) -> SetupResult<()> {
         .map_err(|e| err("cannot set mode of injected file", path, e))
 }
 
-fn build_etc(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
+/// Builds `/etc`. Injected files that land in one of [`ETC_DIRS`] are
+/// written there and flagged in `handled`.
+fn build_etc(spec: &SandboxSpec, ids: Ids, handled: &mut [bool]) -> SetupResult<()> {
     let etc = Path::new("/etc");
     mkdir_p(etc, 0o755)?;
     for name in ETC_FILES {
@@ -328,10 +344,7 @@ fn build_etc(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
         }
     }
     for name in ETC_DIRS {
-        let src = host(&etc.join(name));
-        if src.is_dir() {
-            copy_tree(&src, &etc.join(name))?;
-        }
+        mount_etc_dir(spec, name, handled)?;
     }
 
     let shell = if Path::new("/usr/bin/bash").exists() {
@@ -364,6 +377,69 @@ fn build_etc(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
     let mut content = fs::read(&hosts).unwrap_or_else(|_| b"127.0.0.1\tlocalhost\n".to_vec());
     content.extend_from_slice(format!("127.0.1.1\t{}\n", spec.hostname).as_bytes());
     write_new(&hosts, &content)?;
+    Ok(())
+}
+
+/// Makes host `/etc/<name>` visible read-only: a plain read-only bind, or,
+/// when the spec injects files below it, a read-only overlay of a layer
+/// holding those files over the host directory (falling back to a copy of
+/// the directory if overlayfs is not available). `private/` subdirectories
+/// (TLS private keys) are always hidden.
+fn mount_etc_dir(spec: &SandboxSpec, name: &str, handled: &mut [bool]) -> SetupResult<()> {
+    let dir = Path::new("/etc").join(name);
+    let src = host(&dir);
+    if !src.is_dir() {
+        return Ok(());
+    }
+    mkdir_p(&dir, 0o755)?;
+    let injected: Vec<usize> = spec
+        .files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.path_in_sandbox.starts_with(&dir))
+        .map(|(i, _)| i)
+        .collect();
+    if injected.is_empty() {
+        bind(&src, &dir, true)?;
+    } else {
+        let layer = Path::new(LAYERS).join(name);
+        mkdir_p(&layer, 0o755)?;
+        for &i in &injected {
+            let file = &spec.files[i];
+            let rel = file
+                .path_in_sandbox
+                .strip_prefix(&dir)
+                .unwrap_or(&file.path_in_sandbox);
+            write_injected(&layer.join(rel), &file.contents, file.mode)?;
+        }
+        let options = format!("lowerdir={}:{}", layer.display(), src.display());
+        let data = CString::new(options).map_err(|e| e.to_string())?;
+        let overlay = mount(
+            "overlay",
+            &dir,
+            "overlay",
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            Some(data.as_c_str()),
+        );
+        if overlay.is_err() {
+            copy_tree(&src, &dir)?;
+            for &i in &injected {
+                let file = &spec.files[i];
+                write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
+            }
+        }
+        for i in injected {
+            handled[i] = true;
+        }
+    }
+    let private = dir.join("private");
+    if private.is_dir() {
+        mount_tmpfs(
+            &private,
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            "mode=0700",
+        )?;
+    }
     Ok(())
 }
 
