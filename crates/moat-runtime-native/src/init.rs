@@ -21,17 +21,31 @@
 //! # Process layout
 //!
 //! ```text
-//! caller ── init (host pid; new user/pid/ipc/uts/cgroup[/net] namespaces,
-//!            │    host mount namespace: runs the proxy relay)
-//!            └── PID 1 of the sandbox (new mount namespace; builds the root
-//!                 │    filesystem, reaps orphans, forwards signals)
+//! caller ── init (host pid; new user/ipc/uts/cgroup[/net] namespaces, host
+//!            │    mount namespace; forwards signals, exits like the command)
+//!            ├── helper (same namespaces: watches the lifeline, runs the
+//!            │    TCP→Unix proxy relay in Isolated mode)
+//!            └── PID 1 of the sandbox (new pid and mount namespaces; builds
+//!                 │    the root filesystem, drops privileges, reaps orphans,
+//!                 │    forwards signals)
 //!                 └── the command
 //! ```
 //!
-//! The init watches the spec pipe (a lifeline held by the caller) and kills
-//! the sandbox on end-of-file; PID 1 has `PR_SET_PDEATHSIG(SIGKILL)` on the
-//! init; when PID 1 exits, the kernel kills everything left in the pid
-//! namespace.
+//! The helper is forked before the init unshares its pid namespace, because
+//! after `unshare(CLONE_NEWPID)` a process may no longer create threads.
+//! The caller keeps the write end of the spec pipe open as a *lifeline*:
+//! when it closes (caller exited, crashed or dropped its handle), the helper
+//! kills the init. The helper and PID 1 have `PR_SET_PDEATHSIG(SIGKILL)` on
+//! the init, and when PID 1 exits the kernel kills everything left in the
+//! pid namespace, so no process of the sandbox outlives the run. (The init
+//! itself gets no death signal tied to the caller: that signal fires when
+//! the spawning *thread* exits, which would kill sandboxes started from a
+//! short-lived thread, e.g. a tokio blocking-pool thread.)
+//!
+//! Signals *sent by a process* (`kill`, [`crate::Sandbox::signal`]) to the
+//! init are forwarded to PID 1 and then to the command; signals generated
+//! by a terminal (Ctrl-C, window resize) already reach the command directly
+//! (same process group) and are not forwarded twice.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -110,6 +124,9 @@ fn run_init(args: Vec<OsString>) -> i32 {
         Ok(spec) => spec,
         Err(e) => return fail(format!("cannot read the sandbox spec: {e}")),
     };
+    if let Err(e) = spec.validate() {
+        return fail(e.to_string());
+    }
 
     let mut blocked: Vec<i32> = FORWARDED.to_vec();
     blocked.push(libc::SIGCHLD);
@@ -351,14 +368,17 @@ fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) ->
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or(DEFAULT_PATH);
-    let name = &spec.command[0];
+    let Some(name) = spec.command.first() else {
+        eprintln!("moat: empty command");
+        return finish(SETUP_FAILED, None);
+    };
     let Some(program) = resolve_program(name, path_var) else {
         eprintln!("moat: command not found in sandbox: {name}");
         return finish(127, None);
     };
     let mut cmd = Command::new(&program);
     cmd.arg0(name)
-        .args(&spec.command[1..])
+        .args(spec.command.iter().skip(1))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(WORKSPACE_IN_SANDBOX);

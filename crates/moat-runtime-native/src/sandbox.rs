@@ -84,6 +84,15 @@ pub struct Sandbox {
 /// disabled...) are returned as errors naming the path and the fix; a
 /// command that is not found in the sandbox is not an error here: it exits
 /// with code 127, like in a shell.
+///
+/// This call blocks for the few milliseconds the setup takes (from async
+/// code, use `spawn_blocking`). The sandbox lives as long as the returned
+/// handle: dropping it, or the caller process dying, kills every process of
+/// the sandbox.
+///
+/// Interactive use: with [`StdioMode::Inherit`] and a terminal on the
+/// caller's stdin, the command shares the caller's terminal and process
+/// group, so Ctrl-C and window-size changes reach it directly.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     spec.validate()?;
     if !spec.workspace.is_dir() {

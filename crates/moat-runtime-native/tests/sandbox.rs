@@ -218,6 +218,11 @@ fn isolated_network_reaches_only_the_proxy() {
                 let mut writer = conn;
                 let mut line = String::new();
                 while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    if line == "drop\n" {
+                        // Abort this connection: the relay must survive it.
+                        let _ = writer.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
                     let _ = writer.write_all(format!("echo:{line}").as_bytes());
                     line.clear();
                 }
@@ -228,6 +233,7 @@ fn isolated_network_reaches_only_the_proxy() {
     let script = format!(
         "if (exec 3<>/dev/tcp/127.0.0.1/{host_port}) 2>/dev/null; then echo HOST-REACHED; else echo host-blocked; fi; \
          if (exec 3<>/dev/tcp/1.1.1.1/443) 2>/dev/null; then echo NET-REACHED; else echo net-blocked; fi; \
+         exec 5<>/dev/tcp/127.0.0.1/{relay_port}; echo drop >&5; cat <&5; exec 5>&-; \
          exec 3<>/dev/tcp/127.0.0.1/{relay_port}; echo ping >&3; head -n1 <&3; \
          exec 4<>/dev/tcp/127.0.0.1/{relay_port}; echo pong >&4; head -n1 <&4; \
          test -S /run/moat/proxy.sock && echo socket-mounted"
