@@ -382,7 +382,7 @@ fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) ->
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(WORKSPACE_IN_SANDBOX);
-    sys::clear_signal_mask_before_exec(&mut cmd);
+    sys::reset_signals_before_exec(&mut cmd);
     let child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -91,10 +91,21 @@ pub(crate) fn keep_fds_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// Makes `cmd`'s child start with an empty signal mask (the init and PID 1
-/// block the signals they forward, and a mask survives `exec`).
-pub(crate) fn clear_signal_mask_before_exec(cmd: &mut Command) {
+/// Makes `cmd`'s child start with an empty signal mask and default signal
+/// dispositions (the init and PID 1 block the signals they forward, and the
+/// caller may ignore some: both survive `exec`).
+pub(crate) fn reset_signals_before_exec(cmd: &mut Command) {
     let hook = || -> io::Result<()> {
+        for sig in 1..32 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: installing SIG_DFL is async-signal-safe and involves
+            // no Rust handler; failures (invalid numbers) are irrelevant.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: sigemptyset initialises the set it is given.
         if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
@@ -108,8 +119,8 @@ pub(crate) fn clear_signal_mask_before_exec(cmd: &mut Command) {
         }
         Ok(())
     };
-    // SAFETY: the hook runs between fork and exec and only calls
-    // sigemptyset and pthread_sigmask, both async-signal-safe, with no
+    // SAFETY: the hook runs between fork and exec and only calls signal,
+    // sigemptyset and pthread_sigmask, all async-signal-safe, with no
     // allocation and no lock.
     unsafe {
         cmd.pre_exec(hook);

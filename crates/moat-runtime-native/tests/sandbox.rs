@@ -426,3 +426,36 @@ fn works_as_an_unprivileged_user() {
     let meta = std::fs::metadata(ws.path().join("file")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }
+
+#[test]
+fn sandbox_dies_when_the_caller_is_killed() {
+    let ws = tempfile::tempdir().unwrap();
+    let needle = format!("777.{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.json");
+    let s = spec(ws.path(), sh(&format!("sleep {needle} & sleep {needle}")));
+    std::fs::write(&spec_path, serde_json::to_vec(&s).unwrap()).unwrap();
+    let mut caller = Command::new(HARNESS).arg(&spec_path).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while processes_with_arg(&format!("sleep {needle}")).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox did not start"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    caller.kill().unwrap(); // SIGKILL: no cleanup code runs in the caller.
+    caller.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_with_arg(&format!("sleep {needle}"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
