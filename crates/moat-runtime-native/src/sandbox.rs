@@ -121,10 +121,14 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
                 .stdout(Stdio::inherit())
                 .stderr(Stdio::inherit());
         }
-        StdioMode::Piped => {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+        StdioMode::Piped | StdioMode::PipedOutput => {
+            cmd.stdin(if spec.stdio == StdioMode::Piped {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         }
     }
     sys::keep_fds_across_exec(&mut cmd, vec![spec_r.as_raw_fd(), status_w.as_raw_fd()]);

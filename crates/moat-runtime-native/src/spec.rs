@@ -95,6 +95,9 @@ pub enum StdioMode {
     /// through [`crate::Sandbox::take_stdout`] and
     /// [`crate::Sandbox::take_stderr`].
     Piped,
+    /// stdin is the caller's (so `moat run -- cat < file` works); stdout and
+    /// stderr are pipes, as with [`StdioMode::Piped`].
+    PipedOutput,
 }
 
 impl SandboxSpec {
