@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Must come first: `moat run` re-executes this binary as the sandbox's
+    // init, and that process must not parse arguments or start threads.
+    moat_runtime_native::init::maybe_run_init();
     let cli = cli::Cli::parse();
     output::init_logging(cli.global.verbose);
     tracing::debug!(command = ?std::env::args().nth(1), pid = std::process::id(), "moat started");
