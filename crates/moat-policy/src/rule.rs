@@ -1,0 +1,445 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::PolicyError;
+
+/// What a matching [`Rule`] does with the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+/// `*` or one HTTP method, written in upper case (`GET`, `DELETE`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MethodPattern {
+    Any,
+    Exact(String),
+}
+
+impl MethodPattern {
+    /// Parses `*` or an upper-case method token. Lower case is refused
+    /// rather than folded so the file reads the way requests are logged.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(Self::Any);
+        }
+        let is_token = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphabetic() || c == '-' || c == '_');
+        if !is_token {
+            return Err(format!("{s:?} is not an HTTP method"));
+        }
+        if s.chars().any(|c| c.is_ascii_lowercase()) {
+            return Err(format!(
+                "method {s:?} must be upper case: {:?}",
+                s.to_ascii_uppercase()
+            ));
+        }
+        Ok(Self::Exact(s.to_owned()))
+    }
+
+    /// Compares ignoring case: some servers accept `delete` as `DELETE`, and
+    /// a deny rule must not be sidestepped by spelling.
+    pub fn matches(&self, method: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(m) => m.eq_ignore_ascii_case(method),
+        }
+    }
+}
+
+impl fmt::Display for MethodPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Exact(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A path glob: `/repos/*/issues`, `/admin/**`.
+///
+/// Segments are split on `/`; `*` matches exactly one segment, `**` any
+/// number including zero, anything else matches literally (after
+/// percent-decoding). Empty segments are ignored, so `/a//b/` is `/a/b`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathPattern {
+    raw: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Segment {
+    Literal(String),
+    One,
+    Any,
+}
+
+impl PathPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("path {s:?} must start with /"));
+        }
+        if let Some(i) = s.find(['?', '#']) {
+            let tail = s.get(i..).unwrap_or_default();
+            return Err(format!(
+                "query strings are not matched; remove {tail:?} from the path"
+            ));
+        }
+        let mut segments = Vec::new();
+        for seg in s.split('/').filter(|seg| !seg.is_empty()) {
+            segments.push(match seg {
+                "*" => Segment::One,
+                "**" => Segment::Any,
+                "." | ".." => {
+                    return Err(format!(
+                        "path segment {seg:?} is not allowed; write the path without . or .."
+                    ))
+                }
+                _ if seg.contains('*') => {
+                    return Err(format!(
+                        "segment {seg:?}: * must be a whole segment (/*/ for one segment, /**/ for any number)"
+                    ))
+                }
+                _ => Segment::Literal(percent_decode(seg)),
+            });
+        }
+        Ok(Self {
+            raw: s.to_owned(),
+            segments,
+        })
+    }
+
+    /// Whether the request path (query string and fragment ignored) matches.
+    ///
+    /// The request path is percent-decoded and its `.`/`..` segments are
+    /// resolved first, the way servers do, so `/public/../admin` or
+    /// `/%61dmin` cannot dodge a rule on `/admin/**`.
+    pub fn matches(&self, path: &str) -> bool {
+        let segments = normalize_request_path(path);
+        glob_match(&self.segments, &segments)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// One line of a host's rule list: `allow GET /repos/*/issues`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub action: Action,
+    pub method: MethodPattern,
+    pub path: PathPattern,
+}
+
+impl Rule {
+    /// Parses `ACTION METHOD PATH`, separated by whitespace.
+    pub fn parse(s: &str) -> Result<Rule, PolicyError> {
+        let err = |reason: String| PolicyError::InvalidRule {
+            rule: s.to_owned(),
+            reason,
+        };
+        let mut words = s.split_whitespace();
+        let action = match words.next() {
+            None => return Err(err("the rule is empty".to_owned())),
+            Some(w) if w.eq_ignore_ascii_case("allow") => Action::Allow,
+            Some(w) if w.eq_ignore_ascii_case("deny") => Action::Deny,
+            Some(w) => {
+                return Err(err(format!(
+                    "found {w:?} where \"allow\" or \"deny\" belongs"
+                )))
+            }
+        };
+        let method = match words.next() {
+            None => return Err(err("missing the METHOD and the path".to_owned())),
+            Some(w) if w.starts_with('/') => {
+                return Err(err(format!(
+                    "missing the METHOD before {w:?}; use * for any method"
+                )))
+            }
+            Some(w) => MethodPattern::parse(w).map_err(err)?,
+        };
+        let path = match words.next() {
+            None => return Err(err("missing the path".to_owned())),
+            Some(w) => PathPattern::parse(w).map_err(err)?,
+        };
+        if let Some(extra) = words.next() {
+            return Err(err(format!(
+                "unexpected {extra:?} after the path; a path cannot contain spaces"
+            )));
+        }
+        Ok(Rule {
+            action,
+            method,
+            path,
+        })
+    }
+
+    /// Whether this rule applies to the request.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method.matches(method) && self.path.matches(path)
+    }
+}
+
+impl FromStr for Rule {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.action, self.method, self.path)
+    }
+}
+
+/// Strips the query string and fragment from a request path.
+pub(crate) fn strip_query(path: &str) -> &str {
+    match path.find(['?', '#']) {
+        Some(i) => path.get(..i).unwrap_or(path),
+        None => path,
+    }
+}
+
+fn normalize_request_path(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for seg in strip_query(path).split('/') {
+        let seg = percent_decode(seg);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept as written and
+/// invalid UTF-8 is replaced, so decoding never fails.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    if !bytes.contains(&b'%') {
+        return s.to_owned();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex_val(*c)),
+                bytes.get(i + 2).and_then(|c| hex_val(*c)),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Glob match over segments, `**` as the star. Iterative with a single
+/// backtrack point, so hostile paths cost O(n·m) and no stack.
+fn glob_match(pattern: &[Segment], path: &[String]) -> bool {
+    let (mut p, mut s) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while s < path.len() {
+        match pattern.get(p) {
+            Some(Segment::Any) => {
+                star = Some((p, s));
+                p += 1;
+            }
+            Some(Segment::One) => {
+                p += 1;
+                s += 1;
+            }
+            Some(Segment::Literal(lit)) if *lit == path[s] => {
+                p += 1;
+                s += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    p = sp + 1;
+                    s = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|seg| *seg == Segment::Any))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(s: &str) -> Rule {
+        match Rule::parse(s) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn path(s: &str) -> PathPattern {
+        match PathPattern::parse(s) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn reason(s: &str) -> String {
+        match Rule::parse(s) {
+            Ok(r) => panic!("{s:?} parsed as {r}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_examples() {
+        let r = rule("allow GET /repos/*/issues");
+        assert_eq!(r.action, Action::Allow);
+        assert_eq!(r.method, MethodPattern::Exact("GET".into()));
+        assert_eq!(r.path.as_str(), "/repos/*/issues");
+        let r = rule("deny * /admin/**");
+        assert_eq!(r.action, Action::Deny);
+        assert_eq!(r.method, MethodPattern::Any);
+        assert_eq!(rule("deny DELETE /**").to_string(), "deny DELETE /**");
+    }
+
+    #[test]
+    fn whitespace_and_action_case_are_normalised_in_display() {
+        assert_eq!(rule("  Allow\tGET   /x  ").to_string(), "allow GET /x");
+    }
+
+    #[test]
+    fn single_star_is_exactly_one_segment() {
+        let p = path("/repos/*/issues");
+        assert!(p.matches("/repos/moat/issues"));
+        assert!(!p.matches("/repos/issues"));
+        assert!(!p.matches("/repos/a/b/issues"));
+        assert!(!p.matches("/repos/moat/issues/1"));
+        assert!(!p.matches("/repos/moat/pulls"));
+    }
+
+    #[test]
+    fn double_star_is_any_number_including_zero() {
+        let p = path("/admin/**");
+        assert!(p.matches("/admin"));
+        assert!(p.matches("/admin/"));
+        assert!(p.matches("/admin/users/1"));
+        assert!(!p.matches("/administrator"));
+        assert!(!p.matches("/"));
+        let all = path("/**");
+        assert!(all.matches("/"));
+        assert!(all.matches(""));
+        assert!(all.matches("/a/b/c"));
+        let mid = path("/a/**/z");
+        assert!(mid.matches("/a/z"));
+        assert!(mid.matches("/a/b/c/z"));
+        assert!(!mid.matches("/a/b/c"));
+        let two = path("/**/x/**/y");
+        assert!(two.matches("/x/y"));
+        assert!(two.matches("/q/x/r/s/y"));
+        assert!(!two.matches("/q/y/x"));
+    }
+
+    #[test]
+    fn literals_are_exact_and_case_sensitive() {
+        let p = path("/Repos");
+        assert!(p.matches("/Repos"));
+        assert!(!p.matches("/repos"));
+        assert!(path("/").matches("/"));
+        assert!(!path("/").matches("/a"));
+    }
+
+    #[test]
+    fn query_and_fragment_are_ignored() {
+        let p = path("/search");
+        assert!(p.matches("/search?q=1"));
+        assert!(p.matches("/search#top"));
+        assert!(p.matches("/search/?q=/a/b"));
+    }
+
+    #[test]
+    fn request_paths_are_normalised_before_matching() {
+        let p = path("/admin/**");
+        assert!(p.matches("//admin//x"));
+        assert!(p.matches("/public/../admin/x"));
+        assert!(p.matches("/./admin"));
+        assert!(p.matches("/%61dmin/x"));
+        assert!(p.matches("/public/%2e%2e/admin"));
+        assert!(p.matches("/../../admin"));
+        // An encoded slash stays inside its segment.
+        assert!(!path("/a/b").matches("/a%2Fb"));
+        // Malformed escapes are compared literally.
+        assert!(path("/a%zz").matches("/a%zz"));
+        assert!(path("/caf%C3%A9").matches("/café"));
+    }
+
+    #[test]
+    fn method_matching() {
+        let r = rule("deny DELETE /**");
+        assert!(r.matches("DELETE", "/x"));
+        assert!(r.matches("delete", "/x"));
+        assert!(!r.matches("GET", "/x"));
+        assert!(rule("allow * /x").matches("PROPFIND", "/x"));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            reason("alow GET /x"),
+            "invalid network rule \"alow GET /x\": expected \"allow\" or \"deny\", then a METHOD \
+             (or *), then a path starting with / (found \"alow\" where \"allow\" or \"deny\" belongs)"
+        );
+        assert!(reason("").contains("the rule is empty"));
+        assert!(reason("   ").contains("the rule is empty"));
+        assert!(reason("allow").contains("missing the METHOD and the path"));
+        assert!(reason("allow GET").contains("missing the path"));
+        assert!(reason("allow /x").contains("missing the METHOD before \"/x\""));
+        assert!(reason("allow get /x").contains("must be upper case: \"GET\""));
+        assert!(reason("allow G3T /x").contains("not an HTTP method"));
+        assert!(reason("allow GET x").contains("must start with /"));
+        assert!(reason("allow GET /x?y=1").contains("remove \"?y=1\""));
+        assert!(reason("allow GET /x extra").contains("unexpected \"extra\""));
+        assert!(reason("allow GET /a*").contains("must be a whole segment"));
+        assert!(reason("allow GET /***").contains("must be a whole segment"));
+        assert!(reason("allow GET /a/../b").contains("\"..\" is not allowed"));
+    }
+}
