@@ -1,0 +1,79 @@
+//! Loading and validating a project's `moat.yaml`.
+//!
+//! [`load`] finds the file in a workspace (falling back to `agent.yaml`),
+//! [`parse`] turns its text into a [`ProjectConfig`]. Every key is checked:
+//! an unknown key, a value of the wrong type or a bad network rule is a
+//! [`ConfigError`] naming the file, the line, the key path and the fix;
+//! nothing is silently ignored.
+//!
+//! This crate owns the file format only. It must not touch credentials,
+//! start anything or look at the network: what a grant or dependency
+//! *means* belongs to the crates that use them. Network rules are parsed
+//! with `moat-policy`, so the grammar lives in one place.
+//!
+//! YAML is read with `saphyr-parser` into a small positioned tree
+//! (`yaml.rs`) rather than through serde, because good messages need the
+//! position of every key and whether a scalar was quoted.
+
+mod error;
+mod mount;
+mod schema;
+mod spec;
+mod suggest;
+mod types;
+mod yaml;
+
+use std::path::{Path, PathBuf};
+
+pub use crate::error::ConfigError;
+pub use crate::types::{
+    ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
+    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig,
+};
+
+/// File names looked up in the workspace, in order.
+pub const CONFIG_FILE_NAMES: [&str; 2] = ["moat.yaml", "agent.yaml"];
+
+/// Reads `workspace/moat.yaml`, or `workspace/agent.yaml` if there is no
+/// `moat.yaml`. `Ok(None)` when neither exists.
+pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
+    for name in CONFIG_FILE_NAMES {
+        let file = workspace.join(name);
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+                    file: file.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the file is not UTF-8 text",
+                    ),
+                })?;
+                return parse(&text, &file, workspace).map(Some);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ConfigError::Read { file, source }),
+        }
+    }
+    Ok(None)
+}
+
+/// Parses and validates the text of a config file. `file` is only used in
+/// messages, as given; relative mount sources are resolved against
+/// `workspace` (made absolute first).
+pub fn parse(text: &str, file: &Path, workspace: &Path) -> Result<ProjectConfig, ConfigError> {
+    let root = yaml::parse(text).map_err(|e| ConfigError::Syntax {
+        file: file.to_owned(),
+        line: e.line,
+        column: e.col,
+        message: e.message,
+    })?;
+    // `absolute` only fails for an empty path or a vanished cwd; the
+    // workspace as given is still the best answer then.
+    let workspace: PathBuf =
+        std::path::absolute(workspace).unwrap_or_else(|_| workspace.to_owned());
+    let ctx = schema::Ctx {
+        file,
+        workspace: &workspace,
+    };
+    schema::project(&ctx, root.as_ref())
+}

@@ -1,0 +1,178 @@
+use std::path::{Component, Path, PathBuf};
+
+use crate::{ConfigError, Mount};
+
+const MOUNT_SYNTAX: &str = "expected SRC:DST[:ro|rw]";
+
+impl Mount {
+    /// Parses a `-m/--mount SRC:DST[:ro|rw]` flag; a relative `SRC` is
+    /// resolved against `workspace`.
+    pub fn parse_cli(spec: &str, workspace: &Path) -> Result<Mount, ConfigError> {
+        parse_mount_string(spec, workspace).map_err(|message| ConfigError::InvalidSpec {
+            what: "mount",
+            spec: spec.to_owned(),
+            message,
+        })
+    }
+}
+
+/// The string form shared by moat.yaml and the CLI.
+pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, String> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (src, dst, read_only) = match parts.as_slice() {
+        [src, dst] => (*src, *dst, false),
+        [src, dst, mode] => (*src, *dst, parse_mode(mode)?),
+        [_] => return Err(format!("missing :DST; {MOUNT_SYNTAX}")),
+        _ => {
+            return Err(format!(
+                "too many ':'; {MOUNT_SYNTAX} (use the object form for paths containing ':')"
+            ))
+        }
+    };
+    Ok(Mount {
+        source: resolve_source(src, workspace)?,
+        target: check_target(dst)?,
+        read_only,
+        exclude: Vec::new(),
+    })
+}
+
+pub(crate) fn parse_mode(mode: &str) -> Result<bool, String> {
+    match mode {
+        "ro" => Ok(true),
+        "rw" => Ok(false),
+        _ => Err(format!("mode must be \"ro\" or \"rw\", found {mode:?}")),
+    }
+}
+
+pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<PathBuf, String> {
+    if src.is_empty() {
+        return Err(format!("the source is empty; {MOUNT_SYNTAX}"));
+    }
+    if src.starts_with('~') {
+        return Err(format!(
+            "source {src:?}: ~ is not expanded; write the absolute path"
+        ));
+    }
+    Ok(normalize(&workspace.join(src)))
+}
+
+pub(crate) fn check_target(dst: &str) -> Result<PathBuf, String> {
+    if dst.is_empty() {
+        return Err(format!("the target is empty; {MOUNT_SYNTAX}"));
+    }
+    let path = Path::new(dst);
+    if !path.is_absolute() {
+        return Err(format!(
+            "target {dst:?} must be an absolute path inside the sandbox, like /data"
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("target {dst:?} must not contain .."));
+    }
+    let target = normalize(path);
+    if target == Path::new("/") {
+        return Err("the target cannot be / itself".to_owned());
+    }
+    Ok(target)
+}
+
+pub(crate) fn check_exclude(exclude: &str) -> Result<PathBuf, String> {
+    let path = Path::new(exclude);
+    if exclude.is_empty() {
+        return Err("an exclude path is empty".to_owned());
+    }
+    if path.is_absolute() {
+        return Err(format!(
+            "exclude {exclude:?} must be relative to the mount target, like node_modules"
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!(
+            "exclude {exclude:?} must stay inside the mount (no ..)"
+        ));
+    }
+    let normalized = normalize(path);
+    if normalized.as_os_str().is_empty() {
+        return Err(format!(
+            "exclude {exclude:?} names the whole mount; remove the mount instead"
+        ));
+    }
+    Ok(normalized)
+}
+
+/// Removes `.` and resolves `..` lexically: the source may not exist yet,
+/// and following symlinks here would check the wrong machine's view anyway.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(spec: &str) -> Mount {
+        match Mount::parse_cli(spec, Path::new("/ws")) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn err(spec: &str) -> String {
+        match Mount::parse_cli(spec, Path::new("/ws")) {
+            Ok(m) => panic!("{spec} parsed as {m:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn parses_modes_and_resolves_relative_sources() {
+        let m = ok("data:/data");
+        assert_eq!(m.source, Path::new("/ws/data"));
+        assert_eq!(m.target, Path::new("/data"));
+        assert!(!m.read_only);
+        assert!(ok("/etc/x:/x:ro").read_only);
+        assert!(!ok("/etc/x:/x:rw").read_only);
+        assert_eq!(ok("../cache/./a:/c/").source, Path::new("/cache/a"));
+        assert_eq!(ok("../cache/./a:/c/").target, Path::new("/c"));
+        assert_eq!(ok(".:/src").source, Path::new("/ws"));
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        assert_eq!(
+            err("data"),
+            "invalid mount \"data\": missing :DST; expected SRC:DST[:ro|rw]"
+        );
+        assert!(err("a:b").contains("must be an absolute path"));
+        assert!(err("a:/b:rx").contains("mode must be \"ro\" or \"rw\""));
+        assert!(err("a:/b:ro:x").contains("too many ':'"));
+        assert!(err(":/b").contains("source is empty"));
+        assert!(err("a:").contains("target is empty"));
+        assert!(err("~/x:/x").contains("~ is not expanded"));
+        assert!(err("a:/x/../y").contains("must not contain .."));
+        assert!(err("a:/").contains("cannot be /"));
+    }
+
+    #[test]
+    fn excludes() {
+        assert_eq!(
+            check_exclude("./node_modules/"),
+            Ok(PathBuf::from("node_modules"))
+        );
+        assert!(check_exclude("/abs").is_err());
+        assert!(check_exclude("../up").is_err());
+        assert!(check_exclude("").is_err());
+        assert!(check_exclude(".").is_err());
+    }
+}

@@ -1,0 +1,709 @@
+//! Turns the positioned YAML tree into a [`ProjectConfig`], key by key.
+//!
+//! Each accessor takes the key path it is reading so that every error can
+//! say where it is; nothing unknown is skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use moat_policy::{HostPattern, HostRules, Policy, Rule};
+
+use crate::mount::{check_exclude, check_target, parse_mode, parse_mount_string, resolve_source};
+use crate::spec::{
+    check_env_name, check_grant, check_header_name, check_mcp_name, check_mcp_url, check_run_name,
+    parse_dependency,
+};
+use crate::suggest::closest;
+use crate::yaml::{Node, Resolved, Value};
+use crate::{
+    ConfigError, ContainerLimits, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
+    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig,
+};
+
+type R<T> = Result<T, ConfigError>;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "agent",
+    "grants",
+    "env",
+    "mounts",
+    "network",
+    "command",
+    "runtime",
+    "sandbox",
+    "dependencies",
+    "base_image",
+    "hooks",
+    "container",
+    "interactive",
+    "mcp",
+    "services",
+];
+
+/// Keys moat.yaml has elsewhere that this version does not implement yet:
+/// they get "not supported yet" rather than a misleading "did you mean".
+const TOP_NOT_YET: &[&str] = &[
+    "version",
+    "secrets",
+    "workspace",
+    "volumes",
+    "ports",
+    "clipboard",
+    "claude",
+    "codex",
+    "gemini",
+    "copilot",
+    "pi",
+    "language_servers",
+    "snapshots",
+    "tracing",
+];
+
+pub(crate) struct Ctx<'a> {
+    pub file: &'a Path,
+    pub workspace: &'a Path,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, node: &Node, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: node.line,
+            path: path.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn wrong_type(
+        &self,
+        node: &Node,
+        path: &str,
+        expected: &'static str,
+        hint: String,
+    ) -> ConfigError {
+        ConfigError::WrongType {
+            file: self.file.to_owned(),
+            line: node.line,
+            path: path.to_owned(),
+            expected,
+            found: found(node),
+            hint,
+        }
+    }
+
+    /// Entries of a mapping with a fixed set of keys. A missing value
+    /// (`key:` alone) counts as an empty mapping.
+    fn fields<'n>(
+        &self,
+        node: &'n Node,
+        path: &str,
+        known: &[&str],
+        not_yet: &[&str],
+    ) -> R<Vec<(&'n str, &'n Node)>> {
+        let entries = self.map(node, path)?;
+        for (key, key_node, _) in &entries {
+            if known.contains(key) {
+                continue;
+            }
+            if not_yet.contains(key) {
+                return Err(ConfigError::Unsupported {
+                    file: self.file.to_owned(),
+                    line: key_node.line,
+                    path: join(path, key),
+                });
+            }
+            let help = match closest(key, known) {
+                Some(s) => format!(". Did you mean {s:?}? (known keys: {})", known.join(", ")),
+                None => format!(" (known keys: {})", known.join(", ")),
+            };
+            return Err(ConfigError::UnknownKey {
+                file: self.file.to_owned(),
+                line: key_node.line,
+                key: (*key).to_owned(),
+                parent: path.to_owned(),
+                help,
+            });
+        }
+        Ok(entries.into_iter().map(|(k, _, v)| (k, v)).collect())
+    }
+
+    /// Entries of a mapping with free-form keys.
+    fn map<'n>(&self, node: &'n Node, path: &str) -> R<Vec<(&'n str, &'n Node, &'n Node)>> {
+        match &node.value {
+            Value::Map(entries) => Ok(entries
+                .iter()
+                .map(|(k, v)| (k.text().unwrap_or(""), k, v))
+                .collect()),
+            _ if node.resolve() == Some(Resolved::Null) => Ok(Vec::new()),
+            _ => Err(self.wrong_type(node, path, "a mapping", String::new())),
+        }
+    }
+
+    /// Items of a list; a missing value counts as an empty list.
+    fn seq<'n>(&self, node: &'n Node, path: &str) -> R<&'n [Node]> {
+        match &node.value {
+            Value::Seq(items) => Ok(items),
+            _ if node.resolve() == Some(Resolved::Null) => Ok(&[]),
+            _ => {
+                let hint = match (node.resolve(), path.rsplit('.').next()) {
+                    (Some(Resolved::Str(s)), Some(key)) if !key.ends_with(']') => {
+                        format!(". Write it as a list: {key}: [{s}]")
+                    }
+                    _ => String::new(),
+                };
+                Err(self.wrong_type(node, path, "a list", hint))
+            }
+        }
+    }
+
+    /// A string; `key` names the mapping key for the "quote it" hint.
+    fn string(&self, node: &Node, path: &str, key: Option<&str>) -> R<String> {
+        match node.resolve() {
+            Some(Resolved::Str(s)) => Ok(s.to_owned()),
+            Some(Resolved::Null) => Err(self.wrong_type(node, path, "a string", String::new())),
+            Some(_) => {
+                let text = node.text().unwrap_or("");
+                let hint = match key {
+                    Some(k) => format!(". Quote it: {k}: \"{text}\""),
+                    None => format!(". Quote it: \"{text}\""),
+                };
+                Err(self.wrong_type(node, path, "a string", hint))
+            }
+            None => Err(self.wrong_type(node, path, "a string", String::new())),
+        }
+    }
+
+    fn non_empty_string(&self, node: &Node, path: &str, key: Option<&str>) -> R<String> {
+        let s = self.string(node, path, key)?;
+        if s.trim().is_empty() {
+            return Err(self.invalid(node, path, "must not be empty; remove the key instead"));
+        }
+        Ok(s)
+    }
+
+    fn bool(&self, node: &Node, path: &str) -> R<bool> {
+        match node.resolve() {
+            Some(Resolved::Bool(b)) => Ok(b),
+            _ => Err(self.wrong_type(node, path, "true or false", String::new())),
+        }
+    }
+
+    fn positive_int(&self, node: &Node, path: &str, what: &'static str) -> R<u64> {
+        match node.resolve() {
+            Some(Resolved::Int(i)) if i > 0 => {
+                u64::try_from(i).map_err(|_| self.invalid(node, path, format!("{i} is too large")))
+            }
+            Some(Resolved::Int(i)) => {
+                Err(self.invalid(node, path, format!("must be greater than 0, found {i}")))
+            }
+            _ => Err(self.wrong_type(node, path, what, String::new())),
+        }
+    }
+
+    fn string_list<'n>(&self, node: &'n Node, path: &str) -> R<Vec<(String, &'n Node, String)>> {
+        self.seq(node, path)?
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let p = index(path, i);
+                Ok((self.string(item, &p, None)?, item, p))
+            })
+            .collect()
+    }
+
+    fn env_map(&self, node: &Node, path: &str) -> R<BTreeMap<String, String>> {
+        let mut env = BTreeMap::new();
+        for (key, key_node, value) in self.map(node, path)? {
+            let p = join(path, key);
+            check_env_name(key).map_err(|m| self.invalid(key_node, &p, m))?;
+            let v = match value.resolve() {
+                Some(Resolved::Null) => {
+                    return Err(self.wrong_type(
+                        value,
+                        &p,
+                        "a string",
+                        format!(". Write {key}: \"\" for an empty value"),
+                    ))
+                }
+                _ => self.string(value, &p, Some(key))?,
+            };
+            env.insert(key.to_owned(), v);
+        }
+        Ok(env)
+    }
+}
+
+pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
+    let mut cfg = ProjectConfig::default();
+    let Some(root) = root else {
+        return Ok(cfg);
+    };
+    if !matches!(root.value, Value::Map(_)) && root.resolve() != Some(Resolved::Null) {
+        return Err(ConfigError::WrongType {
+            file: ctx.file.to_owned(),
+            line: root.line,
+            path: "top level".to_owned(),
+            expected: "a mapping of settings (name: ..., grants: [...])",
+            found: found(root),
+            hint: String::new(),
+        });
+    }
+    let mut services_node = None;
+    for (key, value) in ctx.fields(root, "", TOP_KEYS, TOP_NOT_YET)? {
+        let path = key;
+        match key {
+            "name" => {
+                let name = ctx.string(value, path, Some(key))?;
+                check_run_name(&name).map_err(|m| ctx.invalid(value, path, m))?;
+                cfg.name = Some(name);
+            }
+            "agent" => cfg.agent = Some(ctx.non_empty_string(value, path, Some(key))?),
+            "grants" => {
+                for (grant, node, p) in ctx.string_list(value, path)? {
+                    check_grant(&grant).map_err(|m| ctx.invalid(node, &p, m))?;
+                    cfg.grants.push(grant);
+                }
+            }
+            "env" => cfg.env = ctx.env_map(value, path)?,
+            "mounts" => cfg.mounts = mounts(ctx, value, path)?,
+            "network" => cfg.network = network(ctx, value, path)?,
+            "command" => cfg.command = Some(command(ctx, value, path)?),
+            "runtime" => {
+                let s = ctx.string(value, path, Some(key))?;
+                let kind = s
+                    .parse::<RuntimeKind>()
+                    .map_err(|m| ctx.invalid(value, path, m))?;
+                cfg.runtime = Some(kind);
+            }
+            "sandbox" => {
+                cfg.sandbox = match value.resolve() {
+                    Some(Resolved::Null) => SandboxMode::Sandboxed,
+                    Some(Resolved::Str("")) => SandboxMode::Sandboxed,
+                    Some(Resolved::Str("none")) => SandboxMode::Disabled,
+                    _ => {
+                        return Err(ctx.invalid(
+                            value,
+                            path,
+                            format!(
+                                "expected \"\" (sandbox on, the default) or \"none\", found {}",
+                                describe(value)
+                            ),
+                        ))
+                    }
+                }
+            }
+            "dependencies" => {
+                for (spec, node, p) in ctx.string_list(value, path)? {
+                    let dep = parse_dependency(&spec)
+                        .map_err(|m| ctx.invalid(node, &p, format!("{spec:?}: {m}")))?;
+                    cfg.dependencies.push(dep);
+                }
+            }
+            "base_image" => cfg.base_image = Some(ctx.non_empty_string(value, path, Some(key))?),
+            "hooks" => cfg.hooks = hooks(ctx, value, path)?,
+            "container" => cfg.container = container(ctx, value, path)?,
+            "interactive" => cfg.interactive = ctx.bool(value, path)?,
+            "mcp" => cfg.mcp = mcp(ctx, value, path)?,
+            "services" => services_node = Some(value),
+            // `fields` has rejected every other key.
+            _ => {}
+        }
+    }
+    if let Some(node) = services_node {
+        cfg.services = services(ctx, node, "services", &cfg)?;
+    }
+    Ok(cfg)
+}
+
+/// What a node is, for "expected X, found Y": strings are quoted so the
+/// user sees which text was read.
+fn found(node: &Node) -> String {
+    match node.resolve() {
+        Some(Resolved::Str(s)) if s.chars().count() <= 60 => format!("the string {s:?}"),
+        _ => node.type_name().to_owned(),
+    }
+}
+
+/// A scalar as the user wrote it, for "found ..." messages.
+fn describe(node: &Node) -> String {
+    match node.text() {
+        Some(t) => format!("{t:?}"),
+        None => node.type_name().to_owned(),
+    }
+}
+
+fn command(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
+    if let Some(Resolved::Str(s)) = node.resolve() {
+        let words: Vec<String> = s.split_whitespace().map(|w| format!("{w:?}")).collect();
+        return Err(ctx.invalid(
+            node,
+            path,
+            format!(
+                "expected a list of arguments, found a string. Write it as a list: command: [{}]",
+                words.join(", ")
+            ),
+        ));
+    }
+    if !matches!(node.value, Value::Seq(_)) {
+        return Err(ctx.wrong_type(node, path, "a list of arguments", String::new()));
+    }
+    let args: Vec<String> = ctx
+        .string_list(node, path)?
+        .into_iter()
+        .map(|(s, _, _)| s)
+        .collect();
+    if args.is_empty() {
+        return Err(ctx.invalid(
+            node,
+            path,
+            "the command is empty; remove the key to use the image's default command",
+        ));
+    }
+    Ok(args)
+}
+
+fn mounts(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Mount>> {
+    let mut out: Vec<Mount> = Vec::new();
+    let mut targets: Vec<(PathBuf, usize, usize)> = Vec::new();
+    for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
+        let p = index(path, i);
+        let mount = match &item.value {
+            Value::Map(_) => mount_object(ctx, item, &p)?,
+            _ => {
+                let spec = ctx.string(item, &p, None)?;
+                parse_mount_string(&spec, ctx.workspace)
+                    .map_err(|m| ctx.invalid(item, &p, format!("{spec:?}: {m}")))?
+            }
+        };
+        if let Some((_, first, line)) = targets.iter().find(|(t, _, _)| *t == mount.target) {
+            return Err(ctx.invalid(
+                item,
+                &p,
+                format!(
+                    "target {:?} is already used by {path}[{first}] (line {line}); each target can be mounted once",
+                    mount.target.display().to_string()
+                ),
+            ));
+        }
+        targets.push((mount.target.clone(), i, item.line));
+        out.push(mount);
+    }
+    Ok(out)
+}
+
+fn mount_object(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Mount> {
+    let (mut source, mut target, mut read_only, mut exclude) = (None, None, false, Vec::new());
+    for (key, value) in ctx.fields(node, path, &["source", "target", "mode", "exclude"], &[])? {
+        let p = join(path, key);
+        match key {
+            "source" => {
+                let s = ctx.string(value, &p, Some(key))?;
+                source =
+                    Some(resolve_source(&s, ctx.workspace).map_err(|m| ctx.invalid(value, &p, m))?);
+            }
+            "target" => {
+                let s = ctx.string(value, &p, Some(key))?;
+                target = Some(check_target(&s).map_err(|m| ctx.invalid(value, &p, m))?);
+            }
+            "mode" => {
+                let s = ctx.string(value, &p, Some(key))?;
+                read_only = parse_mode(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+            }
+            _ => {
+                for (s, item, ip) in ctx.string_list(value, &p)? {
+                    exclude.push(check_exclude(&s).map_err(|m| ctx.invalid(item, &ip, m))?);
+                }
+            }
+        }
+    }
+    let missing = |key: &str| {
+        ctx.invalid(
+            node,
+            path,
+            format!("missing {key:?}; a mount object needs source and target"),
+        )
+    };
+    Ok(Mount {
+        source: source.ok_or_else(|| missing("source"))?,
+        target: target.ok_or_else(|| missing("target"))?,
+        read_only,
+        exclude,
+    })
+}
+
+fn network(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<NetworkConfig> {
+    let mut net = NetworkConfig::default();
+    let not_yet = &["keep_policy"];
+    for (key, value) in ctx.fields(node, path, &["policy", "rules", "host"], not_yet)? {
+        let p = join(path, key);
+        match key {
+            "policy" => {
+                let found = match value.resolve() {
+                    Some(Resolved::Str(s)) => s.parse::<Policy>().ok(),
+                    _ => None,
+                };
+                net.policy = found.ok_or_else(|| {
+                    ctx.invalid(
+                        value,
+                        &p,
+                        format!(
+                            "expected \"permissive\" or \"strict\", found {}",
+                            describe(value)
+                        ),
+                    )
+                })?;
+            }
+            "rules" => net.rules = network_rules(ctx, value, &p)?,
+            _ => {
+                for (i, item) in ctx.seq(value, &p)?.iter().enumerate() {
+                    let ip = index(&p, i);
+                    let port = match item.resolve() {
+                        Some(Resolved::Int(n)) => u16::try_from(n).ok().filter(|n| *n > 0),
+                        _ => {
+                            return Err(ctx.wrong_type(
+                                item,
+                                &ip,
+                                "a port number (1-65535)",
+                                String::new(),
+                            ))
+                        }
+                    };
+                    let port = port.ok_or_else(|| {
+                        ctx.invalid(
+                            item,
+                            &ip,
+                            format!("port must be between 1 and 65535, found {}", describe(item)),
+                        )
+                    })?;
+                    if net.host_ports.contains(&port) {
+                        return Err(ctx.invalid(item, &ip, format!("port {port} is listed twice")));
+                    }
+                    net.host_ports.push(port);
+                }
+            }
+        }
+    }
+    Ok(net)
+}
+
+fn network_rules(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<HostRules>> {
+    let policy_err = |n: &Node, p: &str, source| ConfigError::Policy {
+        file: ctx.file.to_owned(),
+        line: n.line,
+        path: p.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
+        let p = index(path, i);
+        match &item.value {
+            Value::Map(_) => {
+                for (host, key_node, rules) in ctx.map(item, &p)? {
+                    let host_pattern =
+                        HostPattern::parse(host).map_err(|e| policy_err(key_node, &p, e))?;
+                    if let Some(Resolved::Str(rule)) = rules.resolve() {
+                        return Err(ctx.invalid(
+                            rules,
+                            &p,
+                            format!(
+                                "the rules for {host:?} must be a list, even for one rule: \"{host}\": [{rule:?}]"
+                            ),
+                        ));
+                    }
+                    let mut parsed = Vec::new();
+                    for (rule, rule_node, _) in ctx.string_list(rules, &join(&p, host))? {
+                        parsed.push(Rule::parse(&rule).map_err(|e| policy_err(rule_node, &p, e))?);
+                    }
+                    out.push(HostRules {
+                        host: host_pattern,
+                        rules: parsed,
+                    });
+                }
+            }
+            _ => {
+                let host = ctx.string(item, &p, None)?;
+                let host = HostPattern::parse(&host).map_err(|e| policy_err(item, &p, e))?;
+                out.push(HostRules::allow_all(host));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hooks(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Hooks> {
+    let mut hooks = Hooks::default();
+    let known = &["post_build_root", "post_build", "pre_run"];
+    for (key, value) in ctx.fields(node, path, known, &[])? {
+        let script = Some(ctx.non_empty_string(value, &join(path, key), Some(key))?);
+        match key {
+            "post_build_root" => hooks.post_build_root = script,
+            "post_build" => hooks.post_build = script,
+            _ => hooks.pre_run = script,
+        }
+    }
+    Ok(hooks)
+}
+
+fn container(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<ContainerLimits> {
+    let mut limits = ContainerLimits::default();
+    let not_yet = &["dns", "ulimits"];
+    for (key, value) in ctx.fields(node, path, &["memory", "cpus"], not_yet)? {
+        let p = join(path, key);
+        match key {
+            "memory" => {
+                limits.memory_mb =
+                    Some(ctx.positive_int(value, &p, "a whole number of megabytes")?)
+            }
+            _ => {
+                let cpus = match value.resolve() {
+                    Some(Resolved::Int(i)) => i as f64,
+                    Some(Resolved::Float(f)) => f,
+                    _ => return Err(ctx.wrong_type(value, &p, "a number of CPUs", String::new())),
+                };
+                if !(cpus.is_finite() && cpus > 0.0) {
+                    return Err(ctx.invalid(
+                        value,
+                        &p,
+                        format!("must be a number greater than 0, found {}", describe(value)),
+                    ));
+                }
+                limits.cpus = Some(cpus);
+            }
+        }
+    }
+    Ok(limits)
+}
+
+fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<McpServer>> {
+    let mut out: Vec<McpServer> = Vec::new();
+    for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
+        let p = index(path, i);
+        if let Some(Resolved::Str(name)) = item.resolve() {
+            return Err(ctx.invalid(
+                item,
+                &p,
+                format!(
+                    "catalog entries ({name:?}) are not supported by this version of moat yet; \
+                     write {{name: {name}, url: https://...}}"
+                ),
+            ));
+        }
+        let (mut name, mut url, mut auth) = (None, None, None);
+        for (key, value) in ctx.fields(item, &p, &["name", "url", "auth"], &["policy"])? {
+            let kp = join(&p, key);
+            match key {
+                "name" => {
+                    let n = ctx.string(value, &kp, Some(key))?;
+                    check_mcp_name(&n).map_err(|m| ctx.invalid(value, &kp, m))?;
+                    if let Some(first) = out.iter().position(|s| s.name == n) {
+                        return Err(ctx.invalid(
+                            value,
+                            &kp,
+                            format!("{n:?} is already the name of {path}[{first}]; names must be unique"),
+                        ));
+                    }
+                    name = Some(n);
+                }
+                "url" => {
+                    let u = ctx.string(value, &kp, Some(key))?;
+                    url = Some(check_mcp_url(&u).map_err(|m| ctx.invalid(value, &kp, m))?);
+                }
+                _ => auth = Some(mcp_auth(ctx, value, &kp)?),
+            }
+        }
+        let missing = |key: &str| {
+            ctx.invalid(
+                item,
+                &p,
+                format!("missing {key:?}; an MCP server needs name and url"),
+            )
+        };
+        out.push(McpServer {
+            name: name.ok_or_else(|| missing("name"))?,
+            url: url.ok_or_else(|| missing("url"))?,
+            auth,
+        });
+    }
+    Ok(out)
+}
+
+fn mcp_auth(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<McpAuth> {
+    let (mut grant, mut header) = (None, None);
+    for (key, value) in ctx.fields(node, path, &["grant", "header"], &[])? {
+        let p = join(path, key);
+        let s = ctx.string(value, &p, Some(key))?;
+        match key {
+            "grant" => {
+                check_grant(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                grant = Some(s);
+            }
+            _ => {
+                check_header_name(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                header = Some(s);
+            }
+        }
+    }
+    match (grant, header) {
+        (Some(grant), Some(header)) => Ok(McpAuth { grant, header }),
+        (g, _) => {
+            let key = if g.is_none() { "grant" } else { "header" };
+            Err(ctx.invalid(
+                node,
+                path,
+                format!("missing {key:?}; auth needs both grant and header (e.g. header: Authorization)"),
+            ))
+        }
+    }
+}
+
+fn services(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    path: &str,
+    cfg: &ProjectConfig,
+) -> R<BTreeMap<String, ServiceConfig>> {
+    let mut out = BTreeMap::new();
+    for (name, key_node, value) in ctx.map(node, path)? {
+        let p = join(path, name);
+        let declared = cfg
+            .dependencies
+            .iter()
+            .any(|d| d.kind == DependencyKind::Registry && d.name == name);
+        if !declared {
+            return Err(ctx.invalid(
+                key_node,
+                &p,
+                format!(
+                    "service {name:?} is not in dependencies; add it there too, e.g. dependencies: [{name}]"
+                ),
+            ));
+        }
+        let mut svc = ServiceConfig::default();
+        for (key, v) in ctx.fields(value, &p, &["env", "image", "memory", "wait"], &[])? {
+            let kp = join(&p, key);
+            match key {
+                "env" => svc.env = ctx.env_map(v, &kp)?,
+                "image" => svc.image = Some(ctx.non_empty_string(v, &kp, Some(key))?),
+                "memory" => {
+                    svc.memory_mb = Some(ctx.positive_int(v, &kp, "a whole number of megabytes")?)
+                }
+                _ => svc.wait = ctx.bool(v, &kp)?,
+            }
+        }
+        out.insert(name.to_owned(), svc);
+    }
+    Ok(out)
+}

@@ -1,0 +1,342 @@
+//! Syntax of the small string languages inside moat.yaml: dependencies,
+//! grants, names. Only the shape is checked here; whether a provider or a
+//! package exists is for the crates that use them to say.
+
+use std::str::FromStr;
+
+use crate::{ConfigError, Dependency, DependencyKind};
+
+impl Dependency {
+    /// Parses `name`, `name@version` or `prefix:pkg[@version]`.
+    pub fn parse(spec: &str) -> Result<Dependency, ConfigError> {
+        parse_dependency(spec).map_err(|message| ConfigError::InvalidSpec {
+            what: "dependency",
+            spec: spec.to_owned(),
+            message,
+        })
+    }
+}
+
+impl FromStr for Dependency {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+const DEP_SYNTAX: &str = "expected NAME, NAME@VERSION or PREFIX:PACKAGE[@VERSION] with PREFIX one of npm, pip, uv, go, cargo, docker";
+
+pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
+    if spec.is_empty() {
+        return Err(format!("the dependency is empty; {DEP_SYNTAX}"));
+    }
+    if let Some(c) = spec.chars().find(|c| c.is_whitespace()) {
+        return Err(format!(
+            "{c:?} is not allowed; write one dependency per list item"
+        ));
+    }
+    let Some((prefix, rest)) = spec.split_once(':') else {
+        if spec == "docker" {
+            return Err(
+                "use docker:host (the host's Docker socket) or docker:dind (Docker in Docker)"
+                    .to_owned(),
+            );
+        }
+        let (name, version) = split_version(spec)?;
+        if !is_registry_name(name) {
+            return Err(format!(
+                "{name:?} is not a dependency name (lowercase letters, digits, '.', '-', '_'); {DEP_SYNTAX}"
+            ));
+        }
+        return Ok(Dependency {
+            kind: DependencyKind::Registry,
+            name: name.to_owned(),
+            version,
+        });
+    };
+    let Some(kind) = DependencyKind::PREFIXES
+        .iter()
+        .find(|(p, _)| *p == prefix)
+        .map(|(_, k)| *k)
+    else {
+        return Err(format!("unknown prefix {prefix:?}; {DEP_SYNTAX}"));
+    };
+    if kind == DependencyKind::Docker {
+        return match rest {
+            "host" | "dind" => Ok(Dependency {
+                kind,
+                name: rest.to_owned(),
+                version: None,
+            }),
+            _ => Err(format!(
+                "expected docker:host or docker:dind, found docker:{rest}"
+            )),
+        };
+    }
+    let (name, version) = split_version(rest)?;
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '@')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@/._~+-".contains(c));
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a valid {prefix} package name; {DEP_SYNTAX}"
+        ));
+    }
+    Ok(Dependency {
+        kind,
+        name: name.to_owned(),
+        version,
+    })
+}
+
+/// Splits at the last `@` that is not the first character, so scoped npm
+/// packages (`@scope/pkg@1`) keep their leading `@`.
+fn split_version(s: &str) -> Result<(&str, Option<String>), String> {
+    match s.rfind('@').filter(|i| *i > 0) {
+        None => Ok((s, None)),
+        Some(i) => {
+            let (name, version) = (s.get(..i).unwrap_or(s), s.get(i + 1..).unwrap_or(""));
+            let valid = !version.is_empty()
+                && version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+            if !valid {
+                return Err(format!(
+                    "version {version:?} after '@' is not valid (e.g. node@22, npm:typescript@5.4.2)"
+                ));
+            }
+            Ok((name, Some(version.to_owned())))
+        }
+    }
+}
+
+fn is_registry_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+}
+
+/// `lowercase letters, digits, '-', '_'`, starting alphanumeric, ≤ 63: it
+/// becomes part of host names and container names.
+pub(crate) fn check_run_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid run name: use at most 63 lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Names of MCP servers, providers and grant suffixes.
+fn is_simple_name(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+pub(crate) fn check_mcp_name(name: &str) -> Result<(), String> {
+    if is_simple_name(name) && !name.contains('.') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid MCP server name: use letters, digits, '-' and '_', starting with a letter or digit"
+        ))
+    }
+}
+
+const GRANT_SYNTAX: &str = "expected a provider name (github), ssh:HOST, mcp:NAME or oauth:NAME";
+
+pub(crate) fn check_grant(grant: &str) -> Result<(), String> {
+    let ok = match grant.split_once(':') {
+        None => is_simple_name(grant) && !grant.contains('.'),
+        Some(("ssh", host)) => moat_policy::HostPattern::parse(host)
+            .map(|p| !p.is_wildcard())
+            .unwrap_or(false),
+        Some(("mcp" | "oauth", name)) => is_simple_name(name) && !name.contains('.'),
+        Some(_) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid grant {grant:?}: {GRANT_SYNTAX}"))
+    }
+}
+
+pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
+        ))
+    }
+}
+
+pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid HTTP header name (e.g. Authorization)"
+        ))
+    }
+}
+
+/// https anywhere; plain http only to this machine, where nothing travels
+/// over a network.
+pub(crate) fn check_mcp_url(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        format!("{raw:?} is not a valid URL ({e}); expected e.g. https://mcp.example.com/mcp")
+    })?;
+    let host = url.host_str().unwrap_or("");
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(url),
+        "http" if matches!(host, "localhost" | "127.0.0.1" | "[::1]") => Ok(url),
+        "http" => Err(format!(
+            "{raw:?} uses http; use https (plain http is only allowed for localhost, 127.0.0.1 and [::1])"
+        )),
+        _ => Err(format!(
+            "{raw:?} must be an https:// URL (or http:// to localhost)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(s: &str) -> Dependency {
+        match Dependency::parse(s) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn dep_err(s: &str) -> String {
+        match Dependency::parse(s) {
+            Ok(d) => panic!("{s} parsed as {d:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn dependencies() {
+        assert_eq!(
+            dep("node@22"),
+            Dependency {
+                kind: DependencyKind::Registry,
+                name: "node".into(),
+                version: Some("22".into())
+            }
+        );
+        assert_eq!(dep("postgres").version, None);
+        let d = dep("npm:@anthropic-ai/claude-code@1.0.3");
+        assert_eq!(
+            (d.kind, d.name.as_str()),
+            (DependencyKind::Npm, "@anthropic-ai/claude-code")
+        );
+        assert_eq!(d.version.as_deref(), Some("1.0.3"));
+        assert_eq!(
+            dep("go:golang.org/x/tools/gopls@v0.16.0").kind,
+            DependencyKind::Go
+        );
+        assert_eq!(dep("docker:dind").to_string(), "docker:dind");
+        for s in [
+            "pip:requests@2.31.0",
+            "uv:ruff",
+            "cargo:ripgrep",
+            "go-extras",
+            "python@3.12",
+        ] {
+            assert_eq!(dep(s).to_string(), s);
+        }
+        assert!(dep_err("docker").contains("docker:host"));
+        assert!(dep_err("docker:x").contains("docker:host or docker:dind"));
+        assert!(dep_err("brew:jq").contains("unknown prefix \"brew\""));
+        assert!(dep_err("Node").contains("not a dependency name"));
+        assert!(dep_err("node@").contains("version \"\""));
+        assert!(dep_err("node@>=2").contains("is not valid"));
+        assert!(dep_err("npm:").contains("not a valid npm package name"));
+        assert!(dep_err("npm:a;rm").contains("not a valid npm package name"));
+        assert!(dep_err("").contains("empty"));
+        assert!(dep_err("a b").contains("one dependency per list item"));
+    }
+
+    #[test]
+    fn grants() {
+        for g in [
+            "github",
+            "ssh:github.com",
+            "mcp:linear",
+            "oauth:notion",
+            "brave-search",
+        ] {
+            assert_eq!(check_grant(g), Ok(()), "{g}");
+        }
+        for g in [
+            "",
+            "ssh:",
+            "ssh:*.x.com",
+            "mcp:",
+            "foo:bar",
+            "git hub",
+            "a.b",
+            "ssh:a:22",
+        ] {
+            assert!(check_grant(g).is_err(), "{g}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_run_name("my-app_2").is_ok());
+        assert!(check_run_name("My").is_err());
+        assert!(check_run_name("-a").is_err());
+        assert!(check_run_name("").is_err());
+        assert!(check_run_name(&"a".repeat(64)).is_err());
+        assert!(check_run_name(&"a".repeat(63)).is_ok());
+        assert!(check_env_name("_A1").is_ok());
+        assert!(check_env_name("1A").is_err());
+        assert!(check_env_name("A-B").is_err());
+        assert!(check_header_name("X-Api-Key").is_ok());
+        assert!(check_header_name("X Api").is_err());
+        assert!(check_mcp_name("linear").is_ok());
+        assert!(check_mcp_name("a/b").is_err());
+    }
+
+    #[test]
+    fn mcp_urls() {
+        assert!(check_mcp_url("https://mcp.linear.app/sse").is_ok());
+        assert!(check_mcp_url("http://localhost:3000/mcp").is_ok());
+        assert!(check_mcp_url("http://127.0.0.1/mcp").is_ok());
+        assert!(check_mcp_url("http://[::1]:9/mcp").is_ok());
+        assert!(check_mcp_url("http://example.com/mcp").is_err_and(|e| e.contains("uses http")));
+        assert!(check_mcp_url("ftp://example.com").is_err());
+        assert!(check_mcp_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use moat_policy::{HostRules, NetworkPolicy, Policy};
+
+/// A validated `moat.yaml`. Absent keys take their defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectConfig {
+    pub name: Option<String>,
+    pub agent: Option<String>,
+    /// `github`, `ssh:HOST`, `mcp:NAME`, `oauth:NAME`; syntax-checked only.
+    pub grants: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub mounts: Vec<Mount>,
+    pub network: NetworkConfig,
+    pub command: Option<Vec<String>>,
+    pub runtime: Option<RuntimeKind>,
+    pub sandbox: SandboxMode,
+    pub dependencies: Vec<Dependency>,
+    pub base_image: Option<String>,
+    pub hooks: Hooks,
+    pub container: ContainerLimits,
+    pub interactive: bool,
+    pub mcp: Vec<McpServer>,
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// `network:` in moat.yaml.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub policy: Policy,
+    pub rules: Vec<HostRules>,
+    /// `network.host`: host TCP ports reachable from the sandbox.
+    pub host_ports: Vec<u16>,
+}
+
+impl NetworkConfig {
+    /// The policy as written; the caller adds granted hosts and
+    /// `--allow-host` with [`NetworkPolicy::allow_host`].
+    pub fn to_policy(&self) -> NetworkPolicy {
+        NetworkPolicy {
+            policy: self.policy,
+            hosts: self.rules.clone(),
+        }
+    }
+}
+
+/// One bind mount into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute: relative sources are resolved against the workspace.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    pub read_only: bool,
+    /// Paths relative to `target` hidden behind an empty tmpfs.
+    pub exclude: Vec<PathBuf>,
+}
+
+/// `runtime:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuntimeKind {
+    Native,
+    Docker,
+    Apple,
+}
+
+impl FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" => Ok(Self::Native),
+            "docker" => Ok(Self::Docker),
+            "apple" => Ok(Self::Apple),
+            _ => Err(format!(
+                "expected \"native\", \"docker\" or \"apple\", found {s:?}"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Docker => "docker",
+            Self::Apple => "apple",
+        })
+    }
+}
+
+/// `sandbox:` — `""` (the default: the runtime's extra sandbox, e.g.
+/// gVisor, is on) or `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SandboxMode {
+    #[default]
+    Sandboxed,
+    Disabled,
+}
+
+/// The package manager a dependency comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DependencyKind {
+    /// Moat's own registry: `node@22`, `postgres`, `go-extras`.
+    Registry,
+    Npm,
+    Pip,
+    Uv,
+    Go,
+    Cargo,
+    /// `docker:host` or `docker:dind`.
+    Docker,
+}
+
+impl DependencyKind {
+    pub(crate) const PREFIXES: &'static [(&'static str, DependencyKind)] = &[
+        ("npm", DependencyKind::Npm),
+        ("pip", DependencyKind::Pip),
+        ("uv", DependencyKind::Uv),
+        ("go", DependencyKind::Go),
+        ("cargo", DependencyKind::Cargo),
+        ("docker", DependencyKind::Docker),
+    ];
+
+    /// The `prefix:` in a spec, `None` for registry dependencies.
+    pub fn prefix(self) -> Option<&'static str> {
+        Self::PREFIXES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(p, _)| *p)
+    }
+}
+
+/// One entry of `dependencies:`, syntax-checked only: whether the name
+/// exists is for the image builder to say.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Dependency {
+    pub kind: DependencyKind,
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(prefix) = self.kind.prefix() {
+            write!(f, "{prefix}:")?;
+        }
+        f.write_str(&self.name)?;
+        if let Some(v) = &self.version {
+            write!(f, "@{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `hooks:` shell snippets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub post_build_root: Option<String>,
+    pub post_build: Option<String>,
+    pub pre_run: Option<String>,
+}
+
+/// `container:` resource limits; `None` means the runtime's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ContainerLimits {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// One remote MCP server the proxy relays to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpServer {
+    pub name: String,
+    /// https, or http for a loopback host only.
+    pub url: url::Url,
+    pub auth: Option<McpAuth>,
+}
+
+/// Which grant to inject into which request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpAuth {
+    pub grant: String,
+    pub header: String,
+}
+
+/// `services.<name>`: a sidecar declared in `dependencies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub env: BTreeMap<String, String>,
+    pub image: Option<String>,
+    pub memory_mb: Option<u64>,
+    /// Wait for readiness before starting the agent (default true).
+    pub wait: bool,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            env: BTreeMap::new(),
+            image: None,
+            memory_mb: None,
+            wait: true,
+        }
+    }
+}
