@@ -29,7 +29,7 @@ pub enum MethodPattern {
 impl MethodPattern {
     /// Parses `*` or an upper-case method token. Lower case is refused
     /// rather than folded so the file reads the way requests are logged.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if s == "*" {
             return Ok(Self::Any);
         }
@@ -86,7 +86,7 @@ enum Segment {
 }
 
 impl PathPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if !s.starts_with('/') {
             return Err(format!("path {s:?} must start with /"));
         }
