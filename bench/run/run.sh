@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Start-up of `moat run -- true` on the native runtime, daemon already up,
+# beside a plain process, `docker run --rm <image> true` (when an engine is
+# reachable) and Anthropic's sandbox-runtime `srt true` (when installed).
+#
+#   bash bench/run/run.sh            # builds moat in release mode first
+#
+# Needs: hyperfine (apt-get install hyperfine). Optional peers:
+#   docker with an image (BENCH_DOCKER_IMAGE, default local/debian:bookworm)
+#   srt: npm install --prefix /tmp/srt @anthropic-ai/sandbox-runtime
+#        (and apt-get install bubblewrap socat ripgrep)
+# Results go to bench/run/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install hyperfine" >&2; exit 1; }
+cargo build --release -p moat >/dev/null
+MOAT="$PWD/target/release/moat"
+
+work=$(mktemp -d)
+trap '"$MOAT" proxy stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+export MOAT_HOME="$work/moat-home" MOAT_PROXY_PORT=0
+mkdir -p "$work/project"
+cd "$work/project"
+"$MOAT" proxy start >/dev/null
+
+runs=${BENCH_RUNS:-200}
+cmds=(-n "true (no sandbox)" "true" -n "moat run -- true" "$MOAT run -- true")
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  image=${BENCH_DOCKER_IMAGE:-local/debian:bookworm}
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    cmds+=(-n "docker run --rm $image true" "docker run --rm $image true")
+  fi
+fi
+srt=${BENCH_SRT:-/tmp/srt/node_modules/.bin/srt}
+if [ -x "$srt" ]; then
+  cmds+=(-n "srt true" "$srt true")
+fi
+
+hyperfine -N --warmup 10 --runs "$runs" --export-markdown "$work/table.md" "${cmds[@]}"
+
+# Peak RSS of one `moat run -- true` (the supervising CLI process).
+rss=$(/usr/bin/time -f '%M' "$MOAT" run -- true 2>&1 >/dev/null | tail -n1)
+
+out="$OLDPWD/bench/run/RESULTS.md"
+{
+  echo "# moat run start-up"
+  echo
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores, \`bash bench/run/run.sh\` ($runs runs each)."
+  echo
+  cat "$work/table.md"
+  echo
+  echo "Peak RSS of the moat CLI for one \`moat run -- true\`: ${rss} KB."
+} > "$out"
+cat "$out"
