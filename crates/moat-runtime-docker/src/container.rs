@@ -1,0 +1,926 @@
+//! Containers: the spec, their life cycle, output, exit codes, and the
+//! strict network policy (see the crate documentation for its design).
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use bollard::container::{AttachContainerResults, LogOutput};
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::connect::{DockerRuntime, GVISOR_RUNTIME};
+use crate::error::DockerError;
+
+/// Where the project directory appears in the container (also its cwd).
+pub const WORKSPACE_IN_CONTAINER: &str = "/workspace";
+
+/// Host name under which the container reaches the host (the bridge
+/// gateway): every container gets `host.docker.internal:host-gateway`.
+pub const HOST_GATEWAY_NAME: &str = "host.docker.internal";
+
+/// Label holding the run id.
+pub const LABEL_RUN_ID: &str = "moat.run-id";
+/// Label marking everything moat created (`moat.managed=true`).
+pub const LABEL_MANAGED: &str = "moat.managed";
+/// Label telling the workload (`workload`) from its network guard (`netguard`).
+pub const LABEL_ROLE: &str = "moat.role";
+
+/// Which OCI runtime runs the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxRuntime {
+    /// gVisor: the default on Linux. `runtime` is the name under which it
+    /// is registered with dockerd, normally [`GVISOR_RUNTIME`].
+    Gvisor {
+        /// The registered OCI runtime name.
+        runtime: String,
+    },
+    /// Plain runc (`--no-sandbox`): the caller prints
+    /// [`crate::NO_SANDBOX_WARNING`].
+    Runc,
+}
+
+impl SandboxRuntime {
+    /// gVisor under its usual name.
+    pub fn gvisor() -> Self {
+        SandboxRuntime::Gvisor {
+            runtime: GVISOR_RUNTIME.to_owned(),
+        }
+    }
+
+    /// gVisor on Linux; runc elsewhere (Docker Desktop's VM has no runsc).
+    pub fn default_for_host() -> Self {
+        if cfg!(target_os = "linux") {
+            SandboxRuntime::gvisor()
+        } else {
+            SandboxRuntime::Runc
+        }
+    }
+
+    fn oci_name(&self) -> &str {
+        match self {
+            SandboxRuntime::Gvisor { runtime } => runtime,
+            SandboxRuntime::Runc => "runc",
+        }
+    }
+}
+
+/// Network access of the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkPolicy {
+    /// Docker's default bridge: everything is reachable; the caller sets
+    /// the proxy environment variables and nothing is enforced.
+    Permissive,
+    /// Only the proxy is reachable (plus loopback and the DNS servers of
+    /// the container's resolv.conf); every other connection is refused.
+    Strict {
+        /// Address of the proxy as seen from the container: an IP, or a
+        /// name such as [`HOST_GATEWAY_NAME`] (resolved inside, once, when
+        /// the rules are applied).
+        proxy_host: String,
+        /// TCP port of the proxy.
+        proxy_port: u16,
+    },
+}
+
+/// A host path made visible in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path; it must exist.
+    pub source: PathBuf,
+    /// Absolute path in the container (not `/`, not under `/workspace`).
+    pub target: PathBuf,
+    /// Read-only (recommended).
+    pub read_only: bool,
+}
+
+/// A file put into the container before it starts (owned by root, so the
+/// sandbox user cannot change it), e.g. the moat CA at
+/// `/etc/ssl/certs/moat-ca/ca.crt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedFile {
+    /// Absolute path in the container; parents are created. Not under
+    /// `/workspace` or a bind target (that would write to the host).
+    pub path_in_sandbox: PathBuf,
+    /// The bytes.
+    pub contents: Vec<u8>,
+    /// Permission bits, e.g. `0o644`.
+    pub mode: u32,
+}
+
+/// One container run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Run id: names the container `moat-<run_id>` and labels it
+    /// `moat.run-id`. Letters, digits, `_`, `.` and `-`.
+    pub run_id: String,
+    /// Image (usually [`crate::ResolvedImage::tag`]).
+    pub image: String,
+    /// Host project directory, bound read-write at `/workspace` (the cwd).
+    pub workspace: PathBuf,
+    /// Extra binds.
+    pub mounts: Vec<BindMount>,
+    /// Files uploaded before start.
+    pub files: Vec<InjectedFile>,
+    /// Environment of the command (on top of the image's `PATH`, `HOME`).
+    pub env: Vec<(String, String)>,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// `uid:gid` to run as; `None` keeps the image's user (`moatuser`).
+    pub user: Option<(u32, u32)>,
+    /// Memory limit in MiB.
+    pub memory_mb: Option<u64>,
+    /// CPU limit (e.g. 1.5).
+    pub cpus: Option<f64>,
+    /// Allocate a TTY (stdout and stderr are then one stream).
+    pub tty: bool,
+    /// Keep stdin open for [`DockerRuntime::attach`].
+    pub interactive: bool,
+    /// OCI runtime of the workload.
+    pub runtime: SandboxRuntime,
+    /// Network policy.
+    pub network: NetworkPolicy,
+    /// Host name inside.
+    pub hostname: String,
+    /// More labels (on top of `moat.run-id`, `moat.managed`, `moat.role`).
+    pub labels: Vec<(String, String)>,
+}
+
+impl ContainerSpec {
+    /// A spec with the defaults: gVisor on Linux, permissive network, the
+    /// image's user, no limits, no TTY.
+    pub fn new(
+        run_id: impl Into<String>,
+        image: impl Into<String>,
+        workspace: impl Into<PathBuf>,
+        command: Vec<String>,
+    ) -> Self {
+        ContainerSpec {
+            run_id: run_id.into(),
+            image: image.into(),
+            workspace: workspace.into(),
+            mounts: Vec::new(),
+            files: Vec::new(),
+            env: Vec::new(),
+            command,
+            user: None,
+            memory_mb: None,
+            cpus: None,
+            tty: false,
+            interactive: false,
+            runtime: SandboxRuntime::default_for_host(),
+            network: NetworkPolicy::Permissive,
+            hostname: "moat".to_owned(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Checks what can be checked before talking to the engine.
+    pub fn validate(&self) -> Result<(), DockerError> {
+        let invalid = |message: String| Err(DockerError::InvalidSpec { message });
+        if self.run_id.is_empty()
+            || self.run_id.len() > 64
+            || !self
+                .run_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return invalid(format!(
+                "run id {:?} must be 1-64 letters, digits, '_', '.' or '-'",
+                self.run_id
+            ));
+        }
+        if self.image.is_empty() {
+            return invalid("the image is empty".into());
+        }
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return invalid("the command is empty: give at least a program name".into());
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return invalid("a command argument contains a NUL byte".into());
+        }
+        if !self.workspace.is_absolute() || !self.workspace.is_dir() {
+            return invalid(format!(
+                "the workspace must be an existing absolute directory: {}",
+                self.workspace.display()
+            ));
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() || !m.source.exists() {
+                return invalid(format!(
+                    "bind source must be an existing absolute path: {}",
+                    m.source.display()
+                ));
+            }
+            if !clean_absolute(&m.target) || m.target.starts_with(WORKSPACE_IN_CONTAINER) {
+                return invalid(format!(
+                    "bind target must be an absolute path other than / and outside /workspace: {}",
+                    m.target.display()
+                ));
+            }
+            for p in [&m.source, &m.target] {
+                if p.to_string_lossy().contains(':') {
+                    return invalid(format!("bind paths may not contain ':': {}", p.display()));
+                }
+            }
+        }
+        for f in &self.files {
+            let under_host = f.path_in_sandbox.starts_with(WORKSPACE_IN_CONTAINER)
+                || self
+                    .mounts
+                    .iter()
+                    .any(|m| f.path_in_sandbox.starts_with(&m.target));
+            if !clean_absolute(&f.path_in_sandbox) || under_host {
+                return invalid(format!(
+                    "injected file {} must be an absolute path without '.' or '..', outside /workspace and the binds",
+                    f.path_in_sandbox.display()
+                ));
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return invalid(format!("invalid environment variable name or value: {k:?}"));
+            }
+        }
+        if self.memory_mb == Some(0) {
+            return invalid("memory_mb must be positive".into());
+        }
+        if let Some(c) = self.cpus {
+            if !(c.is_finite() && c > 0.0) {
+                return invalid(format!("cpus must be a positive number, not {c}"));
+            }
+        }
+        if let NetworkPolicy::Strict {
+            proxy_host,
+            proxy_port,
+        } = &self.network
+        {
+            if *proxy_port == 0
+                || proxy_host.is_empty()
+                || !proxy_host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+            {
+                return invalid(format!("invalid proxy address {proxy_host}:{proxy_port}"));
+            }
+        }
+        if self.hostname.is_empty()
+            || self.hostname.len() > 63
+            || !self
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return invalid(format!("invalid hostname {:?}", self.hostname));
+        }
+        Ok(())
+    }
+
+    /// The container's name.
+    pub fn container_name(&self) -> String {
+        format!("moat-{}", self.run_id)
+    }
+}
+
+fn clean_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path.components().count() > 1
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// A created container (and its network guard under the strict policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Engine id of the workload container.
+    pub id: String,
+    /// Its name (`moat-<run_id>`).
+    pub name: String,
+    /// Engine id of the network guard holding the firewalled network
+    /// namespace, under [`NetworkPolicy::Strict`].
+    pub guard_id: Option<String>,
+    /// Whether it was created with a TTY.
+    pub tty: bool,
+}
+
+/// A container carrying `moat.managed=true`, as found by
+/// [`DockerRuntime::list_managed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Engine id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// `moat.run-id`.
+    pub run_id: Option<String>,
+    /// `moat.role`: `workload` or `netguard`.
+    pub role: Option<String>,
+    /// Image name.
+    pub image: String,
+    /// Engine state (`running`, `exited`, `created`...).
+    pub state: String,
+}
+
+/// The firewall applied inside the guard's network namespace, as root with
+/// NET_ADMIN, before the workload exists. `$1` is the proxy host, `$2` its port.
+const FIREWALL_SCRIPT: &str = r#"set -e
+if ! command -v iptables >/dev/null 2>&1; then
+  echo "the image has no iptables (moat's dependency images always include it; add it to a custom base_image)"
+  exit 127
+fi
+proxy_ip=$(getent ahostsv4 "$1" | awk 'NR==1 {print $1}')
+if [ -z "$proxy_ip" ]; then echo "cannot resolve the proxy host $1"; exit 1; fi
+iptables -F OUTPUT
+iptables -F INPUT
+iptables -A OUTPUT -o lo -j ACCEPT
+iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+for ns in $(awk '/^nameserver/ {print $2}' /etc/resolv.conf | grep -v ':' || true); do
+  iptables -A OUTPUT -p udp -d "$ns" --dport 53 -j ACCEPT
+  iptables -A OUTPUT -p tcp -d "$ns" --dport 53 -j ACCEPT
+done
+iptables -A OUTPUT -p tcp -d "$proxy_ip" --dport "$2" -j ACCEPT
+iptables -A OUTPUT -j REJECT
+iptables -P OUTPUT DROP
+iptables -A INPUT -i lo -j ACCEPT
+iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+iptables -P INPUT DROP
+if command -v ip6tables >/dev/null 2>&1 && ip6tables -S >/dev/null 2>&1; then
+  ip6tables -A OUTPUT -o lo -j ACCEPT
+  ip6tables -A OUTPUT -j REJECT
+  ip6tables -P OUTPUT DROP
+  ip6tables -A INPUT -i lo -j ACCEPT
+  ip6tables -P INPUT DROP
+elif grep -qv ' lo$' /proc/net/if_inet6 2>/dev/null; then
+  echo "IPv6 is configured but ip6tables is unusable"
+  exit 1
+fi
+echo "moat: firewall ready ($proxy_ip:$2)"
+"#;
+
+fn labels_for(spec: &ContainerSpec, role: &str) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
+    labels.insert(LABEL_RUN_ID.into(), spec.run_id.clone());
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(LABEL_ROLE.into(), role.into());
+    labels
+}
+
+fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for f in files {
+        let relative = f
+            .path_in_sandbox
+            .strip_prefix("/")
+            .unwrap_or(&f.path_in_sandbox);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(f.contents.len() as u64);
+        header.set_mode(f.mode & 0o7777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, relative, f.contents.as_slice())
+            .map_err(|e| DockerError::io(format!("packing {}", f.path_in_sandbox.display()), e))?;
+    }
+    builder
+        .into_inner()
+        .map_err(|e| DockerError::io("packing injected files", e))
+}
+
+impl DockerRuntime {
+    /// Creates the container (not started): checks the OCI runtime, sets up
+    /// the network guard and its firewall under the strict policy, uploads
+    /// the injected files. On failure nothing is left behind.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<Container, DockerError> {
+        spec.validate()?;
+        if let SandboxRuntime::Gvisor { runtime } = &spec.runtime {
+            self.require_gvisor(runtime).await?;
+        }
+        let guard_id = match &spec.network {
+            NetworkPolicy::Permissive => None,
+            NetworkPolicy::Strict {
+                proxy_host,
+                proxy_port,
+            } => Some(self.create_guard(spec, proxy_host, *proxy_port).await?),
+        };
+        match self.create_workload(spec, guard_id.as_deref()).await {
+            Ok(id) => Ok(Container {
+                id,
+                name: spec.container_name(),
+                guard_id,
+                tty: spec.tty,
+            }),
+            Err(e) => {
+                if let Some(g) = &guard_id {
+                    self.remove_by_id(g).await.ok();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_workload(
+        &self,
+        spec: &ContainerSpec,
+        guard: Option<&str>,
+    ) -> Result<String, DockerError> {
+        let mut binds = vec![format!(
+            "{}:{WORKSPACE_IN_CONTAINER}",
+            spec.workspace.display()
+        )];
+        for m in &spec.mounts {
+            let mode = if m.read_only { ":ro" } else { "" };
+            binds.push(format!(
+                "{}:{}{mode}",
+                m.source.display(),
+                m.target.display()
+            ));
+        }
+        let (network_mode, extra_hosts) = match guard {
+            // /etc/hosts (with host.docker.internal) comes from the guard.
+            Some(g) => (Some(format!("container:{g}")), None),
+            None => (
+                None,
+                Some(vec![format!("{HOST_GATEWAY_NAME}:host-gateway")]),
+            ),
+        };
+        let host_config = HostConfig {
+            binds: Some(binds),
+            memory: spec
+                .memory_mb
+                .map(|m| (m as i64).saturating_mul(1024 * 1024)),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            runtime: Some(spec.runtime.oci_name().to_owned()),
+            network_mode,
+            extra_hosts,
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: Some(WORKSPACE_IN_CONTAINER.into()),
+            user: spec.user.map(|(u, g)| format!("{u}:{g}")),
+            hostname: guard.is_none().then(|| spec.hostname.clone()),
+            labels: Some(labels_for(spec, "workload")),
+            tty: Some(spec.tty),
+            open_stdin: Some(spec.interactive),
+            stdin_once: Some(spec.interactive),
+            attach_stdin: Some(spec.interactive),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let name = spec.container_name();
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| {
+                DockerError::engine(format!("creating container {name} from {}", spec.image), e)
+            })?;
+        if !spec.files.is_empty() {
+            let upload = async {
+                let archive = tar_files(&spec.files)?;
+                self.docker
+                    .upload_to_container(
+                        &created.id,
+                        Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                        bollard::body_full(archive.into()),
+                    )
+                    .await
+                    .map_err(|e| {
+                        DockerError::engine("putting the injected files into the container", e)
+                    })
+            };
+            if let Err(e) = upload.await {
+                self.remove_by_id(&created.id).await.ok();
+                return Err(e);
+            }
+        }
+        Ok(created.id)
+    }
+
+    /// Starts the network guard (runc, root, NET_ADMIN, running only
+    /// `sleep`) and applies the firewall in its network namespace.
+    async fn create_guard(
+        &self,
+        spec: &ContainerSpec,
+        proxy_host: &str,
+        proxy_port: u16,
+    ) -> Result<String, DockerError> {
+        let name = format!("{}-netguard", spec.container_name());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(vec!["sleep".into()]),
+            cmd: Some(vec!["2147483647".into()]),
+            user: Some("0:0".into()),
+            hostname: Some(spec.hostname.clone()),
+            labels: Some(labels_for(spec, "netguard")),
+            host_config: Some(HostConfig {
+                runtime: Some("runc".into()),
+                extra_hosts: Some(vec![format!("{HOST_GATEWAY_NAME}:host-gateway")]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                memory: Some(32 * 1024 * 1024),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| DockerError::engine(format!("creating the network guard {name}"), e))?;
+        let id = created.id;
+        let setup = async {
+            self.docker
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(|e| DockerError::FirewallSetup {
+                    cause: format!("starting the network guard: {e}"),
+                })?;
+            let (code, output) = self
+                .exec_collect(
+                    &id,
+                    vec![
+                        "sh".into(),
+                        "-c".into(),
+                        FIREWALL_SCRIPT.into(),
+                        "moat-firewall".into(),
+                        proxy_host.into(),
+                        proxy_port.to_string(),
+                    ],
+                )
+                .await
+                .map_err(|e| DockerError::FirewallSetup {
+                    cause: e.to_string(),
+                })?;
+            if code != 0 {
+                let output = output.trim();
+                let cause = if code == 127 && output.is_empty() {
+                    "the image has no shell or iptables".to_owned()
+                } else {
+                    format!("{output} (exit code {code})")
+                };
+                return Err(DockerError::FirewallSetup { cause });
+            }
+            Ok(())
+        };
+        match setup.await {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.remove_by_id(&id).await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `cmd` as root in a running container; returns its exit code and
+    /// combined output.
+    async fn exec_collect(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String), DockerError> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    user: Some("0:0".to_owned()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| DockerError::engine("creating an exec", e))?;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| DockerError::engine("starting an exec", e))?
+        {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => output.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
+                    Err(e) => return Err(DockerError::engine("reading an exec's output", e)),
+                }
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| DockerError::engine("inspecting an exec", e))?;
+        Ok((inspect.exit_code.unwrap_or(-1), output))
+    }
+
+    /// Attaches to the container's streams; call before [`Self::start`] so
+    /// that no output is missed. For interactive and TTY runs.
+    pub async fn attach(
+        &self,
+        container: &Container,
+    ) -> Result<AttachContainerResults, DockerError> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        self.docker
+            .attach_container(&container.id, Some(options))
+            .await
+            .map_err(|e| DockerError::engine(format!("attaching to {}", container.name), e))
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, container: &Container) -> Result<(), DockerError> {
+        self.docker
+            .start_container(
+                &container.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| DockerError::engine(format!("starting {}", container.name), e))
+    }
+
+    /// Copies the container's stdout and stderr (from its start) to the
+    /// writers until it exits. With a TTY both go to `stdout`.
+    pub async fn stream_output<O, E>(
+        &self,
+        container: &Container,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<(), DockerError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = self.docker.logs(&container.id, Some(options));
+        while let Some(item) = logs.next().await {
+            let chunk = item.map_err(|e| {
+                DockerError::engine(format!("reading the output of {}", container.name), e)
+            })?;
+            let written = match chunk {
+                LogOutput::StdErr { message } => {
+                    stderr.write_all(&message).await.and(stderr.flush().await)
+                }
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.write_all(&message).await.and(stdout.flush().await)
+                }
+                LogOutput::StdIn { .. } => Ok(()),
+            };
+            written.map_err(|e| DockerError::io("writing the container's output", e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the container to exit; returns its exit code as is.
+    pub async fn wait(&self, container: &Container) -> Result<i64, DockerError> {
+        let options = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut stream = self.docker.wait_container(&container.id, Some(options));
+        match stream.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(DockerError::engine(
+                format!("waiting for {}", container.name),
+                e,
+            )),
+            None => Err(DockerError::InvalidSpec {
+                message: format!(
+                    "the engine ended the wait for {} without an exit code",
+                    container.name
+                ),
+            }),
+        }
+    }
+
+    /// Stops the container (SIGTERM, then SIGKILL after `timeout_secs`) and
+    /// its network guard.
+    pub async fn stop(&self, container: &Container, timeout_secs: u32) -> Result<(), DockerError> {
+        let t = i32::try_from(timeout_secs).unwrap_or(i32::MAX);
+        let result = self
+            .docker
+            .stop_container(
+                &container.id,
+                Some(StopContainerOptionsBuilder::new().t(t).build()),
+            )
+            .await;
+        if let Some(g) = &container.guard_id {
+            self.docker
+                .stop_container(g, Some(StopContainerOptionsBuilder::new().t(0).build()))
+                .await
+                .ok();
+        }
+        match result {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine(
+                format!("stopping {}", container.name),
+                e,
+            )),
+        }
+    }
+
+    /// Removes the container and its network guard (forcibly: running ones
+    /// are killed).
+    pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
+        let result = self.remove_by_id(&container.id).await;
+        if let Some(g) = &container.guard_id {
+            self.remove_by_id(g).await?;
+        }
+        result
+    }
+
+    /// Forcibly removes one container by id or name (already gone is fine),
+    /// e.g. an orphan found by [`Self::list_managed`].
+    pub async fn remove_by_id(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine(format!("removing container {id}"), e)),
+        }
+    }
+
+    /// Every container labelled `moat.managed=true`, running or not.
+    pub async fn list_managed(&self) -> Result<Vec<ManagedContainer>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![format!("{LABEL_MANAGED}=true")]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| DockerError::engine("listing moat containers", e))?;
+        Ok(found
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                ManagedContainer {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                        .unwrap_or_default(),
+                    run_id: labels.get(LABEL_RUN_ID).cloned(),
+                    role: labels.get(LABEL_ROLE).cloned(),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// The gateway address of Docker's default bridge (what
+    /// `host.docker.internal` resolves to inside): where the proxy must
+    /// listen to be reachable from containers.
+    pub async fn bridge_gateway(&self) -> Result<Option<String>, DockerError> {
+        let network = self
+            .docker
+            .inspect_network(
+                "bridge",
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(|e| DockerError::engine("inspecting the bridge network", e))?;
+        Ok(network
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
+    }
+
+    /// Runs a container to completion: create, start, copy its output,
+    /// wait, remove (also on error). Returns the exit code.
+    pub async fn run<O, E>(
+        &self,
+        spec: &ContainerSpec,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<i64, DockerError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let container = self.create(spec).await?;
+        let result = async {
+            self.start(&container).await?;
+            self.stream_output(&container, stdout, stderr).await?;
+            self.wait(&container).await
+        }
+        .await;
+        let removed = self.remove(&container).await;
+        let code = result?;
+        removed?;
+        Ok(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec::new("r1", "img", std::env::temp_dir(), vec!["true".into()])
+    }
+
+    #[test]
+    fn default_spec_is_valid() {
+        assert!(spec().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        let mut s = spec();
+        s.run_id = "a/b".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.command.clear();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.files.push(InjectedFile {
+            path_in_sandbox: "/workspace/x".into(),
+            contents: vec![],
+            mode: 0o644,
+        });
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.files.push(InjectedFile {
+            path_in_sandbox: "/etc/../x".into(),
+            contents: vec![],
+            mode: 0o644,
+        });
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.network = NetworkPolicy::Strict {
+            proxy_host: "h;x".into(),
+            proxy_port: 1,
+        };
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.cpus = Some(f64::NAN);
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn injected_files_tar_has_relative_paths() {
+        let tar = tar_files(&[InjectedFile {
+            path_in_sandbox: "/etc/ssl/certs/moat-ca/ca.crt".into(),
+            contents: b"pem".to_vec(),
+            mode: 0o644,
+        }])
+        .unwrap_or_default();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .map(|es| {
+                es.filter_map(Result::ok)
+                    .filter_map(|e| e.path().ok().map(|p| p.display().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(names, vec!["etc/ssl/certs/moat-ca/ca.crt".to_owned()]);
+    }
+}

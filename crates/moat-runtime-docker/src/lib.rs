@@ -1,0 +1,91 @@
+//! The Docker runtime of moat: runs the sandboxed command in a container
+//! through the Docker Engine API (bollard; the docker CLI is never used).
+//!
+//! This crate owns *everything moat does with a Docker daemon*: finding and
+//! pinging it ([`DockerRuntime::connect`]), the registry of known
+//! dependencies ([`deps`]), the images built from them ([`image`]: a
+//! generated Dockerfile whose hash is the tag, so an unchanged config never
+//! rebuilds), the containers ([`container`]: gVisor by default on Linux,
+//! workspace bind, injected files, limits, labels, exit codes, orphans) and
+//! the strict network policy. It also holds the exact texts of its errors
+//! and of the runtime-selection messages ([`RuntimeSelectionError`],
+//! [`NO_SANDBOX_WARNING`]), which are part of the product.
+//!
+//! It must not touch credentials, policy, the proxy, `MOAT_HOME` (whose
+//! path it only receives as a parameter) or moat.yaml parsing: the run
+//! orchestrator decides what goes into an [`ImageRequest`] and a
+//! [`ContainerSpec`] (environment with the proxy variables, the moat CA as
+//! an [`InjectedFile`], the proxy address for [`NetworkPolicy::Strict`]) and
+//! this crate only carries it out.
+//!
+//! # Strict network policy: a firewalled network namespace
+//!
+//! Under [`NetworkPolicy::Strict`] the container can reach the proxy's
+//! `address:port`, its loopback and the DNS servers of its resolv.conf, and
+//! nothing else (connections are refused). How:
+//!
+//! 1. A *network guard* container is started first from the same image,
+//!    under runc, as root with only `NET_ADMIN`/`NET_RAW`, running nothing
+//!    but `sleep`. Its network namespace is on Docker's default bridge,
+//!    with `host.docker.internal` pointing at the bridge gateway.
+//! 2. The firewall (iptables, always installed in moat's images) is applied
+//!    in that namespace through an Engine API exec; failure (e.g. a custom
+//!    base image without iptables) is
+//!    `firewall setup failed (required for strict network policy): ...`
+//!    and nothing is left behind.
+//! 3. The workload is then created with `network_mode: container:<guard>`:
+//!    it shares the already-firewalled namespace, with every capability
+//!    dropped and `no-new-privileges`, so nothing in it can change the
+//!    rules. Rules are in place before its first instruction runs.
+//!
+//! Why not the alternatives, both tried on Docker 20.10 with gVisor:
+//!
+//! * iptables *inside* the workload (a root entrypoint that applies rules
+//!   then drops to the user) works under runc but not under gVisor: with
+//!   `--network=host` (the only mode that runs here) gVisor has no netfilter
+//!   ("Protocol not supported"); the guard's rules live in the host kernel's
+//!   namespace, which gVisor's host networking uses, so they hold for both.
+//! * an `internal: true` network is not enough: the container still gets a
+//!   default route through the bridge gateway, and every host address
+//!   (docker0 included) stays reachable through it.
+//! * a Unix-socket relay like the native runtime's is refused by gVisor
+//!   unless runsc runs with `--host-uds=open`.
+//!
+//! The guard runs under runc even when the workload runs under gVisor; it
+//! executes only `sleep` and the firewall script from the run's own image.
+//!
+//! # gVisor
+//!
+//! [`SandboxRuntime::default_for_host`] is gVisor (`runsc`) on Linux; when
+//! the daemon has no such runtime, [`DockerRuntime::create`] fails with
+//! `gVisor (runsc) is required but not available` and the install and
+//! bypass instructions. With the bypass, the caller prints
+//! [`NO_SANDBOX_WARNING`].
+//!
+//! # Air-gapped machines
+//!
+//! [`ImageMap`] maps a base image name to a local image:
+//! `MOAT_IMAGE_MAP=debian:bookworm-slim=local/debian:bookworm[,a=b...]`
+//! and/or `MOAT_HOME/images.json` (`{"debian:bookworm-slim":
+//! "local/debian:bookworm"}`); the environment wins. Runtimes (node,
+//! python, go) come from Debian packages, so building needs only Debian's
+//! package mirror; `moat deps info` says which version that really is.
+
+mod connect;
+mod container;
+pub mod deps;
+mod error;
+mod image;
+
+pub use crate::connect::{candidate_endpoints, DockerRuntime, GVISOR_RUNTIME, PING_TIMEOUT};
+pub use crate::container::{
+    BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
+    SandboxRuntime, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
+    WORKSPACE_IN_CONTAINER,
+};
+pub use crate::deps::{deps_info, deps_list, DepInfo, DepType, Dependency};
+pub use crate::error::{DockerError, RuntimeSelectionError, NO_SANDBOX_WARNING};
+pub use crate::image::{
+    generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ProgressMode, ResolvedImage,
+    DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV, IMAGE_MAP_FILE,
+};
