@@ -289,6 +289,18 @@ impl ContainerSpec {
     }
 }
 
+/// `172.17.0.0/16` → `172.17.0.1` (IPv4 only).
+fn first_host(subnet: &str) -> Option<String> {
+    let (addr, len) = subnet.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    if !(1..=30).contains(&len) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - len);
+    Some(std::net::Ipv4Addr::from((u32::from(addr) & mask) + 1).to_string())
+}
+
 fn clean_absolute(path: &Path) -> bool {
     path.is_absolute()
         && path.components().count() > 1
@@ -826,10 +838,15 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| DockerError::engine("inspecting the bridge network", e))?;
-        Ok(network
-            .ipam
-            .and_then(|i| i.config)
-            .and_then(|c| c.into_iter().find_map(|c| c.gateway)))
+        let configs = network.ipam.and_then(|i| i.config).unwrap_or_default();
+        if let Some(gateway) = configs.iter().find_map(|c| c.gateway.clone()) {
+            return Ok(Some(gateway));
+        }
+        // The default bridge often lists only its subnet; its gateway
+        // (docker0's address) is then the subnet's first host.
+        Ok(configs
+            .iter()
+            .find_map(|c| c.subnet.as_deref().and_then(first_host)))
     }
 
     /// Runs a container to completion: create, start, copy its output,
@@ -864,6 +881,13 @@ mod tests {
 
     fn spec() -> ContainerSpec {
         ContainerSpec::new("r1", "img", std::env::temp_dir(), vec!["true".into()])
+    }
+
+    #[test]
+    fn first_host_of_subnet() {
+        assert_eq!(first_host("172.17.0.0/16").as_deref(), Some("172.17.0.1"));
+        assert_eq!(first_host("10.1.2.128/25").as_deref(), Some("10.1.2.129"));
+        assert_eq!(first_host("fd00::/64"), None);
     }
 
     #[test]

@@ -331,7 +331,6 @@ pub fn generate_dockerfile(
         let _ = writeln!(f, "RUN {}", one_line(cmd));
     }
     let _ = writeln!(f, "WORKDIR /workspace");
-    let _ = writeln!(f, "LABEL moat.managed=true");
     f
 }
 
