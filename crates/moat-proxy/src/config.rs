@@ -1,0 +1,259 @@
+//! Proxy configuration and the `MOAT_CONNECT_TO` mapping.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ProxyError;
+
+/// Settings of a [`Proxy`](crate::Proxy), fixed at construction.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// An extra PEM file of CA certificates trusted for upstream TLS, on
+    /// top of the system roots (the daemon passes `MOAT_UPSTREAM_CA_FILE`).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Whether the system's root certificates are trusted upstream
+    /// (default `true`; tests may turn it off to trust only
+    /// `upstream_ca_file`).
+    pub use_system_roots: bool,
+    /// Upstream address overrides (`MOAT_CONNECT_TO`), first match wins.
+    pub connect_to: Vec<ConnectTo>,
+    /// How long a client may take to send a complete request head, and to
+    /// finish the TLS handshake of an intercepted tunnel, before the
+    /// connection is closed (slowloris protection). Default 30 s.
+    pub client_timeout: Duration,
+    /// How long connecting to an upstream (TCP and TLS) may take. Default
+    /// 30 s.
+    pub connect_timeout: Duration,
+    /// The largest request head a client may send, in bytes (at least
+    /// 8192). Larger heads get `431` or a closed connection. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// How many request and response body bytes a trace line captures,
+    /// each. Default 8 KiB.
+    pub trace_body_bytes: usize,
+    /// Trace lines queued for a run's writer before new ones are dropped
+    /// (counted and logged) rather than slowing requests. Default 8192.
+    pub trace_queue: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            upstream_ca_file: None,
+            use_system_roots: true,
+            connect_to: Vec::new(),
+            client_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            trace_body_bytes: 8 * 1024,
+            trace_queue: 8192,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The defaults, with `MOAT_UPSTREAM_CA_FILE` (an extra PEM CA file for
+    /// upstream TLS) and `MOAT_CONNECT_TO` (`HOST1:PORT1:HOST2:PORT2[,...]`)
+    /// taken from the environment when set and non-empty.
+    pub fn from_env() -> Result<Self, ProxyError> {
+        Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// [`ProxyConfig::from_env`] with a custom variable lookup.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ProxyError> {
+        let mut config = ProxyConfig::default();
+        if let Some(path) = var("MOAT_UPSTREAM_CA_FILE").filter(|v| !v.trim().is_empty()) {
+            config.upstream_ca_file = Some(PathBuf::from(path));
+        }
+        if let Some(list) = var("MOAT_CONNECT_TO") {
+            config.connect_to = ConnectTo::parse_list(&list)?;
+        }
+        Ok(config)
+    }
+}
+
+/// One `--connect-to` style override: connections for `from_host:from_port`
+/// go to `to_host:to_port` at the TCP level, while TLS server name and
+/// certificate verification still use `from_host`.
+///
+/// As in curl, an empty `from_host` or a `None` `from_port` matches any,
+/// and an empty `to_host` or `None` `to_port` keeps the original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    /// The requested host (lower case), empty for any.
+    pub from_host: String,
+    /// The requested port, `None` for any.
+    pub from_port: Option<u16>,
+    /// The host to connect to instead, empty to keep the requested one.
+    pub to_host: String,
+    /// The port to connect to instead, `None` to keep the requested one.
+    pub to_port: Option<u16>,
+}
+
+impl ConnectTo {
+    /// Parses `HOST1:PORT1:HOST2:PORT2` (IPv6 hosts in brackets).
+    pub fn parse(entry: &str) -> Result<Self, ProxyError> {
+        let err = |why: &str| {
+            ProxyError::config(format!(
+                "invalid connect-to entry {entry:?}: {why} (expected HOST1:PORT1:HOST2:PORT2)"
+            ))
+        };
+        let parts = split_fields(entry.trim()).ok_or_else(|| err("unbalanced brackets"))?;
+        let [from_host, from_port, to_host, to_port] = parts.as_slice() else {
+            return Err(err("it needs exactly four fields"));
+        };
+        let port = |p: &str| -> Result<Option<u16>, ProxyError> {
+            if p.is_empty() {
+                Ok(None)
+            } else {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .map(Some)
+                    .ok_or_else(|| err("a port is not a number from 1 to 65535"))
+            }
+        };
+        let host = |h: &str| -> Result<String, ProxyError> {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            if h.chars().any(|c| c.is_whitespace() || c == '/' || c == '@') {
+                return Err(err("a host contains invalid characters"));
+            }
+            Ok(h.trim_end_matches('.').to_ascii_lowercase())
+        };
+        Ok(ConnectTo {
+            from_host: host(from_host)?,
+            from_port: port(from_port)?,
+            to_host: host(to_host)?,
+            to_port: port(to_port)?,
+        })
+    }
+
+    /// Parses a comma-separated list, as in `MOAT_CONNECT_TO`. Empty
+    /// entries are ignored.
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, ProxyError> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    fn matches(&self, host: &str, port: u16) -> bool {
+        (self.from_host.is_empty() || self.from_host.eq_ignore_ascii_case(host))
+            && self.from_port.is_none_or(|p| p == port)
+    }
+
+    /// Where to connect for `host:port` given `rules`: the first matching
+    /// rule's target, or `host:port` itself.
+    pub fn resolve(rules: &[ConnectTo], host: &str, port: u16) -> (String, u16) {
+        let host = host.trim_end_matches('.');
+        match rules.iter().find(|r| r.matches(host, port)) {
+            Some(rule) => (
+                if rule.to_host.is_empty() {
+                    host.to_owned()
+                } else {
+                    rule.to_host.clone()
+                },
+                rule.to_port.unwrap_or(port),
+            ),
+            None => (host.to_owned(), port),
+        }
+    }
+}
+
+/// Splits on `:` outside brackets.
+fn split_fields(s: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return None;
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    out.push(&s[start..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_curl_style_entries() {
+        let list = ConnectTo::parse_list(
+            "api.github.com:443:127.0.0.1:8443, [::1]:80:[::1]:8080,::localhost:",
+        )
+        .unwrap();
+        assert_eq!(
+            list[0],
+            ConnectTo {
+                from_host: "api.github.com".into(),
+                from_port: Some(443),
+                to_host: "127.0.0.1".into(),
+                to_port: Some(8443)
+            }
+        );
+        assert_eq!(list[1].from_host, "::1");
+        assert_eq!(list[1].to_port, Some(8080));
+        assert_eq!(list[2].from_host, "");
+        assert_eq!(list[2].to_port, None);
+        assert_eq!(
+            ConnectTo::resolve(&list, "API.github.com", 443),
+            ("127.0.0.1".into(), 8443)
+        );
+        assert_eq!(
+            ConnectTo::resolve(&list, "example.com", 443),
+            ("localhost".into(), 443)
+        );
+        assert_eq!(
+            ConnectTo::resolve(&list[..1], "example.com", 443),
+            ("example.com".into(), 443)
+        );
+    }
+
+    #[test]
+    fn reads_the_environment_variables() {
+        let config = ProxyConfig::from_vars(|name| match name {
+            "MOAT_UPSTREAM_CA_FILE" => Some("/tmp/ca.pem".into()),
+            "MOAT_CONNECT_TO" => Some("api.github.com:443:127.0.0.1:9443".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.upstream_ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(config.connect_to.len(), 1);
+        assert!(ProxyConfig::from_vars(|_| Some("bad".into())).is_err());
+        assert!(ProxyConfig::from_vars(|_| None)
+            .unwrap()
+            .connect_to
+            .is_empty());
+    }
+
+    #[test]
+    fn rejects_malformed_entries() {
+        for bad in [
+            "a:1:b",
+            "a:1:b:2:3",
+            "a:x:b:2",
+            "a:1:b:70000",
+            "[::1:1:b:2",
+            "a b:1:c:2",
+            "a:0:b:2",
+        ] {
+            assert!(ConnectTo::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ConnectTo::parse_list("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,46 @@
+//! Moat's proxy engine: everything that touches proxied traffic.
+//!
+//! The sandbox sends all its HTTP(S) traffic here with a per-run token
+//! (`http://moat:<token>@host:port`). The engine:
+//!
+//! - authenticates every request and `CONNECT` against the registered runs
+//!   ([`Proxy::register`] / [`Proxy::unregister`]), `407` otherwise;
+//! - intercepts TLS with leaf certificates minted by a local
+//!   [`CertificateAuthority`], and verifies upstream TLS against the system
+//!   roots plus an optional extra CA ([`ProxyConfig::upstream_ca_file`]);
+//! - applies the run's network policy (`moat-policy`) at `CONNECT` and per
+//!   request, answering `407` with the three-line deny message;
+//! - injects the run's credentials ([`Injection`]) as headers, replacing
+//!   the client's placeholders, and strips proxy credentials and hop-by-hop
+//!   headers before forwarding;
+//! - streams bodies both ways (SSE, WebSocket upgrades, HTTP/1.1 and
+//!   HTTP/2 on both sides), relays MCP servers ([`McpRoute`]), and appends
+//!   one redacted JSON line per request to the run's `network.jsonl`.
+//!
+//! It owns nothing outside traffic: the daemon crate owns the process, the
+//! control socket, lock files and the run registry's persistence, and
+//! decides policies and credentials; this crate must not read credentials
+//! from the store, persist runs, or touch any file besides the CA files and
+//! the trace files it is given.
+
+mod ca;
+mod config;
+mod error;
+mod io;
+mod proxy;
+mod run;
+mod secret;
+mod trace;
+mod upstream;
+
+pub use crate::ca::{CertificateAuthority, LEAF_CACHE_CAPACITY};
+pub use crate::config::{ConnectTo, ProxyConfig};
+pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
+pub use crate::proxy::{Proxy, INVALID_TOKEN_BODY, MISSING_AUTH_BODY};
+pub use crate::run::{Injection, McpRoute, RunRegistration};
+pub use crate::secret::{RunToken, SecretValue};
+pub use http::HeaderName;
+pub use moat_policy::{HostPattern, NetworkPolicy};
+
+/// The body type flowing through the proxy.
+pub(crate) type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;

@@ -1,0 +1,877 @@
+//! The proxy handle, the listeners and the request handlers.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use moat_policy::{Decision, HostDecision};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::CertificateAuthority;
+use crate::config::ProxyConfig;
+use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
+use crate::io::Prefixed;
+use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
+use crate::secret::{RunToken, SecretValue};
+use crate::trace::{headers_json, Exchange, Side, Tapped, TraceSink};
+use crate::upstream::Upstream;
+use crate::ProxyBody;
+
+/// The body of `407` without credentials.
+pub const MISSING_AUTH_BODY: &str = "Proxy authentication required";
+/// The body of `407` with credentials matching no run.
+pub const INVALID_TOKEN_BODY: &str = "Invalid proxy token";
+
+/// The proxy engine: a cheaply clonable handle (all clones share one
+/// state). Register runs, then serve TCP and/or Unix listeners.
+///
+/// Every request (plain HTTP in absolute form, `CONNECT`, or the MCP
+/// relay) must carry a registered run's token; requests inside an
+/// intercepted tunnel belong to the run that opened it, and stop being
+/// served when that run is unregistered.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ProxyConfig,
+    ca: Arc<CertificateAuthority>,
+    registry: Registry,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("runs", &self.runs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy presenting leaves of `ca`. Fails when the upstream CA file
+    /// cannot be read.
+    pub fn new(
+        config: ProxyConfig,
+        ca: impl Into<Arc<CertificateAuthority>>,
+    ) -> Result<Self, ProxyError> {
+        let upstream = Upstream::new(&config)?;
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                config,
+                ca: ca.into(),
+                registry: Registry::default(),
+                upstream,
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The certificate authority.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.inner.ca
+    }
+
+    /// Registers a run and returns its fresh token; never fails.
+    ///
+    /// A run already registered under the same id is unregistered first
+    /// (its old token stops working). Problems that [`Proxy::try_register`]
+    /// would report are logged instead: a trace file that cannot be opened
+    /// disables the trace, an invalid MCP route is skipped.
+    pub fn register(&self, registration: RunRegistration) -> RunToken {
+        if self.unregister(&registration.run_id) {
+            tracing::warn!(run = %registration.run_id, "run registered again; the old token is revoked");
+        }
+        let trace = registration.trace.as_ref().and_then(|path| {
+            TraceSink::open(path, self.inner.config.trace_queue)
+                .map_err(|e| tracing::warn!(run = %registration.run_id, error = %e.detail(), "trace disabled"))
+                .ok()
+        });
+        let token = RunToken::generate();
+        let run_id = registration.run_id.clone();
+        match build_run(registration, &token, trace, &self.inner.shutdown, false)
+            .and_then(|run| self.inner.registry.insert(run))
+        {
+            Ok(()) => tracing::debug!(run = %run_id, "run registered"),
+            // Unreachable in practice (lenient build, id just removed);
+            // the token then matches nothing, which is the safe outcome.
+            Err(e) => tracing::error!(run = %run_id, error = %e.detail(), "registering a run"),
+        }
+        token
+    }
+
+    /// Registers a run, failing on a duplicate run id, an invalid MCP
+    /// route, or a trace file that cannot be opened (it is created `0600`
+    /// and appended to).
+    pub fn try_register(&self, registration: RunRegistration) -> Result<RunToken, ProxyError> {
+        let trace = match &registration.trace {
+            Some(path) => Some(TraceSink::open(path, self.inner.config.trace_queue)?),
+            None => None,
+        };
+        let token = RunToken::generate();
+        let run = build_run(registration, &token, trace, &self.inner.shutdown, true)?;
+        tracing::debug!(run = %run.id, "run registered");
+        self.inner.registry.insert(run)?;
+        Ok(token)
+    }
+
+    /// Revokes a run's token at once: its open tunnels are closed, and any
+    /// request still arriving on them gets `407 Invalid proxy token`. The
+    /// run's trace writer flushes what it has queued and stops once the
+    /// requests in flight have finished. `false` when no such run was
+    /// registered.
+    pub fn unregister(&self, run_id: &str) -> bool {
+        let Some(run) = self.inner.registry.remove(run_id) else {
+            return false;
+        };
+        tracing::debug!(run = %run.id, "run unregistered");
+        if let Some(sink) = &run.trace {
+            sink.request_flush();
+        }
+        true
+    }
+
+    /// The ids of the registered runs, sorted.
+    pub fn runs(&self) -> Vec<String> {
+        self.inner.registry.ids()
+    }
+
+    /// Stops the listeners, revokes every run (closing their tunnels) and
+    /// asks open connections to finish their current request.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        for run in self.inner.registry.drain() {
+            if let Some(sink) = &run.trace {
+                sink.request_flush();
+            }
+        }
+    }
+
+    /// A token cancelled when [`Proxy::shutdown`] is called; cancelling it
+    /// directly has the same effect on listeners and connections.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Accepts connections on `listener` until shutdown.
+    pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), ProxyError> {
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(self.clone().serve_connection(stream));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+    }
+
+    /// Accepts connections on a Unix socket until shutdown (the native
+    /// sandbox's strict mode reaches the proxy this way).
+    pub async fn serve_unix(&self, listener: UnixListener) -> Result<(), ProxyError> {
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(self.clone().serve_connection(stream));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+    }
+
+    /// Serves one client connection (any byte stream) to completion.
+    pub async fn serve_connection<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let inner = inner.clone();
+            async move { Ok::<_, Infallible>(handle_outer(inner, req).await) }
+        });
+        let config = &self.inner.config;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.client_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "client connection ended");
+                }
+            }
+            () = self.inner.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
+        }
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // Out of file descriptors and the like: back off instead of spinning.
+    tracing::warn!(error = %e, "accepting a connection");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+fn auth_failure(failure: AuthFailure) -> Response<ProxyBody> {
+    let body = match failure {
+        AuthFailure::Missing => MISSING_AUTH_BODY,
+        AuthFailure::Invalid => INVALID_TOKEN_BODY,
+    };
+    let mut resp = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, body);
+    resp.headers_mut().insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"moat\""),
+    );
+    resp
+}
+
+fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    match e.fault() {
+        Fault::Upstream | Fault::Internal => {
+            tracing::warn!(fault = %e.fault(), error = %e.detail(), "request failed")
+        }
+        Fault::Downstream | Fault::Policy => {
+            tracing::debug!(fault = %e.fault(), error = %e.detail(), "request refused")
+        }
+    }
+    text(e.status(), e.detail())
+}
+
+/// Where a request goes: scheme, host (as in a URI, IPv6 in brackets) and
+/// port.
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: &'static str,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn authority(&self) -> String {
+        let default = matches!((self.scheme, self.port), ("https", 443) | ("http", 80));
+        if default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme)
+            .authority(self.authority())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::bad_request("moat: invalid request target").with_source(e))
+    }
+}
+
+async fn handle_outer(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return match inner.registry.authenticate(req.headers(), false) {
+            Ok(run) => handle_connect(inner, run, req),
+            Err(f) => auth_failure(f),
+        };
+    }
+    if req.uri().scheme().is_some() {
+        let run = match inner.registry.authenticate(req.headers(), false) {
+            Ok(run) => run,
+            Err(f) => return auth_failure(f),
+        };
+        let target = match target_of(req.uri()) {
+            Ok(t) => t,
+            Err(e) => return error_response(&e),
+        };
+        let pq = path_and_query(req.uri());
+        let uri = match target.uri(&pq) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
+        };
+        let inject = injections(&run, &target.host);
+        return forward(&inner, run.clone(), uri, true, inject, req).await;
+    }
+    if req.uri().path().starts_with("/mcp/") {
+        return match inner.registry.authenticate(req.headers(), true) {
+            Ok(run) => handle_mcp(inner, run, req).await,
+            Err(f) => auth_failure(f),
+        };
+    }
+    text(
+        StatusCode::BAD_REQUEST,
+        "moat: this is moat's proxy; send absolute-form or CONNECT requests, or /mcp/<name>",
+    )
+}
+
+fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/")
+        .to_owned()
+}
+
+fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => "http",
+        Some(s) if s.eq_ignore_ascii_case("https") => "https",
+        _ => {
+            return Err(ProxyError::bad_request(
+                "moat: only http and https URLs can be proxied",
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ProxyError::bad_request("moat: the request URL has no host"))?;
+    Ok(Target {
+        scheme,
+        host: host.to_ascii_lowercase(),
+        port: uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+    })
+}
+
+type Injected = Vec<(HeaderName, SecretValue)>;
+
+/// The headers to inject for `host`, and the trace label.
+fn injections(run: &Run, host: &str) -> (Injected, Option<String>) {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let mut headers = Vec::new();
+    let mut label = None;
+    for injection in run.injections_for(bare) {
+        label.get_or_insert_with(|| injection.label());
+        headers.extend(injection.headers.iter().cloned());
+    }
+    (headers, label)
+}
+
+fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority() else {
+        return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
+    };
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
+    }
+    let port = authority.port_u16().unwrap_or(443);
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if let HostDecision::Denied(reason) = run.policy.host_decision(&bare) {
+        let message = reason.message();
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            "CONNECT",
+            &format!("{host}:{port}"),
+            false,
+            headers_json(&run, req.headers(), &[]),
+            None,
+            inner.config.trace_body_bytes,
+        ) {
+            ex.set_error(407, "blocked by network policy");
+            ex.set_body(Side::Response, message.as_bytes());
+            ex.finish();
+        }
+        return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+    }
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let target = Target {
+                    scheme: "https",
+                    host,
+                    port,
+                };
+                tunnel(inner, run, target, TokioIo::new(upgraded)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(empty())
+}
+
+/// Serves an accepted `CONNECT` tunnel: TLS interception when the client
+/// starts a TLS handshake, plain HTTP/1.1 otherwise.
+async fn tunnel<IO>(inner: Arc<Inner>, run: Arc<Run>, mut target: Target, mut io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = inner.config.client_timeout;
+    let mut first = [0u8; 1];
+    let n = match tokio::time::timeout(timeout, io.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return,
+    };
+    let io = Prefixed::new(Bytes::copy_from_slice(&first[..n]), io);
+    if first[0] != 0x16 {
+        target.scheme = "http";
+        serve_inner(inner, run, target, io, false).await;
+        return;
+    }
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS hello");
+            return;
+        }
+        Err(_) => return,
+    };
+    let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+    // The client's SNI names the certificate; without SNI (or for IP
+    // targets, which have none) the CONNECT target does.
+    let name = start
+        .client_hello()
+        .server_name()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(bare)
+        .to_owned();
+    let config = match inner.ca.server_config(&name).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(fault = %e.fault(), error = %e.detail(), host = %name, "minting a certificate");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS handshake");
+            return;
+        }
+        Err(_) => return,
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_inner(inner, run, target, tls, h2).await;
+}
+
+async fn serve_inner<IO>(inner: Arc<Inner>, run: Arc<Run>, target: Target, io: IO, h2: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cancel = run.cancel.clone();
+    let target = Arc::new(target);
+    let config_timeout = inner.config.client_timeout;
+    let max_buf = inner.config.max_header_bytes.max(8192);
+    let service = {
+        let inner = inner.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let inner = inner.clone();
+            let run = run.clone();
+            let target = target.clone();
+            async move { Ok::<_, Infallible>(handle_inner(inner, run, &target, req).await) }
+        })
+    };
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, service);
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config_timeout)
+            .max_buf_size(max_buf);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+async fn handle_inner(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    target: &Target,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if !run.is_active() {
+        return auth_failure(AuthFailure::Invalid);
+    }
+    let uri = match target.uri(&path_and_query(req.uri())) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    let inject = injections(&run, &target.host);
+    forward(&inner, run, uri, true, inject, req).await
+}
+
+async fn handle_mcp(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    let rest = path.strip_prefix("/mcp/").unwrap_or_default();
+    let (name, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let Some(route) = run.mcp.iter().find(|m| m.name == name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("moat: this run has no MCP server named {name:?}"),
+        );
+    };
+    let uri = match mcp_uri(route, tail, req.uri().query()) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    let label = Some(format!("mcp:{}", route.name));
+    let headers = route.headers.clone();
+    let mut req = req;
+    // The client may have authenticated with `Authorization: Bearer
+    // <token>`: it never goes upstream (route headers replace it).
+    req.headers_mut().remove(header::AUTHORIZATION);
+    forward(&inner, run.clone(), uri, false, (headers, label), req).await
+}
+
+fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let base_path = route.base.path().trim_end_matches('/');
+    let mut pq = format!("{base_path}{tail}");
+    if pq.is_empty() {
+        pq.push('/');
+    }
+    let query = query.or(route.base.query());
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = route.base.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| ProxyError::bad_request("moat: invalid MCP path").with_source(e))?,
+    );
+    Uri::from_parts(parts)
+        .map_err(|e| ProxyError::bad_request("moat: invalid MCP URL").with_source(e))
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && header_has_token(req.headers(), header::CONNECTION, "upgrade")
+}
+
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), those named in
+/// `Connection` included. With `keep_upgrade`, `Upgrade` survives and
+/// `Connection: upgrade` is set. `TE: trailers` survives (gRPC needs it).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    let te_trailers = header_has_token(headers, header::TE, "trailers");
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` across fields; HTTP/1.1 wants one.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Policy, injection, trace and forwarding of one request to `uri`.
+async fn forward(
+    inner: &Arc<Inner>,
+    run: Arc<Run>,
+    uri: Uri,
+    check_policy: bool,
+    (inject, label): (Injected, Option<String>),
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let limit = inner.config.trace_body_bytes;
+    let method = req.method().clone();
+    let url = uri.to_string();
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if check_policy {
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if let Decision::Deny(reason) = run.policy.decide(&host, method.as_str(), pq) {
+            let message = reason.message();
+            if let Some(ex) = Exchange::new(
+                run.clone(),
+                method.as_str(),
+                &url,
+                false,
+                headers_json(&run, req.headers(), &[]),
+                None,
+                limit,
+            ) {
+                ex.set_error(407, "blocked by network policy");
+                ex.set_body(Side::Response, message.as_bytes());
+                ex.finish();
+            }
+            return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+        }
+    }
+
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::HOST);
+    join_cookies(&mut headers);
+    let injected: Vec<&str> = inject.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, value) in &inject {
+        headers.insert(name.clone(), value.header_value().clone());
+    }
+    let exchange = Exchange::new(
+        run.clone(),
+        method.as_str(),
+        &url,
+        true,
+        headers_json(&run, &headers, &injected),
+        label,
+        limit,
+    );
+
+    let mut upstream_req = Request::new(
+        Tapped::new(body, exchange.clone(), Side::Request)
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed_unsync(),
+    );
+    *upstream_req.method_mut() = method;
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = headers;
+
+    let client = if upgrade {
+        &inner.upstream.h1
+    } else {
+        &inner.upstream.auto
+    };
+    let mut resp = match client.request(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let err = upstream_error(&host, e);
+            if let Some(ex) = &exchange {
+                ex.set_error(err.status().as_u16(), &err.detail());
+                ex.finish();
+            }
+            return error_response(&err);
+        }
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let cancel = run.cancel.clone();
+            tokio::spawn(async move {
+                let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, switching);
+    if let Some(ex) = &exchange {
+        ex.set_response(parts.status.as_u16(), &parts.headers);
+    }
+    let body = Tapped::new(body, exchange, Side::Response)
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// Turns a client error into a [`ProxyError`] blaming the upstream (or the
+/// request, when hyper refused to send it).
+fn upstream_error(host: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(pe) = err.downcast_ref::<ProxyError>() {
+            return ProxyError::new(pe.kind(), pe.detail());
+        }
+        source = err.source();
+    }
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(err) = source {
+        chain.push_str(": ");
+        chain.push_str(&err.to_string());
+        source = err.source();
+    }
+    let kind = if e.is_connect() {
+        ErrorKind::UpstreamConnect
+    } else {
+        ErrorKind::UpstreamProtocol
+    };
+    ProxyError::new(kind, format!("moat: upstream {host} failed: {chain}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, X-Custom".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic abc".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        let mut a = h.clone();
+        strip_hop_by_hop(&mut a, false);
+        let mut names: Vec<_> = a.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(h.get(header::PROXY_AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn mcp_paths_map_onto_the_route_url() {
+        let route = ParsedMcp {
+            name: "gh".into(),
+            base: "https://mcp.example.com/v1/mcp/".parse().unwrap(),
+            headers: vec![],
+        };
+        assert_eq!(
+            mcp_uri(&route, "", None).unwrap().to_string(),
+            "https://mcp.example.com/v1/mcp"
+        );
+        assert_eq!(
+            mcp_uri(&route, "/sse", Some("a=1")).unwrap().to_string(),
+            "https://mcp.example.com/v1/mcp/sse?a=1"
+        );
+        let root = ParsedMcp {
+            name: "r".into(),
+            base: "http://127.0.0.1:9".parse().unwrap(),
+            headers: vec![],
+        };
+        assert_eq!(
+            mcp_uri(&root, "", None).unwrap().to_string(),
+            "http://127.0.0.1:9/"
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! Runs: what the daemon registers, and the proxy's view of them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName, Uri};
+use moat_policy::{HostPattern, NetworkPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::secret::{RunToken, SecretValue, TokenDigest};
+use crate::trace::TraceSink;
+
+/// Headers set on every request of a run to hosts matching `host`,
+/// replacing whatever the client sent (clients send placeholders).
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// The hosts this applies to.
+    pub host: HostPattern,
+    /// Header names and their secret values.
+    pub headers: Vec<(HeaderName, SecretValue)>,
+}
+
+impl Injection {
+    /// The trace label (`credential_used`): the host pattern.
+    pub(crate) fn label(&self) -> String {
+        self.host.to_string()
+    }
+}
+
+/// An MCP server the sandbox reaches through the proxy as
+/// `http://<proxy>/mcp/<name>[/rest]`.
+#[derive(Debug, Clone)]
+pub struct McpRoute {
+    /// The route name: letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// The upstream URL (`https://...` or `http://...`); `/mcp/<name>/rest`
+    /// maps to `<url>/rest`, the query string is kept.
+    pub url: String,
+    /// Headers injected on every relayed request (replacing the client's).
+    pub headers: Vec<(HeaderName, SecretValue)>,
+}
+
+/// Everything the proxy needs to serve one run.
+///
+/// Hosts covered by `injections` are NOT allowed implicitly: under a strict
+/// policy the caller must also add them to `policy` with
+/// [`NetworkPolicy::allow_host`] (the daemon does this for granted
+/// credentials). MCP routes are reachable whatever the policy says, since
+/// the user configured them explicitly.
+#[derive(Debug, Clone)]
+pub struct RunRegistration {
+    /// The run id (unique among registered runs).
+    pub run_id: String,
+    /// Credentials to inject.
+    pub injections: Vec<Injection>,
+    /// The run's network policy.
+    pub policy: NetworkPolicy,
+    /// MCP servers to relay.
+    pub mcp: Vec<McpRoute>,
+    /// Where to append the run's `network.jsonl`; `None` disables traces.
+    pub trace: Option<PathBuf>,
+}
+
+pub(crate) struct ParsedMcp {
+    pub(crate) name: String,
+    pub(crate) base: Uri,
+    pub(crate) headers: Vec<(HeaderName, SecretValue)>,
+}
+
+/// A registered run, as the request handlers see it.
+pub(crate) struct Run {
+    pub(crate) id: String,
+    pub(crate) digest: TokenDigest,
+    pub(crate) injections: Vec<Injection>,
+    pub(crate) policy: NetworkPolicy,
+    pub(crate) mcp: Vec<ParsedMcp>,
+    pub(crate) trace: Option<TraceSink>,
+    /// Cancelled on unregister: open tunnels of the run close.
+    pub(crate) cancel: CancellationToken,
+    /// Every secret of the run (injected values, MCP header values, the run
+    /// token), for redacting traces.
+    pub(crate) secrets: Vec<String>,
+}
+
+impl fmt::Debug for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Run")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for s in &mut self.secrets {
+            s.zeroize();
+        }
+    }
+}
+
+impl Run {
+    pub(crate) fn is_active(&self) -> bool {
+        !self.cancel.is_cancelled()
+    }
+
+    /// The injections whose host pattern matches `host`.
+    pub(crate) fn injections_for<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a Injection> + 'a {
+        self.injections.iter().filter(move |i| i.host.matches(host))
+    }
+}
+
+fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
+    let valid_name = !route.name.is_empty()
+        && route
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid_name {
+        return Err(ProxyError::config(format!(
+            "invalid MCP route name {:?}: use letters, digits, '-', '_' and '.'",
+            route.name
+        )));
+    }
+    let base: Uri = route.url.parse().map_err(|e| {
+        ProxyError::config(format!("invalid MCP URL for {:?}", route.name)).with_source(e)
+    })?;
+    if !matches!(base.scheme_str(), Some("http" | "https")) || base.host().is_none() {
+        return Err(ProxyError::config(format!(
+            "the MCP URL for {:?} must be an absolute http(s) URL",
+            route.name
+        )));
+    }
+    Ok(ParsedMcp {
+        name: route.name,
+        base,
+        headers: route.headers,
+    })
+}
+
+/// Builds the proxy's view of a run. With `strict`, an invalid MCP route is
+/// an error; otherwise it is skipped with a warning.
+pub(crate) fn build_run(
+    reg: RunRegistration,
+    token: &RunToken,
+    trace: Option<TraceSink>,
+    parent: &CancellationToken,
+    strict: bool,
+) -> Result<Run, ProxyError> {
+    if strict && reg.run_id.is_empty() {
+        return Err(ProxyError::config("a run id must not be empty"));
+    }
+    let mut mcp = Vec::new();
+    for route in reg.mcp {
+        match parse_route(route) {
+            Ok(route) => mcp.push(route),
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                tracing::warn!(run = %reg.run_id, error = %e, "skipping an MCP route");
+            }
+        }
+    }
+    let mut secrets: Vec<String> = reg
+        .injections
+        .iter()
+        .flat_map(|i| i.headers.iter())
+        .chain(mcp.iter().flat_map(|m| m.headers.iter()))
+        .map(|(_, v)| v.expose().to_owned())
+        .collect();
+    // "Bearer abc" also hides a bare "abc" written elsewhere.
+    let bare: Vec<String> = secrets
+        .iter()
+        .filter_map(|s| s.split_once(' ').map(|(_, rest)| rest.trim().to_owned()))
+        .collect();
+    secrets.extend(bare);
+    secrets.push(token.expose().to_owned());
+    secrets.retain(|s| s.len() >= 4);
+    // Longest first, so a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    Ok(Run {
+        id: reg.run_id,
+        digest: token.digest(),
+        injections: reg.injections,
+        policy: reg.policy,
+        mcp,
+        trace,
+        cancel: parent.child_token(),
+        secrets,
+    })
+}
+
+/// Why a request was refused before any run was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// No credentials at all: `Proxy authentication required`.
+    Missing,
+    /// Credentials that match no run: `Invalid proxy token`.
+    Invalid,
+}
+
+/// The registered runs, keyed by the SHA-256 of their token.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_digest: RwLock<HashMap<TokenDigest, Arc<Run>>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, run: Run) -> Result<(), ProxyError> {
+        let mut map = self
+            .by_digest
+            .write()
+            .map_err(|_| ProxyError::new(ErrorKind::Internal, "run registry poisoned"))?;
+        if map.values().any(|r| r.id == run.id) {
+            return Err(ProxyError::new(
+                ErrorKind::DuplicateRun,
+                format!("run {:?} is already registered", run.id),
+            ));
+        }
+        map.insert(run.digest, Arc::new(run));
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, run_id: &str) -> Option<Arc<Run>> {
+        let mut map = self.by_digest.write().ok()?;
+        let digest = map.iter().find(|(_, r)| r.id == run_id).map(|(d, _)| *d)?;
+        let run = map.remove(&digest)?;
+        run.cancel.cancel();
+        Some(run)
+    }
+
+    pub(crate) fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .by_digest
+            .read()
+            .map(|m| m.values().map(|r| r.id.clone()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    pub(crate) fn drain(&self) -> Vec<Arc<Run>> {
+        self.by_digest
+            .write()
+            .map(|mut m| m.drain().map(|(_, r)| r).collect())
+            .unwrap_or_default()
+    }
+
+    fn lookup(&self, token: &[u8]) -> Option<Arc<Run>> {
+        let digest = TokenDigest::of(token);
+        let map = self.by_digest.read().ok()?;
+        let run = map.get(&digest)?;
+        // The map lookup compares digests, not tokens; confirm in constant
+        // time anyway.
+        (run.digest.ct_eq(&digest) && run.is_active()).then(|| run.clone())
+    }
+
+    /// Finds the run of `Proxy-Authorization: Basic base64(moat:<token>)`
+    /// (any user name) or `Proxy-Authorization: Bearer <token>`; with
+    /// `allow_authorization`, `Authorization: Bearer <token>` too (MCP
+    /// clients that ignore proxies).
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        allow_authorization: bool,
+    ) -> Result<Arc<Run>, AuthFailure> {
+        let mut presented = false;
+        let mut candidates = Vec::new();
+        for value in headers.get_all(http::header::PROXY_AUTHORIZATION) {
+            presented = true;
+            candidates.extend(token_from(value.as_bytes(), true));
+        }
+        if allow_authorization {
+            for value in headers.get_all(http::header::AUTHORIZATION) {
+                if let Some(token) = token_from(value.as_bytes(), false) {
+                    presented = true;
+                    candidates.push(token);
+                }
+            }
+        }
+        if !presented {
+            return Err(AuthFailure::Missing);
+        }
+        candidates
+            .iter()
+            .find_map(|t| self.lookup(t))
+            .ok_or(AuthFailure::Invalid)
+    }
+}
+
+/// The token inside an authorization header value.
+fn token_from(value: &[u8], basic: bool) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = text.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.as_bytes().to_vec());
+    }
+    if basic && scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        return Some(match decoded.iter().position(|b| *b == b':') {
+            Some(i) => decoded[i + 1..].to_vec(),
+            None => decoded,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn registry_with(token: &RunToken) -> Registry {
+        let reg = RunRegistration {
+            run_id: "r1".into(),
+            injections: vec![],
+            policy: NetworkPolicy::default(),
+            mcp: vec![],
+            trace: None,
+        };
+        let registry = Registry::default();
+        registry
+            .insert(build_run(reg, token, None, &CancellationToken::new(), true).unwrap())
+            .unwrap();
+        registry
+    }
+
+    #[test]
+    fn authenticates_basic_and_bearer() {
+        let token = RunToken::generate();
+        let registry = registry_with(&token);
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            registry.authenticate(&h, true).err(),
+            Some(AuthFailure::Missing)
+        );
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("moat:{}", token.expose()));
+        h.insert(
+            http::header::PROXY_AUTHORIZATION,
+            format!("Basic {basic}").parse().unwrap(),
+        );
+        assert_eq!(registry.authenticate(&h, false).unwrap().id, "r1");
+        h.insert(
+            http::header::PROXY_AUTHORIZATION,
+            format!("bearer {}", token.expose()).parse().unwrap(),
+        );
+        assert_eq!(registry.authenticate(&h, false).unwrap().id, "r1");
+        h.insert(
+            http::header::PROXY_AUTHORIZATION,
+            "Basic bW9hdDp3cm9uZw==".parse().unwrap(),
+        );
+        assert_eq!(
+            registry.authenticate(&h, false).err(),
+            Some(AuthFailure::Invalid)
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose()).parse().unwrap(),
+        );
+        assert_eq!(
+            registry.authenticate(&h, false).err(),
+            Some(AuthFailure::Missing)
+        );
+        assert_eq!(registry.authenticate(&h, true).unwrap().id, "r1");
+        for garbage in ["", "Basic", "Basic %%%", "Digest x", "\u{7f}"] {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(garbage) {
+                h.insert(http::header::PROXY_AUTHORIZATION, v);
+                assert_eq!(
+                    registry.authenticate(&h, true).err(),
+                    Some(AuthFailure::Invalid)
+                );
+            }
+        }
+        assert!(registry.remove("r1").is_some());
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::PROXY_AUTHORIZATION,
+            format!("Bearer {}", token.expose()).parse().unwrap(),
+        );
+        assert_eq!(
+            registry.authenticate(&h, false).err(),
+            Some(AuthFailure::Invalid)
+        );
+    }
+}
