@@ -31,6 +31,13 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in a sandbox, with granted credentials injected by the
+    /// proxy.
+    Run(RunArgs),
+    /// Manage the proxy daemon shared by all runs.
+    Proxy(ProxyArgs),
+    /// Dependencies available to `dependencies:` in moat.yaml.
+    Deps(DepsArgs),
     /// Store a credential, encrypted, for injection into runs.
     Grant(GrantArgs),
     /// Delete a stored credential.
@@ -47,6 +54,102 @@ pub enum Command {
     Clean(CleanArgs),
     /// Print the version.
     Version,
+    /// The proxy daemon process (started by moat itself).
+    #[command(name = "__daemon", hide = true)]
+    Daemon,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Project directory, mounted at /workspace (default: the current
+    /// directory). Its moat.yaml, if any, is loaded.
+    pub path: Option<PathBuf>,
+    /// Command and arguments (after --); replaces moat.yaml `command`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Inject a stored credential (repeatable): github, claude, ssh:HOST...
+    #[arg(short = 'g', long = "grant", value_name = "PROVIDER")]
+    pub grants: Vec<String>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Bind-mount a host path (repeatable): SRC:DST[:ro].
+    #[arg(short = 'm', long = "mount", value_name = "SRC:DST[:ro]")]
+    pub mounts: Vec<String>,
+    /// Run name (default: moat.yaml `name`, else generated).
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+    /// Also allow HOST under a strict network policy (repeatable).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    /// Runtime: native, docker or apple (default: detected).
+    #[arg(long, value_name = "RUNTIME")]
+    pub runtime: Option<String>,
+    /// Attach the terminal (stdin, stdout, stderr; not logged).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Run in the background; follow with moat logs -f.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Container runtimes: keep the container after it exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Never prompt (missing grants are always errors for runs).
+    #[arg(long)]
+    pub no_prompt: bool,
+    /// Docker: run with runc instead of gVisor (also MOAT_NO_SANDBOX=1 or
+    /// `sandbox: none`).
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Docker: rebuild the image even if one with the same inputs exists.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DepsArgs {
+    #[command(subcommand)]
+    pub command: DepsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DepsCommand {
+    /// List the dependencies moat knows.
+    List {
+        /// Only this type: runtime, apt, tool, dynamic.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+    },
+    /// Show one dependency.
+    Info {
+        /// Dependency name, e.g. node or jq.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub command: Option<ProxyCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProxyCommand {
+    /// Start the daemon (in the background unless --foreground).
+    Start {
+        /// Proxy port (default 8080, or MOAT_PROXY_PORT).
+        #[arg(short, long)]
+        port: Option<u16>,
+        /// Stay in the foreground.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the daemon.
+    Stop,
+    /// Show the daemon's pid, port, runs and idle countdown.
+    Status,
+    /// Stop and start the daemon, keeping its port.
+    Restart,
 }
 
 /// A run named by id, id prefix or name.

@@ -1,7 +1,10 @@
 //! One module per command family; each turns parsed arguments into calls
 //! on the library crates and prints the result.
 
+mod deps;
 mod grant;
+mod proxy;
+mod run;
 mod runs;
 
 use std::process::ExitCode;
@@ -18,6 +21,7 @@ pub struct Context {
     pub home: MoatHome,
     pub profile: Option<Profile>,
     pub json: bool,
+    pub verbose: bool,
 }
 
 impl Context {
@@ -34,6 +38,7 @@ impl Context {
             home,
             profile,
             json: global.json,
+            verbose: global.verbose,
         })
     }
 
@@ -54,6 +59,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Grant(args) => grant::grant(&Context::from_global(&cli.global)?, args),
         Command::Revoke(args) => grant::revoke(&Context::from_global(&cli.global)?, args),
+        Command::Run(args) => run::run(&Context::from_global(&cli.global)?, args),
+        Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
+        Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
+        Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
         Command::List => runs::list(&Context::from_global(&cli.global)?),
         Command::Logs(args) => runs::logs(&Context::from_global(&cli.global)?, args),
         Command::Stop(args) => runs::stop(&Context::from_global(&cli.global)?, args),

@@ -37,6 +37,9 @@ impl TestEnv {
             .env("MOAT_HOME", self.moat_home())
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("MOAT_KEYRING_BACKEND", "file")
+            // Docker tests opt in; everything else runs natively even
+            // where an engine is reachable.
+            .env("MOAT_RUNTIME", "native")
             .stdin(Stdio::null());
         cmd
     }

@@ -1,0 +1,370 @@
+//! The CLI side: find the daemon, start it if needed, talk to it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use moat_home::{ensure_private_dir, FileLock, MoatHome};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::lockfile::{pid_alive, read_info, DaemonInfo, DaemonPaths};
+use crate::protocol::{self, Request, Response, RunSpec, API_VERSION};
+
+/// How long the CLI waits for a spawned daemon to become healthy.
+pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors a CLI meets talking to the daemon. The wording of each is part
+/// of the product: the troubleshooting guide lists them with their fixes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket exists (or the lock names a live pid) but connecting or
+    /// talking failed.
+    #[error(
+        "connecting to daemon: {cause}\n\
+         The daemon may have crashed. Remove its stale state and retry:\n  \
+         rm -f {lock} {socket}\n\
+         If that does not help, check whether another process uses {socket}."
+    )]
+    Connect {
+        /// What failed.
+        cause: String,
+        /// Lock file path.
+        lock: String,
+        /// Socket path.
+        socket: String,
+    },
+    /// The daemon was spawned but never answered.
+    #[error(
+        "daemon did not start within 5 seconds\n\
+         Check its log: {log}\n\
+         If {lock} names a pid that is not running, remove it and retry:\n  \
+         rm {lock}"
+    )]
+    StartTimeout {
+        /// The daemon log.
+        log: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// The running daemon listens on another port than requested.
+    #[error(
+        "proxy port mismatch: running on {running}, requested {requested}. \
+         Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy"
+    )]
+    PortMismatch {
+        /// The daemon's port.
+        running: u16,
+        /// `MOAT_PROXY_PORT`.
+        requested: u16,
+    },
+    /// The daemon refused the run (incompatible version, bad policy...).
+    #[error(
+        "registering run with proxy daemon: {cause}\n\
+         Stop active runs so the daemon shuts down (it exits 5 minutes after the last run), \
+         or stop it now with: moat proxy stop\n\
+         Then start the run again."
+    )]
+    Register {
+        /// The daemon's reason.
+        cause: String,
+    },
+    /// The daemon answered something unexpected.
+    #[error("proxy daemon: {0}")]
+    Protocol(String),
+    /// Spawning the daemon failed.
+    #[error("starting proxy daemon: {0}")]
+    Spawn(String),
+    /// File operations under MOAT_HOME failed.
+    #[error(transparent)]
+    Home(#[from] moat_home::HomeError),
+}
+
+/// How to start the daemon when none runs.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// `MOAT_PROXY_PORT` or `-p`: `None` means the default (8080), `Some(0)`
+    /// any free port.
+    pub port: Option<u16>,
+    /// Idle timeout override, seconds.
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// The default proxy port.
+pub const DEFAULT_PORT: u16 = 8080;
+
+impl StartOptions {
+    /// Reads `MOAT_PROXY_PORT` and `MOAT_DAEMON_IDLE_TIMEOUT`.
+    pub fn from_env() -> Result<Self, ClientError> {
+        let port = match std::env::var("MOAT_PROXY_PORT") {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u16>().map_err(|_| {
+                ClientError::Spawn(format!(
+                    "MOAT_PROXY_PORT={v:?} is not a port number (0-65535)"
+                ))
+            })?),
+            _ => None,
+        };
+        let idle_timeout_secs = std::env::var("MOAT_DAEMON_IDLE_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        Ok(StartOptions {
+            port,
+            idle_timeout_secs,
+        })
+    }
+}
+
+/// A connection-per-request client of the control socket.
+#[derive(Debug, Clone)]
+pub struct DaemonClient {
+    paths: DaemonPaths,
+    /// The daemon's lock file content when connected.
+    pub info: DaemonInfo,
+}
+
+impl DaemonClient {
+    /// Connects to the running daemon, if there is one and it answers.
+    pub async fn connect_existing(home: &MoatHome) -> Result<Option<Self>, ClientError> {
+        let paths = DaemonPaths::new(home);
+        let Some(info) = read_info(&paths.lock)? else {
+            return Ok(None);
+        };
+        if !pid_alive(info.pid) {
+            return Ok(None);
+        }
+        let client = DaemonClient { paths, info };
+        match client.request(&Request::Status).await {
+            Ok(_) => Ok(Some(client)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Connects to the daemon, starting it (detached) if none runs.
+    pub async fn connect_or_start(
+        home: &MoatHome,
+        opts: &StartOptions,
+    ) -> Result<Self, ClientError> {
+        let paths = DaemonPaths::new(home);
+        ensure_private_dir(&paths.dir)?;
+        if let Some(client) = Self::connect_existing(home).await? {
+            client.check_port(opts)?;
+            return Ok(client);
+        }
+        // Serialise spawning so two CLIs starting at once share one daemon.
+        let lock_path = paths.spawn_lock.clone();
+        let _spawn = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
+            .await
+            .map_err(|e| ClientError::Spawn(e.to_string()))??;
+        if let Some(client) = Self::connect_existing(home).await? {
+            client.check_port(opts)?;
+            return Ok(client);
+        }
+        cleanup_stale(&paths);
+        spawn_daemon(home, &paths, opts)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(info) = read_info(&paths.lock)? {
+                if pid_alive(info.pid) {
+                    let client = DaemonClient {
+                        paths: paths.clone(),
+                        info,
+                    };
+                    if client.request(&Request::Status).await.is_ok() {
+                        return Ok(client);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::StartTimeout {
+                    log: paths.log.display().to_string(),
+                    lock: paths.lock.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn check_port(&self, opts: &StartOptions) -> Result<(), ClientError> {
+        match opts.port {
+            Some(requested) if requested != 0 && requested != self.info.port => {
+                Err(ClientError::PortMismatch {
+                    running: self.info.port,
+                    requested,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends one request and reads the answer.
+    pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
+        let connect_err = |cause: String| ClientError::Connect {
+            cause,
+            lock: self.paths.lock.display().to_string(),
+            socket: self.paths.control_socket.display().to_string(),
+        };
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            UnixStream::connect(&self.paths.control_socket),
+        )
+        .await
+        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|e| connect_err(format!("{}: {e}", self.paths.control_socket.display())))?;
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(&protocol::encode(request))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let mut reader = BufReader::new(read);
+        let line = tokio::time::timeout(Duration::from_secs(10), protocol::read_line(&mut reader))
+            .await
+            .map_err(|_| connect_err("no answer within 10 seconds".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        protocol::decode(&line).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Version handshake, then registration. Returns the daemon's answer
+    /// (token, port, CA).
+    pub async fn register(&self, run: RunSpec) -> Result<Registration, ClientError> {
+        match self
+            .request(&Request::Hello {
+                api: API_VERSION,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .await?
+        {
+            Response::Hello { api, version, .. } if api != API_VERSION => {
+                return Err(ClientError::Register {
+                    cause: format!(
+                        "the running daemon (moat {version}, API v{api}) is incompatible with \
+                         this moat ({}, API v{API_VERSION})",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                })
+            }
+            Response::Hello { .. } => {}
+            Response::Error { message } => return Err(ClientError::Register { cause: message }),
+            other => {
+                return Err(ClientError::Register {
+                    cause: format!("unexpected answer to hello: {other:?}"),
+                })
+            }
+        }
+        match self
+            .request(&Request::Register { run: Box::new(run) })
+            .await?
+        {
+            Response::Registered {
+                token,
+                port,
+                proxy_socket,
+                ca_cert_pem,
+            } => Ok(Registration {
+                token,
+                port,
+                proxy_socket,
+                ca_cert_pem,
+            }),
+            Response::Error { message } => Err(ClientError::Register { cause: message }),
+            other => Err(ClientError::Register {
+                cause: format!("unexpected answer: {other:?}"),
+            }),
+        }
+    }
+
+    /// Unregisters a run; its token stops working at once.
+    pub async fn unregister(&self, run_id: &str) -> Result<(), ClientError> {
+        match self
+            .request(&Request::Unregister {
+                run_id: run_id.to_string(),
+            })
+            .await?
+        {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(ClientError::Protocol(message)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer: {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks the daemon to exit and waits (up to 5 s) until it has.
+    pub async fn stop(&self) -> Result<(), ClientError> {
+        let _ = self.request(&Request::Stop).await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(self.info.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+/// What a run receives when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Proxy token (secret).
+    pub token: crate::protocol::SecretString,
+    /// Proxy TCP port.
+    pub port: u16,
+    /// The proxy on a Unix socket.
+    pub proxy_socket: PathBuf,
+    /// The CA certificate, PEM.
+    pub ca_cert_pem: String,
+}
+
+/// Removes a lock naming a dead process and sockets nobody serves.
+fn cleanup_stale(paths: &DaemonPaths) {
+    if let Ok(Some(info)) = read_info(&paths.lock) {
+        if pid_alive(info.pid) {
+            return;
+        }
+    }
+    for path in [&paths.lock, &paths.control_socket, &paths.proxy_socket] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn spawn_daemon(
+    home: &MoatHome,
+    paths: &DaemonPaths,
+    opts: &StartOptions,
+) -> Result<(), ClientError> {
+    let exe = match std::env::var_os("MOAT_EXECUTABLE").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .map_err(|e| ClientError::Spawn(format!("locating the moat executable: {e}")))?,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log)
+        .map_err(|e| ClientError::Spawn(format!("opening {}: {e}", paths.log.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| ClientError::Spawn(e.to_string()))?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("__daemon")
+        .env("MOAT_HOME", home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err));
+    if let Some(port) = opts.port {
+        cmd.env("MOAT_PROXY_PORT", port.to_string());
+    } else {
+        cmd.env("MOAT_PROXY_PORT", DEFAULT_PORT.to_string());
+    }
+    if let Some(idle) = opts.idle_timeout_secs {
+        cmd.env("MOAT_DAEMON_IDLE_TIMEOUT", idle.to_string());
+    }
+    // Its own process group: a Ctrl-C meant for the run must not reach
+    // the daemon that other runs share.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ClientError::Spawn(format!("running {}: {e}", exe.display())))?;
+    // Reap it if it exits early, so it never lingers as a zombie of ours.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}

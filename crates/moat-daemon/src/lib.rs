@@ -1,0 +1,22 @@
+//! Moat's proxy daemon: one process per `MOAT_HOME`, shared by every run.
+//!
+//! This crate owns the daemon's *process*: the files under
+//! `MOAT_HOME/proxy/` (lock, sockets, log), the control protocol over the
+//! Unix socket, registering and unregistering runs, the idle exit, and the
+//! CLI side that finds or starts the daemon ([`DaemonClient`]). Everything
+//! that touches proxied traffic belongs to `moat-proxy`; credentials are
+//! decrypted by the CLI and arrive here already resolved, so the daemon
+//! never reads the credential store.
+
+pub mod client;
+pub mod lockfile;
+pub mod protocol;
+mod server;
+mod translate;
+
+pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, DEFAULT_PORT};
+pub use crate::lockfile::{DaemonInfo, DaemonPaths};
+pub use crate::protocol::{
+    HostRuleSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, SecretString,
+};
+pub use crate::server::{serve, DaemonConfig, DaemonError};

@@ -1,0 +1,350 @@
+//! The control protocol: one JSON object per line over the Unix socket
+//! `MOAT_HOME/proxy/daemon.sock` (mode 0600).
+//!
+//! The socket's permissions are the authentication: only the user who owns
+//! `MOAT_HOME` can connect. Secrets to inject travel in `Register`, so the
+//! daemon never needs the credential store's key.
+
+use std::fmt;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Bumped whenever a request or response changes incompatibly.
+pub const API_VERSION: u32 = 1;
+
+/// Largest control message accepted, in bytes.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A header to inject on requests to hosts matching `host`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InjectionSpec {
+    /// Exact host or `*.` wildcard.
+    pub host: String,
+    /// Header name.
+    pub name: String,
+    /// Header value (a secret).
+    pub value: SecretString,
+    /// The grant it comes from, for the trace and audit (`github`).
+    #[serde(default)]
+    pub grant: String,
+}
+
+impl fmt::Debug for InjectionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InjectionSpec")
+            .field("host", &self.host)
+            .field("name", &self.name)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A string that zeroes itself and never prints.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(Zeroizing<String>);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(Zeroizing::new(value.into()))
+    }
+
+    /// The value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// One host entry of the run's network policy, as written in moat.yaml.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostRuleSpec {
+    /// Host pattern.
+    pub host: String,
+    /// `allow|deny METHOD PATH` rules, in order.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// An MCP server the run may reach through `/mcp/<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct McpSpec {
+    /// Name in the relay path.
+    pub name: String,
+    /// Upstream URL.
+    pub url: String,
+    /// Headers to add (secrets).
+    #[serde(default)]
+    pub headers: Vec<InjectionSpec>,
+}
+
+/// Everything the daemon needs to serve a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSpec {
+    /// Run id.
+    pub run_id: String,
+    /// The moat process supervising the run; when it dies, the daemon
+    /// unregisters the run by itself.
+    #[serde(default)]
+    pub supervisor_pid: Option<u32>,
+    /// `permissive` or `strict`.
+    pub policy: String,
+    /// Host entries and rules.
+    #[serde(default)]
+    pub rules: Vec<HostRuleSpec>,
+    /// Extra allowed hosts (`--allow-host`).
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Headers to inject.
+    #[serde(default)]
+    pub injections: Vec<InjectionSpec>,
+    /// MCP relays.
+    #[serde(default)]
+    pub mcp: Vec<McpSpec>,
+    /// Where to append the request trace (`network.jsonl`).
+    #[serde(default)]
+    pub trace_path: Option<std::path::PathBuf>,
+    /// Credential profile (informational).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Extra addresses the proxy must listen on for this run (the Docker
+    /// bridge gateway), on the daemon's port.
+    #[serde(default)]
+    pub listen: Vec<String>,
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Version handshake; also the health check.
+    Hello {
+        /// The client's API version.
+        api: u32,
+        /// The client's moat version.
+        version: String,
+    },
+    /// Register a run; the answer carries its proxy token.
+    Register {
+        /// The run.
+        run: Box<RunSpec>,
+    },
+    /// Unregister a run; its token stops working at once.
+    Unregister {
+        /// Run id.
+        run_id: String,
+    },
+    /// Daemon status.
+    Status,
+    /// Shut down now.
+    Stop,
+}
+
+/// A registered run, as `status` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// Policy.
+    pub policy: String,
+    /// Grants injected.
+    pub grants: Vec<String>,
+    /// When it registered.
+    pub registered_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Handshake answer.
+    Hello {
+        /// Daemon API version.
+        api: u32,
+        /// Daemon moat version.
+        version: String,
+        /// Daemon pid.
+        pid: u32,
+        /// Proxy TCP port.
+        port: u16,
+    },
+    /// Registration succeeded.
+    Registered {
+        /// The run's proxy token (64 hex characters).
+        token: SecretString,
+        /// Proxy TCP port.
+        port: u16,
+        /// Unix socket serving the same proxy (for network-isolated
+        /// sandboxes).
+        proxy_socket: std::path::PathBuf,
+        /// PEM of the interception CA.
+        ca_cert_pem: String,
+    },
+    /// A request that needs no data succeeded.
+    Ok,
+    /// Status.
+    Status {
+        /// Daemon pid.
+        pid: u32,
+        /// Proxy port.
+        port: u16,
+        /// Daemon version.
+        version: String,
+        /// Start time.
+        started_at: chrono::DateTime<chrono::Utc>,
+        /// Registered runs.
+        runs: Vec<RunSummary>,
+        /// Seconds until the idle exit, when no run is registered.
+        idle_exit_in_secs: Option<u64>,
+    },
+    /// The request failed.
+    Error {
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// A control message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// Longer than [`MAX_MESSAGE`].
+    #[error("control message too large (over {MAX_MESSAGE} bytes)")]
+    TooLarge,
+    /// Not valid JSON for the expected type.
+    #[error("malformed control message: {0}")]
+    Malformed(String),
+    /// The peer closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// I/O failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Decodes one message from a line (without its newline).
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ProtocolError> {
+    if line.len() > MAX_MESSAGE {
+        return Err(ProtocolError::TooLarge);
+    }
+    serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Encodes one message as a line.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(message).unwrap_or_else(|e| {
+        // Serialising our own enums cannot fail; answer with an error
+        // rather than panic if it ever does.
+        format!(r#"{{"result":"error","message":"encoding response: {e}"}}"#).into_bytes()
+    });
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Reads one line of at most [`MAX_MESSAGE`] bytes.
+pub async fn read_line<R>(reader: &mut R) -> Result<Vec<u8>, ProtocolError>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return if line.is_empty() {
+                Err(ProtocolError::Closed)
+            } else {
+                Ok(line)
+            };
+        }
+        if let Some(pos) = available.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&available[..pos]);
+            reader.consume(pos + 1);
+            if line.len() > MAX_MESSAGE {
+                return Err(ProtocolError::TooLarge);
+            }
+            return Ok(line);
+        }
+        let n = available.len();
+        line.extend_from_slice(available);
+        reader.consume(n);
+        if line.len() > MAX_MESSAGE {
+            return Err(ProtocolError::TooLarge);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_secret_debug() {
+        let req = Request::Register {
+            run: Box::new(RunSpec {
+                run_id: "run_0123456789ab".into(),
+                supervisor_pid: Some(1),
+                policy: "strict".into(),
+                rules: vec![HostRuleSpec {
+                    host: "api.example.com".into(),
+                    rules: vec!["allow GET /**".into()],
+                }],
+                allow_hosts: vec![],
+                injections: vec![InjectionSpec {
+                    host: "api.github.com".into(),
+                    name: "Authorization".into(),
+                    value: SecretString::new("Bearer ghp_secret"),
+                    grant: "github".into(),
+                }],
+                mcp: vec![],
+                trace_path: None,
+                profile: None,
+                listen: vec![],
+            }),
+        };
+        let line = encode(&req);
+        let back: Request = decode(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, req);
+        assert!(!format!("{req:?}").contains("ghp_secret"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"{".to_vec(),
+            b"null".to_vec(),
+            b"{\"op\":\"nope\"}".to_vec(),
+            b"{\"op\":\"register\",\"run\":1}".to_vec(),
+            vec![0xff; 100],
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".to_vec(),
+        ];
+        for case in cases {
+            assert!(decode::<Request>(&case).is_err());
+        }
+        assert!(matches!(
+            decode::<Request>(&vec![b' '; MAX_MESSAGE + 1]),
+            Err(ProtocolError::TooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_line_bounds_size() {
+        let data = vec![b'a'; MAX_MESSAGE + 10];
+        let mut reader = tokio::io::BufReader::new(&data[..]);
+        assert!(matches!(
+            read_line(&mut reader).await,
+            Err(ProtocolError::TooLarge)
+        ));
+        let mut reader = tokio::io::BufReader::new(&b"{\"op\":\"status\"}\nrest"[..]);
+        let line = read_line(&mut reader).await.unwrap();
+        assert_eq!(decode::<Request>(&line).unwrap(), Request::Status);
+    }
+}

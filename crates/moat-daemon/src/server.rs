@@ -1,0 +1,412 @@
+//! The daemon process.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use moat_home::{ensure_private_dir, FileLock, MoatHome};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::lockfile::{pid_alive, write_info, DaemonInfo, DaemonPaths};
+use crate::protocol::{self, Request, Response, RunSpec, RunSummary, API_VERSION};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// State directory.
+    pub home: MoatHome,
+    /// Proxy TCP port (0: any free port).
+    pub port: u16,
+    /// Exit this long after the last run unregisters.
+    pub idle_timeout: Duration,
+}
+
+impl DaemonConfig {
+    /// Reads `MOAT_PROXY_PORT` (default 8080) and `MOAT_DAEMON_IDLE_TIMEOUT`
+    /// (seconds, default 300).
+    pub fn from_env(home: MoatHome) -> Result<Self, DaemonError> {
+        let port = match std::env::var("MOAT_PROXY_PORT") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+                DaemonError::Config(format!("MOAT_PROXY_PORT={v:?} is not a port number"))
+            })?,
+            _ => crate::DEFAULT_PORT,
+        };
+        let idle = match std::env::var("MOAT_DAEMON_IDLE_TIMEOUT") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+                DaemonError::Config(format!(
+                    "MOAT_DAEMON_IDLE_TIMEOUT={v:?} is not a number of seconds"
+                ))
+            })?,
+            _ => 300,
+        };
+        Ok(DaemonConfig {
+            home,
+            port,
+            idle_timeout: Duration::from_secs(idle),
+        })
+    }
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// Another daemon holds this MOAT_HOME.
+    #[error("another moat proxy daemon already serves {0}")]
+    AlreadyRunning(String),
+    /// The port is taken.
+    #[error(
+        "proxy port {port} is not available: {cause}. Set MOAT_PROXY_PORT to a free port \
+         (or stop the program using {port})"
+    )]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// OS message.
+        cause: String,
+    },
+    /// The interception CA could not be loaded or created.
+    #[error("TLS interception CA: {0}")]
+    Ca(String),
+    /// Other I/O.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// File operations under MOAT_HOME.
+    #[error(transparent)]
+    Home(#[from] moat_home::HomeError),
+}
+
+struct RunEntry {
+    spec_summary: RunSummary,
+    supervisor_pid: Option<u32>,
+}
+
+struct State {
+    proxy: moat_proxy::Proxy,
+    runs: BTreeMap<String, RunEntry>,
+    idle_since: Option<Instant>,
+    info: DaemonInfo,
+    paths: DaemonPaths,
+    ca_pem: String,
+    idle_timeout: Duration,
+    /// Addresses listened on besides 127.0.0.1.
+    extra_listeners: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+/// Runs the daemon until it is stopped or idle. Removes its lock and
+/// sockets on the way out.
+pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
+    let paths = DaemonPaths::new(&config.home);
+    ensure_private_dir(&paths.dir)?;
+    let instance_lock = paths.dir.join("daemon.instance.lock");
+    let Some(_instance) = FileLock::try_acquire(&instance_lock)? else {
+        return Err(DaemonError::AlreadyRunning(
+            config.home.root().display().to_string(),
+        ));
+    };
+
+    let ca = moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir)
+        .map_err(|e| DaemonError::Ca(e.to_string()))?;
+    let ca_pem = ca.cert_pem().to_string();
+    let proxy_config =
+        moat_proxy::ProxyConfig::from_env().map_err(|e| DaemonError::Config(e.to_string()))?;
+    let proxy =
+        moat_proxy::Proxy::new(proxy_config, ca).map_err(|e| DaemonError::Config(e.to_string()))?;
+
+    let tcp = TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .map_err(|e| DaemonError::PortInUse {
+            port: config.port,
+            cause: e.to_string(),
+        })?;
+    let port = tcp
+        .local_addr()
+        .map_err(|e| DaemonError::Io {
+            action: "reading address of",
+            path: "proxy listener".into(),
+            source: e,
+        })?
+        .port();
+    let proxy_unix = bind_private_unix(&paths.proxy_socket)?;
+    let control = bind_private_unix(&paths.control_socket)?;
+
+    let info = DaemonInfo {
+        pid: std::process::id(),
+        port,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api: API_VERSION,
+        started_at: Utc::now(),
+    };
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let state = Arc::new(Mutex::new(State {
+        proxy: proxy.clone(),
+        runs: BTreeMap::new(),
+        idle_since: Some(Instant::now()),
+        info: info.clone(),
+        paths: paths.clone(),
+        ca_pem,
+        idle_timeout: config.idle_timeout,
+        extra_listeners: Default::default(),
+    }));
+
+    let tcp_task = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.serve_tcp(tcp).await }
+    });
+    let unix_task = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.serve_unix(proxy_unix).await }
+    });
+
+    // Only now that everything listens do clients learn of us.
+    write_info(&paths.lock, &info)?;
+    tracing::info!(pid = info.pid, port, "proxy daemon serving");
+
+    let idle_timeout = config.idle_timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            accepted = control.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let state = state.clone();
+                    let shutdown = shutdown_tx.clone();
+                    tokio::spawn(async move {
+                        handle_control(stream, state, shutdown).await;
+                    });
+                }
+            }
+            _ = tick.tick() => {
+                if housekeeping(&state, idle_timeout) {
+                    tracing::info!("idle timeout reached; exiting");
+                    break;
+                }
+            }
+            _ = shutdown_rx.changed() => {
+                tracing::info!("stop requested; exiting");
+                break;
+            }
+            _ = shutdown_signal() => {
+                tracing::info!("signal received; exiting");
+                break;
+            }
+        }
+    }
+
+    tcp_task.abort();
+    unix_task.abort();
+    let run_ids: Vec<String> = match state.lock() {
+        Ok(s) => s.runs.keys().cloned().collect(),
+        Err(_) => Vec::new(),
+    };
+    for id in run_ids {
+        proxy.unregister(&id);
+    }
+    // Remove the lock only if it is still ours.
+    if let Ok(Some(current)) = crate::lockfile::read_info(&paths.lock) {
+        if current.pid == info.pid {
+            let _ = std::fs::remove_file(&paths.lock);
+        }
+    }
+    let _ = std::fs::remove_file(&paths.control_socket);
+    let _ = std::fs::remove_file(&paths.proxy_socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Unregisters runs whose supervisor died; returns true when the idle
+/// timeout has passed.
+fn housekeeping(state: &Arc<Mutex<State>>, idle_timeout: Duration) -> bool {
+    let Ok(mut s) = state.lock() else {
+        return true;
+    };
+    let dead: Vec<String> = s
+        .runs
+        .iter()
+        .filter(|(_, r)| r.supervisor_pid.is_some_and(|pid| !pid_alive(pid)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in dead {
+        tracing::info!(run_id = %id, "supervisor exited; unregistering run");
+        s.proxy.unregister(&id);
+        s.runs.remove(&id);
+    }
+    if s.runs.is_empty() {
+        let since = *s.idle_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= idle_timeout
+    } else {
+        s.idle_since = None;
+        false
+    }
+}
+
+fn bind_private_unix(path: &std::path::Path) -> Result<UnixListener, DaemonError> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| DaemonError::Io {
+        action: "binding",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        DaemonError::Io {
+            action: "setting permissions on",
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })?;
+    Ok(listener)
+}
+
+async fn handle_control(
+    stream: UnixStream,
+    state: Arc<Mutex<State>>,
+    shutdown: watch::Sender<bool>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let line = match tokio::time::timeout(Duration::from_secs(10), protocol::read_line(&mut reader))
+        .await
+    {
+        Ok(Ok(line)) => line,
+        Ok(Err(protocol::ProtocolError::Closed)) | Err(_) => return,
+        Ok(Err(e)) => {
+            let _ = write
+                .write_all(&protocol::encode(&Response::Error {
+                    message: e.to_string(),
+                }))
+                .await;
+            return;
+        }
+    };
+    let response = match protocol::decode::<Request>(&line) {
+        Ok(request) => answer(request, &state, &shutdown),
+        Err(e) => {
+            tracing::warn!(error = %e, "rejected control message");
+            Response::Error {
+                message: e.to_string(),
+            }
+        }
+    };
+    let _ = write.write_all(&protocol::encode(&response)).await;
+}
+
+fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<bool>) -> Response {
+    let Ok(mut s) = state.lock() else {
+        return Response::Error {
+            message: "daemon state is poisoned; restart it with: moat proxy restart".into(),
+        };
+    };
+    match request {
+        Request::Hello { .. } => Response::Hello {
+            api: API_VERSION,
+            version: s.info.version.clone(),
+            pid: s.info.pid,
+            port: s.info.port,
+        },
+        Request::Register { run } => match register(&mut s, *run) {
+            Ok(r) => r,
+            Err(message) => Response::Error { message },
+        },
+        Request::Unregister { run_id } => {
+            s.proxy.unregister(&run_id);
+            s.runs.remove(&run_id);
+            if s.runs.is_empty() {
+                s.idle_since = Some(Instant::now());
+            }
+            Response::Ok
+        }
+        Request::Status => Response::Status {
+            pid: s.info.pid,
+            port: s.info.port,
+            version: s.info.version.clone(),
+            started_at: s.info.started_at,
+            runs: s.runs.values().map(|r| r.spec_summary.clone()).collect(),
+            idle_exit_in_secs: if s.runs.is_empty() {
+                s.idle_since
+                    .map(|since| s.idle_timeout.saturating_sub(since.elapsed()).as_secs())
+            } else {
+                None
+            },
+        },
+        Request::Stop => {
+            let _ = shutdown.send(true);
+            Response::Ok
+        }
+    }
+}
+
+fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
+    let registration = crate::translate::registration(&run)?;
+    for addr in &run.listen {
+        let ip: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("invalid listen address {addr:?}"))?;
+        if ip.is_unspecified() {
+            return Err("refusing to listen on all interfaces".into());
+        }
+        if s.extra_listeners.contains(&ip) {
+            continue;
+        }
+        let listener = std::net::TcpListener::bind((ip, s.info.port))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| format!("listening on {ip}:{}: {e}", s.info.port))?;
+        let proxy = s.proxy.clone();
+        tokio::spawn(async move { proxy.serve_tcp(listener).await });
+        tracing::info!(%ip, port = s.info.port, "proxy also listening for containers");
+        s.extra_listeners.insert(ip);
+    }
+    let token = s.proxy.register(registration);
+    let mut grants: Vec<String> = run.injections.iter().map(|i| i.grant.clone()).collect();
+    grants.sort();
+    grants.dedup();
+    s.runs.insert(
+        run.run_id.clone(),
+        RunEntry {
+            spec_summary: RunSummary {
+                run_id: run.run_id.clone(),
+                policy: run.policy.clone(),
+                grants,
+                registered_at: Utc::now(),
+            },
+            supervisor_pid: run.supervisor_pid,
+        },
+    );
+    s.idle_since = None;
+    Ok(Response::Registered {
+        token: crate::protocol::SecretString::new(token.expose()),
+        port: s.info.port,
+        proxy_socket: s.paths.proxy_socket.clone(),
+        ca_cert_pem: s.ca_pem.clone(),
+    })
+}

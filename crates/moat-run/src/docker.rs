@@ -1,0 +1,245 @@
+//! Running a plan in a Docker container: image from `dependencies:`,
+//! gVisor by default, strict policy through the runtime's network guard,
+//! output teed to the terminal and `logs.jsonl`, Ctrl-C stops the
+//! container, and nothing is left behind unless `--keep`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use moat_runtime_docker::{
+    BuildHooks, ContainerSpec, DockerRuntime, ImageMap, ImageRequest, InjectedFile, NetworkPolicy,
+    SandboxRuntime, HOST_GATEWAY_NAME,
+};
+use moat_storage::{LogStream, LogWriter, RunMetadata, RunStore};
+use tokio::io::AsyncWrite;
+
+use crate::environment::SandboxEnv;
+use crate::plan::DockerPlan;
+use crate::supervise::RunError;
+use crate::RunPlan;
+
+/// Runs the container; returns its exit code.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_container(
+    plan: &RunPlan,
+    docker: &DockerPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+    meta: &mut RunMetadata,
+    run_dir: &std::path::Path,
+    registration: &moat_daemon::Registration,
+    store: &RunStore,
+    home_root: &std::path::Path,
+) -> Result<i32, RunError> {
+    let rt = DockerRuntime::connect().await.map_err(docker_err)?;
+    let runtime = if docker.gvisor {
+        rt.require_gvisor(moat_runtime_docker::GVISOR_RUNTIME)
+            .await
+            .map_err(docker_err)?;
+        SandboxRuntime::gvisor()
+    } else {
+        SandboxRuntime::Runc
+    };
+
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    let map = ImageMap::load(Some(home_root)).map_err(docker_err)?;
+    let mut request = ImageRequest::new(
+        docker.dependencies.clone(),
+        uid,
+        gid,
+        run_dir.join("build.log"),
+    );
+    request.base_image = docker.base_image.clone();
+    request.hooks = BuildHooks {
+        post_build_root: docker.post_build_root.iter().cloned().collect(),
+        post_build: docker.post_build.iter().cloned().collect(),
+    };
+    request.rebuild = docker.rebuild;
+    request.verbose = docker.verbose;
+    let image = rt.resolve_image(&request, &map).await.map_err(docker_err)?;
+    for note in &image.notes {
+        eprintln!("moat: {note}");
+    }
+    meta.image = Some(image.tag.clone());
+
+    let proxy_authority = format!("{HOST_GATEWAY_NAME}:{}", registration.port);
+    let env = SandboxEnv {
+        run_id: meta.id.as_str(),
+        run_name: &meta.name,
+        proxy_url: format!(
+            "http://moat:{}@{proxy_authority}",
+            registration.token.expose()
+        ),
+        proxy_authority: proxy_authority.clone(),
+        ca_pem: &registration.ca_cert_pem,
+        grants: resolved,
+        user_env: &plan.env,
+        interactive: plan.interactive,
+    };
+    let mut spec = ContainerSpec::new(
+        meta.id.as_str(),
+        &image.tag,
+        plan.workspace.clone(),
+        plan.command.clone(),
+    );
+    spec.env = env.variables();
+    spec.files = env
+        .files()
+        .into_iter()
+        .map(|f| InjectedFile {
+            path_in_sandbox: f.path_in_sandbox,
+            contents: f.contents,
+            mode: f.mode,
+        })
+        .collect();
+    spec.mounts = plan
+        .mounts
+        .iter()
+        .map(|m| moat_runtime_docker::BindMount {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    spec.user = Some((
+        if uid == 0 {
+            moat_runtime_docker::FALLBACK_UID
+        } else {
+            uid
+        },
+        if gid == 0 {
+            moat_runtime_docker::FALLBACK_UID
+        } else {
+            gid
+        },
+    ));
+    spec.memory_mb = docker.memory_mb;
+    spec.cpus = docker.cpus;
+    spec.runtime = runtime;
+    spec.hostname = meta.name.replace('_', "-");
+    spec.network = if plan.network.strict {
+        NetworkPolicy::Strict {
+            proxy_host: HOST_GATEWAY_NAME.to_string(),
+            proxy_port: registration.port,
+        }
+    } else {
+        NetworkPolicy::Permissive
+    };
+
+    let container = rt.create(&spec).await.map_err(docker_err)?;
+    meta.container_id = Some(container.id.clone());
+    meta.state = moat_storage::RunState::Running;
+    meta.started_at = Some(chrono::Utc::now());
+    store.save(meta)?;
+
+    let logs = Arc::new(
+        LogWriter::open(&run_dir.join("logs.jsonl"))
+            .map_err(|e| RunError::Other(format!("opening the run log: {e}")))?,
+    );
+    let result = async {
+        rt.start(&container).await.map_err(docker_err)?;
+        let mut out = Tee::new(tokio::io::stdout(), LogStream::Stdout, logs.clone());
+        let mut err = Tee::new(tokio::io::stderr(), LogStream::Stderr, logs.clone());
+        let stopped = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(mut i), Ok(mut t)) => {
+                    tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            streamed = rt.stream_output(&container, &mut out, &mut err) => {
+                streamed.map_err(docker_err)?;
+            }
+            _ = stopped => {
+                let _ = rt.stop(&container, 10).await;
+            }
+        }
+        out.finish();
+        err.finish();
+        rt.wait(&container).await.map_err(docker_err)
+    }
+    .await;
+    if !docker.keep {
+        if let Err(e) = rt.remove(&container).await {
+            tracing::warn!(error = %e, "removing the container");
+        }
+    }
+    let code = result?;
+    Ok(i32::try_from(code).unwrap_or(1))
+}
+
+fn docker_err(e: moat_runtime_docker::DockerError) -> RunError {
+    RunError::Other(e.to_string())
+}
+
+/// Writes through to `inner` and records complete lines in the run log.
+struct Tee<W> {
+    inner: W,
+    stream: LogStream,
+    logs: Arc<LogWriter>,
+    pending: Vec<u8>,
+}
+
+impl<W> Tee<W> {
+    fn new(inner: W, stream: LogStream, logs: Arc<LogWriter>) -> Self {
+        Tee {
+            inner,
+            stream,
+            logs,
+            pending: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+            let _ = self
+                .logs
+                .write_line(self.stream, text.trim_end_matches('\r'));
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            let _ = self.logs.write_line(self.stream, &text);
+            self.pending.clear();
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Tee<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                this.record(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

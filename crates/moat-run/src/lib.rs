@@ -1,0 +1,22 @@
+//! Run orchestration: what happens between `moat run` and the command's
+//! exit code.
+//!
+//! In order: resolve the run's grants (every missing one reported at
+//! once), check MCP grants, claim the run name, record the run, register
+//! it with the proxy daemon (starting the daemon if needed), build the
+//! sandbox's environment and files (proxy variables with the run token,
+//! the CA and a trust bundle, placeholders), start the sandbox, stream its
+//! output to the terminal and to `logs.jsonl`, forward signals, and on exit
+//! unregister the run and record how it ended.
+//!
+//! It does not parse `moat.yaml` or flags (the binary merges them into a
+//! [`RunPlan`]) and does not implement sandboxes or the proxy: it drives
+//! `moat-runtime-native` and `moat-daemon`.
+
+mod docker;
+mod environment;
+mod plan;
+mod supervise;
+
+pub use crate::plan::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+pub use crate::supervise::{execute, RunError, RunOutcome};

@@ -1,0 +1,101 @@
+use std::path::PathBuf;
+
+use moat_credentials::GrantName;
+use moat_daemon::HostRuleSpec;
+use moat_home::Profile;
+
+/// A bind mount requested by the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// An MCP server reachable through the proxy's relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpPlan {
+    /// Name (relay path `/mcp/<name>`).
+    pub name: String,
+    /// Upstream URL.
+    pub url: String,
+    /// The grant holding its token, and the header it goes in.
+    pub auth: Option<(GrantName, String)>,
+}
+
+/// The run's network policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkPlan {
+    /// `strict` (allow list) instead of `permissive`.
+    pub strict: bool,
+    /// Host entries with their rules.
+    pub rules: Vec<HostRuleSpec>,
+    /// `--allow-host` entries.
+    pub allow_hosts: Vec<String>,
+}
+
+/// Which runtime runs the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimePlan {
+    /// The native Linux sandbox.
+    Native,
+    /// A Docker container.
+    Docker(DockerPlan),
+}
+
+/// Docker specifics.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DockerPlan {
+    /// Run under gVisor (`runsc`); false with `--no-sandbox`.
+    pub gvisor: bool,
+    /// `dependencies:` as written.
+    pub dependencies: Vec<String>,
+    /// `base_image:`.
+    pub base_image: Option<String>,
+    /// `hooks.post_build_root`.
+    pub post_build_root: Option<String>,
+    /// `hooks.post_build`.
+    pub post_build: Option<String>,
+    /// `--rebuild`.
+    pub rebuild: bool,
+    /// Stream the build log.
+    pub verbose: bool,
+    /// `container.memory` (MiB).
+    pub memory_mb: Option<u64>,
+    /// `container.cpus`.
+    pub cpus: Option<f64>,
+    /// `--keep`: leave the container after it exits.
+    pub keep: bool,
+}
+
+/// Everything `moat run` decided, flags and `moat.yaml` merged.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Project directory (absolute), mounted at `/workspace`.
+    pub workspace: PathBuf,
+    /// Requested name, if any.
+    pub name: Option<String>,
+    /// Command and arguments.
+    pub command: Vec<String>,
+    /// Grants to inject.
+    pub grants: Vec<GrantName>,
+    /// Environment set by the user (flags win over moat.yaml).
+    pub env: Vec<(String, String)>,
+    /// Extra mounts.
+    pub mounts: Vec<MountPlan>,
+    /// Network policy.
+    pub network: NetworkPlan,
+    /// MCP servers.
+    pub mcp: Vec<McpPlan>,
+    /// Attach a terminal (stdin/stdout/stderr inherited, not logged).
+    pub interactive: bool,
+    /// The runtime.
+    pub runtime: RuntimePlan,
+    /// Started with `--detach`: supervised in the background.
+    pub detached: bool,
+    /// Credential profile.
+    pub profile: Option<Profile>,
+}

@@ -1,0 +1,486 @@
+//! Running one plan to completion.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use chrono::Utc;
+use moat_credentials::{
+    resolve_grants, CredentialError, CredentialStore, GrantName, ProviderRegistry, ResolveError,
+};
+use moat_daemon::{
+    ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, SecretString, StartOptions,
+};
+use moat_home::{FileLock, MoatHome};
+use moat_runtime_native::{BindMount, NetworkMode, SandboxError, SandboxSpec, StdioMode};
+use moat_storage::{
+    generate_name, LogStream, LogWriter, RunId, RunMetadata, RunState, RunStore, StorageError,
+};
+
+use crate::environment::SandboxEnv;
+use crate::RunPlan;
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Run id.
+    pub id: String,
+    /// Run name.
+    pub name: String,
+    /// Exit code (128+N for signal N).
+    pub exit_code: i32,
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Grants missing, expired or unreadable (all listed).
+    #[error(transparent)]
+    Grants(#[from] ResolveError),
+    /// An MCP server's grant is not stored.
+    #[error(
+        "MCP server '{server}' requires grant 'mcp-{server}' but it's not configured\n\
+         To fix:\n  moat grant mcp {server}\nThen run again."
+    )]
+    McpGrantMissing {
+        /// The MCP server's name.
+        server: String,
+    },
+    /// Another active run has this name.
+    #[error(
+        "agent \"{0}\" is already running. Use --name to specify a different name, or stop the existing agent first"
+    )]
+    AlreadyRunning(String),
+    /// The proxy daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] ClientError),
+    /// The sandbox failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// Run storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The credential store failed.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<moat_home::HomeError> for RunError {
+    fn from(e: moat_home::HomeError) -> Self {
+        RunError::Storage(StorageError::Home(e))
+    }
+}
+
+/// Runs `plan` to completion and returns its exit code. Blocks; sets up
+/// its own async runtime for talking to the daemon.
+pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> {
+    let credentials = CredentialStore::new(home.clone(), plan.profile.clone());
+    let registry = ProviderRegistry::load(&home.providers_file())?;
+
+    // MCP servers first: their message names the server, which is what the
+    // user wrote in moat.yaml.
+    let mut grants: Vec<GrantName> = plan.grants.clone();
+    for mcp in &plan.mcp {
+        if let Some((grant, _)) = &mcp.auth {
+            let stem = grant.file_stem().unwrap_or_default();
+            if !credentials.contains(&stem) {
+                return Err(RunError::McpGrantMissing {
+                    server: mcp.name.clone(),
+                });
+            }
+            grants.push(grant.clone());
+        }
+    }
+    let resolved = resolve_grants(&credentials, &registry, &grants, Utc::now())?;
+
+    let runs = RunStore::new(home.clone());
+    moat_home::ensure_private_dir(&home.runs_dir())?;
+    let mut meta = {
+        // Claiming a name and recording the run happen under one lock, so
+        // two runs cannot take the same name.
+        let _names = FileLock::acquire(&home.runs_dir().join(".names.lock"))?;
+        let name = match &plan.name {
+            Some(name) => {
+                if let Some(mut existing) = runs.active_named(name)? {
+                    runs.reconcile(&mut existing)?;
+                    if existing.state.is_active() {
+                        return Err(RunError::AlreadyRunning(name.clone()));
+                    }
+                }
+                name.clone()
+            }
+            None => unique_name(&runs)?,
+        };
+        let mut meta = RunMetadata::new(
+            RunId::generate(),
+            name,
+            plan.workspace.clone(),
+            plan.command.clone(),
+        );
+        meta.grants = grants.iter().map(ToString::to_string).collect();
+        meta.policy = if plan.network.strict {
+            "strict"
+        } else {
+            "permissive"
+        }
+        .into();
+        meta.runtime = match plan.runtime {
+            crate::RuntimePlan::Native => "native",
+            crate::RuntimePlan::Docker(_) => "docker",
+        }
+        .into();
+        meta.interactive = plan.interactive;
+        meta.detached = plan.detached;
+        meta.supervisor_pid = Some(std::process::id());
+        runs.create(&meta)?;
+        meta
+    };
+    let run_dir = runs.dir(&meta.id);
+
+    let result = start_and_wait(home, plan, &resolved, &mut meta, &run_dir);
+    match &result {
+        Ok(code) => {
+            meta.state = RunState::Stopped;
+            meta.exit_code = Some(*code);
+        }
+        Err(e) => {
+            meta.state = RunState::Failed;
+            meta.error = Some(e.to_string());
+        }
+    }
+    meta.stopped_at = Some(Utc::now());
+    runs.save(&meta)?;
+    let exit_code = result?;
+    Ok(RunOutcome {
+        id: meta.id.to_string(),
+        name: meta.name.clone(),
+        exit_code,
+    })
+}
+
+fn unique_name(runs: &RunStore) -> Result<String, RunError> {
+    for _ in 0..20 {
+        let name = generate_name();
+        if runs.active_named(&name)?.is_none() {
+            return Ok(name);
+        }
+    }
+    Ok(format!(
+        "{}-{}",
+        generate_name(),
+        &RunId::generate().as_str()[4..8]
+    ))
+}
+
+fn start_and_wait(
+    home: &MoatHome,
+    plan: &RunPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+    meta: &mut RunMetadata,
+    run_dir: &std::path::Path,
+) -> Result<i32, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Other(format!("starting the async runtime: {e}")))?;
+
+    // Containers reach the proxy on the Docker bridge's gateway address;
+    // the daemon listens there too, on the same port.
+    let listen = match &plan.runtime {
+        crate::RuntimePlan::Native => Vec::new(),
+        crate::RuntimePlan::Docker(_) => runtime.block_on(async {
+            let rt = moat_runtime_docker::DockerRuntime::connect()
+                .await
+                .map_err(|e| RunError::Other(e.to_string()))?;
+            let gateway = rt
+                .bridge_gateway()
+                .await
+                .map_err(|e| RunError::Other(e.to_string()))?;
+            Ok::<_, RunError>(gateway.into_iter().collect())
+        })?,
+    };
+    let spec = run_spec(listen, plan, resolved, meta, run_dir);
+    let (client, registration) = runtime.block_on(async {
+        let client = DaemonClient::connect_or_start(home, &StartOptions::from_env()?).await?;
+        let registration = client.register(spec).await?;
+        Ok::<_, ClientError>((client, registration))
+    })?;
+    let run_id = meta.id.to_string();
+    let unregister = |runtime: &tokio::runtime::Runtime| {
+        if let Err(e) = runtime.block_on(client.unregister(&run_id)) {
+            tracing::warn!(error = %e, "unregistering run from the proxy daemon");
+        }
+    };
+
+    let result = match &plan.runtime {
+        crate::RuntimePlan::Native => {
+            run_sandbox(plan, resolved, meta, run_dir, &registration, home)
+        }
+        crate::RuntimePlan::Docker(docker) => runtime.block_on(crate::docker::run_container(
+            plan,
+            docker,
+            resolved,
+            meta,
+            run_dir,
+            &registration,
+            &RunStore::new(home.clone()),
+            home.root(),
+        )),
+    };
+    unregister(&runtime);
+    result
+}
+
+fn run_spec(
+    listen: Vec<String>,
+    plan: &RunPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+    meta: &RunMetadata,
+    run_dir: &std::path::Path,
+) -> RunSpec {
+    let mut injections = Vec::new();
+    for grant in resolved {
+        for inj in &grant.injections {
+            injections.push(InjectionSpec {
+                host: inj.host.clone(),
+                name: inj.name.clone(),
+                value: SecretString::new(inj.value.expose()),
+                grant: grant.grant.to_string(),
+            });
+        }
+    }
+    let mcp = plan
+        .mcp
+        .iter()
+        .map(|m| McpSpec {
+            name: m.name.clone(),
+            url: m.url.clone(),
+            headers: m
+                .auth
+                .as_ref()
+                .and_then(|(grant, header)| {
+                    resolved.iter().find(|r| &r.grant == grant).map(|r| {
+                        vec![InjectionSpec {
+                            host: String::new(),
+                            name: header.clone(),
+                            value: SecretString::new(r.credential.secret.expose()),
+                            grant: grant.to_string(),
+                        }]
+                    })
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    RunSpec {
+        run_id: meta.id.to_string(),
+        supervisor_pid: Some(std::process::id()),
+        policy: meta.policy.clone(),
+        rules: plan.network.rules.clone(),
+        allow_hosts: plan.network.allow_hosts.clone(),
+        injections,
+        mcp,
+        trace_path: Some(run_dir.join("network.jsonl")),
+        listen,
+        profile: plan.profile.as_ref().map(|p| p.to_string()),
+    }
+}
+
+fn run_sandbox(
+    plan: &RunPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+    meta: &mut RunMetadata,
+    run_dir: &std::path::Path,
+    registration: &moat_daemon::Registration,
+    home: &MoatHome,
+) -> Result<i32, RunError> {
+    let (network, proxy_authority) = if plan.network.strict {
+        (
+            NetworkMode::Isolated {
+                relay_port: registration.port.max(1),
+                proxy_socket: registration.proxy_socket.clone(),
+            },
+            format!("127.0.0.1:{}", registration.port.max(1)),
+        )
+    } else {
+        (
+            NetworkMode::Host,
+            format!("127.0.0.1:{}", registration.port),
+        )
+    };
+    let env = SandboxEnv {
+        run_id: meta.id.as_str(),
+        run_name: &meta.name,
+        proxy_url: format!(
+            "http://moat:{}@{proxy_authority}",
+            registration.token.expose()
+        ),
+        proxy_authority: proxy_authority.clone(),
+        ca_pem: &registration.ca_cert_pem,
+        grants: resolved,
+        user_env: &plan.env,
+        interactive: plan.interactive,
+    };
+    let mut spec = SandboxSpec::new(plan.workspace.clone(), plan.command.clone());
+    spec.hostname = meta.name.replace('_', "-");
+    spec.env = env.variables();
+    spec.files = env.files();
+    spec.network = network;
+    spec.mounts = plan
+        .mounts
+        .iter()
+        .map(|m| BindMount {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    spec.stdio = if plan.interactive {
+        StdioMode::Inherit
+    } else if plan.detached {
+        StdioMode::Piped
+    } else {
+        StdioMode::PipedOutput
+    };
+
+    let mut sandbox = moat_runtime_native::spawn(&spec)?;
+    meta.state = RunState::Running;
+    meta.started_at = Some(Utc::now());
+    RunStore::new(home.clone()).save(meta)?;
+
+    let logs = Arc::new(
+        LogWriter::open(&run_dir.join("logs.jsonl"))
+            .map_err(|e| RunError::Other(format!("opening the run log: {e}")))?,
+    );
+    let mut pumps = Vec::new();
+    if let Some(out) = sandbox.take_stdout() {
+        pumps.push(pump(
+            out,
+            std::io::stdout(),
+            LogStream::Stdout,
+            logs.clone(),
+        ));
+    }
+    if let Some(err) = sandbox.take_stderr() {
+        pumps.push(pump(
+            err,
+            std::io::stderr(),
+            LogStream::Stderr,
+            logs.clone(),
+        ));
+    }
+
+    let signaller = sandbox.signaller();
+    let forwarder = forward_signals(signaller);
+    let exit = sandbox.wait()?;
+    for p in pumps {
+        let _ = p.join();
+    }
+    drop(forwarder);
+    Ok(exit.code)
+}
+
+/// Copies a sandbox stream to ours as it arrives (partial lines included,
+/// so prompts show), and records complete lines in the run log.
+fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    stream: LogStream,
+    logs: Arc<LogWriter>,
+) -> std::thread::JoinHandle<()>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let _ = to.write_all(&buf[..n]);
+            let _ = to.flush();
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                let _ = logs.write_line(stream, text.trim_end_matches('\r'));
+            }
+            if pending.len() > 64 * 1024 {
+                let text = String::from_utf8_lossy(&pending).into_owned();
+                let _ = logs.write_line(stream, &text);
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            let _ = logs.write_line(stream, &String::from_utf8_lossy(&pending));
+        }
+    })
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the sandbox until
+/// dropped.
+fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [
+                (SignalKind::interrupt(), libc::SIGINT),
+                (SignalKind::terminate(), libc::SIGTERM),
+                (SignalKind::hangup(), libc::SIGHUP),
+                (SignalKind::quit(), libc::SIGQUIT),
+            ];
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+            for (kind, raw) in kinds {
+                if let Ok(mut s) = signal(kind) {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        while s.recv().await.is_some() {
+                            let _ = tx.send(raw);
+                        }
+                    });
+                }
+            }
+            loop {
+                tokio::select! {
+                    Some(sig) = rx.recv() => { let _ = signaller.signal(sig); }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                        if stop_rx.try_recv().is_ok() { break; }
+                    }
+                }
+            }
+        });
+    });
+    SignalForwarder {
+        stop: Some(stop_tx),
+        handle: Some(handle),
+    }
+}
+
+struct SignalForwarder {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

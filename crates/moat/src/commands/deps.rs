@@ -1,0 +1,73 @@
+//! `moat deps list` and `moat deps info`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use moat_runtime_docker::{deps_info, deps_list, DepType};
+
+use super::Context;
+use crate::cli::{DepsArgs, DepsCommand};
+use crate::output::table;
+
+pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
+    match args.command {
+        DepsCommand::List { kind } => {
+            let kind = match kind.as_deref() {
+                None => None,
+                Some(k) => match DepType::parse(k) {
+                    Some(t) => Some(t),
+                    None => {
+                        bail!("unknown dependency type {k:?}: use runtime, apt, tool or dynamic")
+                    }
+                },
+            };
+            let deps = deps_list(kind);
+            if ctx.json {
+                let rows: Vec<_> = deps
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "name": d.name,
+                            "type": d.kind.as_str(),
+                            "default_version": d.default_version,
+                            "description": d.description,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = deps
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.name.to_string(),
+                        d.kind.as_str().to_string(),
+                        d.default_version.unwrap_or("-").to_string(),
+                        d.description.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["NAME", "TYPE", "DEFAULT", "DESCRIPTION"], &rows)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DepsCommand::Info { name } => {
+            let d = deps_info(&name)?;
+            println!("Name:        {}", d.name);
+            println!("Type:        {}", d.kind.as_str());
+            println!("Default:     {}", d.default_version.unwrap_or("-"));
+            println!("Description: {}", d.description);
+            println!("Provides:    {}", d.provides);
+            if !d.apt_packages.is_empty() {
+                println!("Packages:    {}", d.apt_packages.join(", "));
+            }
+            if let Some(r) = d.requires {
+                println!("Requires:    {r}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

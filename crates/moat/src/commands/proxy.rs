@@ -1,0 +1,133 @@
+//! `moat proxy start|stop|status|restart` and the hidden `moat __daemon`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use moat_daemon::{DaemonClient, DaemonConfig, Request, Response, StartOptions};
+
+use super::{block_on, Context};
+use crate::cli::{ProxyArgs, ProxyCommand};
+
+pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
+    match args.command.unwrap_or(ProxyCommand::Status) {
+        ProxyCommand::Start { port, foreground } => {
+            let mut opts = StartOptions::from_env()?;
+            if port.is_some() {
+                opts.port = port;
+            }
+            if foreground {
+                return daemon(ctx, opts.port);
+            }
+            let client = block_on(DaemonClient::connect_or_start(&ctx.home, &opts))??;
+            println!(
+                "Proxy daemon running (pid {}, port {}).",
+                client.info.pid, client.info.port
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ProxyCommand::Stop => {
+            match block_on(DaemonClient::connect_existing(&ctx.home))?? {
+                Some(client) => {
+                    block_on(client.stop())??;
+                    println!("Proxy daemon stopped (pid {}).", client.info.pid);
+                }
+                None => println!("No proxy daemon is running."),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ProxyCommand::Restart => {
+            let port = match block_on(DaemonClient::connect_existing(&ctx.home))?? {
+                Some(client) => {
+                    let port = client.info.port;
+                    block_on(client.stop())??;
+                    Some(port)
+                }
+                None => None,
+            };
+            let mut opts = StartOptions::from_env()?;
+            if opts.port.is_none() {
+                opts.port = port;
+            }
+            let client = block_on(DaemonClient::connect_or_start(&ctx.home, &opts))??;
+            println!(
+                "Proxy daemon restarted (pid {}, port {}). Runs registered with the old daemon must be restarted.",
+                client.info.pid, client.info.port
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ProxyCommand::Status => status(ctx),
+    }
+}
+
+fn status(ctx: &Context) -> Result<ExitCode> {
+    let Some(client) = block_on(DaemonClient::connect_existing(&ctx.home))?? else {
+        if ctx.json {
+            println!("{}", serde_json::json!({ "running": false }));
+        } else {
+            println!("Proxy daemon: not running (it starts with the next run).");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let response = block_on(client.request(&Request::Status))??;
+    let Response::Status {
+        pid,
+        port,
+        version,
+        started_at,
+        runs,
+        idle_exit_in_secs,
+    } = response
+    else {
+        anyhow::bail!("proxy daemon: unexpected answer to status: {response:?}");
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "running": true,
+                "pid": pid,
+                "port": port,
+                "version": version,
+                "started_at": started_at,
+                "runs": runs,
+                "idle_exit_in_secs": idle_exit_in_secs,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let uptime = (chrono::Utc::now() - started_at).num_seconds().max(0);
+    println!("Proxy daemon: running");
+    println!("  PID:     {pid}");
+    println!("  Port:    {port}");
+    println!("  Version: {version}");
+    println!("  Uptime:  {uptime}s");
+    println!("  Runs:    {}", runs.len());
+    for r in &runs {
+        let grants = if r.grants.is_empty() {
+            "no grants".to_string()
+        } else {
+            r.grants.join(", ")
+        };
+        println!("    {}  {}  {}", r.run_id, r.policy, grants);
+    }
+    if let Some(secs) = idle_exit_in_secs {
+        println!("  Idle:    exits in {secs}s unless a run starts");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon process itself (`moat __daemon`, or `moat proxy start
+/// --foreground`).
+pub fn daemon(ctx: &Context, port: Option<u16>) -> Result<ExitCode> {
+    let mut config = DaemonConfig::from_env(ctx.home.clone())?;
+    if let Some(port) = port {
+        config.port = port;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the daemon's async runtime")?;
+    runtime.block_on(moat_daemon::serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,311 @@
+//! `moat run`: merge flags with `moat.yaml` into a plan and execute it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use moat_credentials::GrantName;
+use moat_daemon::HostRuleSpec;
+use moat_run::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+
+use super::Context;
+use crate::cli::RunArgs;
+
+/// Set in the background process that supervises a detached run.
+const DETACHED_CHILD: &str = "MOAT_RUN_DETACHED_CHILD";
+
+pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
+    if args.detach && std::env::var_os(DETACHED_CHILD).is_none() {
+        return detach(ctx);
+    }
+    let workspace = resolve_workspace(args.path.as_deref())?;
+    let config = moat_config::load(&workspace)?;
+
+    let runtime = select_runtime(&args, config.as_ref())?;
+    let command = if !args.command.is_empty() {
+        args.command.clone()
+    } else if let Some(cmd) = config.as_ref().and_then(|c| c.command.clone()) {
+        cmd
+    } else {
+        bail!(
+            "no command to run: give one after --, e.g. moat run -- echo hello, \
+             or set `command:` in moat.yaml"
+        );
+    };
+
+    let mut grants: Vec<GrantName> = Vec::new();
+    let config_grants = config
+        .as_ref()
+        .map(|c| c.grants.clone())
+        .unwrap_or_default();
+    for g in config_grants.iter().chain(args.grants.iter()) {
+        let grant = GrantName::parse(g)?;
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+
+    let mut env: Vec<(String, String)> = config
+        .as_ref()
+        .map(|c| c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for pair in &args.env {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("invalid --env {pair:?}: expected KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("invalid --env {pair:?}: the variable name is empty");
+        }
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+
+    let mut mounts: Vec<MountPlan> = config
+        .as_ref()
+        .map(|c| {
+            c.mounts
+                .iter()
+                .map(|m| MountPlan {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for spec in &args.mounts {
+        let m = moat_config::Mount::parse_cli(spec, &workspace)?;
+        mounts.retain(|x| x.target != m.target);
+        mounts.push(MountPlan {
+            source: m.source,
+            target: m.target,
+            read_only: m.read_only,
+        });
+    }
+
+    let network = match &config {
+        Some(c) => NetworkPlan {
+            strict: c.network.policy == moat_policy::Policy::Strict,
+            rules: c
+                .network
+                .rules
+                .iter()
+                .map(|h| HostRuleSpec {
+                    host: h.host.to_string(),
+                    rules: h.rules.iter().map(|r| r.to_string()).collect(),
+                })
+                .collect(),
+            allow_hosts: args.allow_hosts.clone(),
+        },
+        None => NetworkPlan {
+            strict: false,
+            rules: Vec::new(),
+            allow_hosts: args.allow_hosts.clone(),
+        },
+    };
+
+    let mut mcp = Vec::new();
+    if let Some(c) = &config {
+        for server in &c.mcp {
+            let auth = match &server.auth {
+                Some(a) => Some((GrantName::parse(&a.grant)?, a.header.clone())),
+                None => None,
+            };
+            mcp.push(McpPlan {
+                name: server.name.clone(),
+                url: server.url.to_string(),
+                auth,
+            });
+        }
+    }
+
+    let name = args
+        .name
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.name.clone()));
+    if let Some(n) = &name {
+        moat_storage::validate_name(n).map_err(anyhow::Error::msg)?;
+    }
+
+    let runtime = match runtime {
+        Selected::Native => RuntimePlan::Native,
+        Selected::Docker => {
+            let no_sandbox = args.no_sandbox
+                || moat_credentials::source::env_flag("MOAT_NO_SANDBOX")
+                || config
+                    .as_ref()
+                    .is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
+            if no_sandbox {
+                eprintln!("{}", moat_runtime_docker::NO_SANDBOX_WARNING);
+            }
+            RuntimePlan::Docker(DockerPlan {
+                gvisor: !no_sandbox,
+                dependencies: config
+                    .as_ref()
+                    .map(|c| c.dependencies.iter().map(|d| d.to_string()).collect())
+                    .unwrap_or_default(),
+                base_image: config.as_ref().and_then(|c| c.base_image.clone()),
+                post_build_root: config
+                    .as_ref()
+                    .and_then(|c| c.hooks.post_build_root.clone()),
+                post_build: config.as_ref().and_then(|c| c.hooks.post_build.clone()),
+                rebuild: args.rebuild,
+                verbose: ctx.verbose,
+                memory_mb: config.as_ref().and_then(|c| c.container.memory_mb),
+                cpus: config.as_ref().and_then(|c| c.container.cpus),
+                keep: args.keep,
+            })
+        }
+    };
+
+    let plan = RunPlan {
+        runtime,
+        workspace,
+        name,
+        command,
+        grants,
+        env,
+        mounts,
+        network,
+        mcp,
+        interactive: !args.detach
+            && (args.interactive || config.as_ref().is_some_and(|c| c.interactive)),
+        detached: args.detach,
+        profile: ctx.profile.clone(),
+    };
+    let outcome = moat_run::execute(&ctx.home, &plan)?;
+    tracing::debug!(run_id = %outcome.id, code = outcome.exit_code, "run finished");
+    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+}
+
+fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let canonical = std::fs::canonicalize(&path)
+        .with_context(|| format!("workspace {} does not exist", path.display()))?;
+    if !canonical.is_dir() {
+        bail!("workspace {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}
+
+/// Starts the same `moat run` (without `-d`) as a background supervisor in
+/// its own process group, and returns once its run is recorded as running.
+/// If it fails before that, its error is shown here with its exit code.
+fn detach(ctx: &Context) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    use std::time::{Duration, Instant};
+
+    let exe = std::env::current_exe().context("locating the moat executable")?;
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut after_dashes = false;
+    for arg in std::env::args_os().skip(1) {
+        if !after_dashes && (arg == "-d" || arg == "--detach") {
+            continue;
+        }
+        if arg == "--" {
+            after_dashes = true;
+        }
+        args.push(arg);
+    }
+    moat_home::ensure_private_dir(&ctx.home.runs_dir())?;
+    let log_path = ctx
+        .home
+        .runs_dir()
+        .join(format!(".detach-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = std::process::Command::new(exe)
+        .args(&args)
+        .env(DETACHED_CHILD, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the background run")?;
+    let store = moat_storage::RunStore::new(ctx.home.clone());
+    let child_pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((runs, _)) = store.list() {
+            if let Some(run) = runs.iter().find(|r| {
+                r.supervisor_pid == Some(child_pid)
+                    && matches!(
+                        r.state,
+                        moat_storage::RunState::Running | moat_storage::RunState::Stopped
+                    )
+            }) {
+                let _ = std::fs::remove_file(&log_path);
+                println!("{}", run.id);
+                eprintln!(
+                    "Started {} ({}) in the background.\nFollow its output: moat logs -f {}\nStop it: moat stop {}",
+                    run.name, run.id, run.name, run.name
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_file(&log_path);
+            eprint!("{output}");
+            return Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the background run did not start within 30 seconds; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+enum Selected {
+    Native,
+    Docker,
+}
+
+/// `--runtime`, then `MOAT_RUNTIME`, then moat.yaml `runtime:`; with none,
+/// Docker when its daemon answers, else the native sandbox (saying why).
+fn select_runtime(args: &RunArgs, config: Option<&moat_config::ProjectConfig>) -> Result<Selected> {
+    let requested = args
+        .runtime
+        .clone()
+        .or_else(|| {
+            std::env::var("MOAT_RUNTIME")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .or_else(|| config.and_then(|c| c.runtime.as_ref().map(|r| r.to_string())));
+    match requested.as_deref().map(str::trim) {
+        Some("native") => Ok(Selected::Native),
+        Some("docker") => match super::block_on(moat_runtime_docker::DockerRuntime::connect())? {
+            Ok(_) => Ok(Selected::Docker),
+            Err(e) => Err(moat_runtime_docker::RuntimeSelectionError::DockerRequestedButUnavailable {
+                cause: e.to_string(),
+            }
+            .into()),
+        },
+        Some("apple") => bail!(
+            "Apple containers are only available on macOS 26 or later; on this machine use \
+             --runtime native or --runtime docker (or unset MOAT_RUNTIME)"
+        ),
+        Some(other) => bail!(
+            "unknown runtime {other:?}: use native, docker or apple (from --runtime, MOAT_RUNTIME or moat.yaml)"
+        ),
+        None => match super::block_on(moat_runtime_docker::DockerRuntime::connect())? {
+            Ok(_) => Ok(Selected::Docker),
+            Err(e) => {
+                let cause = e.to_string();
+                let first = cause.lines().next().unwrap_or_default();
+                eprintln!("moat: Docker is not available ({first}); using the native Linux sandbox.");
+                Ok(Selected::Native)
+            }
+        },
+    }
+}
