@@ -33,10 +33,13 @@ pub(crate) async fn run_container(
 ) -> Result<i32, RunError> {
     let rt = DockerRuntime::connect().await.map_err(docker_err)?;
     let runtime = if docker.gvisor {
-        rt.require_gvisor(moat_runtime_docker::GVISOR_RUNTIME)
-            .await
-            .map_err(docker_err)?;
-        SandboxRuntime::gvisor()
+        // Some installations register gVisor under another name.
+        let name = std::env::var("MOAT_GVISOR_RUNTIME")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| moat_runtime_docker::GVISOR_RUNTIME.to_string());
+        rt.require_gvisor(&name).await.map_err(docker_err)?;
+        SandboxRuntime::Gvisor { runtime: name }
     } else {
         SandboxRuntime::Runc
     };
