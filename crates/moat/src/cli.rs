@@ -44,6 +44,8 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// List runs.
     List,
+    /// Runtimes, the proxy daemon, active runs and disk use.
+    Status,
     /// Show a run's output.
     Logs(LogsArgs),
     /// Stop a run (the most recent running one when RUN is omitted).

@@ -381,3 +381,67 @@ fn mcp_server_without_its_grant() {
     Then run again.
     ");
 }
+
+#[test]
+fn detached_run_is_stopped_by_moat_stop() {
+    let t = RunEnv::new();
+    let out = t.run(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 30",
+    ]);
+    out.success();
+    let id = out.stdout.trim().to_string();
+    assert!(id.starts_with("run_"), "{}", out.stdout);
+    assert!(out.stderr.contains("in the background"), "{}", out.stderr);
+    wait_for(|| t.run(&["logs", "bg"]).stdout.contains("started"));
+    let json: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["state"], "running");
+    assert_eq!(json[0]["detached"], true);
+    t.run(&["stop", "bg"]).success();
+    let json: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["state"], "stopped");
+    assert_eq!(json[0]["exit_code"], 143);
+}
+
+#[test]
+fn pre_run_hook_runs_first_and_can_stop_the_run() {
+    let t = RunEnv::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "hooks:\n  pre_run: echo prepared > prepared.txt\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "cat", "prepared.txt"]);
+    out.success();
+    assert_eq!(out.stdout, "prepared\n");
+    std::fs::write(t.project().join("moat.yaml"), "hooks:\n  pre_run: exit 4\n").unwrap();
+    let out = t.run(&["run", "--", "echo", "never"]);
+    assert_eq!(out.code, Some(4));
+    assert!(!out.stdout.contains("never"));
+}
+
+#[test]
+fn bad_moat_yaml_names_file_line_and_key() {
+    let t = RunEnv::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "name: x\nnetwrok:\n  policy: strict\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    assert!(out.stderr.starts_with("Error: "), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "/project/moat.yaml:2: unknown key \"netwrok\" at top level. Did you mean \"network\"?"
+        ),
+        "{}",
+        out.stderr
+    );
+}

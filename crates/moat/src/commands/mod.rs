@@ -6,6 +6,7 @@ mod grant;
 mod proxy;
 mod run;
 mod runs;
+mod status;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
+        Command::Status => status::status(&Context::from_global(&cli.global)?),
         Command::List => runs::list(&Context::from_global(&cli.global)?),
         Command::Logs(args) => runs::logs(&Context::from_global(&cli.global)?, args),
         Command::Stop(args) => runs::stop(&Context::from_global(&cli.global)?, args),

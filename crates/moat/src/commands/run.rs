@@ -18,6 +18,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     if args.detach && std::env::var_os(DETACHED_CHILD).is_none() {
         return detach(ctx);
     }
+    // The background supervisor of `run -d` is this same command without
+    // `-d`, marked by the environment.
+    let detached = args.detach || std::env::var_os(DETACHED_CHILD).is_some();
     let workspace = resolve_workspace(args.path.as_deref())?;
     let config = moat_config::load(&workspace)?;
 
@@ -31,6 +34,22 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
             "no command to run: give one after --, e.g. moat run -- echo hello, \
              or set `command:` in moat.yaml"
         );
+    };
+
+    // hooks.pre_run runs in /workspace before the command, every start; a
+    // failing hook stops the run with its exit code.
+    let command = match config.as_ref().and_then(|c| c.hooks.pre_run.clone()) {
+        Some(hook) => {
+            let mut wrapped = vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                format!("set -e\n{hook}\nexec \"$@\""),
+                "moat-pre-run".to_string(),
+            ];
+            wrapped.extend(command);
+            wrapped
+        }
+        None => command,
     };
 
     let mut grants: Vec<GrantName> = Vec::new();
@@ -168,9 +187,9 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         mounts,
         network,
         mcp,
-        interactive: !args.detach
+        interactive: !detached
             && (args.interactive || config.as_ref().is_some_and(|c| c.interactive)),
-        detached: args.detach,
+        detached,
         profile: ctx.profile.clone(),
     };
     let outcome = moat_run::execute(&ctx.home, &plan)?;

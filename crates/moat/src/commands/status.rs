@@ -1,0 +1,122 @@
+//! `moat status`: what can run here, what is running, and what it costs.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use moat_daemon::DaemonClient;
+use moat_storage::RunStore;
+
+use super::{block_on, Context};
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+pub fn status(ctx: &Context) -> Result<ExitCode> {
+    let native = match moat_runtime_native::check_support() {
+        Ok(()) => ("ok", "available (Linux namespaces)".to_string()),
+        Err(e) => ("warning", format!("not available: {e}")),
+    };
+    let docker = match block_on(moat_runtime_docker::DockerRuntime::connect())? {
+        Ok(rt) => {
+            let gvisor =
+                block_on(rt.has_runtime(moat_runtime_docker::GVISOR_RUNTIME))?.unwrap_or(false);
+            (
+                "ok",
+                format!(
+                    "available at {}{}",
+                    rt.endpoint(),
+                    if gvisor {
+                        ", gVisor (runsc) registered"
+                    } else {
+                        ", gVisor (runsc) NOT registered: runs need --no-sandbox"
+                    }
+                ),
+            )
+        }
+        Err(e) => (
+            "warning",
+            format!(
+                "not available: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        ),
+    };
+    let daemon = block_on(DaemonClient::connect_existing(&ctx.home))?
+        .ok()
+        .flatten();
+
+    let store = RunStore::new(ctx.home.clone());
+    let (mut runs, _) = store.list()?;
+    for r in &mut runs {
+        store.reconcile(r)?;
+    }
+    let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
+    let disk = dir_size(&ctx.home.runs_dir());
+
+    if ctx.json {
+        let value = serde_json::json!({
+            "runtimes": [
+                {"name": "native", "status": native.0, "message": native.1},
+                {"name": "docker", "status": docker.0, "message": docker.1},
+            ],
+            "daemon": daemon.as_ref().map(|d| serde_json::json!({
+                "pid": d.info.pid, "port": d.info.port, "version": d.info.version,
+            })),
+            "active_runs": active.iter().map(|r| serde_json::json!({
+                "name": r.name, "id": r.id, "runtime": r.runtime, "state": r.state,
+                "started_at": r.started_at,
+                "disk_bytes": dir_size(&store.dir(&r.id)),
+            })).collect::<Vec<_>>(),
+            "total_runs": runs.len(),
+            "total_disk_bytes": disk,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Runtimes");
+    println!("  native: {}", native.1);
+    println!("  docker: {}", docker.1);
+    println!();
+    match &daemon {
+        Some(d) => println!(
+            "Proxy daemon: running (pid {}, port {}, version {})",
+            d.info.pid, d.info.port, d.info.version
+        ),
+        None => println!("Proxy daemon: not running (it starts with the next run)"),
+    }
+    println!();
+    if active.is_empty() {
+        println!("Active runs: none");
+    } else {
+        println!("Active runs");
+        for r in &active {
+            println!(
+                "  {:<20} {}  {:<7} {:.1} MB",
+                r.name,
+                r.id,
+                r.runtime,
+                dir_size(&store.dir(&r.id)) as f64 / 1e6
+            );
+        }
+    }
+    println!();
+    println!(
+        "Summary: {} runs stored ({} active), {:.1} MB under {}",
+        runs.len(),
+        active.len(),
+        disk as f64 / 1e6,
+        ctx.home.runs_dir().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
