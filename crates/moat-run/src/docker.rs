@@ -134,8 +134,6 @@ pub(crate) async fn run_container(
 
     let container = rt.create(&spec).await.map_err(docker_err)?;
     meta.container_id = Some(container.id.clone());
-    meta.state = moat_storage::RunState::Running;
-    meta.started_at = Some(chrono::Utc::now());
     store.save(meta)?;
 
     let logs = Arc::new(
@@ -144,6 +142,9 @@ pub(crate) async fn run_container(
     );
     let result = async {
         rt.start(&container).await.map_err(docker_err)?;
+        meta.state = moat_storage::RunState::Running;
+        meta.started_at = Some(chrono::Utc::now());
+        store.save(meta)?;
         let mut out = Tee::new(tokio::io::stdout(), LogStream::Stdout, logs.clone());
         let mut err = Tee::new(tokio::io::stderr(), LogStream::Stderr, logs.clone());
         let stopped = async {

@@ -341,3 +341,70 @@ fn auto_selection_falls_back_to_native_with_a_notice() {
         out.stderr
     );
 }
+
+#[test]
+fn containers_of_a_crashed_cli_are_removed_by_stop() {
+    if !docker_available() {
+        return;
+    }
+    let t = DockerEnv::new();
+    let mut cmd = t.env.moat();
+    cmd.env("MOAT_RUNTIME", "docker")
+        .env("MOAT_PROXY_PORT", "0")
+        .env("MOAT_DAEMON_IDLE_TIMEOUT", "5")
+        .env(
+            "MOAT_IMAGE_MAP",
+            "debian:bookworm-slim=local/debian:bookworm",
+        )
+        .current_dir(t.project())
+        .args([
+            "run",
+            "--no-sandbox",
+            "--name",
+            "crashy",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let container = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&t.env.run(&["list", "--json"]).stdout).unwrap_or_default();
+        if let Some(id) = list[0]["container_id"]
+            .as_str()
+            .filter(|_| list[0]["state"] == "running")
+        {
+            let up = std::process::Command::new("docker")
+                .args(["ps", "-q", "--no-trunc", "--filter", &format!("id={id}")])
+                .output()
+                .unwrap();
+            if !String::from_utf8_lossy(&up.stdout).trim().is_empty() {
+                break id.to_string();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "run never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // The CLI dies without cleaning up; its container keeps running.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let running = |id: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-q", "--no-trunc", "--filter", &format!("id={id}")])
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    assert!(running(&container));
+    let stop = t.env.run(&["stop", "crashy"]);
+    assert!(
+        stop.code == Some(0) || stop.code == Some(1),
+        "{}",
+        stop.stderr
+    );
+    assert!(!running(&container), "container left behind");
+}

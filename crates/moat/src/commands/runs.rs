@@ -146,9 +146,51 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Removes the containers (workload and network guard) labelled with
+/// `run_id`, or, with `None`, those of every run that is no longer active.
+/// Quietly does nothing when Docker is not reachable.
+fn remove_containers(store: &RunStore, run_id: Option<&str>) -> usize {
+    let Ok(Ok(rt)) = super::block_on(moat_runtime_docker::DockerRuntime::connect()) else {
+        return 0;
+    };
+    let Ok(Ok(containers)) = super::block_on(rt.list_managed()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for c in containers {
+        let Some(owner) = c.run_id.as_deref() else {
+            continue;
+        };
+        let wanted = match run_id {
+            Some(id) => owner == id,
+            None => match moat_storage::RunId::parse(owner).map(|id| store.load(&id)) {
+                Some(Ok(mut meta)) => {
+                    let _ = store.reconcile(&mut meta);
+                    !meta.state.is_active()
+                }
+                // A container whose run is gone from storage is an orphan.
+                _ => true,
+            },
+        };
+        if wanted && matches!(super::block_on(rt.remove_by_id(&c.id)), Ok(Ok(()))) {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Asks the run's supervisor to stop (SIGTERM), then insists (SIGKILL)
-/// after 10 s; the run's metadata ends up `stopped` either way.
+/// after 10 s; the run's metadata ends up `stopped` either way, and a
+/// container runtime's leftovers are removed.
 pub fn stop_run(store: &RunStore, run: &RunMetadata) -> Result<()> {
+    let result = stop_supervisor(store, run);
+    if run.runtime == "docker" {
+        remove_containers(store, Some(run.id.as_str()));
+    }
+    result
+}
+
+fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
     let Some(pid) = run.supervisor_pid else {
         bail!(
             "run {} has no supervising process recorded; remove it with: moat destroy {}",
@@ -207,6 +249,9 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
         }
         stop_run(&store, &run)?;
     }
+    if run.runtime == "docker" {
+        remove_containers(&store, Some(run.id.as_str()));
+    }
     store.remove(&run.id)?;
     println!("Destroyed {} ({}).", run.name, run.id);
     Ok(ExitCode::SUCCESS)
@@ -219,7 +264,16 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         .filter(|r| !r.state.is_active())
         .collect();
     if stopped.is_empty() {
-        println!("Nothing to clean.");
+        let containers = if args.dry_run {
+            0
+        } else {
+            remove_containers(&store, None)
+        };
+        if containers > 0 {
+            println!("Removed {containers} leftover containers.");
+        } else {
+            println!("Nothing to clean.");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     for r in &stopped {
@@ -252,6 +306,10 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     for r in &stopped {
         store.remove(&r.id)?;
     }
+    let containers = remove_containers(&store, None);
     println!("Removed {} runs.", stopped.len());
+    if containers > 0 {
+        println!("Removed {containers} leftover containers.");
+    }
     Ok(ExitCode::SUCCESS)
 }
