@@ -25,7 +25,7 @@ cd "$work/project"
 "$MOAT" proxy start >/dev/null
 
 runs=${BENCH_RUNS:-200}
-cmds=(-n "true (no sandbox)" "true" -n "moat run -- true" "$MOAT run -- true")
+cmds=(-n "true (no sandbox)" "true" -n "moat run --runtime native -- true" "$MOAT run --runtime native -- true")
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   image=${BENCH_DOCKER_IMAGE:-local/debian:bookworm}
   if docker image inspect "$image" >/dev/null 2>&1; then
@@ -40,7 +40,7 @@ fi
 hyperfine -N --warmup 10 --runs "$runs" --export-markdown "$work/table.md" "${cmds[@]}"
 
 # Peak RSS of one `moat run -- true` (the supervising CLI process).
-rss=$(/usr/bin/time -f '%M' "$MOAT" run -- true 2>&1 >/dev/null | tail -n1)
+rss=$(/usr/bin/time -f "%M" "$MOAT" run --runtime native -- true 2>&1 >/dev/null | tail -n1)
 
 out="$OLDPWD/bench/run/RESULTS.md"
 {
