@@ -288,6 +288,30 @@ impl DaemonClient {
         }
     }
 
+    /// Appends `kind` with `data` (a JSON object) to an active run's audit
+    /// log.
+    pub async fn audit(
+        &self,
+        run_id: &str,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        match self
+            .request(&Request::Audit {
+                run_id: run_id.to_string(),
+                kind: kind.to_string(),
+                data,
+            })
+            .await?
+        {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(ClientError::Protocol(message)),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer: {other:?}"
+            ))),
+        }
+    }
+
     /// Asks the daemon to exit and waits (up to 5 s) until it has.
     pub async fn stop(&self) -> Result<(), ClientError> {
         let _ = self.request(&Request::Stop).await?;

@@ -6,8 +6,11 @@
 //! CLI side that finds or starts the daemon ([`DaemonClient`]). Everything
 //! that touches proxied traffic belongs to `moat-proxy`; credentials are
 //! decrypted by the CLI and arrive here already resolved, so the daemon
-//! never reads the credential store.
+//! never reads the credential store. It decides what goes into each run's
+//! audit log (`moat-audit`): registration, every proxied request, events
+//! sent by the CLI, and the seal when the run unregisters.
 
+mod audit;
 pub mod client;
 pub mod lockfile;
 pub mod protocol;
@@ -18,5 +21,6 @@ pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, D
 pub use crate::lockfile::{DaemonInfo, DaemonPaths};
 pub use crate::protocol::{
     HostRuleSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, SecretString,
+    SshHostSpec,
 };
 pub use crate::server::{serve, DaemonConfig, DaemonError};

@@ -11,7 +11,9 @@ use std::io;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// Bumped whenever a request or response changes incompatibly.
+/// Bumped whenever a request or response changes incompatibly. (Adding a
+/// request, or a field with a serde default, is compatible: an older daemon
+/// answers an unknown request with an error.)
 pub const API_VERSION: u32 = 1;
 
 /// Largest control message accepted, in bytes.
@@ -112,6 +114,10 @@ pub struct RunSpec {
     /// Where to append the request trace (`network.jsonl`).
     #[serde(default)]
     pub trace_path: Option<std::path::PathBuf>,
+    /// Where to append the run's hash-chained audit log (`audit.jsonl`);
+    /// sealed when the run unregisters.
+    #[serde(default)]
+    pub audit_path: Option<std::path::PathBuf>,
     /// Credential profile (informational).
     #[serde(default)]
     pub profile: Option<String>,
@@ -119,6 +125,19 @@ pub struct RunSpec {
     /// bridge gateway), on the daemon's port.
     #[serde(default)]
     pub listen: Vec<String>,
+    /// SSH endpoints of the run's SSH grants, reachable through raw
+    /// tunnels whatever the policy.
+    #[serde(default)]
+    pub ssh_hosts: Vec<SshHostSpec>,
+}
+
+/// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshHostSpec {
+    /// Granted host.
+    pub host: String,
+    /// Its SSH port.
+    pub port: u16,
 }
 
 /// A request to the daemon.
@@ -141,6 +160,16 @@ pub enum Request {
     Unregister {
         /// Run id.
         run_id: String,
+    },
+    /// Append an event to an active run's audit log (`ssh{...}` from the
+    /// CLI's SSH agent proxy, for example).
+    Audit {
+        /// Run id.
+        run_id: String,
+        /// Entry type: lowercase letters, digits and `_`.
+        kind: String,
+        /// Entry data: a JSON object.
+        data: serde_json::Value,
     },
     /// Daemon status.
     Status,
@@ -305,6 +334,8 @@ mod tests {
                 }],
                 mcp: vec![],
                 trace_path: None,
+                audit_path: None,
+                ssh_hosts: vec![],
                 profile: None,
                 listen: vec![],
             }),

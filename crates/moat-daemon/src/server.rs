@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::audit::Audits;
 use crate::lockfile::{pid_alive, write_info, DaemonInfo, DaemonPaths};
 use crate::protocol::{self, Request, Response, RunSpec, RunSummary, API_VERSION};
 
@@ -107,6 +108,8 @@ struct State {
     idle_timeout: Duration,
     /// Addresses listened on besides 127.0.0.1.
     extra_listeners: std::collections::BTreeSet<std::net::IpAddr>,
+    /// The runs' audit logs.
+    audits: Arc<Audits>,
 }
 
 /// Runs the daemon until it is stopped or idle. Removes its lock and
@@ -128,6 +131,8 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         moat_proxy::ProxyConfig::from_env().map_err(|e| DaemonError::Config(e.to_string()))?;
     let proxy =
         moat_proxy::Proxy::new(proxy_config, ca).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let audits = Audits::new(&config.home);
+    proxy.set_observer(audits.clone());
 
     let tcp = TcpListener::bind(("127.0.0.1", config.port))
         .await
@@ -163,6 +168,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         ca_pem,
         idle_timeout: config.idle_timeout,
         extra_listeners: Default::default(),
+        audits: audits.clone(),
     }));
 
     let tcp_task = tokio::spawn({
@@ -217,6 +223,9 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     for id in run_ids {
         proxy.unregister(&id);
     }
+    for id in audits.run_ids() {
+        audits.stop(&id, Some("daemon stopped")).await;
+    }
     // Remove the lock only if it is still ours.
     if let Ok(Some(current)) = crate::lockfile::read_info(&paths.lock) {
         if current.pid == info.pid {
@@ -260,6 +269,8 @@ fn housekeeping(state: &Arc<Mutex<State>>, idle_timeout: Duration) -> bool {
         tracing::info!(run_id = %id, "supervisor exited; unregistering run");
         s.proxy.unregister(&id);
         s.runs.remove(&id);
+        let audits = s.audits.clone();
+        tokio::spawn(async move { audits.stop(&id, Some("supervisor exited")).await });
     }
     if s.runs.is_empty() {
         let since = *s.idle_since.get_or_insert_with(Instant::now);
@@ -309,6 +320,22 @@ async fn handle_control(
         }
     };
     let response = match protocol::decode::<Request>(&line) {
+        Ok(Request::Unregister { run_id }) => {
+            let audits = state.lock().ok().map(|s| s.audits.clone());
+            let response = answer(
+                Request::Unregister {
+                    run_id: run_id.clone(),
+                },
+                &state,
+                &shutdown,
+            );
+            // Answer only once the log is sealed, so `moat audit` right
+            // after the run sees the attestation.
+            if let Some(audits) = audits {
+                audits.stop(&run_id, None).await;
+            }
+            response
+        }
         Ok(request) => answer(request, &state, &shutdown),
         Err(e) => {
             tracing::warn!(error = %e, "rejected control message");
@@ -358,6 +385,10 @@ fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<
                 None
             },
         },
+        Request::Audit { run_id, kind, data } => match s.audits.append(&run_id, &kind, data) {
+            Ok(()) => Response::Ok,
+            Err(message) => Response::Error { message },
+        },
         Request::Stop => {
             let _ = shutdown.send(true);
             Response::Ok
@@ -403,6 +434,9 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         },
     );
     s.idle_since = None;
+    if let Some(entry) = s.runs.get(&run.run_id) {
+        s.audits.open(&run, &entry.spec_summary.grants);
+    }
     Ok(Response::Registered {
         token: crate::protocol::SecretString::new(token.expose()),
         port: s.info.port,

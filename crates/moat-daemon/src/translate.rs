@@ -86,5 +86,13 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
         policy: network,
         mcp,
         trace: run.trace_path.clone(),
+        tunnels: run
+            .ssh_hosts
+            .iter()
+            .map(|h| moat_proxy::TcpTunnel {
+                host: h.host.to_ascii_lowercase(),
+                port: h.port,
+            })
+            .collect(),
     })
 }

@@ -78,6 +78,11 @@ impl MoatHome {
         self.runs_dir().join(run_id)
     }
 
+    /// The audit signing key (`signing.key`, `signing.pub`).
+    pub fn audit_dir(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+
     /// Structured debug logs.
     pub fn debug_dir(&self) -> PathBuf {
         self.root.join("debug")

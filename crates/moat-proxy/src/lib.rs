@@ -15,7 +15,8 @@
 //!   headers before forwarding;
 //! - streams bodies both ways (SSE, WebSocket upgrades, HTTP/1.1 and
 //!   HTTP/2 on both sides), relays MCP servers ([`McpRoute`]), and appends
-//!   one redacted JSON line per request to the run's `network.jsonl`.
+//!   one redacted JSON line per request to the run's `network.jsonl`, and
+//!   tells a [`RequestObserver`] (the daemon's audit log) of each one.
 //!
 //! It owns nothing outside traffic: the daemon crate owns the process, the
 //! control socket, lock files and the run registry's persistence, and
@@ -37,8 +38,9 @@ pub use crate::ca::{CertificateAuthority, LEAF_CACHE_CAPACITY};
 pub use crate::config::{ConnectTo, ProxyConfig};
 pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 pub use crate::proxy::{Proxy, INVALID_TOKEN_BODY, MISSING_AUTH_BODY};
-pub use crate::run::{Injection, McpRoute, RunRegistration};
+pub use crate::run::{Injection, McpRoute, RunRegistration, TcpTunnel};
 pub use crate::secret::{RunToken, SecretValue};
+pub use crate::trace::{RequestEvent, RequestObserver};
 pub use http::HeaderName;
 pub use moat_policy::{HostPattern, NetworkPolicy};
 

@@ -23,7 +23,7 @@ use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::secret::{RunToken, SecretValue};
-use crate::trace::{headers_json, Exchange, Side, Tapped, TraceSink};
+use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::Upstream;
 use crate::ProxyBody;
 
@@ -50,6 +50,8 @@ struct Inner {
     registry: Registry,
     upstream: Upstream,
     shutdown: CancellationToken,
+    /// Told of every finished request (the daemon's audit log).
+    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
 }
 
 impl fmt::Debug for Proxy {
@@ -75,8 +77,16 @@ impl Proxy {
                 registry: Registry::default(),
                 upstream,
                 shutdown: CancellationToken::new(),
+                observer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Sets the observer told of every finished request of every run
+    /// registered from now on (once; later calls are ignored). It is called
+    /// on the proxy's tasks, so it must return at once (queue, never wait).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// The certificate authority.
@@ -102,7 +112,7 @@ impl Proxy {
         let token = RunToken::generate();
         let run_id = registration.run_id.clone();
         match build_run(registration, &token, trace, &self.inner.shutdown, false)
-            .and_then(|run| self.inner.registry.insert(run))
+            .and_then(|run| self.inner.registry.insert(self.observed(run)))
         {
             Ok(()) => tracing::debug!(run = %run_id, "run registered"),
             // Unreachable in practice (lenient build, id just removed);
@@ -121,10 +131,21 @@ impl Proxy {
             None => None,
         };
         let token = RunToken::generate();
-        let run = build_run(registration, &token, trace, &self.inner.shutdown, true)?;
+        let run = self.observed(build_run(
+            registration,
+            &token,
+            trace,
+            &self.inner.shutdown,
+            true,
+        )?);
         tracing::debug!(run = %run.id, "run registered");
         self.inner.registry.insert(run)?;
         Ok(token)
+    }
+
+    fn observed(&self, mut run: Run) -> Run {
+        run.observer = self.inner.observer.get().cloned();
+        run
     }
 
     /// Revokes a run's token at once: its open tunnels are closed, and any
@@ -316,7 +337,10 @@ impl Target {
 async fn handle_outer(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return match inner.registry.authenticate(req.headers(), false) {
-            Ok(run) => handle_connect(inner, run, req),
+            Ok(run) => match tunnel_target(&run, &req) {
+                Some((host, port)) => handle_tcp_tunnel(inner, run, host, port, req).await,
+                None => handle_connect(inner, run, req),
+            },
             Err(f) => auth_failure(f),
         };
     }
@@ -436,6 +460,95 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
                 tunnel(inner, run, target, TokioIo::new(upgraded)).await;
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(empty())
+}
+
+/// The `CONNECT` target, when the run may open a raw TCP tunnel to it.
+fn tunnel_target(run: &Run, req: &Request<Incoming>) -> Option<(String, u16)> {
+    let authority = req.uri().authority()?;
+    let host = authority.host().to_ascii_lowercase();
+    let port = authority.port_u16()?;
+    run.tunnels
+        .iter()
+        .any(|t| t.host == host && t.port == port)
+        .then_some((host, port))
+}
+
+/// A raw TCP tunnel to a granted endpoint (SSH): connect first, so a dead
+/// upstream is a `502` the client sees, then splice bytes both ways until
+/// either side closes or the run is unregistered. The bytes are the
+/// client's own end-to-end encrypted protocol: nothing is inspected.
+async fn handle_tcp_tunnel(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    host: String,
+    port: u16,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let exchange = Exchange::new(
+        run.clone(),
+        "CONNECT",
+        &format!("{host}:{port}"),
+        true,
+        headers_json(&run, req.headers(), &[]),
+        None,
+        inner.config.trace_body_bytes,
+    );
+    let (to_host, to_port) =
+        crate::config::ConnectTo::resolve(&inner.config.connect_to, &host, port);
+    let to_host = to_host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let connect = tokio::time::timeout(
+        inner.config.connect_timeout,
+        tokio::net::TcpStream::connect((to_host.as_str(), to_port)),
+    )
+    .await;
+    let mut upstream = match connect {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let message = format!("moat: cannot connect to {host}:{port}: {e}");
+            if let Some(ex) = &exchange {
+                ex.set_error(502, &message);
+                ex.finish();
+            }
+            return text(StatusCode::BAD_GATEWAY, message);
+        }
+        Err(_) => {
+            let message = format!("moat: connecting to {host}:{port} timed out");
+            if let Some(ex) = &exchange {
+                ex.set_error(504, &message);
+                ex.finish();
+            }
+            return text(StatusCode::GATEWAY_TIMEOUT, message);
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(upgraded);
+        let cancel = run.cancel.clone();
+        let status = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+                Ok((up, down)) => format!("{up} bytes up, {down} bytes down"),
+                Err(e) => format!("closed: {e}"),
+            },
+            _ = cancel.cancelled() => "closed: run unregistered".to_owned(),
+        };
+        if let Some(ex) = &exchange {
+            ex.set_response(200, &HeaderMap::new());
+            ex.set_body(Side::Response, status.as_bytes());
+            ex.finish();
         }
     });
     Response::new(empty())

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::secret::{RunToken, SecretValue, TokenDigest};
-use crate::trace::TraceSink;
+use crate::trace::{RequestObserver, TraceSink};
 
 /// Headers set on every request of a run to hosts matching `host`,
 /// replacing whatever the client sent (clients send placeholders).
@@ -63,6 +63,18 @@ pub struct RunRegistration {
     pub mcp: Vec<McpRoute>,
     /// Where to append the run's `network.jsonl`; `None` disables traces.
     pub trace: Option<PathBuf>,
+    /// Endpoints whose `CONNECT` is spliced byte for byte instead of
+    /// intercepted (SSH to granted hosts), allowed whatever the policy.
+    pub tunnels: Vec<TcpTunnel>,
+}
+
+/// A `host:port` the run may open a raw TCP tunnel to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTunnel {
+    /// Host name as the client sends it in `CONNECT` (lower case).
+    pub host: String,
+    /// Port.
+    pub port: u16,
 }
 
 pub(crate) struct ParsedMcp {
@@ -77,6 +89,7 @@ pub(crate) struct Run {
     pub(crate) digest: TokenDigest,
     pub(crate) injections: Vec<Injection>,
     pub(crate) policy: NetworkPolicy,
+    pub(crate) tunnels: Vec<TcpTunnel>,
     pub(crate) mcp: Vec<ParsedMcp>,
     pub(crate) trace: Option<TraceSink>,
     /// Cancelled on unregister: open tunnels of the run close.
@@ -84,6 +97,8 @@ pub(crate) struct Run {
     /// Every secret of the run (injected values, MCP header values, the run
     /// token), for redacting traces.
     pub(crate) secrets: Vec<String>,
+    /// Told of every finished request.
+    pub(crate) observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl fmt::Debug for Run {
@@ -190,10 +205,12 @@ pub(crate) fn build_run(
         digest: token.digest(),
         injections: reg.injections,
         policy: reg.policy,
+        tunnels: reg.tunnels,
         mcp,
         trace,
         cancel: parent.child_token(),
         secrets,
+        observer: None,
     })
 }
 
@@ -327,6 +344,7 @@ mod tests {
             policy: NetworkPolicy::default(),
             mcp: vec![],
             trace: None,
+            tunnels: vec![],
         };
         let registry = Registry::default();
         registry

@@ -34,6 +34,36 @@ const SENSITIVE: &[&str] = &[
     "private-token",
 ];
 
+/// A finished request, as a [`RequestObserver`] sees it. URL and error are
+/// redacted like the trace line.
+#[derive(Debug, Clone)]
+pub struct RequestEvent<'a> {
+    /// The run it belongs to.
+    pub run_id: &'a str,
+    /// `GET`, `CONNECT`...
+    pub method: &'a str,
+    /// The URL (`host:port` for `CONNECT`).
+    pub url: &'a str,
+    /// The status answered, if any.
+    pub status_code: Option<u16>,
+    /// From the request's arrival to the end of its response.
+    pub duration_ms: f64,
+    /// Whether the network policy allowed it.
+    pub allowed: bool,
+    /// The injection label (host pattern) when a credential was injected.
+    pub credential_used: Option<&'a str>,
+    /// What went wrong, if anything.
+    pub error: Option<&'a str>,
+}
+
+/// Told of every finished request of the runs of a [`crate::Proxy`]; see
+/// [`crate::Proxy::set_observer`]. Called on the proxy's tasks: it must
+/// not block.
+pub trait RequestObserver: Send + Sync {
+    /// One request finished (or was refused).
+    fn on_request(&self, event: &RequestEvent<'_>);
+}
+
 enum Msg {
     Line(String),
     Flush,
@@ -212,7 +242,9 @@ impl Exchange {
         credential: Option<String>,
         limit: usize,
     ) -> Option<Arc<Self>> {
-        run.trace.as_ref()?;
+        if run.trace.is_none() && run.observer.is_none() {
+            return None;
+        }
         let longest = run.secrets.iter().map(String::len).max().unwrap_or(0);
         let url = redact(&run, url);
         Some(Arc::new(Exchange {
@@ -278,11 +310,8 @@ impl Exchange {
         text[..end].to_owned()
     }
 
-    /// Writes the trace line (once).
+    /// Writes the trace line and tells the observer (once).
     pub(crate) fn finish(&self) {
-        let Some(sink) = self.run.trace.as_ref() else {
-            return;
-        };
         let Ok(mut s) = self.state.lock() else {
             return;
         };
@@ -290,6 +319,23 @@ impl Exchange {
             return;
         }
         s.emitted = true;
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let error = s.error.as_deref().map(|e| redact(&self.run, e));
+        if let Some(observer) = &self.run.observer {
+            observer.on_request(&RequestEvent {
+                run_id: &self.run.id,
+                method: &self.method,
+                url: &self.url,
+                status_code: s.status,
+                duration_ms,
+                allowed: self.allowed,
+                credential_used: self.credential.as_deref(),
+                error: error.as_deref(),
+            });
+        }
+        let Some(sink) = self.run.trace.as_ref() else {
+            return;
+        };
         let mut line = Map::new();
         line.insert(
             "ts".into(),
@@ -301,12 +347,9 @@ impl Exchange {
             "status_code".into(),
             s.status.map(Value::from).unwrap_or(Value::Null),
         );
-        line.insert(
-            "duration_ms".into(),
-            Value::from(self.started.elapsed().as_secs_f64() * 1000.0),
-        );
-        if let Some(error) = &s.error {
-            line.insert("error".into(), Value::String(redact(&self.run, error)));
+        line.insert("duration_ms".into(), Value::from(duration_ms));
+        if let Some(error) = error {
+            line.insert("error".into(), Value::String(error));
         }
         line.insert(
             "policy".into(),

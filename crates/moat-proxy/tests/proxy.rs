@@ -432,6 +432,7 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
                 )],
             }],
             trace: Some(h.trace_path("mcp")),
+            tunnels: vec![],
         })
         .unwrap();
     let mut send = h1(TcpStream::connect(h.addr).await.unwrap()).await;

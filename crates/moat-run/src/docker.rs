@@ -25,6 +25,7 @@ pub(crate) async fn run_container(
     plan: &RunPlan,
     docker: &DockerPlan,
     resolved: &[moat_credentials::ResolvedGrant],
+    ssh: Option<(&crate::ssh::SshAccess, &crate::ssh::RunningSsh)>,
     meta: &mut RunMetadata,
     run_dir: &std::path::Path,
     registration: &moat_daemon::Registration,
@@ -107,6 +108,31 @@ pub(crate) async fn run_container(
             read_only: m.read_only,
         })
         .collect();
+    if let Some((access, running)) = ssh {
+        spec.mounts.push(moat_runtime_docker::BindMount {
+            source: running.dir().to_path_buf(),
+            target: crate::ssh::AGENT_DIR_IN_SANDBOX.into(),
+            read_only: false,
+        });
+        spec.mounts.push(moat_runtime_docker::BindMount {
+            source: std::env::current_exe().map_err(|e| {
+                RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
+            })?,
+            target: crate::ssh::MOAT_IN_SANDBOX.into(),
+            read_only: true,
+        });
+        spec.env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+        spec.env.push((
+            "SSH_AUTH_SOCK".into(),
+            crate::ssh::AGENT_SOCKET_IN_SANDBOX.into(),
+        ));
+        spec.files
+            .extend(access.files().into_iter().map(|f| InjectedFile {
+                path_in_sandbox: f.path_in_sandbox,
+                contents: f.contents,
+                mode: f.mode,
+            }));
+    }
     spec.user = Some((
         if uid == 0 {
             moat_runtime_docker::FALLBACK_UID

@@ -5,7 +5,8 @@
 //! once), check MCP grants, claim the run name, record the run, register
 //! it with the proxy daemon (starting the daemon if needed), build the
 //! sandbox's environment and files (proxy variables with the run token,
-//! the CA and a trust bundle, placeholders), start the sandbox, stream its
+//! the CA and a trust bundle, placeholders), start the SSH agent proxy for
+//! SSH grants, start the sandbox, stream its
 //! output to the terminal and to `logs.jsonl`, forward signals, and on exit
 //! unregister the run and record how it ended.
 //!
@@ -16,7 +17,9 @@
 mod docker;
 mod environment;
 mod plan;
+mod ssh;
 mod supervise;
 
 pub use crate::plan::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};

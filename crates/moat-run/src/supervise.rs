@@ -62,6 +62,9 @@ pub enum RunError {
     /// The credential store failed.
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    /// SSH grants or the SSH agent.
+    #[error(transparent)]
+    Ssh(#[from] moat_ssh::SshError),
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),
@@ -94,6 +97,7 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         }
     }
     let resolved = resolve_grants(&credentials, &registry, &grants, Utc::now())?;
+    let ssh = crate::ssh::SshAccess::resolve(home, plan.profile.as_ref(), &grants)?;
 
     let runs = RunStore::new(home.clone());
     moat_home::ensure_private_dir(&home.runs_dir())?;
@@ -139,7 +143,7 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
     };
     let run_dir = runs.dir(&meta.id);
 
-    let result = start_and_wait(home, plan, &resolved, &mut meta, &run_dir);
+    let result = start_and_wait(home, plan, &resolved, ssh.as_ref(), &mut meta, &run_dir);
     match &result {
         Ok(code) => {
             meta.state = RunState::Stopped;
@@ -178,6 +182,7 @@ fn start_and_wait(
     home: &MoatHome,
     plan: &RunPlan,
     resolved: &[moat_credentials::ResolvedGrant],
+    ssh: Option<&crate::ssh::SshAccess>,
     meta: &mut RunMetadata,
     run_dir: &std::path::Path,
 ) -> Result<i32, RunError> {
@@ -201,7 +206,8 @@ fn start_and_wait(
             Ok::<_, RunError>(gateway.into_iter().collect())
         })?,
     };
-    let spec = run_spec(listen, plan, resolved, meta, run_dir);
+    let mut spec = run_spec(listen, plan, resolved, meta, run_dir);
+    spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
     let (client, registration) = runtime.block_on(async {
         let client = DaemonClient::connect_or_start(home, &StartOptions::from_env()?).await?;
         let registration = client.register(spec).await?;
@@ -214,14 +220,30 @@ fn start_and_wait(
         }
     };
 
+    // A root caller's containers run as an unprivileged uid, which must
+    // be able to open the agent socket; native sandboxes map our own uid.
+    let owner = match (&plan.runtime, rustix::process::getuid().as_raw()) {
+        (crate::RuntimePlan::Docker(_), 0) => Some(moat_runtime_docker::FALLBACK_UID),
+        _ => None,
+    };
+    let running_ssh = match ssh.map(|s| s.start(&run_id, &client, owner)).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            unregister(&runtime);
+            return Err(e);
+        }
+    };
+    let ssh_ctx = ssh.zip(running_ssh.as_ref());
+
     let result = match &plan.runtime {
         crate::RuntimePlan::Native => {
-            run_sandbox(plan, resolved, meta, run_dir, &registration, home)
+            run_sandbox(plan, resolved, ssh_ctx, meta, run_dir, &registration, home)
         }
         crate::RuntimePlan::Docker(docker) => runtime.block_on(crate::docker::run_container(
             plan,
             docker,
             resolved,
+            ssh_ctx,
             meta,
             run_dir,
             &registration,
@@ -229,6 +251,7 @@ fn start_and_wait(
             home.root(),
         )),
     };
+    drop(running_ssh);
     unregister(&runtime);
     result
 }
@@ -282,6 +305,8 @@ fn run_spec(
         injections,
         mcp,
         trace_path: Some(run_dir.join("network.jsonl")),
+        audit_path: Some(run_dir.join("audit.jsonl")),
+        ssh_hosts: Vec::new(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
     }
@@ -290,6 +315,7 @@ fn run_spec(
 fn run_sandbox(
     plan: &RunPlan,
     resolved: &[moat_credentials::ResolvedGrant],
+    ssh: Option<(&crate::ssh::SshAccess, &crate::ssh::RunningSsh)>,
     meta: &mut RunMetadata,
     run_dir: &std::path::Path,
     registration: &moat_daemon::Registration,
@@ -336,6 +362,26 @@ fn run_sandbox(
             read_only: m.read_only,
         })
         .collect();
+    if let Some((access, running)) = ssh {
+        spec.mounts.push(BindMount {
+            source: running.dir().to_path_buf(),
+            target: crate::ssh::AGENT_DIR_IN_SANDBOX.into(),
+            read_only: false,
+        });
+        spec.mounts.push(BindMount {
+            source: std::env::current_exe().map_err(|e| {
+                RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
+            })?,
+            target: crate::ssh::MOAT_IN_SANDBOX.into(),
+            read_only: true,
+        });
+        spec.env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
+        spec.env.push((
+            "SSH_AUTH_SOCK".into(),
+            crate::ssh::AGENT_SOCKET_IN_SANDBOX.into(),
+        ));
+        spec.files.extend(access.files());
+    }
     spec.stdio = if plan.interactive {
         StdioMode::Inherit
     } else if plan.detached {

@@ -4,8 +4,11 @@
 //!
 //! Tests point the proxy at it with `MOAT_CONNECT_TO` (so a request for
 //! `api.github.com:443` lands here) and `MOAT_UPSTREAM_CA_FILE` (so the
-//! proxy trusts this CA). Nothing here touches a public host.
+//! proxy trusts this CA). [`ssh`] runs real OpenSSH peers. Nothing here
+//! touches a public host.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod ssh;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

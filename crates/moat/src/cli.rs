@@ -54,11 +54,26 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Remove every stopped run.
     Clean(CleanArgs),
+    /// Check what moat needs here; print the fix for each problem.
+    Doctor,
+    /// A run's timeline, or with --network its proxied requests.
+    Trace(TraceArgs),
+    /// Verify a run's tamper-evident audit log, or export it.
+    Audit(AuditArgs),
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
     #[command(name = "__daemon", hide = true)]
     Daemon,
+    /// Inside a sandbox: the `ssh` ProxyCommand that reaches a granted SSH
+    /// host through moat's proxy.
+    #[command(name = "__ssh-connect", hide = true)]
+    SshConnect {
+        /// SSH host.
+        host: String,
+        /// SSH port.
+        port: u16,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +208,43 @@ pub struct CleanArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "With --network, -v adds each request's headers and bodies (as recorded: injected credentials are [REDACTED]) and --json prints the records."
+)]
+pub struct TraceArgs {
+    /// Run id, id prefix or name (default: the most recent run).
+    pub run: Option<String>,
+    /// List the run's requests: [HH:MM:SS.mmm] METHOD URL STATUS (DURATION).
+    #[arg(long)]
+    pub network: bool,
+    /// Write the requests as an HTTP Archive (HAR 1.2) for browser devtools.
+    #[arg(long, value_name = "FILE")]
+    pub har: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Run id, id prefix or name (default: the most recent run).
+    pub run: Option<String>,
+    /// Write a self-contained proof bundle (entries and attestations) to
+    /// FILE instead of printing the verdict.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an exported bundle with only the public key inside it.
+    Verify {
+        /// The bundle (from moat audit RUN --export FILE).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct GrantArgs {
     #[command(subcommand)]
@@ -203,9 +255,21 @@ pub struct GrantArgs {
     pub provider: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
-    /// npm: the registry host the token belongs to.
+    /// npm: the registry host the token belongs to. ssh: the host the key
+    /// may sign for (`moat grant ssh --host github.com`).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// ssh: the agent key to use, by fingerprint (SHA256:...) or public or
+    /// private key file (default: the agent's only key, or a prompt).
+    #[arg(long, value_name = "FINGERPRINT|PATH")]
+    pub key: Option<String>,
+    /// ssh: the server's host key to pin ("ssh-ed25519 AAAA..." or a file
+    /// of such lines); default: the host's entries in ~/.ssh/known_hosts.
+    #[arg(long, value_name = "KEY|PATH")]
+    pub host_key: Option<String>,
+    /// ssh: the server's SSH port.
+    #[arg(long, value_name = "PORT", default_value_t = 22)]
+    pub port: u16,
     /// claude: import this Claude Code credentials file.
     #[arg(long, value_name = "PATH")]
     pub from_file: Option<PathBuf>,

@@ -14,7 +14,10 @@ fn main() -> ExitCode {
     // init, and that process must not parse arguments or start threads.
     moat_runtime_native::init::maybe_run_init();
     let cli = cli::Cli::parse();
-    output::init_logging(cli.global.verbose);
+    // Inside a sandbox (the ssh ProxyCommand) there is no MOAT_HOME to log to.
+    if !matches!(cli.command, cli::Command::SshConnect { .. }) {
+        output::init_logging(cli.global.verbose);
+    }
     tracing::debug!(command = ?std::env::args().nth(1), pid = std::process::id(), "moat started");
     match commands::dispatch(cli) {
         Ok(code) => code,

@@ -307,6 +307,7 @@ impl Harness {
                 policy,
                 mcp: vec![],
                 trace: Some(self.trace_path(run)),
+                tunnels: vec![],
             })
             .unwrap()
     }

@@ -29,6 +29,7 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
             let obtained = source::obtain_mcp(&name, &opts)?;
             store_obtained(ctx, &grant, obtained, moat_credentials::ProviderKind::Token)
         }
+        None if args.provider.as_deref() == Some("ssh") => super::ssh::grant(ctx, &args),
         None => {
             let Some(provider) = args.provider else {
                 bail!(
@@ -54,6 +55,9 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
             let spec = registry.require(name)?;
             if name != "npm" && args.host.is_some() {
                 bail!("--host applies to npm only (and to ssh grants)");
+            }
+            if args.key.is_some() || args.host_key.is_some() || args.port != 22 {
+                bail!("--key, --host-key and --port apply to ssh grants only: moat grant ssh --host HOST");
             }
             if name != "claude" && args.from_file.is_some() {
                 bail!("--from-file applies to claude only");
@@ -193,6 +197,16 @@ fn list(ctx: &Context) -> Result<ExitCode> {
                 error: Some(e.to_string()),
             },
         })
+        .chain(super::ssh::grants(ctx)?.into_iter().map(|g| ListRow {
+            provider: format!("ssh:{}", g.host),
+            profile: ctx.profile_name().to_string(),
+            kind: Some("ssh-key".into()),
+            source: Some(g.fingerprint),
+            granted_at: Some(g.granted_at),
+            expires_at: None,
+            status: "ok".into(),
+            error: None,
+        }))
         .collect();
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -368,10 +382,9 @@ fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
 
 pub fn revoke(ctx: &Context, args: RevokeArgs) -> Result<ExitCode> {
     let grant = GrantName::parse(&args.provider)?;
-    let Some(stem) = grant.file_stem() else {
-        bail!(
-            "SSH grants are revoked with: moat revoke ssh:HOST (not yet supported in this build)"
-        );
+    let stem = match &grant {
+        GrantName::Ssh(host) => return super::ssh::revoke(ctx, host),
+        other => other.file_stem().unwrap_or_default(),
     };
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
     store.remove(&stem)?;

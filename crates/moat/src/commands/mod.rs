@@ -1,12 +1,16 @@
 //! One module per command family; each turns parsed arguments into calls
 //! on the library crates and prints the result.
 
+mod audit;
 mod deps;
+mod doctor;
 mod grant;
 mod proxy;
 mod run;
 mod runs;
+mod ssh;
 mod status;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -64,12 +68,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
+        Command::SshConnect { host, port } => ssh::connect(&host, port),
         Command::Status => status::status(&Context::from_global(&cli.global)?),
         Command::List => runs::list(&Context::from_global(&cli.global)?),
         Command::Logs(args) => runs::logs(&Context::from_global(&cli.global)?, args),
         Command::Stop(args) => runs::stop(&Context::from_global(&cli.global)?, args),
         Command::Destroy(args) => runs::destroy(&Context::from_global(&cli.global)?, args),
         Command::Clean(args) => runs::clean(&Context::from_global(&cli.global)?, args),
+        Command::Trace(args) => trace::trace(&Context::from_global(&cli.global)?, args),
+        Command::Doctor => doctor::doctor(&Context::from_global(&cli.global)?),
+        Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
     }
 }
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# HTTPS GETs with credential injection through moat-proxy, compared in the
+# same run with a direct connection and with mitmproxy. Everything listens
+# on 127.0.0.1; each load run is bounded (DUR, default 10s).
+#
+# Needs: apt-get install -y nginx-light hey openssl
+#        python3 -m venv /tmp/mv && /tmp/mv/bin/pip install mitmproxy
+# Usage: bench/proxy/run.sh            (from the repository root)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DUR=${DUR:-10s}
+CONC=${CONC:-32}
+MITMDUMP=${MITMDUMP:-/tmp/mv/bin/mitmdump}
+NGINX_PORT=18443
+MOAT_PORT=18080
+MITM_PORT=18081
+W=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+echo "== building (release)"
+(cd "$ROOT" && cargo build -q --release -p moat-proxy --examples)
+BIN="$ROOT/target/release/examples"
+
+echo "== certificates"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench upstream CA" -keyout "$W/up-ca.key" -out "$W/up-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj "/CN=127.0.0.1" -keyout "$W/up.key" -out "$W/up.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$W/ext"
+openssl x509 -req -in "$W/up.csr" -CA "$W/up-ca.pem" -CAkey "$W/up-ca.key" -CAcreateserial \
+    -days 2 -extfile "$W/ext" -out "$W/up.pem" 2>/dev/null
+
+echo "== nginx on 127.0.0.1:$NGINX_PORT"
+mkdir -p "$W/nginx"
+cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $W/nginx;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl;
+        ssl_certificate $W/up.pem;
+        ssl_certificate_key $W/up.key;
+        location / { return 200 "ok\n"; }
+    }
+}
+CONF
+nginx -c "$W/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port $NGINX_PORT
+
+echo "== moat-proxy (examples/bench_server) on 127.0.0.1:$MOAT_PORT"
+"$BIN/bench_server" 127.0.0.1:$MOAT_PORT "$W/moat-ca" "$W/up-ca.pem" "$W/token" 127.0.0.1 &
+MOAT_PID=$!
+PIDS+=($MOAT_PID)
+wait_port $MOAT_PORT
+TOKEN=$(cat "$W/token")
+sleep 1
+RSS_IDLE=$(rss_kb $MOAT_PID)
+
+echo "== mitmproxy on 127.0.0.1:$MITM_PORT"
+"$MITMDUMP" -q -p $MITM_PORT -s "$ROOT/bench/proxy/addon.py" \
+    --set ssl_verify_upstream_trusted_ca="$W/up-ca.pem" --set confdir="$W/mitm" &
+PIDS+=($!)
+wait_port $MITM_PORT
+for _ in $(seq 1 50); do [ -f "$W/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 0.1; done
+
+cat "$W/up-ca.pem" "$W/moat-ca/ca.crt" "$W/mitm/mitmproxy-ca-cert.pem" > "$W/trust.pem"
+URL="https://127.0.0.1:$NGINX_PORT/"
+export SSL_CERT_FILE="$W/trust.pem"
+
+# Sanity: moat injects, and refuses without the token.
+curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat check: %{http_code}\n' \
+    -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$URL"
+curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_code} (want 407)\n' \
+    -x "http://127.0.0.1:$MOAT_PORT" "$URL" 2>/dev/null || true
+
+hey_run() { # name, extra args...
+    local name=$1; shift
+    local out
+    out=$(hey "$@" "$URL")
+    local rps p50 p99 errs
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '/ 50%% in/ || / 50% in/ {print $3}' <<<"$out")
+    p99=$(awk '/ 99% in/ {print $3}' <<<"$out")
+    errs=$(grep -c -E '^\s+\[[0-9]+\]' <<<"$out" || true)
+    local non200
+    non200=$(awk '/Status code distribution/ {f=1; next} f && /\[/ && !/\[200\]/ {print}' <<<"$out" | tr -s ' ' | paste -sd ';' -)
+    printf '%-22s %10s req/s   p50 %8.3f ms   p99 %8.3f ms   %s\n' "$name" "$rps" \
+        "$(awk -v s="$p50" 'BEGIN{print s*1000}')" "$(awk -v s="$p99" 'BEGIN{print s*1000}')" "${non200:-all 200}"
+}
+
+echo "== throughput: hey -z $DUR -c $CONC (keep-alive)"
+hey_run "direct" -z "$DUR" -c "$CONC"
+hey_run "moat-proxy" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+RSS_LOAD=$(rss_kb $MOAT_PID)
+hey_run "mitmproxy" -z "$DUR" -c "$CONC" -x "http://127.0.0.1:$MITM_PORT"
+
+echo "== latency: hey -z 5s -c 1 (keep-alive)"
+hey_run "direct c=1" -z 5s -c 1
+hey_run "moat-proxy c=1" -z 5s -c 1 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+hey_run "mitmproxy c=1" -z 5s -c 1 -x "http://127.0.0.1:$MITM_PORT"
+
+echo "== new-host handshake (CONNECT + TLS with the proxy; leaf minted vs cached)"
+"$BIN/bench_handshake" 127.0.0.1:$MOAT_PORT "$TOKEN" "$W/moat-ca/ca.crt" 300
+
+echo "== moat-proxy RSS: idle ${RSS_IDLE} kB, after the 32-connection run $(rss_kb $MOAT_PID) kB (peak during it ~${RSS_LOAD} kB)"

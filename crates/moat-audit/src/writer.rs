@@ -1,0 +1,317 @@
+//! The background writer of one run's log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::verify::{Attestation, SigFile};
+use crate::{AuditError, Entry, SigningKey};
+
+type Reply<T> = SyncSender<Result<T, String>>;
+
+enum Msg {
+    Event {
+        ts: String,
+        kind: String,
+        data: Value,
+    },
+    Flush(Reply<()>),
+    Seal(Arc<SigningKey>, Reply<Option<Attestation>>),
+}
+
+/// Appends entries to one log from a background thread.
+///
+/// [`AuditWriter::append`] never blocks; [`AuditWriter::flush`] and
+/// [`AuditWriter::close`] wait for the thread and are for the end of a run
+/// and tests. Dropping the writer lets the thread write what is queued and
+/// exit.
+pub struct AuditWriter {
+    tx: SyncSender<Msg>,
+    dropped: Arc<AtomicU64>,
+    total_dropped: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter")
+            .field("path", &self.path)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long `flush` and `close` wait for the writer thread.
+const WAIT: Duration = Duration::from_secs(10);
+
+impl AuditWriter {
+    /// Opens the log at `path` (created `0600`, in a `0700` directory),
+    /// continuing its chain if it has entries, and starts the writer with a
+    /// queue of `queue` events. Refuses a log whose last line is damaged.
+    pub fn open(path: &Path, queue: usize) -> Result<AuditWriter, AuditError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                moat_home::ensure_private_dir(dir)?;
+            }
+        }
+        let head = match std::fs::read(path) {
+            Ok(bytes) => last_entry(path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AuditError::io("reading", path, e)),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| AuditError::io("opening", path, e))?;
+        let (tx, rx) = mpsc::sync_channel(queue.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let state = Thread {
+            out: BufWriter::with_capacity(64 * 1024, file),
+            head,
+            dropped: dropped.clone(),
+            path: path.to_path_buf(),
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("moat-audit".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| AuditError::io("starting the writer for", path, e))?;
+        Ok(AuditWriter {
+            tx,
+            dropped,
+            total_dropped: AtomicU64::new(0),
+            thread: Some(thread),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues an event, timestamped now; never blocks. When the queue is
+    /// full the event is counted as dropped, and the count is recorded in
+    /// the log as soon as there is room.
+    pub fn append(&self, kind: &str, data: Value) {
+        let msg = Msg::Event {
+            ts: crate::now_ts(),
+            kind: kind.to_owned(),
+            data,
+        };
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                let n = self.total_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(path = %self.path.display(), dropped = n, "audit queue full; dropping events");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.total_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued so far is written and synced.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.request(Msg::Flush(reply), rx)
+    }
+
+    /// Waits until everything queued so far is written, then seals the log
+    /// with `key` (when given and the log has entries): the head hash is
+    /// signed and the attestation added to the sidecar file. Blocks for at
+    /// most a few seconds; returns the new attestation. Entries appended
+    /// later are not covered until the next seal.
+    pub fn seal(&self, key: Option<Arc<SigningKey>>) -> Result<Option<Attestation>, AuditError> {
+        match key {
+            Some(key) => {
+                let (reply, rx) = mpsc::sync_channel(1);
+                self.request(Msg::Seal(key, reply), rx)
+            }
+            None => self.flush().map(|()| None),
+        }
+    }
+
+    /// [`AuditWriter::seal`], then stops the writer thread.
+    pub fn close(
+        mut self,
+        key: Option<Arc<SigningKey>>,
+    ) -> Result<Option<Attestation>, AuditError> {
+        let result = self.seal(key);
+        if let Some(thread) = self.thread.take() {
+            // Dropping our sender ends the thread once it has drained.
+            let (dummy, _) = mpsc::sync_channel(1);
+            drop(std::mem::replace(&mut self.tx, dummy));
+            let _ = thread.join();
+        }
+        result
+    }
+
+    fn request<T>(&self, msg: Msg, rx: Receiver<Result<T, String>>) -> Result<T, AuditError> {
+        let gone = || AuditError::WriterGone {
+            path: self.path.clone(),
+        };
+        self.tx.send(msg).map_err(|_| gone())?;
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(AuditError::Write {
+                path: self.path.clone(),
+                reason,
+            }),
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+/// The last entry of an existing log; an error when the last line is not
+/// an entry (appending would bury the damage).
+fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
+    let lines = crate::verify::parse_lines(bytes);
+    match lines.into_iter().last() {
+        None => Ok(None),
+        Some((_, Ok(entry))) if bytes.ends_with(b"\n") => Ok(Some(entry)),
+        Some((line, Ok(_))) => Err(AuditError::Damaged {
+            path: path.to_path_buf(),
+            line,
+            reason: "no newline at the end".into(),
+        }),
+        Some((line, Err(reason))) => Err(AuditError::Damaged {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        }),
+    }
+}
+
+struct Thread {
+    out: BufWriter<File>,
+    head: Option<Entry>,
+    dropped: Arc<AtomicU64>,
+    path: PathBuf,
+    failed: Option<String>,
+}
+
+impl Thread {
+    fn run(mut self, rx: Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            let mut next = Some(msg);
+            let mut pending: Vec<Msg> = Vec::new();
+            // A batch: everything queued right now, written, then synced once.
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Event { ts, kind, data } => {
+                        self.record_drops();
+                        self.write(ts, &kind, data);
+                    }
+                    other => pending.push(other),
+                }
+                next = rx.try_recv().ok();
+            }
+            self.record_drops();
+            self.sync();
+            for msg in pending {
+                match msg {
+                    Msg::Event { .. } => {}
+                    Msg::Flush(reply) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Msg::Seal(key, reply) => {
+                        let _ = reply.send(self.seal(&key));
+                    }
+                }
+            }
+        }
+        self.record_drops();
+        self.sync();
+    }
+
+    fn record_drops(&mut self) {
+        let n = self.dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            self.write(
+                crate::now_ts(),
+                "audit",
+                json!({"action": "dropped", "count": n}),
+            );
+        }
+    }
+
+    fn write(&mut self, ts: String, kind: &str, data: Value) {
+        let entry = Entry::next(self.head.as_ref(), ts, kind, data);
+        let mut line = match serde_json::to_vec(&entry) {
+            Ok(l) => l,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        line.push(b'\n');
+        match self.out.write_all(&line) {
+            Ok(()) => self.head = Some(entry),
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Err(e) = self
+            .out
+            .flush()
+            .and_then(|()| self.out.get_ref().sync_data())
+        {
+            self.fail(e.to_string());
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::warn!(path = %self.path.display(), error = %reason, "writing the audit log");
+            self.failed = Some(reason);
+        }
+    }
+
+    fn status(&self) -> Result<(), String> {
+        match &self.failed {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn seal(&mut self, key: &SigningKey) -> Result<Option<Attestation>, String> {
+        self.status()?;
+        let Some(head) = &self.head else {
+            return Ok(None);
+        };
+        let att = Attestation::sign(head, key);
+        let sig_path = crate::sig_path(&self.path);
+        let mut file = match moat_home::read_if_exists(&sig_path) {
+            Ok(Some(bytes)) => serde_json::from_slice::<SigFile>(&bytes)
+                .map_err(|e| format!("{} is damaged ({e}); move it away", sig_path.display()))?,
+            Ok(None) => SigFile {
+                version: 1,
+                attestations: Vec::new(),
+            },
+            Err(e) => return Err(e.to_string()),
+        };
+        file.attestations.push(att.clone());
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        moat_home::write_private_atomic(&sig_path, &bytes).map_err(|e| e.to_string())?;
+        Ok(Some(att))
+    }
+}

@@ -1,0 +1,188 @@
+//! A run's SSH access: its grants checked before anything starts, the
+//! filtering agent proxy on a private socket while it runs, and the files
+//! that point the sandbox's `ssh` at both the proxy's agent and moat's
+//! proxy (a `ProxyCommand` tunnel, so granted hosts are reachable under a
+//! strict policy and no other SSH host is).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use moat_credentials::GrantName;
+use moat_daemon::{DaemonClient, SshHostSpec};
+use moat_home::{MoatHome, Profile};
+use moat_runtime_native::InjectedFile;
+use moat_ssh::{AgentFilter, AgentProxy, SshEvent, SshGrant, SshGrantStore};
+
+use crate::RunError;
+
+/// The directory holding the agent socket inside the sandbox.
+pub const AGENT_DIR_IN_SANDBOX: &str = "/run/moat/ssh-agent";
+/// `SSH_AUTH_SOCK` inside the sandbox.
+pub const AGENT_SOCKET_IN_SANDBOX: &str = "/run/moat/ssh-agent/agent.sock";
+/// The moat binary inside the sandbox (the `ProxyCommand`).
+pub const MOAT_IN_SANDBOX: &str = "/run/moat/bin/moat";
+
+/// The SSH grants of a run, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct SshAccess {
+    grants: Vec<SshGrant>,
+    upstream: PathBuf,
+}
+
+impl SshAccess {
+    /// `None` when the run has no SSH grant; else the grants, or the seed's
+    /// errors: hosts without a grant, then a missing agent.
+    pub(crate) fn resolve(
+        home: &MoatHome,
+        profile: Option<&Profile>,
+        grants: &[GrantName],
+    ) -> Result<Option<Self>, RunError> {
+        let hosts: Vec<String> = grants
+            .iter()
+            .filter_map(|g| match g {
+                GrantName::Ssh(host) => Some(host.clone()),
+                _ => None,
+            })
+            .collect();
+        if hosts.is_empty() {
+            return Ok(None);
+        }
+        let store = SshGrantStore::in_dir(&home.credentials_dir(profile));
+        let grants = store.resolve(&hosts)?;
+        let upstream = moat_ssh::agent_socket_from_env()?;
+        Ok(Some(SshAccess { grants, upstream }))
+    }
+
+    /// The endpoints the proxy must tunnel for this run.
+    pub(crate) fn host_specs(&self) -> Vec<SshHostSpec> {
+        self.grants
+            .iter()
+            .map(|g| SshHostSpec {
+                host: g.host.clone(),
+                port: g.port,
+            })
+            .collect()
+    }
+
+    /// Starts the agent proxy for `run_id`; its events go to the run's
+    /// audit log through the daemon. `owner` is the uid the sandbox's
+    /// processes have on the host, when it differs from ours.
+    pub(crate) fn start(
+        &self,
+        run_id: &str,
+        client: &DaemonClient,
+        owner: Option<u32>,
+    ) -> Result<RunningSsh, RunError> {
+        let dir = std::env::temp_dir().join(format!("moat-ssh-{run_id}"));
+        moat_home::ensure_private_dir(&dir)?;
+        let audit = spawn_audit_forwarder(client.clone(), run_id.to_string());
+        let proxy = AgentProxy::start(
+            &dir.join("agent.sock"),
+            self.upstream.clone(),
+            AgentFilter::new(&self.grants)?,
+            move |event: &SshEvent| {
+                // The forwarder may have stopped with the run; nothing to do.
+                let _ = audit.send(event.clone());
+            },
+        )?;
+        if let Some(uid) = owner {
+            let chown = |p: &Path| {
+                rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(uid)), None).map_err(|e| {
+                    RunError::Other(format!(
+                        "giving the sandbox user the SSH agent socket {}: {e}",
+                        p.display()
+                    ))
+                })
+            };
+            chown(&dir)?;
+            chown(proxy.socket())?;
+        }
+        Ok(RunningSsh { proxy, dir })
+    }
+
+    /// The system-wide `ssh_config` and `ssh_known_hosts` of the sandbox:
+    /// system files (root-owned, 0644, public data only) work for every
+    /// sandbox user and every runtime, where a file in a home would need
+    /// the right owner.
+    pub(crate) fn files(&self) -> Vec<InjectedFile> {
+        let mut config = String::from(
+            "# Written by moat for this run. Granted hosts are reached through\n\
+             # moat's proxy and must present the host key pinned by `moat grant ssh`.\n\
+             Include /etc/ssh/ssh_config.d/*.conf\n",
+        );
+        let mut known = String::new();
+        for g in &self.grants {
+            config.push_str(&format!(
+                "\nHost {host}\n    Port {port}\n    ProxyCommand {MOAT_IN_SANDBOX} __ssh-connect %h %p\n    \
+                 StrictHostKeyChecking yes\n",
+                host = g.host,
+                port = g.port,
+            ));
+            for line in g.known_hosts_lines() {
+                known.push_str(&line);
+                known.push('\n');
+            }
+        }
+        vec![
+            InjectedFile {
+                path_in_sandbox: PathBuf::from("/etc/ssh/ssh_config"),
+                contents: config.into_bytes(),
+                mode: 0o644,
+            },
+            InjectedFile {
+                path_in_sandbox: PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                contents: known.into_bytes(),
+                mode: 0o644,
+            },
+        ]
+    }
+}
+
+/// Sends agent events to the daemon from a thread of its own: the agent
+/// proxy's threads never wait on the daemon.
+fn spawn_audit_forwarder(client: DaemonClient, run_id: String) -> mpsc::Sender<SshEvent> {
+    let (tx, rx) = mpsc::channel::<SshEvent>();
+    let spawned = std::thread::Builder::new()
+        .name("moat-ssh-audit".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            for event in rx {
+                let data = serde_json::to_value(&event).unwrap_or_default();
+                if let Err(e) = runtime.block_on(client.audit(&run_id, "ssh", data)) {
+                    tracing::warn!(error = %e, "recording an SSH agent event in the audit log");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting the SSH audit forwarder");
+    }
+    tx
+}
+
+/// The agent proxy of a running run; dropping it stops the proxy and
+/// removes its socket directory.
+pub(crate) struct RunningSsh {
+    proxy: AgentProxy,
+    dir: PathBuf,
+}
+
+impl RunningSsh {
+    /// The host directory holding the socket (mounted at
+    /// [`AGENT_DIR_IN_SANDBOX`]).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RunningSsh {
+    fn drop(&mut self) {
+        tracing::debug!(socket = %self.proxy.socket().display(), "stopping the SSH agent proxy");
+        let _ = std::fs::remove_file(self.proxy.socket());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

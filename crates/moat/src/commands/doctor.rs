@@ -1,0 +1,477 @@
+//! `moat doctor`: one line per check of what moat needs here, and for each
+//! problem the command that fixes it. Exits non-zero when something must be
+//! fixed; warnings (an optional piece missing) do not.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use moat_credentials::CredentialStore;
+use moat_daemon::{lockfile, DaemonClient, DaemonPaths};
+use serde::Serialize;
+
+use super::{block_on, Context};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "[ok]  ",
+            Status::Warn => "[warn]",
+            Status::Fail => "[fail]",
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: String,
+    status: Status,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn ok(name: &str, message: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: Status::Ok,
+        message: message.into(),
+        fix: None,
+    }
+}
+
+fn problem(
+    status: Status,
+    name: &str,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name: name.into(),
+        status,
+        message: message.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+pub fn doctor(ctx: &Context) -> Result<ExitCode> {
+    let mut checks = runtimes()?;
+    checks.extend(daemon(ctx)?);
+    checks.push(ca_files(ctx));
+    checks.push(private_file(
+        "key file",
+        &ctx.home.key_file(),
+        "no key file (the OS keychain holds the key, or the first grant creates the file)",
+    ));
+    checks.push(private_file(
+        "audit signing key",
+        &moat_audit::SigningKey::key_path(&ctx.home.audit_dir()),
+        "not created yet (the proxy daemon creates it)",
+    ));
+    checks.extend(credentials(ctx));
+    checks.push(ssh_agent());
+    checks.push(disk(ctx.home.root()));
+
+    let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        let mut out = String::new();
+        for c in &checks {
+            out.push_str(&format!("{} {}: {}\n", c.status, c.name, c.message));
+            if let Some(fix) = &c.fix {
+                for (i, line) in fix.lines().enumerate() {
+                    let label = if i == 0 { "fix:" } else { "    " };
+                    out.push_str(&format!("       {label} {line}\n"));
+                }
+            }
+        }
+        let warnings = checks.iter().filter(|c| c.status == Status::Warn).count();
+        out.push_str(&match (failures, warnings) {
+            (0, 0) => "\nAll checks passed.\n".to_owned(),
+            (0, w) => format!("\nNo problems that stop moat; {w} warning(s).\n"),
+            (f, _) => format!("\n{f} problem(s) need fixing.\n"),
+        });
+        print!("{out}");
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Native namespaces, Docker and gVisor. A missing runtime is a warning
+/// while the other one works.
+fn runtimes() -> Result<Vec<Check>> {
+    let native = moat_runtime_native::check_support();
+    let docker = block_on(moat_runtime_docker::DockerRuntime::connect())?;
+    let docker_ok = docker.is_ok();
+    let mut checks = Vec::new();
+    checks.push(match &native {
+        Ok(()) => ok("native sandbox", "user namespaces work"),
+        Err(e) => problem(
+            if docker_ok { Status::Warn } else { Status::Fail },
+            "native sandbox",
+            format!("not available: {e}"),
+            "allow unprivileged user namespaces (the message names what blocks them), e.g.\n\
+             sudo sysctl -w user.max_user_namespaces=15000 kernel.apparmor_restrict_unprivileged_userns=0",
+        ),
+    });
+    match docker {
+        Ok(rt) => {
+            checks.push(ok("docker", format!("reachable at {}", rt.endpoint())));
+            let gvisor = block_on(rt.has_runtime(moat_runtime_docker::GVISOR_RUNTIME))?;
+            checks.push(match gvisor {
+                Ok(true) => ok("gvisor", "runsc is registered with Docker"),
+                Ok(false) => problem(
+                    Status::Warn,
+                    "gvisor",
+                    "runsc is not registered with Docker: Docker runs need --no-sandbox",
+                    "install gVisor and register it in /etc/docker/daemon.json:\n\
+                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\"]}}}\n\
+                     then: sudo systemctl restart docker",
+                ),
+                Err(e) => problem(
+                    Status::Warn,
+                    "gvisor",
+                    format!("cannot list Docker runtimes: {}", first_line(&e.to_string())),
+                    "check the Docker daemon: docker info",
+                ),
+            });
+        }
+        Err(e) => {
+            let status = if native.is_ok() {
+                Status::Warn
+            } else {
+                Status::Fail
+            };
+            checks.push(problem(
+                status,
+                "docker",
+                format!("not reachable: {}", first_line(&e.to_string())),
+                "start the Docker daemon (sudo systemctl start docker) and make sure you may use \
+                 it (sudo usermod -aG docker $USER, then log in again); runs use the native \
+                 sandbox meanwhile",
+            ));
+        }
+    }
+    Ok(checks)
+}
+
+fn daemon(ctx: &Context) -> Result<Vec<Check>> {
+    let paths = DaemonPaths::new(&ctx.home);
+    let info = match lockfile::read_info(&paths.lock) {
+        Ok(Some(info)) => info,
+        Ok(None) if paths.lock.exists() => {
+            return Ok(vec![problem(
+                Status::Fail,
+                "proxy daemon",
+                format!("{} is damaged", paths.lock.display()),
+                format!("rm {}", paths.lock.display()),
+            )])
+        }
+        Ok(None) => {
+            return Ok(vec![ok(
+                "proxy daemon",
+                "not running (it starts with the next run)",
+            )])
+        }
+        Err(e) => {
+            return Ok(vec![problem(
+                Status::Fail,
+                "proxy daemon",
+                e.to_string(),
+                format!("rm {}", paths.lock.display()),
+            )])
+        }
+    };
+    if !lockfile::pid_alive(info.pid) {
+        return Ok(vec![problem(
+            Status::Warn,
+            "proxy daemon",
+            format!(
+                "stale lock file: pid {} in {} is not running",
+                info.pid,
+                paths.lock.display()
+            ),
+            format!(
+                "rm -f {} {}",
+                paths.lock.display(),
+                paths.control_socket.display()
+            ),
+        )]);
+    }
+    if !paths.control_socket.exists() {
+        return Ok(vec![problem(
+            Status::Fail,
+            "proxy daemon",
+            format!(
+                "pid {} runs but its control socket {} is missing",
+                info.pid,
+                paths.control_socket.display()
+            ),
+            "restart it: moat proxy restart",
+        )]);
+    }
+    let mut checks = Vec::new();
+    match block_on(DaemonClient::connect_existing(&ctx.home))? {
+        Ok(Some(_)) => checks.push(ok(
+            "proxy daemon",
+            format!(
+                "running (pid {}, port {}, version {})",
+                info.pid, info.port, info.version
+            ),
+        )),
+        Ok(None) => checks.push(ok(
+            "proxy daemon",
+            "not running (it starts with the next run)",
+        )),
+        Err(e) => {
+            checks.push(problem(
+                Status::Fail,
+                "proxy daemon",
+                first_line(&e.to_string()).to_owned(),
+                e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
+            ));
+            return Ok(checks);
+        }
+    }
+    let ours = env!("CARGO_PKG_VERSION");
+    if info.version != ours {
+        checks.push(problem(
+            Status::Warn,
+            "proxy daemon version",
+            format!("the daemon is moat {}, this is moat {ours}", info.version),
+            "once no run is active: moat proxy restart",
+        ));
+    }
+    if let Ok(requested) = std::env::var("MOAT_PROXY_PORT") {
+        if let Ok(port) = requested.trim().parse::<u16>() {
+            if port != 0 && port != info.port {
+                checks.push(problem(
+                    Status::Fail,
+                    "proxy port",
+                    format!(
+                        "proxy port mismatch: running on {}, requested {port}",
+                        info.port
+                    ),
+                    "unset MOAT_PROXY_PORT, or stop all runs so the proxy exits and restarts on \
+                     the new port",
+                ));
+            }
+        }
+    }
+    Ok(checks)
+}
+
+fn ca_files(ctx: &Context) -> Check {
+    let dir = ctx.home.ca_dir();
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    match (cert.exists(), key.exists()) {
+        (false, false) => ok(
+            "interception CA",
+            "not created yet (the proxy daemon creates it)",
+        ),
+        (true, true) => match moat_home::mode_of(&key) {
+            Ok(mode) if mode & 0o077 == 0 => ok("interception CA", format!("{}", dir.display())),
+            Ok(mode) => problem(
+                Status::Fail,
+                "interception CA",
+                format!(
+                    "{} has permissions {mode:04o} (expected 0600)",
+                    key.display()
+                ),
+                format!("chmod 600 {}", key.display()),
+            ),
+            Err(e) => problem(
+                Status::Fail,
+                "interception CA",
+                e.to_string(),
+                format!("check the permissions of {}", dir.display()),
+            ),
+        },
+        _ => problem(
+            Status::Fail,
+            "interception CA",
+            format!("only one of ca.crt and ca.key exists in {}", dir.display()),
+            format!(
+                "remove both so the daemon creates a new CA: moat proxy stop && rm -f {} {}",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    }
+}
+
+/// A secret file: absent is fine, any group or other bit is a failure.
+fn private_file(name: &str, path: &Path, absent: &str) -> Check {
+    if !path.exists() {
+        return ok(name, absent);
+    }
+    match moat_home::mode_of(path) {
+        Ok(mode) if mode & 0o077 == 0 => ok(name, format!("{} (0600)", path.display())),
+        Ok(mode) => problem(
+            Status::Fail,
+            name,
+            format!(
+                "{name} has insecure permissions: {} has permissions {mode:04o} (expected 0600).",
+                path.display()
+            ),
+            format!("chmod 600 {}", path.display()),
+        ),
+        Err(e) => problem(
+            Status::Fail,
+            name,
+            e.to_string(),
+            format!("check {}", path.display()),
+        ),
+    }
+}
+
+fn grant_command(provider: &str) -> String {
+    match provider.strip_prefix("mcp-") {
+        Some(name) => format!("moat grant mcp {name}"),
+        None => format!("moat grant {provider}"),
+    }
+}
+
+fn credentials(ctx: &Context) -> Vec<Check> {
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    let entries = match store.list() {
+        Ok(entries) => entries,
+        Err(e) => {
+            return vec![problem(
+                Status::Fail,
+                "credentials",
+                first_line(&e.to_string()).to_owned(),
+                e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
+            )]
+        }
+    };
+    if entries.is_empty() {
+        return vec![ok(
+            "credentials",
+            format!("none stored (profile {})", ctx.profile_name()),
+        )];
+    }
+    let now = chrono::Utc::now();
+    entries
+        .into_iter()
+        .map(|entry| {
+            let name = format!("credential {}", entry.provider);
+            match entry.credential {
+                Ok(c) if c.is_expired(now) => problem(
+                    Status::Fail,
+                    &name,
+                    format!(
+                        "expired at {}",
+                        c.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    ),
+                    grant_command(&entry.provider),
+                ),
+                Ok(c) => ok(
+                    &name,
+                    match c.expires_at {
+                        Some(t) => format!("decrypts; expires {}", t.format("%Y-%m-%d %H:%M UTC")),
+                        None => "decrypts".to_owned(),
+                    },
+                ),
+                Err(e) => problem(
+                    Status::Fail,
+                    &name,
+                    format!("cannot be decrypted: {e} (the encryption key changed?)"),
+                    grant_command(&entry.provider),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// `SSH_AUTH_SOCK` set, and the agent answering a key list request.
+fn ssh_agent() -> Check {
+    let fix = "eval \"$(ssh-agent -s)\" && ssh-add (needed only for ssh: grants)";
+    let Some(sock) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) else {
+        return problem(Status::Warn, "ssh agent", "SSH_AUTH_SOCK is not set", fix);
+    };
+    let sock = PathBuf::from(sock);
+    match agent_key_count(&sock) {
+        Ok(n) => ok(
+            "ssh agent",
+            format!("answering at {} ({n} key(s))", sock.display()),
+        ),
+        Err(e) => problem(
+            Status::Warn,
+            "ssh agent",
+            format!("{} does not answer: {e}", sock.display()),
+            fix,
+        ),
+    }
+}
+
+/// Sends SSH2_AGENTC_REQUEST_IDENTITIES and reads the key count.
+fn agent_key_count(sock: &Path) -> std::io::Result<u32> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(&[0, 0, 0, 1, 11])?;
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header)?;
+    if header[4] != 12 {
+        return Err(std::io::Error::other(format!(
+            "unexpected answer type {}",
+            header[4]
+        )));
+    }
+    Ok(u32::from_be_bytes([
+        header[5], header[6], header[7], header[8],
+    ]))
+}
+
+/// Free space where MOAT_HOME is (or would be).
+fn disk(home: &Path) -> Check {
+    let mut dir = home;
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    match rustix::fs::statvfs(dir) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let text = format!("{:.1} GB free under {}", free as f64 / 1e9, dir.display());
+            let fix = "free space on that filesystem: moat clean removes stopped runs, or set \
+                       MOAT_HOME to a larger disk";
+            if free < 100_000_000 {
+                problem(Status::Fail, "disk", text, fix)
+            } else if free < 1_000_000_000 {
+                problem(Status::Warn, "disk", text, fix)
+            } else {
+                ok("disk", text)
+            }
+        }
+        Err(e) => problem(
+            Status::Warn,
+            "disk",
+            format!("cannot read free space of {}: {e}", dir.display()),
+            "check that the directory is readable",
+        ),
+    }
+}

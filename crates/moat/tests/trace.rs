@@ -1,0 +1,236 @@
+//! End-to-end tests of `moat trace` through the real binary: the request
+//! list of a strict run (allowed, injected and blocked requests), details,
+//! JSON, HAR, damaged trace lines, the timeline, and bad run references.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::TestEnv;
+use moat_testkit::{EchoUpstream, TestCa};
+
+const GH_TOKEN: &str = "ghp_traceE2eSecret0123456789abcdefghij";
+
+struct TraceEnv {
+    env: TestEnv,
+    ca_file: PathBuf,
+    upstream: EchoUpstream,
+}
+
+impl TraceEnv {
+    fn new() -> Self {
+        let env = TestEnv::new();
+        let ca = TestCa::new();
+        let ca_file = ca.write_pem(env.dir.path());
+        let upstream = EchoUpstream::start(&ca, &["api.github.com"]);
+        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
+        TraceEnv {
+            env,
+            ca_file,
+            upstream,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> common::Result {
+        let mut cmd = self.env.moat();
+        cmd.env("MOAT_PROXY_PORT", "0")
+            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
+            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
+            .env(
+                "MOAT_CONNECT_TO",
+                self.upstream.connect_to(&["api.github.com"]),
+            )
+            .current_dir(self.env.dir.path().join("project"))
+            .args(args);
+        common::Result::from(cmd.output().unwrap())
+    }
+
+    /// A strict run that makes one injected request and one blocked one.
+    fn traced_run(&self) -> String {
+        let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
+        self.env
+            .run_with(
+                &["grant", "github"],
+                &[
+                    ("GITHUB_TOKEN", GH_TOKEN),
+                    ("MOAT_GITHUB_API_URL", &api.url),
+                ],
+            )
+            .success();
+        std::fs::write(
+            self.env.dir.path().join("project/moat.yaml"),
+            "name: traced\nnetwork:\n  policy: strict\n",
+        )
+        .unwrap();
+        let script = "curl -sS -o /dev/null https://api.github.com/user -H \"Authorization: Bearer $GH_TOKEN\"; \
+                      curl -sS -o /dev/null https://blocked.test/ || true";
+        let out = self.run(&["run", "--grant", "github", "--", "sh", "-c", script]);
+        out.success();
+        let list: serde_json::Value =
+            serde_json::from_str(&self.run(&["list", "--json"]).stdout).unwrap();
+        list[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    fn network(&self, id: &str) -> PathBuf {
+        self.env
+            .moat_home()
+            .join("runs")
+            .join(id)
+            .join("network.jsonl")
+    }
+}
+
+impl Drop for TraceEnv {
+    fn drop(&mut self) {
+        let _ = self.env.run(&["proxy", "stop"]);
+    }
+}
+
+fn stable(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut l = line.to_owned();
+        if l.starts_with('[') && l.get(13..14) == Some("]") {
+            l.replace_range(1..13, "HH:MM:SS.mmm");
+        }
+        if let (Some(open), Some(close)) = (l.find(" ("), l.find(')')) {
+            if close > open && l[open + 2..close].ends_with('s') {
+                l.replace_range(open + 2..close, "DUR");
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn network_lines_details_json_and_har() {
+    let t = TraceEnv::new();
+    let id = t.traced_run();
+
+    let out = t.run(&["trace", "--network"]);
+    out.success();
+    insta::assert_snapshot!(stable(&out.stdout), @r#"
+    [HH:MM:SS.mmm] GET https://api.github.com/user 200 (DUR)
+    [HH:MM:SS.mmm] CONNECT blocked.test:443 407 (DUR) BLOCKED: Host "blocked.test" is not in the allow list.
+    "#);
+
+    let out = t.run(&["trace", "traced", "--network", "-v"]);
+    out.success();
+    assert!(
+        out.stdout.contains("\n  Request Headers:\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("    authorization: [REDACTED]\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("  Response Headers:\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("  Credential injected: api.github.com\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(GH_TOKEN));
+
+    let out = t.run(&["trace", &id, "--network", "--json"]);
+    out.success();
+    let records: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["policy"], "deny");
+
+    let har_path = t.env.dir.path().join("run.har");
+    let out = t.run(&["trace", &id, "--har", har_path.to_str().unwrap()]);
+    out.success();
+    assert!(out.stderr.contains("Wrote 2 request(s)"), "{}", out.stderr);
+    let har: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&har_path).unwrap()).unwrap();
+    assert_eq!(har["log"]["version"], "1.2");
+    let entries = har["log"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["request"]["method"], "GET");
+    assert_eq!(entries[0]["request"]["url"], "https://api.github.com/user");
+    assert_eq!(entries[0]["response"]["status"], 200);
+    assert!(entries[0]["startedDateTime"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(entries[0]["request"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["value"] == "[REDACTED]"));
+    assert_eq!(entries[1]["request"]["url"], "https://blocked.test:443/");
+
+    // A garbage line and a torn last line are skipped with a warning.
+    let path = t.network(&id);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("garbage\n{\"ts\":\"2025-01-0");
+    std::fs::write(&path, text).unwrap();
+    let out = t.run(&["trace", &id, "--network"]);
+    out.success();
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    let stderr = t.env.redact(&out.stderr).replace(&id, "[RUN]");
+    assert!(
+        stderr.contains("Warning: skipping line 3 of [TMP]/moat/runs/[RUN]/network.jsonl: not a complete request record"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Warning: skipping line 4 of"), "{stderr}");
+
+    // The timeline.
+    let out = t.run(&["trace"]);
+    out.success();
+    let text = out.stdout;
+    assert!(
+        text.starts_with(&format!("Run traced ({id}), stopped\n")),
+        "{text}"
+    );
+    for event in [
+        "run created",
+        "proxy registered",
+        "command started",
+        "command exited with code 0",
+        "proxy unregistered",
+    ] {
+        assert!(
+            text.contains(&format!("] {event}")),
+            "{event} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("2 request(s), 1 blocked"), "{text}");
+}
+
+#[test]
+fn bad_references() {
+    let t = TraceEnv::new();
+    let out = t.run(&["trace", "--network"]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @"Error: no runs yet. Start one with: moat run -- <command>");
+    let out = t.run(&["run", "--name", "quiet", "--", "true"]);
+    out.success();
+    let out = t.run(&["trace", "quiet", "--network"]);
+    out.success();
+    assert!(
+        out.stdout
+            .starts_with("No network requests recorded for run run_"),
+        "{}",
+        out.stdout
+    );
+    let out = t.run(&["trace", "run_ffffffffffff"]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r#"Error: no run matches "run_ffffffffffff". List runs with: moat list"#);
+}

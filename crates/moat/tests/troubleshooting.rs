@@ -1,0 +1,415 @@
+//! Keeps `docs/troubleshooting.md` honest: each test provokes an error
+//! through the real binary and checks that the page shows exactly what the
+//! binary printed (home directories, run ids and ports normalised as the
+//! page explains), under the heading it belongs to. Every heading of the
+//! page must be either provoked here or listed in `NOT_PROVOKED` with the
+//! reason, so a new entry cannot slip in unchecked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::TestEnv;
+use moat_testkit::{EchoUpstream, TestCa};
+
+/// Headings checked by the tests below.
+const PROVOKED: &[&str] = &[
+    "Proxy authentication required (407)",
+    "Invalid proxy token (407)",
+    "request blocked by network policy (407)",
+    "proxy port mismatch",
+    "credential not found: <provider>",
+    "missing grants",
+    "decrypting credential for <provider>",
+    "no secret found, and prompting is disabled",
+    "invalid token (401 Unauthorized) (GitHub)",
+    "MCP server requires grant but it's not configured",
+    "key file has insecure permissions",
+    "Docker runtime requested but not available",
+    "Apple containers are only available on macOS",
+    "agent is already running",
+    "daemon did not start within 5 seconds",
+    "moat.yaml: unknown key",
+    "no run matches",
+    "damaged network trace lines",
+    "has no audit log",
+    "VERDICT: [FAIL] TAMPERED",
+];
+
+/// Headings not provoked here, and why.
+const NOT_PROVOKED: &[(&str, &str)] = &[
+    (
+        "certificate verify failed / x509: certificate signed by unknown authority",
+        "printed by the tool inside the sandbox, not by moat",
+    ),
+    (
+        "HTTP client ignoring proxy",
+        "a client's behaviour, no moat message",
+    ),
+    ("Claude Code token has expired", "needs a Claude Code login"),
+    (
+        "invalid API key (Anthropic)",
+        "covered like the GitHub 401; same code path",
+    ),
+    (
+        "SSH grants require SSH_AUTH_SOCK to be set",
+        "tested with the SSH agent proxy",
+    ),
+    (
+        "no SSH keys configured for hosts",
+        "tested with the SSH agent proxy",
+    ),
+    (
+        "gVisor (runsc) is required but not available",
+        "needs a Docker engine without runsc",
+    ),
+    (
+        "native sandbox not available",
+        "needs user namespaces disabled",
+    ),
+    (
+        "connecting to daemon",
+        "needs a live pid with a dead socket",
+    ),
+    (
+        "registering run with proxy daemon",
+        "needs a daemon of another version",
+    ),
+    ("building image with dependencies", "needs a Docker engine"),
+];
+
+fn page() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/troubleshooting.md"
+    ))
+    .unwrap()
+}
+
+/// The page's text under `### heading`, up to the next heading.
+fn section(heading: &str) -> String {
+    let page = page();
+    let start = page
+        .find(&format!("\n### {heading}\n"))
+        .unwrap_or_else(|| panic!("docs/troubleshooting.md has no heading {heading:?}"));
+    let rest = &page[start + 1..];
+    let end = rest[4..]
+        .find("\n## ")
+        .into_iter()
+        .chain(rest[4..].find("\n### "))
+        .min()
+        .map_or(rest.len(), |e| e + 4);
+    rest[..end].to_owned()
+}
+
+/// Asserts the section shows `message` as a whole code block.
+fn documented(heading: &str, message: &str) {
+    assert!(PROVOKED.contains(&heading), "add {heading:?} to PROVOKED");
+    let block = format!("```\n{}\n```", message.trim_end_matches('\n'));
+    let section = section(heading);
+    assert!(
+        section.contains(&block),
+        "docs/troubleshooting.md, section {heading:?}, must show exactly:\n{block}\n\nIt has:\n{section}"
+    );
+}
+
+struct Env {
+    env: TestEnv,
+    ca_file: PathBuf,
+    upstream: EchoUpstream,
+}
+
+impl Env {
+    fn new() -> Self {
+        let env = TestEnv::new();
+        let ca = TestCa::new();
+        let ca_file = ca.write_pem(env.dir.path());
+        let upstream = EchoUpstream::start(&ca, &["api.github.com"]);
+        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
+        Env {
+            env,
+            ca_file,
+            upstream,
+        }
+    }
+
+    fn project(&self) -> PathBuf {
+        self.env.dir.path().join("project")
+    }
+
+    fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> common::Result {
+        let mut cmd = self.env.moat();
+        cmd.env("MOAT_PROXY_PORT", "0")
+            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
+            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
+            .env(
+                "MOAT_CONNECT_TO",
+                self.upstream.connect_to(&["api.github.com"]),
+            )
+            .current_dir(self.project())
+            .args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        common::Result::from(cmd.output().unwrap())
+    }
+
+    fn run(&self, args: &[&str]) -> common::Result {
+        self.run_with(args, &[])
+    }
+
+    /// As the page writes it: `~/.moat`, `~`, `/path/to/project`,
+    /// `<run-id>`.
+    fn normalize(&self, text: &str) -> String {
+        let text = text
+            .replace(&self.env.moat_home().display().to_string(), "~/.moat")
+            .replace(&self.env.home().display().to_string(), "~")
+            .replace(&self.project().display().to_string(), "/path/to/project");
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("run_") {
+            let id = rest.get(i + 4..i + 16).unwrap_or_default();
+            out.push_str(&rest[..i]);
+            if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push_str("<run-id>");
+                rest = &rest[i + 16..];
+            } else {
+                out.push_str("run_");
+                rest = &rest[i + 4..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn grant_github(&self, status: u16) -> common::Result {
+        let api = common::FakeApi::start(move |_| (status, r#"{"login":"octocat"}"#.into()));
+        self.env.run_with(
+            &["grant", "github"],
+            &[
+                ("GITHUB_TOKEN", "ghp_docsE2eSecret0123456789abcdefghijkl"),
+                ("MOAT_GITHUB_API_URL", &api.url),
+            ],
+        )
+    }
+
+    fn daemon_port(&self) -> u16 {
+        self.run(&["proxy", "start"]).success();
+        let lock = std::fs::read_to_string(self.env.moat_home().join("proxy/daemon.lock")).unwrap();
+        let lock: serde_json::Value = serde_json::from_str(&lock).unwrap();
+        u16::try_from(lock["port"].as_u64().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.env.run(&["proxy", "stop"]);
+    }
+}
+
+fn raw_body(port: u16, extra_header: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n{extra_header}Connection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn every_heading_is_provoked_or_explained() {
+    let page = page();
+    for line in page.lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            assert!(
+                PROVOKED.contains(&heading) || NOT_PROVOKED.iter().any(|(h, _)| *h == heading),
+                "heading {heading:?} is neither provoked nor in NOT_PROVOKED"
+            );
+        }
+    }
+    for heading in PROVOKED.iter().chain(NOT_PROVOKED.iter().map(|(h, _)| h)) {
+        section(heading);
+    }
+}
+
+#[test]
+fn proxy_errors() {
+    let t = Env::new();
+    let port = t.daemon_port();
+    documented("Proxy authentication required (407)", &raw_body(port, ""));
+    documented(
+        "Invalid proxy token (407)",
+        &raw_body(port, "Proxy-Authorization: Bearer not-a-run-token\r\n"),
+    );
+
+    let other = if port == 9 { 10 } else { 9 };
+    let out = t.run_with(
+        &["run", "--", "true"],
+        &[("MOAT_PROXY_PORT", &other.to_string())],
+    );
+    out.failure();
+    let text = out
+        .stderr
+        .replace(&format!("running on {port}"), "running on 8080")
+        .replace(&format!("requested {other}"), "requested 9000");
+    documented("proxy port mismatch", &text);
+
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  policy: strict\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "curl", "-sS", "http://blocked.test/"]);
+    out.success();
+    documented("request blocked by network policy (407)", &out.stdout);
+}
+
+#[test]
+fn credential_errors() {
+    let t = Env::new();
+    let out = t.run(&["grant", "show", "github"]);
+    out.failure();
+    documented("credential not found: <provider>", &out.stderr);
+    let out = t.run(&["run", "--grant", "github", "--", "true"]);
+    out.failure();
+    documented("missing grants", &out.stderr);
+    let out = t.run(&["run", "--grant", "nosuch", "--", "true"]);
+    out.failure();
+    documented("missing grants", &out.stderr);
+    let out = t.run(&["grant", "github", "--no-prompt"]);
+    out.failure();
+    documented("no secret found, and prompting is disabled", &out.stderr);
+
+    let out = t.grant_github(401);
+    out.failure();
+    // Progress lines come before the error.
+    let error = &out.stderr[out.stderr.find("Error: ").unwrap()..];
+    documented("invalid token (401 Unauthorized) (GitHub)", error);
+
+    t.grant_github(200).success();
+    std::fs::write(t.env.moat_home().join("key"), [3u8; 32]).unwrap();
+    let out = t.run(&["grant", "show", "github"]);
+    out.failure();
+    documented("decrypting credential for <provider>", &out.stderr);
+    let out = t.run(&["run", "--grant", "github", "--", "true"]);
+    out.failure();
+    documented("missing grants", &out.stderr);
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        t.env.moat_home().join("key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = t.run(&["grant", "list"]);
+    out.failure();
+    documented(
+        "key file has insecure permissions",
+        &t.normalize(&out.stderr),
+    );
+
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "mcp:\n  - name: my-server\n    url: https://mcp.example.com/mcp\n    auth: { grant: mcp:my-server, header: Authorization }\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented(
+        "MCP server requires grant but it's not configured",
+        &out.stderr,
+    );
+}
+
+#[test]
+fn runtime_configuration_and_run_errors() {
+    let t = Env::new();
+    let out = t.run_with(
+        &["run", "--runtime", "docker", "--", "true"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    out.failure();
+    documented("Docker runtime requested but not available", &out.stderr);
+    let out = t.run(&["run", "--runtime", "apple", "--", "true"]);
+    out.failure();
+    documented("Apple containers are only available on macOS", &out.stderr);
+
+    let out = t.run(&["trace"]);
+    out.failure();
+    documented("no run matches", &out.stderr);
+    let out = t.run(&["audit", "nope"]);
+    out.failure();
+    documented("no run matches", &out.stderr);
+
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "netwrok:\n  policy: strict\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented("moat.yaml: unknown key", &t.normalize(&out.stderr));
+    std::fs::remove_file(t.project().join("moat.yaml")).unwrap();
+
+    let out = t.run(&["run", "-d", "--name", "my-agent", "--", "sleep", "30"]);
+    out.success();
+    let out = t.run(&["run", "--name", "my-agent", "--", "true"]);
+    out.failure();
+    documented("agent is already running", &out.stderr);
+    t.run(&["stop", "my-agent"]).success();
+
+    // Trace and audit of a finished run.
+    t.run(&["run", "--name", "done", "--", "true"]).success();
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let run_dir = t.env.moat_home().join("runs").join(&id);
+    std::fs::write(
+        run_dir.join("network.jsonl"),
+        "{\"ts\":\"2025-01-02T03:04:05Z\",\"method\":\"GET\",\"url\":\"http://a/\"}\n\
+         {\"ts\":\"2025-01-02T03:04:06Z\",\"method\":\"GET\",\"url\":\"http://b/\"}\ngarbage\n",
+    )
+    .unwrap();
+    let out = t.run(&["trace", &id, "--network"]);
+    out.success();
+    documented("damaged network trace lines", &t.normalize(&out.stderr));
+
+    let log = run_dir.join("audit.jsonl");
+    let original = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replacen("\"stopped\"", "\"stoppe_\"", 1);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let out = t.run(&["audit", &id]);
+    assert_eq!(out.code, Some(1));
+    let verdict = out.stdout.lines().last().unwrap();
+    documented("VERDICT: [FAIL] TAMPERED", verdict);
+
+    std::fs::remove_file(&log).unwrap();
+    let out = t.run(&["audit", &id]);
+    out.failure();
+    documented("has no audit log", &t.normalize(&out.stderr));
+}
+
+#[test]
+fn daemon_that_never_starts() {
+    let t = Env::new();
+    let fake = t.env.dir.path().join("fake-moat");
+    std::fs::write(&fake, "#!/bin/sh\nsleep 10\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = t.run_with(
+        &["run", "--", "true"],
+        &[("MOAT_EXECUTABLE", fake.to_str().unwrap())],
+    );
+    out.failure();
+    documented(
+        "daemon did not start within 5 seconds",
+        &t.normalize(&out.stderr),
+    );
+}
