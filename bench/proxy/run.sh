@@ -7,6 +7,7 @@
 #        python3 -m venv /tmp/mv && /tmp/mv/bin/pip install mitmproxy
 # Usage: bench/proxy/run.sh            (from the repository root)
 set -euo pipefail
+ulimit -n 65536 2>/dev/null || true
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10s}
@@ -24,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+
 wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -36,7 +38,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj "/CN=bench upstream CA" -keyout "$W/up-ca.key" -out "$W/up-ca.pem" 2>/dev/null
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
     -subj "/CN=127.0.0.1" -keyout "$W/up.key" -out "$W/up.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$W/ext"
+printf 'subjectAltName=DNS:bench.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$W/ext"
 openssl x509 -req -in "$W/up.csr" -CA "$W/up-ca.pem" -CAkey "$W/up-ca.key" -CAcreateserial \
     -days 2 -extfile "$W/ext" -out "$W/up.pem" 2>/dev/null
 
@@ -46,7 +48,7 @@ cat > "$W/nginx.conf" <<CONF
 worker_processes 1;
 pid $W/nginx.pid;
 error_log $W/nginx-error.log;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
     access_log off;
     client_body_temp_path $W/nginx;
@@ -64,7 +66,8 @@ PIDS+=($!)
 wait_port $NGINX_PORT
 
 echo "== moat-proxy (examples/bench_server) on 127.0.0.1:$MOAT_PORT"
-"$BIN/bench_server" 127.0.0.1:$MOAT_PORT "$W/moat-ca" "$W/up-ca.pem" "$W/token" 127.0.0.1 &
+"$BIN/bench_server" 127.0.0.1:$MOAT_PORT "$W/moat-ca" "$W/up-ca.pem" "$W/token" bench.test \
+    "bench.test:443:127.0.0.1:$NGINX_PORT" &
 MOAT_PID=$!
 PIDS+=($MOAT_PID)
 wait_port $MOAT_PORT
@@ -81,18 +84,24 @@ for _ in $(seq 1 50); do [ -f "$W/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 
 
 cat "$W/up-ca.pem" "$W/moat-ca/ca.crt" "$W/mitm/mitmproxy-ca-cert.pem" > "$W/trust.pem"
 URL="https://127.0.0.1:$NGINX_PORT/"
+# hey takes its proxy from -x only, and sends the URL's host:port as TLS SNI
+# when the URL has a port, which is not a DNS name: rustls (moat) rightly
+# rejects that ClientHello, nginx and mitmproxy let it pass. So moat is
+# given a portless URL, https://bench.test/, that it routes to the same
+# nginx with its connect-to mapping (the production MOAT_CONNECT_TO path).
+MOAT_URL="https://bench.test/"
 export SSL_CERT_FILE="$W/trust.pem"
 
 # Sanity: moat injects, and refuses without the token.
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat check: %{http_code}\n' \
-    -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$URL"
+    -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$MOAT_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_code} (want 407)\n' \
     -x "http://127.0.0.1:$MOAT_PORT" "$URL" 2>/dev/null || true
 
-hey_run() { # name, extra args...
-    local name=$1; shift
+hey_run() { # name, url, extra args...
+    local name=$1 url=$2; shift 2
     local out
-    out=$(hey "$@" "$URL")
+    out=$(hey "$@" "$url")
     local rps p50 p99 errs
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '/ 50%% in/ || / 50% in/ {print $3}' <<<"$out")
@@ -105,17 +114,22 @@ hey_run() { # name, extra args...
 }
 
 echo "== throughput: hey -z $DUR -c $CONC (keep-alive)"
-hey_run "direct" -z "$DUR" -c "$CONC"
-hey_run "moat-proxy" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+hey_run "direct" "$URL" -z "$DUR" -c "$CONC"
+hey_run "moat-proxy" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
 RSS_LOAD=$(rss_kb $MOAT_PID)
-hey_run "mitmproxy" -z "$DUR" -c "$CONC" -x "http://127.0.0.1:$MITM_PORT"
+hey_run "mitmproxy" "$URL" -z "$DUR" -c "$CONC" -x "http://127.0.0.1:$MITM_PORT"
 
 echo "== latency: hey -z 5s -c 1 (keep-alive)"
-hey_run "direct c=1" -z 5s -c 1
-hey_run "moat-proxy c=1" -z 5s -c 1 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
-hey_run "mitmproxy c=1" -z 5s -c 1 -x "http://127.0.0.1:$MITM_PORT"
+hey_run "direct c=1" "$URL" -z 5s -c 1
+hey_run "moat-proxy c=1" "$MOAT_URL" -z 5s -c 1 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+hey_run "mitmproxy c=1" "$URL" -z 5s -c 1 -x "http://127.0.0.1:$MITM_PORT"
 
 echo "== new-host handshake (CONNECT + TLS with the proxy; leaf minted vs cached)"
 "$BIN/bench_handshake" 127.0.0.1:$MOAT_PORT "$TOKEN" "$W/moat-ca/ca.crt" 300
 
+echo "== 1,000 open connections through moat-proxy (hey -z 5s -c 1000)"
+hey_run "moat-proxy c=1000" "$MOAT_URL" -z 5s -c 1000 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$MOAT_PID/status")
+
+echo "== moat-proxy peak RSS over the whole run (VmHWM): ${PEAK} kB"
 echo "== moat-proxy RSS: idle ${RSS_IDLE} kB, after the 32-connection run $(rss_kb $MOAT_PID) kB (peak during it ~${RSS_LOAD} kB)"

@@ -39,6 +39,8 @@ const PROVOKED: &[&str] = &[
     "damaged network trace lines",
     "has no audit log",
     "VERDICT: [FAIL] TAMPERED",
+    "SSH grants require SSH_AUTH_SOCK to be set",
+    "no SSH keys configured for hosts",
 ];
 
 /// Headings not provoked here, and why.
@@ -55,14 +57,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
     (
         "invalid API key (Anthropic)",
         "covered like the GitHub 401; same code path",
-    ),
-    (
-        "SSH grants require SSH_AUTH_SOCK to be set",
-        "tested with the SSH agent proxy",
-    ),
-    (
-        "no SSH keys configured for hosts",
-        "tested with the SSH agent proxy",
     ),
     (
         "gVisor (runsc) is required but not available",
@@ -270,6 +264,17 @@ fn proxy_errors() {
     let out = t.run(&["run", "--", "curl", "-sS", "http://blocked.test/"]);
     out.success();
     documented("request blocked by network policy (407)", &out.stdout);
+}
+
+#[test]
+fn ssh_errors() {
+    let t = Env::new();
+    let out = t.run(&["run", "--grant", "ssh:github.com", "--", "true"]);
+    out.failure();
+    documented("no SSH keys configured for hosts", &out.stderr);
+    let out = t.run(&["grant", "ssh", "--host", "github.com"]);
+    out.failure();
+    documented("SSH grants require SSH_AUTH_SOCK to be set", &out.stderr);
 }
 
 #[test]
