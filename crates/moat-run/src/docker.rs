@@ -40,6 +40,9 @@ pub(crate) async fn run_container(
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| moat_runtime_docker::GVISOR_RUNTIME.to_string());
         rt.require_gvisor(&name).await.map_err(docker_err)?;
+        if ssh.is_some() {
+            require_host_uds(&rt, &name).await?;
+        }
         SandboxRuntime::Gvisor { runtime: name }
     } else {
         SandboxRuntime::Runc
@@ -205,6 +208,28 @@ pub(crate) async fn run_container(
     }
     let code = result?;
     Ok(i32::try_from(code).unwrap_or(1))
+}
+
+/// gVisor refuses connections to host Unix sockets, such as the SSH agent
+/// socket moat mounts, unless runsc runs with `--host-uds=open`.
+async fn require_host_uds(rt: &DockerRuntime, name: &str) -> Result<(), RunError> {
+    let args = rt.runtime_args(name).await.map_err(docker_err)?;
+    let allowed = args.iter().any(|a| {
+        matches!(
+            a.as_str(),
+            "--host-uds=open" | "--host-uds=all" | "-host-uds=open" | "-host-uds=all"
+        ) || a.starts_with("--fsgofer-host-uds")
+    });
+    if allowed {
+        return Ok(());
+    }
+    Err(RunError::Other(format!(
+        "SSH grants under gVisor need runsc to open host Unix sockets (the SSH agent socket), \
+         and the {name:?} runtime is registered without --host-uds=open.\n\
+         To fix: add \"--host-uds=open\" to its runtimeArgs in /etc/docker/daemon.json, e.g.\n  \
+         {{\"runtimes\":{{\"{name}\":{{\"path\":\"/usr/bin/runsc\",\"runtimeArgs\":[\"--network=host\",\"--host-uds=open\"]}}}}}}\n\
+         then restart dockerd; or run this project without gVisor: moat run --no-sandbox"
+    )))
 }
 
 fn docker_err(e: moat_runtime_docker::DockerError) -> RunError {

@@ -182,6 +182,23 @@ impl DockerRuntime {
         Ok(names)
     }
 
+    /// The arguments the daemon passes to the OCI runtime `name`
+    /// (`runtimeArgs` in `daemon.json`); empty when it has none or is not
+    /// registered.
+    pub async fn runtime_args(&self, name: &str) -> Result<Vec<String>, DockerError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| DockerError::engine("reading the daemon's info", e))?;
+        Ok(info
+            .runtimes
+            .unwrap_or_default()
+            .remove(name)
+            .and_then(|r| r.runtime_args)
+            .unwrap_or_default())
+    }
+
     /// Whether the daemon has the OCI runtime `name` registered.
     pub async fn has_runtime(&self, name: &str) -> Result<bool, DockerError> {
         Ok(self.runtimes().await?.iter().any(|r| r == name))

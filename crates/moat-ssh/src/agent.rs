@@ -340,7 +340,7 @@ fn handle(
         Request::Sign { key, data, .. } => {
             let key_fp = fingerprint(key).ok();
             let deny = |detail: String, host: Option<String>| {
-                tracing::warn!(fingerprint = ?key_fp, host = ?host, "refused an SSH signature: {detail}");
+                tracing::info!(fingerprint = ?key_fp, host = ?host, "refused an SSH signature: {detail}");
                 (shared.audit)(&SshEvent {
                     action: SshAction::SignDenied,
                     host,
@@ -419,8 +419,9 @@ fn handle(
             tracing::debug!(extension = %name, "refused an SSH agent extension");
             failure()
         }
+        Request::Legacy(_) => failure(),
         Request::Mutation(_) => {
-            tracing::warn!(
+            tracing::info!(
                 request = request.kind(),
                 "refused an SSH agent request from the sandbox"
             );

@@ -45,6 +45,9 @@ pub mod msg {
     pub const ADD_SMARTCARD_KEY_CONSTRAINED: u8 = 26;
     /// Vendor extension.
     pub const EXTENSION: u8 = 27;
+    /// SSH protocol 1 requests, still sent by `ssh-add -D` and old
+    /// clients: list, challenge, add, remove, remove all, add constrained.
+    pub const LEGACY_SSH1: [u8; 6] = [1, 3, 7, 8, 9, 24];
 }
 
 /// The OpenSSH extension that binds an agent connection to a server's
@@ -248,6 +251,8 @@ pub enum Request<'a> {
     /// A request that changes the agent's keys or state (add, remove,
     /// lock, unlock, smartcard): always refused.
     Mutation(u8),
+    /// An SSH protocol 1 request: refused (moat speaks protocol 2 only).
+    Legacy(u8),
 }
 
 impl Request<'_> {
@@ -263,6 +268,7 @@ impl Request<'_> {
             Request::Mutation(msg::LOCK) => "lock",
             Request::Mutation(msg::UNLOCK) => "unlock",
             Request::Mutation(_) => "smartcard",
+            Request::Legacy(_) => "ssh1-request",
         }
     }
 }
@@ -307,6 +313,10 @@ pub fn decode_request(payload: &[u8]) -> Result<Request<'_>, RequestError> {
             // Bodies hold key material or passphrases: not parsed, not kept.
             r.rest();
             Request::Mutation(kind)
+        }
+        legacy if msg::LEGACY_SSH1.contains(&legacy) => {
+            r.rest();
+            Request::Legacy(legacy)
         }
         other => return Err(RequestError::UnknownType(other)),
     };
@@ -448,6 +458,7 @@ mod tests {
 
     #[test]
     fn unknown_types_and_mutations_are_told_apart() {
+        assert_eq!(decode_request(&[9]).unwrap(), Request::Legacy(9));
         assert!(matches!(
             decode_request(&[200]),
             Err(RequestError::UnknownType(200))

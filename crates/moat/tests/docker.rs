@@ -408,3 +408,72 @@ fn containers_of_a_crashed_cli_are_removed_by_stop() {
     );
     assert!(!running(&container), "container left behind");
 }
+
+/// SSH grants in containers: the agent socket and the `ProxyCommand`
+/// tunnel work under gVisor (runsc with `--host-uds=open`) and runc, with
+/// real OpenSSH on both ends.
+#[test]
+fn ssh_grant_clones_in_containers_under_gvisor_and_runc() {
+    use moat_testkit::ssh::{current_user, git_repo, keygen, openssh_missing, public_key};
+    use moat_testkit::ssh::{SshAgent, Sshd};
+    if !docker_available() {
+        return;
+    }
+    if let Some(why) = openssh_missing() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let t = DockerEnv::new();
+    let dir = t.env.dir.path();
+    let key = keygen(dir, "granted");
+    let agent = SshAgent::start(dir);
+    agent.add(&key);
+    let sshd = Sshd::start(&dir.join("sshd"), &[public_key(&key)]);
+    let repo = git_repo(&dir.join("git"), "repo.git");
+    let connect_to = format!(
+        "{},git.test:22:127.0.0.1:{}",
+        t.upstream.connect_to(&["api.github.com"]),
+        sshd.port()
+    );
+    let sock = agent.socket().to_str().unwrap().to_string();
+    let envs = [
+        ("SSH_AUTH_SOCK", sock.as_str()),
+        ("MOAT_CONNECT_TO", connect_to.as_str()),
+    ];
+    t.run(
+        &[
+            "grant",
+            "ssh",
+            "--host",
+            "git.test",
+            "--host-key",
+            sshd.host_key(),
+        ],
+        &envs,
+    )
+    .success();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "dependencies: [git, openssh-client]\n",
+    )
+    .unwrap();
+    let script = format!(
+        "git clone -q ssh://{}@git.test{} /tmp/clone && cat /tmp/clone/README; ssh-add -L | wc -l",
+        current_user(),
+        repo.display()
+    );
+    for extra in [&[][..], &["--no-sandbox"][..]] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--grant", "ssh:git.test", "--", "sh", "-c", &script]);
+        let out = t.run(&args, &envs);
+        out.success();
+        assert!(
+            out.stdout.contains("hello from the test repository"),
+            "{extra:?}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.trim_end().ends_with('1'), "{}", out.stdout);
+    }
+}

@@ -272,8 +272,23 @@ pub fn connect(host: &str, port: u16) -> Result<ExitCode> {
 
     let mut upstream_reader = stream.try_clone()?;
     let mut upstream_writer = stream;
+    // Plain read/write loops, not io::copy: its splice(2) fast path fails
+    // under gVisor on ssh's ProxyCommand pipes.
     let uploader = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut upstream_writer);
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if upstream_writer.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
         let _ = upstream_writer.shutdown(std::net::Shutdown::Write);
     });
     // Standard output is line-buffered; SSH packets are binary, so every
@@ -282,6 +297,7 @@ pub fn connect(host: &str, port: u16) -> Result<ExitCode> {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match upstream_reader.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if stdout
