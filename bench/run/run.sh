@@ -26,9 +26,11 @@ cd "$work/project"
 
 runs=${BENCH_RUNS:-200}
 cmds=(-n "true (no sandbox)" "true" -n "moat run --runtime native -- true" "$MOAT run --runtime native -- true")
+docker_ok=false
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   image=${BENCH_DOCKER_IMAGE:-local/debian:bookworm}
   if docker image inspect "$image" >/dev/null 2>&1; then
+    docker_ok=true
     cmds+=(-n "docker run --rm $image true" "docker run --rm $image true")
   fi
 fi
@@ -38,6 +40,20 @@ if [ -x "$srt" ]; then
 fi
 
 hyperfine -N --warmup 10 --runs "$runs" --export-markdown "$work/table.md" "${cmds[@]}"
+
+# Docker: moat's Docker runtime against plain `docker run` of the very
+# image moat runs (found after one warm-up run), under runc and gVisor.
+if $docker_ok; then
+  export MOAT_IMAGE_MAP="debian:bookworm-slim=$image"
+  "$MOAT" run --runtime docker -- true >/dev/null
+  moat_image=$(sed -n 's/.*"image": *"\([^"]*\)".*/\1/p' "$MOAT_HOME"/runs/run_*/metadata.json | tail -n1)
+  druns=${BENCH_DOCKER_RUNS:-20}
+  hyperfine -N --warmup 3 --runs "$druns" --export-markdown "$work/docker.md" \
+    -n "docker run --rm (runc)" "docker run --rm $moat_image true" \
+    -n "moat run --runtime docker --no-sandbox -- true" "$MOAT run --runtime docker --no-sandbox -- true" \
+    -n "docker run --rm --runtime runsc" "docker run --rm --runtime runsc $moat_image true" \
+    -n "moat run --runtime docker -- true (gVisor)" "$MOAT run --runtime docker -- true"
+fi
 
 # Peak RSS of one `moat run -- true` (the supervising CLI process).
 rss=$(/usr/bin/time -f "%M" "$MOAT" run --runtime native -- true 2>&1 >/dev/null | tail -n1)
@@ -51,5 +67,11 @@ out="$OLDPWD/bench/run/RESULTS.md"
   cat "$work/table.md"
   echo
   echo "Peak RSS of the moat CLI for one \`moat run -- true\`: ${rss} KB."
+  if [ -f "$work/docker.md" ]; then
+    echo
+    echo "## Docker runtime, image cached (\`$moat_image\`, $druns runs each)"
+    echo
+    cat "$work/docker.md"
+  fi
 } > "$out"
 cat "$out"

@@ -71,6 +71,7 @@ pub(crate) async fn run_container(
         eprintln!("moat: {note}");
     }
     meta.image = Some(image.tag.clone());
+    meta.image_ready_at = Some(chrono::Utc::now());
 
     let proxy_authority = format!("{HOST_GATEWAY_NAME}:{}", registration.port);
     let env = SandboxEnv {

@@ -472,7 +472,7 @@ where
 /// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the sandbox until
 /// dropped.
 fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder {
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -499,12 +499,12 @@ fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder
                     });
                 }
             }
+            // Stopping is an event too: the run's exit must not wait for
+            // a polling interval.
             loop {
                 tokio::select! {
                     Some(sig) = rx.recv() => { let _ = signaller.signal(sig); }
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                        if stop_rx.try_recv().is_ok() { break; }
-                    }
+                    _ = &mut stop_rx => break,
                 }
             }
         });
@@ -516,7 +516,7 @@ fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder
 }
 
 struct SignalForwarder {
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 

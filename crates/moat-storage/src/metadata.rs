@@ -76,6 +76,9 @@ pub struct RunMetadata {
     pub image: Option<String>,
     /// When the run was created.
     pub created_at: DateTime<Utc>,
+    /// When the image was ready (built or found), for container runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ready_at: Option<DateTime<Utc>>,
     /// When the command started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
@@ -111,6 +114,7 @@ impl RunMetadata {
             container_id: None,
             image: None,
             created_at: Utc::now(),
+            image_ready_at: None,
             started_at: None,
             stopped_at: None,
             exit_code: None,

@@ -5,8 +5,9 @@ use std::io::Write;
 
 /// Logging for every moat process: JSON lines at debug level into
 /// `MOAT_HOME/debug/YYYY-MM-DD.jsonl` (mode 0600, files older than 14 days
-/// removed), and human-readable lines on stderr — debug with `--verbose`,
-/// otherwise warnings only. A debug directory that cannot be written never
+/// removed, a day capped at 64 MiB and the directory at 256 MiB), and
+/// human-readable lines on stderr — debug with `--verbose`, otherwise
+/// warnings only. A debug directory that cannot be written never
 /// stops the command.
 pub fn init_logging(verbose: bool) {
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -36,6 +37,11 @@ pub fn init_logging(verbose: bool) {
 }
 
 const DEBUG_RETENTION_DAYS: i64 = 14;
+/// A day's debug log stops growing at this size (later lines go to stderr
+/// with --verbose only).
+const DEBUG_MAX_DAILY: u64 = 64 << 20;
+/// The debug directory is pruned, oldest day first, down to this size.
+const DEBUG_MAX_TOTAL: u64 = 256 << 20;
 
 fn debug_log_file() -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -43,6 +49,7 @@ fn debug_log_file() -> Option<std::fs::File> {
     let dir = home.debug_dir();
     moat_home::ensure_private_dir(&dir).ok()?;
     let today = chrono::Utc::now().date_naive();
+    let mut days: Vec<(chrono::NaiveDate, std::path::PathBuf, u64)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -55,8 +62,27 @@ fn debug_log_file() -> Option<std::fs::File> {
             };
             if (today - date).num_days() > DEBUG_RETENTION_DAYS {
                 let _ = std::fs::remove_file(entry.path());
+            } else {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                days.push((date, entry.path(), size));
             }
         }
+    }
+    days.sort();
+    let mut total: u64 = days.iter().map(|d| d.2).sum();
+    for (date, path, size) in &days {
+        if total <= DEBUG_MAX_TOTAL || *date == today {
+            break;
+        }
+        if std::fs::remove_file(path).is_ok() {
+            total -= size;
+        }
+    }
+    if days
+        .iter()
+        .any(|(date, _, size)| *date == today && *size >= DEBUG_MAX_DAILY)
+    {
+        return None;
     }
     std::fs::OpenOptions::new()
         .create(true)

@@ -202,7 +202,7 @@ fn network_lines_details_json_and_har() {
     for event in [
         "run created",
         "proxy registered",
-        "command started",
+        "sandbox ready, command started",
         "command exited with code 0",
         "proxy unregistered",
     ] {

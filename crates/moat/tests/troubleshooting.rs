@@ -41,6 +41,10 @@ const PROVOKED: &[&str] = &[
     "VERDICT: [FAIL] TAMPERED",
     "SSH grants require SSH_AUTH_SOCK to be set",
     "no SSH keys configured for hosts",
+    "Claude Code token has expired",
+    "invalid API key (Anthropic)",
+    "registering run with proxy daemon",
+    "connecting to daemon",
 ];
 
 /// Headings not provoked here, and why.
@@ -53,11 +57,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
         "HTTP client ignoring proxy",
         "a client's behaviour, no moat message",
     ),
-    ("Claude Code token has expired", "needs a Claude Code login"),
-    (
-        "invalid API key (Anthropic)",
-        "covered like the GitHub 401; same code path",
-    ),
     (
         "gVisor (runsc) is required but not available",
         "needs a Docker engine without runsc",
@@ -65,14 +64,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
     (
         "native sandbox not available",
         "needs user namespaces disabled",
-    ),
-    (
-        "connecting to daemon",
-        "needs a live pid with a dead socket",
-    ),
-    (
-        "registering run with proxy daemon",
-        "needs a daemon of another version",
     ),
     ("building image with dependencies", "needs a Docker engine"),
 ];
@@ -417,4 +408,97 @@ fn daemon_that_never_starts() {
         "daemon did not start within 5 seconds",
         &t.normalize(&out.stderr),
     );
+}
+
+#[test]
+fn provider_validation_errors() {
+    let t = Env::new();
+    // An expired Claude Code login.
+    let claude = t.env.home().join(".claude");
+    std::fs::create_dir_all(&claude).unwrap();
+    std::fs::write(
+        claude.join(".credentials.json"),
+        r#"{"claudeAiOauth":{"accessToken":"sk-ant-oat01-old","refreshToken":"r","expiresAt":1700000000000,"scopes":["user:inference"]}}"#,
+    )
+    .unwrap();
+    let out = t.run(&["grant", "claude"]);
+    out.failure();
+    let error = &out.stderr[out.stderr.find("Error: ").unwrap()..];
+    documented("Claude Code token has expired", error);
+
+    // An Anthropic key the API refuses.
+    let api = common::FakeApi::start(|_| (401, r#"{"type":"error"}"#.into()));
+    let out = t.env.run_with(
+        &["grant", "anthropic"],
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-api03-docsE2eSecret0123456789"),
+            ("MOAT_ANTHROPIC_API_URL", &api.url),
+        ],
+    );
+    out.failure();
+    let error = &out.stderr[out.stderr.find("Error: ").unwrap()..];
+    documented("invalid API key (Anthropic)", error);
+}
+
+/// A stand-in daemon on the control socket: it answers the handshake as a
+/// daemon of another API version would, or not at all.
+fn fake_daemon(t: &Env, answer: Option<&'static str>) -> std::thread::JoinHandle<()> {
+    let dir = t.env.moat_home().join("proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("daemon.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Our own pid: alive, so the lock is not stale.
+    std::fs::write(
+        dir.join("daemon.lock"),
+        format!(
+            r#"{{"pid":{},"port":18999,"version":"0.0.1","api":999,"started_at":"2026-01-01T00:00:00Z"}}"#,
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    if answer.is_none() {
+        drop(listener);
+        return std::thread::spawn(|| {});
+    }
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(4) {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line);
+            let _ = conn.write_all(answer.unwrap_or_default().as_bytes());
+        }
+    })
+}
+
+#[test]
+fn daemon_version_and_socket_errors() {
+    let t = Env::new();
+    let _daemon = fake_daemon(
+        &t,
+        Some("{\"result\":\"hello\",\"api\":999,\"version\":\"9.9.9\",\"pid\":1,\"port\":18999}\n"),
+    );
+    let out = t.run_with(&["run", "--", "true"], &[("MOAT_PROXY_PORT", "18999")]);
+    out.failure();
+    documented(
+        "registering run with proxy daemon",
+        &t.normalize(&out.stderr),
+    );
+    remove_fake_daemon(&t);
+
+    let t = Env::new();
+    let _daemon = fake_daemon(&t, None);
+    let out = t.run_with(&["run", "--", "true"], &[("MOAT_PROXY_PORT", "18999")]);
+    out.failure();
+    documented("connecting to daemon", &t.normalize(&out.stderr));
+    // The fix the message names works: without the stale state, a new
+    // daemon starts.
+    remove_fake_daemon(&t);
+    t.run(&["run", "--", "true"]).success();
+}
+
+fn remove_fake_daemon(t: &Env) {
+    let dir = t.env.moat_home().join("proxy");
+    let _ = std::fs::remove_file(dir.join("daemon.lock"));
+    let _ = std::fs::remove_file(dir.join("daemon.sock"));
 }

@@ -331,8 +331,12 @@ fn timeline(ctx: &Context, run: &RunMetadata, dir: &Path) -> Result<ExitCode> {
             }
         }
     }
+    if let Some(t) = run.image_ready_at {
+        let image = run.image.as_deref().unwrap_or("image");
+        events.push((t, format!("image ready ({image})")));
+    }
     if let Some(t) = run.started_at {
-        events.push((t, "command started".into()));
+        events.push((t, "sandbox ready, command started".into()));
     }
     if let Some(t) = run.stopped_at {
         let what = match (run.exit_code, &run.error) {
