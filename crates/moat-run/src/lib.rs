@@ -19,6 +19,7 @@ mod environment;
 mod plan;
 mod ssh;
 mod supervise;
+mod terminal;
 
 pub use crate::plan::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};

@@ -383,7 +383,11 @@ fn run_sandbox(
         spec.files.extend(access.files());
     }
     spec.stdio = if plan.interactive {
-        StdioMode::Inherit
+        match crate::terminal::size() {
+            Some((rows, cols)) => StdioMode::Pty { rows, cols },
+            // Not a terminal (a pipe, a file): nothing to relay.
+            None => StdioMode::Inherit,
+        }
     } else if plan.detached {
         StdioMode::Piped
     } else {
@@ -417,13 +421,26 @@ fn run_sandbox(
         ));
     }
 
+    let (relay, winch) = match sandbox.take_pty() {
+        Some(master) => {
+            let winch = master.try_clone().ok();
+            let relay = crate::terminal::TerminalRelay::start(master)
+                .map_err(|e| RunError::Other(format!("relaying the terminal: {e}")))?;
+            (Some(relay), winch)
+        }
+        None => (None, None),
+    };
+
     let signaller = sandbox.signaller();
-    let forwarder = forward_signals(signaller);
+    let forwarder = forward_signals(signaller, winch);
     let exit = sandbox.wait()?;
     for p in pumps {
         let _ = p.join();
     }
     drop(forwarder);
+    if let Some(relay) = relay {
+        relay.finish();
+    }
     Ok(exit.code)
 }
 
@@ -471,7 +488,10 @@ where
 
 /// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the sandbox until
 /// dropped.
-fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder {
+fn forward_signals(
+    signaller: moat_runtime_native::Signaller,
+    winch: Option<std::os::fd::OwnedFd>,
+) -> SignalForwarder {
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -489,6 +509,17 @@ fn forward_signals(signaller: moat_runtime_native::Signaller) -> SignalForwarder
                 (SignalKind::quit(), libc::SIGQUIT),
             ];
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+            // A resized window is copied onto the sandbox's terminal, which
+            // signals its own foreground job.
+            if let Some(master) = winch {
+                if let Ok(mut s) = signal(SignalKind::window_change()) {
+                    tokio::spawn(async move {
+                        while s.recv().await.is_some() {
+                            crate::terminal::copy_size(&master);
+                        }
+                    });
+                }
+            }
             for (kind, raw) in kinds {
                 if let Ok(mut s) = signal(kind) {
                     let tx = tx.clone();

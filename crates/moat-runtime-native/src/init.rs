@@ -383,6 +383,9 @@ fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) ->
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(WORKSPACE_IN_SANDBOX);
     sys::reset_signals_before_exec(&mut cmd);
+    if matches!(spec.stdio, crate::spec::StdioMode::Pty { .. }) {
+        sys::controlling_terminal_before_exec(&mut cmd);
+    }
     let child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {

@@ -73,6 +73,8 @@ pub struct Sandbox {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     exit: Option<SandboxExit>,
+    /// Master side of the sandbox's terminal with [`StdioMode::Pty`].
+    pty: Option<OwnedFd>,
 }
 
 /// Starts `spec` in a new sandbox and returns once the sandbox is built and
@@ -115,7 +117,19 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         .arg(spec_r.as_raw_fd().to_string())
         .arg(status_w.as_raw_fd().to_string())
         .env_clear();
+    let mut pty_master = None;
     match spec.stdio {
+        StdioMode::Pty { rows, cols } => {
+            let (master, slave) = open_pty(rows, cols)?;
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| SandboxError::io("cannot duplicate the terminal", e))
+            };
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            pty_master = Some(master);
+        }
         StdioMode::Inherit => {
             cmd.stdin(Stdio::inherit())
                 .stdout(Stdio::inherit())
@@ -195,7 +209,36 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         lifeline: Some(lifeline),
         status,
         exit: None,
+        pty: pty_master,
     })
+}
+
+/// A new pseudo-terminal of `rows` × `cols`: (master, slave).
+fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    let fail = |what: &str, e: rustix::io::Errno| SandboxError::io(what, e.into());
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .map_err(|e| fail("cannot open a pseudo-terminal (/dev/ptmx)", e))?;
+    grantpt(&master).map_err(|e| fail("cannot grant the pseudo-terminal", e))?;
+    unlockpt(&master).map_err(|e| fail("cannot unlock the pseudo-terminal", e))?;
+    let name =
+        ptsname(&master, Vec::new()).map_err(|e| fail("cannot name the pseudo-terminal", e))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("cannot open the pseudo-terminal's slave side", e))?;
+    let size = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&master, size)
+        .map_err(|e| fail("cannot size the pseudo-terminal", e))?;
+    Ok((master, slave))
 }
 
 impl Sandbox {
@@ -204,6 +247,14 @@ impl Sandbox {
     /// to the command.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The master side of the sandbox's terminal, once, with
+    /// [`StdioMode::Pty`]: write the user's keystrokes to it, read the
+    /// command's output from it (reads fail with `EIO` once the command and
+    /// everything holding the terminal are gone), and set its window size.
+    pub fn take_pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
     }
 
     /// The command's stdout, once, when [`StdioMode::Piped`].

@@ -99,6 +99,18 @@ pub enum StdioMode {
     /// stdin is the caller's (so `moat run -- cat < file` works); stdout and
     /// stderr are pipes, as with [`StdioMode::Piped`].
     PipedOutput,
+    /// A new pseudo-terminal: the command runs in its own session with the
+    /// terminal's slave side as stdin, stdout, stderr and controlling
+    /// terminal; the caller gets the master side from
+    /// [`crate::Sandbox::take_pty`] and relays it. The sandbox never holds
+    /// the caller's own terminal (so it cannot push input into it with
+    /// `TIOCSTI`), and Ctrl-C, job control and window sizes work inside.
+    Pty {
+        /// Initial window size: rows.
+        rows: u16,
+        /// Initial window size: columns.
+        cols: u16,
+    },
 }
 
 impl SandboxSpec {

@@ -127,6 +127,25 @@ pub(crate) fn reset_signals_before_exec(cmd: &mut Command) {
     }
 }
 
+/// Makes `cmd`'s child a session leader whose controlling terminal is its
+/// stdin (a pseudo-terminal slave), so the terminal's signals and job
+/// control reach the command and nothing else.
+pub(crate) fn controlling_terminal_before_exec(cmd: &mut Command) {
+    let hook = || -> io::Result<()> {
+        rustix::process::setsid()?;
+        // SAFETY: fd 0 is open in the child (the terminal slave) for the
+        // duration of this call.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        rustix::process::ioctl_tiocsctty(stdin)?;
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and makes two system
+    // calls (setsid, ioctl), with no allocation and no lock.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// A set of blocked signals that the init collects with [`SignalSet::wait`].
 #[derive(Debug)]
 pub(crate) struct SignalSet(libc::sigset_t);

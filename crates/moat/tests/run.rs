@@ -445,3 +445,59 @@ fn bad_moat_yaml_names_file_line_and_key() {
         out.stderr
     );
 }
+
+/// `moat run -i` under a real terminal (util-linux `script` provides one):
+/// the command gets its own pseudo-terminal with the caller's window size,
+/// Ctrl-C typed by the user reaches it as SIGINT (exit 130), and exit codes
+/// pass through.
+#[test]
+fn interactive_runs_get_their_own_terminal() {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipping: /usr/bin/script (util-linux) not found");
+        return;
+    }
+    let t = RunEnv::new();
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let script = |inner: &str, keys: Option<&'static [u8]>| {
+        // The environment `t.moat()` gives moat, on `script` instead.
+        let env = t.moat();
+        let mut script = std::process::Command::new("/usr/bin/script");
+        script.env_clear();
+        for (k, v) in env.get_envs() {
+            if let Some(v) = v {
+                script.env(k, v);
+            }
+        }
+        script
+            .env("SHELL", "/bin/sh")
+            .current_dir(t.project())
+            .args(["-qec", inner, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = script.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            if let Some(keys) = keys {
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                let _ = std::io::Write::write_all(&mut stdin, keys);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            drop(stdin);
+        });
+        common::Result::from(child.wait_with_output().unwrap())
+    };
+
+    let out = script(
+        &format!(
+            "stty rows 40 cols 100; {moat} run -i -- sh -c 'test -t 0 && test -t 1 && echo TERMINAL; stty size; exit 7'"
+        ),
+        None,
+    );
+    assert_eq!(out.code, Some(7), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("TERMINAL"), "{}", out.stdout);
+    assert!(out.stdout.contains("40 100"), "{}", out.stdout);
+
+    let out = script(&format!("{moat} run -i -- sleep 30"), Some(b"\x03"));
+    assert_eq!(out.code, Some(130), "{}\n{}", out.stdout, out.stderr);
+}
