@@ -31,7 +31,7 @@ pub enum DockerError {
          To install it (Debian/Ubuntu):\n\
          \x20 sudo apt-get install runsc\n\
          \x20 then register it in /etc/docker/daemon.json:\n\
-         \x20   {{\"runtimes\": {{\"runsc\": {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\"]}}}}}}\n\
+         \x20   {{\"runtimes\": {{\"runsc\": {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}}}}\n\
          \x20 and restart dockerd: sudo systemctl restart docker\n\
          \n\
          To run without gVisor (less isolation): moat run --no-sandbox, or `sandbox: none` in moat.yaml, or MOAT_NO_SANDBOX=1"

@@ -45,6 +45,7 @@ const PROVOKED: &[&str] = &[
     "invalid API key (Anthropic)",
     "registering run with proxy daemon",
     "connecting to daemon",
+    "gVisor (runsc) is required but not available",
 ];
 
 /// Headings not provoked here, and why.
@@ -56,10 +57,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
     (
         "HTTP client ignoring proxy",
         "a client's behaviour, no moat message",
-    ),
-    (
-        "gVisor (runsc) is required but not available",
-        "needs a Docker engine without runsc",
     ),
     (
         "native sandbox not available",
@@ -501,4 +498,44 @@ fn remove_fake_daemon(t: &Env) {
     let dir = t.env.moat_home().join("proxy");
     let _ = std::fs::remove_file(dir.join("daemon.lock"));
     let _ = std::fs::remove_file(dir.join("daemon.sock"));
+}
+
+#[test]
+fn gvisor_unavailable() {
+    let docker = std::process::Command::new("docker")
+        .args(["info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker {
+        assert_ne!(
+            std::env::var("MOAT_REQUIRE_DOCKER").as_deref(),
+            Ok("1"),
+            "MOAT_REQUIRE_DOCKER=1 but no Docker daemon answers"
+        );
+        eprintln!("skipping: no Docker daemon answers");
+        return;
+    }
+    let t = Env::new();
+    // The engine here has runsc: ask for a runtime name it does not have.
+    let out = t.run_with(
+        &["run", "--", "true"],
+        &[
+            ("MOAT_RUNTIME", "docker"),
+            ("MOAT_GVISOR_RUNTIME", "runsc-not-registered"),
+        ],
+    );
+    out.failure();
+    // Which runtimes an engine has differs between machines.
+    let text = t
+        .normalize(&out.stderr)
+        .replace("\"runsc-not-registered\"", "\"runsc\"");
+    let text = match (text.find("(registered: "), text.find(")\n")) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}(registered: runc, ...){}", &text[..a], &text[b + 1..])
+        }
+        _ => text,
+    };
+    documented("gVisor (runsc) is required but not available", &text);
 }
