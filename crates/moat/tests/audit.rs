@@ -15,60 +15,26 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use moat_testkit::{EchoUpstream, TestCa};
 
 const GH_TOKEN: &str = "ghp_auditE2eSecret0123456789abcdefghij";
 
-struct AuditEnv {
-    env: TestEnv,
-    ca_file: PathBuf,
-    upstream: EchoUpstream,
+struct AuditEnv(common::ProxiedEnv);
+
+impl std::ops::Deref for AuditEnv {
+    type Target = common::ProxiedEnv;
+    fn deref(&self) -> &common::ProxiedEnv {
+        &self.0
+    }
 }
 
 impl AuditEnv {
     fn new() -> Self {
-        let env = TestEnv::new();
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem(env.dir.path());
-        let upstream = EchoUpstream::start(&ca, &["api.github.com"]);
-        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
-        AuditEnv {
-            env,
-            ca_file,
-            upstream,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> common::Result {
-        let mut cmd = self.env.moat();
-        cmd.env("MOAT_PROXY_PORT", "0")
-            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
-            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
-            .env(
-                "MOAT_CONNECT_TO",
-                self.upstream.connect_to(&["api.github.com"]),
-            )
-            .current_dir(self.env.dir.path().join("project"))
-            .args(args);
-        common::Result::from(cmd.output().unwrap())
-    }
-
-    fn grant_github(&self) {
-        let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-        self.env
-            .run_with(
-                &["grant", "github"],
-                &[
-                    ("GITHUB_TOKEN", GH_TOKEN),
-                    ("MOAT_GITHUB_API_URL", &api.url),
-                ],
-            )
-            .success();
+        AuditEnv(common::ProxiedEnv::new(&["api.github.com"]))
     }
 
     /// A finished run that made one request with the github grant.
     fn audited_run(&self) -> String {
-        self.grant_github();
+        self.grant_github(GH_TOKEN);
         let out = self.run(&[
             "run",
             "--name",
@@ -109,12 +75,6 @@ impl AuditEnv {
 
     fn redact(&self, text: &str, id: &str) -> String {
         self.env.redact(text).replace(id, "[RUN]")
-    }
-}
-
-impl Drop for AuditEnv {
-    fn drop(&mut self) {
-        let _ = self.env.run(&["proxy", "stop"]);
     }
 }
 

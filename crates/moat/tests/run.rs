@@ -12,72 +12,25 @@ use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
-use moat_testkit::{EchoUpstream, TestCa};
-
 const GH_TOKEN: &str = "ghp_runE2eSecret0123456789abcdefghijkl";
 
 /// A test environment whose daemon picks a free port and exits soon after
 /// the test, plus a local HTTPS upstream posing as api.github.com.
-struct RunEnv {
-    env: TestEnv,
-    ca_file: std::path::PathBuf,
-    upstream: EchoUpstream,
+struct RunEnv(common::ProxiedEnv);
+
+impl std::ops::Deref for RunEnv {
+    type Target = common::ProxiedEnv;
+    fn deref(&self) -> &common::ProxiedEnv {
+        &self.0
+    }
 }
 
 impl RunEnv {
     fn new() -> Self {
-        let env = TestEnv::new();
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem(env.dir.path());
-        let upstream = EchoUpstream::start(&ca, &["api.github.com", "api.example.com"]);
-        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
-        RunEnv {
-            env,
-            ca_file,
-            upstream,
-        }
-    }
-
-    fn project(&self) -> std::path::PathBuf {
-        self.env.dir.path().join("project")
-    }
-
-    fn moat(&self) -> std::process::Command {
-        let mut cmd = self.env.moat();
-        cmd.env("MOAT_PROXY_PORT", "0")
-            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
-            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
-            .env(
-                "MOAT_CONNECT_TO",
-                self.upstream
-                    .connect_to(&["api.github.com", "api.example.com"]),
-            )
-            .current_dir(self.project());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> common::Result {
-        common::Result::from(self.moat().args(args).output().unwrap())
-    }
-
-    fn grant_github(&self) {
-        let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-        self.env
-            .run_with(
-                &["grant", "github"],
-                &[
-                    ("GITHUB_TOKEN", GH_TOKEN),
-                    ("MOAT_GITHUB_API_URL", &api.url),
-                ],
-            )
-            .success();
-    }
-}
-
-impl Drop for RunEnv {
-    fn drop(&mut self) {
-        let _ = self.env.run(&["proxy", "stop"]);
+        RunEnv(common::ProxiedEnv::new(&[
+            "api.github.com",
+            "api.example.com",
+        ]))
     }
 }
 
@@ -103,7 +56,7 @@ fn echo_hello_and_exit_codes() {
 #[test]
 fn grant_is_injected_and_never_visible_inside() {
     let t = RunEnv::new();
-    t.grant_github();
+    t.grant_github(GH_TOKEN);
     let script = r#"
         set -e
         # The echo upstream reflects the request; keep its body out of the
@@ -210,7 +163,7 @@ fn workspace_is_mounted_read_write() {
 #[test]
 fn strict_policy_blocks_everything_but_the_proxy() {
     let t = RunEnv::new();
-    t.grant_github();
+    t.grant_github(GH_TOKEN);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::fs::write(

@@ -8,43 +8,20 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::TestEnv;
-use moat_testkit::{EchoUpstream, TestCa};
-
 const GH_TOKEN: &str = "ghp_traceE2eSecret0123456789abcdefghij";
 
-struct TraceEnv {
-    env: TestEnv,
-    ca_file: PathBuf,
-    upstream: EchoUpstream,
+struct TraceEnv(common::ProxiedEnv);
+
+impl std::ops::Deref for TraceEnv {
+    type Target = common::ProxiedEnv;
+    fn deref(&self) -> &common::ProxiedEnv {
+        &self.0
+    }
 }
 
 impl TraceEnv {
     fn new() -> Self {
-        let env = TestEnv::new();
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem(env.dir.path());
-        let upstream = EchoUpstream::start(&ca, &["api.github.com"]);
-        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
-        TraceEnv {
-            env,
-            ca_file,
-            upstream,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> common::Result {
-        let mut cmd = self.env.moat();
-        cmd.env("MOAT_PROXY_PORT", "0")
-            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
-            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
-            .env(
-                "MOAT_CONNECT_TO",
-                self.upstream.connect_to(&["api.github.com"]),
-            )
-            .current_dir(self.env.dir.path().join("project"))
-            .args(args);
-        common::Result::from(cmd.output().unwrap())
+        TraceEnv(common::ProxiedEnv::new(&["api.github.com"]))
     }
 
     /// A strict run that makes one injected request and one blocked one.
@@ -79,12 +56,6 @@ impl TraceEnv {
             .join("runs")
             .join(id)
             .join("network.jsonl")
-    }
-}
-
-impl Drop for TraceEnv {
-    fn drop(&mut self) {
-        let _ = self.env.run(&["proxy", "stop"]);
     }
 }
 

@@ -11,11 +11,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::Duration;
-
-use common::TestEnv;
-use moat_testkit::{EchoUpstream, TestCa};
 
 /// Headings checked by the tests below.
 const PROVOKED: &[&str] = &[
@@ -100,49 +96,18 @@ fn documented(heading: &str, message: &str) {
     );
 }
 
-struct Env {
-    env: TestEnv,
-    ca_file: PathBuf,
-    upstream: EchoUpstream,
+struct Env(common::ProxiedEnv);
+
+impl std::ops::Deref for Env {
+    type Target = common::ProxiedEnv;
+    fn deref(&self) -> &common::ProxiedEnv {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Self {
-        let env = TestEnv::new();
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem(env.dir.path());
-        let upstream = EchoUpstream::start(&ca, &["api.github.com"]);
-        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
-        Env {
-            env,
-            ca_file,
-            upstream,
-        }
-    }
-
-    fn project(&self) -> PathBuf {
-        self.env.dir.path().join("project")
-    }
-
-    fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> common::Result {
-        let mut cmd = self.env.moat();
-        cmd.env("MOAT_PROXY_PORT", "0")
-            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
-            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
-            .env(
-                "MOAT_CONNECT_TO",
-                self.upstream.connect_to(&["api.github.com"]),
-            )
-            .current_dir(self.project())
-            .args(args);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        common::Result::from(cmd.output().unwrap())
-    }
-
-    fn run(&self, args: &[&str]) -> common::Result {
-        self.run_with(args, &[])
+        Env(common::ProxiedEnv::new(&["api.github.com"]))
     }
 
     /// As the page writes it: `~/.moat`, `~`, `/path/to/project`,
@@ -185,12 +150,6 @@ impl Env {
         let lock = std::fs::read_to_string(self.env.moat_home().join("proxy/daemon.lock")).unwrap();
         let lock: serde_json::Value = serde_json::from_str(&lock).unwrap();
         u16::try_from(lock["port"].as_u64().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.env.run(&["proxy", "stop"]);
     }
 }
 

@@ -223,3 +223,77 @@ impl FakeApi {
         FakeApi { url, seen }
     }
 }
+
+/// A [`TestEnv`] whose runs reach a local HTTPS upstream standing in for
+/// public hosts (`MOAT_CONNECT_TO` + `MOAT_UPSTREAM_CA_FILE`), from a
+/// project directory, with a daemon on a free port that exits soon after
+/// its last run. The daemon is stopped when the value is dropped.
+pub struct ProxiedEnv {
+    pub env: TestEnv,
+    pub ca_file: PathBuf,
+    pub upstream: moat_testkit::EchoUpstream,
+    hosts: Vec<String>,
+}
+
+impl ProxiedEnv {
+    /// Serves `hosts` (e.g. `api.github.com`) from the local upstream.
+    pub fn new(hosts: &[&str]) -> Self {
+        let env = TestEnv::new();
+        let ca = moat_testkit::TestCa::new();
+        let ca_file = ca.write_pem(env.dir.path());
+        let upstream = moat_testkit::EchoUpstream::start(&ca, hosts);
+        std::fs::create_dir_all(env.dir.path().join("project")).expect("project dir");
+        ProxiedEnv {
+            env,
+            ca_file,
+            upstream,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    pub fn project(&self) -> PathBuf {
+        self.env.dir.path().join("project")
+    }
+
+    /// `moat` run from the project, with the proxy settings.
+    pub fn moat(&self) -> Command {
+        let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
+        let mut cmd = self.env.moat();
+        cmd.env("MOAT_PROXY_PORT", "0")
+            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
+            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
+            .env("MOAT_CONNECT_TO", self.upstream.connect_to(&hosts))
+            .current_dir(self.project());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result {
+        Result::from(self.moat().args(args).output().expect("spawn moat"))
+    }
+
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Result {
+        let mut cmd = self.moat();
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Result::from(cmd.output().expect("spawn moat"))
+    }
+
+    /// `moat grant github` with `token`, validated against a local API.
+    pub fn grant_github(&self, token: &str) {
+        let api = FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
+        self.env
+            .run_with(
+                &["grant", "github"],
+                &[("GITHUB_TOKEN", token), ("MOAT_GITHUB_API_URL", &api.url)],
+            )
+            .success();
+    }
+}
+
+impl Drop for ProxiedEnv {
+    fn drop(&mut self) {
+        let _ = self.env.run(&["proxy", "stop"]);
+    }
+}
