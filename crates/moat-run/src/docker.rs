@@ -113,25 +113,19 @@ pub(crate) async fn run_container(
         })
         .collect();
     if let Some((access, running)) = ssh {
-        spec.mounts.push(moat_runtime_docker::BindMount {
-            source: running.dir().to_path_buf(),
-            target: crate::ssh::AGENT_DIR_IN_SANDBOX.into(),
-            read_only: false,
-        });
-        spec.mounts.push(moat_runtime_docker::BindMount {
-            source: std::env::current_exe().map_err(|e| {
-                RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
-            })?,
-            target: crate::ssh::MOAT_IN_SANDBOX.into(),
-            read_only: true,
-        });
-        spec.env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
-        spec.env.push((
-            "SSH_AUTH_SOCK".into(),
-            crate::ssh::AGENT_SOCKET_IN_SANDBOX.into(),
-        ));
+        let ssh = access.sandbox(running)?;
+        spec.mounts
+            .extend(ssh.mounts.into_iter().map(|(source, target, read_only)| {
+                moat_runtime_docker::BindMount {
+                    source,
+                    target,
+                    read_only,
+                }
+            }));
+        spec.env.retain(|(k, _)| *k != ssh.auth_sock.0);
+        spec.env.push(ssh.auth_sock);
         spec.files
-            .extend(access.files().into_iter().map(|f| InjectedFile {
+            .extend(ssh.files.into_iter().map(|f| InjectedFile {
                 path_in_sandbox: f.path_in_sandbox,
                 contents: f.contents,
                 mode: f.mode,

@@ -138,6 +138,38 @@ impl SshAccess {
     }
 }
 
+/// What a sandbox needs for a run's SSH access, whatever the runtime.
+pub(crate) struct SshSandbox {
+    /// (host path, path in the sandbox, read-only).
+    pub(crate) mounts: Vec<(PathBuf, PathBuf, bool)>,
+    /// `SSH_AUTH_SOCK`.
+    pub(crate) auth_sock: (String, String),
+    /// `ssh_config` and `ssh_known_hosts`.
+    pub(crate) files: Vec<InjectedFile>,
+}
+
+impl SshAccess {
+    /// The agent socket's directory, the moat binary (the `ProxyCommand`),
+    /// `SSH_AUTH_SOCK` and the ssh configuration files.
+    pub(crate) fn sandbox(&self, running: &RunningSsh) -> Result<SshSandbox, RunError> {
+        let moat = std::env::current_exe().map_err(|e| {
+            RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
+        })?;
+        Ok(SshSandbox {
+            mounts: vec![
+                (
+                    running.dir().to_path_buf(),
+                    AGENT_DIR_IN_SANDBOX.into(),
+                    false,
+                ),
+                (moat, MOAT_IN_SANDBOX.into(), true),
+            ],
+            auth_sock: ("SSH_AUTH_SOCK".into(), AGENT_SOCKET_IN_SANDBOX.into()),
+            files: self.files(),
+        })
+    }
+}
+
 /// Sends agent events to the daemon from a thread of its own: the agent
 /// proxy's threads never wait on the daemon.
 fn spawn_audit_forwarder(client: DaemonClient, run_id: String) -> mpsc::Sender<SshEvent> {

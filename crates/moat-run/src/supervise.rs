@@ -363,24 +363,19 @@ fn run_sandbox(
         })
         .collect();
     if let Some((access, running)) = ssh {
-        spec.mounts.push(BindMount {
-            source: running.dir().to_path_buf(),
-            target: crate::ssh::AGENT_DIR_IN_SANDBOX.into(),
-            read_only: false,
-        });
-        spec.mounts.push(BindMount {
-            source: std::env::current_exe().map_err(|e| {
-                RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
-            })?,
-            target: crate::ssh::MOAT_IN_SANDBOX.into(),
-            read_only: true,
-        });
-        spec.env.retain(|(k, _)| k != "SSH_AUTH_SOCK");
-        spec.env.push((
-            "SSH_AUTH_SOCK".into(),
-            crate::ssh::AGENT_SOCKET_IN_SANDBOX.into(),
-        ));
-        spec.files.extend(access.files());
+        let ssh = access.sandbox(running)?;
+        spec.mounts.extend(
+            ssh.mounts
+                .into_iter()
+                .map(|(source, target, read_only)| BindMount {
+                    source,
+                    target,
+                    read_only,
+                }),
+        );
+        spec.env.retain(|(k, _)| *k != ssh.auth_sock.0);
+        spec.env.push(ssh.auth_sock);
+        spec.files.extend(ssh.files);
     }
     spec.stdio = if plan.interactive {
         match crate::terminal::size() {
