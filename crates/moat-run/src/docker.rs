@@ -143,6 +143,15 @@ pub(crate) async fn run_container(
             gid
         },
     ));
+    // `-i`: stdin attached, and a terminal of the container's own when
+    // ours is one (never our terminal itself).
+    let tty_size = if plan.interactive {
+        crate::terminal::size()
+    } else {
+        None
+    };
+    spec.interactive = plan.interactive;
+    spec.tty = tty_size.is_some();
     spec.memory_mb = docker.memory_mb;
     spec.cpus = docker.cpus;
     spec.runtime = runtime;
@@ -165,6 +174,9 @@ pub(crate) async fn run_container(
             .map_err(|e| RunError::Other(format!("opening the run log: {e}")))?,
     );
     let result = async {
+        if plan.interactive {
+            return run_attached(&rt, &container, tty_size, meta, store).await;
+        }
         rt.start(&container).await.map_err(docker_err)?;
         meta.state = moat_storage::RunState::Running;
         meta.started_at = Some(chrono::Utc::now());
@@ -203,6 +215,77 @@ pub(crate) async fn run_container(
     }
     let code = result?;
     Ok(i32::try_from(code).unwrap_or(1))
+}
+
+/// `moat run -i` on Docker: our stdin goes to the container, its output to
+/// our terminal (not to `logs.jsonl`, as on the native runtime). With a
+/// terminal, ours is in raw mode, so keys (Ctrl-C included) reach the
+/// container's own terminal, which follows our window size.
+async fn run_attached(
+    rt: &DockerRuntime,
+    container: &moat_runtime_docker::Container,
+    tty_size: Option<(u16, u16)>,
+    meta: &mut RunMetadata,
+    store: &RunStore,
+) -> Result<i64, RunError> {
+    let attached = rt.attach(container).await.map_err(docker_err)?;
+    rt.start(container).await.map_err(docker_err)?;
+    meta.state = moat_storage::RunState::Running;
+    meta.started_at = Some(chrono::Utc::now());
+    store.save(meta)?;
+    let raw = tty_size.map(|_| crate::terminal::RawMode::enter());
+    let resizer = tty_size.map(|(rows, cols)| {
+        let (rt, container) = (rt.clone(), container.clone());
+        tokio::spawn(async move {
+            let _ = rt.resize(&container, rows, cols).await;
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some((rows, cols)) = crate::terminal::size() {
+                    let _ = rt.resize(&container, rows, cols).await;
+                }
+            }
+        })
+    });
+    let (keys, stdin) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    // Blocks in read(2) until input or end of file; not joined, it ends
+    // with the process.
+    let _ = std::thread::Builder::new()
+        .name("moat-stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            let mut input = std::io::stdin().lock();
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if keys.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    let pumped = rt
+        .pump_attached(
+            attached,
+            stdin,
+            &mut tokio::io::stdout(),
+            &mut tokio::io::stderr(),
+        )
+        .await;
+    if let Some(r) = resizer {
+        r.abort();
+    }
+    drop(raw);
+    pumped.map_err(docker_err)?;
+    rt.wait(container).await.map_err(docker_err)
 }
 
 /// gVisor refuses connections to host Unix sockets, such as the SSH agent

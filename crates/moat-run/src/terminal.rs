@@ -33,6 +33,34 @@ pub(crate) fn copy_size(master: &OwnedFd) {
     }
 }
 
+/// The caller's terminal in raw mode until dropped.
+pub(crate) struct RawMode {
+    saved: Option<Termios>,
+}
+
+impl RawMode {
+    /// Raw mode on stdin, when it is a terminal.
+    pub(crate) fn enter() -> Self {
+        let stdin = rustix::stdio::stdin();
+        let saved = termios::tcgetattr(stdin).ok();
+        if let Some(saved) = &saved {
+            let mut raw = saved.clone();
+            raw.make_raw();
+            let _ = termios::tcsetattr(stdin, OptionalActions::Now, &raw);
+        }
+        RawMode { saved }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let stdin = rustix::stdio::stdin();
+            let _ = termios::tcsetattr(stdin.as_fd(), OptionalActions::Now, saved);
+        }
+    }
+}
+
 /// The relay between the caller's terminal (in raw mode while it runs)
 /// and the sandbox's pseudo-terminal.
 pub(crate) struct TerminalRelay {

@@ -669,6 +669,81 @@ impl DockerRuntime {
             .map_err(|e| DockerError::engine(format!("attaching to {}", container.name), e))
     }
 
+    /// Sends what arrives on `stdin` (closed channel: end of input) into
+    /// an attached container and copies its output to the writers (with a
+    /// TTY everything goes to `stdout`) until the container closes its
+    /// streams. The caller reads its own stdin (a blocking read has no
+    /// place on the async runtime, which must be able to shut down).
+    pub async fn pump_attached<O, E>(
+        &self,
+        attached: AttachContainerResults,
+        mut stdin: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<(), DockerError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let mut input = attached.input;
+        let feeder = tokio::spawn(async move {
+            while let Some(bytes) = stdin.recv().await {
+                if input.write_all(&bytes).await.is_err() || input.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = input.shutdown().await;
+        });
+        let mut output = attached.output;
+        let mut result = Ok(());
+        while let Some(item) = output.next().await {
+            let chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    result = Err(DockerError::engine(
+                        "reading an attached container's output",
+                        e,
+                    ));
+                    break;
+                }
+            };
+            let written = match chunk {
+                LogOutput::StdErr { message } => {
+                    stderr.write_all(&message).await.and(stderr.flush().await)
+                }
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.write_all(&message).await.and(stdout.flush().await)
+                }
+                LogOutput::StdIn { .. } => Ok(()),
+            };
+            if let Err(e) = written {
+                result = Err(DockerError::io("writing the container's output", e));
+                break;
+            }
+        }
+        feeder.abort();
+        result
+    }
+
+    /// Sets the size of a TTY container's terminal.
+    pub async fn resize(
+        &self,
+        container: &Container,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptionsBuilder::new()
+            .h(i32::from(rows))
+            .w(i32::from(cols))
+            .build();
+        self.docker
+            .resize_container_tty(&container.id, options)
+            .await
+            .map_err(|e| {
+                DockerError::engine(format!("resizing the terminal of {}", container.name), e)
+            })
+    }
+
     /// Starts a created container.
     pub async fn start(&self, container: &Container) -> Result<(), DockerError> {
         self.docker

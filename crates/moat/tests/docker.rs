@@ -72,7 +72,7 @@ impl DockerEnv {
         self.env.dir.path().join("project")
     }
 
-    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> common::Result {
+    fn moat(&self) -> std::process::Command {
         let mut cmd = self.env.moat();
         cmd.env("MOAT_RUNTIME", "docker")
             .env("MOAT_PROXY_PORT", "0")
@@ -86,8 +86,13 @@ impl DockerEnv {
                 "MOAT_CONNECT_TO",
                 self.upstream.connect_to(&["api.github.com"]),
             )
-            .current_dir(self.project())
-            .args(args);
+            .current_dir(self.project());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> common::Result {
+        let mut cmd = self.moat();
+        cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -476,4 +481,42 @@ fn ssh_grant_clones_in_containers_under_gvisor_and_runc() {
         );
         assert!(out.stdout.trim_end().ends_with('1'), "{}", out.stdout);
     }
+}
+
+/// `moat run -i` on Docker: stdin attached and, under a terminal, a TTY of
+/// the container's own with our window size; Ctrl-C reaches the command.
+#[test]
+fn interactive_runs_attach_a_terminal() {
+    if !docker_available() {
+        return;
+    }
+    let t = DockerEnv::new();
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let out = common::under_terminal(
+        &t.moat(),
+        &t.project(),
+        &format!("stty rows 30 cols 90; {moat} run -i -- sh -c 'test -t 0 && echo TERMINAL; stty size; exit 5'"),
+        None,
+    );
+    assert_eq!(out.code, Some(5), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("TERMINAL"), "{}", out.stdout);
+    assert!(out.stdout.contains("30 90"), "{}", out.stdout);
+
+    let out = common::under_terminal(
+        &t.moat(),
+        &t.project(),
+        &format!("{moat} run -i -- sleep 30"),
+        Some(b"\x03"),
+    );
+    assert_eq!(out.code, Some(130), "{}\n{}", out.stdout, out.stderr);
+
+    // Without a terminal, stdin still reaches the command.
+    let mut cmd = t.moat();
+    cmd.args(["run", "-i", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped in\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\n");
 }

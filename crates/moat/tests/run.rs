@@ -412,33 +412,7 @@ fn interactive_runs_get_their_own_terminal() {
     let t = RunEnv::new();
     let moat = env!("CARGO_BIN_EXE_moat");
     let script = |inner: &str, keys: Option<&'static [u8]>| {
-        // The environment `t.moat()` gives moat, on `script` instead.
-        let env = t.moat();
-        let mut script = std::process::Command::new("/usr/bin/script");
-        script.env_clear();
-        for (k, v) in env.get_envs() {
-            if let Some(v) = v {
-                script.env(k, v);
-            }
-        }
-        script
-            .env("SHELL", "/bin/sh")
-            .current_dir(t.project())
-            .args(["-qec", inner, "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = script.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            if let Some(keys) = keys {
-                std::thread::sleep(std::time::Duration::from_millis(1500));
-                let _ = std::io::Write::write_all(&mut stdin, keys);
-            }
-            std::thread::sleep(std::time::Duration::from_secs(20));
-            drop(stdin);
-        });
-        common::Result::from(child.wait_with_output().unwrap())
+        common::under_terminal(&t.moat(), &t.project(), inner, keys)
     };
 
     let out = script(

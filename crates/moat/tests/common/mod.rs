@@ -297,3 +297,39 @@ impl Drop for ProxiedEnv {
         let _ = self.env.run(&["proxy", "stop"]);
     }
 }
+
+/// Runs the shell command `inner` under a fresh terminal (util-linux
+/// `script`, in Debian's essential bsdutils), with the environment `like`
+/// would give moat; `keys` are typed after 1.5 s.
+pub fn under_terminal(
+    like: &Command,
+    cwd: &Path,
+    inner: &str,
+    keys: Option<&'static [u8]>,
+) -> Result {
+    let mut script = Command::new("/usr/bin/script");
+    script.env_clear();
+    for (k, v) in like.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    script
+        .env("SHELL", "/bin/sh")
+        .current_dir(cwd)
+        .args(["-qec", inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = script.spawn().expect("spawn script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        if let Some(keys) = keys {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let _ = stdin.write_all(keys);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        drop(stdin);
+    });
+    Result::from(child.wait_with_output().expect("wait for script"))
+}
