@@ -152,6 +152,19 @@ pub(crate) async fn run_container(
     };
     spec.interactive = plan.interactive;
     spec.tty = tty_size.is_some();
+    if let (Some((rows, cols)), false) = (tty_size, spec.command.is_empty()) {
+        // Engines before API 1.42 cannot size a TTY before the container
+        // starts, and resizing after the start races with the command's
+        // first look at its window: size it in the container, then exec.
+        let mut command = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!("stty rows {rows} cols {cols} 2>/dev/null; exec \"$@\""),
+            "sh".to_string(),
+        ];
+        command.append(&mut spec.command);
+        spec.command = command;
+    }
     spec.memory_mb = docker.memory_mb;
     spec.cpus = docker.cpus;
     spec.runtime = runtime;

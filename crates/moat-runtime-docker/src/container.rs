@@ -385,6 +385,26 @@ fn labels_for(spec: &ContainerSpec, role: &str) -> HashMap<String, String> {
     labels
 }
 
+/// Writes one chunk of a container's output where it belongs (a TTY's
+/// output is all `stdout`), flushed so prompts show.
+async fn write_chunk<O, E>(chunk: LogOutput, stdout: &mut O, stderr: &mut E) -> std::io::Result<()>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    match chunk {
+        LogOutput::StdErr { message } => {
+            stderr.write_all(&message).await?;
+            stderr.flush().await
+        }
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            stdout.write_all(&message).await?;
+            stdout.flush().await
+        }
+        LogOutput::StdIn { .. } => Ok(()),
+    }
+}
+
 fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
     for f in files {
@@ -707,16 +727,7 @@ impl DockerRuntime {
                     break;
                 }
             };
-            let written = match chunk {
-                LogOutput::StdErr { message } => {
-                    stderr.write_all(&message).await.and(stderr.flush().await)
-                }
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    stdout.write_all(&message).await.and(stdout.flush().await)
-                }
-                LogOutput::StdIn { .. } => Ok(()),
-            };
-            if let Err(e) = written {
+            if let Err(e) = write_chunk(chunk, stdout, stderr).await {
                 result = Err(DockerError::io("writing the container's output", e));
                 break;
             }
@@ -777,16 +788,9 @@ impl DockerRuntime {
             let chunk = item.map_err(|e| {
                 DockerError::engine(format!("reading the output of {}", container.name), e)
             })?;
-            let written = match chunk {
-                LogOutput::StdErr { message } => {
-                    stderr.write_all(&message).await.and(stderr.flush().await)
-                }
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    stdout.write_all(&message).await.and(stdout.flush().await)
-                }
-                LogOutput::StdIn { .. } => Ok(()),
-            };
-            written.map_err(|e| DockerError::io("writing the container's output", e))?;
+            write_chunk(chunk, stdout, stderr)
+                .await
+                .map_err(|e| DockerError::io("writing the container's output", e))?;
         }
         Ok(())
     }
