@@ -17,7 +17,8 @@ use crate::RunError;
 
 /// The directory holding the agent socket inside the sandbox.
 pub const AGENT_DIR_IN_SANDBOX: &str = "/run/moat/ssh-agent";
-/// `SSH_AUTH_SOCK` inside the sandbox.
+/// `SSH_AUTH_SOCK` inside the sandbox (unless the sandbox runs as another
+/// host uid: then the socket's name is random).
 pub const AGENT_SOCKET_IN_SANDBOX: &str = "/run/moat/ssh-agent/agent.sock";
 /// The moat binary inside the sandbox (the `ProxyCommand`).
 pub const MOAT_IN_SANDBOX: &str = "/run/moat/bin/moat";
@@ -65,19 +66,29 @@ impl SshAccess {
     }
 
     /// Starts the agent proxy for `run_id`; its events go to the run's
-    /// audit log through the daemon. `owner` is the uid the sandbox's
-    /// processes have on the host, when it differs from ours.
+    /// audit log through the daemon. `foreign_uid`: the sandbox's processes
+    /// run as another host uid than ours (a root caller's containers).
     pub(crate) fn start(
         &self,
         run_id: &str,
         client: &DaemonClient,
-        owner: Option<u32>,
+        foreign_uid: bool,
     ) -> Result<RunningSsh, RunError> {
         let dir = std::env::temp_dir().join(format!("moat-ssh-{run_id}"));
         moat_home::ensure_private_dir(&dir)?;
+        // Normally the socket is ours, 0600, in our 0700 directory. When the
+        // sandbox runs as another uid, handing it the socket would hand it
+        // to every host process of that uid too; instead the directory
+        // becomes traversable but not listable (0711) and the socket,
+        // open to all (0666), gets a random name only the sandbox is told.
+        let name = if foreign_uid {
+            format!("agent-{}.sock", random_hex()?)
+        } else {
+            "agent.sock".to_string()
+        };
         let audit = spawn_audit_forwarder(client.clone(), run_id.to_string());
         let proxy = AgentProxy::start(
-            &dir.join("agent.sock"),
+            &dir.join(&name),
             self.upstream.clone(),
             AgentFilter::new(&self.grants)?,
             move |event: &SshEvent| {
@@ -85,19 +96,20 @@ impl SshAccess {
                 let _ = audit.send(event.clone());
             },
         )?;
-        if let Some(uid) = owner {
-            let chown = |p: &Path| {
-                rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(uid)), None).map_err(|e| {
-                    RunError::Other(format!(
-                        "giving the sandbox user the SSH agent socket {}: {e}",
-                        p.display()
-                    ))
-                })
+        if foreign_uid {
+            let chmod = |p: &Path, mode: u32| {
+                std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(|e| {
+                        RunError::Other(format!(
+                            "opening the SSH agent socket {} to the sandbox user: {e}",
+                            p.display()
+                        ))
+                    })
             };
-            chown(&dir)?;
-            chown(proxy.socket())?;
+            chmod(&dir, 0o711)?;
+            chmod(proxy.socket(), 0o666)?;
         }
-        Ok(RunningSsh { proxy, dir })
+        Ok(RunningSsh { proxy, dir, name })
     }
 
     /// The system-wide `ssh_config` and `ssh_known_hosts` of the sandbox:
@@ -164,10 +176,23 @@ impl SshAccess {
                 ),
                 (moat, MOAT_IN_SANDBOX.into(), true),
             ],
-            auth_sock: ("SSH_AUTH_SOCK".into(), AGENT_SOCKET_IN_SANDBOX.into()),
+            auth_sock: (
+                "SSH_AUTH_SOCK".into(),
+                format!("{AGENT_DIR_IN_SANDBOX}/{}", running.name),
+            ),
             files: self.files(),
         })
     }
+}
+
+/// 128 random bits, hex.
+fn random_hex() -> Result<String, RunError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| RunError::Other(format!("reading /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Sends agent events to the daemon from a thread of its own: the agent
@@ -201,6 +226,8 @@ fn spawn_audit_forwarder(client: DaemonClient, run_id: String) -> mpsc::Sender<S
 pub(crate) struct RunningSsh {
     proxy: AgentProxy,
     dir: PathBuf,
+    /// The socket's file name in `dir`.
+    name: String,
 }
 
 impl RunningSsh {

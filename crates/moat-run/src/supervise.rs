@@ -222,11 +222,14 @@ fn start_and_wait(
 
     // A root caller's containers run as an unprivileged uid, which must
     // be able to open the agent socket; native sandboxes map our own uid.
-    let owner = match (&plan.runtime, rustix::process::getuid().as_raw()) {
-        (crate::RuntimePlan::Docker(_), 0) => Some(moat_runtime_docker::FALLBACK_UID),
-        _ => None,
-    };
-    let running_ssh = match ssh.map(|s| s.start(&run_id, &client, owner)).transpose() {
+    let foreign_uid = matches!(
+        (&plan.runtime, rustix::process::getuid().is_root()),
+        (crate::RuntimePlan::Docker(_), true)
+    );
+    let running_ssh = match ssh
+        .map(|s| s.start(&run_id, &client, foreign_uid))
+        .transpose()
+    {
         Ok(r) => r,
         Err(e) => {
             unregister(&runtime);
