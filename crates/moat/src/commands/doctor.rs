@@ -138,14 +138,28 @@ fn runtimes() -> Result<Vec<Check>> {
         Ok(rt) => {
             checks.push(ok("docker", format!("reachable at {}", rt.endpoint())));
             let gvisor = block_on(rt.has_runtime(moat_runtime_docker::GVISOR_RUNTIME))?;
+            let host_uds = block_on(rt.runtime_args(moat_runtime_docker::GVISOR_RUNTIME))?
+                .map(|args| {
+                    args.iter()
+                        .any(|a| a.contains("host-uds=open") || a.contains("host-uds=all"))
+                })
+                .unwrap_or(false);
             checks.push(match gvisor {
-                Ok(true) => ok("gvisor", "runsc is registered with Docker"),
+                Ok(true) if host_uds => ok("gvisor", "runsc is registered with Docker (host sockets open: SSH grants work)"),
+                Ok(true) => problem(
+                    Status::Warn,
+                    "gvisor",
+                    "runsc is registered without --host-uds=open: SSH grants fail under gVisor",
+                    "add \"--host-uds=open\" to runsc's runtimeArgs in /etc/docker/daemon.json:\n\
+                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
+                     then: sudo systemctl restart docker",
+                ),
                 Ok(false) => problem(
                     Status::Warn,
                     "gvisor",
                     "runsc is not registered with Docker: Docker runs need --no-sandbox",
                     "install gVisor and register it in /etc/docker/daemon.json:\n\
-                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\"]}}}\n\
+                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
                      then: sudo systemctl restart docker",
                 ),
                 Err(e) => problem(
