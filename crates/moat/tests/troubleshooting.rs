@@ -42,10 +42,16 @@ const PROVOKED: &[&str] = &[
     "registering run with proxy daemon",
     "connecting to daemon",
     "gVisor (runsc) is required but not available",
+    "no host key known for <host>",
+    "the SSH agent holds several keys",
 ];
 
 /// Headings not provoked here, and why.
 const NOT_PROVOKED: &[(&str, &str)] = &[
+    (
+        "SSH grants under gVisor need runsc to open host Unix sockets",
+        "needs a runsc registered without --host-uds=open; .ci/run registers it with",
+    ),
     (
         "certificate verify failed / x509: certificate signed by unknown authority",
         "printed by the tool inside the sandbox, not by moat",
@@ -222,6 +228,52 @@ fn ssh_errors() {
     let out = t.run(&["grant", "ssh", "--host", "github.com"]);
     out.failure();
     documented("SSH grants require SSH_AUTH_SOCK to be set", &out.stderr);
+
+    // With a real agent holding two keys.
+    use moat_testkit::ssh::{keygen, openssh_missing, SshAgent};
+    if let Some(why) = openssh_missing() {
+        eprintln!("skipping the agent errors: {why}");
+        return;
+    }
+    let dir = t.env.dir.path();
+    let one = keygen(dir, "one");
+    let two = keygen(dir, "two");
+    let agent = SshAgent::start(dir);
+    agent.add(&one);
+    agent.add(&two);
+    let sock = agent.socket().to_str().unwrap().to_string();
+    let with_agent = [("SSH_AUTH_SOCK", sock.as_str())];
+    let out = t.run_with(&["grant", "ssh", "--host", "git.example"], &with_agent);
+    out.failure();
+    documented(
+        "the SSH agent holds several keys",
+        &fingerprints_redacted(&t.normalize(&out.stderr)),
+    );
+    let out = t.run_with(
+        &[
+            "grant",
+            "ssh",
+            "--host",
+            "git.example",
+            "--key",
+            one.to_str().unwrap(),
+        ],
+        &with_agent,
+    );
+    out.failure();
+    documented("no host key known for <host>", &t.normalize(&out.stderr));
+}
+
+/// Key fingerprints and comments differ per run: `SHA256:<fp>  <comment>`.
+fn fingerprints_redacted(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.trim_start().strip_prefix("SHA256:") {
+            Some(_) => "  SHA256:<fingerprint>  <comment>".to_string(),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 #[test]
