@@ -84,16 +84,7 @@ fn raw_proxy_request(port: u16, request: &str) -> String {
 #[test]
 fn two_runs_different_grants_strict_trace_and_restart() {
     let t = Env::new("300");
-    let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-    t.env
-        .run_with(
-            &["grant", "github"],
-            &[
-                ("GITHUB_TOKEN", GH_TOKEN),
-                ("MOAT_GITHUB_API_URL", &api.url),
-            ],
-        )
-        .success();
+    t.env.grant_github(GH_TOKEN);
     std::fs::write(
         t.env.dir.path().join("b/moat.yaml"),
         "network:\n  policy: strict\n",

@@ -121,16 +121,7 @@ fn strict_image_from_dependencies_cached_and_injected() {
         return;
     }
     let t = DockerEnv::new();
-    let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-    t.env
-        .run_with(
-            &["grant", "github"],
-            &[
-                ("GITHUB_TOKEN", GH_TOKEN),
-                ("MOAT_GITHUB_API_URL", &api.url),
-            ],
-        )
-        .success();
+    t.env.grant_github(GH_TOKEN);
     std::fs::write(
         t.project().join("moat.yaml"),
         "dependencies: [git, jq]\nnetwork:\n  policy: strict\ngrants: [github]\n",

@@ -94,15 +94,7 @@ fn loose_key_file_fails_with_its_fix() {
 #[test]
 fn undecryptable_credentials_and_stale_daemon_state() {
     let t = TestEnv::new();
-    let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-    t.run_with(
-        &["grant", "github"],
-        &[
-            ("GITHUB_TOKEN", "ghp_doctorE2eSecret0123456789abcdefghij"),
-            ("MOAT_GITHUB_API_URL", &api.url),
-        ],
-    )
-    .success();
+    t.grant_github("ghp_doctorE2eSecret0123456789abcdefghij");
     let out = t.run_with(&["doctor"], &[NO_DOCKER]);
     out.success();
     assert!(

@@ -26,16 +26,7 @@ impl TraceEnv {
 
     /// A strict run that makes one injected request and one blocked one.
     fn traced_run(&self) -> String {
-        let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-        self.env
-            .run_with(
-                &["grant", "github"],
-                &[
-                    ("GITHUB_TOKEN", GH_TOKEN),
-                    ("MOAT_GITHUB_API_URL", &api.url),
-                ],
-            )
-            .success();
+        self.env.grant_github(GH_TOKEN);
         std::fs::write(
             self.env.dir.path().join("project/moat.yaml"),
             "name: traced\nnetwork:\n  policy: strict\n",

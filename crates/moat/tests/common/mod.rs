@@ -57,6 +57,17 @@ impl TestEnv {
         Result::from(cmd.output().expect("spawn moat"))
     }
 
+    /// `moat grant github` with `token`, validated against a local API
+    /// that knows it as octocat.
+    pub fn grant_github(&self, token: &str) {
+        let api = FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
+        self.run_with(
+            &["grant", "github"],
+            &[("GITHUB_TOKEN", token), ("MOAT_GITHUB_API_URL", &api.url)],
+        )
+        .success();
+    }
+
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Result {
         let mut child = self
             .moat()
@@ -282,13 +293,7 @@ impl ProxiedEnv {
 
     /// `moat grant github` with `token`, validated against a local API.
     pub fn grant_github(&self, token: &str) {
-        let api = FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
-        self.env
-            .run_with(
-                &["grant", "github"],
-                &[("GITHUB_TOKEN", token), ("MOAT_GITHUB_API_URL", &api.url)],
-            )
-            .success();
+        self.env.grant_github(token);
     }
 }
 
