@@ -19,6 +19,13 @@ pub enum SandboxError {
         message: String,
     },
 
+    /// A resource limit was asked for that cannot be enforced here.
+    #[error("{message}")]
+    LimitUnavailable {
+        /// Which limit, why, and what to do instead.
+        message: String,
+    },
+
     /// Building the sandbox failed inside the init process (a mount that
     /// failed, a missing workspace...). The message names the path and, when
     /// known, the fix.

@@ -62,7 +62,7 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
 use crate::protocol::{read_spec, write_status, Status};
-use crate::rootfs::{self, Ids};
+use crate::rootfs::{self, HostPaths, Ids};
 use crate::spec::{NetworkMode, SandboxSpec, DEFAULT_PATH, WORKSPACE_IN_SANDBOX};
 use crate::sys::{self, CaughtSignal, Fork, SignalSet};
 
@@ -137,28 +137,51 @@ fn run_init(args: Vec<OsString>) -> i32 {
 
     let outer_uid = rustix::process::getuid().as_raw();
     let outer_gid = rustix::process::getgid().as_raw();
-    // The command never runs as root: a root caller's files are owned, in
-    // the sandbox, by an ordinary user (uid 1000) that maps to host root.
+    let root_caller = outer_uid == 0;
+    if !root_caller && outer_gid == 0 {
+        return fail(
+            "moat will not run a sandbox whose group maps onto the host's root group (gid 0): \
+             run it with another primary group (e.g. `sg users -c 'moat run ...'`)"
+                .into(),
+        );
+    }
+    // The command never runs as root. A root caller's sandbox user is
+    // uid 1000 inside, mapped onto an unprivileged host id (see identity.rs).
     let ids = Ids {
-        uid: if outer_uid == 0 { 1000 } else { outer_uid },
-        gid: if outer_gid == 0 { 1000 } else { outer_gid },
+        uid: if root_caller { 1000 } else { outer_uid },
+        gid: if root_caller { 1000 } else { outer_gid },
+    };
+    let mut paths = match HostPaths::resolve(&spec) {
+        Ok(p) => p,
+        Err(message) => return fail(message),
     };
 
     // Not CLONE_NEWPID yet: after it, this process could no longer create
     // threads (the kernel refuses CLONE_THREAD), and the helper needs some.
-    let mut flags = UnshareFlags::NEWUSER
-        | UnshareFlags::NEWIPC
-        | UnshareFlags::NEWUTS
-        | UnshareFlags::NEWCGROUP;
+    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS | UnshareFlags::NEWCGROUP;
     if matches!(spec.network, NetworkMode::Isolated { .. }) {
         flags |= UnshareFlags::NEWNET;
+    }
+    if root_caller {
+        if let Err(message) = enter_unprivileged_userns(ids, &mut paths) {
+            return fail(message);
+        }
+    } else {
+        flags |= UnshareFlags::NEWUSER;
     }
     if let Err(e) = sys::unshare_namespaces(flags) {
         return fail(explain_unshare_error(&e));
     }
-    if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
-        return fail(e);
+    if !root_caller {
+        if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
+            return fail(e);
+        }
     }
+    let tmpfs_size = spec.limits.tmpfs_bytes.unwrap_or_else(|| {
+        crate::cgroup::total_memory()
+            .map(|m| m / 4)
+            .unwrap_or(1 << 30)
+    });
 
     let listener = match &spec.network {
         NetworkMode::Host => None,
@@ -206,13 +229,29 @@ fn run_init(args: Vec<OsString>) -> i32 {
         Err(e) => fail(format!("cannot fork the sandbox's PID 1: {e}")),
         Ok(Fork::Child) => {
             drop(alive_w);
+            // First: what PID 1 creates must belong to a user the namespace
+            // maps (the kernel refuses to create files for an unmapped one).
+            // The capabilities it holds in the namespace stay: the uid it
+            // leaves is not the namespace's root, so no "setuid fix-up"
+            // clears them. Before the death signal, which a change of
+            // credentials resets.
+            if root_caller {
+                if let Err(e) = become_sandbox_user(ids) {
+                    std::process::exit(fail(format!("cannot switch to the sandbox user: {e}")));
+                }
+            }
             if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
                 || init_is_gone(&alive_r)
             {
                 std::process::exit(SETUP_FAILED);
             }
             drop(alive_r);
-            std::process::exit(run_pid1(&spec, ids, &status, &signals))
+            let setup = Pid1Setup {
+                ids,
+                paths,
+                tmpfs_size,
+            };
+            std::process::exit(run_pid1(&spec, setup, &status, &signals))
         }
         Ok(Fork::Parent(pid)) => {
             drop(alive_r);
@@ -234,6 +273,11 @@ fn run_helper(init_pid: Pid, mut lifeline: File, listener: Option<(TcpListener, 
     if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
         || rustix::process::getppid() != Some(init_pid)
     {
+        let _ = rustix::process::kill_process(init_pid, Signal::KILL);
+        return SETUP_FAILED;
+    }
+    // The relay faces the sandbox: it keeps no capability.
+    if drop_privileges().is_err() {
         let _ = rustix::process::kill_process(init_pid, Signal::KILL);
         return SETUP_FAILED;
     }
@@ -274,6 +318,28 @@ fn explain_unshare_error(e: &io::Error) -> String {
         "cannot create the sandbox namespaces: {e}. {}",
         crate::support::namespace_hint()
     )
+}
+
+/// For a root caller: prepares the ID-mapped mount trees and enters a
+/// user namespace whose only user is the sandbox's, mapped onto an
+/// unprivileged host id. The init keeps host root's identity (unmapped
+/// inside) until PID 1 switches to the sandbox user.
+fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), String> {
+    let (host_uid, host_gid) = crate::identity::host_ids_for_root();
+    let idmap = crate::identity::prepared_userns(
+        &format!("0 {host_uid} 1\n"),
+        &format!("0 {host_gid} 1\n"),
+    )?;
+    paths.detach_idmapped(idmap.as_fd())?;
+    let userns = crate::identity::prepared_userns(
+        &format!("{} {host_uid} 1\n", ids.uid),
+        &format!("{} {host_gid} 1\n", ids.gid),
+    )?;
+    rustix::thread::move_into_link_name_space(
+        userns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::User),
+    )
+    .map_err(|e| format!("cannot enter the sandbox's user namespace: {e}"))
 }
 
 fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), String> {
@@ -334,18 +400,30 @@ fn supervise_pid1(pid1: Pid, status: &File, signals: &SignalSet) -> i32 {
     }
 }
 
+/// What PID 1 needs from the init to build the sandbox.
+struct Pid1Setup {
+    ids: Ids,
+    paths: HostPaths,
+    tmpfs_size: u64,
+}
+
 /// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
 /// and forwards until the command exits.
-fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) -> i32 {
+fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
     let fail = |message: String| {
         let _ = write_status(status, &Status::Error { message });
         SETUP_FAILED
     };
+    let filters = match crate::seccomp::Filters::build() {
+        Ok(f) => f,
+        Err(message) => return fail(message),
+    };
+    let ids = setup.ids;
     rootfs::set_umask();
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWNS) {
         return fail(format!("cannot create the sandbox mount namespace: {e}"));
     }
-    if let Err(message) = rootfs::build(spec, ids) {
+    if let Err(message) = rootfs::build(spec, ids, setup.paths, setup.tmpfs_size) {
         return fail(message);
     }
     if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
@@ -353,6 +431,12 @@ fn run_pid1(spec: &SandboxSpec, ids: Ids, status: &File, signals: &SignalSet) ->
     }
     if let Err(e) = drop_privileges() {
         return fail(format!("cannot drop privileges: {e}"));
+    }
+    if let Err(e) = apply_rlimits(&spec.limits) {
+        return fail(format!("cannot set resource limits: {e}"));
+    }
+    if let Err(message) = filters.install() {
+        return fail(message);
     }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;
@@ -457,6 +541,43 @@ fn resolve_program(name: &str, path_var: &str) -> Option<PathBuf> {
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false)
         })
+}
+
+/// Leaves the init's identity (host root, unmapped here) for the sandbox
+/// user, supplementary groups included.
+fn become_sandbox_user(ids: Ids) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    let gid = Gid::from_raw(ids.gid);
+    let uid = Uid::from_raw(ids.uid);
+    rustix::thread::set_thread_groups(&[])?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    Ok(())
+}
+
+/// Per-process limits: processes of the sandbox user (counted per user
+/// namespace, so only the sandbox's), open files, and no core dumps (a
+/// core pattern may hand them to a host program).
+fn apply_rlimits(limits: &crate::spec::ResourceLimits) -> io::Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    for (resource, wanted) in [
+        (Resource::Nproc, limits.pids),
+        (Resource::Nofile, limits.open_files),
+        (Resource::Core, 0),
+    ] {
+        // Only lowering is allowed without privileges over the host.
+        let max = getrlimit(resource)
+            .maximum
+            .map_or(wanted, |m| m.min(wanted));
+        setrlimit(
+            resource,
+            Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes every capability the setup needed before the command runs:

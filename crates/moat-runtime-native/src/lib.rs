@@ -41,12 +41,15 @@
 // The examples show `fn main` on purpose: where the init hook goes is the point.
 #![allow(clippy::needless_doctest_main)]
 
+mod cgroup;
 mod error;
+mod identity;
 pub mod init;
 mod protocol;
 mod relay;
 mod rootfs;
 mod sandbox;
+mod seccomp;
 mod spec;
 mod support;
 mod sys;
@@ -54,7 +57,7 @@ mod sys;
 pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
-    BindMount, InjectedFile, NetworkMode, SandboxSpec, StdioMode, DEFAULT_PATH,
+    BindMount, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode, DEFAULT_PATH,
     PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
 pub use crate::support::check_support;

@@ -13,11 +13,15 @@ use std::io::{self, Write};
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{statvfs, Mode};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{statvfs, Mode, CWD};
 use rustix::mount::{
-    mount, mount_bind, mount_bind_recursive, mount_change, mount_remount, unmount, MountFlags,
-    MountPropagationFlags, UnmountFlags,
+    mount, mount_bind, mount_bind_recursive, mount_change, mount_remount, move_mount, open_tree,
+    unmount, MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
+
+use crate::sys;
 
 use crate::spec::{NetworkMode, SandboxSpec, PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX};
 
@@ -61,53 +65,141 @@ pub(crate) struct Ids {
 /// A setup failure, already phrased for the user.
 pub(crate) type SetupResult<T> = Result<T, String>;
 
-/// Host paths from the spec, canonicalised while the host tree is visible.
+/// A host file or directory to show in the sandbox.
 #[derive(Debug)]
-struct HostPaths {
-    workspace: PathBuf,
-    mounts: Vec<(PathBuf, PathBuf, bool)>,
-    proxy_socket: Option<PathBuf>,
+pub(crate) enum HostSource {
+    /// Bound by path from the sandbox's PID 1.
+    Path(PathBuf),
+    /// A detached, already configured mount tree (`open_tree`), attached
+    /// by PID 1 with `move_mount`.
+    Tree(OwnedFd),
 }
 
-fn resolve_host_paths(spec: &SandboxSpec) -> SetupResult<HostPaths> {
-    let workspace = fs::canonicalize(&spec.workspace).map_err(|e| {
-        format!(
-            "workspace {} cannot be used: {e} (create the directory or run from an existing project)",
-            spec.workspace.display()
-        )
-    })?;
-    if !workspace.is_dir() {
-        return Err(format!(
-            "workspace {} is not a directory",
-            spec.workspace.display()
-        ));
-    }
-    let mut mounts = Vec::new();
-    for m in &spec.mounts {
-        let source = fs::canonicalize(&m.source).map_err(|e| {
+/// One host path shown in the sandbox.
+#[derive(Debug)]
+pub(crate) struct HostMount {
+    source: HostSource,
+    target: PathBuf,
+    read_only: bool,
+    is_dir: bool,
+}
+
+/// Host paths from the spec, canonicalised by the init while it still sees
+/// the host's tree with the caller's identity, so a symlink cannot redirect
+/// a bind later.
+#[derive(Debug)]
+pub(crate) struct HostPaths {
+    workspace: HostMount,
+    mounts: Vec<HostMount>,
+    proxy_socket: Option<HostMount>,
+}
+
+impl HostPaths {
+    pub(crate) fn resolve(spec: &SandboxSpec) -> SetupResult<HostPaths> {
+        let workspace = fs::canonicalize(&spec.workspace).map_err(|e| {
             format!(
-                "mount source {} cannot be used: {e} (fix or remove this mount)",
-                m.source.display()
+                "workspace {} cannot be used: {e} (create the directory or run from an existing project)",
+                spec.workspace.display()
             )
         })?;
-        mounts.push((source, m.target.clone(), m.read_only));
-    }
-    let proxy_socket = match &spec.network {
-        NetworkMode::Host => None,
-        NetworkMode::Isolated { proxy_socket, .. } => {
-            Some(fs::canonicalize(proxy_socket).map_err(|e| {
-                format!(
-                    "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
-                    proxy_socket.display()
-                )
-            })?)
+        if !workspace.is_dir() {
+            return Err(format!(
+                "workspace {} is not a directory",
+                spec.workspace.display()
+            ));
         }
-    };
-    Ok(HostPaths {
-        workspace,
-        mounts,
-        proxy_socket,
-    })
+        let mut mounts = Vec::new();
+        for m in &spec.mounts {
+            let source = fs::canonicalize(&m.source).map_err(|e| {
+                format!(
+                    "mount source {} cannot be used: {e} (fix or remove this mount)",
+                    m.source.display()
+                )
+            })?;
+            mounts.push(HostMount {
+                is_dir: source.is_dir(),
+                source: HostSource::Path(source),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            });
+        }
+        let proxy_socket = match &spec.network {
+            NetworkMode::Host => None,
+            NetworkMode::Isolated { proxy_socket, .. } => Some(HostMount {
+                source: HostSource::Path(fs::canonicalize(proxy_socket).map_err(|e| {
+                    format!(
+                        "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
+                        proxy_socket.display()
+                    )
+                })?),
+                target: PathBuf::from(PROXY_SOCKET_IN_SANDBOX),
+                read_only: false,
+                is_dir: false,
+            }),
+        };
+        Ok(HostPaths {
+            workspace: HostMount {
+                source: HostSource::Path(workspace),
+                target: PathBuf::from(WORKSPACE_IN_SANDBOX),
+                read_only: false,
+                is_dir: true,
+            },
+            mounts,
+            proxy_socket,
+        })
+    }
+
+    /// Replaces every source by a detached copy of its mount tree, ID-mapped
+    /// through `idmap` (see [`crate::identity`]), read-only where asked,
+    /// never honouring set-uid bits or device files. Needs privileges over
+    /// the host's mounts: only for a root caller, before the init enters the
+    /// sandbox's user namespace.
+    pub(crate) fn detach_idmapped(&mut self, idmap: BorrowedFd<'_>) -> SetupResult<()> {
+        let all = std::iter::once(&mut self.workspace)
+            .chain(self.mounts.iter_mut())
+            .chain(self.proxy_socket.iter_mut());
+        for m in all {
+            let HostSource::Path(path) = &m.source else {
+                continue;
+            };
+            // Read-only mounts show the directory alone, as a plain bind
+            // would; writable ones bring their submounts along.
+            let recursive = !m.read_only;
+            let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+            if recursive {
+                flags |= OpenTreeFlags::AT_RECURSIVE;
+            }
+            let tree = open_tree(CWD, path, flags)
+                .map_err(|e| err("cannot take a copy of the mount at", path, e))?;
+            let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+            if m.read_only {
+                attrs |= sys::MOUNT_ATTR_RDONLY;
+            }
+            let mapped = sys::mount_setattr_tree(
+                tree.as_fd(),
+                recursive,
+                attrs | sys::MOUNT_ATTR_IDMAP,
+                Some(idmap),
+            );
+            if let Err(e) = mapped {
+                if !m.read_only {
+                    return Err(format!(
+                        "cannot map the ownership of {} for the sandbox: {e}. A sandbox started by root \
+                         runs as an unprivileged user and needs ID-mapped mounts (Linux 5.12 or later, \
+                         and a file system that supports them) to write files that root owns. \
+                         Run moat as a regular user, move the project to a local file system, \
+                         or use --runtime docker",
+                        path.display()
+                    ));
+                }
+                // Read-only: world-readable files stay readable unmapped.
+                sys::mount_setattr_tree(tree.as_fd(), recursive, attrs, None)
+                    .map_err(|e| err("cannot configure the mount of", path, e))?;
+            }
+            m.source = HostSource::Tree(tree);
+        }
+        Ok(())
+    }
 }
 
 /// The host path `p` as seen while the host root is at [`OLD_ROOT`].
@@ -189,10 +281,36 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> SetupResult<()> {
     Ok(())
 }
 
+/// Shows `m` at its target: a bind of its host path (translated to where
+/// the host root is now), or its detached tree moved into place.
+fn show(m: HostMount) -> SetupResult<()> {
+    if m.is_dir {
+        mkdir_p(&m.target, 0o755)?;
+    } else {
+        touch(&m.target)?;
+    }
+    match m.source {
+        HostSource::Path(path) => bind(&host(&path), &m.target, m.read_only),
+        HostSource::Tree(tree) => move_mount(
+            tree.as_fd(),
+            "",
+            CWD,
+            &m.target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| err("cannot attach the mount at", &m.target, e)),
+    }
+}
+
 /// Builds the whole tree and leaves the process in `/workspace`, with the
-/// host root detached.
-pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
-    let paths = resolve_host_paths(spec)?;
+/// host root detached. `tmpfs_size` caps each writable tmpfs (bytes).
+pub(crate) fn build(
+    spec: &SandboxSpec,
+    ids: Ids,
+    paths: HostPaths,
+    tmpfs_size: u64,
+) -> SetupResult<()> {
+    let sized = |mode: &str| format!("mode={mode},size={tmpfs_size}");
 
     mount_change(
         "/",
@@ -204,7 +322,7 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
     mount_tmpfs(
         Path::new("/tmp"),
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0755",
+        "mode=0755,size=64m",
     )?;
     mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
     rustix::process::pivot_root("/tmp", "/tmp/oldroot")
@@ -234,7 +352,7 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
     mount_tmpfs(
         Path::new(LAYERS),
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0700",
+        "mode=0700,size=64m",
     )?;
     let mut handled = vec![false; spec.files.len()];
     build_etc(spec, ids, &mut handled)?;
@@ -247,7 +365,7 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
     mount_tmpfs(
         Path::new("/tmp"),
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=1777",
+        &sized("1777"),
     )?;
     mkdir_p(Path::new("/var"), 0o755)?;
     symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
@@ -262,31 +380,26 @@ pub(crate) fn build(spec: &SandboxSpec, ids: Ids) -> SetupResult<()> {
         None,
     )
     .map_err(|e| format!("cannot mount /proc in the sandbox: {e}"))?;
+    restrict_proc()?;
 
-    build_dev()?;
+    build_dev(&sized("1777"))?;
 
     let ws = Path::new(WORKSPACE_IN_SANDBOX);
-    mkdir_p(ws, 0o755)?;
-    bind(&host(&paths.workspace), ws, false)?;
+    show(paths.workspace)?;
 
     let home = spec.home_in_sandbox();
     mkdir_p(&home, 0o755)?;
-    mount_tmpfs(&home, MountFlags::NOSUID | MountFlags::NODEV, "mode=0700")?;
+    mount_tmpfs(
+        &home,
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &sized("0700"),
+    )?;
 
-    for (source, target, read_only) in &paths.mounts {
-        let src = host(source);
-        if src.is_dir() {
-            mkdir_p(target, 0o755)?;
-        } else {
-            touch(target)?;
-        }
-        bind(&src, target, *read_only)?;
+    for m in paths.mounts {
+        show(m)?;
     }
-
-    if let Some(sock) = &paths.proxy_socket {
-        let dst = Path::new(PROXY_SOCKET_IN_SANDBOX);
-        touch(dst)?;
-        bind(&host(sock), dst, false)?;
+    if let Some(sock) = paths.proxy_socket {
+        show(sock)?;
     }
 
     for (file, _) in spec.files.iter().zip(&handled).filter(|(_, done)| !**done) {
@@ -496,10 +609,14 @@ fn copy_tree(src: &Path, dst: &Path) -> SetupResult<()> {
     Ok(())
 }
 
-fn build_dev() -> SetupResult<()> {
+fn build_dev(shm_options: &str) -> SetupResult<()> {
     let dev = Path::new("/dev");
     mkdir_p(dev, 0o755)?;
-    mount_tmpfs(dev, MountFlags::NOSUID | MountFlags::NOEXEC, "mode=0755")?;
+    mount_tmpfs(
+        dev,
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=0755,size=1m",
+    )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let dst = dev.join(node);
         touch(&dst)?;
@@ -528,7 +645,56 @@ fn build_dev() -> SetupResult<()> {
     }
     let shm = dev.join("shm");
     mkdir_p(&shm, 0o1777)?;
-    mount_tmpfs(&shm, MountFlags::NOSUID | MountFlags::NODEV, "mode=1777")?;
+    mount_tmpfs(&shm, MountFlags::NOSUID | MountFlags::NODEV, shm_options)?;
+    Ok(())
+}
+
+/// `/proc` entries that reach the kernel itself: shown read-only.
+const PROC_READ_ONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// `/proc` entries that reveal or change host state: hidden (files behind
+/// `/dev/null`, directories behind an empty read-only tmpfs).
+const PROC_MASKED: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "latency_stats",
+    "sched_debug",
+    "kallsyms",
+    "kmsg",
+    "config.gz",
+    "acpi",
+    "scsi",
+    "asound",
+    "driver",
+];
+
+/// Makes the kernel's knobs in `/proc` read-only and hides the entries
+/// that leak host state, as container runtimes do. Runs while the host
+/// root is still attached (for `/dev/null`).
+fn restrict_proc() -> SetupResult<()> {
+    for name in PROC_MASKED {
+        let path = Path::new("/proc").join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => mount_tmpfs(
+                &path,
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                "mode=0555,size=4k",
+            )?,
+            Ok(_) => mount_bind(host(Path::new("/dev/null")), &path)
+                .map_err(|e| err("cannot hide", &path, e))?,
+            Err(_) => {}
+        }
+    }
+    for name in PROC_READ_ONLY {
+        let path = Path::new("/proc").join(name);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        mount_bind_recursive(&path, &path).map_err(|e| err("cannot bind", &path, e))?;
+        remount_read_only(&path)?;
+    }
     Ok(())
 }
 

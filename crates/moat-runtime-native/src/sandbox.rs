@@ -75,6 +75,8 @@ pub struct Sandbox {
     exit: Option<SandboxExit>,
     /// Master side of the sandbox's terminal with [`StdioMode::Pty`].
     pty: Option<OwnedFd>,
+    /// The sandbox's resource limits, removed once it is gone.
+    cgroup: Option<crate::cgroup::RunCgroup>,
 }
 
 /// Starts `spec` in a new sandbox and returns once the sandbox is built and
@@ -109,6 +111,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         pipe_with(PipeFlags::CLOEXEC)
             .map_err(|e| SandboxError::io("cannot create a pipe", e.into()))
     };
+    let cgroup = crate::cgroup::RunCgroup::create(&spec.limits)?;
     let (spec_r, spec_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
 
@@ -171,6 +174,11 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
             return Err(e);
         }
     };
+    // Before the init reads its spec, so all it starts is inside.
+    if let Some(Err(e)) = cgroup.as_ref().map(|c| c.add(child.id())) {
+        reap(&mut child);
+        return Err(e);
+    }
 
     let mut lifeline = File::from(spec_w);
     let written = write_spec(&mut lifeline, spec);
@@ -210,6 +218,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         status,
         exit: None,
         pty: pty_master,
+        cgroup,
     })
 }
 
@@ -341,6 +350,9 @@ impl Sandbox {
             },
         });
         self.exit = Some(exit);
+        if let Some(cgroup) = self.cgroup.as_mut() {
+            cgroup.remove();
+        }
         exit
     }
 }

@@ -41,6 +41,46 @@ pub struct SandboxSpec {
     pub network: NetworkMode,
     /// Where the command's stdin, stdout and stderr go.
     pub stdio: StdioMode,
+    /// What the whole sandbox may consume.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+}
+
+/// Resource limits of one sandbox, so that one runaway command cannot take
+/// the machine down.
+///
+/// Memory, CPU and process counts are enforced with a cgroup of the
+/// sandbox's own where the caller may create one (root, with cgroup v1
+/// controllers or cgroup v2); processes and open files are also limited
+/// with rlimits, which work for every caller. A memory or CPU limit asked
+/// for where no cgroup can be made is an error, not silently dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Memory of all the sandbox's processes together, tmpfs pages
+    /// included. `None`: three quarters of the machine's memory where a
+    /// cgroup is available, no limit otherwise.
+    pub memory_bytes: Option<u64>,
+    /// CPU time in thousandths of a CPU (`1500` = one and a half CPUs).
+    pub millicpus: Option<u32>,
+    /// Processes and threads of the sandbox together.
+    pub pids: u64,
+    /// Open files of each process.
+    pub open_files: u64,
+    /// Size cap of each writable tmpfs (`/tmp`, the home directory,
+    /// `/dev/shm`). `None`: a quarter of the machine's memory.
+    pub tmpfs_bytes: Option<u64>,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        ResourceLimits {
+            memory_bytes: None,
+            millicpus: None,
+            pids: 4096,
+            open_files: 65536,
+            tmpfs_bytes: None,
+        }
+    }
 }
 
 /// A host path made visible inside the sandbox.
@@ -127,6 +167,7 @@ impl SandboxSpec {
             command,
             network: NetworkMode::Host,
             stdio: StdioMode::Inherit,
+            limits: ResourceLimits::default(),
         }
     }
 
@@ -205,6 +246,19 @@ impl SandboxSpec {
                     f.path_in_sandbox.display()
                 ));
             }
+        }
+        let limits = &self.limits;
+        if limits.pids < 16 || limits.open_files < 64 {
+            return invalid(format!(
+                "limits too low to start anything: {} processes, {} open files (at least 16 and 64)",
+                limits.pids, limits.open_files
+            ));
+        }
+        if limits.memory_bytes.is_some_and(|m| m < 16 << 20) {
+            return invalid("the memory limit must be at least 16 MiB".into());
+        }
+        if limits.millicpus == Some(0) {
+            return invalid("the CPU limit must be more than 0".into());
         }
         if let NetworkMode::Isolated {
             relay_port,
