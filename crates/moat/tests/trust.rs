@@ -356,3 +356,66 @@ fn a_run_that_crashed_after_editing_is_refused() {
     assert!(!out.stdout.contains("ran"));
     assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
 }
+
+#[test]
+fn at_a_terminal_the_changes_are_shown_and_asked_about() {
+    let t = env();
+    let project = t.project();
+    write(&project.join("moat.yaml"), "env:\n  A: one\n");
+    t.run(&[
+        "run",
+        "-n",
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        "echo '  B: two' >> /workspace/moat.yaml",
+    ])
+    .success();
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let inner = format!("{moat} run -- sh -c 'echo ran-$B'");
+
+    let declined = common::under_terminal(&t.moat(), &project, &inner, Some(b"n\n"));
+    assert!(
+        declined.stdout.contains("Trust these changes? [y/N]"),
+        "{}",
+        declined.stdout
+    );
+    assert!(declined.stdout.contains("added: env.B (two)"));
+    assert!(declined.stdout.contains("not trusted, so nothing was run"));
+    assert!(!declined.stdout.contains("ran-two"));
+
+    let accepted = common::under_terminal(&t.moat(), &project, &inner, Some(b"y\n"));
+    assert!(accepted.stdout.contains("ran-two"), "{}", accepted.stdout);
+    // Accepted once, trusted from then on.
+    t.run(&["run", "--", "true"]).success();
+}
+
+#[test]
+fn a_detached_run_that_edits_its_config_is_refused_next_time() {
+    let t = env();
+    let project = t.project();
+    write(&project.join("moat.yaml"), "env:\n  A: one\n");
+    t.run(&[
+        "run",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "echo '  B: two' >> /workspace/moat.yaml; sleep 1",
+    ])
+    .success();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(project.join("moat.yaml"))
+        .unwrap()
+        .contains("B: two")
+    {
+        assert!(Instant::now() < deadline, "the run never edited moat.yaml");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Refused whether the detached run is still open or has ended.
+    let out = t.run(&["run", "-d", "--", "echo", "ran"]);
+    out.failure();
+    assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
+    assert!(!out.stdout.contains("run_"), "{}", out.stdout);
+}
