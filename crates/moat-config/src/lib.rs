@@ -15,6 +15,7 @@
 //! (`yaml.rs`) rather than through serde, because good messages need the
 //! position of every key and whether a scalar was quoted.
 
+mod diff;
 mod error;
 mod mount;
 mod schema;
@@ -25,6 +26,7 @@ mod yaml;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::diff::{diff_keys, KeyChange};
 pub use crate::error::ConfigError;
 pub use crate::types::{
     ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,

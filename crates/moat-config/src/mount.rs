@@ -29,11 +29,13 @@ pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, 
             ))
         }
     };
+    let (source, relative) = resolve_source(src, workspace)?;
     Ok(Mount {
-        source: resolve_source(src, workspace)?,
+        source,
         target: check_target(dst)?,
         read_only,
         exclude: Vec::new(),
+        relative,
     })
 }
 
@@ -45,7 +47,11 @@ pub(crate) fn parse_mode(mode: &str) -> Result<bool, String> {
     }
 }
 
-pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<PathBuf, String> {
+/// The absolute source, and whether it was written relative to the
+/// workspace. A relative source must stay inside the workspace: `../x`
+/// would reach whatever sits beside the project, and moat.yaml is a file a
+/// sandboxed agent can write.
+pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bool), String> {
     if src.is_empty() {
         return Err(format!("the source is empty; {MOUNT_SYNTAX}"));
     }
@@ -54,7 +60,19 @@ pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<PathBuf, Str
             "source {src:?}: ~ is not expanded; write the absolute path"
         ));
     }
-    Ok(normalize(&workspace.join(src)))
+    if Path::new(src).is_absolute() {
+        return Ok((normalize(Path::new(src)), false));
+    }
+    let workspace = normalize(workspace);
+    let source = normalize(&workspace.join(src));
+    if !source.starts_with(&workspace) {
+        return Err(format!(
+            "source {src:?} leaves the workspace (it is {}); a relative source must stay inside \
+             the project. Write the absolute path to mount something outside it",
+            source.display()
+        ));
+    }
+    Ok((source, true))
 }
 
 pub(crate) fn check_target(dst: &str) -> Result<PathBuf, String> {
@@ -143,9 +161,13 @@ mod tests {
         assert!(!m.read_only);
         assert!(ok("/etc/x:/x:ro").read_only);
         assert!(!ok("/etc/x:/x:rw").read_only);
-        assert_eq!(ok("../cache/./a:/c/").source, Path::new("/cache/a"));
-        assert_eq!(ok("../cache/./a:/c/").target, Path::new("/c"));
+        assert!(m.relative);
+        assert_eq!(ok("./cache/../a/:/c/").source, Path::new("/ws/a"));
+        assert_eq!(ok("./cache/../a/:/c/").target, Path::new("/c"));
         assert_eq!(ok(".:/src").source, Path::new("/ws"));
+        let absolute = ok("/etc/../srv/x:/x");
+        assert_eq!(absolute.source, Path::new("/srv/x"));
+        assert!(!absolute.relative);
     }
 
     #[test]
@@ -162,6 +184,13 @@ mod tests {
         assert!(err("~/x:/x").contains("~ is not expanded"));
         assert!(err("a:/x/../y").contains("must not contain .."));
         assert!(err("a:/").contains("cannot be /"));
+        assert_eq!(
+            err("../cache:/c"),
+            "invalid mount \"../cache:/c\": source \"../cache\" leaves the workspace (it is \
+             /cache); a relative source must stay inside the project. Write the absolute path \
+             to mount something outside it"
+        );
+        assert!(err("data/../../x:/c").contains("leaves the workspace"));
     }
 
     #[test]

@@ -406,13 +406,16 @@ fn mounts(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Mount>> {
 
 fn mount_object(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Mount> {
     let (mut source, mut target, mut read_only, mut exclude) = (None, None, false, Vec::new());
+    let mut relative = false;
     for (key, value) in ctx.fields(node, path, &["source", "target", "mode", "exclude"], &[])? {
         let p = join(path, key);
         match key {
             "source" => {
                 let s = ctx.string(value, &p, Some(key))?;
-                source =
-                    Some(resolve_source(&s, ctx.workspace).map_err(|m| ctx.invalid(value, &p, m))?);
+                let (resolved, is_relative) =
+                    resolve_source(&s, ctx.workspace).map_err(|m| ctx.invalid(value, &p, m))?;
+                source = Some(resolved);
+                relative = is_relative;
             }
             "target" => {
                 let s = ctx.string(value, &p, Some(key))?;
@@ -441,6 +444,7 @@ fn mount_object(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Mount> {
         target: target.ok_or_else(|| missing("target"))?,
         read_only,
         exclude,
+        relative,
     })
 }
 

@@ -57,6 +57,10 @@ pub struct Mount {
     pub read_only: bool,
     /// Paths relative to `target` hidden behind an empty tmpfs.
     pub exclude: Vec<PathBuf>,
+    /// The source was written relative to the workspace. It is already
+    /// lexically inside it; whoever mounts it must also keep symlinks from
+    /// leading out of it (a run can plant one), see `moat-run`.
+    pub relative: bool,
 }
 
 /// `runtime:`.

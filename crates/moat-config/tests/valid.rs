@@ -54,18 +54,21 @@ fn full_example_parses_into_the_expected_config() {
                 target: PathBuf::from("/shared"),
                 read_only: true,
                 exclude: vec![],
+                relative: false,
             },
             Mount {
                 source: PathBuf::from("/var/cache/apt"),
                 target: PathBuf::from("/cache"),
                 read_only: false,
                 exclude: vec![],
+                relative: false,
             },
             Mount {
                 source: PathBuf::from("/home/me/app/data"),
                 target: PathBuf::from("/data"),
                 read_only: true,
                 exclude: vec![PathBuf::from("node_modules"), PathBuf::from("tmp")],
+                relative: true,
             },
         ]
     );

@@ -83,6 +83,11 @@ impl MoatHome {
         self.root.join("audit")
     }
 
+    /// Per-workspace trust records: the configuration the user accepted.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.root.join("trust")
+    }
+
     /// Structured debug logs.
     pub fn debug_dir(&self) -> PathBuf {
         self.root.join("debug")

@@ -1,12 +1,16 @@
 //! Run orchestration: what happens between `moat run` and the command's
 //! exit code.
 //!
-//! In order: resolve the run's grants (every missing one reported at
+//! In order: resolve the user's mounts and the workspace to real paths and
+//! refuse any that reach moat's or the user's secrets (`mounts.rs`: floors
+//! no configuration can lower), resolve the run's grants (every missing one reported at
 //! once), check MCP grants, claim the run name, record the run, register
 //! it with the proxy daemon (starting the daemon if needed), build the
 //! sandbox's environment and files (proxy variables with the run token,
 //! the CA and a trust bundle, placeholders), start the SSH agent proxy for
-//! SSH grants, start the sandbox, stream its
+//! SSH grants, record the run as open on its workspace (`moat-trust`:
+//! what it changes there is reviewed before the next run applies it),
+//! start the sandbox, stream its
 //! output to the terminal and to `logs.jsonl`, forward signals, and on exit
 //! unregister the run and record how it ended.
 //!
@@ -16,6 +20,7 @@
 
 mod docker;
 mod environment;
+mod mounts;
 mod plan;
 mod ssh;
 mod supervise;

@@ -13,6 +13,9 @@ pub struct MountPlan {
     pub target: PathBuf,
     /// Read-only.
     pub read_only: bool,
+    /// Written relative to the workspace: it must resolve inside it, even
+    /// through symlinks (checked when the plan is executed).
+    pub relative: bool,
 }
 
 /// An MCP server reachable through the proxy's relay.

@@ -65,6 +65,14 @@ pub enum RunError {
     /// SSH grants or the SSH agent.
     #[error(transparent)]
     Ssh(#[from] moat_ssh::SshError),
+    /// A mount, or the workspace, would put a protected host path into
+    /// the sandbox (the message names the mount, the path and why).
+    #[error("{0}")]
+    MountRefused(String),
+    /// The workspace's configuration changed during a run and was not
+    /// reviewed, or its trust record could not be kept.
+    #[error(transparent)]
+    Trust(#[from] moat_trust::TrustError),
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),
@@ -79,6 +87,13 @@ impl From<moat_home::HomeError> for RunError {
 /// Runs `plan` to completion and returns its exit code. Blocks; sets up
 /// its own async runtime for talking to the daemon.
 pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> {
+    // Before anything is resolved or started: from here on the plan's
+    // mount sources are real paths that passed the floors.
+    let floors = crate::mounts::Floors::from_env(home);
+    let plan = &RunPlan {
+        mounts: crate::mounts::prepare(&floors, &plan.workspace, &plan.mounts)?,
+        ..plan.clone()
+    };
     let credentials = CredentialStore::new(home.clone(), plan.profile.clone());
     let registry = ProviderRegistry::load(&home.providers_file())?;
 
@@ -143,7 +158,19 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
     };
     let run_dir = runs.dir(&meta.id);
 
-    let result = start_and_wait(home, plan, &resolved, ssh.as_ref(), &mut meta, &run_dir);
+    // Open on the workspace before the sandbox exists, closed on every way
+    // out that returns here: a run killed before closing stays open, which
+    // is what makes its changes suspect.
+    let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
+        Ok(()) => {
+            let result = start_and_wait(home, plan, &resolved, ssh.as_ref(), &mut meta, &run_dir);
+            if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
+                tracing::warn!(error = %e, "recording the run's end in the trust record");
+            }
+            result
+        }
+        Err(e) => Err(e.into()),
+    };
     match &result {
         Ok(code) => {
             meta.state = RunState::Stopped;

@@ -60,6 +60,9 @@ pub enum Command {
     Trace(TraceArgs),
     /// Verify a run's tamper-evident audit log, or export it.
     Audit(AuditArgs),
+    /// Review and accept a workspace's moat.yaml, .moat/ and mount sources
+    /// after a run changed them.
+    Trust(TrustArgs),
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -121,6 +124,12 @@ pub struct RunArgs {
     /// Docker: rebuild the image even if one with the same inputs exists.
     #[arg(long)]
     pub rebuild: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Project directory (default: the current directory).
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod runs;
 mod ssh;
 mod status;
 mod trace;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -78,6 +79,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Trace(args) => trace::trace(&Context::from_global(&cli.global)?, args),
         Command::Doctor => doctor::doctor(&Context::from_global(&cli.global)?),
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
+        Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
     }
 }
 

@@ -15,13 +15,20 @@ use crate::cli::RunArgs;
 const DETACHED_CHILD: &str = "MOAT_RUN_DETACHED_CHILD";
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
-    if args.detach && std::env::var_os(DETACHED_CHILD).is_none() {
+    let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
+    let workspace = resolve_workspace(args.path.as_deref())?;
+    // moat.yaml is only read once it is trusted. The background supervisor
+    // of `run -d` was checked by its parent, which can still ask the user;
+    // `moat_run::execute` re-checks under the trust lock as it opens the run.
+    if !detached_child {
+        super::trust::ensure_trusted(ctx, &workspace, args.no_prompt)?;
+    }
+    if args.detach && !detached_child {
         return detach(ctx);
     }
     // The background supervisor of `run -d` is this same command without
     // `-d`, marked by the environment.
-    let detached = args.detach || std::env::var_os(DETACHED_CHILD).is_some();
-    let workspace = resolve_workspace(args.path.as_deref())?;
+    let detached = args.detach || detached_child;
     let config = moat_config::load(&workspace)?;
 
     let runtime = select_runtime(&args, config.as_ref())?;
@@ -88,6 +95,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
                     source: m.source.clone(),
                     target: m.target.clone(),
                     read_only: m.read_only,
+                    relative: m.relative,
                 })
                 .collect()
         })
@@ -99,6 +107,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
             source: m.source,
             target: m.target,
             read_only: m.read_only,
+            relative: m.relative,
         });
     }
 
@@ -197,7 +206,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
 
-fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => std::env::current_dir().context("reading the current directory")?,

@@ -1,0 +1,423 @@
+//! What a sandbox may mount from the host, whatever the config says.
+//!
+//! Every user mount (moat.yaml `mounts:`, `-m`) and the workspace itself
+//! is resolved to its real path here, before any runtime sees the plan,
+//! and checked against the *floors*: host paths that hold moat's or the
+//! user's secrets, or that control the machine, and that no configuration
+//! can lower:
+//!
+//! - `MOAT_HOME`: encrypted credentials, the key file, the audit signing
+//!   key, and the proxy daemon's control and proxy sockets (`proxy/`);
+//! - `~/.local/share/keyrings` (the keychain's files) and `~/.ssh`;
+//! - `SSH_AUTH_SOCK` and its directory (unless that directory is shared,
+//!   like `/tmp`);
+//! - the Docker and Podman sockets, and `DOCKER_HOST` when it is `unix://`.
+//!
+//! A source that resolves *into* one of them, or *contains* one (mounting
+//! `~` would include `~/.moat`), is refused with the mount, the path and
+//! why. moat's own mounts (the SSH agent proxy's socket directory, the
+//! moat binary) are added later by the runtime code and are not checked.
+//!
+//! Relative sources were written relative to the workspace, which a run
+//! can write: a symlink planted there must not lead the next run out of
+//! it. They are opened with `openat2(RESOLVE_BENEATH)` from the workspace,
+//! so the kernel refuses any step outside it; the runtime is then handed
+//! the real path of what was opened, not the name. Absolute sources are
+//! the user's own choice and are taken as written (the floors still
+//! apply).
+
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use moat_home::MoatHome;
+
+use crate::{MountPlan, RunError};
+
+/// A host path no sandbox may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Floor {
+    /// Real path (symlinks resolved where the path exists).
+    pub path: PathBuf,
+    /// "holds moat's credentials", completing "X, which …".
+    pub why: &'static str,
+}
+
+/// The floors of this process's environment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Floors(pub Vec<Floor>);
+
+const DOCKER_WHY: &str = "is the Docker daemon's socket (root on this machine)";
+const PODMAN_WHY: &str = "is the Podman socket (it starts containers as you)";
+
+impl Floors {
+    /// From `home` and the environment: `HOME`, `SSH_AUTH_SOCK`,
+    /// `XDG_RUNTIME_DIR`, `DOCKER_HOST`.
+    pub(crate) fn from_env(home: &MoatHome) -> Floors {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let mut floors = Floors::default();
+        floors.add(
+            home.root(),
+            "holds moat's credentials, key and daemon sockets",
+        );
+        if let Some(user_home) = var("HOME").map(PathBuf::from) {
+            floors.add(
+                &user_home.join(".local/share/keyrings"),
+                "holds the keychain's files",
+            );
+            floors.add(&user_home.join(".ssh"), "holds your SSH keys");
+        }
+        if let Some(sock) = var("SSH_AUTH_SOCK").map(PathBuf::from) {
+            floors.add(&sock, "is your SSH agent's socket");
+            if let Some(dir) = sock.parent().filter(|d| !is_shared_dir(d)) {
+                floors.add(dir, "holds your SSH agent's socket");
+            }
+        }
+        for sock in ["/var/run/docker.sock", "/run/docker.sock"] {
+            floors.add(Path::new(sock), DOCKER_WHY);
+        }
+        floors.add(Path::new("/run/podman/podman.sock"), PODMAN_WHY);
+        if let Some(runtime_dir) = var("XDG_RUNTIME_DIR").map(PathBuf::from) {
+            floors.add(&runtime_dir.join("podman/podman.sock"), PODMAN_WHY);
+            floors.add(&runtime_dir.join("docker.sock"), DOCKER_WHY);
+        }
+        if let Some(host) = var("DOCKER_HOST") {
+            if let Some(path) = host.to_string_lossy().strip_prefix("unix://") {
+                floors.add(Path::new(path), DOCKER_WHY);
+            }
+        }
+        floors
+    }
+
+    fn add(&mut self, path: &Path, why: &'static str) {
+        let path = real_path_lenient(path);
+        if !self.0.iter().any(|f| f.path == path) {
+            self.0.push(Floor { path, why });
+        }
+    }
+
+    /// Why `real` may not be mounted, completing "mount X: …".
+    pub(crate) fn violation(&self, real: &Path) -> Option<String> {
+        for floor in &self.0 {
+            let shown = floor.path.display();
+            if real == floor.path {
+                return Some(format!(
+                    "its source resolves to {shown}, which {}",
+                    floor.why
+                ));
+            }
+            if real.starts_with(&floor.path) {
+                return Some(format!(
+                    "its source resolves to {}, inside {shown}, which {}",
+                    real.display(),
+                    floor.why
+                ));
+            }
+            if floor.path.starts_with(real) {
+                return Some(format!(
+                    "its source {} contains {shown}, which {}",
+                    real.display(),
+                    floor.why
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// A sticky, world-writable directory (`/tmp`) holds everyone's files; an
+/// agent socket there protects itself, and refusing the whole directory
+/// would refuse every project under it.
+fn is_shared_dir(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o1002 == 0o1002)
+}
+
+/// The user's mounts, resolved to real paths and checked, and the
+/// workspace checked, for `plan`.
+pub(crate) fn prepare(
+    floors: &Floors,
+    workspace: &Path,
+    mounts: &[MountPlan],
+) -> Result<Vec<MountPlan>, RunError> {
+    let real_workspace = real_path_lenient(workspace);
+    if let Some(why) = floors.violation(&real_workspace) {
+        return Err(RunError::MountRefused(format!(
+            "workspace {}: {}; moat never mounts it into a sandbox.\nTo fix: run moat in a \
+             project directory that does not contain it.",
+            workspace.display(),
+            why.replacen(
+                &format!("its source {} contains", real_workspace.display()),
+                "it contains",
+                1
+            )
+            .replacen("its source", "it", 1)
+        )));
+    }
+    let mut out = Vec::with_capacity(mounts.len());
+    for mount in mounts {
+        let spec = shown_spec(mount, workspace);
+        let real = if mount.relative {
+            resolve_beneath(workspace, &mount.source).map_err(|escape| {
+                RunError::MountRefused(format!(
+                    "mount {spec}: its source leads out of the workspace {} ({escape}); a \
+                     relative source must stay inside the project.\nTo fix: point it at a \
+                     path inside the workspace, or write an absolute path to mount something \
+                     outside it.",
+                    workspace.display()
+                ))
+            })?
+        } else {
+            real_path_lenient(&mount.source)
+        };
+        if let Some(why) = floors.violation(&real) {
+            return Err(RunError::MountRefused(format!(
+                "mount {spec}: {why}; moat never mounts it into a sandbox.\nTo fix: remove \
+                 the mount or point it elsewhere."
+            )));
+        }
+        out.push(MountPlan {
+            source: real,
+            ..mount.clone()
+        });
+    }
+    Ok(out)
+}
+
+/// The mount as the user wrote it: `./data:/data:ro`.
+fn shown_spec(mount: &MountPlan, workspace: &Path) -> String {
+    let source = match mount.source.strip_prefix(workspace) {
+        Ok(rel) if mount.relative && rel.as_os_str().is_empty() => ".".to_owned(),
+        Ok(rel) if mount.relative => format!("./{}", rel.display()),
+        _ => mount.source.display().to_string(),
+    };
+    let mode = if mount.read_only { ":ro" } else { "" };
+    format!("{source}:{}{mode}", mount.target.display())
+}
+
+/// Opens `source` (inside `workspace` by its name) without letting any
+/// component, symlinks included, step outside `workspace`, and returns the
+/// real path of what was opened. A source that does not exist is returned
+/// as named: the runtime reports it. `Err` says where it leads instead.
+pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf, String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+    let outside = || match std::fs::canonicalize(source) {
+        Ok(real) => format!("it resolves to {}", real.display()),
+        Err(_) => format!("{} is a symlink out of it", source.display()),
+    };
+    let Ok(relative) = source.strip_prefix(workspace) else {
+        return Err(outside());
+    };
+    if relative.components().any(|c| c == Component::ParentDir) {
+        return Err(outside());
+    }
+    if relative.as_os_str().is_empty() {
+        return Ok(workspace.to_owned());
+    }
+    let dir = std::fs::File::open(workspace).map_err(|e| format!("opening the workspace: {e}"))?;
+    let opened = rustix::fs::openat2(
+        &dir,
+        relative,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    );
+    match opened {
+        Ok(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| format!("reading where it leads: {e}")),
+        Err(rustix::io::Errno::XDEV) => Err(outside()),
+        Err(rustix::io::Errno::NOENT) => {
+            // Missing, or a dangling symlink: only the latter can lead out.
+            match std::fs::symlink_metadata(source) {
+                Ok(_) => match std::fs::canonicalize(source) {
+                    Ok(real) if real.starts_with(workspace) => Ok(real),
+                    _ => Err(outside()),
+                },
+                Err(_) => Ok(source.to_owned()),
+            }
+        }
+        // Kernels before 5.6: the same rule by the resolved path, which a
+        // concurrent run could race; the trust check still sees the swap.
+        Err(rustix::io::Errno::NOSYS) => match std::fs::canonicalize(source) {
+            Ok(real) if real.starts_with(workspace) => Ok(real),
+            Ok(_) => Err(outside()),
+            Err(_) => Ok(source.to_owned()),
+        },
+        Err(e) => Err(format!("opening it: {e}")),
+    }
+}
+
+/// The real path of `path`, resolving symlinks as far as the path exists
+/// and appending the rest: a floor that does not exist yet still guards
+/// its place.
+pub(crate) fn real_path_lenient(path: &Path) -> PathBuf {
+    let mut existing = path.to_owned();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                existing = parent.to_owned();
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn floors(paths: &[(&Path, &'static str)]) -> Floors {
+        let mut f = Floors::default();
+        for (p, why) in paths {
+            f.add(p, why);
+        }
+        f
+    }
+
+    fn mount(source: &Path, relative: bool) -> MountPlan {
+        MountPlan {
+            source: source.to_owned(),
+            target: "/data".into(),
+            read_only: true,
+            relative,
+        }
+    }
+
+    #[test]
+    fn floors_refuse_into_and_parent_but_not_siblings() {
+        let f = floors(&[(Path::new("/h/.moat"), "holds moat's credentials")]);
+        assert_eq!(
+            f.violation(Path::new("/h/.moat")).unwrap(),
+            "its source resolves to /h/.moat, which holds moat's credentials"
+        );
+        assert_eq!(
+            f.violation(Path::new("/h/.moat/credentials")).unwrap(),
+            "its source resolves to /h/.moat/credentials, inside /h/.moat, which holds moat's credentials"
+        );
+        assert_eq!(
+            f.violation(Path::new("/h")).unwrap(),
+            "its source /h contains /h/.moat, which holds moat's credentials"
+        );
+        assert!(f.violation(Path::new("/")).is_some());
+        assert!(f.violation(Path::new("/h/.moatx")).is_none());
+        assert!(f.violation(Path::new("/h/project")).is_none());
+    }
+
+    #[test]
+    fn environment_floors() {
+        let home = MoatHome::at("/nonexistent-moat-home");
+        let f = Floors::from_env(&home);
+        for p in [
+            "/nonexistent-moat-home",
+            "/run/podman/podman.sock",
+            "/run/docker.sock",
+        ] {
+            assert!(
+                f.violation(Path::new(p)).is_some(),
+                "{p} not guarded: {f:?}"
+            );
+        }
+        assert!(f
+            .violation(&real_path_lenient(Path::new("/var/run")))
+            .is_some());
+        assert!(f.violation(Path::new("/srv/project")).is_none());
+    }
+
+    #[test]
+    fn relative_sources_stay_beneath_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let ws = root.join("ws");
+        std::fs::create_dir_all(ws.join("real/sub")).unwrap();
+        std::fs::create_dir(root.join("secret")).unwrap();
+        std::os::unix::fs::symlink(root.join("secret"), ws.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../secret", ws.join("rel")).unwrap();
+        std::os::unix::fs::symlink("real/sub", ws.join("alias")).unwrap();
+        std::os::unix::fs::symlink("../nowhere", ws.join("dangling")).unwrap();
+
+        assert_eq!(
+            resolve_beneath(&ws, &ws.join("alias")).unwrap(),
+            ws.join("real/sub")
+        );
+        assert_eq!(resolve_beneath(&ws, &ws).unwrap(), ws);
+        assert_eq!(
+            resolve_beneath(&ws, &ws.join("missing")).unwrap(),
+            ws.join("missing")
+        );
+        let secret = root.join("secret").display().to_string();
+        assert_eq!(
+            resolve_beneath(&ws, &ws.join("abs")).unwrap_err(),
+            format!("it resolves to {secret}")
+        );
+        assert_eq!(
+            resolve_beneath(&ws, &ws.join("rel")).unwrap_err(),
+            format!("it resolves to {secret}")
+        );
+        assert!(resolve_beneath(&ws, &ws.join("rel/x")).is_err());
+        assert!(resolve_beneath(&ws, &ws.join("dangling")).is_err());
+        assert!(resolve_beneath(&ws, &root.join("secret")).is_err());
+    }
+
+    #[test]
+    fn prepare_checks_mounts_and_the_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let ws = root.join("ws");
+        let moat_home = root.join("home/.moat");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&moat_home).unwrap();
+        std::fs::create_dir(ws.join("data")).unwrap();
+        let f = floors(&[(&moat_home, "holds moat's credentials")]);
+
+        let ok = prepare(&f, &ws, &[mount(&ws.join("data"), true)]).unwrap();
+        assert_eq!(ok[0].source, ws.join("data"));
+
+        std::fs::remove_dir(ws.join("data")).unwrap();
+        std::os::unix::fs::symlink(&moat_home, ws.join("data")).unwrap();
+        let err = prepare(&f, &ws, &[mount(&ws.join("data"), true)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "mount ./data:/data:ro: its source leads out of the workspace {} (it resolves to {})",
+                ws.display(),
+                moat_home.display()
+            )),
+            "{err}"
+        );
+        // The same symlink written as an absolute source: taken as written,
+        // and refused by the floor.
+        let err = prepare(&f, &ws, &[mount(&ws.join("data"), false)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "mount {ws}/data:/data:ro: its source resolves to {mh}, which holds moat's \
+                 credentials; moat never mounts it into a sandbox.\nTo fix: remove the mount \
+                 or point it elsewhere.",
+                ws = ws.display(),
+                mh = moat_home.display()
+            )
+        );
+        let err = prepare(&f, &root.join("home"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "workspace {}: it contains {}, which",
+                root.join("home").display(),
+                moat_home.display()
+            )),
+            "{err}"
+        );
+    }
+}

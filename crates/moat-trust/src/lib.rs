@@ -1,0 +1,504 @@
+//! Which configuration a run may apply.
+//!
+//! A run mounts its workspace read-write at `/workspace`, and the
+//! workspace holds `moat.yaml`: what the sandbox may mount, reach and be
+//! granted. An agent that edits it (or `agent.yaml`, or a file under
+//! `.moat/`, or swaps a mounted directory for a symlink to `~/.moat`)
+//! would otherwise widen its own next sandbox. This crate owns the rule
+//! that prevents it: **configuration the user wrote is trusted;
+//! configuration that changed while a run had the workspace mounted is
+//! not, until the user accepts it** (`moat trust`).
+//!
+//! # The record
+//!
+//! One JSON file per workspace, `MOAT_HOME/trust/<sha256 of the canonical
+//! path>.json` (0600, written atomically under a lock beside it), holds
+//! the accepted [snapshot](snapshot::Snapshot) — the text of the config
+//! files (so a diff can be shown), the digest of every `.moat/` entry, and
+//! where each mount source of the config resolves — the runs open on the
+//! workspace (id and supervisor pid), and an optional taint naming the run
+//! that left a change behind. It lives in `MOAT_HOME`, which no sandbox
+//! can see (`moat-run` refuses to mount it), so a run cannot forge it.
+//!
+//! # The rule
+//!
+//! At a run's start ([`check`], and again atomically when the run is
+//! recorded as open, [`open_run`]):
+//! - no record: first use, what is there is accepted;
+//! - the current state equals the accepted one: trusted (a taint left by
+//!   a run whose change was reverted is cleared);
+//! - it differs, no run is open and no taint is set: the change happened
+//!   outside any run, so it is the user's: accepted silently;
+//! - otherwise refused, naming the run and listing what changed.
+//!
+//! At a run's end ([`close_run`], on every path out of the run) the run
+//! leaves the open set and, if the workspace now differs from the accepted
+//! state, taints it. A run that never records its end (killed, crashed)
+//! stays open; once its supervisor process is gone it is treated as ended
+//! and blamed for any difference. Until then its entry alone makes every
+//! change suspect, which is the safe side.
+//!
+//! # Why not simply compare against the last run's state
+//!
+//! Because the user edits moat.yaml too: a digest check alone would make
+//! every intentional edit a prompt. Tracking open runs tells the two
+//! apart without asking: an edit made while no sandbox could write the
+//! workspace cannot be the agent's. An edit made while a run is open is
+//! refused even if the user made it — moat cannot tell who did.
+//!
+//! # Limits
+//!
+//! A run open at the same time as the check could change the files
+//! between the check and the moment the config is read; [`open_run`]
+//! re-checks under the lock right before the sandbox starts, which
+//! narrows that window to the time it takes to build the plan. The
+//! snapshot records mount sources as named by the *parsed* config: an
+//! unparseable config has none (its text change is shown instead).
+//!
+//! Not here: what may be mounted at all (`moat-run`'s floors, which no
+//! accepted config can lower) and the prompt (the binary).
+
+mod snapshot;
+mod state;
+
+use std::path::{Path, PathBuf};
+
+use moat_home::{FileLock, HomeError, MoatHome};
+use sha2::{Digest as _, Sha256};
+
+pub use crate::snapshot::{Change, FileChange};
+pub use crate::state::{Culprit, RunEnd, Trusted};
+
+use crate::snapshot::Snapshot;
+use crate::state::{Accepted, OpenRun, TrustRecord, Verdict};
+
+/// Why the trust check could not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The configuration changed during a run and the user has not
+    /// reviewed it.
+    #[error("{0}")]
+    Untrusted(Box<Review>),
+    /// `moat trust` was answered for one version and the files changed
+    /// before it was recorded.
+    #[error(
+        "the configuration in {} changed again while you were reviewing it; nothing was \
+         accepted.\nTo fix: run moat trust {} again.",
+        workspace.display(),
+        workspace.display()
+    )]
+    ChangedDuringReview {
+        /// The workspace.
+        workspace: PathBuf,
+    },
+    /// A workspace file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `.moat/` is too large to fingerprint.
+    #[error(
+        "{} holds more than {limit} entries; moat fingerprints it before every run so that a \
+         run cannot change it unnoticed.\nTo fix: keep caches and large data out of .moat/.",
+        dir.display()
+    )]
+    TooManyFiles {
+        /// The `.moat` directory.
+        dir: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
+    /// The trust record is not valid JSON.
+    #[error(
+        "the trust record {} is damaged ({message}).\nTo fix: review the workspace's moat.yaml \
+         and .moat/, then run moat trust {}",
+        path.display(),
+        workspace.display()
+    )]
+    DamagedRecord {
+        /// The record file.
+        path: PathBuf,
+        /// The workspace.
+        workspace: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+    /// Writing the record, or its lock.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+}
+
+impl TrustError {
+    pub(crate) fn read(path: &Path, source: std::io::Error) -> Self {
+        TrustError::Read {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A refused change, for the error message or a prompt.
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// The workspace.
+    pub workspace: PathBuf,
+    /// The run blamed.
+    pub culprit: Culprit,
+    /// What differs from the accepted state.
+    pub changes: Vec<Change>,
+    /// The digest of what was shown, for [`accept`].
+    pub digest: String,
+}
+
+impl Review {
+    /// "moat.yaml in /p changed while run run_x (name) had the workspace
+    /// mounted".
+    pub fn summary(&self) -> String {
+        let what = subject(&self.changes);
+        let run = format!("run {} ({})", self.culprit.run_id, self.culprit.run_name);
+        let when = match self.culprit.how {
+            RunEnd::Open => format!("while {run} has the workspace mounted"),
+            RunEnd::Ended => format!("while {run} had the workspace mounted"),
+            RunEnd::Crashed => format!(
+                "while {run} had the workspace mounted (it stopped without recording its end)"
+            ),
+        };
+        format!("{what} in {} changed {when}", self.workspace.display())
+    }
+
+    /// One line per change, indented.
+    pub fn change_lines(&self) -> String {
+        changes_text(&self.changes)
+    }
+}
+
+impl std::fmt::Display for Review {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ws = self.workspace.display();
+        write!(
+            f,
+            "{}, so moat will not apply it without your review.\n{}To fix: review the \
+             changes, then run\n  moat trust {ws}\nor restore the version you accepted.",
+            self.summary(),
+            self.change_lines()
+        )
+    }
+}
+
+/// `  changed: …\n` for each change.
+pub fn changes_text(changes: &[Change]) -> String {
+    changes.iter().map(|c| format!("  {c}\n")).collect()
+}
+
+fn subject(changes: &[Change]) -> String {
+    let mut files: Vec<&str> = Vec::new();
+    let mut push = |name: &'static str| {
+        if !files.contains(&name) {
+            files.push(name);
+        }
+    };
+    for change in changes {
+        match change {
+            Change::Key { file, .. } | Change::ConfigFile { file, .. } => {
+                match moat_config::CONFIG_FILE_NAMES
+                    .iter()
+                    .find(|n| **n == file.as_str())
+                {
+                    Some(name) => push(name),
+                    None => push("the config file"),
+                }
+            }
+            Change::MoatDir { .. } => push(".moat/"),
+            Change::MountSource { .. } => push("a mount source"),
+        }
+    }
+    match files.as_slice() {
+        [] => "moat's configuration".to_owned(),
+        [one] => (*one).to_owned(),
+        many => many.join(" and "),
+    }
+}
+
+/// What [`accept`] recorded.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    /// The workspace.
+    pub workspace: PathBuf,
+    /// What differed from the previously accepted state (empty: nothing).
+    pub changes: Vec<Change>,
+    /// There was no record before.
+    pub first_use: bool,
+}
+
+/// Checks the workspace's configuration before a run uses it. `Ok` says
+/// why it may be used; [`TrustError::Untrusted`] carries what to review.
+pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
+    let workspace = canonical(workspace)?;
+    let _lock = lock(home, &workspace)?;
+    let current = Snapshot::capture(&workspace)?;
+    let Some(mut record) = load(home, &workspace)? else {
+        save(home, &first_record(&workspace, current))?;
+        return Ok(Trusted::FirstUse);
+    };
+    let verdict = state::at_start(&mut record, &current, &supervisor_alive);
+    save(home, &record)?;
+    verdict_result(&record, verdict, &current)
+}
+
+/// Accepts the workspace as it is now (`moat trust`): the snapshot
+/// becomes the accepted one and any taint is cleared. With `expected`,
+/// only if the current digest is still the one the user reviewed.
+pub fn accept(
+    home: &MoatHome,
+    workspace: &Path,
+    expected: Option<&str>,
+) -> Result<Acceptance, TrustError> {
+    let workspace = canonical(workspace)?;
+    let _lock = lock(home, &workspace)?;
+    let current = Snapshot::capture(&workspace)?;
+    if expected.is_some_and(|d| d != current.digest()) {
+        return Err(TrustError::ChangedDuringReview { workspace });
+    }
+    // A damaged record is what `moat trust` is for: start over.
+    let previous = load(home, &workspace).ok().flatten();
+    let (record, acceptance) = match previous {
+        None => (
+            first_record(&workspace, current),
+            Acceptance {
+                workspace: workspace.clone(),
+                changes: Vec::new(),
+                first_use: true,
+            },
+        ),
+        Some(mut record) => {
+            let changes = snapshot::diff(&record.accepted.snapshot, &current);
+            // Runs whose supervisor is gone are settled by this review;
+            // live ones stay open and are judged when they end.
+            record.open_runs.retain(|r| supervisor_alive(r.pid));
+            record.accepted = Accepted::now(current);
+            record.taint = None;
+            (
+                record,
+                Acceptance {
+                    workspace: workspace.clone(),
+                    changes,
+                    first_use: false,
+                },
+            )
+        }
+    };
+    save(home, &record)?;
+    Ok(acceptance)
+}
+
+/// Records that run `run_id` (supervised by this process) has the
+/// workspace mounted from now on, after checking again under the lock
+/// that the configuration is trusted.
+pub fn open_run(
+    home: &MoatHome,
+    workspace: &Path,
+    run_id: &str,
+    run_name: &str,
+) -> Result<(), TrustError> {
+    let workspace = canonical(workspace)?;
+    let _lock = lock(home, &workspace)?;
+    let current = Snapshot::capture(&workspace)?;
+    let mut record = match load(home, &workspace)? {
+        Some(mut record) => {
+            let verdict = state::at_start(&mut record, &current, &supervisor_alive);
+            if let Err(e) = verdict_result(&record, verdict, &current) {
+                save(home, &record)?;
+                return Err(e);
+            }
+            record
+        }
+        None => first_record(&workspace, current.clone()),
+    };
+    record.open_runs.push(OpenRun {
+        run_id: run_id.to_owned(),
+        run_name: run_name.to_owned(),
+        pid: std::process::id(),
+        digest_at_start: current.digest(),
+        started_at: chrono::Utc::now(),
+    });
+    save(home, &record)
+}
+
+/// Records that run `run_id` no longer has the workspace mounted; a
+/// difference from the accepted state is blamed on it.
+pub fn close_run(home: &MoatHome, workspace: &Path, run_id: &str) -> Result<(), TrustError> {
+    let workspace = canonical(workspace)?;
+    let _lock = lock(home, &workspace)?;
+    let Some(mut record) = load(home, &workspace)? else {
+        return Ok(());
+    };
+    let current = Snapshot::capture(&workspace)?;
+    state::at_close(&mut record, run_id, &current);
+    save(home, &record)
+}
+
+fn verdict_result(
+    record: &TrustRecord,
+    verdict: Verdict,
+    current: &Snapshot,
+) -> Result<Trusted, TrustError> {
+    match verdict {
+        Verdict::Trusted(why) => Ok(why),
+        Verdict::Refused(culprit) => Err(TrustError::Untrusted(Box::new(Review {
+            workspace: record.workspace.clone(),
+            culprit,
+            changes: snapshot::diff(&record.accepted.snapshot, current),
+            digest: current.digest(),
+        }))),
+    }
+}
+
+fn first_record(workspace: &Path, current: Snapshot) -> TrustRecord {
+    TrustRecord {
+        workspace: workspace.to_owned(),
+        accepted: Accepted::now(current),
+        open_runs: Vec::new(),
+        taint: None,
+    }
+}
+
+fn canonical(workspace: &Path) -> Result<PathBuf, TrustError> {
+    std::fs::canonicalize(workspace).map_err(|e| TrustError::read(workspace, e))
+}
+
+fn record_stem(home: &MoatHome, workspace: &Path) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(workspace.as_os_str().as_encoded_bytes()));
+    home.trust_dir().join(hash)
+}
+
+fn lock(home: &MoatHome, workspace: &Path) -> Result<FileLock, TrustError> {
+    Ok(FileLock::acquire(
+        &record_stem(home, workspace).with_extension("lock"),
+    )?)
+}
+
+fn load(home: &MoatHome, workspace: &Path) -> Result<Option<TrustRecord>, TrustError> {
+    let path = record_stem(home, workspace).with_extension("json");
+    let Some(bytes) = moat_home::read_if_exists(&path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| TrustError::DamagedRecord {
+            path,
+            workspace: workspace.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn save(home: &MoatHome, record: &TrustRecord) -> Result<(), TrustError> {
+    let path = record_stem(home, &record.workspace).with_extension("json");
+    let json = serde_json::to_vec_pretty(record).unwrap_or_default();
+    Ok(moat_home::write_private_atomic(&path, &json)?)
+}
+
+/// Whether a supervisor pid still runs. A reused pid reads as alive: the
+/// run then stays open, the safe side.
+fn supervisor_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, MoatHome, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MoatHome::at(dir.path().join("moat"));
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        (dir, home, ws)
+    }
+
+    #[test]
+    fn a_run_that_edits_its_config_is_refused_until_accepted() {
+        let (_dir, home, ws) = setup();
+        std::fs::write(ws.join("moat.yaml"), "network:\n  policy: strict\n").unwrap();
+        assert_eq!(check(&home, &ws).unwrap(), Trusted::FirstUse);
+        open_run(&home, &ws, "run_000000000001", "agent").unwrap();
+        std::fs::write(ws.join("moat.yaml"), "network:\n  policy: permissive\n").unwrap();
+        close_run(&home, &ws, "run_000000000001").unwrap();
+
+        let Err(TrustError::Untrusted(review)) = check(&home, &ws) else {
+            panic!("expected a refusal");
+        };
+        let ws_text = ws.canonicalize().unwrap().display().to_string();
+        assert_eq!(
+            review.to_string(),
+            format!(
+                "moat.yaml in {ws_text} changed while run run_000000000001 (agent) had the \
+                 workspace mounted, so moat will not apply it without your review.\n  \
+                 changed: network.policy (strict → permissive)\nTo fix: review the changes, \
+                 then run\n  moat trust {ws_text}\nor restore the version you accepted."
+            )
+        );
+        // The runtime's own open re-check refuses too.
+        assert!(open_run(&home, &ws, "run_000000000002", "x").is_err());
+
+        let accepted = accept(&home, &ws, Some(&review.digest)).unwrap();
+        assert_eq!(accepted.changes.len(), 1);
+        assert_eq!(check(&home, &ws).unwrap(), Trusted::Unchanged);
+        assert_eq!(
+            moat_home::mode_of(
+                &record_stem(&home, &ws.canonicalize().unwrap()).with_extension("json")
+            )
+            .unwrap(),
+            0o600
+        );
+    }
+
+    #[test]
+    fn accept_refuses_a_version_other_than_the_one_reviewed() {
+        let (_dir, home, ws) = setup();
+        std::fs::write(ws.join("moat.yaml"), "name: a\n").unwrap();
+        check(&home, &ws).unwrap();
+        assert!(matches!(
+            accept(&home, &ws, Some("not-the-digest")),
+            Err(TrustError::ChangedDuringReview { .. })
+        ));
+        let again = accept(&home, &ws, None).unwrap();
+        assert!(again.changes.is_empty());
+        assert!(!again.first_use);
+    }
+
+    #[test]
+    fn user_edits_between_runs_are_accepted() {
+        let (_dir, home, ws) = setup();
+        open_run(&home, &ws, "run_000000000001", "a").unwrap();
+        close_run(&home, &ws, "run_000000000001").unwrap();
+        std::fs::write(ws.join("moat.yaml"), "name: mine\n").unwrap();
+        assert_eq!(check(&home, &ws).unwrap(), Trusted::ChangedOutsideRuns);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_that_moat_trust_repairs() {
+        let (_dir, home, ws) = setup();
+        check(&home, &ws).unwrap();
+        let path = record_stem(&home, &ws.canonicalize().unwrap()).with_extension("json");
+        std::fs::write(&path, "{").unwrap();
+        let err = check(&home, &ws).unwrap_err().to_string();
+        assert!(err.contains("is damaged"), "{err}");
+        assert!(err.contains("moat trust"), "{err}");
+        accept(&home, &ws, None).unwrap();
+        assert_eq!(check(&home, &ws).unwrap(), Trusted::Unchanged);
+    }
+}

