@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Start-up of `moat run -- true` on the native runtime, daemon already up,
 # beside a plain process, `docker run --rm <image> true` (when an engine is
-# reachable) and Anthropic's sandbox-runtime `srt true` (when installed).
+# reachable), bubblewrap `bwrap ... true` (a comparable namespace sandbox:
+# read-only /usr, fresh /proc, /dev and /tmp, the project bound, every
+# namespace unshared) and Anthropic's sandbox-runtime `srt true` (when
+# installed).
 #
 #   bash bench/run/run.sh            # builds moat in release mode first
 #
 # Needs: hyperfine (apt-get install hyperfine). Optional peers:
+#   bwrap: apt-get install bubblewrap
 #   docker with an image (BENCH_DOCKER_IMAGE, default local/debian:bookworm)
 #   srt: npm install --prefix /tmp/srt @anthropic-ai/sandbox-runtime
 #        (and apt-get install bubblewrap socat ripgrep)
@@ -33,6 +37,12 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     docker_ok=true
     cmds+=(-n "docker run --rm $image true" "docker run --rm $image true")
   fi
+fi
+if command -v bwrap >/dev/null; then
+  bw="bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib"
+  bw+=" --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp"
+  bw+=" --bind $work/project /workspace --chdir /workspace true"
+  cmds+=(-n "bwrap (namespaces, ro /usr, workspace) true" "$bw")
 fi
 srt=${BENCH_SRT:-/tmp/srt/node_modules/.bin/srt}
 if [ -x "$srt" ]; then

@@ -165,8 +165,8 @@ pub(crate) async fn run_container(
         command.append(&mut spec.command);
         spec.command = command;
     }
-    spec.memory_mb = docker.memory_mb;
-    spec.cpus = docker.cpus;
+    spec.memory_mb = plan.limits.memory_mb;
+    spec.cpus = plan.limits.cpus;
     spec.runtime = runtime;
     spec.hostname = meta.name.replace('_', "-");
     spec.network = if plan.network.strict {

@@ -26,6 +26,8 @@ mod ssh;
 mod supervise;
 mod terminal;
 
-pub use crate::plan::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+pub use crate::plan::{
+    DockerPlan, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan,
+};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};

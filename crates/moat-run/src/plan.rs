@@ -66,12 +66,18 @@ pub struct DockerPlan {
     pub rebuild: bool,
     /// Stream the build log.
     pub verbose: bool,
+    /// `--keep`: leave the container after it exits.
+    pub keep: bool,
+}
+
+/// What the whole sandbox may consume (`container:` in moat.yaml), for
+/// every runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LimitsPlan {
     /// `container.memory` (MiB).
     pub memory_mb: Option<u64>,
     /// `container.cpus`.
     pub cpus: Option<f64>,
-    /// `--keep`: leave the container after it exits.
-    pub keep: bool,
 }
 
 /// Everything `moat run` decided, flags and `moat.yaml` merged.
@@ -97,6 +103,8 @@ pub struct RunPlan {
     pub interactive: bool,
     /// The runtime.
     pub runtime: RuntimePlan,
+    /// Resource limits.
+    pub limits: LimitsPlan,
     /// Started with `--detach`: supervised in the background.
     pub detached: bool,
     /// Credential profile.

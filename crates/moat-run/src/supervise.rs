@@ -407,6 +407,11 @@ fn run_sandbox(
         spec.env.push(ssh.auth_sock);
         spec.files.extend(ssh.files);
     }
+    spec.limits.memory_bytes = plan.limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20));
+    spec.limits.millicpus = plan
+        .limits
+        .cpus
+        .map(|cpus| (cpus * 1000.0).round().clamp(1.0, f64::from(u32::MAX)) as u32);
     spec.stdio = if plan.interactive {
         match crate::terminal::size() {
             Some((rows, cols)) => StdioMode::Pty { rows, cols },

@@ -51,6 +51,19 @@ fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
         .map_err(|e| SandboxError::io(format!("cannot write {value:?} to {}", path.display()), e))
 }
 
+/// The cgroup hierarchy sandboxes of this user get, for diagnostics.
+pub(crate) fn hierarchy() -> Option<&'static str> {
+    layout().map(
+        |(controllers, _)| {
+            if controllers == [""] {
+                "v2"
+            } else {
+                "v1"
+            }
+        },
+    )
+}
+
 /// Total memory of the machine, from `/proc/meminfo`.
 pub(crate) fn total_memory() -> Option<u64> {
     let text = fs::read_to_string("/proc/meminfo").ok()?;

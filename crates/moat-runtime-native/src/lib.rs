@@ -2,7 +2,7 @@
 //! namespaces with a private root filesystem, no container engine, no
 //! daemon, in a few milliseconds.
 //!
-//! This crate owns *how a sandbox is built and supervised*: user, pid,
+//! This crate owns *how a sandbox is built, confined and supervised*: user, pid,
 //! mount, ipc, uts, cgroup and (optionally) network namespaces created
 //! directly with `unshare(2)`; the root filesystem (host `/usr` read-only, a
 //! minimal generated `/etc`, private `/tmp`, `/dev`, `/proc` and home, the
@@ -33,10 +33,19 @@
 //! # Why direct namespaces
 //!
 //! No external tool (bubblewrap, a container engine) is needed, and a run
-//! starts in milliseconds. The caller's uid is mapped to itself (a root
-//! caller becomes uid 1000 inside, mapped to host root), so files written
-//! to the workspace belong to the caller; every capability is dropped and
-//! `no_new_privs` set before the command runs.
+//! starts in milliseconds.
+//!
+//! # The boundary
+//!
+//! A regular caller's uid is mapped to itself; a root caller's sandbox is
+//! mapped onto an unprivileged host id, with the workspace and mounts
+//! ID-mapped so files still come out owned by the caller (see
+//! `identity.rs`): no sandbox id is ever host uid 0. Every capability is
+//! dropped, `no_new_privs` set and a seccomp filter installed (`seccomp.rs`)
+//! before the command runs; `/proc`'s kernel knobs are read-only and its
+//! leaky entries masked (`rootfs.rs`); memory, CPU and processes are limited
+//! by a cgroup per sandbox where the caller may create one, and by rlimits
+//! otherwise (`cgroup.rs`, [`ResourceLimits`]).
 
 // The examples show `fn main` on purpose: where the init hook goes is the point.
 #![allow(clippy::needless_doctest_main)]
@@ -60,4 +69,4 @@ pub use crate::spec::{
     BindMount, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode, DEFAULT_PATH,
     PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
-pub use crate::support::check_support;
+pub use crate::support::{check_support, protections};

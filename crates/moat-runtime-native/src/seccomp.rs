@@ -221,10 +221,8 @@ fn allow_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendE
 }
 
 fn deny_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
-        .iter()
-        .map(|nr| (*nr, Vec::new()))
-        .collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     // Any namespace flag in clone's flags (first argument on x86_64 and
     // aarch64) is refused; each rule matches one flag.
     let clone = NAMESPACE_FLAGS

@@ -84,3 +84,20 @@ fn run_probe(spec: &SandboxSpec) -> Result<(), SandboxError> {
         })
     }
 }
+
+/// How sandboxes started by this user are confined, in one line for
+/// `moat doctor`: the host identity, the system-call filter and where
+/// resource limits come from.
+pub fn protections() -> String {
+    let identity = if rustix::process::getuid().is_root() {
+        let (uid, gid) = crate::identity::host_ids_for_root();
+        format!("runs as host uid {uid}/gid {gid} with the workspace ID-mapped")
+    } else {
+        "runs as you".to_owned()
+    };
+    let limits = match crate::cgroup::hierarchy() {
+        Some(kind) => format!("memory, CPU and process limits in a {kind} cgroup"),
+        None => "process and file limits as rlimits (no cgroup: container.memory and container.cpus are refused)".to_owned(),
+    };
+    format!("{identity}; seccomp filter, no capabilities; {limits}")
+}

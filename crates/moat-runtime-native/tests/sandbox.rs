@@ -459,3 +459,60 @@ fn sandbox_dies_when_the_caller_is_killed() {
         thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Forks until the kernel refuses, then prints how many children it got.
+const FORK_UNTIL_REFUSED: &str = "import os, signal\nn = 0\ntry:\n    while n < 2000:\n        if os.fork() == 0:\n            signal.pause()\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)\n";
+
+#[test]
+fn process_limit_holds_for_every_caller() {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("forks.py"), FORK_UNTIL_REFUSED).unwrap();
+    let mut s = spec(ws.path(), vec!["python3".into(), "forks.py".into()]);
+    s.limits.pids = 64;
+    let r = run(&s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let forked: u32 = r.stdout.trim().parse().unwrap();
+    assert!(forked < 64, "forked {forked} processes under a limit of 64");
+}
+
+/// The same as a user without cgroups: rlimits hold the process count,
+/// and a memory limit that cannot be enforced is refused, not ignored.
+#[test]
+fn without_cgroups_limits_fall_back_to_rlimits_or_are_refused() {
+    if !running_as_root() {
+        println!("skipped: not root, cannot switch to uid 65534");
+        return;
+    }
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let harness: PathBuf = bin_dir.path().join("moat-native-harness");
+    std::fs::copy(HARNESS, &harness).unwrap();
+    std::fs::set_permissions(&harness, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(ws.path().join("forks.py"), FORK_UNTIL_REFUSED).unwrap();
+    std::os::unix::fs::chown(ws.path(), Some(65534), Some(65534)).unwrap();
+
+    let mut s = spec(ws.path(), vec!["python3".into(), "forks.py".into()]);
+    s.limits.pids = 64;
+    let r = run_with(&harness, &s, &[], &setpriv);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let forked: u32 = r.stdout.trim().parse().unwrap();
+    assert!(forked < 64, "forked {forked} processes under a limit of 64");
+
+    s.limits.memory_bytes = Some(256 << 20);
+    let r = run_with(&harness, &s, &[], &setpriv);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("a memory limit (container.memory) needs a cgroup"),
+        "{}",
+        r.stderr
+    );
+}

@@ -34,10 +34,22 @@ fn healthy_setup_passes_and_missing_docker_is_a_warning() {
     out.success();
     assert!(
         out.stdout
-            .contains("[ok]   native sandbox: user namespaces work\n"),
+            .contains("[ok]   native sandbox: user namespaces work; "),
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout.contains("seccomp filter, no capabilities"),
+        "{}",
+        out.stdout
+    );
+    if rustix::process::getuid().is_root() {
+        assert!(
+            out.stdout.contains("with the workspace ID-mapped"),
+            "{}",
+            out.stdout
+        );
+    }
     let docker = lines_of(&out.stdout, "docker").join("\n");
     assert!(
         docker.starts_with("[warn] docker: not reachable:"),

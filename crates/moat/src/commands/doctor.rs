@@ -125,7 +125,13 @@ fn runtimes() -> Result<Vec<Check>> {
     let docker_ok = docker.is_ok();
     let mut checks = Vec::new();
     checks.push(match &native {
-        Ok(()) => ok("native sandbox", "user namespaces work"),
+        Ok(()) => ok(
+            "native sandbox",
+            format!(
+                "user namespaces work; {}",
+                moat_runtime_native::protections()
+            ),
+        ),
         Err(e) => problem(
             if docker_ok { Status::Warn } else { Status::Fail },
             "native sandbox",

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use moat_credentials::GrantName;
 use moat_daemon::HostRuleSpec;
-use moat_run::{DockerPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+use moat_run::{DockerPlan, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
 
 use super::Context;
 use crate::cli::RunArgs;
@@ -179,14 +179,17 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
                 post_build: config.as_ref().and_then(|c| c.hooks.post_build.clone()),
                 rebuild: args.rebuild,
                 verbose: ctx.verbose,
-                memory_mb: config.as_ref().and_then(|c| c.container.memory_mb),
-                cpus: config.as_ref().and_then(|c| c.container.cpus),
                 keep: args.keep,
             })
         }
     };
 
+    let limits = LimitsPlan {
+        memory_mb: config.as_ref().and_then(|c| c.container.memory_mb),
+        cpus: config.as_ref().and_then(|c| c.container.cpus),
+    };
     let plan = RunPlan {
+        limits,
         runtime,
         workspace,
         name,
