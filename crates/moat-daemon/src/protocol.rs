@@ -129,6 +129,11 @@ pub struct RunSpec {
     /// tunnels whatever the policy.
     #[serde(default)]
     pub ssh_hosts: Vec<SshHostSpec>,
+    /// Host TCP ports (`network.host`) the run may reach on the host's
+    /// loopback through raw tunnels (`CONNECT 127.0.0.1:PORT`), whatever
+    /// the policy: the user asked for exactly these.
+    #[serde(default)]
+    pub host_ports: Vec<u16>,
 }
 
 /// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
@@ -336,6 +341,7 @@ mod tests {
                 trace_path: None,
                 audit_path: None,
                 ssh_hosts: vec![],
+                host_ports: vec![],
                 profile: None,
                 listen: vec![],
             }),

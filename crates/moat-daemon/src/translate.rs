@@ -93,6 +93,10 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
                 host: h.host.to_ascii_lowercase(),
                 port: h.port,
             })
+            .chain(run.host_ports.iter().map(|port| moat_proxy::TcpTunnel {
+                host: "127.0.0.1".to_owned(),
+                port: *port,
+            }))
             .collect(),
     })
 }

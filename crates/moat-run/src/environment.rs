@@ -55,6 +55,11 @@ impl SandboxEnv<'_> {
             set(key, BUNDLE_PATH);
         }
         set("NODE_EXTRA_CA_CERTS", CA_PATH);
+        // Node 24+ honours the proxy variables only when asked to.
+        set("NODE_USE_ENV_PROXY", "1");
+        // An npmrc `cafile=` replaces Node's trust store; ours keeps the
+        // system roots and the moat CA together.
+        set("NPM_CONFIG_CAFILE", BUNDLE_PATH);
         set("MOAT_RUN_ID", self.run_id);
         set("MOAT_RUN_NAME", self.run_name);
         set("MOAT_PROXY", &self.proxy_authority);

@@ -9,8 +9,7 @@
 //! - `MOAT_HOME`: encrypted credentials, the key file, the audit signing
 //!   key, and the proxy daemon's control and proxy sockets (`proxy/`);
 //! - `~/.local/share/keyrings` (the keychain's files) and `~/.ssh`;
-//! - `SSH_AUTH_SOCK` and its directory (unless that directory is shared,
-//!   like `/tmp`);
+//! - `SSH_AUTH_SOCK` (so its directory, which contains it, too);
 //! - the Docker and Podman sockets, and `DOCKER_HOST` when it is `unix://`.
 //!
 //! A source that resolves *into* one of them, or *contains* one (mounting
@@ -27,7 +26,6 @@
 //! apply).
 
 use std::os::fd::AsRawFd as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use moat_home::MoatHome;
@@ -67,11 +65,11 @@ impl Floors {
             );
             floors.add(&user_home.join(".ssh"), "holds your SSH keys");
         }
+        // The socket itself: a mount of its directory, or of any parent,
+        // contains it and is refused; a sibling directory shows nothing
+        // of the agent, so a project next to the socket stays usable.
         if let Some(sock) = var("SSH_AUTH_SOCK").map(PathBuf::from) {
             floors.add(&sock, "is your SSH agent's socket");
-            if let Some(dir) = sock.parent().filter(|d| !is_shared_dir(d)) {
-                floors.add(dir, "holds your SSH agent's socket");
-            }
         }
         for sock in ["/var/run/docker.sock", "/run/docker.sock"] {
             floors.add(Path::new(sock), DOCKER_WHY);
@@ -123,13 +121,6 @@ impl Floors {
         }
         None
     }
-}
-
-/// A sticky, world-writable directory (`/tmp`) holds everyone's files; an
-/// agent socket there protects itself, and refusing the whole directory
-/// would refuse every project under it.
-fn is_shared_dir(dir: &Path) -> bool {
-    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o1002 == 0o1002)
 }
 
 /// The user's mounts, resolved to real paths and checked, and the

@@ -38,6 +38,8 @@ pub struct NetworkPlan {
     pub rules: Vec<HostRuleSpec>,
     /// `--allow-host` entries.
     pub allow_hosts: Vec<String>,
+    /// `network.host`: host TCP ports the sandbox may reach.
+    pub host_ports: Vec<u16>,
 }
 
 /// Which runtime runs the plan.

@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use base64::Engine as _;
 use chrono::Utc;
 use moat_credentials::{
     resolve_grants, CredentialError, CredentialStore, GrantName, ProviderRegistry, ResolveError,
@@ -11,13 +12,19 @@ use moat_daemon::{
     ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, SecretString, StartOptions,
 };
 use moat_home::{FileLock, MoatHome};
-use moat_runtime_native::{BindMount, NetworkMode, SandboxError, SandboxSpec, StdioMode};
+use moat_runtime_native::{
+    BindMount, CaptureSpec, NetworkMode, ProxyAuthorization, SandboxError, SandboxSpec, StdioMode,
+};
 use moat_storage::{
     generate_name, LogStream, LogWriter, RunId, RunMetadata, RunState, RunStore, StorageError,
 };
 
 use crate::environment::SandboxEnv;
 use crate::RunPlan;
+
+/// Ports whose connections are handed to the proxy from every native
+/// sandbox, for clients that ignore the proxy variables.
+const CAPTURED_PORTS: &[u16] = &[80, 443];
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -337,6 +344,10 @@ fn run_spec(
         trace_path: Some(run_dir.join("network.jsonl")),
         audit_path: Some(run_dir.join("audit.jsonl")),
         ssh_hosts: Vec::new(),
+        host_ports: match plan.runtime {
+            crate::RuntimePlan::Native => plan.network.host_ports.clone(),
+            crate::RuntimePlan::Docker(_) => Vec::new(),
+        },
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
     }
@@ -351,20 +362,28 @@ fn run_sandbox(
     registration: &moat_daemon::Registration,
     home: &MoatHome,
 ) -> Result<i32, RunError> {
-    let (network, proxy_authority) = if plan.network.strict {
-        (
-            NetworkMode::Isolated {
-                relay_port: registration.port.max(1),
-                proxy_socket: registration.proxy_socket.clone(),
-            },
-            format!("127.0.0.1:{}", registration.port.max(1)),
-        )
-    } else {
-        (
-            NetworkMode::Host,
-            format!("127.0.0.1:{}", registration.port),
-        )
+    // Every sandbox has a network of its own whatever the policy; its one
+    // way out is the proxy, also for clients that ignore the proxy
+    // variables (their connections to ports 80 and 443 are captured).
+    let relay_port = registration.port.max(1);
+    let network = NetworkMode::Isolated {
+        relay_port,
+        proxy_socket: registration.proxy_socket.clone(),
+        capture: Some(CaptureSpec {
+            proxy_authorization: ProxyAuthorization::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("moat:{}", registration.token.expose()))
+            )),
+            ports: CAPTURED_PORTS
+                .iter()
+                .copied()
+                .filter(|p| *p != relay_port)
+                .collect(),
+            host_ports: plan.network.host_ports.clone(),
+        }),
     };
+    let proxy_authority = format!("127.0.0.1:{relay_port}");
     let env = SandboxEnv {
         run_id: meta.id.as_str(),
         run_name: &meta.name,
@@ -381,6 +400,10 @@ fn run_sandbox(
     let mut spec = SandboxSpec::new(plan.workspace.clone(), plan.command.clone());
     spec.hostname = meta.name.replace('_', "-");
     spec.env = env.variables();
+    spec.env.push((
+        "MOAT_HOST_GATEWAY".to_owned(),
+        moat_runtime_native::HOST_GATEWAY_NAME.to_owned(),
+    ));
     spec.files = env.files();
     spec.network = network;
     spec.mounts = plan

@@ -188,18 +188,31 @@ fn run_init(args: Vec<OsString>) -> i32 {
         NetworkMode::Isolated {
             relay_port,
             proxy_socket,
+            capture,
         } => {
             if let Err(e) = sys::loopback_up() {
                 return fail(format!("cannot bring up loopback in the sandbox: {e}"));
             }
-            match TcpListener::bind(("127.0.0.1", *relay_port)) {
-                Ok(l) => Some((l, proxy_socket.clone())),
+            let relay = match TcpListener::bind(("127.0.0.1", *relay_port)) {
+                Ok(l) => l,
                 Err(e) => {
                     return fail(format!(
                         "cannot listen on 127.0.0.1:{relay_port} in the sandbox: {e}"
                     ))
                 }
-            }
+            };
+            let captured = match capture {
+                None => None,
+                Some(c) => match crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports) {
+                    Ok(sockets) => Some((sockets, c.proxy_authorization.clone())),
+                    Err(message) => return fail(message),
+                },
+            };
+            Some(HelperNetwork {
+                relay,
+                proxy_socket: proxy_socket.clone(),
+                captured,
+            })
         }
     };
 
@@ -269,7 +282,17 @@ fn run_init(args: Vec<OsString>) -> i32 {
 /// namespace, inside its network namespace): runs the relay and, when the
 /// caller's lifeline closes, kills the init, hence PID 1 (its death signal)
 /// and the whole sandbox. Dies with the init.
-fn run_helper(init_pid: Pid, mut lifeline: File, listener: Option<(TcpListener, PathBuf)>) -> i32 {
+/// What the helper serves in an isolated network.
+struct HelperNetwork {
+    relay: TcpListener,
+    proxy_socket: PathBuf,
+    captured: Option<(
+        crate::capture::CaptureSockets,
+        crate::spec::ProxyAuthorization,
+    )>,
+}
+
+fn run_helper(init_pid: Pid, mut lifeline: File, network: Option<HelperNetwork>) -> i32 {
     if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
         || rustix::process::getppid() != Some(init_pid)
     {
@@ -281,8 +304,13 @@ fn run_helper(init_pid: Pid, mut lifeline: File, listener: Option<(TcpListener, 
         let _ = rustix::process::kill_process(init_pid, Signal::KILL);
         return SETUP_FAILED;
     }
-    if let Some((listener, socket)) = listener {
-        if crate::relay::start(listener, socket).is_err() {
+    if let Some(network) = network {
+        let started = match network.captured {
+            Some((sockets, auth)) => sockets.start(network.proxy_socket.clone(), auth),
+            None => Ok(()),
+        }
+        .and_then(|()| crate::relay::start(network.relay, network.proxy_socket));
+        if started.is_err() {
             let _ = rustix::process::kill_process(init_pid, Signal::KILL);
             return SETUP_FAILED;
         }

@@ -50,6 +50,7 @@
 // The examples show `fn main` on purpose: where the init hook goes is the point.
 #![allow(clippy::needless_doctest_main)]
 
+mod capture;
 mod cgroup;
 mod error;
 mod identity;
@@ -66,7 +67,8 @@ mod sys;
 pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
-    BindMount, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode, DEFAULT_PATH,
+    BindMount, CaptureSpec, InjectedFile, NetworkMode, ProxyAuthorization, ResourceLimits,
+    SandboxSpec, StdioMode, DEFAULT_PATH, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME,
     PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
 pub use crate::support::{check_support, protections};

@@ -57,7 +57,7 @@ fn relay_one(tcp: TcpStream, proxy_socket: &Path) {
 }
 
 /// Something we can copy from/to and half-close.
-trait Duplex: io::Read + io::Write {
+pub(crate) trait Duplex: io::Read + io::Write {
     fn shut(&self, how: Shutdown);
 }
 
@@ -75,7 +75,7 @@ impl Duplex for UnixStream {
 
 /// Copies `from` into `to` until end of stream, then half-closes `to`; on
 /// error, closes both fully so the opposite direction stops as well.
-fn pump(mut from: impl Duplex, mut to: impl Duplex) {
+pub(crate) fn pump(mut from: impl Duplex, mut to: impl Duplex) {
     match io::copy(&mut from, &mut to) {
         Ok(_) => to.shut(Shutdown::Write),
         Err(_) => {

@@ -23,7 +23,10 @@ use rustix::mount::{
 
 use crate::sys;
 
-use crate::spec::{NetworkMode, SandboxSpec, PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX};
+use crate::spec::{
+    NetworkMode, SandboxSpec, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_IN_SANDBOX,
+    WORKSPACE_IN_SANDBOX,
+};
 
 /// Where the host root is attached while the new root is being built.
 const OLD_ROOT: &str = "/oldroot";
@@ -459,6 +462,16 @@ fn build_etc(spec: &SandboxSpec, ids: Ids, handled: &mut [bool]) -> SetupResult<
     for name in ETC_DIRS {
         mount_etc_dir(spec, name, handled)?;
     }
+    // With capture, names are answered inside the sandbox (capture.rs).
+    if matches!(
+        spec.network,
+        NetworkMode::Isolated {
+            capture: Some(_),
+            ..
+        }
+    ) {
+        write_new(&etc.join("resolv.conf"), b"nameserver 127.0.0.1\n")?;
+    }
 
     let shell = if Path::new("/usr/bin/bash").exists() {
         "/bin/bash"
@@ -489,6 +502,15 @@ fn build_etc(spec: &SandboxSpec, ids: Ids, handled: &mut [bool]) -> SetupResult<
     let hosts = etc.join("hosts");
     let mut content = fs::read(&hosts).unwrap_or_else(|_| b"127.0.0.1\tlocalhost\n".to_vec());
     content.extend_from_slice(format!("127.0.1.1\t{}\n", spec.hostname).as_bytes());
+    if matches!(
+        spec.network,
+        NetworkMode::Isolated {
+            capture: Some(_),
+            ..
+        }
+    ) {
+        content.extend_from_slice(format!("{HOST_GATEWAY_ADDR}\t{HOST_GATEWAY_NAME}\n").as_bytes());
+    }
     write_new(&hosts, &content)?;
     Ok(())
 }

@@ -124,7 +124,60 @@ pub enum NetworkMode {
         relay_port: u16,
         /// Host path of the proxy's Unix socket.
         proxy_socket: PathBuf,
+        /// Also hand connections of clients that ignore the proxy
+        /// settings to the proxy (see [`CaptureSpec`]).
+        #[serde(default)]
+        capture: Option<CaptureSpec>,
     },
+}
+
+/// Transparent capture in an isolated network: every IPv4 address is
+/// routed to the sandbox's loopback, a DNS responder inside gives every
+/// name an address, and connections to `ports` on any address are handed
+/// to the proxy as `CONNECT` requests (named by TLS SNI or by the name the
+/// responder gave out) carrying `proxy_authorization`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// `Proxy-Authorization` value for the proxy (e.g. `Basic …`).
+    pub proxy_authorization: ProxyAuthorization,
+    /// TCP ports captured on every address, e.g. `[80, 443]`.
+    pub ports: Vec<u16>,
+    /// Host TCP ports the sandbox may reach at [`HOST_GATEWAY_NAME`]
+    /// (the proxy must allow `CONNECT 127.0.0.1:PORT` tunnels for them).
+    #[serde(default)]
+    pub host_ports: Vec<u16>,
+}
+
+/// The name under which a sandbox with capture reaches the host ports it
+/// was given (`network.host` in moat.yaml).
+pub const HOST_GATEWAY_NAME: &str = "moat-host";
+
+/// The address [`HOST_GATEWAY_NAME`] has inside the sandbox (from the
+/// benchmark range the DNS responder uses, outside its pool).
+pub const HOST_GATEWAY_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 255, 254);
+
+/// A `Proxy-Authorization` header value: a credential of the run, kept
+/// out of `Debug` output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyAuthorization(String);
+
+impl ProxyAuthorization {
+    /// Wraps a header value.
+    pub fn new(value: impl Into<String>) -> Self {
+        ProxyAuthorization(value.into())
+    }
+
+    /// The header value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProxyAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyAuthorization([REDACTED])")
+    }
 }
 
 /// Where the command's standard streams go.
@@ -263,8 +316,29 @@ impl SandboxSpec {
         if let NetworkMode::Isolated {
             relay_port,
             proxy_socket,
+            capture,
         } = &self.network
         {
+            if let Some(capture) = capture {
+                let value = capture.proxy_authorization.expose();
+                if value.is_empty() || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    return invalid(
+                        "the proxy authorization must be one printable header value".into(),
+                    );
+                }
+                if capture.host_ports.contains(&0) {
+                    return invalid("host port 0 cannot be reached".into());
+                }
+                if capture.ports.contains(relay_port)
+                    || capture.ports.contains(&0)
+                    || capture.ports.contains(&53)
+                {
+                    return invalid(format!(
+                        "captured ports {:?} may not include 0, 53 or the relay port {relay_port}",
+                        capture.ports
+                    ));
+                }
+            }
             if *relay_port == 0 {
                 return invalid("the relay port must not be 0".into());
             }

@@ -242,12 +242,114 @@ fn isolated_network_reaches_only_the_proxy() {
     s.network = NetworkMode::Isolated {
         relay_port,
         proxy_socket: sock.clone(),
+        capture: None,
     };
     let r = run(&s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout,
         "host-blocked\nnet-blocked\necho:ping\necho:pong\nsocket-mounted\n"
+    );
+    drop(host_listener);
+}
+
+/// A client that ignores proxy settings still ends up at the proxy: the
+/// name resolves inside, the connection is captured and arrives as a
+/// `CONNECT` with the run's credentials; other ports, UDP and the host's
+/// loopback stay out of reach.
+#[test]
+fn captured_connections_arrive_at_the_proxy_as_connect() {
+    let ws = tempfile::tempdir().unwrap();
+    let host_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("proxy.sock");
+    let unix = UnixListener::bind(&sock).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_by_proxy = seen.clone();
+    thread::spawn(move || {
+        for conn in unix.incoming() {
+            let Ok(conn) = conn else { continue };
+            let seen = seen_by_proxy.clone();
+            thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut writer = conn;
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                seen.lock().unwrap().push(head.clone());
+                if head.contains("blocked.test") {
+                    let _ =
+                        writer.write_all(b"HTTP/1.1 407 Blocked by moat network policy\r\n\r\n");
+                    return;
+                }
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                // The tunnel: answer one plain HTTP request.
+                let mut request = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    request.push_str(&line);
+                }
+                let body = format!("tunnelled {}", request.lines().next().unwrap_or(""));
+                let _ = writer.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    });
+    let script = format!(
+        "env | grep -i proxy; \
+         curl -sS --max-time 5 http://api.example.test/hello; echo; \
+         curl -sS --max-time 5 http://blocked.test/ >/dev/null 2>&1 && echo BLOCKED-REACHED || echo blocked-refused; \
+         getent hosts api.example.test | cut -d' ' -f1; \
+         if (exec 3<>/dev/tcp/127.0.0.1/{host_port}) 2>/dev/null; then echo HOST-REACHED; else echo host-blocked; fi; \
+         if (exec 3<>/dev/tcp/203.0.113.9/5432) 2>/dev/null; then echo PORT-REACHED; else echo port-blocked; fi"
+    );
+    let mut s = spec(ws.path(), vec!["bash".into(), "-c".into(), script]);
+    s.network = NetworkMode::Isolated {
+        relay_port: 18080,
+        proxy_socket: sock.clone(),
+        capture: Some(moat_runtime_native::CaptureSpec {
+            proxy_authorization: moat_runtime_native::ProxyAuthorization::new(
+                "Basic bW9hdDp0b2tlbg==",
+            ),
+            ports: vec![80, 443],
+            host_ports: vec![],
+        }),
+    };
+    let r = run(&s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "tunnelled GET /hello HTTP/1.1\nblocked-refused\n198.18.0.1\nhost-blocked\nport-blocked\n",
+        "{}",
+        r.stderr
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen[0].starts_with("CONNECT api.example.test:80 HTTP/1.1\r\n"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[0].contains("Proxy-Authorization: Basic bW9hdDp0b2tlbg==\r\n"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|h| h.starts_with("CONNECT blocked.test:80 ")),
+        "{seen:?}"
     );
     drop(host_listener);
 }

@@ -92,8 +92,8 @@ impl SshWorld {
     }
 
     /// A script for the sandbox: clone through the proxy, list keys, try
-    /// to delete them, try the sshd that was not granted, look for the
-    /// private keys.
+    /// to delete them, try the sshd that was not granted, ask the agent to
+    /// sign arbitrary data, look for the private keys.
     fn script(&self) -> String {
         let user = current_user();
         let granted_private = std::fs::read_to_string(&self.granted_key).unwrap();
@@ -105,6 +105,8 @@ echo "--- keys"; ssh-add -L
 if ssh-add -D >/dev/null 2>&1; then echo "delete: ALLOWED"; else echo "delete: refused"; fi
 if ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 \
    -p {other_port} {user}@127.0.0.1 true 2>/tmp/other.err; then echo "other: LOGGED IN"; else echo "other: refused"; fi
+ssh-add -L > /tmp/granted.pub; echo data > /tmp/data
+if ssh-keygen -Y sign -f /tmp/granted.pub -n file /tmp/data >/dev/null 2>&1; then echo "arbitrary: SIGNED"; else echo "arbitrary: refused"; fi
 for p in {granted_path} {other_path}; do test -e "$p" && echo "KEY FILE VISIBLE: $p"; done
 env | grep -F -q -- '{secret_line}' && echo "KEY IN ENV"
 grep -r -l -F -- '{secret_line}' /etc /tmp /run /workspace "$HOME" 2>/dev/null | sed 's/^/KEY IN FILE: /'
@@ -169,6 +171,9 @@ fn a_granted_host_clones_and_nothing_else_can_use_the_key() {
     assert!(granted_pub.starts_with(keys[0].trim_end_matches(" granted").trim()));
     assert!(stdout.contains("delete: refused"), "{stdout}");
     assert!(stdout.contains("other: refused"), "{stdout}");
+    // Signing anything but a login to the granted host is refused by the
+    // agent proxy (the sandbox cannot even reach the other sshd).
+    assert!(stdout.contains("arbitrary: refused"), "{stdout}");
     assert!(!stdout.contains("VISIBLE"), "{stdout}");
     assert!(!stdout.contains("KEY IN"), "{stdout}");
     assert!(

@@ -124,11 +124,13 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
                 })
                 .collect(),
             allow_hosts: args.allow_hosts.clone(),
+            host_ports: c.network.host_ports.clone(),
         },
         None => NetworkPlan {
             strict: false,
             rules: Vec::new(),
             allow_hosts: args.allow_hosts.clone(),
+            host_ports: Vec::new(),
         },
     };
 

@@ -1,0 +1,185 @@
+//! Every byte through the proxy, on the native runtime: a sandbox has a
+//! network of its own under either policy, and clients that ignore the
+//! proxy variables are captured and handed to the proxy, which injects,
+//! polices and traces them like any other request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::net::UnixListener;
+
+const GH_TOKEN: &str = "ghp_captureSecret0123456789abcdefghijk";
+
+/// The proxy variables removed, as a client with its own HTTP stack sees
+/// the world.
+const NO_PROXY_ENV: &str =
+    "env -u HTTP_PROXY -u HTTPS_PROXY -u http_proxy -u https_proxy -u NODE_USE_ENV_PROXY";
+
+fn trace_of(t: &common::ProxiedEnv) -> String {
+    let runs = t.env.moat_home().join("runs");
+    let mut out = String::new();
+    for entry in std::fs::read_dir(runs).unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path().join("network.jsonl")) {
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[test]
+fn clients_ignoring_the_proxy_are_captured_injected_and_traced() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    t.grant_github(GH_TOKEN);
+    let script = format!(
+        r#"
+        {NO_PROXY_ENV} curl -sS -o /dev/null -w "curl=%{{http_code}}\n" https://api.github.com/user -H "Authorization: Bearer $GH_TOKEN"
+        {NO_PROXY_ENV} node -e 'fetch("https://api.github.com/from-node", {{headers: {{authorization: "Bearer " + process.env.GH_TOKEN}}}}).then(r => console.log("node=" + r.status), e => console.log("node-error=" + e.cause))'
+        "#
+    );
+    let out = t.run(&["run", "--grant", "github", "--", "sh", "-c", &script]);
+    out.success();
+    assert!(
+        out.stdout.contains("curl=200"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("node=200"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let seen = t.upstream.requests();
+    let paths: Vec<&str> = seen.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/user", "/from-node"], "{}", out.stderr);
+    for request in &seen {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {GH_TOKEN}").as_str()),
+            "the credential was not injected into a captured request"
+        );
+    }
+    let trace = trace_of(&t);
+    assert!(trace.contains("https://api.github.com/user"), "{trace}");
+    assert!(
+        trace.contains("https://api.github.com/from-node"),
+        "{trace}"
+    );
+    assert!(!trace.contains(GH_TOKEN));
+}
+
+#[test]
+fn under_strict_a_captured_connection_to_a_host_not_allowed_is_refused_and_traced() {
+    let t = common::ProxiedEnv::new(&["api.github.com", "elsewhere.test"]);
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  policy: strict\n  rules:\n    - api.github.com\n",
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        {NO_PROXY_ENV} curl -sS -o /dev/null -w "allowed=%{{http_code}}\n" https://api.github.com/ok
+        {NO_PROXY_ENV} curl -sS -o /dev/null --max-time 5 https://elsewhere.test/secret 2>/dev/null && echo REACHED || echo refused
+        "#
+    );
+    let out = t.run(&["run", "--", "sh", "-c", &script]);
+    out.success();
+    assert!(
+        out.stdout.contains("allowed=200"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("refused"), "{}", out.stdout);
+    let seen = t.upstream.requests();
+    assert!(seen.iter().all(|r| r.path != "/secret"), "{seen:?}");
+    let trace = trace_of(&t);
+    assert!(trace.contains("elsewhere.test"), "{trace}");
+    assert!(trace.contains("blocked"), "{trace}");
+}
+
+#[test]
+fn host_loopback_udp_and_abstract_sockets_are_out_of_reach_in_permissive() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let abstract_name = format!("moat-capture-test-{}", std::process::id());
+    let abstract_addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            abstract_name.as_bytes(),
+        )
+        .unwrap();
+    let abstract_listener = UnixListener::bind_addr(&abstract_addr).unwrap();
+    abstract_listener.set_nonblocking(true).unwrap();
+    let script = format!(
+        r#"
+        if (exec 3<>/dev/tcp/127.0.0.1/{tcp_port}) 2>/dev/null; then echo TCP-REACHED; else echo tcp-refused; fi
+        echo hello > /dev/udp/127.0.0.1/{udp_port} 2>/dev/null; echo udp-sent
+        python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("\0{abstract_name}"); print("ABSTRACT-REACHED")' 2>/dev/null || echo abstract-refused
+        "#
+    );
+    let out = t.run(&["run", "--", "bash", "-c", &script]);
+    out.success();
+    assert_eq!(
+        out.stdout.trim(),
+        "tcp-refused\nudp-sent\nabstract-refused",
+        "{}",
+        out.stderr
+    );
+    let mut buf = [0u8; 16];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "a datagram reached the host"
+    );
+    assert!(
+        abstract_listener.accept().is_err(),
+        "the abstract socket was reached"
+    );
+}
+
+#[test]
+fn network_host_ports_are_reachable_at_the_host_gateway_and_no_others() {
+    use std::io::{BufRead, BufReader, Write};
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    // A local model server stand-in: answers one line per connection.
+    let given = TcpListener::bind("127.0.0.1:0").unwrap();
+    let given_port = given.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in given.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = (&conn).write_all(format!("model says {line}").as_bytes());
+        }
+    });
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        format!("network:\n  policy: strict\n  host: [{given_port}]\n"),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        echo "gateway=$MOAT_HOST_GATEWAY"
+        exec 3<>/dev/tcp/$MOAT_HOST_GATEWAY/{given_port}; echo hi >&3; head -n1 <&3
+        if (exec 4<>/dev/tcp/$MOAT_HOST_GATEWAY/{other_port}) 2>/dev/null; then echo OTHER-REACHED; else echo other-refused; fi
+        "#
+    );
+    let out = t.run(&["run", "--", "bash", "-c", &script]);
+    out.success();
+    assert_eq!(
+        out.stdout.trim(),
+        "gateway=moat-host\nmodel says hi\nother-refused",
+        "{}",
+        out.stderr
+    );
+    drop(other);
+}
