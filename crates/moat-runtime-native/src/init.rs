@@ -288,7 +288,7 @@ struct HelperNetwork {
     proxy_socket: PathBuf,
     captured: Option<(
         crate::capture::CaptureSockets,
-        crate::spec::ProxyAuthorization,
+        moat_capture::ProxyAuthorization,
     )>,
 }
 

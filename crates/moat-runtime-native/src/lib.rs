@@ -67,8 +67,9 @@ mod sys;
 pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
-    BindMount, CaptureSpec, InjectedFile, NetworkMode, ProxyAuthorization, ResourceLimits,
-    SandboxSpec, StdioMode, DEFAULT_PATH, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME,
-    PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
+    BindMount, CaptureSpec, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode,
+    DEFAULT_PATH, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_IN_SANDBOX,
+    WORKSPACE_IN_SANDBOX,
 };
 pub use crate::support::{check_support, protections};
+pub use moat_capture::ProxyAuthorization;

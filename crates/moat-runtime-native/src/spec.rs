@@ -2,6 +2,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use moat_capture::ProxyAuthorization;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
@@ -156,30 +157,6 @@ pub const HOST_GATEWAY_NAME: &str = "moat-host";
 /// benchmark range the DNS responder uses, outside its pool).
 pub const HOST_GATEWAY_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 255, 254);
 
-/// A `Proxy-Authorization` header value: a credential of the run, kept
-/// out of `Debug` output.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ProxyAuthorization(String);
-
-impl ProxyAuthorization {
-    /// Wraps a header value.
-    pub fn new(value: impl Into<String>) -> Self {
-        ProxyAuthorization(value.into())
-    }
-
-    /// The header value itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ProxyAuthorization {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProxyAuthorization([REDACTED])")
-    }
-}
-
 /// Where the command's standard streams go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StdioMode {
@@ -320,8 +297,7 @@ impl SandboxSpec {
         } = &self.network
         {
             if let Some(capture) = capture {
-                let value = capture.proxy_authorization.expose();
-                if value.is_empty() || value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                if !capture.proxy_authorization.is_valid() {
                     return invalid(
                         "the proxy authorization must be one printable header value".into(),
                     );
