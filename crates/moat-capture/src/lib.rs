@@ -293,6 +293,43 @@ impl Relay {
     }
 }
 
+/// The relay of a container's network guard: DNS on `127.0.0.1:dns_port`,
+/// connections redirected by iptables to `127.0.0.1:relay_port`, handed
+/// to the proxy at `proxy` (`host:port`, resolved once). Started as root
+/// (the guard applies its firewall as root), it becomes `nobody` (65534)
+/// once its sockets are bound, before it serves anything. Serves until
+/// the process is killed; returns only on a setup error.
+pub fn serve_redirected(
+    proxy: &str,
+    relay_port: u16,
+    dns_port: u16,
+    authorization: ProxyAuthorization,
+) -> io::Result<std::convert::Infallible> {
+    use std::net::ToSocketAddrs as _;
+    let proxy_addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the proxy address {proxy} does not resolve"),
+        )
+    })?;
+    let dns = UdpSocket::bind(("127.0.0.1", dns_port))?;
+    let listener = TcpListener::bind(("127.0.0.1", relay_port))?;
+    if rustix::process::getuid().is_root() {
+        // Still single-threaded: the threads started below inherit it.
+        let nobody_gid = rustix::process::Gid::from_raw(65534);
+        let nobody_uid = rustix::process::Uid::from_raw(65534);
+        rustix::thread::set_thread_groups(&[])?;
+        rustix::thread::set_thread_res_gid(nobody_gid, nobody_gid, nobody_gid)?;
+        rustix::thread::set_thread_res_uid(nobody_uid, nobody_uid, nobody_uid)?;
+    }
+    let relay = Relay::new(ProxyEndpoint::Tcp(proxy_addr), authorization);
+    relay.serve_dns(dns)?;
+    relay.serve(listener, Diverted::Redirected)?;
+    loop {
+        thread::park();
+    }
+}
+
 /// Copies `from` into `to` until end of stream, then half-closes `to`; on
 /// error, closes both fully so the opposite direction stops as well.
 fn pump(mut from: Box<dyn Duplex>, mut to: Box<dyn Duplex>) {

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use base64::Engine as _;
 use moat_runtime_docker::{
     BuildHooks, ContainerSpec, DockerRuntime, ImageMap, ImageRequest, InjectedFile, NetworkPolicy,
     SandboxRuntime, HOST_GATEWAY_NAME,
@@ -169,13 +170,22 @@ pub(crate) async fn run_container(
     spec.cpus = plan.limits.cpus;
     spec.runtime = runtime;
     spec.hostname = meta.name.replace('_', "-");
-    spec.network = if plan.network.strict {
-        NetworkPolicy::Strict {
-            proxy_host: HOST_GATEWAY_NAME.to_string(),
-            proxy_port: registration.port,
-        }
-    } else {
-        NetworkPolicy::Permissive
+    // Whatever the policy, the container's only way out is the proxy:
+    // clients that ignore the proxy variables are captured by the guard.
+    let relay_binary = std::env::current_exe().map_err(|e| {
+        RunError::Other(format!(
+            "locating the moat binary for the container's capture relay: {e}"
+        ))
+    })?;
+    spec.network = NetworkPolicy::Captured {
+        proxy_host: HOST_GATEWAY_NAME.to_string(),
+        proxy_port: registration.port,
+        authorization: moat_capture::ProxyAuthorization::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("moat:{}", registration.token.expose()))
+        )),
+        relay_binary,
     };
 
     let container = rt.create(&spec).await.map_err(docker_err)?;

@@ -88,7 +88,31 @@ pub enum NetworkPolicy {
         /// TCP port of the proxy.
         proxy_port: u16,
     },
+    /// The strict firewall, plus transparent capture: the guard runs
+    /// moat's capture relay (`moat __capture-relay`, from `relay_binary`
+    /// on the host), DNS and connections to ports 80 and 443 are
+    /// redirected to it, and it hands them to the proxy as `CONNECT`s with
+    /// `authorization` (see `moat-capture`). Clients that ignore the proxy
+    /// variables are then injected, policed and traced like the others.
+    Captured {
+        /// As for [`NetworkPolicy::Strict`].
+        proxy_host: String,
+        /// As for [`NetworkPolicy::Strict`].
+        proxy_port: u16,
+        /// The run's `Proxy-Authorization` value.
+        authorization: moat_capture::ProxyAuthorization,
+        /// Host path of the moat binary run by the guard; it must run in
+        /// the container's image (same libc).
+        relay_binary: PathBuf,
+    },
 }
+
+/// Where the capture relay listens inside the guard's network namespace.
+pub const CAPTURE_RELAY_PORT: u16 = 15001;
+/// Where its DNS responder listens.
+pub const CAPTURE_DNS_PORT: u16 = 15353;
+/// Where the guard sees the moat binary.
+const RELAY_IN_GUARD: &str = "/run/moat/bin/moat";
 
 /// A host path made visible in the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,7 +366,9 @@ pub struct ManagedContainer {
 }
 
 /// The firewall applied inside the guard's network namespace, as root with
-/// NET_ADMIN, before the workload exists. `$1` is the proxy host, `$2` its port.
+/// NET_ADMIN, before the workload exists. `$1` is the proxy host, `$2` its
+/// port; with capture, `$3` and `$4` are the relay's TCP and DNS ports
+/// (the relay already runs as the guard's main process).
 const FIREWALL_SCRIPT: &str = r#"set -e
 if ! command -v iptables >/dev/null 2>&1; then
   echo "the image has no iptables (moat's dependency images always include it; add it to a custom base_image)"
@@ -353,6 +379,9 @@ if [ -z "$proxy_ip" ]; then echo "cannot resolve the proxy host $1"; exit 1; fi
 iptables -F OUTPUT
 iptables -F INPUT
 iptables -A OUTPUT -o lo -j ACCEPT
+# Redirected packets keep their original output interface in this chain;
+# their destination is already the relay's.
+iptables -A OUTPUT -d 127.0.0.0/8 -j ACCEPT
 iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 for ns in $(awk '/^nameserver/ {print $2}' /etc/resolv.conf | grep -v ':' || true); do
   iptables -A OUTPUT -p udp -d "$ns" --dport 53 -j ACCEPT
@@ -364,6 +393,23 @@ iptables -P OUTPUT DROP
 iptables -A INPUT -i lo -j ACCEPT
 iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 iptables -P INPUT DROP
+if [ -n "${3:-}" ]; then
+  iptables -t nat -F OUTPUT
+  iptables -t nat -A OUTPUT -d 127.0.0.0/8 -j RETURN
+  iptables -t nat -A OUTPUT -d "$proxy_ip" -j RETURN
+  iptables -t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports "$4"
+  iptables -t nat -A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports "$4"
+  iptables -t nat -A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports "$3"
+  iptables -t nat -A OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports "$3"
+  # The relay must be listening before the workload starts.
+  hex=$(printf '%04X' "$3")
+  for _ in $(seq 1 100); do
+    awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p {found=1} END {exit !found}' /proc/net/tcp && break
+    sleep 0.05
+  done
+  awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p {found=1} END {exit !found}' /proc/net/tcp \
+    || { echo "the capture relay did not start (can the image run the moat binary?)"; exit 1; }
+fi
 if command -v ip6tables >/dev/null 2>&1 && ip6tables -S >/dev/null 2>&1; then
   ip6tables -A OUTPUT -o lo -j ACCEPT
   ip6tables -A OUTPUT -j REJECT
@@ -442,7 +488,24 @@ impl DockerRuntime {
             NetworkPolicy::Strict {
                 proxy_host,
                 proxy_port,
-            } => Some(self.create_guard(spec, proxy_host, *proxy_port).await?),
+            } => Some(
+                self.create_guard(spec, proxy_host, *proxy_port, None)
+                    .await?,
+            ),
+            NetworkPolicy::Captured {
+                proxy_host,
+                proxy_port,
+                authorization,
+                relay_binary,
+            } => Some(
+                self.create_guard(
+                    spec,
+                    proxy_host,
+                    *proxy_port,
+                    Some((authorization, relay_binary)),
+                )
+                .await?,
+            ),
         };
         match self.create_workload(spec, guard_id.as_deref()).await {
             Ok(id) => Ok(Container {
@@ -548,27 +611,65 @@ impl DockerRuntime {
         Ok(created.id)
     }
 
-    /// Starts the network guard (runc, root, NET_ADMIN, running only
-    /// `sleep`) and applies the firewall in its network namespace.
+    /// Starts the network guard (runc, NET_ADMIN; running only `sleep`,
+    /// or the capture relay, which serves as `nobody`) and applies the
+    /// firewall in its network namespace.
     async fn create_guard(
         &self,
         spec: &ContainerSpec,
         proxy_host: &str,
         proxy_port: u16,
+        capture: Option<(&moat_capture::ProxyAuthorization, &PathBuf)>,
     ) -> Result<String, DockerError> {
         let name = format!("{}-netguard", spec.container_name());
+        let (entrypoint, cmd, user, env, binds) = match capture {
+            None => (
+                vec!["sleep".to_owned()],
+                vec!["2147483647".to_owned()],
+                "0:0".to_owned(),
+                None,
+                None,
+            ),
+            Some((authorization, relay_binary)) => (
+                vec![RELAY_IN_GUARD.to_owned()],
+                vec![
+                    "__capture-relay".to_owned(),
+                    format!("{proxy_host}:{proxy_port}"),
+                    CAPTURE_RELAY_PORT.to_string(),
+                    CAPTURE_DNS_PORT.to_string(),
+                ],
+                // The relay drops to nobody itself once its sockets are
+                // bound; the firewall exec needs root in this container.
+                "0:0".to_owned(),
+                Some(vec![format!(
+                    "MOAT_CAPTURE_AUTHORIZATION={}",
+                    authorization.expose()
+                )]),
+                Some(vec![format!(
+                    "{}:{RELAY_IN_GUARD}:ro",
+                    relay_binary.display()
+                )]),
+            ),
+        };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            entrypoint: Some(vec!["sleep".into()]),
-            cmd: Some(vec!["2147483647".into()]),
-            user: Some("0:0".into()),
+            entrypoint: Some(entrypoint),
+            cmd: Some(cmd),
+            user: Some(user),
+            env,
             hostname: Some(spec.hostname.clone()),
             labels: Some(labels_for(spec, "netguard")),
             host_config: Some(HostConfig {
+                binds,
                 runtime: Some("runc".into()),
                 extra_hosts: Some(vec![format!("{HOST_GATEWAY_NAME}:host-gateway")]),
                 cap_drop: Some(vec!["ALL".into()]),
-                cap_add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                // SETUID/SETGID: the capture relay drops to nobody.
+                cap_add: Some(
+                    ["NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]
+                        .map(String::from)
+                        .to_vec(),
+                ),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(32 * 1024 * 1024),
                 ..Default::default()
@@ -594,22 +695,24 @@ impl DockerRuntime {
                 .map_err(|e| DockerError::FirewallSetup {
                     cause: format!("starting the network guard: {e}"),
                 })?;
-            let (code, output) = self
-                .exec_collect(
-                    &id,
-                    vec![
-                        "sh".into(),
-                        "-c".into(),
-                        FIREWALL_SCRIPT.into(),
-                        "moat-firewall".into(),
-                        proxy_host.into(),
-                        proxy_port.to_string(),
-                    ],
-                )
-                .await
-                .map_err(|e| DockerError::FirewallSetup {
-                    cause: e.to_string(),
-                })?;
+            let mut script = vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                FIREWALL_SCRIPT.to_owned(),
+                "moat-firewall".to_owned(),
+                proxy_host.to_owned(),
+                proxy_port.to_string(),
+            ];
+            if capture.is_some() {
+                script.push(CAPTURE_RELAY_PORT.to_string());
+                script.push(CAPTURE_DNS_PORT.to_string());
+            }
+            let (code, output) =
+                self.exec_collect(&id, script)
+                    .await
+                    .map_err(|e| DockerError::FirewallSetup {
+                        cause: e.to_string(),
+                    })?;
             if code != 0 {
                 let output = output.trim();
                 let cause = if code == 127 && output.is_empty() {

@@ -77,6 +77,17 @@ pub enum Command {
         /// SSH port.
         port: u16,
     },
+    /// In a container's network guard: the capture relay (credentials in
+    /// `MOAT_CAPTURE_AUTHORIZATION`).
+    #[command(name = "__capture-relay", hide = true)]
+    CaptureRelay {
+        /// The proxy, `host:port`.
+        proxy: String,
+        /// Port of redirected connections.
+        relay_port: u16,
+        /// Port of redirected DNS.
+        dns_port: u16,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -196,7 +196,8 @@ fn strict_image_from_dependencies_cached_and_injected() {
         second.stderr
     );
 
-    // Permissive: the same raw connection goes through.
+    // Permissive: the proxy allows every host, but the container's only
+    // way out is still the proxy, so the raw connection is refused.
     std::fs::write(t.project().join("moat.yaml"), "dependencies: [git, jq]\n").unwrap();
     let permissive = t.run(
         &[
@@ -214,7 +215,7 @@ fn strict_image_from_dependencies_cached_and_injected() {
     );
     permissive.success();
     assert!(
-        permissive.stdout.contains("raw=connected"),
+        permissive.stdout.contains("raw=refused") && permissive.stdout.contains("github=200"),
         "{}\n{}",
         permissive.stdout,
         permissive.stderr
@@ -510,4 +511,51 @@ fn interactive_runs_attach_a_terminal() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped in\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\n");
+}
+
+/// Clients that ignore the proxy variables are captured by the network
+/// guard, under gVisor and runc: injected, traced, and refused under
+/// strict for hosts not allowed.
+#[test]
+fn clients_ignoring_the_proxy_are_captured_in_containers() {
+    if !docker_available() {
+        return;
+    }
+    let t = DockerEnv::new();
+    t.env.grant_github(GH_TOKEN);
+    let script = r#"
+      unset HTTP_PROXY HTTPS_PROXY http_proxy https_proxy
+      curl -sS -o /dev/null -w "captured=%{http_code}\n" https://api.github.com/captured -H "Authorization: Bearer $GH_TOKEN"
+      curl -sS -o /dev/null --max-time 5 https://not-allowed.test/ 2>/dev/null && echo other=REACHED || echo other=refused
+      getent hosts api.github.com | cut -d' ' -f1
+    "#;
+    for sandbox in [&[][..], &["--no-sandbox"][..]] {
+        std::fs::write(
+            t.project().join("moat.yaml"),
+            "network:\n  policy: strict\ngrants: [github]\n",
+        )
+        .unwrap();
+        let mut args = vec!["run"];
+        args.extend_from_slice(sandbox);
+        args.extend_from_slice(&["--", "bash", "-c", script]);
+        let out = t.run(&args, &[]);
+        out.success();
+        assert!(
+            out.stdout.contains("captured=200"),
+            "{sandbox:?}\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.contains("other=refused"), "{}", out.stdout);
+        assert!(out.stdout.contains("198.18."), "{}", out.stdout);
+    }
+    let seen = t.upstream.requests();
+    let captured: Vec<_> = seen.iter().filter(|r| r.path == "/captured").collect();
+    assert_eq!(captured.len(), 2, "{seen:?}");
+    for r in captured {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {GH_TOKEN}").as_str())
+        );
+    }
 }

@@ -70,6 +70,19 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
         Command::SshConnect { host, port } => ssh::connect(&host, port),
+        Command::CaptureRelay {
+            proxy,
+            relay_port,
+            dns_port,
+        } => {
+            let authorization = std::env::var("MOAT_CAPTURE_AUTHORIZATION")
+                .map(moat_capture::ProxyAuthorization::new)
+                .map_err(|_| anyhow::anyhow!("MOAT_CAPTURE_AUTHORIZATION is not set: __capture-relay is started by moat in a container's network guard"))?;
+            match moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization) {
+                Ok(never) => match never {},
+                Err(e) => Err(anyhow::anyhow!("the capture relay could not start: {e}")),
+            }
+        }
         Command::Status => status::status(&Context::from_global(&cli.global)?),
         Command::List => runs::list(&Context::from_global(&cli.global)?),
         Command::Logs(args) => runs::logs(&Context::from_global(&cli.global)?, args),
