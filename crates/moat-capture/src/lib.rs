@@ -125,6 +125,16 @@ pub enum Diverted {
     HostPort(u16),
 }
 
+/// The name under which a sandbox reaches the host ports it was given
+/// (`network.host` in moat.yaml), as `$MOAT_HOST_GATEWAY`.
+pub const HOST_GATEWAY_NAME: &str = "moat-host";
+
+/// The address [`HOST_GATEWAY_NAME`] has inside a sandbox (from the
+/// benchmark range the DNS responder uses, outside its pool). A diverted
+/// connection to it goes to `127.0.0.1:PORT` on the host, through the
+/// proxy, which allows only the ports the run was given.
+pub const HOST_GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+
 /// How long a diverted client may take to send its first bytes.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,6 +235,9 @@ impl Relay {
             Diverted::LocalAddress => client.local_addr()?,
             Diverted::Redirected => original_destination(&client)?,
         };
+        if dialled.ip() == std::net::IpAddr::V4(HOST_GATEWAY_ADDR) {
+            return self.tunnel(client, "127.0.0.1", dialled.port(), Vec::new());
+        }
         // Clients that speak first (TLS, HTTP) say where they go; a client
         // waiting for the server gets no name from its bytes.
         client.set_read_timeout(Some(FIRST_BYTES_TIMEOUT))?;

@@ -95,6 +95,10 @@ pub(crate) async fn run_container(
         plan.command.clone(),
     );
     spec.env = env.variables();
+    spec.env.push((
+        "MOAT_HOST_GATEWAY".to_owned(),
+        moat_capture::HOST_GATEWAY_NAME.to_owned(),
+    ));
     spec.files = env
         .files()
         .into_iter()

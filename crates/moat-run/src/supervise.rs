@@ -344,10 +344,7 @@ fn run_spec(
         trace_path: Some(run_dir.join("network.jsonl")),
         audit_path: Some(run_dir.join("audit.jsonl")),
         ssh_hosts: Vec::new(),
-        host_ports: match plan.runtime {
-            crate::RuntimePlan::Native => plan.network.host_ports.clone(),
-            crate::RuntimePlan::Docker(_) => Vec::new(),
-        },
+        host_ports: plan.network.host_ports.clone(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
     }

@@ -368,7 +368,8 @@ pub struct ManagedContainer {
 /// The firewall applied inside the guard's network namespace, as root with
 /// NET_ADMIN, before the workload exists. `$1` is the proxy host, `$2` its
 /// port; with capture, `$3` and `$4` are the relay's TCP and DNS ports
-/// (the relay already runs as the guard's main process).
+/// (the relay already runs as the guard's main process) and `$5` the
+/// address of the host gateway (host ports, through the proxy).
 const FIREWALL_SCRIPT: &str = r#"set -e
 if ! command -v iptables >/dev/null 2>&1; then
   echo "the image has no iptables (moat's dependency images always include it; add it to a custom base_image)"
@@ -399,6 +400,7 @@ if [ -n "${3:-}" ]; then
   iptables -t nat -A OUTPUT -d "$proxy_ip" -j RETURN
   iptables -t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports "$4"
   iptables -t nat -A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports "$4"
+  iptables -t nat -A OUTPUT -p tcp -d "$5" -j REDIRECT --to-ports "$3"
   iptables -t nat -A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports "$3"
   iptables -t nat -A OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports "$3"
   # The relay must be listening before the workload starts.
@@ -662,7 +664,15 @@ impl DockerRuntime {
             host_config: Some(HostConfig {
                 binds,
                 runtime: Some("runc".into()),
-                extra_hosts: Some(vec![format!("{HOST_GATEWAY_NAME}:host-gateway")]),
+                // The workload's /etc/hosts is the guard's.
+                extra_hosts: Some(vec![
+                    format!("{HOST_GATEWAY_NAME}:host-gateway"),
+                    format!(
+                        "{}:{}",
+                        moat_capture::HOST_GATEWAY_NAME,
+                        moat_capture::HOST_GATEWAY_ADDR
+                    ),
+                ]),
                 cap_drop: Some(vec!["ALL".into()]),
                 // SETUID/SETGID: the capture relay drops to nobody.
                 cap_add: Some(
@@ -706,6 +716,7 @@ impl DockerRuntime {
             if capture.is_some() {
                 script.push(CAPTURE_RELAY_PORT.to_string());
                 script.push(CAPTURE_DNS_PORT.to_string());
+                script.push(moat_capture::HOST_GATEWAY_ADDR.to_string());
             }
             let (code, output) =
                 self.exec_collect(&id, script)

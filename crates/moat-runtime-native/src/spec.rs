@@ -149,13 +149,7 @@ pub struct CaptureSpec {
     pub host_ports: Vec<u16>,
 }
 
-/// The name under which a sandbox with capture reaches the host ports it
-/// was given (`network.host` in moat.yaml).
-pub const HOST_GATEWAY_NAME: &str = "moat-host";
-
-/// The address [`HOST_GATEWAY_NAME`] has inside the sandbox (from the
-/// benchmark range the DNS responder uses, outside its pool).
-pub const HOST_GATEWAY_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 19, 255, 254);
+pub use moat_capture::{HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME};
 
 /// Where the command's standard streams go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

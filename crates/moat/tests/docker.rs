@@ -559,3 +559,52 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
         );
     }
 }
+
+/// `network.host: [PORT]` reaches exactly that host port (listening on
+/// the host's loopback) at `$MOAT_HOST_GATEWAY`, through the proxy.
+#[test]
+fn network_host_ports_reach_the_host_loopback_from_containers() {
+    use std::io::{BufRead, BufReader, Write};
+    if !docker_available() {
+        return;
+    }
+    let t = DockerEnv::new();
+    let given = TcpListener::bind("127.0.0.1:0").unwrap();
+    let given_port = given.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in given.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = (&conn).write_all(format!("model says {line}").as_bytes());
+        }
+    });
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        format!("network:\n  host: [{given_port}]\n"),
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+        echo "gateway=$MOAT_HOST_GATEWAY"
+        exec 3<>/dev/tcp/$MOAT_HOST_GATEWAY/{given_port}; echo hi >&3; timeout 5 head -n1 <&3
+        if timeout 5 bash -c "exec 4<>/dev/tcp/$MOAT_HOST_GATEWAY/{other_port} && echo x >&4 && head -n1 <&4" 2>/dev/null | grep -q .; then echo OTHER-REACHED; else echo other-refused; fi
+        "#
+    );
+    for sandbox in [&[][..], &["--no-sandbox"][..]] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(sandbox);
+        args.extend_from_slice(&["--", "bash", "-c", &script]);
+        let out = t.run(&args, &[]);
+        out.success();
+        assert_eq!(
+            out.stdout.trim(),
+            "gateway=moat-host\nmodel says hi\nother-refused",
+            "{sandbox:?}: {}",
+            out.stderr
+        );
+    }
+    drop(other);
+}
