@@ -187,10 +187,11 @@ impl HostPaths {
             if let Err(e) = mapped {
                 if !m.read_only {
                     return Err(format!(
-                        "cannot map the ownership of {} for the sandbox: {e}. A sandbox started by root \
-                         runs as an unprivileged user and needs ID-mapped mounts (Linux 5.12 or later, \
-                         and a file system that supports them) to write files that root owns. \
-                         Run moat as a regular user, move the project to a local file system, \
+                        "cannot map the ownership of {} for the sandbox ({e}).\n\
+                         A sandbox started by root runs as an unprivileged user and writes the files \
+                         root owns through an ID-mapped mount, which this file system does not support \
+                         (Linux 5.12 or later with ext4, xfs, btrfs, tmpfs or overlayfs is needed).\n\
+                         To fix: move the project to such a file system, run moat as a regular user, \
                          or use --runtime docker",
                         path.display()
                     ));

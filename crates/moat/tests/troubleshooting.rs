@@ -44,6 +44,9 @@ const PROVOKED: &[&str] = &[
     "gVisor (runsc) is required but not available",
     "no host key known for <host>",
     "the SSH agent holds several keys",
+    "moat.yaml changed while a run had the workspace mounted",
+    "moat never mounts it into a sandbox",
+    "cannot map the ownership of the workspace for the sandbox",
 ];
 
 /// Headings not provoked here, and why.
@@ -549,4 +552,60 @@ fn gvisor_unavailable() {
         _ => text,
     };
     documented("gVisor (runsc) is required but not available", &text);
+}
+
+#[test]
+fn sandbox_boundary_errors_are_documented() {
+    let t = Env::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  policy: strict\n",
+    )
+    .unwrap();
+    t.run(&["run", "--", "true"]).success();
+    t.run(&[
+        "run",
+        "--name",
+        "my-agent",
+        "--",
+        "sh",
+        "-c",
+        "printf 'network:\\n  policy: permissive\\n' > /workspace/moat.yaml",
+    ])
+    .success();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented(
+        "moat.yaml changed while a run had the workspace mounted",
+        &t.normalize(&out.stderr),
+    );
+    t.run(&["trust"]).success();
+
+    let stolen = format!("{}:/stolen", t.env.moat_home().display());
+    let out = t.run(&["run", "-m", &stolen, "--", "true"]);
+    out.failure();
+    documented(
+        "moat never mounts it into a sandbox",
+        &t.normalize(&out.stderr),
+    );
+
+    if !rustix::process::getuid().is_root() {
+        println!("not provoked: ID-mapped mounts are needed for root callers only");
+        return;
+    }
+    std::fs::remove_file(t.project().join("moat.yaml")).unwrap();
+    let project = t.project();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "none"])
+        .arg(&project)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = t.run(&["run", "--", "true"]);
+    let _ = std::process::Command::new("umount").arg(&project).status();
+    out.failure();
+    documented(
+        "cannot map the ownership of the workspace for the sandbox",
+        &t.normalize(&out.stderr),
+    );
 }
