@@ -1,10 +1,10 @@
 //! A cgroup per sandbox: memory, CPU and process limits for all of the
 //! sandbox's processes together.
 //!
-//! The caller creates it, puts the sandbox init in it before the init reads
-//! its spec (so everything the sandbox starts inherits it, and the
-//! sandbox's own cgroup namespace is rooted there), and removes it when the
-//! sandbox is gone. Cgroup v1 controllers are used where they are mounted
+//! The caller creates it, puts the sandbox init in it before the init
+//! starts any process of the sandbox (so everything the sandbox starts
+//! inherits it, and the sandbox's own cgroup namespace is rooted there),
+//! and removes it when the sandbox is gone. Cgroup v1 controllers are used where they are mounted
 //! (`/sys/fs/cgroup/{memory,pids,cpu}`), cgroup v2 otherwise; both live
 //! under a `moat` directory. A cgroup left by a caller that died is removed
 //! by the next sandbox once it is empty and a minute old.

@@ -158,7 +158,7 @@ fn run_init(args: Vec<OsString>) -> i32 {
 
     // Not CLONE_NEWPID yet: after it, this process could no longer create
     // threads (the kernel refuses CLONE_THREAD), and the helper needs some.
-    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS | UnshareFlags::NEWCGROUP;
+    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
     if matches!(spec.network, NetworkMode::Isolated { .. }) {
         flags |= UnshareFlags::NEWNET;
     }
@@ -215,6 +215,16 @@ fn run_init(args: Vec<OsString>) -> i32 {
             })
         }
     };
+
+    // From here on processes of the sandbox start: they must be born in
+    // its cgroup, which the caller confirms.
+    if let Err(e) = crate::protocol::read_go(&lifeline) {
+        return fail(format!("the caller did not let the sandbox start: {e}"));
+    }
+    // Rooted at the sandbox's own cgroup, now that the init is in it.
+    if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWCGROUP) {
+        return fail(explain_unshare_error(&e));
+    }
 
     // The helper: watches the lifeline and runs the relay. It is listening
     // already (the socket is bound), so it is ready before the command runs.

@@ -1,9 +1,13 @@
 //! The two channels between [`crate::spawn`] and the sandbox init.
 //!
 //! * The *spec channel* (caller → init): an 8-byte little-endian length and
-//!   the JSON spec. The caller then keeps its end open for the life of the
-//!   run: it doubles as a lifeline, and the init kills the sandbox when it
-//!   reads end-of-file (the caller exited or dropped the handle).
+//!   the JSON spec, then one [`GO`] byte once the caller has put the init
+//!   into the sandbox's cgroup (moving a process between cgroups waits for
+//!   an RCU grace period, milliseconds: the init prepares meanwhile, and
+//!   starts nothing that must be inside before the byte). The caller then
+//!   keeps its end open for the life of the run: it doubles as a lifeline,
+//!   and the init kills the sandbox when it reads end-of-file (the caller
+//!   exited or dropped the handle).
 //! * The *status channel* (init → caller): JSON lines of [`Status`]: first
 //!   `Ready` or `Error`, later `Exit` with the command's precise status.
 
@@ -25,6 +29,23 @@ pub(crate) enum Status {
     Error { message: String },
     /// The command finished: `code` is its exit code or 128+signal.
     Exit { code: i32, signal: Option<i32> },
+}
+
+/// The byte that lets the init start the sandbox's processes.
+pub(crate) const GO: u8 = b'G';
+
+/// Waits for [`GO`] on the spec channel.
+pub(crate) fn read_go(mut r: impl Read) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    r.read_exact(&mut byte)?;
+    if byte[0] == GO {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unexpected byte on the spec channel",
+        ))
+    }
 }
 
 pub(crate) fn write_spec(mut w: impl Write, spec: &SandboxSpec) -> io::Result<()> {

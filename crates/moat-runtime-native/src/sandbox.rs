@@ -1,7 +1,7 @@
 //! The caller's side: [`spawn`] and the [`Sandbox`] handle.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use crate::error::SandboxError;
 use crate::init::INIT_MARKER;
-use crate::protocol::{parse_status, write_spec, Status};
+use crate::protocol::{parse_status, write_spec, Status, GO};
 use crate::spec::{SandboxSpec, StdioMode};
 use crate::sys;
 
@@ -174,14 +174,17 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
             return Err(e);
         }
     };
-    // Before the init reads its spec, so all it starts is inside.
+    let mut lifeline = File::from(spec_w);
+    // The init prepares while it is moved into the cgroup, and starts no
+    // process of the sandbox before the go byte: all of them are inside.
+    let mut written = write_spec(&mut lifeline, spec);
     if let Some(Err(e)) = cgroup.as_ref().map(|c| c.add(child.id())) {
         reap(&mut child);
         return Err(e);
     }
-
-    let mut lifeline = File::from(spec_w);
-    let written = write_spec(&mut lifeline, spec);
+    if written.is_ok() {
+        written = lifeline.write_all(&[GO]);
+    }
     let mut status = BufReader::new(File::from(status_r));
     let mut line = String::new();
     let _ = status.read_line(&mut line);
