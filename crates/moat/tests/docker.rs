@@ -528,11 +528,21 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
       curl -sS -o /dev/null -w "captured=%{http_code}\n" https://api.github.com/captured -H "Authorization: Bearer $GH_TOKEN"
       curl -sS -o /dev/null --max-time 5 https://not-allowed.test/ 2>/dev/null && echo other=REACHED || echo other=refused
       getent hosts api.github.com | cut -d' ' -f1
+      node -e 'fetch("https://api.github.com/from-node", {headers: {authorization: "Bearer " + process.env.GH_TOKEN}}).then(r => console.log("node=" + r.status), e => console.log("node-error=" + e.cause))'
+      python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("\0moat-docker-abstract-test"); print("ABSTRACT-REACHED")' 2>/dev/null || echo abstract=refused
     "#;
+    // A host abstract socket: containers have network namespaces of their
+    // own, so it must stay out of reach.
+    let abstract_addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            b"moat-docker-abstract-test",
+        )
+        .unwrap();
+    let _abstract_listener = std::os::unix::net::UnixListener::bind_addr(&abstract_addr).unwrap();
     for sandbox in [&[][..], &["--no-sandbox"][..]] {
         std::fs::write(
             t.project().join("moat.yaml"),
-            "network:\n  policy: strict\ngrants: [github]\n",
+            "dependencies: [node]\nnetwork:\n  policy: strict\ngrants: [github]\n",
         )
         .unwrap();
         let mut args = vec!["run"];
@@ -548,10 +558,20 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
         );
         assert!(out.stdout.contains("other=refused"), "{}", out.stdout);
         assert!(out.stdout.contains("198.18."), "{}", out.stdout);
+        assert!(
+            out.stdout.contains("node=200"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.contains("abstract=refused"), "{}", out.stdout);
     }
     let seen = t.upstream.requests();
-    let captured: Vec<_> = seen.iter().filter(|r| r.path == "/captured").collect();
-    assert_eq!(captured.len(), 2, "{seen:?}");
+    let captured: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path == "/captured" || r.path == "/from-node")
+        .collect();
+    assert_eq!(captured.len(), 4, "{seen:?}");
     for r in captured {
         assert_eq!(
             r.header("authorization"),
