@@ -51,14 +51,14 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
         bundle
             .write(&file)
             .with_context(|| format!("writing {}", file.display()))?;
-        println!(
+        outln!(
             "Exported {} entries and {} attestation(s) of run {} to {}",
             bundle.entries.len(),
             bundle.attestations.len(),
             run.id,
             file.display()
         );
-        println!(
+        outln!(
             "Verify it anywhere with: moat audit verify {}",
             file.display()
         );
@@ -66,7 +66,7 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
     }
 
     if ctx.json {
-        println!("{}", report_json(run.id.as_str(), &report));
+        outln!("{}", report_json(run.id.as_str(), &report));
     } else {
         let mut out = format!("Auditing run: {}\n{RULE}\n", run.id);
         let key_note = if expected.is_none() {
@@ -77,7 +77,7 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
         out.push_str(&sections(&report, "Local Signatures", key_note));
         out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
         out.push_str(&verdict(&report));
-        print!("{out}");
+        out!("{out}");
     }
     Ok(exit(&report))
 }
@@ -86,7 +86,7 @@ fn verify_file(ctx: &Context, file: &Path) -> Result<ExitCode> {
     let bundle = Bundle::read(file)?;
     let report = verify_bundle(&bundle);
     if ctx.json {
-        println!("{}", report_json(&file.display().to_string(), &report));
+        outln!("{}", report_json(&file.display().to_string(), &report));
         return Ok(exit(&report));
     }
     let mut out = format!("Verifying bundle: {}\n{RULE}\n", file.display());
@@ -96,7 +96,7 @@ fn verify_file(ctx: &Context, file: &Path) -> Result<ExitCode> {
         .map(|a| format!("public key {}", a.public_key));
     out.push_str(&sections(&report, "Signatures", key_note.as_deref()));
     out.push_str(&verdict(&report));
-    print!("{out}");
+    out!("{out}");
     Ok(exit(&report))
 }
 

@@ -90,7 +90,7 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
 
     let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         let mut out = String::new();
         for c in &checks {
@@ -108,7 +108,7 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
             (0, w) => format!("\nNo problems that stop moat; {w} warning(s).\n"),
             (f, _) => format!("\n{f} problem(s) need fixing.\n"),
         });
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if failures == 0 {
         ExitCode::SUCCESS

@@ -144,7 +144,7 @@ fn store_obtained(
         Some(p) => format!(" in profile {p}"),
         None => String::new(),
     };
-    println!("Granted {grant}{profile}.");
+    outln!("Granted {grant}{profile}.");
     eprintln!(
         "Stored encrypted at {} (key: {}).",
         path.display(),
@@ -209,11 +209,11 @@ fn list(ctx: &Context) -> Result<ExitCode> {
         }))
         .collect();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "No credentials in profile {}. Grant one with: moat grant github",
             ctx.profile_name()
         );
@@ -236,7 +236,7 @@ fn list(ctx: &Context) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["PROVIDER", "PROFILE", "GRANTED", "SOURCE", "EXPIRES"],
@@ -284,7 +284,7 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
             "token": token,
             "hosts": spec.map(|s| s.host_patterns()).unwrap_or_default(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut lines = vec![
@@ -325,7 +325,7 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
         lines.push(("Injects", hosts.join("; ")));
     }
     for (k, v) in lines {
-        println!("{:<9} {v}", format!("{k}:"));
+        outln!("{:<9} {v}", format!("{k}:"));
     }
     if c.is_expired(Utc::now()) {
         if stem == "claude" {
@@ -358,7 +358,7 @@ fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = registry
@@ -373,7 +373,7 @@ fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(&["PROVIDER", "DESCRIPTION", "TYPE", "HOSTS"], &rows)
     );
@@ -392,7 +392,7 @@ pub fn revoke(ctx: &Context, args: RevokeArgs) -> Result<ExitCode> {
         Some(p) => format!(" from profile {p}"),
         None => String::new(),
     };
-    println!("Revoked {grant}{profile}.");
+    outln!("Revoked {grant}{profile}.");
     Ok(ExitCode::SUCCESS)
 }
 

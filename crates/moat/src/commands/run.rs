@@ -270,7 +270,7 @@ fn detach(ctx: &Context) -> Result<ExitCode> {
                     )
             }) {
                 let _ = std::fs::remove_file(&log_path);
-                println!("{}", run.id);
+                outln!("{}", run.id);
                 eprintln!(
                     "Started {} ({}) in the background.\nFollow its output: moat logs -f {}\nStop it: moat stop {}",
                     run.name, run.id, run.name, run.name

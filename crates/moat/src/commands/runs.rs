@@ -33,11 +33,11 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
     let store = store(ctx);
     let runs = runs(&store)?;
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("No runs. Start one with: moat run -- <command>");
+        outln!("No runs. Start one with: moat run -- <command>");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = runs
@@ -55,7 +55,7 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["NAME", "RUN ID", "RUNTIME", "STATE", "AGE", "EXIT"],
@@ -130,12 +130,12 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
     };
     store.reconcile(&mut run)?;
     if !run.state.is_active() {
-        println!("Run {} ({}) is already {}.", run.name, run.id, run.state);
+        outln!("Run {} ({}) is already {}.", run.name, run.id, run.state);
         return Ok(ExitCode::SUCCESS);
     }
     stop_run(&store, &run)?;
     let meta = store.load(&run.id)?;
-    println!(
+    outln!(
         "Stopped {} ({}){}.",
         meta.name,
         meta.id,
@@ -253,7 +253,7 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
         remove_containers(&store, Some(run.id.as_str()));
     }
     store.remove(&run.id)?;
-    println!("Destroyed {} ({}).", run.name, run.id);
+    outln!("Destroyed {} ({}).", run.name, run.id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,14 +270,14 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
             remove_containers(&store, None)
         };
         if containers > 0 {
-            println!("Removed {containers} leftover containers.");
+            outln!("Removed {containers} leftover containers.");
         } else {
-            println!("Nothing to clean.");
+            outln!("Nothing to clean.");
         }
         return Ok(ExitCode::SUCCESS);
     }
     for r in &stopped {
-        println!(
+        outln!(
             "{}{} ({}, {})",
             if args.dry_run { "Would remove " } else { "" },
             r.name,
@@ -299,7 +299,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("Nothing removed.");
+            outln!("Nothing removed.");
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -307,9 +307,9 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         store.remove(&r.id)?;
     }
     let containers = remove_containers(&store, None);
-    println!("Removed {} runs.", stopped.len());
+    outln!("Removed {} runs.", stopped.len());
     if containers > 0 {
-        println!("Removed {containers} leftover containers.");
+        outln!("Removed {containers} leftover containers.");
     }
     Ok(ExitCode::SUCCESS)
 }

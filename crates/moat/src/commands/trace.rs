@@ -94,12 +94,12 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
     }
     if ctx.json {
         for (raw, _) in &records {
-            println!("{raw}");
+            outln!("{raw}");
         }
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
-        println!("No network requests recorded for run {}.", run.id);
+        outln!("No network requests recorded for run {}.", run.id);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
@@ -109,7 +109,7 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
             out.push_str(&details(r));
         }
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -358,7 +358,7 @@ fn timeline(ctx: &Context, run: &RunMetadata, dir: &Path) -> Result<ExitCode> {
             }));
             prev = Some(*t);
         }
-        println!(
+        outln!(
             "{}",
             json!({"run_id": run.id.as_str(), "name": run.name, "state": run.state.to_string(),
                    "events": items, "requests": requests, "blocked": blocked})
@@ -388,7 +388,7 @@ fn timeline(ctx: &Context, run: &RunMetadata, dir: &Path) -> Result<ExitCode> {
             run.id
         );
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
