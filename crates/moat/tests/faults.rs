@@ -137,3 +137,76 @@ fn docker_output_without_a_final_newline_is_not_lost() {
         }
     }
 }
+
+#[test]
+fn a_deleted_key_is_never_replaced_while_credentials_exist() {
+    let env = common::TestEnv::new();
+    env.run_with(&["grant", "openai"], &[("OPENAI_API_KEY", "sk-proj-abc")])
+        .success();
+    let key = env.moat_home().join("key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+
+    // Reading and granting both stop, name the key and what to restore.
+    for args in [&["grant", "show", "openai"][..], &["grant", "list"][..]] {
+        let out = env.run(args);
+        assert_ne!(out.code, Some(0), "moat {}: {}", args.join(" "), out.stdout);
+        let stderr = env.redact(&out.stderr);
+        assert!(
+            stderr.contains("[TMP]/moat/key") && stderr.contains("restore"),
+            "moat {}: {stderr}",
+            args.join(" ")
+        );
+    }
+    let out = env.run_with(&["grant", "gemini"], &[("GEMINI_API_KEY", "AIzaabc")]);
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        env.redact(&out.stderr).contains("[TMP]/moat/key"),
+        "{}",
+        out.stderr
+    );
+    assert!(!key.exists(), "no new key may be created");
+    assert!(!env.moat_home().join("credentials/gemini.enc").exists());
+
+    // Restoring the key brings everything back.
+    std::fs::write(&key, &saved).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    env.run(&["grant", "show", "openai"]).success();
+}
+
+#[test]
+fn decryption_errors_say_wrong_key_corrupted_or_another_provider() {
+    let env = common::TestEnv::new();
+    env.run_with(&["grant", "openai"], &[("OPENAI_API_KEY", "sk-proj-abc")])
+        .success();
+    env.run_with(&["grant", "gemini"], &[("GEMINI_API_KEY", "AIzaabc")])
+        .success();
+    let creds = env.moat_home().join("credentials");
+    let openai = std::fs::read(creds.join("openai.enc")).unwrap();
+
+    // Another provider's file under this name.
+    std::fs::copy(creds.join("gemini.enc"), creds.join("openai.enc")).unwrap();
+    let out = env.run(&["grant", "show", "openai"]);
+    out.failure();
+    assert!(
+        out.stderr.contains("belongs to another provider (gemini)"),
+        "{}",
+        out.stderr
+    );
+
+    // Damaged bytes.
+    let mut damaged = openai.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    std::fs::write(creds.join("openai.enc"), &damaged).unwrap();
+    let out = env.run(&["grant", "show", "openai"]);
+    out.failure();
+    assert!(out.stderr.contains("corrupted file"), "{}", out.stderr);
+
+    // Another key.
+    std::fs::write(creds.join("openai.enc"), &openai).unwrap();
+    std::fs::write(env.moat_home().join("key"), [42u8; 32]).unwrap();
+    let out = env.run(&["grant", "show", "openai"]);
+    out.failure();
+    assert!(out.stderr.contains("wrong key"), "{}", out.stderr);
+}
