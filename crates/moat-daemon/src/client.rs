@@ -8,7 +8,7 @@ use moat_home::{ensure_private_dir, FileLock, MoatHome};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::lockfile::{pid_alive, read_info, DaemonInfo, DaemonPaths};
+use crate::lockfile::{daemon_running, read_info, DaemonInfo, DaemonPaths};
 use crate::protocol::{self, Request, Response, RunSpec, API_VERSION};
 
 /// How long the CLI waits for a spawned daemon to become healthy.
@@ -129,7 +129,8 @@ impl DaemonClient {
         let Some(info) = read_info(&paths.lock)? else {
             return Ok(None);
         };
-        if !pid_alive(info.pid) {
+        // The pid in the lock may belong to an unrelated process by now.
+        if !daemon_running(&paths) {
             return Ok(None);
         }
         let client = DaemonClient { paths, info };
@@ -164,7 +165,7 @@ impl DaemonClient {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(info) = read_info(&paths.lock)? {
-                if pid_alive(info.pid) {
+                if daemon_running(&paths) {
                     let client = DaemonClient {
                         paths: paths.clone(),
                         info,
@@ -316,7 +317,7 @@ impl DaemonClient {
     pub async fn stop(&self) -> Result<(), ClientError> {
         let _ = self.request(&Request::Stop).await?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pid_alive(self.info.pid) && Instant::now() < deadline {
+        while daemon_running(&self.paths) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
@@ -338,10 +339,8 @@ pub struct Registration {
 
 /// Removes a lock naming a dead process and sockets nobody serves.
 fn cleanup_stale(paths: &DaemonPaths) {
-    if let Ok(Some(info)) = read_info(&paths.lock) {
-        if pid_alive(info.pid) {
-            return;
-        }
+    if daemon_running(paths) {
+        return;
     }
     for path in [&paths.lock, &paths.control_socket, &paths.proxy_socket] {
         let _ = std::fs::remove_file(path);

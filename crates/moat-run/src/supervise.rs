@@ -153,6 +153,7 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         meta.interactive = plan.interactive;
         meta.detached = plan.detached;
         meta.supervisor_pid = Some(std::process::id());
+        meta.supervisor_start = moat_storage::process_start_time(std::process::id());
         runs.create(&meta)?;
         meta
     };

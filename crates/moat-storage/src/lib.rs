@@ -20,4 +20,6 @@ mod store;
 pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter};
 pub use crate::metadata::{RunMetadata, RunState};
 pub use crate::names::{generate_name, validate_name, RunId};
-pub use crate::store::{RunStore, StorageError};
+pub use crate::store::{
+    process_alive, process_start_time, supervisor_alive, RunStore, StorageError,
+};

@@ -204,7 +204,7 @@ impl RunStore {
         if !meta.state.is_active() {
             return Ok(());
         }
-        let alive = meta.supervisor_pid.is_some_and(process_alive);
+        let alive = supervisor_alive(meta);
         if !alive && meta.container_id.is_none() {
             meta.state = RunState::Failed;
             meta.error
@@ -216,16 +216,42 @@ impl RunStore {
     }
 }
 
-/// Whether a process with `pid` exists (and is not a zombie we could see).
-pub(crate) fn process_alive(pid: u32) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(_) => return false,
+/// Whether the run's supervising process is alive: the recorded pid runs,
+/// and it is the same process (same start time) when the start time was
+/// recorded. Runs recorded by older versions have only the pid.
+pub fn supervisor_alive(meta: &RunMetadata) -> bool {
+    meta.supervisor_pid
+        .is_some_and(|pid| process_alive(pid, meta.supervisor_start))
+}
+
+/// Fields of `/proc/PID/stat` after the parenthesised command name.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`); `None` when there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    // Field 3 (the state) is the first after the name: field 22 is the 20th.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether a process with `pid` exists (and is not a zombie we could see)
+/// and, when `start` is given, started then: otherwise the pid was reused.
+pub fn process_alive(pid: u32, start: Option<u64>) -> bool {
+    let Some(fields) = stat_fields(pid) else {
+        return false;
     };
-    // The state is the field after the parenthesised command name.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    let running = fields
+        .first()
+        .is_some_and(|state| state != "Z" && state != "X");
+    let same = match start {
+        Some(start) => fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start),
+        None => true,
+    };
+    running && same
 }
 
 #[cfg(test)]
@@ -300,7 +326,17 @@ mod tests {
         let mut b = meta("beta");
         b.state = RunState::Running;
         b.supervisor_pid = Some(std::process::id());
+        b.supervisor_start = process_start_time(std::process::id());
+        assert!(b.supervisor_start.is_some());
         store.reconcile(&mut b).unwrap();
         assert_eq!(b.state, RunState::Running);
+        // Our pid, but another start time: the pid was reused.
+        let mut c = meta("gamma");
+        c.state = RunState::Running;
+        c.supervisor_pid = Some(std::process::id());
+        c.supervisor_start = b.supervisor_start.map(|t| t + 1);
+        store.create(&c).unwrap();
+        store.reconcile(&mut c).unwrap();
+        assert_eq!(c.state, RunState::Failed);
     }
 }

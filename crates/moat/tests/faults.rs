@@ -210,3 +210,103 @@ fn decryption_errors_say_wrong_key_corrupted_or_another_provider() {
     out.failure();
     assert!(out.stderr.contains("wrong key"), "{}", out.stderr);
 }
+
+/// A live process unrelated to moat, killed on drop.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn start() -> Self {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_stale_daemon_lock_naming_a_live_pid_is_ignored() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let mut bystander = Bystander::start();
+    let proxy = t.env.moat_home().join("proxy");
+    std::fs::create_dir_all(&proxy).unwrap();
+    std::fs::write(
+        proxy.join("daemon.lock"),
+        format!(
+            r#"{{"pid":{},"port":1,"version":"0.0.0","api":1,"started_at":"2026-01-01T00:00:00Z"}}"#,
+            bystander.pid()
+        ),
+    )
+    .unwrap();
+    std::fs::write(proxy.join("daemon.sock"), "").unwrap();
+
+    let status = t.run(&["proxy", "status"]);
+    status.success();
+    assert!(status.stdout.contains("not running"), "{}", status.stdout);
+    let stop = t.run(&["proxy", "stop"]);
+    stop.success();
+    assert!(
+        bystander.alive(),
+        "moat proxy stop signalled an unrelated process"
+    );
+
+    let out = t.run(&["run", "--", "printf", "ran"]);
+    out.success();
+    assert_eq!(out.stdout, "ran");
+    assert!(bystander.alive());
+}
+
+#[test]
+fn a_run_whose_supervisor_pid_was_reused_is_not_running() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    t.run(&["run", "--name", "reused", "--", "true"]).success();
+    let mut bystander = Bystander::start();
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let path = t
+        .env
+        .moat_home()
+        .join("runs")
+        .join(&id)
+        .join("metadata.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    // As if moat had crashed mid-run and its pid had gone to another process.
+    meta["state"] = "running".into();
+    meta["supervisor_pid"] = bystander.pid().into();
+    for k in ["stopped_at", "exit_code"] {
+        meta.as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+
+    let stop = t.run(&["stop", "reused"]);
+    assert!(
+        bystander.alive(),
+        "moat stop signalled an unrelated process"
+    );
+    assert!(
+        stop.stdout.contains("already") || stop.code == Some(0),
+        "{} {}",
+        stop.stdout,
+        stop.stderr
+    );
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    assert_ne!(list[0]["state"], "running", "{list}");
+    assert!(bystander.alive());
+}

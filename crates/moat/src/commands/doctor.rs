@@ -222,7 +222,7 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
             )])
         }
     };
-    if !lockfile::pid_alive(info.pid) {
+    if !lockfile::daemon_running(&paths) {
         return Ok(vec![problem(
             Status::Warn,
             "proxy daemon",

@@ -200,7 +200,11 @@ fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
     };
     let pid = rustix::process::Pid::from_raw(pid as i32)
         .context("invalid supervisor pid in run metadata")?;
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    // Only ever signal the supervisor itself: its pid may belong to an
+    // unrelated process by now (the start time tells).
+    if moat_storage::supervisor_alive(run) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut meta = store.load(&run.id)?;
@@ -213,7 +217,7 @@ fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
             }
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline && moat_storage::supervisor_alive(&meta) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         if Instant::now() >= deadline + Duration::from_secs(5) {
