@@ -17,6 +17,9 @@ use crate::{AuditError, Entry, SigningKey};
 
 type Reply<T> = SyncSender<Result<T, String>>;
 
+/// The field of every entry's data naming its run ([`AuditWriter::open_for_run`]).
+pub const RUN_ID_FIELD: &str = "run_id";
+
 enum Msg {
     Event {
         ts: String,
@@ -58,6 +61,25 @@ impl AuditWriter {
     /// continuing its chain if it has entries, and starts the writer with a
     /// queue of `queue` events. Refuses a log whose last line is damaged.
     pub fn open(path: &Path, queue: usize) -> Result<AuditWriter, AuditError> {
+        Self::open_inner(path, None, queue)
+    }
+
+    /// [`AuditWriter::open`] for the log of run `run_id`: every entry it
+    /// writes carries `run_id` in its data, so the log cannot be passed
+    /// off as another run's ([`crate::verify_run_log`] checks it).
+    pub fn open_for_run(
+        path: &Path,
+        run_id: &str,
+        queue: usize,
+    ) -> Result<AuditWriter, AuditError> {
+        Self::open_inner(path, Some(run_id.to_owned()), queue)
+    }
+
+    fn open_inner(
+        path: &Path,
+        run_id: Option<String>,
+        queue: usize,
+    ) -> Result<AuditWriter, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 moat_home::ensure_private_dir(dir)?;
@@ -82,6 +104,7 @@ impl AuditWriter {
             dropped: dropped.clone(),
             path: path.to_path_buf(),
             failed: None,
+            run_id,
         };
         let thread = std::thread::Builder::new()
             .name("moat-audit".into())
@@ -206,6 +229,7 @@ struct Thread {
     dropped: Arc<AtomicU64>,
     path: PathBuf,
     failed: Option<String>,
+    run_id: Option<String>,
 }
 
 impl Thread {
@@ -254,6 +278,10 @@ impl Thread {
     }
 
     fn write(&mut self, ts: String, kind: &str, data: Value) {
+        let mut data = crate::entry::as_object(data);
+        if let (Some(run_id), Some(map)) = (&self.run_id, data.as_object_mut()) {
+            map.insert(RUN_ID_FIELD.into(), Value::String(run_id.clone()));
+        }
         let entry = Entry::next(self.head.as_ref(), ts, kind, data);
         let mut line = match serde_json::to_vec(&entry) {
             Ok(l) => l,

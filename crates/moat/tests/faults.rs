@@ -310,3 +310,168 @@ fn a_run_whose_supervisor_pid_was_reused_is_not_running() {
     assert_ne!(list[0]["state"], "running", "{list}");
     assert!(bystander.alive());
 }
+
+/// The run id of the run called `name`.
+fn run_id(t: &common::ProxiedEnv, name: &str) -> String {
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["id"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+/// The log's entries with `keep` applied, re-chained (seq, prev, hash
+/// recomputed) as a forger would.
+fn rechain(
+    entries: &[moat_audit::Entry],
+    keep: impl Fn(&moat_audit::Entry) -> bool,
+) -> Vec<moat_audit::Entry> {
+    let mut out: Vec<moat_audit::Entry> = Vec::new();
+    for e in entries.iter().filter(|e| keep(e)) {
+        let next = moat_audit::Entry::next(out.last(), e.ts.clone(), &e.kind, e.data.clone());
+        out.push(next);
+    }
+    out
+}
+
+fn write_log(path: &std::path::Path, entries: &[moat_audit::Entry]) {
+    let mut text = String::new();
+    for e in entries {
+        text.push_str(&serde_json::to_string(e).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn read_entries(path: &std::path::Path) -> Vec<moat_audit::Entry> {
+    moat_audit::read_log(path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.unwrap())
+        .collect()
+}
+
+#[test]
+fn trimmed_transplanted_and_resigned_audit_logs_fail() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let script = "curl -sS -o /dev/null https://api.github.com/a; \
+                  curl -sS -o /dev/null https://api.github.com/b";
+    for name in ["first", "second"] {
+        t.run(&["run", "--name", name, "--", "sh", "-c", script])
+            .success();
+    }
+    let (a, b) = (run_id(&t, "first"), run_id(&t, "second"));
+    let runs = t.env.moat_home().join("runs");
+    let log = runs.join(&a).join("audit.jsonl");
+    let sig = runs.join(&a).join("audit.sig.json");
+    let (log_bytes, sig_bytes) = (std::fs::read(&log).unwrap(), std::fs::read(&sig).unwrap());
+    let restore = || {
+        std::fs::write(&log, &log_bytes).unwrap();
+        std::fs::write(&sig, &sig_bytes).unwrap();
+    };
+    let out = t.run(&["audit", &a]);
+    out.success();
+    assert!(out.stdout.contains("INTACT"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("this installation's key"),
+        "{}",
+        out.stdout
+    );
+
+    // The seal deleted, the requests dropped, the chain rebuilt.
+    let entries = read_entries(&log);
+    let trimmed = rechain(&entries, |e| e.kind != "network");
+    assert!(trimmed.len() < entries.len());
+    write_log(&log, &trimmed);
+    std::fs::remove_file(&sig).unwrap();
+    let out = t.run(&["audit", &a]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("TAMPERED"), "{}", out.stdout);
+    assert!(out.stdout.contains("no seal"), "{}", out.stdout);
+    restore();
+
+    // Another run's log and seal copied in.
+    std::fs::copy(runs.join(&b).join("audit.jsonl"), &log).unwrap();
+    std::fs::copy(runs.join(&b).join("audit.sig.json"), &sig).unwrap();
+    let out = t.run(&["audit", &a]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("TAMPERED"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("belongs to run {b}")),
+        "{}",
+        out.stdout
+    );
+    restore();
+
+    // A crash in the middle of the last record: incomplete, not tampered.
+    let mut cut = log_bytes.clone();
+    let last = serde_json::to_vec(&read_entries(&log).last().unwrap()).unwrap();
+    cut.extend_from_slice(&last[..last.len() / 2]);
+    std::fs::write(&log, &cut).unwrap();
+    let out = t.run(&["audit", &a]);
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("incomplete (moat stopped while writing)"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("TAMPERED"), "{}", out.stdout);
+    restore();
+
+    // An exported bundle, forged and re-signed with a fresh key.
+    let bundle_path = t.env.dir.path().join("proof.json");
+    t.run(&["audit", &a, "--export", bundle_path.to_str().unwrap()])
+        .success();
+    let out = t.run(&[
+        "audit",
+        "verify",
+        bundle_path.to_str().unwrap(),
+        "--trusted",
+    ]);
+    out.success();
+    assert!(
+        out.stdout.contains("this installation's key"),
+        "{}",
+        out.stdout
+    );
+    let mut bundle = moat_audit::Bundle::read(&bundle_path).unwrap();
+    let forged = rechain(&bundle.entries, |e| e.kind != "network");
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = moat_audit::SigningKey::load_or_create(fresh_dir.path()).unwrap();
+    bundle.attestations = vec![moat_audit::Attestation::sign(
+        forged.last().unwrap(),
+        &fresh,
+    )];
+    bundle.last_hash = forged.last().unwrap().hash.clone();
+    bundle.entries = forged;
+    let forged_path = t.env.dir.path().join("forged.json");
+    bundle.write(&forged_path).unwrap();
+    let installation_pub = std::fs::read_to_string(t.env.moat_home().join("audit/signing.pub"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    for pin in [&["--trusted"][..], &["--key", &installation_pub][..]] {
+        let mut args = vec!["audit", "verify", forged_path.to_str().unwrap()];
+        args.extend_from_slice(pin);
+        let out = t.run(&args);
+        assert_eq!(out.code, Some(1), "{pin:?}: {}", out.stdout);
+        assert!(out.stdout.contains("TAMPERED"), "{pin:?}: {}", out.stdout);
+        assert!(
+            out.stdout.contains(&fresh.public_key_hex()),
+            "{pin:?}: {}",
+            out.stdout
+        );
+    }
+    // Unpinned, the key that signed is named and said to be unpinned.
+    let out = t.run(&["audit", "verify", forged_path.to_str().unwrap()]);
+    assert!(
+        out.stdout.contains(&fresh.public_key_hex()),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("not pinned"), "{}", out.stdout);
+}
