@@ -1,7 +1,7 @@
 //! The background writer of one run's log.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,9 +98,20 @@ impl AuditWriter {
             .map_err(|e| AuditError::io("opening", path, e))?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let durable_len = file
+            .metadata()
+            .map_err(|e| AuditError::io("reading the size of", path, e))?
+            .len();
         let state = Thread {
-            out: BufWriter::with_capacity(64 * 1024, file),
+            file,
+            pending: Vec::new(),
+            pending_events: 0,
+            carry: 0,
+            durable_len,
+            durable_head: head.clone(),
             head,
+            lost: 0,
+            lost_reason: None,
             dropped: dropped.clone(),
             path: path.to_path_buf(),
             failed: None,
@@ -223,9 +234,27 @@ fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
     }
 }
 
+/// The writer thread. Each batch is written whole or not at all: a
+/// write cut short (a full disk) is truncated away, its events are counted
+/// as lost, and the count is recorded as an `audit{action:"dropped"}`
+/// entry as soon as writing works again, so the log never holds a torn
+/// record and its chain stays whole.
 struct Thread {
-    out: BufWriter<File>,
+    file: File,
+    /// The batch being built: serialized entries not yet written.
+    pending: Vec<u8>,
+    /// Events in `pending`.
+    pending_events: u64,
+    /// Events counted by a `dropped` entry in `pending`.
+    carry: u64,
+    /// The length of the file and its last entry, as last synced.
+    durable_len: u64,
+    durable_head: Option<Entry>,
+    /// The last entry (in `pending` or written).
     head: Option<Entry>,
+    /// Events lost to failed writes and not yet recorded, and why.
+    lost: u64,
+    lost_reason: Option<String>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
     failed: Option<String>,
@@ -243,6 +272,7 @@ impl Thread {
                     Msg::Event { ts, kind, data } => {
                         self.record_drops();
                         self.write(ts, &kind, data);
+                        self.pending_events += 1;
                     }
                     other => pending.push(other),
                 }
@@ -266,15 +296,21 @@ impl Thread {
         self.sync();
     }
 
+    /// Queues an `audit{action:"dropped"}` entry for the events the queue
+    /// or failed writes lost.
     fn record_drops(&mut self) {
-        let n = self.dropped.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            self.write(
-                crate::now_ts(),
-                "audit",
-                json!({"action": "dropped", "count": n}),
-            );
+        let queued = self.dropped.swap(0, Ordering::Relaxed);
+        let lost = std::mem::take(&mut self.lost);
+        let n = queued + lost;
+        if n == 0 {
+            return;
         }
+        let mut data = json!({"action": "dropped", "count": n});
+        if let (Some(reason), Some(map)) = (self.lost_reason.take(), data.as_object_mut()) {
+            map.insert("reason".into(), Value::String(reason));
+        }
+        self.carry += n;
+        self.write(crate::now_ts(), "audit", data);
     }
 
     fn write(&mut self, ts: String, kind: &str, data: Value) {
@@ -283,33 +319,51 @@ impl Thread {
             map.insert(RUN_ID_FIELD.into(), Value::String(run_id.clone()));
         }
         let entry = Entry::next(self.head.as_ref(), ts, kind, data);
-        let mut line = match serde_json::to_vec(&entry) {
-            Ok(l) => l,
-            Err(e) => {
-                self.fail(e.to_string());
-                return;
+        match serde_json::to_vec(&entry) {
+            Ok(line) => {
+                self.pending.extend_from_slice(&line);
+                self.pending.push(b'\n');
+                self.head = Some(entry);
             }
-        };
-        line.push(b'\n');
-        match self.out.write_all(&line) {
-            Ok(()) => self.head = Some(entry),
             Err(e) => self.fail(e.to_string()),
         }
     }
 
+    /// Writes and syncs the batch, or truncates it away and counts it lost.
     fn sync(&mut self) {
-        if let Err(e) = self
-            .out
-            .flush()
-            .and_then(|()| self.out.get_ref().sync_data())
-        {
-            self.fail(e.to_string());
+        if self.pending.is_empty() {
+            return;
         }
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.durable_len += self.pending.len() as u64;
+                self.durable_head = self.head.clone();
+                self.failed = None;
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.durable_len);
+                self.head = self.durable_head.clone();
+                self.lost += self.pending_events + self.carry;
+                self.lost_reason = Some(e.to_string());
+                self.fail(e.to_string());
+            }
+        }
+        self.pending.clear();
+        self.pending_events = 0;
+        self.carry = 0;
     }
 
     fn fail(&mut self, reason: String) {
         if self.failed.is_none() {
-            tracing::warn!(path = %self.path.display(), error = %reason, "writing the audit log");
+            tracing::warn!(
+                "cannot write the audit log {}: {reason}. The events lost are counted in the \
+                 log once writing works again",
+                self.path.display()
+            );
             self.failed = Some(reason);
         }
     }

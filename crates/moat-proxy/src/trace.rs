@@ -2,7 +2,7 @@
 //! background thread so a slow disk never slows a request.
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -100,7 +100,7 @@ impl TraceSink {
         let display = path.display().to_string();
         std::thread::Builder::new()
             .name("moat-trace".into())
-            .spawn(move || writer(BufWriter::with_capacity(64 * 1024, file), rx, display))
+            .spawn(move || writer(file, rx, display))
             .map_err(|e| {
                 ProxyError::new(ErrorKind::Io, "starting the trace writer").with_source(e)
             })?;
@@ -131,32 +131,67 @@ impl TraceSink {
     }
 }
 
-fn writer(mut out: BufWriter<std::fs::File>, rx: Receiver<Msg>, path: String) {
-    let mut failed = false;
-    let mut write = |out: &mut BufWriter<std::fs::File>, line: &str| {
-        if let Err(e) = out
-            .write_all(line.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-        {
-            if !failed {
-                tracing::warn!(path, error = %e, "writing a trace line");
-                failed = true;
+/// Writes each batch of lines whole or not at all: a write cut short (a
+/// full disk) is truncated away, so the file never holds a torn line. The
+/// lines lost are counted, reported once, and recorded as a
+/// `{"ts", "dropped", "reason"}` line as soon as writing works again.
+fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String) {
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut lost: u64 = 0;
+    let mut reason = String::new();
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut write_batch = |file: &mut std::fs::File, batch: &mut Vec<u8>, lines: u64| {
+        if batch.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        if lost > 0 {
+            let marker = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "dropped": lost,
+                "reason": reason,
+            });
+            out.extend_from_slice(marker.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        out.append(batch);
+        match file.write_all(&out) {
+            Ok(()) => {
+                len += out.len() as u64;
+                lost = 0;
+            }
+            Err(e) => {
+                let _ = file.set_len(len);
+                if lost == 0 {
+                    tracing::warn!(
+                        "cannot write the request trace {path}: {e}. Requests go on; the \
+                         records lost are counted in the trace once writing works again"
+                    );
+                }
+                lost += lines;
+                reason = e.to_string();
             }
         }
     };
-    // Lines are written as they come and flushed whenever the queue runs
+    // Lines are written as they come, a batch whenever the queue runs
     // empty, so the file lags the requests by milliseconds at most.
     while let Ok(msg) = rx.recv() {
         let mut next = Some(msg);
+        let mut lines = 0;
         while let Some(msg) = next {
             if let Msg::Line(line) = msg {
-                write(&mut out, &line);
+                batch.extend_from_slice(line.as_bytes());
+                batch.push(b'\n');
+                lines += 1;
+            }
+            if batch.len() >= 64 * 1024 {
+                write_batch(&mut file, &mut batch, lines);
+                lines = 0;
             }
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
+        write_batch(&mut file, &mut batch, lines);
     }
-    let _ = out.flush();
 }
 
 /// Replaces every secret of `run` in `text`.

@@ -155,6 +155,10 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         meta.supervisor_pid = Some(std::process::id());
         meta.supervisor_start = moat_storage::process_start_time(std::process::id());
         runs.create(&meta)?;
+        // Room to record the run's end even if MOAT_HOME fills up meanwhile.
+        if let Err(e) = runs.reserve(&meta.id) {
+            tracing::warn!(error = %e, "setting space aside for the run's final state");
+        }
         meta
     };
     let run_dir = runs.dir(&meta.id);
@@ -183,7 +187,10 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         }
     }
     meta.stopped_at = Some(Utc::now());
-    runs.save(&meta)?;
+    // On a full disk this records the run as failed, with the reason.
+    if let Some(reason) = runs.save_final(&mut meta)? {
+        return Err(RunError::Other(reason));
+    }
     let exit_code = result?;
     Ok(RunOutcome {
         id: meta.id.to_string(),

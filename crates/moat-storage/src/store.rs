@@ -201,19 +201,69 @@ impl RunStore {
     /// Marks runs whose supervising process is gone as failed, so a crash
     /// of the CLI never leaves a run "running" forever.
     pub fn reconcile(&self, meta: &mut RunMetadata) -> Result<(), StorageError> {
-        if !meta.state.is_active() {
-            return Ok(());
-        }
-        let alive = supervisor_alive(meta);
-        if !alive && meta.container_id.is_none() {
-            meta.state = RunState::Failed;
-            meta.error
-                .get_or_insert_with(|| "the moat process supervising this run exited".into());
-            meta.stopped_at.get_or_insert_with(chrono::Utc::now);
+        if Self::reconcile_view(meta) {
             self.save(meta)?;
         }
         Ok(())
     }
+
+    /// [`RunStore::reconcile`] in memory only, for commands that only
+    /// read (`moat list`, `moat status`, `moat logs`): they must work on a
+    /// full disk. Returns whether `meta` changed.
+    pub fn reconcile_view(meta: &mut RunMetadata) -> bool {
+        if !meta.state.is_active() || supervisor_alive(meta) || meta.container_id.is_some() {
+            return false;
+        }
+        meta.state = RunState::Failed;
+        meta.error
+            .get_or_insert_with(|| "the moat process supervising this run exited".into());
+        meta.stopped_at.get_or_insert_with(chrono::Utc::now);
+        true
+    }
+
+    /// Sets aside a little space in the run's directory
+    /// ([`RESERVE_FILE`]), so that [`RunStore::save_final`] can record how
+    /// the run ended even when `MOAT_HOME` fills up during the run.
+    pub fn reserve(&self, id: &RunId) -> Result<(), StorageError> {
+        let path = self.dir(id).join(RESERVE_FILE);
+        write_private_atomic(&path, &vec![0u8; RESERVE_BYTES])?;
+        Ok(())
+    }
+
+    /// Saves the run's final state. When the disk is full, the reserve
+    /// ([`RunStore::reserve`]) is released and the run saved as failed,
+    /// with the reason; that reason is returned (`Ok(None)` otherwise).
+    pub fn save_final(&self, meta: &mut RunMetadata) -> Result<Option<String>, StorageError> {
+        let reserve = self.dir(&meta.id).join(RESERVE_FILE);
+        let first = self.save(meta);
+        let _ = std::fs::remove_file(&reserve);
+        let err = match first {
+            Ok(()) => return Ok(None),
+            Err(StorageError::Home(e)) if is_disk_full(e.kind()) => e,
+            Err(e) => return Err(e),
+        };
+        let reason = format!(
+            "moat could not record the end of this run: {err}. Free space in {} (moat \
+             status shows what runs use; moat clean removes stopped runs)",
+            self.home.root().display()
+        );
+        meta.state = RunState::Failed;
+        meta.error = Some(reason.clone());
+        self.save(meta)?;
+        Ok(Some(reason))
+    }
+}
+
+/// The file holding the space [`RunStore::reserve`] sets aside.
+pub const RESERVE_FILE: &str = ".space-reserve";
+const RESERVE_BYTES: usize = 64 * 1024;
+
+/// Whether an error kind means the file system is full.
+pub fn is_disk_full(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Whether the run's supervising process is alive: the recorded pid runs,

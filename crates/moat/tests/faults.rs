@@ -475,3 +475,209 @@ fn trimmed_transplanted_and_resigned_audit_logs_fail() {
     );
     assert!(out.stdout.contains("not pinned"), "{}", out.stdout);
 }
+
+/// A tmpfs of `size` mounted on `path`, unmounted on drop; `None` (with
+/// the reason printed) where mounting is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(path.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "skipping full-disk test: mount -t tmpfs failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping full-disk test: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system to the last byte with `name`.
+    fn fill(&self, name: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Reads a child's pipe into a shared string.
+fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+#[test]
+fn a_full_moat_home_loses_nothing_silently() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let Some(fs) = Tmpfs::mount(&t.env.moat_home(), "2m") else {
+        return;
+    };
+    t.run(&["run", "--name", "before", "--", "true"]).success();
+
+    // A run that waits for `go`, then requests and prints until `go2`.
+    let script = "echo started; while [ ! -f go ]; do sleep 0.1; done; i=0; \
+                  while [ ! -f go2 ]; do i=$((i+1)); \
+                  for j in 1 2 3 4 5 6 7 8 9 10; do echo line $i.$j; done; \
+                  curl -s -o /dev/null https://api.github.com/during/$i; sleep 0.05; done; \
+                  curl -s -o /dev/null https://api.github.com/after; printf last";
+    let mut child = t
+        .moat()
+        .args(["run", "--name", "full", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    wait_until("the run to start", 20, || {
+        stdout.lock().unwrap().contains("started")
+    });
+
+    fs.fill("filler");
+    // Read-only commands work on a full disk.
+    let list = t.run(&["list"]);
+    list.success();
+    assert!(
+        list.stdout.contains("full") && list.stdout.contains("before"),
+        "{}",
+        list.stdout
+    );
+    t.run(&["status"]).success();
+
+    std::fs::write(t.project().join("go"), "").unwrap();
+    wait_until("output during the full disk", 60, || {
+        stdout.lock().unwrap().contains("line 100.10")
+    });
+    t.run(&["list"]).success();
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    std::fs::write(t.project().join("go2"), "").unwrap();
+    let status = child.wait().unwrap();
+    let (stdout, stderr) = (
+        stdout.lock().unwrap().clone(),
+        stderr.lock().unwrap().clone(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.ends_with("last"), "{stdout}");
+
+    // Said once per file, clearly.
+    eprintln!("moat run's stderr:\n{stderr}");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("No space left"))
+        .collect();
+    let mut unique = said.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(said.len(), unique.len(), "repeated: {stderr}");
+
+    let id = run_id(&t, "full");
+    let dir = t.env.moat_home().join("runs").join(&id);
+    // The run log says where output was lost and has what came after.
+    let logs = t.run(&["logs", "full", "-n", "100000"]);
+    logs.success();
+    assert!(logs.stdout.contains("lost"), "{}", logs.stdout);
+    assert!(logs.stdout.contains("] last"), "{}", logs.stdout);
+    // The trace counts the requests it could not record.
+    let trace = std::fs::read_to_string(dir.join("network.jsonl")).unwrap();
+    assert!(trace.contains("\"dropped\""), "{trace}");
+    assert!(trace.contains("/after"), "{trace}");
+    // The audit log is whole: its lost records are counted, not torn.
+    let audit = t.run(&["audit", "full"]);
+    assert!(!audit.stdout.contains("TAMPERED"), "{}", audit.stdout);
+}
+
+#[test]
+fn a_run_ending_on_a_full_disk_is_recorded_as_failed_with_the_reason() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let Some(fs) = Tmpfs::mount(&t.env.moat_home(), "2m") else {
+        return;
+    };
+    let script = "echo started; while [ ! -f go ]; do sleep 0.1; done; \
+                  for i in $(seq 1 50); do echo line $i; done";
+    let mut child = t
+        .moat()
+        .args(["run", "--name", "stuck", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    wait_until("the run to start", 20, || {
+        stdout.lock().unwrap().contains("started")
+    });
+    fs.fill("filler");
+    std::fs::write(t.project().join("go"), "").unwrap();
+    let status = child.wait().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    // Still full: the state says failed, and why.
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    let run = &list[0];
+    assert_eq!(run["state"], "failed", "{list}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("No space left"),
+        "{list}"
+    );
+}

@@ -17,14 +17,15 @@ fn store(ctx: &Context) -> RunStore {
     RunStore::new(ctx.home.clone())
 }
 
-/// Every run, with stale "running" states corrected.
+/// Every run, with stale "running" states corrected in memory: listing
+/// never writes, so it works on a full disk.
 fn runs(store: &RunStore) -> Result<Vec<RunMetadata>> {
     let (mut runs, damaged) = store.list()?;
     for d in damaged {
         eprintln!("Warning: {d}");
     }
     for run in &mut runs {
-        store.reconcile(run)?;
+        RunStore::reconcile_view(run);
     }
     Ok(runs)
 }
@@ -113,7 +114,7 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
         out.flush()?;
         seen = all.len();
         let mut meta = store.load(&run.id)?;
-        store.reconcile(&mut meta)?;
+        RunStore::reconcile_view(&mut meta);
         if !meta.state.is_active() {
             return Ok(ExitCode::SUCCESS);
         }

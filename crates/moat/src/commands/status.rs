@@ -58,8 +58,9 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
 
     let store = RunStore::new(ctx.home.clone());
     let (mut runs, _) = store.list()?;
+    // Read-only: corrected in memory, so status works on a full disk.
     for r in &mut runs {
-        store.reconcile(r)?;
+        RunStore::reconcile_view(r);
     }
     let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
     let disk = dir_size(&ctx.home.runs_dir());

@@ -128,6 +128,16 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
         }
         match serde_json::from_str::<Record>(line) {
             Ok(r) => records.push((line.to_owned(), r)),
+            // The trace writer's note of records it could not write.
+            Err(_) if dropped_note(line).is_some() => {
+                if let Some((n, reason)) = dropped_note(line) {
+                    eprintln!(
+                        "Warning: {n} request record(s) could not be written to {} before line {} ({reason})",
+                        path.display(),
+                        i + 1
+                    );
+                }
+            }
             Err(e) => eprintln!(
                 "Warning: skipping line {} of {}: not a complete request record ({e})",
                 i + 1,
@@ -136,6 +146,18 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
         }
     }
     Ok(records)
+}
+
+/// `{"dropped": N, "reason": "..."}`: records the trace writer lost.
+fn dropped_note(line: &str) -> Option<(u64, String)> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let n = value.get("dropped")?.as_u64()?;
+    let reason = value
+        .get("reason")
+        .and_then(|r| r.as_str())
+        .unwrap_or("write error")
+        .to_owned();
+    Some((n, reason))
 }
 
 fn clock(ts: &DateTime<Utc>) -> String {
