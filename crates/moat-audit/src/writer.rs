@@ -85,7 +85,22 @@ impl AuditWriter {
                 moat_home::ensure_private_dir(dir)?;
             }
         }
+        let mut torn: u64 = 0;
         let head = match std::fs::read(path) {
+            // A run's writer continues a log whose writer was killed in the
+            // middle of a record (its daemon died): the incomplete record
+            // is cut away, and the cut recorded first thing.
+            Ok(bytes) if run_id.is_some() && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                torn = (bytes.len() - keep) as u64;
+                let head = last_entry(path, &bytes[..keep])?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(keep as u64))
+                    .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
+                head
+            }
             Ok(bytes) => last_entry(path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(AuditError::io("reading", path, e)),
@@ -117,6 +132,19 @@ impl AuditWriter {
             failed: None,
             run_id,
         };
+        let mut state = state;
+        if torn > 0 {
+            state.write(
+                crate::now_ts(),
+                "audit",
+                json!({
+                    "action": "truncated",
+                    "bytes": torn,
+                    "reason": "an incomplete record, left when moat stopped while writing, was cut away",
+                }),
+            );
+            state.sync();
+        }
         let thread = std::thread::Builder::new()
             .name("moat-audit".into())
             .spawn(move || state.run(rx))

@@ -129,6 +129,11 @@ pub struct RunSpec {
     /// tunnels whatever the policy.
     #[serde(default)]
     pub ssh_hosts: Vec<SshHostSpec>,
+    /// The token to keep: set when a run registers again with a new
+    /// daemon after its daemon died, so its sandbox's proxy URL stays
+    /// valid. `None`: the daemon makes a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretString>,
 }
 
 /// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
@@ -333,6 +338,7 @@ mod tests {
                     grant: "github".into(),
                 }],
                 mcp: vec![],
+                token: None,
                 trace_path: None,
                 audit_path: None,
                 ssh_hosts: vec![],

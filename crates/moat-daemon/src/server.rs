@@ -431,7 +431,14 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         tracing::info!(%ip, port = s.info.port, "proxy also listening for containers");
         s.extra_listeners.insert(ip);
     }
-    let token = s.proxy.register(registration);
+    let token = match &run.token {
+        Some(kept) => {
+            let kept = moat_proxy::RunToken::from_existing(kept.expose())
+                .ok_or("the token to keep is not a moat run token")?;
+            s.proxy.register_with_token(registration, kept)
+        }
+        None => s.proxy.register(registration),
+    };
     let mut grants: Vec<String> = run.injections.iter().map(|i| i.grant.clone()).collect();
     grants.sort();
     grants.dedup();

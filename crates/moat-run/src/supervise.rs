@@ -243,11 +243,21 @@ fn start_and_wait(
     };
     let mut spec = run_spec(listen, plan, resolved, meta, run_dir);
     spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
+    let kept_spec = spec.clone();
     let (client, registration) = runtime.block_on(async {
         let client = DaemonClient::connect_or_start(home, &StartOptions::from_env()?).await?;
         let registration = client.register(spec).await?;
         Ok::<_, ClientError>((client, registration))
     })?;
+    // From here on, a daemon that dies is replaced and the run registered
+    // again with the same token.
+    let watchdog = crate::watchdog::Watchdog::start(
+        home.clone(),
+        &client,
+        kept_spec,
+        &registration,
+        Some(run_dir.join("network.jsonl")),
+    );
     let run_id = meta.id.to_string();
     let unregister = |runtime: &tokio::runtime::Runtime| {
         if let Err(e) = runtime.block_on(client.unregister(&run_id)) {
@@ -290,8 +300,13 @@ fn start_and_wait(
         )),
     };
     drop(running_ssh);
+    let failure = watchdog.failure();
+    drop(watchdog);
     unregister(&runtime);
-    result
+    match failure {
+        Some(cause) => Err(RunError::Other(cause)),
+        None => result,
+    }
 }
 
 fn run_spec(
@@ -347,6 +362,7 @@ fn run_spec(
         ssh_hosts: Vec::new(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
+        token: None,
     }
 }
 

@@ -681,3 +681,175 @@ fn a_run_ending_on_a_full_disk_is_recorded_as_failed_with_the_reason() {
         "{list}"
     );
 }
+
+const GH_TOKEN: &str = "ghp_faultsE2eSecret0123456789abcdefghij";
+
+/// Ends the test's runs on drop: creates their stop files, then signals
+/// what is still running.
+struct StopRuns(Vec<std::path::PathBuf>, Vec<u32>);
+
+impl Drop for StopRuns {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::write(f, "");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        for pid in &self.1 {
+            if let Some(pid) = rustix::process::Pid::from_raw(*pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+    }
+}
+
+/// The pid of the running daemon, from its lock file.
+fn daemon_pid(t: &common::ProxiedEnv) -> Option<i32> {
+    let text = std::fs::read_to_string(t.env.moat_home().join("proxy/daemon.lock")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["pid"].as_i64().map(|p| p as i32)
+}
+
+#[test]
+fn a_killed_daemon_is_replaced_and_runs_go_on() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    t.grant_github(GH_TOKEN);
+    std::fs::create_dir_all(t.project().join("strict")).unwrap();
+    std::fs::write(
+        t.project().join("strict/moat.yaml"),
+        "name: strict\nnetwork:\n  policy: strict\n",
+    )
+    .unwrap();
+    // Requests every 100 ms, each printed with its status, until `stop`.
+    let script = "i=0; while [ ! -f stop ]; do i=$((i+1)); \
+                  code=$(curl -s -o /dev/null -w '%{http_code}' https://api.github.com/user/$i \
+                  -H \"Authorization: Bearer $GH_TOKEN\"); echo \"req $i $code\"; sleep 0.1; done";
+    let spawn = |dir: std::path::PathBuf, name: &str| {
+        let mut child = t
+            .moat()
+            .current_dir(&dir)
+            .args([
+                "run", "--name", name, "--grant", "github", "--", "sh", "-c", script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        (child, out, err)
+    };
+    let mut runs = vec![
+        spawn(t.project(), "open"),
+        spawn(t.project().join("strict"), "strict"),
+    ];
+    // Whatever happens, the runs end with the test.
+    let _stop = StopRuns(
+        vec![t.project().join("stop"), t.project().join("strict/stop")],
+        runs.iter().map(|(c, _, _)| c.id()).collect(),
+    );
+    for (_, out, _) in &runs {
+        wait_until("requests through the first daemon", 30, || {
+            out.lock().unwrap().contains(" 200")
+        });
+    }
+    let first = daemon_pid(&t).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let killed_at: Vec<usize> = runs
+        .iter()
+        .map(|(_, o, _)| o.lock().unwrap().len())
+        .collect();
+    // Within a few seconds, requests succeed again in both sandboxes.
+    for ((_, out, err), at) in runs.iter().zip(&killed_at) {
+        wait_until("requests through the new daemon", 15, || {
+            let text = out.lock().unwrap();
+            let after = &text[*at..];
+            after.lines().filter(|l| l.ends_with(" 200")).count() >= 5
+                || err.lock().unwrap().contains("Error")
+        });
+    }
+    let second = daemon_pid(&t).unwrap();
+    assert_ne!(first, second);
+    std::fs::write(t.project().join("stop"), "").unwrap();
+    std::fs::write(t.project().join("strict/stop"), "").unwrap();
+    for (child, out, err) in &mut runs {
+        let status = child.wait().unwrap();
+        let (out, err) = (out.lock().unwrap().clone(), err.lock().unwrap().clone());
+        eprintln!("stderr of a run:\n{err}");
+        assert!(status.success(), "{err}\n{out}");
+        assert!(err.contains("proxy daemon"), "the user is told: {err}");
+        let last = out.lines().rev().find(|l| l.starts_with("req ")).unwrap();
+        assert!(last.ends_with(" 200"), "{out}");
+    }
+    for name in ["open", "strict"] {
+        let id = run_id(&t, name);
+        let dir = t.env.moat_home().join("runs").join(&id);
+        let trace = std::fs::read_to_string(dir.join("network.jsonl")).unwrap();
+        assert!(trace.contains("daemon_restarted"), "{trace}");
+        let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+        assert!(audit.contains("\"restarted\""), "{audit}");
+        let verdict = t.run(&["audit", name]);
+        assert!(verdict.stdout.contains("INTACT"), "{}", verdict.stdout);
+    }
+}
+
+#[test]
+fn a_daemon_that_cannot_be_replaced_ends_the_run_with_the_cause() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let script = "while [ ! -f stop ]; do \
+                  code=$(curl -s -o /dev/null -w '%{http_code}' https://api.github.com/); \
+                  echo \"req $code\"; sleep 0.1; done";
+    let mut child = t
+        .moat()
+        .args(["run", "--name", "orphan", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = StopRuns(vec![t.project().join("stop")], vec![child.id()]);
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    wait_until("a request through the daemon", 30, || {
+        out.lock().unwrap().contains(" 200")
+    });
+    let lock: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.env.moat_home().join("proxy/daemon.lock")).unwrap(),
+    )
+    .unwrap();
+    let port = lock["port"].as_u64().unwrap() as u16;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(lock["pid"].as_i64().unwrap() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // Someone else takes the port: no daemon can serve the run there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let _squatter = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "port {port}: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    };
+    let status = child.wait().unwrap();
+    let err = err.lock().unwrap().clone();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("no new one could serve it"),
+        "the cause is named: {err}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["state"], "failed", "{list}");
+    assert!(
+        list[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("proxy daemon"),
+        "{list}"
+    );
+}

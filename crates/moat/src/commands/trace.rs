@@ -128,14 +128,10 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
         }
         match serde_json::from_str::<Record>(line) {
             Ok(r) => records.push((line.to_owned(), r)),
-            // The trace writer's note of records it could not write.
-            Err(_) if dropped_note(line).is_some() => {
-                if let Some((n, reason)) = dropped_note(line) {
-                    eprintln!(
-                        "Warning: {n} request record(s) could not be written to {} before line {} ({reason})",
-                        path.display(),
-                        i + 1
-                    );
+            // Notes by moat itself: records lost, a daemon replaced.
+            Err(_) if trace_note(line).is_some() => {
+                if let Some(note) = trace_note(line) {
+                    eprintln!("Note: line {} of {}: {note}", i + 1, path.display());
                 }
             }
             Err(e) => eprintln!(
@@ -148,16 +144,31 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
     Ok(records)
 }
 
-/// `{"dropped": N, "reason": "..."}`: records the trace writer lost.
-fn dropped_note(line: &str) -> Option<(u64, String)> {
+/// What a line written by moat rather than for a request says:
+/// `{"dropped": N, "reason"}` (records the trace writer could not write)
+/// or `{"event": "daemon_restarted", ...}` (the proxy daemon was replaced).
+fn trace_note(line: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    let n = value.get("dropped")?.as_u64()?;
-    let reason = value
-        .get("reason")
-        .and_then(|r| r.as_str())
-        .unwrap_or("write error")
-        .to_owned();
-    Some((n, reason))
+    if let Some(n) = value.get("dropped").and_then(|d| d.as_u64()) {
+        let reason = value
+            .get("reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or("write error");
+        return Some(format!(
+            "{n} request record(s) could not be written here ({reason})"
+        ));
+    }
+    match value.get("event").and_then(|e| e.as_str())? {
+        "daemon_restarted" => Some(format!(
+            "the proxy daemon stopped at {} and was replaced; requests made meanwhile were \
+             refused and are not recorded",
+            value
+                .get("lost_at")
+                .and_then(|t| t.as_str())
+                .unwrap_or("an unknown time")
+        )),
+        other => Some(format!("moat event {other:?}")),
+    }
 }
 
 fn clock(ts: &DateTime<Utc>) -> String {
