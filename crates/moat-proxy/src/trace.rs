@@ -72,7 +72,9 @@ enum Msg {
 /// The writing end of one run's trace file.
 pub(crate) struct TraceSink {
     tx: SyncSender<Msg>,
-    dropped: AtomicU64,
+    /// Lines dropped because the queue was full; the writer records the
+    /// count in the trace.
+    dropped: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -98,15 +100,17 @@ impl TraceSink {
             })?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let display = path.display().to_string();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queue_dropped = dropped.clone();
         std::thread::Builder::new()
             .name("moat-trace".into())
-            .spawn(move || writer(file, rx, display))
+            .spawn(move || writer(file, rx, display, &queue_dropped))
             .map_err(|e| {
                 ProxyError::new(ErrorKind::Io, "starting the trace writer").with_source(e)
             })?;
         Ok(TraceSink {
             tx,
-            dropped: AtomicU64::new(0),
+            dropped,
             path: path.to_path_buf(),
         })
     }
@@ -135,13 +139,20 @@ impl TraceSink {
 /// full disk) is truncated away, so the file never holds a torn line. The
 /// lines lost are counted, reported once, and recorded as a
 /// `{"ts", "dropped", "reason"}` line as soon as writing works again.
-fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String) {
+fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_dropped: &AtomicU64) {
     let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut lost: u64 = 0;
     let mut reason = String::new();
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut write_batch = |file: &mut std::fs::File, batch: &mut Vec<u8>, lines: u64| {
-        if batch.is_empty() {
+        let queued = queue_dropped.swap(0, Ordering::Relaxed);
+        if queued > 0 {
+            lost += queued;
+            if reason.is_empty() {
+                reason = "the trace queue was full".into();
+            }
+        }
+        if batch.is_empty() && lost == 0 {
             return;
         }
         let mut out = Vec::new();
@@ -159,6 +170,7 @@ fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String) {
             Ok(()) => {
                 len += out.len() as u64;
                 lost = 0;
+                reason.clear();
             }
             Err(e) => {
                 let _ = file.set_len(len);
@@ -192,6 +204,8 @@ fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String) {
         }
         write_batch(&mut file, &mut batch, lines);
     }
+    // Lines the full queue dropped at the very end are counted too.
+    write_batch(&mut file, &mut batch, 0);
 }
 
 /// Replaces every secret of `run` in `text`.
@@ -498,5 +512,40 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every line is either in the trace or counted in a `dropped` line.
+    #[test]
+    fn lines_the_full_queue_drops_are_counted_in_the_trace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("network.jsonl");
+        let sink = TraceSink::open(&path, 1).unwrap();
+        for i in 0..2000 {
+            sink.send(format!("{{\"n\":{i}}}"));
+        }
+        drop(sink);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (mut written, mut dropped) = (0u64, 0u64);
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                match v.get("dropped").and_then(|d| d.as_u64()) {
+                    Some(n) => dropped += n,
+                    None => written += 1,
+                }
+            }
+            if written + dropped == 2000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{written} + {dropped} != 2000");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
