@@ -853,3 +853,105 @@ fn a_daemon_that_cannot_be_replaced_ends_the_run_with_the_cause() {
         "{list}"
     );
 }
+
+/// The soak: many concurrent runs making proxied HTTPS requests while the
+/// daemon is killed twice. Every request ends with 200 (curl retries what
+/// the gap refused), is in its run's trace, and every audit log verifies.
+/// Slow: run with `cargo test -p moat --test faults -- --ignored soak`;
+/// MOAT_SOAK_RUNS and MOAT_SOAK_REQUESTS scale it (default 20 x 200).
+#[test]
+#[ignore = "soak: minutes of load; run explicitly"]
+fn soak_concurrent_runs_survive_two_daemon_kills() {
+    let env_n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n_runs, n_requests) = (
+        env_n("MOAT_SOAK_RUNS", 20),
+        env_n("MOAT_SOAK_REQUESTS", 200),
+    );
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let script = format!(
+        "for i in $(seq 1 {n_requests}); do \
+         curl -s -o /dev/null -w \"req $i %{{http_code}}\\n\" --retry 30 --retry-all-errors \
+         --retry-connrefused --retry-delay 1 https://api.github.com/soak/$i; done"
+    );
+    let mut runs = Vec::new();
+    for r in 0..n_runs {
+        let mut child = t
+            .moat()
+            .args([
+                "run",
+                "--name",
+                &format!("soak-{r}"),
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        runs.push((child, out, err));
+    }
+    let _stop = StopRuns(Vec::new(), runs.iter().map(|(c, _, _)| c.id()).collect());
+    let done = |runs: &[(std::process::Child, _, _)]| -> usize {
+        runs.iter()
+            .map(
+                |(_, o, _): &(_, std::sync::Arc<std::sync::Mutex<String>>, _)| {
+                    o.lock().unwrap().lines().count()
+                },
+            )
+            .sum()
+    };
+    let total = n_runs * n_requests;
+    let started = std::time::Instant::now();
+    let mut pids = Vec::new();
+    for fraction in [3, 2] {
+        wait_until("progress before a kill", 300, || {
+            done(&runs) >= total / fraction
+        });
+        let pid = daemon_pid(&t).unwrap();
+        pids.push(pid);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        wait_until("a new daemon", 30, || {
+            daemon_pid(&t).is_some_and(|p| p != pid)
+        });
+    }
+    for (child, out, err) in &mut runs {
+        let status = child.wait().unwrap();
+        let (out, err) = (out.lock().unwrap().clone(), err.lock().unwrap().clone());
+        assert!(status.success(), "{err}");
+        let ok = out.lines().filter(|l| l.ends_with(" 200")).count();
+        assert_eq!(ok, n_requests, "{out}\n{err}");
+    }
+    eprintln!(
+        "soak: {n_runs} runs x {n_requests} requests, daemon killed twice (pids {pids:?}), {:?}",
+        started.elapsed()
+    );
+    for r in 0..n_runs {
+        let name = format!("soak-{r}");
+        let dir = t.env.moat_home().join("runs").join(run_id(&t, &name));
+        let trace = std::fs::read_to_string(dir.join("network.jsonl")).unwrap();
+        for i in 1..=n_requests {
+            let url = format!("\"https://api.github.com/soak/{i}\"");
+            assert!(
+                trace
+                    .lines()
+                    .any(|l| l.contains(&url) && l.contains("\"status_code\":200")),
+                "{name}: request {i} is not in the trace"
+            );
+        }
+        let audit = t.run(&["audit", &name]);
+        assert!(audit.stdout.contains("INTACT"), "{name}: {}", audit.stdout);
+    }
+}
