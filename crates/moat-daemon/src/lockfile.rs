@@ -32,7 +32,9 @@ pub struct DaemonPaths {
     pub spawn_lock: PathBuf,
     /// `daemon.sock`: the control socket.
     pub control_socket: PathBuf,
-    /// `proxy.sock`: the proxy served on a Unix socket.
+    /// `sock/proxy.sock`: the proxy served on a Unix socket, alone in its
+    /// directory: strict native sandboxes see the directory, so a socket
+    /// bound again by a new daemon is the one they reach.
     pub proxy_socket: PathBuf,
     /// `daemon.instance.lock`: held (`flock`) by the daemon for its whole
     /// life. Whether it is held, not the pid in `daemon.lock`, says whether
@@ -52,7 +54,7 @@ impl DaemonPaths {
             lock: dir.join("daemon.lock"),
             spawn_lock: dir.join("daemon.spawn.lock"),
             control_socket: dir.join("daemon.sock"),
-            proxy_socket: dir.join("proxy.sock"),
+            proxy_socket: dir.join("sock").join("proxy.sock"),
             instance_lock: dir.join("daemon.instance.lock"),
             log: dir.join("daemon.log"),
             ca_dir: home.ca_dir(),

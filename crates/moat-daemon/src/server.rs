@@ -159,6 +159,9 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
             source: e,
         })?
         .port();
+    if let Some(sock_dir) = paths.proxy_socket.parent() {
+        ensure_private_dir(sock_dir)?;
+    }
     let proxy_unix = bind_private_unix(&paths.proxy_socket)?;
     let control = bind_private_unix(&paths.control_socket)?;
 

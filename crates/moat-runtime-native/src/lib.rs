@@ -67,6 +67,6 @@ pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
     BindMount, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode, DEFAULT_PATH,
-    PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
+    PROXY_SOCKET_DIR_IN_SANDBOX, PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
 pub use crate::support::{check_support, protections};

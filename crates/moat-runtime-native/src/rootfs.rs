@@ -23,7 +23,20 @@ use rustix::mount::{
 
 use crate::sys;
 
-use crate::spec::{NetworkMode, SandboxSpec, PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX};
+use crate::spec::{
+    NetworkMode, SandboxSpec, PROXY_SOCKET_DIR_IN_SANDBOX, PROXY_SOCKET_IN_SANDBOX,
+    WORKSPACE_IN_SANDBOX,
+};
+
+/// The file name of the proxy's socket, for the link beside its directory.
+fn proxy_socket_name(spec: &SandboxSpec) -> Option<std::ffi::OsString> {
+    match &spec.network {
+        NetworkMode::Isolated { proxy_socket, .. } => {
+            proxy_socket.file_name().map(|n| n.to_os_string())
+        }
+        NetworkMode::Host => None,
+    }
+}
 
 /// Where the host root is attached while the new root is being built.
 const OLD_ROOT: &str = "/oldroot";
@@ -125,16 +138,27 @@ impl HostPaths {
         }
         let proxy_socket = match &spec.network {
             NetworkMode::Host => None,
+            // The socket's directory, read-only: a daemon that restarts binds a
+            // new socket there, which the sandbox then reaches; it cannot
+            // replace the socket other sandboxes use.
             NetworkMode::Isolated { proxy_socket, .. } => Some(HostMount {
-                source: HostSource::Path(fs::canonicalize(proxy_socket).map_err(|e| {
-                    format!(
-                        "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
-                        proxy_socket.display()
-                    )
-                })?),
-                target: PathBuf::from(PROXY_SOCKET_IN_SANDBOX),
-                read_only: false,
-                is_dir: false,
+                source: HostSource::Path(
+                    fs::canonicalize(proxy_socket)
+                        .map_err(|e| {
+                            format!(
+                                "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
+                                proxy_socket.display()
+                            )
+                        })?
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .ok_or_else(|| {
+                            format!("proxy socket {} has no directory", proxy_socket.display())
+                        })?,
+                ),
+                target: PathBuf::from(PROXY_SOCKET_DIR_IN_SANDBOX),
+                read_only: true,
+                is_dir: true,
             }),
         };
         Ok(HostPaths {
@@ -400,6 +424,11 @@ pub(crate) fn build(
     }
     if let Some(sock) = paths.proxy_socket {
         show(sock)?;
+        if let Some(name) = proxy_socket_name(spec) {
+            let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
+            symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
+                .map_err(|e| err("cannot link", link, e))?;
+        }
     }
 
     for (file, _) in spec.files.iter().zip(&handled).filter(|(_, done)| !**done) {

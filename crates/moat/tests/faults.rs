@@ -720,9 +720,25 @@ fn a_killed_daemon_is_replaced_and_runs_go_on() {
     )
     .unwrap();
     // Requests every 100 ms, each printed with its status, until `stop`.
+    // Under strict, also through the daemon's Unix socket as the sandbox
+    // sees it.
     let script = "i=0; while [ ! -f stop ]; do i=$((i+1)); \
                   code=$(curl -s -o /dev/null -w '%{http_code}' https://api.github.com/user/$i \
-                  -H \"Authorization: Bearer $GH_TOKEN\"); echo \"req $i $code\"; sleep 0.1; done";
+                  -H \"Authorization: Bearer $GH_TOKEN\"); echo \"req $i $code\"; \
+                  if [ -S /run/moat/proxy.sock ]; then echo \"sock $i $(python3 sock.py)\"; fi; \
+                  sleep 0.1; done";
+    // A CONNECT through /run/moat/proxy.sock; prints the status code.
+    let sock = "import base64,os,socket\n\
+                auth=os.environ['HTTPS_PROXY'].split('//')[1].split('@')[0]\n\
+                s=socket.socket(socket.AF_UNIX)\n\
+                try:\n  s.connect('/run/moat/proxy.sock')\n\
+                except OSError:\n  print('000'); raise SystemExit\n\
+                s.sendall(b'CONNECT api.github.com:443 HTTP/1.1\\r\\nHost: api.github.com:443\\r\\n\
+                Proxy-Authorization: Basic '+base64.b64encode(auth.encode())+b'\\r\\n\\r\\n')\n\
+                print(s.recv(64).split(b' ')[1].decode())\n";
+    for dir in [t.project(), t.project().join("strict")] {
+        std::fs::write(dir.join("sock.py"), sock).unwrap();
+    }
     let spawn = |dir: std::path::PathBuf, name: &str| {
         let mut child = t
             .moat()
@@ -773,6 +789,15 @@ fn a_killed_daemon_is_replaced_and_runs_go_on() {
     }
     let second = daemon_pid(&t).unwrap();
     assert_ne!(first, second);
+    // The strict sandbox reached the proxy through its socket too.
+    let strict_out = runs[1].1.lock().unwrap().clone();
+    assert!(
+        strict_out
+            .lines()
+            .any(|l| l.starts_with("sock ") && l.ends_with(" 200")),
+        "{strict_out}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
     std::fs::write(t.project().join("stop"), "").unwrap();
     std::fs::write(t.project().join("strict/stop"), "").unwrap();
     for (child, out, err) in &mut runs {
@@ -783,6 +808,12 @@ fn a_killed_daemon_is_replaced_and_runs_go_on() {
         assert!(err.contains("proxy daemon"), "the user is told: {err}");
         let last = out.lines().rev().find(|l| l.starts_with("req ")).unwrap();
         assert!(last.ends_with(" 200"), "{out}");
+        if let Some(last) = out.lines().rev().find(|l| l.starts_with("sock ")) {
+            assert!(
+                last.ends_with(" 200"),
+                "through /run/moat/proxy.sock: {out}"
+            );
+        }
     }
     for name in ["open", "strict"] {
         let id = run_id(&t, name);
