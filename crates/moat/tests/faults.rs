@@ -986,3 +986,53 @@ fn soak_concurrent_runs_survive_two_daemon_kills() {
         assert!(audit.stdout.contains("INTACT"), "{name}: {}", audit.stdout);
     }
 }
+
+#[test]
+fn a_killed_daemon_is_replaced_for_docker_runs_too() {
+    if !docker_available() {
+        return;
+    }
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let script = "i=0; while [ ! -f stop ]; do i=$((i+1)); \
+                  echo \"req $i $(curl -s -o /dev/null -w '%{http_code}' https://api.github.com/d/$i)\"; \
+                  sleep 0.2; done";
+    let mut child = t
+        .moat()
+        .env("MOAT_RUNTIME", "docker")
+        .env(
+            "MOAT_IMAGE_MAP",
+            "debian:bookworm-slim=local/debian:bookworm",
+        )
+        .args(["run", "--name", "boxed", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stop = StopRuns(vec![t.project().join("stop")], vec![child.id()]);
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    wait_until("a request through the first daemon", 60, || {
+        out.lock().unwrap().contains(" 200")
+    });
+    let first = daemon_pid(&t).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let at = out.lock().unwrap().len();
+    wait_until("requests through the new daemon", 20, || {
+        out.lock().unwrap()[at..]
+            .lines()
+            .filter(|l| l.ends_with(" 200"))
+            .count()
+            >= 3
+    });
+    std::fs::write(t.project().join("stop"), "").unwrap();
+    let status = child.wait().unwrap();
+    let err = err.lock().unwrap().clone();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("serves run"), "{err}");
+    let verdict = t.run(&["audit", "boxed"]);
+    assert!(verdict.stdout.contains("INTACT"), "{}", verdict.stdout);
+}
