@@ -18,17 +18,20 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// of the product: the troubleshooting guide lists them with their fixes.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The socket exists (or the lock names a live pid) but connecting or
-    /// talking failed.
+    /// A daemon holds this MOAT_HOME (its instance lock) but connecting
+    /// or talking to it failed. (A daemon that died leaves nothing in the
+    /// way: its state is cleaned up by the next client.)
     #[error(
         "connecting to daemon: {cause}\n\
-         The daemon may have crashed. Remove its stale state and retry:\n  \
-         rm -f {lock} {socket}\n\
+         A moat daemon (pid {pid} in {lock}) holds this MOAT_HOME but does not answer: it may be hung.\n\
+         Stop it and retry: kill {pid}\n\
          If that does not help, check whether another process uses {socket}."
     )]
     Connect {
         /// What failed.
         cause: String,
+        /// The daemon's pid, from its lock file.
+        pid: u32,
         /// Lock file path.
         lock: String,
         /// Socket path.
@@ -201,6 +204,7 @@ impl DaemonClient {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let connect_err = |cause: String| ClientError::Connect {
             cause,
+            pid: self.info.pid,
             lock: self.paths.lock.display().to_string(),
             socket: self.paths.control_socket.display().to_string(),
         };
