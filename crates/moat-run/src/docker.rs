@@ -68,7 +68,7 @@ pub(crate) async fn run_container(
     request.verbose = docker.verbose;
     let image = rt.resolve_image(&request, &map).await.map_err(docker_err)?;
     for note in &image.notes {
-        eprintln!("moat: {note}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("moat: {note}\n"));
     }
     meta.image = Some(image.tag.clone());
     meta.image_ready_at = Some(chrono::Utc::now());

@@ -20,6 +20,26 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for warnings and notes: a closed standard error is
+/// ignored instead of panicking.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `eprint!` for prompts and notes: a closed standard error is ignored
+/// instead of panicking.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, $($arg)*);
+        let _ = stderr.flush();
+    }};
+}
+
 mod cli;
 mod commands;
 mod output;

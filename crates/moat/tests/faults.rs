@@ -14,6 +14,21 @@ mod common;
 
 use std::process::Stdio;
 
+/// Runs `moat args` with its standard output and error closed before it
+/// writes.
+fn with_closed_output(t: &common::ProxiedEnv, args: &[&str]) -> Option<i32> {
+    let mut child = t
+        .moat()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn moat");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    child.wait().expect("wait").code()
+}
+
 /// Runs `moat args` with its standard output closed before it writes.
 fn with_closed_stdout(t: &common::ProxiedEnv, args: &[&str]) -> common::Result {
     let mut child = t
@@ -50,8 +65,25 @@ fn broken_pipes_end_quietly_with_status_0() {
         &["proxy", "status"],
         &["version"],
         &["grant", "list"],
+        &["run", "--", "sh", "-c", "seq 1 1000"],
     ];
+    // A damaged log line makes `moat logs` warn on stderr: closed too.
+    let id = run_id(&t, "piped");
+    let logs = t.env.moat_home().join("runs").join(&id).join("logs.jsonl");
+    let mut damaged = std::fs::read(&logs).unwrap();
+    damaged.extend_from_slice(b"{\"broken\n");
+    std::fs::write(&logs, damaged).unwrap();
+    let trace = logs.with_file_name("network.jsonl");
+    let mut damaged = std::fs::read(&trace).unwrap();
+    damaged.extend_from_slice(b"{\"broken\n");
+    std::fs::write(&trace, damaged).unwrap();
     for args in commands {
+        assert_eq!(
+            with_closed_output(&t, args),
+            Some(0),
+            "moat {} with stdout and stderr closed",
+            args.join(" ")
+        );
         let out = with_closed_stdout(&t, args);
         assert_eq!(
             out.code,

@@ -74,7 +74,7 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
                 }
                 _ => source::obtain(spec, &opts)?,
             };
-            eprintln!("Using {} from {}", secret_noun(spec), obtained.origin);
+            errln!("Using {} from {}", secret_noun(spec), obtained.origin);
             if !args.no_validate {
                 validate_into(spec, &mut obtained)?;
             }
@@ -100,17 +100,17 @@ fn validate_into(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result
     match outcome {
         Validation::Valid { identity, scopes } => {
             if let Some(login) = identity {
-                eprintln!("Authenticated as: {login}");
+                errln!("Authenticated as: {login}");
                 obtained.metadata.insert("login".into(), login);
             } else {
-                eprintln!("Validated {} with its API", spec.name);
+                errln!("Validated {} with its API", spec.name);
             }
             if !scopes.is_empty() {
                 obtained.scopes = scopes;
             }
         }
         Validation::Unreachable(why) => {
-            eprintln!(
+            errln!(
                 "Warning: could not validate the {} {} ({why}); storing it anyway.",
                 spec.name,
                 secret_noun(spec)
@@ -145,13 +145,13 @@ fn store_obtained(
         None => String::new(),
     };
     outln!("Granted {grant}{profile}.");
-    eprintln!(
+    errln!(
         "Stored encrypted at {} (key: {}).",
         path.display(),
         key.backend()
     );
     if let Some(exp) = credential.expires_at {
-        eprintln!("The token expires {}.", format_time(exp));
+        errln!("The token expires {}.", format_time(exp));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -329,11 +329,9 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
     }
     if c.is_expired(Utc::now()) {
         if stem == "claude" {
-            eprintln!(
-                "Claude Code token has expired\nRe-authenticate, then run: moat grant claude"
-            );
+            errln!("Claude Code token has expired\nRe-authenticate, then run: moat grant claude");
         } else {
-            eprintln!(
+            errln!(
                 "This token has expired. Run: moat grant {}",
                 grant.grant_command()
             );

@@ -22,7 +22,7 @@ fn store(ctx: &Context) -> RunStore {
 fn runs(store: &RunStore) -> Result<Vec<RunMetadata>> {
     let (mut runs, damaged) = store.list()?;
     for d in damaged {
-        eprintln!("Warning: {d}");
+        errln!("Warning: {d}");
     }
     for run in &mut runs {
         RunStore::reconcile_view(run);
@@ -95,7 +95,7 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
         print(&mut out, line)?;
     }
     if damaged > 0 {
-        eprintln!(
+        errln!(
             "Warning: skipped {damaged} damaged line(s) in {}",
             path.display()
         );
@@ -300,7 +300,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
                 stopped.len()
             );
         }
-        eprint!("Remove {} stopped runs? [y/N] ", stopped.len());
+        err!("Remove {} stopped runs? [y/N] ", stopped.len());
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {

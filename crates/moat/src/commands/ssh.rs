@@ -122,12 +122,12 @@ fn choose_key<'a>(
     if no_prompt || !std::io::stdin().is_terminal() {
         return Err(SshError::SeveralKeys(listing()).into());
     }
-    eprintln!("The SSH agent holds several keys:");
+    errln!("The SSH agent holds several keys:");
     for (i, id) in ids.iter().enumerate() {
         let fp = moat_ssh::fingerprint(&id.key).unwrap_or_else(|_| "(unparsable)".into());
-        eprintln!("  {}) {fp}  {}", i + 1, id.comment);
+        errln!("  {}) {fp}  {}", i + 1, id.comment);
     }
-    eprint!("Which one may sign for this host? [1-{}] ", ids.len());
+    err!("Which one may sign for this host? [1-{}] ", ids.len());
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()

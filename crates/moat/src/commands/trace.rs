@@ -82,7 +82,7 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
         let har = har(&records);
         write_user_file(file, &serde_json::to_vec_pretty(&har)?)
             .with_context(|| format!("writing {}", file.display()))?;
-        eprintln!(
+        errln!(
             "Wrote {} request(s) of run {} to {} (HTTP Archive 1.2)",
             records.len(),
             run.id,
@@ -131,10 +131,10 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
             // Notes by moat itself: records lost, a daemon replaced.
             Err(_) if trace_note(line).is_some() => {
                 if let Some(note) = trace_note(line) {
-                    eprintln!("Note: line {} of {}: {note}", i + 1, path.display());
+                    errln!("Note: line {} of {}: {note}", i + 1, path.display());
                 }
             }
-            Err(e) => eprintln!(
+            Err(e) => errln!(
                 "Warning: skipping line {} of {}: not a complete request record ({e})",
                 i + 1,
                 path.display()

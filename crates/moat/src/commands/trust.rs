@@ -47,7 +47,7 @@ pub(super) fn ensure_trusted(ctx: &Context, workspace: &Path, no_prompt: bool) -
     if !can_ask {
         return Err(moat_trust::TrustError::Untrusted(review).into());
     }
-    eprint!(
+    err!(
         "{}.\n{}Trust these changes? [y/N] ",
         review.summary(),
         review.change_lines()
