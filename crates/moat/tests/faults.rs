@@ -167,6 +167,33 @@ fn docker_output_without_a_final_newline_is_not_lost() {
             out.success();
             assert_eq!(out.stdout, "abc", "{label} run {i}: {}", out.stderr);
         }
+        // A reader that goes away stops neither the run nor its log.
+        let name = format!("{label}-closed");
+        let mut args = vec!["run", "--name", &name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "seq 1 5000; printf end"]);
+        let mut child = t
+            .moat()
+            .env("MOAT_RUNTIME", "docker")
+            .env(
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            )
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let logs = t.run(&["logs", &name, "-n", "2"]);
+        assert!(logs.stdout.contains("] end"), "{label}: {}", logs.stdout);
     }
 }
 
