@@ -28,6 +28,35 @@ use crate::spec::{
     WORKSPACE_IN_SANDBOX,
 };
 
+/// The directory of the proxy's socket, which the sandbox is shown: it
+/// must hold nothing but the socket (a daemon from an older moat serves it
+/// beside its control socket and lock, which no sandbox may see).
+fn socket_dir(proxy_socket: &Path) -> SetupResult<PathBuf> {
+    let socket = fs::canonicalize(proxy_socket).map_err(|e| {
+        format!(
+            "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
+            proxy_socket.display()
+        )
+    })?;
+    let dir = socket
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("proxy socket {} has no directory", socket.display()))?;
+    let others = fs::read_dir(&dir)
+        .map_err(|e| err("cannot list", &dir, e))?
+        .flatten()
+        .any(|e| Some(e.file_name().as_os_str()) != socket.file_name());
+    if others {
+        return Err(format!(
+            "the proxy socket {} shares its directory with other files, so a sandbox cannot be \
+             shown it (the running proxy daemon is from an older moat). Restart it with: \
+             moat proxy restart",
+            socket.display()
+        ));
+    }
+    Ok(dir)
+}
+
 /// The file name of the proxy's socket, for the link beside its directory.
 fn proxy_socket_name(spec: &SandboxSpec) -> Option<std::ffi::OsString> {
     match &spec.network {
@@ -142,20 +171,7 @@ impl HostPaths {
             // new socket there, which the sandbox then reaches; it cannot
             // replace the socket other sandboxes use.
             NetworkMode::Isolated { proxy_socket, .. } => Some(HostMount {
-                source: HostSource::Path(
-                    fs::canonicalize(proxy_socket)
-                        .map_err(|e| {
-                            format!(
-                                "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
-                                proxy_socket.display()
-                            )
-                        })?
-                        .parent()
-                        .map(Path::to_path_buf)
-                        .ok_or_else(|| {
-                            format!("proxy socket {} has no directory", proxy_socket.display())
-                        })?,
-                ),
+                source: HostSource::Path(socket_dir(proxy_socket)?),
                 target: PathBuf::from(PROXY_SOCKET_DIR_IN_SANDBOX),
                 read_only: true,
                 is_dir: true,
@@ -731,4 +747,24 @@ fn restrict_proc() -> SetupResult<()> {
 /// the command).
 pub(crate) fn set_umask() {
     rustix::process::umask(Mode::from_bits_truncate(0o022));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_socket_directory_must_hold_the_socket_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("proxy.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(
+            socket_dir(&sock).unwrap(),
+            fs::canonicalize(tmp.path()).unwrap()
+        );
+        std::fs::write(tmp.path().join("daemon.lock"), "{}").unwrap();
+        let e = socket_dir(&sock).unwrap_err();
+        assert!(e.contains("moat proxy restart"), "{e}");
+    }
 }
