@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::verify::{check_attestations, check_chain, ChainError, LogReport};
+use crate::verify::{
+    check_attestations, check_chain, check_run, ChainError, LogReport, SignatureError,
+};
 use crate::{Attestation, AuditError, Entry};
 
 /// The bundle format version.
@@ -82,9 +84,18 @@ impl Bundle {
 }
 
 /// Verifies a bundle with nothing but what is inside it: the chain, that
-/// `last_hash` is the last entry's hash, and each attestation's signature
-/// under its own public key.
+/// `last_hash` is the last entry's hash, that every record names the same
+/// run, and each attestation's signature under its own public key. This
+/// proves the log unchanged since a key signed it, not whose key that is:
+/// see [`verify_bundle_pinned`].
 pub fn verify_bundle(bundle: &Bundle) -> LogReport {
+    verify_bundle_pinned(bundle, None)
+}
+
+/// [`verify_bundle`], requiring every attestation to be made by `pinned`
+/// (the installation's public key) when given. A bundle of records that
+/// no attestation signs fails ([`SignatureError::Unsealed`]).
+pub fn verify_bundle_pinned(bundle: &Bundle, pinned: Option<&[u8]>) -> LogReport {
     let lines: Vec<_> = bundle
         .entries
         .iter()
@@ -98,6 +109,10 @@ pub fn verify_bundle(bundle: &Bundle) -> LogReport {
             seq: last.map_or(0, |e| e.seq),
         });
     }
-    check_attestations(&mut report, &lines, &bundle.attestations, None);
+    check_run(&mut report, &lines, None);
+    check_attestations(&mut report, &lines, &bundle.attestations, pinned);
+    if bundle.attestations.is_empty() && !bundle.entries.is_empty() && report.signature.is_none() {
+        report.signature = Some(SignatureError::Unsealed);
+    }
     report
 }

@@ -88,6 +88,25 @@ pub enum ChainError {
         /// The entry.
         seq: u64,
     },
+    /// The last line is cut short and has no newline: the writer stopped
+    /// (crash, kill, full disk) in the middle of it. Not tampering: the
+    /// records before it are checked as usual.
+    #[error("record at line {line} is incomplete (moat stopped while writing)")]
+    Incomplete {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A record names another run than the one the log belongs to: the
+    /// log was copied from another run.
+    #[error(
+        "record seq {seq} belongs to run {run}, not to this one (a log copied from another run)"
+    )]
+    ForeignRun {
+        /// The entry.
+        seq: u64,
+        /// The run it names (`(none)` when it names none).
+        run: String,
+    },
     /// The bundle's `last_hash` is not the hash of its last entry.
     #[error("last_hash does not match the last entry (seq {seq})")]
     LastHashMismatch {
@@ -139,6 +158,35 @@ pub enum SignatureError {
         /// The key (hex).
         key: String,
     },
+    /// The run has ended, or the log is exported, but nothing signs it:
+    /// the seal was deleted, or the daemon died before sealing.
+    #[error(
+        "no seal: the run has ended but no attestation signs its log (audit.sig.json is \
+         missing or empty), so records may have been removed and the chain rebuilt"
+    )]
+    Unsealed,
+    /// Records follow the last attestation although the run has ended.
+    #[error(
+        "{count} record(s) after the seal at seq {seq} are not signed, though the run has \
+         ended: they were added afterwards"
+    )]
+    UnsignedTail {
+        /// How many records follow the seal.
+        count: u64,
+        /// The last signed seq.
+        seq: u64,
+    },
+}
+
+/// What a log is checked against ([`verify_run_log`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// The installation's public key: attestations by any other key fail.
+    pub expected_key: Option<&'a [u8]>,
+    /// The run the log belongs to: records naming another run fail.
+    pub run_id: Option<&'a str>,
+    /// The run has ended: its log must be sealed up to its last record.
+    pub finished: bool,
 }
 
 /// What verification found.
@@ -157,12 +205,26 @@ pub struct LogReport {
     /// Entries after the last attested one (appended after sealing, or the
     /// run is still going).
     pub unsigned_after: u64,
+    /// The public keys (hex) of the valid attestations, in order, once each.
+    pub signers: Vec<String>,
+    /// The run the records name, if they name one.
+    pub run_id: Option<String>,
+    /// No record names its run (a log written before records carried
+    /// their run id): it cannot be tied to a run.
+    pub unbound: bool,
 }
 
 impl LogReport {
     /// No broken record and no bad signature.
     pub fn intact(&self) -> bool {
         self.chain.is_none() && self.signature.is_none()
+    }
+
+    /// The only problem is a last record cut short by a crash (and, as a
+    /// consequence, a missing seal): damage, not tampering.
+    pub fn incomplete(&self) -> bool {
+        matches!(self.chain, Some(ChainError::Incomplete { .. }))
+            && matches!(self.signature, None | Some(SignatureError::Unsealed))
     }
 }
 
@@ -214,10 +276,32 @@ pub fn read_attestations(log: &Path) -> Result<Vec<Attestation>, AuditError> {
 /// (the installation's public key), attestations by any other key fail.
 /// Errors only when the log cannot be read at all.
 pub fn verify_log(path: &Path, expected_key: Option<&[u8]>) -> Result<LogReport, AuditError> {
-    let lines = read_log(path)?;
-    let mut report = check_chain(&lines);
+    verify_run_log(
+        path,
+        &VerifyOptions {
+            expected_key,
+            ..VerifyOptions::default()
+        },
+    )
+}
+
+/// Verifies the log at `path` against `opts`: the chain, that every
+/// record names `opts.run_id`, the attestations (by `opts.expected_key`),
+/// and, for a finished run, a seal over the last record. A last line cut
+/// short by a crash is [`ChainError::Incomplete`]. Errors only when the
+/// log cannot be read at all.
+pub fn verify_run_log(path: &Path, opts: &VerifyOptions<'_>) -> Result<LogReport, AuditError> {
+    let bytes = std::fs::read(path).map_err(|e| AuditError::io("reading", path, e))?;
+    let lines = parse_lines(&bytes);
+    let mut report = check_chain_of(&lines, bytes.is_empty() || bytes.ends_with(b"\n"));
+    check_run(&mut report, &lines, opts.run_id);
     match read_attestations(path) {
-        Ok(atts) => check_attestations(&mut report, &lines, &atts, expected_key),
+        Ok(atts) => {
+            check_attestations(&mut report, &lines, &atts, opts.expected_key);
+            if opts.finished {
+                require_seal(&mut report, &lines, &atts);
+            }
+        }
         Err(e) => report.signature = Some(SignatureError::Unreadable(e.to_string())),
     }
     Ok(report)
@@ -226,6 +310,12 @@ pub fn verify_log(path: &Path, expected_key: Option<&[u8]>) -> Result<LogReport,
 /// Checks seq, prev and hash of every line, in order, stopping at the
 /// first broken one.
 pub(crate) fn check_chain(lines: &[LogLine]) -> LogReport {
+    check_chain_of(lines, true)
+}
+
+/// [`check_chain`]; `complete`: whether the file ends with a newline, so
+/// that an unreadable last line is a record cut short.
+fn check_chain_of(lines: &[LogLine], complete: bool) -> LogReport {
     let mut report = LogReport {
         entries: lines.len() as u64,
         ..Default::default()
@@ -235,9 +325,13 @@ pub(crate) fn check_chain(lines: &[LogLine]) -> LogReport {
         let entry = match parsed {
             Ok(e) => e,
             Err(reason) => {
-                report.chain = Some(ChainError::Unreadable {
-                    line: *line,
-                    reason: reason.clone(),
+                report.chain = Some(if !complete && *line == lines.len() {
+                    ChainError::Incomplete { line: *line }
+                } else {
+                    ChainError::Unreadable {
+                        line: *line,
+                        reason: reason.clone(),
+                    }
                 });
                 break;
             }
@@ -265,6 +359,57 @@ pub(crate) fn check_chain(lines: &[LogLine]) -> LogReport {
         .and_then(|(_, e)| e.as_ref().ok())
         .map(|e| e.hash.clone());
     report
+}
+
+/// Checks that every record names the same run, `run_id` when given.
+/// A log where no record names a run is only marked `unbound`.
+pub(crate) fn check_run(report: &mut LogReport, lines: &[LogLine], run_id: Option<&str>) {
+    let entries: Vec<&Entry> = lines.iter().filter_map(|(_, e)| e.as_ref().ok()).collect();
+    let named = |e: &Entry| {
+        e.data
+            .get(crate::writer::RUN_ID_FIELD)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    report.run_id = entries.iter().find_map(|e| named(e));
+    if report.run_id.is_none() {
+        report.unbound = !entries.is_empty();
+        return;
+    }
+    let Some(expected) = run_id.map(str::to_owned).or_else(|| report.run_id.clone()) else {
+        return;
+    };
+    let foreign = entries.iter().find_map(|e| match named(e) {
+        Some(run) if run == expected => None,
+        other => Some((e.seq, other.unwrap_or_else(|| "(none)".into()))),
+    });
+    if let (Some((seq, run)), None) = (foreign, &report.chain) {
+        report.chain = Some(ChainError::ForeignRun { seq, run });
+    }
+}
+
+/// A finished run's log must be signed up to its last record.
+pub(crate) fn require_seal(report: &mut LogReport, lines: &[LogLine], atts: &[Attestation]) {
+    if report.signature.is_some() {
+        return;
+    }
+    let last = lines
+        .iter()
+        .filter_map(|(_, e)| e.as_ref().ok())
+        .map(|e| e.seq)
+        .max()
+        .unwrap_or(0);
+    if last == 0 {
+        return;
+    }
+    if atts.is_empty() {
+        report.signature = Some(SignatureError::Unsealed);
+    } else if report.unsigned_after > 0 {
+        report.signature = Some(SignatureError::UnsignedTail {
+            count: report.unsigned_after,
+            seq: last - report.unsigned_after,
+        });
+    }
 }
 
 pub(crate) fn check_attestations(
@@ -312,6 +457,9 @@ pub(crate) fn check_attestations(
         if let Some(p) = problem {
             report.signature = Some(p);
             break;
+        }
+        if !report.signers.contains(&att.public_key) {
+            report.signers.push(att.public_key.clone());
         }
         signed_up_to = signed_up_to.max(att.seq);
     }

@@ -1,7 +1,7 @@
 //! The background writer of one run's log.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,9 @@ use crate::verify::{Attestation, SigFile};
 use crate::{AuditError, Entry, SigningKey};
 
 type Reply<T> = SyncSender<Result<T, String>>;
+
+/// The field of every entry's data naming its run ([`AuditWriter::open_for_run`]).
+pub const RUN_ID_FIELD: &str = "run_id";
 
 enum Msg {
     Event {
@@ -58,12 +61,46 @@ impl AuditWriter {
     /// continuing its chain if it has entries, and starts the writer with a
     /// queue of `queue` events. Refuses a log whose last line is damaged.
     pub fn open(path: &Path, queue: usize) -> Result<AuditWriter, AuditError> {
+        Self::open_inner(path, None, queue)
+    }
+
+    /// [`AuditWriter::open`] for the log of run `run_id`: every entry it
+    /// writes carries `run_id` in its data, so the log cannot be passed
+    /// off as another run's ([`crate::verify_run_log`] checks it).
+    pub fn open_for_run(
+        path: &Path,
+        run_id: &str,
+        queue: usize,
+    ) -> Result<AuditWriter, AuditError> {
+        Self::open_inner(path, Some(run_id.to_owned()), queue)
+    }
+
+    fn open_inner(
+        path: &Path,
+        run_id: Option<String>,
+        queue: usize,
+    ) -> Result<AuditWriter, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 moat_home::ensure_private_dir(dir)?;
             }
         }
+        let mut torn: u64 = 0;
         let head = match std::fs::read(path) {
+            // A run's writer continues a log whose writer was killed in the
+            // middle of a record (its daemon died): the incomplete record
+            // is cut away, and the cut recorded first thing.
+            Ok(bytes) if run_id.is_some() && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
+                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                torn = (bytes.len() - keep) as u64;
+                let head = last_entry(path, &bytes[..keep])?;
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(keep as u64))
+                    .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
+                head
+            }
             Ok(bytes) => last_entry(path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(AuditError::io("reading", path, e)),
@@ -76,13 +113,38 @@ impl AuditWriter {
             .map_err(|e| AuditError::io("opening", path, e))?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let durable_len = file
+            .metadata()
+            .map_err(|e| AuditError::io("reading the size of", path, e))?
+            .len();
         let state = Thread {
-            out: BufWriter::with_capacity(64 * 1024, file),
+            file,
+            pending: Vec::new(),
+            pending_events: 0,
+            carry: 0,
+            durable_len,
+            durable_head: head.clone(),
             head,
+            lost: 0,
+            lost_reason: None,
             dropped: dropped.clone(),
             path: path.to_path_buf(),
             failed: None,
+            run_id,
         };
+        let mut state = state;
+        if torn > 0 {
+            state.write(
+                crate::now_ts(),
+                "audit",
+                json!({
+                    "action": "truncated",
+                    "bytes": torn,
+                    "reason": "an incomplete record, left when moat stopped while writing, was cut away",
+                }),
+            );
+            state.sync();
+        }
         let thread = std::thread::Builder::new()
             .name("moat-audit".into())
             .spawn(move || state.run(rx))
@@ -200,12 +262,31 @@ fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
     }
 }
 
+/// The writer thread. Each batch is written whole or not at all: a
+/// write cut short (a full disk) is truncated away, its events are counted
+/// as lost, and the count is recorded as an `audit{action:"dropped"}`
+/// entry as soon as writing works again, so the log never holds a torn
+/// record and its chain stays whole.
 struct Thread {
-    out: BufWriter<File>,
+    file: File,
+    /// The batch being built: serialized entries not yet written.
+    pending: Vec<u8>,
+    /// Events in `pending`.
+    pending_events: u64,
+    /// Events counted by a `dropped` entry in `pending`.
+    carry: u64,
+    /// The length of the file and its last entry, as last synced.
+    durable_len: u64,
+    durable_head: Option<Entry>,
+    /// The last entry (in `pending` or written).
     head: Option<Entry>,
+    /// Events lost to failed writes and not yet recorded, and why.
+    lost: u64,
+    lost_reason: Option<String>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
     failed: Option<String>,
+    run_id: Option<String>,
 }
 
 impl Thread {
@@ -219,6 +300,7 @@ impl Thread {
                     Msg::Event { ts, kind, data } => {
                         self.record_drops();
                         self.write(ts, &kind, data);
+                        self.pending_events += 1;
                     }
                     other => pending.push(other),
                 }
@@ -242,46 +324,74 @@ impl Thread {
         self.sync();
     }
 
+    /// Queues an `audit{action:"dropped"}` entry for the events the queue
+    /// or failed writes lost.
     fn record_drops(&mut self) {
-        let n = self.dropped.swap(0, Ordering::Relaxed);
-        if n > 0 {
-            self.write(
-                crate::now_ts(),
-                "audit",
-                json!({"action": "dropped", "count": n}),
-            );
+        let queued = self.dropped.swap(0, Ordering::Relaxed);
+        let lost = std::mem::take(&mut self.lost);
+        let n = queued + lost;
+        if n == 0 {
+            return;
         }
+        let mut data = json!({"action": "dropped", "count": n});
+        if let (Some(reason), Some(map)) = (self.lost_reason.take(), data.as_object_mut()) {
+            map.insert("reason".into(), Value::String(reason));
+        }
+        self.carry += n;
+        self.write(crate::now_ts(), "audit", data);
     }
 
     fn write(&mut self, ts: String, kind: &str, data: Value) {
+        let mut data = crate::entry::as_object(data);
+        if let (Some(run_id), Some(map)) = (&self.run_id, data.as_object_mut()) {
+            map.insert(RUN_ID_FIELD.into(), Value::String(run_id.clone()));
+        }
         let entry = Entry::next(self.head.as_ref(), ts, kind, data);
-        let mut line = match serde_json::to_vec(&entry) {
-            Ok(l) => l,
-            Err(e) => {
-                self.fail(e.to_string());
-                return;
+        match serde_json::to_vec(&entry) {
+            Ok(line) => {
+                self.pending.extend_from_slice(&line);
+                self.pending.push(b'\n');
+                self.head = Some(entry);
             }
-        };
-        line.push(b'\n');
-        match self.out.write_all(&line) {
-            Ok(()) => self.head = Some(entry),
             Err(e) => self.fail(e.to_string()),
         }
     }
 
+    /// Writes and syncs the batch, or truncates it away and counts it lost.
     fn sync(&mut self) {
-        if let Err(e) = self
-            .out
-            .flush()
-            .and_then(|()| self.out.get_ref().sync_data())
-        {
-            self.fail(e.to_string());
+        if self.pending.is_empty() {
+            return;
         }
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.durable_len += self.pending.len() as u64;
+                self.durable_head = self.head.clone();
+                self.failed = None;
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.durable_len);
+                self.head = self.durable_head.clone();
+                self.lost += self.pending_events + self.carry;
+                self.lost_reason = Some(e.to_string());
+                self.fail(e.to_string());
+            }
+        }
+        self.pending.clear();
+        self.pending_events = 0;
+        self.carry = 0;
     }
 
     fn fail(&mut self, reason: String) {
         if self.failed.is_none() {
-            tracing::warn!(path = %self.path.display(), error = %reason, "writing the audit log");
+            tracing::warn!(
+                "cannot write the audit log {}: {reason}. The events lost are counted in the \
+                 log once writing works again",
+                self.path.display()
+            );
             self.failed = Some(reason);
         }
     }

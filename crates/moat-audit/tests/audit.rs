@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moat_audit::{
-    read_attestations, read_log, sig_path, verify_bundle, verify_log, AuditWriter, Bundle,
-    ChainError, Entry, SignatureError, SigningKey,
+    read_attestations, read_log, sig_path, verify_bundle, verify_bundle_pinned, verify_log,
+    verify_run_log, AuditWriter, Bundle, ChainError, Entry, SignatureError, SigningKey,
+    VerifyOptions, RUN_ID_FIELD,
 };
 use serde_json::json;
 
@@ -193,15 +194,18 @@ fn truncation_is_caught_by_the_attestation() {
             last: 3
         })
     );
-    // A torn last line.
+    // A torn last line: cut short, but the seal says it was whole, so
+    // this is not merely a crash while writing.
     let f = sealed(3);
     let bytes = std::fs::read(&f.log).unwrap();
     std::fs::write(&f.log, &bytes[..bytes.len() - 20]).unwrap();
     let report = verify(&f);
-    assert!(
-        matches!(report.chain, Some(ChainError::Unreadable { line: 3, .. })),
+    assert_eq!(
+        report.chain,
+        Some(ChainError::Incomplete { line: 3 }),
         "{report:?}"
     );
+    assert!(!report.incomplete(), "{report:?}");
     // And the writer refuses to append to it.
     let err = AuditWriter::open(&f.log, 4).unwrap_err().to_string();
     assert!(err.contains("damaged at line 3"), "{err}");
@@ -324,4 +328,124 @@ fn missing_log_is_not_found() {
     let tmp = tempfile::tempdir().unwrap();
     let err = verify_log(&tmp.path().join("nope.jsonl"), None).unwrap_err();
     assert!(err.is_not_found());
+}
+
+/// A log of run `run_id` with `n` records, sealed when `key` is given.
+fn run_log(dir: &Path, run_id: &str, n: usize, key: Option<Arc<SigningKey>>) -> PathBuf {
+    let log = dir.join(run_id).join("audit.jsonl");
+    let w = AuditWriter::open_for_run(&log, run_id, 64).unwrap();
+    for i in 0..n {
+        w.append("network", json!({"url": format!("https://x/{i}")}));
+    }
+    w.close(key).unwrap();
+    log
+}
+
+fn opts<'a>(key: &'a SigningKey, run_id: &'a str, finished: bool) -> VerifyOptions<'a> {
+    VerifyOptions {
+        expected_key: Some(key.public_key()),
+        run_id: Some(run_id),
+        finished,
+    }
+}
+
+#[test]
+fn records_name_their_run_and_a_transplanted_log_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::load_or_create(&tmp.path().join("audit")).unwrap());
+    let log = run_log(tmp.path(), "run_aaaaaaaaaaaa", 3, Some(key.clone()));
+    for (_, e) in read_log(&log).unwrap() {
+        assert_eq!(e.unwrap().data[RUN_ID_FIELD], "run_aaaaaaaaaaaa");
+    }
+    let ok = verify_run_log(&log, &opts(&key, "run_aaaaaaaaaaaa", true)).unwrap();
+    assert!(ok.intact(), "{ok:?}");
+    assert_eq!(ok.signers, vec![key.public_key_hex()]);
+    let moved = verify_run_log(&log, &opts(&key, "run_bbbbbbbbbbbb", true)).unwrap();
+    assert_eq!(
+        moved.chain,
+        Some(ChainError::ForeignRun {
+            seq: 1,
+            run: "run_aaaaaaaaaaaa".into()
+        })
+    );
+}
+
+#[test]
+fn a_finished_run_needs_a_seal_over_its_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::load_or_create(&tmp.path().join("audit")).unwrap());
+    let run = "run_cccccccccccc";
+    // Never sealed (the daemon died): fine while running, not once ended.
+    let log = run_log(tmp.path(), run, 2, None);
+    assert!(verify_run_log(&log, &opts(&key, run, false))
+        .unwrap()
+        .intact());
+    let ended = verify_run_log(&log, &opts(&key, run, true)).unwrap();
+    assert_eq!(ended.signature, Some(SignatureError::Unsealed));
+    // Sealed, then a record appended after the end.
+    std::fs::remove_dir_all(tmp.path().join(run)).unwrap();
+    let log = run_log(tmp.path(), run, 2, Some(key.clone()));
+    let w = AuditWriter::open_for_run(&log, run, 8).unwrap();
+    w.append("network", json!({"url": "https://late"}));
+    w.close(None).unwrap();
+    let late = verify_run_log(&log, &opts(&key, run, true)).unwrap();
+    assert_eq!(
+        late.signature,
+        Some(SignatureError::UnsignedTail { count: 1, seq: 2 })
+    );
+}
+
+#[test]
+fn a_record_cut_short_is_incomplete_not_tampered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::load_or_create(&tmp.path().join("audit")).unwrap());
+    let run = "run_dddddddddddd";
+    let log = run_log(tmp.path(), run, 3, None);
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.truncate(bytes.len() - 20);
+    std::fs::write(&log, &bytes).unwrap();
+    let report = verify_run_log(&log, &opts(&key, run, true)).unwrap();
+    assert_eq!(report.chain, Some(ChainError::Incomplete { line: 3 }));
+    assert!(report.incomplete(), "{report:?}");
+    // The same damage with a newline after it is not a crash.
+    bytes.push(b'\n');
+    std::fs::write(&log, &bytes).unwrap();
+    let report = verify_run_log(&log, &opts(&key, run, true)).unwrap();
+    assert!(matches!(
+        report.chain,
+        Some(ChainError::Unreadable { line: 3, .. })
+    ));
+    assert!(!report.incomplete());
+}
+
+#[test]
+fn a_pinned_bundle_refuses_another_signer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::load_or_create(&tmp.path().join("audit")).unwrap());
+    let other = SigningKey::load_or_create(&tmp.path().join("other")).unwrap();
+    let log = run_log(tmp.path(), "run_eeeeeeeeeeee", 2, Some(key.clone()));
+    let entries: Vec<Entry> = read_log(&log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.unwrap())
+        .collect();
+    let bundle = Bundle::new(entries.clone(), read_attestations(&log).unwrap());
+    assert!(verify_bundle_pinned(&bundle, Some(key.public_key())).intact());
+    let resigned = Bundle::new(
+        entries.clone(),
+        vec![moat_audit::Attestation::sign(
+            entries.last().unwrap(),
+            &other,
+        )],
+    );
+    assert!(verify_bundle(&resigned).intact());
+    assert!(matches!(
+        verify_bundle_pinned(&resigned, Some(key.public_key())).signature,
+        Some(SignatureError::UnknownKey { .. })
+    ));
+    let unsigned = Bundle::new(entries, Vec::new());
+    assert_eq!(
+        verify_bundle(&unsigned).signature,
+        Some(SignatureError::Unsealed)
+    );
 }

@@ -1,24 +1,64 @@
 use std::path::PathBuf;
 
-/// Why a stored credential could not be decrypted.
+/// Why a stored credential could not be decrypted: as precisely as the
+/// file's format can tell (files written by this version carry a check
+/// value of their key, so a wrong key is told apart from damage).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecryptError {
     /// The file is shorter than a header, a nonce and a tag.
-    #[error("file is truncated ({0} bytes)")]
+    #[error("corrupted file: truncated ({0} bytes)")]
     Truncated(usize),
     /// The file does not start with moat's header.
-    #[error("not a moat credential file")]
+    #[error("corrupted file: not a moat credential file")]
     Foreign,
     /// The file was written by a newer moat.
-    #[error("unsupported credential format version {0}")]
+    #[error("unsupported credential format version {0} (written by a newer moat)")]
     UnsupportedVersion(u8),
-    /// Authentication failed: wrong key, tampered bytes, or a file that
-    /// belongs to another provider.
-    #[error("cipher: message authentication failed")]
+    /// The file was encrypted with another key than the one in use.
+    #[error("wrong key: the file was encrypted with a different key than the one in use")]
+    WrongKey,
+    /// The key is right but the contents fail authentication: the file
+    /// was damaged or altered.
+    #[error("corrupted file: it was written with this key but its contents were altered")]
+    Corrupted,
+    /// The file decrypts as another provider's credential: it was copied
+    /// or renamed.
+    #[error("the file belongs to another provider ({0}): it was copied or renamed")]
+    OtherProvider(String),
+    /// Authentication failed on a file from an older moat, whose format
+    /// cannot tell a wrong key from a corrupted file.
+    #[error(
+        "wrong key or corrupted file (a file from an older moat, whose format cannot tell which): \
+         cipher: message authentication failed"
+    )]
     Authentication,
     /// It decrypted, but the content is not a credential.
-    #[error("decrypted content is not a credential: {0}")]
+    #[error("corrupted file: the decrypted content is not a credential: {0}")]
     Malformed(String),
+}
+
+impl DecryptError {
+    /// What the user can do about it, before the `moat grant` fallback.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            DecryptError::WrongKey => {
+                "Restore the key it was written with (MOAT_HOME/key, or the OS keychain entry), \
+                 or replace the credential."
+            }
+            DecryptError::Authentication => {
+                "If the key was replaced, restore the original (MOAT_HOME/key, or the OS keychain \
+                 entry); otherwise replace the credential."
+            }
+            DecryptError::OtherProvider(_) => {
+                "Move the file back to its provider's name, or replace the credential."
+            }
+            DecryptError::UnsupportedVersion(_) => "Upgrade moat, or replace the credential.",
+            DecryptError::Truncated(_)
+            | DecryptError::Foreign
+            | DecryptError::Corrupted
+            | DecryptError::Malformed(_) => "The file cannot be repaired; replace the credential.",
+        }
+    }
 }
 
 /// Everything that can go wrong in the credential store.
@@ -38,9 +78,9 @@ pub enum CredentialError {
     /// The stored file exists but cannot be decrypted.
     #[error(
         "decrypting credential for {provider}: {source}\n\
-         This may indicate the encryption key has changed.\n\
-         If you recently upgraded moat, your credentials may have been encrypted with the old key.\n\
-         To re-authenticate: moat grant {grant_command}"
+         {advice}\n\
+         To re-authenticate: moat grant {grant_command}",
+        advice = source.advice()
     )]
     Decrypt {
         /// The provider whose file failed.
@@ -50,6 +90,27 @@ pub enum CredentialError {
         /// The reason.
         #[source]
         source: DecryptError,
+    },
+
+    /// The key is gone while credentials encrypted with it remain: moat
+    /// refuses to create a new one, which could never read them.
+    #[error(
+        "the encryption key is missing: {path} does not exist{keychain}, but {count} \
+         credential file(s) encrypted with it remain under {dir}.\n\
+         moat will not create a new key, which could not read them.\n\
+         To fix: restore the key from a backup to {path} (32 bytes, mode 0600), \
+         or, to start over, delete the credentials (rm -r {dir}) and grant them again.",
+        keychain = if *keychain { " (nor is one in the OS keychain, where reachable)" } else { "" }
+    )]
+    KeyMissing {
+        /// The key file.
+        path: PathBuf,
+        /// The credentials directory.
+        dir: PathBuf,
+        /// How many credential files it holds.
+        count: usize,
+        /// Whether the OS keychain was looked in too.
+        keychain: bool,
     },
 
     /// The key file is readable by others; it is not used.

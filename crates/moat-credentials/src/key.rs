@@ -70,18 +70,24 @@ impl EncryptionKey {
     /// the file; otherwise the OS keychain when one is reachable; otherwise
     /// a new key file. Creation happens under `MOAT_HOME/key.lock`, so two
     /// concurrent first grants agree on one key. Never prompts.
+    ///
+    /// A key is only ever created while no credential file exists: when
+    /// the key is gone but credentials remain, this is
+    /// [`CredentialError::KeyMissing`], naming the key file to restore. A
+    /// new key could never read them.
     pub fn load_or_create(home: &MoatHome) -> Result<Self, CredentialError> {
         let force_file = std::env::var("MOAT_KEYRING_BACKEND")
             .map(|v| v.eq_ignore_ascii_case("file"))
             .unwrap_or(false);
         let key_file = home.key_file();
         if force_file || key_file.exists() {
-            return Self::load_or_create_file(home);
+            return Self::load_or_create_file(home, false);
         }
-        if let Some(key) = keychain::load_or_create()? {
+        let may_create = || refuse_if_credentials_exist(home, true);
+        if let Some(key) = keychain::load_or_create(&may_create)? {
             return Ok(key);
         }
-        Self::load_or_create_file(home)
+        Self::load_or_create_file(home, true)
     }
 
     /// Loads the key from the file only, if it exists; never creates one.
@@ -90,7 +96,9 @@ impl EncryptionKey {
         read_key_file(&home.key_file())
     }
 
-    fn load_or_create_file(home: &MoatHome) -> Result<Self, CredentialError> {
+    /// `keychain`: whether the OS keychain was looked in first (for the
+    /// message when the key is missing).
+    fn load_or_create_file(home: &MoatHome, keychain: bool) -> Result<Self, CredentialError> {
         let path = home.key_file();
         if let Some(key) = read_key_file(&path)? {
             return Ok(key);
@@ -100,6 +108,7 @@ impl EncryptionKey {
         if let Some(key) = read_key_file(&path)? {
             return Ok(key);
         }
+        refuse_if_credentials_exist(home, keychain)?;
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         rand::rngs::OsRng.fill_bytes(bytes.as_mut());
         write_private_atomic(&path, bytes.as_ref())?;
@@ -108,6 +117,39 @@ impl EncryptionKey {
             bytes,
             backend: KeyBackend::File,
         })
+    }
+}
+
+/// Fails with [`CredentialError::KeyMissing`] when any credential file
+/// (`*.enc`, any profile) exists: they were encrypted with a key that is
+/// gone, and a new key would hide that until they fail to decrypt.
+fn refuse_if_credentials_exist(home: &MoatHome, keychain: bool) -> Result<(), CredentialError> {
+    fn count(dir: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => count(&e.path()),
+                    Ok(t) if t.is_file() && name.ends_with(".enc") && !name.starts_with('.') => 1,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+    let dir = home.credentials_dir(None);
+    match count(&dir) {
+        0 => Ok(()),
+        count => Err(CredentialError::KeyMissing {
+            path: home.key_file(),
+            dir,
+            count,
+            keychain,
+        }),
     }
 }
 
@@ -163,9 +205,12 @@ fn keyring_service() -> String {
 mod keychain {
     use super::*;
 
-    /// The keychain's key, created there if absent. `Ok(None)` when no
-    /// keychain is reachable, so the caller falls back to the key file.
-    pub(super) fn load_or_create() -> Result<Option<EncryptionKey>, CredentialError> {
+    /// The keychain's key, created there if absent and `may_create`
+    /// agrees. `Ok(None)` when no keychain is reachable, so the caller
+    /// falls back to the key file.
+    pub(super) fn load_or_create(
+        may_create: &dyn Fn() -> Result<(), CredentialError>,
+    ) -> Result<Option<EncryptionKey>, CredentialError> {
         if !reachable() {
             return Ok(None);
         }
@@ -189,6 +234,7 @@ mod keychain {
                 }
             }
             Err(keyring::Error::NoEntry) => {
+                may_create()?;
                 let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
                 rand::rngs::OsRng.fill_bytes(bytes.as_mut());
                 match entry.set_password(&encode_key(&bytes)) {
@@ -226,7 +272,9 @@ mod keychain {
 mod keychain {
     use super::*;
 
-    pub(super) fn load_or_create() -> Result<Option<EncryptionKey>, CredentialError> {
+    pub(super) fn load_or_create(
+        _may_create: &dyn Fn() -> Result<(), CredentialError>,
+    ) -> Result<Option<EncryptionKey>, CredentialError> {
         Ok(None)
     }
 }
@@ -248,8 +296,8 @@ mod tests {
     fn file_key_is_created_once_with_mode_0600() {
         let tmp = tempfile::tempdir().unwrap();
         let home = MoatHome::at(tmp.path());
-        let a = EncryptionKey::load_or_create_file(&home).unwrap();
-        let b = EncryptionKey::load_or_create_file(&home).unwrap();
+        let a = EncryptionKey::load_or_create_file(&home, false).unwrap();
+        let b = EncryptionKey::load_or_create_file(&home, false).unwrap();
         assert_eq!(a.bytes(), b.bytes());
         assert_eq!(mode_of(&home.key_file()).unwrap(), 0o600);
     }
@@ -258,9 +306,9 @@ mod tests {
     fn insecure_key_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let home = MoatHome::at(tmp.path());
-        EncryptionKey::load_or_create_file(&home).unwrap();
+        EncryptionKey::load_or_create_file(&home, false).unwrap();
         std::fs::set_permissions(home.key_file(), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = EncryptionKey::load_or_create_file(&home).unwrap_err();
+        let err = EncryptionKey::load_or_create_file(&home, false).unwrap_err();
         assert!(err
             .to_string()
             .contains("has permissions 0644 (expected 0600)"));
@@ -271,7 +319,32 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let home = MoatHome::at(tmp.path());
         write_private_atomic(&home.key_file(), b"short").unwrap();
-        let err = EncryptionKey::load_or_create_file(&home).unwrap_err();
+        let err = EncryptionKey::load_or_create_file(&home, false).unwrap_err();
         assert!(matches!(err, CredentialError::KeyFileLength { len: 5, .. }));
+    }
+
+    #[test]
+    fn no_key_is_created_while_credentials_exist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MoatHome::at(tmp.path());
+        let profile_dir = home.credentials_dir(None).join("profiles/work");
+        std::fs::create_dir_all(&profile_dir).unwrap();
+        std::fs::write(profile_dir.join("github.enc"), b"MOAT").unwrap();
+        let err = EncryptionKey::load_or_create_file(&home, false).unwrap_err();
+        assert!(
+            matches!(err, CredentialError::KeyMissing { count: 1, .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&home.key_file().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("restore the key"), "{text}");
+        assert!(!home.key_file().exists());
+        // Once the credentials are gone, a key is created as usual.
+        std::fs::remove_dir_all(home.credentials_dir(None)).unwrap();
+        EncryptionKey::load_or_create_file(&home, false).unwrap();
+        assert!(home.key_file().exists());
     }
 }

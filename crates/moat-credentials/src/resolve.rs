@@ -135,7 +135,9 @@ pub fn resolve_grants(
             }
             Err(CredentialError::Decrypt { source, .. }) => {
                 let reason = match source {
-                    DecryptError::Authentication => MissingReason::KeyChanged,
+                    DecryptError::Authentication | DecryptError::WrongKey => {
+                        MissingReason::KeyChanged
+                    }
                     other => MissingReason::Unreadable(other),
                 };
                 missing.push(MissingGrant {

@@ -93,16 +93,24 @@ pub struct StoredEntry {
 }
 
 const MAGIC: &[u8; 4] = b"MOAT";
-const VERSION: u8 = 1;
+/// Version 1: `MAGIC ‖ 1 ‖ nonce ‖ ciphertext`; still read.
+const VERSION_1: u8 = 1;
+/// Version 2 adds a check value of the key, so a wrong key is told apart
+/// from a damaged file: `MAGIC ‖ 2 ‖ key check ‖ nonce ‖ ciphertext`.
+const VERSION: u8 = 2;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const HEADER_LEN: usize = MAGIC.len() + 1 + NONCE_LEN;
+const KEY_CHECK_LEN: usize = 8;
 
 /// The encrypted credential store of one profile.
 ///
-/// Files are `MAGIC ‖ version ‖ nonce ‖ AES-256-GCM(JSON)`, with the file
-/// stem as associated data: a file copied to another provider's name fails
-/// authentication instead of injecting the wrong secret. The key is loaded
+/// Files are `MAGIC ‖ version ‖ key check ‖ nonce ‖ AES-256-GCM(JSON)`,
+/// with the file stem as associated data: a file copied to another
+/// provider's name fails authentication instead of injecting the wrong
+/// secret. The key check (8 bytes of a GMAC of a constant under the key)
+/// tells "wrong key" from "corrupted file"; a file that fails is tried
+/// under its neighbours' and the built-in providers' names to tell "file
+/// belongs to another provider". The key is loaded
 /// lazily, so `remove` works even when the key is lost.
 #[derive(Debug)]
 pub struct CredentialStore {
@@ -171,11 +179,12 @@ impl CredentialStore {
             return Err(self.not_found(provider));
         };
         let key = self.key()?;
-        open(key, provider, &bytes).map_err(|source| CredentialError::Decrypt {
-            provider: provider.to_string(),
-            grant_command: grant_command_for(provider),
-            source,
-        })
+        self.open(key, provider, &bytes)
+            .map_err(|source| CredentialError::Decrypt {
+                provider: provider.to_string(),
+                grant_command: grant_command_for(provider),
+                source,
+            })
     }
 
     /// Deletes `provider`'s credential. Needs no key.
@@ -231,7 +240,7 @@ impl CredentialStore {
         let mut out = Vec::with_capacity(stems.len());
         for provider in stems {
             let credential = match read_if_exists(&self.path(&provider))? {
-                Some(bytes) => open(key, &provider, &bytes),
+                Some(bytes) => self.open(key, &provider, &bytes),
                 None => continue,
             };
             out.push(StoredEntry {
@@ -240,6 +249,42 @@ impl CredentialStore {
             });
         }
         Ok(out)
+    }
+
+    /// Decrypts `bytes` as `provider`'s file; when authentication fails
+    /// under the right key, tries the names of the other files here and
+    /// of the built-in providers, to report a copied or renamed file.
+    fn open(
+        &self,
+        key: &EncryptionKey,
+        provider: &str,
+        bytes: &[u8],
+    ) -> Result<Credential, DecryptError> {
+        let original = match open(key, provider, bytes) {
+            Err(e @ (DecryptError::Corrupted | DecryptError::Authentication)) => e,
+            other => return other,
+        };
+        let mut names: Vec<String> = crate::ProviderRegistry::default()
+            .all()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(self.dir()) {
+            names.extend(entries.flatten().filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".enc"))
+                    .map(str::to_string)
+            }));
+        }
+        names.sort();
+        names.dedup();
+        for name in names.iter().filter(|n| n.as_str() != provider) {
+            if open(key, name, bytes).is_ok() {
+                return Err(DecryptError::OtherProvider(name.clone()));
+            }
+        }
+        Err(original)
     }
 
     fn not_found(&self, provider: &str) -> CredentialError {
@@ -272,6 +317,25 @@ fn aad(provider: &str) -> Vec<u8> {
     format!("moat-credential:v1:{provider}").into_bytes()
 }
 
+/// A check value of `key`: 8 bytes of the AES-GCM tag of an empty
+/// message under a fixed nonce and label. It reveals nothing usable about
+/// the key and tells whether a file was written with it.
+fn key_check(key: &EncryptionKey) -> Result<[u8; KEY_CHECK_LEN], CredentialError> {
+    let cipher = Aes256Gcm::new(key.bytes().into());
+    let tag = cipher
+        .encrypt(
+            Nonce::from_slice(&[0u8; NONCE_LEN]),
+            Payload {
+                msg: b"",
+                aad: b"moat-key-check:v1",
+            },
+        )
+        .map_err(|_| CredentialError::Encode("AES-GCM key check failed".into()))?;
+    let mut out = [0u8; KEY_CHECK_LEN];
+    out.copy_from_slice(&tag[..KEY_CHECK_LEN]);
+    Ok(out)
+}
+
 fn seal(key: &EncryptionKey, provider: &str, plaintext: &[u8]) -> Result<Vec<u8>, CredentialError> {
     let cipher = Aes256Gcm::new(key.bytes().into());
     let mut nonce = [0u8; NONCE_LEN];
@@ -285,9 +349,12 @@ fn seal(key: &EncryptionKey, provider: &str, plaintext: &[u8]) -> Result<Vec<u8>
             },
         )
         .map_err(|_| CredentialError::Encode("AES-GCM encryption failed".into()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    let check = key_check(key)?;
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + 1 + KEY_CHECK_LEN + NONCE_LEN + ciphertext.len());
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
+    out.extend_from_slice(&check);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ciphertext);
     Ok(out)
@@ -295,41 +362,55 @@ fn seal(key: &EncryptionKey, provider: &str, plaintext: &[u8]) -> Result<Vec<u8>
 
 fn open(key: &EncryptionKey, provider: &str, bytes: &[u8]) -> Result<Credential, DecryptError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(
-            if bytes.len() < HEADER_LEN + TAG_LEN && MAGIC.starts_with(bytes) {
-                DecryptError::Truncated(bytes.len())
-            } else {
-                DecryptError::Foreign
-            },
-        );
+        return Err(if MAGIC.starts_with(bytes) {
+            DecryptError::Truncated(bytes.len())
+        } else {
+            DecryptError::Foreign
+        });
     }
-    if bytes.len() < HEADER_LEN + TAG_LEN {
+    let Some(&version) = bytes.get(MAGIC.len()) else {
+        return Err(DecryptError::Truncated(bytes.len()));
+    };
+    let check_len = match version {
+        VERSION_1 => 0,
+        VERSION => KEY_CHECK_LEN,
+        other => return Err(DecryptError::UnsupportedVersion(other)),
+    };
+    let header_len = MAGIC.len() + 1 + check_len + NONCE_LEN;
+    if bytes.len() < header_len + TAG_LEN {
         return Err(DecryptError::Truncated(bytes.len()));
     }
-    let version = bytes[MAGIC.len()];
-    if version != VERSION {
-        return Err(DecryptError::UnsupportedVersion(version));
+    let check = &bytes[MAGIC.len() + 1..MAGIC.len() + 1 + check_len];
+    let key_matches = match key_check(key) {
+        Ok(expected) => version == VERSION && check == expected.as_slice(),
+        Err(_) => false,
+    };
+    if version == VERSION && !key_matches {
+        return Err(DecryptError::WrongKey);
     }
-    let nonce = &bytes[MAGIC.len() + 1..HEADER_LEN];
+    let nonce = &bytes[header_len - NONCE_LEN..header_len];
     let cipher = Aes256Gcm::new(key.bytes().into());
     let plaintext = Zeroizing::new(
         cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {
-                    msg: &bytes[HEADER_LEN..],
+                    msg: &bytes[header_len..],
                     aad: &aad(provider),
                 },
             )
-            .map_err(|_| DecryptError::Authentication)?,
+            .map_err(|_| {
+                if key_matches {
+                    DecryptError::Corrupted
+                } else {
+                    DecryptError::Authentication
+                }
+            })?,
     );
     let credential: Credential =
         serde_json::from_slice(&plaintext).map_err(|e| DecryptError::Malformed(e.to_string()))?;
     if credential.provider != provider {
-        return Err(DecryptError::Malformed(format!(
-            "file belongs to {:?}",
-            credential.provider
-        )));
+        return Err(DecryptError::OtherProvider(credential.provider));
     }
     Ok(credential)
 }
@@ -373,10 +454,14 @@ mod tests {
             .unwrap();
         let err = store(tmp.path(), 2).load("github").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with(
-            "decrypting credential for github: cipher: message authentication failed\n\
-             This may indicate the encryption key has changed."
-        ));
+        assert!(
+            text.starts_with("decrypting credential for github: wrong key: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("Restore the key it was written with"),
+            "{text}"
+        );
         assert!(text.ends_with("To re-authenticate: moat grant github"));
     }
 
@@ -391,13 +476,57 @@ mod tests {
         ))
         .unwrap();
         std::fs::copy(s.path("github"), s.path("openai")).unwrap();
-        assert!(matches!(
-            s.load("openai"),
+        match s.load("openai") {
             Err(CredentialError::Decrypt {
-                source: DecryptError::Authentication,
+                source: DecryptError::OtherProvider(p),
+                ..
+            }) => assert_eq!(p, "github"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn damage_under_the_right_key_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1);
+        let path = s
+            .save(&Credential::new(
+                "github",
+                Secret::new("x"),
+                CredentialSource::Env,
+            ))
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            s.load("github"),
+            Err(CredentialError::Decrypt {
+                source: DecryptError::Corrupted,
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn version_1_files_are_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path(), 1);
+        let c = Credential::new("github", Secret::new("ghp_old"), CredentialSource::Env);
+        let v2 = seal(s.key().unwrap(), "github", &serde_json::to_vec(&c).unwrap()).unwrap();
+        // The same file as moat wrote it before the key check.
+        let mut v1 = b"MOAT\x01".to_vec();
+        v1.extend_from_slice(&v2[5 + KEY_CHECK_LEN..]);
+        std::fs::create_dir_all(s.dir()).unwrap();
+        std::fs::write(s.path("github"), &v1).unwrap();
+        assert_eq!(s.load("github").unwrap().secret.expose(), "ghp_old");
+        // Its format cannot tell a wrong key from damage, and says so.
+        let err = store(tmp.path(), 2).load("github").unwrap_err();
+        assert!(
+            err.to_string().contains("wrong key or corrupted file"),
+            "{err}"
+        );
     }
 
     #[test]

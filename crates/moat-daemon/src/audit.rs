@@ -49,7 +49,7 @@ impl Audits {
         };
         let writer = match self.writer(&run.run_id) {
             Some(w) => w,
-            None => match AuditWriter::open(path, QUEUE) {
+            None => match AuditWriter::open_for_run(path, &run.run_id, QUEUE) {
                 Ok(w) => {
                     let w = Arc::new(w);
                     if let Ok(mut map) = self.writers.write() {

@@ -8,7 +8,7 @@ use moat_home::{ensure_private_dir, FileLock, MoatHome};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::lockfile::{pid_alive, read_info, DaemonInfo, DaemonPaths};
+use crate::lockfile::{daemon_running, read_info, DaemonInfo, DaemonPaths};
 use crate::protocol::{self, Request, Response, RunSpec, API_VERSION};
 
 /// How long the CLI waits for a spawned daemon to become healthy.
@@ -18,17 +18,20 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(5);
 /// of the product: the troubleshooting guide lists them with their fixes.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The socket exists (or the lock names a live pid) but connecting or
-    /// talking failed.
+    /// A daemon holds this MOAT_HOME (its instance lock) but connecting
+    /// or talking to it failed. (A daemon that died leaves nothing in the
+    /// way: its state is cleaned up by the next client.)
     #[error(
         "connecting to daemon: {cause}\n\
-         The daemon may have crashed. Remove its stale state and retry:\n  \
-         rm -f {lock} {socket}\n\
+         A moat daemon (pid {pid} in {lock}) holds this MOAT_HOME but does not answer: it may be hung.\n\
+         Stop it and retry: kill {pid}\n\
          If that does not help, check whether another process uses {socket}."
     )]
     Connect {
         /// What failed.
         cause: String,
+        /// The daemon's pid, from its lock file.
+        pid: u32,
         /// Lock file path.
         lock: String,
         /// Socket path.
@@ -129,7 +132,8 @@ impl DaemonClient {
         let Some(info) = read_info(&paths.lock)? else {
             return Ok(None);
         };
-        if !pid_alive(info.pid) {
+        // The pid in the lock may belong to an unrelated process by now.
+        if !daemon_running(&paths) {
             return Ok(None);
         }
         let client = DaemonClient { paths, info };
@@ -164,7 +168,7 @@ impl DaemonClient {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(info) = read_info(&paths.lock)? {
-                if pid_alive(info.pid) {
+                if daemon_running(&paths) {
                     let client = DaemonClient {
                         paths: paths.clone(),
                         info,
@@ -200,6 +204,7 @@ impl DaemonClient {
     pub async fn request(&self, request: &Request) -> Result<Response, ClientError> {
         let connect_err = |cause: String| ClientError::Connect {
             cause,
+            pid: self.info.pid,
             lock: self.paths.lock.display().to_string(),
             socket: self.paths.control_socket.display().to_string(),
         };
@@ -316,7 +321,7 @@ impl DaemonClient {
     pub async fn stop(&self) -> Result<(), ClientError> {
         let _ = self.request(&Request::Stop).await?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pid_alive(self.info.pid) && Instant::now() < deadline {
+        while daemon_running(&self.paths) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
@@ -338,10 +343,8 @@ pub struct Registration {
 
 /// Removes a lock naming a dead process and sockets nobody serves.
 fn cleanup_stale(paths: &DaemonPaths) {
-    if let Ok(Some(info)) = read_info(&paths.lock) {
-        if pid_alive(info.pid) {
-            return;
-        }
+    if daemon_running(paths) {
+        return;
     }
     for path in [&paths.lock, &paths.control_socket, &paths.proxy_socket] {
         let _ = std::fs::remove_file(path);

@@ -134,6 +134,11 @@ pub struct RunSpec {
     /// the policy: the user asked for exactly these.
     #[serde(default)]
     pub host_ports: Vec<u16>,
+    /// The token to keep: set when a run registers again with a new
+    /// daemon after its daemon died, so its sandbox's proxy URL stays
+    /// valid. `None`: the daemon makes a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretString>,
 }
 
 /// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
@@ -338,6 +343,7 @@ mod tests {
                     grant: "github".into(),
                 }],
                 mcp: vec![],
+                token: None,
                 trace_path: None,
                 audit_path: None,
                 ssh_hosts: vec![],

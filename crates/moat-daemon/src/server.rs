@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::audit::Audits;
-use crate::lockfile::{pid_alive, write_info, DaemonInfo, DaemonPaths};
+use crate::lockfile::{process_alive, process_start_time, write_info, DaemonInfo, DaemonPaths};
 use crate::protocol::{self, Request, Response, RunSpec, RunSummary, API_VERSION};
 
 /// How the daemon runs.
@@ -95,7 +95,9 @@ pub enum DaemonError {
 
 struct RunEntry {
     spec_summary: RunSummary,
-    supervisor_pid: Option<u32>,
+    /// The supervisor's pid and its start time, read when it registered:
+    /// a reused pid is not taken for the supervisor.
+    supervisor: Option<(u32, Option<u64>)>,
 }
 
 struct State {
@@ -117,11 +119,20 @@ struct State {
 pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     let paths = DaemonPaths::new(&config.home);
     ensure_private_dir(&paths.dir)?;
-    let instance_lock = paths.dir.join("daemon.instance.lock");
-    let Some(_instance) = FileLock::try_acquire(&instance_lock)? else {
-        return Err(DaemonError::AlreadyRunning(
-            config.home.root().display().to_string(),
-        ));
+    // A CLI probing whether a daemon runs holds the lock for a moment:
+    // retry briefly before concluding another daemon has it.
+    let mut attempts = 0;
+    let _instance = loop {
+        if let Some(lock) = FileLock::try_acquire(&paths.instance_lock)? {
+            break lock;
+        }
+        attempts += 1;
+        if attempts >= 20 {
+            return Err(DaemonError::AlreadyRunning(
+                config.home.root().display().to_string(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     };
 
     let ca = moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir)
@@ -148,6 +159,9 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
             source: e,
         })?
         .port();
+    if let Some(sock_dir) = paths.proxy_socket.parent() {
+        ensure_private_dir(sock_dir)?;
+    }
     let proxy_unix = bind_private_unix(&paths.proxy_socket)?;
     let control = bind_private_unix(&paths.control_socket)?;
 
@@ -262,7 +276,10 @@ fn housekeeping(state: &Arc<Mutex<State>>, idle_timeout: Duration) -> bool {
     let dead: Vec<String> = s
         .runs
         .iter()
-        .filter(|(_, r)| r.supervisor_pid.is_some_and(|pid| !pid_alive(pid)))
+        .filter(|(_, r)| {
+            r.supervisor
+                .is_some_and(|(pid, start)| !process_alive(pid, start))
+        })
         .map(|(id, _)| id.clone())
         .collect();
     for id in dead {
@@ -417,7 +434,14 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         tracing::info!(%ip, port = s.info.port, "proxy also listening for containers");
         s.extra_listeners.insert(ip);
     }
-    let token = s.proxy.register(registration);
+    let token = match &run.token {
+        Some(kept) => {
+            let kept = moat_proxy::RunToken::from_existing(kept.expose())
+                .ok_or("the token to keep is not a moat run token")?;
+            s.proxy.register_with_token(registration, kept)
+        }
+        None => s.proxy.register(registration),
+    };
     let mut grants: Vec<String> = run.injections.iter().map(|i| i.grant.clone()).collect();
     grants.sort();
     grants.dedup();
@@ -430,7 +454,7 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
                 grants,
                 registered_at: Utc::now(),
             },
-            supervisor_pid: run.supervisor_pid,
+            supervisor: run.supervisor_pid.map(|pid| (pid, process_start_time(pid))),
         },
     );
     s.idle_since = None;

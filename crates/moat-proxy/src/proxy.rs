@@ -101,6 +101,13 @@ impl Proxy {
     /// would report are logged instead: a trace file that cannot be opened
     /// disables the trace, an invalid MCP route is skipped.
     pub fn register(&self, registration: RunRegistration) -> RunToken {
+        self.register_with_token(registration, RunToken::generate())
+    }
+
+    /// [`Proxy::register`] with a token given by the caller: a run
+    /// registered again after its daemon was replaced keeps the token its
+    /// sandbox already uses.
+    pub fn register_with_token(&self, registration: RunRegistration, token: RunToken) -> RunToken {
         if self.unregister(&registration.run_id) {
             tracing::warn!(run = %registration.run_id, "run registered again; the old token is revoked");
         }
@@ -109,7 +116,6 @@ impl Proxy {
                 .map_err(|e| tracing::warn!(run = %registration.run_id, error = %e.detail(), "trace disabled"))
                 .ok()
         });
-        let token = RunToken::generate();
         let run_id = registration.run_id.clone();
         match build_run(registration, &token, trace, &self.inner.shutdown, false)
             .and_then(|run| self.inner.registry.insert(self.observed(run)))

@@ -71,6 +71,17 @@ impl RunToken {
         RunToken(Zeroizing::new(hex::encode(bytes.as_ref())))
     }
 
+    /// A token handed out earlier (by a daemon that has since stopped), to
+    /// register the same run again with it: the sandbox keeps its proxy
+    /// URL. `None` unless it is 64 lowercase hex characters.
+    pub fn from_existing(token: &str) -> Option<Self> {
+        let valid = token.len() == 64
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        valid.then(|| RunToken(Zeroizing::new(token.to_owned())))
+    }
+
     /// The 64-character hex token, for the sandbox's proxy URL. Callers must
     /// not log it.
     pub fn expose(&self) -> &str {

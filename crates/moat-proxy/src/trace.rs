@@ -2,7 +2,7 @@
 //! background thread so a slow disk never slows a request.
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -72,7 +72,9 @@ enum Msg {
 /// The writing end of one run's trace file.
 pub(crate) struct TraceSink {
     tx: SyncSender<Msg>,
-    dropped: AtomicU64,
+    /// Lines dropped because the queue was full; the writer records the
+    /// count in the trace.
+    dropped: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -98,15 +100,17 @@ impl TraceSink {
             })?;
         let (tx, rx) = mpsc::sync_channel(queue.max(1));
         let display = path.display().to_string();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queue_dropped = dropped.clone();
         std::thread::Builder::new()
             .name("moat-trace".into())
-            .spawn(move || writer(BufWriter::with_capacity(64 * 1024, file), rx, display))
+            .spawn(move || writer(file, rx, display, &queue_dropped))
             .map_err(|e| {
                 ProxyError::new(ErrorKind::Io, "starting the trace writer").with_source(e)
             })?;
         Ok(TraceSink {
             tx,
-            dropped: AtomicU64::new(0),
+            dropped,
             path: path.to_path_buf(),
         })
     }
@@ -131,32 +135,77 @@ impl TraceSink {
     }
 }
 
-fn writer(mut out: BufWriter<std::fs::File>, rx: Receiver<Msg>, path: String) {
-    let mut failed = false;
-    let mut write = |out: &mut BufWriter<std::fs::File>, line: &str| {
-        if let Err(e) = out
-            .write_all(line.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-        {
-            if !failed {
-                tracing::warn!(path, error = %e, "writing a trace line");
-                failed = true;
+/// Writes each batch of lines whole or not at all: a write cut short (a
+/// full disk) is truncated away, so the file never holds a torn line. The
+/// lines lost are counted, reported once, and recorded as a
+/// `{"ts", "dropped", "reason"}` line as soon as writing works again.
+fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_dropped: &AtomicU64) {
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut lost: u64 = 0;
+    let mut reason = String::new();
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut write_batch = |file: &mut std::fs::File, batch: &mut Vec<u8>, lines: u64| {
+        let queued = queue_dropped.swap(0, Ordering::Relaxed);
+        if queued > 0 {
+            lost += queued;
+            if reason.is_empty() {
+                reason = "the trace queue was full".into();
+            }
+        }
+        if batch.is_empty() && lost == 0 {
+            return;
+        }
+        let mut out = Vec::new();
+        if lost > 0 {
+            let marker = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "dropped": lost,
+                "reason": reason,
+            });
+            out.extend_from_slice(marker.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        out.append(batch);
+        match file.write_all(&out) {
+            Ok(()) => {
+                len += out.len() as u64;
+                lost = 0;
+                reason.clear();
+            }
+            Err(e) => {
+                let _ = file.set_len(len);
+                if lost == 0 {
+                    tracing::warn!(
+                        "cannot write the request trace {path}: {e}. Requests go on; the \
+                         records lost are counted in the trace once writing works again"
+                    );
+                }
+                lost += lines;
+                reason = e.to_string();
             }
         }
     };
-    // Lines are written as they come and flushed whenever the queue runs
+    // Lines are written as they come, a batch whenever the queue runs
     // empty, so the file lags the requests by milliseconds at most.
     while let Ok(msg) = rx.recv() {
         let mut next = Some(msg);
+        let mut lines = 0;
         while let Some(msg) = next {
             if let Msg::Line(line) = msg {
-                write(&mut out, &line);
+                batch.extend_from_slice(line.as_bytes());
+                batch.push(b'\n');
+                lines += 1;
+            }
+            if batch.len() >= 64 * 1024 {
+                write_batch(&mut file, &mut batch, lines);
+                lines = 0;
             }
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
+        write_batch(&mut file, &mut batch, lines);
     }
-    let _ = out.flush();
+    // Lines the full queue dropped at the very end are counted too.
+    write_batch(&mut file, &mut batch, 0);
 }
 
 /// Replaces every secret of `run` in `text`.
@@ -463,5 +512,40 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every line is either in the trace or counted in a `dropped` line.
+    #[test]
+    fn lines_the_full_queue_drops_are_counted_in_the_trace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("network.jsonl");
+        let sink = TraceSink::open(&path, 1).unwrap();
+        for i in 0..2000 {
+            sink.send(format!("{{\"n\":{i}}}"));
+        }
+        drop(sink);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (mut written, mut dropped) = (0u64, 0u64);
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                match v.get("dropped").and_then(|d| d.as_u64()) {
+                    Some(n) => dropped += n,
+                    None => written += 1,
+                }
+            }
+            if written + dropped == 2000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{written} + {dropped} != 2000");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn run_container(
     request.verbose = docker.verbose;
     let image = rt.resolve_image(&request, &map).await.map_err(docker_err)?;
     for note in &image.notes {
-        eprintln!("moat: {note}");
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("moat: {note}\n"));
     }
     meta.image = Some(image.tag.clone());
     meta.image_ready_at = Some(chrono::Utc::now());
@@ -204,31 +204,38 @@ pub(crate) async fn run_container(
         if plan.interactive {
             return run_attached(&rt, &container, tty_size, meta, store).await;
         }
+        // Attached before the start, drained to its end before the exit is
+        // reported: the engine's log, followed after the start, loses
+        // output of short commands, and a last line without a newline.
+        let attached = rt.attach_output(&container).await.map_err(docker_err)?;
         rt.start(&container).await.map_err(docker_err)?;
         meta.state = moat_storage::RunState::Running;
         meta.started_at = Some(chrono::Utc::now());
         store.save(meta)?;
         let mut out = Tee::new(tokio::io::stdout(), LogStream::Stdout, logs.clone());
         let mut err = Tee::new(tokio::io::stderr(), LogStream::Stderr, logs.clone());
-        let stopped = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(mut i), Ok(mut t)) => {
-                    tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            streamed = rt.stream_output(&container, &mut out, &mut err) => {
-                streamed.map_err(docker_err)?;
-            }
-            _ = stopped => {
+        // SIGINT or SIGTERM stops the container; its output is still read
+        // to the end.
+        let stopper = {
+            let (rt, container) = (rt.clone(), container.clone());
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut i), Ok(mut t)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                tokio::select! { _ = i.recv() => {}, _ = t.recv() => {} }
                 let _ = rt.stop(&container, 10).await;
-            }
+            })
+        };
+        let drained = rt.drain_output(attached, &mut out, &mut err).await;
+        stopper.abort();
+        // A closed terminal (`moat run ... | head -1`) is no reason to lose
+        // the exit code: the run log has the output.
+        if let Err(e) = drained {
+            tracing::warn!(error = %e, "copying the container's output");
         }
         out.finish();
         err.finish();
@@ -342,11 +349,15 @@ fn docker_err(e: moat_runtime_docker::DockerError) -> RunError {
 }
 
 /// Writes through to `inner` and records complete lines in the run log.
+/// When `inner` fails (the terminal or pipe went away), the output is
+/// still recorded to the end: the container is never left blocked on a
+/// reader that stopped.
 struct Tee<W> {
     inner: W,
     stream: LogStream,
     logs: Arc<LogWriter>,
     pending: Vec<u8>,
+    inner_gone: bool,
 }
 
 impl<W> Tee<W> {
@@ -356,6 +367,7 @@ impl<W> Tee<W> {
             stream,
             logs,
             pending: Vec::new(),
+            inner_gone: false,
         }
     }
 
@@ -386,20 +398,42 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Tee<W> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        if this.inner_gone {
+            this.record(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 this.record(&buf[..n]);
                 Poll::Ready(Ok(n))
             }
-            other => other,
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "the run's output can no longer be shown; still recorded");
+                this.inner_gone = true;
+                this.record(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if self.inner_gone {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(_)) => {
+                self.inner_gone = true;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.inner_gone {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

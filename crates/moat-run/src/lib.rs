@@ -25,6 +25,7 @@ mod plan;
 mod ssh;
 mod supervise;
 mod terminal;
+mod watchdog;
 
 pub use crate::plan::{
     DockerPlan, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan,

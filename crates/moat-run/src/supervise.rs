@@ -160,7 +160,12 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         meta.interactive = plan.interactive;
         meta.detached = plan.detached;
         meta.supervisor_pid = Some(std::process::id());
+        meta.supervisor_start = moat_storage::process_start_time(std::process::id());
         runs.create(&meta)?;
+        // Room to record the run's end even if MOAT_HOME fills up meanwhile.
+        if let Err(e) = runs.reserve(&meta.id) {
+            tracing::warn!(error = %e, "setting space aside for the run's final state");
+        }
         meta
     };
     let run_dir = runs.dir(&meta.id);
@@ -189,7 +194,10 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         }
     }
     meta.stopped_at = Some(Utc::now());
-    runs.save(&meta)?;
+    // On a full disk this records the run as failed, with the reason.
+    if let Some(reason) = runs.save_final(&mut meta)? {
+        return Err(RunError::Other(reason));
+    }
     let exit_code = result?;
     Ok(RunOutcome {
         id: meta.id.to_string(),
@@ -242,11 +250,21 @@ fn start_and_wait(
     };
     let mut spec = run_spec(listen, plan, resolved, meta, run_dir);
     spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
+    let kept_spec = spec.clone();
     let (client, registration) = runtime.block_on(async {
         let client = DaemonClient::connect_or_start(home, &StartOptions::from_env()?).await?;
         let registration = client.register(spec).await?;
         Ok::<_, ClientError>((client, registration))
     })?;
+    // From here on, a daemon that dies is replaced and the run registered
+    // again with the same token.
+    let watchdog = crate::watchdog::Watchdog::start(
+        home.clone(),
+        &client,
+        kept_spec,
+        &registration,
+        Some(run_dir.join("network.jsonl")),
+    );
     let run_id = meta.id.to_string();
     let unregister = |runtime: &tokio::runtime::Runtime| {
         if let Err(e) = runtime.block_on(client.unregister(&run_id)) {
@@ -289,8 +307,13 @@ fn start_and_wait(
         )),
     };
     drop(running_ssh);
+    let failure = watchdog.failure();
+    drop(watchdog);
     unregister(&runtime);
-    result
+    match failure {
+        Some(cause) => Err(RunError::Other(cause)),
+        None => result,
+    }
 }
 
 fn run_spec(
@@ -347,6 +370,7 @@ fn run_spec(
         host_ports: plan.network.host_ports.clone(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
+        token: None,
     }
 }
 

@@ -9,8 +9,8 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -803,6 +803,54 @@ impl DockerRuntime {
             .map_err(|e| DockerError::engine(format!("attaching to {}", container.name), e))
     }
 
+    /// Attaches to the container's standard output and error only; call
+    /// before [`Self::start`] and hand the result to [`Self::drain_output`].
+    /// Unlike following the engine's log, the attach stream carries every
+    /// byte the command writes, a last line without a newline included,
+    /// and ends only when the container has closed both streams.
+    pub async fn attach_output(
+        &self,
+        container: &Container,
+    ) -> Result<AttachContainerResults, DockerError> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        self.docker
+            .attach_container(&container.id, Some(options))
+            .await
+            .map_err(|e| DockerError::engine(format!("attaching to {}", container.name), e))
+    }
+
+    /// Copies an output-only attach ([`Self::attach_output`]) to the
+    /// writers, flushing each chunk, until the stream ends: when this
+    /// returns, everything the container wrote has been written.
+    pub async fn drain_output<O, E>(
+        &self,
+        attached: AttachContainerResults,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<(), DockerError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let mut output = attached.output;
+        while let Some(item) = output.next().await {
+            let chunk =
+                item.map_err(|e| DockerError::engine("reading the container's output", e))?;
+            write_chunk(chunk, stdout, stderr)
+                .await
+                .map_err(|e| DockerError::io("writing the container's output", e))?;
+        }
+        stdout
+            .flush()
+            .await
+            .and(stderr.flush().await)
+            .map_err(|e| DockerError::io("writing the container's output", e))
+    }
+
     /// Sends what arrives on `stdin` (closed channel: end of input) into
     /// an attached container and copies its output to the writers (with a
     /// TTY everything goes to `stdout`) until the container closes its
@@ -878,35 +926,6 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| DockerError::engine(format!("starting {}", container.name), e))
-    }
-
-    /// Copies the container's stdout and stderr (from its start) to the
-    /// writers until it exits. With a TTY both go to `stdout`.
-    pub async fn stream_output<O, E>(
-        &self,
-        container: &Container,
-        stdout: &mut O,
-        stderr: &mut E,
-    ) -> Result<(), DockerError>
-    where
-        O: AsyncWrite + Unpin,
-        E: AsyncWrite + Unpin,
-    {
-        let options = LogsOptionsBuilder::new()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let mut logs = self.docker.logs(&container.id, Some(options));
-        while let Some(item) = logs.next().await {
-            let chunk = item.map_err(|e| {
-                DockerError::engine(format!("reading the output of {}", container.name), e)
-            })?;
-            write_chunk(chunk, stdout, stderr)
-                .await
-                .map_err(|e| DockerError::io("writing the container's output", e))?;
-        }
-        Ok(())
     }
 
     /// Waits for the container to exit; returns its exit code as is.
@@ -1056,8 +1075,9 @@ impl DockerRuntime {
     {
         let container = self.create(spec).await?;
         let result = async {
+            let attached = self.attach_output(&container).await?;
             self.start(&container).await?;
-            self.stream_output(&container, stdout, stderr).await?;
+            self.drain_output(attached, stdout, stderr).await?;
             self.wait(&container).await
         }
         .await;

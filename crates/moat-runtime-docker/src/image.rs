@@ -394,13 +394,13 @@ impl Reporter {
         if let Some(pb) = &self.spinner {
             pb.set_message(truncate(step, 100));
         } else if self.plain && !self.verbose {
-            eprintln!("moat: {}", truncate(step, 160));
+            let _ = writeln!(std::io::stderr(), "moat: {}", truncate(step, 160));
         }
     }
 
     fn output(&self, text: &str) {
         if self.verbose {
-            eprint!("{text}");
+            let _ = write!(std::io::stderr(), "{text}");
         }
     }
 

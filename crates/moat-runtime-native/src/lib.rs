@@ -68,8 +68,8 @@ pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
     BindMount, CaptureSpec, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode,
-    DEFAULT_PATH, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_IN_SANDBOX,
-    WORKSPACE_IN_SANDBOX,
+    DEFAULT_PATH, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_DIR_IN_SANDBOX,
+    PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
 pub use crate::support::{check_support, protections};
 pub use moat_capture::ProxyAuthorization;

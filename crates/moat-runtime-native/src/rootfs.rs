@@ -24,9 +24,48 @@ use rustix::mount::{
 use crate::sys;
 
 use crate::spec::{
-    NetworkMode, SandboxSpec, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_IN_SANDBOX,
-    WORKSPACE_IN_SANDBOX,
+    NetworkMode, SandboxSpec, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME, PROXY_SOCKET_DIR_IN_SANDBOX,
+    PROXY_SOCKET_IN_SANDBOX, WORKSPACE_IN_SANDBOX,
 };
+
+/// The directory of the proxy's socket, which the sandbox is shown: it
+/// must hold nothing but the socket (a daemon from an older moat serves it
+/// beside its control socket and lock, which no sandbox may see).
+fn socket_dir(proxy_socket: &Path) -> SetupResult<PathBuf> {
+    let socket = fs::canonicalize(proxy_socket).map_err(|e| {
+        format!(
+            "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
+            proxy_socket.display()
+        )
+    })?;
+    let dir = socket
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("proxy socket {} has no directory", socket.display()))?;
+    let others = fs::read_dir(&dir)
+        .map_err(|e| err("cannot list", &dir, e))?
+        .flatten()
+        .any(|e| Some(e.file_name().as_os_str()) != socket.file_name());
+    if others {
+        return Err(format!(
+            "the proxy socket {} shares its directory with other files, so a sandbox cannot be \
+             shown it (the running proxy daemon is from an older moat). Restart it with: \
+             moat proxy restart",
+            socket.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The file name of the proxy's socket, for the link beside its directory.
+fn proxy_socket_name(spec: &SandboxSpec) -> Option<std::ffi::OsString> {
+    match &spec.network {
+        NetworkMode::Isolated { proxy_socket, .. } => {
+            proxy_socket.file_name().map(|n| n.to_os_string())
+        }
+        NetworkMode::Host => None,
+    }
+}
 
 /// Where the host root is attached while the new root is being built.
 const OLD_ROOT: &str = "/oldroot";
@@ -128,16 +167,14 @@ impl HostPaths {
         }
         let proxy_socket = match &spec.network {
             NetworkMode::Host => None,
+            // The socket's directory, read-only: a daemon that restarts binds a
+            // new socket there, which the sandbox then reaches; it cannot
+            // replace the socket other sandboxes use.
             NetworkMode::Isolated { proxy_socket, .. } => Some(HostMount {
-                source: HostSource::Path(fs::canonicalize(proxy_socket).map_err(|e| {
-                    format!(
-                        "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
-                        proxy_socket.display()
-                    )
-                })?),
-                target: PathBuf::from(PROXY_SOCKET_IN_SANDBOX),
-                read_only: false,
-                is_dir: false,
+                source: HostSource::Path(socket_dir(proxy_socket)?),
+                target: PathBuf::from(PROXY_SOCKET_DIR_IN_SANDBOX),
+                read_only: true,
+                is_dir: true,
             }),
         };
         Ok(HostPaths {
@@ -404,6 +441,11 @@ pub(crate) fn build(
     }
     if let Some(sock) = paths.proxy_socket {
         show(sock)?;
+        if let Some(name) = proxy_socket_name(spec) {
+            let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
+            symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
+                .map_err(|e| err("cannot link", link, e))?;
+        }
     }
 
     for (file, _) in spec.files.iter().zip(&handled).filter(|(_, done)| !**done) {
@@ -725,4 +767,24 @@ fn restrict_proc() -> SetupResult<()> {
 /// the command).
 pub(crate) fn set_umask() {
     rustix::process::umask(Mode::from_bits_truncate(0o022));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_socket_directory_must_hold_the_socket_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("proxy.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(
+            socket_dir(&sock).unwrap(),
+            fs::canonicalize(tmp.path()).unwrap()
+        );
+        std::fs::write(tmp.path().join("daemon.lock"), "{}").unwrap();
+        let e = socket_dir(&sock).unwrap_err();
+        assert!(e.contains("moat proxy restart"), "{e}");
+    }
 }

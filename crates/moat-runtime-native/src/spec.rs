@@ -7,8 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
 
-/// Where the Unix socket of the host proxy appears inside an isolated sandbox.
+/// Where the Unix socket of the host proxy appears inside an isolated
+/// sandbox: a link into [`PROXY_SOCKET_DIR_IN_SANDBOX`].
 pub const PROXY_SOCKET_IN_SANDBOX: &str = "/run/moat/proxy.sock";
+
+/// Where the directory holding the host proxy's socket is shown (read-only)
+/// inside an isolated sandbox. The directory, not the socket, is bound, so
+/// a socket bound again by a restarted daemon is the one the sandbox reaches.
+pub const PROXY_SOCKET_DIR_IN_SANDBOX: &str = "/run/moat/proxy";
 
 /// Where the project directory appears inside the sandbox (and the working
 /// directory of the command).

@@ -17,7 +17,10 @@ mod metadata;
 mod names;
 mod store;
 
-pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter};
+pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter, DEFAULT_MAX_LOG_BYTES};
 pub use crate::metadata::{RunMetadata, RunState};
 pub use crate::names::{generate_name, validate_name, RunId};
-pub use crate::store::{RunStore, StorageError};
+pub use crate::store::{
+    is_disk_full, process_alive, process_start_time, supervisor_alive, RunStore, StorageError,
+    RESERVE_FILE,
+};

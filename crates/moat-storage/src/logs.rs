@@ -27,28 +27,67 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// The default cap on a run's `logs.jsonl` (`MOAT_MAX_LOG_BYTES`).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 100 << 20;
+
 /// Appends lines to `logs.jsonl`.
 ///
 /// Each line is one `write` on a file opened with `O_APPEND`, so a crash
 /// loses at most the line being written and concurrent writers (stdout and
 /// stderr pumps) never interleave within a line.
+///
+/// Nothing is lost silently: the file stops growing at its cap
+/// (`MOAT_MAX_LOG_BYTES`, default 100 MiB) with a marker line saying so,
+/// and lines that cannot be written (a full disk) are counted and
+/// reported once, then recorded as a marker line as soon as writing works
+/// again. A write cut short is truncated away, so the file never holds a
+/// torn line.
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
     path: PathBuf,
+    cap: u64,
+    state: std::sync::Mutex<WriterState>,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    /// Bytes in the file.
+    len: u64,
+    /// Lines lost since the last successful write, and why.
+    lost: u64,
+    lost_reason: Option<String>,
+    /// Whether the cap was reached (the marker is written).
+    capped: bool,
 }
 
 impl LogWriter {
-    /// Opens (creating, mode 0600) `path` for appending.
+    /// Opens (creating, mode 0600) `path` for appending, capped at
+    /// `MOAT_MAX_LOG_BYTES` (default [`DEFAULT_MAX_LOG_BYTES`]).
     pub fn open(path: &Path) -> io::Result<Self> {
+        let cap = std::env::var("MOAT_MAX_LOG_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(DEFAULT_MAX_LOG_BYTES);
+        Self::open_capped(path, cap)
+    }
+
+    /// Opens `path` for appending, keeping it under `cap` bytes.
+    pub fn open_capped(path: &Path, cap: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)?;
+        let len = file.metadata()?.len();
         Ok(LogWriter {
             file,
             path: path.to_path_buf(),
+            cap,
+            state: std::sync::Mutex::new(WriterState {
+                len,
+                ..WriterState::default()
+            }),
         })
     }
 
@@ -57,17 +96,90 @@ impl LogWriter {
         &self.path
     }
 
-    /// Appends one line.
+    /// Appends one line. An error is returned (and logged as a warning)
+    /// only for the first line of a run of failures; the lines lost are
+    /// counted and the count written when writing works again.
     pub fn write_line(&self, stream: LogStream, line: &str) -> io::Result<()> {
-        let record = LogLine {
-            ts: Utc::now(),
-            stream,
-            line: line.to_string(),
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        (&self.file).write_all(&bytes)
+        if state.capped {
+            return Ok(());
+        }
+        if state.lost > 0 {
+            let note = format!(
+                "[moat: {} line(s) of output lost here: {}]",
+                state.lost,
+                state.lost_reason.as_deref().unwrap_or("write error")
+            );
+            if self.append(&mut state, LogStream::Stderr, &note).is_err() {
+                state.lost += 1;
+                return Ok(());
+            }
+            state.lost = 0;
+            state.lost_reason = None;
+        }
+        let bytes = record(stream, line)?;
+        if state.len + bytes.len() as u64 > self.cap {
+            state.capped = true;
+            let note = format!(
+                "[moat: the run log reached its cap of {} bytes (MOAT_MAX_LOG_BYTES); \
+                 later output was shown but not recorded]",
+                self.cap
+            );
+            let _ = self.append(&mut state, LogStream::Stderr, &note);
+            return Ok(());
+        }
+        match self.append_bytes(&mut state, &bytes) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let first = state.lost == 0;
+                state.lost += 1;
+                state.lost_reason = Some(e.to_string());
+                if first {
+                    tracing::warn!(
+                        "cannot write the run log {}: {e}. Output is still shown; the lines \
+                         lost are counted in the log once writing works again",
+                        self.path.display()
+                    );
+                    return Err(e);
+                }
+                Ok(())
+            }
+        }
     }
+
+    fn append(&self, state: &mut WriterState, stream: LogStream, line: &str) -> io::Result<()> {
+        let bytes = record(stream, line)?;
+        self.append_bytes(state, &bytes)
+    }
+
+    /// Writes `bytes` whole, or truncates the file back to its length
+    /// before (a full disk can cut a write short).
+    fn append_bytes(&self, state: &mut WriterState, bytes: &[u8]) -> io::Result<()> {
+        match (&self.file).write_all(bytes) {
+            Ok(()) => {
+                state.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(state.len);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn record(stream: LogStream, line: &str) -> io::Result<Vec<u8>> {
+    let record = LogLine {
+        ts: Utc::now(),
+        stream,
+        line: line.to_string(),
+    };
+    let mut bytes = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// Reads `logs.jsonl`, keeping the last `tail` lines when given. A damaged
@@ -130,5 +242,22 @@ mod tests {
             read_logs(&tmp.path().join("none"), None).unwrap().0.len(),
             0
         );
+    }
+
+    #[test]
+    fn the_cap_stops_the_log_with_a_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("logs.jsonl");
+        let w = LogWriter::open_capped(&path, 1000).unwrap();
+        for i in 0..100 {
+            w.write_line(LogStream::Stdout, &format!("line {i}"))
+                .unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() < 1200);
+        let (all, damaged) = read_logs(&path, None).unwrap();
+        assert_eq!(damaged, 0);
+        let last = &all.last().unwrap().line;
+        assert!(last.contains("reached its cap of 1000 bytes"), "{last}");
+        assert_eq!(all.iter().filter(|l| l.line.contains("cap")).count(), 1);
     }
 }

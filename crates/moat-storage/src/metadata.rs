@@ -68,6 +68,11 @@ pub struct RunMetadata {
     /// The moat process supervising the run (it owns the sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_pid: Option<u32>,
+    /// When that process started, in clock ticks since boot
+    /// ([`crate::process_start_time`]): with the pid it names one process,
+    /// so a pid reused by an unrelated process is never taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_start: Option<u64>,
     /// The container, for container runtimes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
@@ -111,6 +116,7 @@ impl RunMetadata {
             detached: false,
             interactive: false,
             supervisor_pid: None,
+            supervisor_start: None,
             container_id: None,
             image: None,
             created_at: Utc::now(),

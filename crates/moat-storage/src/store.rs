@@ -80,7 +80,33 @@ impl RunStore {
             reason: e.to_string(),
         })?;
         write_private_atomic(&self.dir(&meta.id).join("metadata.json"), &bytes)?;
+        self.index_name(meta);
         Ok(())
+    }
+
+    /// The directory of active-name markers: `runs/.active/<name>` holds
+    /// the id of the active run of that name, so claiming a name reads one
+    /// file instead of every run's metadata.
+    fn active_dir(&self) -> PathBuf {
+        self.home.runs_dir().join(".active")
+    }
+
+    /// Keeps the marker of `meta`'s name in step with its state. Best
+    /// effort: a marker that could not be written (a full disk) only makes
+    /// [`RunStore::active_named`] miss that run, and stale markers are
+    /// dropped when read.
+    fn index_name(&self, meta: &RunMetadata) {
+        if crate::validate_name(&meta.name).is_err() {
+            return;
+        }
+        let marker = self.active_dir().join(&meta.name);
+        if meta.state.is_active() {
+            if ensure_private_dir(&self.active_dir()).is_ok() {
+                let _ = write_private_atomic(&marker, meta.id.as_str().as_bytes());
+            }
+        } else if std::fs::read(&marker).is_ok_and(|id| id == meta.id.as_str().as_bytes()) {
+            let _ = std::fs::remove_file(&marker);
+        }
     }
 
     /// Reads a run's metadata.
@@ -178,10 +204,33 @@ impl RunStore {
 
     /// The active run named `name`, if any.
     pub fn active_named(&self, name: &str) -> Result<Option<RunMetadata>, StorageError> {
-        let (runs, _) = self.list()?;
-        Ok(runs
-            .into_iter()
-            .find(|r| r.name == name && r.state.is_active()))
+        if crate::validate_name(name).is_err() || !self.active_dir().is_dir() {
+            // A store from before the markers, or a name no marker can
+            // have: look at every run (and write the markers on the way).
+            let (runs, _) = self.list()?;
+            for run in runs.iter().filter(|r| r.state.is_active()) {
+                self.index_name(run);
+            }
+            let _ = ensure_private_dir(&self.active_dir());
+            return Ok(runs
+                .into_iter()
+                .find(|r| r.name == name && r.state.is_active()));
+        }
+        let marker = self.active_dir().join(name);
+        let Some(id) = moat_home::read_if_exists(&marker)?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| RunId::parse(text.trim()))
+        else {
+            return Ok(None);
+        };
+        match self.load(&id) {
+            Ok(meta) if meta.name == name && meta.state.is_active() => Ok(Some(meta)),
+            Ok(_) | Err(StorageError::NotFound(_)) => {
+                let _ = std::fs::remove_file(&marker);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a run's directory.
@@ -201,31 +250,107 @@ impl RunStore {
     /// Marks runs whose supervising process is gone as failed, so a crash
     /// of the CLI never leaves a run "running" forever.
     pub fn reconcile(&self, meta: &mut RunMetadata) -> Result<(), StorageError> {
-        if !meta.state.is_active() {
-            return Ok(());
-        }
-        let alive = meta.supervisor_pid.is_some_and(process_alive);
-        if !alive && meta.container_id.is_none() {
-            meta.state = RunState::Failed;
-            meta.error
-                .get_or_insert_with(|| "the moat process supervising this run exited".into());
-            meta.stopped_at.get_or_insert_with(chrono::Utc::now);
+        if Self::reconcile_view(meta) {
             self.save(meta)?;
         }
         Ok(())
     }
+
+    /// [`RunStore::reconcile`] in memory only, for commands that only
+    /// read (`moat list`, `moat status`, `moat logs`): they must work on a
+    /// full disk. Returns whether `meta` changed.
+    pub fn reconcile_view(meta: &mut RunMetadata) -> bool {
+        if !meta.state.is_active() || supervisor_alive(meta) || meta.container_id.is_some() {
+            return false;
+        }
+        meta.state = RunState::Failed;
+        meta.error
+            .get_or_insert_with(|| "the moat process supervising this run exited".into());
+        meta.stopped_at.get_or_insert_with(chrono::Utc::now);
+        true
+    }
+
+    /// Sets aside a little space in the run's directory
+    /// ([`RESERVE_FILE`]), so that [`RunStore::save_final`] can record how
+    /// the run ended even when `MOAT_HOME` fills up during the run.
+    pub fn reserve(&self, id: &RunId) -> Result<(), StorageError> {
+        let path = self.dir(id).join(RESERVE_FILE);
+        write_private_atomic(&path, &vec![0u8; RESERVE_BYTES])?;
+        Ok(())
+    }
+
+    /// Saves the run's final state. When the disk is full, the reserve
+    /// ([`RunStore::reserve`]) is released and the run saved as failed,
+    /// with the reason; that reason is returned (`Ok(None)` otherwise).
+    pub fn save_final(&self, meta: &mut RunMetadata) -> Result<Option<String>, StorageError> {
+        let reserve = self.dir(&meta.id).join(RESERVE_FILE);
+        let first = self.save(meta);
+        let _ = std::fs::remove_file(&reserve);
+        let err = match first {
+            Ok(()) => return Ok(None),
+            Err(StorageError::Home(e)) if is_disk_full(e.kind()) => e,
+            Err(e) => return Err(e),
+        };
+        let reason = format!(
+            "moat could not record the end of this run: {err}. Free space in {} (moat \
+             status shows what runs use; moat clean removes stopped runs)",
+            self.home.root().display()
+        );
+        meta.state = RunState::Failed;
+        meta.error = Some(reason.clone());
+        self.save(meta)?;
+        Ok(Some(reason))
+    }
 }
 
-/// Whether a process with `pid` exists (and is not a zombie we could see).
-pub(crate) fn process_alive(pid: u32) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(_) => return false,
+/// The file holding the space [`RunStore::reserve`] sets aside.
+pub const RESERVE_FILE: &str = ".space-reserve";
+const RESERVE_BYTES: usize = 64 * 1024;
+
+/// Whether an error kind means the file system is full.
+pub fn is_disk_full(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Whether the run's supervising process is alive: the recorded pid runs,
+/// and it is the same process (same start time) when the start time was
+/// recorded. Runs recorded by older versions have only the pid.
+pub fn supervisor_alive(meta: &RunMetadata) -> bool {
+    meta.supervisor_pid
+        .is_some_and(|pid| process_alive(pid, meta.supervisor_start))
+}
+
+/// Fields of `/proc/PID/stat` after the parenthesised command name.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`); `None` when there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    // Field 3 (the state) is the first after the name: field 22 is the 20th.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether a process with `pid` exists (and is not a zombie we could see)
+/// and, when `start` is given, started then: otherwise the pid was reused.
+pub fn process_alive(pid: u32, start: Option<u64>) -> bool {
+    let Some(fields) = stat_fields(pid) else {
+        return false;
     };
-    // The state is the field after the parenthesised command name.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    let running = fields
+        .first()
+        .is_some_and(|state| state != "Z" && state != "X");
+    let same = match start {
+        Some(start) => fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start),
+        None => true,
+    };
+    running && same
 }
 
 #[cfg(test)]
@@ -239,6 +364,35 @@ mod tests {
             "/w".into(),
             vec!["true".into()],
         )
+    }
+
+    #[test]
+    fn active_names_are_found_by_marker_and_stale_markers_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RunStore::new(MoatHome::at(tmp.path()));
+        // A store written before the markers: found by a scan, which
+        // writes the markers.
+        let mut a = meta("alpha");
+        store.create(&a).unwrap();
+        std::fs::remove_dir_all(store.active_dir()).unwrap();
+        assert_eq!(store.active_named("alpha").unwrap().unwrap().id, a.id);
+        assert!(store.active_dir().join("alpha").is_file());
+        assert!(store.active_named("beta").unwrap().is_none());
+
+        // A run that stops drops its marker.
+        a.state = RunState::Stopped;
+        store.save(&a).unwrap();
+        assert!(!store.active_dir().join("alpha").exists());
+        assert!(store.active_named("alpha").unwrap().is_none());
+
+        // A marker whose run is gone, or names another run, is dropped.
+        let b = meta("beta");
+        store.create(&b).unwrap();
+        store.remove(&b.id).unwrap();
+        assert!(store.active_named("beta").unwrap().is_none());
+        assert!(!store.active_dir().join("beta").exists());
+        std::fs::write(store.active_dir().join("gamma"), a.id.as_str()).unwrap();
+        assert!(store.active_named("gamma").unwrap().is_none());
     }
 
     #[test]
@@ -300,7 +454,17 @@ mod tests {
         let mut b = meta("beta");
         b.state = RunState::Running;
         b.supervisor_pid = Some(std::process::id());
+        b.supervisor_start = process_start_time(std::process::id());
+        assert!(b.supervisor_start.is_some());
         store.reconcile(&mut b).unwrap();
         assert_eq!(b.state, RunState::Running);
+        // Our pid, but another start time: the pid was reused.
+        let mut c = meta("gamma");
+        c.state = RunState::Running;
+        c.supervisor_pid = Some(std::process::id());
+        c.supervisor_start = b.supervisor_start.map(|t| t + 1);
+        store.create(&c).unwrap();
+        store.reconcile(&mut c).unwrap();
+        assert_eq!(c.state, RunState::Failed);
     }
 }

@@ -257,10 +257,20 @@ pub struct AuditArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify an exported bundle with only the public key inside it.
+    /// Verify an exported bundle. Without --key or --trusted only its own
+    /// public key is used: that proves the log unchanged since that key
+    /// signed it, not whose key it is.
     Verify {
         /// The bundle (from moat audit RUN --export FILE).
         file: PathBuf,
+        /// Require signatures by this public key: 64 hex digits, or a file
+        /// holding them (the installation's MOAT_HOME/audit/signing.pub).
+        #[arg(long, value_name = "PUBKEY", conflicts_with = "trusted")]
+        key: Option<String>,
+        /// Require signatures by this installation's key
+        /// (MOAT_HOME/audit/signing.pub).
+        #[arg(long)]
+        trusted: bool,
     },
 }
 

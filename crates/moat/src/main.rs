@@ -1,6 +1,45 @@
 //! The `moat` command: parses arguments and hands each command to the
 //! library crate that owns it. Nothing here holds state or policy.
 
+/// `print!` for command results: a closed pipe ends the command quietly
+/// with status 0 instead of panicking (see [`output::write_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for command results: a closed pipe ends the command quietly
+/// with status 0 instead of panicking (see [`output::write_stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for warnings and notes: a closed standard error is
+/// ignored instead of panicking.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+/// `eprint!` for prompts and notes: a closed standard error is ignored
+/// instead of panicking.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, $($arg)*);
+        let _ = stderr.flush();
+    }};
+}
+
 mod cli;
 mod commands;
 mod output;
@@ -21,6 +60,8 @@ fn main() -> ExitCode {
     tracing::debug!(command = ?std::env::args().nth(1), pid = std::process::id(), "moat started");
     match commands::dispatch(cli) {
         Ok(code) => code,
+        // `moat logs | head`: the reader is gone, nothing is wrong.
+        Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             output::print_error(&err);
             ExitCode::FAILURE

@@ -92,6 +92,42 @@ fn debug_log_file() -> Option<std::fs::File> {
         .ok()
 }
 
+/// Writes a command's result to standard output (the `out!` and `outln!`
+/// macros). A reader that went away (`moat list | head -0`) ends the
+/// command quietly with status 0, as other Unix tools do; any other write
+/// error (a full disk behind a redirection) is reported and ends it with
+/// status 1. Never panics, unlike `println!`.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let result = {
+        let mut out = std::io::stdout().lock();
+        out.write_fmt(args)
+    };
+    if let Err(err) = result {
+        stdout_failed(&err);
+    }
+}
+
+/// Ends the process after standard output failed: quietly with status 0
+/// when the reader closed the pipe, else with the error and status 1.
+pub fn stdout_failed(err: &std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "Error: writing to standard output: {err}");
+    std::process::exit(1);
+}
+
+/// Whether `err` comes from writing to a closed pipe: the command ends
+/// with status 0 and no message.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Prints an error and its causes; each cause only once even when a
 /// wrapper repeats it in its own message.
 pub fn print_error(err: &anyhow::Error) {

@@ -74,7 +74,15 @@ impl AuditEnv {
     }
 
     fn redact(&self, text: &str, id: &str) -> String {
-        self.env.redact(text).replace(id, "[RUN]")
+        let key = std::fs::read_to_string(self.env.moat_home().join("audit/signing.pub"))
+            .map(|k| k.trim().to_owned())
+            .unwrap_or_default();
+        let text = self.env.redact(text).replace(id, "[RUN]");
+        if key.is_empty() {
+            text
+        } else {
+            text.replace(&key, "[KEY]")
+        }
     }
 }
 
@@ -140,6 +148,7 @@ fn a_run_leaves_a_sealed_log_that_verifies() {
 
     Local Signatures
       [ok] 1 attestation(s), all signatures valid
+      - Signed by [KEY] (this installation's key)
 
     External Attestations (Sigstore/Rekor)
       - No Rekor proofs found
@@ -204,6 +213,7 @@ fn tampering_with_the_log_names_the_first_broken_record() {
 
     Local Signatures
       [ok] 1 attestation(s), all signatures valid
+      - Signed by [KEY] (this installation's key)
 
     External Attestations (Sigstore/Rekor)
       - No Rekor proofs found
@@ -248,13 +258,23 @@ fn tampering_with_the_log_names_the_first_broken_record() {
         out.stdout
     );
 
-    // A torn last line.
+    // A torn last line: cut short, but the seal says it was written
+    // whole, so this is tampering, not a crash while writing.
     std::fs::write(&log, &original[..original.len() - 10]).unwrap();
     let out = t.run(&["audit", &id]);
     assert_eq!(out.code, Some(1));
     assert!(
+        out.stdout.contains(&format!(
+            "[FAIL] Hash chain: record at line {n} is incomplete"
+        )),
+        "{}",
         out.stdout
-            .contains(&format!("[FAIL] Hash chain: unreadable record at line {n}")),
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "VERDICT: [FAIL] TAMPERED - attestation 1: signs seq {n}, but the log ends at seq {}",
+            n - 1
+        )),
         "{}",
         out.stdout
     );

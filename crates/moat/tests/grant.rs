@@ -240,9 +240,8 @@ fn tampered_credential_file_is_reported_and_left_untouched() {
     let out = env.run(&["grant", "show", "openai"]);
     out.failure();
     insta::assert_snapshot!(out.stderr, @r"
-    Error: decrypting credential for openai: cipher: message authentication failed
-    This may indicate the encryption key has changed.
-    If you recently upgraded moat, your credentials may have been encrypted with the old key.
+    Error: decrypting credential for openai: corrupted file: it was written with this key but its contents were altered
+    The file cannot be repaired; replace the credential.
     To re-authenticate: moat grant openai
     ");
     assert_eq!(
@@ -279,9 +278,12 @@ fn replaced_key_means_key_changed() {
     std::fs::write(&key, [42u8; 32]).unwrap();
     let out = env.run(&["grant", "show", "openai"]);
     out.failure();
-    assert!(out.stderr.starts_with(
-        "Error: decrypting credential for openai: cipher: message authentication failed"
-    ));
+    assert!(
+        out.stderr
+            .starts_with("Error: decrypting credential for openai: wrong key: "),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

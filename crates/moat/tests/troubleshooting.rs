@@ -453,13 +453,23 @@ fn provider_validation_errors() {
 
 /// A stand-in daemon on the control socket: it answers the handshake as a
 /// daemon of another API version would, or not at all.
-fn fake_daemon(t: &Env, answer: Option<&'static str>) -> std::thread::JoinHandle<()> {
+/// A fake daemon: holds the daemon's instance lock (what makes a daemon
+/// count as running) until dropped, and answers `answer` on the control
+/// socket (or does not answer at all).
+struct FakeDaemon {
+    _instance: moat_home::FileLock,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+fn fake_daemon(t: &Env, answer: Option<&'static str>) -> FakeDaemon {
     let dir = t.env.moat_home().join("proxy");
     std::fs::create_dir_all(&dir).unwrap();
+    let instance = moat_home::FileLock::try_acquire(&dir.join("daemon.instance.lock"))
+        .unwrap()
+        .unwrap();
     let sock = dir.join("daemon.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    // Our own pid: alive, so the lock is not stale.
     std::fs::write(
         dir.join("daemon.lock"),
         format!(
@@ -470,16 +480,23 @@ fn fake_daemon(t: &Env, answer: Option<&'static str>) -> std::thread::JoinHandle
     .unwrap();
     if answer.is_none() {
         drop(listener);
-        return std::thread::spawn(|| {});
+        return FakeDaemon {
+            _instance: instance,
+            _thread: std::thread::spawn(|| {}),
+        };
     }
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         for conn in listener.incoming().take(4) {
             let Ok(mut conn) = conn else { return };
             let mut line = String::new();
             let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line);
             let _ = conn.write_all(answer.unwrap_or_default().as_bytes());
         }
-    })
+    });
+    FakeDaemon {
+        _instance: instance,
+        _thread: thread,
+    }
 }
 
 #[test]
@@ -498,13 +515,17 @@ fn daemon_version_and_socket_errors() {
     remove_fake_daemon(&t);
 
     let t = Env::new();
-    let _daemon = fake_daemon(&t, None);
+    let daemon = fake_daemon(&t, None);
     let out = t.run_with(&["run", "--", "true"], &[("MOAT_PROXY_PORT", "18999")]);
     out.failure();
-    documented("connecting to daemon", &t.normalize(&out.stderr));
-    // The fix the message names works: without the stale state, a new
-    // daemon starts.
-    remove_fake_daemon(&t);
+    let pid = std::process::id().to_string();
+    documented(
+        "connecting to daemon",
+        &t.normalize(&out.stderr).replace(&pid, "<pid>"),
+    );
+    // The fix the message names works: once the hung daemon is gone, a
+    // new one starts (its leftovers are cleaned up).
+    drop(daemon);
     t.run(&["run", "--", "true"]).success();
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use moat_audit::{verify_bundle, verify_log, Bundle, LogReport};
+use moat_audit::{verify_bundle_pinned, verify_run_log, Bundle, LogReport, VerifyOptions};
 use moat_storage::RunStore;
 
 use super::Context;
@@ -15,8 +15,8 @@ use crate::cli::{AuditArgs, AuditCommand};
 const RULE: &str = "==================================================";
 
 pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
-    if let Some(AuditCommand::Verify { file }) = args.command {
-        return verify_file(ctx, &file);
+    if let Some(AuditCommand::Verify { file, key, trusted }) = args.command {
+        return verify_file(ctx, &file, key.as_deref(), trusted);
     }
     let store = RunStore::new(ctx.home.clone());
     let run = store.find(args.run.as_deref(), |_| true)?;
@@ -30,8 +30,18 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
         );
     }
     let expected = installation_key(ctx)?;
-    let report = verify_log(&log, expected.as_deref())
-        .with_context(|| format!("reading the audit log of run {}", run.id))?;
+    // A run whose supervisor is gone has ended, whatever its metadata
+    // says (read-only: the metadata is not rewritten here).
+    let finished = !run.state.is_active() || !moat_storage::supervisor_alive(&run);
+    let report = verify_run_log(
+        &log,
+        &VerifyOptions {
+            expected_key: expected.as_deref(),
+            run_id: Some(run.id.as_str()),
+            finished,
+        },
+    )
+    .with_context(|| format!("reading the audit log of run {}", run.id))?;
 
     if let Some(file) = args.export {
         if !report.intact() {
@@ -51,14 +61,14 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
         bundle
             .write(&file)
             .with_context(|| format!("writing {}", file.display()))?;
-        println!(
+        outln!(
             "Exported {} entries and {} attestation(s) of run {} to {}",
             bundle.entries.len(),
             bundle.attestations.len(),
             run.id,
             file.display()
         );
-        println!(
+        outln!(
             "Verify it anywhere with: moat audit verify {}",
             file.display()
         );
@@ -66,7 +76,7 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
     }
 
     if ctx.json {
-        println!("{}", report_json(run.id.as_str(), &report));
+        outln!("{}", report_json(run.id.as_str(), &report));
     } else {
         let mut out = format!("Auditing run: {}\n{RULE}\n", run.id);
         let key_note = if expected.is_none() {
@@ -74,30 +84,68 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
         } else {
             None
         };
-        out.push_str(&sections(&report, "Local Signatures", key_note));
+        let whose = if expected.is_some() {
+            "this installation's key"
+        } else {
+            "not pinned: this installation's signing.pub is missing"
+        };
+        out.push_str(&sections(&report, "Local Signatures", key_note, whose));
         out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
         out.push_str(&verdict(&report));
-        print!("{out}");
+        out!("{out}");
     }
     Ok(exit(&report))
 }
 
-fn verify_file(ctx: &Context, file: &Path) -> Result<ExitCode> {
+fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> Result<ExitCode> {
     let bundle = Bundle::read(file)?;
-    let report = verify_bundle(&bundle);
+    let (pinned, whose) = match (key, trusted) {
+        (Some(key), _) => (Some(parse_key(key)?), "pinned with --key"),
+        (None, true) => match installation_key(ctx)? {
+            Some(k) => (Some(k), "this installation's key, pinned with --trusted"),
+            None => bail!(
+                "--trusted: this installation has no audit key ({} does not exist). \
+                 Pass the signer's public key with --key PUBKEY",
+                moat_audit::SigningKey::pub_path(&ctx.home.audit_dir()).display()
+            ),
+        },
+        (None, false) => (
+            None,
+            "not pinned: anyone can re-sign a bundle; check it is your installation's \
+             (MOAT_HOME/audit/signing.pub) or pass --key PUBKEY or --trusted",
+        ),
+    };
+    let report = verify_bundle_pinned(&bundle, pinned.as_deref());
     if ctx.json {
-        println!("{}", report_json(&file.display().to_string(), &report));
+        outln!("{}", report_json(&file.display().to_string(), &report));
         return Ok(exit(&report));
     }
     let mut out = format!("Verifying bundle: {}\n{RULE}\n", file.display());
-    let key_note = bundle
-        .attestations
-        .first()
-        .map(|a| format!("public key {}", a.public_key));
-    out.push_str(&sections(&report, "Signatures", key_note.as_deref()));
+    if let Some(run) = &report.run_id {
+        let _ = writeln!(out, "Run: {run}");
+    }
+    out.push_str(&sections(&report, "Signatures", None, whose));
+    // A forged bundle signed by another key: name the key that signed.
+    if let Some(moat_audit::SignatureError::UnknownKey { key, .. }) = &report.signature {
+        let _ = writeln!(out, "  - Signed by {key}, not by the pinned key");
+    }
     out.push_str(&verdict(&report));
-    print!("{out}");
+    out!("{out}");
     Ok(exit(&report))
+}
+
+/// A public key given as 64 hex digits or as a file holding them.
+fn parse_key(arg: &str) -> Result<Vec<u8>> {
+    let text = match hex::decode(arg.trim()) {
+        Ok(key) if key.len() == 32 => return Ok(key),
+        _ => std::fs::read_to_string(arg).with_context(|| {
+            format!("--key {arg}: neither 64 hex digits nor a readable public key file")
+        })?,
+    };
+    match hex::decode(text.trim()) {
+        Ok(key) if key.len() == 32 => Ok(key),
+        _ => bail!("--key {arg}: the file does not hold a public key (64 hex digits)"),
+    }
 }
 
 /// This installation's public key (`MOAT_HOME/audit/signing.pub`).
@@ -117,7 +165,7 @@ fn installation_key(ctx: &Context) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn sections(report: &LogReport, signatures: &str, key_note: Option<&str>) -> String {
+fn sections(report: &LogReport, signatures: &str, key_note: Option<&str>, whose: &str) -> String {
     let mut out = String::from("Log Integrity\n");
     match &report.chain {
         None => {
@@ -157,13 +205,33 @@ fn sections(report: &LogReport, signatures: &str, key_note: Option<&str>) -> Str
             }
         }
     }
+    for signer in &report.signers {
+        let _ = writeln!(out, "  - Signed by {signer} ({whose})");
+    }
+    if report.unbound {
+        out.push_str(
+            "  [warn] No record names its run (a log from an older moat): it cannot be \
+             told apart from another run's log\n",
+        );
+    }
     if let Some(note) = key_note {
         let _ = writeln!(out, "  - {note}");
     }
     out
 }
 
+/// The problem the verdict names: the first broken record, unless it is
+/// a record cut short that the seal says was whole (then the seal's).
 fn first_problem(report: &LogReport) -> String {
+    let cut_short = matches!(
+        report.chain,
+        Some(moat_audit::ChainError::Incomplete { .. })
+    );
+    if cut_short && !report.incomplete() {
+        if let Some(signature) = &report.signature {
+            return signature.to_string();
+        }
+    }
     report
         .chain
         .as_ref()
@@ -175,6 +243,11 @@ fn first_problem(report: &LogReport) -> String {
 fn verdict(report: &LogReport) -> String {
     if report.intact() {
         format!("{RULE}\nVERDICT: [ok] INTACT - No tampering detected\n")
+    } else if report.incomplete() {
+        format!(
+            "{RULE}\nVERDICT: [FAIL] INCOMPLETE - {}; the records before it verify\n",
+            first_problem(report)
+        )
     } else {
         format!(
             "{RULE}\nVERDICT: [FAIL] TAMPERED - {}\n",
@@ -187,6 +260,9 @@ fn report_json(subject: &str, report: &LogReport) -> String {
     serde_json::json!({
         "subject": subject,
         "intact": report.intact(),
+        "incomplete": report.incomplete(),
+        "run_id": report.run_id,
+        "signers": report.signers,
         "entries": report.entries,
         "last_hash": report.last_hash,
         "attestations": report.attestations,

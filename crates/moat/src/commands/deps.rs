@@ -34,7 +34,7 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let rows: Vec<Vec<String>> = deps
@@ -48,7 +48,7 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(&["NAME", "TYPE", "DEFAULT", "DESCRIPTION"], &rows)
             );
@@ -56,16 +56,16 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
         }
         DepsCommand::Info { name } => {
             let d = deps_info(&name)?;
-            println!("Name:        {}", d.name);
-            println!("Type:        {}", d.kind.as_str());
-            println!("Default:     {}", d.default_version.unwrap_or("-"));
-            println!("Description: {}", d.description);
-            println!("Provides:    {}", d.provides);
+            outln!("Name:        {}", d.name);
+            outln!("Type:        {}", d.kind.as_str());
+            outln!("Default:     {}", d.default_version.unwrap_or("-"));
+            outln!("Description: {}", d.description);
+            outln!("Provides:    {}", d.provides);
             if !d.apt_packages.is_empty() {
-                println!("Packages:    {}", d.apt_packages.join(", "));
+                outln!("Packages:    {}", d.apt_packages.join(", "));
             }
             if let Some(r) = d.requires {
-                println!("Requires:    {r}");
+                outln!("Requires:    {r}");
             }
             Ok(ExitCode::SUCCESS)
         }

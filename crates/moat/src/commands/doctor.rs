@@ -90,7 +90,7 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
 
     let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         let mut out = String::new();
         for c in &checks {
@@ -108,7 +108,7 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
             (0, w) => format!("\nNo problems that stop moat; {w} warning(s).\n"),
             (f, _) => format!("\n{f} problem(s) need fixing.\n"),
         });
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if failures == 0 {
         ExitCode::SUCCESS
@@ -222,7 +222,7 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
             )])
         }
     };
-    if !lockfile::pid_alive(info.pid) {
+    if !lockfile::daemon_running(&paths) {
         return Ok(vec![problem(
             Status::Warn,
             "proxy daemon",

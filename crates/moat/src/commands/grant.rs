@@ -74,7 +74,7 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
                 }
                 _ => source::obtain(spec, &opts)?,
             };
-            eprintln!("Using {} from {}", secret_noun(spec), obtained.origin);
+            errln!("Using {} from {}", secret_noun(spec), obtained.origin);
             if !args.no_validate {
                 validate_into(spec, &mut obtained)?;
             }
@@ -100,17 +100,17 @@ fn validate_into(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result
     match outcome {
         Validation::Valid { identity, scopes } => {
             if let Some(login) = identity {
-                eprintln!("Authenticated as: {login}");
+                errln!("Authenticated as: {login}");
                 obtained.metadata.insert("login".into(), login);
             } else {
-                eprintln!("Validated {} with its API", spec.name);
+                errln!("Validated {} with its API", spec.name);
             }
             if !scopes.is_empty() {
                 obtained.scopes = scopes;
             }
         }
         Validation::Unreachable(why) => {
-            eprintln!(
+            errln!(
                 "Warning: could not validate the {} {} ({why}); storing it anyway.",
                 spec.name,
                 secret_noun(spec)
@@ -144,14 +144,14 @@ fn store_obtained(
         Some(p) => format!(" in profile {p}"),
         None => String::new(),
     };
-    println!("Granted {grant}{profile}.");
-    eprintln!(
+    outln!("Granted {grant}{profile}.");
+    errln!(
         "Stored encrypted at {} (key: {}).",
         path.display(),
         key.backend()
     );
     if let Some(exp) = credential.expires_at {
-        eprintln!("The token expires {}.", format_time(exp));
+        errln!("The token expires {}.", format_time(exp));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,11 +209,11 @@ fn list(ctx: &Context) -> Result<ExitCode> {
         }))
         .collect();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "No credentials in profile {}. Grant one with: moat grant github",
             ctx.profile_name()
         );
@@ -236,7 +236,7 @@ fn list(ctx: &Context) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["PROVIDER", "PROFILE", "GRANTED", "SOURCE", "EXPIRES"],
@@ -284,7 +284,7 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
             "token": token,
             "hosts": spec.map(|s| s.host_patterns()).unwrap_or_default(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut lines = vec![
@@ -325,15 +325,13 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
         lines.push(("Injects", hosts.join("; ")));
     }
     for (k, v) in lines {
-        println!("{:<9} {v}", format!("{k}:"));
+        outln!("{:<9} {v}", format!("{k}:"));
     }
     if c.is_expired(Utc::now()) {
         if stem == "claude" {
-            eprintln!(
-                "Claude Code token has expired\nRe-authenticate, then run: moat grant claude"
-            );
+            errln!("Claude Code token has expired\nRe-authenticate, then run: moat grant claude");
         } else {
-            eprintln!(
+            errln!(
                 "This token has expired. Run: moat grant {}",
                 grant.grant_command()
             );
@@ -358,7 +356,7 @@ fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = registry
@@ -373,7 +371,7 @@ fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(&["PROVIDER", "DESCRIPTION", "TYPE", "HOSTS"], &rows)
     );
@@ -392,7 +390,7 @@ pub fn revoke(ctx: &Context, args: RevokeArgs) -> Result<ExitCode> {
         Some(p) => format!(" from profile {p}"),
         None => String::new(),
     };
-    println!("Revoked {grant}{profile}.");
+    outln!("Revoked {grant}{profile}.");
     Ok(ExitCode::SUCCESS)
 }
 

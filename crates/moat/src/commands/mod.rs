@@ -60,7 +60,7 @@ impl Context {
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Version => {
-            println!("moat {}", env!("CARGO_PKG_VERSION"));
+            outln!("moat {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Grant(args) => grant::grant(&Context::from_global(&cli.global)?, args),

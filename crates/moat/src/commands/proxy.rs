@@ -19,9 +19,10 @@ pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
                 return daemon(ctx, opts.port);
             }
             let client = block_on(DaemonClient::connect_or_start(&ctx.home, &opts))??;
-            println!(
+            outln!(
                 "Proxy daemon running (pid {}, port {}).",
-                client.info.pid, client.info.port
+                client.info.pid,
+                client.info.port
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -29,9 +30,9 @@ pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
             match block_on(DaemonClient::connect_existing(&ctx.home))?? {
                 Some(client) => {
                     block_on(client.stop())??;
-                    println!("Proxy daemon stopped (pid {}).", client.info.pid);
+                    outln!("Proxy daemon stopped (pid {}).", client.info.pid);
                 }
-                None => println!("No proxy daemon is running."),
+                None => outln!("No proxy daemon is running."),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -49,7 +50,7 @@ pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
                 opts.port = port;
             }
             let client = block_on(DaemonClient::connect_or_start(&ctx.home, &opts))??;
-            println!(
+            outln!(
                 "Proxy daemon restarted (pid {}, port {}). Runs registered with the old daemon must be restarted.",
                 client.info.pid, client.info.port
             );
@@ -62,9 +63,9 @@ pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
 fn status(ctx: &Context) -> Result<ExitCode> {
     let Some(client) = block_on(DaemonClient::connect_existing(&ctx.home))?? else {
         if ctx.json {
-            println!("{}", serde_json::json!({ "running": false }));
+            outln!("{}", serde_json::json!({ "running": false }));
         } else {
-            println!("Proxy daemon: not running (it starts with the next run).");
+            outln!("Proxy daemon: not running (it starts with the next run).");
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -81,7 +82,7 @@ fn status(ctx: &Context) -> Result<ExitCode> {
         anyhow::bail!("proxy daemon: unexpected answer to status: {response:?}");
     };
     if ctx.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "running": true,
@@ -96,22 +97,22 @@ fn status(ctx: &Context) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let uptime = (chrono::Utc::now() - started_at).num_seconds().max(0);
-    println!("Proxy daemon: running");
-    println!("  PID:     {pid}");
-    println!("  Port:    {port}");
-    println!("  Version: {version}");
-    println!("  Uptime:  {uptime}s");
-    println!("  Runs:    {}", runs.len());
+    outln!("Proxy daemon: running");
+    outln!("  PID:     {pid}");
+    outln!("  Port:    {port}");
+    outln!("  Version: {version}");
+    outln!("  Uptime:  {uptime}s");
+    outln!("  Runs:    {}", runs.len());
     for r in &runs {
         let grants = if r.grants.is_empty() {
             "no grants".to_string()
         } else {
             r.grants.join(", ")
         };
-        println!("    {}  {}  {}", r.run_id, r.policy, grants);
+        outln!("    {}  {}  {}", r.run_id, r.policy, grants);
     }
     if let Some(secs) = idle_exit_in_secs {
-        println!("  Idle:    exits in {secs}s unless a run starts");
+        outln!("  Idle:    exits in {secs}s unless a run starts");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -166,7 +166,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
                     .as_ref()
                     .is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
             if no_sandbox {
-                eprintln!("{}", moat_runtime_docker::NO_SANDBOX_WARNING);
+                errln!("{}", moat_runtime_docker::NO_SANDBOX_WARNING);
             }
             RuntimePlan::Docker(DockerPlan {
                 gvisor: !no_sandbox,
@@ -272,8 +272,8 @@ fn detach(ctx: &Context) -> Result<ExitCode> {
                     )
             }) {
                 let _ = std::fs::remove_file(&log_path);
-                println!("{}", run.id);
-                eprintln!(
+                outln!("{}", run.id);
+                errln!(
                     "Started {} ({}) in the background.\nFollow its output: moat logs -f {}\nStop it: moat stop {}",
                     run.name, run.id, run.name, run.name
                 );
@@ -283,7 +283,7 @@ fn detach(ctx: &Context) -> Result<ExitCode> {
         if let Some(status) = child.try_wait()? {
             let output = std::fs::read_to_string(&log_path).unwrap_or_default();
             let _ = std::fs::remove_file(&log_path);
-            eprint!("{output}");
+            err!("{output}");
             return Ok(ExitCode::from(
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ));
@@ -336,7 +336,7 @@ fn select_runtime(args: &RunArgs, config: Option<&moat_config::ProjectConfig>) -
             Err(e) => {
                 let cause = e.to_string();
                 let first = cause.lines().next().unwrap_or_default();
-                eprintln!("moat: Docker is not available ({first}); using the native Linux sandbox.");
+                errln!("moat: Docker is not available ({first}); using the native Linux sandbox.");
                 Ok(Selected::Native)
             }
         },

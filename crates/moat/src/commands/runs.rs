@@ -17,14 +17,15 @@ fn store(ctx: &Context) -> RunStore {
     RunStore::new(ctx.home.clone())
 }
 
-/// Every run, with stale "running" states corrected.
+/// Every run, with stale "running" states corrected in memory: listing
+/// never writes, so it works on a full disk.
 fn runs(store: &RunStore) -> Result<Vec<RunMetadata>> {
     let (mut runs, damaged) = store.list()?;
     for d in damaged {
-        eprintln!("Warning: {d}");
+        errln!("Warning: {d}");
     }
     for run in &mut runs {
-        store.reconcile(run)?;
+        RunStore::reconcile_view(run);
     }
     Ok(runs)
 }
@@ -33,11 +34,11 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
     let store = store(ctx);
     let runs = runs(&store)?;
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("No runs. Start one with: moat run -- <command>");
+        outln!("No runs. Start one with: moat run -- <command>");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = runs
@@ -55,7 +56,7 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &["NAME", "RUN ID", "RUNTIME", "STATE", "AGE", "EXIT"],
@@ -94,7 +95,7 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
         print(&mut out, line)?;
     }
     if damaged > 0 {
-        eprintln!(
+        errln!(
             "Warning: skipped {damaged} damaged line(s) in {}",
             path.display()
         );
@@ -113,7 +114,7 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
         out.flush()?;
         seen = all.len();
         let mut meta = store.load(&run.id)?;
-        store.reconcile(&mut meta)?;
+        RunStore::reconcile_view(&mut meta);
         if !meta.state.is_active() {
             return Ok(ExitCode::SUCCESS);
         }
@@ -130,12 +131,12 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
     };
     store.reconcile(&mut run)?;
     if !run.state.is_active() {
-        println!("Run {} ({}) is already {}.", run.name, run.id, run.state);
+        outln!("Run {} ({}) is already {}.", run.name, run.id, run.state);
         return Ok(ExitCode::SUCCESS);
     }
     stop_run(&store, &run)?;
     let meta = store.load(&run.id)?;
-    println!(
+    outln!(
         "Stopped {} ({}){}.",
         meta.name,
         meta.id,
@@ -200,7 +201,11 @@ fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
     };
     let pid = rustix::process::Pid::from_raw(pid as i32)
         .context("invalid supervisor pid in run metadata")?;
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    // Only ever signal the supervisor itself: its pid may belong to an
+    // unrelated process by now (the start time tells).
+    if moat_storage::supervisor_alive(run) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut meta = store.load(&run.id)?;
@@ -213,7 +218,7 @@ fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
             }
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline && moat_storage::supervisor_alive(&meta) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         if Instant::now() >= deadline + Duration::from_secs(5) {
@@ -253,7 +258,7 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
         remove_containers(&store, Some(run.id.as_str()));
     }
     store.remove(&run.id)?;
-    println!("Destroyed {} ({}).", run.name, run.id);
+    outln!("Destroyed {} ({}).", run.name, run.id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,14 +275,14 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
             remove_containers(&store, None)
         };
         if containers > 0 {
-            println!("Removed {containers} leftover containers.");
+            outln!("Removed {containers} leftover containers.");
         } else {
-            println!("Nothing to clean.");
+            outln!("Nothing to clean.");
         }
         return Ok(ExitCode::SUCCESS);
     }
     for r in &stopped {
-        println!(
+        outln!(
             "{}{} ({}, {})",
             if args.dry_run { "Would remove " } else { "" },
             r.name,
@@ -295,11 +300,11 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
                 stopped.len()
             );
         }
-        eprint!("Remove {} stopped runs? [y/N] ", stopped.len());
+        err!("Remove {} stopped runs? [y/N] ", stopped.len());
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("Nothing removed.");
+            outln!("Nothing removed.");
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -307,9 +312,9 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         store.remove(&r.id)?;
     }
     let containers = remove_containers(&store, None);
-    println!("Removed {} runs.", stopped.len());
+    outln!("Removed {} runs.", stopped.len());
     if containers > 0 {
-        println!("Removed {containers} leftover containers.");
+        outln!("Removed {containers} leftover containers.");
     }
     Ok(ExitCode::SUCCESS)
 }

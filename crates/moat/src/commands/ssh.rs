@@ -71,14 +71,14 @@ pub fn grant(ctx: &Context, args: &GrantArgs) -> Result<ExitCode> {
     } else {
         format!(" ({})", key.comment)
     };
-    println!("Granted SSH access to {host} with key {fingerprint}{comment}.");
+    outln!("Granted SSH access to {host} with key {fingerprint}{comment}.");
     for k in &host_keys {
         let fp = moat_ssh::key_blob(k)
             .and_then(|b| moat_ssh::fingerprint(&b))
             .unwrap_or_else(|_| k.clone());
-        println!("Pinned host key: {fp}");
+        outln!("Pinned host key: {fp}");
     }
-    println!("Use it with: moat run --grant ssh:{host}");
+    outln!("Use it with: moat run --grant ssh:{host}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -122,12 +122,12 @@ fn choose_key<'a>(
     if no_prompt || !std::io::stdin().is_terminal() {
         return Err(SshError::SeveralKeys(listing()).into());
     }
-    eprintln!("The SSH agent holds several keys:");
+    errln!("The SSH agent holds several keys:");
     for (i, id) in ids.iter().enumerate() {
         let fp = moat_ssh::fingerprint(&id.key).unwrap_or_else(|_| "(unparsable)".into());
-        eprintln!("  {}) {fp}  {}", i + 1, id.comment);
+        errln!("  {}) {fp}  {}", i + 1, id.comment);
     }
-    eprint!("Which one may sign for this host? [1-{}] ", ids.len());
+    err!("Which one may sign for this host? [1-{}] ", ids.len());
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin()
@@ -208,7 +208,7 @@ pub fn revoke(ctx: &Context, host: &str) -> Result<ExitCode> {
         Some(p) => format!(" from profile {p}"),
         None => String::new(),
     };
-    println!("Revoked ssh:{host}{profile}.");
+    outln!("Revoked ssh:{host}{profile}.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -58,8 +58,9 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
 
     let store = RunStore::new(ctx.home.clone());
     let (mut runs, _) = store.list()?;
+    // Read-only: corrected in memory, so status works on a full disk.
     for r in &mut runs {
-        store.reconcile(r)?;
+        RunStore::reconcile_view(r);
     }
     let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
     let disk = dir_size(&ctx.home.runs_dir());
@@ -81,27 +82,29 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
             "total_runs": runs.len(),
             "total_disk_bytes": disk,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Runtimes");
-    println!("  native: {}", native.1);
-    println!("  docker: {}", docker.1);
-    println!();
+    outln!("Runtimes");
+    outln!("  native: {}", native.1);
+    outln!("  docker: {}", docker.1);
+    outln!();
     match &daemon {
-        Some(d) => println!(
+        Some(d) => outln!(
             "Proxy daemon: running (pid {}, port {}, version {})",
-            d.info.pid, d.info.port, d.info.version
+            d.info.pid,
+            d.info.port,
+            d.info.version
         ),
-        None => println!("Proxy daemon: not running (it starts with the next run)"),
+        None => outln!("Proxy daemon: not running (it starts with the next run)"),
     }
-    println!();
+    outln!();
     if active.is_empty() {
-        println!("Active runs: none");
+        outln!("Active runs: none");
     } else {
-        println!("Active runs");
+        outln!("Active runs");
         for r in &active {
-            println!(
+            outln!(
                 "  {:<20} {}  {:<7} {:.1} MB",
                 r.name,
                 r.id,
@@ -110,8 +113,8 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
             );
         }
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "Summary: {} runs stored ({} active), {:.1} MB under {}",
         runs.len(),
         active.len(),

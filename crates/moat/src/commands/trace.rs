@@ -82,7 +82,7 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
         let har = har(&records);
         write_user_file(file, &serde_json::to_vec_pretty(&har)?)
             .with_context(|| format!("writing {}", file.display()))?;
-        eprintln!(
+        errln!(
             "Wrote {} request(s) of run {} to {} (HTTP Archive 1.2)",
             records.len(),
             run.id,
@@ -94,12 +94,12 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
     }
     if ctx.json {
         for (raw, _) in &records {
-            println!("{raw}");
+            outln!("{raw}");
         }
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
-        println!("No network requests recorded for run {}.", run.id);
+        outln!("No network requests recorded for run {}.", run.id);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = String::new();
@@ -109,7 +109,7 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
             out.push_str(&details(r));
         }
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -128,7 +128,13 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
         }
         match serde_json::from_str::<Record>(line) {
             Ok(r) => records.push((line.to_owned(), r)),
-            Err(e) => eprintln!(
+            // Notes by moat itself: records lost, a daemon replaced.
+            Err(_) if trace_note(line).is_some() => {
+                if let Some(note) = trace_note(line) {
+                    errln!("Note: line {} of {}: {note}", i + 1, path.display());
+                }
+            }
+            Err(e) => errln!(
                 "Warning: skipping line {} of {}: not a complete request record ({e})",
                 i + 1,
                 path.display()
@@ -136,6 +142,33 @@ fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
         }
     }
     Ok(records)
+}
+
+/// What a line written by moat rather than for a request says:
+/// `{"dropped": N, "reason"}` (records the trace writer could not write)
+/// or `{"event": "daemon_restarted", ...}` (the proxy daemon was replaced).
+fn trace_note(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if let Some(n) = value.get("dropped").and_then(|d| d.as_u64()) {
+        let reason = value
+            .get("reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or("write error");
+        return Some(format!(
+            "{n} request record(s) could not be written here ({reason})"
+        ));
+    }
+    match value.get("event").and_then(|e| e.as_str())? {
+        "daemon_restarted" => Some(format!(
+            "the proxy daemon stopped at {} and was replaced; requests made meanwhile were \
+             refused and are not recorded",
+            value
+                .get("lost_at")
+                .and_then(|t| t.as_str())
+                .unwrap_or("an unknown time")
+        )),
+        other => Some(format!("moat event {other:?}")),
+    }
 }
 
 fn clock(ts: &DateTime<Utc>) -> String {
@@ -358,7 +391,7 @@ fn timeline(ctx: &Context, run: &RunMetadata, dir: &Path) -> Result<ExitCode> {
             }));
             prev = Some(*t);
         }
-        println!(
+        outln!(
             "{}",
             json!({"run_id": run.id.as_str(), "name": run.name, "state": run.state.to_string(),
                    "events": items, "requests": requests, "blocked": blocked})
@@ -388,7 +421,7 @@ fn timeline(ctx: &Context, run: &RunMetadata, dir: &Path) -> Result<ExitCode> {
             run.id
         );
     }
-    print!("{out}");
+    out!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

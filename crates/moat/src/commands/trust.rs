@@ -17,11 +17,11 @@ pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
     let accepted = moat_trust::accept(&ctx.home, &workspace, None)?;
     let ws = workspace.display();
     if accepted.first_use {
-        println!("Trusted {ws} as it is now: its moat.yaml, .moat/ and mount sources (first use).");
+        outln!("Trusted {ws} as it is now: its moat.yaml, .moat/ and mount sources (first use).");
     } else if accepted.changes.is_empty() {
-        println!("Nothing changed in {ws} since you accepted it; nothing to trust.");
+        outln!("Nothing changed in {ws} since you accepted it; nothing to trust.");
     } else {
-        print!(
+        out!(
             "Changes in {ws} since you last accepted it:\n{}Trusted: the next run applies them.\n",
             moat_trust::changes_text(&accepted.changes)
         );
@@ -47,7 +47,7 @@ pub(super) fn ensure_trusted(ctx: &Context, workspace: &Path, no_prompt: bool) -
     if !can_ask {
         return Err(moat_trust::TrustError::Untrusted(review).into());
     }
-    eprint!(
+    err!(
         "{}.\n{}Trust these changes? [y/N] ",
         review.summary(),
         review.change_lines()
