@@ -77,6 +77,13 @@ impl RunCgroup {
     /// cgroup can be made here and none of the limits needs one; an error
     /// naming the limit when one does.
     pub(crate) fn create(limits: &ResourceLimits) -> Result<Option<RunCgroup>, SandboxError> {
+        // Only for the limits rlimits cannot express: moving a process into
+        // a cgroup v1 hierarchy waits for an RCU grace period (several
+        // milliseconds, most of a sandbox's start-up), and process and file
+        // counts are held by rlimits already.
+        if limits.memory_bytes.is_none() && limits.millicpus.is_none() {
+            return Ok(None);
+        }
         let Some((controllers, procs_file)) = layout() else {
             let needs = match (limits.memory_bytes, limits.millicpus) {
                 (Some(_), _) => Some("a memory limit (container.memory)"),
@@ -136,9 +143,7 @@ impl RunCgroup {
         dir: &Path,
         limits: &ResourceLimits,
     ) -> Result<(), SandboxError> {
-        let memory = limits
-            .memory_bytes
-            .or_else(|| total_memory().map(|m| m / 4 * 3));
+        let memory = limits.memory_bytes;
         let cpu_quota = limits
             .millicpus
             .map(|m| u64::from(m) * CFS_PERIOD_US / 1000);

@@ -56,16 +56,16 @@ pub struct SandboxSpec {
 /// Resource limits of one sandbox, so that one runaway command cannot take
 /// the machine down.
 ///
-/// Memory, CPU and process counts are enforced with a cgroup of the
-/// sandbox's own where the caller may create one (root, with cgroup v1
-/// controllers or cgroup v2); processes and open files are also limited
-/// with rlimits, which work for every caller. A memory or CPU limit asked
-/// for where no cgroup can be made is an error, not silently dropped.
+/// Processes (per user namespace, so only the sandbox's count) and open
+/// files are limited with rlimits, which work for every caller. Memory and
+/// CPU, when asked for, are enforced with a cgroup of the sandbox's own
+/// (root, with cgroup v1 controllers or cgroup v2), which also holds the
+/// process count; a memory or CPU limit asked for where no cgroup can be
+/// made is an error, not silently dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceLimits {
     /// Memory of all the sandbox's processes together, tmpfs pages
-    /// included. `None`: three quarters of the machine's memory where a
-    /// cgroup is available, no limit otherwise.
+    /// included. `None`: no limit beyond the machine's.
     pub memory_bytes: Option<u64>,
     /// CPU time in thousandths of a CPU (`1500` = one and a half CPUs).
     pub millicpus: Option<u32>,

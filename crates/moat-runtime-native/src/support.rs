@@ -96,7 +96,9 @@ pub fn protections() -> String {
         "runs as you".to_owned()
     };
     let limits = match crate::cgroup::hierarchy() {
-        Some(kind) => format!("memory, CPU and process limits in a {kind} cgroup"),
+        Some(kind) => format!(
+            "process and file limits as rlimits; container.memory and container.cpus in a {kind} cgroup"
+        ),
         None => "process and file limits as rlimits (no cgroup: container.memory and container.cpus are refused)".to_owned(),
     };
     format!("{identity}; seccomp filter, no capabilities; {limits}")

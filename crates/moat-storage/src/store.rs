@@ -101,8 +101,10 @@ impl RunStore {
         }
         let marker = self.active_dir().join(&meta.name);
         if meta.state.is_active() {
+            // No fsync: a marker lost in a crash only costs a scan-free
+            // lookup's answer for a run that is no longer running anyway.
             if ensure_private_dir(&self.active_dir()).is_ok() {
-                let _ = write_private_atomic(&marker, meta.id.as_str().as_bytes());
+                let _ = std::fs::write(&marker, meta.id.as_str());
             }
         } else if std::fs::read(&marker).is_ok_and(|id| id == meta.id.as_str().as_bytes()) {
             let _ = std::fs::remove_file(&marker);
@@ -275,7 +277,24 @@ impl RunStore {
     /// the run ended even when `MOAT_HOME` fills up during the run.
     pub fn reserve(&self, id: &RunId) -> Result<(), StorageError> {
         let path = self.dir(id).join(RESERVE_FILE);
-        write_private_atomic(&path, &vec![0u8; RESERVE_BYTES])?;
+        let io = |source| StorageError::Io {
+            action: "reserving space in",
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::create(&path).map_err(io)?;
+        // The blocks are what matters, not their durability: allocate
+        // them (no fsync), writing zeros where the file system cannot.
+        let allocated = rustix::fs::fallocate(
+            &file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            RESERVE_BYTES as u64,
+        );
+        if allocated.is_err() {
+            use std::io::Write as _;
+            (&file).write_all(&vec![0u8; RESERVE_BYTES]).map_err(io)?;
+        }
         Ok(())
     }
 

@@ -244,8 +244,12 @@ pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
         save(home, &first_record(&workspace, current))?;
         return Ok(Trusted::FirstUse);
     };
+    let before = serde_json::to_vec(&record).unwrap_or_default();
     let verdict = state::at_start(&mut record, &current, &supervisor_alive);
-    save(home, &record)?;
+    // Most runs change nothing: no write, no fsync.
+    if serde_json::to_vec(&record).unwrap_or_default() != before {
+        save(home, &record)?;
+    }
     verdict_result(&record, verdict, &current)
 }
 

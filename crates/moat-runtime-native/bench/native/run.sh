@@ -18,7 +18,8 @@ harness="$target/release/moat-native-harness"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/ws"
-sock="$work/proxy.sock"
+mkdir "$work/sock"
+sock="$work/sock/proxy.sock"
 cat >"$work/host.json" <<JSON
 {"hostname":"bench","user":"dev","workspace":"$work/ws","mounts":[],"files":[],
  "env":[],"command":["true"],"network":"Host","stdio":"Inherit"}
@@ -30,11 +31,18 @@ cat >"$work/isolated.json" <<JSON
  "env":[],"command":["true"],
  "network":{"Isolated":{"relay_port":18080,"proxy_socket":"$sock"}},"stdio":"Inherit"}
 JSON
+cat >"$work/captured.json" <<JSON
+{"hostname":"bench","user":"dev","workspace":"$work/ws","mounts":[],"files":[],
+ "env":[],"command":["true"],
+ "network":{"Isolated":{"relay_port":18080,"proxy_socket":"$sock",
+   "capture":{"proxy_authorization":"Basic eDp5","ports":[80,443]}}},"stdio":"Inherit"}
+JSON
 
 hyperfine -N --warmup 20 --runs 300 --export-json "$work/result.json" "$@" \
     -n baseline-true "true" \
     -n sandbox-host-net "$harness $work/host.json" \
-    -n sandbox-isolated-net "$harness $work/isolated.json"
+    -n sandbox-isolated-net "$harness $work/isolated.json" \
+    -n sandbox-isolated-captured "$harness $work/captured.json"
 python3 - "$work/result.json" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1]))["results"]:
