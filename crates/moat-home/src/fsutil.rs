@@ -62,6 +62,17 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), HomeError> {
 /// then renamed over `path`. Readers see the old file or the new one, never
 /// a mix, and two writers of different files never disturb each other.
 pub fn write_private_atomic(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
+    write_private_replace(path, contents, true)
+}
+
+/// Like [`write_private_atomic`], without waiting for the disk: readers
+/// still see the old or the new contents, never a mix, but a machine crash
+/// may lose the change. For state that a later write supersedes anyway.
+pub fn write_private_atomic_unsynced(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
+    write_private_replace(path, contents, false)
+}
+
+fn write_private_replace(path: &Path, contents: &[u8], durable: bool) -> Result<(), HomeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_private_dir(dir)?;
     let file_name = path
@@ -79,8 +90,10 @@ pub fn write_private_atomic(path: &Path, contents: &[u8]) -> Result<(), HomeErro
             .map_err(|e| HomeError::io("creating", &tmp, e))?;
         file.write_all(contents)
             .map_err(|e| HomeError::io("writing", &tmp, e))?;
-        file.sync_all()
-            .map_err(|e| HomeError::io("syncing", &tmp, e))?;
+        if durable {
+            file.sync_all()
+                .map_err(|e| HomeError::io("syncing", &tmp, e))?;
+        }
         fs::rename(&tmp, path).map_err(|e| HomeError::io("renaming into place", path, e))
     })();
     if result.is_err() {

@@ -211,7 +211,7 @@ pub(crate) async fn run_container(
         rt.start(&container).await.map_err(docker_err)?;
         meta.state = moat_storage::RunState::Running;
         meta.started_at = Some(chrono::Utc::now());
-        store.save(meta)?;
+        store.save_progress(meta)?;
         let mut out = Tee::new(tokio::io::stdout(), LogStream::Stdout, logs.clone());
         let mut err = Tee::new(tokio::io::stderr(), LogStream::Stderr, logs.clone());
         // SIGINT or SIGTERM stops the container; its output is still read

@@ -471,7 +471,7 @@ fn run_sandbox(
     let mut sandbox = moat_runtime_native::spawn(&spec)?;
     meta.state = RunState::Running;
     meta.started_at = Some(Utc::now());
-    RunStore::new(home.clone()).save(meta)?;
+    RunStore::new(home.clone()).save_progress(meta)?;
 
     let logs = Arc::new(
         LogWriter::open(&run_dir.join("logs.jsonl"))

@@ -72,6 +72,23 @@ impl RunStore {
         Ok(dir)
     }
 
+    /// Rewrites `metadata.json` atomically without waiting for the disk:
+    /// for the step from starting to running, which the final state
+    /// ([`RunStore::save`], durable) supersedes.
+    pub fn save_progress(&self, meta: &RunMetadata) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Damaged {
+            path: self.dir(&meta.id).join("metadata.json"),
+            id: meta.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        moat_home::write_private_atomic_unsynced(
+            &self.dir(&meta.id).join("metadata.json"),
+            &bytes,
+        )?;
+        self.index_name(meta);
+        Ok(())
+    }
+
     /// Rewrites `metadata.json` atomically.
     pub fn save(&self, meta: &RunMetadata) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Damaged {
