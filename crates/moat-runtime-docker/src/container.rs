@@ -371,53 +371,55 @@ pub struct ManagedContainer {
 /// (the relay already runs as the guard's main process) and `$5` the
 /// address of the host gateway (host ports, through the proxy).
 const FIREWALL_SCRIPT: &str = r#"set -e
-if ! command -v iptables >/dev/null 2>&1; then
+if ! command -v iptables-restore >/dev/null 2>&1; then
   echo "the image has no iptables (moat's dependency images always include it; add it to a custom base_image)"
   exit 127
 fi
 proxy_ip=$(getent ahostsv4 "$1" | awk 'NR==1 {print $1}')
 if [ -z "$proxy_ip" ]; then echo "cannot resolve the proxy host $1"; exit 1; fi
-iptables -F OUTPUT
-iptables -F INPUT
-iptables -A OUTPUT -o lo -j ACCEPT
-# Redirected packets keep their original output interface in this chain;
-# their destination is already the relay's.
-iptables -A OUTPUT -d 127.0.0.0/8 -j ACCEPT
-iptables -A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-for ns in $(awk '/^nameserver/ {print $2}' /etc/resolv.conf | grep -v ':' || true); do
-  iptables -A OUTPUT -p udp -d "$ns" --dport 53 -j ACCEPT
-  iptables -A OUTPUT -p tcp -d "$ns" --dport 53 -j ACCEPT
-done
-iptables -A OUTPUT -p tcp -d "$proxy_ip" --dport "$2" -j ACCEPT
-iptables -A OUTPUT -j REJECT
-iptables -P OUTPUT DROP
-iptables -A INPUT -i lo -j ACCEPT
-iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
-iptables -P INPUT DROP
+# One ruleset, applied at once by iptables-restore (each iptables call
+# re-reads and rewrites the whole table).
+{
+  echo "*filter"
+  echo ":INPUT DROP [0:0]"
+  echo ":OUTPUT DROP [0:0]"
+  echo "-A OUTPUT -o lo -j ACCEPT"
+  # Redirected packets keep their original output interface in this
+  # chain; their destination is already the relay's.
+  echo "-A OUTPUT -d 127.0.0.0/8 -j ACCEPT"
+  echo "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+  for ns in $(awk '/^nameserver/ {print $2}' /etc/resolv.conf | grep -v ':' || true); do
+    echo "-A OUTPUT -p udp -d $ns --dport 53 -j ACCEPT"
+    echo "-A OUTPUT -p tcp -d $ns --dport 53 -j ACCEPT"
+  done
+  echo "-A OUTPUT -p tcp -d $proxy_ip --dport $2 -j ACCEPT"
+  echo "-A OUTPUT -j REJECT"
+  echo "-A INPUT -i lo -j ACCEPT"
+  echo "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
+  echo "COMMIT"
+  if [ -n "${3:-}" ]; then
+    echo "*nat"
+    echo ":OUTPUT ACCEPT [0:0]"
+    echo "-A OUTPUT -d 127.0.0.0/8 -j RETURN"
+    echo "-A OUTPUT -d $proxy_ip -j RETURN"
+    echo "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports $4"
+    echo "-A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports $4"
+    echo "-A OUTPUT -p tcp -d $5 -j REDIRECT --to-ports $3"
+    echo "-A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports $3"
+    echo "-A OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports $3"
+    echo "COMMIT"
+  fi
+} | iptables-restore
 if [ -n "${3:-}" ]; then
-  iptables -t nat -F OUTPUT
-  iptables -t nat -A OUTPUT -d 127.0.0.0/8 -j RETURN
-  iptables -t nat -A OUTPUT -d "$proxy_ip" -j RETURN
-  iptables -t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports "$4"
-  iptables -t nat -A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports "$4"
-  iptables -t nat -A OUTPUT -p tcp -d "$5" -j REDIRECT --to-ports "$3"
-  iptables -t nat -A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports "$3"
-  iptables -t nat -A OUTPUT -p tcp --dport 443 -j REDIRECT --to-ports "$3"
   # The relay must be listening before the workload starts.
   hex=$(printf '%04X' "$3")
-  for _ in $(seq 1 100); do
-    awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p {found=1} END {exit !found}' /proc/net/tcp && break
-    sleep 0.05
-  done
-  awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p {found=1} END {exit !found}' /proc/net/tcp \
-    || { echo "the capture relay did not start (can the image run the moat binary?)"; exit 1; }
+  listening() { awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p {found=1} END {exit !found}' /proc/net/tcp; }
+  for _ in $(seq 1 100); do listening && break; sleep 0.05; done
+  listening || { echo "the capture relay did not start (can the image run the moat binary?)"; exit 1; }
 fi
-if command -v ip6tables >/dev/null 2>&1 && ip6tables -S >/dev/null 2>&1; then
-  ip6tables -A OUTPUT -o lo -j ACCEPT
-  ip6tables -A OUTPUT -j REJECT
-  ip6tables -P OUTPUT DROP
-  ip6tables -A INPUT -i lo -j ACCEPT
-  ip6tables -P INPUT DROP
+if command -v ip6tables-restore >/dev/null 2>&1 && ip6tables -S >/dev/null 2>&1; then
+  printf '*filter\n:INPUT DROP [0:0]\n:OUTPUT DROP [0:0]\n-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -j REJECT\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n' \
+    | ip6tables-restore
 elif grep -qv ' lo$' /proc/net/if_inet6 2>/dev/null; then
   echo "IPv6 is configured but ip6tables is unusable"
   exit 1
