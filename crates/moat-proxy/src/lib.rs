@@ -37,7 +37,9 @@ mod upstream;
 pub use crate::ca::{CertificateAuthority, LEAF_CACHE_CAPACITY};
 pub use crate::config::{ConnectTo, ProxyConfig};
 pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
-pub use crate::proxy::{Proxy, INVALID_TOKEN_BODY, MISSING_AUTH_BODY};
+pub use crate::proxy::{
+    Proxy, BLOCKED_REASON, CLEARTEXT_REASON, INVALID_TOKEN_BODY, MISSING_AUTH_BODY,
+};
 pub use crate::run::{Injection, McpRoute, RunRegistration, TcpTunnel};
 pub use crate::secret::{RunToken, SecretValue};
 pub use crate::trace::{RequestEvent, RequestObserver};

@@ -293,6 +293,87 @@ fn auth_failure(failure: AuthFailure) -> Response<ProxyBody> {
     resp
 }
 
+/// The reason phrase of a `407` for a request the run's policy blocked:
+/// clients that drop a failed `CONNECT`'s body (curl: `CONNECT tunnel
+/// failed, response 407`) still show the status line, and the standard
+/// phrase, "Proxy Authentication Required", would point at the token.
+pub const BLOCKED_REASON: &str = "Blocked by moat network policy";
+/// The reason phrase of a `403` for a plain-HTTP request to a host moat
+/// holds a credential for.
+pub const CLEARTEXT_REASON: &str = "Credential needs TLS (moat)";
+
+/// Sets a custom HTTP/1 reason phrase and an RFC 9209 `Proxy-Status`
+/// header naming moat, the error type and `details`.
+fn mark(resp: &mut Response<ProxyBody>, reason: &'static str, error: &str, details: &str) {
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(reason.as_bytes()));
+    // An sf-string: printable ASCII, with `"` and `\` escaped.
+    let mut value = format!("moat; error={error}; details=\"");
+    for c in details.chars() {
+        match c {
+            '"' | '\\' => {
+                value.push('\\');
+                value.push(c);
+            }
+            ' '..='~' => value.push(c),
+            _ => value.push('?'),
+        }
+    }
+    value.push('"');
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("proxy-status"), v);
+    }
+}
+
+/// A one-line summary of a denial, for `Proxy-Status` details.
+fn deny_details(reason: &moat_policy::DenyReason) -> String {
+    use moat_policy::DenyReason as D;
+    match reason {
+        D::HostNotAllowed { host } => format!("host {host} is not in the allow list"),
+        D::RuleDenied {
+            method, path, rule, ..
+        } => format!("{method} {path} is denied by rule {rule}"),
+        D::NoRuleMatched { method, path, .. } => {
+            format!("{method} {path} matches no allow rule under a strict policy")
+        }
+        D::AmbiguousPath { method, path, .. } => {
+            format!("{method} {path} has an ambiguous path")
+        }
+    }
+}
+
+/// The `407` for a request or `CONNECT` the run's policy blocked: the
+/// three-line message as the body, and the reason in the status line and
+/// `Proxy-Status`.
+fn blocked(reason: &moat_policy::DenyReason) -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, reason.message());
+    mark(
+        &mut resp,
+        BLOCKED_REASON,
+        "http_request_denied",
+        &deny_details(reason),
+    );
+    resp
+}
+
+/// Whether `host` (bare, lower case) names the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Method-override headers some frameworks honour: the method they name
+/// is what the server runs, so the policy checks it too.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     match e.fault() {
         Fault::Upstream | Fault::Internal => {
@@ -446,7 +527,7 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
             ex.set_body(Side::Response, message.as_bytes());
             ex.finish();
         }
-        return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+        return blocked(&reason);
     }
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -701,7 +782,7 @@ async fn handle_mcp(
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, false, (headers, label), req).await
+    forward(&inner, run.clone(), uri, true, (headers, label), req).await
 }
 
 fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -815,7 +896,15 @@ async fn forward(
         .to_owned();
     if check_policy {
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if let Decision::Deny(reason) = run.policy.decide(&host, method.as_str(), pq) {
+        let overrides: Vec<&str> = METHOD_OVERRIDES
+            .iter()
+            .flat_map(|name| req.headers().get_all(*name))
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .collect();
+        if let Decision::Deny(reason) =
+            run.policy
+                .decide_request(&host, method.as_str(), &overrides, pq)
+        {
             let message = reason.message();
             if let Some(ex) = Exchange::new(
                 run.clone(),
@@ -830,8 +919,52 @@ async fn forward(
                 ex.set_body(Side::Response, message.as_bytes());
                 ex.finish();
             }
-            return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+            return blocked(&reason);
         }
+    }
+
+    // A credential only ever travels inside TLS: a plain-HTTP leg to a
+    // host moat holds one for is refused whole (not sent without it, which
+    // would hide the mistake). Loopback is excepted for local servers.
+    let cleartext = uri.scheme_str() != Some("https");
+    if cleartext && !inject.is_empty() && !(inner.config.cleartext_loopback && is_loopback(&host)) {
+        let https = {
+            let mut parts = uri.clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            if let Some(a) = &parts.authority {
+                if a.port_u16() == Some(80) {
+                    parts.authority = a.host().parse().ok();
+                }
+            }
+            Uri::from_parts(parts)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| format!("https://{host}/"))
+        };
+        let message = format!(
+            "moat: refused to send the credential for {host} over plain HTTP ({url}): anyone on the path could read it.\n\
+             Use {https} instead; moat injects credentials only into TLS connections.\n"
+        );
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            method.as_str(),
+            &url,
+            false,
+            headers_json(&run, req.headers(), &[]),
+            label,
+            limit,
+        ) {
+            ex.set_error(403, "credential refused on plain HTTP");
+            ex.set_body(Side::Response, message.as_bytes());
+            ex.finish();
+        }
+        let mut resp = text(StatusCode::FORBIDDEN, message);
+        mark(
+            &mut resp,
+            CLEARTEXT_REASON,
+            "http_request_denied",
+            &format!("a credential for {host} is only sent over https"),
+        );
+        return resp;
     }
 
     let upgrade = is_upgrade(&req);
@@ -869,9 +1002,25 @@ async fn forward(
     } else {
         &inner.upstream.auto
     };
-    let mut resp = match client.request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let timeout = inner.config.upstream_timeout;
+    let mut resp = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+        Ok(Ok(resp)) => resp,
+        Err(_) => {
+            let err = ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "moat: upstream {host} sent no response within {} s. \
+                     Raise MOAT_UPSTREAM_TIMEOUT (seconds, read by the daemon) if it is just slow.",
+                    timeout.as_secs()
+                ),
+            );
+            if let Some(ex) = &exchange {
+                ex.set_error(err.status().as_u16(), &err.detail());
+                ex.finish();
+            }
+            return error_response(&err);
+        }
+        Ok(Err(e)) => {
             let err = upstream_error(&host, e);
             if let Some(ex) = &exchange {
                 ex.set_error(err.status().as_u16(), &err.detail());

@@ -422,7 +422,13 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
         .try_register(RunRegistration {
             run_id: "mcp".into(),
             injections: vec![],
-            policy: NetworkPolicy::new(Policy::Strict),
+            // The relay obeys the policy: the daemon grants the host of an
+            // MCP server whose credential the run holds.
+            policy: {
+                let mut p = NetworkPolicy::new(Policy::Strict);
+                p.grant_host(HostPattern::parse("mcp.test").unwrap());
+                p
+            },
             mcp: vec![McpRoute {
                 name: "gh".into(),
                 url: "https://mcp.test/mcp".into(),
