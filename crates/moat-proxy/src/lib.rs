@@ -16,7 +16,11 @@
 //! - streams bodies both ways (SSE, WebSocket upgrades, HTTP/1.1 and
 //!   HTTP/2 on both sides), relays MCP servers ([`McpRoute`]), and appends
 //!   one redacted JSON line per request to the run's `network.jsonl`, and
-//!   tells a [`RequestObserver`] (the daemon's audit log) of each one.
+//!   tells a [`RequestObserver`] (the daemon's audit log) of each one;
+//! - injects credentials only on TLS upstream legs (plain HTTP to a host
+//!   with a credential is refused, `403`), and masks any injected secret
+//!   an upstream reflects in its response headers or body (gzip bodies
+//!   decoded), so the sandbox never reads one.
 //!
 //! It owns nothing outside traffic: the daemon crate owns the process, the
 //! control socket, lock files and the run registry's persistence, and
@@ -30,6 +34,7 @@ mod error;
 mod io;
 mod proxy;
 mod run;
+mod scrub;
 mod secret;
 mod trace;
 mod upstream;

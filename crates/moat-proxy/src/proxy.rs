@@ -22,6 +22,7 @@ use crate::config::ProxyConfig;
 use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
+use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::{RunToken, SecretValue};
 use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::Upstream;
@@ -978,6 +979,15 @@ async fn forward(
     for (name, value) in &inject {
         headers.insert(name.clone(), value.header_value().clone());
     }
+    let secrets = Secrets::of(inject.iter().map(|(_, v)| v.expose()));
+    if !secrets.is_empty() {
+        // Only encodings the scrubber can read come back.
+        let gzip = header_has_token(&headers, header::ACCEPT_ENCODING, "gzip");
+        headers.remove(header::ACCEPT_ENCODING);
+        if gzip {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    }
     let exchange = Exchange::new(
         run.clone(),
         method.as_str(),
@@ -1051,12 +1061,49 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let body = if secrets.is_empty() || switching {
+        body
+    } else {
+        let n = secrets.scrub_headers(&mut parts.headers);
+        if n > 0 {
+            if let Some(ex) = &exchange {
+                ex.add_scrubbed(n);
+            }
+        }
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let gzip = match encoding.as_deref() {
+            None | Some("identity") => false,
+            Some("gzip" | "x-gzip") => true,
+            Some(other) => {
+                let err = ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!(
+                        "moat: upstream {host} answered with Content-Encoding {other:?}, which moat cannot check for \
+                         echoed credentials; only gzip or none is accepted when a credential is injected"
+                    ),
+                );
+                if let Some(ex) = &exchange {
+                    ex.set_error(err.status().as_u16(), &err.detail());
+                    ex.finish();
+                }
+                return error_response(&err);
+            }
+        };
+        if gzip {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        Scrubbed::new(body, secrets, gzip, exchange.clone()).boxed_unsync()
+    };
     if let Some(ex) = &exchange {
         ex.set_response(parts.status.as_u16(), &parts.headers);
     }
-    let body = Tapped::new(body, exchange, Side::Response)
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed_unsync();
+    let body = Tapped::new(body, exchange, Side::Response).boxed_unsync();
     Response::from_parts(parts, body)
 }
 
