@@ -699,13 +699,19 @@ where
     let target = Arc::new(target);
     let config_timeout = inner.config.client_timeout;
     let max_buf = inner.config.max_header_bytes.max(8192);
+    let activity = Arc::new(Activity::new());
     let service = {
         let inner = inner.clone();
+        let activity = activity.clone();
         service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
             let run = run.clone();
             let target = target.clone();
-            async move { Ok::<_, Infallible>(handle_inner(inner, run, &target, req).await) }
+            let busy = activity.enter();
+            async move {
+                let resp = handle_inner(inner, run, &target, req).await;
+                Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
+            }
         })
     };
     let io = TokioIo::new(io);
@@ -713,13 +719,35 @@ where
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, service);
-        tokio::select! {
-            result = conn => {
-                if let Err(e) = result {
-                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+        tokio::pin!(conn);
+        // HTTP/1.1 idles out through the header read timeout; HTTP/2 has
+        // none, so a connection without a request in flight for
+        // `client_timeout` is told to go away (GOAWAY, then closed).
+        let tick = config_timeout
+            .min(Duration::from_secs(5))
+            .max(Duration::from_millis(100));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+                    }
+                    break;
+                }
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(tick) => {
+                    let idle = activity.idle_for();
+                    if !closing && idle >= Some(config_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else if closing && idle >= Some(config_timeout * 2) {
+                        // A client that ignores GOAWAY (or never spoke
+                        // HTTP/2) is cut off.
+                        break;
+                    }
                 }
             }
-            () = cancel.cancelled() => {}
         }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -736,6 +764,81 @@ where
             }
             () = cancel.cancelled() => {}
         }
+    }
+}
+
+/// Requests in flight on one connection, and since when there are none.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> BusyGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut since) = self.idle_since.lock() {
+            *since = None;
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// How long no request has been in flight; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        self.idle_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+    }
+}
+
+/// Held from a request's arrival until its response body is done.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if left == 1 {
+            if let Ok(mut since) = self.0.idle_since.lock() {
+                *since = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body that keeps its connection counted busy until dropped.
+struct Busy {
+    body: ProxyBody,
+    _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Busy {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

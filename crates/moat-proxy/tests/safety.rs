@@ -414,3 +414,103 @@ async fn secrets_an_upstream_echoes_are_scrubbed() {
         lines[0]
     );
 }
+
+/// Reads until EOF; how long the proxy took to close the connection.
+async fn closed_within(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_reaped() {
+    let plain = http_upstream().await;
+    let h = Harness::start_config(TestCa::new(), "", |c| {
+        c.client_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let token = h.register("idle", permissive(), &[]);
+    // Silent from the start.
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    assert!(closed_within(stream, Duration::from_secs(5))
+        .await
+        .is_some());
+    // Idle after a keep-alive request.
+    let target = format!("127.0.0.1:{}", plain.addr.port());
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+                basic(token.expose())
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.unwrap().status, 200);
+    assert!(closed_within(stream, Duration::from_secs(5))
+        .await
+        .is_some());
+    // Idle inside an intercepted tunnel, HTTP/1.1 and HTTP/2.
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["api.github.com"]).await;
+    let h = Harness::start_with(
+        ca,
+        &[("api.github.com", upstream.addr.port())],
+        Duration::from_secs(1),
+    )
+    .await;
+    let token = h.register("idle", permissive(), &[]);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (resp, stream) =
+            connect(h.addr, Some(&basic(token.expose())), "api.github.com:443").await;
+        assert_eq!(resp.status, 200);
+        let tls = tls(stream, &h.ca_pem, "api.github.com", &[alpn]).await;
+        if alpn == b"h2" {
+            // A real HTTP/2 client, one request, then idle: GOAWAY.
+            let mut send = h2(tls).await;
+            send.ready().await.unwrap();
+            let resp = send
+                .send_request(get("https://api.github.com/x"))
+                .await
+                .unwrap();
+            let _ = body_string(resp).await;
+            let started = Instant::now();
+            while !send.is_closed() && started.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(send.is_closed(), "h2 tunnel left open");
+            continue;
+        }
+        let (mut r, _w) = tokio::io::split(tls);
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        let started = Instant::now();
+        let closed = loop {
+            match tokio::time::timeout(
+                Duration::from_secs(5).saturating_sub(started.elapsed()),
+                r.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "h1 tunnel left open");
+    }
+}
