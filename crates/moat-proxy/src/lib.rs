@@ -9,7 +9,11 @@
 //!   [`CertificateAuthority`], and verifies upstream TLS against the system
 //!   roots plus an optional extra CA ([`ProxyConfig::upstream_ca_file`]);
 //! - applies the run's network policy (`moat-policy`) at `CONNECT` and per
-//!   request, answering `407` with the three-line deny message;
+//!   request (paths in canonical form, method-override headers checked),
+//!   answering `407` with the three-line deny message as the body and
+//!   [`BLOCKED_REASON`] in the status line and a `Proxy-Status` header;
+//! - answers `504` when an upstream sends no response head within
+//!   [`ProxyConfig::upstream_timeout`], and closes idle client connections;
 //! - injects the run's credentials ([`Injection`]) as headers, replacing
 //!   the client's placeholders, and strips proxy credentials and hop-by-hop
 //!   headers before forwarding;
