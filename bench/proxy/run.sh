@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # HTTPS GETs with credential injection through moat-proxy, compared in the
-# same run with a direct connection and with mitmproxy. Everything listens
-# on 127.0.0.1; each load run is bounded (DUR, default 10s).
+# same run with a direct connection and with mitmproxy. moat-proxy is
+# measured twice: the engine alone (examples/bench_server: injection, no
+# trace) and the real daemon started by `moat` for a registered run
+# (injection, response scrubbing and the network.jsonl trace on, as in
+# production). Everything listens on 127.0.0.1; each load run is bounded
+# (DUR, default 10s).
 #
 # Needs: apt-get install -y nginx-light hey openssl
 #        python3 -m venv /tmp/mv && /tmp/mv/bin/pip install mitmproxy
@@ -16,10 +20,20 @@ MITMDUMP=${MITMDUMP:-/tmp/mv/bin/mitmdump}
 NGINX_PORT=18443
 MOAT_PORT=18080
 MITM_PORT=18081
+DAEMON_PORT=18082
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 W=$(mktemp -d)
 PIDS=()
+MOAT=(env -i HOME="$W/home" MOAT_HOME="$W/moat-home" PATH=/usr/local/bin:/usr/bin:/bin
+    MOAT_KEYRING_BACKEND=file MOAT_RUNTIME=native MOAT_PROXY_PORT=$DAEMON_PORT
+    MOAT_CONNECT_TO="bench.test:443:127.0.0.1:$NGINX_PORT" MOAT_UPSTREAM_CA_FILE="$W/up-ca.pem"
+    BENCH_KEY=bench-secret-0123456789abcdef "$TARGET/release/moat")
+moat() { "${MOAT[@]}" "$@"; }
+RUN_PID=
 cleanup() {
+    if [ -n "$RUN_PID" ]; then kill "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -x "$TARGET/release/moat" ] && moat proxy stop >/dev/null 2>&1 || true
     wait 2>/dev/null || true
     rm -rf "$W"
 }
@@ -30,8 +44,8 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 echo "== building (release)"
-(cd "$ROOT" && cargo build -q --release -p moat-proxy --examples)
-BIN="$ROOT/target/release/examples"
+(cd "$ROOT" && cargo build -q --release -p moat -p moat-proxy --examples --bins)
+BIN="$TARGET/release/examples"
 
 echo "== certificates"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -82,7 +96,23 @@ PIDS+=($!)
 wait_port $MITM_PORT
 for _ in $(seq 1 50); do [ -f "$W/mitm/mitmproxy-ca-cert.pem" ] && break; sleep 0.1; done
 
-cat "$W/up-ca.pem" "$W/moat-ca/ca.crt" "$W/mitm/mitmproxy-ca-cert.pem" > "$W/trust.pem"
+echo "== moat daemon (real moat, registered run with a grant) on 127.0.0.1:$DAEMON_PORT"
+mkdir -p "$W/home" "$W/moat-home" "$W/proj"
+cat > "$W/moat-home/providers.json" <<JSON
+[{"name": "bench", "description": "bench upstream", "kind": "api-key",
+  "hosts": [{"host": "bench.test", "headers": [{"name": "X-Bench-Key", "scheme": "raw"}]}],
+  "env": ["BENCH_KEY"]}]
+JSON
+moat grant bench >/dev/null 2>&1
+# exec: the PID recorded is moat's own, so cleanup stops the run.
+(cd "$W/proj" && exec "${MOAT[@]}" run --grant bench -- sh -c 'echo "$HTTPS_PROXY" > proxy.url; sleep 3600') &
+RUN_PID=$!
+for _ in $(seq 1 100); do [ -s "$W/proj/proxy.url" ] && break; sleep 0.1; done
+DAEMON_URL=$(cat "$W/proj/proxy.url")
+DAEMON_PID=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$W/moat-home/proxy/daemon.lock")
+DAEMON_RSS_IDLE=$(rss_kb "$DAEMON_PID")
+
+cat "$W/up-ca.pem" "$W/moat-ca/ca.crt" "$W/mitm/mitmproxy-ca-cert.pem" "$W/moat-home/proxy/ca/ca.crt" > "$W/trust.pem"
 URL="https://127.0.0.1:$NGINX_PORT/"
 # hey takes its proxy from -x only, and sends the URL's host:port as TLS SNI
 # when the URL has a port, which is not a DNS name: rustls (moat) rightly
@@ -93,6 +123,7 @@ MOAT_URL="https://bench.test/"
 export SSL_CERT_FILE="$W/trust.pem"
 
 # Sanity: moat injects, and refuses without the token.
+curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat daemon check: %{http_code}\n' -x "$DAEMON_URL" "$MOAT_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat check: %{http_code}\n' \
     -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$MOAT_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_code} (want 407)\n' \
@@ -117,11 +148,13 @@ echo "== throughput: hey -z $DUR -c $CONC (keep-alive)"
 hey_run "direct" "$URL" -z "$DUR" -c "$CONC"
 hey_run "moat-proxy" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
 RSS_LOAD=$(rss_kb $MOAT_PID)
+hey_run "moat daemon" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "$DAEMON_URL"
 hey_run "mitmproxy" "$URL" -z "$DUR" -c "$CONC" -x "http://127.0.0.1:$MITM_PORT"
 
 echo "== latency: hey -z 5s -c 1 (keep-alive)"
 hey_run "direct c=1" "$URL" -z 5s -c 1
 hey_run "moat-proxy c=1" "$MOAT_URL" -z 5s -c 1 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
+hey_run "moat daemon c=1" "$MOAT_URL" -z 5s -c 1 -x "$DAEMON_URL"
 hey_run "mitmproxy c=1" "$URL" -z 5s -c 1 -x "http://127.0.0.1:$MITM_PORT"
 
 echo "== new-host handshake (CONNECT + TLS with the proxy; leaf minted vs cached)"
@@ -133,3 +166,4 @@ PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$MOAT_PID/status")
 
 echo "== moat-proxy peak RSS over the whole run (VmHWM): ${PEAK} kB"
 echo "== moat-proxy RSS: idle ${RSS_IDLE} kB, after the 32-connection run $(rss_kb $MOAT_PID) kB (peak during it ~${RSS_LOAD} kB)"
+echo "== moat daemon RSS: idle ${DAEMON_RSS_IDLE} kB, peak $(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status") kB; trace lines: $(cat "$W"/moat-home/runs/*/network.jsonl 2>/dev/null | wc -l)"

@@ -262,6 +262,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
         });
     }
     let mut services_node = None;
+    let mut mcp_node = None;
     for (key, value) in ctx.fields(root, "", TOP_KEYS, TOP_NOT_YET)? {
         let path = key;
         match key {
@@ -316,11 +317,14 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "hooks" => cfg.hooks = hooks(ctx, value, path)?,
             "container" => cfg.container = container(ctx, value, path)?,
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
-            "mcp" => cfg.mcp = mcp(ctx, value, path)?,
+            "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
             // `fields` has rejected every other key.
             _ => {}
         }
+    }
+    if let Some(node) = mcp_node {
+        cfg.mcp = mcp(ctx, node, "mcp", &cfg.grants)?;
     }
     if let Some(node) = services_node {
         cfg.services = services(ctx, node, "services", &cfg)?;
@@ -513,7 +517,35 @@ fn network_rules(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<HostRules>> {
     let mut out = Vec::new();
     for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
         let p = index(path, i);
+        let seed_form = matches!(&item.value, Value::Map(_))
+            && ctx.map(item, &p)?.iter().any(|(key, _, value)| {
+                *key == "host" && matches!(value.resolve(), Some(Resolved::Str(_)))
+            });
         match &item.value {
+            // `- host: api.example.com` with `allow: true|false` (the form
+            // the troubleshooting page gives): the whole host allowed, or
+            // denied outright.
+            Value::Map(_) if seed_form => {
+                let (mut host, mut allow) = (None, true);
+                for (key, value) in ctx.fields(item, &p, &["host", "allow"], &[])? {
+                    let kp = join(&p, key);
+                    if key == "host" {
+                        let h = ctx.string(value, &kp, Some(key))?;
+                        host = Some(HostPattern::parse(&h).map_err(|e| policy_err(value, &kp, e))?);
+                    } else {
+                        allow = ctx.bool(value, &kp)?;
+                    }
+                }
+                let host = host.ok_or_else(|| ctx.invalid(item, &p, "missing \"host\""))?;
+                out.push(if allow {
+                    HostRules::allow_all(host)
+                } else {
+                    HostRules {
+                        host,
+                        rules: vec![Rule::parse("deny * /**").map_err(|e| policy_err(item, &p, e))?],
+                    }
+                });
+            }
             Value::Map(_) => {
                 for (host, key_node, rules) in ctx.map(item, &p)? {
                     let host_pattern =
@@ -591,7 +623,7 @@ fn container(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<ContainerLimits> {
     Ok(limits)
 }
 
-fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<McpServer>> {
+fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpServer>> {
     let mut out: Vec<McpServer> = Vec::new();
     for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
         let p = index(path, i);
@@ -625,7 +657,7 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<McpServer>> {
                     let u = ctx.string(value, &kp, Some(key))?;
                     url = Some(check_mcp_url(&u).map_err(|m| ctx.invalid(value, &kp, m))?);
                 }
-                _ => auth = Some(mcp_auth(ctx, value, &kp)?),
+                _ => auth = Some((mcp_auth(ctx, value, &kp)?, value)),
             }
         }
         let missing = |key: &str| {
@@ -635,10 +667,29 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<McpServer>> {
                 format!("missing {key:?}; an MCP server needs name and url"),
             )
         };
+        let name = name.ok_or_else(|| missing("name"))?;
+        // A server gets its own token (`mcp:NAME`), or a grant of the run
+        // whose hosts include the server's (checked when the run starts,
+        // where the providers are known); anything else would hand one
+        // service's credential to another.
+        if let Some((auth, node)) = &auth {
+            let own = auth.grant.starts_with("mcp:") || auth.grant.starts_with("mcp-");
+            if !own && !grants.contains(&auth.grant) {
+                return Err(ctx.invalid(
+                    node,
+                    &join(&p, "auth.grant"),
+                    format!(
+                        "MCP server {name:?} may not use grant {:?}: it is neither the server's own token nor one of this file's grants. \
+                         Store a token for the server with `moat grant mcp {name}` and write grant: mcp:{name}",
+                        auth.grant
+                    ),
+                ));
+            }
+        }
         out.push(McpServer {
-            name: name.ok_or_else(|| missing("name"))?,
+            name,
             url: url.ok_or_else(|| missing("url"))?,
-            auth,
+            auth: auth.map(|(a, _)| a),
         });
     }
     Ok(out)

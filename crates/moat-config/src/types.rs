@@ -43,6 +43,7 @@ impl NetworkConfig {
         NetworkPolicy {
             policy: self.policy,
             hosts: self.rules.clone(),
+            granted: Vec::new(),
         }
     }
 }

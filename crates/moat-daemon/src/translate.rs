@@ -26,7 +26,11 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
             .map_err(|e| e.to_string())?;
         hosts.push(HostRules { host, rules });
     }
-    let mut network = NetworkPolicy { policy, hosts };
+    let mut network = NetworkPolicy {
+        policy,
+        hosts,
+        granted: Vec::new(),
+    };
     for host in &run.allow_hosts {
         network.allow_host(HostPattern::parse(host).map_err(|e| e.to_string())?);
     }
@@ -50,7 +54,9 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
         {
             Some(existing) => existing.headers.push((name, value)),
             None => {
-                network.allow_host(pattern.clone());
+                // Allowed only where the user wrote nothing about the
+                // host: their rules for it take precedence.
+                network.grant_host(pattern.clone());
                 injections.push(moat_proxy::Injection {
                     host: pattern,
                     headers: vec![(name, value)],
@@ -72,6 +78,16 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
             let value = moat_proxy::SecretValue::new(h.value.expose())
                 .map_err(|_| format!("invalid header value for MCP server {}", server.name))?;
             headers.push((name, value));
+        }
+        // The relay obeys the run's policy; a server the run holds a
+        // credential for is granted like any credential's host (the
+        // user's rules for it still win).
+        if !headers.is_empty() {
+            if let Some(host) = url_host(&server.url) {
+                if let Ok(pattern) = HostPattern::parse(&host) {
+                    network.grant_host(pattern);
+                }
+            }
         }
         mcp.push(moat_proxy::McpRoute {
             name: server.name.clone(),
@@ -99,4 +115,37 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
             }))
             .collect(),
     })
+}
+
+/// The host of an absolute `http(s)://` URL (IPv6 in brackets), without
+/// user info or port.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if authority.starts_with('[') {
+        authority.get(..=authority.find(']')?)?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_hosts() {
+        use super::url_host;
+        assert_eq!(
+            url_host("https://mcp.example.com/x").as_deref(),
+            Some("mcp.example.com")
+        );
+        assert_eq!(
+            url_host("http://u:p@H.test:8080?q").as_deref(),
+            Some("h.test")
+        );
+        assert_eq!(url_host("https://[::1]:9/x").as_deref(), Some("[::1]"));
+        assert_eq!(url_host("nourl"), None);
+        assert_eq!(url_host("https:///x"), None);
+    }
 }

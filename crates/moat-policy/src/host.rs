@@ -57,9 +57,12 @@ impl HostPattern {
         }
         if let Some(inner) = s.strip_prefix('[') {
             return match inner.strip_suffix(']') {
-                Some(addr) if is_ipv6_literal(addr) => Ok(Self {
-                    kind: Kind::Exact(s.to_ascii_lowercase()),
-                }),
+                Some(addr) if is_ipv6_literal(addr) => match canonical_ip(s) {
+                    Some(canonical) => Ok(Self {
+                        kind: Kind::Exact(canonical),
+                    }),
+                    None => Err(err("expected an IPv6 address in brackets, such as [::1]")),
+                },
                 _ if inner.contains("]:") => Err(err(
                     "ports are not supported; write the host name only (e.g. [::1])",
                 )),
@@ -100,10 +103,16 @@ impl HostPattern {
     ///
     /// `host` may carry a `:port` suffix (as a `Host` header does); it is
     /// ignored, so a port can never be used to slip past a host rule.
+    ///
+    /// IPv6 literals match in any spelling, bracketed or bare (`::1`,
+    /// `[0:0::1]:443`).
     pub fn matches(&self, host: &str) -> bool {
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
         match &self.kind {
+            Kind::Exact(name) if name.starts_with('[') => {
+                canonical_ip(host).is_some_and(|h| h == *name)
+            }
             Kind::Exact(name) => host.eq_ignore_ascii_case(name),
             Kind::Subdomains(suffix) => {
                 let (h, s) = (host.as_bytes(), suffix.as_bytes());
@@ -142,6 +151,16 @@ fn is_ipv6_literal(addr: &str) -> bool {
         && addr
             .chars()
             .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+}
+
+/// `[canonical]` for an IPv6 literal, bracketed or bare; `None` otherwise.
+pub(crate) fn canonical_ip(host: &str) -> Option<String> {
+    let inner = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let addr: std::net::Ipv6Addr = inner.parse().ok()?;
+    Some(format!("[{addr}]"))
 }
 
 /// Drops a trailing `:digits` from `host`, unless what remains is a bare

@@ -39,4 +39,4 @@ mod rule;
 pub use crate::error::PolicyError;
 pub use crate::host::HostPattern;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
-pub use crate::rule::{Action, MethodPattern, PathPattern, Rule};
+pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};

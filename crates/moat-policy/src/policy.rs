@@ -1,8 +1,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::host::strip_port;
-use crate::rule::strip_query;
+use crate::host::{canonical_ip, strip_port};
+use crate::rule::{canonical_path, strip_query};
 use crate::{Action, HostPattern, PolicyError, Rule};
 
 /// What happens to traffic no entry or rule speaks about.
@@ -60,6 +60,10 @@ impl HostRules {
 pub struct NetworkPolicy {
     pub policy: Policy,
     pub hosts: Vec<HostRules>,
+    /// Hosts allowed because a credential is granted for them
+    /// ([`NetworkPolicy::grant_host`]): consulted only for hosts no entry
+    /// of `hosts` matches, so the user's rules for a host always win.
+    pub granted: Vec<HostPattern>,
 }
 
 /// The answer at `CONNECT` time, before any TLS work.
@@ -111,6 +115,13 @@ pub enum DenyReason {
         method: String,
         path: String,
     },
+    /// The host has rules and the path is spelled in a way servers read
+    /// differently (see [`canonical_path`](crate::canonical_path)).
+    AmbiguousPath {
+        host: String,
+        method: String,
+        path: String,
+    },
 }
 
 impl DenyReason {
@@ -148,6 +159,13 @@ impl DenyReason {
                 clean(method),
                 clean(path),
             ),
+            Self::AmbiguousPath { host, method, path } => format!(
+                "Moat: request blocked by network policy.\n\
+                 {} {} on host {host:?} has an ambiguous path (a malformed or double escape, a control character or a ';' parameter), and the host has rules.\n\
+                 Request the path in its plain form (e.g. /a/b, not /a%2562 or /a;x).",
+                clean(method),
+                clean(path),
+            ),
             Self::NoRuleMatched { host, method, path } => format!(
                 "Moat: request blocked by network policy.\n\
                  {} {} on host {host:?} matches no allow rule, and the policy is strict.\n\
@@ -170,7 +188,48 @@ impl NetworkPolicy {
         Self {
             policy,
             hosts: Vec::new(),
+            granted: Vec::new(),
         }
+    }
+
+    /// Allows a host because the run holds a credential for it. Unlike
+    /// [`allow_host`](Self::allow_host), this never overrides what the
+    /// user wrote: when an entry of `hosts` matches the host, its rules and
+    /// the policy default decide alone (so `api.github.com: [allow GET
+    /// /user]` under strict still denies `POST /user` with `--grant
+    /// github`).
+    pub fn grant_host(&mut self, host: HostPattern) {
+        if !self.granted.contains(&host) {
+            self.granted.push(host);
+        }
+    }
+
+    /// [`decide`](Self::decide) for a request that may also name other
+    /// methods in method-override headers (`X-HTTP-Method-Override`,
+    /// `X-HTTP-Method`, `X-Method-Override`): servers honouring them run
+    /// those methods, so each must be allowed too. The first denial wins.
+    pub fn decide_request(
+        &self,
+        host: &str,
+        method: &str,
+        overrides: &[&str],
+        path: &str,
+    ) -> Decision {
+        let decision = self.decide(host, method, path);
+        if !decision.is_allowed() {
+            return decision;
+        }
+        for o in overrides {
+            let o = o.trim();
+            if o.is_empty() {
+                continue;
+            }
+            let d = self.decide(host, o, path);
+            if !d.is_allowed() {
+                return d;
+            }
+        }
+        Decision::Allow
     }
 
     /// Allows a whole host (granted hosts, `--allow-host`).
@@ -208,6 +267,9 @@ impl NetworkPolicy {
             }
             may_deny |= entry.rules.iter().any(|r| r.action == Action::Deny);
         }
+        if !matched && self.granted.iter().any(|g| g.matches(host)) {
+            return HostDecision::Allowed;
+        }
         match (matched, self.policy) {
             (false, Policy::Strict) => HostDecision::Denied(DenyReason::HostNotAllowed {
                 host: display_host(host),
@@ -227,14 +289,37 @@ impl NetworkPolicy {
     /// `method` and `path`, and an entry whose rules all miss passes the
     /// request on to the next matching entry. When nothing decides, the
     /// policy default applies.
+    ///
+    /// The path is matched in its canonical form
+    /// ([`canonical_path`](crate::canonical_path)); on a host whose entries
+    /// have rules, an ambiguous path is denied whatever the rules say.
+    /// Granted hosts ([`grant_host`](Self::grant_host)) are allowed only
+    /// when no entry matches the host.
     pub fn decide(&self, host: &str, method: &str, path: &str) -> Decision {
         let mut matched = false;
+        let mut segments: Option<Option<Vec<String>>> = None;
         for entry in self.hosts.iter().filter(|e| e.host.matches(host)) {
             matched = true;
             if entry.rules.is_empty() {
                 return Decision::Allow;
             }
-            if let Some(rule) = entry.rules.iter().find(|r| r.matches(method, path)) {
+            let Some(segments) = segments.get_or_insert_with(|| canonical_path(path)) else {
+                // No rule can be trusted to see what the server will: a
+                // deny rule for the method denies, nothing allows.
+                if entry
+                    .rules
+                    .iter()
+                    .any(|r| r.action == Action::Deny && r.method.matches(method))
+                {
+                    return Decision::Deny(ambiguous(host, method, path));
+                }
+                continue;
+            };
+            if let Some(rule) = entry
+                .rules
+                .iter()
+                .find(|r| r.matches_canonical(method, segments))
+            {
                 return match rule.action {
                     Action::Allow => Decision::Allow,
                     Action::Deny => Decision::Deny(DenyReason::RuleDenied {
@@ -246,11 +331,17 @@ impl NetworkPolicy {
                 };
             }
         }
+        if !matched && self.granted.iter().any(|g| g.matches(host)) {
+            return Decision::Allow;
+        }
         match (matched, self.policy) {
             (_, Policy::Permissive) => Decision::Allow,
             (false, Policy::Strict) => Decision::Deny(DenyReason::HostNotAllowed {
                 host: display_host(host),
             }),
+            (true, Policy::Strict) if matches!(segments, Some(None)) => {
+                Decision::Deny(ambiguous(host, method, path))
+            }
             (true, Policy::Strict) => Decision::Deny(DenyReason::NoRuleMatched {
                 host: display_host(host),
                 method: method.to_owned(),
@@ -260,9 +351,18 @@ impl NetworkPolicy {
     }
 }
 
+fn ambiguous(host: &str, method: &str, path: &str) -> DenyReason {
+    DenyReason::AmbiguousPath {
+        host: display_host(host),
+        method: method.to_owned(),
+        path: strip_query(path).to_owned(),
+    }
+}
+
 /// The host as it should appear in a message: lower case, without port.
 fn display_host(host: &str) -> String {
-    strip_port(host).to_ascii_lowercase()
+    let host = strip_port(host);
+    canonical_ip(host).unwrap_or_else(|| host.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -293,6 +393,7 @@ mod tests {
         NetworkPolicy {
             policy: p,
             hosts: entries,
+            granted: Vec::new(),
         }
     }
 
@@ -477,5 +578,143 @@ mod tests {
                 host: "example.com".into()
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod bypass_tests {
+    use super::*;
+
+    fn entry(h: &str, rules: &[&str]) -> HostRules {
+        HostRules {
+            host: HostPattern::parse(h).unwrap_or_else(|e| panic!("{e}")),
+            rules: rules
+                .iter()
+                .map(|r| Rule::parse(r).unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+        }
+    }
+
+    /// Every spelling a server may take for `/admin/...` is denied by
+    /// `deny * /admin/**`, whatever the policy default.
+    #[test]
+    fn encoded_paths_cannot_dodge_a_deny_rule() {
+        let mut p = NetworkPolicy::new(Policy::Permissive);
+        p.hosts
+            .push(entry("api.example.com", &["deny * /admin/**"]));
+        for path in [
+            "/admin",
+            "/admin/x",
+            "/admin%2fx",
+            "/admin%2Fx",
+            "/admin;x/y",
+            "/admin;/y",
+            "/admin%5cx",
+            "/admin\\x",
+            "/%61dmin/x",
+            "/%2561dmin/x",
+            "//admin/x",
+            "/admin%00/x",
+            "/admin%00",
+            "/x/..;/admin/y",
+            "/x/%2e%2e/admin",
+            "/x%2f..%2fadmin",
+            "/.%2fadmin",
+            "/admin%zz",
+            "/admin%",
+            "/admin%2",
+            "/admin%3b/x",
+            "/admin%09",
+            "/%c0%afadmin",
+        ] {
+            assert!(
+                !p.decide("api.example.com", "GET", path).is_allowed(),
+                "{path:?} was allowed"
+            );
+        }
+        // Ordinary paths on the same host still pass.
+        for path in [
+            "/",
+            "/administrator",
+            "/public/admin",
+            "/caf%C3%A9",
+            "/a%20b",
+            "/x?y=/admin/",
+        ] {
+            assert!(
+                p.decide("api.example.com", "GET", path).is_allowed(),
+                "{path:?} was denied"
+            );
+        }
+        // Hosts without rules do not care about the path's spelling.
+        assert!(p
+            .decide("other.example.com", "GET", "/admin%00")
+            .is_allowed());
+    }
+
+    #[test]
+    fn ambiguous_paths_get_their_own_message() {
+        let mut p = NetworkPolicy::new(Policy::Permissive);
+        p.hosts
+            .push(entry("api.example.com", &["deny * /admin/**"]));
+        let Decision::Deny(reason) = p.decide("api.example.com", "GET", "/a%00b") else {
+            panic!("allowed");
+        };
+        let message = reason.message();
+        assert_eq!(message.lines().count(), 3, "{message}");
+        assert!(message.contains("ambiguous"), "{message}");
+    }
+
+    #[test]
+    fn method_override_headers_are_checked_against_method_rules() {
+        let mut p = NetworkPolicy::new(Policy::Permissive);
+        p.hosts.push(entry("api.example.com", &["deny DELETE /**"]));
+        assert!(p
+            .decide_request("api.example.com", "POST", &["GET"], "/x")
+            .is_allowed());
+        for overrides in [&["DELETE"][..], &["delete"], &["GET", " DELETE "]] {
+            assert!(
+                !p.decide_request("api.example.com", "POST", overrides, "/x")
+                    .is_allowed(),
+                "{overrides:?}"
+            );
+        }
+        assert!(!p
+            .decide_request("api.example.com", "DELETE", &[], "/x")
+            .is_allowed());
+    }
+
+    #[test]
+    fn user_rules_take_precedence_over_a_grants_automatic_allow() {
+        let mut p = NetworkPolicy::new(Policy::Strict);
+        p.hosts.push(entry("api.github.com", &["allow GET /user"]));
+        p.grant_host(HostPattern::parse("api.github.com").unwrap_or_else(|e| panic!("{e}")));
+        p.grant_host(HostPattern::parse("uploads.github.com").unwrap_or_else(|e| panic!("{e}")));
+        assert!(p.decide("api.github.com", "GET", "/user").is_allowed());
+        assert!(!p.decide("api.github.com", "POST", "/user").is_allowed());
+        assert!(!p.decide("api.github.com", "GET", "/repos").is_allowed());
+        assert_eq!(
+            p.host_decision("api.github.com"),
+            HostDecision::NeedsRequestCheck
+        );
+        // A granted host the user wrote nothing about is allowed whole.
+        assert!(p.decide("uploads.github.com", "POST", "/x").is_allowed());
+        assert_eq!(p.host_decision("uploads.github.com"), HostDecision::Allowed);
+        assert!(!p.decide("example.com", "GET", "/").is_allowed());
+    }
+
+    #[test]
+    fn ipv6_literal_hosts_match() {
+        let mut p = NetworkPolicy::new(Policy::Strict);
+        p.hosts.push(entry("[::1]", &[]));
+        p.hosts
+            .push(entry("[2001:db8::1]", &["deny * /admin/**", "allow * /**"]));
+        for host in ["::1", "[::1]", "[::1]:8080", "0:0:0:0:0:0:0:1", "[0::1]"] {
+            assert!(p.decide(host, "GET", "/").is_allowed(), "{host}");
+            assert_eq!(p.host_decision(host), HostDecision::Allowed, "{host}");
+        }
+        assert!(p.decide("2001:DB8:0::1", "GET", "/x").is_allowed());
+        assert!(!p.decide("2001:db8::1", "GET", "/admin").is_allowed());
+        assert!(!p.decide("::2", "GET", "/").is_allowed());
     }
 }

@@ -111,7 +111,15 @@ impl PathPattern {
                         "segment {seg:?}: * must be a whole segment (/*/ for one segment, /**/ for any number)"
                     ))
                 }
-                _ => Segment::Literal(percent_decode(seg)),
+                _ => {
+                    let literal = percent_decode(seg);
+                    if literal.contains([';', '\\', '/', '%']) || literal.chars().any(char::is_control) {
+                        return Err(format!(
+                            "segment {seg:?} names no canonical path: request paths are matched decoded, with ';' parameters, control characters and double encoding refused and '\\' or %2F splitting segments"
+                        ));
+                    }
+                    Segment::Literal(literal)
+                }
             });
         }
         Ok(Self {
@@ -125,9 +133,17 @@ impl PathPattern {
     /// The request path is percent-decoded and its `.`/`..` segments are
     /// resolved first, the way servers do, so `/public/../admin` or
     /// `/%61dmin` cannot dodge a rule on `/admin/**`.
+    /// An ambiguous path (see [`canonical_path`]) matches no pattern;
+    /// [`NetworkPolicy::decide`](crate::NetworkPolicy::decide) denies it
+    /// outright on hosts that have rules.
     pub fn matches(&self, path: &str) -> bool {
-        let segments = normalize_request_path(path);
-        glob_match(&self.segments, &segments)
+        canonical_path(path).is_some_and(|segments| self.matches_canonical(&segments))
+    }
+
+    /// Whether the segments of a path already through [`canonical_path`]
+    /// match.
+    pub fn matches_canonical(&self, segments: &[String]) -> bool {
+        glob_match(&self.segments, segments)
     }
 
     /// The pattern as written.
@@ -197,6 +213,11 @@ impl Rule {
     pub fn matches(&self, method: &str, path: &str) -> bool {
         self.method.matches(method) && self.path.matches(path)
     }
+
+    /// [`Rule::matches`] on a path already through [`canonical_path`].
+    pub fn matches_canonical(&self, method: &str, segments: &[String]) -> bool {
+        self.method.matches(method) && self.path.matches_canonical(segments)
+    }
 }
 
 impl FromStr for Rule {
@@ -220,19 +241,57 @@ pub(crate) fn strip_query(path: &str) -> &str {
     }
 }
 
-fn normalize_request_path(path: &str) -> Vec<String> {
+/// The canonical form of a request path, as the segments servers resolve
+/// it to, or `None` when the path is ambiguous: servers disagree about
+/// what it names, so no rule can be trusted to see what the server will.
+///
+/// - The query string and fragment are dropped.
+/// - Percent escapes are decoded once (`%61` is `a`); `%2f`, `%5c` and a
+///   backslash separate segments like `/` (many servers decode them before
+///   routing); empty and `.` segments are dropped and `..` removes the
+///   segment before it.
+/// - Ambiguous, hence `None`: a malformed escape (`%zz`, a trailing `%`),
+///   an escape that still decodes to an escape (`%2561`, double encoding),
+///   a NUL or any other control character (raw or encoded), bytes that are
+///   not UTF-8 once decoded, and `;` parameters (`/admin;x`, `/..;/`),
+///   which some servers strip and others keep.
+pub fn canonical_path(path: &str) -> Option<Vec<String>> {
+    let raw = strip_query(path).as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let h = raw.get(i + 1).and_then(|c| hex_val(*c))?;
+            let l = raw.get(i + 2).and_then(|c| hex_val(*c))?;
+            decoded.push(h << 4 | l);
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    if decoded.iter().any(|&b| b.is_ascii_control() || b == b';') {
+        return None;
+    }
+    let double_encoded = decoded
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex_val(w[1]).is_some() && hex_val(w[2]).is_some());
+    if double_encoded {
+        return None;
+    }
+    let text = String::from_utf8(decoded).ok()?;
     let mut out: Vec<String> = Vec::new();
-    for seg in strip_query(path).split('/') {
-        let seg = percent_decode(seg);
-        match seg.as_str() {
+    for seg in text.split(['/', '\\']) {
+        match seg {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            _ => out.push(seg),
+            _ => out.push(seg.to_owned()),
         }
     }
-    out
+    Some(out)
 }
 
 /// Decodes `%XX` escapes; malformed escapes are kept as written and
@@ -405,10 +464,11 @@ mod tests {
         assert!(p.matches("/%61dmin/x"));
         assert!(p.matches("/public/%2e%2e/admin"));
         assert!(p.matches("/../../admin"));
-        // An encoded slash stays inside its segment.
-        assert!(!path("/a/b").matches("/a%2Fb"));
-        // Malformed escapes are compared literally.
-        assert!(path("/a%zz").matches("/a%zz"));
+        // An encoded slash separates segments, as many servers decode it.
+        assert!(path("/a/b").matches("/a%2Fb"));
+        assert!(path("/a/b").matches("/a\\b"));
+        // Malformed escapes are ambiguous: they match nothing.
+        assert!(!path("/**").matches("/a%zz"));
         assert!(path("/caf%C3%A9").matches("/café"));
     }
 
@@ -441,5 +501,8 @@ mod tests {
         assert!(reason("allow GET /a*").contains("must be a whole segment"));
         assert!(reason("allow GET /***").contains("must be a whole segment"));
         assert!(reason("allow GET /a/../b").contains("\"..\" is not allowed"));
+        assert!(reason("deny * /a;b").contains("names no canonical path"));
+        assert!(reason("deny * /a%2fb").contains("names no canonical path"));
+        assert!(reason("deny * /a%zz").contains("names no canonical path"));
     }
 }

@@ -24,6 +24,16 @@ pub struct ProxyConfig {
     /// How long connecting to an upstream (TCP and TLS) may take. Default
     /// 30 s.
     pub connect_timeout: Duration,
+    /// How long an upstream may take to start answering (its response
+    /// head) once the request is sent; past it the client gets `504` with
+    /// a moat message. Default 10 minutes (`MOAT_UPSTREAM_TIMEOUT`,
+    /// seconds).
+    pub upstream_timeout: Duration,
+    /// Whether credentials may be sent over plain HTTP to loopback hosts
+    /// (`127.0.0.0/8`, `::1`, `localhost`), for local test servers.
+    /// Everywhere else a credential is only ever injected on a TLS leg.
+    /// Default `true`.
+    pub cleartext_loopback: bool,
     /// The largest request head a client may send, in bytes (at least
     /// 8192). Larger heads get `431` or a closed connection. Default 64 KiB.
     pub max_header_bytes: usize,
@@ -43,6 +53,8 @@ impl Default for ProxyConfig {
             connect_to: Vec::new(),
             client_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(600),
+            cleartext_loopback: true,
             max_header_bytes: 64 * 1024,
             trace_body_bytes: 8 * 1024,
             trace_queue: 8192,
@@ -52,8 +64,9 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     /// The defaults, with `MOAT_UPSTREAM_CA_FILE` (an extra PEM CA file for
-    /// upstream TLS) and `MOAT_CONNECT_TO` (`HOST1:PORT1:HOST2:PORT2[,...]`)
-    /// taken from the environment when set and non-empty.
+    /// upstream TLS), `MOAT_CONNECT_TO` (`HOST1:PORT1:HOST2:PORT2[,...]`)
+    /// and `MOAT_UPSTREAM_TIMEOUT` (seconds an upstream may take to start
+    /// answering) taken from the environment when set and non-empty.
     pub fn from_env() -> Result<Self, ProxyError> {
         Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
@@ -63,6 +76,14 @@ impl ProxyConfig {
         let mut config = ProxyConfig::default();
         if let Some(path) = var("MOAT_UPSTREAM_CA_FILE").filter(|v| !v.trim().is_empty()) {
             config.upstream_ca_file = Some(PathBuf::from(path));
+        }
+        if let Some(secs) = var("MOAT_UPSTREAM_TIMEOUT").filter(|v| !v.trim().is_empty()) {
+            let secs: u64 = secs.trim().parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                ProxyError::config(format!(
+                    "MOAT_UPSTREAM_TIMEOUT={secs:?} is not a number of seconds above 0 (e.g. 600); fix or unset it"
+                ))
+            })?;
+            config.upstream_timeout = Duration::from_secs(secs);
         }
         if let Some(list) = var("MOAT_CONNECT_TO") {
             config.connect_to = ConnectTo::parse_list(&list)?;
@@ -235,6 +256,22 @@ mod tests {
         assert_eq!(config.upstream_ca_file, Some(PathBuf::from("/tmp/ca.pem")));
         assert_eq!(config.connect_to.len(), 1);
         assert!(ProxyConfig::from_vars(|_| Some("bad".into())).is_err());
+        let timeout = |v: &str| {
+            let v = v.to_owned();
+            ProxyConfig::from_vars(move |name| (name == "MOAT_UPSTREAM_TIMEOUT").then(|| v.clone()))
+        };
+        assert_eq!(
+            timeout("5").unwrap().upstream_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            timeout("").unwrap().upstream_timeout,
+            Duration::from_secs(600)
+        );
+        for bad in ["0", "-1", "ten"] {
+            let e = timeout(bad).unwrap_err().detail();
+            assert!(e.contains("MOAT_UPSTREAM_TIMEOUT"), "{e}");
+        }
         assert!(ProxyConfig::from_vars(|_| None)
             .unwrap()
             .connect_to

@@ -9,14 +9,22 @@
 //!   [`CertificateAuthority`], and verifies upstream TLS against the system
 //!   roots plus an optional extra CA ([`ProxyConfig::upstream_ca_file`]);
 //! - applies the run's network policy (`moat-policy`) at `CONNECT` and per
-//!   request, answering `407` with the three-line deny message;
+//!   request (paths in canonical form, method-override headers checked),
+//!   answering `407` with the three-line deny message as the body and
+//!   [`BLOCKED_REASON`] in the status line and a `Proxy-Status` header;
+//! - answers `504` when an upstream sends no response head within
+//!   [`ProxyConfig::upstream_timeout`], and closes idle client connections;
 //! - injects the run's credentials ([`Injection`]) as headers, replacing
 //!   the client's placeholders, and strips proxy credentials and hop-by-hop
 //!   headers before forwarding;
 //! - streams bodies both ways (SSE, WebSocket upgrades, HTTP/1.1 and
 //!   HTTP/2 on both sides), relays MCP servers ([`McpRoute`]), and appends
 //!   one redacted JSON line per request to the run's `network.jsonl`, and
-//!   tells a [`RequestObserver`] (the daemon's audit log) of each one.
+//!   tells a [`RequestObserver`] (the daemon's audit log) of each one;
+//! - injects credentials only on TLS upstream legs (plain HTTP to a host
+//!   with a credential is refused, `403`), and masks any injected secret
+//!   an upstream reflects in its response headers or body (gzip bodies
+//!   decoded), so the sandbox never reads one.
 //!
 //! It owns nothing outside traffic: the daemon crate owns the process, the
 //! control socket, lock files and the run registry's persistence, and
@@ -30,6 +38,7 @@ mod error;
 mod io;
 mod proxy;
 mod run;
+mod scrub;
 mod secret;
 mod trace;
 mod upstream;
@@ -37,7 +46,9 @@ mod upstream;
 pub use crate::ca::{CertificateAuthority, LEAF_CACHE_CAPACITY};
 pub use crate::config::{ConnectTo, ProxyConfig};
 pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
-pub use crate::proxy::{Proxy, INVALID_TOKEN_BODY, MISSING_AUTH_BODY};
+pub use crate::proxy::{
+    Proxy, BLOCKED_REASON, CLEARTEXT_REASON, INVALID_TOKEN_BODY, MISSING_AUTH_BODY,
+};
 pub use crate::run::{Injection, McpRoute, RunRegistration, TcpTunnel};
 pub use crate::secret::{RunToken, SecretValue};
 pub use crate::trace::{RequestEvent, RequestObserver};

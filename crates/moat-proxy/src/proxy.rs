@@ -22,6 +22,7 @@ use crate::config::ProxyConfig;
 use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
+use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::{RunToken, SecretValue};
 use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::Upstream;
@@ -299,6 +300,87 @@ fn auth_failure(failure: AuthFailure) -> Response<ProxyBody> {
     resp
 }
 
+/// The reason phrase of a `407` for a request the run's policy blocked:
+/// clients that drop a failed `CONNECT`'s body (curl: `CONNECT tunnel
+/// failed, response 407`) still show the status line, and the standard
+/// phrase, "Proxy Authentication Required", would point at the token.
+pub const BLOCKED_REASON: &str = "Blocked by moat network policy";
+/// The reason phrase of a `403` for a plain-HTTP request to a host moat
+/// holds a credential for.
+pub const CLEARTEXT_REASON: &str = "Credential needs TLS (moat)";
+
+/// Sets a custom HTTP/1 reason phrase and an RFC 9209 `Proxy-Status`
+/// header naming moat, the error type and `details`.
+fn mark(resp: &mut Response<ProxyBody>, reason: &'static str, error: &str, details: &str) {
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(reason.as_bytes()));
+    // An sf-string: printable ASCII, with `"` and `\` escaped.
+    let mut value = format!("moat; error={error}; details=\"");
+    for c in details.chars() {
+        match c {
+            '"' | '\\' => {
+                value.push('\\');
+                value.push(c);
+            }
+            ' '..='~' => value.push(c),
+            _ => value.push('?'),
+        }
+    }
+    value.push('"');
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("proxy-status"), v);
+    }
+}
+
+/// A one-line summary of a denial, for `Proxy-Status` details.
+fn deny_details(reason: &moat_policy::DenyReason) -> String {
+    use moat_policy::DenyReason as D;
+    match reason {
+        D::HostNotAllowed { host } => format!("host {host} is not in the allow list"),
+        D::RuleDenied {
+            method, path, rule, ..
+        } => format!("{method} {path} is denied by rule {rule}"),
+        D::NoRuleMatched { method, path, .. } => {
+            format!("{method} {path} matches no allow rule under a strict policy")
+        }
+        D::AmbiguousPath { method, path, .. } => {
+            format!("{method} {path} has an ambiguous path")
+        }
+    }
+}
+
+/// The `407` for a request or `CONNECT` the run's policy blocked: the
+/// three-line message as the body, and the reason in the status line and
+/// `Proxy-Status`.
+fn blocked(reason: &moat_policy::DenyReason) -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, reason.message());
+    mark(
+        &mut resp,
+        BLOCKED_REASON,
+        "http_request_denied",
+        &deny_details(reason),
+    );
+    resp
+}
+
+/// Whether `host` (bare, lower case) names the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Method-override headers some frameworks honour: the method they name
+/// is what the server runs, so the policy checks it too.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     match e.fault() {
         Fault::Upstream | Fault::Internal => {
@@ -452,7 +534,7 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
             ex.set_body(Side::Response, message.as_bytes());
             ex.finish();
         }
-        return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+        return blocked(&reason);
     }
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
@@ -607,12 +689,72 @@ where
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS handshake");
+            // A client that does not trust moat's CA is a user's problem
+            // with a fix: say so in the trace, not only in a debug log.
+            if let Some(message) = certificate_rejection(&e, &name) {
+                if let Some(ex) = Exchange::new(
+                    run.clone(),
+                    "CONNECT",
+                    &format!("{}:{}", target.host, target.port),
+                    true,
+                    serde_json::Map::new(),
+                    None,
+                    inner.config.trace_body_bytes,
+                ) {
+                    ex.set_failure(&message);
+                    ex.finish();
+                }
+            }
             return;
         }
         Err(_) => return,
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// What to tell the user when a client's TLS handshake with moat's
+/// certificate for `name` failed, if it looks like the client refused the
+/// certificate: an alert about it, or the connection closed mid-handshake.
+fn certificate_rejection(e: &std::io::Error, name: &str) -> Option<String> {
+    use rustls::AlertDescription as A;
+    const FIX: &str = "The client does not trust moat's CA: point it at \
+        /etc/ssl/certs/moat-ca/ca.crt (moat sets SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, \
+        REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE to a bundle holding it); a client that pins \
+        certificates cannot be used through moat.";
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        });
+    match alert {
+        Some(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::DecryptError),
+        ) => Some(format!(
+            "the client rejected moat's certificate for {name} (TLS alert: {alert:?}). {FIX}"
+        )),
+        Some(_) => None,
+        None => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        )
+        .then(|| {
+            format!(
+                "the client closed the connection during the TLS handshake for {name}, \
+                 perhaps rejecting moat's certificate. {FIX}"
+            )
+        }),
+    }
 }
 
 async fn serve_inner<IO>(inner: Arc<Inner>, run: Arc<Run>, target: Target, io: IO, h2: bool)
@@ -623,13 +765,19 @@ where
     let target = Arc::new(target);
     let config_timeout = inner.config.client_timeout;
     let max_buf = inner.config.max_header_bytes.max(8192);
+    let activity = Arc::new(Activity::new());
     let service = {
         let inner = inner.clone();
+        let activity = activity.clone();
         service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
             let run = run.clone();
             let target = target.clone();
-            async move { Ok::<_, Infallible>(handle_inner(inner, run, &target, req).await) }
+            let busy = activity.enter();
+            async move {
+                let resp = handle_inner(inner, run, &target, req).await;
+                Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
+            }
         })
     };
     let io = TokioIo::new(io);
@@ -637,13 +785,35 @@ where
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, service);
-        tokio::select! {
-            result = conn => {
-                if let Err(e) = result {
-                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+        tokio::pin!(conn);
+        // HTTP/1.1 idles out through the header read timeout; HTTP/2 has
+        // none, so a connection without a request in flight for
+        // `client_timeout` is told to go away (GOAWAY, then closed).
+        let tick = config_timeout
+            .min(Duration::from_secs(5))
+            .max(Duration::from_millis(100));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+                    }
+                    break;
+                }
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(tick) => {
+                    let idle = activity.idle_for();
+                    if !closing && idle >= Some(config_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else if closing && idle >= Some(config_timeout * 2) {
+                        // A client that ignores GOAWAY (or never spoke
+                        // HTTP/2) is cut off.
+                        break;
+                    }
                 }
             }
-            () = cancel.cancelled() => {}
         }
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -660,6 +830,81 @@ where
             }
             () = cancel.cancelled() => {}
         }
+    }
+}
+
+/// Requests in flight on one connection, and since when there are none.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> BusyGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut since) = self.idle_since.lock() {
+            *since = None;
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// How long no request has been in flight; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        self.idle_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+    }
+}
+
+/// Held from a request's arrival until its response body is done.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if left == 1 {
+            if let Ok(mut since) = self.0.idle_since.lock() {
+                *since = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body that keeps its connection counted busy until dropped.
+struct Busy {
+    body: ProxyBody,
+    _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Busy {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -707,7 +952,7 @@ async fn handle_mcp(
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, false, (headers, label), req).await
+    forward(&inner, run.clone(), uri, true, (headers, label), req).await
 }
 
 fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -821,7 +1066,15 @@ async fn forward(
         .to_owned();
     if check_policy {
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if let Decision::Deny(reason) = run.policy.decide(&host, method.as_str(), pq) {
+        let overrides: Vec<&str> = METHOD_OVERRIDES
+            .iter()
+            .flat_map(|name| req.headers().get_all(*name))
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .collect();
+        if let Decision::Deny(reason) =
+            run.policy
+                .decide_request(&host, method.as_str(), &overrides, pq)
+        {
             let message = reason.message();
             if let Some(ex) = Exchange::new(
                 run.clone(),
@@ -836,8 +1089,52 @@ async fn forward(
                 ex.set_body(Side::Response, message.as_bytes());
                 ex.finish();
             }
-            return text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
+            return blocked(&reason);
         }
+    }
+
+    // A credential only ever travels inside TLS: a plain-HTTP leg to a
+    // host moat holds one for is refused whole (not sent without it, which
+    // would hide the mistake). Loopback is excepted for local servers.
+    let cleartext = uri.scheme_str() != Some("https");
+    if cleartext && !inject.is_empty() && !(inner.config.cleartext_loopback && is_loopback(&host)) {
+        let https = {
+            let mut parts = uri.clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            if let Some(a) = &parts.authority {
+                if a.port_u16() == Some(80) {
+                    parts.authority = a.host().parse().ok();
+                }
+            }
+            Uri::from_parts(parts)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| format!("https://{host}/"))
+        };
+        let message = format!(
+            "moat: refused to send the credential for {host} over plain HTTP ({url}): anyone on the path could read it.\n\
+             Use {https} instead; moat injects credentials only into TLS connections.\n"
+        );
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            method.as_str(),
+            &url,
+            false,
+            headers_json(&run, req.headers(), &[]),
+            label,
+            limit,
+        ) {
+            ex.set_error(403, "credential refused on plain HTTP");
+            ex.set_body(Side::Response, message.as_bytes());
+            ex.finish();
+        }
+        let mut resp = text(StatusCode::FORBIDDEN, message);
+        mark(
+            &mut resp,
+            CLEARTEXT_REASON,
+            "http_request_denied",
+            &format!("a credential for {host} is only sent over https"),
+        );
+        return resp;
     }
 
     let upgrade = is_upgrade(&req);
@@ -850,6 +1147,15 @@ async fn forward(
     let injected: Vec<&str> = inject.iter().map(|(n, _)| n.as_str()).collect();
     for (name, value) in &inject {
         headers.insert(name.clone(), value.header_value().clone());
+    }
+    let secrets = Secrets::of(inject.iter().map(|(_, v)| v.expose()));
+    if !secrets.is_empty() {
+        // Only encodings the scrubber can read come back.
+        let gzip = header_has_token(&headers, header::ACCEPT_ENCODING, "gzip");
+        headers.remove(header::ACCEPT_ENCODING);
+        if gzip {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        }
     }
     let exchange = Exchange::new(
         run.clone(),
@@ -875,9 +1181,25 @@ async fn forward(
     } else {
         &inner.upstream.auto
     };
-    let mut resp = match client.request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    let timeout = inner.config.upstream_timeout;
+    let mut resp = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+        Ok(Ok(resp)) => resp,
+        Err(_) => {
+            let err = ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "moat: upstream {host} sent no response within {} s. \
+                     Raise MOAT_UPSTREAM_TIMEOUT (seconds, read by the daemon) if it is just slow.",
+                    timeout.as_secs()
+                ),
+            );
+            if let Some(ex) = &exchange {
+                ex.set_error(err.status().as_u16(), &err.detail());
+                ex.finish();
+            }
+            return error_response(&err);
+        }
+        Ok(Err(e)) => {
             let err = upstream_error(&host, e);
             if let Some(ex) = &exchange {
                 ex.set_error(err.status().as_u16(), &err.detail());
@@ -908,12 +1230,49 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let body = if secrets.is_empty() || switching {
+        body
+    } else {
+        let n = secrets.scrub_headers(&mut parts.headers);
+        if n > 0 {
+            if let Some(ex) = &exchange {
+                ex.add_scrubbed(n);
+            }
+        }
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let gzip = match encoding.as_deref() {
+            None | Some("identity") => false,
+            Some("gzip" | "x-gzip") => true,
+            Some(other) => {
+                let err = ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!(
+                        "moat: upstream {host} answered with Content-Encoding {other:?}, which moat cannot check for \
+                         echoed credentials; only gzip or none is accepted when a credential is injected"
+                    ),
+                );
+                if let Some(ex) = &exchange {
+                    ex.set_error(err.status().as_u16(), &err.detail());
+                    ex.finish();
+                }
+                return error_response(&err);
+            }
+        };
+        if gzip {
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        Scrubbed::new(body, secrets, gzip, exchange.clone()).boxed_unsync()
+    };
     if let Some(ex) = &exchange {
         ex.set_response(parts.status.as_u16(), &parts.headers);
     }
-    let body = Tapped::new(body, exchange, Side::Response)
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed_unsync();
+    let body = Tapped::new(body, exchange, Side::Response).boxed_unsync();
     Response::from_parts(parts, body)
 }
 

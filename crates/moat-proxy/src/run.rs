@@ -48,9 +48,12 @@ pub struct McpRoute {
 ///
 /// Hosts covered by `injections` are NOT allowed implicitly: under a strict
 /// policy the caller must also add them to `policy` with
-/// [`NetworkPolicy::allow_host`] (the daemon does this for granted
-/// credentials). MCP routes are reachable whatever the policy says, since
-/// the user configured them explicitly.
+/// [`NetworkPolicy::grant_host`] (the daemon does this for granted
+/// credentials). MCP routes obey the policy like any other request (the
+/// daemon grants the host of an MCP server whose credential the run
+/// holds). Whatever the policy, a credential is injected only on a TLS
+/// leg (plain HTTP to loopback excepted, see
+/// [`ProxyConfig::cleartext_loopback`](crate::ProxyConfig)).
 #[derive(Debug, Clone)]
 pub struct RunRegistration {
     /// The run id (unique among registered runs).

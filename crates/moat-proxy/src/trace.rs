@@ -252,6 +252,8 @@ struct State {
     req_body: Vec<u8>,
     resp_body: Vec<u8>,
     truncated: bool,
+    /// Secrets masked in the response (see `scrub`).
+    scrubbed: u64,
     emitted: bool,
 }
 
@@ -323,6 +325,21 @@ impl Exchange {
         if let Ok(mut s) = self.state.lock() {
             s.status = Some(status);
             s.error = Some(error.to_owned());
+        }
+    }
+
+    /// Records a failure that produced no HTTP status (a refused TLS
+    /// handshake).
+    pub(crate) fn set_failure(&self, error: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.error = Some(error.to_owned());
+        }
+    }
+
+    /// Counts secrets masked in the response, for the trace's `scrubbed`.
+    pub(crate) fn add_scrubbed(&self, n: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.scrubbed += n as u64;
         }
     }
 
@@ -426,6 +443,9 @@ impl Exchange {
         }
         if s.truncated {
             line.insert("truncated".into(), Value::Bool(true));
+        }
+        if s.scrubbed > 0 {
+            line.insert("scrubbed".into(), Value::from(s.scrubbed));
         }
         if let Some(label) = &self.credential {
             line.insert("credential_used".into(), Value::String(label.clone()));

@@ -105,7 +105,13 @@ async fn injects_per_run_and_redacts_traces() {
     assert_eq!(first["policy"], "allow");
     assert_eq!(first["req_headers"]["authorization"], "[REDACTED]");
     assert_eq!(first["req_body"], "hello body");
-    assert!(first["resp_body"].as_str().unwrap().contains("[REDACTED]"));
+    // The upstream echoed the secret; it was masked before the sandbox (and
+    // the trace) saw the body.
+    assert!(first["resp_body"]
+        .as_str()
+        .unwrap()
+        .contains("[moat-scrubbed]"));
+    assert!(first["scrubbed"].as_u64().unwrap() >= 1);
     assert_eq!(first["credential_used"], "api.github.com");
     assert!(first["ts"].as_str().unwrap().ends_with('Z'));
     assert!(first["duration_ms"].is_number());
@@ -422,7 +428,13 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
         .try_register(RunRegistration {
             run_id: "mcp".into(),
             injections: vec![],
-            policy: NetworkPolicy::new(Policy::Strict),
+            // The relay obeys the policy: the daemon grants the host of an
+            // MCP server whose credential the run holds.
+            policy: {
+                let mut p = NetworkPolicy::new(Policy::Strict);
+                p.grant_host(HostPattern::parse("mcp.test").unwrap());
+                p
+            },
             mcp: vec![McpRoute {
                 name: "gh".into(),
                 url: "https://mcp.test/mcp".into(),

@@ -52,6 +52,22 @@ pub enum RunError {
         /// The MCP server's name.
         server: String,
     },
+    /// An MCP server's `auth.grant` names a grant that is neither its own
+    /// token nor one the run holds for the server's host.
+    #[error(
+        "MCP server '{server}' may not use grant '{grant}': {why}.\n\
+         Moat would hand that credential to the MCP server's host.\n\
+         To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
+         and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
+    )]
+    McpGrantMisused {
+        /// The MCP server's name.
+        server: String,
+        /// The grant it names.
+        grant: String,
+        /// Why it may not.
+        why: String,
+    },
     /// Another active run has this name.
     #[error(
         "agent \"{0}\" is already running. Use --name to specify a different name, or stop the existing agent first"
@@ -91,6 +107,56 @@ impl From<moat_home::HomeError> for RunError {
     }
 }
 
+/// An MCP server may carry a non-MCP grant only when one of that grant's
+/// hosts covers the server's host: otherwise the relay would send, say,
+/// the GitHub token to whatever URL moat.yaml names.
+fn check_mcp_hosts(
+    plan: &RunPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+) -> Result<(), RunError> {
+    for mcp in &plan.mcp {
+        let Some((grant, _)) = &mcp.auth else {
+            continue;
+        };
+        if matches!(grant, GrantName::Mcp(_)) {
+            continue;
+        }
+        let host = url_host(&mcp.url).unwrap_or_default();
+        let hosts: Vec<&str> = resolved
+            .iter()
+            .filter(|r| &r.grant == grant)
+            .flat_map(|r| r.injections.iter().map(|i| i.host.as_str()))
+            .collect();
+        let covered = hosts.iter().any(|h| {
+            moat_policy::HostPattern::parse(h).is_ok_and(|p| !host.is_empty() && p.matches(&host))
+        });
+        if !covered {
+            return Err(RunError::McpGrantMisused {
+                server: mcp.name.clone(),
+                grant: grant.to_string(),
+                why: format!(
+                    "the server's host {host} is not one of its hosts ({})",
+                    hosts.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The host of an absolute URL (IPv6 in brackets), without port.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if authority.starts_with('[') {
+        authority.get(..=authority.find(']')?)?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
 /// Runs `plan` to completion and returns its exit code. Blocks; sets up
 /// its own async runtime for talking to the daemon.
 pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> {
@@ -109,6 +175,18 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
     let mut grants: Vec<GrantName> = plan.grants.clone();
     for mcp in &plan.mcp {
         if let Some((grant, _)) = &mcp.auth {
+            if !matches!(grant, GrantName::Mcp(_)) {
+                // Another service's grant: only one the run already holds,
+                // and only for one of its hosts (checked once resolved).
+                if !plan.grants.contains(grant) {
+                    return Err(RunError::McpGrantMisused {
+                        server: mcp.name.clone(),
+                        grant: grant.to_string(),
+                        why: "the run does not hold it (add it to grants: or --grant, or use the server's own token)".into(),
+                    });
+                }
+                continue;
+            }
             let stem = grant.file_stem().unwrap_or_default();
             if !credentials.contains(&stem) {
                 return Err(RunError::McpGrantMissing {
@@ -119,6 +197,7 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
         }
     }
     let resolved = resolve_grants(&credentials, &registry, &grants, Utc::now())?;
+    check_mcp_hosts(plan, &resolved)?;
     let ssh = crate::ssh::SshAccess::resolve(home, plan.profile.as_ref(), &grants)?;
 
     let runs = RunStore::new(home.clone());

@@ -371,7 +371,7 @@ pub struct ManagedContainer {
 /// (the relay already runs as the guard's main process) and `$5` the
 /// address of the host gateway (host ports, through the proxy).
 const FIREWALL_SCRIPT: &str = r#"set -e
-if ! command -v iptables-restore >/dev/null 2>&1; then
+if ! command -v iptables >/dev/null 2>&1 || ! command -v iptables-restore >/dev/null 2>&1; then
   echo "the image has no iptables (moat's dependency images always include it; add it to a custom base_image)"
   exit 127
 fi

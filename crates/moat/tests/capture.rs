@@ -183,3 +183,32 @@ fn network_host_ports_are_reachable_at_the_host_gateway_and_no_others() {
     );
     drop(other);
 }
+
+#[test]
+fn a_client_that_rejects_the_moat_certificate_shows_in_the_trace() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    // Only the system roots: moat's CA is not among them.
+    let out = t.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "curl -sS --cacert /etc/ssl/certs/ca-certificates.crt https://api.github.com/ >/dev/null 2>&1 || echo refused",
+    ]);
+    out.success();
+    assert_eq!(out.stdout, "refused\n", "{}", out.stderr);
+    let trace = t.run(&["trace", "--network"]);
+    trace.success();
+    assert!(
+        trace
+            .stdout
+            .contains("the client rejected moat's certificate for api.github.com"),
+        "{}",
+        trace.stdout
+    );
+    assert!(
+        trace.stdout.contains("/etc/ssl/certs/moat-ca/ca.crt"),
+        "{}",
+        trace.stdout
+    );
+}

@@ -18,6 +18,10 @@ const PROVOKED: &[&str] = &[
     "Proxy authentication required (407)",
     "Invalid proxy token (407)",
     "request blocked by network policy (407)",
+    "refused to send the credential over plain HTTP (403)",
+    "upstream sent no response (504)",
+    "MCP server may not use grant",
+    "the secret contains a control character or whitespace",
     "proxy port mismatch",
     "credential not found: <provider>",
     "missing grants",
@@ -628,5 +632,75 @@ fn sandbox_boundary_errors_are_documented() {
     documented(
         "cannot map the ownership of the workspace for the sandbox",
         &t.normalize(&out.stderr),
+    );
+}
+
+#[test]
+fn credential_safety_errors() {
+    let t = Env::new();
+    t.grant_github(200).success();
+    let out = t.run(&[
+        "run",
+        "--grant",
+        "github",
+        "--",
+        "curl",
+        "-sS",
+        "http://api.github.com/user",
+    ]);
+    out.success();
+    documented(
+        "refused to send the credential over plain HTTP (403)",
+        &out.stdout,
+    );
+
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "grants: [github]\nmcp:\n  - name: collect\n    url: https://collect.example/mcp\n    auth: {grant: github, header: X-Token}\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented("MCP server may not use grant", &out.stderr);
+    std::fs::remove_file(t.project().join("moat.yaml")).unwrap();
+
+    let api = common::FakeApi::start(|_| (200, r#"{"login":"octocat"}"#.into()));
+    let out = t.env.run_with(
+        &["grant", "github"],
+        &[
+            ("GITHUB_TOKEN", "ghp_pasted\nghp_twice"),
+            ("MOAT_GITHUB_API_URL", &api.url),
+        ],
+    );
+    out.failure();
+    documented(
+        "the secret contains a control character or whitespace",
+        &out.stderr,
+    );
+}
+
+#[test]
+fn silent_upstream_error() {
+    let t = Env::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let routes = format!(
+        "{},slow.example:80:127.0.0.1:{port}",
+        t.upstream.connect_to(&["api.github.com"])
+    );
+    let out = t.run_with(
+        &["run", "--", "curl", "-sS", "http://slow.example/"],
+        &[("MOAT_CONNECT_TO", &routes), ("MOAT_UPSTREAM_TIMEOUT", "1")],
+    );
+    out.success();
+    documented(
+        "upstream sent no response (504)",
+        &out.stdout.replace("within 1 s", "within 600 s"),
     );
 }

@@ -249,20 +249,30 @@ impl Harness {
         connect_to: &[(&str, u16)],
         client_timeout: Duration,
     ) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_file = upstream_ca.write_pem(dir.path());
         let list = connect_to
             .iter()
             .map(|(h, p)| format!("{h}:443:127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let config = ProxyConfig {
+        Self::start_config(upstream_ca, &list, |c| c.client_timeout = client_timeout).await
+    }
+
+    /// A proxy trusting only `upstream_ca`, with the `MOAT_CONNECT_TO`
+    /// list `connect_to` and whatever `tweak` changes in the defaults.
+    pub async fn start_config(
+        upstream_ca: TestCa,
+        connect_to: &str,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = upstream_ca.write_pem(dir.path());
+        let mut config = ProxyConfig {
             upstream_ca_file: Some(ca_file),
             use_system_roots: false,
-            connect_to: ConnectTo::parse_list(&list).unwrap(),
-            client_timeout,
+            connect_to: ConnectTo::parse_list(connect_to).unwrap(),
             ..ProxyConfig::default()
         };
+        tweak(&mut config);
         let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
         let ca_pem = ca.cert_pem().to_owned();
         let proxy = Proxy::new(config, ca).unwrap();

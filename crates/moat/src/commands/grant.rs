@@ -74,6 +74,7 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
                 }
                 _ => source::obtain(spec, &opts)?,
             };
+            obtained.secret.check_header_safe(&grant.grant_command())?;
             errln!("Using {} from {}", secret_noun(spec), obtained.origin);
             if !args.no_validate {
                 validate_into(spec, &mut obtained)?;
@@ -129,6 +130,7 @@ fn store_obtained(
     let Some(stem) = grant.file_stem() else {
         bail!("{grant} holds no secret");
     };
+    obtained.secret.check_header_safe(&grant.grant_command())?;
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
     let mut credential = Credential::new(&stem, obtained.secret, obtained.source);
     credential.kind = kind;

@@ -1,0 +1,516 @@
+//! Issue #12: credentials only on TLS legs, MCP routes under the run's
+//! policy, blocked requests that say so in the status line, method
+//! overrides policed, silent upstreams answered with 504 and secrets an
+//! upstream echoes scrubbed before they reach the sandbox. Real sockets on
+//! 127.0.0.1 throughout; "public" names are routed there with connect-to.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::Request;
+use moat_policy::{HostPattern, HostRules, NetworkPolicy, Policy, Rule};
+use moat_proxy::{HeaderName, McpRoute, RunRegistration, SecretValue};
+use moat_testkit::TestCa;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const SECRET: &str = "ghp_cleartextSecret0123456789abcdefgh";
+
+async fn raw(h: &Harness, request: &str) -> RawResponse {
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_response(&mut stream).await.expect("a response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_never_travels_on_a_cleartext_leg() {
+    let plain = http_upstream().await;
+    let port = plain.addr.port();
+    // A public name routed to a plain-HTTP server on loopback: the refusal
+    // must come from the leg's scheme, not from where it lands.
+    let h = Harness::start_config(
+        TestCa::new(),
+        &format!("api.github.com:80:127.0.0.1:{port},other.test:80:127.0.0.1:{port}"),
+        |_| {},
+    )
+    .await;
+    let token = h.register(
+        "clear",
+        permissive(),
+        &[(
+            "api.github.com",
+            "authorization",
+            &format!("Bearer {SECRET}"),
+        )],
+    );
+    let auth = basic(token.expose());
+
+    // Absolute-form plain HTTP.
+    let resp = raw(
+        &h,
+        &format!("GET http://api.github.com/user HTTP/1.1\r\nHost: api.github.com\r\nProxy-Authorization: {auth}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(
+        resp.head
+            .starts_with("HTTP/1.1 403 Credential needs TLS (moat)\r\n"),
+        "{}",
+        resp.head
+    );
+    assert!(resp.body.contains("plain HTTP"), "{}", resp.body);
+    assert!(
+        resp.body.contains("https://api.github.com/user"),
+        "{}",
+        resp.body
+    );
+    assert!(!resp.body.contains(SECRET));
+    assert!(resp
+        .head
+        .to_ascii_lowercase()
+        .contains("proxy-status: moat; error=http_request_denied"));
+
+    // Plain HTTP inside a CONNECT tunnel to port 80.
+    let (resp, stream) = connect(h.addr, Some(&auth), "api.github.com:80").await;
+    assert_eq!(resp.status, 200);
+    let mut send = h1(stream).await;
+    send.ready().await.unwrap();
+    let resp = send
+        .send_request(
+            Request::builder()
+                .uri("/user")
+                .header("host", "api.github.com")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = body_string(resp).await;
+    assert!(body.contains("plain HTTP"), "{body}");
+
+    // The upstream never saw a request for the credentialed host.
+    assert!(plain.requests().is_empty(), "{:?}", plain.requests());
+
+    // A host without a credential still works over plain HTTP.
+    let resp = raw(
+        &h,
+        &format!("GET http://other.test/x HTTP/1.1\r\nHost: other.test\r\nProxy-Authorization: {auth}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(!resp.body.contains(SECRET));
+
+    // Both refusals are traced.
+    let lines = trace_lines(&h.trace_path("clear"), 3).await;
+    let refused: Vec<_> = lines.iter().filter(|l| l["status_code"] == 403).collect();
+    assert_eq!(refused.len(), 2, "{lines:?}");
+    assert!(refused[0]["error"].as_str().unwrap().contains("plain HTTP"));
+    let text = std::fs::read_to_string(h.trace_path("clear")).unwrap();
+    assert!(!text.contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_upstreams_may_take_cleartext_unless_disabled() {
+    let plain = http_upstream().await;
+    let target = format!("127.0.0.1:{}", plain.addr.port());
+    for (allowed, status) in [(true, 200), (false, 403)] {
+        let h = Harness::start_config(TestCa::new(), "", |c| c.cleartext_loopback = allowed).await;
+        let token = h.register(
+            "lo",
+            permissive(),
+            &[("127.0.0.1", "x-api-key", "k-secret-value")],
+        );
+        let resp = raw(
+            &h,
+            &format!(
+                "GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+                basic(token.expose())
+            ),
+        )
+        .await;
+        assert_eq!(resp.status, status, "{resp:?}");
+    }
+    assert_eq!(plain.requests().len(), 1);
+    assert_eq!(plain.last().header("x-api-key"), Some("k-secret-value"));
+}
+
+async fn mcp_harness() -> (Harness, Upstream) {
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["mcp.test"]).await;
+    let port = upstream.addr.port();
+    let h = Harness::start(ca, &[("mcp.test", port)]).await;
+    (h, upstream)
+}
+
+fn mcp_registration(h: &Harness, policy: NetworkPolicy, url: &str) -> RunRegistration {
+    RunRegistration {
+        run_id: "mcp".into(),
+        injections: vec![],
+        policy,
+        mcp: vec![McpRoute {
+            name: "gh".into(),
+            url: url.into(),
+            headers: vec![(
+                HeaderName::from_static("x-mcp-token"),
+                SecretValue::new("mcp-secret-123").unwrap(),
+            )],
+        }],
+        trace: Some(h.trace_path("mcp")),
+        tunnels: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_routes_obey_the_runs_policy() {
+    let (h, upstream) = mcp_harness().await;
+    // Strict, and mcp.test allowed nowhere: the relay is blocked too.
+    let token = h
+        .proxy
+        .try_register(mcp_registration(
+            &h,
+            NetworkPolicy::new(Policy::Strict),
+            "https://mcp.test/mcp",
+        ))
+        .unwrap();
+    let resp = raw(
+        &h,
+        &format!(
+            "GET /mcp/gh HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 407, "{resp:?}");
+    assert!(resp
+        .body
+        .starts_with("Moat: request blocked by network policy."));
+    assert!(upstream.requests().is_empty());
+    h.proxy.unregister("mcp");
+
+    // A deny rule on the MCP host applies to the relay.
+    let mut policy = NetworkPolicy::new(Policy::Permissive);
+    policy.hosts.push(HostRules {
+        host: HostPattern::parse("mcp.test").unwrap(),
+        rules: vec![Rule::parse("deny * /mcp/admin/**").unwrap()],
+    });
+    let token = h
+        .proxy
+        .try_register(mcp_registration(&h, policy, "https://mcp.test/mcp"))
+        .unwrap();
+    let resp = raw(
+        &h,
+        &format!(
+            "GET /mcp/gh/admin/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 407, "{resp:?}");
+    let resp = raw(
+        &h,
+        &format!(
+            "GET /mcp/gh/tools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(upstream.last().path, "/mcp/tools");
+    h.proxy.unregister("mcp");
+
+    // An MCP route over plain HTTP to a non-loopback host carries no header.
+    let token = h
+        .proxy
+        .try_register(mcp_registration(
+            &h,
+            NetworkPolicy::new(Policy::Permissive),
+            "http://mcp.test/mcp",
+        ))
+        .unwrap();
+    let resp = raw(
+        &h,
+        &format!(
+            "GET /mcp/gh HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            token.expose()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.body.contains("plain HTTP"), "{}", resp.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_requests_say_so_in_the_status_line() {
+    let plain = http_upstream().await;
+    let h = Harness::start_config(TestCa::new(), "", |_| {}).await;
+    let token = h.register("strict", NetworkPolicy::new(Policy::Strict), &[]);
+    let (resp, _) = connect(h.addr, Some(&basic(token.expose())), "example.com:443").await;
+    assert_eq!(resp.status, 407);
+    assert!(
+        resp.head
+            .starts_with("HTTP/1.1 407 Blocked by moat network policy\r\n"),
+        "{}",
+        resp.head
+    );
+    let head = resp.head.to_ascii_lowercase();
+    assert!(
+        head.contains("proxy-status: moat; error=http_request_denied; details=\"host example.com is not in the allow list\""),
+        "{head}"
+    );
+    assert!(!head.contains("proxy-authenticate"), "{head}");
+    assert!(resp
+        .body
+        .starts_with("Moat: request blocked by network policy."));
+
+    // Plain HTTP, same.
+    let target = format!("127.0.0.1:{}", plain.addr.port());
+    let resp = raw(
+        &h,
+        &format!(
+            "GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+            basic(token.expose())
+        ),
+    )
+    .await;
+    assert!(resp
+        .head
+        .starts_with("HTTP/1.1 407 Blocked by moat network policy\r\n"));
+
+    // A missing token keeps the standard phrase and a challenge.
+    let (resp, _) = connect(h.addr, None, "example.com:443").await;
+    assert!(
+        resp.head
+            .starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"),
+        "{}",
+        resp.head
+    );
+    assert!(resp
+        .head
+        .to_ascii_lowercase()
+        .contains("proxy-authenticate"));
+
+    let lines = trace_lines(&h.trace_path("strict"), 2).await;
+    assert_eq!(lines[0]["status_code"], 407);
+    assert_eq!(lines[0]["error"], "blocked by network policy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_override_headers_are_policed() {
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["api.github.com"]).await;
+    let h = Harness::start(ca, &[("api.github.com", upstream.addr.port())]).await;
+    let mut policy = NetworkPolicy::new(Policy::Permissive);
+    policy.hosts.push(HostRules {
+        host: HostPattern::parse("api.github.com").unwrap(),
+        rules: vec![Rule::parse("deny DELETE /**").unwrap()],
+    });
+    let token = h.register("ovr", policy, &[]);
+    let mut send = h1(tunnel(&h, &token, "api.github.com", &[b"http/1.1"]).await).await;
+    for header in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        send.ready().await.unwrap();
+        let resp = send
+            .send_request(
+                Request::builder()
+                    .method("POST")
+                    .uri("/repos/a/b")
+                    .header(header, "DELETE")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 407, "{header}");
+        let _ = body_string(resp).await;
+    }
+    assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_gets_a_504_in_time() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let h = Harness::start_config(TestCa::new(), "", |c| {
+        c.upstream_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let token = h.register("slow", permissive(), &[]);
+    let started = Instant::now();
+    let resp = raw(
+        &h,
+        &format!(
+            "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\nProxy-Authorization: {}\r\n\r\n",
+            basic(token.expose())
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(resp.status, 504, "{resp:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(resp.body.contains("MOAT_UPSTREAM_TIMEOUT"), "{}", resp.body);
+    let lines = trace_lines(&h.trace_path("slow"), 1).await;
+    assert_eq!(lines[0]["status_code"], 504);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_an_upstream_echoes_are_scrubbed() {
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["api.github.com"]).await;
+    let h = Harness::start(ca, &[("api.github.com", upstream.addr.port())]).await;
+    let token = h.register(
+        "echo",
+        permissive(),
+        &[(
+            "api.github.com",
+            "authorization",
+            &format!("Bearer {SECRET}"),
+        )],
+    );
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let io = tunnel(&h, &token, "api.github.com", &[alpn]).await;
+        let resp = if alpn == b"h2" {
+            let mut send = h2(io).await;
+            send.ready().await.unwrap();
+            send.send_request(get("https://api.github.com/echo"))
+                .await
+                .unwrap()
+        } else {
+            let mut send = h1(io).await;
+            send.ready().await.unwrap();
+            send.send_request(get("/echo")).await.unwrap()
+        };
+        assert_eq!(resp.status(), 200);
+        let body = body_string(resp).await;
+        // The upstream reflected the header it got...
+        assert!(body.contains("\"authorization\""), "{body}");
+        // ...but the sandbox sees no secret.
+        assert!(!body.contains(SECRET), "{body}");
+        assert!(!body.contains(&SECRET[..SECRET.len() - 1]), "{body}");
+    }
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    let lines = trace_lines(&h.trace_path("echo"), 2).await;
+    assert!(
+        lines[0]["scrubbed"].as_u64().unwrap_or(0) >= 1,
+        "{:?}",
+        lines[0]
+    );
+}
+
+/// Reads until EOF; how long the proxy took to close the connection.
+async fn closed_within(mut stream: TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_reaped() {
+    let plain = http_upstream().await;
+    let h = Harness::start_config(TestCa::new(), "", |c| {
+        c.client_timeout = Duration::from_secs(1)
+    })
+    .await;
+    let token = h.register("idle", permissive(), &[]);
+    // Silent from the start.
+    let stream = TcpStream::connect(h.addr).await.unwrap();
+    assert!(closed_within(stream, Duration::from_secs(5))
+        .await
+        .is_some());
+    // Idle after a keep-alive request.
+    let target = format!("127.0.0.1:{}", plain.addr.port());
+    let mut stream = TcpStream::connect(h.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+                basic(token.expose())
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.unwrap().status, 200);
+    assert!(closed_within(stream, Duration::from_secs(5))
+        .await
+        .is_some());
+    // Idle inside an intercepted tunnel, HTTP/1.1 and HTTP/2.
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["api.github.com"]).await;
+    let h = Harness::start_with(
+        ca,
+        &[("api.github.com", upstream.addr.port())],
+        Duration::from_secs(1),
+    )
+    .await;
+    let token = h.register("idle", permissive(), &[]);
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let (resp, stream) =
+            connect(h.addr, Some(&basic(token.expose())), "api.github.com:443").await;
+        assert_eq!(resp.status, 200);
+        let tls = tls(stream, &h.ca_pem, "api.github.com", &[alpn]).await;
+        if alpn == b"h2" {
+            // A real HTTP/2 client, one request, then idle: GOAWAY.
+            let mut send = h2(tls).await;
+            send.ready().await.unwrap();
+            let resp = send
+                .send_request(get("https://api.github.com/x"))
+                .await
+                .unwrap();
+            let _ = body_string(resp).await;
+            let started = Instant::now();
+            while !send.is_closed() && started.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(send.is_closed(), "h2 tunnel left open");
+            continue;
+        }
+        let (mut r, _w) = tokio::io::split(tls);
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        let started = Instant::now();
+        let closed = loop {
+            match tokio::time::timeout(
+                Duration::from_secs(5).saturating_sub(started.elapsed()),
+                r.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "h1 tunnel left open");
+    }
+}
