@@ -7,7 +7,8 @@
 //! once), check MCP grants, claim the run name, record the run, register
 //! it with the proxy daemon (starting the daemon if needed), build the
 //! sandbox's environment and files (proxy variables with the run token,
-//! the CA and a trust bundle, placeholders), start the SSH agent proxy for
+//! the CA and a trust bundle, placeholders), the sandbox's private network
+//! with transparent capture (`moat-capture`), start the SSH agent proxy for
 //! SSH grants, record the run as open on its workspace (`moat-trust`:
 //! what it changes there is reviewed before the next run applies it),
 //! start the sandbox, stream its
