@@ -146,19 +146,8 @@ fn host_loopback_udp_and_abstract_sockets_are_out_of_reach_in_permissive() {
 
 #[test]
 fn network_host_ports_are_reachable_at_the_host_gateway_and_no_others() {
-    use std::io::{BufRead, BufReader, Write};
     let t = common::ProxiedEnv::new(&["api.github.com"]);
-    // A local model server stand-in: answers one line per connection.
-    let given = TcpListener::bind("127.0.0.1:0").unwrap();
-    let given_port = given.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in given.incoming().flatten() {
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = (&conn).write_all(format!("model says {line}").as_bytes());
-        }
-    });
+    let given_port = common::line_server();
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
     std::fs::write(

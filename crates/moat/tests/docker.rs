@@ -584,21 +584,11 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
 /// the host's loopback) at `$MOAT_HOST_GATEWAY`, through the proxy.
 #[test]
 fn network_host_ports_reach_the_host_loopback_from_containers() {
-    use std::io::{BufRead, BufReader, Write};
     if !docker_available() {
         return;
     }
     let t = DockerEnv::new();
-    let given = TcpListener::bind("127.0.0.1:0").unwrap();
-    let given_port = given.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in given.incoming().flatten() {
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = (&conn).write_all(format!("model says {line}").as_bytes());
-        }
-    });
+    let given_port = common::line_server();
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let other_port = other.local_addr().unwrap().port();
     std::fs::write(

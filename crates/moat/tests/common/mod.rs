@@ -338,3 +338,21 @@ pub fn under_terminal(
     });
     Result::from(child.wait_with_output().expect("wait for script"))
 }
+
+/// A stand-in for a local model server on the host's 127.0.0.1: answers
+/// each connection's first line with `model says <line>`. Returns its port.
+pub fn line_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(clone) = conn.try_clone() else {
+                continue;
+            };
+            let mut line = String::new();
+            let _ = BufReader::new(clone).read_line(&mut line);
+            let _ = (&conn).write_all(format!("model says {line}").as_bytes());
+        }
+    });
+    port
+}
