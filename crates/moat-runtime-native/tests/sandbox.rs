@@ -485,32 +485,44 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-#[test]
-fn works_as_an_unprivileged_user() {
+/// `setpriv` arguments that run a command as uid and gid 65534.
+const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+/// A copy of the harness that uid 65534 can execute (in a directory that
+/// must live as long as it is used), when this test runs as root and uid
+/// 65534 may create user namespaces here; `None` says why not.
+fn harness_for_nobody() -> Option<(tempfile::TempDir, PathBuf)> {
     if !running_as_root() {
         println!("skipped: not root, cannot switch to uid 65534 (the other tests already run unprivileged)");
-        return;
+        return None;
     }
-    let setpriv = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    let probe = Command::new(setpriv[0])
-        .args(&setpriv[1..])
+    let probe = Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .args(["unshare", "-U", "-r", "true"])
         .status();
     if !matches!(probe, Ok(s) if s.success()) {
         println!("skipped: uid 65534 may not create user namespaces here ({probe:?})");
-        return;
+        return None;
     }
-    // A copy of the harness that uid 65534 can execute.
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let harness: PathBuf = bin_dir.path().join("moat-native-harness");
     std::fs::copy(HARNESS, &harness).unwrap();
     std::fs::set_permissions(&harness, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some((bin_dir, harness))
+}
+
+#[test]
+fn works_as_an_unprivileged_user() {
+    let Some((_bin_dir, harness)) = harness_for_nobody() else {
+        return;
+    };
+    let setpriv = AS_NOBODY;
     let ws = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(ws.path(), Some(65534), Some(65534)).unwrap();
 
@@ -581,21 +593,10 @@ fn process_limit_holds_for_every_caller() {
 /// and a memory limit that cannot be enforced is refused, not ignored.
 #[test]
 fn without_cgroups_limits_fall_back_to_rlimits_or_are_refused() {
-    if !running_as_root() {
-        println!("skipped: not root, cannot switch to uid 65534");
+    let Some((_bin_dir, harness)) = harness_for_nobody() else {
         return;
-    }
-    let setpriv = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    let bin_dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let harness: PathBuf = bin_dir.path().join("moat-native-harness");
-    std::fs::copy(HARNESS, &harness).unwrap();
-    std::fs::set_permissions(&harness, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let setpriv = AS_NOBODY;
     let ws = tempfile::tempdir().unwrap();
     std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(ws.path().join("forks.py"), FORK_UNTIL_REFUSED).unwrap();
