@@ -184,13 +184,18 @@ impl Filters {
     }
 }
 
-fn cond(
+/// One rule per value: argument `arg` (of width `len`) compared with `op`
+/// built from the value; the rules are ORed by the filter.
+fn one_of(
     arg: u8,
     len: SeccompCmpArgLen,
-    op: SeccompCmpOp,
-    value: u64,
-) -> Result<SeccompCondition, seccompiler::BackendError> {
-    SeccompCondition::new(arg, len, op, value)
+    op: impl Fn(u64) -> SeccompCmpOp,
+    values: &[u64],
+) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    values
+        .iter()
+        .map(|v| SeccompRule::new(vec![SeccompCondition::new(arg, len.clone(), op(*v), *v)?]))
+        .collect()
 }
 
 fn allow_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendError> {
@@ -200,18 +205,15 @@ fn allow_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendE
         .filter(|nr| **nr != libc::SYS_personality)
         .map(|nr| (*nr, Vec::new()))
         .collect();
-    let personality = PERSONALITIES
-        .iter()
-        .map(|p| {
-            SeccompRule::new(vec![cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                *p,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_personality, personality);
+    rules.insert(
+        libc::SYS_personality,
+        one_of(
+            0,
+            SeccompCmpArgLen::Dword,
+            |_| SeccompCmpOp::Eq,
+            PERSONALITIES,
+        )?,
+    );
     SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::ENOSYS as u32),
@@ -225,38 +227,32 @@ fn deny_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendEr
         DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     // Any namespace flag in clone's flags (first argument on x86_64 and
     // aarch64) is refused; each rule matches one flag.
-    let clone = NAMESPACE_FLAGS
-        .iter()
-        .map(|flag| {
-            SeccompRule::new(vec![cond(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(*flag),
-                *flag,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_clone, clone);
-    let ioctl = [libc::TIOCSTI, libc::TIOCLINUX]
-        .iter()
-        .map(|request| {
-            SeccompRule::new(vec![cond(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                *request,
-            )?])
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_ioctl, ioctl);
+    rules.insert(
+        libc::SYS_clone,
+        one_of(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq,
+            NAMESPACE_FLAGS,
+        )?,
+    );
+    rules.insert(
+        libc::SYS_ioctl,
+        one_of(
+            1,
+            SeccompCmpArgLen::Dword,
+            |_| SeccompCmpOp::Eq,
+            &[libc::TIOCSTI, libc::TIOCLINUX],
+        )?,
+    );
     rules.insert(
         libc::SYS_socket,
-        vec![SeccompRule::new(vec![cond(
+        one_of(
             0,
             SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            AF_VSOCK,
-        )?])?],
+            |_| SeccompCmpOp::Eq,
+            &[AF_VSOCK],
+        )?,
     );
     SeccompFilter::new(
         rules,
