@@ -602,9 +602,31 @@ fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
 }
 
 /// Reads a child's pipe into a shared string.
-fn collect(
-    mut pipe: impl std::io::Read + Send + 'static,
-) -> std::sync::Arc<std::sync::Mutex<String>> {
+type Collected = std::sync::Arc<std::sync::Mutex<String>>;
+
+/// Starts `moat run --name NAME -- sh -c SCRIPT`, collecting its output,
+/// and waits until the script says `started`.
+fn start_run(
+    t: &common::ProxiedEnv,
+    name: &str,
+    script: &str,
+) -> (std::process::Child, Collected, Collected) {
+    let mut child = t
+        .moat()
+        .args(["run", "--name", name, "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    wait_until("the run to start", 20, || {
+        stdout.lock().unwrap().contains("started")
+    });
+    (child, stdout, stderr)
+}
+
+fn collect(mut pipe: impl std::io::Read + Send + 'static) -> Collected {
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let sink = text.clone();
     std::thread::spawn(move || {
@@ -635,18 +657,7 @@ fn a_full_moat_home_loses_nothing_silently() {
                   for j in 1 2 3 4 5 6 7 8 9 10; do echo line $i.$j; done; \
                   curl -s -o /dev/null https://api.github.com/during/$i; sleep 0.05; done; \
                   curl -s -o /dev/null https://api.github.com/after; printf last";
-    let mut child = t
-        .moat()
-        .args(["run", "--name", "full", "--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    wait_until("the run to start", 20, || {
-        stdout.lock().unwrap().contains("started")
-    });
+    let (mut child, stdout, stderr) = start_run(&t, "full", script);
 
     fs.fill("filler");
     // Read-only commands work on a full disk.
@@ -710,18 +721,7 @@ fn a_run_ending_on_a_full_disk_is_recorded_as_failed_with_the_reason() {
     };
     let script = "echo started; while [ ! -f go ]; do sleep 0.1; done; \
                   for i in $(seq 1 50); do echo line $i; done";
-    let mut child = t
-        .moat()
-        .args(["run", "--name", "stuck", "--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    wait_until("the run to start", 20, || {
-        stdout.lock().unwrap().contains("started")
-    });
+    let (mut child, _stdout, stderr) = start_run(&t, "stuck", script);
     fs.fill("filler");
     std::fs::write(t.project().join("go"), "").unwrap();
     let status = child.wait().unwrap();
