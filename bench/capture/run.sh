@@ -22,39 +22,13 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+. "$ROOT/bench/lib/upstream.sh"
 
 (cd "$ROOT" && cargo build -q --release -p moat)
 MOAT="$ROOT/target/release/moat"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=bench upstream CA" -keyout "$W/up-ca.key" -out "$W/up-ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -subj "/CN=bench.test" -keyout "$W/up.key" -out "$W/up.csr" 2>/dev/null
-printf 'subjectAltName=DNS:bench.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$W/ext"
-openssl x509 -req -in "$W/up.csr" -CA "$W/up-ca.pem" -CAkey "$W/up-ca.key" -CAcreateserial \
-    -days 2 -extfile "$W/ext" -out "$W/up.pem" 2>/dev/null
-mkdir -p "$W/nginx" "$W/project"
-cat > "$W/nginx.conf" <<CONF
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $W/nginx;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl;
-        ssl_certificate $W/up.pem;
-        ssl_certificate_key $W/up.key;
-        location / { return 200 "ok\n"; }
-    }
-}
-CONF
-nginx -c "$W/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
-wait_port $NGINX_PORT
+mkdir -p "$W/project"
+start_upstream "$W" $NGINX_PORT
 
 export MOAT_HOME="$W/moat-home" MOAT_PROXY_PORT=0 MOAT_RUNTIME=native
 export MOAT_UPSTREAM_CA_FILE="$W/up-ca.pem" MOAT_CONNECT_TO="bench.test:443:127.0.0.1:$NGINX_PORT"
