@@ -2,8 +2,8 @@
 //! proxy settings still reaches moat's proxy, named as the client meant.
 //!
 //! This crate owns the parts that do not depend on how a connection was
-//! diverted (a route in the native sandbox's network namespace, an
-//! iptables `REDIRECT` in a container's network guard):
+//! diverted (an nftables `redirect` in the native sandbox's network
+//! namespace, an iptables `REDIRECT` in a container's network guard):
 //! - [`NameTable`] and [`dns_answer`]: a DNS responder that gives every
 //!   name an address of its own from 198.18.0.0/15 (reserved for
 //!   benchmarks, never routed) and remembers it, answers `AAAA` with no
@@ -13,8 +13,9 @@
 //! - [`Relay`]: names a diverted connection (SNI, else the responder's
 //!   name for the address, else the address) and hands it to the proxy as
 //!   a `CONNECT` carrying the run's [`ProxyAuthorization`]; the proxy then
-//!   intercepts TLS or plain HTTP and applies the run's injection, policy
-//!   and trace. A refusal closes the connection, as a firewall would.
+//!   intercepts TLS or plain HTTP, or splices other protocols, and applies
+//!   the run's injection, policy and trace. A refusal resets the
+//!   connection, as a firewall would.
 //!
 //! It must not know about policy, credentials or runtimes: the caller
 //! diverts connections and says where the proxy is.
@@ -135,7 +136,11 @@ pub const HOST_GATEWAY_NAME: &str = "moat-host";
 /// proxy, which allows only the ports the run was given.
 pub const HOST_GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 
-/// How long a diverted client may take to send its first bytes.
+/// Ports whose clients speak first (HTTP and TLS): the relay reads their
+/// first bytes to name the connection by its TLS server name.
+const WEB_PORTS: &[u16] = &[80, 443];
+
+/// How long a diverted web client may take to send its first bytes.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First address the DNS responder hands out, and how many it has.
@@ -238,8 +243,24 @@ impl Relay {
         if dialled.ip() == std::net::IpAddr::V4(HOST_GATEWAY_ADDR) {
             return self.tunnel(client, "127.0.0.1", dialled.port(), Vec::new());
         }
-        // Clients that speak first (TLS, HTTP) say where they go; a client
-        // waiting for the server gets no name from its bytes.
+        let port = dialled.port();
+        let by_address = || match dialled {
+            SocketAddr::V4(v4) => self
+                .names
+                .lock()
+                .ok()
+                .and_then(|t| t.name_of(*v4.ip()).map(str::to_owned))
+                .unwrap_or_else(|| v4.ip().to_string()),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        };
+        if !WEB_PORTS.contains(&port) {
+            // Elsewhere the server may be the one to speak first (SSH,
+            // SMTP, MySQL): the proxy, not the relay, waits a little for
+            // the client's first bytes to tell TLS, HTTP and the rest
+            // apart.
+            return self.tunnel(client, &by_address(), port, Vec::new());
+        }
+        // Web clients speak first and say where they go (SNI, Host).
         client.set_read_timeout(Some(FIRST_BYTES_TIMEOUT))?;
         let mut first = vec![0u8; 4096];
         let n = match (&client).read(&mut first) {
@@ -249,17 +270,7 @@ impl Relay {
         };
         first.truncate(n);
         client.set_read_timeout(None)?;
-        let port = dialled.port();
-        let host = match (sni(&first), dialled) {
-            (Some(name), _) => name,
-            (None, SocketAddr::V4(v4)) => self
-                .names
-                .lock()
-                .ok()
-                .and_then(|t| t.name_of(*v4.ip()).map(str::to_owned))
-                .unwrap_or_else(|| v4.ip().to_string()),
-            (None, SocketAddr::V6(v6)) => format!("[{}]", v6.ip()),
-        };
+        let host = sni(&first).unwrap_or_else(by_address);
         self.tunnel(client, &host, port, first)
     }
 
@@ -284,8 +295,9 @@ impl Relay {
             }
         }
         if !accepted {
-            // The proxy traced the refusal; the client sees a closed
-            // connection, as from a firewall.
+            // The proxy traced the refusal; the client sees its connection
+            // reset, as by a firewall.
+            let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
             return Ok(());
         }
         // Anything the proxy sent past its headers belongs to the client.
@@ -310,13 +322,15 @@ impl Relay {
 /// connections redirected by iptables to `127.0.0.1:relay_port`, handed
 /// to the proxy at `proxy` (`host:port`, resolved once). Started as root
 /// (the guard applies its firewall as root), it becomes `nobody` (65534)
-/// once its sockets are bound, before it serves anything. Serves until
+/// once its sockets are bound, before it serves anything, and then calls
+/// `ready` (the guard tells moat the workload may start). Serves until
 /// the process is killed; returns only on a setup error.
 pub fn serve_redirected(
     proxy: &str,
     relay_port: u16,
     dns_port: u16,
     authorization: ProxyAuthorization,
+    ready: impl FnOnce(),
 ) -> io::Result<std::convert::Infallible> {
     use std::net::ToSocketAddrs as _;
     let proxy_addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
@@ -338,6 +352,7 @@ pub fn serve_redirected(
     let relay = Relay::new(ProxyEndpoint::Tcp(proxy_addr), authorization);
     relay.serve_dns(dns)?;
     relay.serve(listener, Diverted::Redirected)?;
+    ready();
     loop {
         thread::park();
     }

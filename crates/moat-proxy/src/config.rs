@@ -34,6 +34,14 @@ pub struct ProxyConfig {
     /// Everywhere else a credential is only ever injected on a TLS leg.
     /// Default `true`.
     pub cleartext_loopback: bool,
+    /// Whether upstreams may be addresses of this machine: loopback, the
+    /// addresses of its interfaces, and link-local addresses (where cloud
+    /// metadata services answer). Default `false`: a sandbox reaches host
+    /// services only through the tunnels it was given
+    /// ([`RunRegistration::tunnels`](crate::RunRegistration)). Hosts
+    /// mapped by [`connect_to`](Self::connect_to) are the caller's own
+    /// choice and are not checked.
+    pub allow_host_addresses: bool,
     /// The largest request head a client may send, in bytes (at least
     /// 8192). Larger heads get `431` or a closed connection. Default 64 KiB.
     pub max_header_bytes: usize,
@@ -55,6 +63,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(600),
             cleartext_loopback: true,
+            allow_host_addresses: false,
             max_header_bytes: 64 * 1024,
             trace_body_bytes: 8 * 1024,
             trace_queue: 8192,

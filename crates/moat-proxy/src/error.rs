@@ -59,6 +59,10 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// Blocked by the network policy.
     PolicyDenied,
+    /// The destination is an address of the machine the proxy runs on
+    /// (loopback, one of its interfaces, link-local), which a sandbox
+    /// reaches only through the host ports it was given.
+    HostAddress,
     /// Anything else inside moat.
     Internal,
 }
@@ -90,7 +94,7 @@ impl ProxyError {
             | ErrorKind::UpstreamTls
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamProtocol => Fault::Upstream,
-            ErrorKind::PolicyDenied => Fault::Policy,
+            ErrorKind::PolicyDenied | ErrorKind::HostAddress => Fault::Policy,
         };
         ProxyError {
             kind,
@@ -133,6 +137,7 @@ impl ProxyError {
         match self.kind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::PolicyDenied => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ErrorKind::HostAddress => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamTls | ErrorKind::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY

@@ -25,7 +25,7 @@ use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistrati
 use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::{RunToken, SecretValue};
 use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
-use crate::upstream::Upstream;
+use crate::upstream::{bare_host, Upstream};
 use crate::ProxyBody;
 
 /// The body of `407` without credentials.
@@ -536,6 +536,21 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
         }
         return blocked(&reason);
     }
+    if let Some(e) = inner.upstream.dialer.refuses_at_once(&bare, port) {
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            "CONNECT",
+            &format!("{host}:{port}"),
+            false,
+            headers_json(&run, req.headers(), &[]),
+            None,
+            inner.config.trace_body_bytes,
+        ) {
+            ex.set_error(e.status().as_u16(), &e.detail());
+            ex.finish();
+        }
+        return error_response(&e);
+    }
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -584,26 +599,20 @@ async fn handle_tcp_tunnel(
         None,
         inner.config.trace_body_bytes,
     );
-    let (to_host, to_port) =
-        crate::config::ConnectTo::resolve(&inner.config.connect_to, &host, port);
-    let to_host = to_host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
     let connect = tokio::time::timeout(
         inner.config.connect_timeout,
-        tokio::net::TcpStream::connect((to_host.as_str(), to_port)),
+        inner.upstream.dialer.dial(&host, port, true),
     )
     .await;
-    let mut upstream = match connect {
+    let upstream = match connect {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            let message = format!("moat: cannot connect to {host}:{port}: {e}");
+            let message = e.detail();
             if let Some(ex) = &exchange {
-                ex.set_error(502, &message);
+                ex.set_error(e.status().as_u16(), &message);
                 ex.finish();
             }
-            return text(StatusCode::BAD_GATEWAY, message);
+            return text(e.status(), message);
         }
         Err(_) => {
             let message = format!("moat: connecting to {host}:{port} timed out");
@@ -614,7 +623,6 @@ async fn handle_tcp_tunnel(
             return text(StatusCode::GATEWAY_TIMEOUT, message);
         }
     };
-    let _ = upstream.set_nodelay(true);
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let upgraded = match upgrade.await {
@@ -624,41 +632,130 @@ async fn handle_tcp_tunnel(
                 return;
             }
         };
-        let mut client = TokioIo::new(upgraded);
-        let cancel = run.cancel.clone();
-        let status = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
-                Ok((up, down)) => format!("{up} bytes up, {down} bytes down"),
-                Err(e) => format!("closed: {e}"),
-            },
-            _ = cancel.cancelled() => "closed: run unregistered".to_owned(),
-        };
-        if let Some(ex) = &exchange {
-            ex.set_response(200, &HeaderMap::new());
-            ex.set_body(Side::Response, status.as_bytes());
-            ex.finish();
-        }
+        splice(&run, exchange, TokioIo::new(upgraded), upstream).await;
     });
     Response::new(empty())
 }
 
-/// Serves an accepted `CONNECT` tunnel: TLS interception when the client
-/// starts a TLS handshake, plain HTTP/1.1 otherwise.
+/// Copies bytes both ways between a tunnel's client and its upstream until
+/// either side closes or the run is unregistered, then finishes the
+/// tunnel's trace line with the byte counts.
+async fn splice<C>(
+    run: &Run,
+    exchange: Option<Arc<Exchange>>,
+    mut client: C,
+    mut upstream: tokio::net::TcpStream,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let cancel = run.cancel.clone();
+    let status = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok((up, down)) => format!("{up} bytes up, {down} bytes down"),
+            Err(e) => format!("closed: {e}"),
+        },
+        _ = cancel.cancelled() => "closed: run unregistered".to_owned(),
+    };
+    if let Some(ex) = &exchange {
+        ex.set_response(200, &HeaderMap::new());
+        ex.set_body(Side::Response, status.as_bytes());
+        ex.finish();
+    }
+}
+
+/// How long a tunnel to a port other than 80 and 443 waits for the
+/// client's first bytes before taking the server to be the one to speak
+/// first (SSH, SMTP, MySQL) and splicing bytes as they come.
+const SERVER_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// What a tunnel's client speaks, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speech {
+    /// A TLS client hello.
+    Tls,
+    /// An HTTP/1 request line.
+    Http,
+    /// Anything else, or nothing yet when the server speaks first.
+    Other,
+}
+
+/// Tells TLS, HTTP and the rest apart by the first bytes, or `None` when
+/// more are needed: an HTTP request starts with a method (a few capital
+/// letters) and a space.
+fn speech(head: &[u8]) -> Option<Speech> {
+    match head.first()? {
+        0x16 => Some(Speech::Tls),
+        b'A'..=b'Z' => {
+            for (i, b) in head.iter().enumerate().take(MAX_METHOD + 1) {
+                match b {
+                    b'A'..=b'Z' | b'-' | b'_' => {}
+                    b' ' if i > 0 => return Some(Speech::Http),
+                    _ => return Some(Speech::Other),
+                }
+            }
+            (head.len() > MAX_METHOD).then_some(Speech::Other)
+        }
+        _ => Some(Speech::Other),
+    }
+}
+
+/// The longest HTTP method taken for one (`VERSION-CONTROL`, `PROPPATCH`…).
+const MAX_METHOD: usize = 20;
+
+/// Serves an accepted `CONNECT` tunnel, after a look at what the client
+/// speaks: TLS is intercepted (on ports other than 443, only when the
+/// client offers HTTP over it, or the run has a credential for the host),
+/// HTTP is served as such, and anything else (a database, SSH, TLS that is
+/// not HTTP) is spliced to the destination when the policy allows every
+/// request to the host, and refused otherwise.
 async fn tunnel<IO>(inner: Arc<Inner>, run: Arc<Run>, mut target: Target, mut io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = inner.config.client_timeout;
-    let mut first = [0u8; 1];
-    let n = match tokio::time::timeout(timeout, io.read(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => n,
-        _ => return,
+    let web = matches!(target.port, 80 | 443);
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    let mut wait = if web { timeout } else { SERVER_FIRST_WAIT };
+    let speech = loop {
+        match tokio::time::timeout(wait, io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+            // The server speaks first, or nothing more came.
+            Err(_) if !web && head.is_empty() => break Speech::Other,
+            Err(_) if head.is_empty() => return,
+            Err(_) => break Speech::Other,
+        }
+        if let Some(speech) = speech(&head) {
+            break speech;
+        }
+        wait = timeout;
     };
-    let io = Prefixed::new(Bytes::copy_from_slice(&first[..n]), io);
-    if first[0] != 0x16 {
-        target.scheme = "http";
-        serve_inner(inner, run, target, io, false).await;
-        return;
+    let speech = match speech {
+        Speech::Tls if !web => {
+            match read_client_hello(&mut io, &mut head, timeout).await {
+                Some(true) => Speech::Tls,
+                // Without HTTP inside, TLS is the client's own business,
+                // unless there is a credential to inject.
+                _ if injections(&run, bare_host(&target.host)).1.is_some() => Speech::Tls,
+                Some(false) => Speech::Other,
+                None => return,
+            }
+        }
+        other => other,
+    };
+    let io = Prefixed::new(Bytes::from(head), io);
+    match speech {
+        Speech::Http => {
+            target.scheme = "http";
+            serve_inner(inner, run, target, io, false).await;
+            return;
+        }
+        Speech::Other => {
+            raw_tunnel(inner, run, target, io).await;
+            return;
+        }
+        Speech::Tls => {}
     }
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(timeout, acceptor).await {
@@ -711,6 +808,101 @@ where
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// Reads the rest of the client hello's first record into `head` and says
+/// whether it offers HTTP (`h2` or `http/1.1` in ALPN); `None` when the
+/// client goes away or sends garbage.
+async fn read_client_hello<IO>(io: &mut IO, head: &mut Vec<u8>, timeout: Duration) -> Option<bool>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    loop {
+        if head.len() >= 5 {
+            let record = 5 + usize::from(u16::from_be_bytes([head[3], head[4]]));
+            if head.len() >= record {
+                break;
+            }
+        }
+        match tokio::time::timeout(timeout, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    acceptor.read_tls(&mut &head[..]).ok()?;
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == b"h2" || p == b"http/1.1")),
+        ),
+        // A hello spread over several records: intercept, as on 443.
+        Ok(None) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// A tunnel whose bytes moat does not understand: spliced to the
+/// destination when the run's policy allows every request to the host
+/// (nothing could be checked inside), refused and traced otherwise.
+async fn raw_tunnel<IO>(inner: Arc<Inner>, run: Arc<Run>, target: Target, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let authority = format!("{}:{}", target.host, target.port);
+    let exchange = Exchange::new(
+        run.clone(),
+        "CONNECT",
+        &authority,
+        true,
+        serde_json::Map::new(),
+        None,
+        inner.config.trace_body_bytes,
+    );
+    let bare = bare_host(&target.host);
+    if !matches!(run.policy.host_decision(bare), HostDecision::Allowed) {
+        if let Some(ex) = exchange {
+            ex.set_error(407, "blocked by network policy");
+            ex.set_body(
+                Side::Response,
+                format!(
+                    "Moat: connection blocked by network policy.\n\
+                     {authority} is not HTTP or TLS, and the policy has rules for host {bare:?} \
+                     that moat cannot check on it.\n\
+                     Allow the whole host in network.rules in moat.yaml (- {bare}) or use policy: permissive."
+                )
+                .as_bytes(),
+            );
+            ex.finish();
+        }
+        return;
+    }
+    let connect = tokio::time::timeout(
+        inner.config.connect_timeout,
+        inner.upstream.dialer.dial(bare, target.port, false),
+    )
+    .await;
+    let upstream = match connect {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            if let Some(ex) = exchange {
+                ex.set_error(e.status().as_u16(), &e.detail());
+                ex.finish();
+            }
+            return;
+        }
+        Err(_) => {
+            if let Some(ex) = exchange {
+                ex.set_error(504, &format!("moat: connecting to {authority} timed out"));
+                ex.finish();
+            }
+            return;
+        }
+    };
+    splice(&run, exchange, io, upstream).await;
 }
 
 /// What to tell the user when a client's TLS handshake with moat's

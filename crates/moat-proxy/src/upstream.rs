@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +32,8 @@ pub(crate) struct Upstream {
     pub(crate) auto: Client<Connector, ProxyBody>,
     /// Offers only `http/1.1`; used for upgrade (WebSocket) requests.
     pub(crate) h1: Client<Connector, ProxyBody>,
+    /// For tunnels, which are not pooled.
+    pub(crate) dialer: Dialer,
 }
 
 impl Upstream {
@@ -49,7 +52,7 @@ impl Upstream {
         let connector = |tls: Arc<ClientConfig>| Connector {
             inner: Arc::new(ConnectorInner {
                 tls: TlsConnector::from(tls),
-                connect_to: config.connect_to.clone(),
+                dialer: Dialer::new(config),
                 timeout: config.connect_timeout,
             }),
         };
@@ -63,6 +66,7 @@ impl Upstream {
         Ok(Upstream {
             auto: build(connector(tls(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?)),
             h1: build(connector(tls(vec![b"http/1.1".to_vec()])?)),
+            dialer: Dialer::new(config),
         })
     }
 }
@@ -107,8 +111,139 @@ fn root_store(config: &ProxyConfig) -> Result<RootCertStore, ProxyError> {
 
 struct ConnectorInner {
     tls: TlsConnector,
-    connect_to: Vec<ConnectTo>,
+    dialer: Dialer,
     timeout: Duration,
+}
+
+/// Opens TCP connections to upstreams: applies the connect-to overrides
+/// and keeps sandboxes off the proxy's own machine.
+#[derive(Debug, Clone)]
+pub(crate) struct Dialer {
+    connect_to: Vec<ConnectTo>,
+    allow_host_addresses: bool,
+}
+
+impl Dialer {
+    pub(crate) fn new(config: &ProxyConfig) -> Dialer {
+        Dialer {
+            connect_to: config.connect_to.clone(),
+            allow_host_addresses: config.allow_host_addresses,
+        }
+    }
+
+    /// The refusal [`dial`](Self::dial) would give, known without
+    /// resolving: for IP literals and `localhost` names.
+    pub(crate) fn refuses_at_once(&self, host: &str, port: u16) -> Option<ProxyError> {
+        let host = bare_host(host);
+        if self.allow_host_addresses {
+            return None;
+        }
+        let (to_host, to_port) = ConnectTo::resolve(&self.connect_to, host, port);
+        if bare_host(&to_host) != host || to_port != port {
+            return None;
+        }
+        let ip = if host == "localhost" || host.ends_with(".localhost") {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            host.parse::<IpAddr>().ok()?
+        };
+        is_host_address(ip).then(|| host_address_refused(host, port, ip))
+    }
+
+    /// Connects to `host:port` (a name, or an IP literal, IPv6 in brackets
+    /// or not), trying each address it resolves to. Addresses of this
+    /// machine are refused unless the config allows them, a connect-to
+    /// override chose the destination, or the caller says the destination
+    /// was given to the run (`granted`: a host port, an SSH endpoint).
+    pub(crate) async fn dial(
+        &self,
+        host: &str,
+        port: u16,
+        granted: bool,
+    ) -> Result<TcpStream, ProxyError> {
+        let host = bare_host(host);
+        let (to_host, to_port) = ConnectTo::resolve(&self.connect_to, host, port);
+        let overridden = bare_host(&to_host) != host || to_port != port;
+        let resolved = tokio::net::lookup_host((bare_host(&to_host), to_port))
+            .await
+            .map_err(|e| {
+                ProxyError::new(
+                    ErrorKind::UpstreamConnect,
+                    format!("moat: cannot resolve upstream {host}"),
+                )
+                .with_source(e)
+            })?;
+        let mut refused = None;
+        let mut last_error = None;
+        for addr in resolved {
+            if !granted && !overridden && !self.allow_host_addresses && is_host_address(addr.ip()) {
+                refused.get_or_insert(addr.ip());
+                continue;
+            }
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (last_error, refused) {
+            (Some(e), _) => Err(ProxyError::new(
+                ErrorKind::UpstreamConnect,
+                format!("moat: cannot connect to upstream {host}:{port}"),
+            )
+            .with_source(e)),
+            (None, Some(ip)) => Err(host_address_refused(host, port, ip)),
+            (None, None) => Err(ProxyError::new(
+                ErrorKind::UpstreamConnect,
+                format!("moat: upstream {host} resolves to no address"),
+            )),
+        }
+    }
+}
+
+/// The refusal of a destination on the proxy's own machine, with the fix.
+pub(crate) fn host_address_refused(host: &str, port: u16, ip: IpAddr) -> ProxyError {
+    let shown = if host == ip.to_string() {
+        String::new()
+    } else {
+        format!(" ({ip})")
+    };
+    ProxyError::new(
+        ErrorKind::HostAddress,
+        format!(
+            "moat: {host}:{port}{shown} is an address of the host machine, which sandboxes cannot \
+             reach. To give the sandbox a host service, list its port under network.host in \
+             moat.yaml (network: {{host: [{port}]}}) and connect to $MOAT_HOST_GATEWAY:{port}."
+        ),
+    )
+}
+
+/// Whether `ip` belongs to the machine the proxy runs on: loopback, the
+/// unspecified address, an address of one of its interfaces (the kernel
+/// lets a socket bind only to those), or link-local (cloud metadata
+/// services answer there).
+pub(crate) fn is_host_address(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let special = ip.is_loopback()
+        || ip.is_unspecified()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        };
+    special || (!binds_anywhere() && std::net::UdpSocket::bind((ip, 0)).is_ok())
+}
+
+/// Whether this machine lets sockets bind to addresses it does not have
+/// (`net.ipv4.ip_nonlocal_bind`), which would make every address look
+/// like one of its own.
+fn binds_anywhere() -> bool {
+    static ANYWHERE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANYWHERE.get_or_init(|| {
+        // 192.0.2.1 (TEST-NET-1) is never a machine's own address.
+        std::net::UdpSocket::bind(("192.0.2.1", 0)).is_ok()
+    })
 }
 
 /// A hyper-util connector: plain TCP for `http`, TLS for `https`.
@@ -145,7 +280,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-fn bare_host(host: &str) -> &str {
+pub(crate) fn bare_host(host: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
@@ -167,17 +302,7 @@ async fn connect(inner: Arc<ConnectorInner>, uri: Uri) -> Result<UpstreamIo, Pro
         return Err(ProxyError::bad_request("moat: request without a host"));
     }
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let (to_host, to_port) = ConnectTo::resolve(&inner.connect_to, &host, port);
-    let tcp = TcpStream::connect((bare_host(&to_host), to_port))
-        .await
-        .map_err(|e| {
-            ProxyError::new(
-                ErrorKind::UpstreamConnect,
-                format!("moat: cannot connect to upstream {host}:{port}"),
-            )
-            .with_source(e)
-        })?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = inner.dialer.dial(&host, port, false).await?;
     if !tls {
         return Ok(UpstreamIo::Plain(tcp));
     }

@@ -514,3 +514,138 @@ async fn idle_client_connections_are_reaped() {
         assert!(closed, "h1 tunnel left open");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_machine_is_not_an_upstream() {
+    let plain = http_upstream().await;
+    let port = plain.addr.port();
+    let h = Harness::start_config(
+        TestCa::new(),
+        &format!("mapped.test:80:127.0.0.1:{port}"),
+        |c| c.allow_host_addresses = false,
+    )
+    .await;
+    let token = h.register("lo", permissive(), &[]);
+    let auth = basic(token.expose());
+    for host in ["127.0.0.1", "localhost", "127.1.2.3", "[::1]", "0.0.0.0"] {
+        let target = format!("{host}:{port}");
+        let resp = raw(
+            &h,
+            &format!(
+                "GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(resp.status, 403, "{host}: {resp:?}");
+        assert!(resp.body.contains("network.host"), "{resp:?}");
+        let (resp, _) = connect(h.addr, Some(&auth), &target).await;
+        assert_eq!(resp.status, 403, "CONNECT {host}: {resp:?}");
+    }
+    // A name the caller mapped is the caller's choice.
+    let resp = raw(
+        &h,
+        &format!("GET http://mapped.test/ok HTTP/1.1\r\nHost: mapped.test\r\nProxy-Authorization: {auth}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(plain.requests().len(), 1);
+}
+
+/// A server that greets first, then echoes one line back upper-cased.
+async fn greeter() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                w.write_all(b"220 hello\r\n").await.unwrap();
+                let mut line = String::new();
+                let _ = BufReader::new(r).read_line(&mut line).await;
+                let _ = w.write_all(line.to_uppercase().as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_that_are_not_http_are_spliced_when_the_host_is_wholly_allowed() {
+    use tokio::io::AsyncReadExt;
+    let server = greeter().await;
+    let h = Harness::start_config(
+        TestCa::new(),
+        &format!(
+            "mail.test:25:127.0.0.1:{p},ruled.test:25:127.0.0.1:{p}",
+            p = server.port()
+        ),
+        |_| {},
+    )
+    .await;
+    let mut policy = NetworkPolicy::new(Policy::Strict);
+    policy.allow_host(HostPattern::parse("mail.test").unwrap());
+    let mut ruled = HostRules::allow_all(HostPattern::parse("ruled.test").unwrap());
+    ruled.rules.push(Rule::parse("allow GET /only").unwrap());
+    policy.hosts.push(ruled);
+    let token = h.register("raw", policy, &[]);
+    let auth = basic(token.expose());
+
+    // The server speaks first: the greeting arrives without a byte sent.
+    let (resp, mut stream) = connect(h.addr, Some(&auth), "mail.test:25").await;
+    assert_eq!(resp.status, 200);
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting))
+        .await
+        .expect("the greeting in time")
+        .unwrap();
+    assert_eq!(&greeting, b"220 hello\r\n");
+    stream.write_all(b"ehlo moat\r\n").await.unwrap();
+    let mut echo = [0u8; 11];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"EHLO MOAT\r\n");
+    drop(stream);
+
+    // A host with request rules cannot be checked without HTTP: refused.
+    let (resp, mut stream) = connect(h.addr, Some(&auth), "ruled.test:25").await;
+    assert_eq!(resp.status, 200);
+    stream.write_all(b"\x00\x01binary\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+
+    let lines = trace_lines(&h.trace_path("raw"), 2).await;
+    let text = format!("{lines:?}");
+    assert!(text.contains("mail.test:25"), "{text}");
+    assert!(text.contains("bytes up"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["url"].as_str().unwrap_or("").contains("ruled.test")
+                && l["status_code"] == 407),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_that_is_not_http_passes_through_on_other_ports() {
+    let ca = TestCa::new();
+    let upstream = https_upstream(&ca, &["imap.test"]).await;
+    let upstream_ca = ca.pem();
+    let h = Harness::start_config(
+        ca,
+        &format!("imap.test:993:127.0.0.1:{}", upstream.addr.port()),
+        |_| {},
+    )
+    .await;
+    let token = h.register("tls", permissive(), &[]);
+    let (resp, stream) = connect(h.addr, Some(&basic(token.expose())), "imap.test:993").await;
+    assert_eq!(resp.status, 200);
+    // No ALPN: the upstream's own certificate answers, not a moat leaf.
+    let tls = tls(stream, &upstream_ca, "imap.test", &[]).await;
+    let mut send = h1(tls).await;
+    send.ready().await.unwrap();
+    let resp = send.send_request(get("/through")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().path, "/through");
+}

@@ -80,7 +80,7 @@ mod image;
 pub use crate::connect::{candidate_endpoints, DockerRuntime, GVISOR_RUNTIME, PING_TIMEOUT};
 pub use crate::container::{
     BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
-    SandboxRuntime, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
+    SandboxRuntime, GUARD_READY, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
     WORKSPACE_IN_CONTAINER,
 };
 pub use crate::deps::{deps_info, deps_list, DepInfo, DepType, Dependency};

@@ -2,14 +2,20 @@
 //! native half of `moat-capture`.
 //!
 //! Every IPv4 address is made local (an "AnyIP" route, `local 0.0.0.0/0
-//! dev lo`), so a connection to any address on a captured port lands on a
-//! listener bound to `0.0.0.0:PORT`, whose accepted socket's own address
-//! is where the client meant to go; DNS is answered on `127.0.0.1:53`
-//! (`/etc/resolv.conf` points there). Host ports given to the sandbox
-//! listen on [`HOST_GATEWAY_ADDR`]. `moat-capture` names each connection
-//! and hands it to the proxy. Everything else (UDP other than DNS, other
-//! ports, IPv6 addresses) has nowhere to go: the namespace has no other
-//! interface.
+//! dev lo`), and an nftables `redirect` ([`crate::nft`]) sends every TCP
+//! connection that does not stay on loopback, whatever its port, to one
+//! relay listener, which reads where it was going (`SO_ORIGINAL_DST`);
+//! DNS is answered on `127.0.0.1:53` (`/etc/resolv.conf` points there, and
+//! DNS sent to any other server is redirected there too). A connection to
+//! [`HOST_GATEWAY_ADDR`] is one to a host port given to the sandbox.
+//! `moat-capture` names each connection and hands it to the proxy.
+//! Everything else (UDP other than DNS, IPv6 addresses) has nowhere to
+//! go: the namespace has no other interface.
+//!
+//! Where nftables cannot be used (a kernel built without it), the capture
+//! falls back to one listener bound to `0.0.0.0:PORT` per captured port,
+//! whose accepted socket's own address is where the client meant to go,
+//! and one per host port on [`HOST_GATEWAY_ADDR`].
 
 use std::io;
 use std::net::{TcpListener, UdpSocket};
@@ -37,6 +43,19 @@ impl CaptureSockets {
             .map_err(|e| format!("cannot route addresses to the capture relay: {e}"))?;
         let dns = UdpSocket::bind(("127.0.0.1", 53))
             .map_err(|e| format!("cannot listen for DNS on 127.0.0.1:53 in the sandbox: {e}"))?;
+        let relay = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| format!("cannot listen for captured connections in the sandbox: {e}"))?;
+        let relay_port = relay
+            .local_addr()
+            .map_err(|e| format!("cannot listen for captured connections in the sandbox: {e}"))?
+            .port();
+        if crate::nft::redirect_to_relay(relay_port).is_ok() {
+            return Ok(CaptureSockets {
+                dns,
+                listeners: vec![(relay, Diverted::Redirected)],
+            });
+        }
+        drop(relay);
         let mut listeners = Vec::new();
         for port in ports {
             let listener = TcpListener::bind(("0.0.0.0", *port))

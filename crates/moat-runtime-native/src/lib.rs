@@ -55,6 +55,7 @@ mod cgroup;
 mod error;
 mod identity;
 pub mod init;
+mod nft;
 mod protocol;
 mod relay;
 mod rootfs;

@@ -159,7 +159,7 @@ fn network_host_ports_are_reachable_at_the_host_gateway_and_no_others() {
         r#"
         echo "gateway=$MOAT_HOST_GATEWAY"
         exec 3<>/dev/tcp/$MOAT_HOST_GATEWAY/{given_port}; echo hi >&3; head -n1 <&3
-        if (exec 4<>/dev/tcp/$MOAT_HOST_GATEWAY/{other_port}) 2>/dev/null; then echo OTHER-REACHED; else echo other-refused; fi
+        (exec 4<>/dev/tcp/$MOAT_HOST_GATEWAY/{other_port} && echo hi >&4 && timeout 3 head -c1 <&4 | grep -q . && echo OTHER-REACHED) 2>/dev/null || echo other-refused
         "#
     );
     let out = t.run(&["run", "--", "bash", "-c", &script]);
@@ -170,7 +170,8 @@ fn network_host_ports_are_reachable_at_the_host_gateway_and_no_others() {
         "{}",
         out.stderr
     );
-    drop(other);
+    other.set_nonblocking(true).unwrap();
+    assert!(other.accept().is_err(), "a host port not given was reached");
 }
 
 #[test]
@@ -200,4 +201,112 @@ fn a_client_that_rejects_the_moat_certificate_shows_in_the_trace() {
         "{}",
         trace.stdout
     );
+}
+
+/// A server that speaks first, as SMTP, SSH and MySQL do: a client that
+/// waits for it must not wait for moat as well.
+fn greeting_server(greeting: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut &conn, greeting.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn captured_tcp_on_any_port_reaches_its_destination_through_the_proxy() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let client_first = common::line_server();
+    let server_first = greeting_server("220 greeter ready\r\n");
+    let connect_to = format!(
+        "{},db.test:5432:127.0.0.1:{client_first},mail.test:25:127.0.0.1:{server_first}",
+        t.upstream.connect_to(&["api.github.com"])
+    );
+    let script = r#"
+        exec 3<>/dev/tcp/db.test/5432; echo hi >&3; head -n1 <&3
+        exec 4<>/dev/tcp/mail.test/25; timeout 5 head -n1 <&4 | tr -d '\r'
+        "#;
+    let started = std::time::Instant::now();
+    let out = t.run_with(
+        &["run", "--", "bash", "-c", script],
+        &[("MOAT_CONNECT_TO", &connect_to)],
+    );
+    out.success();
+    assert_eq!(
+        out.stdout.trim(),
+        "model says hi\n220 greeter ready",
+        "{}",
+        out.stderr
+    );
+    // A server-first protocol is not held up for the client's first bytes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    let trace = trace_of(&t);
+    assert!(trace.contains("db.test:5432"), "{trace}");
+    assert!(trace.contains("mail.test:25"), "{trace}");
+
+    // Under strict, the same connection to a host not allowed is refused.
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  policy: strict\n  rules:\n    - api.github.com\n",
+    )
+    .unwrap();
+    let out = t.run_with(
+        &[
+            "run",
+            "--",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/db.test/5432 && echo hi >&3 && head -n1 <&3; echo done",
+        ],
+        &[("MOAT_CONNECT_TO", &connect_to)],
+    );
+    out.success();
+    assert_eq!(out.stdout.trim(), "done", "{}", out.stderr);
+    let trace = trace_of(&t);
+    assert!(
+        trace
+            .lines()
+            .any(|l| l.contains("db.test:5432") && l.contains("blocked")),
+        "{trace}"
+    );
+}
+
+/// The host's own addresses (loopback, and those of its interfaces) are
+/// host services: a sandbox reaches them only through `network.host`.
+#[test]
+fn the_hosts_own_addresses_are_unreachable_through_the_proxy_too() {
+    let t = common::ProxiedEnv::new(&["api.github.com"]);
+    let loopback_port = common::line_server();
+    let everywhere = TcpListener::bind("0.0.0.0:0").unwrap();
+    let everywhere_port = everywhere.local_addr().unwrap().port();
+    // The address the host would use to go out (nothing is sent).
+    let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect("192.0.2.1:9").unwrap();
+    let host_ip = probe.local_addr().unwrap().ip();
+    let script = format!(
+        r#"
+        curl -sS -o /dev/null -w "proxied-loopback=%{{http_code}}\n" --noproxy '' -x "$HTTP_PROXY" http://127.0.0.1:{loopback_port}/
+        curl -sS -o /dev/null -w "proxied-localhost=%{{http_code}}\n" --noproxy '' -x "$HTTP_PROXY" http://localhost:{loopback_port}/
+        curl -sS -o /dev/null -w "proxied-host-ip=%{{http_code}}\n" --noproxy '' -x "$HTTP_PROXY" http://{host_ip}:{everywhere_port}/
+        (exec 3<>/dev/tcp/{host_ip}/{everywhere_port} && echo hi >&3 && timeout 3 head -c1 <&3 | grep -q . && echo captured-host-ip=REACHED) 2>/dev/null || echo captured-host-ip=refused
+        "#
+    );
+    let out = t.run_with(
+        &["run", "--", "bash", "-c", &script],
+        &[("MOAT_UPSTREAM_TIMEOUT", "5")],
+    );
+    out.success();
+    assert_eq!(
+        out.stdout.trim(),
+        "proxied-loopback=403\nproxied-localhost=403\nproxied-host-ip=403\ncaptured-host-ip=refused",
+        "{}",
+        out.stderr
+    );
+    everywhere.set_nonblocking(true).unwrap();
+    assert!(everywhere.accept().is_err(), "the host address was reached");
+    let trace = trace_of(&t);
+    assert!(trace.contains("network.host"), "{trace}");
 }

@@ -111,7 +111,7 @@ const PROBE: &str = r#"
   git --version >/dev/null && echo git=ok
   curl -sS -o /dev/null -w "github=%{http_code}\n" https://api.github.com/user
   curl -sS -o /dev/null -w "blocked=%{http_code}\n" https://blocked.example.test/ 2>/dev/null || echo blocked=refused
-  if timeout 5 bash -c "exec 3<>/dev/tcp/$RAW_HOST/$RAW_PORT" 2>/dev/null; then echo raw=connected; else echo raw=refused; fi
+  if timeout 5 bash -c "exec 3<>/dev/tcp/$RAW_HOST/$RAW_PORT && echo hi >&3 && head -c1 <&3 | grep -q ." 2>/dev/null; then echo raw=connected; else echo raw=refused; fi
   dmesg 2>/dev/null | head -1
 "#;
 
@@ -530,7 +530,14 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
       getent hosts api.github.com | cut -d' ' -f1
       node -e 'fetch("https://api.github.com/from-node", {headers: {authorization: "Bearer " + process.env.GH_TOKEN}}).then(r => console.log("node=" + r.status), e => console.log("node-error=" + e.cause))'
       python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("\0moat-docker-abstract-test"); print("ABSTRACT-REACHED")' 2>/dev/null || echo abstract=refused
+      exec 3<>/dev/tcp/db.test/5432; echo hi >&3; echo "db=$(head -n1 <&3)"
     "#;
+    // Any TCP port is captured, not only 80 and 443.
+    let db_port = common::line_server();
+    let connect_to = format!(
+        "{},db.test:5432:127.0.0.1:{db_port}",
+        t.upstream.connect_to(&["api.github.com"])
+    );
     // A host abstract socket: containers have network namespaces of their
     // own, so it must stay out of reach.
     let abstract_addr =
@@ -542,13 +549,13 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
     for sandbox in [&[][..], &["--no-sandbox"][..]] {
         std::fs::write(
             t.project().join("moat.yaml"),
-            "dependencies: [node]\nnetwork:\n  policy: strict\ngrants: [github]\n",
+            "dependencies: [node]\nnetwork:\n  policy: strict\n  rules:\n    - db.test\ngrants: [github]\n",
         )
         .unwrap();
         let mut args = vec!["run"];
         args.extend_from_slice(sandbox);
         args.extend_from_slice(&["--", "bash", "-c", script]);
-        let out = t.run(&args, &[]);
+        let out = t.run(&args, &[("MOAT_CONNECT_TO", &connect_to)]);
         out.success();
         assert!(
             out.stdout.contains("captured=200"),
@@ -565,6 +572,12 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
             out.stderr
         );
         assert!(out.stdout.contains("abstract=refused"), "{}", out.stdout);
+        assert!(
+            out.stdout.contains("db=model says hi"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
     }
     let seen = t.upstream.requests();
     let captured: Vec<_> = seen

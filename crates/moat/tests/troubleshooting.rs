@@ -20,6 +20,7 @@ const PROVOKED: &[&str] = &[
     "request blocked by network policy (407)",
     "refused to send the credential over plain HTTP (403)",
     "upstream sent no response (504)",
+    "is an address of the host machine (403)",
     "MCP server may not use grant",
     "the secret contains a control character or whitespace",
     "proxy port mismatch",
@@ -653,6 +654,18 @@ fn credential_safety_errors() {
         "refused to send the credential over plain HTTP (403)",
         &out.stdout,
     );
+
+    let out = t.run(&[
+        "run",
+        "--",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "",
+        "http://127.0.0.1:11434/api/tags",
+    ]);
+    out.success();
+    documented("is an address of the host machine (403)", &out.stdout);
 
     std::fs::write(
         t.project().join("moat.yaml"),

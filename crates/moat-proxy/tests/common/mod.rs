@@ -270,6 +270,8 @@ impl Harness {
             upstream_ca_file: Some(ca_file),
             use_system_roots: false,
             connect_to: ConnectTo::parse_list(connect_to).unwrap(),
+            // The test upstreams stand in for remote hosts on 127.0.0.1.
+            allow_host_addresses: true,
             ..ProxyConfig::default()
         };
         tweak(&mut config);

@@ -78,7 +78,17 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             let authorization = std::env::var("MOAT_CAPTURE_AUTHORIZATION")
                 .map(moat_capture::ProxyAuthorization::new)
                 .map_err(|_| anyhow::anyhow!("MOAT_CAPTURE_AUTHORIZATION is not set: __capture-relay is started by moat in a container's network guard"))?;
-            match moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization) {
+            let ready = || {
+                // The line moat waits for before it starts the workload.
+                let mut stdout = std::io::stdout().lock();
+                let _ = std::io::Write::write_all(
+                    &mut stdout,
+                    format!("{}\n", moat_runtime_docker::GUARD_READY).as_bytes(),
+                );
+                let _ = std::io::Write::flush(&mut stdout);
+            };
+            match moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization, ready)
+            {
                 Ok(never) => match never {},
                 Err(e) => Err(anyhow::anyhow!("the capture relay could not start: {e}")),
             }
