@@ -8,6 +8,7 @@
 //! touches a public host.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod models;
 pub mod ssh;
 
 use std::net::SocketAddr;
@@ -113,9 +114,33 @@ pub struct EchoUpstream {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// How a test upstream answers: the request as recorded, and its body.
+pub type Responder = Arc<dyn Fn(&Seen, &[u8]) -> Response<Full<Bytes>> + Send + Sync>;
+
 impl EchoUpstream {
     /// Starts serving `hosts` with a certificate from `ca`.
     pub fn start(ca: &TestCa, hosts: &[&str]) -> Self {
+        Self::start_with(
+            ca,
+            hosts,
+            Arc::new(|record: &Seen, body: &[u8]| {
+                let json = serde_json::json!({
+                    "method": record.method,
+                    "path": record.path,
+                    "headers": record.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+                    "body_len": body.len(),
+                });
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(json.to_string())))
+                    .expect("response")
+            }),
+        )
+    }
+
+    /// Starts serving `hosts` with a certificate from `ca`, answering with
+    /// `respond`.
+    pub fn start_with(ca: &TestCa, hosts: &[&str], respond: Responder) -> Self {
         let (cert, key) = ca.leaf(hosts);
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -145,44 +170,52 @@ impl EchoUpstream {
                 };
                 let acceptor = acceptor.clone();
                 let seen = seen2.clone();
+                let respond = respond.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let record = Seen {
-                                method: req.method().to_string(),
-                                path: req
-                                    .uri()
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
-                                headers: req
-                                    .headers()
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
-                                    })
-                                    .collect(),
-                            };
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let json = serde_json::json!({
-                                "method": record.method,
-                                "path": record.path,
-                                "headers": record.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
-                                "body_len": body.len(),
-                            });
-                            seen.lock().expect("lock").push(record);
-                            Ok::<_, hyper::Error>(
-                                Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(json.to_string())))
-                                    .expect("response"),
-                            )
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let seen = seen.clone();
+                            let respond = respond.clone();
+                            async move {
+                                let record = Seen {
+                                    method: req.method().to_string(),
+                                    path: req
+                                        .uri()
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: req
+                                        .headers()
+                                        .iter()
+                                        .map(|(k, v)| {
+                                            (
+                                                k.as_str().to_string(),
+                                                v.to_str().unwrap_or("").to_string(),
+                                            )
+                                        })
+                                        .collect(),
+                                };
+                                let req = match models::accept_websocket(&record, req) {
+                                    Ok(response) => {
+                                        seen.lock().expect("lock").push(record);
+                                        return Ok::<_, hyper::Error>(response);
+                                    }
+                                    Err(req) => req,
+                                };
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let response = respond(&record, &body);
+                                seen.lock().expect("lock").push(record);
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
