@@ -36,6 +36,14 @@ pub fn start(ca: &TestCa) -> EchoUpstream {
 pub fn responder() -> Responder {
     Arc::new(|seen: &Seen, body: &[u8]| {
         let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if let Some(dir) = std::env::var_os("MOAT_FAKE_MODELS_DUMP") {
+            // For writing tests against a new agent version: what it sent.
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{n}.json")), body);
+        }
         let path = seen.path.split('?').next().unwrap_or("");
         if seen.method == "POST" && path == "/v1/messages" {
             anthropic(&request)
@@ -101,7 +109,13 @@ fn text_of(content: &Value) -> String {
 
 fn anthropic(request: &Value) -> Response<Full<Bytes>> {
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
-    let last = messages.last().cloned().unwrap_or(Value::Null);
+    // Claude Code may append system messages after the user's turn.
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .cloned()
+        .unwrap_or(Value::Null);
     let tool_result = last["content"].as_array().and_then(|blocks| {
         blocks
             .iter()
