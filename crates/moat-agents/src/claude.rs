@@ -137,7 +137,7 @@ fn state(ctx: &StageContext<'_>) -> Result<Value, AgentError> {
     for relay in ctx.mcp_relays {
         servers.insert(
             relay.name.clone(),
-            json!({"type": "http", "url": relay.url}),
+            json!({"type": "http", "url": relay.url, "headers": relay.headers_json()}),
         );
     }
     for server in json::stdio_servers("claude", ctx.section, false)? {
@@ -363,6 +363,7 @@ mod tests {
         let relays = [McpRelay {
             name: "docs".into(),
             url: "http://127.0.0.1:8080/mcp/docs".into(),
+            headers: vec![("Proxy-Authorization".into(), "Basic eA==".into())],
         }];
         let launch = Claude
             .stage(
@@ -373,7 +374,8 @@ mod tests {
         let state = parsed(&launch, "/home/dev/.claude.json");
         assert_eq!(
             state["mcpServers"]["docs"],
-            json!({"type": "http", "url": "http://127.0.0.1:8080/mcp/docs"})
+            json!({"type": "http", "url": "http://127.0.0.1:8080/mcp/docs",
+                   "headers": {"Proxy-Authorization": "Basic eA=="}})
         );
         assert_eq!(state["mcpServers"]["local"]["command"], "node");
         assert!(launch

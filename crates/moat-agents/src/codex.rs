@@ -133,6 +133,13 @@ fn config(ctx: &StageContext<'_>, opts: &LaunchOptions) -> Result<DocumentMut, A
     for relay in ctx.mcp_relays {
         let mut t = Table::new();
         t["url"] = value(relay.url.as_str());
+        if !relay.headers.is_empty() {
+            let mut headers = InlineTable::new();
+            for (k, v) in &relay.headers {
+                headers.insert(k, v.as_str().into());
+            }
+            t["http_headers"] = value(headers);
+        }
         servers.insert(&relay.name, Item::Table(t));
     }
     for server in json::stdio_servers("codex", ctx.section, true)? {
@@ -289,6 +296,7 @@ mod tests {
         let relays = [McpRelay {
             name: "docs".into(),
             url: "http://127.0.0.1:8080/mcp/docs".into(),
+            headers: vec![("Proxy-Authorization".into(), "Basic eA==".into())],
         }];
         let placeholders = [("github".to_owned(), "ghp_moatPlaceholder".to_owned())];
         let launch = Codex

@@ -109,7 +109,10 @@ fn settings(ctx: &StageContext<'_>) -> Result<Map<String, Value>, AgentError> {
     object_at(&mut settings, "privacy").insert("usageStatisticsEnabled".into(), false.into());
     let mut servers = Map::new();
     for relay in ctx.mcp_relays {
-        servers.insert(relay.name.clone(), json!({"httpUrl": relay.url}));
+        servers.insert(
+            relay.name.clone(),
+            json!({"httpUrl": relay.url, "headers": relay.headers_json()}),
+        );
     }
     for server in json::stdio_servers("gemini", ctx.section, false)? {
         let mut spec = json!({
@@ -149,6 +152,7 @@ mod tests {
         let relays = [McpRelay {
             name: "docs".into(),
             url: "http://127.0.0.1:8080/mcp/docs".into(),
+            headers: vec![],
         }];
         let section = Value::Null;
         let ctx = StageContext {
@@ -182,7 +186,7 @@ mod tests {
         );
         assert_eq!(
             settings["mcpServers"],
-            json!({"docs": {"httpUrl": "http://127.0.0.1:8080/mcp/docs"}})
+            json!({"docs": {"httpUrl": "http://127.0.0.1:8080/mcp/docs", "headers": {}}})
         );
     }
 }

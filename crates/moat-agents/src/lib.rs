@@ -113,6 +113,18 @@ pub struct McpRelay {
     pub name: String,
     /// The relay URL as seen from inside the sandbox.
     pub url: String,
+    /// Headers the relay needs (the run's proxy authorization), not a
+    /// credential of the server's.
+    pub headers: Vec<(String, String)>,
+}
+
+impl McpRelay {
+    fn headers_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect()
+    }
 }
 
 /// What a launch needs from the run.
