@@ -92,6 +92,8 @@ pub struct Seen {
     pub path: String,
     /// Headers, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The body (empty for WebSocket upgrades).
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -180,7 +182,7 @@ impl EchoUpstream {
                             let seen = seen.clone();
                             let respond = respond.clone();
                             async move {
-                                let record = Seen {
+                                let mut record = Seen {
                                     method: req.method().to_string(),
                                     path: req
                                         .uri()
@@ -197,6 +199,7 @@ impl EchoUpstream {
                                             )
                                         })
                                         .collect(),
+                                    body: Vec::new(),
                                 };
                                 let req = match models::accept_websocket(&record, req) {
                                     Ok(response) => {
@@ -212,6 +215,7 @@ impl EchoUpstream {
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
                                 let response = respond(&record, &body);
+                                record.body = body.to_vec();
                                 seen.lock().expect("lock").push(record);
                                 Ok::<_, hyper::Error>(response)
                             }
