@@ -649,3 +649,28 @@ async fn tls_that_is_not_http_passes_through_on_other_ports() {
     assert_eq!(resp.status(), 200);
     assert_eq!(upstream.last().path, "/through");
 }
+
+/// A client that speaks first, but only after the proxy stopped waiting
+/// for it, still reaches its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_client_first_protocol_still_gets_through() {
+    use tokio::io::AsyncReadExt;
+    let server = greeter().await;
+    let h = Harness::start_config(
+        TestCa::new(),
+        &format!("late.test:5432:127.0.0.1:{}", server.port()),
+        |_| {},
+    )
+    .await;
+    let token = h.register("late", permissive(), &[]);
+    let (resp, mut stream) = connect(h.addr, Some(&basic(token.expose())), "late.test:5432").await;
+    assert_eq!(resp.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"late line\r\n").await.unwrap();
+    let mut got = vec![0u8; 22];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut got))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(&got, b"220 hello\r\nLATE LINE\r\n");
+}

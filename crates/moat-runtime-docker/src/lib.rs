@@ -76,6 +76,7 @@ mod container;
 pub mod deps;
 mod error;
 mod image;
+pub mod versions;
 
 pub use crate::connect::{candidate_endpoints, DockerRuntime, GVISOR_RUNTIME, PING_TIMEOUT};
 pub use crate::container::{

@@ -21,6 +21,7 @@ const PROVOKED: &[&str] = &[
     "refused to send the credential over plain HTTP (403)",
     "upstream sent no response (504)",
     "is an address of the host machine (403)",
+    "building image with dependencies",
     "MCP server may not use grant",
     "the secret contains a control character or whitespace",
     "proxy port mismatch",
@@ -72,7 +73,6 @@ const NOT_PROVOKED: &[(&str, &str)] = &[
         "native sandbox not available",
         "needs user namespaces disabled",
     ),
-    ("building image with dependencies", "needs a Docker engine"),
 ];
 
 fn page() -> String {
@@ -716,4 +716,37 @@ fn silent_upstream_error() {
         "upstream sent no response (504)",
         &out.stdout.replace("within 1 s", "within 600 s"),
     );
+}
+
+#[test]
+fn a_runtime_version_that_cannot_be_provided() {
+    let docker = std::process::Command::new("docker")
+        .args(["image", "inspect", "local/debian:bookworm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker {
+        assert!(
+            std::env::var("MOAT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "MOAT_REQUIRE_DOCKER=1 but no Docker engine with local/debian:bookworm"
+        );
+        eprintln!("skipped: needs a Docker engine with local/debian:bookworm");
+        return;
+    }
+    let t = Env::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "dependencies: [node@20, python@3.12]\n",
+    )
+    .unwrap();
+    let out = t.run_with(
+        &["run", "--runtime", "docker", "--", "true"],
+        &[(
+            "MOAT_IMAGE_MAP",
+            "debian:bookworm-slim=local/debian:bookworm",
+        )],
+    );
+    out.failure();
+    documented("building image with dependencies", &out.stderr);
 }
