@@ -147,47 +147,12 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Removes the containers (workload and network guard) labelled with
-/// `run_id`, or, with `None`, those of every run that is no longer active.
-/// Quietly does nothing when Docker is not reachable.
-fn remove_containers(store: &RunStore, run_id: Option<&str>) -> usize {
-    let Ok(Ok(rt)) = super::block_on(moat_runtime_docker::DockerRuntime::connect()) else {
-        return 0;
-    };
-    let Ok(Ok(containers)) = super::block_on(rt.list_managed()) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for c in containers {
-        let Some(owner) = c.run_id.as_deref() else {
-            continue;
-        };
-        let wanted = match run_id {
-            Some(id) => owner == id,
-            None => match moat_storage::RunId::parse(owner).map(|id| store.load(&id)) {
-                Some(Ok(mut meta)) => {
-                    let _ = store.reconcile(&mut meta);
-                    !meta.state.is_active()
-                }
-                // A container whose run is gone from storage is an orphan.
-                _ => true,
-            },
-        };
-        if wanted && matches!(super::block_on(rt.remove_by_id(&c.id)), Ok(Ok(()))) {
-            removed += 1;
-        }
-    }
-    removed
-}
-
 /// Asks the run's supervisor to stop (SIGTERM), then insists (SIGKILL)
 /// after 10 s; the run's metadata ends up `stopped` either way, and a
 /// container runtime's leftovers are removed.
 pub fn stop_run(store: &RunStore, run: &RunMetadata) -> Result<()> {
     let result = stop_supervisor(store, run);
-    if run.runtime == "docker" {
-        remove_containers(store, Some(run.id.as_str()));
-    }
+    moat_run::remove_run_leftovers(store, run);
     result
 }
 
@@ -254,9 +219,7 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
         }
         stop_run(&store, &run)?;
     }
-    if run.runtime == "docker" {
-        remove_containers(&store, Some(run.id.as_str()));
-    }
+    moat_run::remove_run_leftovers(&store, &run);
     store.remove(&run.id)?;
     outln!("Destroyed {} ({}).", run.name, run.id);
     Ok(ExitCode::SUCCESS)
@@ -272,7 +235,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         let containers = if args.dry_run {
             0
         } else {
-            remove_containers(&store, None)
+            moat_run::remove_leftovers(&store)
         };
         if containers > 0 {
             outln!("Removed {containers} leftover containers.");
@@ -311,7 +274,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     for r in &stopped {
         store.remove(&r.id)?;
     }
-    let containers = remove_containers(&store, None);
+    let containers = moat_run::remove_leftovers(&store);
     outln!("Removed {} runs.", stopped.len());
     if containers > 0 {
         outln!("Removed {containers} leftover containers.");
