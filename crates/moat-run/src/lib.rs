@@ -24,6 +24,7 @@
 
 mod drivers;
 mod environment;
+mod lifecycle;
 mod mounts;
 mod plan;
 mod ssh;
@@ -34,6 +35,7 @@ pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, select_driver,
     Selection, SelectionError,
 };
+pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};
