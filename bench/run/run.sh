@@ -65,6 +65,26 @@ if $docker_ok; then
     -n "moat run --runtime docker -- true (gVisor)" "$MOAT run --runtime docker -- true"
 fi
 
+# Podman: moat's Podman runtime against plain `podman run --rm` of the
+# very image moat runs, both with the rlimits this machine needs and
+# slirp4netns (what moat's containers use). Podman's API service is
+# started by moat when absent.
+podman_ok=false
+if command -v podman >/dev/null && podman image exists "localhost/${BENCH_DOCKER_IMAGE:-local/debian:bookworm}" 2>/dev/null; then
+  podman_ok=true
+  export MOAT_IMAGE_MAP="debian:bookworm-slim=${BENCH_DOCKER_IMAGE:-local/debian:bookworm}"
+  "$MOAT" run --runtime podman -- true >/dev/null 2>&1
+  podman_image=$(grep -l '"runtime": *"podman"' "$MOAT_HOME"/runs/run_*/metadata.json \
+    | xargs sed -n 's/.*"image": *"\([^"]*\)".*/\1/p' | tail -n1)
+  nofile=$(( $(ulimit -Hn) < 65536 ? $(ulimit -Hn) : 65536 ))
+  nproc=$(( $(ulimit -Hu) < 4096 ? $(ulimit -Hu) : 4096 ))
+  pruns=${BENCH_PODMAN_RUNS:-20}
+  hyperfine -N --warmup 3 --runs "$pruns" --export-markdown "$work/podman.md" \
+    -n "podman run --rm (runc, slirp4netns)" \
+    "podman run --rm --network slirp4netns --ulimit nofile=$nofile:$nofile --ulimit nproc=$nproc:$nproc $podman_image true" \
+    -n "moat run --runtime podman -- true" "$MOAT run --runtime podman -- true"
+fi
+
 # Peak RSS of one `moat run -- true` (the supervising CLI process).
 rss=$(/usr/bin/time -f "%M" "$MOAT" run --runtime native -- true 2>&1 >/dev/null | tail -n1)
 
@@ -82,6 +102,12 @@ out="$OLDPWD/bench/run/RESULTS.md"
     echo "## Docker runtime, image cached (\`$moat_image\`, $druns runs each)"
     echo
     cat "$work/docker.md"
+  fi
+  if $podman_ok; then
+    echo
+    echo "## Podman runtime, image cached (\`$podman_image\`, $pruns runs each)"
+    echo
+    cat "$work/podman.md"
   fi
 } > "$out"
 cat "$out"

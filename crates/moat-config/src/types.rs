@@ -69,6 +69,7 @@ pub struct Mount {
 pub enum RuntimeKind {
     Native,
     Docker,
+    Podman,
     Apple,
 }
 
@@ -78,9 +79,10 @@ impl FromStr for RuntimeKind {
         match s {
             "native" => Ok(Self::Native),
             "docker" => Ok(Self::Docker),
+            "podman" => Ok(Self::Podman),
             "apple" => Ok(Self::Apple),
             _ => Err(format!(
-                "expected \"native\", \"docker\" or \"apple\", found {s:?}"
+                "expected \"native\", \"docker\", \"podman\" or \"apple\", found {s:?}"
             )),
         }
     }
@@ -91,6 +93,7 @@ impl fmt::Display for RuntimeKind {
         f.write_str(match self {
             Self::Native => "native",
             Self::Docker => "docker",
+            Self::Podman => "podman",
             Self::Apple => "apple",
         })
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use moat_credentials::ResolvedGrant;
-use moat_runtime_native::InjectedFile;
+use moat_sandbox::InjectedFile;
 
 /// The moat CA inside the sandbox.
 pub const CA_PATH: &str = "/etc/ssl/certs/moat-ca/ca.crt";

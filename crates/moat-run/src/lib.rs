@@ -16,20 +16,27 @@
 //! unregister the run and record how it ended.
 //!
 //! It does not parse `moat.yaml` or flags (the binary merges them into a
-//! [`RunPlan`]) and does not implement sandboxes or the proxy: it drives
-//! `moat-runtime-native` and `moat-daemon`.
+//! [`RunPlan`]) and does not implement sandboxes or the proxy: it picks a
+//! runtime from its table of drivers (`drivers.rs`: Docker, Podman, then
+//! the native sandbox) and drives it through the `moat-sandbox` traits,
+//! never asking which runtime it is; it talks to `moat-daemon` for the
+//! proxy.
 
-mod docker;
+mod drivers;
 mod environment;
+mod lifecycle;
 mod mounts;
 mod plan;
 mod ssh;
 mod supervise;
-mod terminal;
 mod watchdog;
 
-pub use crate::plan::{
-    DockerPlan, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan,
+pub use crate::drivers::{
+    doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, select_driver,
+    Selection, SelectionError,
 };
+pub use crate::lifecycle::{stop_run, StopError};
+pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};
+pub use moat_sandbox::ImageRecipe;

@@ -42,36 +42,6 @@ pub struct NetworkPlan {
     pub host_ports: Vec<u16>,
 }
 
-/// Which runtime runs the plan.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RuntimePlan {
-    /// The native Linux sandbox.
-    Native,
-    /// A Docker container.
-    Docker(DockerPlan),
-}
-
-/// Docker specifics.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct DockerPlan {
-    /// Run under gVisor (`runsc`); false with `--no-sandbox`.
-    pub gvisor: bool,
-    /// `dependencies:` as written.
-    pub dependencies: Vec<String>,
-    /// `base_image:`.
-    pub base_image: Option<String>,
-    /// `hooks.post_build_root`.
-    pub post_build_root: Option<String>,
-    /// `hooks.post_build`.
-    pub post_build: Option<String>,
-    /// `--rebuild`.
-    pub rebuild: bool,
-    /// Stream the build log.
-    pub verbose: bool,
-    /// `--keep`: leave the container after it exits.
-    pub keep: bool,
-}
-
 /// What the whole sandbox may consume (`container:` in moat.yaml), for
 /// every runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -103,8 +73,16 @@ pub struct RunPlan {
     pub mcp: Vec<McpPlan>,
     /// Attach a terminal (stdin/stdout/stderr inherited, not logged).
     pub interactive: bool,
-    /// The runtime.
-    pub runtime: RuntimePlan,
+    /// The runtime asked for (`--runtime`, `MOAT_RUNTIME`, `runtime:`);
+    /// `None` picks the first available.
+    pub runtime: Option<String>,
+    /// The sandbox's image, for runtimes that run one.
+    pub image: moat_sandbox::ImageRecipe,
+    /// The runtime's extra isolation (gVisor); false with `--no-sandbox`,
+    /// `sandbox: none` or `MOAT_NO_SANDBOX=1`.
+    pub extra_isolation: bool,
+    /// `--keep`: leave the container after it exits.
+    pub keep: bool,
     /// Resource limits.
     pub limits: LimitsPlan,
     /// Started with `--detach`: supervised in the background.

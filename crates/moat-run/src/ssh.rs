@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use moat_credentials::GrantName;
 use moat_daemon::{DaemonClient, SshHostSpec};
 use moat_home::{MoatHome, Profile};
-use moat_runtime_native::InjectedFile;
+use moat_sandbox::{BindMount, InjectedFile, SshAdditions};
 use moat_ssh::{AgentFilter, AgentProxy, SshEvent, SshGrant, SshGrantStore};
 
 use crate::RunError;
@@ -150,36 +150,32 @@ impl SshAccess {
     }
 }
 
-/// What a sandbox needs for a run's SSH access, whatever the runtime.
-pub(crate) struct SshSandbox {
-    /// (host path, path in the sandbox, read-only).
-    pub(crate) mounts: Vec<(PathBuf, PathBuf, bool)>,
-    /// `SSH_AUTH_SOCK`.
-    pub(crate) auth_sock: (String, String),
-    /// `ssh_config` and `ssh_known_hosts`.
-    pub(crate) files: Vec<InjectedFile>,
-}
-
 impl SshAccess {
-    /// The agent socket's directory, the moat binary (the `ProxyCommand`),
-    /// `SSH_AUTH_SOCK` and the ssh configuration files.
-    pub(crate) fn sandbox(&self, running: &RunningSsh) -> Result<SshSandbox, RunError> {
-        let moat = std::env::current_exe().map_err(|e| {
-            RunError::Other(format!("finding the moat executable for the sandbox: {e}"))
+    /// What the sandbox needs for the run's SSH access, whatever the
+    /// runtime: the agent socket's directory, the moat binary (the
+    /// `ProxyCommand`), `SSH_AUTH_SOCK` and the ssh configuration files.
+    pub(crate) fn sandbox(&self, running: &RunningSsh) -> Result<SshAdditions, RunError> {
+        let moat = std::env::current_exe().map_err(|e| RunError::Io {
+            context: "finding the moat executable for the sandbox".into(),
+            source: e,
         })?;
-        Ok(SshSandbox {
+        Ok(SshAdditions {
             mounts: vec![
-                (
-                    running.dir().to_path_buf(),
-                    AGENT_DIR_IN_SANDBOX.into(),
-                    false,
-                ),
-                (moat, MOAT_IN_SANDBOX.into(), true),
+                BindMount {
+                    source: running.dir().to_path_buf(),
+                    target: AGENT_DIR_IN_SANDBOX.into(),
+                    read_only: false,
+                },
+                BindMount {
+                    source: moat,
+                    target: MOAT_IN_SANDBOX.into(),
+                    read_only: true,
+                },
             ],
-            auth_sock: (
+            env: vec![(
                 "SSH_AUTH_SOCK".into(),
                 format!("{AGENT_DIR_IN_SANDBOX}/{}", running.name),
-            ),
+            )],
             files: self.files(),
         })
     }

@@ -1,6 +1,6 @@
 //! Running one plan to completion.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -12,8 +12,9 @@ use moat_daemon::{
     ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, SecretString, StartOptions,
 };
 use moat_home::{FileLock, MoatHome};
-use moat_runtime_native::{
-    BindMount, CaptureSpec, NetworkMode, ProxyAuthorization, SandboxError, SandboxSpec, StdioMode,
+use moat_sandbox::{
+    DriverError, Limits, OutputSinks, ProxyAccess, ProxyAuthorization, ProxyRoute, SandboxControl,
+    SandboxDriver, SandboxRequest, Stdio,
 };
 use moat_storage::{
     generate_name, LogStream, LogWriter, RunId, RunMetadata, RunState, RunStore, StorageError,
@@ -21,10 +22,6 @@ use moat_storage::{
 
 use crate::environment::SandboxEnv;
 use crate::RunPlan;
-
-/// Ports whose connections are handed to the proxy from every native
-/// sandbox, for clients that ignore the proxy variables.
-const CAPTURED_PORTS: &[u16] = &[80, 443];
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -76,9 +73,21 @@ pub enum RunError {
     /// The proxy daemon failed.
     #[error(transparent)]
     Daemon(#[from] ClientError),
-    /// The sandbox failed.
+    /// The sandbox's runtime failed (its own words).
     #[error(transparent)]
-    Sandbox(#[from] SandboxError),
+    Driver(#[from] DriverError),
+    /// No runtime could be chosen.
+    #[error(transparent)]
+    Selection(#[from] crate::drivers::SelectionError),
+    /// A local operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Run storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -157,9 +166,14 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// Runs `plan` to completion and returns its exit code. Blocks; sets up
-/// its own async runtime for talking to the daemon.
-pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> {
+/// Runs `plan` to completion in the sandbox `driver` provides and returns
+/// its exit code. Blocks; sets up its own async runtime for talking to the
+/// daemon.
+pub fn execute(
+    home: &MoatHome,
+    plan: &RunPlan,
+    driver: &mut dyn SandboxDriver,
+) -> Result<RunOutcome, RunError> {
     // Before anything is resolved or started: from here on the plan's
     // mount sources are real paths that passed the floors.
     let floors = crate::mounts::Floors::from_env(home);
@@ -231,11 +245,7 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
             "permissive"
         }
         .into();
-        meta.runtime = match plan.runtime {
-            crate::RuntimePlan::Native => "native",
-            crate::RuntimePlan::Docker(_) => "docker",
-        }
-        .into();
+        meta.runtime = driver.name().into();
         meta.interactive = plan.interactive;
         meta.detached = plan.detached;
         meta.supervisor_pid = Some(std::process::id());
@@ -254,7 +264,15 @@ pub fn execute(home: &MoatHome, plan: &RunPlan) -> Result<RunOutcome, RunError> 
     // is what makes its changes suspect.
     let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
         Ok(()) => {
-            let result = start_and_wait(home, plan, &resolved, ssh.as_ref(), &mut meta, &run_dir);
+            let result = start_and_wait(
+                home,
+                plan,
+                driver,
+                &resolved,
+                ssh.as_ref(),
+                &mut meta,
+                &run_dir,
+            );
             if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
                 tracing::warn!(error = %e, "recording the run's end in the trust record");
             }
@@ -302,6 +320,7 @@ fn unique_name(runs: &RunStore) -> Result<String, RunError> {
 fn start_and_wait(
     home: &MoatHome,
     plan: &RunPlan,
+    driver: &mut dyn SandboxDriver,
     resolved: &[moat_credentials::ResolvedGrant],
     ssh: Option<&crate::ssh::SshAccess>,
     meta: &mut RunMetadata,
@@ -310,24 +329,15 @@ fn start_and_wait(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| RunError::Other(format!("starting the async runtime: {e}")))?;
+        .map_err(|e| RunError::Io {
+            context: "starting the async runtime".into(),
+            source: e,
+        })?;
 
-    // Containers reach the proxy on the Docker bridge's gateway address;
-    // the daemon listens there too, on the same port.
-    let listen = match &plan.runtime {
-        crate::RuntimePlan::Native => Vec::new(),
-        crate::RuntimePlan::Docker(_) => runtime.block_on(async {
-            let rt = moat_runtime_docker::DockerRuntime::connect()
-                .await
-                .map_err(|e| RunError::Other(e.to_string()))?;
-            let gateway = rt
-                .bridge_gateway()
-                .await
-                .map_err(|e| RunError::Other(e.to_string()))?;
-            Ok::<_, RunError>(gateway.into_iter().collect())
-        })?,
-    };
-    let mut spec = run_spec(listen, plan, resolved, meta, run_dir);
+    // Container runtimes reach the proxy on their bridge's gateway
+    // address; the daemon listens there too, on the same port.
+    let route = driver.proxy_route()?;
+    let mut spec = run_spec(route.listen.clone(), plan, resolved, meta, run_dir);
     spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
     let kept_spec = spec.clone();
     let (client, registration) = runtime.block_on(async {
@@ -351,12 +361,9 @@ fn start_and_wait(
         }
     };
 
-    // A root caller's containers run as an unprivileged uid, which must
-    // be able to open the agent socket; native sandboxes map our own uid.
-    let foreign_uid = matches!(
-        (&plan.runtime, rustix::process::getuid().is_root()),
-        (crate::RuntimePlan::Docker(_), true)
-    );
+    // A sandbox running under another uid than ours must be able to open
+    // the agent socket.
+    let foreign_uid = !driver.runs_as_caller();
     let running_ssh = match ssh
         .map(|s| s.start(&run_id, &client, foreign_uid))
         .transpose()
@@ -369,22 +376,17 @@ fn start_and_wait(
     };
     let ssh_ctx = ssh.zip(running_ssh.as_ref());
 
-    let result = match &plan.runtime {
-        crate::RuntimePlan::Native => {
-            run_sandbox(plan, resolved, ssh_ctx, meta, run_dir, &registration, home)
-        }
-        crate::RuntimePlan::Docker(docker) => runtime.block_on(crate::docker::run_container(
-            plan,
-            docker,
-            resolved,
-            ssh_ctx,
-            meta,
-            run_dir,
-            &registration,
-            &RunStore::new(home.clone()),
-            home.root(),
-        )),
-    };
+    let result = run_sandbox(
+        driver,
+        &route,
+        plan,
+        resolved,
+        ssh_ctx,
+        meta,
+        run_dir,
+        &registration,
+        home,
+    );
     drop(running_ssh);
     let failure = watchdog.failure();
     drop(watchdog);
@@ -453,37 +455,21 @@ fn run_spec(
     }
 }
 
-fn run_sandbox(
+/// The sandbox request: the environment, files and mounts every runtime
+/// gets, in terms of the sandbox only.
+#[allow(clippy::too_many_arguments)]
+fn sandbox_request(
+    route: &ProxyRoute,
     plan: &RunPlan,
     resolved: &[moat_credentials::ResolvedGrant],
     ssh: Option<(&crate::ssh::SshAccess, &crate::ssh::RunningSsh)>,
-    meta: &mut RunMetadata,
+    meta: &RunMetadata,
     run_dir: &std::path::Path,
     registration: &moat_daemon::Registration,
     home: &MoatHome,
-) -> Result<i32, RunError> {
-    // Every sandbox has a network of its own whatever the policy; its one
-    // way out is the proxy, also for clients that ignore the proxy
-    // variables (their connections to ports 80 and 443 are captured).
-    let relay_port = registration.port.max(1);
-    let network = NetworkMode::Isolated {
-        relay_port,
-        proxy_socket: registration.proxy_socket.clone(),
-        capture: Some(CaptureSpec {
-            proxy_authorization: ProxyAuthorization::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("moat:{}", registration.token.expose()))
-            )),
-            ports: CAPTURED_PORTS
-                .iter()
-                .copied()
-                .filter(|p| *p != relay_port)
-                .collect(),
-            host_ports: plan.network.host_ports.clone(),
-        }),
-    };
-    let proxy_authority = format!("127.0.0.1:{relay_port}");
+) -> Result<SandboxRequest, RunError> {
+    let port = registration.port.max(1);
+    let proxy_authority = format!("{}:{port}", route.host_in_sandbox);
     let env = SandboxEnv {
         run_id: meta.id.as_str(),
         run_name: &meta.name,
@@ -497,154 +483,200 @@ fn run_sandbox(
         user_env: &plan.env,
         interactive: plan.interactive,
     };
-    let mut spec = SandboxSpec::new(plan.workspace.clone(), plan.command.clone());
-    spec.hostname = meta.name.replace('_', "-");
-    spec.env = env.variables();
-    spec.env.push((
+    let mut variables = env.variables();
+    variables.push((
         "MOAT_HOST_GATEWAY".to_owned(),
-        moat_runtime_native::HOST_GATEWAY_NAME.to_owned(),
+        moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
-    spec.files = env.files();
-    spec.network = network;
-    spec.mounts = plan
-        .mounts
-        .iter()
-        .map(|m| BindMount {
-            source: m.source.clone(),
-            target: m.target.clone(),
-            read_only: m.read_only,
-        })
-        .collect();
-    if let Some((access, running)) = ssh {
-        let ssh = access.sandbox(running)?;
-        spec.mounts.extend(
-            ssh.mounts
-                .into_iter()
-                .map(|(source, target, read_only)| BindMount {
-                    source,
-                    target,
-                    read_only,
-                }),
-        );
-        spec.env.retain(|(k, _)| *k != ssh.auth_sock.0);
-        spec.env.push(ssh.auth_sock);
-        spec.files.extend(ssh.files);
-    }
-    spec.limits.memory_bytes = plan.limits.memory_mb.map(|mb| mb.saturating_mul(1 << 20));
-    spec.limits.millicpus = plan
-        .limits
-        .cpus
-        .map(|cpus| (cpus * 1000.0).round().clamp(1.0, f64::from(u32::MAX)) as u32);
-    spec.stdio = if plan.interactive {
-        match crate::terminal::size() {
-            Some((rows, cols)) => StdioMode::Pty { rows, cols },
-            // Not a terminal (a pipe, a file): nothing to relay.
-            None => StdioMode::Inherit,
-        }
-    } else if plan.detached {
-        StdioMode::Piped
-    } else {
-        StdioMode::PipedOutput
-    };
+    let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
+        context: "locating the moat binary for the sandbox's capture relay".into(),
+        source: e,
+    })?;
+    Ok(SandboxRequest {
+        run_id: meta.id.to_string(),
+        hostname: meta.name.replace('_', "-"),
+        workspace: plan.workspace.clone(),
+        command: plan.command.clone(),
+        env: variables,
+        mounts: plan
+            .mounts
+            .iter()
+            .map(|m| moat_sandbox::BindMount {
+                source: m.source.clone(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        files: env.files(),
+        ssh: ssh
+            .map(|(access, running)| access.sandbox(running))
+            .transpose()?,
+        proxy: ProxyAccess {
+            port,
+            socket: registration.proxy_socket.clone(),
+            authorization: ProxyAuthorization::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("moat:{}", registration.token.expose()))
+            )),
+            host_ports: plan.network.host_ports.clone(),
+            relay_binary,
+        },
+        stdio: if plan.interactive {
+            Stdio::Terminal
+        } else if plan.detached {
+            Stdio::Detached
+        } else {
+            Stdio::Logged
+        },
+        limits: Limits {
+            memory_mb: plan.limits.memory_mb,
+            cpus: plan.limits.cpus,
+        },
+        image: plan.image.clone(),
+        build_log: run_dir.join("build.log"),
+        settings_dir: Some(home.root().to_path_buf()),
+        extra_isolation: plan.extra_isolation,
+        keep: plan.keep,
+    })
+}
 
-    let mut sandbox = moat_runtime_native::spawn(&spec)?;
+#[allow(clippy::too_many_arguments)]
+fn run_sandbox(
+    driver: &mut dyn SandboxDriver,
+    route: &ProxyRoute,
+    plan: &RunPlan,
+    resolved: &[moat_credentials::ResolvedGrant],
+    ssh: Option<(&crate::ssh::SshAccess, &crate::ssh::RunningSsh)>,
+    meta: &mut RunMetadata,
+    run_dir: &std::path::Path,
+    registration: &moat_daemon::Registration,
+    home: &MoatHome,
+) -> Result<i32, RunError> {
+    let request = sandbox_request(
+        route,
+        plan,
+        resolved,
+        ssh,
+        meta,
+        run_dir,
+        registration,
+        home,
+    )?;
+    let prepared = driver.prepare(&request)?;
+    for note in &prepared.notes {
+        let _ = writeln!(std::io::stderr(), "moat: {note}");
+    }
+    if let Some(image) = &prepared.image {
+        meta.image = Some(image.clone());
+        meta.image_ready_at = Some(Utc::now());
+    }
+
+    let logs =
+        Arc::new(
+            LogWriter::open(&run_dir.join("logs.jsonl")).map_err(|e| RunError::Io {
+                context: "opening the run log".into(),
+                source: e,
+            })?,
+        );
+    let output = OutputSinks {
+        stdout: Box::new(LoggedOutput::new(
+            std::io::stdout(),
+            LogStream::Stdout,
+            logs.clone(),
+        )),
+        stderr: Box::new(LoggedOutput::new(
+            std::io::stderr(),
+            LogStream::Stderr,
+            logs,
+        )),
+    };
+    let running = driver.start(&request, &prepared, output)?;
+    meta.container_id = running.runtime_id();
     meta.state = RunState::Running;
     meta.started_at = Some(Utc::now());
     RunStore::new(home.clone()).save_progress(meta)?;
 
-    let logs = Arc::new(
-        LogWriter::open(&run_dir.join("logs.jsonl"))
-            .map_err(|e| RunError::Other(format!("opening the run log: {e}")))?,
-    );
-    let mut pumps = Vec::new();
-    if let Some(out) = sandbox.take_stdout() {
-        pumps.push(pump(
-            out,
-            std::io::stdout(),
-            LogStream::Stdout,
-            logs.clone(),
-        ));
-    }
-    if let Some(err) = sandbox.take_stderr() {
-        pumps.push(pump(
-            err,
-            std::io::stderr(),
-            LogStream::Stderr,
-            logs.clone(),
-        ));
-    }
-
-    let (relay, winch) = match sandbox.take_pty() {
-        Some(master) => {
-            let winch = master.try_clone().ok();
-            let relay = crate::terminal::TerminalRelay::start(master)
-                .map_err(|e| RunError::Other(format!("relaying the terminal: {e}")))?;
-            (Some(relay), winch)
-        }
-        None => (None, None),
-    };
-
-    let signaller = sandbox.signaller();
-    let forwarder = forward_signals(signaller, winch);
-    let exit = sandbox.wait()?;
-    for p in pumps {
-        let _ = p.join();
-    }
+    let forwarder = forward_signals(running.control(), request.stdio == Stdio::Terminal);
+    let code = running.wait()?;
     drop(forwarder);
-    if let Some(relay) = relay {
-        relay.finish();
-    }
-    Ok(exit.code)
+    Ok(code)
 }
 
-/// Copies a sandbox stream to ours as it arrives (partial lines included,
-/// so prompts show), and records complete lines in the run log.
-fn pump<R, W>(
-    mut from: R,
-    mut to: W,
+/// Writes a sandbox's output through to ours as it arrives (partial
+/// lines included, so prompts show), and records complete lines in the
+/// run log. When ours fails (the terminal or pipe went away), the output
+/// is still recorded to the end: the sandbox is never left blocked on a
+/// reader that stopped, and the exit code is not lost.
+struct LoggedOutput<W: Write> {
+    inner: W,
     stream: LogStream,
     logs: Arc<LogWriter>,
-) -> std::thread::JoinHandle<()>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static,
-{
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            let _ = to.write_all(&buf[..n]);
-            let _ = to.flush();
-            pending.extend_from_slice(&buf[..n]);
-            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=pos).collect();
-                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-                let _ = logs.write_line(stream, text.trim_end_matches('\r'));
-            }
-            if pending.len() > 64 * 1024 {
-                let text = String::from_utf8_lossy(&pending).into_owned();
-                let _ = logs.write_line(stream, &text);
-                pending.clear();
-            }
-        }
-        if !pending.is_empty() {
-            let _ = logs.write_line(stream, &String::from_utf8_lossy(&pending));
-        }
-    })
+    pending: Vec<u8>,
+    inner_gone: bool,
 }
 
-/// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the sandbox until
-/// dropped.
-fn forward_signals(
-    signaller: moat_runtime_native::Signaller,
-    winch: Option<std::os::fd::OwnedFd>,
-) -> SignalForwarder {
+impl<W: Write> LoggedOutput<W> {
+    fn new(inner: W, stream: LogStream, logs: Arc<LogWriter>) -> Self {
+        LoggedOutput {
+            inner,
+            stream,
+            logs,
+            pending: Vec::new(),
+            inner_gone: false,
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+            let _ = self
+                .logs
+                .write_line(self.stream, text.trim_end_matches('\r'));
+        }
+        // A very long line without a newline is recorded in pieces.
+        if self.pending.len() > 64 * 1024 {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            let _ = self.logs.write_line(self.stream, &text);
+            self.pending.clear();
+        }
+    }
+}
+
+impl<W: Write> Write for LoggedOutput<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.inner_gone {
+            if let Err(e) = self.inner.write_all(buf) {
+                tracing::debug!(error = %e, "the run's output can no longer be shown; still recorded");
+                self.inner_gone = true;
+            }
+        }
+        self.record(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.inner_gone && self.inner.flush().is_err() {
+            self.inner_gone = true;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for LoggedOutput<W> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            let _ = self.logs.write_line(self.stream, &text);
+        }
+    }
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT (and, with a terminal,
+/// window size changes) to the sandbox until dropped.
+fn forward_signals(control: Arc<dyn SandboxControl>, terminal: bool) -> SignalForwarder {
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -662,13 +694,12 @@ fn forward_signals(
                 (SignalKind::quit(), libc::SIGQUIT),
             ];
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
-            // A resized window is copied onto the sandbox's terminal, which
-            // signals its own foreground job.
-            if let Some(master) = winch {
+            if terminal {
                 if let Ok(mut s) = signal(SignalKind::window_change()) {
+                    let control = control.clone();
                     tokio::spawn(async move {
                         while s.recv().await.is_some() {
-                            crate::terminal::copy_size(&master);
+                            control.window_changed();
                         }
                     });
                 }
@@ -687,7 +718,7 @@ fn forward_signals(
             // a polling interval.
             loop {
                 tokio::select! {
-                    Some(sig) = rx.recv() => { let _ = signaller.signal(sig); }
+                    Some(sig) = rx.recv() => control.signal(sig),
                     _ = &mut stop_rx => break,
                 }
             }

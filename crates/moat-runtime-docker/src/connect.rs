@@ -17,11 +17,137 @@ const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
 /// The name of the gVisor OCI runtime as registered with dockerd.
 pub const GVISOR_RUNTIME: &str = "runsc";
 
-/// A connection to a Docker daemon.
+/// How long a Podman API service that moat started may take to answer.
+const PODMAN_SERVICE_START: Duration = Duration::from_secs(10);
+
+/// Which engine answers the Engine API. Podman serves the same API (its
+/// Docker-compatible one), so one code path drives both; what differs is
+/// where it listens, how gVisor is registered, and Podman's default
+/// rlimits (see `container.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Docker Engine (dockerd), Docker Desktop, colima, Rancher Desktop.
+    Docker,
+    /// Podman's API service (`podman system service`).
+    Podman,
+}
+
+impl Engine {
+    /// The runtime's name as users write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+/// A connection to a Docker daemon or a Podman API service.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     pub(crate) docker: Docker,
     endpoint: String,
+    kind: Engine,
+    /// moat started the Podman service behind `endpoint` for this connection.
+    started_service: bool,
+}
+
+/// Where Podman's API service listens: `CONTAINER_HOST` when set; else
+/// the rootful socket for root, the rootless one under
+/// `XDG_RUNTIME_DIR` for everyone else.
+pub fn podman_endpoint(
+    container_host: Option<&str>,
+    root: bool,
+    xdg_runtime_dir: Option<&Path>,
+) -> (String, bool) {
+    if let Some(host) = container_host.filter(|h| !h.trim().is_empty()) {
+        return (host.trim().to_owned(), true);
+    }
+    let path = match (root, xdg_runtime_dir) {
+        (false, Some(xdg)) => xdg.join("podman/podman.sock"),
+        _ => PathBuf::from("/run/podman/podman.sock"),
+    };
+    (format!("unix://{}", path.display()), false)
+}
+
+/// Whether the `podman` program is on `PATH`.
+fn podman_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("podman").is_file()))
+}
+
+/// Starts `podman system service` on `socket`, detached from this process
+/// (its own session, no standard streams, no timeout), so that later runs
+/// reuse it; waits until the socket exists.
+async fn start_podman_service(socket: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let mut command = std::process::Command::new("podman");
+    command
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting podman system service: {e}"))?;
+    let deadline = tokio::time::Instant::now() + PODMAN_SERVICE_START;
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("podman system service exited at once ({status})"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "podman system service did not create {} within {} s",
+                socket.display(),
+                PODMAN_SERVICE_START.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Reaped by nobody on purpose: it outlives this process.
+    std::mem::forget(child);
+    Ok(())
+}
+
+/// Whether a Podman configuration registers the OCI runtime `name`
+/// (`[engine.runtimes]` in a `containers.conf`). Podman's API lists its
+/// built-in candidates (runsc among them) whether or not anyone set them
+/// up, so only an explicit registration counts.
+pub fn podman_registers_runtime(name: &str) -> bool {
+    let mut files = vec![PathBuf::from("/etc/containers/containers.conf")];
+    if let Ok(dir) = std::fs::read_dir("/etc/containers/containers.conf.d") {
+        files.extend(dir.flatten().map(|e| e.path()));
+    }
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(home) = config_home {
+        files.push(home.join("containers/containers.conf"));
+    }
+    files
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|text| registers_runtime(&text, name)))
+}
+
+fn registers_runtime(config: &str, name: &str) -> bool {
+    let mut in_runtimes = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_runtimes = line == "[engine.runtimes]";
+        } else if in_runtimes {
+            if let Some((key, _)) = line.split_once('=') {
+                if key.trim().trim_matches('"') == name {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Where a daemon may be listening, in the order tried: `DOCKER_HOST` alone
@@ -143,6 +269,8 @@ impl DockerRuntime {
                     return Ok(DockerRuntime {
                         docker,
                         endpoint: endpoint.clone(),
+                        kind: Engine::Docker,
+                        started_service: false,
                     })
                 }
                 Err(cause) => causes.push(cause),
@@ -160,9 +288,79 @@ impl DockerRuntime {
         Err(DockerError::DaemonNotAccessible { cause })
     }
 
+    /// Connects to `engine`: Docker as [`Self::connect`] does; Podman on
+    /// [`podman_endpoint`], first starting its API service when `may_start`,
+    /// the socket is absent, it is not named by `CONTAINER_HOST` and
+    /// `podman` is installed.
+    pub async fn connect_engine(
+        engine: Engine,
+        may_start: bool,
+    ) -> Result<DockerRuntime, DockerError> {
+        if engine == Engine::Docker {
+            return Self::connect().await;
+        }
+        let container_host = std::env::var("CONTAINER_HOST").ok();
+        let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        let (endpoint, explicit) = podman_endpoint(
+            container_host.as_deref(),
+            rustix::process::getuid().is_root(),
+            xdg.as_deref(),
+        );
+        let not_accessible = |cause: String| DockerError::PodmanNotAccessible {
+            cause,
+            endpoint: endpoint.clone(),
+        };
+        let mut started_service = false;
+        if let Some(path) = endpoint.strip_prefix("unix://").map(Path::new) {
+            if !path.exists() {
+                if explicit {
+                    return Err(not_accessible(format!(
+                        "no Podman socket at {} (from CONTAINER_HOST)",
+                        path.display()
+                    )));
+                }
+                if !podman_installed() {
+                    return Err(not_accessible("podman is not installed".into()));
+                }
+                if !may_start {
+                    return Err(not_accessible(format!(
+                        "its API service is not running (no socket at {})",
+                        path.display()
+                    )));
+                }
+                start_podman_service(path).await.map_err(not_accessible)?;
+                started_service = true;
+            }
+        }
+        let docker = handshake(&endpoint).await.map_err(not_accessible)?;
+        Ok(DockerRuntime {
+            docker,
+            endpoint,
+            kind: Engine::Podman,
+            started_service,
+        })
+    }
+
     /// The endpoint this connection uses (`unix:///var/run/docker.sock`...).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Which engine this is.
+    pub fn engine_kind(&self) -> Engine {
+        self.kind
+    }
+
+    /// Where the engine was found, for `moat doctor` and `moat status`.
+    pub fn describe_endpoint(&self) -> String {
+        if self.started_service {
+            format!(
+                "reachable at {} (moat started `podman system service` there, detached)",
+                self.endpoint
+            )
+        } else {
+            format!("reachable at {}", self.endpoint)
+        }
     }
 
     /// The underlying bollard client, for what this crate does not wrap.
@@ -262,6 +460,34 @@ mod tests {
             })
         );
         assert_eq!(max_supported_version("other"), None);
+    }
+
+    #[test]
+    fn podman_sockets() {
+        assert_eq!(
+            podman_endpoint(None, true, Some(Path::new("/run/user/0"))),
+            ("unix:///run/podman/podman.sock".to_owned(), false)
+        );
+        assert_eq!(
+            podman_endpoint(None, false, Some(Path::new("/run/user/7"))),
+            ("unix:///run/user/7/podman/podman.sock".to_owned(), false)
+        );
+        assert_eq!(
+            podman_endpoint(Some("unix:///x.sock"), false, None),
+            ("unix:///x.sock".to_owned(), true)
+        );
+    }
+
+    #[test]
+    fn only_an_explicit_registration_counts() {
+        let conf = "[engine]\nfoo = 1\n[engine.runtimes]\nrunsc = [\"/usr/bin/runsc\"]\n";
+        assert!(registers_runtime(conf, "runsc"));
+        assert!(!registers_runtime(conf, "kata"));
+        assert!(!registers_runtime("[engine]\nrunsc = 1\n", "runsc"));
+        assert!(!registers_runtime(
+            "[engine.runtimes]\n# runsc = []\n",
+            "runsc"
+        ));
     }
 
     #[tokio::test]

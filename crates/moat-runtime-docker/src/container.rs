@@ -117,30 +117,7 @@ const RELAY_IN_GUARD: &str = "/run/moat/bin/moat";
 /// its relay.
 const GUARD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A host path made visible in the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindMount {
-    /// Absolute host path; it must exist.
-    pub source: PathBuf,
-    /// Absolute path in the container (not `/`, not under `/workspace`).
-    pub target: PathBuf,
-    /// Read-only (recommended).
-    pub read_only: bool,
-}
-
-/// A file put into the container before it starts (owned by root, so the
-/// sandbox user cannot change it), e.g. the moat CA at
-/// `/etc/ssl/certs/moat-ca/ca.crt`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InjectedFile {
-    /// Absolute path in the container; parents are created. Not under
-    /// `/workspace` or a bind target (that would write to the host).
-    pub path_in_sandbox: PathBuf,
-    /// The bytes.
-    pub contents: Vec<u8>,
-    /// Permission bits, e.g. `0o644`.
-    pub mode: u32,
-}
+pub use moat_sandbox::{BindMount, InjectedFile};
 
 /// One container run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -484,7 +461,77 @@ fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
         .map_err(|e| DockerError::io("packing injected files", e))
 }
 
+/// `(name, resource, ceiling)` of the rlimits moat sets on Podman
+/// containers.
+const PODMAN_RLIMITS: [(&str, rustix::process::Resource, u64); 2] = [
+    ("nofile", rustix::process::Resource::Nofile, 65536),
+    ("nproc", rustix::process::Resource::Nproc, 4096),
+];
+
+/// Where a Podman container's slirp4netns network reaches the host's
+/// loopback.
+const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
+
 impl DockerRuntime {
+    /// The network of a container that does not join another's: Docker's
+    /// default bridge; for Podman, slirp4netns with the host's loopback
+    /// reachable. Podman's bridge (netavark) exists only while a container
+    /// uses it, so the proxy could not listen on its gateway before the
+    /// first container starts; through slirp4netns the container reaches
+    /// the proxy where it already listens (and the guard's firewall lets
+    /// it reach nothing else there).
+    fn own_network_mode(&self) -> Option<String> {
+        (self.engine_kind() == crate::connect::Engine::Podman)
+            .then(|| "slirp4netns:allow_host_loopback=true".to_owned())
+    }
+
+    /// The `/etc/hosts` entry naming the host for the container.
+    fn host_gateway_entry(&self) -> String {
+        match self.engine_kind() {
+            crate::connect::Engine::Docker => format!("{HOST_GATEWAY_NAME}:host-gateway"),
+            crate::connect::Engine::Podman => format!("{HOST_GATEWAY_NAME}:{SLIRP_HOST_LOOPBACK}"),
+        }
+    }
+
+    /// Host addresses the proxy must listen on for containers to reach
+    /// it: Docker's bridge gateway; none for Podman, whose containers
+    /// reach the host's loopback.
+    pub async fn proxy_listen_addresses(&self) -> Result<Vec<String>, DockerError> {
+        match self.engine_kind() {
+            crate::connect::Engine::Docker => {
+                Ok(self.bridge_gateway().await?.into_iter().collect())
+            }
+            crate::connect::Engine::Podman => Ok(Vec::new()),
+        }
+    }
+
+    /// Podman gives containers rlimits of its own choosing (nofile
+    /// 1048576...), which the OCI runtime cannot set above the caller's
+    /// hard limits without CAP_SYS_RESOURCE (`error setting rlimit type 7:
+    /// operation not permitted`). Explicit ones, no higher than ours, always
+    /// apply. Docker inherits its daemon's, which are fine.
+    fn ulimits(&self) -> Option<Vec<bollard::models::ResourcesUlimits>> {
+        if self.engine_kind() != crate::connect::Engine::Podman {
+            return None;
+        }
+        Some(
+            PODMAN_RLIMITS
+                .iter()
+                .map(|(name, resource, ceiling)| {
+                    let hard = rustix::process::getrlimit(*resource)
+                        .maximum
+                        .unwrap_or(u64::MAX);
+                    let limit = i64::try_from((*ceiling).min(hard)).unwrap_or(i64::MAX);
+                    bollard::models::ResourcesUlimits {
+                        name: Some((*name).to_owned()),
+                        soft: Some(limit),
+                        hard: Some(limit),
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// Creates the container (not started): checks the OCI runtime, sets up
     /// the network guard and its firewall under the strict policy, uploads
     /// the injected files. On failure nothing is left behind.
@@ -554,8 +601,8 @@ impl DockerRuntime {
             // /etc/hosts (with host.docker.internal) comes from the guard.
             Some(g) => (Some(format!("container:{g}")), None),
             None => (
-                None,
-                Some(vec![format!("{HOST_GATEWAY_NAME}:host-gateway")]),
+                self.own_network_mode(),
+                Some(vec![self.host_gateway_entry()]),
             ),
         };
         let host_config = HostConfig {
@@ -569,6 +616,7 @@ impl DockerRuntime {
             extra_hosts,
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
+            ulimits: self.ulimits(),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -681,9 +729,10 @@ impl DockerRuntime {
             host_config: Some(HostConfig {
                 binds,
                 runtime: Some("runc".into()),
+                network_mode: self.own_network_mode(),
                 // The workload's /etc/hosts is the guard's.
                 extra_hosts: Some(vec![
-                    format!("{HOST_GATEWAY_NAME}:host-gateway"),
+                    self.host_gateway_entry(),
                     format!(
                         "{}:{}",
                         moat_capture::HOST_GATEWAY_NAME,
@@ -699,6 +748,7 @@ impl DockerRuntime {
                 ),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(32 * 1024 * 1024),
+                ulimits: self.ulimits(),
                 ..Default::default()
             }),
             ..Default::default()

@@ -1,7 +1,6 @@
 //! Errors of the Docker runtime. Their wording is part of the product: the
 //! caller prints them as they are.
 
-use std::fmt;
 use std::path::PathBuf;
 
 /// Printed by the caller when it runs without gVisor (`--no-sandbox`,
@@ -22,6 +21,36 @@ pub enum DockerError {
     DaemonNotAccessible {
         /// Why (socket missing, permission denied, timeout...).
         cause: String,
+    },
+
+    /// Podman's API service cannot be reached or started.
+    #[error(
+        "podman not accessible: {cause}\n\
+         \n\
+         To fix:\n\
+         \x20 - Install Podman: sudo apt-get install podman (moat starts its API service itself)\n\
+         \x20 - Or start the service yourself: podman system service --time=0 {endpoint} &\n\
+         \x20 - If CONTAINER_HOST is set, it must name Podman's socket, e.g. unix:///run/podman/podman.sock"
+    )]
+    PodmanNotAccessible {
+        /// Why (not installed, socket missing, no answer...).
+        cause: String,
+        /// The socket moat used.
+        endpoint: String,
+    },
+
+    /// gVisor is registered without access to host Unix sockets, which SSH
+    /// grants need.
+    #[error(
+        "SSH grants under gVisor need runsc to open host Unix sockets (the SSH agent socket), \
+         and the {runtime:?} runtime is registered without --host-uds=open.\n\
+         To fix: add \"--host-uds=open\" to its runtimeArgs in /etc/docker/daemon.json, e.g.\n  \
+         {{\"runtimes\":{{\"{runtime}\":{{\"path\":\"/usr/bin/runsc\",\"runtimeArgs\":[\"--network=host\",\"--host-uds=open\"]}}}}}}\n\
+         then restart dockerd; or run this project without gVisor: moat run --no-sandbox"
+    )]
+    GvisorHostUdsClosed {
+        /// The runtime's registered name.
+        runtime: String,
     },
 
     /// The gVisor OCI runtime is not registered with the daemon.
@@ -174,79 +203,9 @@ fn failed_step(step: &Option<String>) -> String {
     }
 }
 
-/// Why the caller could not pick a container runtime. The caller (runtime
-/// selection in the run orchestrator) builds these from the reasons each
-/// runtime gave and prints them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeSelectionError {
-    /// Docker was asked for explicitly (`MOAT_RUNTIME=docker` or
-    /// `runtime: docker` in moat.yaml) but cannot be used.
-    DockerRequestedButUnavailable {
-        /// Usually the [`DockerError::DaemonNotAccessible`] text.
-        cause: String,
-    },
-    /// Neither runtime is usable.
-    NoneAvailable {
-        /// Why Apple containers cannot be used (e.g. "not macOS 26 or later").
-        apple: String,
-        /// Why Docker cannot be used (the first line of the connect error).
-        docker: String,
-    },
-}
-
-impl fmt::Display for RuntimeSelectionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RuntimeSelectionError::DockerRequestedButUnavailable { cause } => write!(
-                f,
-                "Docker runtime requested (via MOAT_RUNTIME or moat.yaml) but not available: {cause}\n\
-                 \n\
-                 To use another runtime: unset MOAT_RUNTIME (and remove `runtime: docker` from moat.yaml)"
-            ),
-            RuntimeSelectionError::NoneAvailable { apple, docker } => {
-                let docker = docker
-                    .strip_prefix("docker daemon not accessible: ")
-                    .unwrap_or(docker);
-                let docker = docker.lines().next().unwrap_or_default();
-                write!(
-                    f,
-                    "no container runtime available:\n\
-                     \x20 Apple containers: {apple}\n\
-                     \x20 Docker: docker daemon not accessible: {docker}\n\
-                     \n\
-                     To fix:\n\
-                     \x20 - Apple containers (macOS 26+): install the `container` tool, then run: container system start\n\
-                     \x20 - Docker: sudo systemctl start docker (Linux), or start Docker Desktop\n\
-                     \n\
-                     To force a specific runtime: moat run --runtime docker"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for RuntimeSelectionError {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn selection_messages() {
-        let m =
-            RuntimeSelectionError::DockerRequestedButUnavailable { cause: "x".into() }.to_string();
-        assert!(m.starts_with(
-            "Docker runtime requested (via MOAT_RUNTIME or moat.yaml) but not available: x"
-        ));
-        assert!(m.contains("unset MOAT_RUNTIME"));
-        let m = RuntimeSelectionError::NoneAvailable {
-            apple: "requires macOS 26".into(),
-            docker: "docker daemon not accessible: no Docker socket found\n\nTo fix: ...".into(),
-        }
-        .to_string();
-        assert!(m.starts_with("no container runtime available:\n  Apple containers: requires macOS 26\n  Docker: docker daemon not accessible: no Docker socket found\n"), "{m}");
-        assert!(m.contains("To force a specific runtime: moat run --runtime docker"));
-    }
 
     #[test]
     fn build_error_names_deps_step_and_log() {

@@ -8,8 +8,16 @@
 //! rebuilds), the containers ([`container`]: gVisor by default on Linux,
 //! workspace bind, injected files, limits, labels, exit codes, orphans) and
 //! the strict network policy. It also holds the exact texts of its errors
-//! and of the runtime-selection messages ([`RuntimeSelectionError`],
-//! [`NO_SANDBOX_WARNING`]), which are part of the product.
+//! and warnings ([`DockerError`], [`NO_SANDBOX_WARNING`]), which are part
+//! of the product.
+//!
+//! The same code drives Podman through its Docker-compatible API
+//! ([`Engine::Podman`]): [`ContainerDriver`] is the `moat-sandbox` driver
+//! for both. What differs is found in one place each: where the engine
+//! listens and starting Podman's API service when its socket is absent
+//! (`connect.rs`), whether gVisor is registered (Podman lists runtimes it
+//! merely knows of, so only a `containers.conf` entry counts), and the
+//! explicit rlimits Podman containers need (`container.rs`).
 //!
 //! It must not touch credentials, policy, the proxy, `MOAT_HOME` (whose
 //! path it only receives as a parameter) or moat.yaml parsing: the run
@@ -74,18 +82,23 @@
 mod connect;
 mod container;
 pub mod deps;
+mod driver;
 mod error;
 mod image;
 pub mod versions;
 
-pub use crate::connect::{candidate_endpoints, DockerRuntime, GVISOR_RUNTIME, PING_TIMEOUT};
+pub use crate::connect::{
+    candidate_endpoints, podman_endpoint, podman_registers_runtime, DockerRuntime, Engine,
+    GVISOR_RUNTIME, PING_TIMEOUT,
+};
 pub use crate::container::{
     BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
     SandboxRuntime, GUARD_READY, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
     WORKSPACE_IN_CONTAINER,
 };
 pub use crate::deps::{deps_info, deps_list, DepInfo, DepType, Dependency};
-pub use crate::error::{DockerError, RuntimeSelectionError, NO_SANDBOX_WARNING};
+pub use crate::driver::ContainerDriver;
+pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
 pub use crate::image::{
     generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ProgressMode, ResolvedImage,
     DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV, IMAGE_MAP_FILE,

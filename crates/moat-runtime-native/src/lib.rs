@@ -52,6 +52,7 @@
 
 mod capture;
 mod cgroup;
+mod driver;
 mod error;
 mod identity;
 pub mod init;
@@ -65,6 +66,7 @@ mod spec;
 mod support;
 mod sys;
 
+pub use crate::driver::NativeDriver;
 pub use crate::error::SandboxError;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{

@@ -90,31 +90,7 @@ impl Default for ResourceLimits {
     }
 }
 
-/// A host path made visible inside the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindMount {
-    /// Absolute host path (file or directory); it must exist.
-    pub source: PathBuf,
-    /// Absolute path inside the sandbox. It may not be `/`, nor lie under
-    /// `/proc`, `/dev` or `/workspace`.
-    pub target: PathBuf,
-    /// Mount read-only (recommended) instead of read-write.
-    pub read_only: bool,
-}
-
-/// A file whose contents the caller provides; it appears read-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InjectedFile {
-    /// Absolute path inside the sandbox, e.g. `/etc/ssl/certs/moat-ca/ca.crt`.
-    /// Parent directories are created. It may not lie under `/workspace`,
-    /// `/proc`, `/dev` or an extra mount (that would write to the host).
-    pub path_in_sandbox: PathBuf,
-    /// The bytes of the file.
-    #[serde(with = "base64_bytes")]
-    pub contents: Vec<u8>,
-    /// Permission bits, e.g. `0o644` (write bits are moot: it is read-only).
-    pub mode: u32,
-}
+pub use moat_sandbox::{BindMount, InjectedFile};
 
 /// Network access of the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,24 +390,5 @@ mod tests {
             mode: 0o644,
         });
         assert!(s.validate().is_err());
-    }
-}
-
-/// File contents cross to the sandbox's init as base64 text: serde's
-/// default for bytes, a JSON array of numbers, is four times larger and
-/// slow to parse for a trust bundle of a few hundred kilobytes.
-mod base64_bytes {
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(serde::de::Error::custom)
     }
 }

@@ -33,6 +33,7 @@ const PROVOKED: &[&str] = &[
     "MCP server requires grant but it's not configured",
     "key file has insecure permissions",
     "Docker runtime requested but not available",
+    "Podman runtime requested but not available",
     "Apple containers are only available on macOS",
     "agent is already running",
     "daemon did not start within 5 seconds",
@@ -350,6 +351,12 @@ fn runtime_configuration_and_run_errors() {
     );
     out.failure();
     documented("Docker runtime requested but not available", &out.stderr);
+    let out = t.run_with(
+        &["run", "--runtime", "podman", "--", "true"],
+        &[("CONTAINER_HOST", "unix:///nonexistent/podman.sock")],
+    );
+    out.failure();
+    documented("Podman runtime requested but not available", &out.stderr);
     let out = t.run(&["run", "--runtime", "apple", "--", "true"]);
     out.failure();
     documented("Apple containers are only available on macOS", &out.stderr);

@@ -117,82 +117,22 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
     })
 }
 
-/// Native namespaces, Docker and gVisor. A missing runtime is a warning
-/// while the other one works.
+/// Every runtime moat knows (its driver's own checks). A missing runtime
+/// is a warning while another one works.
 fn runtimes() -> Result<Vec<Check>> {
-    let native = moat_runtime_native::check_support();
-    let docker = block_on(moat_runtime_docker::DockerRuntime::connect())?;
-    let docker_ok = docker.is_ok();
-    let mut checks = Vec::new();
-    checks.push(match &native {
-        Ok(()) => ok(
-            "native sandbox",
-            format!(
-                "user namespaces work; {}",
-                moat_runtime_native::protections()
-            ),
-        ),
-        Err(e) => problem(
-            if docker_ok { Status::Warn } else { Status::Fail },
-            "native sandbox",
-            format!("not available: {e}"),
-            "allow unprivileged user namespaces (the message names what blocks them), e.g.\n\
-             sudo sysctl -w user.max_user_namespaces=15000 kernel.apparmor_restrict_unprivileged_userns=0",
-        ),
-    });
-    match docker {
-        Ok(rt) => {
-            checks.push(ok("docker", format!("reachable at {}", rt.endpoint())));
-            let gvisor = block_on(rt.has_runtime(moat_runtime_docker::GVISOR_RUNTIME))?;
-            let host_uds = block_on(rt.runtime_args(moat_runtime_docker::GVISOR_RUNTIME))?
-                .map(|args| {
-                    args.iter()
-                        .any(|a| a.contains("host-uds=open") || a.contains("host-uds=all"))
-                })
-                .unwrap_or(false);
-            checks.push(match gvisor {
-                Ok(true) if host_uds => ok("gvisor", "runsc is registered with Docker (host sockets open: SSH grants work)"),
-                Ok(true) => problem(
-                    Status::Warn,
-                    "gvisor",
-                    "runsc is registered without --host-uds=open: SSH grants fail under gVisor",
-                    "add \"--host-uds=open\" to runsc's runtimeArgs in /etc/docker/daemon.json:\n\
-                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
-                     then: sudo systemctl restart docker",
-                ),
-                Ok(false) => problem(
-                    Status::Warn,
-                    "gvisor",
-                    "runsc is not registered with Docker: Docker runs need --no-sandbox",
-                    "install gVisor and register it in /etc/docker/daemon.json:\n\
-                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
-                     then: sudo systemctl restart docker",
-                ),
-                Err(e) => problem(
-                    Status::Warn,
-                    "gvisor",
-                    format!("cannot list Docker runtimes: {}", first_line(&e.to_string())),
-                    "check the Docker daemon: docker info",
-                ),
-            });
-        }
-        Err(e) => {
-            let status = if native.is_ok() {
-                Status::Warn
-            } else {
-                Status::Fail
-            };
-            checks.push(problem(
-                status,
-                "docker",
-                format!("not reachable: {}", first_line(&e.to_string())),
-                "start the Docker daemon (sudo systemctl start docker) and make sure you may use \
-                 it (sudo usermod -aG docker $USER, then log in again); runs use the native \
-                 sandbox meanwhile",
-            ));
-        }
-    }
-    Ok(checks)
+    Ok(moat_run::doctor_checks()
+        .into_iter()
+        .map(|c| Check {
+            name: c.name,
+            status: match c.status {
+                moat_sandbox::CheckStatus::Ok => Status::Ok,
+                moat_sandbox::CheckStatus::Warn => Status::Warn,
+                moat_sandbox::CheckStatus::Fail => Status::Fail,
+            },
+            message: c.message,
+            fix: c.fix,
+        })
+        .collect())
 }
 
 fn daemon(ctx: &Context) -> Result<Vec<Check>> {

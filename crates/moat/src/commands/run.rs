@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use moat_credentials::GrantName;
 use moat_daemon::HostRuleSpec;
-use moat_run::{DockerPlan, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan, RuntimePlan};
+use moat_run::{ImageRecipe, LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan};
 
 use super::Context;
 use crate::cli::RunArgs;
@@ -31,7 +31,26 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached = args.detach || detached_child;
     let config = moat_config::load(&workspace)?;
 
-    let runtime = select_runtime(&args, config.as_ref())?;
+    // `--runtime`, then `MOAT_RUNTIME`, then moat.yaml `runtime:`; with
+    // none, the first runtime available.
+    let requested = args
+        .runtime
+        .clone()
+        .or_else(|| {
+            std::env::var("MOAT_RUNTIME")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.runtime.map(|r| r.to_string()))
+        });
+    let selection = moat_run::select_driver(requested.as_deref())?;
+    if let Some(notice) = &selection.notice {
+        errln!("moat: {notice}");
+    }
+    let mut driver = selection.driver;
     let command = if !args.command.is_empty() {
         args.command.clone()
     } else if let Some(cmd) = config.as_ref().and_then(|c| c.command.clone()) {
@@ -157,33 +176,23 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         moat_storage::validate_name(n).map_err(anyhow::Error::msg)?;
     }
 
-    let runtime = match runtime {
-        Selected::Native => RuntimePlan::Native,
-        Selected::Docker => {
-            let no_sandbox = args.no_sandbox
-                || moat_credentials::source::env_flag("MOAT_NO_SANDBOX")
-                || config
-                    .as_ref()
-                    .is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
-            if no_sandbox {
-                errln!("{}", moat_runtime_docker::NO_SANDBOX_WARNING);
-            }
-            RuntimePlan::Docker(DockerPlan {
-                gvisor: !no_sandbox,
-                dependencies: config
-                    .as_ref()
-                    .map(|c| c.dependencies.iter().map(|d| d.to_string()).collect())
-                    .unwrap_or_default(),
-                base_image: config.as_ref().and_then(|c| c.base_image.clone()),
-                post_build_root: config
-                    .as_ref()
-                    .and_then(|c| c.hooks.post_build_root.clone()),
-                post_build: config.as_ref().and_then(|c| c.hooks.post_build.clone()),
-                rebuild: args.rebuild,
-                verbose: ctx.verbose,
-                keep: args.keep,
-            })
-        }
+    let no_sandbox = args.no_sandbox
+        || moat_credentials::source::env_flag("MOAT_NO_SANDBOX")
+        || config
+            .as_ref()
+            .is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
+    let image = ImageRecipe {
+        dependencies: config
+            .as_ref()
+            .map(|c| c.dependencies.iter().map(|d| d.to_string()).collect())
+            .unwrap_or_default(),
+        base_image: config.as_ref().and_then(|c| c.base_image.clone()),
+        post_build_root: config
+            .as_ref()
+            .and_then(|c| c.hooks.post_build_root.clone()),
+        post_build: config.as_ref().and_then(|c| c.hooks.post_build.clone()),
+        rebuild: args.rebuild,
+        verbose: ctx.verbose,
     };
 
     let limits = LimitsPlan {
@@ -192,7 +201,10 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     };
     let plan = RunPlan {
         limits,
-        runtime,
+        runtime: requested,
+        image,
+        extra_isolation: !no_sandbox,
+        keep: args.keep,
         workspace,
         name,
         command,
@@ -206,7 +218,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         detached,
         profile: ctx.profile.clone(),
     };
-    let outcome = moat_run::execute(&ctx.home, &plan)?;
+    let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut())?;
     tracing::debug!(run_id = %outcome.id, code = outcome.exit_code, "run finished");
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
@@ -295,50 +307,5 @@ fn detach(ctx: &Context) -> Result<ExitCode> {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-enum Selected {
-    Native,
-    Docker,
-}
-
-/// `--runtime`, then `MOAT_RUNTIME`, then moat.yaml `runtime:`; with none,
-/// Docker when its daemon answers, else the native sandbox (saying why).
-fn select_runtime(args: &RunArgs, config: Option<&moat_config::ProjectConfig>) -> Result<Selected> {
-    let requested = args
-        .runtime
-        .clone()
-        .or_else(|| {
-            std::env::var("MOAT_RUNTIME")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-        })
-        .or_else(|| config.and_then(|c| c.runtime.as_ref().map(|r| r.to_string())));
-    match requested.as_deref().map(str::trim) {
-        Some("native") => Ok(Selected::Native),
-        Some("docker") => match super::block_on(moat_runtime_docker::DockerRuntime::connect())? {
-            Ok(_) => Ok(Selected::Docker),
-            Err(e) => Err(moat_runtime_docker::RuntimeSelectionError::DockerRequestedButUnavailable {
-                cause: e.to_string(),
-            }
-            .into()),
-        },
-        Some("apple") => bail!(
-            "Apple containers are only available on macOS 26 or later; on this machine use \
-             --runtime native or --runtime docker (or unset MOAT_RUNTIME)"
-        ),
-        Some(other) => bail!(
-            "unknown runtime {other:?}: use native, docker or apple (from --runtime, MOAT_RUNTIME or moat.yaml)"
-        ),
-        None => match super::block_on(moat_runtime_docker::DockerRuntime::connect())? {
-            Ok(_) => Ok(Selected::Docker),
-            Err(e) => {
-                let cause = e.to_string();
-                let first = cause.lines().next().unwrap_or_default();
-                errln!("moat: Docker is not available ({first}); using the native Linux sandbox.");
-                Ok(Selected::Native)
-            }
-        },
     }
 }

@@ -3,11 +3,11 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
-use moat_storage::{read_logs, LogStream, RunMetadata, RunState, RunStore};
+use moat_storage::{read_logs, LogStream, RunMetadata, RunStore};
 
 use super::Context;
 use crate::cli::{CleanArgs, DestroyArgs, LogsArgs, RunRef};
@@ -134,7 +134,7 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
         outln!("Run {} ({}) is already {}.", run.name, run.id, run.state);
         return Ok(ExitCode::SUCCESS);
     }
-    stop_run(&store, &run)?;
+    moat_run::stop_run(&store, &run)?;
     let meta = store.load(&run.id)?;
     outln!(
         "Stopped {} ({}){}.",
@@ -145,91 +145,6 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Removes the containers (workload and network guard) labelled with
-/// `run_id`, or, with `None`, those of every run that is no longer active.
-/// Quietly does nothing when Docker is not reachable.
-fn remove_containers(store: &RunStore, run_id: Option<&str>) -> usize {
-    let Ok(Ok(rt)) = super::block_on(moat_runtime_docker::DockerRuntime::connect()) else {
-        return 0;
-    };
-    let Ok(Ok(containers)) = super::block_on(rt.list_managed()) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for c in containers {
-        let Some(owner) = c.run_id.as_deref() else {
-            continue;
-        };
-        let wanted = match run_id {
-            Some(id) => owner == id,
-            None => match moat_storage::RunId::parse(owner).map(|id| store.load(&id)) {
-                Some(Ok(mut meta)) => {
-                    let _ = store.reconcile(&mut meta);
-                    !meta.state.is_active()
-                }
-                // A container whose run is gone from storage is an orphan.
-                _ => true,
-            },
-        };
-        if wanted && matches!(super::block_on(rt.remove_by_id(&c.id)), Ok(Ok(()))) {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// Asks the run's supervisor to stop (SIGTERM), then insists (SIGKILL)
-/// after 10 s; the run's metadata ends up `stopped` either way, and a
-/// container runtime's leftovers are removed.
-pub fn stop_run(store: &RunStore, run: &RunMetadata) -> Result<()> {
-    let result = stop_supervisor(store, run);
-    if run.runtime == "docker" {
-        remove_containers(store, Some(run.id.as_str()));
-    }
-    result
-}
-
-fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<()> {
-    let Some(pid) = run.supervisor_pid else {
-        bail!(
-            "run {} has no supervising process recorded; remove it with: moat destroy {}",
-            run.id,
-            run.id
-        );
-    };
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .context("invalid supervisor pid in run metadata")?;
-    // Only ever signal the supervisor itself: its pid may belong to an
-    // unrelated process by now (the start time tells).
-    if moat_storage::supervisor_alive(run) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut meta = store.load(&run.id)?;
-        store.reconcile(&mut meta)?;
-        if !meta.state.is_active() {
-            if meta.state == RunState::Failed && meta.stopped_at.is_some() {
-                // The supervisor died before recording the stop: record it.
-                meta.state = RunState::Stopped;
-                store.save(&meta)?;
-            }
-            return Ok(());
-        }
-        if Instant::now() >= deadline && moat_storage::supervisor_alive(&meta) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-        if Instant::now() >= deadline + Duration::from_secs(5) {
-            bail!(
-                "run {} did not stop; its supervisor (pid {}) ignores signals",
-                run.id,
-                pid.as_raw_nonzero()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
@@ -252,11 +167,9 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
                 run.id
             );
         }
-        stop_run(&store, &run)?;
+        moat_run::stop_run(&store, &run)?;
     }
-    if run.runtime == "docker" {
-        remove_containers(&store, Some(run.id.as_str()));
-    }
+    moat_run::remove_run_leftovers(&store, &run);
     store.remove(&run.id)?;
     outln!("Destroyed {} ({}).", run.name, run.id);
     Ok(ExitCode::SUCCESS)
@@ -272,7 +185,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
         let containers = if args.dry_run {
             0
         } else {
-            remove_containers(&store, None)
+            moat_run::remove_leftovers(&store)
         };
         if containers > 0 {
             outln!("Removed {containers} leftover containers.");
@@ -311,7 +224,7 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     for r in &stopped {
         store.remove(&r.id)?;
     }
-    let containers = remove_containers(&store, None);
+    let containers = moat_run::remove_leftovers(&store);
     outln!("Removed {} runs.", stopped.len());
     if containers > 0 {
         outln!("Removed {containers} leftover containers.");

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use rustix::termios::{self, OptionalActions, Termios};
 
 /// The size of the caller's terminal (rows, columns), when stdin is one.
-pub(crate) fn size() -> Option<(u16, u16)> {
+pub fn size() -> Option<(u16, u16)> {
     let stdin = rustix::stdio::stdin();
     if !termios::isatty(stdin) {
         return None;
@@ -26,21 +26,50 @@ pub(crate) fn size() -> Option<(u16, u16)> {
 
 /// Copies the caller's terminal size onto the sandbox's terminal (on
 /// `SIGWINCH`); the sandbox's terminal then signals its foreground job.
-pub(crate) fn copy_size(master: &OwnedFd) {
+pub fn copy_size(master: &OwnedFd) {
     let stdin = rustix::stdio::stdin();
     if let Ok(size) = termios::tcgetwinsize(stdin) {
         let _ = termios::tcsetwinsize(master, size);
     }
 }
 
+/// Hands what arrives on our stdin to `deliver` until end of input or
+/// until `deliver` says the other side is gone, from a thread of its own:
+/// it blocks in read(2) and is not joined, ending with the process.
+pub fn forward_stdin(
+    name: &str,
+    mut deliver: impl FnMut(&[u8]) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if !deliver(&buf[..n]) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .map(drop)
+}
+
 /// The caller's terminal in raw mode until dropped.
-pub(crate) struct RawMode {
+#[derive(Debug)]
+pub struct RawMode {
     saved: Option<Termios>,
 }
 
 impl RawMode {
     /// Raw mode on stdin, when it is a terminal.
-    pub(crate) fn enter() -> Self {
+    pub fn enter() -> Self {
         let stdin = rustix::stdio::stdin();
         let saved = termios::tcgetattr(stdin).ok();
         if let Some(saved) = &saved {
@@ -63,7 +92,8 @@ impl Drop for RawMode {
 
 /// The relay between the caller's terminal (in raw mode while it runs)
 /// and the sandbox's pseudo-terminal.
-pub(crate) struct TerminalRelay {
+#[derive(Debug)]
+pub struct TerminalRelay {
     saved: Option<Termios>,
     output: Option<JoinHandle<()>>,
 }
@@ -71,7 +101,7 @@ pub(crate) struct TerminalRelay {
 impl TerminalRelay {
     /// Puts the caller's terminal in raw mode (keys go to the sandbox as
     /// typed, Ctrl-C included) and starts copying both ways.
-    pub(crate) fn start(master: OwnedFd) -> std::io::Result<Self> {
+    pub fn start(master: OwnedFd) -> std::io::Result<Self> {
         let stdin = rustix::stdio::stdin();
         let saved = termios::tcgetattr(stdin).ok();
         if let Some(saved) = &saved {
@@ -81,26 +111,9 @@ impl TerminalRelay {
         }
         let mut to_sandbox = std::fs::File::from(master.try_clone()?);
         let mut from_sandbox = std::fs::File::from(master);
-        // Keystrokes: this thread blocks reading stdin and is not joined;
-        // it ends with the process.
-        std::thread::Builder::new()
-            .name("moat-tty-in".into())
-            .spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut stdin = std::io::stdin().lock();
-                loop {
-                    match stdin.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if to_sandbox.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-            })?;
+        forward_stdin("moat-tty-in", move |keys| {
+            to_sandbox.write_all(keys).is_ok()
+        })?;
         // Output: ends when the terminal's last user is gone (EIO).
         let output = std::thread::Builder::new()
             .name("moat-tty-out".into())
@@ -131,7 +144,7 @@ impl TerminalRelay {
     }
 
     /// Waits until the sandbox's output is all written.
-    pub(crate) fn finish(mut self) {
+    pub fn finish(mut self) {
         if let Some(t) = self.output.take() {
             let _ = t.join();
         }

@@ -1,0 +1,257 @@
+//! The table of runtimes, and choosing one: `--runtime`, `MOAT_RUNTIME`
+//! or `runtime:` name one; otherwise the first available in the table's
+//! order (Docker, Podman, the native sandbox). This is the one place that
+//! knows which runtimes exist; everything else drives a
+//! [`SandboxDriver`].
+
+use moat_runtime_docker::{ContainerDriver, Engine};
+use moat_runtime_native::NativeDriver;
+use moat_sandbox::{CheckStatus, DoctorCheck, DriverError, SandboxDriver};
+use moat_storage::{RunId, RunMetadata, RunStore};
+
+/// How a runtime's probe may go about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// For a run: a service the runtime needs may be started.
+    Run,
+    /// To look (doctor, stop, clean): nothing is started.
+    Look,
+}
+
+/// One runtime of the table.
+struct Entry {
+    /// As users write it.
+    name: &'static str,
+    /// As messages name it.
+    title: &'static str,
+    /// As the notice of an automatic choice names it.
+    chosen_as: &'static str,
+    /// An engine that `DOCKER_HOST` could have named instead.
+    docker_compatible: bool,
+    /// Connects, or says why it cannot.
+    probe: fn(Probe) -> Result<Box<dyn SandboxDriver>, DriverError>,
+    /// What to do when it cannot be reached, for `moat doctor`.
+    fix: &'static str,
+}
+
+fn container(engine: Engine, probe: Probe) -> Result<Box<dyn SandboxDriver>, DriverError> {
+    ContainerDriver::connect(engine, probe == Probe::Run)
+        .map(|d| Box::new(d) as Box<dyn SandboxDriver>)
+        .map_err(DriverError::runtime)
+}
+
+const RUNTIMES: &[Entry] = &[
+    Entry {
+        name: "docker",
+        title: "Docker",
+        chosen_as: "Docker",
+        docker_compatible: false,
+        probe: |p| container(Engine::Docker, p),
+        fix: "start the Docker daemon (sudo systemctl start docker) and make sure you may use \
+              it (sudo usermod -aG docker $USER, then log in again); runs use the native \
+              sandbox meanwhile",
+    },
+    Entry {
+        name: "podman",
+        title: "Podman",
+        chosen_as: "Podman",
+        docker_compatible: true,
+        probe: |p| container(Engine::Podman, p),
+        fix: "install Podman (sudo apt-get install podman); moat starts its API service \
+              (podman system service) itself on the first Podman run",
+    },
+    Entry {
+        name: "native",
+        title: "native sandbox",
+        chosen_as: "the native Linux sandbox",
+        docker_compatible: false,
+        probe: |_| Ok(Box::new(NativeDriver::new())),
+        fix: "",
+    },
+];
+
+/// Why no runtime could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    /// The runtime asked for cannot be used.
+    #[error(
+        "{title} runtime requested (via MOAT_RUNTIME or moat.yaml) but not available: {cause}\n\
+         \n\
+         To use another runtime: unset MOAT_RUNTIME (and remove `runtime: {name}` from moat.yaml)"
+    )]
+    RequestedButUnavailable {
+        /// As messages name it.
+        title: &'static str,
+        /// As users write it.
+        name: &'static str,
+        /// The runtime's own explanation, with its fix.
+        cause: String,
+    },
+    /// Apple containers, asked for on a machine that has none.
+    #[error(
+        "Apple containers are only available on macOS 26 or later; on this machine use \
+         --runtime native, --runtime docker or --runtime podman (or unset MOAT_RUNTIME)"
+    )]
+    AppleUnavailable,
+    /// Nothing can run sandboxes here.
+    #[error("no runtime available: {0}")]
+    NoneAvailable(String),
+    /// A name no runtime has.
+    #[error(
+        "unknown runtime {0:?}: use native, docker, podman or apple (from --runtime, MOAT_RUNTIME or moat.yaml)"
+    )]
+    Unknown(String),
+}
+
+/// A chosen runtime, and what to tell the user about the choice.
+#[derive(Debug)]
+pub struct Selection {
+    /// The connected runtime (a run reuses its connection).
+    pub driver: Box<dyn SandboxDriver>,
+    /// Why it was chosen over the ones before it, when some were not
+    /// available.
+    pub notice: Option<String>,
+}
+
+/// The runtime named by `requested`, or the first available.
+pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionError> {
+    if let Some(name) = requested.map(str::trim) {
+        if name == "apple" {
+            return Err(SelectionError::AppleUnavailable);
+        }
+        let entry = RUNTIMES
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| SelectionError::Unknown(name.to_owned()))?;
+        return match (entry.probe)(Probe::Run) {
+            Ok(driver) => Ok(Selection {
+                driver,
+                notice: None,
+            }),
+            Err(e) => Err(SelectionError::RequestedButUnavailable {
+                title: entry.title,
+                name: entry.name,
+                cause: e.to_string(),
+            }),
+        };
+    }
+    // DOCKER_HOST names the one engine the user means; when it does not
+    // answer, no other engine is looked for behind the user's back.
+    let skip_other_engines = std::env::var("DOCKER_HOST").is_ok_and(|v| !v.trim().is_empty());
+    let mut unavailable = Vec::new();
+    for entry in RUNTIMES {
+        if skip_other_engines && entry.docker_compatible {
+            continue;
+        }
+        match (entry.probe)(Probe::Run) {
+            Ok(driver) => {
+                let notice = (!unavailable.is_empty())
+                    .then(|| format!("{}; using {}.", unavailable.join("; "), entry.chosen_as));
+                return Ok(Selection { driver, notice });
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                let first = cause.lines().next().unwrap_or_default().to_owned();
+                unavailable.push(format!("{} is not available ({first})", entry.title));
+            }
+        }
+    }
+    Err(SelectionError::NoneAvailable(unavailable.join("; ")))
+}
+
+/// Every runtime that can be reached without starting anything.
+pub fn reachable_drivers() -> Vec<Box<dyn SandboxDriver>> {
+    RUNTIMES
+        .iter()
+        .filter_map(|e| (e.probe)(Probe::Look).ok())
+        .collect()
+}
+
+/// `moat doctor`'s checks of every runtime. One that cannot be reached is
+/// a warning while another one works.
+pub fn doctor_checks() -> Vec<DoctorCheck> {
+    let mut checks = Vec::new();
+    let mut availability = Vec::new();
+    for entry in RUNTIMES {
+        availability.push(checks.len());
+        match (entry.probe)(Probe::Look) {
+            Ok(mut driver) => checks.extend(driver.doctor()),
+            Err(e) => {
+                let cause = e.to_string();
+                checks.push(DoctorCheck::problem(
+                    CheckStatus::Fail,
+                    entry.name,
+                    format!(
+                        "not reachable: {}",
+                        cause.lines().next().unwrap_or_default()
+                    ),
+                    entry.fix,
+                ));
+            }
+        }
+    }
+    let any_available = availability
+        .iter()
+        .any(|i| checks.get(*i).is_some_and(|c| c.status == CheckStatus::Ok));
+    if any_available {
+        for i in availability {
+            if let Some(check) = checks.get_mut(i) {
+                if check.status == CheckStatus::Fail {
+                    check.status = CheckStatus::Warn;
+                }
+            }
+        }
+    }
+    checks
+}
+
+/// Removes what the run's runtime still holds for it (a container left by
+/// a supervisor that died). Quietly does nothing when that runtime cannot
+/// be reached.
+pub fn remove_run_leftovers(store: &RunStore, run: &RunMetadata) -> usize {
+    let drivers = RUNTIMES
+        .iter()
+        .filter(|e| e.name == run.runtime)
+        .filter_map(|e| (e.probe)(Probe::Look).ok())
+        .collect();
+    remove_from(drivers, store, Some(run.id.as_str()))
+}
+
+/// Removes what reachable runtimes hold for runs that are no longer
+/// active (or gone from storage). Returns how many were removed.
+pub fn remove_leftovers(store: &RunStore) -> usize {
+    remove_from(reachable_drivers(), store, None)
+}
+
+fn remove_from(
+    drivers: Vec<Box<dyn SandboxDriver>>,
+    store: &RunStore,
+    run_id: Option<&str>,
+) -> usize {
+    let mut removed = 0;
+    for mut driver in drivers {
+        let Ok(leftovers) = driver.leftovers() else {
+            continue;
+        };
+        for leftover in leftovers {
+            let Some(owner) = leftover.run_id.as_deref() else {
+                continue;
+            };
+            let wanted = match run_id {
+                Some(id) => owner == id,
+                None => match RunId::parse(owner).map(|id| store.load(&id)) {
+                    Some(Ok(mut meta)) => {
+                        let _ = store.reconcile(&mut meta);
+                        !meta.state.is_active()
+                    }
+                    // A container whose run is gone from storage is an orphan.
+                    _ => true,
+                },
+            };
+            if wanted && driver.remove_leftover(&leftover).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

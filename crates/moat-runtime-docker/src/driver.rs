@@ -1,0 +1,497 @@
+//! Docker and Podman behind the sandbox interface of `moat-sandbox`: one
+//! driver, parameterised by [`Engine`], over the same Engine API code.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use moat_sandbox::{
+    terminal, CheckStatus, DoctorCheck, DriverError, Leftover, OutputSinks, Prepared, ProxyRoute,
+    RunningSandbox, SandboxControl, SandboxDriver, SandboxRequest, Stdio,
+};
+use tokio::io::AsyncWrite;
+
+use crate::connect::{DockerRuntime, Engine, GVISOR_RUNTIME};
+use crate::container::{Container, ContainerSpec, NetworkPolicy, SandboxRuntime};
+use crate::error::DockerError;
+use crate::image::{BuildHooks, ImageMap, ImageRequest, FALLBACK_UID};
+use crate::HOST_GATEWAY_NAME;
+
+/// How long a stopped container may take to exit before it is killed.
+const STOP_TIMEOUT_SECS: u32 = 10;
+
+/// A connected Docker or Podman engine as a [`SandboxDriver`]. It owns a
+/// single-threaded tokio runtime and blocks on it in each call (see the
+/// `moat-sandbox` documentation for why the trait is synchronous).
+#[derive(Debug)]
+pub struct ContainerDriver {
+    runtime: tokio::runtime::Runtime,
+    engine: DockerRuntime,
+    /// The OCI runtime the workload uses, decided by [`SandboxDriver::prepare`].
+    oci: Option<SandboxRuntime>,
+}
+
+impl ContainerDriver {
+    /// Connects to `engine` (for Podman, starting its API service when it
+    /// is installed and its socket is absent, unless `may_start` is false).
+    pub fn connect(engine: Engine, may_start: bool) -> Result<Self, DockerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DockerError::io("starting the async runtime", e))?;
+        let connected = runtime.block_on(DockerRuntime::connect_engine(engine, may_start))?;
+        Ok(ContainerDriver {
+            runtime,
+            engine: connected,
+            oci: None,
+        })
+    }
+
+    /// The connection, for what the trait does not cover.
+    pub fn engine(&self) -> &DockerRuntime {
+        &self.engine
+    }
+
+    /// Runs `future` on this driver's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// gVisor when asked for and available; runc otherwise (with the
+    /// caller warned through `notes`). Docker refuses a missing gVisor:
+    /// its users install it. Podman uses it only when registered, as it
+    /// rarely is, and says so.
+    async fn oci_runtime(
+        &self,
+        request: &SandboxRequest,
+        notes: &mut Vec<String>,
+    ) -> Result<SandboxRuntime, DockerError> {
+        if !request.extra_isolation {
+            notes.push(crate::NO_SANDBOX_WARNING.to_owned());
+            return Ok(SandboxRuntime::Runc);
+        }
+        // Some installations register gVisor under another name.
+        let name = std::env::var("MOAT_GVISOR_RUNTIME")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| GVISOR_RUNTIME.to_string());
+        match self.engine.engine_kind() {
+            Engine::Docker => self.engine.require_gvisor(&name).await?,
+            Engine::Podman => {
+                if !crate::connect::podman_registers_runtime(&name) {
+                    notes.push(format!(
+                        "gVisor ({name}) is not registered with Podman; running under runc. {}",
+                        crate::NO_SANDBOX_WARNING
+                    ));
+                    return Ok(SandboxRuntime::Runc);
+                }
+            }
+        }
+        if request.ssh.is_some() {
+            self.require_host_uds(&name).await?;
+        }
+        Ok(SandboxRuntime::Gvisor { runtime: name })
+    }
+
+    /// gVisor refuses connections to host Unix sockets, such as the SSH
+    /// agent socket moat mounts, unless runsc runs with `--host-uds=open`.
+    async fn require_host_uds(&self, name: &str) -> Result<(), DockerError> {
+        let args = self.engine.runtime_args(name).await?;
+        let allowed = args.iter().any(|a| {
+            matches!(
+                a.as_str(),
+                "--host-uds=open" | "--host-uds=all" | "-host-uds=open" | "-host-uds=all"
+            ) || a.starts_with("--fsgofer-host-uds")
+        });
+        if allowed {
+            return Ok(());
+        }
+        Err(DockerError::GvisorHostUdsClosed {
+            runtime: name.to_owned(),
+        })
+    }
+
+    fn container_spec(&self, request: &SandboxRequest, image: &str) -> ContainerSpec {
+        let (uid, gid) = caller_ids();
+        let mut spec = ContainerSpec::new(
+            request.run_id.as_str(),
+            image,
+            request.workspace.clone(),
+            request.command.clone(),
+        );
+        spec.env = request.all_env();
+        spec.files = request.all_files();
+        spec.mounts = request.all_mounts();
+        spec.user = Some((
+            if uid == 0 { FALLBACK_UID } else { uid },
+            if gid == 0 { FALLBACK_UID } else { gid },
+        ));
+        // `-i`: stdin attached, and a terminal of the container's own when
+        // ours is one (never our terminal itself).
+        let interactive = request.stdio == Stdio::Terminal;
+        let tty_size = interactive.then(terminal::size).flatten();
+        spec.interactive = interactive;
+        spec.tty = tty_size.is_some();
+        if let (Some((rows, cols)), false) = (tty_size, spec.command.is_empty()) {
+            // Engines before API 1.42 cannot size a TTY before the container
+            // starts, and resizing after the start races with the command's
+            // first look at its window: size it in the container, then exec.
+            let mut command = vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                format!("stty rows {rows} cols {cols} 2>/dev/null; exec \"$@\""),
+                "sh".to_string(),
+            ];
+            command.append(&mut spec.command);
+            spec.command = command;
+        }
+        spec.memory_mb = request.limits.memory_mb;
+        spec.cpus = request.limits.cpus;
+        spec.runtime = self.oci.clone().unwrap_or(SandboxRuntime::Runc);
+        spec.hostname = request.hostname.clone();
+        // Whatever the policy, the container's only way out is the proxy:
+        // clients that ignore the proxy variables are captured by the guard.
+        spec.network = NetworkPolicy::Captured {
+            proxy_host: HOST_GATEWAY_NAME.to_string(),
+            proxy_port: request.proxy.port,
+            authorization: request.proxy.authorization.clone(),
+            relay_binary: request.proxy.relay_binary.clone(),
+        };
+        spec
+    }
+}
+
+fn caller_ids() -> (u32, u32) {
+    (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    )
+}
+
+impl SandboxDriver for ContainerDriver {
+    fn name(&self) -> &'static str {
+        self.engine.engine_kind().name()
+    }
+
+    fn doctor(&mut self) -> Vec<DoctorCheck> {
+        let mut checks = vec![DoctorCheck::ok(
+            self.name(),
+            self.engine.describe_endpoint(),
+        )];
+        let gvisor = self.block_on(self.engine.has_runtime(GVISOR_RUNTIME));
+        let host_uds = self
+            .block_on(self.engine.runtime_args(GVISOR_RUNTIME))
+            .map(|args| {
+                args.iter()
+                    .any(|a| a.contains("host-uds=open") || a.contains("host-uds=all"))
+            })
+            .unwrap_or(false);
+        checks.push(match self.engine.engine_kind() {
+            Engine::Podman => {
+                if crate::connect::podman_registers_runtime(GVISOR_RUNTIME) {
+                    DoctorCheck::ok("gvisor (podman)", "runsc is registered with Podman")
+                } else {
+                    DoctorCheck::problem(
+                        CheckStatus::Warn,
+                        "gvisor (podman)",
+                        "runsc is not registered with Podman: Podman runs use runc",
+                        "register runsc in /etc/containers/containers.conf:\n\
+                         [engine.runtimes]\n\
+                         runsc = [\"/usr/bin/runsc\"]",
+                    )
+                }
+            }
+            Engine::Docker => match gvisor {
+                Ok(true) if host_uds => DoctorCheck::ok("gvisor", "runsc is registered with Docker (host sockets open: SSH grants work)"),
+                Ok(true) => DoctorCheck::problem(
+                    CheckStatus::Warn,
+                    "gvisor",
+                    "runsc is registered without --host-uds=open: SSH grants fail under gVisor",
+                    "add \"--host-uds=open\" to runsc's runtimeArgs in /etc/docker/daemon.json:\n\
+                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
+                     then: sudo systemctl restart docker",
+                ),
+                Ok(false) => DoctorCheck::problem(
+                    CheckStatus::Warn,
+                    "gvisor",
+                    "runsc is not registered with Docker: Docker runs need --no-sandbox",
+                    "install gVisor and register it in /etc/docker/daemon.json:\n\
+                     {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
+                     then: sudo systemctl restart docker",
+                ),
+                Err(e) => DoctorCheck::problem(
+                    CheckStatus::Warn,
+                    "gvisor",
+                    format!(
+                        "cannot list Docker runtimes: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    ),
+                    "check the Docker daemon: docker info",
+                ),
+            },
+        });
+        checks
+    }
+
+    fn runs_as_caller(&self) -> bool {
+        // A root caller's containers run as an unprivileged uid.
+        !rustix::process::getuid().is_root()
+    }
+
+    fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError> {
+        let listen = self
+            .block_on(self.engine.proxy_listen_addresses())
+            .map_err(DriverError::runtime)?;
+        Ok(ProxyRoute {
+            listen,
+            host_in_sandbox: HOST_GATEWAY_NAME.into(),
+        })
+    }
+
+    fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError> {
+        let mut notes = Vec::new();
+        let oci = self
+            .block_on(self.oci_runtime(request, &mut notes))
+            .map_err(DriverError::runtime)?;
+        self.oci = Some(oci);
+        let (uid, gid) = caller_ids();
+        let recipe = &request.image;
+        let map = ImageMap::load(request.settings_dir.as_deref()).map_err(DriverError::runtime)?;
+        let mut image_request = ImageRequest::new(
+            recipe.dependencies.clone(),
+            uid,
+            gid,
+            request.build_log.clone(),
+        );
+        image_request.base_image = recipe.base_image.clone();
+        image_request.hooks = BuildHooks {
+            post_build_root: recipe.post_build_root.iter().cloned().collect(),
+            post_build: recipe.post_build.iter().cloned().collect(),
+        };
+        image_request.rebuild = recipe.rebuild;
+        image_request.verbose = recipe.verbose;
+        image_request.cache_dir = request.settings_dir.as_ref().map(|d| d.join("cache"));
+        let image = self
+            .block_on(self.engine.resolve_image(&image_request, &map))
+            .map_err(DriverError::runtime)?;
+        notes.extend(image.notes);
+        Ok(Prepared {
+            image: Some(image.tag),
+            notes,
+        })
+    }
+
+    fn start(
+        &mut self,
+        request: &SandboxRequest,
+        prepared: &Prepared,
+        output: OutputSinks,
+    ) -> Result<Box<dyn RunningSandbox + '_>, DriverError> {
+        let image = prepared.image.clone().ok_or_else(|| {
+            DriverError::runtime(DockerError::InvalidSpec {
+                message: "no image was prepared for the container".into(),
+            })
+        })?;
+        let spec = self.container_spec(request, &image);
+        let engine = self.engine.clone();
+        let handle = self.runtime.handle().clone();
+        let started = self.block_on(async {
+            let container = engine.create(&spec).await?;
+            let started = async {
+                if spec.interactive {
+                    let attached = engine.attach(&container).await?;
+                    engine.start(&container).await?;
+                    Ok(Attached::Terminal(attached))
+                } else {
+                    // Attached before the start, drained to its end before
+                    // the exit is reported: the engine's log, followed after
+                    // the start, loses output of short commands, and a last
+                    // line without a newline.
+                    let attached = engine.attach_output(&container).await?;
+                    engine.start(&container).await?;
+                    Ok::<_, DockerError>(Attached::Output(attached))
+                }
+            }
+            .await;
+            match started {
+                Ok(attached) => Ok((container, attached)),
+                Err(e) => {
+                    engine.remove(&container).await.ok();
+                    Err(e)
+                }
+            }
+        });
+        let (container, attached) = started.map_err(DriverError::runtime)?;
+        let control = Arc::new(ContainerControl {
+            engine: self.engine.clone(),
+            container: container.clone(),
+            handle,
+        });
+        let raw = (spec.tty).then(terminal::RawMode::enter);
+        if spec.tty {
+            control.window_changed();
+        }
+        Ok(Box::new(ContainerRunning {
+            driver: self,
+            container,
+            attached: Some(attached),
+            output: Some(output),
+            raw,
+            keep: request.keep,
+            control,
+        }))
+    }
+
+    fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError> {
+        let found = self
+            .block_on(self.engine.list_managed())
+            .map_err(DriverError::runtime)?;
+        Ok(found
+            .into_iter()
+            .map(|c| Leftover {
+                id: c.id,
+                run_id: c.run_id,
+            })
+            .collect())
+    }
+
+    fn remove_leftover(&mut self, leftover: &Leftover) -> Result<(), DriverError> {
+        self.block_on(self.engine.remove_by_id(&leftover.id))
+            .map_err(DriverError::runtime)
+    }
+}
+
+enum Attached {
+    Output(bollard::container::AttachContainerResults),
+    Terminal(bollard::container::AttachContainerResults),
+}
+
+struct ContainerControl {
+    engine: DockerRuntime,
+    container: Container,
+    /// The driver's runtime: the main thread blocks on it in `wait`, which
+    /// runs what is spawned here.
+    handle: tokio::runtime::Handle,
+}
+
+impl SandboxControl for ContainerControl {
+    fn signal(&self, sig: i32) {
+        // Any of the caller's stop signals stops the container; its output
+        // is still read to the end.
+        if matches!(
+            sig,
+            libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
+        ) {
+            let (engine, container) = (self.engine.clone(), self.container.clone());
+            self.handle.spawn(async move {
+                let _ = engine.stop(&container, STOP_TIMEOUT_SECS).await;
+            });
+        }
+    }
+
+    fn window_changed(&self) {
+        if !self.container.tty {
+            return;
+        }
+        if let Some((rows, cols)) = terminal::size() {
+            let (engine, container) = (self.engine.clone(), self.container.clone());
+            self.handle.spawn(async move {
+                let _ = engine.resize(&container, rows, cols).await;
+            });
+        }
+    }
+}
+
+struct ContainerRunning<'d> {
+    driver: &'d ContainerDriver,
+    container: Container,
+    attached: Option<Attached>,
+    output: Option<OutputSinks>,
+    raw: Option<terminal::RawMode>,
+    keep: bool,
+    control: Arc<ContainerControl>,
+}
+
+impl RunningSandbox for ContainerRunning<'_> {
+    fn runtime_id(&self) -> Option<String> {
+        Some(self.container.id.clone())
+    }
+
+    fn control(&self) -> Arc<dyn SandboxControl> {
+        self.control.clone()
+    }
+
+    fn wait(mut self: Box<Self>) -> Result<i32, DriverError> {
+        let engine = &self.driver.engine;
+        let container = self.container.clone();
+        let attached = self.attached.take();
+        let output = self.output.take();
+        let result = self.driver.block_on(async {
+            match (attached, output) {
+                (Some(Attached::Output(attached)), Some(sinks)) => {
+                    let mut out = SyncSink(sinks.stdout);
+                    let mut err = SyncSink(sinks.stderr);
+                    // A closed terminal is no reason to lose the exit code:
+                    // the sinks record what they cannot show.
+                    if let Err(e) = engine.drain_output(attached, &mut out, &mut err).await {
+                        let _ = writeln!(err.0, "moat: copying the container's output: {e}");
+                    }
+                }
+                (Some(Attached::Terminal(attached)), _) => {
+                    engine
+                        .pump_attached(
+                            attached,
+                            stdin_channel(),
+                            &mut tokio::io::stdout(),
+                            &mut tokio::io::stderr(),
+                        )
+                        .await?;
+                }
+                _ => {}
+            }
+            engine.wait(&container).await
+        });
+        drop(self.raw.take());
+        if !self.keep {
+            if let Err(e) = self.driver.block_on(engine.remove(&container)) {
+                let _ = writeln!(std::io::stderr(), "moat: removing the container: {e}");
+            }
+        }
+        let code = result.map_err(DriverError::runtime)?;
+        Ok(i32::try_from(code).unwrap_or(1))
+    }
+}
+
+/// Our stdin as a channel (a blocking read has no place on the async
+/// runtime, which must be able to shut down).
+fn stdin_channel() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let (keys, stdin) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let _ = terminal::forward_stdin("moat-stdin", move |bytes| {
+        keys.blocking_send(bytes.to_vec()).is_ok()
+    });
+    stdin
+}
+
+/// A caller's blocking sink as an async writer: the sinks write to a
+/// terminal or a file, quickly, and this runtime does nothing else
+/// meanwhile.
+struct SyncSink(Box<dyn Write + Send>);
+
+impl AsyncWrite for SyncSink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(self.0.write(buf))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(self.0.flush())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}

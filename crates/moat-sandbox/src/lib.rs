@@ -1,0 +1,519 @@
+//! The sandbox interface of moat: *what* a run asks a runtime to run
+//! ([`SandboxRequest`]) and *how* moat talks to any runtime
+//! ([`SandboxDriver`], [`RunningSandbox`], [`SandboxControl`]).
+//!
+//! This crate owns the one description every runtime consumes — the
+//! workspace, bind mounts, injected files, environment, the way to the
+//! proxy, standard streams, SSH additions, resource limits and, for
+//! runtimes that run images, the image recipe — and the driver trait each
+//! runtime implements in its own crate (`moat-runtime-native`,
+//! `moat-runtime-docker` for Docker and Podman). It also owns the caller's
+//! terminal as drivers share it ([`terminal`]: size, raw mode, relay to a
+//! pseudo-terminal).
+//!
+//! It knows no runtime, no credentials, no proxy and no run storage: the
+//! orchestrator (`moat-run`) fills a request, picks a driver by name and
+//! drives it through the trait without ever asking which runtime it is.
+//!
+//! # The life of a sandbox
+//!
+//! 1. A runtime crate's probe connects to its runtime (or fails with an
+//!    error that says why and how to fix it) and returns a boxed driver.
+//!    The connection is kept: nothing connects twice in one run.
+//! 2. [`SandboxDriver::proxy_route`]: where the proxy must listen and under
+//!    which name the sandbox reaches it; the orchestrator registers the run
+//!    with the proxy and builds the environment with that name.
+//! 3. [`SandboxDriver::prepare`]: whatever must exist before a start, e.g.
+//!    an image built from [`ImageRecipe`] (native: nothing).
+//! 4. [`SandboxDriver::start`]: the sandbox runs; its output goes to the
+//!    caller's [`OutputSinks`] (or to the terminal, for [`Stdio::Terminal`]).
+//! 5. [`RunningSandbox::control`] forwards signals and window sizes;
+//!    [`RunningSandbox::wait`] returns the exit code once every byte of
+//!    output was written, and removes what the start created (unless
+//!    [`SandboxRequest::keep`]).
+//!
+//! Leftovers of runs whose supervisor died are found and removed through
+//! [`SandboxDriver::leftovers`] and [`SandboxDriver::remove_leftover`].
+//!
+//! # Why a synchronous trait
+//!
+//! The native runtime is synchronous by nature (fork, namespaces, wait),
+//! the orchestrator is threads and blocking calls, and the Docker API
+//! client is async. An async trait would need boxed futures on every
+//! call and drag an executor into the native path, whose start-up is
+//! measured in milliseconds; a synchronous trait lets each driver bring
+//! what it needs: the Docker and Podman driver owns a single-threaded
+//! tokio runtime, built only when that driver is chosen, and blocks on
+//! it inside each call. A driver for Apple's `container` tool (a CLI and
+//! XPC) or for Kubernetes (an HTTP API, async) fits the same way: it
+//! translates a [`SandboxRequest`] into its own terms, owns its
+//! executor, and reports its leftovers by run id. Nothing in the
+//! orchestration changes for it; only the table of drivers in `moat-run`
+//! gains an entry.
+//!
+//! Requests carry everything in terms of the sandbox, never of a runtime:
+//! a field a runtime cannot honour is either ignored where that is
+//! harmless (the native runtime has no image) or refused by its driver
+//! with an error that says so.
+
+pub mod terminal;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use moat_capture::{ProxyAuthorization, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME};
+
+/// Where the project directory appears in every sandbox (also its cwd).
+pub const WORKSPACE_IN_SANDBOX: &str = "/workspace";
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute host path (file or directory); it must exist.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox. It may not be `/`, nor lie under
+    /// `/proc`, `/dev` or `/workspace`.
+    pub target: PathBuf,
+    /// Mount read-only (recommended) instead of read-write.
+    pub read_only: bool,
+}
+
+/// A file whose contents the caller provides, owned by root inside so
+/// the command cannot change it, e.g. the moat CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectedFile {
+    /// Absolute path inside the sandbox, e.g. `/etc/ssl/certs/moat-ca/ca.crt`.
+    /// Parent directories are created. It may not lie under `/workspace`,
+    /// `/proc`, `/dev` or an extra mount (that would write to the host).
+    pub path_in_sandbox: PathBuf,
+    /// The bytes of the file. Serialized as base64 text (a native
+    /// sandbox's init receives its files that way): serde's default for
+    /// bytes, a JSON array of numbers, is four times larger and slow to
+    /// parse for a trust bundle of a few hundred kilobytes.
+    #[serde(with = "base64_bytes")]
+    pub contents: Vec<u8>,
+    /// Permission bits, e.g. `0o644`.
+    pub mode: u32,
+}
+
+/// What a run's SSH grants add to a sandbox: the agent socket's
+/// directory and the moat binary (the `ProxyCommand`) as mounts,
+/// `SSH_AUTH_SOCK`, and the ssh configuration files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SshAdditions {
+    /// Mounts (the agent socket's directory is read-write).
+    pub mounts: Vec<BindMount>,
+    /// Variables; they replace same-named ones of [`SandboxRequest::env`].
+    pub env: Vec<(String, String)>,
+    /// `ssh_config`, `ssh_known_hosts`.
+    pub files: Vec<InjectedFile>,
+}
+
+/// The sandbox's one way out: the run's proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAccess {
+    /// TCP port of the proxy (a native sandbox's relay listens on the same
+    /// port on its own loopback).
+    pub port: u16,
+    /// The proxy's Unix socket on the host (what a native sandbox's relay
+    /// forwards to).
+    pub socket: PathBuf,
+    /// The run's `Proxy-Authorization` value, for transparent capture of
+    /// clients that ignore the proxy variables.
+    pub authorization: ProxyAuthorization,
+    /// `network.host`: host TCP ports reachable at [`HOST_GATEWAY_NAME`].
+    pub host_ports: Vec<u16>,
+    /// The moat binary on the host: runtimes whose capture relay runs in a
+    /// helper container mount it there.
+    pub relay_binary: PathBuf,
+}
+
+/// Where the sandbox's standard streams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// stdin is the caller's; stdout and stderr go to the [`OutputSinks`].
+    Logged,
+    /// stdin is empty; stdout and stderr go to the [`OutputSinks`] (a
+    /// background run).
+    Detached,
+    /// The caller's terminal, relayed (never handed over): the sandbox
+    /// gets a terminal of its own sized like the caller's when stdin is a
+    /// terminal, and the caller's stdin otherwise. Output is not logged.
+    Terminal,
+}
+
+/// What the whole sandbox may consume.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Limits {
+    /// Memory, MiB.
+    pub memory_mb: Option<u64>,
+    /// CPUs (e.g. 1.5).
+    pub cpus: Option<f64>,
+}
+
+/// What an image-based runtime builds the sandbox's userland from
+/// (`dependencies:`, `base_image:`, build hooks in moat.yaml). Runtimes
+/// that use the host's userland ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageRecipe {
+    /// `dependencies:` as written.
+    pub dependencies: Vec<String>,
+    /// `base_image:`.
+    pub base_image: Option<String>,
+    /// `hooks.post_build_root`.
+    pub post_build_root: Option<String>,
+    /// `hooks.post_build`.
+    pub post_build: Option<String>,
+    /// Build even if an image with the same inputs exists.
+    pub rebuild: bool,
+    /// Stream the build log.
+    pub verbose: bool,
+}
+
+/// Everything a runtime needs to run one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxRequest {
+    /// Run id (letters, digits, `_`): names and labels what the runtime
+    /// creates, so leftovers can be found by run.
+    pub run_id: String,
+    /// Host name inside.
+    pub hostname: String,
+    /// Host project directory (absolute), bound read-write at
+    /// [`WORKSPACE_IN_SANDBOX`].
+    pub workspace: PathBuf,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Environment, in precedence order (a later entry replaces an
+    /// earlier one of the same name).
+    pub env: Vec<(String, String)>,
+    /// Extra mounts.
+    pub mounts: Vec<BindMount>,
+    /// Files put into the sandbox before the command starts.
+    pub files: Vec<InjectedFile>,
+    /// SSH access, when the run has SSH grants.
+    pub ssh: Option<SshAdditions>,
+    /// The proxy.
+    pub proxy: ProxyAccess,
+    /// Standard streams.
+    pub stdio: Stdio,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The sandbox's userland, for image-based runtimes.
+    pub image: ImageRecipe,
+    /// Where a build's log goes.
+    pub build_log: PathBuf,
+    /// `MOAT_HOME`, where a runtime's own settings live (the image map).
+    pub settings_dir: Option<PathBuf>,
+    /// The runtime's extra isolation layer (gVisor), where it has one;
+    /// false with `--no-sandbox`.
+    pub extra_isolation: bool,
+    /// Leave what the runtime created after the command exits (`--keep`).
+    pub keep: bool,
+}
+
+impl SandboxRequest {
+    /// The mounts, SSH's included.
+    pub fn all_mounts(&self) -> Vec<BindMount> {
+        let mut mounts = self.mounts.clone();
+        if let Some(ssh) = &self.ssh {
+            mounts.extend(ssh.mounts.iter().cloned());
+        }
+        mounts
+    }
+
+    /// The environment, SSH's variables replacing same-named ones.
+    pub fn all_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        if let Some(ssh) = &self.ssh {
+            for (k, v) in &ssh.env {
+                env.retain(|(name, _)| name != k);
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env
+    }
+
+    /// The injected files, SSH's included.
+    pub fn all_files(&self) -> Vec<InjectedFile> {
+        let mut files = self.files.clone();
+        if let Some(ssh) = &self.ssh {
+            files.extend(ssh.files.iter().cloned());
+        }
+        files
+    }
+}
+
+/// Where the caller's side of the proxy must be for this runtime's
+/// sandboxes, and how they name it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyRoute {
+    /// Host addresses the proxy must also listen on (a container bridge's
+    /// gateway); empty when loopback and the Unix socket suffice.
+    pub listen: Vec<String>,
+    /// Host name or address of the proxy inside the sandbox.
+    pub host_in_sandbox: String,
+}
+
+/// What [`SandboxDriver::prepare`] made ready.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prepared {
+    /// The image the sandbox runs, for runtimes that have one.
+    pub image: Option<String>,
+    /// Things the user should know (an image mapped to a local one...).
+    pub notes: Vec<String>,
+}
+
+/// Where a sandbox's output goes when it is not the terminal: written as
+/// it arrives, in chunks (partial lines included, so prompts show).
+pub struct OutputSinks {
+    /// The command's standard output.
+    pub stdout: Box<dyn Write + Send>,
+    /// The command's standard error.
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for OutputSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputSinks")
+    }
+}
+
+/// A check for `moat doctor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorCheck {
+    /// What is checked (`docker`, `gvisor`...).
+    pub name: String,
+    /// Whether it is fine.
+    pub status: CheckStatus,
+    /// What was found.
+    pub message: String,
+    /// The command or change that fixes it.
+    pub fix: Option<String>,
+}
+
+/// How a [`DoctorCheck`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// Fine.
+    Ok,
+    /// Something optional is missing.
+    Warn,
+    /// moat cannot work this way until it is fixed.
+    Fail,
+}
+
+impl DoctorCheck {
+    /// A check that passed.
+    pub fn ok(name: &str, message: impl Into<String>) -> Self {
+        DoctorCheck {
+            name: name.into(),
+            status: CheckStatus::Ok,
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    /// A check that did not, with its fix.
+    pub fn problem(
+        status: CheckStatus,
+        name: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        DoctorCheck {
+            name: name.into(),
+            status,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Something a runtime created for a run, as found by
+/// [`SandboxDriver::leftovers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The runtime's id for it.
+    pub id: String,
+    /// The run it belongs to, when it says.
+    pub run_id: Option<String>,
+}
+
+/// Why a driver failed. Each runtime words its own errors (they are part
+/// of the product); this carries them unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The runtime's error, as its crate words it.
+    #[error(transparent)]
+    Runtime(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A local operation around the runtime failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DriverError {
+    /// Wraps a runtime crate's error.
+    pub fn runtime(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DriverError::Runtime(Box::new(error))
+    }
+
+    /// A failed local operation.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// One runtime, connected. Every method may block.
+pub trait SandboxDriver: Send + std::fmt::Debug {
+    /// The runtime's name as users write it (`native`, `docker`,
+    /// `podman`); recorded with the run.
+    fn name(&self) -> &'static str;
+
+    /// Checks for `moat doctor`. The first says whether this runtime can
+    /// run sandboxes at all.
+    fn doctor(&mut self) -> Vec<DoctorCheck>;
+
+    /// Whether the command runs as the caller's own uid, as the host sees
+    /// it (a root caller's containers run as an unprivileged uid, which
+    /// must then be able to open sockets the caller shares with it).
+    fn runs_as_caller(&self) -> bool;
+
+    /// Where the proxy must listen, and its name inside.
+    fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError>;
+
+    /// Makes ready what a start needs (an image), before anything of the
+    /// run exists in the runtime.
+    fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError>;
+
+    /// Starts the sandbox. Output goes to `output` unless
+    /// [`SandboxRequest::stdio`] is [`Stdio::Terminal`]. On failure,
+    /// nothing the start created is left behind.
+    fn start(
+        &mut self,
+        request: &SandboxRequest,
+        prepared: &Prepared,
+        output: OutputSinks,
+    ) -> Result<Box<dyn RunningSandbox + '_>, DriverError>;
+
+    /// What this runtime holds for runs (running or not).
+    fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError>;
+
+    /// Removes one leftover (killed if running; already gone is fine).
+    fn remove_leftover(&mut self, leftover: &Leftover) -> Result<(), DriverError>;
+}
+
+/// A started sandbox.
+pub trait RunningSandbox: Send {
+    /// The runtime's id for it (a container id), if it has one worth
+    /// recording.
+    fn runtime_id(&self) -> Option<String>;
+
+    /// A handle for another thread to signal the sandbox.
+    fn control(&self) -> Arc<dyn SandboxControl>;
+
+    /// Blocks until the command exits and its output is written; removes
+    /// what the start created unless kept. Returns the exit code (128+N
+    /// for signal N).
+    fn wait(self: Box<Self>) -> Result<i32, DriverError>;
+}
+
+/// Signals for a running sandbox, from any thread.
+pub trait SandboxControl: Send + Sync {
+    /// Delivers the caller's signal `sig` (SIGINT, SIGTERM, SIGHUP,
+    /// SIGQUIT) the way the runtime stops or interrupts its command.
+    fn signal(&self, sig: i32);
+
+    /// The caller's terminal changed size.
+    fn window_changed(&self);
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> SandboxRequest {
+        SandboxRequest {
+            run_id: "run_1".into(),
+            hostname: "moat".into(),
+            workspace: "/w".into(),
+            command: vec!["true".into()],
+            env: vec![
+                ("SSH_AUTH_SOCK".into(), "/host".into()),
+                ("A".into(), "1".into()),
+            ],
+            mounts: vec![],
+            files: vec![],
+            ssh: None,
+            proxy: ProxyAccess {
+                port: 1,
+                socket: "/s".into(),
+                authorization: ProxyAuthorization::new("Basic x"),
+                host_ports: vec![],
+                relay_binary: "/moat".into(),
+            },
+            stdio: Stdio::Logged,
+            limits: Limits::default(),
+            image: ImageRecipe::default(),
+            build_log: "/b.log".into(),
+            settings_dir: None,
+            extra_isolation: true,
+            keep: false,
+        }
+    }
+
+    #[test]
+    fn ssh_additions_join_and_replace() {
+        let mut r = request();
+        assert_eq!(r.all_env(), r.env);
+        r.ssh = Some(SshAdditions {
+            mounts: vec![BindMount {
+                source: "/a".into(),
+                target: "/run/moat/ssh".into(),
+                read_only: false,
+            }],
+            env: vec![("SSH_AUTH_SOCK".into(), "/run/moat/ssh/s".into())],
+            files: vec![InjectedFile {
+                path_in_sandbox: "/etc/ssh/ssh_config".into(),
+                contents: vec![],
+                mode: 0o644,
+            }],
+        });
+        assert_eq!(
+            r.all_env(),
+            vec![
+                ("A".to_owned(), "1".to_owned()),
+                ("SSH_AUTH_SOCK".to_owned(), "/run/moat/ssh/s".to_owned())
+            ]
+        );
+        assert_eq!(r.all_mounts().len(), 1);
+        assert_eq!(r.all_files().len(), 1);
+    }
+}
