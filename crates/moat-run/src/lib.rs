@@ -36,7 +36,7 @@ pub use crate::drivers::{
     Selection, SelectionError,
 };
 pub use crate::lifecycle::{stop_run, StopError};
-pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, RunPlan};
+pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};
 pub use moat_sandbox::ImageRecipe;

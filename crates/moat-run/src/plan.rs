@@ -1,3 +1,5 @@
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 use moat_credentials::GrantName;
@@ -89,4 +91,374 @@ pub struct RunPlan {
     pub detached: bool,
     /// Credential profile.
     pub profile: Option<Profile>,
+    /// Files written into the sandbox before the command starts (owned by
+    /// root, readable as their mode says), e.g. an agent's staged
+    /// configuration.
+    pub files: Vec<moat_sandbox::InjectedFile>,
+}
+
+/// What the command line says about a run; [`RunPlan::from_flags`] merges
+/// it with moat.yaml, the flags winning.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    /// Command and arguments (after `--`); replaces moat.yaml `command`.
+    pub command: Vec<String>,
+    /// `--grant`: added to moat.yaml's `grants`.
+    pub grants: Vec<String>,
+    /// `--env KEY=VALUE`: override moat.yaml's `env` by name.
+    pub env: Vec<String>,
+    /// `--mount SRC:DST[:ro]`: override moat.yaml's `mounts` by target.
+    pub mounts: Vec<String>,
+    /// `--name`: replaces moat.yaml `name`.
+    pub name: Option<String>,
+    /// `--allow-host`.
+    pub allow_hosts: Vec<String>,
+    /// `--runtime`: before `MOAT_RUNTIME` and moat.yaml `runtime`.
+    pub runtime: Option<String>,
+    /// `-i`.
+    pub interactive: bool,
+    /// `--keep`.
+    pub keep: bool,
+    /// `--no-sandbox`.
+    pub no_sandbox: bool,
+    /// `--rebuild`.
+    pub rebuild: bool,
+    /// `--verbose`: stream the image build.
+    pub verbose: bool,
+    /// The run is supervised in the background (`-d`).
+    pub detached: bool,
+}
+
+/// Why flags and moat.yaml do not make a run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Neither `--` nor moat.yaml gives a command.
+    #[error("no command to run: give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml")]
+    NoCommand,
+    /// A malformed `--env`.
+    #[error("invalid --env {pair:?}: {problem}")]
+    Env {
+        /// As given.
+        pair: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// A grant name that is not one.
+    #[error(transparent)]
+    Grant(#[from] moat_credentials::CredentialError),
+    /// A malformed `--mount`.
+    #[error(transparent)]
+    Mount(#[from] moat_config::ConfigError),
+    /// A run name that cannot be used.
+    #[error("{0}")]
+    Name(String),
+}
+
+impl RunPlan {
+    /// The plan for `flags` in `workspace` with its moat.yaml (`config`):
+    /// flags win, grants add up, mounts override by target, `env` by name;
+    /// the runtime is `--runtime`, else `runtime_env` (`MOAT_RUNTIME`),
+    /// else moat.yaml's; `no_sandbox_env` is `MOAT_NO_SANDBOX`.
+    pub fn from_flags(
+        workspace: PathBuf,
+        flags: &RunFlags,
+        config: Option<&moat_config::ProjectConfig>,
+        runtime_env: Option<String>,
+        no_sandbox_env: bool,
+        profile: Option<Profile>,
+    ) -> Result<RunPlan, PlanError> {
+        let runtime = flags
+            .runtime
+            .clone()
+            .or(runtime_env.filter(|v| !v.trim().is_empty()))
+            .or_else(|| config.and_then(|c| c.runtime.map(|r| r.to_string())));
+        let command = if !flags.command.is_empty() {
+            flags.command.clone()
+        } else if let Some(cmd) = config.and_then(|c| c.command.clone()) {
+            cmd
+        } else {
+            return Err(PlanError::NoCommand);
+        };
+        // hooks.pre_run runs in /workspace before the command, every
+        // start; a failing hook stops the run with its exit code.
+        let command = match config.and_then(|c| c.hooks.pre_run.clone()) {
+            Some(hook) => {
+                let mut wrapped = vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    format!("set -e\n{hook}\nexec \"$@\""),
+                    "moat-pre-run".to_string(),
+                ];
+                wrapped.extend(command);
+                wrapped
+            }
+            None => command,
+        };
+
+        let mut grants: Vec<GrantName> = Vec::new();
+        let config_grants = config.map(|c| c.grants.as_slice()).unwrap_or_default();
+        for g in config_grants.iter().chain(flags.grants.iter()) {
+            let grant = GrantName::parse(g)?;
+            if !grants.contains(&grant) {
+                grants.push(grant);
+            }
+        }
+
+        let mut env: Vec<(String, String)> = config
+            .map(|c| c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for pair in &flags.env {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(PlanError::Env {
+                    pair: pair.clone(),
+                    problem: "expected KEY=VALUE",
+                });
+            };
+            if k.is_empty() {
+                return Err(PlanError::Env {
+                    pair: pair.clone(),
+                    problem: "the variable name is empty",
+                });
+            }
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+
+        let mut mounts: Vec<MountPlan> = config
+            .map(|c| {
+                c.mounts
+                    .iter()
+                    .map(|m| MountPlan {
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                        relative: m.relative,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for spec in &flags.mounts {
+            let m = moat_config::Mount::parse_cli(spec, &workspace)?;
+            mounts.retain(|x| x.target != m.target);
+            mounts.push(MountPlan {
+                source: m.source,
+                target: m.target,
+                read_only: m.read_only,
+                relative: m.relative,
+            });
+        }
+
+        let network = NetworkPlan {
+            strict: config.is_some_and(|c| c.network.policy == moat_policy::Policy::Strict),
+            rules: config
+                .map(|c| {
+                    c.network
+                        .rules
+                        .iter()
+                        .map(|h| HostRuleSpec {
+                            host: h.host.to_string(),
+                            rules: h.rules.iter().map(|r| r.to_string()).collect(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            allow_hosts: flags.allow_hosts.clone(),
+            host_ports: config
+                .map(|c| c.network.host_ports.clone())
+                .unwrap_or_default(),
+        };
+
+        let mut mcp = Vec::new();
+        for server in config.map(|c| c.mcp.as_slice()).unwrap_or_default() {
+            let auth = match &server.auth {
+                Some(a) => Some((GrantName::parse(&a.grant)?, a.header.clone())),
+                None => None,
+            };
+            mcp.push(McpPlan {
+                name: server.name.clone(),
+                url: server.url.to_string(),
+                auth,
+            });
+        }
+
+        let name = flags
+            .name
+            .clone()
+            .or_else(|| config.and_then(|c| c.name.clone()));
+        if let Some(n) = &name {
+            moat_storage::validate_name(n).map_err(PlanError::Name)?;
+        }
+        let no_sandbox = flags.no_sandbox
+            || no_sandbox_env
+            || config.is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
+        let image = moat_sandbox::ImageRecipe {
+            dependencies: config
+                .map(|c| c.dependencies.iter().map(|d| d.to_string()).collect())
+                .unwrap_or_default(),
+            base_image: config.and_then(|c| c.base_image.clone()),
+            post_build_root: config.and_then(|c| c.hooks.post_build_root.clone()),
+            post_build: config.and_then(|c| c.hooks.post_build.clone()),
+            rebuild: flags.rebuild,
+            verbose: flags.verbose,
+        };
+        Ok(RunPlan {
+            workspace,
+            name,
+            command,
+            grants,
+            env,
+            mounts,
+            network,
+            mcp,
+            interactive: !flags.detached
+                && (flags.interactive || config.is_some_and(|c| c.interactive)),
+            runtime,
+            image,
+            extra_isolation: !no_sandbox,
+            keep: flags.keep,
+            limits: LimitsPlan {
+                memory_mb: config.and_then(|c| c.container.memory_mb),
+                cpus: config.and_then(|c| c.container.cpus),
+            },
+            detached: flags.detached,
+            profile,
+            files: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(yaml: &str) -> (tempfile::TempDir, moat_config::ProjectConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("moat.yaml"), yaml).unwrap();
+        let config = moat_config::load(dir.path()).unwrap().unwrap();
+        (dir, config)
+    }
+
+    fn plan(dir: &tempfile::TempDir, flags: &RunFlags, c: &moat_config::ProjectConfig) -> RunPlan {
+        RunPlan::from_flags(dir.path().to_owned(), flags, Some(c), None, false, None).unwrap()
+    }
+
+    #[test]
+    fn flags_win_grants_add_up_and_mounts_override_by_target() {
+        let (dir, c) = config(
+            "name: from-yaml\ngrants: [github]\nenv:\n  A: yaml\n  B: yaml\nmounts:\n  - /tmp:/data:ro\n  - /tmp:/other\ncommand: [echo, yaml]\nruntime: docker\n",
+        );
+        let flags = RunFlags {
+            grants: vec!["anthropic".into(), "github".into()],
+            env: vec!["A=flag".into()],
+            mounts: vec!["/var:/data".into()],
+            name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let p = plan(&dir, &flags, &c);
+        assert_eq!(p.name.as_deref(), Some("from-flag"));
+        let grants: Vec<String> = p.grants.iter().map(|g| g.to_string()).collect();
+        assert_eq!(grants, ["github", "anthropic"]);
+        assert_eq!(
+            p.env,
+            [
+                ("B".to_owned(), "yaml".to_owned()),
+                ("A".to_owned(), "flag".to_owned())
+            ]
+        );
+        let data: Vec<_> = p
+            .mounts
+            .iter()
+            .filter(|m| m.target == Path::new("/data"))
+            .collect();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0].source, Path::new("/var"));
+        assert!(!data[0].read_only);
+        assert_eq!(p.mounts.len(), 2);
+        assert_eq!(p.command, ["echo", "yaml"]);
+        assert_eq!(p.runtime.as_deref(), Some("docker"));
+    }
+
+    #[test]
+    fn runtime_flag_then_environment_then_yaml() {
+        let (dir, c) = config("runtime: docker\ncommand: [\"true\"]\n");
+        let from = |flag: Option<&str>, env: Option<&str>| {
+            let flags = RunFlags {
+                runtime: flag.map(str::to_owned),
+                ..Default::default()
+            };
+            RunPlan::from_flags(
+                dir.path().to_owned(),
+                &flags,
+                Some(&c),
+                env.map(str::to_owned),
+                false,
+                None,
+            )
+            .unwrap()
+            .runtime
+        };
+        assert_eq!(
+            from(Some("native"), Some("podman")).as_deref(),
+            Some("native")
+        );
+        assert_eq!(from(None, Some("podman")).as_deref(), Some("podman"));
+        assert_eq!(from(None, Some(" ")).as_deref(), Some("docker"));
+        assert_eq!(from(None, None).as_deref(), Some("docker"));
+    }
+
+    #[test]
+    fn pre_run_hooks_wrap_the_command_and_a_missing_command_is_an_error() {
+        let (dir, c) = config("hooks:\n  pre_run: make deps\n");
+        let flags = RunFlags {
+            command: vec!["cargo".into(), "test".into()],
+            ..Default::default()
+        };
+        let p = plan(&dir, &flags, &c);
+        assert_eq!(p.command[0], "/bin/sh");
+        assert!(p.command[2].contains("make deps"));
+        assert_eq!(&p.command[4..], ["cargo", "test"]);
+        let err = RunPlan::from_flags(
+            dir.path().to_owned(),
+            &RunFlags::default(),
+            Some(&c),
+            None,
+            false,
+            None,
+        );
+        assert!(matches!(err, Err(PlanError::NoCommand)));
+        let bad_env = RunFlags {
+            command: vec!["true".into()],
+            env: vec!["NOEQUALS".into()],
+            ..Default::default()
+        };
+        assert!(
+            RunPlan::from_flags(dir.path().to_owned(), &bad_env, Some(&c), None, false, None)
+                .unwrap_err()
+                .to_string()
+                .contains("expected KEY=VALUE")
+        );
+    }
+
+    #[test]
+    fn no_sandbox_from_flag_environment_or_yaml() {
+        let (dir, c) = config("command: [\"true\"]\n");
+        let p = plan(&dir, &RunFlags::default(), &c);
+        assert!(p.extra_isolation);
+        let flags = RunFlags {
+            no_sandbox: true,
+            ..Default::default()
+        };
+        assert!(!plan(&dir, &flags, &c).extra_isolation);
+        let p = RunPlan::from_flags(
+            dir.path().to_owned(),
+            &RunFlags::default(),
+            Some(&c),
+            None,
+            true,
+            None,
+        )
+        .unwrap();
+        assert!(!p.extra_isolation);
+    }
 }

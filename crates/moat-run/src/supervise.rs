@@ -507,7 +507,11 @@ fn sandbox_request(
                 read_only: m.read_only,
             })
             .collect(),
-        files: env.files(),
+        files: env
+            .files()
+            .into_iter()
+            .chain(plan.files.iter().cloned())
+            .collect(),
         ssh: ssh
             .map(|(access, running)| access.sandbox(running))
             .transpose()?,
