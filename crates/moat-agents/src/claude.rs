@@ -61,6 +61,10 @@ impl Agent for Claude {
         &["claude", "anthropic"]
     }
 
+    fn sessions_dir(&self) -> &'static str {
+        ".claude/projects"
+    }
+
     fn stage(
         &self,
         ctx: &StageContext<'_>,

@@ -63,6 +63,10 @@ impl Agent for Codex {
         &["openai"]
     }
 
+    fn sessions_dir(&self) -> &'static str {
+        ".codex/sessions"
+    }
+
     fn stage(
         &self,
         ctx: &StageContext<'_>,

@@ -46,6 +46,10 @@ impl Agent for Gemini {
         &["gemini"]
     }
 
+    fn sessions_dir(&self) -> &'static str {
+        ".gemini/tmp"
+    }
+
     fn stage(
         &self,
         ctx: &StageContext<'_>,

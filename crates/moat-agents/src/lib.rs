@@ -41,6 +41,9 @@ pub trait Agent: Sync {
     /// Grants that serve the agent, preferred first (a run uses the first
     /// one the user has granted).
     fn grants(&self) -> &'static [&'static str];
+    /// Where the agent keeps its sessions, relative to its home (kept per
+    /// workspace between runs, for `--continue` and `--resume`).
+    fn sessions_dir(&self) -> &'static str;
     /// The command line and the files of one launch.
     fn stage(
         &self,

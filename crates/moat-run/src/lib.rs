@@ -22,6 +22,7 @@
 //! never asking which runtime it is; it talks to `moat-daemon` for the
 //! proxy.
 
+mod agent;
 mod drivers;
 mod environment;
 mod lifecycle;
@@ -31,6 +32,7 @@ mod ssh;
 mod supervise;
 mod watchdog;
 
+pub use crate::agent::{plan_agent, AgentRunError, STAGING_IN_SANDBOX};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, select_driver,
     Selection, SelectionError,

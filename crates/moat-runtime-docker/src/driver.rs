@@ -239,6 +239,14 @@ impl SandboxDriver for ContainerDriver {
         !rustix::process::getuid().is_root()
     }
 
+    fn home_in_sandbox(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(crate::image::HOME_IN_IMAGE)
+    }
+
+    fn uses_host_programs(&self) -> bool {
+        false
+    }
+
     fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError> {
         let listen = self
             .block_on(self.engine.proxy_listen_addresses())

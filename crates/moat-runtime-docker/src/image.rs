@@ -209,6 +209,9 @@ pub struct ResolvedImage {
     pub dockerfile: String,
 }
 
+/// The home directory of `moatuser`, the user commands run as.
+pub(crate) const HOME_IN_IMAGE: &str = "/home/moatuser";
+
 /// Names of the Node.js tarballs in the build context.
 const NODE_TARBALL: &str = "node.tgz";
 const NPM_TARBALL: &str = "npm.tgz";
@@ -355,7 +358,7 @@ pub fn generate_dockerfile(
         let _ = writeln!(f, "RUN {}", one_line(cmd));
     }
     let _ = writeln!(f, "USER {uid}:{gid}");
-    let _ = writeln!(f, "ENV HOME=/home/moatuser USER=moatuser");
+    let _ = writeln!(f, "ENV HOME={HOME_IN_IMAGE} USER=moatuser");
     for cmd in &hooks.post_build {
         let _ = writeln!(f, "RUN {}", one_line(cmd));
     }

@@ -53,6 +53,14 @@ impl SandboxDriver for NativeDriver {
         true
     }
 
+    fn home_in_sandbox(&self) -> std::path::PathBuf {
+        crate::SandboxSpec::new(std::path::PathBuf::new(), Vec::new()).home_in_sandbox()
+    }
+
+    fn uses_host_programs(&self) -> bool {
+        true
+    }
+
     fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError> {
         // The sandbox's relay listens on its own loopback and forwards to
         // the proxy's Unix socket.

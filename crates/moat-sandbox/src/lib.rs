@@ -390,6 +390,15 @@ pub trait SandboxDriver: Send + std::fmt::Debug {
     /// must then be able to open sockets the caller shares with it).
     fn runs_as_caller(&self) -> bool;
 
+    /// The sandbox user's home directory, as the command sees it (files
+    /// an agent reads from its home are staged there).
+    fn home_in_sandbox(&self) -> std::path::PathBuf;
+
+    /// Whether programs come from the host (`/usr` shown read-only, extra
+    /// software mounted) rather than from an image built from
+    /// `dependencies:`.
+    fn uses_host_programs(&self) -> bool;
+
     /// Where the proxy must listen, and its name inside.
     fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError>;
 

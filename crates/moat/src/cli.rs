@@ -34,6 +34,12 @@ pub enum Command {
     /// Run a command in a sandbox, with granted credentials injected by the
     /// proxy.
     Run(RunArgs),
+    /// Run Claude Code in a sandbox (a grant of claude or anthropic).
+    Claude(AgentArgs),
+    /// Run Codex in a sandbox (a grant of openai).
+    Codex(AgentArgs),
+    /// Run Gemini CLI in a sandbox (a grant of gemini).
+    Gemini(AgentArgs),
     /// Manage the proxy daemon shared by all runs.
     Proxy(ProxyArgs),
     /// Dependencies available to `dependencies:` in moat.yaml.
@@ -133,6 +139,64 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_sandbox: bool,
     /// Docker: rebuild the image even if one with the same inputs exists.
+    #[arg(long)]
+    pub rebuild: bool,
+}
+
+/// `moat claude`, `moat codex`, `moat gemini`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Project directory, mounted at /workspace (default: the current
+    /// directory). Its moat.yaml, if any, is loaded.
+    pub path: Option<PathBuf>,
+    /// Arguments passed to the agent (after --).
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+    /// Answer one prompt and exit (non-interactive); the exit code is the
+    /// agent's.
+    #[arg(short = 'p', long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Continue the last session of this workspace.
+    #[arg(short = 'c', long = "continue")]
+    pub continue_last: bool,
+    /// Resume a session by its id.
+    #[arg(short = 'r', long, value_name = "ID")]
+    pub resume: Option<String>,
+    /// Keep the agent's own permission prompts (by default they are off:
+    /// moat is the sandbox).
+    #[arg(long)]
+    pub noyolo: bool,
+    /// The model the agent uses.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// Inject a stored credential (repeatable), besides the agent's own.
+    #[arg(short = 'g', long = "grant", value_name = "PROVIDER")]
+    pub grants: Vec<String>,
+    /// Set an environment variable in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Bind-mount a host path (repeatable): SRC:DST[:ro].
+    #[arg(short = 'm', long = "mount", value_name = "SRC:DST[:ro]")]
+    pub mounts: Vec<String>,
+    /// Run name (default: moat.yaml `name`, else generated).
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+    /// Also allow HOST under a strict network policy (repeatable).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    /// Runtime: native, docker or podman (default: detected).
+    #[arg(long, value_name = "RUNTIME")]
+    pub runtime: Option<String>,
+    /// Container runtimes: keep the container after it exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Never prompt.
+    #[arg(long)]
+    pub no_prompt: bool,
+    /// Container runtimes: runc instead of gVisor.
+    #[arg(long)]
+    pub no_sandbox: bool,
+    /// Container runtimes: rebuild the image.
     #[arg(long)]
     pub rebuild: bool,
 }

@@ -1,6 +1,7 @@
 //! One module per command family; each turns parsed arguments into calls
 //! on the library crates and prints the result.
 
+mod agent;
 mod audit;
 mod deps;
 mod doctor;
@@ -66,6 +67,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Grant(args) => grant::grant(&Context::from_global(&cli.global)?, args),
         Command::Revoke(args) => grant::revoke(&Context::from_global(&cli.global)?, args),
         Command::Run(args) => run::run(&Context::from_global(&cli.global)?, args),
+        Command::Claude(args) => agent::agent(&Context::from_global(&cli.global)?, "claude", args),
+        Command::Codex(args) => agent::agent(&Context::from_global(&cli.global)?, "codex", args),
+        Command::Gemini(args) => agent::agent(&Context::from_global(&cli.global)?, "gemini", args),
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),

@@ -1,0 +1,264 @@
+//! Turning a run plan into an agent's run (`moat claude`, `moat codex`,
+//! `moat gemini`): the grant that serves the agent, its executable, its
+//! staged home and its kept sessions. What is particular to each agent is
+//! in `moat-agents`; this module knows runs.
+//!
+//! The staged files are written, root-owned and readable, under
+//! [`STAGING_IN_SANDBOX`]; the command starts by copying them into the
+//! sandbox user's home (mode 0600), where the agent may rewrite them as it
+//! does, and by linking the agent's session directory to the directory kept
+//! for the workspace on the host (`$XDG_STATE_HOME/moat/sessions`, outside
+//! `MOAT_HOME`, which is never mounted).
+
+use std::path::{Path, PathBuf};
+
+use moat_agents::install::{self, AgentSource, InstallError, AGENT_DIR_IN_SANDBOX};
+use moat_agents::{Agent, AgentError, LaunchOptions, StageContext};
+use moat_credentials::{CredentialStore, GrantName, ProviderRegistry};
+use moat_home::MoatHome;
+use moat_sandbox::{InjectedFile, SandboxDriver};
+use sha2::{Digest, Sha256};
+
+use crate::plan::{MountPlan, RunPlan};
+
+/// Where staged files wait inside the sandbox until the command copies
+/// them into the home.
+pub const STAGING_IN_SANDBOX: &str = "/etc/moat/agent-home";
+
+/// Where the workspace's kept sessions are mounted inside.
+const SESSIONS_IN_SANDBOX: &str = "/var/lib/moat/agent-sessions";
+
+/// Why an agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRunError {
+    /// No grant serves the agent.
+    #[error("{agent} needs a credential, and none is granted.\nTo fix:\n{}\nThen run again.", fixes.iter().map(|f| format!("  moat grant {f}")).collect::<Vec<_>>().join("\n"))]
+    NoGrant {
+        /// The agent's command.
+        agent: &'static str,
+        /// The grants that would serve it.
+        fixes: Vec<&'static str>,
+    },
+    /// The agent's configuration could not be staged.
+    #[error(transparent)]
+    Stage(#[from] AgentError),
+    /// The agent's executable could not be found or installed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// The providers file could not be read.
+    #[error(transparent)]
+    Credentials(#[from] moat_credentials::CredentialError),
+    /// A host directory for the agent could not be made.
+    #[error("cannot create {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime.
+pub fn plan_agent(
+    home: &MoatHome,
+    driver: &dyn SandboxDriver,
+    agent: &dyn Agent,
+    opts: &LaunchOptions,
+    plan: &mut RunPlan,
+) -> Result<(), AgentRunError> {
+    let grant = choose_grant(home, plan, agent)?;
+    let registry = ProviderRegistry::load(&home.providers_file())?;
+    let placeholder = registry
+        .get(grant)
+        .and_then(|p| p.placeholder.as_ref())
+        .map(|p| p.value.clone())
+        .unwrap_or_default();
+    let placeholders: Vec<(String, String)> = plan
+        .grants
+        .iter()
+        .filter_map(|g| match g {
+            GrantName::Provider(name) => registry
+                .get(name)
+                .and_then(|p| p.placeholder.as_ref())
+                .map(|p| (name.clone(), p.value.clone())),
+            _ => None,
+        })
+        .collect();
+
+    let program = if driver.uses_host_programs() {
+        let source = locate(agent)?;
+        if let AgentSource::Package { dir, .. } = &source {
+            plan.mounts
+                .retain(|m| m.target != Path::new(AGENT_DIR_IN_SANDBOX));
+            plan.mounts.push(MountPlan {
+                source: dir.clone(),
+                target: PathBuf::from(AGENT_DIR_IN_SANDBOX),
+                read_only: true,
+                relative: false,
+            });
+        }
+        source.program_in_sandbox().to_string_lossy().into_owned()
+    } else {
+        let package = format!("npm:{}", agent.npm_package());
+        let deps = &mut plan.image.dependencies;
+        if !deps.iter().any(|d| d == "node" || d.starts_with("node@")) {
+            deps.push("node".into());
+        }
+        if !deps.iter().any(|d| d.starts_with(&package)) {
+            deps.push(package);
+        }
+        agent.binary().to_owned()
+    };
+
+    let sandbox_home = driver.home_in_sandbox();
+    let section = serde_json::Value::Null;
+    let host_home = std::env::var_os("MOAT_SKIP_HOST_AGENT_SETTINGS")
+        .is_none()
+        .then(user_home)
+        .flatten();
+    let ctx = StageContext {
+        program,
+        workspace: Path::new(moat_sandbox::WORKSPACE_IN_SANDBOX),
+        home: &sandbox_home,
+        host_home: host_home.as_deref(),
+        grant,
+        placeholder: &placeholder,
+        placeholders: &placeholders,
+        mcp_relays: &[],
+        section: &section,
+    };
+    let launch = agent.stage(&ctx, opts)?;
+
+    // Staged files wait, readable, outside the home; the wrapper copies
+    // them in as the sandbox user.
+    let mut copies = Vec::new();
+    for file in launch.files {
+        let Ok(relative) = file.path.strip_prefix(&sandbox_home) else {
+            continue;
+        };
+        copies.push(relative.to_owned());
+        plan.files.push(InjectedFile {
+            path_in_sandbox: Path::new(STAGING_IN_SANDBOX).join(relative),
+            contents: file.contents,
+            mode: 0o644,
+        });
+    }
+
+    let mut setup = String::from("umask 077\nmkdir -p \"$HOME\"\n");
+    setup.push_str(&format!("cp -R {STAGING_IN_SANDBOX}/. \"$HOME\"/\n"));
+    if driver.uses_host_programs() {
+        let kept = sessions_dir(agent, &plan.workspace)?;
+        plan.mounts
+            .retain(|m| m.target != Path::new(SESSIONS_IN_SANDBOX));
+        plan.mounts.push(MountPlan {
+            source: kept,
+            target: PathBuf::from(SESSIONS_IN_SANDBOX),
+            read_only: false,
+            relative: false,
+        });
+        let link = agent.sessions_dir();
+        setup.push_str(&format!(
+            "mkdir -p \"$HOME/{parent}\"\nrm -rf \"$HOME/{link}\"\nln -s {SESSIONS_IN_SANDBOX} \"$HOME/{link}\"\n",
+            parent = Path::new(link)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+    }
+    setup.push_str("exec \"$@\"");
+    let mut command = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        setup,
+        format!("moat-{}", agent.name()),
+    ];
+    command.extend(launch.argv);
+    plan.command = command;
+    for (k, v) in launch.env {
+        plan.env.retain(|(name, _)| name != &k);
+        plan.env.push((k, v));
+    }
+    if !plan.grants.iter().any(|g| g.to_string() == grant) {
+        plan.grants.push(GrantName::Provider(grant.to_owned()));
+    }
+    Ok(())
+}
+
+/// The first of the agent's grants the run names, else the first one the
+/// user has stored.
+fn choose_grant(
+    home: &MoatHome,
+    plan: &RunPlan,
+    agent: &dyn Agent,
+) -> Result<&'static str, AgentRunError> {
+    let named = agent
+        .grants()
+        .iter()
+        .find(|g| plan.grants.iter().any(|p| p.to_string() == **g));
+    if let Some(grant) = named {
+        return Ok(grant);
+    }
+    let store = CredentialStore::new(home.clone(), plan.profile.clone());
+    agent
+        .grants()
+        .iter()
+        .find(|g| store.contains(g))
+        .copied()
+        .ok_or_else(|| AgentRunError::NoGrant {
+            agent: agent.name(),
+            fixes: agent.grants().to_vec(),
+        })
+}
+
+/// The agent on the host's `PATH`, else in moat's cache, else installed
+/// into it with npm.
+fn locate(agent: &dyn Agent) -> Result<AgentSource, AgentRunError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(found) = install::find_on_path(agent, &path) {
+        return Ok(found);
+    }
+    let cache = state_dir("XDG_CACHE_HOME", ".cache").join("agents");
+    if let Some(found) = install::find_in_cache(agent, &cache) {
+        return Ok(found);
+    }
+    let npm = std::env::split_paths(&path)
+        .map(|d| d.join("npm"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("npm"));
+    Ok(install::install(agent, &cache, &npm)?)
+}
+
+/// The host directory keeping `agent`'s sessions for `workspace`.
+fn sessions_dir(agent: &dyn Agent, workspace: &Path) -> Result<PathBuf, AgentRunError> {
+    let digest = hex::encode(Sha256::digest(workspace.as_os_str().as_encoded_bytes()));
+    let name = workspace
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = state_dir("XDG_STATE_HOME", ".local/state")
+        .join("sessions")
+        .join(agent.name())
+        .join(format!("{name}-{}", &digest[..12]));
+    std::fs::create_dir_all(&dir).map_err(|source| AgentRunError::Dir {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// `$VAR/moat`, or `~/<fallback>/moat`.
+fn state_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("moat"),
+        None => user_home()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(fallback)
+            .join("moat"),
+    }
+}
+
+fn user_home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}

@@ -1,0 +1,62 @@
+//! `moat claude`, `moat codex`, `moat gemini`: a run whose command is the
+//! agent, staged by `moat-agents` and `moat_run::plan_agent`.
+
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use moat_agents::LaunchOptions;
+use moat_run::{RunFlags, RunPlan};
+
+use super::Context;
+use crate::cli::AgentArgs;
+
+pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
+    let agent = moat_agents::by_name(name).context("unknown agent")?;
+    let workspace = super::run::resolve_workspace(args.path.as_deref())?;
+    super::trust::ensure_trusted(ctx, &workspace, args.no_prompt)?;
+    let config = moat_config::load(&workspace)?;
+    // A prompt is answered and printed; otherwise the agent talks with
+    // the user, on a terminal when there is one.
+    let interactive = args.prompt.is_none() && std::io::stdin().is_terminal();
+    let flags = RunFlags {
+        // Replaced by the agent's command line below.
+        command: vec![agent.binary().to_owned()],
+        grants: args.grants.clone(),
+        env: args.env.clone(),
+        mounts: args.mounts.clone(),
+        name: args.name.clone(),
+        allow_hosts: args.allow_hosts.clone(),
+        runtime: args.runtime.clone(),
+        interactive,
+        keep: args.keep,
+        no_sandbox: args.no_sandbox,
+        rebuild: args.rebuild,
+        verbose: ctx.verbose,
+        detached: false,
+    };
+    let mut plan = RunPlan::from_flags(
+        workspace,
+        &flags,
+        config.as_ref(),
+        std::env::var("MOAT_RUNTIME").ok(),
+        moat_credentials::source::env_flag("MOAT_NO_SANDBOX"),
+        ctx.profile.clone(),
+    )?;
+    let opts = LaunchOptions {
+        prompt: args.prompt.clone(),
+        continue_last: args.continue_last,
+        resume: args.resume.clone(),
+        keep_permission_prompts: args.noyolo,
+        model: args.model.clone(),
+        extra_args: args.args.clone(),
+    };
+    let selection = moat_run::select_driver(plan.runtime.as_deref())?;
+    if let Some(notice) = &selection.notice {
+        errln!("moat: {notice}");
+    }
+    let mut driver = selection.driver;
+    moat_run::plan_agent(&ctx.home, driver.as_ref(), agent, &opts, &mut plan)?;
+    let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut())?;
+    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+}

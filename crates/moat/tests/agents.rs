@@ -1,0 +1,239 @@
+//! `moat claude`, `moat codex`, `moat gemini` with the real agent CLIs from
+//! the npm registry, against fake model APIs on 127.0.0.1 (see
+//! `moat_testkit::models`), on the native runtime.
+//!
+//! The CLIs come from `MOAT_TEST_AGENTS` (one npm prefix per package, as
+//! `.ci/run` installs them); without it the tests skip, unless
+//! `MOAT_REQUIRE_AGENTS=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use moat_testkit::models;
+
+const ANTHROPIC_KEY: &str = "sk-ant-api03-realAnthropicKey0123456789abcdefghij";
+const OPENAI_KEY: &str = "sk-proj-realOpenAiKey0123456789abcdefghijklmnop";
+const GEMINI_KEY: &str = "AIzaSyRealGeminiKey0123456789abcdefghij";
+
+struct AgentEnv {
+    env: common::TestEnv,
+    upstream: moat_testkit::EchoUpstream,
+    ca_file: PathBuf,
+    path: String,
+}
+
+impl AgentEnv {
+    /// `None` (the test is skipped) when the agent CLIs are not installed.
+    fn new() -> Option<AgentEnv> {
+        let agents = match std::env::var_os("MOAT_TEST_AGENTS") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                assert!(
+                    std::env::var_os("MOAT_REQUIRE_AGENTS").is_none(),
+                    "MOAT_REQUIRE_AGENTS is set but MOAT_TEST_AGENTS is not"
+                );
+                eprintln!("skipped: MOAT_TEST_AGENTS (npm prefixes of the agent CLIs) is not set");
+                return None;
+            }
+        };
+        let env = common::TestEnv::new();
+        let ca = moat_testkit::TestCa::new();
+        let ca_file = ca.write_pem(env.dir.path());
+        let upstream = models::start(&ca);
+        std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
+        let mut path: Vec<PathBuf> = ["claude-code", "codex", "gemini-cli"]
+            .iter()
+            .map(|p| agents.join(p).join("bin"))
+            .collect();
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(path)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        Some(AgentEnv {
+            env,
+            upstream,
+            ca_file,
+            path,
+        })
+    }
+
+    fn project(&self) -> PathBuf {
+        self.env.dir.path().join("project")
+    }
+
+    fn moat(&self) -> std::process::Command {
+        let mut cmd = self.env.moat();
+        cmd.env("MOAT_PROXY_PORT", "0")
+            .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
+            .env("MOAT_RUNTIME", "native")
+            .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
+            .env("MOAT_CONNECT_TO", self.upstream.connect_to(models::HOSTS))
+            .env("PATH", &self.path)
+            .current_dir(self.project());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], envs: &[(&str, &str)]) -> common::Result {
+        let mut cmd = self.moat();
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        common::Result::from(cmd.output().unwrap())
+    }
+
+    fn grant(&self, provider: &str, var: &str, key: &str) {
+        // Validation cannot reach the real API here; the key is kept.
+        self.run(&["grant", provider], &[(var, key)]).success();
+    }
+
+    fn saw(&self, header: &str) -> Vec<String> {
+        self.upstream
+            .requests()
+            .iter()
+            .filter_map(|r| r.header(header).map(str::to_owned))
+            .collect()
+    }
+
+    /// Every file moat keeps for runs and logs, as text.
+    fn stored_text(&self) -> String {
+        let mut out = String::new();
+        for file in self.env.files() {
+            if let Ok(bytes) = std::fs::read(&file) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for AgentEnv {
+    fn drop(&mut self) {
+        let _ = self.run(&["proxy", "stop"], &[]);
+    }
+}
+
+#[test]
+fn claude_answers_a_prompt_with_the_real_key_only_upstream() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let out = t.run(&["claude", "-p", "Say hello"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains(models::ANSWER),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let keys = t.saw("x-api-key");
+    assert!(!keys.is_empty(), "the fake API saw no request");
+    assert!(keys.iter().all(|k| k == ANTHROPIC_KEY), "{keys:?}");
+    let stored = t.stored_text();
+    assert!(!stored.contains(ANTHROPIC_KEY), "a run file holds the key");
+}
+
+#[test]
+fn a_claude_tool_call_runs_inside_the_sandbox() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let out = t.run(
+        &[
+            "claude",
+            "-p",
+            "MOAT-TOOL: echo \"$(id -u) $ANTHROPIC_API_KEY\" > /workspace/tool-out; cat /workspace/tool-out",
+        ],
+        &[],
+    );
+    out.success();
+    let written = std::fs::read_to_string(t.project().join("tool-out")).unwrap();
+    // The tool ran as the sandbox user and saw only the placeholder.
+    assert!(
+        written.starts_with("1000 sk-ant-api03-moatPlaceholder"),
+        "{written}"
+    );
+    assert!(
+        out.stdout
+            .contains("tool said: 1000 sk-ant-api03-moatPlaceholder"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn claude_continues_the_last_session_of_the_workspace() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    t.run(&["claude", "-p", "remember the word pelican"], &[])
+        .success();
+    let before = t.upstream.requests().len();
+    let out = t.run(&["claude", "-c", "-p", "which word?"], &[]);
+    out.success();
+    // The continued conversation carries the first turn: the agent's
+    // session was kept for the workspace between the two runs.
+    let seen = t.upstream.requests();
+    let continued = seen[before..].iter().any(|r| {
+        let body = String::from_utf8_lossy(&r.body);
+        body.contains("which word?") && body.contains("pelican")
+    });
+    assert!(
+        continued,
+        "the second run did not continue the first session"
+    );
+}
+
+#[test]
+fn codex_answers_a_prompt_over_the_responses_api() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("openai", "OPENAI_API_KEY", OPENAI_KEY);
+    let out = t.run(&["codex", "-p", "Say hello"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains(models::ANSWER),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let auth = t.saw("authorization");
+    assert!(
+        auth.iter().any(|a| a == &format!("Bearer {OPENAI_KEY}")),
+        "{auth:?}"
+    );
+    assert!(!t.stored_text().contains(OPENAI_KEY));
+}
+
+#[test]
+fn gemini_answers_a_prompt() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("gemini", "GEMINI_API_KEY", GEMINI_KEY);
+    let out = t.run(
+        &["gemini", "--model", "gemini-2.5-flash", "-p", "Say hello"],
+        &[],
+    );
+    out.success();
+    assert!(
+        out.stdout.contains(models::ANSWER),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let keys = t.saw("x-goog-api-key");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k == GEMINI_KEY),
+        "{keys:?}"
+    );
+    assert!(!t.stored_text().contains(GEMINI_KEY));
+}
+
+#[test]
+fn an_agent_without_a_grant_says_which_to_add() {
+    let Some(t) = AgentEnv::new() else { return };
+    let out = t.run(&["codex", "-p", "hi"], &[]);
+    out.failure();
+    assert!(out.stderr.contains("moat grant openai"), "{}", out.stderr);
+}
