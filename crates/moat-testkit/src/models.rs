@@ -21,6 +21,8 @@ pub const ANSWER: &str = "The fake model says hello from 127.0.0.1.";
 
 /// The hosts the fake models stand in for.
 pub const HOSTS: &[&str] = &[
+    // For running an agent straight at the fake (benchmarks).
+    "localhost",
     "api.anthropic.com",
     "api.openai.com",
     "chatgpt.com",
