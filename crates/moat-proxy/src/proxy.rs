@@ -24,7 +24,7 @@ use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::{RunToken, SecretValue};
-use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
+use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::Upstream;
 use crate::ProxyBody;
 
@@ -526,7 +526,7 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
             "CONNECT",
             &format!("{host}:{port}"),
             false,
-            headers_json(&run, req.headers(), &[]),
+            (req.headers(), &[]),
             None,
             inner.config.trace_body_bytes,
         ) {
@@ -580,7 +580,7 @@ async fn handle_tcp_tunnel(
         "CONNECT",
         &format!("{host}:{port}"),
         true,
-        headers_json(&run, req.headers(), &[]),
+        (req.headers(), &[]),
         None,
         inner.config.trace_body_bytes,
     );
@@ -697,7 +697,7 @@ where
                     "CONNECT",
                     &format!("{}:{}", target.host, target.port),
                     true,
-                    serde_json::Map::new(),
+                    (&HeaderMap::new(), &[]),
                     None,
                     inner.config.trace_body_bytes,
                 ) {
@@ -1081,7 +1081,7 @@ async fn forward(
                 method.as_str(),
                 &url,
                 false,
-                headers_json(&run, req.headers(), &[]),
+                (req.headers(), &[]),
                 None,
                 limit,
             ) {
@@ -1119,7 +1119,7 @@ async fn forward(
             method.as_str(),
             &url,
             false,
-            headers_json(&run, req.headers(), &[]),
+            (req.headers(), &[]),
             label,
             limit,
         ) {
@@ -1162,7 +1162,7 @@ async fn forward(
         method.as_str(),
         &url,
         true,
-        headers_json(&run, &headers, &injected),
+        (&headers, &injected),
         label,
         limit,
     );

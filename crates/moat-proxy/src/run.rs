@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::secret::{RunToken, SecretValue, TokenDigest};
-use crate::trace::{RequestObserver, TraceSink};
+use crate::trace::{Redactor, RequestObserver, TraceSink};
 
 /// Headers set on every request of a run to hosts matching `host`,
 /// replacing whatever the client sent (clients send placeholders).
@@ -100,6 +100,9 @@ pub(crate) struct Run {
     /// Every secret of the run (injected values, MCP header values, the run
     /// token), for redacting traces.
     pub(crate) secrets: Vec<String>,
+    /// `secrets` in one automaton. Like the injected header values hyper
+    /// copies, its copy of them is not zeroed on drop.
+    pub(crate) redactor: Redactor,
     /// Told of every finished request.
     pub(crate) observer: Option<Arc<dyn RequestObserver>>,
 }
@@ -203,6 +206,7 @@ pub(crate) fn build_run(
     // Longest first, so a secret containing another is replaced whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
+    let redactor = Redactor::new(&secrets);
     Ok(Run {
         id: reg.run_id,
         digest: token.digest(),
@@ -213,6 +217,7 @@ pub(crate) fn build_run(
         trace,
         cancel: parent.child_token(),
         secrets,
+        redactor,
         observer: None,
     })
 }
