@@ -23,7 +23,7 @@ use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::scrub::{Scrubbed, Secrets};
-use crate::secret::{RunToken, SecretValue};
+use crate::secret::RunToken;
 use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::Upstream;
 use crate::ProxyBody;
@@ -492,18 +492,32 @@ fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
     })
 }
 
-type Injected = Vec<(HeaderName, SecretValue)>;
+/// What a request gets injected: headers, the trace label, and the forms
+/// of the values its response is scrubbed of.
+#[derive(Default)]
+struct Injected {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    label: Option<String>,
+    secrets: Secrets,
+}
 
-/// The headers to inject for `host`, and the trace label.
-fn injections(run: &Run, host: &str) -> (Injected, Option<String>) {
+/// The injections of `run` for `host`.
+fn injections(run: &Run, host: &str) -> Injected {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let mut headers = Vec::new();
-    let mut label = None;
-    for injection in run.injections_for(bare) {
-        label.get_or_insert_with(|| injection.label());
-        headers.extend(injection.headers.iter().cloned());
+    let mut out = Injected::default();
+    let mut secrets = Vec::new();
+    for (injection, prepared) in run.injections_for(bare) {
+        out.label.get_or_insert_with(|| prepared.label.clone());
+        out.headers.extend(
+            injection
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.header_value().clone())),
+        );
+        secrets.push(&prepared.secrets);
     }
-    (headers, label)
+    out.secrets = Secrets::merge(&secrets);
+    out
 }
 
 fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -946,13 +960,20 @@ async fn handle_mcp(
         Ok(u) => u,
         Err(e) => return error_response(&e),
     };
-    let label = Some(format!("mcp:{}", route.name));
-    let headers = route.headers.clone();
+    let inject = Injected {
+        headers: route
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.header_value().clone()))
+            .collect(),
+        label: Some(format!("mcp:{}", route.name)),
+        secrets: route.secrets.clone(),
+    };
     let mut req = req;
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, true, (headers, label), req).await
+    forward(&inner, run.clone(), uri, true, inject, req).await
 }
 
 fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -1052,12 +1073,13 @@ async fn forward(
     run: Arc<Run>,
     uri: Uri,
     check_policy: bool,
-    (inject, label): (Injected, Option<String>),
+    inject: Injected,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let limit = inner.config.trace_body_bytes;
     let method = req.method().clone();
-    let url = uri.to_string();
+    // Only what records requests, and error messages, need it as text.
+    let url = || uri.to_string();
     let host = uri
         .host()
         .unwrap_or_default()
@@ -1079,7 +1101,7 @@ async fn forward(
             if let Some(ex) = Exchange::new(
                 run.clone(),
                 method.as_str(),
-                &url,
+                &url(),
                 false,
                 (req.headers(), &[]),
                 None,
@@ -1097,7 +1119,10 @@ async fn forward(
     // host moat holds one for is refused whole (not sent without it, which
     // would hide the mistake). Loopback is excepted for local servers.
     let cleartext = uri.scheme_str() != Some("https");
-    if cleartext && !inject.is_empty() && !(inner.config.cleartext_loopback && is_loopback(&host)) {
+    if cleartext
+        && !inject.headers.is_empty()
+        && !(inner.config.cleartext_loopback && is_loopback(&host))
+    {
         let https = {
             let mut parts = uri.clone().into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTPS);
@@ -1110,6 +1135,7 @@ async fn forward(
                 .map(|u| u.to_string())
                 .unwrap_or_else(|_| format!("https://{host}/"))
         };
+        let url = url();
         let message = format!(
             "moat: refused to send the credential for {host} over plain HTTP ({url}): anyone on the path could read it.\n\
              Use {https} instead; moat injects credentials only into TLS connections.\n"
@@ -1120,7 +1146,7 @@ async fn forward(
             &url,
             false,
             (req.headers(), &[]),
-            label,
+            inject.label,
             limit,
         ) {
             ex.set_error(403, "credential refused on plain HTTP");
@@ -1144,11 +1170,15 @@ async fn forward(
     strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::HOST);
     join_cookies(&mut headers);
+    let Injected {
+        headers: inject,
+        label,
+        secrets,
+    } = inject;
     let injected: Vec<&str> = inject.iter().map(|(n, _)| n.as_str()).collect();
     for (name, value) in &inject {
-        headers.insert(name.clone(), value.header_value().clone());
+        headers.insert(name.clone(), value.clone());
     }
-    let secrets = Secrets::of(inject.iter().map(|(_, v)| v.expose()));
     if !secrets.is_empty() {
         // Only encodings the scrubber can read come back.
         let gzip = header_has_token(&headers, header::ACCEPT_ENCODING, "gzip");
@@ -1157,15 +1187,17 @@ async fn forward(
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
     }
-    let exchange = Exchange::new(
-        run.clone(),
-        method.as_str(),
-        &url,
-        true,
-        (&headers, &injected),
-        label,
-        limit,
-    );
+    let exchange = run.recorded().then(url).and_then(|url| {
+        Exchange::new(
+            run.clone(),
+            method.as_str(),
+            &url,
+            true,
+            (&headers, &injected),
+            label,
+            limit,
+        )
+    });
 
     let mut upstream_req = Request::new(
         Tapped::new(body, exchange.clone(), Side::Request)
@@ -1333,6 +1365,7 @@ mod tests {
             name: "gh".into(),
             base: "https://mcp.example.com/v1/mcp/".parse().unwrap(),
             headers: vec![],
+            secrets: Secrets::default(),
         };
         assert_eq!(
             mcp_uri(&route, "", None).unwrap().to_string(),
@@ -1346,6 +1379,7 @@ mod tests {
             name: "r".into(),
             base: "http://127.0.0.1:9".parse().unwrap(),
             headers: vec![],
+            secrets: Secrets::default(),
         };
         assert_eq!(
             mcp_uri(&root, "", None).unwrap().to_string(),

@@ -11,6 +11,7 @@ use moat_policy::{HostPattern, NetworkPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::scrub::Secrets;
 use crate::secret::{RunToken, SecretValue, TokenDigest};
 use crate::trace::{Redactor, RequestObserver, TraceSink};
 
@@ -22,13 +23,6 @@ pub struct Injection {
     pub host: HostPattern,
     /// Header names and their secret values.
     pub headers: Vec<(HeaderName, SecretValue)>,
-}
-
-impl Injection {
-    /// The trace label (`credential_used`): the host pattern.
-    pub(crate) fn label(&self) -> String {
-        self.host.to_string()
-    }
 }
 
 /// An MCP server the sandbox reaches through the proxy as
@@ -84,6 +78,26 @@ pub(crate) struct ParsedMcp {
     pub(crate) name: String,
     pub(crate) base: Uri,
     pub(crate) headers: Vec<(HeaderName, SecretValue)>,
+    /// What responses are scrubbed of (from `headers`).
+    pub(crate) secrets: Secrets,
+}
+
+/// What every request an [`Injection`] applies to needs, made once per
+/// run rather than per request.
+pub(crate) struct PreparedInjection {
+    /// The trace label (`credential_used`): the host pattern.
+    pub(crate) label: String,
+    /// What responses are scrubbed of.
+    pub(crate) secrets: Secrets,
+}
+
+impl PreparedInjection {
+    fn of(injection: &Injection) -> Self {
+        PreparedInjection {
+            label: injection.host.to_string(),
+            secrets: Secrets::of(injection.headers.iter().map(|(_, v)| v.expose())),
+        }
+    }
 }
 
 /// A registered run, as the request handlers see it.
@@ -91,6 +105,8 @@ pub(crate) struct Run {
     pub(crate) id: String,
     pub(crate) digest: TokenDigest,
     pub(crate) injections: Vec<Injection>,
+    /// One per injection, in the same order.
+    pub(crate) prepared: Vec<PreparedInjection>,
     pub(crate) policy: NetworkPolicy,
     pub(crate) tunnels: Vec<TcpTunnel>,
     pub(crate) mcp: Vec<ParsedMcp>,
@@ -133,8 +149,16 @@ impl Run {
     pub(crate) fn injections_for<'a>(
         &'a self,
         host: &'a str,
-    ) -> impl Iterator<Item = &'a Injection> + 'a {
-        self.injections.iter().filter(move |i| i.host.matches(host))
+    ) -> impl Iterator<Item = (&'a Injection, &'a PreparedInjection)> + 'a {
+        self.injections
+            .iter()
+            .zip(&self.prepared)
+            .filter(move |(i, _)| i.host.matches(host))
+    }
+
+    /// Whether finished requests are written down (trace or observer).
+    pub(crate) fn recorded(&self) -> bool {
+        self.trace.is_some() || self.observer.is_some()
     }
 }
 
@@ -162,6 +186,7 @@ fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
     Ok(ParsedMcp {
         name: route.name,
         base,
+        secrets: Secrets::of(route.headers.iter().map(|(_, v)| v.expose())),
         headers: route.headers,
     })
 }
@@ -210,6 +235,7 @@ pub(crate) fn build_run(
     Ok(Run {
         id: reg.run_id,
         digest: token.digest(),
+        prepared: reg.injections.iter().map(PreparedInjection::of).collect(),
         injections: reg.injections,
         policy: reg.policy,
         tunnels: reg.tunnels,
