@@ -671,17 +671,38 @@ where
     let io = Prefixed::new(Bytes::copy_from_slice(&first[..n]), io);
     if first[0] != 0x16 {
         target.scheme = "http";
-        serve_inner(inner, run, target, io, false).await;
+        Box::pin(serve_inner(inner, run, target, io, false)).await;
         return;
     }
+    // The handshake's state lives in its own allocation, freed once it is
+    // done: inline, it would size the task that holds the connection for
+    // its whole life (about 3 KB more per open connection).
+    let Some(tls) = Box::pin(accept_tls(&inner, &run, &target, io)).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// The client's TLS handshake with a leaf for the name it asks for.
+async fn accept_tls<IO>(
+    inner: &Inner,
+    run: &Arc<Run>,
+    target: &Target,
+    io: Prefixed<IO>,
+) -> Option<Box<tokio_rustls::server::TlsStream<Prefixed<IO>>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = inner.config.client_timeout;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS hello");
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     let bare = target.host.trim_start_matches('[').trim_end_matches(']');
     // The client's SNI names the certificate; without SNI (or for IP
@@ -696,7 +717,7 @@ where
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(fault = %e.fault(), error = %e.detail(), host = %name, "minting a certificate");
-            return;
+            return None;
         }
     };
     let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
@@ -719,12 +740,13 @@ where
                     ex.finish();
                 }
             }
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_inner(inner, run, target, tls, h2).await;
+    // Boxed, the TLS state (over a KB) is not copied into every future
+    // that passes it on.
+    Some(Box::new(tls))
 }
 
 /// What to tell the user when a client's TLS handshake with moat's
@@ -789,13 +811,50 @@ where
             let target = target.clone();
             let busy = activity.enter();
             async move {
-                let resp = handle_inner(inner, run, &target, req).await;
+                // Boxed: hyper keeps room for this future for the life of
+                // the connection, idle or not; one request's state is
+                // about 2 KB.
+                let resp = Box::pin(handle_inner(inner, run, &target, req)).await;
                 Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
             }
         })
     };
     let io = TokioIo::new(io);
     if h2 {
+        // Boxed: inline, HTTP/2's larger connection state would size every
+        // HTTP/1.1 tunnel's task too.
+        Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config_timeout)
+            .max_buf_size(max_buf);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+async fn serve_h2<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    cancel: CancellationToken,
+    activity: &Activity,
+    config_timeout: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, service);
@@ -828,21 +887,6 @@ where
                     }
                 }
             }
-        }
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config_timeout)
-            .max_buf_size(max_buf);
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::select! {
-            result = conn => {
-                if let Err(e) = result {
-                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
-                }
-            }
-            () = cancel.cancelled() => {}
         }
     }
 }
