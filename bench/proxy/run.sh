@@ -5,7 +5,10 @@
 # trace) and the real daemon started by `moat` for a registered run
 # (injection, response scrubbing and the network.jsonl trace on, as in
 # production). Everything listens on 127.0.0.1; each load run is bounded
-# (DUR, default 10s).
+# (DUR, default 10s). nginx listens twice: HTTP/1.1 only (the like-for-like
+# rows: one upstream connection per client connection) and with HTTP/2
+# offered ("h2 up" rows: moat multiplexes every request on one upstream
+# connection, as with most API servers; hey always speaks HTTP/1.1).
 #
 # Needs: apt-get install -y nginx-light hey openssl
 #        python3 -m venv /tmp/mv && /tmp/mv/bin/pip install mitmproxy
@@ -18,15 +21,18 @@ DUR=${DUR:-10s}
 CONC=${CONC:-32}
 MITMDUMP=${MITMDUMP:-/tmp/mv/bin/mitmdump}
 NGINX_PORT=18443
+NGINX_H2_PORT=$((NGINX_PORT + 1))
 MOAT_PORT=18080
 MITM_PORT=18081
 DAEMON_PORT=18082
+MOAT_H2_PORT=18083
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 W=$(mktemp -d)
 PIDS=()
 MOAT=(env -i HOME="$W/home" MOAT_HOME="$W/moat-home" PATH=/usr/local/bin:/usr/bin:/bin
     MOAT_KEYRING_BACKEND=file MOAT_RUNTIME=native MOAT_PROXY_PORT=$DAEMON_PORT
-    MOAT_CONNECT_TO="bench.test:443:127.0.0.1:$NGINX_PORT" MOAT_UPSTREAM_CA_FILE="$W/up-ca.pem"
+    MOAT_CONNECT_TO="bench.test:443:127.0.0.1:$NGINX_PORT,bench2.test:443:127.0.0.1:$NGINX_H2_PORT"
+    MOAT_UPSTREAM_CA_FILE="$W/up-ca.pem"
     BENCH_KEY=bench-secret-0123456789abcdef "$TARGET/release/moat")
 moat() { "${MOAT[@]}" "$@"; }
 RUN_PID=
@@ -60,6 +66,15 @@ TOKEN=$(cat "$W/token")
 sleep 1
 RSS_IDLE=$(rss_kb $MOAT_PID)
 
+# The same engine in front of nginx's HTTP/2 listener (bench.test is
+# routed there): one upstream connection carries every request.
+"$BIN/bench_server" 127.0.0.1:$MOAT_H2_PORT "$W/moat-ca" "$W/up-ca.pem" "$W/token-h2" bench.test \
+    "bench.test:443:127.0.0.1:$NGINX_H2_PORT" &
+MOAT_H2_PID=$!
+PIDS+=($MOAT_H2_PID)
+wait_port $MOAT_H2_PORT
+TOKEN_H2=$(cat "$W/token-h2")
+
 echo "== mitmproxy on 127.0.0.1:$MITM_PORT"
 "$MITMDUMP" -q -p $MITM_PORT -s "$ROOT/bench/proxy/addon.py" \
     --set ssl_verify_upstream_trusted_ca="$W/up-ca.pem" --set confdir="$W/mitm" &
@@ -71,7 +86,8 @@ echo "== moat daemon (real moat, registered run with a grant) on 127.0.0.1:$DAEM
 mkdir -p "$W/home" "$W/moat-home" "$W/proj"
 cat > "$W/moat-home/providers.json" <<JSON
 [{"name": "bench", "description": "bench upstream", "kind": "api-key",
-  "hosts": [{"host": "bench.test", "headers": [{"name": "X-Bench-Key", "scheme": "raw"}]}],
+  "hosts": [{"host": "bench.test", "headers": [{"name": "X-Bench-Key", "scheme": "raw"}]},
+            {"host": "bench2.test", "headers": [{"name": "X-Bench-Key", "scheme": "raw"}]}],
   "env": ["BENCH_KEY"]}]
 JSON
 moat grant bench >/dev/null 2>&1
@@ -91,10 +107,13 @@ URL="https://127.0.0.1:$NGINX_PORT/"
 # given a portless URL, https://bench.test/, that it routes to the same
 # nginx with its connect-to mapping (the production MOAT_CONNECT_TO path).
 MOAT_URL="https://bench.test/"
+# bench2.test: the daemon's route to nginx's HTTP/2 listener.
+MOAT_H2_URL="https://bench2.test/"
 export SSL_CERT_FILE="$W/trust.pem"
 
 # Sanity: moat injects, and refuses without the token.
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat daemon check: %{http_code}\n' -x "$DAEMON_URL" "$MOAT_URL"
+curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat daemon (h2 upstream) check: %{http_code}\n' -x "$DAEMON_URL" "$MOAT_H2_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat check: %{http_code}\n' \
     -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$MOAT_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_code} (want 407)\n' \
@@ -121,20 +140,30 @@ hey_run "moat-proxy" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN@127
 RSS_LOAD=$(rss_kb $MOAT_PID)
 hey_run "moat daemon" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "$DAEMON_URL"
 hey_run "mitmproxy" "$URL" -z "$DUR" -c "$CONC" -x "http://127.0.0.1:$MITM_PORT"
+hey_run "moat-proxy, h2 up" "$MOAT_URL" -z "$DUR" -c "$CONC" -x "http://moat:$TOKEN_H2@127.0.0.1:$MOAT_H2_PORT"
+hey_run "moat daemon, h2 up" "$MOAT_H2_URL" -z "$DUR" -c "$CONC" -x "$DAEMON_URL"
 
 echo "== latency: hey -z 5s -c 1 (keep-alive)"
 hey_run "direct c=1" "$URL" -z 5s -c 1
 hey_run "moat-proxy c=1" "$MOAT_URL" -z 5s -c 1 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
 hey_run "moat daemon c=1" "$MOAT_URL" -z 5s -c 1 -x "$DAEMON_URL"
 hey_run "mitmproxy c=1" "$URL" -z 5s -c 1 -x "http://127.0.0.1:$MITM_PORT"
+hey_run "moat daemon, h2 up c=1" "$MOAT_H2_URL" -z 5s -c 1 -x "$DAEMON_URL"
 
 echo "== new-host handshake (CONNECT + TLS with the proxy; leaf minted vs cached)"
 "$BIN/bench_handshake" 127.0.0.1:$MOAT_PORT "$TOKEN" "$W/moat-ca/ca.crt" 300
 
-echo "== 1,000 open connections through moat-proxy (hey -z 5s -c 1000)"
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+echo "== 1,000 open connections (hey -z 5s -c 1000; VmHWM = peak RSS of the process so far)"
 hey_run "moat-proxy c=1000" "$MOAT_URL" -z 5s -c 1000 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
-PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$MOAT_PID/status")
-
-echo "== moat-proxy peak RSS over the whole run (VmHWM): ${PEAK} kB"
-echo "== moat-proxy RSS: idle ${RSS_IDLE} kB, after the 32-connection run $(rss_kb $MOAT_PID) kB (peak during it ~${RSS_LOAD} kB)"
-echo "== moat daemon RSS: idle ${DAEMON_RSS_IDLE} kB, peak $(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status") kB; trace lines: $(cat "$W"/moat-home/runs/*/network.jsonl 2>/dev/null | wc -l)"
+echo "   moat-proxy VmHWM $(hwm_kb $MOAT_PID) kB (idle ${RSS_IDLE} kB, after c=32 ~${RSS_LOAD} kB)"
+hey_run "moat-proxy, h2 up c=1000" "$MOAT_URL" -z 5s -c 1000 -x "http://moat:$TOKEN_H2@127.0.0.1:$MOAT_H2_PORT"
+echo "   moat-proxy (h2 upstream) VmHWM $(hwm_kb $MOAT_H2_PID) kB"
+# The daemon's HTTP/2 run first: its peak is the lower one, so the
+# HTTP/1.1 run's VmHWM after it is that run's own peak.
+DAEMON_RSS_LOAD=$(rss_kb "$DAEMON_PID")
+hey_run "moat daemon, h2 up c=1000" "$MOAT_H2_URL" -z 5s -c 1000 -x "$DAEMON_URL"
+echo "   moat daemon VmHWM $(hwm_kb "$DAEMON_PID") kB (idle ${DAEMON_RSS_IDLE} kB, before this ${DAEMON_RSS_LOAD} kB)"
+hey_run "moat daemon c=1000" "$MOAT_URL" -z 5s -c 1000 -x "$DAEMON_URL"
+echo "   moat daemon VmHWM $(hwm_kb "$DAEMON_PID") kB"
+echo "== trace lines: $(cat "$W"/moat-home/runs/*/network.jsonl 2>/dev/null | wc -l)"

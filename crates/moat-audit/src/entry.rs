@@ -73,47 +73,59 @@ pub fn entry_hash(seq: u64, ts: &str, kind: &str, prev: &str, data: &Value) -> S
     h.update(ts.as_bytes());
     h.update(kind.as_bytes());
     h.update(prev.as_bytes());
-    h.update(canonical_json(data).as_bytes());
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(data, &mut canonical);
+    h.update(&canonical);
     hex::encode(h.finalize())
 }
 
 /// JSON with object keys sorted (by their UTF-8 bytes) and no whitespace,
 /// so the same data always hashes the same whatever order it was built in.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    // Only JSON was written, and JSON is UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Appends `value` as JSON; writing to a Vec cannot fail.
+fn push_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
+            // A map that iterates in key order already (serde_json's
+            // default) needs no sorting, and most do.
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
+            if !keys.is_sorted() {
+                keys.sort();
+            }
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
+                push_json(key.as_str(), out);
+                out.push(b':');
                 if let Some(v) = map.get(key) {
                     write_canonical(v, out);
                 }
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => push_json(scalar, out),
     }
 }
 

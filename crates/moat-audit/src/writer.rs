@@ -235,6 +235,9 @@ impl AuditWriter {
             path: self.path.clone(),
         };
         self.tx.send(msg).map_err(|_| gone())?;
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
         match rx.recv_timeout(WAIT) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(reason)) => Err(AuditError::Write {
@@ -319,10 +322,12 @@ impl Thread {
                 if !pending.is_empty() || now >= deadline {
                     break;
                 }
-                match rx.recv_timeout(deadline - now) {
-                    Ok(msg) => next = Some(msg),
-                    Err(_) => break,
-                }
+                // Parked, not blocked on the channel: a sender only wakes a
+                // thread blocked in `recv`, so events arriving in the window
+                // cost no wake-up (one per event was a context switch per
+                // proxied request); flush and seal unpark us.
+                std::thread::park_timeout(deadline - now);
+                next = rx.try_recv().ok();
             }
             self.record_drops();
             self.sync();

@@ -23,8 +23,8 @@ use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::scrub::{Scrubbed, Secrets};
-use crate::secret::{RunToken, SecretValue};
-use crate::trace::{headers_json, Exchange, RequestObserver, Side, Tapped, TraceSink};
+use crate::secret::RunToken;
+use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
 use crate::upstream::{bare_host, Upstream};
 use crate::ProxyBody;
 
@@ -492,18 +492,32 @@ fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
     })
 }
 
-type Injected = Vec<(HeaderName, SecretValue)>;
+/// What a request gets injected: headers, the trace label, and the forms
+/// of the values its response is scrubbed of.
+#[derive(Default)]
+struct Injected {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    label: Option<String>,
+    secrets: Secrets,
+}
 
-/// The headers to inject for `host`, and the trace label.
-fn injections(run: &Run, host: &str) -> (Injected, Option<String>) {
+/// The injections of `run` for `host`.
+fn injections(run: &Run, host: &str) -> Injected {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let mut headers = Vec::new();
-    let mut label = None;
-    for injection in run.injections_for(bare) {
-        label.get_or_insert_with(|| injection.label());
-        headers.extend(injection.headers.iter().cloned());
+    let mut out = Injected::default();
+    let mut secrets = Vec::new();
+    for (injection, prepared) in run.injections_for(bare) {
+        out.label.get_or_insert_with(|| prepared.label.clone());
+        out.headers.extend(
+            injection
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.header_value().clone())),
+        );
+        secrets.push(&prepared.secrets);
     }
-    (headers, label)
+    out.secrets = Secrets::merge(&secrets);
+    out
 }
 
 fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -526,7 +540,7 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
             "CONNECT",
             &format!("{host}:{port}"),
             false,
-            headers_json(&run, req.headers(), &[]),
+            (req.headers(), &[]),
             None,
             inner.config.trace_body_bytes,
         ) {
@@ -542,7 +556,7 @@ fn handle_connect(inner: Arc<Inner>, run: Arc<Run>, req: Request<Incoming>) -> R
             "CONNECT",
             &format!("{host}:{port}"),
             false,
-            headers_json(&run, req.headers(), &[]),
+            (req.headers(), &[]),
             None,
             inner.config.trace_body_bytes,
         ) {
@@ -595,7 +609,7 @@ async fn handle_tcp_tunnel(
         "CONNECT",
         &format!("{host}:{port}"),
         true,
-        headers_json(&run, req.headers(), &[]),
+        (req.headers(), &[]),
         None,
         inner.config.trace_body_bytes,
     );
@@ -737,7 +751,7 @@ where
                 Some(true) => Speech::Tls,
                 // Without HTTP inside, TLS is the client's own business,
                 // unless there is a credential to inject.
-                _ if injections(&run, bare_host(&target.host)).1.is_some() => Speech::Tls,
+                _ if injections(&run, bare_host(&target.host)).label.is_some() => Speech::Tls,
                 Some(false) => Speech::Other,
                 None => return,
             }
@@ -748,23 +762,44 @@ where
     match speech {
         Speech::Http => {
             target.scheme = "http";
-            serve_inner(inner, run, target, io, false).await;
+            Box::pin(serve_inner(inner, run, target, io, false)).await;
             return;
         }
         Speech::Other => {
-            raw_tunnel(inner, run, target, io).await;
+            Box::pin(raw_tunnel(inner, run, target, io)).await;
             return;
         }
         Speech::Tls => {}
     }
+    // The handshake's state lives in its own allocation, freed once it is
+    // done: inline, it would size the task that holds the connection for
+    // its whole life (about 3 KB more per open connection).
+    let Some(tls) = Box::pin(accept_tls(&inner, &run, &target, io)).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// The client's TLS handshake with a leaf for the name it asks for.
+async fn accept_tls<IO>(
+    inner: &Inner,
+    run: &Arc<Run>,
+    target: &Target,
+    io: Prefixed<IO>,
+) -> Option<Box<tokio_rustls::server::TlsStream<Prefixed<IO>>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = inner.config.client_timeout;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let start = match tokio::time::timeout(timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS hello");
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     let bare = target.host.trim_start_matches('[').trim_end_matches(']');
     // The client's SNI names the certificate; without SNI (or for IP
@@ -779,7 +814,7 @@ where
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(fault = %e.fault(), error = %e.detail(), host = %name, "minting a certificate");
-            return;
+            return None;
         }
     };
     let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
@@ -794,7 +829,7 @@ where
                     "CONNECT",
                     &format!("{}:{}", target.host, target.port),
                     true,
-                    serde_json::Map::new(),
+                    (&HeaderMap::new(), &[]),
                     None,
                     inner.config.trace_body_bytes,
                 ) {
@@ -802,12 +837,13 @@ where
                     ex.finish();
                 }
             }
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_inner(inner, run, target, tls, h2).await;
+    // Boxed, the TLS state (over a KB) is not copied into every future
+    // that passes it on.
+    Some(Box::new(tls))
 }
 
 /// Reads the rest of the client hello's first record into `head` and says
@@ -858,7 +894,7 @@ where
         "CONNECT",
         &authority,
         true,
-        serde_json::Map::new(),
+        (&HeaderMap::new(), &[]),
         None,
         inner.config.trace_body_bytes,
     );
@@ -967,13 +1003,50 @@ where
             let target = target.clone();
             let busy = activity.enter();
             async move {
-                let resp = handle_inner(inner, run, &target, req).await;
+                // Boxed: hyper keeps room for this future for the life of
+                // the connection, idle or not; one request's state is
+                // about 2 KB.
+                let resp = Box::pin(handle_inner(inner, run, &target, req)).await;
                 Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
             }
         })
     };
     let io = TokioIo::new(io);
     if h2 {
+        // Boxed: inline, HTTP/2's larger connection state would size every
+        // HTTP/1.1 tunnel's task too.
+        Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config_timeout)
+            .max_buf_size(max_buf);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+async fn serve_h2<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    cancel: CancellationToken,
+    activity: &Activity,
+    config_timeout: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         let conn = builder.serve_connection(io, service);
@@ -1006,21 +1079,6 @@ where
                     }
                 }
             }
-        }
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config_timeout)
-            .max_buf_size(max_buf);
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::select! {
-            result = conn => {
-                if let Err(e) = result {
-                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
-                }
-            }
-            () = cancel.cancelled() => {}
         }
     }
 }
@@ -1138,13 +1196,20 @@ async fn handle_mcp(
         Ok(u) => u,
         Err(e) => return error_response(&e),
     };
-    let label = Some(format!("mcp:{}", route.name));
-    let headers = route.headers.clone();
+    let inject = Injected {
+        headers: route
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.header_value().clone()))
+            .collect(),
+        label: Some(format!("mcp:{}", route.name)),
+        secrets: route.secrets.clone(),
+    };
     let mut req = req;
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, true, (headers, label), req).await
+    forward(&inner, run.clone(), uri, true, inject, req).await
 }
 
 fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -1244,12 +1309,13 @@ async fn forward(
     run: Arc<Run>,
     uri: Uri,
     check_policy: bool,
-    (inject, label): (Injected, Option<String>),
+    inject: Injected,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let limit = inner.config.trace_body_bytes;
     let method = req.method().clone();
-    let url = uri.to_string();
+    // Only what records requests, and error messages, need it as text.
+    let url = || uri.to_string();
     let host = uri
         .host()
         .unwrap_or_default()
@@ -1271,9 +1337,9 @@ async fn forward(
             if let Some(ex) = Exchange::new(
                 run.clone(),
                 method.as_str(),
-                &url,
+                &url(),
                 false,
-                headers_json(&run, req.headers(), &[]),
+                (req.headers(), &[]),
                 None,
                 limit,
             ) {
@@ -1289,7 +1355,10 @@ async fn forward(
     // host moat holds one for is refused whole (not sent without it, which
     // would hide the mistake). Loopback is excepted for local servers.
     let cleartext = uri.scheme_str() != Some("https");
-    if cleartext && !inject.is_empty() && !(inner.config.cleartext_loopback && is_loopback(&host)) {
+    if cleartext
+        && !inject.headers.is_empty()
+        && !(inner.config.cleartext_loopback && is_loopback(&host))
+    {
         let https = {
             let mut parts = uri.clone().into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTPS);
@@ -1302,6 +1371,7 @@ async fn forward(
                 .map(|u| u.to_string())
                 .unwrap_or_else(|_| format!("https://{host}/"))
         };
+        let url = url();
         let message = format!(
             "moat: refused to send the credential for {host} over plain HTTP ({url}): anyone on the path could read it.\n\
              Use {https} instead; moat injects credentials only into TLS connections.\n"
@@ -1311,8 +1381,8 @@ async fn forward(
             method.as_str(),
             &url,
             false,
-            headers_json(&run, req.headers(), &[]),
-            label,
+            (req.headers(), &[]),
+            inject.label,
             limit,
         ) {
             ex.set_error(403, "credential refused on plain HTTP");
@@ -1336,11 +1406,15 @@ async fn forward(
     strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::HOST);
     join_cookies(&mut headers);
+    let Injected {
+        headers: inject,
+        label,
+        secrets,
+    } = inject;
     let injected: Vec<&str> = inject.iter().map(|(n, _)| n.as_str()).collect();
     for (name, value) in &inject {
-        headers.insert(name.clone(), value.header_value().clone());
+        headers.insert(name.clone(), value.clone());
     }
-    let secrets = Secrets::of(inject.iter().map(|(_, v)| v.expose()));
     if !secrets.is_empty() {
         // Only encodings the scrubber can read come back.
         let gzip = header_has_token(&headers, header::ACCEPT_ENCODING, "gzip");
@@ -1349,15 +1423,17 @@ async fn forward(
             headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         }
     }
-    let exchange = Exchange::new(
-        run.clone(),
-        method.as_str(),
-        &url,
-        true,
-        headers_json(&run, &headers, &injected),
-        label,
-        limit,
-    );
+    let exchange = run.recorded().then(url).and_then(|url| {
+        Exchange::new(
+            run.clone(),
+            method.as_str(),
+            &url,
+            true,
+            (&headers, &injected),
+            label,
+            limit,
+        )
+    });
 
     let mut upstream_req = Request::new(
         Tapped::new(body, exchange.clone(), Side::Request)
@@ -1525,6 +1601,7 @@ mod tests {
             name: "gh".into(),
             base: "https://mcp.example.com/v1/mcp/".parse().unwrap(),
             headers: vec![],
+            secrets: Secrets::default(),
         };
         assert_eq!(
             mcp_uri(&route, "", None).unwrap().to_string(),
@@ -1538,6 +1615,7 @@ mod tests {
             name: "r".into(),
             base: "http://127.0.0.1:9".parse().unwrap(),
             headers: vec![],
+            secrets: Secrets::default(),
         };
         assert_eq!(
             mcp_uri(&root, "", None).unwrap().to_string(),

@@ -11,8 +11,9 @@ use moat_policy::{HostPattern, NetworkPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ErrorKind, ProxyError};
+use crate::scrub::Secrets;
 use crate::secret::{RunToken, SecretValue, TokenDigest};
-use crate::trace::{RequestObserver, TraceSink};
+use crate::trace::{Redactor, RequestObserver, TraceSink};
 
 /// Headers set on every request of a run to hosts matching `host`,
 /// replacing whatever the client sent (clients send placeholders).
@@ -22,13 +23,6 @@ pub struct Injection {
     pub host: HostPattern,
     /// Header names and their secret values.
     pub headers: Vec<(HeaderName, SecretValue)>,
-}
-
-impl Injection {
-    /// The trace label (`credential_used`): the host pattern.
-    pub(crate) fn label(&self) -> String {
-        self.host.to_string()
-    }
 }
 
 /// An MCP server the sandbox reaches through the proxy as
@@ -84,6 +78,26 @@ pub(crate) struct ParsedMcp {
     pub(crate) name: String,
     pub(crate) base: Uri,
     pub(crate) headers: Vec<(HeaderName, SecretValue)>,
+    /// What responses are scrubbed of (from `headers`).
+    pub(crate) secrets: Secrets,
+}
+
+/// What every request an [`Injection`] applies to needs, made once per
+/// run rather than per request.
+pub(crate) struct PreparedInjection {
+    /// The trace label (`credential_used`): the host pattern.
+    pub(crate) label: String,
+    /// What responses are scrubbed of.
+    pub(crate) secrets: Secrets,
+}
+
+impl PreparedInjection {
+    fn of(injection: &Injection) -> Self {
+        PreparedInjection {
+            label: injection.host.to_string(),
+            secrets: Secrets::of(injection.headers.iter().map(|(_, v)| v.expose())),
+        }
+    }
 }
 
 /// A registered run, as the request handlers see it.
@@ -91,6 +105,8 @@ pub(crate) struct Run {
     pub(crate) id: String,
     pub(crate) digest: TokenDigest,
     pub(crate) injections: Vec<Injection>,
+    /// One per injection, in the same order.
+    pub(crate) prepared: Vec<PreparedInjection>,
     pub(crate) policy: NetworkPolicy,
     pub(crate) tunnels: Vec<TcpTunnel>,
     pub(crate) mcp: Vec<ParsedMcp>,
@@ -100,6 +116,9 @@ pub(crate) struct Run {
     /// Every secret of the run (injected values, MCP header values, the run
     /// token), for redacting traces.
     pub(crate) secrets: Vec<String>,
+    /// `secrets` in one automaton. Like the injected header values hyper
+    /// copies, its copy of them is not zeroed on drop.
+    pub(crate) redactor: Redactor,
     /// Told of every finished request.
     pub(crate) observer: Option<Arc<dyn RequestObserver>>,
 }
@@ -130,8 +149,16 @@ impl Run {
     pub(crate) fn injections_for<'a>(
         &'a self,
         host: &'a str,
-    ) -> impl Iterator<Item = &'a Injection> + 'a {
-        self.injections.iter().filter(move |i| i.host.matches(host))
+    ) -> impl Iterator<Item = (&'a Injection, &'a PreparedInjection)> + 'a {
+        self.injections
+            .iter()
+            .zip(&self.prepared)
+            .filter(move |(i, _)| i.host.matches(host))
+    }
+
+    /// Whether finished requests are written down (trace or observer).
+    pub(crate) fn recorded(&self) -> bool {
+        self.trace.is_some() || self.observer.is_some()
     }
 }
 
@@ -159,6 +186,7 @@ fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
     Ok(ParsedMcp {
         name: route.name,
         base,
+        secrets: Secrets::of(route.headers.iter().map(|(_, v)| v.expose())),
         headers: route.headers,
     })
 }
@@ -203,9 +231,11 @@ pub(crate) fn build_run(
     // Longest first, so a secret containing another is replaced whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
+    let redactor = Redactor::new(&secrets);
     Ok(Run {
         id: reg.run_id,
         digest: token.digest(),
+        prepared: reg.injections.iter().map(PreparedInjection::of).collect(),
         injections: reg.injections,
         policy: reg.policy,
         tunnels: reg.tunnels,
@@ -213,6 +243,7 @@ pub(crate) fn build_run(
         trace,
         cancel: parent.child_token(),
         secrets,
+        redactor,
         observer: None,
     })
 }

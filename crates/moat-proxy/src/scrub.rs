@@ -63,6 +63,23 @@ impl Secrets {
         }
     }
 
+    /// The secrets of all of `sets` (usually one, shared as is).
+    pub(crate) fn merge(sets: &[&Secrets]) -> Self {
+        match sets {
+            [] => Secrets::default(),
+            [one] => (*one).clone(),
+            many => {
+                let mut out: Vec<Vec<u8>> =
+                    many.iter().flat_map(|s| s.values.iter().cloned()).collect();
+                out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+                out.dedup();
+                Secrets {
+                    values: Arc::new(out),
+                }
+            }
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
     }

@@ -15,7 +15,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
-use serde_json::{Map, Value};
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::run::Run;
@@ -65,7 +64,8 @@ pub trait RequestObserver: Send + Sync {
 }
 
 enum Msg {
-    Line(String),
+    /// One JSON line, without its newline.
+    Line(Vec<u8>),
     Flush,
 }
 
@@ -76,7 +76,15 @@ pub(crate) struct TraceSink {
     /// count in the trace.
     dropped: Arc<AtomicU64>,
     path: PathBuf,
+    /// The writer, unparked to write at once (see [`GATHER`]).
+    writer: std::thread::Thread,
 }
+
+/// How long the writer waits after a line for more before writing them
+/// together. It waits parked rather than blocked on the queue: a sender
+/// wakes only a thread blocked in `recv`, so the lines of the window cost
+/// one wake-up, not a context switch per proxied request.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl TraceSink {
     /// Opens (appending, creating `0600`) `path` and starts its writer.
@@ -102,7 +110,7 @@ impl TraceSink {
         let display = path.display().to_string();
         let dropped = Arc::new(AtomicU64::new(0));
         let queue_dropped = dropped.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("moat-trace".into())
             .spawn(move || writer(file, rx, display, &queue_dropped))
             .map_err(|e| {
@@ -112,10 +120,11 @@ impl TraceSink {
             tx,
             dropped,
             path: path.to_path_buf(),
+            writer: handle.thread().clone(),
         })
     }
 
-    fn send(&self, line: String) {
+    fn send(&self, line: Vec<u8>) {
         match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -132,6 +141,15 @@ impl TraceSink {
     /// empty) without waiting.
     pub(crate) fn request_flush(&self) {
         let _ = self.tx.try_send(Msg::Flush);
+        self.writer.unpark();
+    }
+}
+
+impl Drop for TraceSink {
+    fn drop(&mut self) {
+        // The writer ends (after writing what is queued) once it sees the
+        // queue closed; without this it would notice only after `GATHER`.
+        self.writer.unpark();
     }
 }
 
@@ -185,21 +203,42 @@ fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_droppe
             }
         }
     };
-    // Lines are written as they come, a batch whenever the queue runs
-    // empty, so the file lags the requests by milliseconds at most.
+    // A batch is what arrives within `GATHER` of its first line (less when
+    // a flush is asked for or the queue closes), so the file lags the
+    // requests by milliseconds at most.
     while let Ok(msg) = rx.recv() {
+        let deadline = Instant::now() + GATHER;
         let mut next = Some(msg);
         let mut lines = 0;
-        while let Some(msg) = next {
-            if let Msg::Line(line) = msg {
-                batch.extend_from_slice(line.as_bytes());
-                batch.push(b'\n');
-                lines += 1;
+        loop {
+            let mut flush = false;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Line(line) => {
+                        batch.extend_from_slice(&line);
+                        batch.push(b'\n');
+                        lines += 1;
+                    }
+                    Msg::Flush => flush = true,
+                }
+                if batch.len() >= 64 * 1024 {
+                    write_batch(&mut file, &mut batch, lines);
+                    lines = 0;
+                }
+                next = match rx.try_recv() {
+                    Ok(msg) => Some(msg),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        flush = true;
+                        None
+                    }
+                };
             }
-            if batch.len() >= 64 * 1024 {
-                write_batch(&mut file, &mut batch, lines);
-                lines = 0;
+            let now = Instant::now();
+            if flush || now >= deadline {
+                break;
             }
+            std::thread::park_timeout(deadline - now);
             next = rx.try_recv().ok();
         }
         write_batch(&mut file, &mut batch, lines);
@@ -209,45 +248,177 @@ fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_droppe
 }
 
 /// Replaces every secret of `run` in `text`.
-pub(crate) fn redact(run: &Run, text: &str) -> String {
-    let mut out = text.to_owned();
-    for secret in &run.secrets {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), REDACTED);
+pub(crate) fn redact<'a>(run: &Run, text: &'a str) -> std::borrow::Cow<'a, str> {
+    run.redactor.redact(text)
+}
+
+/// All the secrets of a run in one automaton, so a text is searched once
+/// whatever their number.
+pub(crate) enum Redactor {
+    /// No secrets.
+    Nothing,
+    Automaton(aho_corasick::AhoCorasick),
+    /// Only if the automaton cannot be built (a pattern set beyond its
+    /// limits): each secret searched for at every position.
+    Plain(Vec<zeroize::Zeroizing<String>>),
+}
+
+impl Redactor {
+    pub(crate) fn new(secrets: &[String]) -> Self {
+        let secrets: Vec<&str> = secrets
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if secrets.is_empty() {
+            return Redactor::Nothing;
+        }
+        // Standard match semantics, so overlapping matches can be asked for
+        // and secrets that overlap in a text are all covered.
+        match aho_corasick::AhoCorasick::new(&secrets) {
+            Ok(automaton) => Redactor::Automaton(automaton),
+            Err(e) => {
+                tracing::warn!(error = %e, "building the trace redactor; searching secret by secret");
+                Redactor::Plain(
+                    secrets
+                        .iter()
+                        .map(|s| zeroize::Zeroizing::new((*s).to_owned()))
+                        .collect(),
+                )
+            }
         }
     }
+
+    /// Where secrets occur in `text` (overlapping occurrences included).
+    fn spans(&self, text: &str) -> Vec<(usize, usize)> {
+        match self {
+            Redactor::Nothing => Vec::new(),
+            Redactor::Automaton(automaton) => automaton
+                .find_overlapping_iter(text)
+                .map(|m| (m.start(), m.end()))
+                .collect(),
+            Redactor::Plain(secrets) => {
+                let mut spans = Vec::new();
+                for secret in secrets {
+                    let mut from = 0;
+                    while let Some(i) = text.get(from..).and_then(|t| t.find(secret.as_str())) {
+                        spans.push((from + i, from + i + secret.len()));
+                        from += i + 1;
+                        while from < text.len() && !text.is_char_boundary(from) {
+                            from += 1;
+                        }
+                    }
+                }
+                spans
+            }
+        }
+    }
+
+    /// `text` with every stretch covered by an occurrence of a secret
+    /// replaced by [`REDACTED`]: overlapping occurrences (of one secret or
+    /// of several) become one marker, so no part of any secret is left.
+    pub(crate) fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        self.redact_prefix(text, text.len())
+    }
+
+    /// [`Redactor::redact`] of the first `limit` bytes of `text` (cut at a
+    /// character boundary), where an occurrence that begins before the cut
+    /// and ends after it is replaced whole. The cut is made in `text`, not
+    /// in the redacted text: markers longer or shorter than the secrets
+    /// they replace cannot bring a secret's beginning, cut off in `text`,
+    /// into the kept part.
+    pub(crate) fn redact_prefix<'a>(
+        &self,
+        text: &'a str,
+        limit: usize,
+    ) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        let mut cut = limit.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut spans = self.spans(text);
+        if spans.is_empty() {
+            return Cow::Borrowed(&text[..cut]);
+        }
+        spans.sort_unstable();
+        let bytes = text.as_bytes();
+        let mut out: Vec<u8> = Vec::with_capacity(cut + REDACTED.len());
+        let mut done = 0;
+        let mut i = 0;
+        while i < spans.len() && spans[i].0 < cut {
+            let (start, mut end) = spans[i];
+            i += 1;
+            while i < spans.len() && spans[i].0 < end {
+                end = end.max(spans[i].1);
+                i += 1;
+            }
+            out.extend_from_slice(&bytes[done..start]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            done = end;
+        }
+        if done < cut {
+            out.extend_from_slice(&bytes[done..cut]);
+        }
+        // A secret is whole UTF-8, so the cuts fall between characters.
+        Cow::Owned(
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        )
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Headers as the text of a JSON object (keys sorted, as `moat trace` and
+/// older lines have them), sensitive and injected ones redacted.
+pub(crate) fn headers_json(run: &Run, headers: &HeaderMap, injected: &[&str]) -> Vec<u8> {
+    let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    let mut out = Vec::with_capacity(64 * names.len() + 2);
+    out.push(b'{');
+    for (i, key) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(&mut out, key);
+        out.push(b':');
+        if SENSITIVE.contains(&key) || injected.contains(&key) {
+            push_str(&mut out, REDACTED);
+            continue;
+        }
+        let mut values = headers.get_all(key).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => push_str(
+                &mut out,
+                &redact(run, &String::from_utf8_lossy(v.as_bytes())),
+            ),
+            _ => {
+                let joined = headers
+                    .get_all(key)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                push_str(&mut out, &redact(run, &joined));
+            }
+        }
+    }
+    out.push(b'}');
     out
 }
 
-/// Headers as a JSON object, sensitive and injected ones redacted.
-pub(crate) fn headers_json(
-    run: &Run,
-    headers: &HeaderMap,
-    injected: &[&str],
-) -> Map<String, Value> {
-    let mut map = Map::new();
-    for name in headers.keys() {
-        let key = name.as_str();
-        let value = if SENSITIVE.contains(&key) || injected.contains(&key) {
-            REDACTED.to_owned()
-        } else {
-            let joined = headers
-                .get_all(name)
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            redact(run, &joined)
-        };
-        map.insert(key.to_owned(), Value::String(value));
-    }
-    map
-}
+const EMPTY_OBJECT: &[u8] = b"{}";
 
 #[derive(Default)]
 struct State {
     status: Option<u16>,
-    resp_headers: Map<String, Value>,
+    /// A JSON object; empty until the response arrives.
+    resp_headers: Vec<u8>,
     error: Option<String>,
     req_body: Vec<u8>,
     resp_body: Vec<u8>,
@@ -259,6 +430,9 @@ struct State {
 
 /// One request's trace line in the making; emitted once, when the response
 /// body ends or is dropped, or explicitly on early failure.
+///
+/// Headers are turned into JSON and bodies kept only when the run has a
+/// trace: the observer sees neither.
 pub(crate) struct Exchange {
     run: Arc<Run>,
     ts: chrono::DateTime<chrono::Utc>,
@@ -266,7 +440,8 @@ pub(crate) struct Exchange {
     method: String,
     url: String,
     allowed: bool,
-    req_headers: Map<String, Value>,
+    /// A JSON object (empty without a trace).
+    req_headers: Vec<u8>,
     credential: Option<String>,
     /// Bytes kept per body: the configured limit plus the longest secret, so
     /// a secret straddling the limit is still recognised and redacted.
@@ -283,21 +458,28 @@ pub(crate) enum Side {
 }
 
 impl Exchange {
+    /// `req_headers` are the headers sent upstream; those named in
+    /// `injected` are redacted whatever their value.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run: Arc<Run>,
         method: &str,
         url: &str,
         allowed: bool,
-        req_headers: Map<String, Value>,
+        (req_headers, injected): (&HeaderMap, &[&str]),
         credential: Option<String>,
         limit: usize,
     ) -> Option<Arc<Self>> {
         if run.trace.is_none() && run.observer.is_none() {
             return None;
         }
+        let req_headers = if run.trace.is_some() {
+            headers_json(&run, req_headers, injected)
+        } else {
+            Vec::new()
+        };
         let longest = run.secrets.iter().map(String::len).max().unwrap_or(0);
-        let url = redact(&run, url);
+        let url = redact(&run, url).into_owned();
         Some(Arc::new(Exchange {
             run,
             ts: chrono::Utc::now(),
@@ -314,7 +496,11 @@ impl Exchange {
     }
 
     pub(crate) fn set_response(&self, status: u16, headers: &HeaderMap) {
-        let json = headers_json(&self.run, headers, &[]);
+        let json = if self.run.trace.is_some() {
+            headers_json(&self.run, headers, &[])
+        } else {
+            Vec::new()
+        };
         if let Ok(mut s) = self.state.lock() {
             s.status = Some(status);
             s.resp_headers = json;
@@ -348,6 +534,9 @@ impl Exchange {
     }
 
     fn capture(&self, side: Side, data: &[u8]) {
+        if self.run.trace.is_none() {
+            return;
+        }
         if let Ok(mut s) = self.state.lock() {
             let keep = self.keep;
             let limit = self.limit;
@@ -364,16 +553,12 @@ impl Exchange {
         }
     }
 
+    /// The kept body as text, redacted and cut at the limit.
     fn body_text(&self, body: &[u8]) -> String {
-        let text = redact(&self.run, &String::from_utf8_lossy(body));
-        if text.len() <= self.limit {
-            return text;
-        }
-        let mut end = self.limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text[..end].to_owned()
+        self.run
+            .redactor
+            .redact_prefix(&String::from_utf8_lossy(body), self.limit)
+            .into_owned()
     }
 
     /// Writes the trace line and tells the observer (once).
@@ -402,56 +587,78 @@ impl Exchange {
         let Some(sink) = self.run.trace.as_ref() else {
             return;
         };
-        let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            Value::String(self.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        // Written directly, keys in the sorted order a JSON object of
+        // `serde_json` has always given these lines.
+        let mut line = Vec::with_capacity(
+            256 + self.req_headers.len()
+                + s.resp_headers.len()
+                + s.req_body.len()
+                + s.resp_body.len(),
         );
-        line.insert("method".into(), Value::String(self.method.clone()));
-        line.insert("url".into(), Value::String(self.url.clone()));
-        line.insert(
-            "status_code".into(),
-            s.status.map(Value::from).unwrap_or(Value::Null),
-        );
-        line.insert("duration_ms".into(), Value::from(duration_ms));
-        if let Some(error) = error {
-            line.insert("error".into(), Value::String(error));
+        line.push(b'{');
+        if let Some(label) = &self.credential {
+            line.extend_from_slice(b"\"credential_used\":");
+            push_str(&mut line, label);
+            line.push(b',');
         }
-        line.insert(
-            "policy".into(),
-            Value::String(if self.allowed { "allow" } else { "deny" }.into()),
-        );
-        line.insert(
-            "req_headers".into(),
-            Value::Object(self.req_headers.clone()),
-        );
-        line.insert(
-            "resp_headers".into(),
-            Value::Object(std::mem::take(&mut s.resp_headers)),
-        );
+        line.extend_from_slice(b"\"duration_ms\":");
+        let _ = serde_json::to_writer(&mut line, &duration_ms);
+        if let Some(error) = &error {
+            line.extend_from_slice(b",\"error\":");
+            push_str(&mut line, error);
+        }
+        line.extend_from_slice(b",\"method\":");
+        push_str(&mut line, &self.method);
+        line.extend_from_slice(b",\"policy\":");
+        line.extend_from_slice(if self.allowed {
+            b"\"allow\""
+        } else {
+            b"\"deny\""
+        });
         if !s.req_body.is_empty() {
-            line.insert(
-                "req_body".into(),
-                Value::String(self.body_text(&s.req_body)),
-            );
+            line.extend_from_slice(b",\"req_body\":");
+            push_str(&mut line, &self.body_text(&s.req_body));
         }
+        line.extend_from_slice(b",\"req_headers\":");
+        line.extend_from_slice(non_empty(&self.req_headers));
         if !s.resp_body.is_empty() {
-            line.insert(
-                "resp_body".into(),
-                Value::String(self.body_text(&s.resp_body)),
-            );
+            line.extend_from_slice(b",\"resp_body\":");
+            push_str(&mut line, &self.body_text(&s.resp_body));
+        }
+        line.extend_from_slice(b",\"resp_headers\":");
+        line.extend_from_slice(non_empty(&s.resp_headers));
+        if s.scrubbed > 0 {
+            line.extend_from_slice(b",\"scrubbed\":");
+            let _ = serde_json::to_writer(&mut line, &s.scrubbed);
+        }
+        line.extend_from_slice(b",\"status_code\":");
+        match s.status {
+            Some(code) => {
+                let _ = serde_json::to_writer(&mut line, &code);
+            }
+            None => line.extend_from_slice(b"null"),
         }
         if s.truncated {
-            line.insert("truncated".into(), Value::Bool(true));
+            line.extend_from_slice(b",\"truncated\":true");
         }
-        if s.scrubbed > 0 {
-            line.insert("scrubbed".into(), Value::from(s.scrubbed));
-        }
-        if let Some(label) = &self.credential {
-            line.insert("credential_used".into(), Value::String(label.clone()));
-        }
+        line.extend_from_slice(b",\"ts\":");
+        push_str(
+            &mut line,
+            &self.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        line.extend_from_slice(b",\"url\":");
+        push_str(&mut line, &self.url);
+        line.push(b'}');
         drop(s);
-        sink.send(Value::Object(line).to_string());
+        sink.send(line);
+    }
+}
+
+fn non_empty(object: &[u8]) -> &[u8] {
+    if object.is_empty() {
+        EMPTY_OBJECT
+    } else {
+        object
     }
 }
 
@@ -547,7 +754,7 @@ mod tests {
         let path = tmp.path().join("network.jsonl");
         let sink = TraceSink::open(&path, 1).unwrap();
         for i in 0..2000 {
-            sink.send(format!("{{\"n\":{i}}}"));
+            sink.send(format!("{{\"n\":{i}}}").into_bytes());
         }
         drop(sink);
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
@@ -567,5 +774,265 @@ mod tests {
             assert!(Instant::now() < deadline, "{written} + {dropped} != 2000");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    fn redactor(secrets: &[&str]) -> Redactor {
+        Redactor::new(&secrets.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    /// No window of `len` bytes of any secret is left in `out`.
+    fn assert_no_piece(out: &str, secrets: &[&str], len: usize) {
+        for secret in secrets {
+            for piece in secret.as_bytes().windows(len.min(secret.len())) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                assert!(
+                    !out.contains(piece),
+                    "{piece:?} of {secret:?} left in {out:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_secret_is_redacted_overlapping_or_not() {
+        let secrets = [
+            "abcdef12",
+            "ef123456",
+            "Bearer tok_0123456789",
+            "tok_0123456789",
+        ];
+        let r = redactor(&secrets);
+        assert_eq!(r.redact("no secret here"), "no secret here");
+        assert_eq!(r.redact("xxabcdef123456yy"), "xx[REDACTED]yy");
+        assert_eq!(r.redact("a Bearer tok_0123456789 b"), "a [REDACTED] b");
+        assert_eq!(
+            r.redact("tok_0123456789tok_0123456789"),
+            "[REDACTED][REDACTED]"
+        );
+        // One secret overlapping itself.
+        let r = redactor(&["abab"]);
+        assert_eq!(r.redact("xabababx"), "x[REDACTED]x");
+        // Multi-byte characters around and inside secrets.
+        let r = redactor(&["clé-secrète"]);
+        assert_eq!(r.redact("été clé-secrète été"), "été [REDACTED] été");
+    }
+
+    /// Texts made of random pieces of overlapping secrets: every occurrence
+    /// of every secret is gone, with the automaton and the fallback alike.
+    #[test]
+    fn random_mixes_of_secret_pieces_never_leak() {
+        use rand::{Rng, SeedableRng};
+        let secrets = ["k3y-AAAA-BBBB", "BBBB-CCCC", "CCCC-k3y", "xyzw", "wxyzwxyz"];
+        let owned: Vec<String> = secrets.iter().map(|s| (*s).to_owned()).collect();
+        let plain = Redactor::Plain(
+            owned
+                .iter()
+                .map(|s| zeroize::Zeroizing::new(s.clone()))
+                .collect(),
+        );
+        let automaton = Redactor::new(&owned);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..rng.gen_range(0..8) {
+                let s = secrets[rng.gen_range(0..secrets.len())];
+                let a = rng.gen_range(0..s.len());
+                let b = rng.gen_range(a..=s.len());
+                text.push_str(if rng.gen_bool(0.5) { s } else { &s[a..b] });
+            }
+            for r in [&automaton, &plain] {
+                let out = r.redact(&text);
+                for s in secrets {
+                    assert!(!out.contains(s), "{s:?} left in {out:?} (from {text:?})");
+                }
+            }
+            assert_eq!(automaton.redact(&text), plain.redact(&text), "{text:?}");
+        }
+    }
+
+    /// A body captured in chunks split at every position, with a secret
+    /// across the trace limit and secrets longer than the marker before
+    /// it: no piece of any secret reaches the trace line.
+    #[test]
+    fn secrets_split_across_chunks_and_the_limit_are_redacted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let token = crate::secret::RunToken::generate();
+        let secret = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz";
+        let reg = crate::run::RunRegistration {
+            run_id: "r".into(),
+            injections: vec![crate::run::Injection {
+                host: moat_policy::HostPattern::parse("example.com").unwrap(),
+                headers: vec![(
+                    http::HeaderName::from_static("x-key"),
+                    crate::SecretValue::new(secret).unwrap(),
+                )],
+            }],
+            policy: moat_policy::NetworkPolicy::default(),
+            mcp: vec![],
+            trace: None,
+            tunnels: vec![],
+        };
+        let sink = TraceSink::open(&tmp.path().join("t.jsonl"), 16).unwrap();
+        let run = Arc::new(
+            crate::run::build_run(
+                reg,
+                &token,
+                Some(sink),
+                &tokio_util::sync::CancellationToken::new(),
+                true,
+            )
+            .unwrap(),
+        );
+        let limit = 200;
+        let tok = token.expose();
+        // Two long secrets shrink the text by more than a secret's length
+        // when redacted; a third begins just past the limit, cut in the
+        // kept bytes (cutting the redacted text at the limit, as moat once
+        // did, kept 63 of the token's 64 characters).
+        let mut body = format!("{secret}{tok}");
+        body.push_str(&"x".repeat(limit + 1 - body.len()));
+        body.push_str(tok);
+        body.push_str(secret);
+        let body = body.as_bytes();
+        let secrets = [secret, tok];
+        for cut in 0..body.len() {
+            let ex = Exchange::new(
+                run.clone(),
+                "GET",
+                "https://example.com/",
+                true,
+                (&HeaderMap::new(), &[]),
+                None,
+                limit,
+            )
+            .unwrap();
+            ex.capture(Side::Response, &body[..cut]);
+            ex.capture(Side::Response, &body[cut..]);
+            let s = ex.state.lock().unwrap();
+            let text = ex.body_text(&s.resp_body);
+            assert!(s.truncated);
+            assert_no_piece(&text, &secrets, 4);
+            assert!(text.starts_with("[REDACTED]"), "{text}");
+        }
+    }
+
+    #[test]
+    fn header_objects_are_sorted_and_redacted() {
+        let token = crate::secret::RunToken::generate();
+        let reg = crate::run::RunRegistration {
+            run_id: "r".into(),
+            injections: vec![],
+            policy: moat_policy::NetworkPolicy::default(),
+            mcp: vec![],
+            trace: None,
+            tunnels: vec![],
+        };
+        let run = crate::run::build_run(
+            reg,
+            &token,
+            None,
+            &tokio_util::sync::CancellationToken::new(),
+            true,
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-b", "1".parse().unwrap());
+        h.append("x-a", "one \"q\"".parse().unwrap());
+        h.append("x-a", format!("t={}", token.expose()).parse().unwrap());
+        h.insert("cookie", "c=1".parse().unwrap());
+        h.insert("x-inj", "v".parse().unwrap());
+        let json = String::from_utf8(headers_json(&run, &h, &["x-inj"])).unwrap();
+        assert_eq!(
+            json,
+            r#"{"cookie":"[REDACTED]","x-a":"one \"q\", t=[REDACTED]","x-b":"1","x-inj":"[REDACTED]"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(v.is_object());
+    }
+
+    /// The line is what a `serde_json` object of the same fields gives
+    /// (sorted keys, same escapes and numbers), as it always was.
+    #[test]
+    fn trace_lines_keep_their_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.jsonl");
+        let token = crate::secret::RunToken::generate();
+        let reg = crate::run::RunRegistration {
+            run_id: "r".into(),
+            injections: vec![],
+            policy: moat_policy::NetworkPolicy::default(),
+            mcp: vec![],
+            trace: None,
+            tunnels: vec![],
+        };
+        let sink = TraceSink::open(&path, 16).unwrap();
+        let run = Arc::new(
+            crate::run::build_run(
+                reg,
+                &token,
+                Some(sink),
+                &tokio_util::sync::CancellationToken::new(),
+                true,
+            )
+            .unwrap(),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-q",
+            "a\"b\\c\u{7f}"
+                .parse()
+                .unwrap_or(http::HeaderValue::from_static("q")),
+        );
+        let ex = Exchange::new(
+            run.clone(),
+            "POST",
+            "https://h/p?q=\"",
+            true,
+            (&h, &[]),
+            Some("h".into()),
+            4,
+        )
+        .unwrap();
+        ex.set_body(Side::Request, "é\n\t\u{1}".as_bytes());
+        ex.set_response(502, &h);
+        ex.set_body(Side::Response, b"0123456789");
+        ex.add_scrubbed(2);
+        ex.set_error(502, &format!("bad {}", token.expose()));
+        ex.finish();
+        let ex = Exchange::new(
+            run.clone(),
+            "CONNECT",
+            "h:443",
+            false,
+            (&HeaderMap::new(), &[]),
+            None,
+            4,
+        )
+        .unwrap();
+        ex.set_failure("no");
+        ex.finish();
+        drop((ex, run));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().count() == 2 {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "{text}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v.to_string(), line);
+            assert!(!line.contains(token.expose()));
+        }
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["truncated"], true);
+        assert_eq!(first["scrubbed"], 2);
+        assert_eq!(first["error"], "bad [REDACTED]");
+        assert_eq!(first["resp_body"], "0123");
+        let second: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(second["status_code"], serde_json::Value::Null);
+        assert_eq!(second["policy"], "deny");
     }
 }
