@@ -84,7 +84,7 @@ fn invalid_values() {
         "grants: [github, \"ssh:*.x.com\", \"vault:x\"]\n",
         "env:\n  1BAD: x\n",
         "command: []\n",
-        "runtime: podman\n",
+        "runtime: kubernetes\n",
         "sandbox: gvisor\n",
         "sandbox: false\n",
         "base_image: \"\"\n",

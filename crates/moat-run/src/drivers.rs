@@ -233,6 +233,10 @@ fn remove_from(
         let Ok(leftovers) = driver.leftovers() else {
             continue;
         };
+        // A container another one depends on (a network guard whose
+        // namespace a workload joined) can only go after it: Podman
+        // refuses, so what failed is tried once more at the end.
+        let mut retry = Vec::new();
         for leftover in leftovers {
             let Some(owner) = leftover.run_id.as_deref() else {
                 continue;
@@ -248,7 +252,17 @@ fn remove_from(
                     _ => true,
                 },
             };
-            if wanted && driver.remove_leftover(&leftover).is_ok() {
+            if !wanted {
+                continue;
+            }
+            if driver.remove_leftover(&leftover).is_ok() {
+                removed += 1;
+            } else {
+                retry.push(leftover);
+            }
+        }
+        for leftover in retry {
+            if driver.remove_leftover(&leftover).is_ok() {
                 removed += 1;
             }
         }
