@@ -104,6 +104,19 @@ pub struct RunArgs {
     /// Command and arguments (after --); replaces moat.yaml `command`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    #[command(flatten)]
+    pub run: RunOptions,
+    /// Attach the terminal (stdin, stdout, stderr; not logged).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Run in the background; follow with moat logs -f.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+/// The flags of a run, shared by `moat run` and the agent commands.
+#[derive(Debug, Args)]
+pub struct RunOptions {
     /// Inject a stored credential (repeatable): github, claude, ssh:HOST...
     #[arg(short = 'g', long = "grant", value_name = "PROVIDER")]
     pub grants: Vec<String>,
@@ -119,28 +132,50 @@ pub struct RunArgs {
     /// Also allow HOST under a strict network policy (repeatable).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
-    /// Runtime: native, docker or apple (default: detected).
+    /// Runtime: native, docker, podman or apple (default: detected).
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<String>,
-    /// Attach the terminal (stdin, stdout, stderr; not logged).
-    #[arg(short, long)]
-    pub interactive: bool,
-    /// Run in the background; follow with moat logs -f.
-    #[arg(short, long)]
-    pub detach: bool,
     /// Container runtimes: keep the container after it exits.
     #[arg(long)]
     pub keep: bool,
     /// Never prompt (missing grants are always errors for runs).
     #[arg(long)]
     pub no_prompt: bool,
-    /// Docker: run with runc instead of gVisor (also MOAT_NO_SANDBOX=1 or
-    /// `sandbox: none`).
+    /// Container runtimes: run with runc instead of gVisor (also
+    /// MOAT_NO_SANDBOX=1 or `sandbox: none`).
     #[arg(long)]
     pub no_sandbox: bool,
-    /// Docker: rebuild the image even if one with the same inputs exists.
+    /// Container runtimes: rebuild the image even if one with the same
+    /// inputs exists.
     #[arg(long)]
     pub rebuild: bool,
+}
+
+impl RunOptions {
+    /// The run's flags, for `command`.
+    pub fn flags(
+        &self,
+        command: Vec<String>,
+        interactive: bool,
+        detached: bool,
+        verbose: bool,
+    ) -> moat_run::RunFlags {
+        moat_run::RunFlags {
+            command,
+            grants: self.grants.clone(),
+            env: self.env.clone(),
+            mounts: self.mounts.clone(),
+            name: self.name.clone(),
+            allow_hosts: self.allow_hosts.clone(),
+            runtime: self.runtime.clone(),
+            interactive,
+            keep: self.keep,
+            no_sandbox: self.no_sandbox,
+            rebuild: self.rebuild,
+            verbose,
+            detached,
+        }
+    }
 }
 
 /// `moat claude`, `moat codex`, `moat gemini`.
@@ -169,36 +204,8 @@ pub struct AgentArgs {
     /// The model the agent uses.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
-    /// Inject a stored credential (repeatable), besides the agent's own.
-    #[arg(short = 'g', long = "grant", value_name = "PROVIDER")]
-    pub grants: Vec<String>,
-    /// Set an environment variable in the sandbox (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-    pub env: Vec<String>,
-    /// Bind-mount a host path (repeatable): SRC:DST[:ro].
-    #[arg(short = 'm', long = "mount", value_name = "SRC:DST[:ro]")]
-    pub mounts: Vec<String>,
-    /// Run name (default: moat.yaml `name`, else generated).
-    #[arg(short = 'n', long)]
-    pub name: Option<String>,
-    /// Also allow HOST under a strict network policy (repeatable).
-    #[arg(long = "allow-host", value_name = "HOST")]
-    pub allow_hosts: Vec<String>,
-    /// Runtime: native, docker or podman (default: detected).
-    #[arg(long, value_name = "RUNTIME")]
-    pub runtime: Option<String>,
-    /// Container runtimes: keep the container after it exits.
-    #[arg(long)]
-    pub keep: bool,
-    /// Never prompt.
-    #[arg(long)]
-    pub no_prompt: bool,
-    /// Container runtimes: runc instead of gVisor.
-    #[arg(long)]
-    pub no_sandbox: bool,
-    /// Container runtimes: rebuild the image.
-    #[arg(long)]
-    pub rebuild: bool,
+    #[command(flatten)]
+    pub run: RunOptions,
 }
 
 #[derive(Debug, Args)]

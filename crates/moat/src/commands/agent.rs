@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use moat_agents::LaunchOptions;
-use moat_run::{RunFlags, RunPlan};
+use moat_run::RunPlan;
 
 use super::Context;
 use crate::cli::AgentArgs;
@@ -14,27 +14,18 @@ use crate::cli::AgentArgs;
 pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
     let workspace = super::run::resolve_workspace(args.path.as_deref())?;
-    super::trust::ensure_trusted(ctx, &workspace, args.no_prompt)?;
+    super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
     let config = moat_config::load(&workspace)?;
     // A prompt is answered and printed; otherwise the agent talks with
     // the user, on a terminal when there is one.
     let interactive = args.prompt.is_none() && std::io::stdin().is_terminal();
-    let flags = RunFlags {
-        // Replaced by the agent's command line below.
-        command: vec![agent.binary().to_owned()],
-        grants: args.grants.clone(),
-        env: args.env.clone(),
-        mounts: args.mounts.clone(),
-        name: args.name.clone(),
-        allow_hosts: args.allow_hosts.clone(),
-        runtime: args.runtime.clone(),
+    // The command is replaced by the agent's command line below.
+    let flags = args.run.flags(
+        vec![agent.binary().to_owned()],
         interactive,
-        keep: args.keep,
-        no_sandbox: args.no_sandbox,
-        rebuild: args.rebuild,
-        verbose: ctx.verbose,
-        detached: false,
-    };
+        false,
+        ctx.verbose,
+    );
     let mut plan = RunPlan::from_flags(
         workspace,
         &flags,

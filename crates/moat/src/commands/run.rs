@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use moat_run::{RunFlags, RunPlan};
+use moat_run::RunPlan;
 
 use super::Context;
 use crate::cli::RunArgs;
@@ -19,7 +19,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     // of `run -d` was checked by its parent, which can still ask the user;
     // `moat_run::execute` re-checks under the trust lock as it opens the run.
     if !detached_child {
-        super::trust::ensure_trusted(ctx, &workspace, args.no_prompt)?;
+        super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
     }
     if args.detach && !detached_child {
         return detach(ctx);
@@ -28,21 +28,12 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     // `-d`, marked by the environment.
     let detached = args.detach || detached_child;
     let config = moat_config::load(&workspace)?;
-    let flags = RunFlags {
-        command: args.command.clone(),
-        grants: args.grants.clone(),
-        env: args.env.clone(),
-        mounts: args.mounts.clone(),
-        name: args.name.clone(),
-        allow_hosts: args.allow_hosts.clone(),
-        runtime: args.runtime.clone(),
-        interactive: args.interactive,
-        keep: args.keep,
-        no_sandbox: args.no_sandbox,
-        rebuild: args.rebuild,
-        verbose: ctx.verbose,
+    let flags = args.run.flags(
+        args.command.clone(),
+        args.interactive,
         detached,
-    };
+        ctx.verbose,
+    );
     let plan = RunPlan::from_flags(
         workspace,
         &flags,
