@@ -38,7 +38,7 @@ mkdir -p "$W/direct-home/.claude"
 printf '{"hasCompletedOnboarding":true,"bypassPermissionsModeAccepted":true,"customApiKeyResponses":{"approved":["benchKey0123456789ab"],"rejected":[]},"projects":{"%s":{"hasTrustDialogAccepted":true}}}' "$W/project" \
   > "$W/direct-home/.claude.json"
 DIRECT="env HOME=$W/direct-home ANTHROPIC_API_KEY=sk-ant-api03-benchKey0123456789ab ANTHROPIC_BASE_URL=https://localhost:$PORT \
-NODE_EXTRA_CA_CERTS=$MOAT_UPSTREAM_CA_FILE DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
+NODE_EXTRA_CA_CERTS=$MOAT_UPSTREAM_CA_FILE IS_SANDBOX=1 DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
 claude --dangerously-skip-permissions -p hello"
 $DIRECT | grep -q "fake model" || { echo "the direct run did not answer"; exit 1; }
 "$TARGET/release/moat" claude -p hello | grep -q "fake model" || { echo "moat claude did not answer"; exit 1; }
