@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use moat_agents::install::{self, AgentSource, InstallError, AGENT_DIR_IN_SANDBOX};
-use moat_agents::{Agent, AgentError, LaunchOptions, StageContext};
+use moat_agents::{Agent, AgentError, LaunchOptions, McpRelay, StageContext};
 use moat_credentials::{CredentialStore, GrantName, ProviderRegistry};
 use moat_home::MoatHome;
 use moat_sandbox::{InjectedFile, SandboxDriver};
@@ -24,6 +24,11 @@ use crate::plan::{MountPlan, RunPlan};
 /// Where staged files wait inside the sandbox until the command copies
 /// them into the home.
 pub const STAGING_IN_SANDBOX: &str = "/etc/moat/agent-home";
+
+/// Replaced at start by `$MOAT_PROXY` and `$MOAT_PROXY_AUTHORIZATION` in
+/// the staged files (neither is known before the run is registered).
+const PROXY_MARKER: &str = "__MOAT_PROXY__";
+const AUTHORIZATION_MARKER: &str = "__MOAT_PROXY_AUTHORIZATION__";
 
 /// Where the workspace's kept sessions are mounted inside.
 const SESSIONS_IN_SANDBOX: &str = "/var/lib/moat/agent-sessions";
@@ -110,6 +115,17 @@ pub fn plan_agent(
         agent.binary().to_owned()
     };
 
+    // The relay's address and the run's token exist only once the run is
+    // registered: the files carry markers the command replaces at start.
+    let relays: Vec<McpRelay> = plan
+        .mcp
+        .iter()
+        .map(|m| McpRelay {
+            name: m.name.clone(),
+            url: format!("http://{PROXY_MARKER}/mcp/{}", m.name),
+            headers: vec![("Proxy-Authorization".into(), AUTHORIZATION_MARKER.into())],
+        })
+        .collect();
     let sandbox_home = driver.home_in_sandbox();
     let section = serde_json::Value::Null;
     let host_home = std::env::var_os("MOAT_SKIP_HOST_AGENT_SETTINGS")
@@ -124,7 +140,7 @@ pub fn plan_agent(
         grant,
         placeholder: &placeholder,
         placeholders: &placeholders,
-        mcp_relays: &[],
+        mcp_relays: &relays,
         section: &section,
     };
     let launch = agent.stage(&ctx, opts)?;
@@ -146,6 +162,16 @@ pub fn plan_agent(
 
     let mut setup = String::from("umask 077\nmkdir -p \"$HOME\"\n");
     setup.push_str(&format!("cp -R {STAGING_IN_SANDBOX}/. \"$HOME\"/\n"));
+    if !relays.is_empty() {
+        let files: Vec<String> = copies
+            .iter()
+            .map(|c| format!("\"$HOME/{}\"", c.display()))
+            .collect();
+        setup.push_str(&format!(
+            "sed -i \"s|{PROXY_MARKER}|$MOAT_PROXY|g; s|{AUTHORIZATION_MARKER}|$MOAT_PROXY_AUTHORIZATION|g\" {}\n",
+            files.join(" ")
+        ));
+    }
     if driver.uses_host_programs() {
         let kept = sessions_dir(agent, &plan.workspace)?;
         plan.mounts

@@ -25,6 +25,9 @@ pub struct SandboxEnv<'a> {
     pub proxy_url: String,
     /// The proxy's address as the sandbox reaches it (for MCP relay URLs).
     pub proxy_authority: String,
+    /// `Basic …` of the run's token: what MCP clients present to the
+    /// relay (the token is already in `HTTP_PROXY`).
+    pub proxy_authorization: String,
     pub ca_pem: &'a str,
     pub grants: &'a [ResolvedGrant],
     pub user_env: &'a [(String, String)],
@@ -63,6 +66,7 @@ impl SandboxEnv<'_> {
         set("MOAT_RUN_ID", self.run_id);
         set("MOAT_RUN_NAME", self.run_name);
         set("MOAT_PROXY", &self.proxy_authority);
+        set("MOAT_PROXY_AUTHORIZATION", &self.proxy_authorization);
         for key in ["TERM", "LANG", "LC_ALL", "COLORTERM", "TZ"] {
             if let Ok(v) = std::env::var(key) {
                 if key != "TERM" || self.interactive || !v.is_empty() {
@@ -123,6 +127,7 @@ mod tests {
             run_id: "run_0123456789ab",
             run_name: "brave-otter",
             proxy_url: "http://moat:t@127.0.0.1:8080".into(),
+            proxy_authorization: "Basic bW9hdDp0".into(),
             proxy_authority: "127.0.0.1:8080".into(),
             ca_pem: "-----BEGIN CERTIFICATE-----\n",
             grants: &[],

@@ -478,6 +478,11 @@ fn sandbox_request(
             registration.token.expose()
         ),
         proxy_authority: proxy_authority.clone(),
+        proxy_authorization: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("moat:{}", registration.token.expose()))
+        ),
         ca_pem: &registration.ca_cert_pem,
         grants: resolved,
         user_env: &plan.env,

@@ -27,6 +27,8 @@ pub const HOSTS: &[&str] = &[
     "api.openai.com",
     "chatgpt.com",
     "generativelanguage.googleapis.com",
+    // A streamable-HTTP MCP server at /mcp.
+    "mcp.test",
 ];
 
 /// Starts the three fake APIs on one upstream for [`HOSTS`].
@@ -55,6 +57,8 @@ pub fn responder() -> Responder {
             gemini(true)
         } else if seen.method == "POST" && path.contains(":generateContent") {
             gemini(false)
+        } else if seen.method == "POST" && path == "/mcp" {
+            mcp(&request)
         } else if seen.method == "POST" && path.contains(":countTokens") {
             json_response(200, &json!({"totalTokens": 3}))
         } else {
@@ -64,6 +68,32 @@ pub fn responder() -> Responder {
             )
         }
     })
+}
+
+/// A minimal MCP server over streamable HTTP: `initialize`, one tool.
+fn mcp(request: &Value) -> Response<Full<Bytes>> {
+    let id = request["id"].clone();
+    let result = match request["method"].as_str().unwrap_or("") {
+        "initialize" => json!({
+            "protocolVersion": request["params"]["protocolVersion"].as_str().unwrap_or("2025-06-18"),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "moat-fake-mcp", "version": "1.0.0"},
+        }),
+        "tools/list" => json!({"tools": [{
+            "name": "fake_lookup",
+            "description": "Looks something up",
+            "inputSchema": {"type": "object", "properties": {}},
+        }]}),
+        _ if id.is_null() => {
+            // A notification.
+            return Response::builder()
+                .status(202)
+                .body(Full::new(Bytes::new()))
+                .expect("response");
+        }
+        _ => json!({}),
+    };
+    json_response(200, &json!({"jsonrpc": "2.0", "id": id, "result": result}))
 }
 
 fn json_response(status: u16, body: &Value) -> Response<Full<Bytes>> {

@@ -237,3 +237,44 @@ fn an_agent_without_a_grant_says_which_to_add() {
     out.failure();
     assert!(out.stderr.contains("moat grant openai"), "{}", out.stderr);
 }
+
+#[test]
+fn mcp_servers_from_moat_yaml_reach_the_agent_through_the_relay() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    const MCP_TOKEN: &str = "mcp-token-0123456789abcdef";
+    let mut grant = t.moat();
+    grant
+        .args(["grant", "mcp", "docs", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = grant.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), MCP_TOKEN.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "mcp:\n  - name: docs\n    url: https://mcp.test/mcp\n    auth: {grant: \"mcp:docs\", header: Authorization}\n",
+    )
+    .unwrap();
+    // Claude Code connects to every configured server to list them.
+    let out = t.run(&["claude", "--", "mcp", "list"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains("docs: http://") && out.stdout.contains("Connected"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let mcp: Vec<_> = t
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/mcp")
+        .collect();
+    assert!(!mcp.is_empty(), "the MCP server saw nothing");
+    // The credential was added by the proxy, never seen by the agent.
+    assert!(mcp
+        .iter()
+        .all(|r| r.header("authorization") == Some(MCP_TOKEN)));
+    assert!(!t.stored_text().contains(MCP_TOKEN));
+}
