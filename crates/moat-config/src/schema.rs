@@ -39,6 +39,9 @@ const TOP_KEYS: &[&str] = &[
     "interactive",
     "mcp",
     "services",
+    "claude",
+    "codex",
+    "gemini",
 ];
 
 /// Keys moat.yaml has elsewhere that this version does not implement yet:
@@ -50,9 +53,6 @@ const TOP_NOT_YET: &[&str] = &[
     "volumes",
     "ports",
     "clipboard",
-    "claude",
-    "codex",
-    "gemini",
     "copilot",
     "pi",
     "language_servers",
@@ -319,6 +319,19 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
+            // What each agent's section means is the agent's business
+            // (moat-agents checks it when the agent starts).
+            "claude" | "codex" | "gemini" => {
+                if !matches!(value.value, crate::yaml::Value::Map(_)) {
+                    return Err(ctx.wrong_type(
+                        value,
+                        path,
+                        "a mapping of the agent's settings",
+                        String::new(),
+                    ));
+                }
+                cfg.agents.insert(key.to_owned(), to_json(value));
+            }
             // `fields` has rejected every other key.
             _ => {}
         }
@@ -761,4 +774,29 @@ fn services(
         out.insert(name.to_owned(), svc);
     }
     Ok(out)
+}
+
+/// A YAML subtree as JSON, scalars resolved by the core schema.
+fn to_json(node: &crate::yaml::Node) -> serde_json::Value {
+    use crate::yaml::{Resolved, Value};
+    match &node.value {
+        Value::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.text().unwrap_or_default().to_owned(), to_json(v)))
+                .collect(),
+        ),
+        Value::Scalar { .. } => match node.resolve() {
+            Some(Resolved::Null) | None => serde_json::Value::Null,
+            Some(Resolved::Bool(b)) => serde_json::Value::Bool(b),
+            Some(Resolved::Int(i)) => i64::try_from(i)
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| serde_json::Value::String(i.to_string())),
+            Some(Resolved::Float(f)) => serde_json::Number::from_f64(f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Some(Resolved::Str(text)) => serde_json::Value::String(text.to_owned()),
+        },
+    }
 }

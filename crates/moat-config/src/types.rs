@@ -25,6 +25,9 @@ pub struct ProjectConfig {
     pub interactive: bool,
     pub mcp: Vec<McpServer>,
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `claude:`, `codex:`, `gemini:`: each agent's own settings, checked
+    /// by the agent when it starts.
+    pub agents: BTreeMap<String, serde_json::Value>,
 }
 
 /// `network:` in moat.yaml.

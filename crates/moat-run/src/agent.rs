@@ -63,12 +63,14 @@ pub enum AgentRunError {
     },
 }
 
-/// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime.
+/// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime, with
+/// the agent's section of moat.yaml (`Null` when there is none).
 pub fn plan_agent(
     home: &MoatHome,
     driver: &dyn SandboxDriver,
     agent: &dyn Agent,
     opts: &LaunchOptions,
+    section: &serde_json::Value,
     plan: &mut RunPlan,
 ) -> Result<(), AgentRunError> {
     let grant = choose_grant(home, plan, agent)?;
@@ -127,7 +129,6 @@ pub fn plan_agent(
         })
         .collect();
     let sandbox_home = driver.home_in_sandbox();
-    let section = serde_json::Value::Null;
     let host_home = std::env::var_os("MOAT_SKIP_HOST_AGENT_SETTINGS")
         .is_none()
         .then(user_home)
@@ -141,7 +142,7 @@ pub fn plan_agent(
         placeholder: &placeholder,
         placeholders: &placeholders,
         mcp_relays: &relays,
-        section: &section,
+        section,
     };
     let launch = agent.stage(&ctx, opts)?;
 

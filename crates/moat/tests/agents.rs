@@ -278,3 +278,53 @@ fn mcp_servers_from_moat_yaml_reach_the_agent_through_the_relay() {
         .all(|r| r.header("authorization") == Some(MCP_TOKEN)));
     assert!(!t.stored_text().contains(MCP_TOKEN));
 }
+
+/// A stdio MCP server that answers `initialize` and `tools/list`.
+const STDIO_MCP: &str = r#"import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    if msg["method"] == "initialize":
+        result = {"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "local", "version": "1"}}
+    elif msg["method"] == "tools/list":
+        result = {"tools": []}
+    else:
+        result = {}
+    print(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}), flush=True)
+"#;
+
+#[test]
+fn the_agent_section_of_moat_yaml_is_honoured_and_checked() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    std::fs::write(t.project().join("srv.py"), STDIO_MCP).unwrap();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "claude:\n  mcp:\n    local:\n      command: python3\n      args: [/workspace/srv.py]\n",
+    )
+    .unwrap();
+    let out = t.run(&["claude", "--", "mcp", "list"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains("local: python3 /workspace/srv.py") && out.stdout.contains("Connected"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // A server without its command is a moat.yaml error naming the key.
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "claude:\n  mcp:\n    local:\n      args: [x]\n",
+    )
+    .unwrap();
+    let out = t.run(&["claude", "-p", "hi"], &[("MOAT_NO_PROMPT", "1")]);
+    out.failure();
+    assert!(
+        out.stderr
+            .contains("moat.yaml: claude.mcp.local.command: is required"),
+        "{}",
+        out.stderr
+    );
+}

@@ -47,7 +47,18 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         errln!("moat: {notice}");
     }
     let mut driver = selection.driver;
-    moat_run::plan_agent(&ctx.home, driver.as_ref(), agent, &opts, &mut plan)?;
+    let section = config
+        .as_ref()
+        .and_then(|c| c.agents.get(agent.name()).cloned())
+        .unwrap_or_default();
+    moat_run::plan_agent(
+        &ctx.home,
+        driver.as_ref(),
+        agent,
+        &opts,
+        &section,
+        &mut plan,
+    )?;
     let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut())?;
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
