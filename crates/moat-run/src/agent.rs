@@ -244,7 +244,7 @@ fn locate(agent: &dyn Agent) -> Result<AgentSource, AgentRunError> {
     if let Some(found) = install::find_on_path(agent, &path) {
         return Ok(found);
     }
-    let cache = state_dir("XDG_CACHE_HOME", ".cache").join("agents");
+    let cache = agent_cache_dir();
     if let Some(found) = install::find_in_cache(agent, &cache) {
         return Ok(found);
     }
@@ -253,6 +253,11 @@ fn locate(agent: &dyn Agent) -> Result<AgentSource, AgentRunError> {
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("npm"));
     Ok(install::install(agent, &cache, &npm)?)
+}
+
+/// Where moat installs agents for the native runtime.
+pub fn agent_cache_dir() -> PathBuf {
+    state_dir("XDG_CACHE_HOME", ".cache").join("agents")
 }
 
 /// The host directory keeping `agent`'s sessions for `workspace`.

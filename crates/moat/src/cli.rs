@@ -61,7 +61,7 @@ pub enum Command {
     /// Remove every stopped run.
     Clean(CleanArgs),
     /// Check what moat needs here; print the fix for each problem.
-    Doctor,
+    Doctor(DoctorArgs),
     /// A run's timeline, or with --network its proxied requests.
     Trace(TraceArgs),
     /// Verify a run's tamper-evident audit log, or export it.
@@ -206,6 +206,12 @@ pub struct AgentArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub run: RunOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check one agent's set-up instead: claude, codex or gemini.
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -328,3 +328,34 @@ fn the_agent_section_of_moat_yaml_is_honoured_and_checked() {
         out.stderr
     );
 }
+
+#[test]
+fn doctor_checks_an_agents_binary_grant_and_configuration() {
+    let Some(t) = AgentEnv::new() else { return };
+    let out = t.run(&["doctor", "claude"], &[]);
+    out.failure();
+    assert!(
+        out.stdout.contains("[ok]   agent claude: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("[fail] grant: none of claude, anthropic is granted"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("moat grant anthropic"),
+        "{}",
+        out.stdout
+    );
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let out = t.run(&["doctor", "claude"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains("[ok]   grant: anthropic"),
+        "{}",
+        out.stdout
+    );
+}

@@ -70,7 +70,20 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-pub fn doctor(ctx: &Context) -> Result<ExitCode> {
+pub fn doctor(ctx: &Context, args: crate::cli::DoctorArgs) -> Result<ExitCode> {
+    let checks = match &args.agent {
+        Some(name) => {
+            let agent = moat_agents::by_name(name).ok_or_else(|| {
+                anyhow::anyhow!("unknown agent {name:?}: use claude, codex or gemini")
+            })?;
+            agent_checks(ctx, agent)
+        }
+        None => all_checks(ctx)?,
+    };
+    report(ctx, &checks)
+}
+
+fn all_checks(ctx: &Context) -> Result<Vec<Check>> {
     let mut checks = runtimes()?;
     checks.extend(daemon(ctx)?);
     checks.push(ca_files(ctx));
@@ -87,13 +100,17 @@ pub fn doctor(ctx: &Context) -> Result<ExitCode> {
     checks.extend(credentials(ctx));
     checks.push(ssh_agent());
     checks.push(disk(ctx.home.root()));
+    checks.extend(moat_agents::all().into_iter().map(agent_binary));
+    Ok(checks)
+}
 
+fn report(ctx: &Context, checks: &[Check]) -> Result<ExitCode> {
     let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
     if ctx.json {
-        outln!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(checks)?);
     } else {
         let mut out = String::new();
-        for c in &checks {
+        for c in checks {
             out.push_str(&format!("{} {}: {}\n", c.status, c.name, c.message));
             if let Some(fix) = &c.fix {
                 for (i, line) in fix.lines().enumerate() {
@@ -434,4 +451,105 @@ fn disk(home: &Path) -> Check {
             "check that the directory is readable",
         ),
     }
+}
+
+/// Where the agent's executable comes from for the native runtime.
+fn agent_binary(agent: &dyn moat_agents::Agent) -> Check {
+    use moat_agents::install;
+    let name = format!("agent {}", agent.name());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = install::find_on_path(agent, &path).or_else(|| {
+        let cache = moat_run::agent_cache_dir();
+        install::find_in_cache(agent, &cache)
+    });
+    match found {
+        Some(source) => ok(&name, source.describe()),
+        None => problem(
+            Status::Warn,
+            &name,
+            format!("{} is not installed", agent.binary()),
+            format!(
+                "moat installs it with npm on the first `moat {}` (or: npm install -g {})",
+                agent.name(),
+                agent.npm_package()
+            ),
+        ),
+    }
+}
+
+/// `moat doctor AGENT`: the agent's executable, its grant and its
+/// configuration, each with the fix.
+fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
+    let mut checks = vec![agent_binary(agent)];
+    let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
+    let now = chrono::Utc::now();
+    let grant = agent.grants().iter().find(|g| store.contains(g));
+    checks.push(match grant {
+        None => problem(
+            Status::Fail,
+            "grant",
+            format!("none of {} is granted", agent.grants().join(", ")),
+            agent
+                .grants()
+                .iter()
+                .map(|g| format!("moat grant {g}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Some(g) => match store.load(g) {
+            Ok(c) if c.is_expired(now) => problem(
+                Status::Fail,
+                "grant",
+                format!(
+                    "{g} expired at {}",
+                    c.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                ),
+                format!("moat grant {g}"),
+            ),
+            Ok(_) => ok("grant", format!("{g} (the sandbox gets a placeholder)")),
+            Err(e) => problem(
+                Status::Fail,
+                "grant",
+                first_line(&e.to_string()).to_owned(),
+                e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
+            ),
+        },
+    });
+    // The configuration a launch would stage, from the host's settings and
+    // the current directory's moat.yaml.
+    let section = std::env::current_dir()
+        .ok()
+        .and_then(|dir| moat_config::load(&dir).ok().flatten())
+        .and_then(|c| c.agents.get(agent.name()).cloned())
+        .unwrap_or_default();
+    let host_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let ctx_stage = moat_agents::StageContext {
+        program: agent.binary().to_owned(),
+        workspace: std::path::Path::new("/workspace"),
+        home: std::path::Path::new("/home/moat"),
+        host_home: host_home.as_deref(),
+        grant: grant.copied().unwrap_or(agent.grants()[0]),
+        placeholder: "placeholder",
+        placeholders: &[],
+        mcp_relays: &[],
+        section: &section,
+    };
+    checks.push(
+        match agent.stage(&ctx_stage, &moat_agents::LaunchOptions::default()) {
+            Ok(launch) => ok(
+                "configuration",
+                format!(
+                    "{} file(s) staged from your settings and moat.yaml",
+                    launch.files.len()
+                ),
+            ),
+            Err(e) => problem(
+                Status::Fail,
+                "configuration",
+                e.to_string(),
+                "fix the file or key named above",
+            ),
+        },
+    );
+    checks
 }

@@ -104,7 +104,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Destroy(args) => runs::destroy(&Context::from_global(&cli.global)?, args),
         Command::Clean(args) => runs::clean(&Context::from_global(&cli.global)?, args),
         Command::Trace(args) => trace::trace(&Context::from_global(&cli.global)?, args),
-        Command::Doctor => doctor::doctor(&Context::from_global(&cli.global)?),
+        Command::Doctor(args) => doctor::doctor(&Context::from_global(&cli.global)?, args),
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
     }
