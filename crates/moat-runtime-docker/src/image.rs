@@ -212,6 +212,19 @@ pub struct ResolvedImage {
 /// The home directory of `moatuser`, the user commands run as.
 pub(crate) const HOME_IN_IMAGE: &str = "/home/moatuser";
 
+/// The host's CA bundle in the build context (see [`host_ca_bundle`]).
+const BUILD_CA: &str = "host-ca.pem";
+
+/// The host's bundle of trusted CAs, first found wins.
+fn host_ca_bundle() -> Option<(PathBuf, Vec<u8>)> {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok().map(|b| (PathBuf::from(p), b)))
+}
+
 /// Names of the Node.js tarballs in the build context.
 const NODE_TARBALL: &str = "node.tgz";
 const NPM_TARBALL: &str = "npm.tgz";
@@ -225,6 +238,7 @@ fn shell_quote(s: &str) -> String {
 pub fn generate_dockerfile(
     deps: &[Dependency],
     runtimes: &Runtimes,
+    build_ca: Option<&str>,
     base: &str,
     uid: u32,
     gid: u32,
@@ -302,23 +316,41 @@ pub fn generate_dockerfile(
     let _ = writeln!(f, "RUN {}", versions.join(" && "));
 
     let npm = dynamic("npm:");
+    let pip = dynamic("pip:");
+    let uv = dynamic("uv:");
+    let go = dynamic("go:");
+    // Package downloads trust the host's CA bundle too: behind a
+    // TLS-intercepting proxy the image's own roots fail where the host's
+    // succeed. Its digest is here so the tag covers it.
+    let ca_env = match build_ca {
+        Some(sha256) if !(npm.is_empty() && pip.is_empty() && uv.is_empty() && go.is_empty()) => {
+            let _ = writeln!(f, "# the host's CA bundle, sha256 {sha256}");
+            let _ = writeln!(f, "COPY {BUILD_CA} /etc/moat/{BUILD_CA}");
+            format!(
+                "NPM_CONFIG_CAFILE=/etc/moat/{BUILD_CA} PIP_CERT=/etc/moat/{BUILD_CA} SSL_CERT_FILE=/etc/moat/{BUILD_CA} "
+            )
+        }
+        _ => String::new(),
+    };
     if !npm.is_empty() {
         let pkgs: Vec<String> = npm.iter().map(|p| shell_quote(p)).collect();
         let _ = writeln!(
             f,
-            "RUN npm install -g --no-fund --no-audit {}",
+            "RUN {ca_env}npm install -g --no-fund --no-audit {}",
             pkgs.join(" ")
         );
     }
-    let pip = dynamic("pip:");
-    let uv = dynamic("uv:");
     if !pip.is_empty() || !uv.is_empty() {
         let _ = writeln!(f, "RUN python3 -m venv /opt/moat/venv");
         let _ = writeln!(f, "ENV PATH=/opt/moat/venv/bin:$PATH");
     }
     if !pip.is_empty() {
         let pkgs: Vec<String> = pip.iter().map(|p| shell_quote(p)).collect();
-        let _ = writeln!(f, "RUN pip install --no-cache-dir {}", pkgs.join(" "));
+        let _ = writeln!(
+            f,
+            "RUN {ca_env}pip install --no-cache-dir {}",
+            pkgs.join(" ")
+        );
     }
     if !uv.is_empty() {
         let tools: Vec<String> = uv
@@ -327,11 +359,10 @@ pub fn generate_dockerfile(
             .collect();
         let _ = writeln!(
             f,
-            "RUN pip install --no-cache-dir uv \\\n && export UV_TOOL_DIR=/opt/moat/uv-tools UV_TOOL_BIN_DIR=/usr/local/bin \\\n && {}",
+            "RUN {ca_env}pip install --no-cache-dir uv \\\n && export {ca_env}UV_TOOL_DIR=/opt/moat/uv-tools UV_TOOL_BIN_DIR=/usr/local/bin \\\n && {}",
             tools.join(" && ")
         );
     }
-    let go = dynamic("go:");
     if !go.is_empty() {
         let installs: Vec<String> = go
             .iter()
@@ -346,7 +377,7 @@ pub fn generate_dockerfile(
             .collect();
         let _ = writeln!(
             f,
-            "RUN export GOBIN=/usr/local/bin GOPATH=/tmp/go GOCACHE=/tmp/go-cache \\\n && {} \\\n && rm -rf /tmp/go /tmp/go-cache",
+            "RUN export {ca_env}GOBIN=/usr/local/bin GOPATH=/tmp/go GOCACHE=/tmp/go-cache \\\n && {} \\\n && rm -rf /tmp/go /tmp/go-cache",
             installs.join(" && ")
         );
     }
@@ -486,9 +517,14 @@ impl DockerRuntime {
         let base_id = self.ensure_base_image(&base).await?;
         let resolver = Resolver::new(request.cache_dir.clone());
         let runtimes = resolver.resolve(&deps).await?;
+        let build_ca = host_ca_bundle();
+        let build_ca_sha = build_ca
+            .as_ref()
+            .map(|(_, bytes)| hex::encode(Sha256::digest(bytes)));
         let dockerfile = generate_dockerfile(
             &deps,
             &runtimes,
+            build_ca_sha.as_deref(),
             &base,
             request.uid,
             request.gid,
@@ -511,6 +547,9 @@ impl DockerRuntime {
             });
         }
         let mut context_files = Vec::new();
+        if let Some((path, _)) = build_ca.filter(|_| dockerfile.contains(BUILD_CA)) {
+            context_files.push((BUILD_CA, path));
+        }
         if let Some(node) = &runtimes.node {
             let dir = match &request.cache_dir {
                 Some(cache) => cache.join("node"),
@@ -711,6 +750,7 @@ mod tests {
         let f = generate_dockerfile(
             &deps,
             &runtimes,
+            Some("abc123"),
             "local/debian:bookworm",
             1001,
             1002,
@@ -728,6 +768,12 @@ mod tests {
         let npm = f.find("npm install -g").unwrap_or(0);
         assert!(node < npm, "{f}");
         assert!(f.contains("npm install -g --no-fund --no-audit 'typescript'"));
+        // Downloads trust the host's bundle, whose digest the tag covers.
+        assert!(f.contains("# the host's CA bundle, sha256 abc123"), "{f}");
+        assert!(
+            f.contains("RUN NPM_CONFIG_CAFILE=/etc/moat/host-ca.pem"),
+            "{f}"
+        );
         assert!(f.contains("pip install --no-cache-dir 'ruff'"));
         assert!(f.contains("useradd -o -m -u 1001 -g 1002"));
         let root = f.find("RUN echo root").unwrap_or(usize::MAX);
@@ -735,10 +781,16 @@ mod tests {
         let hook = f.find("RUN echo user").unwrap_or(0);
         assert!(root < user && user < hook, "{f}");
         // Root on the host gets a non-root sandbox user.
-        assert!(
-            generate_dockerfile(&[], &Runtimes::default(), "b", 0, 0, &BuildHooks::default())
-                .contains("USER 1000:1000")
-        );
+        assert!(generate_dockerfile(
+            &[],
+            &Runtimes::default(),
+            None,
+            "b",
+            0,
+            0,
+            &BuildHooks::default()
+        )
+        .contains("USER 1000:1000"));
     }
 
     fn node_release() -> crate::versions::NodeRelease {

@@ -359,3 +359,44 @@ fn doctor_checks_an_agents_binary_grant_and_configuration() {
         out.stdout
     );
 }
+
+/// On Docker the agent is built into the image (`npm:` with `node`), and
+/// runs under gVisor like any command.
+#[test]
+fn claude_runs_in_a_container_with_the_agent_built_into_the_image() {
+    let Some(t) = AgentEnv::new() else { return };
+    let docker = std::process::Command::new("docker")
+        .args(["image", "inspect", "local/debian:bookworm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !docker {
+        assert!(
+            std::env::var("MOAT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "MOAT_REQUIRE_DOCKER=1 but no Docker engine with local/debian:bookworm"
+        );
+        eprintln!("skipped: needs a Docker engine with local/debian:bookworm");
+        return;
+    }
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let out = t.run(
+        &["claude", "--runtime", "docker", "-p", "MOAT-TOOL: id -u"],
+        &[(
+            "MOAT_IMAGE_MAP",
+            "debian:bookworm-slim=local/debian:bookworm",
+        )],
+    );
+    out.success();
+    assert!(
+        out.stdout.contains("tool said: 1000"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let keys = t.saw("x-api-key");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k == ANTHROPIC_KEY),
+        "{keys:?}"
+    );
+}
