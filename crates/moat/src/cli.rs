@@ -204,6 +204,9 @@ pub struct AgentArgs {
     /// The model the agent uses.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
+    /// Run in the background; follow with moat logs -f.
+    #[arg(short, long)]
+    pub detach: bool,
     #[command(flatten)]
     pub run: RunOptions,
 }

@@ -400,3 +400,58 @@ fn claude_runs_in_a_container_with_the_agent_built_into_the_image() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn an_expired_claude_login_stops_moat_claude_with_the_fix() {
+    let Some(t) = AgentEnv::new() else { return };
+    // A Claude Code login that expires three seconds from now.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3000;
+    let claude = t.env.home().join(".claude");
+    std::fs::create_dir_all(&claude).unwrap();
+    std::fs::write(
+        claude.join(".credentials.json"),
+        format!(
+            r#"{{"claudeAiOauth":{{"accessToken":"sk-ant-oat01-soonExpired","refreshToken":"r","expiresAt":{expires},"scopes":["user:inference"]}}}}"#
+        ),
+    )
+    .unwrap();
+    t.run(&["grant", "claude"], &[]).success();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let out = t.run(&["claude", "-p", "hi"], &[]);
+    out.failure();
+    assert!(
+        out.stderr.contains("Claude Code token has expired"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("moat grant claude"), "{}", out.stderr);
+}
+
+#[test]
+fn an_agent_runs_in_the_background_with_d() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let out = t.run(
+        &["claude", "-d", "--name", "bg-agent", "-p", "Say hello"],
+        &[],
+    );
+    out.success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let logs = t.run(&["logs", "bg-agent"], &[]);
+        if logs.stdout.contains(models::ANSWER) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer in the logs: {}{}",
+            logs.stdout,
+            logs.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}

@@ -14,16 +14,23 @@ use crate::cli::AgentArgs;
 pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
     let workspace = super::run::resolve_workspace(args.path.as_deref())?;
-    super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
+    let detached_child = std::env::var_os(super::run::DETACHED_CHILD).is_some();
+    if !detached_child {
+        super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
+    }
+    if args.detach && !detached_child {
+        return super::run::detach(ctx);
+    }
+    let detached = args.detach || detached_child;
     let config = moat_config::load(&workspace)?;
     // A prompt is answered and printed; otherwise the agent talks with
     // the user, on a terminal when there is one.
-    let interactive = args.prompt.is_none() && std::io::stdin().is_terminal();
+    let interactive = !detached && args.prompt.is_none() && std::io::stdin().is_terminal();
     // The command is replaced by the agent's command line below.
     let flags = args.run.flags(
         vec![agent.binary().to_owned()],
         interactive,
-        false,
+        detached,
         ctx.verbose,
     );
     let mut plan = RunPlan::from_flags(

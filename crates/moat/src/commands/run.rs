@@ -10,7 +10,7 @@ use super::Context;
 use crate::cli::RunArgs;
 
 /// Set in the background process that supervises a detached run.
-const DETACHED_CHILD: &str = "MOAT_RUN_DETACHED_CHILD";
+pub(super) const DETACHED_CHILD: &str = "MOAT_RUN_DETACHED_CHILD";
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
@@ -73,7 +73,7 @@ pub(super) fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
 /// Starts the same `moat run` (without `-d`) as a background supervisor in
 /// its own process group, and returns once its run is recorded as running.
 /// If it fails before that, its error is shown here with its exit code.
-fn detach(ctx: &Context) -> Result<ExitCode> {
+pub(super) fn detach(ctx: &Context) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt as _;
     use std::time::{Duration, Instant};
 
