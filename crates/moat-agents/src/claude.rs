@@ -61,6 +61,10 @@ impl Agent for Claude {
         &["claude", "anthropic"]
     }
 
+    fn probe_url(&self, _grant: &str) -> &'static str {
+        "https://api.anthropic.com/v1/models"
+    }
+
     fn sessions_dir(&self) -> &'static str {
         ".claude/projects"
     }

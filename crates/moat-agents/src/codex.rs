@@ -63,6 +63,10 @@ impl Agent for Codex {
         &["openai"]
     }
 
+    fn probe_url(&self, _grant: &str) -> &'static str {
+        "https://api.openai.com/v1/models"
+    }
+
     fn sessions_dir(&self) -> &'static str {
         ".codex/sessions"
     }

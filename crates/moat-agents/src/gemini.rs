@@ -46,6 +46,10 @@ impl Agent for Gemini {
         &["gemini"]
     }
 
+    fn probe_url(&self, _grant: &str) -> &'static str {
+        "https://generativelanguage.googleapis.com/v1beta/models"
+    }
+
     fn sessions_dir(&self) -> &'static str {
         ".gemini/tmp"
     }

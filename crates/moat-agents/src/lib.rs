@@ -44,6 +44,9 @@ pub trait Agent: Sync {
     /// Where the agent keeps its sessions, relative to its home (kept per
     /// workspace between runs, for `--continue` and `--resume`).
     fn sessions_dir(&self) -> &'static str;
+    /// A cheap authenticated request to the agent's API for `grant`
+    /// (`moat doctor`): its URL; `200` means the credential works.
+    fn probe_url(&self, grant: &str) -> &'static str;
     /// The command line and the files of one launch.
     fn stage(
         &self,

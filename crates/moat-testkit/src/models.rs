@@ -57,6 +57,19 @@ pub fn responder() -> Responder {
             gemini(true)
         } else if seen.method == "POST" && path.contains(":generateContent") {
             gemini(false)
+        } else if seen.method == "GET" && (path == "/v1/models" || path == "/v1beta/models") {
+            // A credential check: any credential is accepted, none is not.
+            let authed = ["x-api-key", "authorization", "x-goog-api-key"]
+                .iter()
+                .any(|h| seen.header(h).is_some());
+            if authed {
+                json_response(200, &json!({"data": [{"id": "fake-model"}], "models": []}))
+            } else {
+                json_response(
+                    401,
+                    &json!({"error": {"type": "authentication_error", "message": "no credential"}}),
+                )
+            }
         } else if seen.method == "POST" && path == "/mcp" {
             mcp(&request)
         } else if seen.method == "POST" && path.contains(":countTokens") {

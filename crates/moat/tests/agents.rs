@@ -358,6 +358,18 @@ fn doctor_checks_an_agents_binary_grant_and_configuration() {
         "{}",
         out.stdout
     );
+    // A real request from a sandbox: the proxy injected the key.
+    assert!(
+        out.stdout.contains(
+            "[ok]   proxy injection: https://api.anthropic.com/v1/models accepted the anthropic credential"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        t.saw("x-api-key").last().map(String::as_str),
+        Some(ANTHROPIC_KEY)
+    );
 }
 
 /// On Docker the agent is built into the image (`npm:` with `node`), and

@@ -515,6 +515,9 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
             ),
         },
     });
+    if let Some(g) = grant {
+        checks.push(injection_check(agent, g));
+    }
     // The configuration a launch would stage, from the host's settings and
     // the current directory's moat.yaml.
     let section = std::env::current_dir()
@@ -552,4 +555,69 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
         },
     );
     checks
+}
+
+/// One request to the agent's API from a native sandbox holding only the
+/// placeholder: the proxy must inject the credential and the API accept it.
+fn injection_check(agent: &dyn moat_agents::Agent, grant: &str) -> Check {
+    let name = "proxy injection";
+    let url = agent.probe_url(grant);
+    let Ok(exe) = std::env::current_exe() else {
+        return problem(Status::Warn, name, "cannot locate the moat binary", "");
+    };
+    let dir = std::env::temp_dir().join(format!("moat-doctor-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return problem(Status::Warn, name, "cannot make a scratch workspace", "");
+    }
+    let out = std::process::Command::new(exe)
+        .args([
+            "run",
+            "--runtime",
+            "native",
+            "--no-prompt",
+            "--grant",
+            grant,
+            "--",
+        ])
+        .args([
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            url,
+        ])
+        .current_dir(&dir)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => return problem(Status::Warn, name, format!("cannot run moat: {e}"), ""),
+    };
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match code.as_str() {
+        "200" => ok(
+            name,
+            format!("{url} accepted the {grant} credential the proxy injected"),
+        ),
+        "401" | "403" => problem(
+            Status::Fail,
+            name,
+            format!("{url} refused the {grant} credential ({code})"),
+            format!("moat grant {grant}"),
+        ),
+        _ => problem(
+            Status::Warn,
+            name,
+            format!(
+                "no answer from {url} ({})",
+                first_line(stderr.trim()).trim_start_matches("Error: ")
+            ),
+            "check network access to the API (and moat doctor for the daemon and runtime)",
+        ),
+    }
 }
