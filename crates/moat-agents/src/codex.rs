@@ -76,9 +76,6 @@ impl Agent for Codex {
         ctx: &StageContext<'_>,
         opts: &LaunchOptions,
     ) -> Result<AgentLaunch, AgentError> {
-        if opts.continue_last && opts.resume.is_some() {
-            return Err(AgentError::ContinueAndResume);
-        }
         let mut argv = vec![ctx.program.clone()];
         if opts.prompt.is_some() {
             // A workspace need not be a git repository.

@@ -59,9 +59,6 @@ impl Agent for Gemini {
         ctx: &StageContext<'_>,
         opts: &LaunchOptions,
     ) -> Result<AgentLaunch, AgentError> {
-        if opts.continue_last && opts.resume.is_some() {
-            return Err(AgentError::ContinueAndResume);
-        }
         let mut argv = vec![ctx.program.clone()];
         if !opts.keep_permission_prompts {
             argv.push("--yolo".into());

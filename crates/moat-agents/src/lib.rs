@@ -55,6 +55,19 @@ pub trait Agent: Sync {
     ) -> Result<AgentLaunch, AgentError>;
 }
 
+/// The launch `opts` asks of `agent`, once the options are checked
+/// (`-c` and `-r` exclude each other).
+pub fn launch(
+    agent: &dyn Agent,
+    ctx: &StageContext<'_>,
+    opts: &LaunchOptions,
+) -> Result<AgentLaunch, AgentError> {
+    if opts.continue_last && opts.resume.is_some() {
+        return Err(AgentError::ContinueAndResume);
+    }
+    agent.stage(ctx, opts)
+}
+
 /// Every agent, in the order `moat doctor` lists them.
 pub fn all() -> [&'static dyn Agent; 3] {
     [&Claude, &Codex, &Gemini]

@@ -144,7 +144,7 @@ pub fn plan_agent(
         mcp_relays: &relays,
         section,
     };
-    let launch = agent.stage(&ctx, opts)?;
+    let launch = moat_agents::launch(agent, &ctx, opts)?;
 
     // Staged files wait, readable, outside the home; the wrapper copies
     // them in as the sandbox user.
