@@ -324,9 +324,7 @@ mod tests {
             resume: Some("x".into()),
             ..Default::default()
         };
-        assert!(Claude
-            .stage(&ctx("claude", &none, None, &[]), &both)
-            .is_err());
+        assert!(crate::launch(&Claude, &ctx("claude", &none, None, &[]), &both).is_err());
     }
 
     #[test]
