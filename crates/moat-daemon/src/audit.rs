@@ -63,13 +63,13 @@ impl Audits {
                 }
             },
         };
-        let hosts: Vec<&str> = run.rules.iter().map(|r| r.host.as_str()).collect();
+        let hosts: Vec<String> = run.rules.iter().map(|r| r.host.to_string()).collect();
         writer.append(
             "run",
             json!({
                 "action": "started",
                 "grants": grants,
-                "policy": run.policy,
+                "policy": run.policy.to_string(),
                 "rules": hosts,
                 "allow_hosts": run.allow_hosts,
             }),

@@ -70,10 +70,10 @@ impl fmt::Debug for SecretString {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostRuleSpec {
     /// Host pattern.
-    pub host: String,
+    pub host: moat_policy::HostPattern,
     /// `allow|deny METHOD PATH` rules, in order.
     #[serde(default)]
-    pub rules: Vec<String>,
+    pub rules: Vec<moat_policy::Rule>,
 }
 
 /// An MCP server the run may reach through `/mcp/<name>`.
@@ -98,13 +98,13 @@ pub struct RunSpec {
     #[serde(default)]
     pub supervisor_pid: Option<u32>,
     /// `permissive` or `strict`.
-    pub policy: String,
+    pub policy: moat_policy::Policy,
     /// Host entries and rules.
     #[serde(default)]
     pub rules: Vec<HostRuleSpec>,
     /// Extra allowed hosts (`--allow-host`).
     #[serde(default)]
-    pub allow_hosts: Vec<String>,
+    pub allow_hosts: Vec<moat_policy::HostPattern>,
     /// Headers to inject.
     #[serde(default)]
     pub injections: Vec<InjectionSpec>,
@@ -330,10 +330,10 @@ mod tests {
             run: Box::new(RunSpec {
                 run_id: "run_0123456789ab".into(),
                 supervisor_pid: Some(1),
-                policy: "strict".into(),
+                policy: moat_policy::Policy::Strict,
                 rules: vec![HostRuleSpec {
-                    host: "api.example.com".into(),
-                    rules: vec!["allow GET /**".into()],
+                    host: moat_policy::HostPattern::parse("api.example.com").unwrap(),
+                    rules: vec![moat_policy::Rule::parse("allow GET /**").unwrap()],
                 }],
                 allow_hosts: vec![],
                 injections: vec![InjectionSpec {

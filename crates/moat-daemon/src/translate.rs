@@ -3,36 +3,27 @@
 //! header injections. Anything malformed is refused with a message naming
 //! it, before the run gets a token.
 
-use moat_policy::{HostPattern, HostRules, NetworkPolicy, Policy, Rule};
+use moat_policy::{HostPattern, HostRules, NetworkPolicy};
 
 use crate::protocol::RunSpec;
 
 /// Builds the engine registration for `run`.
 pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String> {
-    let policy: Policy = run.policy.parse().map_err(|_| {
-        format!(
-            "invalid network policy {:?}: use permissive or strict",
-            run.policy
-        )
-    })?;
-    let mut hosts = Vec::new();
-    for entry in &run.rules {
-        let host = HostPattern::parse(&entry.host).map_err(|e| e.to_string())?;
-        let rules = entry
-            .rules
-            .iter()
-            .map(|r| Rule::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        hosts.push(HostRules { host, rules });
-    }
+    let hosts = run
+        .rules
+        .iter()
+        .map(|entry| HostRules {
+            host: entry.host.clone(),
+            rules: entry.rules.clone(),
+        })
+        .collect();
     let mut network = NetworkPolicy {
-        policy,
+        policy: run.policy,
         hosts,
         granted: Vec::new(),
     };
     for host in &run.allow_hosts {
-        network.allow_host(HostPattern::parse(host).map_err(|e| e.to_string())?);
+        network.allow_host(host.clone());
     }
 
     // Group header injections by host pattern; granted hosts are allowed

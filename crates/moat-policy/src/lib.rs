@@ -40,3 +40,53 @@ pub use crate::error::PolicyError;
 pub use crate::host::HostPattern;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
 pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
+
+/// Policy values travel (to the proxy daemon) in their written form, so a
+/// value that crosses is one that parses.
+mod wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::{HostPattern, Policy, Rule};
+
+    macro_rules! as_written {
+        ($ty:ty, $parse:expr) => {
+            impl Serialize for $ty {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.collect_str(self)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $ty {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    let text = String::deserialize(d)?;
+                    $parse(&text).map_err(serde::de::Error::custom)
+                }
+            }
+        };
+    }
+
+    as_written!(HostPattern, HostPattern::parse);
+    as_written!(Rule, Rule::parse);
+    as_written!(Policy, |t: &str| t.parse::<Policy>().map_err(|_| format!(
+        "invalid network policy {t:?}: use permissive or strict"
+    )));
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn values_cross_as_written_and_garbage_does_not() {
+            let rule = Rule::parse("allow GET /repos/**").unwrap_or_else(|e| panic!("{e}"));
+            let json = serde_json::to_string(&rule).unwrap_or_default();
+            assert_eq!(json, "\"allow GET /repos/**\"");
+            let back: Rule = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back.to_string(), rule.to_string());
+            assert!(serde_json::from_str::<Rule>("\"permit GET /\"").is_err());
+            assert!(serde_json::from_str::<HostPattern>("\"a b\"").is_err());
+            let p: Policy = serde_json::from_str("\"strict\"").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p, Policy::Strict);
+            assert!(serde_json::from_str::<Policy>("\"lax\"").is_err());
+        }
+    }
+}

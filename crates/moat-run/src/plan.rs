@@ -39,7 +39,7 @@ pub struct NetworkPlan {
     /// Host entries with their rules.
     pub rules: Vec<HostRuleSpec>,
     /// `--allow-host` entries.
-    pub allow_hosts: Vec<String>,
+    pub allow_hosts: Vec<moat_policy::HostPattern>,
     /// `network.host`: host TCP ports the sandbox may reach.
     pub host_ports: Vec<u16>,
 }
@@ -152,6 +152,14 @@ pub enum PlanError {
     /// A run name that cannot be used.
     #[error("{0}")]
     Name(String),
+    /// An `--allow-host` that is not a host pattern.
+    #[error("invalid --allow-host {host:?}: {source}")]
+    AllowHost {
+        /// As given.
+        host: String,
+        /// Why.
+        source: moat_policy::PolicyError,
+    },
 }
 
 impl RunPlan {
@@ -256,13 +264,22 @@ impl RunPlan {
                         .rules
                         .iter()
                         .map(|h| HostRuleSpec {
-                            host: h.host.to_string(),
-                            rules: h.rules.iter().map(|r| r.to_string()).collect(),
+                            host: h.host.clone(),
+                            rules: h.rules.clone(),
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
-            allow_hosts: flags.allow_hosts.clone(),
+            allow_hosts: flags
+                .allow_hosts
+                .iter()
+                .map(|h| {
+                    moat_policy::HostPattern::parse(h).map_err(|source| PlanError::AllowHost {
+                        host: h.clone(),
+                        source,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             host_ports: config
                 .map(|c| c.network.host_ports.clone())
                 .unwrap_or_default(),

@@ -440,7 +440,11 @@ fn run_spec(
     RunSpec {
         run_id: meta.id.to_string(),
         supervisor_pid: Some(std::process::id()),
-        policy: meta.policy.clone(),
+        policy: if plan.network.strict {
+            moat_policy::Policy::Strict
+        } else {
+            moat_policy::Policy::Permissive
+        },
         rules: plan.network.rules.clone(),
         allow_hosts: plan.network.allow_hosts.clone(),
         injections,
