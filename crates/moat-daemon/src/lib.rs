@@ -24,3 +24,4 @@ pub use crate::protocol::{
     SshHostSpec,
 };
 pub use crate::server::{serve, DaemonConfig, DaemonError};
+pub use crate::translate::url_host;

@@ -82,7 +82,7 @@ pub struct McpSpec {
     /// Name in the relay path.
     pub name: String,
     /// Upstream URL.
-    pub url: String,
+    pub url: url::Url,
     /// Headers to add (secrets).
     #[serde(default)]
     pub headers: Vec<InjectionSpec>,

@@ -82,7 +82,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
         }
         mcp.push(moat_proxy::McpRoute {
             name: server.name.clone(),
-            url: server.url.clone(),
+            url: server.url.to_string(),
             headers,
         });
     }
@@ -108,18 +108,12 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
     })
 }
 
-/// The host of an absolute `http(s)://` URL (IPv6 in brackets), without
-/// user info or port.
-fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let host = if authority.starts_with('[') {
-        authority.get(..=authority.find(']')?)?
-    } else {
-        authority.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+/// The host of `url` as a host pattern is written (IPv6 in brackets).
+pub fn url_host(url: &url::Url) -> Option<String> {
+    Some(match url.host()? {
+        url::Host::Ipv6(ip) => format!("[{ip}]"),
+        other => other.to_string().to_ascii_lowercase(),
+    })
 }
 
 #[cfg(test)]
@@ -127,16 +121,13 @@ mod tests {
     #[test]
     fn url_hosts() {
         use super::url_host;
+        let host = |u: &str| url::Url::parse(u).ok().and_then(|u| url_host(&u));
         assert_eq!(
-            url_host("https://mcp.example.com/x").as_deref(),
+            host("https://mcp.example.com/x").as_deref(),
             Some("mcp.example.com")
         );
-        assert_eq!(
-            url_host("http://u:p@H.test:8080?q").as_deref(),
-            Some("h.test")
-        );
-        assert_eq!(url_host("https://[::1]:9/x").as_deref(), Some("[::1]"));
-        assert_eq!(url_host("nourl"), None);
-        assert_eq!(url_host("https:///x"), None);
+        assert_eq!(host("http://u:p@H.test:8080?q").as_deref(), Some("h.test"));
+        assert_eq!(host("https://[::1]:9/x").as_deref(), Some("[::1]"));
+        assert_eq!(host("nourl"), None);
     }
 }

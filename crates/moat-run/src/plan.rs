@@ -26,7 +26,7 @@ pub struct McpPlan {
     /// Name (relay path `/mcp/<name>`).
     pub name: String,
     /// Upstream URL.
-    pub url: String,
+    pub url: url::Url,
     /// The grant holding its token, and the header it goes in.
     pub auth: Option<(GrantName, String)>,
 }
@@ -293,7 +293,7 @@ impl RunPlan {
             };
             mcp.push(McpPlan {
                 name: server.name.clone(),
-                url: server.url.to_string(),
+                url: server.url.clone(),
                 auth,
             });
         }

@@ -130,7 +130,7 @@ fn check_mcp_hosts(
         if matches!(grant, GrantName::Mcp(_)) {
             continue;
         }
-        let host = url_host(&mcp.url).unwrap_or_default();
+        let host = moat_daemon::url_host(&mcp.url).unwrap_or_default();
         let hosts: Vec<&str> = resolved
             .iter()
             .filter(|r| &r.grant == grant)
@@ -151,19 +151,6 @@ fn check_mcp_hosts(
         }
     }
     Ok(())
-}
-
-/// The host of an absolute URL (IPv6 in brackets), without port.
-fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let host = if authority.starts_with('[') {
-        authority.get(..=authority.find(']')?)?
-    } else {
-        authority.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 /// Runs `plan` to completion in the sandbox `driver` provides and returns
