@@ -377,18 +377,7 @@ fn doctor_checks_an_agents_binary_grant_and_configuration() {
 #[test]
 fn claude_runs_in_a_container_with_the_agent_built_into_the_image() {
     let Some(t) = AgentEnv::new() else { return };
-    let docker = std::process::Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !docker {
-        assert!(
-            std::env::var("MOAT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "MOAT_REQUIRE_DOCKER=1 but no Docker engine with local/debian:bookworm"
-        );
-        eprintln!("skipped: needs a Docker engine with local/debian:bookworm");
+    if !common::docker_available() {
         return;
     }
     t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);

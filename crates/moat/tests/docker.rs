@@ -15,23 +15,6 @@ use moat_testkit::{EchoUpstream, TestCa};
 
 const GH_TOKEN: &str = "ghp_dockerE2eSecret0123456789abcdefghij";
 
-fn docker_available() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "no Docker daemon with the local/debian:bookworm image (bash .ci/run builds it)";
-        if std::env::var("MOAT_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("MOAT_REQUIRE_DOCKER=1 but {msg}");
-        }
-        eprintln!("skipping Docker test: {msg}");
-    }
-    ok
-}
-
 /// The docker0 address, where a host listener is reachable from
 /// containers (and nowhere else).
 fn bridge_ip() -> String {
@@ -117,7 +100,7 @@ const PROBE: &str = r#"
 
 #[test]
 fn strict_image_from_dependencies_cached_and_injected() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -245,7 +228,7 @@ fn strict_image_from_dependencies_cached_and_injected() {
 
 #[test]
 fn no_sandbox_warns_and_exit_codes_pass_through() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -278,7 +261,7 @@ fn no_sandbox_warns_and_exit_codes_pass_through() {
 
 #[test]
 fn gvisor_missing_is_explained() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -341,7 +324,7 @@ fn auto_selection_falls_back_to_native_with_a_notice() {
 
 #[test]
 fn containers_of_a_crashed_cli_are_removed_by_stop() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -413,7 +396,7 @@ fn containers_of_a_crashed_cli_are_removed_by_stop() {
 fn ssh_grant_clones_in_containers_under_gvisor_and_runc() {
     use moat_testkit::ssh::{current_user, git_repo, keygen, openssh_missing, public_key};
     use moat_testkit::ssh::{SshAgent, Sshd};
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     if let Some(why) = openssh_missing() {
@@ -479,7 +462,7 @@ fn ssh_grant_clones_in_containers_under_gvisor_and_runc() {
 /// the container's own with our window size; Ctrl-C reaches the command.
 #[test]
 fn interactive_runs_attach_a_terminal() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -518,7 +501,7 @@ fn interactive_runs_attach_a_terminal() {
 /// strict for hosts not allowed.
 #[test]
 fn clients_ignoring_the_proxy_are_captured_in_containers() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -598,7 +581,7 @@ fn clients_ignoring_the_proxy_are_captured_in_containers() {
 /// the host's loopback) at `$MOAT_HOST_GATEWAY`, through the proxy.
 #[test]
 fn network_host_ports_reach_the_host_loopback_from_containers() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
@@ -637,7 +620,7 @@ fn network_host_ports_reach_the_host_loopback_from_containers() {
 /// binary from the npm registry, checked against its published digest.
 #[test]
 fn node_at_a_version_is_that_version() {
-    if !docker_available() {
+    if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();

@@ -727,18 +727,7 @@ fn silent_upstream_error() {
 
 #[test]
 fn a_runtime_version_that_cannot_be_provided() {
-    let docker = std::process::Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !docker {
-        assert!(
-            std::env::var("MOAT_REQUIRE_DOCKER").as_deref() != Ok("1"),
-            "MOAT_REQUIRE_DOCKER=1 but no Docker engine with local/debian:bookworm"
-        );
-        eprintln!("skipped: needs a Docker engine with local/debian:bookworm");
+    if !common::docker_available() {
         return;
     }
     let t = Env::new();
