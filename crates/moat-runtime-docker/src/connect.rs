@@ -76,14 +76,74 @@ fn podman_installed() -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("podman").is_file()))
 }
 
+/// What [`ensure_podman_service`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodmanService {
+    /// A service already answers on the socket.
+    Running,
+    /// moat started one, detached; it keeps running after this process.
+    Started {
+        /// The service's process id (its own process group too).
+        pid: u32,
+    },
+}
+
+/// Whether something accepts connections on the Unix socket `path`. A
+/// socket file left by a service that died (killed with its session, a
+/// reboot without a tmpfs `/run`) refuses them: that one is stale.
+fn socket_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Makes sure Podman's API service answers on `socket`: nothing to do when
+/// it already does; otherwise removes a stale socket file and starts
+/// `podman system service` there. Concurrent callers (parallel runs) are
+/// serialised by a lock beside the socket, so only one service starts.
+pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, String> {
+    if socket_answers(socket) {
+        return Ok(PodmanService::Running);
+    }
+    let dir = socket
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", socket.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let lock_path = dir.join(".moat-service.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+    let lock = tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map(|()| lock)
+    })
+    .await
+    .map_err(|e| format!("waiting for {}: {e}", lock_path.display()))?
+    .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    // Another caller may have started it while this one waited.
+    if socket_answers(socket) {
+        return Ok(PodmanService::Running);
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(format!(
+                "removing the stale socket {}: {e}",
+                socket.display()
+            ))
+        }
+    }
+    let pid = start_podman_service(socket).await?;
+    drop(lock);
+    Ok(PodmanService::Started { pid })
+}
+
 /// Starts `podman system service` on `socket`, detached from this process
 /// (its own session, no standard streams, no timeout), so that later runs
-/// reuse it; waits until the socket exists.
-async fn start_podman_service(socket: &Path) -> Result<(), String> {
+/// reuse it; waits until the socket answers.
+async fn start_podman_service(socket: &Path) -> Result<u32, String> {
     use std::os::unix::process::CommandExt as _;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
     let mut command = std::process::Command::new("podman");
     command
         .args(["system", "service", "--time=0"])
@@ -96,22 +156,23 @@ async fn start_podman_service(socket: &Path) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("starting podman system service: {e}"))?;
     let deadline = tokio::time::Instant::now() + PODMAN_SERVICE_START;
-    while !socket.exists() {
+    while !socket_answers(socket) {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("podman system service exited at once ({status})"));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
-                "podman system service did not create {} within {} s",
+                "podman system service did not answer on {} within {} s",
                 socket.display(),
                 PODMAN_SERVICE_START.as_secs()
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let pid = child.id();
     // Reaped by nobody on purpose: it outlives this process.
     std::mem::forget(child);
-    Ok(())
+    Ok(pid)
 }
 
 /// Whether a Podman configuration registers the OCI runtime `name`
@@ -312,10 +373,15 @@ impl DockerRuntime {
         };
         let mut started_service = false;
         if let Some(path) = endpoint.strip_prefix("unix://").map(Path::new) {
-            if !path.exists() {
+            if !socket_answers(path) {
+                let state = if path.exists() {
+                    "nothing answers on"
+                } else {
+                    "no socket at"
+                };
                 if explicit {
                     return Err(not_accessible(format!(
-                        "no Podman socket at {} (from CONTAINER_HOST)",
+                        "{state} {} (from CONTAINER_HOST)",
                         path.display()
                     )));
                 }
@@ -324,12 +390,12 @@ impl DockerRuntime {
                 }
                 if !may_start {
                     return Err(not_accessible(format!(
-                        "its API service is not running (no socket at {})",
+                        "its API service is not running ({state} {})",
                         path.display()
                     )));
                 }
-                start_podman_service(path).await.map_err(not_accessible)?;
-                started_service = true;
+                let service = ensure_podman_service(path).await.map_err(not_accessible)?;
+                started_service = matches!(service, PodmanService::Started { .. });
             }
         }
         let docker = handshake(&endpoint).await.map_err(not_accessible)?;

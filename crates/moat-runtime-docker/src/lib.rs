@@ -88,8 +88,8 @@ mod image;
 pub mod versions;
 
 pub use crate::connect::{
-    candidate_endpoints, podman_endpoint, podman_registers_runtime, DockerRuntime, Engine,
-    GVISOR_RUNTIME, PING_TIMEOUT,
+    candidate_endpoints, ensure_podman_service, podman_endpoint, podman_registers_runtime,
+    DockerRuntime, Engine, PodmanService, GVISOR_RUNTIME, PING_TIMEOUT,
 };
 pub use crate::container::{
     BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
