@@ -145,6 +145,24 @@ pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, Strin
 async fn start_podman_service(socket: &Path) -> Result<u32, String> {
     use std::os::unix::process::CommandExt as _;
     let mut command = std::process::Command::new("podman");
+    // It outlives this process: it must not keep this process's working
+    // directory (a project that may be deleted; Podman's container set-up
+    // then fails with "write child: broken pipe"), nor its variables
+    // (tokens among them), only what locates Podman's own configuration.
+    command.current_dir("/").env_clear();
+    for (key, value) in std::env::vars_os() {
+        let keep = key.to_str().is_some_and(|k| {
+            matches!(
+                k,
+                "PATH" | "HOME" | "USER" | "LOGNAME" | "LANG" | "TMPDIR" | "TZ"
+            ) || k.starts_with("XDG_")
+                || k.starts_with("CONTAINERS_")
+                || k.starts_with("LC_")
+        });
+        if keep {
+            command.env(key, value);
+        }
+    }
     command
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))

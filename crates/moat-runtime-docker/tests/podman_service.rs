@@ -67,6 +67,28 @@ async fn a_stale_socket_is_replaced_by_a_running_service() {
     };
     let _guard = ServiceGuard(vec![pid]);
     assert!(ping(&socket).contains("OK"), "the service answers _ping");
+    // It outlives the caller: nothing of the caller's may go stale under
+    // it (a working directory deleted later broke every container it
+    // started), and the caller's variables (tokens...) are not its own.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        Path::new("/")
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let names: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            String::from_utf8_lossy(kv)
+                .split('=')
+                .next()
+                .map(str::to_owned)
+        })
+        .filter(|k| !k.is_empty())
+        .collect();
+    assert!(
+        names.iter().all(|k| !k.starts_with("CARGO")),
+        "inherited the caller's environment: {names:?}"
+    );
     assert_eq!(
         ensure_podman_service(&socket).await.unwrap(),
         PodmanService::Running
