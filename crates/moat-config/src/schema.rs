@@ -760,16 +760,38 @@ fn services(
             ));
         }
         let mut svc = ServiceConfig::default();
-        for (key, v) in ctx.fields(value, &p, &["env", "image", "memory", "wait"], &[])? {
+        for (key, v) in ctx.fields(
+            value,
+            &p,
+            &["env", "image", "memory", "wait", "provision"],
+            &[],
+        )? {
             let kp = join(&p, key);
             match key {
                 "env" => svc.env = ctx.env_map(v, &kp)?,
+                "provision" => {
+                    for (command, item, ip) in ctx.string_list(v, &kp)? {
+                        if command.trim().is_empty() {
+                            return Err(ctx.invalid(item, &ip, "is an empty command".to_owned()));
+                        }
+                        svc.provision.push(command);
+                    }
+                }
                 "image" => svc.image = Some(ctx.non_empty_string(v, &kp, Some(key))?),
                 "memory" => {
                     svc.memory_mb = Some(ctx.positive_int(v, &kp, "a whole number of megabytes")?)
                 }
                 _ => svc.wait = ctx.bool(v, &kp)?,
             }
+        }
+        if !svc.wait && !svc.provision.is_empty() {
+            return Err(ctx.invalid(
+                value,
+                &p,
+                "provision runs once the service is ready, so it needs the wait; \
+                 remove wait: false or the provision list"
+                    .to_owned(),
+            ));
         }
         out.insert(name.to_owned(), svc);
     }

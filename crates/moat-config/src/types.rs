@@ -205,6 +205,8 @@ pub struct ServiceConfig {
     pub memory_mb: Option<u64>,
     /// Wait for readiness before starting the agent (default true).
     pub wait: bool,
+    /// Shell commands run inside the sidecar once it is ready, in order.
+    pub provision: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -214,6 +216,7 @@ impl Default for ServiceConfig {
             image: None,
             memory_mb: None,
             wait: true,
+            provision: Vec::new(),
         }
     }
 }

@@ -142,6 +142,9 @@ fn dependencies_and_services() {
         "dependencies: [postgres@17]\nservices:\n  postgres:\n    env:\n      POSTGRES_PORT: 5432\n",
         "dependencies: [postgres@17]\nservices:\n  postgres:\n    wait: no\n",
         "dependencies: [postgres@17]\nservices:\n  postgres:\n    memory: -5\n",
+        "dependencies: [postgres@17]\nservices:\n  postgres:\n    wait: false\n    provision: [\"psql -c 'select 1'\"]\n",
+        "dependencies: [postgres@17]\nservices:\n  postgres:\n    provision: [\"  \"]\n",
+        "dependencies: [postgres@17]\nservices:\n  postgres:\n    provision: psql\n",
     ]));
 }
 

@@ -160,6 +160,7 @@ fn full_example_parses_into_the_expected_config() {
                     image: None,
                     memory_mb: Some(512),
                     wait: false,
+                    provision: Vec::new(),
                 }
             ),
             ("redis".to_owned(), ServiceConfig::default()),

@@ -95,6 +95,17 @@ pub struct RunPlan {
     /// root, readable as their mode says), e.g. an agent's staged
     /// configuration.
     pub files: Vec<moat_sandbox::InjectedFile>,
+    /// Service dependencies (`postgres@17`...), started beside the sandbox.
+    pub services: Vec<ServicePlan>,
+}
+
+/// A service dependency and what moat.yaml's `services.<name>` says of it.
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    /// The dependency as written (`postgres@17`).
+    pub dependency: moat_runtime_docker::Dependency,
+    /// Its options.
+    pub options: moat_runtime_docker::services::ServiceOptions,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -132,6 +143,17 @@ pub struct RunFlags {
 /// Why flags and moat.yaml do not make a run.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// `services.<name>` for a dependency that is not a service.
+    #[error(
+        "moat.yaml services.{name}: {name} is not a service, so it has no sidecar to configure \
+         (services are {known}); remove services.{name}"
+    )]
+    NotAService {
+        /// The key.
+        name: String,
+        /// The services there are.
+        known: String,
+    },
     /// Neither `--` nor moat.yaml gives a command.
     #[error("no command to run: give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml")]
     NoCommand,
@@ -318,6 +340,7 @@ impl RunPlan {
             rebuild: flags.rebuild,
             verbose: flags.verbose,
         };
+        let services = config.map(service_plans).transpose()?.unwrap_or_default();
         Ok(RunPlan {
             workspace,
             name,
@@ -340,8 +363,57 @@ impl RunPlan {
             detached: flags.detached,
             profile,
             files: Vec::new(),
+            services,
         })
     }
+}
+
+/// The service dependencies of moat.yaml with their `services:` options.
+/// A `services:` entry must name a service.
+fn service_plans(config: &moat_config::ProjectConfig) -> Result<Vec<ServicePlan>, PlanError> {
+    let mut plans = Vec::new();
+    for dep in &config.dependencies {
+        // Other kinds are the image builder's business (and errors).
+        let Ok(mut parsed) = moat_runtime_docker::parse_dependencies(&[dep.to_string()]) else {
+            continue;
+        };
+        let Some(dependency) = parsed.pop() else {
+            continue;
+        };
+        if dependency.info.kind != moat_runtime_docker::DepType::Service {
+            continue;
+        }
+        let options = config
+            .services
+            .get(dependency.info.name)
+            .map(|s| moat_runtime_docker::services::ServiceOptions {
+                env: s.env.clone(),
+                image: s.image.clone(),
+                memory_mb: s.memory_mb,
+                wait: s.wait,
+                provision: s.provision.clone(),
+            })
+            .unwrap_or_default();
+        plans.push(ServicePlan {
+            dependency,
+            options,
+        });
+    }
+    if let Some(name) = config.services.keys().find(|name| {
+        !plans
+            .iter()
+            .any(|p| p.dependency.info.name == name.as_str())
+    }) {
+        let known: Vec<&str> = moat_runtime_docker::services::SERVICES
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        return Err(PlanError::NotAService {
+            name: name.clone(),
+            known: known.join(", "),
+        });
+    }
+    Ok(plans)
 }
 
 #[cfg(test)]

@@ -484,6 +484,38 @@ fn sandbox_request(
         "MOAT_HOST_GATEWAY".to_owned(),
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
+    let mut sidecars = Vec::new();
+    for service in &plan.services {
+        let (sidecar, vars) = moat_runtime_docker::services::plan_sidecar(
+            &service.dependency,
+            &service.options,
+            &service_password(),
+        )
+        .map_err(|e| RunError::Driver(DriverError::runtime(e)))?;
+        // The user's own variables of the same name win.
+        for (name, value) in vars {
+            if !plan.env.iter().any(|(k, _)| *k == name) {
+                variables.push((name, value));
+            }
+        }
+        sidecars.push(sidecar);
+    }
+    if !sidecars.is_empty()
+        && !plan
+            .env
+            .iter()
+            .any(|(k, _)| k == "NO_PROXY" || k == "no_proxy")
+    {
+        // Services are reached directly, never through the proxy.
+        for (name, value) in variables.iter_mut() {
+            if name == "NO_PROXY" || name == "no_proxy" {
+                for sidecar in &sidecars {
+                    value.push(',');
+                    value.push_str(&sidecar.name);
+                }
+            }
+        }
+    }
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
         context: "locating the moat binary for the sandbox's capture relay".into(),
         source: e,
@@ -538,7 +570,19 @@ fn sandbox_request(
         settings_dir: Some(home.root().to_path_buf()),
         extra_isolation: plan.extra_isolation,
         keep: plan.keep,
+        sidecars,
+        sidecar_logs: run_dir.join("services"),
     })
+}
+
+/// A service's password: 32 random letters and digits, fresh for each run.
+fn service_password() -> String {
+    use rand::Rng as _;
+    rand::rngs::OsRng
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

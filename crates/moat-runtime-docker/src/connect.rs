@@ -393,9 +393,9 @@ impl DockerRuntime {
         if let Some(path) = endpoint.strip_prefix("unix://").map(Path::new) {
             if !socket_answers(path) {
                 let state = if path.exists() {
-                    "nothing answers on"
+                    "nothing answers on the Podman socket"
                 } else {
-                    "no socket at"
+                    "no Podman socket at"
                 };
                 if explicit {
                     return Err(not_accessible(format!(

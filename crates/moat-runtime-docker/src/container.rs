@@ -29,7 +29,8 @@ pub const HOST_GATEWAY_NAME: &str = "host.docker.internal";
 pub const LABEL_RUN_ID: &str = "moat.run-id";
 /// Label marking everything moat created (`moat.managed=true`).
 pub const LABEL_MANAGED: &str = "moat.managed";
-/// Label telling the workload (`workload`) from its network guard (`netguard`).
+/// Label telling the workload (`workload`) from its network guard
+/// (`netguard`) and its service sidecars (`service`).
 pub const LABEL_ROLE: &str = "moat.role";
 
 /// Which OCI runtime runs the workload.
@@ -63,7 +64,7 @@ impl SandboxRuntime {
         }
     }
 
-    fn oci_name(&self) -> &str {
+    pub(crate) fn oci_name(&self) -> &str {
         match self {
             SandboxRuntime::Gvisor { runtime } => runtime,
             SandboxRuntime::Runc => "runc",
@@ -155,6 +156,11 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// More labels (on top of `moat.run-id`, `moat.managed`, `moat.role`).
     pub labels: Vec<(String, String)>,
+    /// Service sidecars, started in the guard's network namespace before
+    /// the workload (their images already mapped and present).
+    pub sidecars: Vec<moat_sandbox::Sidecar>,
+    /// Where a failed sidecar's output is saved, for `moat logs`.
+    pub sidecar_logs: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -183,6 +189,8 @@ impl ContainerSpec {
             network: NetworkPolicy::Permissive,
             hostname: "moat".to_owned(),
             labels: Vec::new(),
+            sidecars: Vec::new(),
+            sidecar_logs: None,
         }
     }
 
@@ -325,6 +333,8 @@ pub struct Container {
     pub guard_id: Option<String>,
     /// Whether it was created with a TTY.
     pub tty: bool,
+    /// Engine ids of its service sidecars.
+    pub sidecar_ids: Vec<String>,
 }
 
 /// A container carrying `moat.managed=true`, as found by
@@ -510,7 +520,7 @@ impl DockerRuntime {
     /// hard limits without CAP_SYS_RESOURCE (`error setting rlimit type 7:
     /// operation not permitted`). Explicit ones, no higher than ours, always
     /// apply. Docker inherits its daemon's, which are fine.
-    fn ulimits(&self) -> Option<Vec<bollard::models::ResourcesUlimits>> {
+    pub(crate) fn container_ulimits(&self) -> Option<Vec<bollard::models::ResourcesUlimits>> {
         if self.engine_kind() != crate::connect::Engine::Podman {
             return None;
         }
@@ -541,6 +551,13 @@ impl DockerRuntime {
             self.require_gvisor(runtime).await?;
         }
         let guard_id = match &spec.network {
+            NetworkPolicy::Permissive if !spec.sidecars.is_empty() => {
+                return Err(DockerError::InvalidSpec {
+                    message:
+                        "service sidecars need the network guard (a strict or captured network)"
+                            .into(),
+                })
+            }
             NetworkPolicy::Permissive => None,
             NetworkPolicy::Strict {
                 proxy_host,
@@ -564,16 +581,32 @@ impl DockerRuntime {
                 .await?,
             ),
         };
+        let sidecar_ids = match &guard_id {
+            Some(g) if !spec.sidecars.is_empty() => {
+                match self
+                    .start_sidecars(spec, g, spec.sidecar_logs.as_deref())
+                    .await
+                {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        self.remove_by_id(g).await.ok();
+                        return Err(e);
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
         match self.create_workload(spec, guard_id.as_deref()).await {
             Ok(id) => Ok(Container {
                 id,
                 name: spec.container_name(),
                 guard_id,
                 tty: spec.tty,
+                sidecar_ids,
             }),
             Err(e) => {
-                if let Some(g) = &guard_id {
-                    self.remove_by_id(g).await.ok();
+                for id in sidecar_ids.iter().chain(&guard_id) {
+                    self.remove_by_id(id).await.ok();
                 }
                 Err(e)
             }
@@ -616,7 +649,7 @@ impl DockerRuntime {
             extra_hosts,
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
-            ulimits: self.ulimits(),
+            ulimits: self.container_ulimits(),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -730,15 +763,25 @@ impl DockerRuntime {
                 binds,
                 runtime: Some("runc".into()),
                 network_mode: self.own_network_mode(),
-                // The workload's /etc/hosts is the guard's.
-                extra_hosts: Some(vec![
-                    self.host_gateway_entry(),
-                    format!(
-                        "{}:{}",
-                        moat_capture::HOST_GATEWAY_NAME,
-                        moat_capture::HOST_GATEWAY_ADDR
-                    ),
-                ]),
+                // The workload's /etc/hosts is the guard's; sidecars
+                // share its loopback.
+                extra_hosts: Some(
+                    [
+                        self.host_gateway_entry(),
+                        format!(
+                            "{}:{}",
+                            moat_capture::HOST_GATEWAY_NAME,
+                            moat_capture::HOST_GATEWAY_ADDR
+                        ),
+                    ]
+                    .into_iter()
+                    .chain(
+                        spec.sidecars
+                            .iter()
+                            .map(|s| format!("{}:127.0.0.1", s.name)),
+                    )
+                    .collect(),
+                ),
                 cap_drop: Some(vec!["ALL".into()]),
                 // SETUID/SETGID: the capture relay drops to nobody.
                 cap_add: Some(
@@ -748,7 +791,7 @@ impl DockerRuntime {
                 ),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(32 * 1024 * 1024),
-                ulimits: self.ulimits(),
+                ulimits: self.container_ulimits(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1012,9 +1055,9 @@ impl DockerRuntime {
                 Some(StopContainerOptionsBuilder::new().t(t).build()),
             )
             .await;
-        if let Some(g) = &container.guard_id {
+        for id in container.sidecar_ids.iter().chain(&container.guard_id) {
             self.docker
-                .stop_container(g, Some(StopContainerOptionsBuilder::new().t(0).build()))
+                .stop_container(id, Some(StopContainerOptionsBuilder::new().t(0).build()))
                 .await
                 .ok();
         }
@@ -1033,9 +1076,12 @@ impl DockerRuntime {
     /// Removes the container and its network guard (forcibly: running ones
     /// are killed).
     pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
-        let result = self.remove_by_id(&container.id).await;
-        if let Some(g) = &container.guard_id {
-            self.remove_by_id(g).await?;
+        let mut result = self.remove_by_id(&container.id).await;
+        // The guard last: the sidecars live in its network namespace.
+        for id in container.sidecar_ids.iter().chain(&container.guard_id) {
+            if let Err(e) = self.remove_by_id(id).await {
+                result = result.and(Err(e));
+            }
         }
         result
     }

@@ -17,6 +17,8 @@ pub enum DepType {
     Tool,
     /// A package from a language's registry (`npm:`, `pip:`, `uv:`, `go:`).
     Dynamic,
+    /// A service started beside the sandbox (postgres, mysql, redis).
+    Service,
 }
 
 impl DepType {
@@ -27,6 +29,7 @@ impl DepType {
             "apt" => Some(DepType::Apt),
             "tool" => Some(DepType::Tool),
             "dynamic" => Some(DepType::Dynamic),
+            "service" => Some(DepType::Service),
             _ => None,
         }
     }
@@ -38,6 +41,7 @@ impl DepType {
             DepType::Apt => "apt",
             DepType::Tool => "tool",
             DepType::Dynamic => "dynamic",
+            DepType::Service => "service",
         }
     }
 }
@@ -75,6 +79,25 @@ const fn apt(
         apt_packages: pkgs,
         requires: None,
         provides: "the Debian package of the base image's release",
+    }
+}
+
+const fn service(
+    name: &'static str,
+    description: &'static str,
+    default_version: &'static str,
+) -> DepInfo {
+    DepInfo {
+        name,
+        kind: DepType::Service,
+        description,
+        default_version: Some(default_version),
+        apt_packages: &[],
+        requires: None,
+        provides:
+            "a sidecar container from the official image NAME:VERSION (or services.NAME.image), \
+                   reached from the sandbox as NAME with a fresh password per run; \
+                   Docker and Podman runtimes only",
     }
 }
 
@@ -140,6 +163,21 @@ pub const REGISTRY: &[DepInfo] = &[
     apt("postgresql-client", "psql", &["postgresql-client"]),
     apt("shellcheck", "Shell script linter", &["shellcheck"]),
     apt("procps", "ps, top, free", &["procps"]),
+    service(
+        "postgres",
+        "PostgreSQL database (sidecar; MOAT_POSTGRES_URL, _HOST, _PORT, _USER, _PASSWORD, _DB)",
+        "17",
+    ),
+    service(
+        "mysql",
+        "MySQL database (sidecar; MOAT_MYSQL_URL, _HOST, _PORT, _USER, _PASSWORD, _DB)",
+        "8",
+    ),
+    service(
+        "redis",
+        "Redis key-value store (sidecar; MOAT_REDIS_URL, _HOST, _PORT, _PASSWORD)",
+        "7",
+    ),
     DepInfo {
         name: "npm:",
         kind: DepType::Dynamic,

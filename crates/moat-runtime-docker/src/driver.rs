@@ -30,6 +30,9 @@ pub struct ContainerDriver {
     engine: DockerRuntime,
     /// The OCI runtime the workload uses, decided by [`SandboxDriver::prepare`].
     oci: Option<SandboxRuntime>,
+    /// The request's sidecars with their images mapped and present, from
+    /// [`SandboxDriver::prepare`].
+    sidecars: Vec<moat_sandbox::Sidecar>,
 }
 
 impl ContainerDriver {
@@ -45,6 +48,7 @@ impl ContainerDriver {
             runtime,
             engine: connected,
             oci: None,
+            sidecars: Vec::new(),
         })
     }
 
@@ -150,6 +154,8 @@ impl ContainerDriver {
         spec.cpus = request.limits.cpus;
         spec.runtime = self.oci.clone().unwrap_or(SandboxRuntime::Runc);
         spec.hostname = request.hostname.clone();
+        spec.sidecars = self.sidecars.clone();
+        spec.sidecar_logs = Some(request.sidecar_logs.clone());
         // Whatever the policy, the container's only way out is the proxy:
         // clients that ignore the proxy variables are captured by the guard.
         spec.network = NetworkPolicy::Captured {
@@ -284,6 +290,17 @@ impl SandboxDriver for ContainerDriver {
             .block_on(self.engine.resolve_image(&image_request, &map))
             .map_err(DriverError::runtime)?;
         notes.extend(image.notes);
+        let sidecars: Vec<moat_sandbox::Sidecar> = request
+            .sidecars
+            .iter()
+            .map(|s| moat_sandbox::Sidecar {
+                image: map.resolve(&s.image).to_owned(),
+                ..s.clone()
+            })
+            .collect();
+        self.block_on(self.engine.ensure_sidecar_images(&sidecars))
+            .map_err(DriverError::runtime)?;
+        self.sidecars = sidecars;
         Ok(Prepared {
             image: Some(image.tag),
             notes,
@@ -347,6 +364,7 @@ impl SandboxDriver for ContainerDriver {
             output: Some(output),
             raw,
             keep: request.keep,
+            sidecar_logs: request.sidecar_logs.clone(),
             control,
         }))
     }
@@ -418,6 +436,7 @@ struct ContainerRunning<'d> {
     output: Option<OutputSinks>,
     raw: Option<terminal::RawMode>,
     keep: bool,
+    sidecar_logs: std::path::PathBuf,
     control: Arc<ContainerControl>,
 }
 
@@ -461,6 +480,13 @@ impl RunningSandbox for ContainerRunning<'_> {
             engine.wait(&container).await
         });
         drop(self.raw.take());
+        if !container.sidecar_ids.is_empty() {
+            self.driver.block_on(engine.save_sidecar_logs(
+                &self.driver.sidecars,
+                &container.sidecar_ids,
+                &self.sidecar_logs,
+            ));
+        }
         if !self.keep {
             if let Err(e) = self.driver.block_on(engine.remove(&container)) {
                 let _ = writeln!(std::io::stderr(), "moat: removing the container: {e}");

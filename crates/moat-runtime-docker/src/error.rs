@@ -128,6 +128,66 @@ pub enum DockerError {
         cause: String,
     },
 
+    /// A service's image is neither local nor pullable.
+    #[error(
+        "{service} service image {image} is not available: {cause}\n\
+         To fix: pull it (docker pull {image}), choose another with services.{service}.image in moat.yaml, \
+         or, without a reachable registry, map it to a local image: MOAT_IMAGE_MAP={image}=<local image> \
+         (or an entry in images.json under MOAT_HOME)"
+    )]
+    ServiceImageUnavailable {
+        /// The service (`postgres`).
+        service: String,
+        /// The image after mapping.
+        image: String,
+        /// Why.
+        cause: String,
+    },
+
+    /// A service's container could not be created or started.
+    #[error("{service} service failed to start: {cause}")]
+    ServiceStart {
+        /// The service.
+        service: String,
+        /// The engine's words.
+        cause: String,
+    },
+
+    /// A service did not pass its readiness check in time.
+    #[error(
+        "{service} service failed to become ready: {cause}{}\n\
+         Check run logs:\n  moat logs {run_id}\n\
+         Or disable wait:\n  services:\n    {service}:\n      wait: false",
+        quoted_log(log)
+    )]
+    ServiceNotReady {
+        /// The service.
+        service: String,
+        /// What the check said, or that the container exited.
+        cause: String,
+        /// The sidecar's last lines, secrets replaced.
+        log: String,
+        /// The run, for `moat logs`.
+        run_id: String,
+    },
+
+    /// A provisioning command failed once the service was ready.
+    #[error(
+        "{service} service provisioning failed: `{command}`: {cause}\n\
+         Check the provisioning commands in moat.yaml (services.{service}.provision) \
+         and verify they work against the service image you specified ({image})."
+    )]
+    ServiceProvisioning {
+        /// The service.
+        service: String,
+        /// The command as written.
+        command: String,
+        /// Its exit code and output, secrets replaced.
+        cause: String,
+        /// The sidecar's image.
+        image: String,
+    },
+
     /// The strict network policy could not be put in place.
     #[error("firewall setup failed (required for strict network policy): {cause}")]
     FirewallSetup {
@@ -201,6 +261,20 @@ fn failed_step(step: &Option<String>) -> String {
         Some(s) => format!("\nFailed step: {s}"),
         None => String::new(),
     }
+}
+
+/// A sidecar's last log lines, indented under the message.
+fn quoted_log(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nIts last lines:");
+    for line in lines {
+        out.push_str("\n  | ");
+        out.push_str(line);
+    }
+    out
 }
 
 #[cfg(test)]

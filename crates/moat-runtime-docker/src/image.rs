@@ -508,7 +508,9 @@ impl DockerRuntime {
         request: &ImageRequest,
         map: &ImageMap,
     ) -> Result<ResolvedImage, DockerError> {
-        let deps = parse_dependencies(&request.dependencies)?;
+        let mut deps = parse_dependencies(&request.dependencies)?;
+        // Services run beside the sandbox, not in its image.
+        deps.retain(|d| d.info.kind != DepType::Service);
         let wanted_base = request.base_image.as_deref().unwrap_or(DEFAULT_BASE_IMAGE);
         check_image_name(wanted_base, "base_image").map_err(|_| DockerError::InvalidSpec {
             message: format!("base_image {wanted_base:?} is not an image name"),
@@ -584,6 +586,26 @@ impl DockerRuntime {
             }) => Ok(false),
             Err(e) => Err(DockerError::engine(format!("inspecting image {image}"), e)),
         }
+    }
+
+    /// Pulls `image` unless it is local; the error says why it cannot be
+    /// had.
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<(), String> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut pull = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = pull.next().await {
+            if let Err(e) = item {
+                return Err(format!("not present locally, and pulling it failed: {e}"));
+            }
+        }
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// The id of `image`, pulling it when it is not local.

@@ -85,6 +85,7 @@ pub mod deps;
 mod driver;
 mod error;
 mod image;
+pub mod services;
 pub mod versions;
 
 pub use crate::connect::{
@@ -96,7 +97,7 @@ pub use crate::container::{
     SandboxRuntime, GUARD_READY, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
     WORKSPACE_IN_CONTAINER,
 };
-pub use crate::deps::{deps_info, deps_list, DepInfo, DepType, Dependency};
+pub use crate::deps::{deps_info, deps_list, parse_dependencies, DepInfo, DepType, Dependency};
 pub use crate::driver::ContainerDriver;
 pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
 pub use crate::image::{

@@ -70,7 +70,18 @@ impl SandboxDriver for NativeDriver {
         })
     }
 
-    fn prepare(&mut self, _request: &SandboxRequest) -> Result<Prepared, DriverError> {
+    fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError> {
+        if !request.sidecars.is_empty() {
+            return Err(DriverError::ServicesUnsupported {
+                runtime: "native",
+                services: request
+                    .sidecars
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
         Ok(Prepared::default())
     }
 

@@ -173,6 +173,36 @@ pub struct ImageRecipe {
     pub verbose: bool,
 }
 
+/// A service the sandbox reaches by name (`dependencies: [postgres@17]`):
+/// a sidecar container started before the command, ready and provisioned
+/// when the command starts (unless [`Sidecar::wait`] is false), removed
+/// with the sandbox. Only container runtimes run them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// The service's name, also its host name inside the sandbox.
+    pub name: String,
+    /// The image as written (`postgres:17`); runtimes map it to a local
+    /// image where configured.
+    pub image: String,
+    /// The sidecar's environment.
+    pub env: Vec<(String, String)>,
+    /// Its command; empty for the image's own.
+    pub command: Vec<String>,
+    /// The TCP port it serves on.
+    pub port: u16,
+    /// Run inside the sidecar until it exits 0: the service is ready.
+    pub ready: Vec<String>,
+    /// Run inside the sidecar, in order, once it is ready; each must exit 0.
+    pub provision: Vec<Vec<String>>,
+    /// Memory limit, MiB.
+    pub memory_mb: Option<u64>,
+    /// Wait for readiness (and provisioning) before the command starts.
+    pub wait: bool,
+    /// Words of the sidecar's configuration that must not appear in what
+    /// moat prints (its password), replaced by `****`.
+    pub secrets: Vec<String>,
+}
+
 /// Everything a runtime needs to run one sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxRequest {
@@ -212,6 +242,11 @@ pub struct SandboxRequest {
     pub extra_isolation: bool,
     /// Leave what the runtime created after the command exits (`--keep`).
     pub keep: bool,
+    /// Services started beside the sandbox.
+    pub sidecars: Vec<Sidecar>,
+    /// Where each sidecar's output is saved (`<name>.log`) when the run
+    /// ends or the sidecar fails, for `moat logs`.
+    pub sidecar_logs: PathBuf,
 }
 
 impl SandboxRequest {
@@ -349,6 +384,19 @@ pub enum DriverError {
     /// The runtime's error, as its crate words it.
     #[error(transparent)]
     Runtime(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The request has services (sidecars) and this runtime runs none.
+    #[error(
+        "services ({services}) need a container runtime: the {runtime} runtime runs no sidecars.\n\
+         To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
+         --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
+         or remove them from dependencies: in moat.yaml"
+    )]
+    ServicesUnsupported {
+        /// The runtime's name.
+        runtime: &'static str,
+        /// The services asked for, comma-separated.
+        services: String,
+    },
     /// A local operation around the runtime failed.
     #[error("{context}: {source}")]
     Io {
@@ -495,6 +543,8 @@ mod tests {
             settings_dir: None,
             extra_isolation: true,
             keep: false,
+            sidecars: Vec::new(),
+            sidecar_logs: PathBuf::from("/tmp/services"),
         }
     }
 

@@ -54,6 +54,9 @@ const PROVOKED: &[&str] = &[
     "moat.yaml changed while a run had the workspace mounted",
     "moat never mounts it into a sandbox",
     "cannot map the ownership of the workspace for the sandbox",
+    "service failed to become ready",
+    "service provisioning failed",
+    "services need a container runtime",
 ];
 
 /// Headings not provoked here, and why.
@@ -745,4 +748,73 @@ fn a_runtime_version_that_cannot_be_provided() {
     );
     out.failure();
     documented("building image with dependencies", &out.stderr);
+}
+
+#[test]
+fn a_service_that_stops_before_it_is_ready() {
+    if !common::docker_available() {
+        return;
+    }
+    let (postgres, _) = common::service_images();
+    let t = Env::new();
+    // Like the official image, the stand-in refuses an empty password.
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "dependencies: [postgres]\nservices:\n  postgres:\n    env:\n      POSTGRES_PASSWORD: \"\"\n",
+    )
+    .unwrap();
+    let out = t.run_with(
+        &["run", "--runtime", "docker", "--no-sandbox", "--", "true"],
+        &[(
+            "MOAT_IMAGE_MAP",
+            &format!("debian:bookworm-slim=local/debian:bookworm,postgres:17={postgres}"),
+        )],
+    );
+    out.failure();
+    let stderr = t.normalize(&out.stderr);
+    let message = stderr
+        .lines()
+        .filter(|l| !l.contains("Warning: Running without gVisor"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    documented("service failed to become ready", &message);
+}
+
+#[test]
+fn a_provisioning_command_that_fails() {
+    if !common::docker_available() {
+        return;
+    }
+    let (_, redis) = common::service_images();
+    let t = Env::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "dependencies: [redis]\nservices:\n  redis:\n    provision: [\"exit 3\"]\n",
+    )
+    .unwrap();
+    let out = t.run_with(
+        &["run", "--runtime", "docker", "--no-sandbox", "--", "true"],
+        &[(
+            "MOAT_IMAGE_MAP",
+            &format!("debian:bookworm-slim=local/debian:bookworm,redis:7={redis}"),
+        )],
+    );
+    out.failure();
+    let message = out
+        .stderr
+        .lines()
+        .filter(|l| !l.contains("Warning: Running without gVisor"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(redis.as_str(), "redis:7");
+    documented("service provisioning failed", &message);
+}
+
+#[test]
+fn services_on_the_native_runtime() {
+    let t = Env::new();
+    std::fs::write(t.project().join("moat.yaml"), "dependencies: [postgres]\n").unwrap();
+    let out = t.run_with(&["run", "--runtime", "native", "--", "true"], &[]);
+    out.failure();
+    documented("services need a container runtime", &out.stderr);
 }

@@ -67,6 +67,25 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
             if let Some(r) = d.requires {
                 outln!("Requires:    {r}");
             }
+            if let Some(def) = moat_runtime_docker::services::service_def(d.name) {
+                outln!("Image:       {}:<version>", def.image);
+                outln!("Readiness:   {}", def.ready.join(" "));
+                outln!("In the sandbox (<password>: 32 random characters, fresh for each run):");
+                let example = moat_runtime_docker::Dependency {
+                    spec: d.name.to_owned(),
+                    info: d,
+                    version: d.default_version.map(str::to_owned),
+                    package: None,
+                };
+                let (_, vars) = moat_runtime_docker::services::plan_sidecar(
+                    &example,
+                    &moat_runtime_docker::services::ServiceOptions::default(),
+                    "<password>",
+                )?;
+                for (name, value) in vars {
+                    outln!("  {name}={value}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

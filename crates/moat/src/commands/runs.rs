@@ -101,6 +101,7 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
         );
     }
     if !args.follow {
+        print_service_logs(&mut out, &store.dir(&run.id).join("services"), args.lines)?;
         return Ok(ExitCode::SUCCESS);
     }
     // Follow: re-read what was appended until the run is no longer active.
@@ -119,6 +120,34 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// The output of the run's service sidecars (saved when the run ended or
+/// a sidecar failed), the last `lines` lines of each.
+fn print_service_logs(out: &mut impl Write, dir: &std::path::Path, lines: usize) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut logs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    for path in logs {
+        let service = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let all: Vec<&str> = text.lines().collect();
+        writeln!(out, "--- service {service} ---")?;
+        for line in &all[all.len().saturating_sub(lines)..] {
+            writeln!(out, "{service} | {line}")?;
+        }
+    }
+    Ok(())
 }
 
 pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {

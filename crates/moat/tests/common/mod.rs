@@ -377,3 +377,79 @@ pub fn docker_available() -> bool {
     }
     ok
 }
+
+const POSTGRES_STANDIN: &str = r#"# moat test stand-in for the official postgres image's contract:
+# POSTGRES_PASSWORD (required), POSTGRES_USER (default postgres),
+# POSTGRES_DB (default: the user); serves on 5432; pg_isready on PATH.
+FROM local/debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-15 \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/run/postgresql && chown postgres:postgres /var/run/postgresql
+ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PGDATA=/var/lib/postgresql/data
+RUN printf '%s\n' '#!/bin/sh' 'set -e' \
+  'if [ -z "$POSTGRES_PASSWORD" ]; then echo "Error: Database is uninitialized and superuser password is not specified." >&2; exit 1; fi' \
+  'user=${POSTGRES_USER:-postgres}; db=${POSTGRES_DB:-$user}' \
+  'if [ ! -s "$PGDATA/PG_VERSION" ]; then' \
+  '  mkdir -p "$PGDATA"; chown postgres:postgres "$PGDATA"; chmod 700 "$PGDATA"' \
+  '  printf "%s\n" "$POSTGRES_PASSWORD" > /tmp/pwfile; chown postgres /tmp/pwfile' \
+  '  runuser -u postgres -- initdb --no-sync -D "$PGDATA" -U "$user" --pwfile=/tmp/pwfile --auth-local=trust --auth-host=scram-sha-256 >/dev/null' \
+  '  rm -f /tmp/pwfile' \
+  '  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"' \
+  '  if [ "$db" != postgres ]; then echo "CREATE DATABASE \"$db\";" | runuser -u postgres -- postgres --single -D "$PGDATA" postgres >/dev/null; fi' \
+  'fi' \
+  'exec runuser -u postgres -- postgres -D "$PGDATA" -c "listen_addresses=*" "$@"' \
+  > /usr/local/bin/docker-entrypoint.sh && chmod 755 /usr/local/bin/docker-entrypoint.sh
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+"#;
+
+const REDIS_STANDIN: &str = r#"# moat test stand-in for the official redis image: redis-server, redis-cli.
+FROM local/debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends redis-server \
+ && rm -rf /var/lib/apt/lists/*
+CMD ["redis-server", "--protected-mode", "no"]
+"#;
+
+/// Builds `dockerfile` as `local/moat-test-<name>:<hash>` unless it exists.
+pub fn service_standin(name: &str, dockerfile: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dockerfile.hash(&mut hasher);
+    let tag = format!("local/moat-test-{name}:{:016x}", hasher.finish());
+    let exists = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        let mut child = Command::new("docker")
+            .args(["build", "-q", "-t", &tag, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dockerfile.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "building {tag}");
+    }
+    tag
+}
+
+/// Local stand-ins for the official `postgres` and `redis` images (no
+/// registry is reachable here), built once and kept: Debian's packages
+/// behind the same contract.
+pub fn service_images() -> &'static (String, String) {
+    static IMAGES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    IMAGES.get_or_init(|| {
+        (
+            service_standin("postgres", POSTGRES_STANDIN),
+            service_standin("redis", REDIS_STANDIN),
+        )
+    })
+}

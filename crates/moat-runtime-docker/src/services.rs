@@ -1,0 +1,669 @@
+//! Service sidecars (`dependencies: [postgres@17, mysql@8, redis@7]`): what
+//! each service is (image, port, credentials, readiness check, the
+//! variables the sandbox gets), and starting them beside a sandbox.
+//!
+//! A sidecar joins the network namespace of the sandbox's network guard:
+//! the sandbox reaches it on loopback under the service's name (an
+//! `/etc/hosts` entry), nothing outside the run reaches it, and its own
+//! traffic goes through the guard's firewall like the sandbox's. No
+//! engine network is created, so Docker and Podman (whose containers use
+//! slirp4netns) work the same way, and start-up saves a network create.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
+use futures_util::StreamExt;
+use moat_sandbox::Sidecar;
+
+use crate::connect::DockerRuntime;
+use crate::container::{ContainerSpec, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID};
+use crate::deps::{DepType, Dependency};
+use crate::error::DockerError;
+
+/// How long a service may take to pass its readiness check.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Overrides [`READY_TIMEOUT`], in seconds.
+pub const READY_TIMEOUT_ENV: &str = "MOAT_SERVICE_READY_TIMEOUT";
+
+/// Between two readiness checks.
+const READY_POLL: Duration = Duration::from_millis(250);
+
+/// Lines of a failed sidecar's log quoted in the error.
+const LOG_LINES_QUOTED: usize = 15;
+
+/// The role label of sidecar containers.
+pub const SERVICE_ROLE: &str = "service";
+
+/// What one service is. `{password}`, `{user}` and `{db}` in the command,
+/// readiness check and URL are replaced by the run's values; `{host}` and
+/// `{port}` in the URL too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceDef {
+    /// The dependency name (`postgres`), also the host name in the sandbox.
+    pub name: &'static str,
+    /// The official image's repository; the tag is the version.
+    pub image: &'static str,
+    /// The port it serves on.
+    pub port: u16,
+    /// `MOAT_<PREFIX>_*` variables in the sandbox.
+    pub env_prefix: &'static str,
+    /// The user the sandbox connects as, when the service has users.
+    pub user: Option<&'static str>,
+    /// The sidecar variable naming another user (`POSTGRES_USER`).
+    pub user_env: Option<&'static str>,
+    /// The database, when the service has databases.
+    pub db: Option<&'static str>,
+    /// The sidecar variable naming the database (`POSTGRES_DB`).
+    pub db_env: Option<&'static str>,
+    /// The sidecar variable carrying the password; `None` when the
+    /// password is a command argument.
+    pub password_env: Option<&'static str>,
+    /// The sidecar's command; empty for the image's own.
+    pub command: &'static [&'static str],
+    /// The readiness check, run inside the sidecar.
+    pub ready: &'static [&'static str],
+    /// The connection URL given to the sandbox.
+    pub url: &'static str,
+}
+
+/// Every service moat can start.
+pub const SERVICES: &[ServiceDef] = &[
+    ServiceDef {
+        name: "postgres",
+        image: "postgres",
+        port: 5432,
+        env_prefix: "POSTGRES",
+        user: Some("postgres"),
+        user_env: Some("POSTGRES_USER"),
+        db: Some("postgres"),
+        db_env: Some("POSTGRES_DB"),
+        password_env: Some("POSTGRES_PASSWORD"),
+        command: &[],
+        ready: &[
+            "pg_isready",
+            "-h",
+            "localhost",
+            "-U",
+            "{user}",
+            "-d",
+            "{db}",
+        ],
+        url: "postgresql://{user}:{password}@{host}:{port}/{db}",
+    },
+    ServiceDef {
+        name: "mysql",
+        image: "mysql",
+        port: 3306,
+        env_prefix: "MYSQL",
+        user: Some("root"),
+        user_env: None,
+        db: Some("moat"),
+        db_env: Some("MYSQL_DATABASE"),
+        password_env: Some("MYSQL_ROOT_PASSWORD"),
+        command: &[],
+        ready: &[
+            "mysqladmin",
+            "ping",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "--password={password}",
+        ],
+        url: "mysql://{user}:{password}@{host}:{port}/{db}",
+    },
+    ServiceDef {
+        name: "redis",
+        image: "redis",
+        port: 6379,
+        env_prefix: "REDIS",
+        user: None,
+        user_env: None,
+        db: None,
+        db_env: None,
+        password_env: None,
+        command: &["redis-server", "--requirepass", "{password}"],
+        ready: &["redis-cli", "--no-auth-warning", "-a", "{password}", "PING"],
+        url: "redis://:{password}@{host}:{port}",
+    },
+];
+
+/// The definition of service `name`.
+pub fn service_def(name: &str) -> Option<&'static ServiceDef> {
+    SERVICES.iter().find(|s| s.name == name)
+}
+
+/// What moat.yaml says of one service (`services.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// Variables for the sidecar; they override moat's (`POSTGRES_DB`,
+    /// `POSTGRES_PASSWORD`), and the sandbox's variables follow them.
+    pub env: BTreeMap<String, String>,
+    /// Another image than the official one.
+    pub image: Option<String>,
+    /// Memory limit, MiB.
+    pub memory_mb: Option<u64>,
+    /// Wait for readiness before the command starts.
+    pub wait: bool,
+    /// Shell commands run in the sidecar once it is ready.
+    pub provision: Vec<String>,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            env: BTreeMap::new(),
+            image: None,
+            memory_mb: None,
+            wait: true,
+            provision: Vec::new(),
+        }
+    }
+}
+
+/// The service dependencies among `deps`.
+pub fn service_dependencies(deps: &[Dependency]) -> Vec<&Dependency> {
+    deps.iter()
+        .filter(|d| d.info.kind == DepType::Service)
+        .collect()
+}
+
+/// The sidecar for `dep` (a service dependency) with `options`, and the
+/// variables the sandbox gets. `password` is the run's fresh one, used
+/// unless `options` sets the service's password variable.
+pub fn plan_sidecar(
+    dep: &Dependency,
+    options: &ServiceOptions,
+    password: &str,
+) -> Result<(Sidecar, Vec<(String, String)>), DockerError> {
+    let def = service_def(dep.info.name).ok_or_else(|| DockerError::InvalidDependency {
+        name: dep.spec.clone(),
+        message: "it is not a service".into(),
+    })?;
+    let version = dep.version.as_deref().or(dep.info.default_version);
+    let image = match (&options.image, version) {
+        (Some(image), _) => image.clone(),
+        (None, Some(v)) => format!("{}:{v}", def.image),
+        (None, None) => def.image.to_owned(),
+    };
+    let from_env = |key: Option<&str>| key.and_then(|k| options.env.get(k)).cloned();
+    let password = def
+        .password_env
+        .and_then(|k| options.env.get(k))
+        .cloned()
+        .unwrap_or_else(|| password.to_owned());
+    let user = from_env(def.user_env).or(def.user.map(str::to_owned));
+    let db = from_env(def.db_env).or(def.db.map(str::to_owned));
+    let port = def.port.to_string();
+    let fill = |template: &str| {
+        template
+            .replace("{password}", &password)
+            .replace("{user}", user.as_deref().unwrap_or_default())
+            .replace("{db}", db.as_deref().unwrap_or_default())
+            .replace("{host}", def.name)
+            .replace("{port}", &port)
+    };
+
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(key) = def.password_env {
+        env.insert(key.to_owned(), password.clone());
+    }
+    if let (Some(key), Some(db)) = (def.db_env, &db) {
+        env.insert(key.to_owned(), db.clone());
+    }
+    env.extend(options.env.clone());
+
+    let prefix = format!("MOAT_{}", def.env_prefix);
+    let mut vars = vec![
+        (format!("{prefix}_URL"), fill(def.url)),
+        (format!("{prefix}_HOST"), def.name.to_owned()),
+        (format!("{prefix}_PORT"), port.clone()),
+    ];
+    if let Some(user) = &user {
+        vars.push((format!("{prefix}_USER"), user.clone()));
+    }
+    vars.push((format!("{prefix}_PASSWORD"), password.clone()));
+    if let Some(db) = &db {
+        vars.push((format!("{prefix}_DB"), db.clone()));
+    }
+
+    let sidecar = Sidecar {
+        name: def.name.to_owned(),
+        image,
+        env: env.into_iter().collect(),
+        command: def.command.iter().map(|a| fill(a)).collect(),
+        port: def.port,
+        ready: def.ready.iter().map(|a| fill(a)).collect(),
+        provision: options
+            .provision
+            .iter()
+            .map(|c| vec!["sh".to_owned(), "-c".to_owned(), c.clone()])
+            .collect(),
+        memory_mb: options.memory_mb,
+        wait: options.wait,
+        secrets: vec![password],
+    };
+    Ok((sidecar, vars))
+}
+
+/// `text` with every secret of `sidecar` replaced by `****`.
+fn redact(sidecar: &Sidecar, text: &str) -> String {
+    sidecar
+        .secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "****"))
+}
+
+/// The sidecar container's name: `moat-<service>-<run id>`.
+pub fn sidecar_container_name(service: &str, run_id: &str) -> String {
+    format!("moat-{service}-{run_id}")
+}
+
+fn ready_timeout() -> Duration {
+    std::env::var(READY_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(READY_TIMEOUT, Duration::from_secs)
+}
+
+/// How a command run inside a sidecar ended.
+struct ExecOutcome {
+    code: i64,
+    output: String,
+}
+
+impl DockerRuntime {
+    /// Pulls each sidecar's image unless it is local (after the image map
+    /// was applied by the caller).
+    pub async fn ensure_sidecar_images(&self, sidecars: &[Sidecar]) -> Result<(), DockerError> {
+        for sidecar in sidecars {
+            self.ensure_image(&sidecar.image).await.map_err(|cause| {
+                DockerError::ServiceImageUnavailable {
+                    service: sidecar.name.clone(),
+                    image: sidecar.image.clone(),
+                    cause,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Creates and starts the sidecars in the guard's network namespace,
+    /// then (for those with `wait`) waits until each is ready and runs its
+    /// provisioning commands. Returns the ids of what it created; on
+    /// failure it removes them itself.
+    pub(crate) async fn start_sidecars(
+        &self,
+        spec: &ContainerSpec,
+        guard_id: &str,
+        log_dir: Option<&Path>,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut ids = Vec::new();
+        for sidecar in &spec.sidecars {
+            match self.create_sidecar(spec, sidecar, guard_id).await {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.remove_all(&ids).await;
+                    return Err(e);
+                }
+            }
+        }
+        // Ready in parallel: the slowest decides, not the sum.
+        let checks = spec
+            .sidecars
+            .iter()
+            .zip(&ids)
+            .filter(|(s, _)| s.wait)
+            .map(|(s, id)| self.ready_and_provisioned(spec, s, id));
+        let results = futures_util::future::join_all(checks).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            if let Some(dir) = log_dir {
+                self.save_sidecar_logs(&spec.sidecars, &ids, dir).await;
+            }
+            self.remove_all(&ids).await;
+            return Err(e);
+        }
+        Ok(ids)
+    }
+
+    async fn remove_all(&self, ids: &[String]) {
+        for id in ids {
+            self.remove_by_id(id).await.ok();
+        }
+    }
+
+    async fn create_sidecar(
+        &self,
+        spec: &ContainerSpec,
+        sidecar: &Sidecar,
+        guard_id: &str,
+    ) -> Result<String, DockerError> {
+        let name = sidecar_container_name(&sidecar.name, &spec.run_id);
+        let mut labels: std::collections::HashMap<String, String> =
+            spec.labels.iter().cloned().collect();
+        labels.insert(LABEL_RUN_ID.into(), spec.run_id.clone());
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_ROLE.into(), SERVICE_ROLE.into());
+        labels.insert("moat.service".into(), sidecar.name.clone());
+        let body = ContainerCreateBody {
+            image: Some(sidecar.image.clone()),
+            cmd: (!sidecar.command.is_empty()).then(|| sidecar.command.clone()),
+            env: Some(
+                sidecar
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                // The sandbox's own network: loopback shared with it, the
+                // guard's firewall for the sidecar's own traffic.
+                network_mode: Some(format!("container:{guard_id}")),
+                runtime: Some(spec.runtime.oci_name().to_owned()),
+                memory: sidecar.memory_mb.map(|m| {
+                    i64::try_from(m)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1024 * 1024)
+                }),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ulimits: self.container_ulimits(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(|e| DockerError::ServiceStart {
+                service: sidecar.name.clone(),
+                cause: format!("creating {name} from {}: {e}", sidecar.image),
+            })?;
+        if let Err(e) = self
+            .docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            self.remove_by_id(&created.id).await.ok();
+            return Err(DockerError::ServiceStart {
+                service: sidecar.name.clone(),
+                cause: format!("starting {name}: {e}"),
+            });
+        }
+        Ok(created.id)
+    }
+
+    async fn ready_and_provisioned(
+        &self,
+        spec: &ContainerSpec,
+        sidecar: &Sidecar,
+        id: &str,
+    ) -> Result<(), DockerError> {
+        let not_ready = |cause: String, log: String| DockerError::ServiceNotReady {
+            service: sidecar.name.clone(),
+            cause,
+            log: redact(sidecar, &log),
+            run_id: spec.run_id.clone(),
+        };
+        let timeout = ready_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(exited) = self.exit_code(id).await {
+                let log = self.log_tail(id, LOG_LINES_QUOTED).await;
+                return Err(not_ready(
+                    format!("its container exited (code {exited}) before it was ready"),
+                    log,
+                ));
+            }
+            let last = match self.exec(id, &sidecar.ready).await {
+                Ok(outcome) if outcome.code == 0 => break,
+                Ok(outcome) => outcome.output,
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                let log = self.log_tail(id, LOG_LINES_QUOTED).await;
+                let check = sidecar.ready.join(" ");
+                let said = last.trim();
+                return Err(not_ready(
+                    format!(
+                        "`{check}` did not succeed within {} s{}",
+                        timeout.as_secs(),
+                        if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (last answer: {said})")
+                        }
+                    ),
+                    log,
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        for command in &sidecar.provision {
+            let outcome =
+                self.exec(id, command)
+                    .await
+                    .map_err(|e| DockerError::ServiceProvisioning {
+                        service: sidecar.name.clone(),
+                        command: command.last().cloned().unwrap_or_default(),
+                        cause: e.to_string(),
+                        image: sidecar.image.clone(),
+                    })?;
+            if outcome.code != 0 {
+                return Err(DockerError::ServiceProvisioning {
+                    service: sidecar.name.clone(),
+                    command: command.last().cloned().unwrap_or_default(),
+                    cause: redact(
+                        sidecar,
+                        &match outcome.output.trim() {
+                            "" => format!("exit code {}", outcome.code),
+                            said => format!("exit code {}: {said}", outcome.code),
+                        },
+                    ),
+                    image: sidecar.image.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The exit code of a container that is no longer running.
+    async fn exit_code(&self, id: &str) -> Option<i64> {
+        let inspect = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()?;
+        let state = inspect.state?;
+        if state.running == Some(true) || state.restarting == Some(true) {
+            return None;
+        }
+        // Created but not yet running counts as running.
+        match state.status {
+            Some(bollard::models::ContainerStateStatusEnum::EXITED)
+            | Some(bollard::models::ContainerStateStatusEnum::DEAD) => state.exit_code,
+            _ => None,
+        }
+    }
+
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<ExecOutcome, DockerError> {
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                ExecConfig {
+                    cmd: Some(argv.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| DockerError::engine("running a command in a service container", e))?;
+        let mut output = String::new();
+        if let bollard::exec::StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| DockerError::engine("running a command in a service container", e))?
+        {
+            while let Some(Ok(chunk)) = stream.next().await {
+                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| DockerError::engine("reading a command's exit code", e))?;
+        Ok(ExecOutcome {
+            code: inspect.exit_code.unwrap_or(-1),
+            output,
+        })
+    }
+
+    /// The last `lines` lines of a container's output.
+    async fn log_tail(&self, id: &str, lines: usize) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        text
+    }
+
+    /// Writes each sidecar's whole output to `<dir>/<service>.log`
+    /// (secrets replaced), for `moat logs`.
+    pub async fn save_sidecar_logs(&self, sidecars: &[Sidecar], ids: &[String], dir: &Path) {
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        for (sidecar, id) in sidecars.iter().zip(ids) {
+            let log = self.log_tail(id, 100_000).await;
+            let _ = std::fs::write(
+                dir.join(format!("{}.log", sidecar.name)),
+                redact(sidecar, &log),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deps::parse_dependencies;
+
+    fn dep(spec: &str) -> Dependency {
+        parse_dependencies(&[spec.to_owned()]).unwrap().remove(0)
+    }
+
+    fn var<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        vars.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn postgres_defaults() {
+        let (sidecar, vars) =
+            plan_sidecar(&dep("postgres@16"), &ServiceOptions::default(), "pw").unwrap();
+        assert_eq!(sidecar.image, "postgres:16");
+        assert_eq!(sidecar.port, 5432);
+        assert!(sidecar
+            .env
+            .contains(&("POSTGRES_PASSWORD".into(), "pw".into())));
+        assert_eq!(
+            var(&vars, "MOAT_POSTGRES_URL"),
+            Some("postgresql://postgres:pw@postgres:5432/postgres")
+        );
+        assert_eq!(var(&vars, "MOAT_POSTGRES_HOST"), Some("postgres"));
+        assert_eq!(var(&vars, "MOAT_POSTGRES_USER"), Some("postgres"));
+        assert_eq!(var(&vars, "MOAT_POSTGRES_DB"), Some("postgres"));
+        assert_eq!(
+            sidecar.ready,
+            [
+                "pg_isready",
+                "-h",
+                "localhost",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres"
+            ]
+        );
+    }
+
+    #[test]
+    fn default_version_and_overrides_propagate() {
+        let mut options = ServiceOptions::default();
+        options.env.insert("POSTGRES_DB".into(), "myapp".into());
+        options
+            .env
+            .insert("POSTGRES_PASSWORD".into(), "chosen".into());
+        let (sidecar, vars) = plan_sidecar(&dep("postgres"), &options, "random").unwrap();
+        assert_eq!(sidecar.image, "postgres:17");
+        assert_eq!(
+            var(&vars, "MOAT_POSTGRES_URL"),
+            Some("postgresql://postgres:chosen@postgres:5432/myapp")
+        );
+        assert_eq!(sidecar.secrets, ["chosen"]);
+    }
+
+    #[test]
+    fn redis_password_is_an_argument() {
+        let (sidecar, vars) =
+            plan_sidecar(&dep("redis@7"), &ServiceOptions::default(), "pw").unwrap();
+        assert_eq!(sidecar.command, ["redis-server", "--requirepass", "pw"]);
+        assert_eq!(var(&vars, "MOAT_REDIS_URL"), Some("redis://:pw@redis:6379"));
+        assert_eq!(var(&vars, "MOAT_REDIS_USER"), None);
+        assert!(sidecar.env.is_empty());
+    }
+
+    #[test]
+    fn mysql_gets_its_database() {
+        let (sidecar, vars) =
+            plan_sidecar(&dep("mysql"), &ServiceOptions::default(), "pw").unwrap();
+        assert_eq!(sidecar.image, "mysql:8");
+        assert!(sidecar
+            .env
+            .contains(&("MYSQL_DATABASE".into(), "moat".into())));
+        assert_eq!(
+            var(&vars, "MOAT_MYSQL_URL"),
+            Some("mysql://root:pw@mysql:3306/moat")
+        );
+    }
+
+    #[test]
+    fn provisioning_runs_in_a_shell_and_secrets_are_redacted() {
+        let options = ServiceOptions {
+            provision: vec!["psql -c 'select 1'".into()],
+            ..ServiceOptions::default()
+        };
+        let (sidecar, _) = plan_sidecar(&dep("postgres"), &options, "s3cret").unwrap();
+        assert_eq!(sidecar.provision, [["sh", "-c", "psql -c 'select 1'"]]);
+        assert_eq!(redact(&sidecar, "auth s3cret failed"), "auth **** failed");
+    }
+}
