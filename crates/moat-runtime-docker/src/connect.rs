@@ -430,6 +430,15 @@ impl DockerRuntime {
         &self.endpoint
     }
 
+    /// The engine's Unix socket on this machine, when it listens on one.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        let path = self
+            .endpoint
+            .strip_prefix("unix://")
+            .unwrap_or(&self.endpoint);
+        path.starts_with('/').then(|| PathBuf::from(path))
+    }
+
     /// Which engine this is.
     pub fn engine_kind(&self) -> Engine {
         self.kind

@@ -161,6 +161,9 @@ pub struct ContainerSpec {
     pub sidecars: Vec<moat_sandbox::Sidecar>,
     /// Where a failed sidecar's output is saved, for `moat logs`.
     pub sidecar_logs: Option<PathBuf>,
+    /// Supplementary groups of the command (the engine socket's, for
+    /// `docker:host`).
+    pub groups: Vec<u32>,
 }
 
 impl ContainerSpec {
@@ -191,6 +194,7 @@ impl ContainerSpec {
             labels: Vec::new(),
             sidecars: Vec::new(),
             sidecar_logs: None,
+            groups: Vec::new(),
         }
     }
 
@@ -650,6 +654,8 @@ impl DockerRuntime {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             ulimits: self.container_ulimits(),
+            group_add: (!spec.groups.is_empty())
+                .then(|| spec.groups.iter().map(u32::to_string).collect()),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -19,6 +19,8 @@ pub enum DepType {
     Dynamic,
     /// A service started beside the sandbox (postgres, mysql, redis).
     Service,
+    /// A Docker daemon for the sandbox (`docker:host`, `docker:dind`).
+    Docker,
 }
 
 impl DepType {
@@ -30,6 +32,7 @@ impl DepType {
             "tool" => Some(DepType::Tool),
             "dynamic" => Some(DepType::Dynamic),
             "service" => Some(DepType::Service),
+            "docker" => Some(DepType::Docker),
             _ => None,
         }
     }
@@ -42,6 +45,7 @@ impl DepType {
             DepType::Tool => "tool",
             DepType::Dynamic => "dynamic",
             DepType::Service => "service",
+            DepType::Docker => "docker",
         }
     }
 }
@@ -179,6 +183,16 @@ pub const REGISTRY: &[DepInfo] = &[
         "7",
     ),
     DepInfo {
+        name: "docker:",
+        kind: DepType::Docker,
+        description: "Docker for the sandbox: docker:host (the host's daemon) or docker:dind (a daemon of its own)",
+        default_version: None,
+        apt_packages: &["docker.io"],
+        requires: None,
+        provides: "the docker CLI (Debian's docker.io) with DOCKER_HOST set; docker:host mounts the engine's socket \
+                   (Docker and Podman runtimes only; it gives the sandbox the host's Docker)",
+    },
+    DepInfo {
         name: "npm:",
         kind: DepType::Dynamic,
         description: "A global npm package, e.g. npm:typescript or npm:@anthropic-ai/claude-code@1.0.0",
@@ -284,6 +298,11 @@ fn parse_one(spec: &str) -> Result<Dependency, DockerError> {
             .iter()
             .find(|d| d.name == key)
             .ok_or_else(|| unknown(spec, &key))?;
+        if info.kind == DepType::Docker && !matches!(package, "host" | "dind") {
+            return Err(invalid(format!(
+                "expected docker:host or docker:dind, found docker:{package}"
+            )));
+        }
         if package.is_empty() || !package.chars().all(safe_package_char) {
             return Err(invalid(format!(
                 "the package name {package:?} is empty or has characters other than letters, digits and @ / . _ - ~ ^ = < >"

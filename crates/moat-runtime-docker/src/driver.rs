@@ -18,6 +18,24 @@ use crate::error::DockerError;
 use crate::image::{BuildHooks, ImageMap, ImageRequest, FALLBACK_UID};
 use crate::HOST_GATEWAY_NAME;
 
+/// Where `docker:host` puts the engine's socket in the sandbox.
+const ENGINE_SOCKET_IN_SANDBOX: &str = "/var/run/docker.sock";
+
+/// Printed for every run with `docker:host`.
+pub const DOCKER_HOST_WARNING: &str =
+    "Warning: docker:host gives this run the host's container engine: \
+     it can start privileged containers and mount any host path, outside moat's sandbox and proxy. \
+     Use it only for code you trust.";
+
+/// Whether `dependencies:` has `docker:<kind>`.
+fn wants_docker(request: &SandboxRequest, kind: &str) -> bool {
+    request
+        .image
+        .dependencies
+        .iter()
+        .any(|d| d.trim().strip_prefix("docker:") == Some(kind))
+}
+
 /// How long a stopped container may take to exit before it is killed.
 const STOP_TIMEOUT_SECS: u32 = 10;
 
@@ -33,6 +51,9 @@ pub struct ContainerDriver {
     /// The request's sidecars with their images mapped and present, from
     /// [`SandboxDriver::prepare`].
     sidecars: Vec<moat_sandbox::Sidecar>,
+    /// `docker:host`: the engine's socket and its group, from
+    /// [`SandboxDriver::prepare`].
+    engine_socket: Option<(std::path::PathBuf, u32)>,
 }
 
 impl ContainerDriver {
@@ -49,6 +70,7 @@ impl ContainerDriver {
             engine: connected,
             oci: None,
             sidecars: Vec::new(),
+            engine_socket: None,
         })
     }
 
@@ -93,14 +115,24 @@ impl ContainerDriver {
             }
         }
         if request.ssh.is_some() {
-            self.require_host_uds(&name).await?;
+            self.require_host_uds(&name, "SSH grants", "the SSH agent socket")
+                .await?;
+        }
+        if wants_docker(request, "host") {
+            self.require_host_uds(&name, "Sandboxes with docker:host", "the engine's socket")
+                .await?;
         }
         Ok(SandboxRuntime::Gvisor { runtime: name })
     }
 
     /// gVisor refuses connections to host Unix sockets, such as the SSH
     /// agent socket moat mounts, unless runsc runs with `--host-uds=open`.
-    async fn require_host_uds(&self, name: &str) -> Result<(), DockerError> {
+    async fn require_host_uds(
+        &self,
+        name: &str,
+        purpose: &'static str,
+        socket: &'static str,
+    ) -> Result<(), DockerError> {
         let args = self.engine.runtime_args(name).await?;
         let allowed = args.iter().any(|a| {
             matches!(
@@ -112,6 +144,8 @@ impl ContainerDriver {
             return Ok(());
         }
         Err(DockerError::GvisorHostUdsClosed {
+            purpose,
+            socket,
             runtime: name.to_owned(),
         })
     }
@@ -156,6 +190,19 @@ impl ContainerDriver {
         spec.hostname = request.hostname.clone();
         spec.sidecars = self.sidecars.clone();
         spec.sidecar_logs = Some(request.sidecar_logs.clone());
+        if let Some((socket, gid)) = &self.engine_socket {
+            spec.mounts.push(moat_sandbox::BindMount {
+                source: socket.clone(),
+                target: ENGINE_SOCKET_IN_SANDBOX.into(),
+                read_only: false,
+            });
+            spec.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.env.push((
+                "DOCKER_HOST".into(),
+                format!("unix://{ENGINE_SOCKET_IN_SANDBOX}"),
+            ));
+            spec.groups.push(*gid);
+        }
         // Whatever the policy, the container's only way out is the proxy:
         // clients that ignore the proxy variables are captured by the guard.
         spec.network = NetworkPolicy::Captured {
@@ -301,6 +348,31 @@ impl SandboxDriver for ContainerDriver {
         self.block_on(self.engine.ensure_sidecar_images(&sidecars))
             .map_err(DriverError::runtime)?;
         self.sidecars = sidecars;
+        self.engine_socket = None;
+        if wants_docker(request, "dind") {
+            return Err(DriverError::runtime(DockerError::InvalidDependency {
+                name: "docker:dind".into(),
+                message: "Docker in Docker is not available in this version of moat; \
+                          use docker:host (the host's daemon), or build images outside the sandbox"
+                    .into(),
+            }));
+        }
+        if wants_docker(request, "host") {
+            let socket = self.engine.unix_socket().ok_or_else(|| {
+                DriverError::runtime(DockerError::InvalidDependency {
+                    name: "docker:host".into(),
+                    message: format!(
+                        "the engine listens at {}, not on a Unix socket moat could mount",
+                        self.engine.endpoint()
+                    ),
+                })
+            })?;
+            let gid = std::fs::metadata(&socket)
+                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+                .map_err(|e| DriverError::io(format!("reading {}", socket.display()), e))?;
+            notes.push(DOCKER_HOST_WARNING.to_owned());
+            self.engine_socket = Some((socket, gid));
+        }
         Ok(Prepared {
             image: Some(image.tag),
             notes,

@@ -40,15 +40,19 @@ pub enum DockerError {
     },
 
     /// gVisor is registered without access to host Unix sockets, which SSH
-    /// grants need.
+    /// grants and `docker:host` need.
     #[error(
-        "SSH grants under gVisor need runsc to open host Unix sockets (the SSH agent socket), \
+        "{purpose} under gVisor need runsc to open host Unix sockets ({socket}), \
          and the {runtime:?} runtime is registered without --host-uds=open.\n\
          To fix: add \"--host-uds=open\" to its runtimeArgs in /etc/docker/daemon.json, e.g.\n  \
          {{\"runtimes\":{{\"{runtime}\":{{\"path\":\"/usr/bin/runsc\",\"runtimeArgs\":[\"--network=host\",\"--host-uds=open\"]}}}}}}\n\
          then restart dockerd; or run this project without gVisor: moat run --no-sandbox"
     )]
     GvisorHostUdsClosed {
+        /// What needs them (`SSH grants`).
+        purpose: &'static str,
+        /// Which socket (`the SSH agent socket`).
+        socket: &'static str,
         /// The runtime's registered name.
         runtime: String,
     },

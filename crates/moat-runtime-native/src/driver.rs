@@ -71,15 +71,22 @@ impl SandboxDriver for NativeDriver {
     }
 
     fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError> {
-        if !request.sidecars.is_empty() {
+        let engines = request
+            .image
+            .dependencies
+            .iter()
+            .map(|d| d.trim())
+            .filter(|d| d.starts_with("docker:"));
+        let services: Vec<&str> = request
+            .sidecars
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(engines)
+            .collect();
+        if !services.is_empty() {
             return Err(DriverError::ServicesUnsupported {
                 runtime: "native",
-                services: request
-                    .sidecars
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                services: services.join(", "),
             });
         }
         Ok(Prepared::default())

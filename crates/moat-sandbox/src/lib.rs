@@ -384,9 +384,10 @@ pub enum DriverError {
     /// The runtime's error, as its crate words it.
     #[error(transparent)]
     Runtime(Box<dyn std::error::Error + Send + Sync + 'static>),
-    /// The request has services (sidecars) and this runtime runs none.
+    /// The request has services (sidecars, `docker:host`) and this runtime
+    /// runs no containers.
     #[error(
-        "services ({services}) need a container runtime: the {runtime} runtime runs no sidecars.\n\
+        "services ({services}) need a container runtime: the {runtime} runtime runs no containers.\n\
          To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
          --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
          or remove them from dependencies: in moat.yaml"

@@ -362,3 +362,70 @@ fn services_on_podman() {
     }
     check_services_reachable("podman", &[]);
 }
+
+/// `docker:host`: the docker CLI in the image, the engine's socket at
+/// /var/run/docker.sock usable by the sandbox user, a warning every run.
+fn check_docker_host(extra: &[&str]) {
+    let p = Project::new("dependencies: [docker:host]\nnetwork:\n  policy: strict\n");
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "id -u; echo host=$DOCKER_HOST; docker version --format 'server={{.Server.Version}}'",
+    ]);
+    let out = p.run("docker", &args, &[]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("host=unix:///var/run/docker.sock"),
+        "{}",
+        out.stdout
+    );
+    let server = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&server.stdout).trim().to_owned();
+    assert!(
+        out.stdout.contains(&format!("server={version}")),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.starts_with("0\n"), "never root: {}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("Warning: docker:host gives this run the host's container engine"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn docker_host_reaches_the_hosts_engine_under_gvisor() {
+    if !common::docker_available() {
+        return;
+    }
+    check_docker_host(&[]);
+}
+
+#[test]
+fn docker_host_reaches_the_hosts_engine_under_runc() {
+    if !common::docker_available() {
+        return;
+    }
+    check_docker_host(&["--no-sandbox"]);
+}
+
+#[test]
+fn docker_host_on_the_native_runtime_is_refused() {
+    let p = Project::new("dependencies: [docker:host, redis]\n");
+    let out = p.run("native", &["run", "--", "true"], &[]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("services (redis, docker:host) need a container runtime"),
+        "{}",
+        out.stderr
+    );
+}
