@@ -79,13 +79,16 @@
 //! python, go) come from Debian packages, so building needs only Debian's
 //! package mirror; `moat deps info` says which version that really is.
 
+mod attach;
 mod connect;
 mod container;
 pub mod deps;
 mod driver;
 mod error;
+mod guard;
 mod image;
 pub mod services;
+mod spec;
 pub mod versions;
 
 pub use crate::connect::{
