@@ -160,35 +160,43 @@ impl DockerRuntime {
             ),
         };
         let sidecar_ids = match &guard_id {
-            Some(g) if !spec.sidecars.is_empty() => {
-                match self
-                    .start_sidecars(spec, g, spec.sidecar_logs.as_deref())
-                    .await
-                {
-                    Ok(ids) => ids,
-                    Err(e) => {
-                        self.remove_by_id(g).await.ok();
-                        return Err(e);
-                    }
+            Some(g) if !spec.sidecars.is_empty() => match self.start_sidecars(spec, g).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    self.remove_by_id(g).await.ok();
+                    return Err(e);
                 }
-            }
+            },
             _ => Vec::new(),
         };
-        match self.create_workload(spec, guard_id.as_deref()).await {
-            Ok(id) => Ok(Container {
-                id,
-                name: spec.container_name(),
-                guard_id,
-                tty: spec.tty,
-                sidecar_ids,
-            }),
-            Err(e) => {
-                for id in sidecar_ids.iter().chain(&guard_id) {
-                    self.remove_by_id(id).await.ok();
-                }
-                Err(e)
+        // The workload is created while the services get ready; it starts
+        // only once they are.
+        let (workload, ready) = tokio::join!(
+            self.create_workload(spec, guard_id.as_deref()),
+            self.sidecars_ready(spec, &sidecar_ids, spec.sidecar_logs.as_deref())
+        );
+        let (created, failure) = match (workload, ready) {
+            (Ok(id), Ok(())) => {
+                return Ok(Container {
+                    id,
+                    name: spec.container_name(),
+                    guard_id,
+                    tty: spec.tty,
+                    sidecar_ids,
+                })
             }
+            // A service's failure explains more than the workload's.
+            (workload, Err(e)) => (workload.ok(), e),
+            (Err(e), Ok(())) => (None, e),
+        };
+        if let Some(id) = &created {
+            self.remove_by_id(id).await.ok();
         }
+        self.remove_all(&sidecar_ids).await;
+        if let Some(g) = &guard_id {
+            self.remove_by_id(g).await.ok();
+        }
+        Err(failure)
     }
 
     async fn create_workload(
@@ -347,12 +355,19 @@ impl DockerRuntime {
     /// Removes the container and its network guard (forcibly: running ones
     /// are killed).
     pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
-        let mut result = self.remove_by_id(&container.id).await;
-        // The guard last: the sidecars live in its network namespace.
-        for id in container.sidecar_ids.iter().chain(&container.guard_id) {
-            if let Err(e) = self.remove_by_id(id).await {
-                result = result.and(Err(e));
-            }
+        // The workload and the sidecars at once, the guard last: they live
+        // in its network namespace (Podman refuses to remove it before).
+        let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
+        let (workload, sidecars) = tokio::join!(
+            self.remove_by_id(&container.id),
+            futures_util::future::join_all(sidecars)
+        );
+        let mut result = workload;
+        for removed in sidecars {
+            result = result.and(removed);
+        }
+        if let Some(g) = &container.guard_id {
+            result = result.and(self.remove_by_id(g).await);
         }
         result
     }

@@ -294,15 +294,12 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// Creates and starts the sidecars in the guard's network namespace,
-    /// then (for those with `wait`) waits until each is ready and runs its
-    /// provisioning commands. Returns the ids of what it created; on
-    /// failure it removes them itself.
+    /// Creates and starts the sidecars in the guard's network namespace.
+    /// Returns their ids; on failure it removes what it created.
     pub(crate) async fn start_sidecars(
         &self,
         spec: &ContainerSpec,
         guard_id: &str,
-        log_dir: Option<&Path>,
     ) -> Result<Vec<String>, DockerError> {
         let mut ids = Vec::new();
         for sidecar in &spec.sidecars {
@@ -314,28 +311,38 @@ impl DockerRuntime {
                 }
             }
         }
-        // Ready in parallel: the slowest decides, not the sum.
+        Ok(ids)
+    }
+
+    /// Waits until every sidecar with `wait` is ready, in parallel (the
+    /// slowest decides, not the sum), and runs its provisioning commands.
+    /// On failure their output is saved in `log_dir`; removing them is the
+    /// caller's.
+    pub(crate) async fn sidecars_ready(
+        &self,
+        spec: &ContainerSpec,
+        ids: &[String],
+        log_dir: Option<&Path>,
+    ) -> Result<(), DockerError> {
         let checks = spec
             .sidecars
             .iter()
-            .zip(&ids)
+            .zip(ids)
             .filter(|(s, _)| s.wait)
             .map(|(s, id)| self.ready_and_provisioned(spec, s, id));
         let results = futures_util::future::join_all(checks).await;
         if let Some(e) = results.into_iter().find_map(Result::err) {
             if let Some(dir) = log_dir {
-                self.save_sidecar_logs(&spec.sidecars, &ids, dir).await;
+                self.save_sidecar_logs(&spec.sidecars, ids, dir).await;
             }
-            self.remove_all(&ids).await;
             return Err(e);
         }
-        Ok(ids)
+        Ok(())
     }
 
-    async fn remove_all(&self, ids: &[String]) {
-        for id in ids {
-            self.remove_by_id(id).await.ok();
-        }
+    /// Removes containers, all at once.
+    pub(crate) async fn remove_all(&self, ids: &[String]) {
+        futures_util::future::join_all(ids.iter().map(|id| self.remove_by_id(id))).await;
     }
 
     async fn create_sidecar(
