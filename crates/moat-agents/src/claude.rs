@@ -69,6 +69,13 @@ impl Agent for Claude {
         ".claude/projects"
     }
 
+    fn kept_state(&self) -> Option<crate::KeptState> {
+        Some(crate::KeptState {
+            file: ".claude.json",
+            owned: &["mcpServers"],
+        })
+    }
+
     fn stage(
         &self,
         ctx: &StageContext<'_>,

@@ -23,12 +23,14 @@ mod codex;
 mod gemini;
 pub mod install;
 mod json;
+mod kept;
 
 use std::path::{Path, PathBuf};
 
 pub use crate::claude::Claude;
 pub use crate::codex::Codex;
 pub use crate::gemini::Gemini;
+pub use crate::kept::{KeptState, KEPT_STATE_LIMIT};
 
 /// One of the agents moat knows.
 pub trait Agent: Sync {
@@ -47,6 +49,10 @@ pub trait Agent: Sync {
     /// A cheap authenticated request to the agent's API for `grant`
     /// (`moat doctor`): its URL; `200` means the credential works.
     fn probe_url(&self, grant: &str) -> &'static str;
+    /// The agent's own state file, kept per workspace between runs.
+    fn kept_state(&self) -> Option<KeptState> {
+        None
+    }
     /// The command line and the files of one launch.
     fn stage(
         &self,

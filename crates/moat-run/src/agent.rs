@@ -33,6 +33,9 @@ const AUTHORIZATION_MARKER: &str = "__MOAT_PROXY_AUTHORIZATION__";
 /// Where the workspace's kept sessions are mounted inside.
 const SESSIONS_IN_SANDBOX: &str = "/var/lib/moat/agent-sessions";
 
+/// Where the workspace's kept agent state is mounted inside.
+const STATE_IN_SANDBOX: &str = "/var/lib/moat/agent-state";
+
 /// Why an agent cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentRunError {
@@ -144,7 +147,35 @@ pub fn plan_agent(
         mcp_relays: &relays,
         section,
     };
-    let launch = moat_agents::launch(agent, &ctx, opts)?;
+    let mut launch = moat_agents::launch(agent, &ctx, opts)?;
+    // The agent's own state, kept per workspace where the home's files
+    // can be kept (the caller's uid writes them): last run's, under ours.
+    let kept = match agent.kept_state() {
+        Some(kept) if driver.uses_host_programs() => {
+            let dir = workspace_dir("agent-state", agent, &plan.workspace)?;
+            let staged_path = sandbox_home.join(kept.file);
+            if let Some(file) = launch.files.iter_mut().find(|f| f.path == staged_path) {
+                if let (Ok(staged), Some(previous)) = (
+                    serde_json::from_slice::<serde_json::Value>(&file.contents),
+                    read_kept(&dir.join(kept_name(&kept))),
+                ) {
+                    let merged = kept.merge(&previous, &staged);
+                    file.contents =
+                        serde_json::to_vec_pretty(&merged).unwrap_or(file.contents.clone());
+                }
+            }
+            plan.mounts
+                .retain(|m| m.target != Path::new(STATE_IN_SANDBOX));
+            plan.mounts.push(MountPlan {
+                source: dir,
+                target: PathBuf::from(STATE_IN_SANDBOX),
+                read_only: false,
+                relative: false,
+            });
+            Some(kept)
+        }
+        _ => None,
+    };
 
     // Staged files wait, readable, outside the home; the wrapper copies
     // them in as the sandbox user.
@@ -192,7 +223,18 @@ pub fn plan_agent(
                 .unwrap_or_default()
         ));
     }
-    setup.push_str("exec \"$@\"");
+    match kept {
+        // Not exec: the agent's file is kept once it exits (moat takes out
+        // what it owns afterwards, see `keep_agent_state`).
+        Some(kept) => {
+            let name = kept_name(&kept);
+            setup.push_str(&format!(
+                "\"$@\"\nstatus=$?\ncp \"$HOME/{file}\" {STATE_IN_SANDBOX}/.{name}.new 2>/dev/null \\\n  && mv -f {STATE_IN_SANDBOX}/.{name}.new {STATE_IN_SANDBOX}/{name}\nexit $status",
+                file = kept.file,
+            ));
+        }
+        None => setup.push_str("exec \"$@\""),
+    }
     let mut command = vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
@@ -262,20 +304,90 @@ pub fn agent_cache_dir() -> PathBuf {
 
 /// The host directory keeping `agent`'s sessions for `workspace`.
 fn sessions_dir(agent: &dyn Agent, workspace: &Path) -> Result<PathBuf, AgentRunError> {
+    workspace_dir("sessions", agent, workspace)
+}
+
+/// `$XDG_STATE_HOME/moat/<kind>/<agent>/<workspace name>-<hash>`, made
+/// private (0700) if missing.
+fn workspace_dir(
+    kind: &str,
+    agent: &dyn Agent,
+    workspace: &Path,
+) -> Result<PathBuf, AgentRunError> {
     let digest = hex::encode(Sha256::digest(workspace.as_os_str().as_encoded_bytes()));
     let name = workspace
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let dir = state_dir("XDG_STATE_HOME", ".local/state")
-        .join("sessions")
+        .join(kind)
         .join(agent.name())
         .join(format!("{name}-{}", &digest[..12]));
-    std::fs::create_dir_all(&dir).map_err(|source| AgentRunError::Dir {
+    moat_home::ensure_private_dir(&dir).map_err(|e| AgentRunError::Dir {
         path: dir.clone(),
-        source,
+        source: std::io::Error::other(e.to_string()),
     })?;
     Ok(dir)
+}
+
+/// The kept file's name in the state directory.
+fn kept_name(kept: &moat_agents::KeptState) -> String {
+    Path::new(kept.file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state.json".to_owned())
+}
+
+/// Reads a file the sandbox wrote into the state directory: never through
+/// a symbolic link (it could name any file of the caller's, e.g. a
+/// registry's credentials, to be merged into the agent's view), only a
+/// regular file, at most [`moat_agents::KEPT_STATE_LIMIT`] bytes.
+fn read_kept(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let limit = moat_agents::KEPT_STATE_LIMIT as u64;
+    if !meta.is_file() || meta.len() > limit {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// After an agent's run: keeps what the agent left of its own state for
+/// the workspace's next run, without what moat owns (the MCP servers and
+/// the run's proxy token in their headers); removes it when it is not a
+/// JSON object. Nothing to do for agents that keep no state.
+pub fn keep_agent_state(agent: &dyn Agent, workspace: &Path) -> Result<(), AgentRunError> {
+    let Some(kept) = agent.kept_state() else {
+        return Ok(());
+    };
+    let dir = workspace_dir("agent-state", agent, workspace)?;
+    let path = dir.join(kept_name(&kept));
+    let Some(written) = read_kept(&path) else {
+        // Not there, or not a regular file: nothing is kept.
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    };
+    let write = |bytes: &[u8]| {
+        moat_home::write_private_atomic_unsynced(&path, bytes).map_err(|e| AgentRunError::Dir {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    match kept.scrub(&written) {
+        Some(state) => write(&serde_json::to_vec_pretty(&state).unwrap_or_default()),
+        None => {
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+    }
 }
 
 /// `$VAR/moat`, or `~/<fallback>/moat`.

@@ -32,7 +32,9 @@ mod ssh;
 mod supervise;
 mod watchdog;
 
-pub use crate::agent::{agent_cache_dir, plan_agent, AgentRunError, STAGING_IN_SANDBOX};
+pub use crate::agent::{
+    agent_cache_dir, keep_agent_state, plan_agent, AgentRunError, STAGING_IN_SANDBOX,
+};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, select_driver,
     Selection, SelectionError,

@@ -456,3 +456,67 @@ fn an_agent_runs_in_the_background_with_d() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// Claude Code's own `~/.claude.json` is kept per workspace (its first
+/// start is not redone every run), without what moat owns: the MCP
+/// servers, whose headers carry the run's proxy token. What the sandbox
+/// leaves there is read without following links.
+#[test]
+fn claude_keeps_its_own_state_for_the_workspace_without_moats_keys() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "mcp:\n  - name: docs\n    url: https://mcp.test/mcp\n",
+    )
+    .unwrap();
+    t.run(&["claude", "-p", "hello"], &[]).success();
+    let states = t.env.home().join(".local/state/moat/agent-state/claude");
+    let dir = std::fs::read_dir(&states)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let kept_path = dir.join(".claude.json");
+    let read = |path: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let kept = read(&kept_path);
+    let user_id = kept["userID"].as_str().unwrap().to_owned();
+    assert!(kept.get("mcpServers").is_none(), "{kept}");
+    let text = kept.to_string();
+    assert!(
+        !text.contains("Proxy-Authorization") && !text.contains("Basic "),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&kept_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The next run starts from it: Claude Code keeps the same user id.
+    t.run(&["claude", "-p", "hello again"], &[]).success();
+    assert_eq!(read(&kept_path)["userID"].as_str(), Some(user_id.as_str()));
+
+    // A link the sandbox leaves in place of the file is not followed.
+    let planted = t.env.dir.path().join("registry-auth.json");
+    std::fs::write(&planted, r#"{"plantedSecret": "s3cr3t"}"#).unwrap();
+    std::fs::remove_file(&kept_path).unwrap();
+    std::os::unix::fs::symlink(&planted, &kept_path).unwrap();
+    let out = t.run(
+        &[
+            "claude",
+            "-p",
+            "MOAT-TOOL: grep -c plantedSecret $HOME/.claude.json || true",
+        ],
+        &[],
+    );
+    out.success();
+    assert!(out.stdout.contains("tool said: 0"), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&planted).unwrap(),
+        r#"{"plantedSecret": "s3cr3t"}"#
+    );
+}

@@ -66,6 +66,12 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         &section,
         &mut plan,
     )?;
-    let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut())?;
+    let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut());
+    // Also after a failed run: the kept state must not keep the run's
+    // token in its MCP headers.
+    if driver.uses_host_programs() {
+        moat_run::keep_agent_state(agent, &plan.workspace)?;
+    }
+    let outcome = outcome?;
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
