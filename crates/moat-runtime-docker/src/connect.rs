@@ -301,6 +301,28 @@ async fn handshake(endpoint: &str) -> Result<Docker, String> {
     }
 }
 
+/// The Docker API version moat speaks to Podman: its compatible API has
+/// served 1.40 since Podman 3 (4.x serves 1.41).
+const PODMAN_COMPAT_API: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 40,
+};
+
+/// Pings Podman's API at a fixed version: negotiating asks `/version`,
+/// which Podman answers in about 500 ms (it gathers its whole host
+/// information); `/_ping` answers at once.
+async fn handshake_podman(endpoint: &str) -> Result<Docker, String> {
+    let docker = open(endpoint, &PODMAN_COMPAT_API)?;
+    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+        Err(_) => Err(format!(
+            "no answer from {endpoint} within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
+        Ok(Ok(_)) => Ok(docker),
+    }
+}
+
 /// Parses "... Maximum supported API version is 1.41" from an engine error.
 fn max_supported_version(message: &str) -> Option<ClientVersion> {
     let rest = message.split("Maximum supported API version is ").nth(1)?;
@@ -416,7 +438,7 @@ impl DockerRuntime {
                 started_service = matches!(service, PodmanService::Started { .. });
             }
         }
-        let docker = handshake(&endpoint).await.map_err(not_accessible)?;
+        let docker = handshake_podman(&endpoint).await.map_err(not_accessible)?;
         Ok(DockerRuntime {
             docker,
             endpoint,

@@ -56,6 +56,11 @@ const PODMAN_RLIMITS: [(&str, rustix::process::Resource, u64); 2] = [
     ("nproc", rustix::process::Resource::Nproc, 4096),
 ];
 
+/// How often, and how many times, [`DockerRuntime::wait`] looks at a
+/// Podman container's state before it uses the wait endpoint.
+const PODMAN_EXIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+const PODMAN_EXIT_POLLS: u32 = 50;
+
 /// Where a Podman container's slirp4netns network reaches the host's
 /// loopback.
 const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
@@ -303,6 +308,18 @@ impl DockerRuntime {
 
     /// Waits for the container to exit; returns its exit code as is.
     pub async fn wait(&self, container: &Container) -> Result<i64, DockerError> {
+        // Callers wait once the container's output has ended, so it has
+        // exited or is about to. Podman's wait endpoint answers a few
+        // hundred milliseconds after the exit (it polls); its state is
+        // there at once.
+        if self.engine_kind() == crate::connect::Engine::Podman {
+            for _ in 0..PODMAN_EXIT_POLLS {
+                if let Some(code) = self.exit_code(&container.id).await {
+                    return Ok(code);
+                }
+                tokio::time::sleep(PODMAN_EXIT_POLL).await;
+            }
+        }
         let options = WaitContainerOptionsBuilder::new()
             .condition("not-running")
             .build();

@@ -488,7 +488,7 @@ impl DockerRuntime {
     }
 
     /// The exit code of a container that is no longer running.
-    async fn exit_code(&self, id: &str) -> Option<i64> {
+    pub(crate) async fn exit_code(&self, id: &str) -> Option<i64> {
         let inspect = self
             .docker
             .inspect_container(
