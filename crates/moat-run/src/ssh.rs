@@ -99,11 +99,12 @@ impl SshAccess {
         if foreign_uid {
             let chmod = |p: &Path, mode: u32| {
                 std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
-                    .map_err(|e| {
-                        RunError::Other(format!(
-                            "opening the SSH agent socket {} to the sandbox user: {e}",
+                    .map_err(|source| RunError::Io {
+                        context: format!(
+                            "opening the SSH agent socket {} to the sandbox user",
                             p.display()
-                        ))
+                        ),
+                        source,
                     })
             };
             chmod(&dir, 0o711)?;
@@ -187,7 +188,10 @@ fn random_hex() -> Result<String, RunError> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| RunError::Other(format!("reading /dev/urandom: {e}")))?;
+        .map_err(|source| RunError::Io {
+            context: "reading /dev/urandom".into(),
+            source,
+        })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

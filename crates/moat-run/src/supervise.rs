@@ -105,9 +105,19 @@ pub enum RunError {
     /// reviewed, or its trust record could not be kept.
     #[error(transparent)]
     Trust(#[from] moat_trust::TrustError),
-    /// Anything else, with its explanation.
-    #[error("{0}")]
-    Other(String),
+    /// The disk filled up: the run was recorded as failed, with why.
+    #[error("{reason}")]
+    DiskFull {
+        /// What could not be written, and the fix.
+        reason: String,
+    },
+    /// The proxy daemon went away during the run and could not be
+    /// brought back, so the run was stopped.
+    #[error("{cause}")]
+    DaemonLost {
+        /// What the watchdog saw, and the fix.
+        cause: String,
+    },
 }
 
 impl From<moat_home::HomeError> for RunError {
@@ -280,7 +290,7 @@ pub fn execute(
     meta.stopped_at = Some(Utc::now());
     // On a full disk this records the run as failed, with the reason.
     if let Some(reason) = runs.save_final(&mut meta)? {
-        return Err(RunError::Other(reason));
+        return Err(RunError::DiskFull { reason });
     }
     let exit_code = result?;
     Ok(RunOutcome {
@@ -379,7 +389,7 @@ fn start_and_wait(
     drop(watchdog);
     unregister(&runtime);
     match failure {
-        Some(cause) => Err(RunError::Other(cause)),
+        Some(cause) => Err(RunError::DaemonLost { cause }),
         None => result,
     }
 }
