@@ -16,6 +16,7 @@ mod logs;
 mod metadata;
 mod names;
 mod store;
+mod trace;
 
 pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter, DEFAULT_MAX_LOG_BYTES};
 pub use crate::metadata::{RunMetadata, RunState};
@@ -23,4 +24,8 @@ pub use crate::names::{generate_name, validate_name, RunId};
 pub use crate::store::{
     is_disk_full, process_alive, process_start_time, supervisor_alive, RunStore, StorageError,
     RESERVE_FILE,
+};
+pub use crate::trace::{
+    read_trace, Har, HarContent, HarCreator, HarEntry, HarLog, HarMoat, HarPair, HarPostData,
+    HarRequest, HarResponse, HarTimings, Trace, TraceRecord,
 };

@@ -498,6 +498,20 @@ pub async fn trace_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect();
         if lines.len() >= n || tokio::time::Instant::now() > deadline {
+            // The schema `moat trace` and the HAR export read: every line
+            // the proxy writes for a request is a `TraceRecord`, whole.
+            for line in text.lines() {
+                let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                if value.get("method").is_some() {
+                    let record: moat_storage::TraceRecord = serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("not a TraceRecord ({e}): {line}"));
+                    assert_eq!(
+                        serde_json::to_value(&record).unwrap(),
+                        value,
+                        "a field the record does not carry"
+                    );
+                }
+            }
             return lines;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,57 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
-use moat_storage::{RunMetadata, RunStore};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use moat_storage::{read_trace, Har, RunMetadata, RunStore, TraceRecord};
+use serde_json::json;
 
 use super::Context;
 use crate::cli::TraceArgs;
-
-/// One line of `network.jsonl`, as `moat-proxy` writes it.
-#[derive(Debug, Deserialize)]
-struct Record {
-    ts: DateTime<Utc>,
-    method: String,
-    url: String,
-    #[serde(default)]
-    status_code: Option<u16>,
-    #[serde(default)]
-    duration_ms: f64,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    policy: Option<String>,
-    #[serde(default)]
-    req_headers: BTreeMap<String, String>,
-    #[serde(default)]
-    resp_headers: BTreeMap<String, String>,
-    #[serde(default)]
-    req_body: Option<String>,
-    #[serde(default)]
-    resp_body: Option<String>,
-    #[serde(default)]
-    truncated: bool,
-    #[serde(default)]
-    credential_used: Option<String>,
-}
-
-impl Record {
-    fn blocked(&self) -> bool {
-        self.policy.as_deref() == Some("deny")
-    }
-
-    /// The policy's reason: the second line of the deny message
-    /// (`Host "x" is not in the allow list.`).
-    fn block_reason(&self) -> String {
-        self.resp_body
-            .as_deref()
-            .and_then(|b| b.lines().nth(1))
-            .map(str::to_owned)
-            .or_else(|| self.error.clone())
-            .unwrap_or_else(|| "blocked by network policy".into())
-    }
-}
 
 pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
     let store = RunStore::new(ctx.home.clone());
@@ -79,7 +33,7 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
     let path = dir.join("network.jsonl");
     let records = read_records(&path)?;
     if let Some(file) = &args.har {
-        let har = har(&records);
+        let har = Har::from_records(records.iter().map(|(_, r)| r));
         write_user_file(file, &serde_json::to_vec_pretty(&har)?)
             .with_context(|| format!("writing {}", file.display()))?;
         errln!(
@@ -115,60 +69,18 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
 
 /// The valid records (with their original text), warning about each line
 /// that is not one. A missing file is no requests.
-fn read_records(path: &Path) -> Result<Vec<(String, Record)>> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(line) {
-            Ok(r) => records.push((line.to_owned(), r)),
-            // Notes by moat itself: records lost, a daemon replaced.
-            Err(_) if trace_note(line).is_some() => {
-                if let Some(note) = trace_note(line) {
-                    errln!("Note: line {} of {}: {note}", i + 1, path.display());
-                }
-            }
-            Err(e) => errln!(
-                "Warning: skipping line {} of {}: not a complete request record ({e})",
-                i + 1,
-                path.display()
-            ),
-        }
+fn read_records(path: &Path) -> Result<Vec<(String, TraceRecord)>> {
+    let trace = read_trace(path)?;
+    for (line, note) in &trace.notes {
+        errln!("Note: line {line} of {}: {note}", path.display());
     }
-    Ok(records)
-}
-
-/// What a line written by moat rather than for a request says:
-/// `{"dropped": N, "reason"}` (records the trace writer could not write)
-/// or `{"event": "daemon_restarted", ...}` (the proxy daemon was replaced).
-fn trace_note(line: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if let Some(n) = value.get("dropped").and_then(|d| d.as_u64()) {
-        let reason = value
-            .get("reason")
-            .and_then(|r| r.as_str())
-            .unwrap_or("write error");
-        return Some(format!(
-            "{n} request record(s) could not be written here ({reason})"
-        ));
+    for (line, why) in &trace.damaged {
+        errln!(
+            "Warning: skipping line {line} of {}: not a complete request record ({why})",
+            path.display()
+        );
     }
-    match value.get("event").and_then(|e| e.as_str())? {
-        "daemon_restarted" => Some(format!(
-            "the proxy daemon stopped at {} and was replaced; requests made meanwhile were \
-             refused and are not recorded",
-            value
-                .get("lost_at")
-                .and_then(|t| t.as_str())
-                .unwrap_or("an unknown time")
-        )),
-        other => Some(format!("moat event {other:?}")),
-    }
+    Ok(trace.records)
 }
 
 fn clock(ts: &DateTime<Utc>) -> String {
@@ -186,7 +98,7 @@ fn duration(ms: f64) -> String {
 
 /// `[HH:MM:SS.mmm] METHOD URL STATUS (DUR)`, then `BLOCKED: reason` or
 /// `error: ...` when it applies.
-fn line(r: &Record) -> String {
+fn line(r: &TraceRecord) -> String {
     let status = r
         .status_code
         .map(|s| s.to_string())
@@ -207,7 +119,7 @@ fn line(r: &Record) -> String {
     out
 }
 
-fn details(r: &Record) -> String {
+fn details(r: &TraceRecord) -> String {
     let mut out = String::new();
     let headers = |out: &mut String, title: &str, h: &BTreeMap<String, String>| {
         if !h.is_empty() {
@@ -234,95 +146,6 @@ fn details(r: &Record) -> String {
     headers(&mut out, "Response Headers", &r.resp_headers);
     body(&mut out, "Response Body", &r.resp_body);
     out
-}
-
-/// HTTP Archive 1.2, as browser devtools import it.
-fn har(records: &[(String, Record)]) -> Value {
-    let pairs = |h: &BTreeMap<String, String>| -> Vec<Value> {
-        h.iter()
-            .map(|(k, v)| json!({"name": k, "value": v}))
-            .collect()
-    };
-    let entries: Vec<Value> = records
-        .iter()
-        .map(|(_, r)| {
-            // CONNECT is recorded as host:port; HAR wants a URL.
-            let url = if r.method == "CONNECT" && !r.url.contains("://") {
-                format!("https://{}/", r.url)
-            } else {
-                r.url.clone()
-            };
-            let query: Vec<Value> = url
-                .split_once('?')
-                .map(|(_, q)| q.split('#').next().unwrap_or_default())
-                .into_iter()
-                .flat_map(|q| q.split('&'))
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    json!({"name": k, "value": v})
-                })
-                .collect();
-            let mime = |h: &BTreeMap<String, String>| {
-                h.get("content-type")
-                    .cloned()
-                    .unwrap_or_else(|| "application/octet-stream".into())
-            };
-            let mut request = json!({
-                "method": r.method,
-                "url": url,
-                "httpVersion": "HTTP/1.1",
-                "cookies": [],
-                "headers": pairs(&r.req_headers),
-                "queryString": query,
-                "headersSize": -1,
-                "bodySize": r.req_body.as_ref().map_or(0, |b| b.len() as i64),
-            });
-            if let (Some(body), Some(obj)) = (&r.req_body, request.as_object_mut()) {
-                obj.insert(
-                    "postData".into(),
-                    json!({"mimeType": mime(&r.req_headers), "text": body}),
-                );
-            }
-            let resp_body = r.resp_body.clone().unwrap_or_default();
-            json!({
-                "startedDateTime": r.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "time": r.duration_ms,
-                "request": request,
-                "response": {
-                    "status": r.status_code.unwrap_or(0),
-                    "statusText": "",
-                    "httpVersion": "HTTP/1.1",
-                    "cookies": [],
-                    "headers": pairs(&r.resp_headers),
-                    "content": {
-                        "size": resp_body.len(),
-                        "mimeType": mime(&r.resp_headers),
-                        "text": resp_body,
-                    },
-                    "redirectURL": r.resp_headers.get("location").cloned().unwrap_or_default(),
-                    "headersSize": -1,
-                    "bodySize": -1,
-                },
-                "cache": {},
-                "timings": {"send": 0, "wait": r.duration_ms, "receive": 0},
-                "_moat": {
-                    "policy": r.policy,
-                    "error": r.error,
-                    "credential_used": r.credential_used,
-                    "truncated": r.truncated,
-                },
-            })
-        })
-        .collect();
-    json!({
-        "log": {
-            "version": "1.2",
-            "creator": {"name": "moat", "version": env!("CARGO_PKG_VERSION")},
-            "pages": [],
-            "entries": entries,
-        }
-    })
 }
 
 /// Writes a file the user named: `0600` when new, directory untouched.
@@ -430,7 +253,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn record(json: &str) -> Record {
+    fn record(json: &str) -> TraceRecord {
         serde_json::from_str(json).unwrap()
     }
 
@@ -451,11 +274,6 @@ mod tests {
         assert_eq!(
             line(&r),
             "[03:04:05.678] CONNECT blocked.test:443 407 (0ms) BLOCKED: Host \"blocked.test\" is not in the allow list.\n"
-        );
-        let har = har(&[(String::new(), r)]);
-        assert_eq!(
-            har["log"]["entries"][0]["request"]["url"],
-            "https://blocked.test:443/"
         );
     }
 
