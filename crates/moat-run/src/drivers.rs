@@ -167,6 +167,58 @@ pub fn reachable_drivers() -> Vec<Box<dyn SandboxDriver>> {
         .collect()
 }
 
+/// What `moat status` says of one runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// As users write it.
+    pub name: &'static str,
+    /// Whether runs can use it now.
+    pub available: bool,
+    /// Its checks in one line (where it answers, gVisor...), or why it
+    /// cannot be reached.
+    pub message: String,
+}
+
+/// Every runtime of the table, looked at without starting anything.
+pub fn runtime_statuses() -> Vec<RuntimeStatus> {
+    RUNTIMES
+        .iter()
+        .map(|entry| match (entry.probe)(Probe::Look) {
+            Ok(mut driver) => {
+                let checks = driver.doctor();
+                let available = checks
+                    .first()
+                    .is_some_and(|c| c.status != CheckStatus::Fail);
+                let message = checks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i == 0 {
+                            c.message.clone()
+                        } else {
+                            format!("{}: {}", c.name, c.message)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                RuntimeStatus {
+                    name: entry.name,
+                    available,
+                    message,
+                }
+            }
+            Err(e) => RuntimeStatus {
+                name: entry.name,
+                available: false,
+                message: format!(
+                    "not available: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            },
+        })
+        .collect()
+}
+
 /// `moat doctor`'s checks of every runtime. One that cannot be reached is
 /// a warning while another one works.
 pub fn doctor_checks() -> Vec<DoctorCheck> {

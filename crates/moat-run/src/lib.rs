@@ -36,8 +36,8 @@ pub use crate::agent::{
     agent_cache_dir, keep_agent_state, plan_agent, AgentRunError, STAGING_IN_SANDBOX,
 };
 pub use crate::drivers::{
-    doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, select_driver,
-    Selection, SelectionError,
+    doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,
+    select_driver, RuntimeStatus, Selection, SelectionError,
 };
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};

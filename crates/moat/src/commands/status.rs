@@ -23,35 +23,7 @@ fn dir_size(path: &std::path::Path) -> u64 {
 }
 
 pub fn status(ctx: &Context) -> Result<ExitCode> {
-    let native = match moat_runtime_native::check_support() {
-        Ok(()) => ("ok", "available (Linux namespaces)".to_string()),
-        Err(e) => ("warning", format!("not available: {e}")),
-    };
-    let docker = match block_on(moat_runtime_docker::DockerRuntime::connect())? {
-        Ok(rt) => {
-            let gvisor =
-                block_on(rt.has_runtime(moat_runtime_docker::GVISOR_RUNTIME))?.unwrap_or(false);
-            (
-                "ok",
-                format!(
-                    "available at {}{}",
-                    rt.endpoint(),
-                    if gvisor {
-                        ", gVisor (runsc) registered"
-                    } else {
-                        ", gVisor (runsc) NOT registered: runs need --no-sandbox"
-                    }
-                ),
-            )
-        }
-        Err(e) => (
-            "warning",
-            format!(
-                "not available: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            ),
-        ),
-    };
+    let runtimes = moat_run::runtime_statuses();
     let daemon = block_on(DaemonClient::connect_existing(&ctx.home))?
         .ok()
         .flatten();
@@ -67,10 +39,11 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
 
     if ctx.json {
         let value = serde_json::json!({
-            "runtimes": [
-                {"name": "native", "status": native.0, "message": native.1},
-                {"name": "docker", "status": docker.0, "message": docker.1},
-            ],
+            "runtimes": runtimes.iter().map(|r| serde_json::json!({
+                "name": r.name,
+                "status": if r.available { "ok" } else { "warning" },
+                "message": r.message,
+            })).collect::<Vec<_>>(),
             "daemon": daemon.as_ref().map(|d| serde_json::json!({
                 "pid": d.info.pid, "port": d.info.port, "version": d.info.version,
             })),
@@ -86,8 +59,14 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     outln!("Runtimes");
-    outln!("  native: {}", native.1);
-    outln!("  docker: {}", docker.1);
+    for r in &runtimes {
+        outln!(
+            "  {}: {}{}",
+            r.name,
+            if r.available { "available, " } else { "" },
+            r.message
+        );
+    }
     outln!();
     match &daemon {
         Some(d) => outln!(
