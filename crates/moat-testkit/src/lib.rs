@@ -113,6 +113,8 @@ pub struct EchoUpstream {
     pub addr: SocketAddr,
     /// Every request, in order.
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Whether WebSocket upgrades (the Responses API's) are accepted.
+    websockets: Arc<std::sync::atomic::AtomicBool>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -165,6 +167,8 @@ impl EchoUpstream {
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let seen2 = seen.clone();
+        let websockets = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let websockets2 = websockets.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -173,6 +177,7 @@ impl EchoUpstream {
                 let acceptor = acceptor.clone();
                 let seen = seen2.clone();
                 let respond = respond.clone();
+                let websockets = websockets2.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -181,6 +186,7 @@ impl EchoUpstream {
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let seen = seen.clone();
                             let respond = respond.clone();
+                            let websockets = websockets.load(std::sync::atomic::Ordering::Relaxed);
                             async move {
                                 let mut record = Seen {
                                     method: req.method().to_string(),
@@ -201,12 +207,16 @@ impl EchoUpstream {
                                         .collect(),
                                     body: Vec::new(),
                                 };
-                                let req = match models::accept_websocket(&record, req) {
-                                    Ok(response) => {
-                                        seen.lock().expect("lock").push(record);
-                                        return Ok::<_, hyper::Error>(response);
+                                let req = if websockets {
+                                    match models::accept_websocket(&record, req) {
+                                        Ok(response) => {
+                                            seen.lock().expect("lock").push(record);
+                                            return Ok::<_, hyper::Error>(response);
+                                        }
+                                        Err(req) => req,
                                     }
-                                    Err(req) => req,
+                                } else {
+                                    req
                                 };
                                 let body = req
                                     .into_body()
@@ -231,6 +241,7 @@ impl EchoUpstream {
         EchoUpstream {
             addr,
             seen,
+            websockets,
             _runtime: runtime,
         }
     }
@@ -242,6 +253,14 @@ impl EchoUpstream {
             .map(|h| format!("{h}:443:127.0.0.1:{}", self.addr.port()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Refuses WebSocket upgrades from now on (they get the responder's
+    /// answer, a 404 for the Responses API), as an API or a corporate
+    /// proxy without WebSocket support would.
+    pub fn refuse_websockets(&self) {
+        self.websockets
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests seen so far.

@@ -204,6 +204,13 @@ fn codex_answers_a_prompt_over_the_responses_api() {
         auth.iter().any(|a| a == &format!("Bearer {OPENAI_KEY}")),
         "{auth:?}"
     );
+    // Codex's first choice: the Responses API over a WebSocket, relayed.
+    assert!(
+        t.upstream.requests().iter().any(|r| r
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))),
+        "no WebSocket upgrade reached the API"
+    );
     assert!(!t.stored_text().contains(OPENAI_KEY));
 }
 
@@ -519,4 +526,32 @@ fn claude_keeps_its_own_state_for_the_workspace_without_moats_keys() {
         std::fs::read_to_string(&planted).unwrap(),
         r#"{"plantedSecret": "s3cr3t"}"#
     );
+}
+
+/// Codex over the Responses API's SSE transport: where WebSocket upgrades
+/// are refused, it falls back to streaming POSTs, which moat serves too.
+#[test]
+fn codex_answers_over_sse_when_websockets_are_refused() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.upstream.refuse_websockets();
+    t.grant("openai", "OPENAI_API_KEY", OPENAI_KEY);
+    let out = t.run(&["codex", "-p", "Say hello"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains(models::ANSWER),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let streamed: Vec<_> = t
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/responses"))
+        .collect();
+    assert!(!streamed.is_empty(), "no SSE request was made");
+    assert!(streamed
+        .iter()
+        .all(|r| r.header("authorization") == Some(&format!("Bearer {OPENAI_KEY}"))));
+    assert!(!t.stored_text().contains(OPENAI_KEY));
 }
