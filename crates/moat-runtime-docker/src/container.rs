@@ -164,24 +164,33 @@ impl DockerRuntime {
                 .await?,
             ),
         };
-        let sidecar_ids = match &guard_id {
-            Some(g) if !spec.sidecars.is_empty() => match self.start_sidecars(spec, g).await {
-                Ok(ids) => ids,
+        // The workload is created while the guard starts (and the services
+        // get ready in its namespace): joining a created container's
+        // network is allowed; the workload starts only once all are up.
+        let guard_up = async {
+            let Some(g) = guard_id.as_deref() else {
+                return Ok(Vec::new());
+            };
+            self.start_guard(g).await?;
+            if spec.sidecars.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ids = self.start_sidecars(spec, g).await?;
+            match self
+                .sidecars_ready(spec, &ids, spec.sidecar_logs.as_deref())
+                .await
+            {
+                Ok(()) => Ok(ids),
                 Err(e) => {
-                    self.remove_by_id(g).await.ok();
-                    return Err(e);
+                    self.remove_all(&ids).await;
+                    Err(e)
                 }
-            },
-            _ => Vec::new(),
+            }
         };
-        // The workload is created while the services get ready; it starts
-        // only once they are.
-        let (workload, ready) = tokio::join!(
-            self.create_workload(spec, guard_id.as_deref()),
-            self.sidecars_ready(spec, &sidecar_ids, spec.sidecar_logs.as_deref())
-        );
-        let (created, failure) = match (workload, ready) {
-            (Ok(id), Ok(())) => {
+        let (workload, sidecars) =
+            tokio::join!(self.create_workload(spec, guard_id.as_deref()), guard_up);
+        let (created, failure) = match (workload, sidecars) {
+            (Ok(id), Ok(sidecar_ids)) => {
                 return Ok(Container {
                     id,
                     name: spec.container_name(),
@@ -190,14 +199,17 @@ impl DockerRuntime {
                     sidecar_ids,
                 })
             }
-            // A service's failure explains more than the workload's.
+            // The guard's or a service's failure explains more than the
+            // workload's.
             (workload, Err(e)) => (workload.ok(), e),
-            (Err(e), Ok(())) => (None, e),
+            (Err(e), Ok(sidecar_ids)) => {
+                self.remove_all(&sidecar_ids).await;
+                (None, e)
+            }
         };
         if let Some(id) = &created {
             self.remove_by_id(id).await.ok();
         }
-        self.remove_all(&sidecar_ids).await;
         if let Some(g) = &guard_id {
             self.remove_by_id(g).await.ok();
         }

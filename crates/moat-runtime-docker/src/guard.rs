@@ -87,10 +87,10 @@ exec "$@"
 "#;
 
 impl DockerRuntime {
-    /// Starts the network guard (runc, NET_ADMIN; its entrypoint applies
+    /// Creates the network guard (runc, NET_ADMIN; its entrypoint applies
     /// the firewall in its network namespace, then runs only `sleep`, or
-    /// the capture relay, which serves as `nobody`) and waits until it says
-    /// the workload may start.
+    /// the capture relay, which serves as `nobody`); [`Self::start_guard`]
+    /// starts it.
     pub(crate) async fn create_guard(
         &self,
         spec: &ContainerSpec,
@@ -189,19 +189,12 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| DockerError::engine(format!("creating the network guard {name}"), e))?;
-        let id = created.id;
-        match self.start_guard(&id).await {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                self.remove_by_id(&id).await.ok();
-                Err(e)
-            }
-        }
+        Ok(created.id)
     }
 
     /// Starts the guard and reads its output until [`GUARD_READY`]; when it
     /// exits first, its output (and exit code) is the error.
-    async fn start_guard(&self, id: &str) -> Result<(), DockerError> {
+    pub(crate) async fn start_guard(&self, id: &str) -> Result<(), DockerError> {
         let setup_failed = |cause: String| DockerError::FirewallSetup { cause };
         // Attached before the start, so that no line is missed.
         let AttachContainerResults { mut output, .. } = self
