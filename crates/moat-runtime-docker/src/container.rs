@@ -133,36 +133,69 @@ impl DockerRuntime {
         if let SandboxRuntime::Gvisor { runtime } = &spec.runtime {
             self.require_gvisor(runtime).await?;
         }
-        let guard_id = match &spec.network {
-            NetworkPolicy::Permissive if !spec.sidecars.is_empty() => {
+        let dind = match &spec.dind {
+            Some(image) if !matches!(spec.network, NetworkPolicy::Permissive) => {
+                Some(self.start_dind(spec, image).await?)
+            }
+            Some(_) => {
                 return Err(DockerError::InvalidSpec {
+                    message: "docker:dind needs the network guard (a strict or captured network)"
+                        .into(),
+                })
+            }
+            None => None,
+        };
+        let guard = match &spec.network {
+            NetworkPolicy::Permissive if !spec.sidecars.is_empty() => {
+                Err(DockerError::InvalidSpec {
                     message:
                         "service sidecars need the network guard (a strict or captured network)"
                             .into(),
                 })
             }
-            NetworkPolicy::Permissive => None,
+            NetworkPolicy::Permissive => Ok(None),
             NetworkPolicy::Strict {
                 proxy_host,
                 proxy_port,
-            } => Some(
-                self.create_guard(spec, proxy_host, *proxy_port, None)
-                    .await?,
-            ),
+            } => self
+                .create_guard(spec, proxy_host, *proxy_port, None, dind.as_ref())
+                .await
+                .map(Some),
             NetworkPolicy::Captured {
                 proxy_host,
                 proxy_port,
                 authorization,
                 relay_binary,
-            } => Some(
-                self.create_guard(
+            } => self
+                .create_guard(
                     spec,
                     proxy_host,
                     *proxy_port,
                     Some((authorization, relay_binary)),
+                    dind.as_ref(),
                 )
-                .await?,
-            ),
+                .await
+                .map(Some),
+        };
+        let guard = match (guard, &dind) {
+            (Ok(Some(g)), Some(d)) => match self.connect_guard(d, &g).await {
+                Ok(()) => Ok(Some(g)),
+                Err(e) => {
+                    self.remove_by_id(&g).await.ok();
+                    Err(e)
+                }
+            },
+            (guard, _) => guard,
+        };
+        let guard_id = match guard {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(d) = &dind {
+                    self.remove_by_id(&d.container).await.ok();
+                    self.remove_network(&d.network).await;
+                }
+                return Err(e);
+            }
         };
         // The workload is created while the guard starts (and the services
         // get ready in its namespace): joining a created container's
@@ -172,6 +205,9 @@ impl DockerRuntime {
                 return Ok(Vec::new());
             };
             self.start_guard(g).await?;
+            if let Some(d) = &dind {
+                self.dind_ready(spec, d).await?;
+            }
             if spec.sidecars.is_empty() {
                 return Ok(Vec::new());
             }
@@ -190,14 +226,16 @@ impl DockerRuntime {
         let (workload, sidecars) =
             tokio::join!(self.create_workload(spec, guard_id.as_deref()), guard_up);
         let (created, failure) = match (workload, sidecars) {
-            (Ok(id), Ok(sidecar_ids)) => {
+            (Ok(id), Ok(mut sidecar_ids)) => {
+                sidecar_ids.extend(dind.as_ref().map(|d| d.container.clone()));
                 return Ok(Container {
                     id,
                     name: spec.container_name(),
                     guard_id,
                     tty: spec.tty,
                     sidecar_ids,
-                })
+                    network: dind.map(|d| d.network),
+                });
             }
             // The guard's or a service's failure explains more than the
             // workload's.
@@ -212,6 +250,10 @@ impl DockerRuntime {
         }
         if let Some(g) = &guard_id {
             self.remove_by_id(g).await.ok();
+        }
+        if let Some(d) = &dind {
+            self.remove_by_id(&d.container).await.ok();
+            self.remove_network(&d.network).await;
         }
         Err(failure)
     }
@@ -397,6 +439,9 @@ impl DockerRuntime {
         }
         if let Some(g) = &container.guard_id {
             result = result.and(self.remove_by_id(g).await);
+        }
+        if let Some(network) = &container.network {
+            self.remove_network(network).await;
         }
         result
     }

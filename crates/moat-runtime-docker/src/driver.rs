@@ -27,6 +27,12 @@ pub const DOCKER_HOST_WARNING: &str =
      it can start privileged containers and mount any host path, outside moat's sandbox and proxy. \
      Use it only for code you trust.";
 
+/// Printed for every run with `docker:dind`.
+pub const DOCKER_DIND_WARNING: &str =
+    "Warning: docker:dind runs a privileged Docker daemon for this run: \
+     containers the sandbox starts through it run with that daemon's privileges on this machine, \
+     outside gVisor. Its network has no way out, and it is removed with the run.";
+
 /// Whether `dependencies:` has `docker:<kind>`.
 fn wants_docker(request: &SandboxRequest, kind: &str) -> bool {
     request
@@ -54,6 +60,8 @@ pub struct ContainerDriver {
     /// `docker:host`: the engine's socket and its group, from
     /// [`SandboxDriver::prepare`].
     engine_socket: Option<(std::path::PathBuf, u32)>,
+    /// `docker:dind`: the daemon's image, mapped and present.
+    dind_image: Option<String>,
 }
 
 impl ContainerDriver {
@@ -71,6 +79,7 @@ impl ContainerDriver {
             oci: None,
             sidecars: Vec::new(),
             engine_socket: None,
+            dind_image: None,
         })
     }
 
@@ -202,6 +211,26 @@ impl ContainerDriver {
                 format!("unix://{ENGINE_SOCKET_IN_SANDBOX}"),
             ));
             spec.groups.push(*gid);
+        }
+        if let Some(image) = &self.dind_image {
+            spec.dind = Some(image.clone());
+            spec.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.env.push((
+                "DOCKER_HOST".into(),
+                format!(
+                    "tcp://{}:{}",
+                    crate::dind::DIND_HOST,
+                    crate::dind::DIND_PORT
+                ),
+            ));
+            // The docker CLI honours the proxy variables for a tcp://
+            // daemon; this one is reached directly.
+            for (name, value) in spec.env.iter_mut() {
+                if name == "NO_PROXY" || name == "no_proxy" {
+                    value.push(',');
+                    value.push_str(crate::dind::DIND_HOST);
+                }
+            }
         }
         // Whatever the policy, the container's only way out is the proxy:
         // clients that ignore the proxy variables are captured by the guard.
@@ -349,13 +378,30 @@ impl SandboxDriver for ContainerDriver {
             .map_err(DriverError::runtime)?;
         self.sidecars = sidecars;
         self.engine_socket = None;
+        self.dind_image = None;
         if wants_docker(request, "dind") {
-            return Err(DriverError::runtime(DockerError::InvalidDependency {
-                name: "docker:dind".into(),
-                message: "Docker in Docker is not available in this version of moat; \
-                          use docker:host (the host's daemon), or build images outside the sandbox"
-                    .into(),
-            }));
+            if self.engine.engine_kind() != Engine::Docker {
+                return Err(DriverError::runtime(DockerError::InvalidDependency {
+                    name: "docker:dind".into(),
+                    message: format!(
+                        "Docker in Docker needs the Docker runtime (the {} runtime cannot give \
+                         the daemon the privileges it needs). To fix: MOAT_RUNTIME=docker moat run, \
+                         or use docker:host",
+                        self.engine.engine_kind().name()
+                    ),
+                }));
+            }
+            let image = map.resolve(crate::dind::DIND_IMAGE).to_owned();
+            self.block_on(self.engine.ensure_image(&image))
+                .map_err(|cause| {
+                    DriverError::runtime(DockerError::ServiceImageUnavailable {
+                        service: "docker:dind".into(),
+                        image: image.clone(),
+                        cause,
+                    })
+                })?;
+            notes.push(DOCKER_DIND_WARNING.to_owned());
+            self.dind_image = Some(image);
         }
         if wants_docker(request, "host") {
             let socket = self.engine.unix_socket().ok_or_else(|| {
@@ -456,7 +502,15 @@ impl SandboxDriver for ContainerDriver {
 
     fn remove_leftover(&mut self, leftover: &Leftover) -> Result<(), DriverError> {
         self.block_on(self.engine.remove_by_id(&leftover.id))
-            .map_err(DriverError::runtime)
+            .map_err(DriverError::runtime)?;
+        // The run's own network goes with its last container.
+        if let Some(run) = &leftover.run_id {
+            self.block_on(
+                self.engine
+                    .remove_network(&crate::dind::run_network_name(run)),
+            );
+        }
+        Ok(())
     }
 }
 

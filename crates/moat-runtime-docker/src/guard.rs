@@ -56,6 +56,8 @@ if [ -z "$proxy_ip" ]; then echo "cannot resolve the proxy host $1"; exit 1; fi
     echo "-A OUTPUT -p tcp -d $ns --dport 53 -j ACCEPT"
   done
   echo "-A OUTPUT -p tcp -d $proxy_ip --dport $2 -j ACCEPT"
+  # docker:dind's network of the run's own (internal: no way out).
+  [ -z "${MOAT_DIRECT_NET:-}" ] || echo "-A OUTPUT -d $MOAT_DIRECT_NET -j ACCEPT"
   echo "-A OUTPUT -j REJECT"
   echo "-A INPUT -i lo -j ACCEPT"
   echo "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"
@@ -65,6 +67,7 @@ if [ -z "$proxy_ip" ]; then echo "cannot resolve the proxy host $1"; exit 1; fi
     echo ":OUTPUT ACCEPT [0:0]"
     echo "-A OUTPUT -d 127.0.0.0/8 -j RETURN"
     echo "-A OUTPUT -d $proxy_ip -j RETURN"
+    [ -z "${MOAT_DIRECT_NET:-}" ] || echo "-A OUTPUT -d $MOAT_DIRECT_NET -j RETURN"
     echo "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports $4"
     echo "-A OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports $4"
     # Every other TCP connection, whatever its port (the host gateway's
@@ -97,6 +100,7 @@ impl DockerRuntime {
         proxy_host: &str,
         proxy_port: u16,
         capture: Option<(&moat_capture::ProxyAuthorization, &PathBuf)>,
+        dind: Option<&crate::dind::Dind>,
     ) -> Result<String, DockerError> {
         let name = format!("{}-netguard", spec.container_name());
         let mut entrypoint = vec![
@@ -107,7 +111,7 @@ impl DockerRuntime {
             proxy_host.to_owned(),
             proxy_port.to_string(),
         ];
-        let (env, binds) = match capture {
+        let (mut env, binds) = match capture {
             None => {
                 entrypoint.extend(["", "", "sleep", "2147483647"].map(String::from));
                 (None, None)
@@ -134,6 +138,10 @@ impl DockerRuntime {
                 )
             }
         };
+        if let Some(d) = dind {
+            env.get_or_insert_with(Vec::new)
+                .push(format!("MOAT_DIRECT_NET={}", d.subnet));
+        }
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(entrypoint),
@@ -165,6 +173,7 @@ impl DockerRuntime {
                             .iter()
                             .map(|s| format!("{}:127.0.0.1", s.name)),
                     )
+                    .chain(dind.map(|d| format!("{}:{}", crate::dind::DIND_HOST, d.address)))
                     .collect(),
                 ),
                 cap_drop: Some(vec!["ALL".into()]),

@@ -83,6 +83,7 @@ mod attach;
 mod connect;
 mod container;
 pub mod deps;
+pub mod dind;
 mod driver;
 mod error;
 mod guard;

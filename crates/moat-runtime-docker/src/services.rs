@@ -273,9 +273,9 @@ fn ready_timeout() -> Duration {
 }
 
 /// How a command run inside a sidecar ended.
-struct ExecOutcome {
-    code: i64,
-    output: String,
+pub(crate) struct ExecOutcome {
+    pub(crate) code: i64,
+    pub(crate) output: String,
 }
 
 impl DockerRuntime {
@@ -509,7 +509,7 @@ impl DockerRuntime {
         }
     }
 
-    async fn exec(&self, id: &str, argv: &[String]) -> Result<ExecOutcome, DockerError> {
+    pub(crate) async fn exec(&self, id: &str, argv: &[String]) -> Result<ExecOutcome, DockerError> {
         let created = self
             .docker
             .create_exec(
@@ -548,7 +548,7 @@ impl DockerRuntime {
     }
 
     /// The last `lines` lines of a container's output.
-    async fn log_tail(&self, id: &str, lines: usize) -> String {
+    pub(crate) async fn log_tail(&self, id: &str, lines: usize) -> String {
         let options = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)

@@ -147,6 +147,9 @@ pub struct ContainerSpec {
     /// Supplementary groups of the command (the engine socket's, for
     /// `docker:host`).
     pub groups: Vec<u32>,
+    /// `docker:dind`: the daemon's image (mapped), started on a network
+    /// of the run's own.
+    pub dind: Option<String>,
 }
 
 impl ContainerSpec {
@@ -178,6 +181,7 @@ impl ContainerSpec {
             sidecars: Vec::new(),
             sidecar_logs: None,
             groups: Vec::new(),
+            dind: None,
         }
     }
 
@@ -320,8 +324,10 @@ pub struct Container {
     pub guard_id: Option<String>,
     /// Whether it was created with a TTY.
     pub tty: bool,
-    /// Engine ids of its service sidecars.
+    /// Engine ids of its service sidecars (and of its Docker daemon).
     pub sidecar_ids: Vec<String>,
+    /// The network moat created for the run (`docker:dind`'s).
+    pub network: Option<String>,
 }
 
 /// A container carrying `moat.managed=true`, as found by

@@ -429,3 +429,82 @@ fn docker_host_on_the_native_runtime_is_refused() {
         out.stderr
     );
 }
+
+/// `docker:dind`: a daemon of the run's own at tcp://dind:2375, reached
+/// from the sandbox under gVisor and the strict policy; an image built
+/// there stays there; the daemon and its network go with the run.
+#[test]
+fn docker_dind_gives_the_sandbox_a_daemon_of_its_own() {
+    if !common::docker_available() {
+        return;
+    }
+    let dind = common::dind_image();
+    let p = Project::new("dependencies: [docker:dind]\nnetwork:\n  policy: strict\n");
+    let script = r#"
+echo "host=$DOCKER_HOST"
+docker info --format 'driver={{.Driver}}'
+mkdir -p /tmp/b && cd /tmp/b && echo hi > f && printf 'FROM scratch\nCOPY f /f\n' > Dockerfile
+DOCKER_BUILDKIT=0 docker build -q -t moat-dind-built . >/dev/null && docker images moat-dind-built --format 'built={{.Repository}}'
+"#;
+    let map = format!("{},docker:dind={dind}", image_map());
+    let out = p.run(
+        "docker",
+        &["run", "--", "sh", "-c", script],
+        &[("MOAT_IMAGE_MAP", map.as_str())],
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("host=tcp://dind:2375"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("driver=vfs"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("built=moat-dind-built"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("Warning: docker:dind runs a privileged Docker daemon"),
+        "{}",
+        out.stderr
+    );
+    // Built in the run's daemon, not the host's.
+    let host = Command::new("docker")
+        .args(["images", "-q", "moat-dind-built"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&host.stdout).trim().is_empty());
+    let id = p.last_run_id();
+    assert!(containers_of("docker", &id).is_empty(), "left behind");
+    let network = Command::new("docker")
+        .args(["network", "inspect", &format!("moat-{id}")])
+        .output()
+        .unwrap();
+    assert!(
+        !network.status.success(),
+        "the run's network is left behind"
+    );
+}
+
+#[test]
+fn docker_dind_on_podman_says_it_needs_docker() {
+    let podman = Command::new("podman")
+        .args(["image", "exists", "localhost/local/debian:bookworm"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !podman {
+        eprintln!("skipping: no Podman with the local base image");
+        return;
+    }
+    let p = Project::new("dependencies: [docker:dind]\n");
+    let out = p.run("podman", &["run", "--", "true"], &[]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr
+            .contains("Docker in Docker needs the Docker runtime"),
+        "{}",
+        out.stderr
+    );
+}

@@ -453,3 +453,26 @@ pub fn service_images() -> &'static (String, String) {
         )
     })
 }
+
+const DIND_STANDIN: &str = r#"# moat test stand-in for the official docker:dind image's contract:
+# arguments starting with - go to dockerd; without DOCKER_TLS_CERTDIR it
+# listens on tcp://0.0.0.0:2375 beside its Unix socket.
+FROM local/debian:bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends docker.io iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN printf '%s\n' '#!/bin/sh' 'set -e' \
+ 'if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then' \
+ '  if [ -z "${DOCKER_TLS_CERTDIR:-}" ]; then set -- dockerd --host=unix:///var/run/docker.sock --host=tcp://0.0.0.0:2375 "$@"; else set -- dockerd --host=unix:///var/run/docker.sock "$@"; fi' \
+ 'fi' \
+ 'exec "$@"' > /usr/local/bin/dockerd-entrypoint.sh && chmod 755 /usr/local/bin/dockerd-entrypoint.sh
+VOLUME /var/lib/docker
+ENTRYPOINT ["/usr/local/bin/dockerd-entrypoint.sh"]
+"#;
+
+/// A local stand-in for `docker:dind`, built once and kept.
+pub fn dind_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| service_standin("dind", DIND_STANDIN))
+        .clone()
+}
