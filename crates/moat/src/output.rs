@@ -16,7 +16,7 @@ pub fn init_logging(verbose: bool) {
 
     let stderr_filter =
         tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(if verbose { "debug" } else { "warn" })
+            tracing_subscriber::EnvFilter::new(if verbose { QUIET_LIBRARIES } else { "warn" })
         });
     let stderr_layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -26,15 +26,20 @@ pub fn init_logging(verbose: bool) {
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::sync::Mutex::new(file))
-            .with_filter(tracing_subscriber::EnvFilter::new(
-                "debug,hyper=info,rustls=info,h2=info,reqwest=info",
-            ))
+            .with_filter(tracing_subscriber::EnvFilter::new(QUIET_LIBRARIES))
     });
     let _ = tracing_subscriber::registry()
         .with(stderr_layer)
         .with(file_layer)
         .try_init();
 }
+
+/// Debug level for moat, info for the libraries: their debug output is
+/// noise, and bollard's carries the bodies of Engine API requests, whose
+/// container environments hold the run's proxy token and service
+/// passwords.
+const QUIET_LIBRARIES: &str =
+    "debug,bollard=info,hyper=info,hyper_util=info,rustls=info,h2=info,reqwest=info";
 
 const DEBUG_RETENTION_DAYS: i64 = 14;
 /// A day's debug log stops growing at this size (later lines go to stderr

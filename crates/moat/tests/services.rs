@@ -101,6 +101,8 @@ exec 3<>/dev/tcp/redis/6379
 printf 'PING\r\n' >&3
 head -c 7 <&3 | tr -d '\r'; echo
 curl -sS -m 5 -o /dev/null -w "outside=%{http_code}\n" http://example.test/ 2>/dev/null || echo outside=refused
+echo "runtoken=${HTTP_PROXY#http://moat:}"
+echo "pgpw=$MOAT_POSTGRES_PASSWORD"
 "#;
 
 const SERVICES_YAML: &str = r#"
@@ -136,6 +138,36 @@ fn check_services_reachable(runtime: &str, extra: &[&str]) {
     );
     // Strict: the sidecars are reachable, nothing else new is.
     assert!(stdout.contains("outside=407"), "blocked: {stdout}");
+    // Neither the run's proxy token nor a service password is written
+    // anywhere under MOAT_HOME (run files, debug logs).
+    let value = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split('@').next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no {key} in {stdout}"))
+    };
+    let (token, password) = (value("runtoken="), value("pgpw="));
+    assert_eq!(token.len(), 64, "{token}");
+    // (The command's own output, in logs.jsonl, printed them above.)
+    for file in p
+        .env
+        .files()
+        .into_iter()
+        .filter(|f| !f.ends_with("logs.jsonl"))
+    {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(&token),
+            "{} holds the run token",
+            file.display()
+        );
+        assert!(
+            !text.contains(&password),
+            "{} holds the service password",
+            file.display()
+        );
+    }
     let id = p.last_run_id();
     assert!(
         containers_of(
