@@ -37,26 +37,27 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::sys::original_destination;
 
-/// A `Proxy-Authorization` header value: a credential of the run, kept
-/// out of `Debug` output.
+/// A `Proxy-Authorization` header value: a credential of the run (a
+/// [`moat_secret::Secret`], never printed).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ProxyAuthorization(String);
+pub struct ProxyAuthorization(#[serde(with = "moat_secret::exposed")] moat_secret::Secret);
 
 impl ProxyAuthorization {
     /// Wraps a header value.
     pub fn new(value: impl Into<String>) -> Self {
-        ProxyAuthorization(value.into())
+        ProxyAuthorization(moat_secret::Secret::new(value))
     }
 
     /// The header value itself.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose()
     }
 
     /// One printable header value.
     pub fn is_valid(&self) -> bool {
-        !self.0.is_empty() && !self.0.bytes().any(|b| b < 0x20 || b == 0x7f)
+        let value = self.0.expose();
+        !value.is_empty() && !value.bytes().any(|b| b < 0x20 || b == 0x7f)
     }
 }
 

@@ -42,5 +42,5 @@ pub use crate::provider::{
 pub use crate::resolve::{
     resolve_grants, MissingGrant, MissingGrants, MissingReason, ResolveError, ResolvedGrant,
 };
-pub use crate::secret::Secret;
+pub use crate::secret::{HeaderSafe, Secret};
 pub use crate::store::{Credential, CredentialSource, CredentialStore, StoredEntry};

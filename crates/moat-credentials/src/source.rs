@@ -189,7 +189,7 @@ struct ClaudeFile {
 
 #[derive(Deserialize)]
 struct ClaudeOauth {
-    #[serde(rename = "accessToken")]
+    #[serde(rename = "accessToken", with = "moat_secret::exposed")]
     access_token: Secret,
     #[serde(rename = "expiresAt")]
     expires_at: Option<i64>,

@@ -44,6 +44,7 @@ pub struct Credential {
     /// The file stem: provider name, or `mcp-<name>`.
     pub provider: String,
     /// The secret.
+    #[serde(with = "moat_secret::exposed")]
     pub secret: Secret,
     /// What the secret is.
     pub kind: ProviderKind,

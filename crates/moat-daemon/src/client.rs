@@ -332,7 +332,7 @@ impl DaemonClient {
 #[derive(Debug, Clone)]
 pub struct Registration {
     /// Proxy token (secret).
-    pub token: crate::protocol::SecretString,
+    pub token: crate::protocol::Secret,
     /// Proxy TCP port.
     pub port: u16,
     /// The proxy on a Unix socket.

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::io;
 
+pub use moat_secret::Secret;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 /// Bumped whenever a request or response changes incompatibly. (Adding a
 /// request, or a field with a serde default, is compatible: an older daemon
@@ -27,7 +27,8 @@ pub struct InjectionSpec {
     /// Header name.
     pub name: String,
     /// Header value (a secret).
-    pub value: SecretString,
+    #[serde(with = "moat_secret::exposed")]
+    pub value: Secret,
     /// The grant it comes from, for the trace and audit (`github`).
     #[serde(default)]
     pub grant: String,
@@ -40,29 +41,6 @@ impl fmt::Debug for InjectionSpec {
             .field("name", &self.name)
             .field("grant", &self.grant)
             .finish_non_exhaustive()
-    }
-}
-
-/// A string that zeroes itself and never prints.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct SecretString(Zeroizing<String>);
-
-impl SecretString {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        SecretString(Zeroizing::new(value.into()))
-    }
-
-    /// The value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
     }
 }
 
@@ -137,8 +115,12 @@ pub struct RunSpec {
     /// The token to keep: set when a run registers again with a new
     /// daemon after its daemon died, so its sandbox's proxy URL stays
     /// valid. `None`: the daemon makes a fresh one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<SecretString>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "moat_secret::exposed_option"
+    )]
+    pub token: Option<Secret>,
 }
 
 /// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
@@ -218,7 +200,8 @@ pub enum Response {
     /// Registration succeeded.
     Registered {
         /// The run's proxy token (64 hex characters).
-        token: SecretString,
+        #[serde(with = "moat_secret::exposed")]
+        token: Secret,
         /// Proxy TCP port.
         port: u16,
         /// Unix socket serving the same proxy (for network-isolated
@@ -339,7 +322,7 @@ mod tests {
                 injections: vec![InjectionSpec {
                     host: "api.github.com".into(),
                     name: "Authorization".into(),
-                    value: SecretString::new("Bearer ghp_secret"),
+                    value: Secret::new("Bearer ghp_secret"),
                     grant: "github".into(),
                 }],
                 mcp: vec![],

@@ -462,7 +462,7 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         s.audits.open(&run, &entry.spec_summary.grants);
     }
     Ok(Response::Registered {
-        token: crate::protocol::SecretString::new(token.expose()),
+        token: crate::protocol::Secret::new(token.expose()),
         port: s.info.port,
         proxy_socket: s.paths.proxy_socket.clone(),
         ca_cert_pem: s.ca_pem.clone(),

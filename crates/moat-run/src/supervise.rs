@@ -9,7 +9,7 @@ use moat_credentials::{
     resolve_grants, CredentialError, CredentialStore, GrantName, ProviderRegistry, ResolveError,
 };
 use moat_daemon::{
-    ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, SecretString, StartOptions,
+    ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, Secret, StartOptions,
 };
 use moat_home::{FileLock, MoatHome};
 use moat_sandbox::{
@@ -407,7 +407,7 @@ fn run_spec(
             injections.push(InjectionSpec {
                 host: inj.host.clone(),
                 name: inj.name.clone(),
-                value: SecretString::new(inj.value.expose()),
+                value: Secret::new(inj.value.expose()),
                 grant: grant.grant.to_string(),
             });
         }
@@ -426,7 +426,7 @@ fn run_spec(
                         vec![InjectionSpec {
                             host: String::new(),
                             name: header.clone(),
-                            value: SecretString::new(r.credential.secret.expose()),
+                            value: Secret::new(r.credential.secret.expose()),
                             grant: grant.to_string(),
                         }]
                     })

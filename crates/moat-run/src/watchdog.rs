@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use moat_daemon::lockfile::{daemon_running, read_info};
-use moat_daemon::{DaemonClient, DaemonInfo, DaemonPaths, Registration, RunSpec, SecretString};
+use moat_daemon::{DaemonClient, DaemonInfo, DaemonPaths, Registration, RunSpec, Secret};
 use moat_home::MoatHome;
 
 /// How often the daemon is checked.
@@ -41,7 +41,7 @@ impl Watchdog {
         registration: &Registration,
         trace: Option<PathBuf>,
     ) -> Watchdog {
-        spec.token = Some(SecretString::new(registration.token.expose()));
+        spec.token = Some(Secret::new(registration.token.expose()));
         let (stop, stopped) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
         let state = Watch {

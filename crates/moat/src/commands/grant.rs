@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use moat_credentials::source::{self, SourceOptions};
+use moat_credentials::HeaderSafe as _;
 use moat_credentials::{
     validate, Credential, CredentialStore, GrantName, ProviderRegistry, ProviderSpec, Validation,
 };
