@@ -735,13 +735,15 @@ where
     let timeout = inner.config.client_timeout;
     let web = matches!(target.port, 80 | 443);
     let mut head = Vec::new();
-    // In its own future: its read buffer is not kept for the tunnel's life.
-    let Some(speech) = first_speech(&mut io, &mut head, web, timeout).await else {
+    // Boxed, as the client hello's reading below: their read buffers
+    // (2 and 4 KB) would otherwise size the task that holds the connection
+    // for its whole life.
+    let Some(speech) = Box::pin(first_speech(&mut io, &mut head, web, timeout)).await else {
         return;
     };
     let speech = match speech {
         Speech::Tls if !web => {
-            match read_client_hello(&mut io, &mut head, timeout).await {
+            match Box::pin(read_client_hello(&mut io, &mut head, timeout)).await {
                 Some(true) => Speech::Tls,
                 // Without HTTP inside, TLS is the client's own business,
                 // unless there is a credential to inject.

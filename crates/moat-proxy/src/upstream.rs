@@ -315,7 +315,9 @@ impl Direct {
             let reused = held.is_some();
             let mut sender = match held.take() {
                 Some(sender) => sender,
-                None => self.connect(&key).await?,
+                // Boxed: its state (over a KB) would otherwise be part of
+                // every request's, which waits on a held connection.
+                None => Box::pin(self.connect(&key)).await?,
             };
             if reused && sender.ready().await.is_err() {
                 held = self.checkout(&key);
