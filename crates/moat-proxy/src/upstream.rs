@@ -142,10 +142,14 @@ impl Upstream {
         // requests for it wait: were it HTTP/2, a burst of new clients
         // would otherwise each open a connection.
         let mut probe = None;
+        let mut known = None;
         if !binding.holds(&key) {
             loop {
                 match self.direct.gate(&key) {
-                    Gate::Known => break,
+                    Gate::Known(protocol) => {
+                        known = protocol;
+                        break;
+                    }
                     Gate::Probe(guard) => {
                         probe = Some(guard);
                         break;
@@ -157,7 +161,7 @@ impl Upstream {
                 }
             }
         }
-        if self.direct.protocol(&key) == Some(Protocol::H2) {
+        if known == Some(Protocol::H2) {
             drop(probe);
             return self.h2.request(req).await.map_err(|e| {
                 // Perhaps it no longer speaks HTTP/2: the next request
@@ -215,7 +219,7 @@ enum Known {
 }
 
 enum Gate {
-    Known,
+    Known(Option<Protocol>),
     Probe(Probe),
     Wait(tokio::sync::futures::OwnedNotified),
 }
@@ -244,13 +248,6 @@ impl Drop for Probe {
 }
 
 impl Direct {
-    fn protocol(&self, key: &Key) -> Option<Protocol> {
-        match self.protocols.lock().ok()?.get(key)? {
-            Known::Is(protocol) => Some(*protocol),
-            Known::Probing(_) => None,
-        }
-    }
-
     fn learn(&self, key: &Key, protocol: Protocol) {
         let previous = match self.protocols.lock() {
             Ok(mut protocols) => {
@@ -278,10 +275,10 @@ impl Direct {
     /// probes), or it waits for the probe.
     fn gate(self: &Arc<Self>, key: &Key) -> Gate {
         let Ok(mut protocols) = self.protocols.lock() else {
-            return Gate::Known;
+            return Gate::Known(None);
         };
         match protocols.get(key) {
-            Some(Known::Is(_)) => Gate::Known,
+            Some(Known::Is(protocol)) => Gate::Known(Some(*protocol)),
             // Made under the lock, so the probe's notice cannot be missed.
             Some(Known::Probing(notify)) => Gate::Wait(notify.clone().notified_owned()),
             None => {
