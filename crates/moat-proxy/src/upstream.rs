@@ -170,7 +170,10 @@ impl Upstream {
                 upstream_error(&host, &e, e.is_connect())
             });
         }
-        let result = self.direct.send(binding, key, req, &host).await;
+        let result = self
+            .direct
+            .send(binding, key, req, &host, probe.is_some())
+            .await;
         drop(probe);
         result
     }
@@ -306,6 +309,7 @@ impl Direct {
         key: Key,
         mut req: Request<ProxyBody>,
         host: &str,
+        probing: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut held = binding.take(&key).or_else(|| self.checkout(&key));
         loop {
@@ -319,6 +323,11 @@ impl Direct {
             if reused && sender.ready().await.is_err() {
                 held = self.checkout(&key);
                 continue;
+            }
+            if reused && probing {
+                // Only HTTP/1.1 connections are held or left idle: the
+                // requests waiting for this one's answer can go.
+                self.learn(&key, Protocol::H1);
             }
             match sender.send(req).await {
                 Ok(resp) => {
