@@ -13,6 +13,8 @@
 # Needs: apt-get install -y nginx-light hey openssl
 #        python3 -m venv /tmp/mv && /tmp/mv/bin/pip install mitmproxy
 # Usage: bench/proxy/run.sh            (from the repository root)
+#        BIN_DIR=dir bench/proxy/run.sh  (no build: dir holds moat,
+#        bench_server and bench_handshake, to compare builds side by side)
 set -euo pipefail
 ulimit -n 65536 2>/dev/null || true
 
@@ -27,19 +29,21 @@ MITM_PORT=18081
 DAEMON_PORT=18082
 MOAT_H2_PORT=18083
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN_DIR=${BIN_DIR:-}
+MOAT_EXE=${BIN_DIR:-$TARGET/release}/moat
 W=$(mktemp -d)
 PIDS=()
 MOAT=(env -i HOME="$W/home" MOAT_HOME="$W/moat-home" PATH=/usr/local/bin:/usr/bin:/bin
     MOAT_KEYRING_BACKEND=file MOAT_RUNTIME=native MOAT_PROXY_PORT=$DAEMON_PORT
     MOAT_CONNECT_TO="bench.test:443:127.0.0.1:$NGINX_PORT,bench2.test:443:127.0.0.1:$NGINX_H2_PORT"
     MOAT_UPSTREAM_CA_FILE="$W/up-ca.pem"
-    BENCH_KEY=bench-secret-0123456789abcdef "$TARGET/release/moat")
+    BENCH_KEY=bench-secret-0123456789abcdef "$MOAT_EXE")
 moat() { "${MOAT[@]}" "$@"; }
 RUN_PID=
 cleanup() {
     if [ -n "$RUN_PID" ]; then kill "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -x "$TARGET/release/moat" ] && moat proxy stop >/dev/null 2>&1 || true
+    [ -x "$MOAT_EXE" ] && moat proxy stop >/dev/null 2>&1 || true
     wait 2>/dev/null || true
     rm -rf "$W"
 }
@@ -49,9 +53,13 @@ trap cleanup EXIT
 . "$ROOT/bench/lib/upstream.sh"
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-echo "== building (release)"
-(cd "$ROOT" && cargo build -q --release -p moat -p moat-proxy --examples --bins)
-BIN="$TARGET/release/examples"
+if [ -n "$BIN_DIR" ]; then
+    BIN=$BIN_DIR
+else
+    echo "== building (release)"
+    (cd "$ROOT" && cargo build -q --release -p moat -p moat-proxy --examples --bins)
+    BIN="$TARGET/release/examples"
+fi
 
 echo "== certificates and nginx on 127.0.0.1:$NGINX_PORT"
 start_upstream "$W" $NGINX_PORT
@@ -154,9 +162,11 @@ echo "== new-host handshake (CONNECT + TLS with the proxy; leaf minted vs cached
 "$BIN/bench_handshake" 127.0.0.1:$MOAT_PORT "$TOKEN" "$W/moat-ca/ca.crt" 300
 
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# Upstream (nginx HTTP/1.1 listener) connections the process holds.
+up_conns() { ss -Htnp state established "( dport = :$NGINX_PORT )" | grep -c "pid=$1," || true; }
 echo "== 1,000 open connections (hey -z 5s -c 1000; VmHWM = peak RSS of the process so far)"
 hey_run "moat-proxy c=1000" "$MOAT_URL" -z 5s -c 1000 -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT"
-echo "   moat-proxy VmHWM $(hwm_kb $MOAT_PID) kB (idle ${RSS_IDLE} kB, after c=32 ~${RSS_LOAD} kB)"
+echo "   moat-proxy VmHWM $(hwm_kb $MOAT_PID) kB (idle ${RSS_IDLE} kB, after c=32 ~${RSS_LOAD} kB), $(up_conns $MOAT_PID) upstream connections"
 hey_run "moat-proxy, h2 up c=1000" "$MOAT_URL" -z 5s -c 1000 -x "http://moat:$TOKEN_H2@127.0.0.1:$MOAT_H2_PORT"
 echo "   moat-proxy (h2 upstream) VmHWM $(hwm_kb $MOAT_H2_PID) kB"
 # The daemon's HTTP/2 run first: its peak is the lower one, so the
@@ -165,5 +175,5 @@ DAEMON_RSS_LOAD=$(rss_kb "$DAEMON_PID")
 hey_run "moat daemon, h2 up c=1000" "$MOAT_H2_URL" -z 5s -c 1000 -x "$DAEMON_URL"
 echo "   moat daemon VmHWM $(hwm_kb "$DAEMON_PID") kB (idle ${DAEMON_RSS_IDLE} kB, before this ${DAEMON_RSS_LOAD} kB)"
 hey_run "moat daemon c=1000" "$MOAT_URL" -z 5s -c 1000 -x "$DAEMON_URL"
-echo "   moat daemon VmHWM $(hwm_kb "$DAEMON_PID") kB"
+echo "   moat daemon VmHWM $(hwm_kb "$DAEMON_PID") kB, $(up_conns "$DAEMON_PID") upstream connections"
 echo "== trace lines: $(cat "$W"/moat-home/runs/*/network.jsonl 2>/dev/null | wc -l)"

@@ -31,6 +31,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // Frees the prefix's allocation, not kept for the
+                // connection's life.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

@@ -25,7 +25,7 @@ use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistrati
 use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::RunToken;
 use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
-use crate::upstream::{bare_host, Upstream};
+use crate::upstream::{bare_host, Binding, Upstream};
 use crate::ProxyBody;
 
 /// The body of `407` without credentials.
@@ -231,9 +231,11 @@ impl Proxy {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let inner = self.inner.clone();
+        let binding = Arc::new(inner.upstream.binding());
         let service = service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
-            async move { Ok::<_, Infallible>(handle_outer(inner, req).await) }
+            let binding = binding.clone();
+            async move { Ok::<_, Infallible>(handle_outer(inner, req, &binding).await) }
         });
         let config = &self.inner.config;
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -422,7 +424,11 @@ impl Target {
     }
 }
 
-async fn handle_outer(inner: Arc<Inner>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle_outer(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    binding: &Binding,
+) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {
         return match inner.registry.authenticate(req.headers(), false) {
             Ok(run) => match tunnel_target(&run, &req) {
@@ -447,11 +453,11 @@ async fn handle_outer(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Pro
             Err(e) => return error_response(&e),
         };
         let inject = injections(&run, &target.host);
-        return forward(&inner, run.clone(), uri, true, inject, req).await;
+        return forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await;
     }
     if req.uri().path().starts_with("/mcp/") {
         return match inner.registry.authenticate(req.headers(), true) {
-            Ok(run) => handle_mcp(inner, run, req).await,
+            Ok(run) => handle_mcp(inner, run, req, binding).await,
             Err(f) => auth_failure(f),
         };
     }
@@ -729,25 +735,15 @@ where
     let timeout = inner.config.client_timeout;
     let web = matches!(target.port, 80 | 443);
     let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    let mut wait = if web { timeout } else { SERVER_FIRST_WAIT };
-    let speech = loop {
-        match tokio::time::timeout(wait, io.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
-            // The server speaks first, or nothing more came.
-            Err(_) if !web && head.is_empty() => break Speech::Other,
-            Err(_) if head.is_empty() => return,
-            Err(_) => break Speech::Other,
-        }
-        if let Some(speech) = speech(&head) {
-            break speech;
-        }
-        wait = timeout;
+    // Boxed, as the client hello's reading below: their read buffers
+    // (2 and 4 KB) would otherwise size the task that holds the connection
+    // for its whole life.
+    let Some(speech) = Box::pin(first_speech(&mut io, &mut head, web, timeout)).await else {
+        return;
     };
     let speech = match speech {
         Speech::Tls if !web => {
-            match read_client_hello(&mut io, &mut head, timeout).await {
+            match Box::pin(read_client_hello(&mut io, &mut head, timeout)).await {
                 Some(true) => Speech::Tls,
                 // Without HTTP inside, TLS is the client's own business,
                 // unless there is a credential to inject.
@@ -779,6 +775,36 @@ where
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// Reads the client's first bytes into `head` until they tell what it
+/// speaks (`Other` when the server speaks first on a port other than 80
+/// and 443); `None` when the client goes away or stays silent.
+async fn first_speech<IO>(
+    io: &mut IO,
+    head: &mut Vec<u8>,
+    web: bool,
+    timeout: Duration,
+) -> Option<Speech>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 2048];
+    let mut wait = if web { timeout } else { SERVER_FIRST_WAIT };
+    loop {
+        match tokio::time::timeout(wait, io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+            // The server speaks first, or nothing more came.
+            Err(_) if !web && head.is_empty() => return Some(Speech::Other),
+            Err(_) if head.is_empty() => return None,
+            Err(_) => return Some(Speech::Other),
+        }
+        if let Some(speech) = speech(head) {
+            return Some(speech);
+        }
+        wait = timeout;
+    }
 }
 
 /// The client's TLS handshake with a leaf for the name it asks for.
@@ -994,6 +1020,9 @@ where
     let config_timeout = inner.config.client_timeout;
     let max_buf = inner.config.max_header_bytes.max(8192);
     let activity = Arc::new(Activity::new());
+    // An HTTP/1.1 client sends one request at a time: it gets its own
+    // upstream connection. HTTP/2 clients share the pool's.
+    let binding = (!h2).then(|| Arc::new(inner.upstream.binding()));
     let service = {
         let inner = inner.clone();
         let activity = activity.clone();
@@ -1001,12 +1030,14 @@ where
             let inner = inner.clone();
             let run = run.clone();
             let target = target.clone();
+            let binding = binding.clone();
             let busy = activity.enter();
             async move {
                 // Boxed: hyper keeps room for this future for the life of
                 // the connection, idle or not; one request's state is
                 // about 2 KB.
-                let resp = Box::pin(handle_inner(inner, run, &target, req)).await;
+                let resp =
+                    Box::pin(handle_inner(inner, run, &target, req, binding.as_deref())).await;
                 Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
             }
         })
@@ -1163,6 +1194,7 @@ async fn handle_inner(
     run: Arc<Run>,
     target: &Target,
     req: Request<Incoming>,
+    binding: Option<&Binding>,
 ) -> Response<ProxyBody> {
     if !run.is_active() {
         return auth_failure(AuthFailure::Invalid);
@@ -1172,13 +1204,14 @@ async fn handle_inner(
         Err(e) => return error_response(&e),
     };
     let inject = injections(&run, &target.host);
-    forward(&inner, run, uri, true, inject, req).await
+    forward(&inner, run, uri, true, inject, req, binding).await
 }
 
 async fn handle_mcp(
     inner: Arc<Inner>,
     run: Arc<Run>,
     req: Request<Incoming>,
+    binding: &Binding,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
     let rest = path.strip_prefix("/mcp/").unwrap_or_default();
@@ -1209,7 +1242,7 @@ async fn handle_mcp(
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, true, inject, req).await
+    forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await
 }
 
 fn mcp_uri(route: &ParsedMcp, tail: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
@@ -1311,6 +1344,7 @@ async fn forward(
     check_policy: bool,
     inject: Injected,
     mut req: Request<Incoming>,
+    binding: Option<&Binding>,
 ) -> Response<ProxyBody> {
     let limit = inner.config.trace_body_bytes;
     let method = req.method().clone();
@@ -1444,13 +1478,9 @@ async fn forward(
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;
 
-    let client = if upgrade {
-        &inner.upstream.h1
-    } else {
-        &inner.upstream.auto
-    };
     let timeout = inner.config.upstream_timeout;
-    let mut resp = match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+    let sent = inner.upstream.send(binding, upgrade, upstream_req);
+    let mut resp = match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(resp)) => resp,
         Err(_) => {
             let err = ProxyError::new(
@@ -1467,8 +1497,7 @@ async fn forward(
             }
             return error_response(&err);
         }
-        Ok(Err(e)) => {
-            let err = upstream_error(&host, e);
+        Ok(Err(err)) => {
             if let Some(ex) = &exchange {
                 ex.set_error(err.status().as_u16(), &err.detail());
                 ex.finish();
@@ -1542,31 +1571,6 @@ async fn forward(
     }
     let body = Tapped::new(body, exchange, Side::Response).boxed_unsync();
     Response::from_parts(parts, body)
-}
-
-/// Turns a client error into a [`ProxyError`] blaming the upstream (or the
-/// request, when hyper refused to send it).
-fn upstream_error(host: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = source {
-        if let Some(pe) = err.downcast_ref::<ProxyError>() {
-            return ProxyError::new(pe.kind(), pe.detail());
-        }
-        source = err.source();
-    }
-    let mut chain = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(err) = source {
-        chain.push_str(": ");
-        chain.push_str(&err.to_string());
-        source = err.source();
-    }
-    let kind = if e.is_connect() {
-        ErrorKind::UpstreamConnect
-    } else {
-        ErrorKind::UpstreamProtocol
-    };
-    ProxyError::new(kind, format!("moat: upstream {host} failed: {chain}"))
 }
 
 #[cfg(test)]

@@ -1,16 +1,26 @@
 //! Connections from the proxy to upstream servers: TCP with the
 //! connect-to overrides, TLS verified against the system roots plus the
-//! configured extra CA, ALPN `h2`/`http/1.1`, pooled by hyper-util's client.
+//! configured extra CA, ALPN `h2`/`http/1.1`.
+//!
+//! An HTTP/1.1 client connection gets its own upstream connection per
+//! destination ([`Binding`]), kept for the client connection's life and
+//! then left idle for the next client connection to the same destination.
+//! Upstreams that speak HTTP/2 are shared by everyone through hyper-util's
+//! pooled client, as are requests of HTTP/2 client connections.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,8 +42,14 @@ pub(crate) struct Upstream {
     pub(crate) auto: Client<Connector, ProxyBody>,
     /// Offers only `http/1.1`; used for upgrade (WebSocket) requests.
     pub(crate) h1: Client<Connector, ProxyBody>,
+    /// Speaks only HTTP/2 (one connection per destination, opened once
+    /// however many requests arrive together); for destinations known to
+    /// speak it.
+    h2: Client<Connector, ProxyBody>,
     /// For tunnels, which are not pooled.
     pub(crate) dialer: Dialer,
+    /// Upstream connections bound to HTTP/1.1 client connections.
+    direct: Arc<Direct>,
 }
 
 impl Upstream {
@@ -60,15 +76,549 @@ impl Upstream {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_idle_timeout(IDLE_TIMEOUT)
                 .build(c)
         };
+        let auto = connector(tls(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?);
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .http2_only(true)
+            .build(connector(tls(vec![b"h2".to_vec()])?));
         Ok(Upstream {
-            auto: build(connector(tls(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?)),
+            auto: build(auto.clone()),
             h1: build(connector(tls(vec![b"http/1.1".to_vec()])?)),
+            h2,
             dialer: Dialer::new(config),
+            direct: Arc::new(Direct {
+                connector: auto,
+                idle: Mutex::new(HashMap::new()),
+                protocols: Mutex::new(HashMap::new()),
+                reaper: std::sync::atomic::AtomicBool::new(false),
+            }),
         })
     }
+
+    /// A fresh binding for one client connection.
+    pub(crate) fn binding(&self) -> Binding {
+        Binding {
+            direct: self.direct.clone(),
+            held: Mutex::new(None),
+        }
+    }
+
+    /// Sends `req` (absolute URI) upstream and returns the response head:
+    /// upgrades on an HTTP/1.1-only pooled connection, requests of a
+    /// client connection with a `binding` on its own upstream connection
+    /// unless the destination is known to speak HTTP/2, the rest through
+    /// the shared pool.
+    pub(crate) async fn send(
+        &self,
+        binding: Option<&Binding>,
+        upgrade: bool,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let host = bare_host(req.uri().host().unwrap_or_default()).to_owned();
+        if upgrade {
+            return self
+                .h1
+                .request(req)
+                .await
+                .map_err(|e| upstream_error(&host, &e, e.is_connect()));
+        }
+        let key = match (binding, req.uri().scheme(), req.uri().authority()) {
+            (Some(_), Some(scheme), Some(authority)) => Some((scheme.clone(), authority.clone())),
+            _ => None,
+        };
+        let (Some(binding), Some(key)) = (binding, key) else {
+            return self
+                .auto
+                .request(req)
+                .await
+                .map_err(|e| upstream_error(&host, &e, e.is_connect()));
+        };
+        // Until one connection has told what a destination speaks, other
+        // requests for it wait: were it HTTP/2, a burst of new clients
+        // would otherwise each open a connection.
+        let mut probe = None;
+        let mut known = None;
+        if !binding.holds(&key) {
+            loop {
+                match self.direct.gate(&key) {
+                    Gate::Known(protocol) => {
+                        known = protocol;
+                        break;
+                    }
+                    Gate::Probe(guard) => {
+                        probe = Some(guard);
+                        break;
+                    }
+                    Gate::Wait(notify) => {
+                        let _ =
+                            tokio::time::timeout(self.direct.connector.inner.timeout, notify).await;
+                    }
+                }
+            }
+        }
+        if known == Some(Protocol::H2) {
+            drop(probe);
+            return self.h2.request(req).await.map_err(|e| {
+                // Perhaps it no longer speaks HTTP/2: the next request
+                // finds out again.
+                self.direct.forget(&key);
+                upstream_error(&host, &e, e.is_connect())
+            });
+        }
+        let result = self
+            .direct
+            .send(binding, key, req, &host, probe.is_some())
+            .await;
+        drop(probe);
+        result
+    }
+}
+
+/// How long an upstream connection may stay idle (unused by any client
+/// connection) before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// At most this many destinations have their protocol remembered.
+const MAX_REMEMBERED: usize = 4096;
+
+/// What an upstream spoke when last connected to (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    H1,
+    H2,
+}
+
+/// Where a request goes: scheme and authority.
+type Key = (Scheme, Authority);
+
+/// The upstream connections that are not in hyper-util's pool.
+struct Direct {
+    /// Offers `h2` and `http/1.1`.
+    connector: Connector,
+    /// Connections no client connection holds, most recently used last.
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    /// What each destination spoke when last connected to: HTTP/2
+    /// destinations go to the shared pool (one connection multiplexes
+    /// every client's requests).
+    protocols: Mutex<HashMap<Key, Known>>,
+    /// Whether the task closing expired idle connections runs.
+    reaper: std::sync::atomic::AtomicBool,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// A destination's protocol, or the notice that it is being found out.
+enum Known {
+    Is(Protocol),
+    Probing(Arc<tokio::sync::Notify>),
+}
+
+enum Gate {
+    Known(Option<Protocol>),
+    Probe(Probe),
+    Wait(tokio::sync::futures::OwnedNotified),
+}
+
+/// Held by the request finding out a destination's protocol: if it ends
+/// without learning it (the connection failed), the waiting requests
+/// are let go, and the next one probes.
+struct Probe {
+    direct: Arc<Direct>,
+    key: Key,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let probing = match self.direct.protocols.lock() {
+            Ok(mut protocols) => match protocols.get(&self.key) {
+                Some(Known::Probing(_)) => protocols.remove(&self.key),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(Known::Probing(notify)) = probing {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl Direct {
+    fn learn(&self, key: &Key, protocol: Protocol) {
+        let previous = match self.protocols.lock() {
+            Ok(mut protocols) => {
+                if protocols.len() >= MAX_REMEMBERED && !protocols.contains_key(key) {
+                    protocols.clear();
+                }
+                protocols.insert(key.clone(), Known::Is(protocol))
+            }
+            Err(_) => None,
+        };
+        if let Some(Known::Probing(notify)) = previous {
+            notify.notify_waiters();
+        }
+    }
+
+    fn forget(&self, key: &Key) {
+        if let Ok(mut protocols) = self.protocols.lock() {
+            if matches!(protocols.get(key), Some(Known::Is(_))) {
+                protocols.remove(key);
+            }
+        }
+    }
+
+    /// Whether a request to `key` may go ahead: known, the first (it
+    /// probes), or it waits for the probe.
+    fn gate(self: &Arc<Self>, key: &Key) -> Gate {
+        let Ok(mut protocols) = self.protocols.lock() else {
+            return Gate::Known(None);
+        };
+        match protocols.get(key) {
+            Some(Known::Is(protocol)) => Gate::Known(Some(*protocol)),
+            // Made under the lock, so the probe's notice cannot be missed.
+            Some(Known::Probing(notify)) => Gate::Wait(notify.clone().notified_owned()),
+            None => {
+                if protocols.len() >= MAX_REMEMBERED {
+                    protocols.clear();
+                }
+                protocols.insert(
+                    key.clone(),
+                    Known::Probing(Arc::new(tokio::sync::Notify::new())),
+                );
+                Gate::Probe(Probe {
+                    direct: self.clone(),
+                    key: key.clone(),
+                })
+            }
+        }
+    }
+
+    /// Sends `req` on the binding's connection to `key`, else on an idle
+    /// one, else on a new one; a request a reused connection could not
+    /// start (closed meanwhile) is sent again on another.
+    async fn send(
+        self: &Arc<Self>,
+        binding: &Binding,
+        key: Key,
+        mut req: Request<ProxyBody>,
+        host: &str,
+        probing: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut held = binding.take(&key).or_else(|| self.checkout(&key));
+        loop {
+            let reused = held.is_some();
+            let mut sender = match held.take() {
+                Some(sender) => sender,
+                // Boxed: its state (over a KB) would otherwise be part of
+                // every request's, which waits on a held connection.
+                None => Box::pin(self.connect(&key)).await?,
+            };
+            if reused && sender.ready().await.is_err() {
+                held = self.checkout(&key);
+                continue;
+            }
+            if reused && probing {
+                // Only HTTP/1.1 connections are held or left idle: the
+                // requests waiting for this one's answer can go.
+                self.learn(&key, Protocol::H1);
+            }
+            match sender.send(req).await {
+                Ok(resp) => {
+                    // An HTTP/2 connection (the first to a destination
+                    // not yet known to speak it) serves this request
+                    // only: the next go to the shared pool.
+                    if matches!(sender, Sender::H1(_)) {
+                        binding.put(key, sender);
+                    }
+                    return Ok(resp);
+                }
+                Err((e, unsent)) => match unsent {
+                    Some(again) if reused => {
+                        req = again;
+                        held = self.checkout(&key);
+                    }
+                    _ => return Err(upstream_error(host, &e, false)),
+                },
+            }
+        }
+    }
+
+    /// A new connection to `key`, ready for a request.
+    async fn connect(&self, key: &Key) -> Result<Sender, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(key.0.clone())
+            .authority(key.1.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ProxyError::bad_request("moat: invalid request target").with_source(e))?;
+        let host = bare_host(key.1.host()).to_owned();
+        let io = tower_service::Service::call(&mut self.connector.clone(), uri).await?;
+        let h2 = io.inner().connected().is_negotiated_h2();
+        self.learn(key, if h2 { Protocol::H2 } else { Protocol::H1 });
+        let failed = |e: hyper::Error| upstream_error(&host, &e, true);
+        let mut sender = if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Sender::H1(sender)
+        };
+        sender.ready().await.map_err(failed)?;
+        Ok(sender)
+    }
+
+    /// The most recently idled open connection to `key`, if any.
+    fn checkout(&self, key: &Key) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        let mut found = None;
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
+                found = Some(entry.sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
+    }
+
+    /// Leaves a connection no client connection holds for the next one.
+    fn check_in(self: &Arc<Self>, key: Key, sender: Sender) {
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.entry(key).or_default().push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        if !self.reaper.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(reap(Arc::downgrade(self)));
+            } else {
+                self.reaper
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Closes idle connections that expired or whose upstream closed them,
+/// until the proxy is dropped.
+async fn reap(direct: Weak<Direct>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 6).await;
+        let Some(direct) = direct.upgrade() else {
+            return;
+        };
+        let expired: Vec<Idle> = match direct.idle.lock() {
+            Ok(mut idle) => {
+                let mut expired = Vec::new();
+                idle.retain(|_, list| {
+                    let (keep, gone) = std::mem::take(list).into_iter().partition(|e: &Idle| {
+                        !e.sender.is_closed() && e.since.elapsed() < IDLE_TIMEOUT
+                    });
+                    *list = keep;
+                    expired.extend::<Vec<Idle>>(gone);
+                    !list.is_empty()
+                });
+                expired
+            }
+            Err(_) => return,
+        };
+        // Closed outside the lock.
+        drop(expired);
+    }
+}
+
+/// A client connection's upstream connection: used for each of its
+/// requests to the same destination, left idle when it closes.
+pub(crate) struct Binding {
+    direct: Arc<Direct>,
+    held: Mutex<Option<(Key, Sender)>>,
+}
+
+impl Binding {
+    fn holds(&self, key: &Key) -> bool {
+        self.held
+            .lock()
+            .is_ok_and(|held| held.as_ref().is_some_and(|(k, _)| k == key))
+    }
+
+    /// The held connection, if it goes to `key`; one to elsewhere is left
+    /// idle.
+    fn take(&self, key: &Key) -> Option<Sender> {
+        let (held_key, sender) = self.held.lock().ok()?.take()?;
+        if held_key == *key {
+            return Some(sender);
+        }
+        self.direct.check_in(held_key, sender);
+        None
+    }
+
+    fn put(&self, key: Key, sender: Sender) {
+        let previous = match self.held.lock() {
+            Ok(mut held) => held.replace((key, sender)),
+            Err(_) => Some((key, sender)),
+        };
+        if let Some((key, sender)) = previous {
+            self.direct.check_in(key, sender);
+        }
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        let held = self.held.get_mut().ok().and_then(Option::take);
+        if let Some((key, sender)) = held {
+            self.direct.check_in(key, sender);
+        }
+    }
+}
+
+/// A connection's request sender.
+enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Sends `req` (absolute URI): on HTTP/1.1 with a `Host` header and
+    /// the origin-form target, as hyper-util's client does. A request the
+    /// connection did not start comes back as it was given.
+    async fn send(
+        &mut self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<ProxyBody>>)> {
+        let unsent = |mut e: TrySendError<Request<ProxyBody>>| {
+            let req = e.take_message();
+            (e.into_error(), req)
+        };
+        match self {
+            Sender::H2(s) => s.try_send_request(req).await.map_err(unsent),
+            Sender::H1(s) => {
+                let uri = req.uri().clone();
+                let set_host = !req.headers().contains_key(header::HOST);
+                if set_host {
+                    if let Some(host) = host_header(&uri) {
+                        req.headers_mut().insert(header::HOST, host);
+                    }
+                }
+                *req.uri_mut() = origin_form(&uri);
+                s.try_send_request(req).await.map_err(|e| {
+                    let (e, mut req) = unsent(e);
+                    if let Some(req) = &mut req {
+                        *req.uri_mut() = uri;
+                        if set_host {
+                            req.headers_mut().remove(header::HOST);
+                        }
+                    }
+                    (e, req)
+                })
+            }
+        }
+    }
+}
+
+/// `Host` for an HTTP/1.1 request to `uri`: the host, and the port unless
+/// it is the scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match uri.port_u16() {
+        Some(port) if port != default => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
+
+/// `uri`'s path and query alone (`/` when it has none).
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    }
+}
+
+/// Turns a client error into a [`ProxyError`] blaming the upstream (the
+/// connector's own error when there is one); `connect` when it happened
+/// while connecting.
+pub(crate) fn upstream_error(
+    host: &str,
+    e: &(dyn std::error::Error + 'static),
+    connect: bool,
+) -> ProxyError {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(pe) = err.downcast_ref::<ProxyError>() {
+            return ProxyError::new(pe.kind(), pe.detail());
+        }
+        source = err.source();
+    }
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        chain.push_str(": ");
+        chain.push_str(&err.to_string());
+        source = err.source();
+    }
+    let kind = if connect {
+        ErrorKind::UpstreamConnect
+    } else {
+        ErrorKind::UpstreamProtocol
+    };
+    ProxyError::new(kind, format!("moat: upstream {host} failed: {chain}"))
 }
 
 fn root_store(config: &ProxyConfig) -> Result<RootCertStore, ProxyError> {

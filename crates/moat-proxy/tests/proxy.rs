@@ -270,6 +270,92 @@ async fn http2_end_to_end() {
     );
 }
 
+/// One GET on an HTTP/1.1 client connection; the upstream's echo.
+async fn h1_get(
+    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> String {
+    send.ready().await.unwrap();
+    let resp = send.send_request(get(path)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    body_string(resp).await
+}
+
+#[tokio::test]
+async fn http1_client_connections_each_hold_one_upstream_connection() {
+    let ca = TestCa::new();
+    let upstream = https_upstream_h1(&ca, &["h1.test"]).await;
+    let h = Harness::start(ca, &[("h1.test", upstream.addr.port())]).await;
+    let a = h.register(
+        "run-a",
+        permissive(),
+        &[("h1.test", "x-api-key", "secret-for-h1")],
+    );
+
+    // Requests of one client connection share one upstream connection,
+    // with the Host and origin-form target of the destination.
+    let mut first = h1(tunnel(&h, &a, "h1.test", &[b"http/1.1"]).await).await;
+    for i in 0..3 {
+        let echo = h1_get(&mut first, &format!("/one/{i}?q=1")).await;
+        assert!(echo.contains(&format!("/one/{i}?q=1")), "{echo}");
+    }
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/one/2?q=1");
+    assert_eq!(seen.version, "HTTP/1.1");
+    assert_eq!(seen.header("host"), Some("h1.test"));
+    assert_eq!(seen.header("x-api-key"), Some("secret-for-h1"));
+    assert_eq!(upstream.connections(), 1);
+
+    // A second client connection open at the same time gets its own.
+    let mut second = h1(tunnel(&h, &a, "h1.test", &[b"http/1.1"]).await).await;
+    h1_get(&mut second, "/two").await;
+    h1_get(&mut first, "/one/again").await;
+    assert_eq!(upstream.connections(), 2);
+
+    // An upstream that closes its connection: the next request opens
+    // another.
+    h1_get(&mut first, "/close").await;
+    h1_get(&mut first, "/one/after-close").await;
+    assert_eq!(upstream.connections(), 3);
+    assert_eq!(upstream.last().path, "/one/after-close");
+
+    // Once the client connections close, their upstream connections
+    // serve the next client connections.
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        let mut next = h1(tunnel(&h, &a, "h1.test", &[b"http/1.1"]).await).await;
+        h1_get(&mut next, "/three").await;
+    }
+    assert_eq!(upstream.connections(), 3);
+}
+
+#[tokio::test]
+async fn http2_upstreams_are_shared_by_http1_client_connections() {
+    let (h, upstream) = github().await;
+    let a = h.register("run-a", permissive(), &[]);
+    // New client connections arriving together: one connection finds out
+    // that the upstream speaks HTTP/2 while the others wait, then all
+    // share one pooled connection.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(h1(tunnel(&h, &a, "api.github.com", &[b"http/1.1"]).await).await);
+    }
+    futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, send)| async move { h1_get(send, &format!("/shared/{i}")).await }),
+    )
+    .await;
+    for send in &mut clients {
+        h1_get(send, "/shared/again").await;
+        assert_eq!(upstream.last().version, "HTTP/2.0");
+    }
+    assert_eq!(upstream.connections(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_events_stream_one_by_one() {
     let (h, upstream) = github().await;

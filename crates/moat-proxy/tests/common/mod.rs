@@ -52,6 +52,8 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Released by the test to let `/sse` send its second event.
     pub sse_gate: Arc<Notify>,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Upstream {
@@ -61,6 +63,10 @@ impl Upstream {
 
     pub fn last(&self) -> Seen {
         self.requests().last().cloned().expect("a request")
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -112,6 +118,10 @@ async fn upstream_service(
                 .body(StreamBody::new(stream).boxed())
                 .unwrap())
         }
+        p if p.ends_with("/close") => Ok(Response::builder()
+            .header("connection", "close")
+            .body(full("closing"))
+            .unwrap()),
         p if p.ends_with("/ws") => {
             let on = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
@@ -160,8 +170,18 @@ async fn upstream_service(
     }
 }
 
-/// An HTTPS upstream on 127.0.0.1 serving `hosts` with a leaf of `ca`.
+/// An HTTPS upstream on 127.0.0.1 serving `hosts` with a leaf of `ca`,
+/// offering HTTP/2 and HTTP/1.1.
 pub async fn https_upstream(ca: &TestCa, hosts: &[&str]) -> Upstream {
+    https_upstream_alpn(ca, hosts, &[b"h2", b"http/1.1"]).await
+}
+
+/// [`https_upstream`] speaking only HTTP/1.1.
+pub async fn https_upstream_h1(ca: &TestCa, hosts: &[&str]) -> Upstream {
+    https_upstream_alpn(ca, hosts, &[b"http/1.1"]).await
+}
+
+async fn https_upstream_alpn(ca: &TestCa, hosts: &[&str], alpn: &[&[u8]]) -> Upstream {
     let (cert, key) = ca.leaf(hosts);
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -171,7 +191,7 @@ pub async fn https_upstream(ca: &TestCa, hosts: &[&str]) -> Upstream {
     .with_no_client_auth()
     .with_single_cert(vec![cert], key)
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     serve_upstream(Some(acceptor)).await
 }
@@ -186,12 +206,14 @@ async fn serve_upstream(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream
     let addr = listener.local_addr().unwrap();
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let gate = Arc::new(Notify::new());
-    let (seen2, gate2) = (seen.clone(), gate.clone());
+    let accepted: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let (seen2, gate2, accepted2) = (seen.clone(), gate.clone(), accepted.clone());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            accepted2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let acceptor = acceptor.clone();
             let (seen, gate) = (seen2.clone(), gate2.clone());
             tokio::spawn(async move {
@@ -221,6 +243,7 @@ async fn serve_upstream(acceptor: Option<tokio_rustls::TlsAcceptor>) -> Upstream
         addr,
         seen,
         sse_gate: gate,
+        accepted,
     }
 }
 
