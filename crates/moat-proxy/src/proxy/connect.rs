@@ -1,0 +1,605 @@
+//! `CONNECT` and captured connections: tunnels, telling TLS, HTTP and
+//! other protocols apart from the first bytes, interception, splicing.
+
+use super::*;
+
+pub(super) fn handle_connect(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority() else {
+        return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
+    };
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
+    }
+    let port = authority.port_u16().unwrap_or(443);
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if let HostDecision::Denied(reason) = run.policy.host_decision(&bare) {
+        let message = reason.message();
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            "CONNECT",
+            &format!("{host}:{port}"),
+            false,
+            (req.headers(), &[]),
+            None,
+            inner.config.trace_body_bytes,
+        ) {
+            ex.set_error(407, "blocked by network policy");
+            ex.set_body(Side::Response, message.as_bytes());
+            ex.finish();
+        }
+        return blocked(&reason);
+    }
+    if let Some(e) = inner.upstream.dialer.refuses_at_once(&bare, port) {
+        if let Some(ex) = Exchange::new(
+            run.clone(),
+            "CONNECT",
+            &format!("{host}:{port}"),
+            false,
+            (req.headers(), &[]),
+            None,
+            inner.config.trace_body_bytes,
+        ) {
+            ex.set_error(e.status().as_u16(), &e.detail());
+            ex.finish();
+        }
+        return error_response(&e);
+    }
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let target = Target {
+                    scheme: "https",
+                    host,
+                    port,
+                };
+                tunnel(inner, run, target, TokioIo::new(upgraded)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(empty())
+}
+
+/// The `CONNECT` target, when the run may open a raw TCP tunnel to it.
+pub(super) fn tunnel_target(run: &Run, req: &Request<Incoming>) -> Option<(String, u16)> {
+    let authority = req.uri().authority()?;
+    let host = authority.host().to_ascii_lowercase();
+    let port = authority.port_u16()?;
+    run.tunnels
+        .iter()
+        .any(|t| t.host == host && t.port == port)
+        .then_some((host, port))
+}
+
+/// A raw TCP tunnel to a granted endpoint (SSH): connect first, so a dead
+/// upstream is a `502` the client sees, then splice bytes both ways until
+/// either side closes or the run is unregistered. The bytes are the
+/// client's own end-to-end encrypted protocol: nothing is inspected.
+pub(super) async fn handle_tcp_tunnel(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    host: String,
+    port: u16,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let exchange = Exchange::new(
+        run.clone(),
+        "CONNECT",
+        &format!("{host}:{port}"),
+        true,
+        (req.headers(), &[]),
+        None,
+        inner.config.trace_body_bytes,
+    );
+    let connect = tokio::time::timeout(
+        inner.config.connect_timeout,
+        inner.upstream.dialer.dial(&host, port, true),
+    )
+    .await;
+    let upstream = match connect {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let message = e.detail();
+            if let Some(ex) = &exchange {
+                ex.set_error(e.status().as_u16(), &message);
+                ex.finish();
+            }
+            return text(e.status(), message);
+        }
+        Err(_) => {
+            let message = format!("moat: connecting to {host}:{port} timed out");
+            if let Some(ex) = &exchange {
+                ex.set_error(504, &message);
+                ex.finish();
+            }
+            return text(StatusCode::GATEWAY_TIMEOUT, message);
+        }
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                return;
+            }
+        };
+        splice(&run, exchange, TokioIo::new(upgraded), upstream).await;
+    });
+    Response::new(empty())
+}
+
+/// Copies bytes both ways between a tunnel's client and its upstream until
+/// either side closes or the run is unregistered, then finishes the
+/// tunnel's trace line with the byte counts.
+pub(super) async fn splice<C>(
+    run: &Run,
+    exchange: Option<Arc<Exchange>>,
+    mut client: C,
+    mut upstream: tokio::net::TcpStream,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let cancel = run.cancel.clone();
+    let status = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok((up, down)) => format!("{up} bytes up, {down} bytes down"),
+            Err(e) => format!("closed: {e}"),
+        },
+        _ = cancel.cancelled() => "closed: run unregistered".to_owned(),
+    };
+    if let Some(ex) = &exchange {
+        ex.set_response(200, &HeaderMap::new());
+        ex.set_body(Side::Response, status.as_bytes());
+        ex.finish();
+    }
+}
+
+/// How long a tunnel to a port other than 80 and 443 waits for the
+/// client's first bytes before taking the server to be the one to speak
+/// first (SSH, SMTP, MySQL) and splicing bytes as they come.
+pub(super) const SERVER_FIRST_WAIT: Duration = Duration::from_millis(250);
+
+/// What a tunnel's client speaks, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Speech {
+    /// A TLS client hello.
+    Tls,
+    /// An HTTP/1 request line.
+    Http,
+    /// Anything else, or nothing yet when the server speaks first.
+    Other,
+}
+
+/// Tells TLS, HTTP and the rest apart by the first bytes, or `None` when
+/// more are needed: an HTTP request starts with a method (a few capital
+/// letters) and a space.
+pub(super) fn speech(head: &[u8]) -> Option<Speech> {
+    match head.first()? {
+        0x16 => Some(Speech::Tls),
+        b'A'..=b'Z' => {
+            for (i, b) in head.iter().enumerate().take(MAX_METHOD + 1) {
+                match b {
+                    b'A'..=b'Z' | b'-' | b'_' => {}
+                    b' ' if i > 0 => return Some(Speech::Http),
+                    _ => return Some(Speech::Other),
+                }
+            }
+            (head.len() > MAX_METHOD).then_some(Speech::Other)
+        }
+        _ => Some(Speech::Other),
+    }
+}
+
+/// The longest HTTP method taken for one (`VERSION-CONTROL`, `PROPPATCH`…).
+pub(super) const MAX_METHOD: usize = 20;
+
+/// Serves an accepted `CONNECT` tunnel, after a look at what the client
+/// speaks: TLS is intercepted (on ports other than 443, only when the
+/// client offers HTTP over it, or the run has a credential for the host),
+/// HTTP is served as such, and anything else (a database, SSH, TLS that is
+/// not HTTP) is spliced to the destination when the policy allows every
+/// request to the host, and refused otherwise.
+pub(super) async fn tunnel<IO>(inner: Arc<Inner>, run: Arc<Run>, mut target: Target, mut io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = inner.config.client_timeout;
+    let web = matches!(target.port, 80 | 443);
+    let mut head = Vec::new();
+    // Boxed, as the client hello's reading below: their read buffers
+    // (2 and 4 KB) would otherwise size the task that holds the connection
+    // for its whole life.
+    let Some(speech) = Box::pin(first_speech(&mut io, &mut head, web, timeout)).await else {
+        return;
+    };
+    let speech = match speech {
+        Speech::Tls if !web => {
+            match Box::pin(read_client_hello(&mut io, &mut head, timeout)).await {
+                Some(true) => Speech::Tls,
+                // Without HTTP inside, TLS is the client's own business,
+                // unless there is a credential to inject.
+                _ if injections(&run, bare_host(&target.host)).label.is_some() => Speech::Tls,
+                Some(false) => Speech::Other,
+                None => return,
+            }
+        }
+        other => other,
+    };
+    let io = Prefixed::new(Bytes::from(head), io);
+    match speech {
+        Speech::Http => {
+            target.scheme = "http";
+            Box::pin(serve_inner(inner, run, target, io, false)).await;
+            return;
+        }
+        Speech::Other => {
+            Box::pin(raw_tunnel(inner, run, target, io)).await;
+            return;
+        }
+        Speech::Tls => {}
+    }
+    // The handshake's state lives in its own allocation, freed once it is
+    // done: inline, it would size the task that holds the connection for
+    // its whole life (about 3 KB more per open connection).
+    let Some(tls) = Box::pin(accept_tls(&inner, &run, &target, io)).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_inner(inner, run, target, tls, h2).await;
+}
+
+/// Reads the client's first bytes into `head` until they tell what it
+/// speaks (`Other` when the server speaks first on a port other than 80
+/// and 443); `None` when the client goes away or stays silent.
+pub(super) async fn first_speech<IO>(
+    io: &mut IO,
+    head: &mut Vec<u8>,
+    web: bool,
+    timeout: Duration,
+) -> Option<Speech>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 2048];
+    let mut wait = if web { timeout } else { SERVER_FIRST_WAIT };
+    loop {
+        match tokio::time::timeout(wait, io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => head.extend_from_slice(&buf[..n]),
+            // The server speaks first, or nothing more came.
+            Err(_) if !web && head.is_empty() => return Some(Speech::Other),
+            Err(_) if head.is_empty() => return None,
+            Err(_) => return Some(Speech::Other),
+        }
+        if let Some(speech) = speech(head) {
+            return Some(speech);
+        }
+        wait = timeout;
+    }
+}
+
+/// The client's TLS handshake with a leaf for the name it asks for.
+pub(super) async fn accept_tls<IO>(
+    inner: &Inner,
+    run: &Arc<Run>,
+    target: &Target,
+    io: Prefixed<IO>,
+) -> Option<Box<tokio_rustls::server::TlsStream<Prefixed<IO>>>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = inner.config.client_timeout;
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS hello");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+    // The client's SNI names the certificate; without SNI (or for IP
+    // targets, which have none) the CONNECT target does.
+    let name = start
+        .client_hello()
+        .server_name()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(bare)
+        .to_owned();
+    let config = match inner.ca.server_config(&name).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(fault = %e.fault(), error = %e.detail(), host = %name, "minting a certificate");
+            return None;
+        }
+    };
+    let tls = match tokio::time::timeout(timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(fault = %Fault::Downstream, error = %e, "client TLS handshake");
+            // A client that does not trust moat's CA is a user's problem
+            // with a fix: say so in the trace, not only in a debug log.
+            if let Some(message) = certificate_rejection(&e, &name) {
+                if let Some(ex) = Exchange::new(
+                    run.clone(),
+                    "CONNECT",
+                    &format!("{}:{}", target.host, target.port),
+                    true,
+                    (&HeaderMap::new(), &[]),
+                    None,
+                    inner.config.trace_body_bytes,
+                ) {
+                    ex.set_failure(&message);
+                    ex.finish();
+                }
+            }
+            return None;
+        }
+        Err(_) => return None,
+    };
+    // Boxed, the TLS state (over a KB) is not copied into every future
+    // that passes it on.
+    Some(Box::new(tls))
+}
+
+/// Reads the rest of the client hello's first record into `head` and says
+/// whether it offers HTTP (`h2` or `http/1.1` in ALPN); `None` when the
+/// client goes away or sends garbage.
+pub(super) async fn read_client_hello<IO>(
+    io: &mut IO,
+    head: &mut Vec<u8>,
+    timeout: Duration,
+) -> Option<bool>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; 4096];
+    loop {
+        if head.len() >= 5 {
+            let record = 5 + usize::from(u16::from_be_bytes([head[3], head[4]]));
+            if head.len() >= record {
+                break;
+            }
+        }
+        match tokio::time::timeout(timeout, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    let mut acceptor = rustls::server::Acceptor::default();
+    acceptor.read_tls(&mut &head[..]).ok()?;
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == b"h2" || p == b"http/1.1")),
+        ),
+        // A hello spread over several records: intercept, as on 443.
+        Ok(None) => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// A tunnel whose bytes moat does not understand: spliced to the
+/// destination when the run's policy allows every request to the host
+/// (nothing could be checked inside), refused and traced otherwise.
+pub(super) async fn raw_tunnel<IO>(inner: Arc<Inner>, run: Arc<Run>, target: Target, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let authority = format!("{}:{}", target.host, target.port);
+    let exchange = Exchange::new(
+        run.clone(),
+        "CONNECT",
+        &authority,
+        true,
+        (&HeaderMap::new(), &[]),
+        None,
+        inner.config.trace_body_bytes,
+    );
+    let bare = bare_host(&target.host);
+    if !matches!(run.policy.host_decision(bare), HostDecision::Allowed) {
+        if let Some(ex) = exchange {
+            ex.set_error(407, "blocked by network policy");
+            ex.set_body(
+                Side::Response,
+                format!(
+                    "Moat: connection blocked by network policy.\n\
+                     {authority} is not HTTP or TLS, and the policy has rules for host {bare:?} \
+                     that moat cannot check on it.\n\
+                     Allow the whole host in network.rules in moat.yaml (- {bare}) or use policy: permissive."
+                )
+                .as_bytes(),
+            );
+            ex.finish();
+        }
+        return;
+    }
+    let connect = tokio::time::timeout(
+        inner.config.connect_timeout,
+        inner.upstream.dialer.dial(bare, target.port, false),
+    )
+    .await;
+    let upstream = match connect {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            if let Some(ex) = exchange {
+                ex.set_error(e.status().as_u16(), &e.detail());
+                ex.finish();
+            }
+            return;
+        }
+        Err(_) => {
+            if let Some(ex) = exchange {
+                ex.set_error(504, &format!("moat: connecting to {authority} timed out"));
+                ex.finish();
+            }
+            return;
+        }
+    };
+    splice(&run, exchange, io, upstream).await;
+}
+
+/// What to tell the user when a client's TLS handshake with moat's
+/// certificate for `name` failed, if it looks like the client refused the
+/// certificate: an alert about it, or the connection closed mid-handshake.
+pub(super) fn certificate_rejection(e: &std::io::Error, name: &str) -> Option<String> {
+    use rustls::AlertDescription as A;
+    const FIX: &str = "The client does not trust moat's CA: point it at \
+        /etc/ssl/certs/moat-ca/ca.crt (moat sets SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, \
+        REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE to a bundle holding it); a client that pins \
+        certificates cannot be used through moat.";
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        });
+    match alert {
+        Some(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::DecryptError),
+        ) => Some(format!(
+            "the client rejected moat's certificate for {name} (TLS alert: {alert:?}). {FIX}"
+        )),
+        Some(_) => None,
+        None => matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        )
+        .then(|| {
+            format!(
+                "the client closed the connection during the TLS handshake for {name}, \
+                 perhaps rejecting moat's certificate. {FIX}"
+            )
+        }),
+    }
+}
+
+pub(super) async fn serve_inner<IO>(
+    inner: Arc<Inner>,
+    run: Arc<Run>,
+    target: Target,
+    io: IO,
+    h2: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cancel = run.cancel.clone();
+    let target = Arc::new(target);
+    let config_timeout = inner.config.client_timeout;
+    let max_buf = inner.config.max_header_bytes.max(8192);
+    let activity = Arc::new(Activity::new());
+    // An HTTP/1.1 client sends one request at a time: it gets its own
+    // upstream connection. HTTP/2 clients share the pool's.
+    let binding = (!h2).then(|| Arc::new(inner.upstream.binding()));
+    let service = {
+        let inner = inner.clone();
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let inner = inner.clone();
+            let run = run.clone();
+            let target = target.clone();
+            let binding = binding.clone();
+            let busy = activity.enter();
+            async move {
+                // Boxed: hyper keeps room for this future for the life of
+                // the connection, idle or not; one request's state is
+                // about 2 KB.
+                let resp =
+                    Box::pin(handle_inner(inner, run, &target, req, binding.as_deref())).await;
+                Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
+            }
+        })
+    };
+    let io = TokioIo::new(io);
+    if h2 {
+        // Boxed: inline, HTTP/2's larger connection state would size every
+        // HTTP/1.1 tunnel's task too.
+        Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config_timeout)
+            .max_buf_size(max_buf);
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+pub(super) async fn serve_h2<IO, S>(
+    io: TokioIo<IO>,
+    service: S,
+    cancel: CancellationToken,
+    activity: &Activity,
+    config_timeout: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        // HTTP/1.1 idles out through the header read timeout; HTTP/2 has
+        // none, so a connection without a request in flight for
+        // `client_timeout` is told to go away (GOAWAY, then closed).
+        let tick = config_timeout
+            .min(Duration::from_secs(5))
+            .max(Duration::from_millis(100));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel h2 connection ended");
+                    }
+                    break;
+                }
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(tick) => {
+                    let idle = activity.idle_for();
+                    if !closing && idle >= Some(config_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else if closing && idle >= Some(config_timeout * 2) {
+                        // A client that ignores GOAWAY (or never spoke
+                        // HTTP/2) is cut off.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The proxy handle, its listeners and how a connection is told apart
+//! (an explicit request, a `CONNECT`, a captured connection); the rest
+//! in `responses` (its own answers), `connect` (tunnels and captured
+//! protocols), `forward` (one request upstream) and `mcp` (the relay).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use moat_policy::{Decision, HostDecision};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::CertificateAuthority;
+use crate::config::ProxyConfig;
+use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
+use crate::io::Prefixed;
+use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
+use crate::scrub::{Scrubbed, Secrets};
+use crate::secret::RunToken;
+use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
+use crate::upstream::{bare_host, Binding, Upstream};
+use crate::ProxyBody;
+
+mod connect;
+mod forward;
+mod mcp;
+mod responses;
+
+use connect::*;
+use forward::*;
+use mcp::*;
+use responses::*;
+pub use responses::{BLOCKED_REASON, CLEARTEXT_REASON};
+
+/// The body of `407` without credentials.
+pub const MISSING_AUTH_BODY: &str = "Proxy authentication required";
+
+/// The body of `407` with credentials matching no run.
+pub const INVALID_TOKEN_BODY: &str = "Invalid proxy token";
+
+/// The proxy engine: a cheaply clonable handle (all clones share one
+/// state). Register runs, then serve TCP and/or Unix listeners.
+///
+/// Every request (plain HTTP in absolute form, `CONNECT`, or the MCP
+/// relay) must carry a registered run's token; requests inside an
+/// intercepted tunnel belong to the run that opened it, and stop being
+/// served when that run is unregistered.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ProxyConfig,
+    ca: Arc<CertificateAuthority>,
+    registry: Registry,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+    /// Told of every finished request (the daemon's audit log).
+    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("runs", &self.runs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy presenting leaves of `ca`. Fails when the upstream CA file
+    /// cannot be read.
+    pub fn new(
+        config: ProxyConfig,
+        ca: impl Into<Arc<CertificateAuthority>>,
+    ) -> Result<Self, ProxyError> {
+        let upstream = Upstream::new(&config)?;
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                config,
+                ca: ca.into(),
+                registry: Registry::default(),
+                upstream,
+                shutdown: CancellationToken::new(),
+                observer: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Sets the observer told of every finished request of every run
+    /// registered from now on (once; later calls are ignored). It is called
+    /// on the proxy's tasks, so it must return at once (queue, never wait).
+    pub fn set_observer(&self, observer: Arc<dyn RequestObserver>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    /// The certificate authority.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.inner.ca
+    }
+
+    /// Registers a run and returns its fresh token; never fails.
+    ///
+    /// A run already registered under the same id is unregistered first
+    /// (its old token stops working). Problems that [`Proxy::try_register`]
+    /// would report are logged instead: a trace file that cannot be opened
+    /// disables the trace, an invalid MCP route is skipped.
+    pub fn register(&self, registration: RunRegistration) -> RunToken {
+        self.register_with_token(registration, RunToken::generate())
+    }
+
+    /// [`Proxy::register`] with a token given by the caller: a run
+    /// registered again after its daemon was replaced keeps the token its
+    /// sandbox already uses.
+    pub fn register_with_token(&self, registration: RunRegistration, token: RunToken) -> RunToken {
+        if self.unregister(&registration.run_id) {
+            tracing::warn!(run = %registration.run_id, "run registered again; the old token is revoked");
+        }
+        let trace = registration.trace.as_ref().and_then(|path| {
+            TraceSink::open(path, self.inner.config.trace_queue)
+                .map_err(|e| tracing::warn!(run = %registration.run_id, error = %e.detail(), "trace disabled"))
+                .ok()
+        });
+        let run_id = registration.run_id.clone();
+        match build_run(registration, &token, trace, &self.inner.shutdown, false)
+            .and_then(|run| self.inner.registry.insert(self.observed(run)))
+        {
+            Ok(()) => tracing::debug!(run = %run_id, "run registered"),
+            // Unreachable in practice (lenient build, id just removed);
+            // the token then matches nothing, which is the safe outcome.
+            Err(e) => tracing::error!(run = %run_id, error = %e.detail(), "registering a run"),
+        }
+        token
+    }
+
+    /// Registers a run, failing on a duplicate run id, an invalid MCP
+    /// route, or a trace file that cannot be opened (it is created `0600`
+    /// and appended to).
+    pub fn try_register(&self, registration: RunRegistration) -> Result<RunToken, ProxyError> {
+        let trace = match &registration.trace {
+            Some(path) => Some(TraceSink::open(path, self.inner.config.trace_queue)?),
+            None => None,
+        };
+        let token = RunToken::generate();
+        let run = self.observed(build_run(
+            registration,
+            &token,
+            trace,
+            &self.inner.shutdown,
+            true,
+        )?);
+        tracing::debug!(run = %run.id, "run registered");
+        self.inner.registry.insert(run)?;
+        Ok(token)
+    }
+
+    fn observed(&self, mut run: Run) -> Run {
+        run.observer = self.inner.observer.get().cloned();
+        run
+    }
+
+    /// Revokes a run's token at once: its open tunnels are closed, and any
+    /// request still arriving on them gets `407 Invalid proxy token`. The
+    /// run's trace writer flushes what it has queued and stops once the
+    /// requests in flight have finished. `false` when no such run was
+    /// registered.
+    pub fn unregister(&self, run_id: &str) -> bool {
+        let Some(run) = self.inner.registry.remove(run_id) else {
+            return false;
+        };
+        tracing::debug!(run = %run.id, "run unregistered");
+        if let Some(sink) = &run.trace {
+            sink.request_flush();
+        }
+        true
+    }
+
+    /// The ids of the registered runs, sorted.
+    pub fn runs(&self) -> Vec<String> {
+        self.inner.registry.ids()
+    }
+
+    /// Stops the listeners, revokes every run (closing their tunnels) and
+    /// asks open connections to finish their current request.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        for run in self.inner.registry.drain() {
+            if let Some(sink) = &run.trace {
+                sink.request_flush();
+            }
+        }
+    }
+
+    /// A token cancelled when [`Proxy::shutdown`] is called; cancelling it
+    /// directly has the same effect on listeners and connections.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Accepts connections on `listener` until shutdown.
+    pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), ProxyError> {
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(self.clone().serve_connection(stream));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+    }
+
+    /// Accepts connections on a Unix socket until shutdown (the native
+    /// sandbox's strict mode reaches the proxy this way).
+    pub async fn serve_unix(&self, listener: UnixListener) -> Result<(), ProxyError> {
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(self.clone().serve_connection(stream));
+                    }
+                    Err(e) => accept_error(e).await,
+                }
+            }
+        }
+    }
+
+    /// Serves one client connection (any byte stream) to completion.
+    pub async fn serve_connection<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let binding = Arc::new(inner.upstream.binding());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let inner = inner.clone();
+            let binding = binding.clone();
+            async move { Ok::<_, Infallible>(handle_outer(inner, req, &binding).await) }
+        });
+        let config = &self.inner.config;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.client_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(fault = %Fault::Downstream, error = %e, "client connection ended");
+                }
+            }
+            () = self.inner.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
+        }
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // Out of file descriptors and the like: back off instead of spinning.
+    tracing::warn!(error = %e, "accepting a connection");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Where a request goes: scheme, host (as in a URI, IPv6 in brackets) and
+/// port.
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: &'static str,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn authority(&self) -> String {
+        let default = matches!((self.scheme, self.port), ("https", 443) | ("http", 80));
+        if default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme)
+            .authority(self.authority())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::bad_request("moat: invalid request target").with_source(e))
+    }
+}
+
+async fn handle_outer(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    binding: &Binding,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return match inner.registry.authenticate(req.headers(), false) {
+            Ok(run) => match tunnel_target(&run, &req) {
+                Some((host, port)) => handle_tcp_tunnel(inner, run, host, port, req).await,
+                None => handle_connect(inner, run, req),
+            },
+            Err(f) => auth_failure(f),
+        };
+    }
+    if req.uri().scheme().is_some() {
+        let run = match inner.registry.authenticate(req.headers(), false) {
+            Ok(run) => run,
+            Err(f) => return auth_failure(f),
+        };
+        let target = match target_of(req.uri()) {
+            Ok(t) => t,
+            Err(e) => return error_response(&e),
+        };
+        let pq = path_and_query(req.uri());
+        let uri = match target.uri(&pq) {
+            Ok(u) => u,
+            Err(e) => return error_response(&e),
+        };
+        let inject = injections(&run, &target.host);
+        return forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await;
+    }
+    if req.uri().path().starts_with("/mcp/") {
+        return match inner.registry.authenticate(req.headers(), true) {
+            Ok(run) => handle_mcp(inner, run, req, binding).await,
+            Err(f) => auth_failure(f),
+        };
+    }
+    text(
+        StatusCode::BAD_REQUEST,
+        "moat: this is moat's proxy; send absolute-form or CONNECT requests, or /mcp/<name>",
+    )
+}
+
+fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/")
+        .to_owned()
+}
+
+fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => "http",
+        Some(s) if s.eq_ignore_ascii_case("https") => "https",
+        _ => {
+            return Err(ProxyError::bad_request(
+                "moat: only http and https URLs can be proxied",
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ProxyError::bad_request("moat: the request URL has no host"))?;
+    Ok(Target {
+        scheme,
+        host: host.to_ascii_lowercase(),
+        port: uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+    })
+}
+
+/// Requests in flight on one connection, and since when there are none.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> BusyGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut since) = self.idle_since.lock() {
+            *since = None;
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// How long no request has been in flight; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        self.idle_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+    }
+}
+
+/// Held from a request's arrival until its response body is done.
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if left == 1 {
+            if let Ok(mut since) = self.0.idle_since.lock() {
+                *since = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body that keeps its connection counted busy until dropped.
+struct Busy {
+    body: ProxyBody,
+    _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Busy {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
