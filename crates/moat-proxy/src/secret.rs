@@ -1,4 +1,6 @@
-//! Secret-safe value types: nothing here prints its value.
+//! The proxy's secrets, on [`moat_secret::Secret`]: a header value to
+//! inject (with its `HeaderValue` made once, marked sensitive) and the run
+//! token (with its digest). Nothing here prints its value.
 
 use std::fmt;
 
@@ -16,7 +18,7 @@ use crate::error::ProxyError;
 /// [`SecretValue::expose`] is the only way to the value.
 #[derive(Clone)]
 pub struct SecretValue {
-    text: Zeroizing<String>,
+    text: moat_secret::Secret,
     header: HeaderValue,
 }
 
@@ -24,8 +26,8 @@ impl SecretValue {
     /// Wraps `value`. Fails when it cannot be an HTTP header value (control
     /// characters, newlines); the error never contains the value.
     pub fn new(value: impl Into<String>) -> Result<Self, ProxyError> {
-        let text = Zeroizing::new(value.into());
-        let mut header = HeaderValue::from_str(&text).map_err(|_| {
+        let text = moat_secret::Secret::new(value);
+        let mut header = HeaderValue::from_str(text.expose()).map_err(|_| {
             ProxyError::config(
                 "a secret header value contains characters not allowed in HTTP headers",
             )
@@ -36,7 +38,7 @@ impl SecretValue {
 
     /// The secret itself. Callers must not log or display it.
     pub fn expose(&self) -> &str {
-        &self.text
+        self.text.expose()
     }
 
     pub(crate) fn header_value(&self) -> &HeaderValue {
@@ -62,13 +64,13 @@ impl fmt::Display for SecretValue {
 /// that URL with [`RunToken::expose`]. `Debug` and `Display` print
 /// `[REDACTED]`.
 #[derive(Clone)]
-pub struct RunToken(Zeroizing<String>);
+pub struct RunToken(moat_secret::Secret);
 
 impl RunToken {
     pub(crate) fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(bytes.as_mut());
-        RunToken(Zeroizing::new(hex::encode(bytes.as_ref())))
+        RunToken(moat_secret::Secret::new(hex::encode(bytes.as_ref())))
     }
 
     /// A token handed out earlier (by a daemon that has since stopped), to
@@ -79,17 +81,17 @@ impl RunToken {
             && token
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| RunToken(Zeroizing::new(token.to_owned())))
+        valid.then(|| RunToken(moat_secret::Secret::new(token)))
     }
 
     /// The 64-character hex token, for the sandbox's proxy URL. Callers must
     /// not log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose()
     }
 
     pub(crate) fn digest(&self) -> TokenDigest {
-        TokenDigest::of(self.0.as_bytes())
+        TokenDigest::of(self.0.expose().as_bytes())
     }
 }
 
