@@ -616,34 +616,46 @@ fn network_host_ports_reach_the_host_loopback_from_containers() {
     drop(other);
 }
 
-/// `node@20` is Node.js 20.x, not the distribution's version: the release
-/// binary from the npm registry, checked against its published digest.
+/// `node@20` is Node.js 20.x and `node@22` Node.js 22.x, not the
+/// distribution's version: the release binary from the npm registry,
+/// checked against its published digest.
 #[test]
 fn node_at_a_version_is_that_version() {
     if !common::docker_available() {
         return;
     }
     let t = DockerEnv::new();
-    std::fs::write(t.project().join("moat.yaml"), "dependencies: [node@20]\n").unwrap();
-    let out = t.run(
-        &[
-            "run",
-            "--no-sandbox",
-            "--",
-            "sh",
-            "-c",
-            "node --version; npm --version; cat /etc/moat/versions",
-        ],
-        &[],
-    );
-    out.success();
-    let mut lines = out.stdout.lines();
-    let node = lines.next().unwrap_or("");
-    assert!(node.starts_with("v20."), "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr
-            .contains(&format!("Node.js {} with npm", &node[1..])),
-        "{}",
-        out.stderr
-    );
+    for major in ["20", "22"] {
+        std::fs::write(
+            t.project().join("moat.yaml"),
+            format!("dependencies: [node@{major}]\n"),
+        )
+        .unwrap();
+        let out = t.run(
+            &[
+                "run",
+                "--no-sandbox",
+                "--",
+                "sh",
+                "-c",
+                "node --version; npm --version; cat /etc/moat/versions",
+            ],
+            &[],
+        );
+        out.success();
+        let mut lines = out.stdout.lines();
+        let node = lines.next().unwrap_or("");
+        assert!(
+            node.starts_with(&format!("v{major}.")),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("Node.js {} with npm", &node[1..])),
+            "{}",
+            out.stderr
+        );
+    }
 }
