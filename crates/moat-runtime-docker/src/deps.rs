@@ -165,6 +165,12 @@ pub const REGISTRY: &[DepInfo] = &[
     apt("openssh-client", "ssh and scp", &["openssh-client"]),
     apt("sqlite3", "SQLite command line", &["sqlite3"]),
     apt("postgresql-client", "psql", &["postgresql-client"]),
+    apt(
+        "mysql-client",
+        "mysql, mysqldump (Debian's MariaDB client)",
+        &["default-mysql-client"],
+    ),
+    apt("redis-tools", "redis-cli", &["redis-tools"]),
     apt("shellcheck", "Shell script linter", &["shellcheck"]),
     apt("procps", "ps, top, free", &["procps"]),
     service(

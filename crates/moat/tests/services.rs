@@ -540,3 +540,38 @@ fn docker_dind_on_podman_says_it_needs_docker() {
         out.stderr
     );
 }
+
+/// MySQL: the official image's contract (here Debian's MariaDB behind it),
+/// reached as `mysql` with the run's password and the `moat` database.
+#[test]
+fn mysql_is_reachable_with_its_variables() {
+    if !common::docker_available() {
+        return;
+    }
+    let mysql = common::mysql_image();
+    let p = Project::new("dependencies: [mysql@8, mysql-client]\n");
+    let map = format!("{},mysql:8={mysql}", image_map());
+    let out = p.run(
+        "docker",
+        &[
+            "run",
+            "--no-sandbox",
+            "--",
+            "sh",
+            "-c",
+            r#"echo "url=${MOAT_MYSQL_URL%%:*}://$MOAT_MYSQL_USER@$MOAT_MYSQL_HOST:$MOAT_MYSQL_PORT/$MOAT_MYSQL_DB"; mysql -h "$MOAT_MYSQL_HOST" -u "$MOAT_MYSQL_USER" -p"$MOAT_MYSQL_PASSWORD" -N -e 'select database()' "$MOAT_MYSQL_DB""#,
+        ],
+        &[("MOAT_IMAGE_MAP", map.as_str())],
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("url=mysql://root@mysql:3306/moat"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.trim() == "moat"),
+        "{}",
+        out.stdout
+    );
+}

@@ -476,3 +476,25 @@ pub fn dind_image() -> String {
         .get_or_init(|| service_standin("dind", DIND_STANDIN))
         .clone()
 }
+
+/// A local stand-in for the official `mysql` image (Debian's MariaDB
+/// behind the same contract: `MYSQL_ROOT_PASSWORD`, `MYSQL_DATABASE`),
+/// built once and kept. Its entrypoint is `tests/standins/`.
+pub fn mysql_image() -> String {
+    use base64::Engine as _;
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let entrypoint = base64::engine::general_purpose::STANDARD
+                .encode(include_bytes!("../standins/mysql-entrypoint.sh"));
+            let dockerfile = format!(
+                "FROM local/debian:bookworm\n\
+                 RUN apt-get update && apt-get install -y --no-install-recommends mariadb-server mariadb-client \\\n \
+                 && rm -rf /var/lib/apt/lists/* && mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld\n\
+                 RUN echo {entrypoint} | base64 -d > /usr/local/bin/docker-entrypoint.sh && chmod 755 /usr/local/bin/docker-entrypoint.sh\n\
+                 ENTRYPOINT [\"/usr/local/bin/docker-entrypoint.sh\"]\n"
+            );
+            service_standin("mysql", &dockerfile)
+        })
+        .clone()
+}
