@@ -288,16 +288,21 @@ async fn handshake(endpoint: &str) -> Result<Docker, String> {
             let Some(version) = max_supported_version(&message) else {
                 return Err(format!("{endpoint}: {message}"));
             };
-            let docker = open(endpoint, &version)?;
-            match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
-                Err(_) => Err(format!(
-                    "no answer from {endpoint} within {} s",
-                    PING_TIMEOUT.as_secs()
-                )),
-                Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
-                Ok(Ok(_)) => Ok(docker),
-            }
+            ping_at(endpoint, &version).await
         }
+    }
+}
+
+/// Opens `endpoint` at API `version` and pings it within [`PING_TIMEOUT`].
+async fn ping_at(endpoint: &str, version: &ClientVersion) -> Result<Docker, String> {
+    let docker = open(endpoint, version)?;
+    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+        Err(_) => Err(format!(
+            "no answer from {endpoint} within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
+        Ok(Ok(_)) => Ok(docker),
     }
 }
 
@@ -312,15 +317,7 @@ const PODMAN_COMPAT_API: ClientVersion = ClientVersion {
 /// which Podman answers in about 500 ms (it gathers its whole host
 /// information); `/_ping` answers at once.
 async fn handshake_podman(endpoint: &str) -> Result<Docker, String> {
-    let docker = open(endpoint, &PODMAN_COMPAT_API)?;
-    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {} s",
-            PING_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
-        Ok(Ok(_)) => Ok(docker),
-    }
+    ping_at(endpoint, &PODMAN_COMPAT_API).await
 }
 
 /// Parses "... Maximum supported API version is 1.41" from an engine error.
