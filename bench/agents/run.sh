@@ -42,5 +42,12 @@ NODE_EXTRA_CA_CERTS=$MOAT_UPSTREAM_CA_FILE IS_SANDBOX=1 DISABLE_AUTOUPDATER=1 CL
 claude --dangerously-skip-permissions -p hello"
 $DIRECT | grep -q "fake model" || { echo "the direct run did not answer"; exit 1; }
 "$TARGET/release/moat" claude -p hello | grep -q "fake model" || { echo "moat claude did not answer"; exit 1; }
-hyperfine -N --warmup 2 --runs "$RUNS" -n "claude -p (direct)" "$DIRECT" \
-  -n "moat claude -p (native)" "$TARGET/release/moat claude -p hello"
+rows=(-n "claude -p (direct)" "$DIRECT" -n "moat claude -p (native)" "$TARGET/release/moat claude -p hello")
+# Docker, image cached: the agent is built into the image once (npm), then
+# each run is a container (gVisor) behind the network guard.
+if docker image inspect local/debian:bookworm >/dev/null 2>&1; then
+  DOCKER="env MOAT_IMAGE_MAP=debian:bookworm-slim=local/debian:bookworm $TARGET/release/moat claude --runtime docker -p hello"
+  $DOCKER | grep -q "fake model" || { echo "moat claude on Docker did not answer"; exit 1; }
+  rows+=(-n "moat claude -p (docker, gVisor, image cached)" "$DOCKER")
+fi
+hyperfine -N --warmup 2 --runs "$RUNS" "${rows[@]}"
