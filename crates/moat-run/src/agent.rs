@@ -343,6 +343,12 @@ fn kept_name(kept: &moat_agents::KeptState) -> String {
 /// registry's credentials, to be merged into the agent's view), only a
 /// regular file, at most [`moat_agents::KEPT_STATE_LIMIT`] bytes.
 fn read_kept(path: &Path) -> Option<Vec<u8>> {
+    read_regular(path, moat_agents::KEPT_STATE_LIMIT as u64)
+}
+
+/// A regular file the sandbox wrote, at most `limit` bytes, opened without
+/// following a link (nor blocking on a FIFO).
+fn read_regular(path: &Path, limit: u64) -> Option<Vec<u8>> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
@@ -351,13 +357,68 @@ fn read_kept(path: &Path) -> Option<Vec<u8>> {
         .open(path)
         .ok()?;
     let meta = file.metadata().ok()?;
-    let limit = moat_agents::KEPT_STATE_LIMIT as u64;
     if !meta.is_file() || meta.len() > limit {
         return None;
     }
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes).ok()?;
     Some(bytes)
+}
+
+/// The most of one transcript copied into a run's directory.
+const TRANSCRIPT_LIMIT: u64 = 64 << 20;
+
+/// After an agent's run on a runtime that keeps sessions: copies the
+/// session transcripts the run wrote (modified since `started`) from the
+/// workspace's kept sessions into `run_dir/agent-sessions/`, so each run
+/// keeps its own record. The sandbox wrote them: links and anything but
+/// regular files are skipped, never followed. Returns how many were
+/// copied.
+pub fn keep_run_transcripts(
+    agent: &dyn Agent,
+    workspace: &Path,
+    run_dir: &Path,
+    started: std::time::SystemTime,
+) -> Result<usize, AgentRunError> {
+    let kept = sessions_dir(agent, workspace)?;
+    let target = run_dir.join("agent-sessions");
+    let since = started;
+    let mut copied = 0;
+    let mut pending = vec![(kept.clone(), 0usize)];
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() && depth < 4 {
+                pending.push((path, depth + 1));
+                continue;
+            }
+            let fresh = meta.modified().is_ok_and(|m| m >= since);
+            if !meta.is_file() || !fresh || meta.len() > TRANSCRIPT_LIMIT {
+                continue;
+            }
+            let Some(bytes) = read_regular(&path, TRANSCRIPT_LIMIT) else {
+                continue;
+            };
+            let Ok(relative) = path.strip_prefix(&kept) else {
+                continue;
+            };
+            let dest = target.join(relative);
+            moat_home::write_private_atomic_unsynced(&dest, &bytes).map_err(|e| {
+                AgentRunError::Dir {
+                    path: dest.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// After an agent's run: keeps what the agent left of its own state for

@@ -33,7 +33,8 @@ mod supervise;
 mod watchdog;
 
 pub use crate::agent::{
-    agent_cache_dir, keep_agent_state, plan_agent, AgentRunError, STAGING_IN_SANDBOX,
+    agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, AgentRunError,
+    STAGING_IN_SANDBOX,
 };
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,

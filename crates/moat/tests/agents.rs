@@ -555,3 +555,80 @@ fn codex_answers_over_sse_when_websockets_are_refused() {
         .all(|r| r.header("authorization") == Some(&format!("Bearer {OPENAI_KEY}"))));
     assert!(!t.stored_text().contains(OPENAI_KEY));
 }
+
+/// Each run keeps the transcripts it wrote in its own directory
+/// (`runs/<id>/agent-sessions/`), besides the workspace's kept sessions;
+/// a link the sandbox leaves among them is not followed.
+#[test]
+fn each_run_keeps_its_transcripts() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    t.run(&["claude", "-p", "remember the word pelican"], &[])
+        .success();
+    let sessions = t.env.home().join(".local/state/moat/sessions/claude");
+    let kept = std::fs::read_dir(&sessions)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // A link planted where transcripts live, to a host file.
+    let planted = t.env.dir.path().join("host-secret.jsonl");
+    std::fs::write(&planted, "host secret").unwrap();
+    std::os::unix::fs::symlink(&planted, kept.join("planted.jsonl")).unwrap();
+    // Dated after the next run starts, as if the sandbox made it then.
+    assert!(std::process::Command::new("touch")
+        .args(["-h", "-d", "+1 hour"])
+        .arg(kept.join("planted.jsonl"))
+        .arg(&planted)
+        .status()
+        .unwrap()
+        .success());
+    t.run(&["claude", "-p", "what is the capital of France"], &[])
+        .success();
+    let list: serde_json::Value =
+        serde_json::from_str(&t.run(&["list", "--json"], &[]).stdout).unwrap();
+    let runs: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(runs.len(), 2, "{list}");
+    let text_of = |id: &str| {
+        let dir = t
+            .env
+            .moat_home()
+            .join("runs")
+            .join(id)
+            .join("agent-sessions");
+        let mut text = String::new();
+        let mut pending = vec![dir];
+        while let Some(d) = pending.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    pending.push(p);
+                } else {
+                    text.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+        text
+    };
+    let texts: Vec<String> = runs.iter().map(|id| text_of(id)).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("pelican")),
+        "no transcript of the first run"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("capital of France") && !t.contains("pelican")),
+        "the second run's transcript is not its own"
+    );
+    assert!(
+        texts.iter().all(|t| !t.contains("host secret")),
+        "a link was followed"
+    );
+}

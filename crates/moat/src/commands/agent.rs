@@ -66,11 +66,16 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         &section,
         &mut plan,
     )?;
+    let started = std::time::SystemTime::now();
     let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut());
-    // Also after a failed run: the kept state must not keep the run's
-    // token in its MCP headers.
     if driver.uses_host_programs() {
+        // Also after a failed run: the kept state must not keep the run's
+        // token in its MCP headers.
         moat_run::keep_agent_state(agent, &plan.workspace)?;
+        if let Ok(done) = &outcome {
+            let run_dir = ctx.home.runs_dir().join(&done.id);
+            moat_run::keep_run_transcripts(agent, &plan.workspace, &run_dir, started)?;
+        }
     }
     let outcome = outcome?;
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
