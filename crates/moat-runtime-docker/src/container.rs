@@ -66,6 +66,21 @@ const PODMAN_EXIT_POLLS: u32 = 50;
 const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
 
 impl DockerRuntime {
+    /// Creates a container called `name`; its id.
+    pub(crate) async fn create_named(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, bollard::errors::Error> {
+        self.docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                body,
+            )
+            .await
+            .map(|response| response.id)
+    }
+
     /// The network of a container that does not join another's: Docker's
     /// default bridge; for Podman, slirp4netns with the host's loopback
     /// reachable. Podman's bridge (netavark) exists only while a container
@@ -317,22 +332,15 @@ impl DockerRuntime {
             ..Default::default()
         };
         let name = spec.container_name();
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(|e| {
-                DockerError::engine(format!("creating container {name} from {}", spec.image), e)
-            })?;
+        let created = self.create_named(&name, body).await.map_err(|e| {
+            DockerError::engine(format!("creating container {name} from {}", spec.image), e)
+        })?;
         if !spec.files.is_empty() {
             let upload = async {
                 let archive = tar_files(&spec.files)?;
                 self.docker
                     .upload_to_container(
-                        &created.id,
+                        &created,
                         Some(UploadToContainerOptionsBuilder::new().path("/").build()),
                         bollard::body_full(archive.into()),
                     )
@@ -342,11 +350,11 @@ impl DockerRuntime {
                     })
             };
             if let Err(e) = upload.await {
-                self.remove_by_id(&created.id).await.ok();
+                self.remove_by_id(&created).await.ok();
                 return Err(e);
             }
         }
-        Ok(created.id)
+        Ok(created)
     }
 
     /// Starts a created container.

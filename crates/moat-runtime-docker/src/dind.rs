@@ -15,7 +15,6 @@ use std::time::Duration;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
 };
-use bollard::query_parameters::CreateContainerOptionsBuilder;
 
 use crate::connect::DockerRuntime;
 use crate::container::{ContainerSpec, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID};
@@ -190,9 +189,8 @@ impl DockerRuntime {
         };
         let name = format!("moat-dind-{}", spec.run_id);
         let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+            .create_named(
+                &name,
                 ContainerCreateBody {
                     image: Some(image.to_owned()),
                     // The official image's contract: no TLS directory means
@@ -208,7 +206,7 @@ impl DockerRuntime {
             .map_err(|e| failed(format!("creating {name} from {image}: {e}")))?;
         self.docker
             .start_container(
-                &created.id,
+                &created,
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
@@ -228,11 +226,11 @@ impl DockerRuntime {
             .ok_or_else(|| failed(format!("{network} has no subnet")))?;
         let address = inspect
             .containers
-            .and_then(|c| c.get(&created.id).and_then(|e| e.ipv4_address.clone()))
+            .and_then(|c| c.get(&created).and_then(|e| e.ipv4_address.clone()))
             .and_then(|cidr| cidr.split('/').next().map(str::to_owned))
             .ok_or_else(|| failed(format!("{name} has no address on {network}")))?;
         Ok(Dind {
-            container: created.id,
+            container: created,
             network: network.to_owned(),
             subnet,
             address,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bollard::container::AttachContainerResults;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder};
+use bollard::query_parameters::AttachContainerOptionsBuilder;
 use futures_util::StreamExt;
 
 use crate::connect::DockerRuntime;
@@ -191,14 +191,10 @@ impl DockerRuntime {
             ..Default::default()
         };
         let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
+            .create_named(&name, body)
             .await
             .map_err(|e| DockerError::engine(format!("creating the network guard {name}"), e))?;
-        Ok(created.id)
+        Ok(created)
     }
 
     /// Starts the guard and reads its output until [`GUARD_READY`]; when it

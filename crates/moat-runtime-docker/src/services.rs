@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
+use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 use moat_sandbox::Sidecar;
 
@@ -385,32 +385,28 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
-                body,
-            )
-            .await
-            .map_err(|e| DockerError::ServiceStart {
-                service: sidecar.name.clone(),
-                cause: format!("creating {name} from {}: {e}", sidecar.image),
-            })?;
+        let created =
+            self.create_named(&name, body)
+                .await
+                .map_err(|e| DockerError::ServiceStart {
+                    service: sidecar.name.clone(),
+                    cause: format!("creating {name} from {}: {e}", sidecar.image),
+                })?;
         if let Err(e) = self
             .docker
             .start_container(
-                &created.id,
+                &created,
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
         {
-            self.remove_by_id(&created.id).await.ok();
+            self.remove_by_id(&created).await.ok();
             return Err(DockerError::ServiceStart {
                 service: sidecar.name.clone(),
                 cause: format!("starting {name}: {e}"),
             });
         }
-        Ok(created.id)
+        Ok(created)
     }
 
     async fn ready_and_provisioned(
