@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use moat_agents::LaunchOptions;
-use moat_run::RunPlan;
 
 use super::Context;
 use crate::cli::AgentArgs;
@@ -33,14 +32,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         detached,
         ctx.verbose,
     );
-    let mut plan = RunPlan::from_flags(
-        workspace,
-        &flags,
-        config.as_ref(),
-        std::env::var("MOAT_RUNTIME").ok(),
-        moat_credentials::source::env_flag("MOAT_NO_SANDBOX"),
-        ctx.profile.clone(),
-    )?;
+    let mut plan = super::plan_run(ctx, workspace, &flags, config.as_ref())?;
     let opts = LaunchOptions {
         prompt: args.prompt.clone(),
         continue_last: args.continue_last,

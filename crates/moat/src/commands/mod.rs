@@ -118,3 +118,22 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
         .context("starting the async runtime")?;
     Ok(runtime.block_on(future))
 }
+
+/// The run plan of `flags` and moat.yaml, with what the environment says
+/// (`MOAT_RUNTIME`, `MOAT_NO_SANDBOX`) and the context's profile: the one
+/// way `moat run` and the agent commands plan a run.
+pub fn plan_run(
+    ctx: &Context,
+    workspace: std::path::PathBuf,
+    flags: &moat_run::RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> Result<moat_run::RunPlan, moat_run::PlanError> {
+    moat_run::RunPlan::from_flags(
+        workspace,
+        flags,
+        config,
+        std::env::var("MOAT_RUNTIME").ok(),
+        moat_credentials::source::env_flag("MOAT_NO_SANDBOX"),
+        ctx.profile.clone(),
+    )
+}

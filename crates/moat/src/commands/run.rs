@@ -34,14 +34,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         detached,
         ctx.verbose,
     );
-    let plan = RunPlan::from_flags(
-        workspace,
-        &flags,
-        config.as_ref(),
-        std::env::var("MOAT_RUNTIME").ok(),
-        moat_credentials::source::env_flag("MOAT_NO_SANDBOX"),
-        ctx.profile.clone(),
-    )?;
+    let plan = super::plan_run(ctx, workspace, &flags, config.as_ref())?;
     execute(ctx, &plan)
 }
 
