@@ -95,12 +95,12 @@ pub enum InstallError {
         dir: PathBuf,
     },
     /// The cache directory could not be used.
-    #[error("cannot use the agent cache {}: {source}", dir.display())]
+    #[error("cannot use the agent cache {}: {error}", dir.display())]
     Cache {
         /// The directory.
         dir: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -175,7 +175,7 @@ pub fn install(agent: &dyn Agent, cache: &Path, npm: &Path) -> Result<AgentSourc
     let dir = cache.join(agent.name());
     std::fs::create_dir_all(&dir).map_err(|source| InstallError::Cache {
         dir: dir.clone(),
-        source,
+        error: source,
     })?;
     let prefix = dir.join(&version);
     if !prefix.join("bin").join(agent.binary()).exists() {
@@ -196,7 +196,7 @@ pub fn install(agent: &dyn Agent, cache: &Path, npm: &Path) -> Result<AgentSourc
         ])?;
         std::fs::rename(&partial, &prefix).map_err(|source| InstallError::Cache {
             dir: prefix.clone(),
-            source,
+            error: source,
         })?;
     }
     let bin = prefix.join("bin").join(agent.binary());

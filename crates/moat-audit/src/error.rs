@@ -4,15 +4,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// An I/O operation failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {error}", path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file involved.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file under `MOAT_HOME` could not be written.
     #[error(transparent)]
@@ -70,12 +69,12 @@ impl AuditError {
         AuditError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
     /// Whether the error is a missing file.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, AuditError::Io { error: source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }

@@ -9,11 +9,10 @@ use moat_policy::PolicyError;
 /// `mounts[1].target`), says what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read: {source}", .file.display())]
+    #[error("{}: cannot read: {error}", .file.display())]
     Read {
         file: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{}:{line}:{column}: invalid YAML: {message}", .file.display())]
@@ -65,13 +64,12 @@ pub enum ConfigError {
         message: String,
     },
 
-    #[error("{}:{line}: {path}: {source}", .file.display())]
+    #[error("{}:{line}: {path}: {error}", .file.display())]
     Policy {
         file: PathBuf,
         line: usize,
         path: String,
-        #[source]
-        source: PolicyError,
+        error: PolicyError,
     },
 
     /// A command-line value (`--mount`, a dependency spec) with no file

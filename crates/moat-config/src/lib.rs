@@ -45,7 +45,7 @@ pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
                     file: file.clone(),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         "the file is not UTF-8 text",
                     ),
@@ -53,7 +53,12 @@ pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
                 return parse(&text, &file, workspace).map(Some);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ConfigError::Read { file, source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    file,
+                    error: source,
+                })
+            }
         }
     }
     Ok(None)

@@ -525,7 +525,7 @@ fn network_rules(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<HostRules>> {
         file: ctx.file.to_owned(),
         line: n.line,
         path: p.to_owned(),
-        source,
+        error: source,
     };
     let mut out = Vec::new();
     for (i, item) in ctx.seq(node, path)?.iter().enumerate() {

@@ -77,10 +77,10 @@ pub enum CredentialError {
 
     /// The stored file exists but cannot be decrypted.
     #[error(
-        "decrypting credential for {provider}: {source}\n\
+        "decrypting credential for {provider}: {error}\n\
          {advice}\n\
          To re-authenticate: moat grant {grant_command}",
-        advice = source.advice()
+        advice = error.advice()
     )]
     Decrypt {
         /// The provider whose file failed.
@@ -88,8 +88,7 @@ pub enum CredentialError {
         /// What to pass to `moat grant` to replace it.
         grant_command: String,
         /// The reason.
-        #[source]
-        source: DecryptError,
+        error: DecryptError,
     },
 
     /// The key is gone while credentials encrypted with it remain: moat

@@ -133,7 +133,7 @@ pub fn resolve_grants(
                 });
                 continue;
             }
-            Err(CredentialError::Decrypt { source, .. }) => {
+            Err(CredentialError::Decrypt { error: source, .. }) => {
                 let reason = match source {
                     DecryptError::Authentication | DecryptError::WrongKey => {
                         MissingReason::KeyChanged

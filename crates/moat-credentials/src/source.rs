@@ -207,7 +207,7 @@ fn import_claude_file(path: &Path) -> Result<Option<Obtained>, CredentialError> 
             return Err(CredentialError::Home(moat_home::HomeError::Io {
                 action: "reading",
                 path: path.to_path_buf(),
-                source: e,
+                error: e,
             }))
         }
     };

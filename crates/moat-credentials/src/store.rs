@@ -184,7 +184,7 @@ impl CredentialStore {
             .map_err(|source| CredentialError::Decrypt {
                 provider: provider.to_string(),
                 grant_command: grant_command_for(provider),
-                source,
+                error: source,
             })
     }
 
@@ -197,7 +197,7 @@ impl CredentialStore {
             Err(e) => Err(CredentialError::Home(moat_home::HomeError::Io {
                 action: "removing",
                 path,
-                source: e,
+                error: e,
             })),
         }
     }
@@ -218,7 +218,7 @@ impl CredentialStore {
                 return Err(CredentialError::Home(moat_home::HomeError::Io {
                     action: "listing",
                     path: dir,
-                    source: e,
+                    error: e,
                 }))
             }
         };
@@ -479,7 +479,7 @@ mod tests {
         std::fs::copy(s.path("github"), s.path("openai")).unwrap();
         match s.load("openai") {
             Err(CredentialError::Decrypt {
-                source: DecryptError::OtherProvider(p),
+                error: DecryptError::OtherProvider(p),
                 ..
             }) => assert_eq!(p, "github"),
             other => panic!("{other:?}"),
@@ -504,7 +504,7 @@ mod tests {
         assert!(matches!(
             s.load("github"),
             Err(CredentialError::Decrypt {
-                source: DecryptError::Corrupted,
+                error: DecryptError::Corrupted,
                 ..
             })
         ));

@@ -75,18 +75,20 @@ pub enum DaemonError {
         cause: String,
     },
     /// The interception CA could not be loaded or created.
-    #[error("TLS interception CA: {0}")]
-    Ca(String),
+    #[error("TLS interception CA")]
+    Ca(#[source] moat_proxy::ProxyError),
+    /// The proxy refused its configuration (`MOAT_UPSTREAM_*`, ...).
+    #[error(transparent)]
+    Proxy(moat_proxy::ProxyError),
     /// Other I/O.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What was done.
         action: &'static str,
         /// Path.
         path: PathBuf,
         /// Cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// File operations under MOAT_HOME.
     #[error(transparent)]
@@ -135,13 +137,11 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
 
-    let ca = moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir)
-        .map_err(|e| DaemonError::Ca(e.to_string()))?;
+    let ca =
+        moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir).map_err(DaemonError::Ca)?;
     let ca_pem = ca.cert_pem().to_string();
-    let proxy_config =
-        moat_proxy::ProxyConfig::from_env().map_err(|e| DaemonError::Config(e.to_string()))?;
-    let proxy =
-        moat_proxy::Proxy::new(proxy_config, ca).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let proxy_config = moat_proxy::ProxyConfig::from_env().map_err(DaemonError::Proxy)?;
+    let proxy = moat_proxy::Proxy::new(proxy_config, ca).map_err(DaemonError::Proxy)?;
     let audits = Audits::new(&config.home);
     proxy.set_observer(audits.clone());
 
@@ -156,7 +156,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Io {
             action: "reading address of",
             path: "proxy listener".into(),
-            source: e,
+            error: e,
         })?
         .port();
     if let Some(sock_dir) = paths.proxy_socket.parent() {
@@ -303,13 +303,13 @@ fn bind_private_unix(path: &std::path::Path) -> Result<UnixListener, DaemonError
     let listener = UnixListener::bind(path).map_err(|e| DaemonError::Io {
         action: "binding",
         path: path.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
         DaemonError::Io {
             action: "setting permissions on",
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         }
     })?;
     Ok(listener)

@@ -9,15 +9,14 @@ use rand::Rng;
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
     /// An I/O operation on `path` failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What moat was doing ("creating directory", "writing", ...).
         action: &'static str,
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -26,14 +25,14 @@ impl HomeError {
         HomeError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
     /// The underlying I/O error kind.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
-            HomeError::Io { source, .. } => source.kind(),
+            HomeError::Io { error: source, .. } => source.kind(),
         }
     }
 }

@@ -57,12 +57,12 @@ pub enum AgentRunError {
     #[error(transparent)]
     Credentials(#[from] moat_credentials::CredentialError),
     /// A host directory for the agent could not be made.
-    #[error("cannot create {}: {source}", path.display())]
+    #[error("cannot create {}: {error}", path.display())]
     Dir {
         /// The directory.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -325,7 +325,7 @@ fn workspace_dir(
         .join(format!("{name}-{}", &digest[..12]));
     moat_home::ensure_private_dir(&dir).map_err(|e| AgentRunError::Dir {
         path: dir.clone(),
-        source: std::io::Error::other(e.to_string()),
+        error: std::io::Error::other(e.to_string()),
     })?;
     Ok(dir)
 }
@@ -412,7 +412,7 @@ pub fn keep_run_transcripts(
             moat_home::write_private_atomic_unsynced(&dest, &bytes).map_err(|e| {
                 AgentRunError::Dir {
                     path: dest.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                    error: std::io::Error::other(e.to_string()),
                 }
             })?;
             copied += 1;
@@ -439,7 +439,7 @@ pub fn keep_agent_state(agent: &dyn Agent, workspace: &Path) -> Result<(), Agent
     let write = |bytes: &[u8]| {
         moat_home::write_private_atomic_unsynced(&path, bytes).map_err(|e| AgentRunError::Dir {
             path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            error: std::io::Error::other(e.to_string()),
         })
     };
     match kept.scrub(&written) {

@@ -131,7 +131,7 @@ pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionErro
             Err(e) => Err(SelectionError::RequestedButUnavailable {
                 title: entry.title,
                 name: entry.name,
-                cause: e.to_string(),
+                cause: moat_sandbox::error_chain(&e),
             }),
         };
     }
@@ -150,7 +150,7 @@ pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionErro
                 return Ok(Selection { driver, notice });
             }
             Err(e) => {
-                let cause = e.to_string();
+                let cause = moat_sandbox::error_chain(&e);
                 let first = cause.lines().next().unwrap_or_default().to_owned();
                 unavailable.push(format!("{} is not available ({first})", entry.title));
             }
@@ -212,7 +212,10 @@ pub fn runtime_statuses() -> Vec<RuntimeStatus> {
                 available: false,
                 message: format!(
                     "not available: {}",
-                    e.to_string().lines().next().unwrap_or_default()
+                    moat_sandbox::error_chain(&e)
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
                 ),
             },
         })
@@ -229,7 +232,7 @@ pub fn doctor_checks() -> Vec<DoctorCheck> {
         match (entry.probe)(Probe::Look) {
             Ok(mut driver) => checks.extend(driver.doctor()),
             Err(e) => {
-                let cause = e.to_string();
+                let cause = moat_sandbox::error_chain(&e);
                 checks.push(DoctorCheck::problem(
                     CheckStatus::Fail,
                     entry.name,

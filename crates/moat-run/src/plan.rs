@@ -175,12 +175,12 @@ pub enum PlanError {
     #[error("{0}")]
     Name(String),
     /// An `--allow-host` that is not a host pattern.
-    #[error("invalid --allow-host {host:?}: {source}")]
+    #[error("invalid --allow-host {host:?}: {error}")]
     AllowHost {
         /// As given.
         host: String,
         /// Why.
-        source: moat_policy::PolicyError,
+        error: moat_policy::PolicyError,
     },
 }
 
@@ -298,7 +298,7 @@ impl RunPlan {
                 .map(|h| {
                     moat_policy::HostPattern::parse(h).map_err(|source| PlanError::AllowHost {
                         host: h.clone(),
-                        source,
+                        error: source,
                     })
                 })
                 .collect::<Result<_, _>>()?,

@@ -104,7 +104,7 @@ impl SshAccess {
                             "opening the SSH agent socket {} to the sandbox user",
                             p.display()
                         ),
-                        source,
+                        error: source,
                     })
             };
             chmod(&dir, 0o711)?;
@@ -158,7 +158,7 @@ impl SshAccess {
     pub(crate) fn sandbox(&self, running: &RunningSsh) -> Result<SshAdditions, RunError> {
         let moat = std::env::current_exe().map_err(|e| RunError::Io {
             context: "finding the moat executable for the sandbox".into(),
-            source: e,
+            error: e,
         })?;
         Ok(SshAdditions {
             mounts: vec![
@@ -190,7 +190,7 @@ fn random_hex() -> Result<String, RunError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|source| RunError::Io {
             context: "reading /dev/urandom".into(),
-            source,
+            error: source,
         })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

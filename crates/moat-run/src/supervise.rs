@@ -80,13 +80,12 @@ pub enum RunError {
     #[error(transparent)]
     Selection(#[from] crate::drivers::SelectionError),
     /// A local operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Run storage failed.
     #[error(transparent)]
@@ -284,7 +283,7 @@ pub fn execute(
         }
         Err(e) => {
             meta.state = RunState::Failed;
-            meta.error = Some(e.to_string());
+            meta.error = Some(moat_sandbox::error_chain(e));
         }
     }
     meta.stopped_at = Some(Utc::now());
@@ -328,7 +327,7 @@ fn start_and_wait(
         .build()
         .map_err(|e| RunError::Io {
             context: "starting the async runtime".into(),
-            source: e,
+            error: e,
         })?;
 
     // Container runtimes reach the proxy on their bridge's gateway
@@ -528,7 +527,7 @@ fn sandbox_request(
     }
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
         context: "locating the moat binary for the sandbox's capture relay".into(),
-        source: e,
+        error: e,
     })?;
     Ok(SandboxRequest {
         run_id: meta.id.to_string(),
@@ -630,7 +629,7 @@ fn run_sandbox(
         Arc::new(
             LogWriter::open(&run_dir.join("logs.jsonl")).map_err(|e| RunError::Io {
                 context: "opening the run log".into(),
-                source: e,
+                error: e,
             })?,
         );
     let output = OutputSinks {

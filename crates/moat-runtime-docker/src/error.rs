@@ -215,24 +215,25 @@ pub enum DockerError {
         message: String,
     },
 
-    /// The engine refused or failed a request.
-    #[error("{context}: {source}")]
+    /// The engine refused or failed a request. The engine's error is the
+    /// source, not part of this message: its own causes (the socket's OS
+    /// error behind hyper's "client error (Connect)") are only reachable
+    /// through the source chain.
+    #[error("{context}")]
     Engine {
         /// What was being done.
         context: String,
         /// The engine's error.
-        #[source]
         source: bollard::errors::Error,
     },
 
     /// A local file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -247,7 +248,7 @@ impl DockerError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         DockerError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }

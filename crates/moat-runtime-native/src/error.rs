@@ -36,13 +36,12 @@ pub enum SandboxError {
     },
 
     /// A system call on the caller's side failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What we were doing.
         context: String,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The sandbox has already been waited for.
@@ -58,7 +57,7 @@ impl SandboxError {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         SandboxError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -399,14 +399,28 @@ pub enum DriverError {
         services: String,
     },
     /// A local operation around the runtime failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+/// An error and its causes in one line, `outer: cause: root`, for places
+/// that keep an error as text (run metadata, `moat status`). moat's own
+/// errors either show their cause or return it as their source, never
+/// both, so every message appears once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 impl DriverError {
@@ -419,7 +433,7 @@ impl DriverError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         DriverError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 }

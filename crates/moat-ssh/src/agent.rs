@@ -35,7 +35,7 @@ pub fn agent_socket_from_env() -> Result<PathBuf, SshError> {
 fn connect(path: &Path) -> Result<UnixStream, SshError> {
     let stream = UnixStream::connect(path).map_err(|source| SshError::AgentUnreachable {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     // Timeouts bound a wedged agent; setting them cannot fail on a fresh
     // socket with a non-zero duration.
@@ -177,7 +177,7 @@ impl AgentProxy {
     ) -> Result<Self, SshError> {
         let listen_err = |source| SshError::Listen {
             path: socket.to_path_buf(),
-            source,
+            error: source,
         };
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket).map_err(listen_err)?;

@@ -11,14 +11,14 @@ pub enum SshError {
     NoAgent,
     /// `SSH_AUTH_SOCK` names a socket nobody answers on.
     #[error(
-        "cannot reach the SSH agent at {path}: {source}\n\
+        "cannot reach the SSH agent at {path}: {error}\n\
          Start your SSH agent with: eval \"$(ssh-agent -s)\" && ssh-add"
     )]
     AgentUnreachable {
         /// The socket.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The agent answered with something that is not the protocol.
     #[error("the SSH agent at {path} answered unexpectedly: {detail}")]
@@ -78,12 +78,12 @@ pub enum SshError {
         detail: String,
     },
     /// Binding the sandbox's agent socket failed.
-    #[error("creating the sandbox's SSH agent socket {}: {source}", path.display())]
+    #[error("creating the sandbox's SSH agent socket {}: {error}", path.display())]
     Listen {
         /// The socket path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Reading or writing `MOAT_HOME`.
     #[error(transparent)]

@@ -35,15 +35,14 @@ pub enum StorageError {
     #[error(transparent)]
     Home(#[from] moat_home::HomeError),
     /// A directory operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path.
         path: PathBuf,
         /// Cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -155,7 +154,7 @@ impl RunStore {
                 return Err(StorageError::Io {
                     action: "listing",
                     path: dir,
-                    source,
+                    error: source,
                 })
             }
         };
@@ -261,7 +260,7 @@ impl RunStore {
             Err(source) => Err(StorageError::Io {
                 action: "removing",
                 path: dir,
-                source,
+                error: source,
             }),
         }
     }
@@ -297,7 +296,7 @@ impl RunStore {
         let io = |source| StorageError::Io {
             action: "reserving space in",
             path: path.clone(),
-            source,
+            error: source,
         };
         let file = std::fs::File::create(&path).map_err(io)?;
         // The blocks are what matters, not their durability: allocate

@@ -107,7 +107,7 @@ pub fn read_trace(path: &Path) -> Result<Trace, StorageError> {
             return Err(StorageError::Home(moat_home::HomeError::Io {
                 action: "reading",
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }))
         }
     };

@@ -92,13 +92,12 @@ pub enum TrustError {
         workspace: PathBuf,
     },
     /// A workspace file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `.moat/` is too large to fingerprint.
     #[error(
@@ -136,7 +135,7 @@ impl TrustError {
     pub(crate) fn read(path: &Path, source: std::io::Error) -> Self {
         TrustError::Read {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

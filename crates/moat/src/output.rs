@@ -133,19 +133,28 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints an error and its causes; each cause only once even when a
-/// wrapper repeats it in its own message.
+/// Prints an error and its causes: `Error: outer: cause: root`.
 pub fn print_error(err: &anyhow::Error) {
-    let mut text = err.to_string();
-    for cause in err.chain().skip(1) {
-        let c = cause.to_string();
-        if !text.contains(&c) {
-            text.push_str(": ");
-            text.push_str(&c);
-        }
-    }
+    let text = error_line(err);
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "Error: {text}");
+}
+
+/// An error and its causes joined by `: `. Each error in moat either shows
+/// its cause or returns it as its source, never both; debug builds (every
+/// end-to-end test) check that no cause repeats its wrapper's words.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        debug_assert!(
+            !text.contains(&cause),
+            "an error repeats its source: {text:?} already holds {cause:?}"
+        );
+        text.push_str(": ");
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// Renders rows as an aligned table with a header.
@@ -175,4 +184,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(row.iter().map(String::as_str).collect());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_joins_each_cause_once() {
+        let home = moat_home::HomeError::Io {
+            action: "reading",
+            path: "/x/credentials".into(),
+            error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let err = anyhow::Error::new(home).context("loading the grants");
+        assert_eq!(
+            error_line(&err),
+            "loading the grants: reading /x/credentials: permission denied"
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "an error repeats its source")]
+    fn a_cause_repeated_by_its_wrapper_is_caught_in_debug_builds() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let err = anyhow::Error::new(io).context("reading /x: permission denied");
+        error_line(&err);
+    }
 }
