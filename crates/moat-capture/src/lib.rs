@@ -239,7 +239,15 @@ impl Relay {
                 return self.tunnel(client, "127.0.0.1", port, Vec::new());
             }
             Diverted::LocalAddress => client.local_addr()?,
-            Diverted::Redirected => original_destination(&client)?,
+            Diverted::Redirected => {
+                let dialled = original_destination(&client)?;
+                // Not redirected but dialled directly (the workload's
+                // wait for the relay, see [`await_relay`]): nowhere to go.
+                if dialled == client.local_addr()? {
+                    return Ok(());
+                }
+                dialled
+            }
         };
         if dialled.ip() == std::net::IpAddr::V4(HOST_GATEWAY_ADDR) {
             return self.tunnel(client, "127.0.0.1", dialled.port(), Vec::new());
@@ -325,14 +333,16 @@ impl Relay {
 /// (the guard applies its firewall as root), it becomes `nobody` (65534)
 /// once its sockets are bound, before it serves anything, and then calls
 /// `ready` (the guard tells moat the workload may start). Serves until
-/// the process is killed; returns only on a setup error.
+/// SIGTERM or SIGINT (the guard's main process has no default action for
+/// them, being PID 1); returns `Ok` then, an error on a setup error.
 pub fn serve_redirected(
     proxy: &str,
     relay_port: u16,
     dns_port: u16,
     authorization: ProxyAuthorization,
     ready: impl FnOnce(),
-) -> io::Result<std::convert::Infallible> {
+) -> io::Result<()> {
+    sys::block_stop_signals()?;
     use std::net::ToSocketAddrs as _;
     let proxy_addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(
@@ -354,10 +364,37 @@ pub fn serve_redirected(
     relay.serve_dns(dns)?;
     relay.serve(listener, Diverted::Redirected)?;
     ready();
+    sys::wait_for_stop_signal()
+}
+
+/// Waits until the relay of this network namespace accepts connections
+/// on `127.0.0.1:relay_port`, which it does only once the guard's firewall
+/// is in place (the guard applies it, then starts the relay), or until
+/// `timeout` has passed. The workload's first step when it is started at
+/// the same time as its guard.
+pub fn await_relay(relay_port: u16, timeout: Duration) -> io::Result<()> {
+    let started = std::time::Instant::now();
     loop {
-        thread::park();
+        match TcpStream::connect((Ipv4Addr::LOCALHOST, relay_port)) {
+            Ok(_) => return Ok(()),
+            Err(_) if started.elapsed() < timeout => thread::sleep(RELAY_POLL),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the network guard's relay did not listen on 127.0.0.1:{relay_port} \
+                         within {} s: {e}",
+                        timeout.as_secs()
+                    ),
+                ))
+            }
+        }
     }
 }
+
+/// How often [`await_relay`] tries: a refused loopback connection costs
+/// microseconds, and the guard is usually up within tens of milliseconds.
+const RELAY_POLL: Duration = Duration::from_millis(2);
 
 /// Copies `from` into `to` until end of stream, then half-closes `to`; on
 /// error, closes both fully so the opposite direction stops as well.

@@ -4,6 +4,7 @@
 //! in `attach.rs`.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -15,6 +16,8 @@ use tokio::io::AsyncWrite;
 
 use crate::connect::DockerRuntime;
 use crate::error::DockerError;
+use crate::gate::{gated_entrypoint, MOAT_IN_CONTAINER};
+use crate::guard::PendingGuard;
 pub use crate::guard::GUARD_READY;
 pub use crate::spec::*;
 
@@ -212,36 +215,53 @@ impl DockerRuntime {
                 return Err(e);
             }
         };
+        // Without services to wait for, the workload starts with the guard
+        // started but not ready yet: its entrypoint waits for the guard's
+        // relay, which listens once the firewall holds (see `gate.rs`).
+        let gate = match (&spec.network, &guard_id) {
+            (NetworkPolicy::Captured { relay_binary, .. }, Some(_))
+                if spec.sidecars.is_empty() && dind.is_none() && !spec.command.is_empty() =>
+            {
+                Some(relay_binary.as_path())
+            }
+            _ => None,
+        };
         // The workload is created while the guard starts (and the services
         // get ready in its namespace): joining a created container's
         // network is allowed; the workload starts only once all are up.
         let guard_up = async {
             let Some(g) = guard_id.as_deref() else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             };
+            if gate.is_some() {
+                let launched = self.launch_guard(g).await?;
+                return Ok((Vec::new(), Some(PendingGuard::watch(launched))));
+            }
             self.start_guard(g).await?;
             if let Some(d) = &dind {
                 self.dind_ready(spec, d).await?;
             }
             if spec.sidecars.is_empty() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             let ids = self.start_sidecars(spec, g).await?;
             match self
                 .sidecars_ready(spec, &ids, spec.sidecar_logs.as_deref())
                 .await
             {
-                Ok(()) => Ok(ids),
+                Ok(()) => Ok((ids, None)),
                 Err(e) => {
                     self.remove_all(&ids).await;
                     Err(e)
                 }
             }
         };
-        let (workload, sidecars) =
-            tokio::join!(self.create_workload(spec, guard_id.as_deref()), guard_up);
-        let (created, failure) = match (workload, sidecars) {
-            (Ok(id), Ok(mut sidecar_ids)) => {
+        let (workload, guard_up) = tokio::join!(
+            self.create_workload(spec, guard_id.as_deref(), gate),
+            guard_up
+        );
+        let (created, failure) = match (workload, guard_up) {
+            (Ok(id), Ok((mut sidecar_ids, guard_pending))) => {
                 sidecar_ids.extend(dind.as_ref().map(|d| d.container.clone()));
                 return Ok(Container {
                     id,
@@ -250,12 +270,13 @@ impl DockerRuntime {
                     tty: spec.tty,
                     sidecar_ids,
                     network: dind.map(|d| d.network),
+                    guard_pending,
                 });
             }
             // The guard's or a service's failure explains more than the
             // workload's.
             (workload, Err(e)) => (workload.ok(), e),
-            (Err(e), Ok(sidecar_ids)) => {
+            (Err(e), Ok((sidecar_ids, _))) => {
                 self.remove_all(&sidecar_ids).await;
                 (None, e)
             }
@@ -273,15 +294,32 @@ impl DockerRuntime {
         Err(failure)
     }
 
+    /// Creates the workload; with `gate` (the host's moat binary), its
+    /// entrypoint first waits for the guard's firewall.
     async fn create_workload(
         &self,
         spec: &ContainerSpec,
         guard: Option<&str>,
+        gate: Option<&Path>,
     ) -> Result<String, DockerError> {
         let mut binds = vec![format!(
             "{}:{WORKSPACE_IN_CONTAINER}",
             spec.workspace.display()
         )];
+        let entrypoint = match gate {
+            Some(moat) => {
+                // An SSH grant mounts the same binary there already.
+                if !spec
+                    .mounts
+                    .iter()
+                    .any(|m| m.target == Path::new(MOAT_IN_CONTAINER))
+                {
+                    binds.push(format!("{}:{MOAT_IN_CONTAINER}:ro", moat.display()));
+                }
+                Some(gated_entrypoint(&self.image_entrypoint(&spec.image).await?))
+            }
+            None => None,
+        };
         for m in &spec.mounts {
             let mode = if m.read_only { ":ro" } else { "" };
             binds.push(format!(
@@ -316,6 +354,7 @@ impl DockerRuntime {
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            entrypoint,
             cmd: Some(spec.command.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: Some(WORKSPACE_IN_CONTAINER.into()),
@@ -357,7 +396,8 @@ impl DockerRuntime {
         Ok(created)
     }
 
-    /// Starts a created container.
+    /// Starts a created container; when its guard was started with it, also
+    /// waits until the guard is ready (the guard's failure is the error).
     pub async fn start(&self, container: &Container) -> Result<(), DockerError> {
         self.docker
             .start_container(
@@ -365,7 +405,24 @@ impl DockerRuntime {
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
-            .map_err(|e| DockerError::engine(format!("starting {}", container.name), e))
+            .map_err(|e| DockerError::engine(format!("starting {}", container.name), e))?;
+        match &container.guard_pending {
+            Some(pending) => pending.ready().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The image's own entrypoint, which the gate runs after its wait.
+    async fn image_entrypoint(&self, image: &str) -> Result<Vec<String>, DockerError> {
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| DockerError::engine(format!("inspecting image {image}"), e))?;
+        Ok(inspected
+            .config
+            .and_then(|c| c.entrypoint)
+            .unwrap_or_default())
     }
 
     /// Waits for the container to exit; returns its exit code as is.
@@ -434,6 +491,26 @@ impl DockerRuntime {
     /// Removes the container and its network guard (forcibly: running ones
     /// are killed).
     pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
+        if self.guard_removes_itself() && container.network.is_none() {
+            // Docker removes the guard itself once it exits (created with
+            // AutoRemove), and its relay exits on SIGTERM: sending that, at
+            // the same time as the workload's removal, is all that is left.
+            // A SIGKILL, or a removal, waits until the engine has torn down
+            // the guard's network endpoint: about 100 ms of every run.
+            let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
+            let guard = async {
+                match &container.guard_id {
+                    Some(g) => self.kill_guard(g).await,
+                    None => Ok(()),
+                }
+            };
+            let (workload, sidecars, guard) = tokio::join!(
+                self.remove_by_id(&container.id),
+                futures_util::future::join_all(sidecars),
+                guard
+            );
+            return sidecars.into_iter().fold(workload.and(guard), Result::and);
+        }
         // The workload and the sidecars at once, the guard last: they live
         // in its network namespace (Podman refuses to remove it before).
         let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
@@ -452,6 +529,33 @@ impl DockerRuntime {
             self.remove_network(network).await;
         }
         result
+    }
+
+    /// Whether network guards are created with AutoRemove: on Docker.
+    /// Podman refuses to remove a container others joined the network
+    /// namespace of, so there the guard is removed last, explicitly.
+    pub(crate) fn guard_removes_itself(&self) -> bool {
+        self.engine_kind() == crate::connect::Engine::Docker
+    }
+
+    /// Asks an auto-removing guard's relay to exit (SIGTERM, which the
+    /// engine delivers without waiting for the exit); one already gone (or
+    /// being removed) is fine.
+    async fn kill_guard(&self, id: &str) -> Result<(), DockerError> {
+        let options = bollard::query_parameters::KillContainerOptionsBuilder::new()
+            .signal("TERM")
+            .build();
+        match self.docker.kill_container(id, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::engine(
+                format!("stopping the network guard {id}"),
+                e,
+            )),
+        }
     }
 
     /// Forcibly removes one container by id or name (already gone is fine),

@@ -6,20 +6,21 @@ use std::path::PathBuf;
 
 use bollard::container::AttachContainerResults;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::AttachContainerOptionsBuilder;
+use bollard::query_parameters::{AttachContainerOptionsBuilder, WaitContainerOptionsBuilder};
 use futures_util::StreamExt;
 
 use crate::connect::DockerRuntime;
 use crate::container::labels_for;
 use crate::error::DockerError;
+use crate::gate::MOAT_IN_CONTAINER;
 use crate::spec::{ContainerSpec, CAPTURE_DNS_PORT, CAPTURE_RELAY_PORT};
-
-/// Where the guard sees the moat binary.
-const RELAY_IN_GUARD: &str = "/run/moat/bin/moat";
 
 /// How long the network guard may take to apply its firewall and start
 /// its relay.
 const GUARD_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a guard whose output ended may take to report its exit code.
+const GUARD_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the network guard prints once the workload may start: its
 /// firewall is in place and, with capture, the relay is listening.
@@ -113,14 +114,25 @@ impl DockerRuntime {
         ];
         let (mut env, binds) = match capture {
             None => {
-                entrypoint.extend(["", "", "sleep", "2147483647"].map(String::from));
+                // A shell as PID 1 ends on SIGTERM only with a trap of its
+                // own (see `DockerRuntime::remove`).
+                entrypoint.extend(
+                    [
+                        "",
+                        "",
+                        "sh",
+                        "-c",
+                        "trap 'exit 0' TERM INT; sleep 2147483647 & wait",
+                    ]
+                    .map(String::from),
+                );
                 (None, None)
             }
             Some((authorization, relay_binary)) => {
                 entrypoint.extend([
                     CAPTURE_RELAY_PORT.to_string(),
                     CAPTURE_DNS_PORT.to_string(),
-                    RELAY_IN_GUARD.to_owned(),
+                    MOAT_IN_CONTAINER.to_owned(),
                     "__capture-relay".to_owned(),
                     format!("{proxy_host}:{proxy_port}"),
                     CAPTURE_RELAY_PORT.to_string(),
@@ -132,7 +144,7 @@ impl DockerRuntime {
                         authorization.expose()
                     )]),
                     Some(vec![format!(
-                        "{}:{RELAY_IN_GUARD}:ro",
+                        "{}:{MOAT_IN_CONTAINER}:ro",
                         relay_binary.display()
                     )]),
                 )
@@ -185,6 +197,8 @@ impl DockerRuntime {
                 ),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(32 * 1024 * 1024),
+                // Gone as soon as it is killed, without moat waiting for it.
+                auto_remove: Some(self.guard_removes_itself()),
                 ulimits: self.container_ulimits(),
                 ..Default::default()
             }),
@@ -200,9 +214,15 @@ impl DockerRuntime {
     /// Starts the guard and reads its output until [`GUARD_READY`]; when it
     /// exits first, its output (and exit code) is the error.
     pub(crate) async fn start_guard(&self, id: &str) -> Result<(), DockerError> {
+        self.launch_guard(id).await?.ready().await
+    }
+
+    /// Starts the guard; [`LaunchedGuard::ready`] then waits until it is
+    /// ready.
+    pub(crate) async fn launch_guard(&self, id: &str) -> Result<LaunchedGuard, DockerError> {
         let setup_failed = |cause: String| DockerError::FirewallSetup { cause };
         // Attached before the start, so that no line is missed.
-        let AttachContainerResults { mut output, .. } = self
+        let AttachContainerResults { output, .. } = self
             .docker
             .attach_container(
                 id,
@@ -216,10 +236,66 @@ impl DockerRuntime {
             )
             .await
             .map_err(|e| setup_failed(format!("attaching to the network guard: {e}")))?;
-        self.docker
+        // Its exit code, should it exit: waited for from before the start,
+        // since an auto-removing guard may be gone once its output ends.
+        let exit_code = {
+            let condition = if self.guard_removes_itself() {
+                "removed"
+            } else {
+                "not-running"
+            };
+            let options = WaitContainerOptionsBuilder::new()
+                .condition(condition)
+                .build();
+            let mut wait = self.docker.wait_container(id, Some(options));
+            tokio::spawn(async move {
+                match wait.next().await {
+                    Some(Ok(response)) => Some(response.status_code),
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                        code, ..
+                    })) => Some(code),
+                    _ => None,
+                }
+            })
+        };
+        let abort_wait = exit_code.abort_handle();
+        if let Err(e) = self
+            .docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
-            .map_err(|e| setup_failed(format!("starting the network guard: {e}")))?;
+        {
+            abort_wait.abort();
+            return Err(setup_failed(format!("starting the network guard: {e}")));
+        }
+        Ok(LaunchedGuard { output, exit_code })
+    }
+}
+
+/// A guard's output, as the engine's attach streams it.
+type GuardOutput = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+            > + Send,
+    >,
+>;
+
+/// A started network guard, not known to be ready yet.
+pub(crate) struct LaunchedGuard {
+    output: GuardOutput,
+    exit_code: tokio::task::JoinHandle<Option<i64>>,
+}
+
+impl LaunchedGuard {
+    /// Reads the guard's output until [`GUARD_READY`]; when it exits first,
+    /// its output (and exit code) is the error.
+    pub(crate) async fn ready(self) -> Result<(), DockerError> {
+        let setup_failed = |cause: String| DockerError::FirewallSetup { cause };
+        let LaunchedGuard {
+            mut output,
+            exit_code,
+        } = self;
+        let abort_wait = exit_code.abort_handle();
         let mut said = String::new();
         let ready = tokio::time::timeout(GUARD_START_TIMEOUT, async {
             while let Some(chunk) = output.next().await {
@@ -234,6 +310,9 @@ impl DockerRuntime {
             false
         })
         .await;
+        if ready != Ok(false) {
+            abort_wait.abort();
+        }
         match ready {
             Ok(true) => Ok(()),
             Err(_) => Err(setup_failed(format!(
@@ -242,22 +321,75 @@ impl DockerRuntime {
                 said.trim()
             ))),
             Ok(false) => {
-                let code = self
-                    .docker
-                    .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>)
-                    .next()
+                let code = tokio::time::timeout(GUARD_EXIT_WAIT, exit_code)
                     .await
-                    .and_then(|r| r.ok())
-                    .map(|r| r.status_code)
-                    .unwrap_or(-1);
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
                 let said = said.trim();
-                Err(setup_failed(if code == 127 && said.is_empty() {
+                let exit = code
+                    .map(|c| format!(" (exit code {c})"))
+                    .unwrap_or_default();
+                Err(setup_failed(if code == Some(127) && said.is_empty() {
                     "the image has no shell or iptables".to_owned()
                 } else if said.is_empty() {
-                    format!("the network guard exited (exit code {code}); can the image run the moat binary?")
+                    format!("the network guard exited{exit}; can the image run the moat binary?")
                 } else {
-                    format!("{said} (exit code {code})")
+                    format!("{said}{exit}")
                 }))
+            }
+        }
+    }
+}
+
+/// The readiness of a guard started with its workload, watched on the
+/// driver's runtime from the start on; taken once, by the workload's start.
+#[derive(Clone)]
+pub(crate) struct PendingGuard(std::sync::Arc<std::sync::Mutex<Option<ReadinessWatch>>>);
+
+/// The task reading a guard's output until it is ready.
+type ReadinessWatch = tokio::task::JoinHandle<Result<(), DockerError>>;
+
+impl std::fmt::Debug for PendingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingGuard")
+    }
+}
+
+impl PendingGuard {
+    /// Watches `guard` until it is ready (or has failed).
+    pub(crate) fn watch(guard: LaunchedGuard) -> PendingGuard {
+        PendingGuard(std::sync::Arc::new(std::sync::Mutex::new(Some(
+            tokio::spawn(guard.ready()),
+        ))))
+    }
+
+    /// Waits for the guard's readiness (once; later calls return at once).
+    pub(crate) async fn ready(&self) -> Result<(), DockerError> {
+        let watch = match self.0.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        match watch {
+            None => Ok(()),
+            Some(watch) => watch.await.unwrap_or_else(|e| {
+                Err(DockerError::FirewallSetup {
+                    cause: format!("watching the network guard: {e}"),
+                })
+            }),
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        // The last handle gone (the run failed before its start): the
+        // watch has nobody to tell.
+        if std::sync::Arc::strong_count(&self.0) == 1 {
+            if let Ok(mut slot) = self.0.lock() {
+                if let Some(watch) = slot.take() {
+                    watch.abort();
+                }
             }
         }
     }

@@ -32,19 +32,27 @@
 //! `address:port`, its loopback and the DNS servers of its resolv.conf, and
 //! nothing else (connections are refused). How:
 //!
-//! 1. A *network guard* container is started first from the same image,
-//!    under runc, as root with only `NET_ADMIN`/`NET_RAW`, running nothing
-//!    but `sleep`. Its network namespace is on Docker's default bridge,
-//!    with `host.docker.internal` pointing at the bridge gateway.
-//! 2. The firewall (iptables, always installed in moat's images) is applied
-//!    in that namespace through an Engine API exec; failure (e.g. a custom
-//!    base image without iptables) is
+//! 1. A *network guard* container is created first from the same image,
+//!    under runc, as root with only `NET_ADMIN`/`NET_RAW` (and
+//!    `SETUID`/`SETGID` for its relay to become `nobody`). Its network
+//!    namespace is on the engine's default network, with
+//!    `host.docker.internal` pointing at the host. Its entrypoint applies
+//!    the firewall (iptables, always installed in moat's images) and then
+//!    runs the capture relay; failure (e.g. a custom base image without
+//!    iptables) is
 //!    `firewall setup failed (required for strict network policy): ...`
 //!    and nothing is left behind.
-//! 3. The workload is then created with `network_mode: container:<guard>`:
-//!    it shares the already-firewalled namespace, with every capability
-//!    dropped and `no-new-privileges`, so nothing in it can change the
-//!    rules. Rules are in place before its first instruction runs.
+//! 2. The workload is created meanwhile with `network_mode:
+//!    container:<guard>`: it shares the guard's namespace, with every
+//!    capability dropped and `no-new-privileges`, so nothing in it can
+//!    change the rules. It is started as soon as the guard runs; its
+//!    entrypoint (the moat binary, read-only) waits until the relay
+//!    listens, which it does only once the firewall holds, before it
+//!    executes the command (`gate.rs`). With services, the workload starts
+//!    only once the guard and the services are ready.
+//! 3. At the end the workload is removed and the guard, on Docker created
+//!    with AutoRemove, is sent SIGTERM: the engine removes it without
+//!    moat waiting for it.
 //!
 //! Why not the alternatives, both tried on Docker 20.10 with gVisor:
 //!
@@ -86,6 +94,7 @@ pub mod deps;
 pub mod dind;
 mod driver;
 mod error;
+mod gate;
 mod guard;
 mod image;
 pub mod services;
@@ -104,6 +113,7 @@ pub use crate::container::{
 pub use crate::deps::{deps_info, deps_list, parse_dependencies, DepInfo, DepType, Dependency};
 pub use crate::driver::ContainerDriver;
 pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
+pub use crate::gate::{await_guard_then_exec, GateError, AWAIT_GUARD_SUBCOMMAND};
 pub use crate::image::{
     generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ProgressMode, ResolvedImage,
     DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV, IMAGE_MAP_FILE,

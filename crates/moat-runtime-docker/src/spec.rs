@@ -313,7 +313,7 @@ fn clean_absolute(path: &Path) -> bool {
 }
 
 /// A created container (and its network guard under the strict policy).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Container {
     /// Engine id of the workload container.
     pub id: String,
@@ -328,6 +328,10 @@ pub struct Container {
     pub sidecar_ids: Vec<String>,
     /// The network moat created for the run (`docker:dind`'s).
     pub network: Option<String>,
+    /// The guard was started with the workload created, not known to be
+    /// ready yet: the workload's entrypoint waits for it, and
+    /// [`crate::DockerRuntime::start`] reports its failure.
+    pub(crate) guard_pending: Option<crate::guard::PendingGuard>,
 }
 
 /// A container carrying `moat.managed=true`, as found by

@@ -400,13 +400,26 @@ async fn check_policies(runtime: SandboxRuntime) {
         (0, "closed\nopen\n"),
         "strict under {name}: only the proxy is reachable: {err}"
     );
-    // The guard is gone with the run.
-    assert!(!rt
-        .list_managed()
-        .await
-        .unwrap()
-        .iter()
-        .any(|m| m.run_id.as_deref() == Some(spec.run_id.as_str())));
+    // The guard is gone with the run: Docker removes it once it has
+    // exited, which moat does not wait for.
+    let mut left = true;
+    for _ in 0..100 {
+        left = rt
+            .list_managed()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.run_id.as_deref() == Some(spec.run_id.as_str()));
+        if !left {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !left,
+        "the guard of {} is still there after 5 s",
+        spec.run_id
+    );
 }
 
 async fn runtime_or_skip() -> Option<DockerRuntime> {

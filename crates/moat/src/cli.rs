@@ -83,6 +83,14 @@ pub enum Command {
         /// SSH port.
         port: u16,
     },
+    /// In a container's workload: waits for the network guard's firewall,
+    /// then executes the command.
+    #[command(name = "__await-guard", hide = true)]
+    AwaitGuard {
+        /// The command and its arguments.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// In a container's network guard: the capture relay (credentials in
     /// `MOAT_CAPTURE_AUTHORIZATION`).
     #[command(name = "__capture-relay", hide = true)]

@@ -226,6 +226,56 @@ fn strict_image_from_dependencies_cached_and_injected() {
     drop(listener);
 }
 
+/// A base image whose firewall takes two seconds to apply: the guard's
+/// `iptables-restore` waits first.
+const SLOW_GUARD_STANDIN: &str = r#"# moat test: a network guard slow to apply its firewall.
+FROM local/debian:bookworm
+RUN printf '%s\n' '#!/bin/sh' 'sleep 2' 'exec /usr/sbin/iptables-restore "$@"' \
+      > /usr/local/sbin/iptables-restore \
+ && chmod 755 /usr/local/sbin/iptables-restore
+"#;
+
+/// The workload starts while its guard applies the firewall (moat does not
+/// wait for the guard before starting it); its first instruction must
+/// still find the firewall in place, under gVisor and runc.
+#[test]
+fn the_command_runs_only_once_a_slow_guards_firewall_holds() {
+    if !common::docker_available() {
+        return;
+    }
+    let slow_base = common::service_standin("slow-guard", SLOW_GUARD_STANDIN);
+    let t = DockerEnv::new();
+    let ip = bridge_ip();
+    let listener = TcpListener::bind((ip.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = reached.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::io::Write::write_all(&mut &stream, b"hi\n");
+        }
+    });
+    let first_instruction = format!(
+        "if timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/{port} && head -c1 <&3 | grep -q .' 2>/dev/null; \
+         then echo raw=connected; else echo raw=refused; fi"
+    );
+    let image_map = format!("debian:bookworm-slim={slow_base}");
+    for sandbox in [&[][..], &["--no-sandbox"][..]] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(sandbox);
+        args.extend(["--", "bash", "-c", &first_instruction]);
+        let out = t.run(&args, &[("MOAT_IMAGE_MAP", image_map.as_str())]);
+        out.success();
+        assert_eq!(out.stdout, "raw=refused\n", "{sandbox:?}: {}", out.stderr);
+    }
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a connection got past the guard before its firewall held"
+    );
+}
+
 #[test]
 fn no_sandbox_warns_and_exit_codes_pass_through() {
     if !common::docker_available() {

@@ -74,6 +74,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
         Command::SshConnect { host, port } => ssh::connect(&host, port),
+        Command::AwaitGuard { command } => {
+            let failed = moat_runtime_docker::await_guard_then_exec(&command);
+            let _ =
+                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("moat: {failed}\n"));
+            Ok(ExitCode::from(failed.exit_code()))
+        }
         Command::CaptureRelay {
             proxy,
             relay_port,
@@ -91,11 +97,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
                 let _ = std::io::Write::flush(&mut stdout);
             };
-            match moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization, ready)
-            {
-                Ok(never) => match never {},
-                Err(e) => Err(anyhow::anyhow!("the capture relay could not start: {e}")),
-            }
+            moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization, ready)
+                .context("the capture relay could not start")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status => status::status(&Context::from_global(&cli.global)?),
         Command::List => runs::list(&Context::from_global(&cli.global)?),

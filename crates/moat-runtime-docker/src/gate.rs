@@ -1,0 +1,125 @@
+//! The workload's wait for its network guard.
+//!
+//! The workload joins the guard's network namespace as soon as the guard
+//! runs, and is started at the same time as the guard applies its firewall
+//! (about 40 ms that a run no longer waits for). What keeps the workload's
+//! command from running before the firewall holds is its entrypoint: the
+//! moat binary, mounted read-only, waits until the guard's relay accepts
+//! connections on loopback (the guard starts the relay only once the rules
+//! are in place), then replaces itself with the image's entrypoint and the
+//! command. The workload has no capability and `no-new-privileges`: nothing
+//! it runs can change the rules, before or after.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::time::Duration;
+
+use crate::spec::CAPTURE_RELAY_PORT;
+
+/// Where the guard and the workload see the moat binary.
+pub(crate) const MOAT_IN_CONTAINER: &str = "/run/moat/bin/moat";
+
+/// The hidden subcommand of the moat binary that runs [`await_guard_then_exec`].
+pub const AWAIT_GUARD_SUBCOMMAND: &str = "__await-guard";
+
+/// How long the workload waits for its guard before giving up (moat
+/// reports the guard's own error well before, and removes the workload).
+const GUARD_WAIT: Duration = Duration::from_secs(30);
+
+/// The workload's entrypoint: the gate, then the image's own entrypoint.
+pub(crate) fn gated_entrypoint(image_entrypoint: &[String]) -> Vec<String> {
+    [MOAT_IN_CONTAINER, AWAIT_GUARD_SUBCOMMAND, "--"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(image_entrypoint.iter().cloned())
+        .collect()
+}
+
+/// Why the gate did not hand over to the command.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Nothing to run.
+    #[error("no command to run")]
+    NoCommand,
+    /// The guard's relay never listened.
+    #[error("{0}")]
+    GuardNotReady(std::io::Error),
+    /// The command does not exist (the native runtime's words).
+    #[error("command not found in sandbox: {program}")]
+    NotFound {
+        /// What was to run.
+        program: String,
+    },
+    /// The command exists but could not be executed.
+    #[error("cannot run {program}: {error}")]
+    Exec {
+        /// What was to run.
+        program: String,
+        /// The OS's reason.
+        error: std::io::Error,
+    },
+}
+
+impl GateError {
+    /// The exit code the workload ends with: 127 for a command that does
+    /// not exist and 126 for one that cannot run (as a shell, and as the
+    /// native runtime, say), 125 when the gate itself failed (as `docker
+    /// run` does).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GateError::NotFound { .. } => 127,
+            GateError::Exec { .. } => 126,
+            GateError::NoCommand | GateError::GuardNotReady(_) => 125,
+        }
+    }
+}
+
+/// Waits for the guard's relay, then executes `command` (its first word
+/// looked up in `PATH`) in place of this process. Returns only on failure.
+pub fn await_guard_then_exec(command: &[OsString]) -> GateError {
+    let Some((program, args)) = command.split_first() else {
+        return GateError::NoCommand;
+    };
+    if let Err(e) = moat_capture::await_relay(CAPTURE_RELAY_PORT, GUARD_WAIT) {
+        return GateError::GuardNotReady(e);
+    }
+    let error = std::process::Command::new(program).args(args).exec();
+    let program = program.to_string_lossy().into_owned();
+    if error.kind() == std::io::ErrorKind::NotFound {
+        GateError::NotFound { program }
+    } else {
+        GateError::Exec { program, error }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_comes_before_the_images_entrypoint() {
+        assert_eq!(
+            gated_entrypoint(&["/docker-entrypoint.sh".to_owned()]),
+            [
+                MOAT_IN_CONTAINER,
+                AWAIT_GUARD_SUBCOMMAND,
+                "--",
+                "/docker-entrypoint.sh"
+            ]
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shells() {
+        let missing = GateError::NotFound {
+            program: "nope".into(),
+        };
+        let denied = GateError::Exec {
+            program: "/etc/passwd".into(),
+            error: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(missing.exit_code(), 127);
+        assert_eq!(denied.exit_code(), 126);
+        assert_eq!(GateError::NoCommand.exit_code(), 125);
+    }
+}
