@@ -492,23 +492,22 @@ impl DockerRuntime {
     /// are killed).
     pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
         if self.guard_removes_itself() && container.network.is_none() {
-            // Docker removes the guard itself once it exits (created with
-            // AutoRemove), and its relay exits on SIGTERM: sending that, at
-            // the same time as the workload's removal, is all that is left.
-            // A SIGKILL, or a removal, waits until the engine has torn down
-            // the guard's network endpoint: about 100 ms of every run.
+            // The engine removes the guard itself once it exits (created
+            // with AutoRemove), and its relay exits on SIGTERM: sending
+            // that, once the workload and the sidecars are gone (Podman
+            // refuses to remove a container others joined the network
+            // namespace of), is all that is left. A SIGKILL, or a removal,
+            // waits until the engine has torn down the guard's network:
+            // about 100 ms of every run.
             let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
-            let guard = async {
-                match &container.guard_id {
-                    Some(g) => self.kill_guard(g).await,
-                    None => Ok(()),
-                }
-            };
-            let (workload, sidecars, guard) = tokio::join!(
+            let (workload, sidecars) = tokio::join!(
                 self.remove_by_id(&container.id),
-                futures_util::future::join_all(sidecars),
-                guard
+                futures_util::future::join_all(sidecars)
             );
+            let guard = match &container.guard_id {
+                Some(g) => self.kill_guard(g).await,
+                None => Ok(()),
+            };
             return sidecars.into_iter().fold(workload.and(guard), Result::and);
         }
         // The workload and the sidecars at once, the guard last: they live
@@ -531,11 +530,11 @@ impl DockerRuntime {
         result
     }
 
-    /// Whether network guards are created with AutoRemove: on Docker.
-    /// Podman refuses to remove a container others joined the network
-    /// namespace of, so there the guard is removed last, explicitly.
+    /// Whether network guards are created with AutoRemove (both engines
+    /// honour it); kept as one switch, since [`Self::remove`] and the
+    /// guard's exit-code wait depend on it.
     pub(crate) fn guard_removes_itself(&self) -> bool {
-        self.engine_kind() == crate::connect::Engine::Docker
+        true
     }
 
     /// Asks an auto-removing guard's relay to exit (SIGTERM, which the
