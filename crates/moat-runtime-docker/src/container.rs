@@ -220,7 +220,9 @@ impl DockerRuntime {
         // relay, which listens once the firewall holds (see `gate.rs`).
         let gate = match (&spec.network, &guard_id) {
             (NetworkPolicy::Captured { relay_binary, .. }, Some(_))
-                if spec.sidecars.is_empty() && dind.is_none() && !spec.command.is_empty() =>
+                if spec.sidecars.is_empty()
+                    && dind.is_none()
+                    && !spec.workload.command.is_empty() =>
             {
                 Some(relay_binary.as_path())
             }
@@ -304,12 +306,13 @@ impl DockerRuntime {
     ) -> Result<String, DockerError> {
         let mut binds = vec![format!(
             "{}:{WORKSPACE_IN_CONTAINER}",
-            spec.workspace.display()
+            spec.workload.workspace.display()
         )];
         let entrypoint = match gate {
             Some(moat) => {
                 // An SSH grant mounts the same binary there already.
                 if !spec
+                    .workload
                     .mounts
                     .iter()
                     .any(|m| m.target == Path::new(MOAT_IN_CONTAINER))
@@ -320,7 +323,7 @@ impl DockerRuntime {
             }
             None => None,
         };
-        for m in &spec.mounts {
+        for m in &spec.workload.mounts {
             let mode = if m.read_only { ":ro" } else { "" };
             binds.push(format!(
                 "{}:{}{mode}",
@@ -355,8 +358,14 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint,
-            cmd: Some(spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: Some(spec.workload.command.clone()),
+            env: Some(
+                spec.workload
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
             working_dir: Some(WORKSPACE_IN_CONTAINER.into()),
             user: spec.user.map(|(u, g)| format!("{u}:{g}")),
             hostname: guard.is_none().then(|| spec.hostname.clone()),
@@ -374,9 +383,9 @@ impl DockerRuntime {
         let created = self.create_named(&name, body).await.map_err(|e| {
             DockerError::engine(format!("creating container {name} from {}", spec.image), e)
         })?;
-        if !spec.files.is_empty() {
+        if !spec.workload.files.is_empty() {
             let upload = async {
-                let archive = tar_files(&spec.files)?;
+                let archive = tar_files(&spec.workload.files)?;
                 self.docker
                     .upload_to_container(
                         &created,

@@ -165,11 +165,9 @@ impl ContainerDriver {
             request.run_id.as_str(),
             image,
             request.workspace.clone(),
-            request.command.clone(),
+            Vec::new(),
         );
-        spec.env = request.all_env();
-        spec.files = request.all_files();
-        spec.mounts = request.all_mounts();
+        spec.workload = request.workload();
         spec.user = Some((
             if uid == 0 { FALLBACK_UID } else { uid },
             if gid == 0 { FALLBACK_UID } else { gid },
@@ -180,7 +178,7 @@ impl ContainerDriver {
         let tty_size = interactive.then(terminal::size).flatten();
         spec.interactive = interactive;
         spec.tty = tty_size.is_some();
-        if let (Some((rows, cols)), false) = (tty_size, spec.command.is_empty()) {
+        if let (Some((rows, cols)), false) = (tty_size, spec.workload.command.is_empty()) {
             // Engines before API 1.42 cannot size a TTY before the container
             // starts, and resizing after the start races with the command's
             // first look at its window: size it in the container, then exec.
@@ -190,8 +188,8 @@ impl ContainerDriver {
                 format!("stty rows {rows} cols {cols} 2>/dev/null; exec \"$@\""),
                 "sh".to_string(),
             ];
-            command.append(&mut spec.command);
-            spec.command = command;
+            command.append(&mut spec.workload.command);
+            spec.workload.command = command;
         }
         spec.memory_mb = request.limits.memory_mb;
         spec.cpus = request.limits.cpus;
@@ -200,13 +198,13 @@ impl ContainerDriver {
         spec.sidecars = self.sidecars.clone();
         spec.sidecar_logs = Some(request.sidecar_logs.clone());
         if let Some((socket, gid)) = &self.engine_socket {
-            spec.mounts.push(moat_sandbox::BindMount {
+            spec.workload.mounts.push(moat_sandbox::BindMount {
                 source: socket.clone(),
                 target: ENGINE_SOCKET_IN_SANDBOX.into(),
                 read_only: false,
             });
-            spec.env.retain(|(k, _)| k != "DOCKER_HOST");
-            spec.env.push((
+            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.workload.env.push((
                 "DOCKER_HOST".into(),
                 format!("unix://{ENGINE_SOCKET_IN_SANDBOX}"),
             ));
@@ -214,8 +212,8 @@ impl ContainerDriver {
         }
         if let Some(image) = &self.dind_image {
             spec.dind = Some(image.clone());
-            spec.env.retain(|(k, _)| k != "DOCKER_HOST");
-            spec.env.push((
+            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.workload.env.push((
                 "DOCKER_HOST".into(),
                 format!(
                     "tcp://{}:{}",
@@ -225,7 +223,7 @@ impl ContainerDriver {
             ));
             // The docker CLI honours the proxy variables for a tcp://
             // daemon; this one is reached directly.
-            for (name, value) in spec.env.iter_mut() {
+            for (name, value) in spec.workload.env.iter_mut() {
                 if name == "NO_PROXY" || name == "no_proxy" {
                     value.push(',');
                     value.push_str(crate::dind::DIND_HOST);

@@ -1,7 +1,7 @@
 //! What a container run is: the spec, its network policy and OCI runtime,
 //! and the handles of what was created.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +9,7 @@ use crate::connect::GVISOR_RUNTIME;
 use crate::error::DockerError;
 
 /// Where the project directory appears in the container (also its cwd).
-pub const WORKSPACE_IN_CONTAINER: &str = "/workspace";
+pub use moat_sandbox::WORKSPACE_IN_SANDBOX as WORKSPACE_IN_CONTAINER;
 
 /// Host name under which the container reaches the host (the bridge
 /// gateway): every container gets `host.docker.internal:host-gateway`.
@@ -101,7 +101,7 @@ pub const CAPTURE_RELAY_PORT: u16 = 15001;
 /// Where its DNS responder listens.
 pub const CAPTURE_DNS_PORT: u16 = 15353;
 
-pub use moat_sandbox::{BindMount, InjectedFile};
+pub use moat_sandbox::{BindMount, InjectedFile, Workload};
 
 /// One container run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,16 +111,10 @@ pub struct ContainerSpec {
     pub run_id: String,
     /// Image (usually [`crate::ResolvedImage::tag`]).
     pub image: String,
-    /// Host project directory, bound read-write at `/workspace` (the cwd).
-    pub workspace: PathBuf,
-    /// Extra binds.
-    pub mounts: Vec<BindMount>,
-    /// Files uploaded before start.
-    pub files: Vec<InjectedFile>,
-    /// Environment of the command (on top of the image's `PATH`, `HOME`).
-    pub env: Vec<(String, String)>,
-    /// Program and arguments.
-    pub command: Vec<String>,
+    /// What runs and what it sees of the host (the environment on top of
+    /// the image's `PATH` and `HOME`; files uploaded before the start).
+    #[serde(flatten)]
+    pub workload: Workload,
     /// `uid:gid` to run as; `None` keeps the image's user (`moatuser`).
     pub user: Option<(u32, u32)>,
     /// Memory limit in MiB.
@@ -164,11 +158,11 @@ impl ContainerSpec {
         ContainerSpec {
             run_id: run_id.into(),
             image: image.into(),
-            workspace: workspace.into(),
-            mounts: Vec::new(),
-            files: Vec::new(),
-            env: Vec::new(),
-            command,
+            workload: Workload {
+                workspace: workspace.into(),
+                command,
+                ..Workload::default()
+            },
             user: None,
             memory_mb: None,
             cpus: None,
@@ -203,53 +197,27 @@ impl ContainerSpec {
         if self.image.is_empty() {
             return invalid("the image is empty".into());
         }
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return invalid("the command is empty: give at least a program name".into());
-        }
-        if self.command.iter().any(|a| a.contains('\0')) {
-            return invalid("a command argument contains a NUL byte".into());
-        }
-        if !self.workspace.is_absolute() || !self.workspace.is_dir() {
+        self.workload
+            .validate(&[])
+            .map_err(|e| DockerError::InvalidSpec {
+                message: e.to_string(),
+            })?;
+        // The engine's own requirements: what it binds must exist, and its
+        // bind syntax (`source:target`) has no room for a ':'.
+        if !self.workload.workspace.is_dir() {
             return invalid(format!(
-                "the workspace must be an existing absolute directory: {}",
-                self.workspace.display()
+                "the workspace must be an existing directory: {}",
+                self.workload.workspace.display()
             ));
         }
-        for m in &self.mounts {
-            if !m.source.is_absolute() || !m.source.exists() {
-                return invalid(format!(
-                    "bind source must be an existing absolute path: {}",
-                    m.source.display()
-                ));
-            }
-            if !clean_absolute(&m.target) || m.target.starts_with(WORKSPACE_IN_CONTAINER) {
-                return invalid(format!(
-                    "bind target must be an absolute path other than / and outside /workspace: {}",
-                    m.target.display()
-                ));
+        for m in &self.workload.mounts {
+            if !m.source.exists() {
+                return invalid(format!("bind source must exist: {}", m.source.display()));
             }
             for p in [&m.source, &m.target] {
                 if p.to_string_lossy().contains(':') {
                     return invalid(format!("bind paths may not contain ':': {}", p.display()));
                 }
-            }
-        }
-        for f in &self.files {
-            let under_host = f.path_in_sandbox.starts_with(WORKSPACE_IN_CONTAINER)
-                || self
-                    .mounts
-                    .iter()
-                    .any(|m| f.path_in_sandbox.starts_with(&m.target));
-            if !clean_absolute(&f.path_in_sandbox) || under_host {
-                return invalid(format!(
-                    "injected file {} must be an absolute path without '.' or '..', outside /workspace and the binds",
-                    f.path_in_sandbox.display()
-                ));
-            }
-        }
-        for (k, v) in &self.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return invalid(format!("invalid environment variable name or value: {k:?}"));
             }
         }
         if self.memory_mb == Some(0) {
@@ -302,14 +270,6 @@ pub(crate) fn first_host(subnet: &str) -> Option<String> {
     }
     let mask = u32::MAX << (32 - len);
     Some(std::net::Ipv4Addr::from((u32::from(addr) & mask) + 1).to_string())
-}
-
-fn clean_absolute(path: &Path) -> bool {
-    path.is_absolute()
-        && path.components().count() > 1
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 /// A created container (and its network guard under the strict policy).
@@ -377,23 +337,17 @@ mod tests {
         let mut s = spec();
         s.run_id = "a/b".into();
         assert!(s.validate().is_err());
+        // The workload's own checks (moat-sandbox's tests) apply.
         let mut s = spec();
-        s.command.clear();
+        s.workload.command.clear();
         assert!(s.validate().is_err());
         let mut s = spec();
-        s.files.push(InjectedFile {
-            path_in_sandbox: "/workspace/x".into(),
-            contents: vec![],
-            mode: 0o644,
+        s.workload.mounts.push(BindMount {
+            source: std::env::temp_dir(),
+            target: "/a:b".into(),
+            read_only: true,
         });
-        assert!(s.validate().is_err());
-        let mut s = spec();
-        s.files.push(InjectedFile {
-            path_in_sandbox: "/etc/../x".into(),
-            contents: vec![],
-            mode: 0o644,
-        });
-        assert!(s.validate().is_err());
+        assert!(s.validate().is_err(), "':' has no place in a bind");
         let mut s = spec();
         s.network = NetworkPolicy::Strict {
             proxy_host: "h;x".into(),

@@ -196,17 +196,17 @@ async fn echo_hello_exit_codes_and_injected_ca_under_gvisor() {
     );
     assert_eq!((code, out.as_str()), (0, "hello\n"));
 
-    spec.command = sh("echo out; echo err >&2; exit 3");
+    spec.workload.command = sh("echo out; echo err >&2; exit 3");
     let (code, out, err) = run(&rt, &spec).await;
     assert_eq!((code, out.as_str(), err.as_str()), (3, "out\n", "err\n"));
 
     // The CA goes in before start, owned by root; gVisor's kernel is the one answering.
-    spec.files.push(InjectedFile {
+    spec.workload.files.push(InjectedFile {
         path_in_sandbox: "/etc/ssl/certs/moat-ca/ca.crt".into(),
         contents: b"-----BEGIN CERTIFICATE-----\nfake\n".to_vec(),
         mode: 0o644,
     });
-    spec.command = sh("find /etc/ssl/certs/moat-ca/ca.crt -printf '%U %m\\n'; head -1 /etc/ssl/certs/moat-ca/ca.crt; dmesg | head -1; id -u");
+    spec.workload.command = sh("find /etc/ssl/certs/moat-ca/ca.crt -printf '%U %m\\n'; head -1 /etc/ssl/certs/moat-ca/ca.crt; dmesg | head -1; id -u");
     let (code, out, _) = run(&rt, &spec).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(code, 0, "{out}");

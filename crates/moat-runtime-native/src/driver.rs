@@ -140,11 +140,9 @@ impl SandboxDriver for NativeDriver {
 
 fn sandbox_spec(request: &SandboxRequest) -> SandboxSpec {
     let relay_port = request.proxy.port.max(1);
-    let mut spec = SandboxSpec::new(request.workspace.clone(), request.command.clone());
+    let mut spec = SandboxSpec::new(request.workspace.clone(), Vec::new());
+    spec.workload = request.workload();
     spec.hostname = request.hostname.clone();
-    spec.env = request.all_env();
-    spec.files = request.all_files();
-    spec.mounts = request.all_mounts();
     // Every sandbox has a network of its own whatever the policy; its one
     // way out is the proxy, also for clients that ignore the proxy
     // variables (their connections to ports 80 and 443 are captured).

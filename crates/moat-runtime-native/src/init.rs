@@ -490,7 +490,7 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or(DEFAULT_PATH);
-    let Some(name) = spec.command.first() else {
+    let Some(name) = spec.workload.command.first() else {
         eprintln!("moat: empty command");
         return finish(SETUP_FAILED, None);
     };
@@ -500,7 +500,7 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
     };
     let mut cmd = Command::new(&program);
     cmd.arg0(name)
-        .args(spec.command.iter().skip(1))
+        .args(spec.workload.command.iter().skip(1))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(WORKSPACE_IN_SANDBOX);
@@ -549,7 +549,7 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
 /// The command's environment: the spec's, plus defaults for HOME, USER and
 /// PATH when the spec does not set them.
 fn command_env(spec: &SandboxSpec) -> Vec<(String, String)> {
-    let mut env = spec.env.clone();
+    let mut env = spec.workload.env.clone();
     let home = spec.home_in_sandbox().to_string_lossy().into_owned();
     for (key, value) in [
         ("HOME", home),
@@ -651,7 +651,7 @@ mod tests {
     fn env_defaults_only_when_unset() {
         let mut spec = SandboxSpec::new("/w", vec!["true".into()]);
         spec.user = "dev".into();
-        spec.env = vec![("PATH".into(), "/x".into()), ("A".into(), "1".into())];
+        spec.workload.env = vec![("PATH".into(), "/x".into()), ("A".into(), "1".into())];
         let env = command_env(&spec);
         assert!(env.contains(&("PATH".into(), "/x".into())));
         assert!(env.contains(&("HOME".into(), "/home/dev".into())));

@@ -138,20 +138,20 @@ pub(crate) struct HostPaths {
 
 impl HostPaths {
     pub(crate) fn resolve(spec: &SandboxSpec) -> SetupResult<HostPaths> {
-        let workspace = fs::canonicalize(&spec.workspace).map_err(|e| {
+        let workspace = fs::canonicalize(&spec.workload.workspace).map_err(|e| {
             format!(
                 "workspace {} cannot be used: {e} (create the directory or run from an existing project)",
-                spec.workspace.display()
+                spec.workload.workspace.display()
             )
         })?;
         if !workspace.is_dir() {
             return Err(format!(
                 "workspace {} is not a directory",
-                spec.workspace.display()
+                spec.workload.workspace.display()
             ));
         }
         let mut mounts = Vec::new();
-        for m in &spec.mounts {
+        for m in &spec.workload.mounts {
             let source = fs::canonicalize(&m.source).map_err(|e| {
                 format!(
                     "mount source {} cannot be used: {e} (fix or remove this mount)",
@@ -395,7 +395,7 @@ pub(crate) fn build(
         MountFlags::NOSUID | MountFlags::NODEV,
         "mode=0700,size=64m",
     )?;
-    let mut handled = vec![false; spec.files.len()];
+    let mut handled = vec![false; spec.workload.files.len()];
     build_etc(spec, ids, &mut handled)?;
     // The overlays keep their own reference to their layers.
     unmount(LAYERS, UnmountFlags::DETACH)
@@ -448,7 +448,13 @@ pub(crate) fn build(
         }
     }
 
-    for (file, _) in spec.files.iter().zip(&handled).filter(|(_, done)| !**done) {
+    for (file, _) in spec
+        .workload
+        .files
+        .iter()
+        .zip(&handled)
+        .filter(|(_, done)| !**done)
+    {
         write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
         let writable_parent = [Path::new("/tmp"), home.as_path()]
             .iter()
@@ -571,6 +577,7 @@ fn mount_etc_dir(spec: &SandboxSpec, name: &str, handled: &mut [bool]) -> SetupR
     }
     mkdir_p(&dir, 0o755)?;
     let injected: Vec<usize> = spec
+        .workload
         .files
         .iter()
         .enumerate()
@@ -583,7 +590,7 @@ fn mount_etc_dir(spec: &SandboxSpec, name: &str, handled: &mut [bool]) -> SetupR
         let layer = Path::new(LAYERS).join(name);
         mkdir_p(&layer, 0o755)?;
         for &i in &injected {
-            let file = &spec.files[i];
+            let file = &spec.workload.files[i];
             let rel = file
                 .path_in_sandbox
                 .strip_prefix(&dir)
@@ -602,7 +609,7 @@ fn mount_etc_dir(spec: &SandboxSpec, name: &str, handled: &mut [bool]) -> SetupR
         if overlay.is_err() {
             copy_tree(&src, &dir)?;
             for &i in &injected {
-                let file = &spec.files[i];
+                let file = &spec.workload.files[i];
                 write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
             }
         }

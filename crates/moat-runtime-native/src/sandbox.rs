@@ -99,11 +99,11 @@ pub struct Sandbox {
 /// group, so Ctrl-C and window-size changes reach it directly.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     spec.validate()?;
-    if !spec.workspace.is_dir() {
+    if !spec.workload.workspace.is_dir() {
         return Err(SandboxError::InvalidSpec {
             message: format!(
                 "workspace {} does not exist or is not a directory (create it or run from an existing project)",
-                spec.workspace.display()
+                spec.workload.workspace.display()
             ),
         });
     }

@@ -1,6 +1,6 @@
 //! What the caller asks for: the description of one sandboxed run.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use moat_capture::ProxyAuthorization;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ pub const PROXY_SOCKET_DIR_IN_SANDBOX: &str = "/run/moat/proxy";
 
 /// Where the project directory appears inside the sandbox (and the working
 /// directory of the command).
-pub const WORKSPACE_IN_SANDBOX: &str = "/workspace";
+pub use moat_sandbox::WORKSPACE_IN_SANDBOX;
 
 /// `PATH` given to the command when the spec does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -30,20 +30,13 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Name of the sandbox user (`/etc/passwd` entry, `USER`, `/home/<user>`).
     pub user: String,
-    /// Host project directory, bind-mounted read-write at `/workspace`,
-    /// which is also the working directory of the command.
-    pub workspace: PathBuf,
-    /// Extra host paths to bind-mount into the sandbox.
-    pub mounts: Vec<BindMount>,
-    /// Files created read-only inside the sandbox (CA certificates, configs).
-    pub files: Vec<InjectedFile>,
-    /// The command's whole environment, apart from the defaults for `HOME`,
-    /// `USER` and `PATH` (used only when not given here). Nothing is
-    /// inherited from the caller's environment.
-    pub env: Vec<(String, String)>,
-    /// Program and arguments. A program without `/` is looked up in the
-    /// sandbox's `PATH`.
-    pub command: Vec<String>,
+    /// What runs and what it sees of the host. Its environment is the
+    /// command's whole environment, apart from the defaults for `HOME`,
+    /// `USER` and `PATH` (used only when not given here): nothing is
+    /// inherited from the caller's. A program without `/` is looked up in
+    /// the sandbox's `PATH`; files are read-only inside.
+    #[serde(flatten)]
+    pub workload: Workload,
     /// How (and whether) the sandbox reaches the network.
     pub network: NetworkMode,
     /// Where the command's stdin, stdout and stderr go.
@@ -90,7 +83,7 @@ impl Default for ResourceLimits {
     }
 }
 
-pub use moat_sandbox::{BindMount, InjectedFile};
+pub use moat_sandbox::{BindMount, InjectedFile, Workload};
 
 /// Network access of the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,11 +159,11 @@ impl SandboxSpec {
         SandboxSpec {
             hostname: "moat".to_owned(),
             user: "moat".to_owned(),
-            workspace: workspace.into(),
-            mounts: Vec::new(),
-            files: Vec::new(),
-            env: Vec::new(),
-            command,
+            workload: Workload {
+                workspace: workspace.into(),
+                command,
+                ..Workload::default()
+            },
             network: NetworkMode::Host,
             stdio: StdioMode::Inherit,
             limits: ResourceLimits::default(),
@@ -180,12 +173,11 @@ impl SandboxSpec {
     /// Checks what can be checked before anything is started.
     pub fn validate(&self) -> Result<(), SandboxError> {
         let invalid = |message: String| Err(SandboxError::InvalidSpec { message });
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return invalid("the command is empty: give at least a program name".into());
-        }
-        if self.command.iter().any(|a| a.contains('\0')) {
-            return invalid("a command argument contains a NUL byte".into());
-        }
+        self.workload
+            .validate(&["/proc", "/dev"])
+            .map_err(|e| SandboxError::InvalidSpec {
+                message: e.to_string(),
+            })?;
         if !valid_user_name(&self.user) {
             return invalid(format!(
                 "invalid user name {:?}: use 1-32 characters of a-z, 0-9, '_' or '-', not starting with a digit or '-'",
@@ -209,49 +201,6 @@ impl SandboxSpec {
                 "invalid hostname {:?}: use 1-64 characters of letters, digits, '-' or '.'",
                 self.hostname
             ));
-        }
-        if !self.workspace.is_absolute() {
-            return invalid(format!(
-                "the workspace path must be absolute: {}",
-                self.workspace.display()
-            ));
-        }
-        for (key, value) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-                return invalid(format!(
-                    "invalid environment variable name or value: {key:?}"
-                ));
-            }
-        }
-        for m in &self.mounts {
-            if !m.source.is_absolute() {
-                return invalid(format!(
-                    "mount source must be an absolute host path: {}",
-                    m.source.display()
-                ));
-            }
-            check_sandbox_path(&m.target, "mount target")?;
-            if is_reserved(&m.target, &["/proc", "/dev", WORKSPACE_IN_SANDBOX]) {
-                return invalid(format!(
-                    "mount target {} is inside /proc, /dev or /workspace, which the sandbox manages",
-                    m.target.display()
-                ));
-            }
-        }
-        for f in &self.files {
-            check_sandbox_path(&f.path_in_sandbox, "injected file path")?;
-            let mut forbidden = vec![
-                PathBuf::from("/proc"),
-                PathBuf::from("/dev"),
-                PathBuf::from(WORKSPACE_IN_SANDBOX),
-            ];
-            forbidden.extend(self.mounts.iter().map(|m| m.target.clone()));
-            if forbidden.iter().any(|p| f.path_in_sandbox.starts_with(p)) {
-                return invalid(format!(
-                    "injected file {} would be written inside /proc, /dev, /workspace or an extra mount (i.e. on the host): choose a path elsewhere",
-                    f.path_in_sandbox.display()
-                ));
-            }
         }
         let limits = &self.limits;
         if limits.pids < 16 || limits.open_files < 64 {
@@ -321,29 +270,6 @@ fn valid_user_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
-fn is_reserved(path: &Path, roots: &[&str]) -> bool {
-    roots.iter().any(|r| path.starts_with(r))
-}
-
-/// An absolute path without `..`, `.` or a trailing nothing, and not `/`.
-fn check_sandbox_path(path: &Path, what: &str) -> Result<(), SandboxError> {
-    let ok = path.is_absolute()
-        && path.components().count() > 1
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if ok {
-        Ok(())
-    } else {
-        Err(SandboxError::InvalidSpec {
-            message: format!(
-                "{what} must be an absolute path other than / without '.' or '..': {}",
-                path.display()
-            ),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,34 +286,20 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let mut s = spec();
-        s.command.clear();
+        s.workload.command.clear();
         assert!(s.validate().is_err());
 
         let mut s = spec();
         s.user = "Root;rm".into();
         assert!(s.validate().is_err());
 
+        // The workload's own checks (moat-sandbox's tests) apply, with
+        // /proc and /dev reserved too.
         let mut s = spec();
-        s.mounts.push(BindMount {
+        s.workload.mounts.push(BindMount {
             source: "/etc".into(),
-            target: "/workspace/etc".into(),
+            target: "/proc/x".into(),
             read_only: true,
-        });
-        assert!(s.validate().is_err());
-
-        let mut s = spec();
-        s.files.push(InjectedFile {
-            path_in_sandbox: "/etc/../root/x".into(),
-            contents: vec![],
-            mode: 0o644,
-        });
-        assert!(s.validate().is_err());
-
-        let mut s = spec();
-        s.files.push(InjectedFile {
-            path_in_sandbox: "/workspace/x".into(),
-            contents: vec![],
-            mode: 0o644,
         });
         assert!(s.validate().is_err());
     }

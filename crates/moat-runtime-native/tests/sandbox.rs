@@ -123,7 +123,7 @@ fn injected_files_and_usr_are_read_only() {
             touch /etc/moat-test && echo WROTE-ETC; \
             touch $HOME/ok /tmp/ok && echo home-and-tmp-writable"),
     );
-    s.files = vec![
+    s.workload.files = vec![
         InjectedFile {
             path_in_sandbox: "/etc/ssl/certs/moat-ca/ca.crt".into(),
             contents: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
@@ -148,7 +148,7 @@ fn injected_files_and_usr_are_read_only() {
 fn environment_is_exactly_the_spec() {
     let ws = tempfile::tempdir().unwrap();
     let mut s = spec(ws.path(), vec!["/usr/bin/env".into()]);
-    s.env = vec![
+    s.workload.env = vec![
         ("FOO".into(), "bar".into()),
         ("HTTPS_PROXY".into(), "x".into()),
     ];
@@ -178,7 +178,7 @@ fn extra_mounts_read_only_and_read_write() {
         ws.path(),
         sh("cat /data/ro/data; echo; touch /data/ro/x && echo WROTE-RO; echo hi > /data/rw/y"),
     );
-    s.mounts = vec![
+    s.workload.mounts = vec![
         BindMount {
             source: ro.path().into(),
             target: "/data/ro".into(),
@@ -450,7 +450,7 @@ fn setup_errors_name_the_path() {
 
     let ws = tempfile::tempdir().unwrap();
     let mut s = spec(ws.path(), vec!["true".into()]);
-    s.mounts.push(BindMount {
+    s.workload.mounts.push(BindMount {
         source: "/nonexistent/source-dir".into(),
         target: "/data".into(),
         read_only: true,

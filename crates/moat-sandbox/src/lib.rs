@@ -99,6 +99,123 @@ pub struct InjectedFile {
     pub mode: u32,
 }
 
+/// What runs and what it sees of the host: the part every runtime's own
+/// spec holds alike (the native sandbox's, a container's), filled from a
+/// [`SandboxRequest`] (its mounts and environment with SSH's additions).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Workload {
+    /// Host project directory, bound read-write at [`WORKSPACE_IN_SANDBOX`]
+    /// (the command's working directory).
+    pub workspace: PathBuf,
+    /// Extra host paths made visible inside.
+    pub mounts: Vec<BindMount>,
+    /// Files put into the sandbox before the command starts.
+    pub files: Vec<InjectedFile>,
+    /// Environment of the command.
+    pub env: Vec<(String, String)>,
+    /// Program and arguments.
+    pub command: Vec<String>,
+}
+
+impl Workload {
+    /// Checks what must hold on every runtime: a command without NUL
+    /// bytes, valid environment variables, an absolute workspace, mounts
+    /// from absolute host paths to clean absolute paths outside the
+    /// workspace, and injected files at clean absolute paths outside the
+    /// workspace and the mounts (written there, they would land on the
+    /// host). `reserved` are more paths the runtime manages itself (the
+    /// native sandbox's `/proc` and `/dev`), refused as mount targets and
+    /// as places for files.
+    pub fn validate(&self, reserved: &[&str]) -> Result<(), InvalidWorkload> {
+        let invalid = |message: String| Err(InvalidWorkload(message));
+        if self.command.first().is_none_or(String::is_empty) {
+            return invalid("the command is empty: give at least a program name".into());
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return invalid("a command argument contains a NUL byte".into());
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return invalid(format!(
+                    "invalid environment variable name or value: {key:?}"
+                ));
+            }
+        }
+        if !self.workspace.is_absolute() {
+            return invalid(format!(
+                "the workspace path must be absolute: {}",
+                self.workspace.display()
+            ));
+        }
+        let managed = |path: &std::path::Path| {
+            path.starts_with(WORKSPACE_IN_SANDBOX) || reserved.iter().any(|r| path.starts_with(r))
+        };
+        let managed_names = reserved
+            .iter()
+            .copied()
+            .chain([WORKSPACE_IN_SANDBOX])
+            .collect::<Vec<_>>()
+            .join(", ");
+        for m in &self.mounts {
+            if !m.source.is_absolute() {
+                return invalid(format!(
+                    "mount source must be an absolute host path: {}",
+                    m.source.display()
+                ));
+            }
+            if !clean_absolute(&m.target) {
+                return invalid(format!(
+                    "mount target must be an absolute path other than / without '.' or '..': {}",
+                    m.target.display()
+                ));
+            }
+            if managed(&m.target) {
+                return invalid(format!(
+                    "mount target {} is inside {managed_names}, which the sandbox manages",
+                    m.target.display()
+                ));
+            }
+        }
+        for f in &self.files {
+            if !clean_absolute(&f.path_in_sandbox) {
+                return invalid(format!(
+                    "injected file path must be an absolute path other than / without '.' or '..': {}",
+                    f.path_in_sandbox.display()
+                ));
+            }
+            if managed(&f.path_in_sandbox)
+                || self
+                    .mounts
+                    .iter()
+                    .any(|m| f.path_in_sandbox.starts_with(&m.target))
+            {
+                return invalid(format!(
+                    "injected file {} would be written inside {managed_names} or an extra mount \
+                     (i.e. on the host): choose a path elsewhere",
+                    f.path_in_sandbox.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Workload`] cannot run on any runtime: what is wrong, in words
+/// for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidWorkload(String);
+
+/// An absolute path without `.` or `..` components, and not `/`.
+fn clean_absolute(path: &std::path::Path) -> bool {
+    use std::path::Component;
+    path.is_absolute()
+        && path.components().count() > 1
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
 /// What a run's SSH grants add to a sandbox: the agent socket's
 /// directory and the moat binary (the `ProxyCommand`) as mounts,
 /// `SSH_AUTH_SOCK`, and the ssh configuration files.
@@ -250,6 +367,18 @@ pub struct SandboxRequest {
 }
 
 impl SandboxRequest {
+    /// What runs and what it sees, SSH's additions included: the part of
+    /// a runtime's own spec taken as is.
+    pub fn workload(&self) -> Workload {
+        Workload {
+            workspace: self.workspace.clone(),
+            mounts: self.all_mounts(),
+            files: self.all_files(),
+            env: self.all_env(),
+            command: self.command.clone(),
+        }
+    }
+
     /// The mounts, SSH's included.
     pub fn all_mounts(&self) -> Vec<BindMount> {
         let mut mounts = self.mounts.clone();
@@ -530,6 +659,139 @@ mod base64_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn workload() -> Workload {
+        Workload {
+            workspace: "/tmp/ws".into(),
+            command: vec!["true".into()],
+            ..Workload::default()
+        }
+    }
+
+    fn file(path: &str) -> InjectedFile {
+        InjectedFile {
+            path_in_sandbox: path.into(),
+            contents: Vec::new(),
+            mode: 0o644,
+        }
+    }
+
+    fn mount(source: &str, target: &str) -> BindMount {
+        BindMount {
+            source: source.into(),
+            target: target.into(),
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn a_workload_is_checked_alike_for_every_runtime() {
+        assert_eq!(workload().validate(&[]), Ok(()));
+        let refused: Vec<(&str, Workload)> = vec![
+            (
+                "no command",
+                Workload {
+                    command: Vec::new(),
+                    ..workload()
+                },
+            ),
+            (
+                "empty program",
+                Workload {
+                    command: vec![String::new()],
+                    ..workload()
+                },
+            ),
+            (
+                "NUL",
+                Workload {
+                    command: vec!["a\0b".into()],
+                    ..workload()
+                },
+            ),
+            (
+                "env name",
+                Workload {
+                    env: vec![("A=B".into(), "v".into())],
+                    ..workload()
+                },
+            ),
+            (
+                "env NUL",
+                Workload {
+                    env: vec![("A".into(), "v\0".into())],
+                    ..workload()
+                },
+            ),
+            (
+                "relative workspace",
+                Workload {
+                    workspace: "ws".into(),
+                    ..workload()
+                },
+            ),
+            (
+                "relative source",
+                Workload {
+                    mounts: vec![mount("etc", "/x")],
+                    ..workload()
+                },
+            ),
+            (
+                "target /",
+                Workload {
+                    mounts: vec![mount("/etc", "/")],
+                    ..workload()
+                },
+            ),
+            (
+                "target ..",
+                Workload {
+                    mounts: vec![mount("/etc", "/a/../b")],
+                    ..workload()
+                },
+            ),
+            (
+                "target in workspace",
+                Workload {
+                    mounts: vec![mount("/etc", "/workspace/etc")],
+                    ..workload()
+                },
+            ),
+            (
+                "file ..",
+                Workload {
+                    files: vec![file("/etc/../root/x")],
+                    ..workload()
+                },
+            ),
+            (
+                "file in workspace",
+                Workload {
+                    files: vec![file("/workspace/x")],
+                    ..workload()
+                },
+            ),
+            (
+                "file in a mount",
+                Workload {
+                    mounts: vec![mount("/srv", "/data")],
+                    files: vec![file("/data/x")],
+                    ..workload()
+                },
+            ),
+        ];
+        for (what, w) in refused {
+            assert!(w.validate(&[]).is_err(), "{what} was accepted");
+        }
+        let reserved = Workload {
+            files: vec![file("/proc/x")],
+            ..workload()
+        };
+        assert_eq!(reserved.validate(&[]), Ok(()));
+        let err = reserved.validate(&["/proc", "/dev"]).unwrap_err();
+        assert!(err.to_string().contains("/proc, /dev, /workspace"), "{err}");
+    }
 
     fn request() -> SandboxRequest {
         SandboxRequest {
