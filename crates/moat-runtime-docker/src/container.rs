@@ -566,8 +566,9 @@ impl DockerRuntime {
         }
     }
 
-    /// Forcibly removes one container by id or name (already gone is fine),
-    /// e.g. an orphan found by [`Self::list_managed`].
+    /// Forcibly removes one container by id or name (already gone, or
+    /// being removed by the engine, is fine), e.g. an orphan found by
+    /// [`Self::list_managed`].
     pub async fn remove_by_id(&self, id: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::new()
             .force(true)
@@ -578,6 +579,12 @@ impl DockerRuntime {
             | Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
+            // A guard the engine removes itself after its run (AutoRemove):
+            // a forced removal conflicts only with one in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
             Err(e) => Err(DockerError::engine(format!("removing container {id}"), e)),
         }
     }

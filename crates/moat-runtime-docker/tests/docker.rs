@@ -483,3 +483,29 @@ async fn hidden_iptables_image(rt: &DockerRuntime) -> String {
     let _guard = BUILD_LOCK.lock().await;
     rt.resolve_image(&req, &image_map()).await.unwrap().tag
 }
+
+/// A guard removes itself after its run (AutoRemove); `moat clean` or
+/// `moat stop` may meet one whose removal the engine has begun. Removing
+/// it then is no error.
+#[tokio::test]
+async fn removing_a_container_the_engine_is_removing_is_fine() {
+    let Some(rt) = runtime().await else { return };
+    ensure_local_base(&rt).await;
+    for attempt in 0..3 {
+        let started = std::process::Command::new("docker")
+            .args(["run", "-d", "--rm", LOCAL_BASE, "sleep", "100"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+        let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+        // `docker kill` returns once the container is down, its removal
+        // just begun.
+        let killed = std::process::Command::new("docker")
+            .args(["kill", &id])
+            .output()
+            .unwrap();
+        assert!(killed.status.success(), "{killed:?}");
+        let removed = rt.remove_by_id(&id).await;
+        assert!(removed.is_ok(), "attempt {attempt}: {removed:?}");
+    }
+}
