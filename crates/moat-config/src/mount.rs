@@ -75,6 +75,10 @@ pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bo
     Ok((source, true))
 }
 
+/// Inside the sandbox, moat's own: a mount there could stand in for what
+/// moat relies on (a container's entrypoint waits there for its firewall).
+const MOAT_OWN_DIR: &str = "/run/moat";
+
 pub(crate) fn check_target(dst: &str) -> Result<PathBuf, String> {
     if dst.is_empty() {
         return Err(format!("the target is empty; {MOUNT_SYNTAX}"));
@@ -91,6 +95,12 @@ pub(crate) fn check_target(dst: &str) -> Result<PathBuf, String> {
     let target = normalize(path);
     if target == Path::new("/") {
         return Err("the target cannot be / itself".to_owned());
+    }
+    if target.starts_with(MOAT_OWN_DIR) {
+        return Err(format!(
+            "target {dst:?} is under {MOAT_OWN_DIR}, where moat puts its own files (the proxy \
+             socket, the SSH agent, the moat binary the sandbox starts with); choose another target"
+        ));
     }
     Ok(target)
 }
@@ -184,6 +194,9 @@ mod tests {
         assert!(err("~/x:/x").contains("~ is not expanded"));
         assert!(err("a:/x/../y").contains("must not contain .."));
         assert!(err("a:/").contains("cannot be /"));
+        assert!(err("/tmp/gate:/run/moat/bin/moat").contains("where moat puts its own files"));
+        assert!(err("/tmp:/run/moat").contains("where moat puts its own files"));
+        assert_eq!(ok("/tmp:/run/moatish").target, Path::new("/run/moatish"));
         assert_eq!(
             err("../cache:/c"),
             "invalid mount \"../cache:/c\": source \"../cache\" leaves the workspace (it is \

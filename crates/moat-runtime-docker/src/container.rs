@@ -310,12 +310,15 @@ impl DockerRuntime {
         )];
         let entrypoint = match gate {
             Some(moat) => {
-                // An SSH grant mounts the same binary there already.
+                // An SSH grant mounts the same binary there already. Any
+                // other mount there makes the engine refuse the container
+                // (a duplicate mount point): nothing else may stand in for
+                // the wait.
                 if !spec
                     .workload
                     .mounts
                     .iter()
-                    .any(|m| m.target == Path::new(MOAT_IN_CONTAINER))
+                    .any(|m| m.target == Path::new(MOAT_IN_CONTAINER) && m.source == moat)
                 {
                     binds.push(format!("{}:{MOAT_IN_CONTAINER}:ro", moat.display()));
                 }
