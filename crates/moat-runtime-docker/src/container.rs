@@ -503,25 +503,6 @@ impl DockerRuntime {
     /// Removes the container and its network guard (forcibly: running ones
     /// are killed).
     pub async fn remove(&self, container: &Container) -> Result<(), DockerError> {
-        if self.guard_removes_itself() && container.network.is_none() {
-            // The engine removes the guard itself once it exits (created
-            // with AutoRemove), and its relay exits on SIGTERM: sending
-            // that, once the workload and the sidecars are gone (Podman
-            // refuses to remove a container others joined the network
-            // namespace of), is all that is left. A SIGKILL, or a removal,
-            // waits until the engine has torn down the guard's network:
-            // about 100 ms of every run.
-            let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
-            let (workload, sidecars) = tokio::join!(
-                self.remove_by_id(&container.id),
-                futures_util::future::join_all(sidecars)
-            );
-            let guard = match &container.guard_id {
-                Some(g) => self.kill_guard(g).await,
-                None => Ok(()),
-            };
-            return sidecars.into_iter().fold(workload.and(guard), Result::and);
-        }
         // The workload and the sidecars at once, the guard last: they live
         // in its network namespace (Podman refuses to remove it before).
         let sidecars = container.sidecar_ids.iter().map(|id| self.remove_by_id(id));
@@ -529,24 +510,23 @@ impl DockerRuntime {
             self.remove_by_id(&container.id),
             futures_util::future::join_all(sidecars)
         );
-        let mut result = workload;
-        for removed in sidecars {
-            result = result.and(removed);
-        }
-        if let Some(g) = &container.guard_id {
-            result = result.and(self.remove_by_id(g).await);
+        let mut result = sidecars.into_iter().fold(workload, Result::and);
+        match (&container.guard_id, &container.network) {
+            // The run's own network (docker:dind's) goes after the guard,
+            // whose removal is therefore waited for.
+            (Some(guard), Some(_)) => result = result.and(self.remove_by_id(guard).await),
+            // The engine removes the guard itself once it exits (created
+            // with AutoRemove), and its relay exits on SIGTERM, which the
+            // engine delivers without waiting. A SIGKILL, or a removal,
+            // waits until the engine has torn down the guard's network:
+            // about 100 ms of every run.
+            (Some(guard), None) => result = result.and(self.kill_guard(guard).await),
+            (None, _) => {}
         }
         if let Some(network) = &container.network {
             self.remove_network(network).await;
         }
         result
-    }
-
-    /// Whether network guards are created with AutoRemove (both engines
-    /// honour it); kept as one switch, since [`Self::remove`] and the
-    /// guard's exit-code wait depend on it.
-    pub(crate) fn guard_removes_itself(&self) -> bool {
-        true
     }
 
     /// Asks an auto-removing guard's relay to exit (SIGTERM, which the

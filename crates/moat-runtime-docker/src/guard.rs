@@ -197,8 +197,9 @@ impl DockerRuntime {
                 ),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 memory: Some(32 * 1024 * 1024),
-                // Gone as soon as it is killed, without moat waiting for it.
-                auto_remove: Some(self.guard_removes_itself()),
+                // Removed by the engine once it exits (see
+                // `DockerRuntime::remove`), without moat waiting for it.
+                auto_remove: Some(true),
                 ulimits: self.container_ulimits(),
                 ..Default::default()
             }),
@@ -239,13 +240,8 @@ impl DockerRuntime {
         // Its exit code, should it exit: waited for from before the start,
         // since an auto-removing guard may be gone once its output ends.
         let exit_code = {
-            let condition = if self.guard_removes_itself() {
-                "removed"
-            } else {
-                "not-running"
-            };
             let options = WaitContainerOptionsBuilder::new()
-                .condition(condition)
+                .condition("removed")
                 .build();
             let mut wait = self.docker.wait_container(id, Some(options));
             tokio::spawn(async move {
