@@ -98,14 +98,7 @@ pub fn plan_agent(
     let program = if driver.uses_host_programs() {
         let source = locate(agent)?;
         if let AgentSource::Package { dir, .. } = &source {
-            plan.mounts
-                .retain(|m| m.target != Path::new(AGENT_DIR_IN_SANDBOX));
-            plan.mounts.push(MountPlan {
-                source: dir.clone(),
-                target: PathBuf::from(AGENT_DIR_IN_SANDBOX),
-                read_only: true,
-                relative: false,
-            });
+            mount_over(plan, dir.clone(), AGENT_DIR_IN_SANDBOX, true);
         }
         source.program_in_sandbox().to_string_lossy().into_owned()
     } else {
@@ -164,14 +157,7 @@ pub fn plan_agent(
                         serde_json::to_vec_pretty(&merged).unwrap_or(file.contents.clone());
                 }
             }
-            plan.mounts
-                .retain(|m| m.target != Path::new(STATE_IN_SANDBOX));
-            plan.mounts.push(MountPlan {
-                source: dir,
-                target: PathBuf::from(STATE_IN_SANDBOX),
-                read_only: false,
-                relative: false,
-            });
+            mount_over(plan, dir, STATE_IN_SANDBOX, false);
             Some(kept)
         }
         _ => None,
@@ -206,14 +192,7 @@ pub fn plan_agent(
     }
     if driver.uses_host_programs() {
         let kept = sessions_dir(agent, &plan.workspace)?;
-        plan.mounts
-            .retain(|m| m.target != Path::new(SESSIONS_IN_SANDBOX));
-        plan.mounts.push(MountPlan {
-            source: kept,
-            target: PathBuf::from(SESSIONS_IN_SANDBOX),
-            read_only: false,
-            relative: false,
-        });
+        mount_over(plan, kept, SESSIONS_IN_SANDBOX, false);
         let link = agent.sessions_dir();
         setup.push_str(&format!(
             "mkdir -p \"$HOME/{parent}\"\nrm -rf \"$HOME/{link}\"\nln -s {SESSIONS_IN_SANDBOX} \"$HOME/{link}\"\n",
@@ -466,4 +445,16 @@ fn user_home() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
+}
+
+/// Mounts `source` at `target` in place of whatever the plan mounted
+/// there (moat.yaml may name the same target).
+fn mount_over(plan: &mut RunPlan, source: PathBuf, target: &str, read_only: bool) {
+    plan.mounts.retain(|m| m.target != Path::new(target));
+    plan.mounts.push(MountPlan {
+        source,
+        target: PathBuf::from(target),
+        read_only,
+        relative: false,
+    });
 }

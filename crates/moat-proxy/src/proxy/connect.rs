@@ -22,34 +22,21 @@ pub(super) fn handle_connect(
         .to_owned();
     if let HostDecision::Denied(reason) = run.policy.host_decision(&bare) {
         let message = reason.message();
-        if let Some(ex) = Exchange::new(
-            run.clone(),
-            "CONNECT",
-            &format!("{host}:{port}"),
-            false,
-            (req.headers(), &[]),
-            None,
-            inner.config.trace_body_bytes,
-        ) {
-            ex.set_error(407, "blocked by network policy");
-            ex.set_body(Side::Response, message.as_bytes());
-            ex.finish();
-        }
+        let refused = (407, "blocked by network policy");
+        trace_refused_connect(&inner, &run, &req, &host, port, refused, Some(&message));
         return blocked(&reason);
     }
     if let Some(e) = inner.upstream.dialer.refuses_at_once(&bare, port) {
-        if let Some(ex) = Exchange::new(
-            run.clone(),
-            "CONNECT",
-            &format!("{host}:{port}"),
-            false,
-            (req.headers(), &[]),
+        let refused = (e.status().as_u16(), e.detail());
+        trace_refused_connect(
+            &inner,
+            &run,
+            &req,
+            &host,
+            port,
+            (refused.0, &refused.1),
             None,
-            inner.config.trace_body_bytes,
-        ) {
-            ex.set_error(e.status().as_u16(), &e.detail());
-            ex.finish();
-        }
+        );
         return error_response(&e);
     }
     let upgrade = hyper::upgrade::on(req);
@@ -67,6 +54,35 @@ pub(super) fn handle_connect(
         }
     });
     Response::new(empty())
+}
+
+/// Traces a `CONNECT` refused before any tunnel: its status and reason,
+/// and the body the client is told, if any.
+fn trace_refused_connect(
+    inner: &Inner,
+    run: &Arc<Run>,
+    req: &Request<Incoming>,
+    host: &str,
+    port: u16,
+    (status, reason): (u16, &str),
+    body: Option<&str>,
+) {
+    let Some(ex) = Exchange::new(
+        run.clone(),
+        "CONNECT",
+        &format!("{host}:{port}"),
+        false,
+        (req.headers(), &[]),
+        None,
+        inner.config.trace_body_bytes,
+    ) else {
+        return;
+    };
+    ex.set_error(status, reason);
+    if let Some(body) = body {
+        ex.set_body(Side::Response, body.as_bytes());
+    }
+    ex.finish();
 }
 
 /// The `CONNECT` target, when the run may open a raw TCP tunnel to it.
