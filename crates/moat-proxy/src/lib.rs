@@ -35,6 +35,7 @@
 mod ca;
 mod config;
 mod error;
+mod h1;
 mod io;
 mod proxy;
 mod run;

@@ -4,7 +4,9 @@
 //!
 //! An HTTP/1.1 client connection gets its own upstream connection per
 //! destination ([`Binding`]), kept for the client connection's life and
-//! then left idle for the next client connection to the same destination.
+//! then left idle for the next client connection to the same destination;
+//! it speaks HTTP/1.1 through [`crate::h1`], which holds no buffer between
+//! requests.
 //! Upstreams that speak HTTP/2 are shared by everyone through hyper-util's
 //! pooled client, as are requests of HTTP/2 client connections.
 
@@ -18,9 +20,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -33,7 +36,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{ConnectTo, ProxyConfig};
 use crate::error::{ErrorKind, ProxyError};
-use crate::ProxyBody;
+use crate::h1::{H1Conn, Release, SendFailure};
+use crate::{BoxError, ProxyBody};
 
 /// The pooled upstream clients.
 #[derive(Clone)]
@@ -118,13 +122,14 @@ impl Upstream {
         binding: Option<&Binding>,
         upgrade: bool,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = bare_host(req.uri().host().unwrap_or_default()).to_owned();
         if upgrade {
             return self
                 .h1
                 .request(req)
                 .await
+                .map(boxed)
                 .map_err(|e| upstream_error(&host, &e, e.is_connect()));
         }
         let key = match (binding, req.uri().scheme(), req.uri().authority()) {
@@ -136,6 +141,7 @@ impl Upstream {
                 .auto
                 .request(req)
                 .await
+                .map(boxed)
                 .map_err(|e| upstream_error(&host, &e, e.is_connect()));
         };
         // Until one connection has told what a destination speaks, other
@@ -163,7 +169,7 @@ impl Upstream {
         }
         if known == Some(Protocol::H2) {
             drop(probe);
-            return self.h2.request(req).await.map_err(|e| {
+            return self.h2.request(req).await.map(boxed).map_err(|e| {
                 // Perhaps it no longer speaks HTTP/2: the next request
                 // finds out again.
                 self.direct.forget(&key);
@@ -211,7 +217,7 @@ struct Direct {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -310,44 +316,68 @@ impl Direct {
         mut req: Request<ProxyBody>,
         host: &str,
         probing: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut held = binding.take(&key).or_else(|| self.checkout(&key));
         loop {
             let reused = held.is_some();
-            let mut sender = match held.take() {
-                Some(sender) => sender,
+            let sender = match held.take() {
+                Some(conn) => Sender::H1(conn),
                 // Boxed: its state (over a KB) would otherwise be part of
                 // every request's, which waits on a held connection.
                 None => Box::pin(self.connect(&key)).await?,
             };
-            if reused && sender.ready().await.is_err() {
-                held = self.checkout(&key);
-                continue;
-            }
             if reused && probing {
                 // Only HTTP/1.1 connections are held or left idle: the
                 // requests waiting for this one's answer can go.
                 self.learn(&key, Protocol::H1);
             }
-            match sender.send(req).await {
+            let conn = match sender {
+                // An HTTP/2 connection (the first to a destination not
+                // yet known to speak it) serves this request only: the
+                // next go to the shared pool.
+                Sender::H2(mut sender) => {
+                    return sender
+                        .send_request(req)
+                        .await
+                        .map(boxed)
+                        .map_err(|e| upstream_error(host, &e, false));
+                }
+                Sender::H1(conn) => conn,
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match conn.send(req, reused, self.release(key.clone(), tx)).await {
                 Ok(resp) => {
-                    // An HTTP/2 connection (the first to a destination
-                    // not yet known to speak it) serves this request
-                    // only: the next go to the shared pool.
-                    if matches!(sender, Sender::H1(_)) {
-                        binding.put(key, sender);
-                    }
+                    binding.hold(key, rx);
                     return Ok(resp);
                 }
-                Err((e, unsent)) => match unsent {
-                    Some(again) if reused => {
-                        req = again;
-                        held = self.checkout(&key);
-                    }
-                    _ => return Err(upstream_error(host, &e, false)),
-                },
+                Err(SendFailure {
+                    unsent: Some(again),
+                    ..
+                }) => {
+                    req = again;
+                    held = self.checkout(&key);
+                }
+                Err(SendFailure { error, .. }) => return Err(upstream_error(host, &error, false)),
             }
         }
+    }
+
+    /// Where a connection goes when its response has been read: to the
+    /// binding that sent the request while it still waits for it, else
+    /// idle.
+    fn release(
+        self: &Arc<Self>,
+        key: Key,
+        to_binding: tokio::sync::oneshot::Sender<H1Conn>,
+    ) -> Release {
+        let direct = Arc::downgrade(self);
+        Box::new(move |conn| {
+            if let Err(conn) = to_binding.send(conn) {
+                if let Some(direct) = direct.upgrade() {
+                    direct.check_in(key, conn);
+                }
+            }
+        })
     }
 
     /// A new connection to `key`, ready for a request.
@@ -362,40 +392,32 @@ impl Direct {
         let io = tower_service::Service::call(&mut self.connector.clone(), uri).await?;
         let h2 = io.inner().connected().is_negotiated_h2();
         self.learn(key, if h2 { Protocol::H2 } else { Protocol::H1 });
+        if !h2 {
+            return Ok(Sender::H1(H1Conn::new(io.into_inner())));
+        }
         let failed = |e: hyper::Error| upstream_error(&host, &e, true);
-        let mut sender = if h2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Sender::H2(sender)
-        } else {
-            let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Sender::H1(sender)
-        };
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
         sender.ready().await.map_err(failed)?;
-        Ok(sender)
+        Ok(Sender::H2(sender))
     }
 
     /// The most recently idled open connection to `key`, if any.
-    fn checkout(&self, key: &Key) -> Option<Sender> {
+    fn checkout(&self, key: &Key) -> Option<H1Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(key)?;
         let mut found = None;
-        while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
-                found = Some(entry.sender);
+        while let Some(mut entry) = list.pop() {
+            if entry.since.elapsed() < IDLE_TIMEOUT && !entry.conn.is_closed() {
+                found = Some(entry.conn);
                 break;
             }
         }
@@ -406,13 +428,13 @@ impl Direct {
     }
 
     /// Leaves a connection no client connection holds for the next one.
-    fn check_in(self: &Arc<Self>, key: Key, sender: Sender) {
-        if sender.is_closed() || !sender.is_ready() {
+    fn check_in(self: &Arc<Self>, key: Key, mut conn: H1Conn) {
+        if conn.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             idle.entry(key).or_default().push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -439,11 +461,9 @@ async fn reap(direct: Weak<Direct>) {
             Ok(mut idle) => {
                 let mut expired = Vec::new();
                 idle.retain(|_, list| {
-                    let (keep, gone) = std::mem::take(list).into_iter().partition(|e: &Idle| {
-                        !e.sender.is_closed() && e.since.elapsed() < IDLE_TIMEOUT
-                    });
-                    *list = keep;
-                    expired.extend::<Vec<Idle>>(gone);
+                    expired.extend(list.extract_if(.., |e| {
+                        e.since.elapsed() >= IDLE_TIMEOUT || e.conn.is_closed()
+                    }));
                     !list.is_empty()
                 });
                 expired
@@ -459,8 +479,20 @@ async fn reap(direct: Weak<Direct>) {
 /// requests to the same destination, left idle when it closes.
 pub(crate) struct Binding {
     direct: Arc<Direct>,
-    held: Mutex<Option<(Key, Sender)>>,
+    held: Mutex<Option<(Key, Held)>>,
 }
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding").finish_non_exhaustive()
+    }
+}
+
+/// The connection a binding holds, sent back through this channel once
+/// its last response has been read; while it is still being read, it is
+/// not at hand, and dropping the receiver sends it to the idle
+/// connections instead.
+type Held = tokio::sync::oneshot::Receiver<H1Conn>;
 
 impl Binding {
     fn holds(&self, key: &Key) -> bool {
@@ -469,24 +501,28 @@ impl Binding {
             .is_ok_and(|held| held.as_ref().is_some_and(|(k, _)| k == key))
     }
 
-    /// The held connection, if it goes to `key`; one to elsewhere is left
-    /// idle.
-    fn take(&self, key: &Key) -> Option<Sender> {
-        let (held_key, sender) = self.held.lock().ok()?.take()?;
-        if held_key == *key {
-            return Some(sender);
+    /// The held connection, if it goes to `key`, is back from its last
+    /// response and still open; one to elsewhere is left idle.
+    fn take(&self, key: &Key) -> Option<H1Conn> {
+        let (held_key, mut held) = self.held.lock().ok()?.take()?;
+        let mut conn = held.try_recv().ok()?;
+        if held_key != *key {
+            self.direct.check_in(held_key, conn);
+            return None;
         }
-        self.direct.check_in(held_key, sender);
-        None
+        (!conn.is_closed()).then_some(conn)
     }
 
-    fn put(&self, key: Key, sender: Sender) {
+    /// Holds the connection whose response is being read.
+    fn hold(&self, key: Key, busy: Held) {
         let previous = match self.held.lock() {
-            Ok(mut held) => held.replace((key, sender)),
-            Err(_) => Some((key, sender)),
+            Ok(mut held) => held.replace((key, busy)),
+            Err(_) => None,
         };
-        if let Some((key, sender)) = previous {
-            self.direct.check_in(key, sender);
+        if let Some((key, mut held)) = previous {
+            if let Ok(conn) = held.try_recv() {
+                self.direct.check_in(key, conn);
+            }
         }
     }
 }
@@ -494,101 +530,23 @@ impl Binding {
 impl Drop for Binding {
     fn drop(&mut self) {
         let held = self.held.get_mut().ok().and_then(Option::take);
-        if let Some((key, sender)) = held {
-            self.direct.check_in(key, sender);
-        }
-    }
-}
-
-/// A connection's request sender.
-enum Sender {
-    H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>),
-}
-
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_ready(),
-            Sender::H2(s) => s.is_ready(),
-        }
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
-        }
-    }
-
-    /// Sends `req` (absolute URI): on HTTP/1.1 with a `Host` header and
-    /// the origin-form target, as hyper-util's client does. A request the
-    /// connection did not start comes back as it was given.
-    async fn send(
-        &mut self,
-        mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, (hyper::Error, Option<Request<ProxyBody>>)> {
-        let unsent = |mut e: TrySendError<Request<ProxyBody>>| {
-            let req = e.take_message();
-            (e.into_error(), req)
-        };
-        match self {
-            Sender::H2(s) => s.try_send_request(req).await.map_err(unsent),
-            Sender::H1(s) => {
-                let uri = req.uri().clone();
-                let set_host = !req.headers().contains_key(header::HOST);
-                if set_host {
-                    if let Some(host) = host_header(&uri) {
-                        req.headers_mut().insert(header::HOST, host);
-                    }
-                }
-                *req.uri_mut() = origin_form(&uri);
-                s.try_send_request(req).await.map_err(|e| {
-                    let (e, mut req) = unsent(e);
-                    if let Some(req) = &mut req {
-                        *req.uri_mut() = uri;
-                        if set_host {
-                            req.headers_mut().remove(header::HOST);
-                        }
-                    }
-                    (e, req)
-                })
+        if let Some((key, mut held)) = held {
+            if let Ok(conn) = held.try_recv() {
+                self.direct.check_in(key, conn);
             }
         }
     }
 }
 
-/// `Host` for an HTTP/1.1 request to `uri`: the host, and the port unless
-/// it is the scheme's default.
-fn host_header(uri: &Uri) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    let default = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    match uri.port_u16() {
-        Some(port) if port != default => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
-        _ => HeaderValue::from_str(host).ok(),
-    }
+/// A new connection, as the upstream's ALPN answer made it.
+enum Sender {
+    H1(H1Conn),
+    H2(http2::SendRequest<ProxyBody>),
 }
 
-/// `uri`'s path and query alone (`/` when it has none).
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str() != "/" => {
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = Some(pq.clone());
-            Uri::from_parts(parts).unwrap_or_default()
-        }
-        _ => Uri::default(),
-    }
+/// A hyper client's response with moat's body type.
+fn boxed(resp: Response<Incoming>) -> Response<ProxyBody> {
+    resp.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
 }
 
 /// Turns a client error into a [`ProxyError`] blaming the upstream (the

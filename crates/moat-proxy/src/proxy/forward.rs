@@ -328,7 +328,7 @@ pub(super) async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, switching);
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let body: ProxyBody = body;
     let body = if secrets.is_empty() || switching {
         body
     } else {

@@ -1,0 +1,400 @@
+//! The HTTP/1.1 upstream leg of client connections that hold their own
+//! upstream connection, against a scripted upstream that writes raw bytes:
+//! response framings (chunked with extensions and trailers, split at every
+//! byte, `Content-Length`, until close, 1xx before the answer, HEAD, 204),
+//! uploads of known and unknown length, connection reuse and what breaks
+//! it, and malformed answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use moat_testkit::TestCa;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the scripted upstream saw of one request: its head as written,
+/// and its body, de-chunked.
+#[derive(Debug, Clone)]
+struct Got {
+    head: String,
+    body: Vec<u8>,
+}
+
+struct Scripted {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    got: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Scripted {
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+    fn last(&self) -> Got {
+        self.got.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// The raw answer to a request for `path`, and whether to close the
+/// connection after it.
+fn script(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
+    let raw = |s: &str| s.as_bytes().to_vec();
+    match path {
+        "/chunked" => (
+            raw("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                 5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"),
+            false,
+        ),
+        "/informational" => (
+            raw(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
+                 HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
+            ),
+            false,
+        ),
+        "/until-close" => (raw("HTTP/1.1 200 OK\r\n\r\nall of it"), true),
+        "/both" => (
+            raw(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n\
+                 3\r\nabc\r\n0\r\n\r\n",
+            ),
+            false,
+        ),
+        "/garbage" => (raw("NOT HTTP AT ALL\r\n\r\n"), true),
+        "/truncated" => (
+            raw("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"),
+            true,
+        ),
+        "/conflicting-length" => (
+            raw("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
+            true,
+        ),
+        "/no-content" => (raw("HTTP/1.1 204 No Content\r\n\r\n"), false),
+        "/silent-close" => (raw("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"), true),
+        _ if method == "HEAD" => (
+            raw("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+            false,
+        ),
+        _ => {
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+            out.extend_from_slice(body);
+            (out, false)
+        }
+    }
+}
+
+/// A TLS upstream on 127.0.0.1 for `raw.test` answering with [`script`],
+/// written a few bytes at a time so that every parse sees partial input.
+async fn scripted(ca: &TestCa) -> Scripted {
+    let (cert, key) = ca.leaf(&["raw.test"]);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let (c2, g2) = (connections.clone(), got.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            c2.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            let got = g2.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                loop {
+                    let Some(request) = read_request(&mut tls, &mut buf).await else {
+                        return;
+                    };
+                    let (method, path) = {
+                        let mut words = request.head.split(' ');
+                        (
+                            words.next().unwrap_or_default().to_owned(),
+                            words.next().unwrap_or_default().to_owned(),
+                        )
+                    };
+                    let (answer, close) = script(&method, &path, &request.body);
+                    got.lock().unwrap().push(request);
+                    for piece in answer.chunks(3) {
+                        if tls.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        let _ = tls.flush().await;
+                    }
+                    if close {
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Scripted {
+        port,
+        connections,
+        got,
+    }
+}
+
+/// Reads one request (head, then a `Content-Length` or chunked body).
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Got> {
+    async fn more<S: tokio::io::AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> Option<()> {
+        let mut chunk = [0u8; 4096];
+        let n = io.read(&mut chunk).await.ok()?;
+        (n > 0).then(|| buf.extend_from_slice(&chunk[..n]))
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(io, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.drain(..end);
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(len) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        while buf.len() < len {
+            more(io, buf).await?;
+        }
+        body = buf.drain(..len).collect();
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                more(io, buf).await?;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).ok()?, 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                more(io, buf).await?;
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some(Got { head, body })
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn client(h: &Harness, token: &moat_proxy::RunToken) -> SendRequest<Body> {
+    let io = tunnel(h, token, "raw.test", &[b"http/1.1"]).await;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn exchange(
+    send: &mut SendRequest<Body>,
+    method: &str,
+    path: &str,
+    body: Body,
+) -> (u16, String) {
+    send.ready().await.unwrap();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "raw.test")
+        .body(body)
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+async fn start() -> (Harness, Scripted, moat_proxy::RunToken) {
+    let ca = TestCa::new();
+    let upstream = scripted(&ca).await;
+    let h = Harness::start(ca, &[("raw.test", upstream.port)]).await;
+    let token = h.register(
+        "run",
+        permissive(),
+        &[("raw.test", "x-api-key", "k-raw-0123456789")],
+    );
+    (h, upstream, token)
+}
+
+#[tokio::test]
+async fn every_response_framing_arrives_whole_and_the_connection_is_reused() {
+    let (h, upstream, token) = start().await;
+    let mut send = client(&h, &token).await;
+    assert_eq!(
+        exchange(&mut send, "GET", "/chunked", empty()).await,
+        (200, "hello world".into())
+    );
+    assert_eq!(
+        exchange(&mut send, "GET", "/informational", empty()).await,
+        (200, "final".into())
+    );
+    assert_eq!(
+        exchange(&mut send, "GET", "/no-content", empty()).await,
+        (204, String::new())
+    );
+    assert_eq!(
+        exchange(&mut send, "HEAD", "/head", empty()).await,
+        (200, String::new())
+    );
+    let (status, body) = exchange(&mut send, "GET", "/echo", empty()).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    // Everything so far on one upstream connection, with moat's Host,
+    // the origin-form target and the injected header.
+    assert_eq!(upstream.connections(), 1);
+    let head = upstream.last().head;
+    assert!(head.starts_with("GET /echo HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("host: raw.test\r\n"), "{head}");
+    assert!(head.contains("x-api-key: k-raw-0123456789\r\n"), "{head}");
+
+    // Ended by closing: read to the end, and the next request opens a
+    // new connection.
+    assert_eq!(
+        exchange(&mut send, "GET", "/until-close", empty()).await,
+        (200, "all of it".into())
+    );
+    assert_eq!(exchange(&mut send, "GET", "/echo", empty()).await.0, 200);
+    assert_eq!(upstream.connections(), 2);
+
+    // Chunked and a Content-Length: the chunks count, and the connection
+    // is not trusted with another request.
+    assert_eq!(
+        exchange(&mut send, "GET", "/both", empty()).await,
+        (200, "abc".into())
+    );
+    assert_eq!(exchange(&mut send, "GET", "/echo", empty()).await.0, 200);
+    assert_eq!(upstream.connections(), 3);
+}
+
+#[tokio::test]
+async fn uploads_of_known_and_unknown_length_arrive_intact() {
+    let (h, upstream, token) = start().await;
+    let mut send = client(&h, &token).await;
+    let payload = "x".repeat(100_000);
+    let (status, echoed) = exchange(
+        &mut send,
+        "POST",
+        "/upload",
+        Full::new(Bytes::from(payload.clone())).boxed(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(echoed, payload);
+    assert!(upstream.last().head.contains("content-length: 100000\r\n"));
+
+    // No length known in advance: moat sends it chunked.
+    let pieces = vec!["first,", "second,", "third"];
+    let stream = futures_util::stream::iter(
+        pieces
+            .into_iter()
+            .map(|p| Ok::<_, Infallible>(Frame::data(Bytes::from(p)))),
+    );
+    let (status, echoed) =
+        exchange(&mut send, "PUT", "/stream", StreamBody::new(stream).boxed()).await;
+    assert_eq!((status, echoed.as_str()), (200, "first,second,third"));
+    let head = upstream.last().head;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+
+    // An empty POST says so.
+    exchange(&mut send, "POST", "/empty", empty()).await;
+    assert!(upstream.last().head.contains("content-length: 0\r\n"));
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
+    let (h, upstream, token) = start().await;
+    let mut send = client(&h, &token).await;
+    // The upstream answers, then closes without saying so.
+    assert_eq!(
+        exchange(&mut send, "GET", "/silent-close", empty()).await,
+        (200, "ok".into())
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A POST, which moat may not send twice, goes on a new connection.
+    let (status, echoed) = exchange(
+        &mut send,
+        "POST",
+        "/after",
+        Full::new(Bytes::from("payload")).boxed(),
+    )
+    .await;
+    assert_eq!((status, echoed.as_str()), (200, "payload"));
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_502s_that_say_why() {
+    let (h, _upstream, token) = start().await;
+    let mut send = client(&h, &token).await;
+    let (status, body) = exchange(&mut send, "GET", "/garbage", empty()).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("upstream raw.test failed: invalid response: malformed response head"),
+        "{body}"
+    );
+
+    let (status, body) = exchange(&mut send, "GET", "/conflicting-length", empty()).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("conflicting Content-Length values"), "{body}");
+
+    // A body cut short fails the client's response, not silently.
+    send.ready().await.unwrap();
+    let req = Request::builder()
+        .uri("/truncated")
+        .header("host", "raw.test")
+        .body(empty())
+        .unwrap();
+    // (The head may not even have left the proxy when the body fails.)
+    let whole = match send.send_request(req).await {
+        Ok(resp) => resp.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!whole, "a truncated body reached the client as complete");
+}
