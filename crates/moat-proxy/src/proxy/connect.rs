@@ -6,7 +6,7 @@ use super::*;
 pub(super) fn handle_connect(
     inner: Arc<Inner>,
     run: Arc<Run>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
     let Some(authority) = req.uri().authority() else {
         return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
@@ -61,7 +61,7 @@ pub(super) fn handle_connect(
 fn trace_refused_connect(
     inner: &Inner,
     run: &Arc<Run>,
-    req: &Request<Incoming>,
+    req: &Request<ProxyBody>,
     host: &str,
     port: u16,
     (status, reason): (u16, &str),
@@ -86,7 +86,7 @@ fn trace_refused_connect(
 }
 
 /// The `CONNECT` target, when the run may open a raw TCP tunnel to it.
-pub(super) fn tunnel_target(run: &Run, req: &Request<Incoming>) -> Option<(String, u16)> {
+pub(super) fn tunnel_target(run: &Run, req: &Request<ProxyBody>) -> Option<(String, u16)> {
     let authority = req.uri().authority()?;
     let host = authority.host().to_ascii_lowercase();
     let port = authority.port_u16()?;
@@ -105,7 +105,7 @@ pub(super) async fn handle_tcp_tunnel(
     run: Arc<Run>,
     host: String,
     port: u16,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
     let exchange = Exchange::new(
         run.clone(),
@@ -529,10 +529,9 @@ pub(super) async fn serve_inner<IO>(
     // An HTTP/1.1 client sends one request at a time: it gets its own
     // upstream connection. HTTP/2 clients share the pool's.
     let binding = (!h2).then(|| Arc::new(inner.upstream.binding()));
-    let service = {
-        let inner = inner.clone();
+    let handle = {
         let activity = activity.clone();
-        service_fn(move |req: Request<Incoming>| {
+        move |req: Request<ProxyBody>| {
             let inner = inner.clone();
             let run = run.clone();
             let target = target.clone();
@@ -544,30 +543,53 @@ pub(super) async fn serve_inner<IO>(
                 // about 2 KB.
                 let resp =
                     Box::pin(handle_inner(inner, run, &target, req, binding.as_deref())).await;
-                Ok::<_, Infallible>(resp.map(|body| Busy { body, _busy: busy }.boxed_unsync()))
+                resp.map(|body| Busy { body, _busy: busy }.boxed_unsync())
             }
-        })
+        }
     };
-    let io = TokioIo::new(io);
     if h2 {
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = handle(boxed_request(req));
+            async move { Ok::<_, Infallible>(resp.await) }
+        });
         // Boxed: inline, HTTP/2's larger connection state would size every
         // HTTP/1.1 tunnel's task too.
+        let io = TokioIo::new(io);
         Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config_timeout)
-            .max_buf_size(max_buf);
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        tokio::select! {
-            result = conn => {
-                if let Err(e) = result {
-                    tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
-                }
+        return;
+    }
+    // HTTP/1.1: moat's lean server takes the plain requests, hyper's the
+    // rest of the connection from the first one it does not.
+    let opts = ServeOptions {
+        header_timeout: config_timeout,
+        max_head: max_buf,
+    };
+    let served = tokio::select! {
+        served = Box::pin(h1::server::serve(io, opts, handle.clone())) => served,
+        () = cancel.cancelled() => return,
+    };
+    let Served::Handoff(io) = served else {
+        return;
+    };
+    let service = service_fn(move |req: Request<Incoming>| {
+        let resp = handle(boxed_request(req));
+        async move { Ok::<_, Infallible>(resp.await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config_timeout)
+        .max_buf_size(max_buf);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(fault = %Fault::Downstream, error = %e, "tunnel connection ended");
             }
-            () = cancel.cancelled() => {}
         }
+        () = cancel.cancelled() => {}
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) async fn handle_inner(
     inner: Arc<Inner>,
     run: Arc<Run>,
     target: &Target,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     binding: Option<&Binding>,
 ) -> Response<ProxyBody> {
     if !run.is_active() {
@@ -66,7 +66,7 @@ pub(super) async fn handle_inner(
     forward(&inner, run, uri, true, inject, req, binding).await
 }
 
-pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub(super) fn is_upgrade(req: &Request<ProxyBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && header_has_token(req.headers(), header::CONNECTION, "upgrade")
@@ -144,7 +144,7 @@ pub(super) async fn forward(
     uri: Uri,
     check_policy: bool,
     inject: Injected,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     binding: Option<&Binding>,
 ) -> Response<ProxyBody> {
     let limit = inner.config.trace_body_bytes;
@@ -270,11 +270,8 @@ pub(super) async fn forward(
         )
     });
 
-    let mut upstream_req = Request::new(
-        Tapped::new(body, exchange.clone(), Side::Request)
-            .map_err(|e| Box::new(e) as BoxError)
-            .boxed_unsync(),
-    );
+    let mut upstream_req =
+        Request::new(Tapped::new(body, exchange.clone(), Side::Request).boxed_unsync());
     *upstream_req.method_mut() = method;
     *upstream_req.uri_mut() = uri;
     *upstream_req.headers_mut() = headers;

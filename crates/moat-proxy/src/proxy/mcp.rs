@@ -5,7 +5,7 @@ use super::*;
 pub(super) async fn handle_mcp(
     inner: Arc<Inner>,
     run: Arc<Run>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     binding: &Binding,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::CertificateAuthority;
 use crate::config::ProxyConfig;
 use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
+use crate::h1::{self, server::ServeOptions, server::Served};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::scrub::{Scrubbed, Secrets};
@@ -250,7 +251,7 @@ impl Proxy {
         let service = service_fn(move |req: Request<Incoming>| {
             let inner = inner.clone();
             let binding = binding.clone();
-            async move { Ok::<_, Infallible>(handle_outer(inner, req, &binding).await) }
+            async move { Ok::<_, Infallible>(handle_outer(inner, boxed_request(req), &binding).await) }
         });
         let config = &self.inner.config;
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -274,6 +275,12 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A request as hyper's server reads it, with moat's body type (the lean
+/// server's requests have it already).
+fn boxed_request(req: Request<Incoming>) -> Request<ProxyBody> {
+    req.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
 }
 
 async fn accept_error(e: std::io::Error) {
@@ -313,7 +320,7 @@ impl Target {
 
 async fn handle_outer(
     inner: Arc<Inner>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     binding: &Binding,
 ) -> Response<ProxyBody> {
     if req.method() == Method::CONNECT {

@@ -29,6 +29,10 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
+mod body;
+pub(crate) mod server;
+
+use self::body::{read_into, Decoder, Framing};
 use crate::upstream::UpstreamIo;
 use crate::{BoxError, ProxyBody};
 
@@ -293,15 +297,6 @@ fn encode_head(req: &Request<ProxyBody>) -> Vec<u8> {
     head
 }
 
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// A parsed head: its length, the response without body, the framing
 /// (`None` for a 1xx response) and whether the connection may be reused.
 type Parsed = (usize, Head, Option<Framing>, bool);
@@ -427,17 +422,9 @@ struct Rest {
 
 impl Rest {
     fn into_response(self, head: Head, conn: H1Conn, release: Release) -> Response<ProxyBody> {
-        let state = match self.framing {
-            Framing::Empty => State::Done,
-            Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::ChunkSize,
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut body = ResponseBody {
             conn: Some(conn),
-            buf: self.buf,
-            state,
+            decoder: Decoder::new(self.buf, self.framing),
             reusable: self.reusable,
             release: Some(release),
         };
@@ -450,23 +437,11 @@ impl Rest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkEnd,
-    Trailers,
-    UntilClose,
-    Done,
-}
-
 /// A response body read from its connection, which goes back to the
 /// binding (or the idle pool) the moment the body's last byte is read.
 struct ResponseBody {
     conn: Option<H1Conn>,
-    buf: BytesMut,
-    state: State,
+    decoder: Decoder,
     reusable: bool,
     release: Option<Release>,
 }
@@ -475,156 +450,18 @@ impl ResponseBody {
     /// Hands the connection on once the body is whole, if nothing
     /// unasked followed it.
     fn release_if_done(&mut self) {
-        if self.state != State::Done {
+        if !self.decoder.is_done() {
             return;
         }
         let conn = self.conn.take();
         let release = self.release.take();
         if let (Some(conn), Some(release)) = (conn, release) {
-            if self.reusable && self.buf.is_empty() {
+            if self.reusable && self.decoder.buf.is_empty() {
                 release(conn);
             }
         }
-        self.buf = BytesMut::new();
+        self.decoder.buf = BytesMut::new();
     }
-
-    /// Reads more into `buf`; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_SIZE);
-        }
-        read_into(&mut conn.io, cx, &mut self.buf)
-    }
-
-    fn step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        loop {
-            match self.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) | State::ChunkData(left) if !self.buf.is_empty() => {
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let data = self.buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    self.state = match (self.state, left) {
-                        (State::Length(_), 0) => State::Done,
-                        (State::Length(_), _) => State::Length(left),
-                        (_, 0) => State::ChunkEnd,
-                        _ => State::ChunkData(left),
-                    };
-                    self.release_if_done();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::UntilClose if !self.buf.is_empty() => {
-                    let data = self.buf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::ChunkSize => {
-                    let line = match take_line(&mut self.buf) {
-                        Ok(line) => line,
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    };
-                    if let Some(line) = line {
-                        let size = match chunk_size(&line) {
-                            Ok(size) => size,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        };
-                        self.state = if size == 0 {
-                            State::Trailers
-                        } else {
-                            State::ChunkData(size)
-                        };
-                        continue;
-                    }
-                }
-                State::ChunkEnd if self.buf.len() >= 2 => {
-                    if &self.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(H1Error::Invalid(
-                            "chunk not followed by CRLF",
-                        ))));
-                    }
-                    self.buf.advance(2);
-                    self.state = State::ChunkSize;
-                    continue;
-                }
-                State::Trailers => {
-                    // Trailer fields are read and dropped, up to the
-                    // empty line.
-                    let line = match take_line(&mut self.buf) {
-                        Ok(line) => line,
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    };
-                    if let Some(line) = line {
-                        if line.is_empty() {
-                            self.state = State::Done;
-                            self.release_if_done();
-                            return Poll::Ready(None);
-                        }
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-            match self.poll_fill(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(Ok(0)) => {
-                    self.conn = None;
-                    if self.state == State::UntilClose {
-                        self.state = State::Done;
-                        self.release_if_done();
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(H1Error::Truncated)));
-                }
-                Poll::Ready(Ok(_)) => {}
-            }
-        }
-    }
-}
-
-/// A CRLF-ended line taken off the front of `buf`, without its end;
-/// `None` until it is whole.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, H1Error> {
-    match buf.iter().position(|b| *b == b'\n') {
-        Some(i) => {
-            let mut line = buf.split_to(i + 1);
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_HEAD => Err(H1Error::Invalid("chunk line over 64 KiB")),
-        None => Ok(None),
-    }
-}
-
-/// A chunk-size line's size; extensions after `;` are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
-    let hex = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if hex.is_empty() || hex.len() > 15 || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return Err(H1Error::Invalid("invalid chunk size"));
-    }
-    std::str::from_utf8(hex)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .ok_or(H1Error::Invalid("invalid chunk size"))
-}
-
-fn read_into(
-    io: &mut UpstreamIo,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 impl Body for ResponseBody {
@@ -635,28 +472,29 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.step(cx) {
-            Poll::Ready(Some(Err(e))) => {
-                self.conn = None;
-                self.state = State::Done;
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match this.decoder.poll_next(cx, &mut conn.io) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(data)) => {
+                this.release_if_done();
+                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+            }
+            Poll::Ready(Err(e)) => {
+                this.conn = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Done => SizeHint::with_exact(0),
-            State::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.decoder.size_hint()
     }
 }
 
@@ -738,20 +576,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(framing.is_none());
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a").unwrap(), 26);
-        assert_eq!(chunk_size(b"A;ext=\"x;y\"").unwrap(), 10);
-        assert_eq!(chunk_size(b"0").unwrap(), 0);
-        for bad in [&b""[..], b"g", b"-1", b" ", b"1000000000000000", b"0x1"] {
-            assert!(chunk_size(bad).is_err(), "{bad:?}");
-        }
-        let mut buf = BytesMut::from(&b"5\r\nhello"[..]);
-        assert_eq!(&take_line(&mut buf).unwrap().unwrap()[..], b"5");
-        assert_eq!(&buf[..], b"hello");
-        assert!(take_line(&mut buf).unwrap().is_none());
     }
 
     #[test]

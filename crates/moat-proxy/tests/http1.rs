@@ -1,9 +1,11 @@
-//! The HTTP/1.1 upstream leg of client connections that hold their own
-//! upstream connection, against a scripted upstream that writes raw bytes:
-//! response framings (chunked with extensions and trailers, split at every
-//! byte, `Content-Length`, until close, 1xx before the answer, HEAD, 204),
-//! uploads of known and unknown length, connection reuse and what breaks
-//! it, and malformed answers.
+//! Both HTTP/1.1 legs of a tunnel, against a scripted upstream that writes
+//! raw bytes. Upstream: response framings (chunked with extensions and
+//! trailers, split at every byte, `Content-Length`, until close, 1xx
+//! before the answer, HEAD, 204), uploads of known and unknown length,
+//! connection reuse and what breaks it, malformed answers. Client side,
+//! with raw requests: pipelining, chunked uploads, requests handed to
+//! hyper (smuggling-shaped framing, malformed heads, upgrades after plain
+//! requests), `Connection: close`, unread bodies and idle connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -21,6 +23,7 @@ use hyper::body::Frame;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use moat_policy::{HostPattern, HostRules, NetworkPolicy, Policy, Rule};
 use moat_testkit::TestCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -397,4 +400,201 @@ async fn malformed_answers_are_502s_that_say_why() {
         Err(_) => false,
     };
     assert!(!whole, "a truncated body reached the client as complete");
+}
+
+/// A raw client connection through a tunnel to `raw.test`.
+async fn raw_tunnel(
+    h: &Harness,
+    token: &moat_proxy::RunToken,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tunnel(h, token, "raw.test", &[b"http/1.1"]).await
+}
+
+/// Reads until `done` holds for what was read, or the connection ends;
+/// what was read, and whether it ended.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    io: &mut S,
+    done: impl Fn(&str) -> bool,
+) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if done(&String::from_utf8_lossy(&got)) {
+            return (String::from_utf8_lossy(&got).into_owned(), false);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), io.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "no answer within 5 s; so far: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+fn count(s: &str, needle: &str) -> usize {
+    s.matches(needle).count()
+}
+
+#[tokio::test]
+async fn pipelined_and_chunked_requests_are_answered_in_order() {
+    let (h, upstream, token) = start().await;
+    let mut io = raw_tunnel(&h, &token).await;
+    // Two requests in one write, the second a chunked upload with an
+    // extension and a trailer.
+    io.write_all(
+        b"GET /first HTTP/1.1\r\nHost: raw.test\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: raw.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4;ext=1\r\nabcd\r\n3\r\nefg\r\n0\r\nx-t: 1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (out, closed) = read_until(&mut io, |s| s.ends_with("abcdefg")).await;
+    assert!(!closed, "{out}");
+    assert_eq!(count(&out, "HTTP/1.1 200 OK\r\n"), 2, "{out}");
+    assert!(
+        out.find("content-length: 0").unwrap() < out.find("abcdefg").unwrap(),
+        "{out}"
+    );
+    assert_eq!(upstream.last().body, b"abcdefg");
+    // The connection still serves.
+    io.write_all(b"GET /third HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, _) = read_until(&mut io, |s| s.contains("\r\n\r\n")).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[tokio::test]
+async fn doubtful_requests_get_hypers_answer() {
+    let (h, upstream, token) = start().await;
+    // Both framings, a request smuggling shape: hyper takes the chunked
+    // framing (RFC 9112 6.1) and closes the connection after answering.
+    let mut io = raw_tunnel(&h, &token).await;
+    io.write_all(
+        b"POST /x HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (out, closed) = read_until(&mut io, |_| false).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(closed && out.contains("connection: close\r\n"), "{out}");
+    assert_eq!(upstream.last().body, b"");
+    let seen = upstream.connections();
+
+    for request in [
+        // Two different lengths.
+        &b"POST /x HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],
+        // Not HTTP.
+        b"GET /x HTTP/1.1\r\nHost raw.test\r\n\r\n",
+    ] {
+        let mut io = raw_tunnel(&h, &token).await;
+        io.write_all(request).await.unwrap();
+        let (out, _) = read_until(&mut io, |s| s.contains("\r\n\r\n")).await;
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    }
+    assert_eq!(
+        upstream.connections(),
+        seen,
+        "a malformed request reached the upstream"
+    );
+
+    // A plain request, then an upgrade on the same connection: hyper takes
+    // over where the lean server stops, with what it already read.
+    let (h, _upstream) = {
+        let ca = TestCa::new();
+        let up = https_upstream_h1(&ca, &["ws.test"]).await;
+        let h = Harness::start(ca, &[("ws.test", up.addr.port())]).await;
+        (h, up)
+    };
+    let token = h.register("run", permissive(), &[]);
+    let mut send = h1(tunnel(&h, &token, "ws.test", &[b"http/1.1"]).await).await;
+    send.ready().await.unwrap();
+    let resp = send.send_request(get("/plain")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "ws.test")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn close_unread_bodies_and_idle_connections_end_the_connection() {
+    let ca = TestCa::new();
+    let upstream = scripted(&ca).await;
+    let h = Harness::start_with(
+        ca,
+        &[("raw.test", upstream.port)],
+        Duration::from_millis(500),
+    )
+    .await;
+    let mut policy = NetworkPolicy::new(Policy::Permissive);
+    policy.hosts.push(HostRules {
+        host: HostPattern::parse("raw.test").unwrap(),
+        rules: vec![Rule::parse("deny * /admin/**").unwrap()],
+    });
+    let token = h.register("run", policy, &[]);
+
+    // Connection: close is honoured.
+    let mut io = raw_tunnel(&h, &token).await;
+    io.write_all(b"GET /a HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_until(&mut io, |_| false).await;
+    assert!(closed && out.contains("connection: close\r\n"), "{out}");
+
+    // A blocked upload: the answer (with its reason phrase), then the
+    // connection ends, so the unread body is never taken for a request.
+    let mut io = raw_tunnel(&h, &token).await;
+    io.write_all(
+        b"POST /admin/x HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 45\r\n\r\n\
+          GET /smuggled HTTP/1.1\r\nHost: raw.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (out, closed) = read_until(&mut io, |_| false).await;
+    assert!(
+        out.starts_with("HTTP/1.1 407 Blocked by moat network policy\r\n"),
+        "{out}"
+    );
+    assert!(closed);
+    assert_eq!(count(&out, "HTTP/1.1"), 1, "{out}");
+    assert!(upstream
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|g| !g.head.contains("smuggled")));
+
+    // An idle connection is closed after the client timeout.
+    let mut io = raw_tunnel(&h, &token).await;
+    io.write_all(b"GET /b HTTP/1.1\r\nHost: raw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, closed) = read_until(&mut io, |s| s.contains("\r\n\r\n")).await;
+    assert!(!closed && out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until(&mut io, |_| false).await;
+    assert!(closed);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -1,0 +1,546 @@
+//! A lean HTTP/1.1 server for the requests a sandbox sends inside its TLS
+//! tunnels, the proxy's hot path.
+//!
+//! Why not hyper's for everything: its server connection keeps an 8 KB
+//! read buffer and an 8 KB write buffer for its whole life; this one holds
+//! none while the connection waits for the next request. It takes only
+//! the plain cases: HTTP/1.1, origin-form target, a body framed by one
+//! `Content-Length` or by `Transfer-Encoding: chunked` alone, no upgrade
+//! and no `Expect`. Anything else (including every malformed or oversized
+//! head) is handed, with the bytes read so far, to hyper's server, which
+//! answers it as before: this server never judges a doubtful request.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::body::{read_into, Decoder, Framing};
+use super::{content_length, has_token, MAX_HEADERS};
+use crate::io::Prefixed;
+use crate::{BoxError, ProxyBody};
+
+/// How a connection served by [`serve`] ended.
+pub(crate) enum Served<IO> {
+    /// Closed (by either side, or idle too long).
+    Closed,
+    /// A request this server does not take: hyper serves the rest of the
+    /// connection, starting with the bytes read already.
+    Handoff(Prefixed<IO>),
+}
+
+/// Limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServeOptions {
+    /// How long a request head may take to arrive, waiting included:
+    /// an idle connection is closed after it.
+    pub(crate) header_timeout: Duration,
+    /// The largest request head taken here (a larger one goes to hyper,
+    /// which refuses it).
+    pub(crate) max_head: usize,
+}
+
+/// Reads requests off `io` and writes `handle`'s responses, one at a
+/// time, until the connection closes or a request needs hyper.
+pub(crate) async fn serve<IO, F, Fut>(mut io: IO, opts: ServeOptions, mut handle: F) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(Request<ProxyBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>>,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        let read = read_head(&mut io, &mut buf, opts.max_head);
+        let head = match tokio::time::timeout(opts.header_timeout, read).await {
+            Ok(Ok(Head::Request(head))) => head,
+            Ok(Ok(Head::Odd)) => return Served::Handoff(Prefixed::new(buf.freeze(), io)),
+            Ok(Ok(Head::Closed)) | Ok(Err(_)) => return Served::Closed,
+            Err(_) => {
+                // Idle too long: told with a TLS close_notify, briefly.
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return Served::Closed;
+            }
+        };
+        let RequestHead {
+            request,
+            framing,
+            close,
+        } = *head;
+        let head_only = request.method() == Method::HEAD;
+        let (rd, mut wr) = tokio::io::split(io);
+        let (back_tx, mut back_rx) = oneshot::channel();
+        let body = RequestBody::new(rd, std::mem::take(&mut buf), framing, back_tx);
+        let response = handle(request.map(|()| body.boxed_unsync())).await;
+        let whole = match write_response(&mut wr, response, head_only, close).await {
+            Ok(whole) => whole,
+            Err(_) => return Served::Closed,
+        };
+        // A request body not read to its end leaves the connection
+        // somewhere inside it: nothing more can be read from it.
+        let Ok((rd, rest)) = back_rx.try_recv() else {
+            return Served::Closed;
+        };
+        io = rd.unsplit(wr);
+        if close || !whole {
+            let _ = io.shutdown().await;
+            return Served::Closed;
+        }
+        // An empty buffer is freed: a waiting connection holds none.
+        buf = if rest.is_empty() {
+            BytesMut::new()
+        } else {
+            rest
+        };
+    }
+}
+
+enum Head {
+    Request(Box<RequestHead>),
+    /// Not one this server takes.
+    Odd,
+    /// The client closed the connection before a request.
+    Closed,
+}
+
+struct RequestHead {
+    request: Request<()>,
+    framing: Framing,
+    /// The client asked for the connection to close after this request.
+    close: bool,
+}
+
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    max_head: usize,
+) -> io::Result<Head> {
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf) {
+                Parsed::Complete(head, len) => {
+                    buf.advance(len);
+                    return Ok(Head::Request(head));
+                }
+                Parsed::Partial if buf.len() < max_head => {}
+                Parsed::Partial | Parsed::Odd => return Ok(Head::Odd),
+            }
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(buf.len().max(2048));
+        }
+        if poll_fn(|cx| read_into(io, cx, buf)).await? == 0 {
+            return Ok(if buf.is_empty() {
+                Head::Closed
+            } else {
+                Head::Odd
+            });
+        }
+    }
+}
+
+enum Parsed {
+    Complete(Box<RequestHead>, usize),
+    Partial,
+    Odd,
+}
+
+fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Odd,
+    };
+    match take(&req) {
+        Some(head) => Parsed::Complete(Box::new(head), len),
+        None => Parsed::Odd,
+    }
+}
+
+/// The request, if it is one of the plain cases this server takes.
+fn take(req: &httparse::Request<'_, '_>) -> Option<RequestHead> {
+    if req.version != Some(1) {
+        return None;
+    }
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let path = req.path?;
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return None;
+    }
+    let uri: Uri = path.parse().ok()?;
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        map.append(name, value);
+    }
+    if map.contains_key(header::UPGRADE)
+        || map.contains_key(header::EXPECT)
+        || has_token(&map, header::CONNECTION, "upgrade")
+    {
+        return None;
+    }
+    let framing = match (
+        map.contains_key(header::TRANSFER_ENCODING),
+        map.contains_key(header::CONTENT_LENGTH),
+    ) {
+        (true, true) => return None,
+        (true, false) => {
+            let mut codings = map.get_all(header::TRANSFER_ENCODING).iter();
+            let only = codings.next()?;
+            if codings.next().is_some() || !only.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            Framing::Chunked
+        }
+        (false, true) => Framing::Length(content_length(&map).ok()?),
+        (false, false) => Framing::Empty,
+    };
+    let close = has_token(&map, header::CONNECTION, "close");
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = map;
+    Some(RequestHead {
+        request,
+        framing,
+        close,
+    })
+}
+
+/// The read half and what was read past the body, once it is whole.
+type Back<R> = oneshot::Sender<(R, BytesMut)>;
+
+/// A request body read off the client connection, whose read half goes
+/// back to [`serve`] the moment the body's last byte is read.
+struct RequestBody<R> {
+    rd: Option<R>,
+    decoder: Decoder,
+    back: Option<Back<R>>,
+}
+
+impl<R: AsyncRead + Unpin> RequestBody<R> {
+    fn new(rd: R, buf: BytesMut, framing: Framing, back: Back<R>) -> Self {
+        let mut body = RequestBody {
+            rd: Some(rd),
+            decoder: Decoder::new(buf, framing),
+            back: Some(back),
+        };
+        body.give_back_if_done();
+        body
+    }
+
+    fn give_back_if_done(&mut self) {
+        if !self.decoder.is_done() {
+            return;
+        }
+        if let (Some(rd), Some(back)) = (self.rd.take(), self.back.take()) {
+            let _ = back.send((rd, std::mem::take(&mut self.decoder.buf)));
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Body for RequestBody<R> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(rd) = this.rd.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match this.decoder.poll_next(cx, rd) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(data)) => {
+                this.give_back_if_done();
+                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+            }
+            Poll::Ready(Err(e)) => {
+                this.rd = None;
+                this.back = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
+    }
+}
+
+/// Gathered before a write: one TLS record carries the head and the
+/// first pieces of the body when they are ready together.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// Writes `response`; whether the body matched its declared length (the
+/// connection may carry another request).
+async fn write_response<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    response: Response<ProxyBody>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => out.extend_from_slice(reason.as_bytes()),
+        None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let no_body = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts
+        .headers
+        .contains_key(header::CONTENT_LENGTH)
+        .then(|| content_length(&parts.headers).ok())
+        .flatten();
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let length = if no_body {
+        None
+    } else {
+        declared.or_else(|| body.size_hint().exact())
+    };
+    match (no_body, length) {
+        (true, _) => {
+            if let (true, Some(n)) = (head_only, declared) {
+                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            }
+        }
+        (false, Some(n)) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        (false, None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body {
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        return Ok(true);
+    }
+    let mut written: u64 = 0;
+    loop {
+        let next = match frame_now(&mut body).await {
+            Some(next) => next,
+            None => {
+                // Nothing ready: what is gathered goes now (a stream's
+                // events must not wait for the next one).
+                if !out.is_empty() {
+                    wr.write_all(&out).await?;
+                    out.clear();
+                }
+                wr.flush().await?;
+                body.frame().await
+            }
+        };
+        let data = match next {
+            None => break,
+            Some(Err(_)) => {
+                // Cut short: the client must not take it as whole.
+                wr.write_all(&out).await?;
+                wr.flush().await?;
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        written += data.len() as u64;
+        match length {
+            Some(n) if written > n => {
+                wr.write_all(&out).await?;
+                wr.flush().await?;
+                return Ok(false);
+            }
+            Some(_) => out.extend_from_slice(&data),
+            None => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if out.len() >= WRITE_BATCH {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if length.is_none() {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    wr.write_all(&out).await?;
+    wr.flush().await?;
+    Ok(length.is_none_or(|n| n == written))
+}
+
+type NextFrame = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// The body's next frame if it is ready now, without waiting.
+async fn frame_now(body: &mut ProxyBody) -> Option<NextFrame> {
+    poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+        Poll::Ready(next) => Poll::Ready(Some(next)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    fn parsed(raw: &str) -> Option<Framing> {
+        match parse_request(raw.as_bytes()) {
+            Parsed::Complete(head, len) => {
+                assert_eq!(len, raw.len());
+                Some(head.framing)
+            }
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::Odd => None,
+        }
+    }
+
+    #[test]
+    fn only_plain_requests_are_taken() {
+        let get = "GET /x HTTP/1.1\r\nHost: a\r\n";
+        assert_eq!(parsed(&format!("{get}\r\n")), Some(Framing::Empty));
+        assert_eq!(
+            parsed(&format!("{get}Content-Length: 12\r\n\r\n")),
+            Some(Framing::Length(12))
+        );
+        assert_eq!(
+            parsed(&format!("{get}Transfer-Encoding: Chunked\r\n\r\n")),
+            Some(Framing::Chunked)
+        );
+        for odd in [
+            "GET /x HTTP/1.0\r\n\r\n".to_owned(),
+            "GET http://a/x HTTP/1.1\r\n\r\n".to_owned(),
+            "CONNECT a:443 HTTP/1.1\r\n\r\n".to_owned(),
+            "OPTIONS * HTTP/1.1\r\n\r\n".to_owned(),
+            format!("{get}Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
+            format!("{get}Expect: 100-continue\r\nContent-Length: 1\r\n\r\n"),
+            format!("{get}Transfer-Encoding: gzip, chunked\r\n\r\n"),
+            format!("{get}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            format!("{get}Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"),
+            format!("{get}Content-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            format!("{get}Content-Length: -1\r\n\r\n"),
+            "GET /x HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
+        ] {
+            assert_eq!(parsed(&odd), None, "{odd:?}");
+        }
+        assert!(matches!(parse_request(get.as_bytes()), Parsed::Partial));
+    }
+
+    fn echo_handler(
+        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> impl FnMut(Request<ProxyBody>) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>
+    {
+        move |req: Request<ProxyBody>| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{path} {}", String::from_utf8_lossy(&body)));
+                Response::new(
+                    http_body_util::Full::new(body)
+                        .map_err(|n| match n {})
+                        .boxed_unsync(),
+                )
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_requests_are_served_and_the_first_odd_one_is_handed_over() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let seen = std::sync::Arc::default();
+        let opts = ServeOptions {
+            header_timeout: Duration::from_secs(5),
+            max_head: 64 * 1024,
+        };
+        let served = tokio::spawn(serve(server, opts, echo_handler(Arc::clone(&seen))));
+        client
+            .write_all(
+                b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+                  POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz\
+                  PUT /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n\
+                  GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nrest",
+            )
+            .await
+            .unwrap();
+        let Served::Handoff(mut rest) = served.await.unwrap() else {
+            panic!("not handed over");
+        };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["/a ".to_owned(), "/b xyz".to_owned(), "/c hi".to_owned()]
+        );
+        let mut answers = vec![0u8; 4096];
+        let n = client.read(&mut answers).await.unwrap();
+        let answers = String::from_utf8_lossy(&answers[..n]).into_owned();
+        assert_eq!(
+            answers,
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n\
+             HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nxyz\
+             HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"
+        );
+        // hyper reads the odd request from its first byte.
+        let mut replay = vec![0u8; 128];
+        let n = rest.read(&mut replay).await.unwrap();
+        assert!(replay[..n].starts_with(b"GET /ws HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_or_says_nothing_ends_the_connection() {
+        let opts = ServeOptions {
+            header_timeout: Duration::from_millis(100),
+            max_head: 64 * 1024,
+        };
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let served = serve(server, opts, echo_handler(Arc::default())).await;
+        assert!(matches!(served, Served::Closed));
+        let (_client, server) = tokio::io::duplex(1024);
+        let served = serve(server, opts, echo_handler(Arc::default())).await;
+        assert!(matches!(served, Served::Closed));
+    }
+}
