@@ -216,4 +216,41 @@ mod tests {
         assert_eq!(&buf[..], b"hello");
         assert!(take_line(&mut buf).unwrap().is_none());
     }
+
+    /// Random bytes after a chunked head: decoding always ends (whole, or
+    /// an error), never panics, and never hands out more than it read.
+    #[test]
+    fn random_chunked_input_ends_cleanly() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let pieces: [&[u8]; 8] = [
+            b"5\r\n",
+            b"hello",
+            b"\r\n",
+            b"0\r\n\r\n",
+            b"a;x=y\r\n",
+            b"ffffffff\r\n",
+            b"\n",
+            b"T: v\r\n",
+        ];
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..20_000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.gen_range(0..8) {
+                input.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            }
+            let mut reader: &[u8] = &input;
+            let mut decoder = Decoder::new(BytesMut::new(), Framing::Chunked);
+            let mut out = 0;
+            loop {
+                match decoder.poll_next(&mut cx, &mut reader) {
+                    Poll::Ready(Ok(Some(data))) => out += data.len(),
+                    Poll::Ready(Ok(None)) | Poll::Ready(Err(_)) => break,
+                    Poll::Pending => panic!("a slice never waits"),
+                }
+            }
+            assert!(out <= input.len());
+        }
+    }
 }

@@ -42,6 +42,8 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024;
 /// How much is read at once.
 const READ_SIZE: usize = 8 * 1024;
+/// The first read of a response, for its head.
+const HEAD_READ_SIZE: usize = 2 * 1024;
 
 /// Why an exchange on an upstream HTTP/1.1 connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +201,8 @@ impl H1Conn {
     /// Reads up to the end of a final (non-1xx) response head. On failure,
     /// also whether nothing at all was read.
     async fn read_head(&mut self, head_only: bool) -> Result<(Head, Rest), (H1Error, bool)> {
-        let mut buf = BytesMut::with_capacity(READ_SIZE / 2);
+        // Most response heads fit in 2 KB; the body's reads take more.
+        let mut buf = BytesMut::with_capacity(HEAD_READ_SIZE);
         let mut anything = false;
         loop {
             match parse_head(&buf, head_only) {
@@ -225,7 +228,7 @@ impl H1Conn {
                 Err(e) => return Err((e, false)),
             }
             if buf.capacity() == buf.len() {
-                buf.reserve(buf.len().max(READ_SIZE / 2));
+                buf.reserve(buf.len().max(HEAD_READ_SIZE));
             }
             match poll_fn(|cx| read_into(&mut self.io, cx, &mut buf)).await {
                 Ok(0) if !anything => return Err((H1Error::Closed, true)),

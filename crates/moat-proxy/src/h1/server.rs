@@ -203,7 +203,15 @@ fn take(req: &httparse::Request<'_, '_>) -> Option<RequestHead> {
             }
             Framing::Chunked
         }
-        (false, true) => Framing::Length(content_length(&map).ok()?),
+        (false, true) => {
+            // One plain value; repeated or listed lengths go to hyper.
+            let mut values = map.get_all(header::CONTENT_LENGTH).iter();
+            let only = values.next()?;
+            if values.next().is_some() || only.as_bytes().contains(&b',') {
+                return None;
+            }
+            Framing::Length(content_length(&map).ok()?)
+        }
         (false, false) => Framing::Empty,
     };
     let close = has_token(&map, header::CONNECTION, "close");
@@ -461,11 +469,72 @@ mod tests {
             format!("{get}Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"),
             format!("{get}Content-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             format!("{get}Content-Length: -1\r\n\r\n"),
+            format!("{get}Content-Length: 1, 1\r\n\r\n"),
+            format!("{get}Content-Length: 1\r\nContent-Length: 1\r\n\r\n"),
             "GET /x HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(),
         ] {
             assert_eq!(parsed(&odd), None, "{odd:?}");
         }
         assert!(matches!(parse_request(get.as_bytes()), Parsed::Partial));
+    }
+
+    /// Random edits of plain requests: parsing never panics, and a request
+    /// taken here always has exactly the framing its headers give (one
+    /// length, or chunked alone, never both).
+    #[test]
+    fn mutated_requests_are_taken_only_when_unambiguous() {
+        use rand::{Rng, SeedableRng};
+        let seeds: [&[u8]; 3] = [
+            b"GET /a?b=1 HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-A: 1\r\n\r\n",
+            b"PUT /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        let alphabet =
+            b"\r\n :;,-0123456789/?%chunkedtransfer-encodingcontent-lengthHTTP1.\x00\x7f\xff\t";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut taken = 0;
+        for _ in 0..50_000 {
+            let mut raw = seeds[rng.gen_range(0..seeds.len())].to_vec();
+            for _ in 0..rng.gen_range(1..4) {
+                let at = rng.gen_range(0..raw.len());
+                let byte = alphabet[rng.gen_range(0..alphabet.len())];
+                match rng.gen_range(0..4) {
+                    0 => raw[at] = byte,
+                    1 => raw.insert(at, byte),
+                    2 => {
+                        raw.remove(at);
+                    }
+                    _ => {
+                        // A header line repeated.
+                        let line = b"Content-Length: 7\r\n";
+                        let pos = raw.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
+                        raw.splice(pos.min(raw.len())..pos.min(raw.len()), line.iter().copied());
+                    }
+                }
+            }
+            let Parsed::Complete(head, _) = parse_request(&raw) else {
+                continue;
+            };
+            taken += 1;
+            let headers = head.request.headers();
+            let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+            let cl: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+            match head.framing {
+                Framing::Chunked => assert!(te.len() == 1 && cl.is_empty(), "{raw:?}"),
+                Framing::Length(n) => {
+                    assert!(te.is_empty() && cl.len() == 1, "{raw:?}");
+                    let value = cl[0].to_str().unwrap().trim();
+                    assert_eq!(value.parse::<u64>().unwrap(), n, "{raw:?}");
+                }
+                Framing::Empty => assert!(te.is_empty() && cl.is_empty(), "{raw:?}"),
+                Framing::UntilClose => panic!("a request framed until close: {raw:?}"),
+            }
+            assert!(head.request.uri().path().starts_with('/'));
+            assert!(
+                !headers.contains_key(header::UPGRADE) && !headers.contains_key(header::EXPECT)
+            );
+        }
+        assert!(taken > 1_000, "only {taken} mutated requests parsed");
     }
 
     fn echo_handler(
