@@ -26,11 +26,11 @@
 //!   an upstream reflects in its response headers or body (gzip bodies
 //!   decoded), so the sandbox never reads one.
 //!
-//! HTTP/1.1 inside tunnels, both legs, goes through moat's own lean
-//! client and server (`h1`), which hold no buffer while a connection
-//! waits: a proxied connection costs about 30 KB of heap instead of 70. hyper
-//! serves HTTP/2, upgrades, the proxy's own listener and every request
-//! the lean server does not take.
+//! HTTP/1.1 (the proxy's listener, `CONNECT` included, and both legs
+//! inside tunnels) goes through moat's own lean client and server (`h1`),
+//! which hold no buffer while a connection waits: a proxied connection
+//! costs about 30 KB of heap instead of 70. hyper serves HTTP/2, WebSocket
+//! upgrades and every request the lean server does not take.
 //!
 //! It owns nothing outside traffic: the daemon crate owns the process, the
 //! control socket, lock files and the run registry's persistence, and

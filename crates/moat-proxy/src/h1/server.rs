@@ -1,18 +1,23 @@
-//! A lean HTTP/1.1 server for the requests a sandbox sends inside its TLS
-//! tunnels, the proxy's hot path.
+//! A lean HTTP/1.1 server for what a sandbox sends: its `CONNECT`s and
+//! plain-HTTP requests on the proxy's listener, and its requests inside
+//! TLS tunnels, the proxy's hot path.
 //!
 //! Why not hyper's for everything: its server connection keeps an 8 KB
 //! read buffer and an 8 KB write buffer for its whole life; this one holds
 //! none while the connection waits for the next request. It takes only
-//! the plain cases: HTTP/1.1, origin-form target, a body framed by one
-//! `Content-Length` or by `Transfer-Encoding: chunked` alone, no upgrade
-//! and no `Expect`. Anything else (including every malformed or oversized
-//! head) is handed, with the bytes read so far, to hyper's server, which
-//! answers it as before: this server never judges a doubtful request.
+//! the plain cases: HTTP/1.1, origin-form target (on the listener also
+//! `CONNECT host:port` and absolute `http(s)://` targets), a body framed
+//! by one `Content-Length` or by `Transfer-Encoding: chunked` alone, no
+//! upgrade and no `Expect`. A `CONNECT` answered `2xx` with a [`Tunnel`]
+//! turns the connection into that tunnel, with no task of its own.
+//! Anything else (including every malformed or oversized head) is handed,
+//! with the bytes read so far, to hyper's server, which answers it as
+//! before: this server never judges a doubtful request.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +52,44 @@ pub(crate) struct ServeOptions {
     /// The largest request head taken here (a larger one goes to hyper,
     /// which refuses it).
     pub(crate) max_head: usize,
+    /// Whether `CONNECT` and absolute-form targets are taken (the proxy's
+    /// own listener; inside a tunnel they go to hyper).
+    pub(crate) proxy_forms: bool,
+}
+
+/// Any byte stream a tunnel can run over.
+pub(crate) trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+type TunnelFn =
+    Box<dyn FnOnce(Box<dyn TunnelIo>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Set on a `2xx` answer to `CONNECT`: what runs over the connection once
+/// the answer is written (with the bytes the client sent after its
+/// request). Whichever server wrote the answer runs it.
+#[derive(Clone)]
+pub(crate) struct Tunnel(Arc<Mutex<Option<TunnelFn>>>);
+
+impl Tunnel {
+    pub(crate) fn new<F, Fut>(run: F) -> Tunnel
+    where
+        F: FnOnce(Box<dyn TunnelIo>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let run: TunnelFn = Box::new(move |io| Box::pin(run(io)));
+        Tunnel(Arc::new(Mutex::new(Some(run))))
+    }
+
+    /// The tunnel, taken once.
+    pub(crate) fn take(&self) -> Option<TunnelFn> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tunnel")
+    }
 }
 
 /// Reads requests off `io` and writes `handle`'s responses, one at a
@@ -59,7 +102,7 @@ where
 {
     let mut buf = BytesMut::new();
     loop {
-        let read = read_head(&mut io, &mut buf, opts.max_head);
+        let read = read_head(&mut io, &mut buf, opts);
         let head = match tokio::time::timeout(opts.header_timeout, read).await {
             Ok(Ok(Head::Request(head))) => head,
             Ok(Ok(Head::Odd)) => return Served::Handoff(Prefixed::new(buf.freeze(), io)),
@@ -79,8 +122,27 @@ where
         let (rd, mut wr) = tokio::io::split(io);
         let (back_tx, mut back_rx) = oneshot::channel();
         let body = RequestBody::new(rd, std::mem::take(&mut buf), framing, back_tx);
-        let response = handle(request.map(|()| body.boxed_unsync())).await;
-        let whole = match write_response(&mut wr, response, head_only, close).await {
+        let connect = request.method() == Method::CONNECT;
+        let mut response = handle(request.map(|()| body.boxed_unsync())).await;
+        if connect && response.status().is_success() {
+            // The connection becomes the tunnel, or closes.
+            let tunnel = response
+                .extensions_mut()
+                .remove::<Tunnel>()
+                .and_then(|t| t.take());
+            if write_response(&mut wr, response, true, false, true)
+                .await
+                .is_err()
+            {
+                return Served::Closed;
+            }
+            let (Some(tunnel), Ok((rd, rest))) = (tunnel, back_rx.try_recv()) else {
+                return Served::Closed;
+            };
+            tunnel(Box::new(Prefixed::new(rest.freeze(), rd.unsplit(wr)))).await;
+            return Served::Closed;
+        }
+        let whole = match write_response(&mut wr, response, head_only, close, false).await {
             Ok(whole) => whole,
             Err(_) => return Served::Closed,
         };
@@ -121,11 +183,12 @@ struct RequestHead {
 async fn read_head<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
-    max_head: usize,
+    opts: ServeOptions,
 ) -> io::Result<Head> {
+    let max_head = opts.max_head;
     loop {
         if !buf.is_empty() {
-            match parse_request(buf) {
+            match parse_request(buf, opts.proxy_forms) {
                 Parsed::Complete(head, len) => {
                     buf.advance(len);
                     return Ok(Head::Request(head));
@@ -153,7 +216,7 @@ enum Parsed {
     Odd,
 }
 
-fn parse_request(buf: &[u8]) -> Parsed {
+fn parse_request(buf: &[u8], proxy_forms: bool) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -161,20 +224,27 @@ fn parse_request(buf: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Odd,
     };
-    match take(&req) {
+    match take(&req, proxy_forms) {
         Some(head) => Parsed::Complete(Box::new(head), len),
         None => Parsed::Odd,
     }
 }
 
 /// The request, if it is one of the plain cases this server takes.
-fn take(req: &httparse::Request<'_, '_>) -> Option<RequestHead> {
+fn take(req: &httparse::Request<'_, '_>, proxy_forms: bool) -> Option<RequestHead> {
     if req.version != Some(1) {
         return None;
     }
     let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
     let path = req.path?;
-    if method == Method::CONNECT || !path.starts_with('/') {
+    let connect = method == Method::CONNECT;
+    let plain_target = if connect {
+        // Authority form, host:port.
+        !path.contains('/') && path.contains(':')
+    } else {
+        path.starts_with('/') || path.starts_with("http://") || path.starts_with("https://")
+    };
+    if !plain_target || (!proxy_forms && (connect || !path.starts_with('/'))) {
         return None;
     }
     let uri: Uri = path.parse().ok()?;
@@ -214,6 +284,9 @@ fn take(req: &httparse::Request<'_, '_>) -> Option<RequestHead> {
         }
         (false, false) => Framing::Empty,
     };
+    if connect && framing != Framing::Empty {
+        return None;
+    }
     let close = has_token(&map, header::CONNECTION, "close");
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -305,6 +378,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     response: Response<ProxyBody>,
     head_only: bool,
     close: bool,
+    connect: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -344,6 +418,8 @@ async fn write_response<W: AsyncWrite + Unpin>(
         declared.or_else(|| body.size_hint().exact())
     };
     match (no_body, length) {
+        // RFC 9110 9.3.6: no framing on a tunnel's answer.
+        _ if connect => {}
         (true, _) => {
             if let (true, Some(n)) = (head_only, declared) {
                 out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
@@ -431,11 +507,10 @@ async fn frame_now(body: &mut ProxyBody) -> Option<NextFrame> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::sync::Arc;
     use tokio::io::AsyncReadExt;
 
     fn parsed(raw: &str) -> Option<Framing> {
-        match parse_request(raw.as_bytes()) {
+        match parse_request(raw.as_bytes(), false) {
             Parsed::Complete(head, len) => {
                 assert_eq!(len, raw.len());
                 Some(head.framing)
@@ -475,7 +550,10 @@ mod tests {
         ] {
             assert_eq!(parsed(&odd), None, "{odd:?}");
         }
-        assert!(matches!(parse_request(get.as_bytes()), Parsed::Partial));
+        assert!(matches!(
+            parse_request(get.as_bytes(), false),
+            Parsed::Partial
+        ));
     }
 
     /// Random edits of plain requests: parsing never panics, and a request
@@ -512,7 +590,7 @@ mod tests {
                     }
                 }
             }
-            let Parsed::Complete(head, _) = parse_request(&raw) else {
+            let Parsed::Complete(head, _) = parse_request(&raw, false) else {
                 continue;
             };
             taken += 1;
@@ -565,6 +643,7 @@ mod tests {
         let opts = ServeOptions {
             header_timeout: Duration::from_secs(5),
             max_head: 64 * 1024,
+            proxy_forms: false,
         };
         let served = tokio::spawn(serve(server, opts, echo_handler(Arc::clone(&seen))));
         client
@@ -598,11 +677,82 @@ mod tests {
         assert!(replay[..n].starts_with(b"GET /ws HTTP/1.1\r\n"));
     }
 
+    #[test]
+    fn proxy_forms_only_on_the_proxys_listener() {
+        let connect = "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n";
+        let absolute = "GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        for raw in [connect, absolute] {
+            assert!(
+                matches!(parse_request(raw.as_bytes(), false), Parsed::Odd),
+                "{raw}"
+            );
+            assert!(
+                matches!(parse_request(raw.as_bytes(), true), Parsed::Complete(..)),
+                "{raw}"
+            );
+        }
+        for odd in [
+            "CONNECT a.test:443 HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "CONNECT a.test HTTP/1.1\r\n\r\n",
+            "CONNECT /x HTTP/1.1\r\n\r\n",
+            "GET ftp://a.test/x HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(odd.as_bytes(), true), Parsed::Odd),
+                "{odd}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connect_answer_hands_the_connection_to_its_tunnel() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let opts = ServeOptions {
+            header_timeout: Duration::from_secs(5),
+            max_head: 64 * 1024,
+            proxy_forms: true,
+        };
+        let (got_tx, got_rx) = oneshot::channel();
+        let got_tx = Arc::new(Mutex::new(Some(got_tx)));
+        let handle = move |_req: Request<ProxyBody>| {
+            let got_tx = got_tx.clone();
+            async move {
+                let mut resp = Response::new(
+                    http_body_util::Empty::new()
+                        .map_err(|n| match n {})
+                        .boxed_unsync(),
+                );
+                resp.extensions_mut()
+                    .insert(Tunnel::new(move |mut io| async move {
+                        let mut first = [0u8; 5];
+                        io.read_exact(&mut first).await.unwrap();
+                        io.write_all(b"tunnel").await.unwrap();
+                        if let Some(tx) = got_tx.lock().unwrap().take() {
+                            let _ = tx.send(first);
+                        }
+                    }));
+                resp
+            }
+        };
+        let served = tokio::spawn(serve(server, opts, handle));
+        // The tunnel's first bytes come with the request.
+        client
+            .write_all(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\nhello")
+            .await
+            .unwrap();
+        assert_eq!(&got_rx.await.unwrap(), b"hello");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer, "HTTP/1.1 200 OK\r\n\r\ntunnel");
+        assert!(matches!(served.await.unwrap(), Served::Closed));
+    }
+
     #[tokio::test]
     async fn a_client_that_goes_away_or_says_nothing_ends_the_connection() {
         let opts = ServeOptions {
             header_timeout: Duration::from_millis(100),
             max_head: 64 * 1024,
+            proxy_forms: false,
         };
         let (client, server) = tokio::io::duplex(1024);
         drop(client);

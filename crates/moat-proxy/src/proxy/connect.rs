@@ -39,21 +39,16 @@ pub(super) fn handle_connect(
         );
         return error_response(&e);
     }
-    let upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let target = Target {
-                    scheme: "https",
-                    host,
-                    port,
-                };
-                tunnel(inner, run, target, TokioIo::new(upgraded)).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-        }
-    });
-    Response::new(empty())
+    let mut resp = Response::new(empty());
+    resp.extensions_mut().insert(Tunnel::new(move |io| {
+        let target = Target {
+            scheme: "https",
+            host,
+            port,
+        };
+        tunnel(inner, run, target, io)
+    }));
+    resp
 }
 
 /// Traces a `CONNECT` refused before any tunnel: its status and reason,
@@ -140,18 +135,12 @@ pub(super) async fn handle_tcp_tunnel(
             return text(StatusCode::GATEWAY_TIMEOUT, message);
         }
     };
-    let upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "CONNECT upgrade failed");
-                return;
-            }
-        };
-        splice(&run, exchange, TokioIo::new(upgraded), upstream).await;
-    });
-    Response::new(empty())
+    let mut resp = Response::new(empty());
+    resp.extensions_mut()
+        .insert(Tunnel::new(move |io| async move {
+            splice(&run, exchange, io, upstream).await;
+        }));
+    resp
 }
 
 /// Copies bytes both ways between a tunnel's client and its upstream until
@@ -563,6 +552,7 @@ pub(super) async fn serve_inner<IO>(
     let opts = ServeOptions {
         header_timeout: config_timeout,
         max_head: max_buf,
+        proxy_forms: false,
     };
     let served = tokio::select! {
         served = Box::pin(h1::server::serve(io, opts, handle.clone())) => served,

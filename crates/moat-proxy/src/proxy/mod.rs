@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ca::CertificateAuthority;
 use crate::config::ProxyConfig;
 use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
-use crate::h1::{self, server::ServeOptions, server::Served};
+use crate::h1::{self, server::ServeOptions, server::Served, server::Tunnel};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
 use crate::scrub::{Scrubbed, Secrets};
@@ -248,12 +248,47 @@ impl Proxy {
     {
         let inner = self.inner.clone();
         let binding = Arc::new(inner.upstream.binding());
-        let service = service_fn(move |req: Request<Incoming>| {
+        let handle = move |req: Request<ProxyBody>| {
             let inner = inner.clone();
             let binding = binding.clone();
-            async move { Ok::<_, Infallible>(handle_outer(inner, boxed_request(req), &binding).await) }
-        });
+            async move { handle_outer(inner, req, &binding).await }
+        };
         let config = &self.inner.config;
+        // moat's lean server first; hyper's for the rest of the connection
+        // from the first request the lean one does not take.
+        let opts = ServeOptions {
+            header_timeout: config.client_timeout,
+            max_head: config.max_header_bytes.max(8192),
+            proxy_forms: true,
+        };
+        let served = tokio::select! {
+            served = Box::pin(h1::server::serve(io, opts, handle.clone())) => served,
+            () = self.inner.shutdown.cancelled() => return,
+        };
+        let Served::Handoff(io) = served else {
+            return;
+        };
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            // A CONNECT's tunnel runs once hyper lets go of the connection.
+            let upgrade = (req.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
+            let resp = handle(boxed_request(req));
+            async move {
+                let mut resp = resp.await;
+                let tunnel = resp
+                    .extensions_mut()
+                    .remove::<Tunnel>()
+                    .and_then(|t| t.take());
+                if let (Some(upgrade), Some(tunnel)) = (upgrade, tunnel) {
+                    tokio::spawn(async move {
+                        match upgrade.await {
+                            Ok(upgraded) => tunnel(Box::new(TokioIo::new(upgraded))).await,
+                            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                        }
+                    });
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

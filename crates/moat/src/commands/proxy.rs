@@ -61,15 +61,26 @@ pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
 }
 
 fn status(ctx: &Context) -> Result<ExitCode> {
-    let Some(client) = block_on(DaemonClient::connect_existing(&ctx.home))?? else {
+    let not_running = || {
         if ctx.json {
             outln!("{}", serde_json::json!({ "running": false }));
         } else {
             outln!("Proxy daemon: not running (it starts with the next run).");
         }
-        return Ok(ExitCode::SUCCESS);
+        Ok(ExitCode::SUCCESS)
     };
-    let response = block_on(client.request(&Request::Status))??;
+    let Some(client) = block_on(DaemonClient::connect_existing(&ctx.home))?? else {
+        return not_running();
+    };
+    let response = match block_on(client.request(&Request::Status))? {
+        Ok(response) => response,
+        // A daemon at the end of its idle time may exit between the
+        // connection and the answer: then it is simply not running.
+        Err(e) => match block_on(DaemonClient::connect_existing(&ctx.home))?? {
+            None => return not_running(),
+            Some(_) => return Err(e.into()),
+        },
+    };
     let Response::Status {
         pid,
         port,
