@@ -9,7 +9,7 @@
 //! `CONNECT host:port` and absolute `http(s)://` targets), a body framed
 //! by one `Content-Length` or by `Transfer-Encoding: chunked` alone, no
 //! upgrade and no `Expect`. A `CONNECT` answered `2xx` with a [`Tunnel`]
-//! turns the connection into that tunnel, with no task of its own.
+//! turns the connection into that tunnel.
 //! Anything else (including every malformed or oversized head) is handed,
 //! with the bytes read so far, to hyper's server, which answers it as
 //! before: this server never judges a doubtful request.
@@ -139,7 +139,14 @@ where
             let (Some(tunnel), Ok((rd, rest))) = (tunnel, back_rx.try_recv()) else {
                 return Served::Closed;
             };
-            tunnel(Box::new(Prefixed::new(rest.freeze(), rd.unsplit(wr)))).await;
+            // A task of its own: this loop's state (sized for a request's
+            // whole handling) is not kept for the tunnel's life.
+            let prefix = if rest.is_empty() {
+                Bytes::new()
+            } else {
+                rest.freeze()
+            };
+            tokio::spawn(tunnel(Box::new(Prefixed::new(prefix, rd.unsplit(wr)))));
             return Served::Closed;
         }
         let whole = match write_response(&mut wr, response, head_only, close, false).await {

@@ -251,7 +251,9 @@ impl Proxy {
         let handle = move |req: Request<ProxyBody>| {
             let inner = inner.clone();
             let binding = binding.clone();
-            async move { handle_outer(inner, req, &binding).await }
+            // Boxed: the connection's loop would otherwise keep room for
+            // a request's whole handling while it waits.
+            async move { Box::pin(handle_outer(inner, req, &binding)).await }
         };
         let config = &self.inner.config;
         // moat's lean server first; hyper's for the rest of the connection
