@@ -103,17 +103,7 @@ fn script(method: &str, path: &str, body: &[u8]) -> (Vec<u8>, bool) {
 /// A TLS upstream on 127.0.0.1 for `raw.test` answering with [`script`],
 /// written a few bytes at a time so that every parse sees partial input.
 async fn scripted(ca: &TestCa) -> Scripted {
-    let (cert, key) = ca.leaf(&["raw.test"]);
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert], key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(ca, &["raw.test"], &[b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));

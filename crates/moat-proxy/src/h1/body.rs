@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::body::SizeHint;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncRead;
 
 use super::{H1Error, MAX_HEAD, READ_SIZE};
+use crate::BoxError;
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +154,82 @@ impl Decoder {
                 Poll::Ready(Ok(_)) => {}
             }
         }
+    }
+}
+
+/// A message body read off its connection `R`, which goes to `on_end`
+/// with the bytes read past the body the moment the body's last byte is
+/// read; after an error, or if the body is dropped before its end, the
+/// connection is dropped instead.
+pub(crate) struct DecodedBody<R, F> {
+    io: Option<R>,
+    decoder: Decoder,
+    on_end: Option<F>,
+}
+
+impl<R, F> DecodedBody<R, F>
+where
+    R: AsyncRead + Unpin,
+    F: FnOnce(R, BytesMut),
+{
+    /// The body starting at the front of `buf`; one with nothing to read
+    /// hands its connection on at once.
+    pub(crate) fn new(io: R, buf: BytesMut, framing: Framing, on_end: F) -> Self {
+        let mut body = DecodedBody {
+            io: Some(io),
+            decoder: Decoder::new(buf, framing),
+            on_end: Some(on_end),
+        };
+        body.end_if_done();
+        body
+    }
+
+    fn end_if_done(&mut self) {
+        if !self.decoder.is_done() {
+            return;
+        }
+        if let (Some(io), Some(on_end)) = (self.io.take(), self.on_end.take()) {
+            on_end(io, std::mem::take(&mut self.decoder.buf));
+        }
+    }
+}
+
+impl<R, F> Body for DecodedBody<R, F>
+where
+    R: AsyncRead + Unpin,
+    F: FnOnce(R, BytesMut) + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match this.decoder.poll_next(cx, io) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(data)) => {
+                this.end_if_done();
+                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+            }
+            Poll::Ready(Err(e)) => {
+                this.io = None;
+                this.on_end = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
     }
 }
 

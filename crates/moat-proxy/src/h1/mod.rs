@@ -20,19 +20,19 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 mod body;
 pub(crate) mod server;
 
-use self::body::{read_into, Decoder, Framing};
+use self::body::{read_into, DecodedBody, Framing};
 use crate::upstream::UpstreamIo;
 use crate::{BoxError, ProxyBody};
 
@@ -425,79 +425,19 @@ struct Rest {
 
 impl Rest {
     fn into_response(self, head: Head, conn: H1Conn, release: Release) -> Response<ProxyBody> {
-        let mut body = ResponseBody {
-            conn: Some(conn),
-            decoder: Decoder::new(self.buf, self.framing),
-            reusable: self.reusable,
-            release: Some(release),
-        };
-        body.release_if_done();
+        // The connection goes back once the body is whole, unless
+        // something unasked followed it.
+        let reusable = self.reusable;
+        let body = DecodedBody::new(conn.io, self.buf, self.framing, move |io, rest| {
+            if reusable && rest.is_empty() {
+                release(H1Conn::new(io));
+            }
+        });
         let mut resp = Response::new(body.boxed_unsync());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
         resp
-    }
-}
-
-/// A response body read from its connection, which goes back to the
-/// binding (or the idle pool) the moment the body's last byte is read.
-struct ResponseBody {
-    conn: Option<H1Conn>,
-    decoder: Decoder,
-    reusable: bool,
-    release: Option<Release>,
-}
-
-impl ResponseBody {
-    /// Hands the connection on once the body is whole, if nothing
-    /// unasked followed it.
-    fn release_if_done(&mut self) {
-        if !self.decoder.is_done() {
-            return;
-        }
-        let conn = self.conn.take();
-        let release = self.release.take();
-        if let (Some(conn), Some(release)) = (conn, release) {
-            if self.reusable && self.decoder.buf.is_empty() {
-                release(conn);
-            }
-        }
-        self.decoder.buf = BytesMut::new();
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let Some(conn) = this.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match this.decoder.poll_next(cx, &mut conn.io) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(data)) => {
-                this.release_if_done();
-                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
-            }
-            Poll::Ready(Err(e)) => {
-                this.conn = None;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.decoder.size_hint()
     }
 }
 
@@ -601,7 +541,7 @@ mod tests {
                 .boxed_unsync()
         };
         let full = |s: &'static str| {
-            http_body_util::Full::new(Bytes::from(s))
+            http_body_util::Full::new(bytes::Bytes::from(s))
                 .map_err(|n| match n {})
                 .boxed_unsync()
         };

@@ -18,18 +18,18 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use super::body::{read_into, Decoder, Framing};
+use super::body::{read_into, DecodedBody, Framing};
 use super::{content_length, has_token, MAX_HEADERS};
 use crate::io::Prefixed;
 use crate::{BoxError, ProxyBody};
@@ -121,7 +121,10 @@ where
         let head_only = request.method() == Method::HEAD;
         let (rd, mut wr) = tokio::io::split(io);
         let (back_tx, mut back_rx) = oneshot::channel();
-        let body = RequestBody::new(rd, std::mem::take(&mut buf), framing, back_tx);
+        // The read half comes back with what followed the body.
+        let body = DecodedBody::new(rd, std::mem::take(&mut buf), framing, move |rd, rest| {
+            let _ = back_tx.send((rd, rest));
+        });
         let connect = request.method() == Method::CONNECT;
         let mut response = handle(request.map(|()| body.boxed_unsync())).await;
         if connect && response.status().is_success() {
@@ -305,73 +308,6 @@ fn take(req: &httparse::Request<'_, '_>, proxy_forms: bool) -> Option<RequestHea
         framing,
         close,
     })
-}
-
-/// The read half and what was read past the body, once it is whole.
-type Back<R> = oneshot::Sender<(R, BytesMut)>;
-
-/// A request body read off the client connection, whose read half goes
-/// back to [`serve`] the moment the body's last byte is read.
-struct RequestBody<R> {
-    rd: Option<R>,
-    decoder: Decoder,
-    back: Option<Back<R>>,
-}
-
-impl<R: AsyncRead + Unpin> RequestBody<R> {
-    fn new(rd: R, buf: BytesMut, framing: Framing, back: Back<R>) -> Self {
-        let mut body = RequestBody {
-            rd: Some(rd),
-            decoder: Decoder::new(buf, framing),
-            back: Some(back),
-        };
-        body.give_back_if_done();
-        body
-    }
-
-    fn give_back_if_done(&mut self) {
-        if !self.decoder.is_done() {
-            return;
-        }
-        if let (Some(rd), Some(back)) = (self.rd.take(), self.back.take()) {
-            let _ = back.send((rd, std::mem::take(&mut self.decoder.buf)));
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> Body for RequestBody<R> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let Some(rd) = this.rd.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match this.decoder.poll_next(cx, rd) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(data)) => {
-                this.give_back_if_done();
-                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
-            }
-            Poll::Ready(Err(e)) => {
-                this.rd = None;
-                this.back = None;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.decoder.size_hint()
-    }
 }
 
 /// Gathered before a write: one TLS record carries the head and the

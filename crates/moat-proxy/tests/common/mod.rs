@@ -182,6 +182,11 @@ pub async fn https_upstream_h1(ca: &TestCa, hosts: &[&str]) -> Upstream {
 }
 
 async fn https_upstream_alpn(ca: &TestCa, hosts: &[&str], alpn: &[&[u8]]) -> Upstream {
+    serve_upstream(Some(tls_acceptor(ca, hosts, alpn))).await
+}
+
+/// TLS for an upstream serving `hosts` with a leaf of `ca`, offering `alpn`.
+pub fn tls_acceptor(ca: &TestCa, hosts: &[&str], alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let (cert, key) = ca.leaf(hosts);
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -192,8 +197,7 @@ async fn https_upstream_alpn(ca: &TestCa, hosts: &[&str], alpn: &[&[u8]]) -> Ups
     .with_single_cert(vec![cert], key)
     .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    serve_upstream(Some(acceptor)).await
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A plain HTTP upstream on 127.0.0.1.
