@@ -505,15 +505,7 @@ async fn doubtful_requests_get_hypers_answer() {
     let resp = send.send_request(get("/plain")).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
-    let req = Request::builder()
-        .uri("/ws")
-        .header("host", "ws.test")
-        .header("upgrade", "websocket")
-        .header("connection", "Upgrade")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = websocket_request("ws.test");
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 101);

@@ -396,15 +396,7 @@ async fn websocket_upgrade_is_relayed() {
     let (h, _upstream) = github().await;
     let a = h.register("run-a", permissive(), &[]);
     let mut send = h1(tunnel(&h, &a, "api.github.com", &[b"http/1.1"]).await).await;
-    let req = Request::builder()
-        .uri("/ws")
-        .header("host", "api.github.com")
-        .header("upgrade", "websocket")
-        .header("connection", "Upgrade")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = websocket_request("api.github.com");
     send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 101);

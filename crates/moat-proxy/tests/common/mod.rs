@@ -503,6 +503,20 @@ pub async fn tunnel(
     tls(stream, &h.ca_pem, host, alpn).await
 }
 
+/// A WebSocket upgrade request for `/ws` on `host` (the test upstream
+/// echoes what follows the upgrade).
+pub fn websocket_request(host: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/ws")
+        .header("host", host)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 pub fn get(uri: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .uri(uri)
