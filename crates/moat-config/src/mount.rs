@@ -16,6 +16,40 @@ impl Mount {
     }
 }
 
+/// Parses a protected workspace path the sandbox may write anyway
+/// (`--allow-write PATH`, moat.yaml `allow_write:`): relative to the
+/// workspace, without `..`; `./` and trailing slashes are dropped.
+pub fn parse_allow_write(spec: &str) -> Result<PathBuf, ConfigError> {
+    allow_write_path(spec).map_err(|message| ConfigError::InvalidSpec {
+        what: "allow-write path",
+        spec: spec.to_owned(),
+        message,
+    })
+}
+
+pub(crate) fn allow_write_path(spec: &str) -> Result<PathBuf, String> {
+    let path = Path::new(spec);
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(
+                    "write it relative to the workspace (e.g. .vscode or .git/config)".into(),
+                )
+            }
+            Component::ParentDir => {
+                return Err("'..' is not allowed: the path must stay inside the workspace".into())
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("name a path inside the workspace (e.g. .vscode or .git/config)".into());
+    }
+    Ok(out)
+}
+
 /// The string form shared by moat.yaml and the CLI.
 pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, String> {
     let parts: Vec<&str> = spec.split(':').collect();
@@ -148,6 +182,22 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_write_paths_stay_inside_the_workspace() {
+        assert_eq!(
+            allow_write_path("./.vscode/").unwrap(),
+            Path::new(".vscode")
+        );
+        assert_eq!(
+            allow_write_path(".git/config").unwrap(),
+            Path::new(".git/config")
+        );
+        assert!(allow_write_path("/etc").unwrap_err().contains("relative"));
+        assert!(allow_write_path("a/../../b").unwrap_err().contains("'..'"));
+        assert!(allow_write_path(".").is_err());
+        assert!(parse_allow_write("").is_err());
+    }
 
     fn ok(spec: &str) -> Mount {
         match Mount::parse_cli(spec, Path::new("/ws")) {

@@ -42,6 +42,7 @@ const TOP_KEYS: &[&str] = &[
     "claude",
     "codex",
     "gemini",
+    "allow_write",
 ];
 
 /// Keys moat.yaml has elsewhere that this version does not implement yet:
@@ -317,6 +318,13 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "hooks" => cfg.hooks = hooks(ctx, value, path)?,
             "container" => cfg.container = container(ctx, value, path)?,
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
+            "allow_write" => {
+                for (spec, node, p) in ctx.string_list(value, path)? {
+                    let allowed = crate::mount::allow_write_path(&spec)
+                        .map_err(|m| ctx.invalid(node, &p, format!("{spec:?}: {m}")))?;
+                    cfg.allow_write.push(allowed);
+                }
+            }
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
             // What each agent's section means is the agent's business

@@ -28,6 +28,9 @@ pub struct ProjectConfig {
     /// `claude:`, `codex:`, `gemini:`: each agent's own settings, checked
     /// by the agent when it starts.
     pub agents: BTreeMap<String, serde_json::Value>,
+    /// `allow_write:`: protected workspace paths the sandbox may change
+    /// (relative, normalised: `.vscode`, `.git/config`).
+    pub allow_write: Vec<PathBuf>,
 }
 
 /// `network:` in moat.yaml.

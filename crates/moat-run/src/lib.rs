@@ -28,6 +28,7 @@ mod environment;
 mod lifecycle;
 mod mounts;
 mod plan;
+mod protect;
 mod ssh;
 mod supervise;
 mod watchdog;
@@ -42,6 +43,7 @@ pub use crate::drivers::{
 };
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
+pub use crate::protect::{protected_now, REPOSITORY_ENTRIES};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};
 pub use moat_sandbox::ImageRecipe;

@@ -97,6 +97,12 @@ pub struct RunPlan {
     pub files: Vec<moat_sandbox::InjectedFile>,
     /// Service dependencies (`postgres@17`...), started beside the sandbox.
     pub services: Vec<ServicePlan>,
+    /// Protected workspace paths the sandbox may change anyway
+    /// (`--allow-write`, moat.yaml `allow_write:`), relative.
+    pub allow_write: Vec<PathBuf>,
+    /// The workspace paths the sandbox sees read-only, found when the run
+    /// starts (see `protect`).
+    pub protected: Vec<moat_sandbox::ProtectedPath>,
 }
 
 /// A service dependency and what moat.yaml's `services.<name>` says of it.
@@ -138,6 +144,8 @@ pub struct RunFlags {
     pub verbose: bool,
     /// The run is supervised in the background (`-d`).
     pub detached: bool,
+    /// `--allow-write PATH`: added to moat.yaml's `allow_write`.
+    pub allow_write: Vec<String>,
 }
 
 /// Why flags and moat.yaml do not make a run.
@@ -341,6 +349,10 @@ impl RunPlan {
             verbose: flags.verbose,
         };
         let services = config.map(service_plans).transpose()?.unwrap_or_default();
+        let mut allow_write = config.map(|c| c.allow_write.clone()).unwrap_or_default();
+        for spec in &flags.allow_write {
+            allow_write.push(moat_config::parse_allow_write(spec)?);
+        }
         Ok(RunPlan {
             workspace,
             name,
@@ -364,6 +376,8 @@ impl RunPlan {
             profile,
             files: Vec::new(),
             services,
+            allow_write,
+            protected: Vec::new(),
         })
     }
 }

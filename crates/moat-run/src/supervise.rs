@@ -37,6 +37,9 @@ pub struct RunOutcome {
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// An `--allow-write`/`allow_write:` path that cannot be allowed alone.
+    #[error("cannot allow writes to {0}")]
+    AllowWrite(String),
     /// Grants missing, expired or unreadable (all listed).
     #[error(transparent)]
     Grants(#[from] ResolveError),
@@ -260,15 +263,24 @@ pub fn execute(
     // is what makes its changes suspect.
     let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
         Ok(()) => {
-            let result = start_and_wait(
-                home,
-                plan,
-                driver,
-                &resolved,
-                ssh.as_ref(),
-                &mut meta,
-                &run_dir,
-            );
+            let result = crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write)
+                .and_then(|protection| {
+                    let plan = &RunPlan {
+                        protected: protection.paths.clone(),
+                        ..plan.clone()
+                    };
+                    let result = start_and_wait(
+                        home,
+                        plan,
+                        driver,
+                        &resolved,
+                        ssh.as_ref(),
+                        &mut meta,
+                        &run_dir,
+                    );
+                    protection.release(other_runs_active(&runs, &meta));
+                    result
+                });
             if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
                 tracing::warn!(error = %e, "recording the run's end in the trust record");
             }
@@ -296,6 +308,21 @@ pub fn execute(
         id: meta.id.to_string(),
         name: meta.name.clone(),
         exit_code,
+    })
+}
+
+/// Whether another run of `meta`'s workspace is still active (its
+/// sandbox may show the same placeholders).
+fn other_runs_active(runs: &RunStore, meta: &RunMetadata) -> bool {
+    let Ok((all, _)) = runs.list() else {
+        return true;
+    };
+    all.into_iter().any(|mut other| {
+        if other.id == meta.id || other.workspace != meta.workspace {
+            return false;
+        }
+        RunStore::reconcile_view(&mut other);
+        other.state.is_active()
     })
 }
 
@@ -544,6 +571,7 @@ fn sandbox_request(
                 read_only: m.read_only,
             })
             .collect(),
+        protected: plan.protected.clone(),
         files: env
             .files()
             .into_iter()

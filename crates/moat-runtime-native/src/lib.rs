@@ -57,6 +57,7 @@ mod error;
 mod identity;
 pub mod init;
 mod nft;
+mod protect;
 mod protocol;
 mod relay;
 mod rootfs;

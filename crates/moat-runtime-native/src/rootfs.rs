@@ -274,7 +274,7 @@ fn touch(path: &Path) -> SetupResult<()> {
         .map_err(|e| err("cannot create mount point", path, e))
 }
 
-fn mount_tmpfs(target: &Path, flags: MountFlags, options: &str) -> SetupResult<()> {
+pub(crate) fn mount_tmpfs(target: &Path, flags: MountFlags, options: &str) -> SetupResult<()> {
     let data = CString::new(options).map_err(|e| e.to_string())?;
     mount("tmpfs", target, "tmpfs", flags, Some(data.as_c_str()))
         .map_err(|e| err("cannot mount a tmpfs on", target, e))
@@ -427,6 +427,7 @@ pub(crate) fn build(
 
     let ws = Path::new(WORKSPACE_IN_SANDBOX);
     show(paths.workspace)?;
+    crate::protect::apply(&spec.workload.protected, ids)?;
 
     let home = spec.home_in_sandbox();
     mkdir_p(&home, 0o755)?;

@@ -81,6 +81,43 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A path of the workspace the sandbox may read but not change: what the
+/// host acts on later (git hooks and configuration, editor tasks, agent
+/// settings, shell files), so a write there would run on the host. moat's
+/// run planning chooses them; every runtime enforces them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectedPath {
+    /// Relative to the workspace, normal components only. It exists on the
+    /// host when the sandbox starts (moat creates what it guards).
+    pub path: PathBuf,
+    /// What the sandbox sees there.
+    pub view: ProtectedView,
+}
+
+/// How a [`ProtectedPath`] appears inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProtectedView {
+    /// The host's entry, read-only; a symbolic link is pinned as it is
+    /// (neither followed nor replaceable).
+    ReadOnly,
+    /// A private, writable copy of the file that lives and dies with the
+    /// sandbox (`.git/config`: git inside may add remotes and set
+    /// upstreams, the host's file never changes). A runtime that cannot
+    /// give a copy shows the file read-only.
+    SandboxCopy,
+}
+
+impl ProtectedPath {
+    /// Whether `path` is a clean relative path (no `..`, no root, not empty).
+    pub fn is_clean(&self) -> bool {
+        !self.path.as_os_str().is_empty()
+            && self
+                .path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    }
+}
+
 /// A file whose contents the caller provides, owned by root inside so
 /// the command cannot change it, e.g. the moat CA.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +152,8 @@ pub struct Workload {
     pub env: Vec<(String, String)>,
     /// Program and arguments.
     pub command: Vec<String>,
+    /// Workspace paths the command may read but not change.
+    pub protected: Vec<ProtectedPath>,
 }
 
 impl Workload {
@@ -145,6 +184,12 @@ impl Workload {
             return invalid(format!(
                 "the workspace path must be absolute: {}",
                 self.workspace.display()
+            ));
+        }
+        if let Some(p) = self.protected.iter().find(|p| !p.is_clean()) {
+            return invalid(format!(
+                "a protected workspace path must be relative without '.' or '..': {}",
+                p.path.display()
             ));
         }
         let managed = |path: &std::path::Path| {
@@ -338,6 +383,8 @@ pub struct SandboxRequest {
     pub env: Vec<(String, String)>,
     /// Extra mounts.
     pub mounts: Vec<BindMount>,
+    /// Workspace paths the command may read but not change.
+    pub protected: Vec<ProtectedPath>,
     /// Files put into the sandbox before the command starts.
     pub files: Vec<InjectedFile>,
     /// SSH access, when the run has SSH grants.
@@ -376,6 +423,7 @@ impl SandboxRequest {
             files: self.all_files(),
             env: self.all_env(),
             command: self.command.clone(),
+            protected: self.protected.clone(),
         }
     }
 
@@ -804,6 +852,7 @@ mod tests {
                 ("A".into(), "1".into()),
             ],
             mounts: vec![],
+            protected: vec![],
             files: vec![],
             ssh: None,
             proxy: ProxyAccess {

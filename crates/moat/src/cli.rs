@@ -140,6 +140,10 @@ pub struct RunOptions {
     /// Also allow HOST under a strict network policy (repeatable).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
+    /// Let the sandbox change a protected workspace path for this run
+    /// (repeatable): .git/hooks, .git/config, .vscode, .claude, .envrc...
+    #[arg(long = "allow-write", value_name = "PATH")]
+    pub allow_write: Vec<String>,
     /// Runtime: native, docker, podman or apple (default: detected).
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<String>,
@@ -182,6 +186,7 @@ impl RunOptions {
             rebuild: self.rebuild,
             verbose,
             detached,
+            allow_write: self.allow_write.clone(),
         }
     }
 }

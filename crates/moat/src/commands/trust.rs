@@ -26,7 +26,49 @@ pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
             moat_trust::changes_text(&accepted.changes)
         );
     }
+    print_protected(&workspace);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What runs of `workspace` see read-only, and how to let one write.
+fn print_protected(workspace: &Path) {
+    // A moat.yaml that does not load was reported by the trust check.
+    let allowed = moat_config::load(workspace)
+        .ok()
+        .flatten()
+        .map(|c| c.allow_write)
+        .unwrap_or_default();
+    let existing = match moat_run::protected_now(workspace, &allowed) {
+        Ok(paths) => paths,
+        Err(e) => {
+            outln!("Protected paths: {e}");
+            return;
+        }
+    };
+    let shown: Vec<String> = existing
+        .iter()
+        .map(|p| {
+            if p.file_name().is_some_and(|n| n == "config")
+                && p.parent()
+                    .is_some_and(|d| d.ends_with(".git") || d.starts_with(".git"))
+            {
+                format!("{} (git inside changes a private copy)", p.display())
+            } else {
+                p.display().to_string()
+            }
+        })
+        .collect();
+    outln!(
+        "Protected from runs (the host acts on them; a write inside fails as read-only):\n  {}\n  \
+         and, where they do not exist yet, in the workspace and each repository in it: {}\n\
+         To let a run write one: moat run --allow-write PATH, or allow_write: [PATH] in moat.yaml.",
+        if shown.is_empty() {
+            "(none exist yet)".to_owned()
+        } else {
+            shown.join(", ")
+        },
+        moat_run::REPOSITORY_ENTRIES.join(" ")
+    );
 }
 
 /// Refuses a workspace whose configuration changed during a run, unless

@@ -1,0 +1,451 @@
+//! What the sandbox may read in the workspace but not change: the files
+//! the host acts on later, on its own, as the user.
+//!
+//! A run writes the workspace, and the user goes on using it on the host:
+//! `git status` (an editor polls it while the agent works), `git commit`,
+//! opening the folder in an editor, starting an agent there, `cd` into it
+//! with direnv. Each of these runs programs named in files of the
+//! workspace: git hooks and the keys of `.git/config` that name a program
+//! (`core.fsmonitor`, `core.hooksPath`, `core.pager`, `!` aliases,
+//! filters…), `.git/info/attributes` (which selects filters),
+//! `.gitmodules`, editor tasks (`.vscode/`, `.idea/`), agent settings and
+//! hooks (`.claude/`, `.mcp.json`), `.envrc`, `.ripgreprc`, `.gitconfig`
+//! and shell start-up files. A sandbox that could write them would run
+//! code on the host later, outside every wall moat builds.
+//!
+//! So these paths, at the workspace root and in every repository nested
+//! in it (found by a bounded walk), are shown read-only in the sandbox,
+//! whatever the runtime ([`ProtectedPath`]). A path that does not exist
+//! yet cannot be covered by a mount, so moat creates a placeholder, an
+//! empty directory with mode 0555, for the run's life and removes it
+//! afterwards (unless another run of the workspace still uses it). A
+//! missing `.git/hooks` or `.git/info` is created as the plain directory
+//! git itself would make, and kept.
+//!
+//! `.git/config` is the exception that git needs to write (`remote add`,
+//! `push -u`, `branch --set-upstream-to`): the sandbox gets a private copy
+//! ([`ProtectedView::SandboxCopy`]) that git changes freely and that goes
+//! with the sandbox; the host's file never changes, so no key written
+//! inside, whatever it names, can be read by a git on the host, during
+//! the run or after. This is stronger than filtering the keys that run
+//! programs (a list that grows with every git release), at the price that
+//! a remote added inside is not kept.
+//!
+//! `--allow-write PATH` (one run) and `allow_write:` in moat.yaml (the
+//! workspace, once trusted) take a path and everything under it out of
+//! the protection.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use moat_sandbox::{ProtectedPath, ProtectedView};
+
+use crate::RunError;
+
+/// Entries of a repository's (or the workspace's) top directory that the
+/// host acts on.
+pub const REPOSITORY_ENTRIES: &[&str] = &[
+    ".gitmodules",
+    ".vscode",
+    ".idea",
+    ".claude",
+    ".mcp.json",
+    ".envrc",
+    ".ripgreprc",
+    ".gitconfig",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zlogin",
+    ".zlogout",
+];
+
+/// Directories of a git directory that run programs (`hooks`) or choose
+/// them (`info/attributes`); created when missing, as git would.
+const GIT_DIRS: &[&str] = &["hooks", "info"];
+
+/// Directories the walk for nested repositories never enters: build
+/// outputs and dependency trees, large and never the user's repositories.
+const NOT_WALKED: &[&str] = &[
+    ".git",
+    "node_modules",
+    "target",
+    "dist",
+    "build",
+    ".venv",
+    "venv",
+    "__pycache__",
+    ".tox",
+    ".cache",
+    ".next",
+    ".terraform",
+];
+
+/// How deep nested repositories are looked for, and how many directories
+/// at most: the walk runs before every sandbox starts.
+const MAX_DEPTH: usize = 4;
+const MAX_DIRECTORIES: usize = 5_000;
+
+/// The mode that marks moat's placeholders: an empty directory nobody
+/// can write.
+const PLACEHOLDER_MODE: u32 = 0o555;
+
+/// The workspace's protected paths for one run.
+#[derive(Debug, Clone, Default)]
+pub struct Protection {
+    workspace: PathBuf,
+    /// For the sandbox.
+    pub paths: Vec<ProtectedPath>,
+    /// Created by this run, removed when it ends.
+    placeholders: Vec<PathBuf>,
+}
+
+impl Protection {
+    /// Finds what to protect in `workspace` (leaving out `allowed` and what
+    /// lies under it) and creates what must exist for it to be covered.
+    pub fn prepare(workspace: &Path, allowed: &[PathBuf]) -> Result<Protection, RunError> {
+        let wanted = wanted(workspace, allowed)?;
+        let mut protection = Protection {
+            workspace: workspace.to_owned(),
+            ..Protection::default()
+        };
+        for (path, view, missing) in wanted {
+            let full = workspace.join(&path);
+            let exists = match std::fs::symlink_metadata(&full) {
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_error(&full, "looking at", e)),
+            };
+            if !exists {
+                match missing {
+                    Missing::Skip => continue,
+                    Missing::GitDir => {
+                        create_dir(&full, 0o755)?;
+                    }
+                    Missing::Placeholder => {
+                        if !create_dir(&full, PLACEHOLDER_MODE)? {
+                            continue;
+                        }
+                        protection.placeholders.push(path.clone());
+                    }
+                }
+            }
+            protection.paths.push(ProtectedPath { path, view });
+        }
+        Ok(protection)
+    }
+
+    /// Removes the placeholders this run created, each only while it is
+    /// still moat's (an empty directory with the placeholder's mode), and
+    /// only when `others_active` is false: another run of the workspace
+    /// may cover the same names.
+    pub fn release(&self, others_active: bool) {
+        if others_active {
+            return;
+        }
+        for rel in &self.placeholders {
+            remove_placeholder(&self.workspace.join(rel));
+        }
+    }
+}
+
+/// The protected paths of `workspace` that exist now (what `moat trust`
+/// shows), `allowed` left out.
+pub fn protected_now(workspace: &Path, allowed: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
+    Ok(wanted(workspace, allowed)?
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .filter(|p| {
+            std::fs::symlink_metadata(workspace.join(p))
+                .is_ok_and(|m| !(m.is_dir() && m.permissions().mode() & 0o7777 == PLACEHOLDER_MODE))
+        })
+        .collect())
+}
+
+/// What to protect in `workspace`, `allowed` and what lies under it left
+/// out, with what to do when it is missing.
+fn wanted(
+    workspace: &Path,
+    allowed: &[PathBuf],
+) -> Result<Vec<(PathBuf, ProtectedView, Missing)>, RunError> {
+    let mut wanted: Vec<(PathBuf, ProtectedView, Missing)> = Vec::new();
+    let (repositories, git_dirs) = find_repositories(workspace);
+    for repo in &repositories {
+        for name in REPOSITORY_ENTRIES {
+            wanted.push((
+                repo.join(name),
+                ProtectedView::ReadOnly,
+                Missing::Placeholder,
+            ));
+        }
+    }
+    for git_dir in &git_dirs {
+        for name in GIT_DIRS {
+            wanted.push((git_dir.join(name), ProtectedView::ReadOnly, Missing::GitDir));
+        }
+        wanted.push((
+            git_dir.join("config"),
+            ProtectedView::SandboxCopy,
+            Missing::Skip,
+        ));
+    }
+    for allow in allowed {
+        if let Some((inside, _, _)) = wanted
+            .iter()
+            .find(|(p, _, _)| allow.starts_with(p) && allow != p)
+        {
+            return Err(RunError::AllowWrite(format!(
+                "{} is inside {}, which is protected as a whole.\nTo fix: allow {} \
+                 (everything in it becomes writable for the run).",
+                allow.display(),
+                inside.display(),
+                inside.display()
+            )));
+        }
+    }
+    wanted.retain(|(p, _, _)| !allowed.iter().any(|a| p.starts_with(a)));
+    Ok(wanted)
+}
+
+/// Removes `path` if it is one of moat's placeholders.
+fn remove_placeholder(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() && meta.permissions().mode() & 0o7777 == PLACEHOLDER_MODE {
+        // Fails, harmlessly, when something was put in it.
+        let _ = std::fs::remove_dir(path);
+    }
+}
+
+/// What to do when a protected path does not exist.
+#[derive(Debug, Clone, Copy)]
+enum Missing {
+    /// Nothing: there is nothing to protect (`.git/config` of a broken
+    /// repository).
+    Skip,
+    /// Create the directory git would (`hooks`, `info`), and keep it.
+    GitDir,
+    /// Create a placeholder for the run.
+    Placeholder,
+}
+
+/// Creates `path` with `mode` without following a symlink in its place.
+/// `Ok(false)` when the workspace cannot be written there (a read-only
+/// file system, a directory not ours): the sandbox cannot write it
+/// either.
+fn create_dir(path: &Path, mode: u32) -> Result<bool, RunError> {
+    let Some(parent) = path.parent() else {
+        return Ok(false);
+    };
+    match std::fs::symlink_metadata(parent) {
+        Ok(meta) if meta.is_dir() => {}
+        // A parent that is a file or a link (`.git` as a gitfile): nothing
+        // can be created there through it.
+        _ => return Ok(false),
+    }
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {
+            // The umask may have taken bits away; the mode is the marker.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_error(path, "setting the mode of", e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(io_error(path, "creating", e)),
+    }
+}
+
+fn io_error(path: &Path, what: &str, error: std::io::Error) -> RunError {
+    RunError::Io {
+        context: format!("{what} {} (protecting the workspace)", path.display()),
+        error,
+    }
+}
+
+/// The repositories in `workspace` (relative; the workspace itself
+/// first, repository or not) and their git directories inside it.
+fn find_repositories(workspace: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut repositories = vec![PathBuf::new()];
+    let mut git_dirs = BTreeSet::new();
+    let mut queue = std::collections::VecDeque::from([(PathBuf::new(), 0usize)]);
+    let mut seen = 0usize;
+    while let Some((dir, depth)) = queue.pop_front() {
+        seen += 1;
+        if seen > MAX_DIRECTORIES {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(workspace.join(&dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let rel = dir.join(&name);
+            if name == ".git" {
+                if !dir.as_os_str().is_empty() {
+                    repositories.push(dir.clone());
+                }
+                if kind.is_dir() {
+                    git_dirs.insert(rel);
+                } else if kind.is_file() {
+                    if let Some(git_dir) = linked_git_dir(workspace, &dir) {
+                        git_dirs.insert(git_dir);
+                    }
+                }
+                continue;
+            }
+            if kind.is_dir()
+                && depth < MAX_DEPTH
+                && !NOT_WALKED.iter().any(|n| name == std::ffi::OsStr::new(n))
+            {
+                queue.push_back((rel, depth + 1));
+            }
+        }
+    }
+    // Submodules' git directories live in their superproject's
+    // `.git/modules/<name>/`, nested for nested submodules.
+    let mut modules: Vec<PathBuf> = Vec::new();
+    for git_dir in &git_dirs {
+        find_module_git_dirs(workspace, &git_dir.join("modules"), 0, &mut modules);
+    }
+    git_dirs.extend(modules);
+    (repositories, git_dirs.into_iter().collect())
+}
+
+fn find_module_git_dirs(workspace: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > MAX_DEPTH || out.len() > MAX_DIRECTORIES {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(workspace.join(dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|k| k.is_dir()) {
+            continue;
+        }
+        let rel = dir.join(entry.file_name());
+        let full = workspace.join(&rel);
+        if full.join("HEAD").is_file() && full.join("config").is_file() {
+            out.push(rel.clone());
+            find_module_git_dirs(workspace, &rel.join("modules"), depth + 1, out);
+        } else {
+            // A submodule named `a/b` has its git directory at `modules/a/b`.
+            find_module_git_dirs(workspace, &rel, depth + 1, out);
+        }
+    }
+}
+
+/// The git directory a `.git` file in `repo` points to (`gitdir: …`),
+/// relative to the workspace, when it lies inside it.
+fn linked_git_dir(workspace: &Path, repo: &Path) -> Option<PathBuf> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(workspace.join(repo).join(".git"))
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
+    let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
+    let real = std::fs::canonicalize(workspace.join(repo).join(target)).ok()?;
+    let real_workspace = std::fs::canonicalize(workspace).ok()?;
+    let rel = real.strip_prefix(&real_workspace).ok()?;
+    rel.components()
+        .all(|c| matches!(c, Component::Normal(_)))
+        .then(|| rel.to_owned())
+        .filter(|r| !r.as_os_str().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn paths(p: &Protection) -> Vec<String> {
+        p.paths
+            .iter()
+            .map(|x| {
+                format!(
+                    "{}{}",
+                    x.path.display(),
+                    match x.view {
+                        ProtectedView::ReadOnly => "",
+                        ProtectedView::SandboxCopy => " (copy)",
+                    }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repositories_nested_and_linked_are_found_and_walks_stay_out_of_dependencies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path();
+        std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        std::fs::write(ws.join(".git/config"), "").unwrap();
+        std::fs::create_dir_all(ws.join("libs/a/.git")).unwrap();
+        std::fs::write(ws.join("libs/a/.git/config"), "").unwrap();
+        std::fs::create_dir_all(ws.join("node_modules/x/.git")).unwrap();
+        std::fs::create_dir_all(ws.join(".git/modules/sub")).unwrap();
+        std::fs::write(ws.join(".git/modules/sub/HEAD"), "").unwrap();
+        std::fs::write(ws.join(".git/modules/sub/config"), "").unwrap();
+        std::fs::create_dir_all(ws.join("sub")).unwrap();
+        std::fs::write(ws.join("sub/.git"), "gitdir: ../.git/modules/sub\n").unwrap();
+        let (repos, git_dirs) = find_repositories(ws);
+        let mut repos: Vec<_> = repos.iter().map(|p| p.display().to_string()).collect();
+        repos.sort();
+        assert_eq!(repos, ["", "libs/a", "sub"]);
+        let git_dirs: Vec<_> = git_dirs.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(git_dirs, [".git", ".git/modules/sub", "libs/a/.git"]);
+    }
+
+    #[test]
+    fn placeholders_cover_what_is_missing_and_go_with_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path();
+        std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::write(ws.join(".git/config"), "").unwrap();
+        std::fs::write(ws.join(".envrc"), "x").unwrap();
+        let p = Protection::prepare(ws, &[PathBuf::from(".vscode")]).unwrap();
+        let listed = paths(&p);
+        assert!(listed.contains(&".envrc".to_owned()), "{listed:?}");
+        assert!(listed.contains(&".git/config (copy)".to_owned()));
+        assert!(listed.contains(&".git/hooks".to_owned()));
+        assert!(!listed.iter().any(|l| l.starts_with(".vscode")));
+        assert!(ws.join(".claude").is_dir());
+        assert!(ws.join(".git/hooks").is_dir());
+        assert!(!ws.join(".vscode").exists());
+        p.release(true);
+        assert!(ws.join(".claude").is_dir());
+        p.release(false);
+        assert!(!ws.join(".claude").exists());
+        assert!(ws.join(".envrc").is_file());
+        assert!(ws.join(".git/hooks").is_dir(), "git's own directories stay");
+    }
+
+    #[test]
+    fn allowing_part_of_a_protected_directory_names_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Protection::prepare(tmp.path(), &[PathBuf::from(".claude/commands")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".claude/commands is inside .claude"), "{err}");
+        assert!(!tmp.path().join(".claude").exists());
+    }
+}
