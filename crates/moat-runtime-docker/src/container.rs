@@ -326,6 +326,16 @@ impl DockerRuntime {
             }
             None => None,
         };
+        // Over the workspace's bind: what the host acts on, read-only. A
+        // container cannot be given a private copy of .git/config (that
+        // needs a mount inside it), so git there cannot change it.
+        for p in &spec.workload.protected {
+            binds.push(format!(
+                "{}:{}:ro",
+                spec.workload.workspace.join(&p.path).display(),
+                Path::new(WORKSPACE_IN_CONTAINER).join(&p.path).display()
+            ));
+        }
         for m in &spec.workload.mounts {
             let mode = if m.read_only { ":ro" } else { "" };
             binds.push(format!(

@@ -220,6 +220,30 @@ impl ContainerSpec {
                 }
             }
         }
+        // Protected workspace paths are bound read-only over themselves.
+        // The engine follows a link in a bind's source: a protected name
+        // that is a link would show the container whatever it points to
+        // on the host, so such a workspace is refused rather than half
+        // protected (the native runtime pins the link itself).
+        for p in &self.workload.protected {
+            let host = self.workload.workspace.join(&p.path);
+            if p.path.to_string_lossy().contains(':') {
+                return invalid(format!(
+                    "bind paths may not contain ':': {} (protected in the workspace)",
+                    host.display()
+                ));
+            }
+            if std::fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
+                return invalid(format!(
+                    "{} is a symbolic link, and the host acts on what is there (a container \
+                     would see the link's target read-only). To fix: replace the link by what \
+                     it points to, run with --allow-write {} to leave it unprotected, or use \
+                     --runtime native",
+                    host.display(),
+                    p.path.display()
+                ));
+            }
+        }
         if self.memory_mb == Some(0) {
             return invalid("memory_mb must be positive".into());
         }

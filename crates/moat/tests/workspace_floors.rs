@@ -64,6 +64,10 @@ impl Workspace {
             .env("GIT_AUTHOR_EMAIL", "owner@example.com")
             .env("GIT_COMMITTER_NAME", "owner")
             .env("GIT_COMMITTER_EMAIL", "owner@example.com")
+            // The container tests hand the project to the image's user.
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "safe.directory")
+            .env("GIT_CONFIG_VALUE_0", "*")
             .output()
             .unwrap()
     }
@@ -454,4 +458,94 @@ fn a_symlinked_protected_entry_is_pinned_not_followed() {
         std::fs::read_link(ws.project().join(".vscode")).unwrap(),
         secret
     );
+}
+
+/// The same plants from a container (no git in the test image: the file
+/// writes are what is checked), on the host's workspace bind.
+fn container_runs_cannot_plant(runtime: &str) {
+    let ws = Workspace::repo();
+    // The image's user (uid 1000) owns the project, as it would be the
+    // caller's own on a workstation: every write is allowed but the floors.
+    let chown = Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(ws.project())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let config_before = std::fs::read(ws.project().join(".git/config")).unwrap();
+    let out = ws.run_env(
+        &[],
+        &plant(""),
+        &[
+            ("MOAT_RUNTIME", runtime),
+            ("MOAT_DAEMON_IDLE_TIMEOUT", "5"),
+            (
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            ),
+        ],
+    );
+    out.success();
+    assert_all_refused(&out);
+    std::fs::write(ws.project().join("more"), "more\n").unwrap();
+    ws.host_git(&["add", "more"]);
+    ws.host_git(&["commit", "-q", "-m", "host commit"]);
+    assert_eq!(ws.marks_left(), Vec::<String>::new(), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read(ws.project().join(".git/config")).unwrap(),
+        config_before
+    );
+    for name in [".vscode", ".envrc", ".claude", ".mcp.json", ".bashrc"] {
+        assert!(
+            !ws.project().join(name).exists(),
+            "{name} left behind on the host"
+        );
+    }
+
+    // A protected name that is a link would show the container its
+    // target: refused, with the fix.
+    std::os::unix::fs::symlink("/etc", ws.project().join(".vscode")).unwrap();
+    let out = ws.run_env(
+        &[],
+        "true",
+        &[
+            ("MOAT_RUNTIME", runtime),
+            (
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            ),
+        ],
+    );
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains(".vscode is a symbolic link") && out.stderr.contains("--allow-write"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn docker_runs_cannot_plant_either() {
+    if !common::docker_available() {
+        return;
+    }
+    container_runs_cannot_plant("docker");
+}
+
+#[test]
+fn podman_runs_cannot_plant_either() {
+    let ok = Command::new("podman")
+        .args(["image", "exists", "localhost/local/debian:bookworm"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert_ne!(
+            std::env::var("MOAT_REQUIRE_PODMAN").as_deref(),
+            Ok("1"),
+            "MOAT_REQUIRE_PODMAN=1 but Podman has no localhost/local/debian:bookworm (bash .ci/run loads it)"
+        );
+        eprintln!("skipping Podman test: no localhost/local/debian:bookworm");
+        return;
+    }
+    container_runs_cannot_plant("podman");
 }
