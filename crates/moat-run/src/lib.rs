@@ -25,6 +25,7 @@
 mod agent;
 mod drivers;
 mod environment;
+mod gitsweep;
 mod lifecycle;
 mod mounts;
 mod plan;

@@ -104,15 +104,19 @@ pub struct Protection {
     pub paths: Vec<ProtectedPath>,
     /// Created by this run, removed when it ends.
     placeholders: Vec<PathBuf>,
+    /// The git directories there were when the run started.
+    git_dirs: Vec<PathBuf>,
 }
 
 impl Protection {
     /// Finds what to protect in `workspace` (leaving out `allowed` and what
     /// lies under it) and creates what must exist for it to be covered.
     pub fn prepare(workspace: &Path, allowed: &[PathBuf]) -> Result<Protection, RunError> {
-        let wanted = wanted(workspace, allowed)?;
+        let (repositories, git_dirs) = find_repositories(workspace);
+        let wanted = wanted(&repositories, &git_dirs, allowed)?;
         let mut protection = Protection {
             workspace: workspace.to_owned(),
+            git_dirs,
             ..Protection::default()
         };
         for (path, view, missing) in wanted {
@@ -141,6 +145,18 @@ impl Protection {
         Ok(protection)
     }
 
+    /// Disarms the git repositories the run created (their hooks and the
+    /// configuration keys that run programs, see `gitsweep`); returns what
+    /// to tell the user.
+    pub fn disarm_created_repositories(&self) -> Vec<String> {
+        let (_, now) = find_repositories(&self.workspace);
+        let created: Vec<PathBuf> = now
+            .into_iter()
+            .filter(|g| !self.git_dirs.contains(g))
+            .collect();
+        crate::gitsweep::disarm_created(&self.workspace, &created)
+    }
+
     /// Removes the placeholders this run created, each only while it is
     /// still moat's (an empty directory with the placeholder's mode), and
     /// only when `others_active` is false: another run of the workspace
@@ -158,7 +174,8 @@ impl Protection {
 /// The protected paths of `workspace` that exist now (what `moat trust`
 /// shows), `allowed` left out.
 pub fn protected_now(workspace: &Path, allowed: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
-    Ok(wanted(workspace, allowed)?
+    let (repositories, git_dirs) = find_repositories(workspace);
+    Ok(wanted(&repositories, &git_dirs, allowed)?
         .into_iter()
         .map(|(p, _, _)| p)
         .filter(|p| {
@@ -171,12 +188,12 @@ pub fn protected_now(workspace: &Path, allowed: &[PathBuf]) -> Result<Vec<PathBu
 /// What to protect in `workspace`, `allowed` and what lies under it left
 /// out, with what to do when it is missing.
 fn wanted(
-    workspace: &Path,
+    repositories: &[PathBuf],
+    git_dirs: &[PathBuf],
     allowed: &[PathBuf],
 ) -> Result<Vec<(PathBuf, ProtectedView, Missing)>, RunError> {
     let mut wanted: Vec<(PathBuf, ProtectedView, Missing)> = Vec::new();
-    let (repositories, git_dirs) = find_repositories(workspace);
-    for repo in &repositories {
+    for repo in repositories {
         for name in REPOSITORY_ENTRIES {
             wanted.push((
                 repo.join(name),
@@ -185,7 +202,7 @@ fn wanted(
             ));
         }
     }
-    for git_dir in &git_dirs {
+    for git_dir in git_dirs {
         for name in GIT_DIRS {
             wanted.push((git_dir.join(name), ProtectedView::ReadOnly, Missing::GitDir));
         }
@@ -308,6 +325,12 @@ fn find_repositories(workspace: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
                     if let Some(git_dir) = linked_git_dir(workspace, &dir) {
                         git_dirs.insert(git_dir);
                     }
+                } else if kind.is_symlink() {
+                    // git follows the link: what it leads to, when it is
+                    // in the workspace, is this repository's git directory.
+                    if let Some(git_dir) = beneath(workspace, &workspace.join(&rel)) {
+                        git_dirs.insert(git_dir);
+                    }
                 }
                 continue;
             }
@@ -363,7 +386,16 @@ fn linked_git_dir(workspace: &Path, repo: &Path) -> Option<PathBuf> {
         .read_to_string(&mut text)
         .ok()?;
     let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
-    let real = std::fs::canonicalize(workspace.join(repo).join(target)).ok()?;
+    beneath(workspace, &workspace.join(repo).join(target))
+}
+
+/// Where `path` leads, relative to `workspace`, when that is a directory
+/// inside it (other than the workspace itself).
+fn beneath(workspace: &Path, path: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(path).ok()?;
+    if !real.is_dir() {
+        return None;
+    }
     let real_workspace = std::fs::canonicalize(workspace).ok()?;
     let rel = real.strip_prefix(&real_workspace).ok()?;
     rel.components()

@@ -32,6 +32,9 @@ pub struct RunOutcome {
     pub name: String,
     /// Exit code (128+N for signal N).
     pub exit_code: i32,
+    /// What the user must hear once the run is over (a git repository
+    /// the run created was disarmed…), one sentence each.
+    pub notices: Vec<String>,
 }
 
 /// Why a run could not start or finish.
@@ -261,6 +264,7 @@ pub fn execute(
     // Open on the workspace before the sandbox exists, closed on every way
     // out that returns here: a run killed before closing stays open, which
     // is what makes its changes suspect.
+    let mut notices = Vec::new();
     let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
         Ok(()) => {
             let result = crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write)
@@ -278,6 +282,7 @@ pub fn execute(
                         &mut meta,
                         &run_dir,
                     );
+                    notices = protection.disarm_created_repositories();
                     protection.release(other_runs_active(&runs, &meta));
                     result
                 });
@@ -303,11 +308,17 @@ pub fn execute(
     if let Some(reason) = runs.save_final(&mut meta)? {
         return Err(RunError::DiskFull { reason });
     }
+    if result.is_err() {
+        for notice in &notices {
+            tracing::warn!("{notice}");
+        }
+    }
     let exit_code = result?;
     Ok(RunOutcome {
         id: meta.id.to_string(),
         name: meta.name.clone(),
         exit_code,
+        notices,
     })
 }
 

@@ -549,3 +549,57 @@ fn podman_runs_cannot_plant_either() {
     }
     container_runs_cannot_plant("podman");
 }
+
+#[test]
+fn a_repository_the_run_creates_is_disarmed_when_it_ends() {
+    // A project that is not a repository yet, and a nested one made inside.
+    let env = common::TestEnv::new();
+    let ws = Workspace { env };
+    std::fs::create_dir_all(ws.project()).unwrap();
+    let script = r#"set -e
+for dir in . vendored; do
+  mkdir -p $dir && cd /workspace/$dir
+  git init -q -b main
+  printf '#!/bin/sh\ntouch "$MARKS/hook-%s"\n' "$dir" > .git/hooks/post-commit
+  chmod +x .git/hooks/post-commit
+  ln -s post-commit .git/hooks/pre-commit
+  git config core.fsmonitor "touch $MARKS/fsmonitor-$dir; false"
+  git config alias.st '!touch $MARKS/alias'
+  git config remote.origin.url https://example.com/x.git
+  cd /workspace
+done
+echo made"#;
+    let out = ws.run(&[], script);
+    out.success();
+    assert!(out.stdout.contains("made"), "{}", out.stderr);
+    for dir in [ws.project(), ws.project().join("vendored")] {
+        std::fs::write(dir.join("f"), "f\n").unwrap();
+        assert!(ws.host_git_in(&dir, &["add", "f"]).status.success());
+        let commit = ws.host_git_in(&dir, &["commit", "-q", "-m", "host"]);
+        assert!(
+            commit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&commit.stderr)
+        );
+        assert!(ws.host_git_in(&dir, &["status"]).status.success());
+        assert!(!ws.host_git_in(&dir, &["st"]).status.success());
+        // What was not a program is kept.
+        let url = ws.host_git_in(&dir, &["config", "remote.origin.url"]);
+        assert_eq!(
+            String::from_utf8_lossy(&url.stdout),
+            "https://example.com/x.git\n"
+        );
+        assert!(dir.join(".git/hooks/post-commit.moat-disabled").exists());
+    }
+    assert_eq!(ws.marks_left(), Vec::<String>::new());
+    assert!(
+        out.stderr
+            .contains("the run created the git repository vendored/.git in the workspace")
+            && out.stderr.contains("core.fsmonitor removed")
+            && out
+                .stderr
+                .contains("hook post-commit renamed post-commit.moat-disabled"),
+        "{}",
+        out.stderr
+    );
+}

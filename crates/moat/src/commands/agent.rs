@@ -70,5 +70,8 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         }
     }
     let outcome = outcome?;
+    for notice in &outcome.notices {
+        errln!("moat: {notice}");
+    }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }

@@ -46,6 +46,9 @@ pub(super) fn execute(ctx: &Context, plan: &RunPlan) -> Result<ExitCode> {
     }
     let mut driver = selection.driver;
     let outcome = moat_run::execute(&ctx.home, plan, driver.as_mut())?;
+    for notice in &outcome.notices {
+        errln!("moat: {notice}");
+    }
     tracing::debug!(run_id = %outcome.id, code = outcome.exit_code, "run finished");
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
