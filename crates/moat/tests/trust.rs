@@ -95,6 +95,8 @@ fn moat_yaml_edited_inside_a_run_is_refused_until_trusted() {
       changed: network.policy (strict → permissive)
       added: mounts[0] ([TMP]/moat:/stolen:ro)
     Trusted: the next run applies them.
+    Runs see read-only what the host acts on: wherever missing, .gitmodules .vscode .idea .claude .mcp.json .envrc .ripgreprc .gitconfig .bashrc .bash_profile .bash_login .bash_logout .profile .zshrc .zshenv .zprofile .zlogin .zlogout.
+    To let a run write one: moat run --allow-write PATH, or allow_write: [PATH] in moat.yaml.
     ");
     let again = t.run(&["trust"]);
     again.success();

@@ -58,15 +58,14 @@ fn print_protected(workspace: &Path) {
             }
         })
         .collect();
+    let existing = if shown.is_empty() {
+        String::new()
+    } else {
+        format!("{}; and ", shown.join(", "))
+    };
     outln!(
-        "Protected from runs (the host acts on them; a write inside fails as read-only):\n  {}\n  \
-         and, where they do not exist yet, in the workspace and each repository in it: {}\n\
+        "Runs see read-only what the host acts on: {existing}wherever missing, {}.\n\
          To let a run write one: moat run --allow-write PATH, or allow_write: [PATH] in moat.yaml.",
-        if shown.is_empty() {
-            "(none exist yet)".to_owned()
-        } else {
-            shown.join(", ")
-        },
         moat_run::REPOSITORY_ENTRIES.join(" ")
     );
 }
