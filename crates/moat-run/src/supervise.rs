@@ -267,8 +267,10 @@ pub fn execute(
     let mut notices = Vec::new();
     let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
         Ok(()) => {
-            let result = crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write)
-                .and_then(|protection| {
+            let protection =
+                crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write);
+            let result = match &protection {
+                Ok(protection) => {
                     let plan = &RunPlan {
                         protected: protection.paths.clone(),
                         ..plan.clone()
@@ -283,13 +285,23 @@ pub fn execute(
                         &run_dir,
                     );
                     notices = protection.disarm_created_repositories();
-                    protection.release(other_runs_active(&runs, &meta));
                     result
-                });
+                }
+                Err(_) => Ok(0),
+            };
             if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
                 tracing::warn!(error = %e, "recording the run's end in the trust record");
             }
-            result
+            match protection {
+                Ok(protection) => {
+                    // Placeholders stay while another run may show them.
+                    let others =
+                        moat_trust::open_runs(home, &plan.workspace).map_or(true, |n| n > 0);
+                    protection.release(others);
+                    result
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e.into()),
     };
@@ -319,21 +331,6 @@ pub fn execute(
         name: meta.name.clone(),
         exit_code,
         notices,
-    })
-}
-
-/// Whether another run of `meta`'s workspace is still active (its
-/// sandbox may show the same placeholders).
-fn other_runs_active(runs: &RunStore, meta: &RunMetadata) -> bool {
-    let Ok((all, _)) = runs.list() else {
-        return true;
-    };
-    all.into_iter().any(|mut other| {
-        if other.id == meta.id || other.workspace != meta.workspace {
-            return false;
-        }
-        RunStore::reconcile_view(&mut other);
-        other.state.is_active()
     })
 }
 

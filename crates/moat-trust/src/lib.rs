@@ -344,6 +344,13 @@ pub fn close_run(home: &MoatHome, workspace: &Path, run_id: &str) -> Result<(), 
     save(home, &record)
 }
 
+/// How many runs have `workspace` mounted now, as far as the trust record
+/// knows (runs opened and not closed, killed ones included).
+pub fn open_runs(home: &MoatHome, workspace: &Path) -> Result<usize, TrustError> {
+    let workspace = canonical(workspace)?;
+    Ok(load(home, &workspace)?.map_or(0, |r| r.open_runs.len()))
+}
+
 fn verdict_result(
     record: &TrustRecord,
     verdict: Verdict,

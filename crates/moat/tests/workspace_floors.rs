@@ -603,3 +603,30 @@ echo made"#;
         out.stderr
     );
 }
+
+#[test]
+fn placeholders_stay_while_another_run_of_the_workspace_is_active() {
+    let ws = Workspace::repo();
+    let mut first = ws.env.moat();
+    first
+        .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
+        .env("MOAT_PROXY_PORT", "0")
+        .current_dir(ws.project())
+        .args(["run", "--", "sh", "-c", "sleep 3; ls -d .vscode"])
+        .stdout(std::process::Stdio::piped());
+    let first = first.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ws.project().join(".vscode").exists() {
+        assert!(std::time::Instant::now() < deadline, "no placeholder");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ws.run(&[], "true").success();
+    assert!(
+        ws.project().join(".vscode").is_dir(),
+        "the first run still shows it"
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), ".vscode\n");
+    assert!(!ws.project().join(".vscode").exists());
+}
