@@ -215,19 +215,17 @@ impl DockerRuntime {
                 return Err(e);
             }
         };
-        // Without services to wait for, the workload starts with the guard
-        // started but not ready yet: its entrypoint waits for the guard's
-        // relay, which listens once the firewall holds (see `gate.rs`).
+        // The workload's entrypoint is the gate (see `gate.rs`) whenever
+        // the guard runs the relay: it installs the setuid/setgid filter,
+        // and it waits for the relay, which listens once the firewall
+        // holds. Without services to wait for, the workload then starts
+        // with the guard started but not ready yet; with them, the guard is
+        // ready first, and the gate's wait ends at once.
         let gate = match (&spec.network, &guard_id) {
-            (NetworkPolicy::Captured { relay_binary, .. }, Some(_))
-                if spec.sidecars.is_empty()
-                    && dind.is_none()
-                    && !spec.workload.command.is_empty() =>
-            {
-                Some(relay_binary.as_path())
-            }
+            (NetworkPolicy::Captured { relay_binary, .. }, Some(_)) => Some(relay_binary.as_path()),
             _ => None,
         };
+        let guard_waited_by_gate = gate.is_some() && spec.sidecars.is_empty() && dind.is_none();
         // The workload is created while the guard starts (and the services
         // get ready in its namespace): joining a created container's
         // network is allowed; the workload starts only once all are up.
@@ -235,7 +233,7 @@ impl DockerRuntime {
             let Some(g) = guard_id.as_deref() else {
                 return Ok((Vec::new(), None));
             };
-            if gate.is_some() {
+            if guard_waited_by_gate {
                 let launched = self.launch_guard(g).await?;
                 return Ok((Vec::new(), Some(PendingGuard::watch(launched))));
             }
@@ -297,7 +295,8 @@ impl DockerRuntime {
     }
 
     /// Creates the workload; with `gate` (the host's moat binary), its
-    /// entrypoint first waits for the guard's firewall.
+    /// entrypoint first waits for the guard's firewall and installs the
+    /// setuid/setgid filter.
     async fn create_workload(
         &self,
         spec: &ContainerSpec,
@@ -308,6 +307,9 @@ impl DockerRuntime {
             "{}:{WORKSPACE_IN_CONTAINER}",
             spec.workload.workspace.display()
         )];
+        // The command, or the image's own when none is given: with the gate
+        // as entrypoint, the engine would no longer add the image's.
+        let mut command = spec.workload.command.clone();
         let entrypoint = match gate {
             Some(moat) => {
                 // An SSH grant mounts the same binary there already. Any
@@ -322,7 +324,11 @@ impl DockerRuntime {
                 {
                     binds.push(format!("{}:{MOAT_IN_CONTAINER}:ro", moat.display()));
                 }
-                Some(gated_entrypoint(&self.image_entrypoint(&spec.image).await?))
+                let (image_entrypoint, image_cmd) = self.image_entrypoint(&spec.image).await?;
+                if command.is_empty() {
+                    command = image_cmd;
+                }
+                Some(gated_entrypoint(&image_entrypoint))
             }
             None => None,
         };
@@ -371,7 +377,7 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint,
-            cmd: Some(spec.workload.command.clone()),
+            cmd: Some(command),
             env: Some(
                 spec.workload
                     .env
@@ -434,17 +440,22 @@ impl DockerRuntime {
         }
     }
 
-    /// The image's own entrypoint, which the gate runs after its wait.
-    async fn image_entrypoint(&self, image: &str) -> Result<Vec<String>, DockerError> {
+    /// The image's own entrypoint, which the gate runs after its wait, and
+    /// its default command.
+    async fn image_entrypoint(
+        &self,
+        image: &str,
+    ) -> Result<(Vec<String>, Vec<String>), DockerError> {
         let inspected = self
             .docker
             .inspect_image(image)
             .await
             .map_err(|e| DockerError::engine(format!("inspecting image {image}"), e))?;
-        Ok(inspected
-            .config
-            .and_then(|c| c.entrypoint)
-            .unwrap_or_default())
+        let config = inspected.config.unwrap_or_default();
+        Ok((
+            config.entrypoint.unwrap_or_default(),
+            config.cmd.unwrap_or_default(),
+        ))
     }
 
     /// Waits for the container to exit; returns its exit code as is.

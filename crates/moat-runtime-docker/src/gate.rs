@@ -9,6 +9,14 @@
 //! are in place), then replaces itself with the image's entrypoint and the
 //! command. The workload has no capability and `no-new-privileges`: nothing
 //! it runs can change the rules, before or after.
+//!
+//! Just before it does, the gate installs the system-call filter that no
+//! setuid or setgid file gets past ([`moat_sandbox::setid`], the native
+//! sandbox's rule too): the workspace is a bind mount of the caller's
+//! directory, so such a file would run as its owner on the host, whatever
+//! mount options the container sees it through. The engine's own seccomp
+//! profile stays in force; this filter only adds to it, and the command
+//! and everything it starts inherit it.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
@@ -44,6 +52,10 @@ pub enum GateError {
     /// The guard's relay never listened.
     #[error("{0}")]
     GuardNotReady(std::io::Error),
+    /// The setuid/setgid filter could not be installed: the command does
+    /// not run without it.
+    #[error("{0}")]
+    Filter(moat_sandbox::setid::SetidFilterError),
     /// The command does not exist (the native runtime's words).
     #[error("command not found in sandbox: {program}")]
     NotFound {
@@ -69,19 +81,25 @@ impl GateError {
         match self {
             GateError::NotFound { .. } => 127,
             GateError::Exec { .. } => 126,
-            GateError::NoCommand | GateError::GuardNotReady(_) => 125,
+            GateError::NoCommand | GateError::GuardNotReady(_) | GateError::Filter(_) => 125,
         }
     }
 }
 
-/// Waits for the guard's relay, then executes `command` (its first word
-/// looked up in `PATH`) in place of this process. Returns only on failure.
+/// Waits for the guard's relay, installs the setuid/setgid filter, then
+/// executes `command` (its first word looked up in `PATH`) in place of
+/// this process. Returns only on failure.
 pub fn await_guard_then_exec(command: &[OsString]) -> GateError {
     let Some((program, args)) = command.split_first() else {
         return GateError::NoCommand;
     };
     if let Err(e) = moat_capture::await_relay(CAPTURE_RELAY_PORT, GUARD_WAIT) {
         return GateError::GuardNotReady(e);
+    }
+    // On this thread, the one that executes the command: a filter binds
+    // the thread that installs it and survives execve.
+    if let Err(e) = moat_sandbox::setid::SetidFilter::build().and_then(|filter| filter.install()) {
+        return GateError::Filter(e);
     }
     let error = std::process::Command::new(program).args(args).exec();
     let program = program.to_string_lossy().into_owned();

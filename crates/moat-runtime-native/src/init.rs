@@ -476,6 +476,19 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
     if let Err(message) = filters.install() {
         return fail(message);
     }
+    // The command runs as PID 1's own user, so it could ptrace PID 1 and
+    // keep it stopped: nothing would reap the command any more and the run
+    // would never end. A non-dumpable process can only be traced with
+    // CAP_SYS_PTRACE over its memory's user namespace, which the command
+    // never has. (A root caller's PID 1 is often non-dumpable already,
+    // after its change of user, but only while fs.suid_dumpable is 0.) Set
+    // last: PID 1's own files in /proc turn root's, and it has no more use
+    // for them; the command's exec makes the command dumpable again.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        return fail(format!("cannot make the sandbox's PID 1 untraceable: {e}"));
+    }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;
     }

@@ -15,12 +15,19 @@
 //!    `clone` with a namespace flag), mounts old and new, kernel keyrings,
 //!    BPF, perf events, kernel modules and `kexec`, clock and swap changes,
 //!    `userfaultfd`, handle-based opens, `vsock`, and pushing input into a
-//!    terminal (`TIOCSTI`, `TIOCLINUX`). When both programs refuse a call,
-//!    the kernel reports the later one's `EPERM`.
+//!    terminal (`TIOCSTI`, `TIOCLINUX`). And, shared with the container
+//!    runtimes ([`moat_sandbox::setid`]), every call that would give a file
+//!    the setuid or setgid bit: the workspace is the caller's directory on
+//!    the host, where such a file would run as the caller. When both
+//!    programs refuse a call, the kernel reports the later one's `EPERM`.
+//!
+//! `openat2` is left out of (1), hence `ENOSYS`, for the same rule: its
+//! mode is out of a filter's sight, and C libraries fall back to `openat`.
 //!
 //! `ptrace` stays allowed: the sandbox's pid namespace only shows the
 //! sandbox's own processes, and debuggers and `strace` are part of an
-//! agent's work.
+//! agent's work. PID 1, which the command must not stop, makes itself
+//! non-dumpable instead (see `init.rs`).
 
 use std::collections::BTreeMap;
 
@@ -199,10 +206,11 @@ fn one_of(
 }
 
 fn allow_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendError> {
+    let unsupported = moat_sandbox::setid::unsupported();
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
         .iter()
         .chain(ALLOWED_LEGACY)
-        .filter(|nr| **nr != libc::SYS_personality)
+        .filter(|nr| **nr != libc::SYS_personality && !unsupported.contains(nr))
         .map(|nr| (*nr, Vec::new()))
         .collect();
     rules.insert(
@@ -254,6 +262,18 @@ fn deny_filter(arch: TargetArch) -> Result<SeccompFilter, seccompiler::BackendEr
             &[AF_VSOCK],
         )?,
     );
+    for (nr, setid_rules) in moat_sandbox::setid::refused()? {
+        match rules.get_mut(&nr) {
+            // Refused whatever the arguments already: conditions added to
+            // an empty list would narrow it to them.
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) if setid_rules.is_empty() => existing.clear(),
+            Some(existing) => existing.extend(setid_rules),
+            None => {
+                rules.insert(nr, setid_rules);
+            }
+        }
+    }
     SeccompFilter::new(
         rules,
         SeccompAction::Allow,

@@ -56,6 +56,7 @@
 //! harmless (the native runtime has no image) or refused by its driver
 //! with an error that says so.
 
+pub mod setid;
 pub mod terminal;
 
 use std::io::Write;

@@ -14,29 +14,91 @@ fn running_as_root() -> bool {
     rustix::process::getuid().is_root()
 }
 
+/// The unprivileged host user that non-root callers' tests run moat as
+/// (`nobody`), when the tests run as root.
+const NOBODY: u32 = 65534;
+
 /// A fresh user with a project directory, run from inside it.
 struct Boundary {
     env: common::TestEnv,
+    /// The host uid (and gid) moat runs as, when not the tests' own.
+    caller: Option<u32>,
 }
 
 impl Boundary {
     fn new() -> Self {
         let env = common::TestEnv::new();
         std::fs::create_dir_all(env.dir.path().join("project")).unwrap();
-        Boundary { env }
+        Boundary { env, caller: None }
+    }
+
+    /// As [`Boundary::new`], for moat run by the unprivileged host user
+    /// `uid` (whose primary group is `uid` too); the tests must run as
+    /// root to switch to it.
+    fn for_user(uid: u32) -> Self {
+        let mut t = Boundary::new();
+        std::fs::create_dir_all(t.env.home()).unwrap();
+        let owner = format!("{uid}:{uid}");
+        let chown = std::process::Command::new("chown")
+            .args(["-R", &owner])
+            .arg(t.env.dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        t.caller = Some(uid);
+        t
     }
 
     fn project(&self) -> std::path::PathBuf {
         self.env.dir.path().join("project")
     }
 
-    fn sh(&self, script: &str) -> common::Result {
+    fn command(&self, script: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt as _;
         let mut cmd = self.env.moat();
         cmd.env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
             .env("MOAT_PROXY_PORT", "0")
             .current_dir(self.project())
             .args(["run", "--", "sh", "-c", script]);
-        common::Result::from(cmd.output().unwrap())
+        if let Some(uid) = self.caller {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd
+    }
+
+    fn sh(&self, script: &str) -> common::Result {
+        common::Result::from(self.command(script).output().unwrap())
+    }
+
+    /// As [`Boundary::sh`], but moat is killed after `limit`; returns how
+    /// long it ran. Output goes through files, so that a process left
+    /// holding the sandbox's output cannot block the test.
+    fn sh_within(&self, script: &str, limit: Duration) -> (common::Result, Duration) {
+        let out_path = self.env.dir.path().join("run.stdout");
+        let err_path = self.env.dir.path().join("run.stderr");
+        let mut cmd = self.command(script);
+        cmd.stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap();
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code();
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let took = started.elapsed();
+        let result = common::Result {
+            code,
+            stdout: std::fs::read_to_string(&out_path).unwrap(),
+            stderr: std::fs::read_to_string(&err_path).unwrap(),
+        };
+        (result, took)
     }
 }
 
@@ -294,4 +356,82 @@ fn memory_limit_is_refused_clearly_without_cgroups() {
     let out = t.sh("true");
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("container.memory"), "{}", out.stderr);
+}
+
+/// Setuid and setgid files made in the workspace by a root caller's
+/// sandbox would be setuid-root on the host (the workspace is ID-mapped
+/// onto the caller): every way of making one is refused.
+#[test]
+fn no_setuid_or_setgid_file_leaves_a_root_callers_sandbox() {
+    if !running_as_root() {
+        println!("skipped: running the files as another user needs root");
+        return;
+    }
+    let t = Boundary::new();
+    let out = t.sh(common::SETID_ATTACKS);
+    out.success();
+    common::assert_no_setid_left(&out, &t.project(), &[t.env.dir.path()], NOBODY);
+}
+
+/// The same for a non-root caller (files setuid to the caller).
+#[test]
+fn no_setuid_or_setgid_file_leaves_a_non_root_callers_sandbox() {
+    if !running_as_root() {
+        println!("skipped: switching to another user needs root");
+        return;
+    }
+    let t = Boundary::for_user(NOBODY);
+    let out = t.sh(common::SETID_ATTACKS);
+    out.success();
+    // Run as `daemon` (uid 1): a setuid-nobody file would show 65534.
+    common::assert_no_setid_left(&out, &t.project(), &[t.env.dir.path()], 1);
+}
+
+/// From inside, a child of the command attaches to PID 1 and keeps it
+/// stopped: were that allowed, PID 1 could no longer reap the command
+/// and the run would never end.
+const PTRACE_PID1: &str = r#"python3 - <<'EOF'
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(r)
+    res = libc.ptrace(16, 1, 0, 0)  # PTRACE_ATTACH
+    os.write(w, f"{res} {ctypes.get_errno()}".encode())
+    os.close(w)
+    if res == 0:
+        time.sleep(3600)
+    os._exit(0)
+os.close(w)
+print("attach", os.read(r, 64).decode(), flush=True)
+EOF"#;
+
+fn assert_pid1_not_traceable(t: &Boundary) {
+    let (out, took) = t.sh_within(PTRACE_PID1, Duration::from_secs(30));
+    assert_eq!(
+        out.stdout, "attach -1 1\n",
+        "EPERM expected\n{}",
+        out.stderr
+    );
+    out.success();
+    assert!(took < Duration::from_secs(15), "the run took {took:?}");
+}
+
+#[test]
+fn pid1_cannot_be_traced_from_a_root_callers_sandbox() {
+    if !running_as_root() {
+        println!("skipped: the tests do not run as root");
+        return;
+    }
+    assert_pid1_not_traceable(&Boundary::new());
+}
+
+#[test]
+fn pid1_cannot_be_traced_from_a_non_root_callers_sandbox() {
+    if !running_as_root() {
+        // The tests' own user is then the non-root caller.
+        assert_pid1_not_traceable(&Boundary::new());
+        return;
+    }
+    assert_pid1_not_traceable(&Boundary::for_user(NOBODY));
 }

@@ -709,3 +709,24 @@ fn node_at_a_version_is_that_version() {
         );
     }
 }
+
+/// A root caller's workload runs as uid 1000 with the workspace
+/// bind-mounted: in a project of that user's, a setuid or setgid file it
+/// made would run as that user (or group) for anyone on the host. Every
+/// way of making one is refused, under gVisor and runc.
+#[test]
+fn no_setuid_or_setgid_file_leaves_a_container_under_gvisor_and_runc() {
+    if !common::docker_available() {
+        return;
+    }
+    for extra in [&[][..], &["--no-sandbox"][..]] {
+        let t = DockerEnv::new();
+        common::give_to_sandbox_user(&t.project());
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", common::SETID_ATTACKS]);
+        let out = t.run(&args, &[]);
+        out.success();
+        common::assert_no_setid_left(&out, &t.project(), &[t.env.dir.path()], 65534);
+    }
+}

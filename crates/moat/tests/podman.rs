@@ -266,3 +266,18 @@ fn podman_containers_of_a_crashed_cli_are_removed_by_stop() {
         "guard left behind"
     );
 }
+
+/// As on Docker: the workload's setuid and setgid files in the
+/// bind-mounted workspace would run as their owner on the host; every way
+/// of making one is refused.
+#[test]
+fn no_setuid_or_setgid_file_leaves_a_podman_container() {
+    if !podman_available() {
+        return;
+    }
+    let t = PodmanEnv::new();
+    common::give_to_sandbox_user(&t.project());
+    let out = t.run(&["run", "--", "sh", "-c", common::SETID_ATTACKS]);
+    out.success();
+    common::assert_no_setid_left(&out, &t.project(), &[t.env.dir.path()], 65534);
+}

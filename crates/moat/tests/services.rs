@@ -118,6 +118,7 @@ head -c 7 <&3 | tr -d '\r'; echo
 curl -sS -m 5 -o /dev/null -w "outside=%{http_code}\n" http://example.test/ 2>/dev/null || echo outside=refused
 echo "runtoken=${HTTP_PROXY#http://moat:}"
 echo "pgpw=$MOAT_POSTGRES_PASSWORD"
+cp /bin/true /tmp/t; if chmod u+s /tmp/t 2>&1 | grep -q 'Operation not permitted'; then echo setuid=refused; else echo setuid=allowed; fi
 "#;
 
 const SERVICES_YAML: &str = r#"
@@ -153,6 +154,8 @@ fn check_services_reachable(runtime: &str, extra: &[&str]) {
     );
     // Strict: the sidecars are reachable, nothing else new is.
     assert!(stdout.contains("outside=407"), "blocked: {stdout}");
+    // With services too, the workload runs under the setuid/setgid filter.
+    assert!(stdout.contains("setuid=refused"), "{stdout}");
     // Neither the run's proxy token nor a service password is written
     // anywhere under MOAT_HOME (run files, debug logs).
     let value = |key: &str| {

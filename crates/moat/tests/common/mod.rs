@@ -498,3 +498,218 @@ pub fn mysql_image() -> String {
         })
         .clone()
 }
+
+/// A shell script, run in a sandbox from its workspace, that tries every
+/// ordinary way of leaving a setuid or setgid file there: a copy of `id`
+/// made setuid (with `chmod`, `install -m`, `fchmod`, `fchmodat2` and the
+/// legacy `chmod`), created with the bits in its mode (`open`, `openat`,
+/// `creat`, `O_TMPFILE`, `openat2`, `mknod`), and setgid directories
+/// (`chmod g+s`, `mkdir -m`). Files created with the bits stay empty (a
+/// write would clear them); each non-empty executable it leaves is a copy
+/// of `id`, so running it tells which user it runs as. It prints `chmod-eperm` when
+/// chmod was refused with EPERM, `plain-ok` when an ordinary chmod still
+/// works, and `FAIL <what>` when a refused call succeeded.
+pub const SETID_ATTACKS: &str = r#"
+cp /bin/id suid; chmod 4755 suid 2>&1 | grep -q 'Operation not permitted' && echo chmod-eperm
+cp /bin/id sgid; chmod 2755 sgid
+cp /bin/id both; chmod u+s,g+s both
+mkdir setgid-dir; chmod g+s setgid-dir
+install -m 4755 /bin/id installed
+install -d -m 2755 installed-dir
+mkdir -m 2755 mkdir-m
+cp /bin/id plain && chmod 755 plain && mkdir -m 750 plain-dir && echo plain-ok
+python3 - <<'PYEOF'
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+image = open("/bin/id", "rb").read()
+AT_FDCWD = -100
+os.umask(0o022)
+
+def attempt(name, action):
+    try:
+        action()
+    except OSError as e:
+        print(name, e)
+
+def write_id(fd):
+    os.write(fd, image)
+    os.close(fd)
+
+def raw(nr, *args):
+    r = libc.syscall(nr, *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
+
+attempt("open", lambda: os.close(os.open("open-suid", os.O_CREAT | os.O_WRONLY, 0o4755)))
+attempt("open-g", lambda: os.close(os.open("open-sgid", os.O_CREAT | os.O_WRONLY, 0o2755)))
+
+def tmpfile():
+    fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o6755)
+    os.link(f"/proc/self/fd/{fd}", "tmpfile-suid")
+    os.close(fd)
+attempt("tmpfile", tmpfile)
+
+def fchmod():
+    fd = os.open("fchmod-suid", os.O_CREAT | os.O_WRONLY, 0o755)
+    os.write(fd, image)
+    try:
+        os.fchmod(fd, 0o6755)
+    finally:
+        os.close(fd)
+attempt("fchmod", fchmod)
+
+def fchmodat2():
+    write_id(os.open("fchmodat2-suid", os.O_CREAT | os.O_WRONLY, 0o755))
+    raw(452, AT_FDCWD, b"fchmodat2-suid", 0o4755, 0)
+attempt("fchmodat2", fchmodat2)
+
+class OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+def openat2():
+    how = OpenHow(os.O_CREAT | os.O_WRONLY, 0o4755, 0)
+    os.close(raw(437, AT_FDCWD, b"openat2-suid", ctypes.byref(how), ctypes.sizeof(how)))
+attempt("openat2", openat2)
+
+attempt("mknod", lambda: os.mknod("mknod-suid", 0o100000 | 0o4755))
+attempt("mkdir", lambda: os.mkdir("py-mkdir", 0o2755))
+
+if platform.machine() == "x86_64":
+    attempt("legacy-open", lambda: os.close(raw(2, b"legacy-open-suid", os.O_CREAT | os.O_WRONLY, 0o4755)))
+    attempt("legacy-creat", lambda: os.close(raw(85, b"legacy-creat-suid", 0o4755)))
+    def legacy_chmod():
+        write_id(os.open("legacy-chmod-suid", os.O_CREAT | os.O_WRONLY, 0o755))
+        raw(90, b"legacy-chmod-suid", 0o4755)
+    attempt("legacy-chmod", legacy_chmod)
+    attempt("legacy-mkdir", lambda: raw(83, b"legacy-mkdir", 0o2755))
+    attempt("legacy-mknod", lambda: raw(133, b"legacy-mknod-suid", 0o100000 | 0o4755, 0))
+
+# io_uring's IORING_OP_OPENAT would create files with any mode, unseen
+# by a system-call filter: the ring itself must be refused.
+params = ctypes.create_string_buffer(120)
+if libc.syscall(425, 1, params) >= 0:
+    print("FAIL io_uring_setup")
+PYEOF
+echo attacks-done
+"#;
+
+/// The uid (and gid) a root caller's container workload runs as.
+pub const CONTAINER_FALLBACK_UID: u32 = 1000;
+
+/// Makes a root caller's `workspace` the container user's, as a user's
+/// project is when root runs moat in it: the workload may then write there
+/// (and files it makes setuid would run as that user on the host).
+pub fn give_to_sandbox_user(workspace: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::os::unix::fs::chown(
+        workspace,
+        Some(CONTAINER_FALLBACK_UID),
+        Some(CONTAINER_FALLBACK_UID),
+    )
+    .unwrap();
+    // Its parent (the test's temporary directory) must let it through.
+    if let Some(parent) = workspace.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Every file or directory under `workspace` (symbolic links not
+/// followed) whose mode has the setuid or setgid bit, with the mode.
+pub fn setid_left_in(workspace: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.mode() & 0o6000 != 0 {
+                out.push(format!("{} {:o}", path.display(), meta.mode()));
+            }
+            if meta.is_dir() {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(workspace, &mut out);
+    out
+}
+
+/// Runs every non-empty executable regular file directly in `workspace`
+/// (each a copy of `id`, see [`SETID_ATTACKS`]) as `uid` with `-u`;
+/// returns how many ran and those that printed another effective uid.
+/// `open_up` are the directories above it to make traversable for `uid`.
+pub fn run_each_as(workspace: &Path, open_up: &[&Path], uid: u32) -> (usize, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in open_up.iter().copied().chain([workspace]) {
+        let mut perms = std::fs::metadata(dir).unwrap().permissions();
+        perms.set_mode(perms.mode() | 0o755);
+        std::fs::set_permissions(dir, perms).unwrap();
+    }
+    let mut ran = 0;
+    let mut gained = Vec::new();
+    for entry in std::fs::read_dir(workspace).unwrap().flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if !meta.is_file() || meta.permissions().mode() & 0o001 == 0 || meta.len() == 0 {
+            continue;
+        }
+        let uid_arg = uid.to_string();
+        let out = Command::new("setpriv")
+            .args(["--reuid", &uid_arg, "--regid", &uid_arg, "--clear-groups"])
+            .arg(&path)
+            .arg("-u")
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ran += 1;
+        if printed != uid_arg {
+            gained.push(format!(
+                "{} runs as euid {printed:?} for uid {uid}",
+                path.display()
+            ));
+        }
+    }
+    (ran, gained)
+}
+
+/// Checks the outcome of [`SETID_ATTACKS`] run in `workspace`: the script
+/// completed, chmod was refused with EPERM, ordinary modes still work, no
+/// refused call succeeded, no setuid or setgid bit is on the host, and
+/// each executable left runs as `runner` (an unprivileged host uid other
+/// than the one the sandbox's files belong to), not as their owner.
+pub fn assert_no_setid_left(out: &Result, workspace: &Path, open_up: &[&Path], runner: u32) {
+    let mut problems = Vec::new();
+    for (line, meaning) in [
+        ("attacks-done", "the script did not complete"),
+        ("plain-ok", "an ordinary chmod or mkdir failed"),
+        ("chmod-eperm", "chmod u+s was not refused with EPERM"),
+    ] {
+        if !out.stdout.contains(line) {
+            problems.push(meaning.to_owned());
+        }
+    }
+    problems.extend(
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("FAIL"))
+            .map(str::to_owned),
+    );
+    problems.extend(
+        setid_left_in(workspace)
+            .into_iter()
+            .map(|f| format!("setuid/setgid on the host: {f}")),
+    );
+    let (ran, gained) = run_each_as(workspace, open_up, runner);
+    // At least the copies made by cp (suid, sgid, both, plain).
+    if ran < 4 {
+        problems.push(format!("only {ran} executables in the workspace"));
+    }
+    problems.extend(gained);
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+}
