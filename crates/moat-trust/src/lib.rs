@@ -99,6 +99,10 @@ pub enum TrustError {
         /// Why.
         error: std::io::Error,
     },
+    /// A workspace file moat reads is a link, a FIFO, a device or too
+    /// large.
+    #[error(transparent)]
+    File(#[from] moat_home::BoundedReadError),
     /// `.moat/` is too large to fingerprint.
     #[error(
         "{} holds more than {limit} entries; moat fingerprints it before every run so that a \

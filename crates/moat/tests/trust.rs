@@ -419,3 +419,109 @@ fn a_detached_run_that_edits_its_config_is_refused_next_time() {
     assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
     assert!(!out.stdout.contains("run_"), "{}", out.stdout);
 }
+
+/// `moat ARGS` from the project, killed if it outlives `limit` (a test
+/// that hangs on a FIFO must fail, not hang the suite): the result and
+/// how long it took.
+fn run_bounded(
+    t: &common::ProxiedEnv,
+    args: &[&str],
+    limit: Duration,
+) -> (common::Result, Duration) {
+    use std::io::Read as _;
+    let started = Instant::now();
+    let mut child = t
+        .moat()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drained on threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    let result = common::Result::from(std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    });
+    (result, elapsed)
+}
+
+/// Issue #22 (6): a run can make moat.yaml anything it likes; the host
+/// must read it as a bounded regular file or refuse it quickly.
+#[test]
+fn moat_yaml_linked_to_dev_zero_is_refused_quickly() {
+    let t = env();
+    std::os::unix::fs::symlink("/dev/zero", t.project().join("moat.yaml")).unwrap();
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(20));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("moat.yaml") && out.stderr.contains("symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("To fix:"), "{}", out.stderr);
+}
+
+#[test]
+fn moat_yaml_as_a_fifo_is_refused_quickly() {
+    let t = env();
+    let fifo = t.project().join("moat.yaml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(20));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("moat.yaml") && out.stderr.contains("not a regular file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn moat_yaml_of_8_gb_is_refused_by_its_size() {
+    let t = env();
+    let file = std::fs::File::create(t.project().join("moat.yaml")).unwrap();
+    // Sparse: no disk used, but 8 GB to whoever reads it whole.
+    file.set_len(8 << 30).unwrap();
+    drop(file);
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(60));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(
+        out.stderr
+            .contains("moat.yaml is 8 GiB; moat reads at most 1 MiB"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("To fix:"), "{}", out.stderr);
+}
