@@ -266,10 +266,20 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         let file = name.to_owned();
         match (old.config_files.get(name), new.config_files.get(name)) {
             (None, None) => {}
-            (None, Some(_)) => out.push(Change::ConfigFile {
-                file,
-                how: FileChange::Added,
-            }),
+            (None, Some(b)) => {
+                out.push(Change::ConfigFile {
+                    file: file.clone(),
+                    how: FileChange::Added,
+                });
+                // What it sets, so that a review shows the mounts and
+                // grants it adds, not just that a file appeared.
+                if let Some(changes) = moat_config::diff_keys("", &b.text) {
+                    out.extend(changes.into_iter().map(|change| Change::Key {
+                        file: file.clone(),
+                        change,
+                    }));
+                }
+            }
             (Some(_), None) => out.push(Change::ConfigFile {
                 file,
                 how: FileChange::Removed,
@@ -402,7 +412,11 @@ mod tests {
         let new = with(&[("moat.yaml", "network: {policy: permissive}\n")]);
         assert_eq!(
             lines(&old, &new),
-            ["added: moat.yaml", "removed: agent.yaml"]
+            [
+                "added: moat.yaml",
+                "added: network.policy (permissive)",
+                "removed: agent.yaml"
+            ]
         );
         let old = with(&[("moat.yaml", "network: {policy: strict}\n")]);
         let new = with(&[("moat.yaml", "network:\n  policy: permissive\n# hi\n")]);

@@ -525,3 +525,72 @@ fn moat_yaml_of_8_gb_is_refused_by_its_size() {
     );
     assert!(out.stderr.contains("To fix:"), "{}", out.stderr);
 }
+
+/// Issue #22 (7a): a run writes a moat.yaml into a subdirectory of its
+/// workspace; a later `moat run sub` must not take it as first use, and
+/// a change to a nested workspace already trusted is a run's too.
+#[test]
+fn nested_moat_yaml_written_by_a_run_is_refused_until_trusted() {
+    let t = env();
+    let outside = t.env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    write(&outside.join("secret.txt"), "host secret\n");
+    let attack = format!(
+        "mkdir -p /workspace/sub && printf 'mounts:\\n  - {}:/stolen:ro\\n' > /workspace/sub/moat.yaml",
+        outside.display()
+    );
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", &attack])
+        .success();
+
+    let read = [
+        "run",
+        "sub",
+        "--",
+        "sh",
+        "-c",
+        "cat /stolen/secret.txt; echo ran",
+    ];
+    let out = t.run(&read);
+    out.failure();
+    assert!(!out.stdout.contains("host secret"), "{}", out.stdout);
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: moat.yaml in [TMP]/project/sub changed while run run_[ID] (agent) had [TMP]/project mounted, which contains it, so moat will not apply it without your review.
+      added: moat.yaml
+      added: mounts[0] ([TMP]/outside:/stolen:ro)
+    To fix: review the changes, then run
+      moat trust [TMP]/project/sub
+    or restore the version you accepted.
+    ");
+
+    // The user reviews it and says yes.
+    t.run(&["trust", "sub"]).success();
+    let out = t.run(&read);
+    out.success();
+    assert_eq!(out.stdout, "host secret\nran\n");
+
+    // A later run of the enclosing workspace changes it again.
+    t.run(&[
+        "run",
+        "-n",
+        "agent2",
+        "--",
+        "sh",
+        "-c",
+        "echo 'env: {X: changed}' >> /workspace/sub/moat.yaml",
+    ])
+    .success();
+    let out = t.run(&read);
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(out.stderr.contains("agent2"), "{}", out.stderr);
+    assert!(out.stderr.contains("added: env.X"), "{}", out.stderr);
+
+    // A directory next to it that no run could write is first use, as ever.
+    let own = t.env.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    write(&own.join("moat.yaml"), "env:\n  X: mine\n");
+    let out = t.run(&["run", own.to_str().unwrap(), "--", "sh", "-c", "echo $X"]);
+    out.success();
+    assert_eq!(out.stdout, "mine\n");
+}
