@@ -196,3 +196,40 @@ fn bad_references() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r#"Error: no run matches "run_ffffffffffff". List runs with: moat list"#);
 }
+
+/// No raw control character in `text` but the newlines of its layout.
+fn assert_no_controls(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters: {text:?}"
+    );
+}
+
+/// Issue #22 (7b): a URL is the sandbox's text; a C1 CSI (U+009B) in it
+/// reaches the terminal escaped, and `--json` stays the same JSON.
+#[test]
+fn control_characters_from_a_run_are_shown_escaped() {
+    let t = TraceEnv::new();
+    std::fs::write(
+        t.env.dir.path().join("project/moat.yaml"),
+        "network:\n  policy: strict\n",
+    )
+    .unwrap();
+    let script =
+        "curl -s -o /dev/null \"http://blocked.test/$(printf '\\302\\233')31mred\" || true";
+    t.run(&["run", "--", "sh", "-c", script]).success();
+
+    let trace = t.run(&["trace", "--network"]);
+    trace.success();
+    assert_no_controls(&trace.stdout);
+    assert!(
+        trace.stdout.contains(r"http://blocked.test/\u009b31mred"),
+        "{}",
+        trace.stdout
+    );
+    let json = t.run(&["trace", "--network", "--json"]);
+    json.success();
+    assert_no_controls(&json.stdout);
+    let record: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(record["url"], "http://blocked.test/\u{9b}31mred");
+}

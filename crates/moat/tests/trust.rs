@@ -594,3 +594,34 @@ fn nested_moat_yaml_written_by_a_run_is_refused_until_trusted() {
     out.success();
     assert_eq!(out.stdout, "mine\n");
 }
+
+/// Issue #22 (7b): what a run writes into moat.yaml reaches the user's
+/// terminal in the review; escape sequences in it (clear the line, return
+/// to its start, set the title) could hide an added mount. They are shown
+/// escaped, never sent.
+#[test]
+fn the_trust_review_shows_control_bytes_escaped() {
+    let t = env();
+    write(&t.project().join("moat.yaml"), "env:\n  X: plain\n");
+    // YAML's own escapes put ESC, CR, BEL and a C1 CSI into the value.
+    let attack = r#"printf 'env:\n  X: "\\e[2K\\r\\e]0;title\\a\\x9b31mlooks fine"\nmounts:\n  - /etc:/e:ro\n' > /workspace/moat.yaml"#;
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", attack])
+        .success();
+    let refused = t.run(&["run", "--", "true"]);
+    refused.failure();
+    let trusted = t.run(&["trust"]);
+    trusted.success();
+    for text in [&refused.stderr, &trusted.stdout] {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "raw control characters: {text:?}"
+        );
+        assert!(
+            text.contains(
+                r"changed: env.X (plain → \u001b[2K\u000d\u001b]0;title\u0007\u009b31mlooks fine)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("added: mounts[0] (/etc:/e:ro)"), "{text}");
+    }
+}
