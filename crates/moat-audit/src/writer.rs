@@ -65,7 +65,7 @@ impl AuditWriter {
     /// continuing its chain if it has entries, and starts the writer with a
     /// queue of `queue` events. Refuses a log whose last line is damaged.
     pub fn open(path: &Path, queue: usize) -> Result<AuditWriter, AuditError> {
-        Self::open_inner(path, None, queue)
+        Self::open_inner(path, None, queue, u64::MAX)
     }
 
     /// [`AuditWriter::open`] for the log of run `run_id`: every entry it
@@ -76,13 +76,29 @@ impl AuditWriter {
         run_id: &str,
         queue: usize,
     ) -> Result<AuditWriter, AuditError> {
-        Self::open_inner(path, Some(run_id.to_owned()), queue)
+        Self::open_inner(path, Some(run_id.to_owned()), queue, u64::MAX)
+    }
+
+    /// [`AuditWriter::open_for_run`], the log kept near `max_bytes`: once
+    /// it reaches them, one `audit{action:"capped", max_bytes}` entry is
+    /// written and later events are dropped, except the run's own
+    /// (`run` entries: its start and stop), so the end is still recorded
+    /// and the chain still verifies. A sandbox's requests are one event
+    /// each, and it can send them as fast as it likes.
+    pub fn open_for_run_capped(
+        path: &Path,
+        run_id: &str,
+        queue: usize,
+        max_bytes: u64,
+    ) -> Result<AuditWriter, AuditError> {
+        Self::open_inner(path, Some(run_id.to_owned()), queue, max_bytes)
     }
 
     fn open_inner(
         path: &Path,
         run_id: Option<String>,
         queue: usize,
+        max_bytes: u64,
     ) -> Result<AuditWriter, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
@@ -121,7 +137,12 @@ impl AuditWriter {
             .metadata()
             .map_err(|e| AuditError::io("reading the size of", path, e))?
             .len();
+        // A log reopened after its cap was met (its daemon was replaced)
+        // stays capped: its head is the marker or a run entry after it.
+        let capped = durable_len >= max_bytes;
         let state = Thread {
+            max_bytes,
+            capped,
             file,
             pending: Vec::new(),
             pending_events: 0,
@@ -275,6 +296,11 @@ fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
 /// entry as soon as writing works again, so the log never holds a torn
 /// record and its chain stays whole.
 struct Thread {
+    /// Past this length events are dropped (see
+    /// [`AuditWriter::open_for_run_capped`]).
+    max_bytes: u64,
+    /// The `capped` entry is written.
+    capped: bool,
     file: File,
     /// The batch being built: serialized entries not yet written.
     pending: Vec<u8>,
@@ -310,6 +336,10 @@ impl Thread {
                 while let Some(msg) = next {
                     match msg {
                         Msg::Event { ts, kind, data } => {
+                            if self.over_cap(&kind) {
+                                next = rx.try_recv().ok();
+                                continue;
+                            }
                             self.record_drops();
                             self.write(ts, &kind, data);
                             self.pending_events += 1;
@@ -345,6 +375,33 @@ impl Thread {
         }
         self.record_drops();
         self.sync();
+    }
+
+    /// Whether an event of `kind` is dropped for the size cap; the first
+    /// one dropped queues the `capped` entry. The run's own entries are
+    /// never dropped: there are two of them.
+    fn over_cap(&mut self, kind: &str) -> bool {
+        if kind == "run" {
+            return false;
+        }
+        if self.capped {
+            return true;
+        }
+        if self.durable_len + (self.pending.len() as u64) < self.max_bytes {
+            return false;
+        }
+        self.capped = true;
+        self.write(
+            crate::now_ts(),
+            "audit",
+            json!({
+                "action": "capped",
+                "max_bytes": self.max_bytes,
+                "reason": "the run's audit log reached its cap (MOAT_MAX_TRACE_BYTES); later \
+                           events other than the run's end are not recorded",
+            }),
+        );
+        true
     }
 
     /// Queues an `audit{action:"dropped"}` entry for the events the queue

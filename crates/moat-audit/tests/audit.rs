@@ -449,3 +449,37 @@ fn a_pinned_bundle_refuses_another_signer() {
         Some(SignatureError::Unsealed)
     );
 }
+
+/// A capped log: events past the cap are dropped behind one `capped`
+/// entry, the run's own entries are kept, the chain verifies, and a
+/// reopened log stays capped without a second marker.
+#[test]
+fn a_capped_log_stops_with_one_entry_and_keeps_the_runs_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("audit.jsonl");
+    let event = |i: usize| json!({"method": "GET", "url": format!("https://x/{i}")});
+    for _ in 0..2 {
+        let w = AuditWriter::open_for_run_capped(&log, "run_0123456789ab", 1024, 2000).unwrap();
+        w.append("run", json!({"action": "started"}));
+        for i in 0..100 {
+            w.append("network", event(i));
+        }
+        w.append("run", json!({"action": "stopped"}));
+        w.close(None).unwrap();
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() < 4000, "{} bytes", text.len());
+    let entries: Vec<Entry> = read_log(&log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.unwrap())
+        .collect();
+    let capped = entries
+        .iter()
+        .filter(|e| e.data["action"] == "capped")
+        .count();
+    assert_eq!(capped, 1, "{text}");
+    assert_eq!(entries.last().unwrap().data["action"], "stopped");
+    let report = verify_log(&log, None).unwrap();
+    assert!(report.chain.is_none(), "{:?}", report.chain);
+}

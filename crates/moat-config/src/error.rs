@@ -15,6 +15,10 @@ pub enum ConfigError {
         error: std::io::Error,
     },
 
+    /// A link, a FIFO, a device or a file over the size limit.
+    #[error(transparent)]
+    File(#[from] moat_home::BoundedReadError),
+
     #[error("{}:{line}:{column}: invalid YAML: {message}", .file.display())]
     Syntax {
         file: PathBuf,
@@ -86,7 +90,7 @@ impl ConfigError {
     /// The 1-based line the error points at, when it comes from a file.
     pub fn line(&self) -> Option<usize> {
         match self {
-            Self::Read { .. } | Self::InvalidSpec { .. } => None,
+            Self::Read { .. } | Self::File(_) | Self::InvalidSpec { .. } => None,
             Self::Syntax { line, .. }
             | Self::UnknownKey { line, .. }
             | Self::Unsupported { line, .. }

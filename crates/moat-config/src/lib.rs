@@ -37,30 +37,37 @@ pub use crate::types::{
 /// File names looked up in the workspace, in order.
 pub const CONFIG_FILE_NAMES: [&str; 2] = ["moat.yaml", "agent.yaml"];
 
+/// The largest config file moat reads. A run can write the workspace, so
+/// moat.yaml may be anything by the next run: a settings file stays far
+/// below this, an 8 GB file or `/dev/zero` behind a link is refused.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The bytes of config file `name` in `workspace`, `None` when absent:
+/// a regular file of at most [`MAX_CONFIG_BYTES`], no link followed.
+pub fn read_config_file(workspace: &Path, name: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    Ok(moat_home::read_bounded(
+        workspace,
+        Path::new(name),
+        MAX_CONFIG_BYTES,
+    )?)
+}
+
 /// Reads `workspace/moat.yaml`, or `workspace/agent.yaml` if there is no
 /// `moat.yaml`. `Ok(None)` when neither exists.
 pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
     for name in CONFIG_FILE_NAMES {
         let file = workspace.join(name);
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
-                    file: file.clone(),
-                    error: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "the file is not UTF-8 text",
-                    ),
-                })?;
-                return parse(&text, &file, workspace).map(Some);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    file,
-                    error: source,
-                })
-            }
-        }
+        let Some(bytes) = read_config_file(workspace, name)? else {
+            continue;
+        };
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+            file: file.clone(),
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file is not UTF-8 text",
+            ),
+        })?;
+        return parse(&text, &file, workspace).map(Some);
     }
     Ok(None)
 }

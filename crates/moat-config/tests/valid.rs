@@ -228,7 +228,11 @@ fn load_reports_unreadable_files() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir(dir.path().join("moat.yaml"))?;
     let err = load(dir.path()).err().ok_or("expected an error")?;
-    assert!(err.to_string().contains("moat.yaml: cannot read:"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("moat.yaml is a directory, not a regular file"),
+        "{err}"
+    );
 
     std::fs::remove_dir(dir.path().join("moat.yaml"))?;
     std::fs::write(dir.path().join("moat.yaml"), b"name: \xff\n")?;

@@ -23,12 +23,15 @@ const QUEUE: usize = 8192;
 pub(crate) struct Audits {
     writers: RwLock<HashMap<String, Arc<AuditWriter>>>,
     key: Option<Arc<SigningKey>>,
+    /// The cap on each run's log: the trace's (`MOAT_MAX_TRACE_BYTES`),
+    /// since the same requests fill both.
+    max_bytes: u64,
 }
 
 impl Audits {
     /// Loads (or creates) the signing key; without one, logs are written
-    /// but not sealed.
-    pub(crate) fn new(home: &MoatHome) -> Arc<Audits> {
+    /// but not sealed. Each run's log is kept near `max_bytes`.
+    pub(crate) fn new(home: &MoatHome, max_bytes: u64) -> Arc<Audits> {
         let key = match SigningKey::load_or_create(&home.audit_dir()) {
             Ok(key) => Some(Arc::new(key)),
             Err(e) => {
@@ -39,6 +42,7 @@ impl Audits {
         Arc::new(Audits {
             writers: RwLock::new(HashMap::new()),
             key,
+            max_bytes,
         })
     }
 
@@ -49,19 +53,21 @@ impl Audits {
         };
         let writer = match self.writer(&run.run_id) {
             Some(w) => w,
-            None => match AuditWriter::open_for_run(path, &run.run_id, QUEUE) {
-                Ok(w) => {
-                    let w = Arc::new(w);
-                    if let Ok(mut map) = self.writers.write() {
-                        map.insert(run.run_id.clone(), w.clone());
+            None => {
+                match AuditWriter::open_for_run_capped(path, &run.run_id, QUEUE, self.max_bytes) {
+                    Ok(w) => {
+                        let w = Arc::new(w);
+                        if let Ok(mut map) = self.writers.write() {
+                            map.insert(run.run_id.clone(), w.clone());
+                        }
+                        w
                     }
-                    w
+                    Err(e) => {
+                        tracing::warn!(run_id = %run.run_id, error = %e, "audit log disabled");
+                        return;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(run_id = %run.run_id, error = %e, "audit log disabled");
-                    return;
-                }
-            },
+            }
         };
         let hosts: Vec<String> = run.rules.iter().map(|r| r.host.to_string()).collect();
         writer.append(

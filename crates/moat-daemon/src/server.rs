@@ -141,8 +141,9 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir).map_err(DaemonError::Ca)?;
     let ca_pem = ca.cert_pem().to_string();
     let proxy_config = moat_proxy::ProxyConfig::from_env().map_err(DaemonError::Proxy)?;
+    let trace_max_bytes = proxy_config.trace_max_bytes;
     let proxy = moat_proxy::Proxy::new(proxy_config, ca).map_err(DaemonError::Proxy)?;
-    let audits = Audits::new(&config.home);
+    let audits = Audits::new(&config.home, trace_max_bytes);
     proxy.set_observer(audits.clone());
 
     let tcp = TcpListener::bind(("127.0.0.1", config.port))

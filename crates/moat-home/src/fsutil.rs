@@ -110,6 +110,214 @@ pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, HomeError> {
     }
 }
 
+/// Why a file moat reads from a place a sandbox can write (the
+/// workspace, an agent's kept state) was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedReadError {
+    /// The file, or a directory on the way to it, is a symbolic link.
+    #[error(
+        "{} is a symbolic link (or lies behind one); moat does not follow links in a directory \
+         a sandbox can write, since a run could point them anywhere on the host.\nTo fix: \
+         replace the link with a regular file, or remove it.",
+        path.display()
+    )]
+    Link {
+        /// The path as asked for.
+        path: PathBuf,
+    },
+    /// A FIFO, a device, a socket or a directory.
+    #[error(
+        "{} is {kind}, not a regular file; moat reads only regular files there, so a run \
+         cannot make it wait for ever or read without end.\nTo fix: remove it, or replace it \
+         with a regular file.",
+        path.display()
+    )]
+    NotRegular {
+        /// The path as asked for.
+        path: PathBuf,
+        /// "a FIFO", "a character device", ...
+        kind: &'static str,
+    },
+    /// Larger than the caller reads.
+    #[error(
+        "{} is {}; moat reads at most {} of it.\nTo fix: shrink it below {}, or remove it if \
+         you did not write it (a run may have).",
+        path.display(),
+        human_bytes(*size),
+        human_bytes(*limit),
+        human_bytes(*limit)
+    )]
+    TooLarge {
+        /// The path as asked for.
+        path: PathBuf,
+        /// Its size (at least `limit + 1` when it grew while read).
+        size: u64,
+        /// The most read.
+        limit: u64,
+    },
+    /// Any other failure to open, inspect or read it.
+    #[error("reading {}: {error}", path.display())]
+    Io {
+        /// The path as asked for.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
+}
+
+/// `1 MiB`, `8.0 GiB`, `512 bytes`: binary units, as the limits are set.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    // Whole numbers (limits, as they are set) without a decimal.
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Opens `base/relative` for reading the way a file a sandbox may have
+/// written must be opened: no symbolic link followed at any component of
+/// `relative` (`base` itself is the caller's, trusted, and may be one),
+/// never blocking (a FIFO opens non-blocking and is then refused), only a
+/// regular file accepted, and only one of at most `limit` bytes. `Ok(None)`
+/// when it does not exist. Returns the file and its size.
+pub fn open_bounded(
+    base: &Path,
+    relative: &Path,
+    limit: u64,
+) -> Result<Option<(File, u64)>, BoundedReadError> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    use std::path::Component;
+
+    let path = base.join(relative);
+    let io_error = |error: io::Error| BoundedReadError::Io {
+        path: path.clone(),
+        error,
+    };
+    let names: Vec<_> = relative
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            // `..` or an absolute part would leave `base`.
+            _ => Err(io_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path leaves the directory it is read from",
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((file_name, dirs)) = names.split_last() else {
+        return Err(io_error(io::ErrorKind::InvalidInput.into()));
+    };
+    // One component at a time, each opened with O_NOFOLLOW: the portable
+    // form of openat2's RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH, and no race
+    // with a run swapping a directory for a link between checks.
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir =
+        rustix::fs::openat(CWD, base, dir_flags, Mode::empty()).map_err(|e| io_error(e.into()))?;
+    // ELOOP and ENOTDIR both say "not what was expected here"; which
+    // one a link gives depends on the flags, so the entry is looked at.
+    let refused =
+        |dir: &rustix::fd::OwnedFd, name: &std::ffi::OsStr, errno: rustix::io::Errno| match errno {
+            rustix::io::Errno::NOENT => Ok(None),
+            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+                let link = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Symlink
+                    });
+                if link {
+                    Err(BoundedReadError::Link { path: path.clone() })
+                } else {
+                    Err(BoundedReadError::NotRegular {
+                        path: path.clone(),
+                        kind: "behind something that is not a directory",
+                    })
+                }
+            }
+            e => Err(io_error(e.into())),
+        };
+    for name in dirs {
+        dir = match rustix::fs::openat(&dir, *name, dir_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => return refused(&dir, name, e),
+        };
+    }
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(&dir, *file_name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return refused(&dir, file_name, e),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(io_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "something else"
+        };
+        return Err(BoundedReadError::NotRegular { path, kind });
+    }
+    if meta.len() > limit {
+        return Err(BoundedReadError::TooLarge {
+            path,
+            size: meta.len(),
+            limit,
+        });
+    }
+    Ok(Some((file, meta.len())))
+}
+
+/// The bytes of `base/relative`, opened as [`open_bounded`] does; a file
+/// that grows past `limit` while read is refused too. `Ok(None)` when it
+/// does not exist.
+pub fn read_bounded(
+    base: &Path,
+    relative: &Path,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, BoundedReadError> {
+    use std::io::Read as _;
+    let Some((file, size)) = open_bounded(base, relative, limit)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|error| BoundedReadError::Io {
+            path: base.join(relative),
+            error,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(BoundedReadError::TooLarge {
+            path: base.join(relative),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(Some(bytes))
+}
+
 /// The permission bits (`0o777` mask) of `path`.
 pub fn mode_of(path: &Path) -> Result<u32, HomeError> {
     fs::metadata(path)
@@ -196,6 +404,59 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         ensure_private_dir(&dir).unwrap();
         assert_eq!(mode_of(&dir).unwrap(), 0o700);
+    }
+
+    #[test]
+    fn bounded_reads_refuse_links_fifos_and_large_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        fs::create_dir(base.join("d")).unwrap();
+        fs::write(base.join("d/ok"), "hi").unwrap();
+        assert_eq!(
+            read_bounded(base, Path::new("d/ok"), 2).unwrap().unwrap(),
+            b"hi"
+        );
+        assert!(read_bounded(base, Path::new("d/none"), 2)
+            .unwrap()
+            .is_none());
+        let err = read_bounded(base, Path::new("d/ok"), 1).unwrap_err();
+        assert_eq!(
+            err.to_string().lines().next().unwrap(),
+            format!(
+                "{}/d/ok is 2 bytes; moat reads at most 1 bytes of it.",
+                base.display()
+            )
+        );
+        std::os::unix::fs::symlink("ok", base.join("d/link")).unwrap();
+        std::os::unix::fs::symlink("d", base.join("dlink")).unwrap();
+        for link in ["d/link", "dlink/ok"] {
+            assert!(matches!(
+                read_bounded(base, Path::new(link), 10),
+                Err(BoundedReadError::Link { .. })
+            ));
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            base.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(matches!(
+            read_bounded(base, Path::new("fifo"), 10),
+            Err(BoundedReadError::NotRegular { kind: "a FIFO", .. })
+        ));
+        assert!(read_bounded(base, Path::new("../x"), 10).is_err());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(1 << 20), "1 MiB");
+        assert_eq!(human_bytes(8 << 30), "8 GiB");
+        assert_eq!(human_bytes((8 << 30) + (1 << 29)), "8.5 GiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10), "10 bytes");
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod layout;
 mod profile;
 
 pub use crate::fsutil::{
-    ensure_private_dir, mode_of, read_if_exists, write_private_atomic,
-    write_private_atomic_unsynced, FileLock, HomeError,
+    ensure_private_dir, human_bytes, mode_of, open_bounded, read_bounded, read_if_exists,
+    write_private_atomic, write_private_atomic_unsynced, BoundedReadError, FileLock, HomeError,
 };
 pub use crate::layout::MoatHome;
 pub use crate::profile::{Profile, ProfileError};

@@ -51,7 +51,15 @@ pub struct ProxyConfig {
     /// Trace lines queued for a run's writer before new ones are dropped
     /// (counted and logged) rather than slowing requests. Default 8192.
     pub trace_queue: usize,
+    /// The most a run's `network.jsonl` grows to; past it one marker line
+    /// is written and later requests are not recorded (a sandbox can send
+    /// blocked requests with large headers as fast as it likes). Default
+    /// [`DEFAULT_MAX_TRACE_BYTES`] (`MOAT_MAX_TRACE_BYTES`, bytes).
+    pub trace_max_bytes: u64,
 }
+
+/// The default cap on one run's `network.jsonl` (`MOAT_MAX_TRACE_BYTES`).
+pub const DEFAULT_MAX_TRACE_BYTES: u64 = 64 << 20;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -67,6 +75,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             trace_body_bytes: 8 * 1024,
             trace_queue: 8192,
+            trace_max_bytes: DEFAULT_MAX_TRACE_BYTES,
         }
     }
 }
@@ -74,8 +83,9 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     /// The defaults, with `MOAT_UPSTREAM_CA_FILE` (an extra PEM CA file for
     /// upstream TLS), `MOAT_CONNECT_TO` (`HOST1:PORT1:HOST2:PORT2[,...]`)
-    /// and `MOAT_UPSTREAM_TIMEOUT` (seconds an upstream may take to start
-    /// answering) taken from the environment when set and non-empty.
+    /// `MOAT_UPSTREAM_TIMEOUT` (seconds an upstream may take to start
+    /// answering) and `MOAT_MAX_TRACE_BYTES` (the cap on each run's trace)
+    /// taken from the environment when set and non-empty.
     pub fn from_env() -> Result<Self, ProxyError> {
         Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
@@ -93,6 +103,13 @@ impl ProxyConfig {
                 ))
             })?;
             config.upstream_timeout = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = var("MOAT_MAX_TRACE_BYTES").filter(|v| !v.trim().is_empty()) {
+            config.trace_max_bytes = bytes.trim().parse().ok().filter(|b| *b > 0).ok_or_else(|| {
+                ProxyError::config(format!(
+                    "MOAT_MAX_TRACE_BYTES={bytes:?} is not a number of bytes above 0 (e.g. 67108864); fix or unset it"
+                ))
+            })?;
         }
         if let Some(list) = var("MOAT_CONNECT_TO") {
             config.connect_to = ConnectTo::parse_list(&list)?;
@@ -285,6 +302,16 @@ mod tests {
             .unwrap()
             .connect_to
             .is_empty());
+        let cap = |v: &str| {
+            let v = v.to_owned();
+            ProxyConfig::from_vars(move |name| (name == "MOAT_MAX_TRACE_BYTES").then(|| v.clone()))
+        };
+        assert_eq!(cap("65536").unwrap().trace_max_bytes, 65536);
+        assert_eq!(cap("").unwrap().trace_max_bytes, DEFAULT_MAX_TRACE_BYTES);
+        for bad in ["0", "-1", "64M"] {
+            let e = cap(bad).unwrap_err().detail();
+            assert!(e.contains("MOAT_MAX_TRACE_BYTES"), "{e}");
+        }
     }
 
     #[test]

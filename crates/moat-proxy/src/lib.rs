@@ -51,7 +51,7 @@ mod trace;
 mod upstream;
 
 pub use crate::ca::{CertificateAuthority, LEAF_CACHE_CAPACITY};
-pub use crate::config::{ConnectTo, ProxyConfig};
+pub use crate::config::{ConnectTo, ProxyConfig, DEFAULT_MAX_TRACE_BYTES};
 pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 pub use crate::proxy::{
     Proxy, BLOCKED_REASON, CLEARTEXT_REASON, INVALID_TOKEN_BODY, MISSING_AUTH_BODY,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::config::ProxyConfig;
 use crate::error::{ErrorKind, ProxyError};
 use crate::run::Run;
 
@@ -87,8 +88,18 @@ pub(crate) struct TraceSink {
 const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl TraceSink {
-    /// Opens (appending, creating `0600`) `path` and starts its writer.
-    pub(crate) fn open(path: &Path, queue: usize) -> Result<Self, ProxyError> {
+    /// Opens (appending, creating `0600`) `path` and starts its writer,
+    /// with `config`'s queue length and size cap (`trace_max_bytes`).
+    pub(crate) fn open(path: &Path, config: &ProxyConfig) -> Result<Self, ProxyError> {
+        Self::open_capped(path, config.trace_queue, config.trace_max_bytes)
+    }
+
+    /// [`TraceSink::open`] with its settings given one by one.
+    pub(crate) fn open_capped(
+        path: &Path,
+        queue: usize,
+        max_bytes: u64,
+    ) -> Result<Self, ProxyError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 moat_home::ensure_private_dir(dir).map_err(|e| {
@@ -100,6 +111,8 @@ impl TraceSink {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            // Read too: the end of the file says whether its cap was met.
+            .read(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| {
@@ -112,7 +125,7 @@ impl TraceSink {
         let queue_dropped = dropped.clone();
         let handle = std::thread::Builder::new()
             .name("moat-trace".into())
-            .spawn(move || writer(file, rx, display, &queue_dropped))
+            .spawn(move || writer(file, rx, display, &queue_dropped, max_bytes))
             .map_err(|e| {
                 ProxyError::new(ErrorKind::Io, "starting the trace writer").with_source(e)
             })?;
@@ -153,16 +166,53 @@ impl Drop for TraceSink {
     }
 }
 
+/// The `event` of the line written once when a trace reaches its cap.
+pub(crate) const TRUNCATED_EVENT: &str = "trace_truncated";
+
+/// Whether the end of the trace file already holds the cap's marker (a
+/// daemon that reopens a run's trace must not write a second one).
+fn ends_with_marker(file: &mut std::fs::File, len: u64) -> bool {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let tail = len.min(512);
+    let mut buf = Vec::new();
+    let read = file
+        .seek(SeekFrom::Start(len - tail))
+        .and_then(|_| (&*file).take(tail).read_to_end(&mut buf));
+    // Appending ignores the position; it is only put back for tidiness.
+    let _ = file.seek(SeekFrom::End(0));
+    read.is_ok()
+        && String::from_utf8_lossy(&buf)
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains(TRUNCATED_EVENT))
+}
+
 /// Writes each batch of lines whole or not at all: a write cut short (a
 /// full disk) is truncated away, so the file never holds a torn line. The
 /// lines lost are counted, reported once, and recorded as a
 /// `{"ts", "dropped", "reason"}` line as soon as writing works again.
-fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_dropped: &AtomicU64) {
+///
+/// The file stops at `max_bytes`: the lines that fit are written, then one
+/// `{"event": "trace_truncated", "max_bytes"}` line, then nothing more.
+fn writer(
+    mut file: std::fs::File,
+    rx: Receiver<Msg>,
+    path: String,
+    queue_dropped: &AtomicU64,
+    max_bytes: u64,
+) {
     let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut capped = ends_with_marker(&mut file, len);
     let mut lost: u64 = 0;
     let mut reason = String::new();
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut write_batch = |file: &mut std::fs::File, batch: &mut Vec<u8>, lines: u64| {
+        if capped {
+            // Past the cap nothing is written, nor counted as lost.
+            batch.clear();
+            queue_dropped.swap(0, Ordering::Relaxed);
+            return;
+        }
         let queued = queue_dropped.swap(0, Ordering::Relaxed);
         if queued > 0 {
             lost += queued;
@@ -184,11 +234,36 @@ fn writer(mut file: std::fs::File, rx: Receiver<Msg>, path: String, queue_droppe
             out.push(b'\n');
         }
         out.append(batch);
+        let mut reached_cap = false;
+        if len + out.len() as u64 > max_bytes {
+            // The whole lines that fit, then the marker.
+            let room = usize::try_from(max_bytes.saturating_sub(len)).unwrap_or(usize::MAX);
+            let keep = out[..room.min(out.len())]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            out.truncate(keep);
+            let marker = serde_json::json!({
+                "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "event": TRUNCATED_EVENT,
+                "max_bytes": max_bytes,
+            });
+            out.extend_from_slice(marker.to_string().as_bytes());
+            out.push(b'\n');
+            reached_cap = true;
+        }
         match file.write_all(&out) {
             Ok(()) => {
                 len += out.len() as u64;
                 lost = 0;
                 reason.clear();
+                if reached_cap {
+                    capped = true;
+                    tracing::warn!(
+                        "the request trace {path} reached its cap of {max_bytes} bytes \
+                         (MOAT_MAX_TRACE_BYTES); later requests of the run are not recorded"
+                    );
+                }
             }
             Err(e) => {
                 let _ = file.set_len(len);
@@ -374,8 +449,31 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// The most of one header value a trace line records: a sandbox may send
+/// headers of tens of kilobytes with every request.
+pub(crate) const MAX_HEADER_VALUE_BYTES: usize = 4096;
+
+/// `value` cut at [`MAX_HEADER_VALUE_BYTES`] (on a character boundary),
+/// saying how much was left out.
+fn cap_header_value(value: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_HEADER_VALUE_BYTES {
+        return value;
+    }
+    let mut cut = MAX_HEADER_VALUE_BYTES;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}[moat: {} more bytes not recorded]",
+        &value[..cut],
+        value.len() - cut
+    ))
+}
+
 /// Headers as the text of a JSON object (keys sorted, as `moat trace` and
-/// older lines have them), sensitive and injected ones redacted.
+/// older lines have them), sensitive and injected ones redacted, each
+/// value cut at [`MAX_HEADER_VALUE_BYTES`] (after redaction, so a secret
+/// across the cut is still masked).
 pub(crate) fn headers_json(run: &Run, headers: &HeaderMap, injected: &[&str]) -> Vec<u8> {
     let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
     names.sort_unstable();
@@ -395,7 +493,7 @@ pub(crate) fn headers_json(run: &Run, headers: &HeaderMap, injected: &[&str]) ->
         match (values.next(), values.next()) {
             (Some(v), None) => push_str(
                 &mut out,
-                &redact(run, &String::from_utf8_lossy(v.as_bytes())),
+                &cap_header_value(redact(run, &String::from_utf8_lossy(v.as_bytes()))),
             ),
             _ => {
                 let joined = headers
@@ -404,7 +502,7 @@ pub(crate) fn headers_json(run: &Run, headers: &HeaderMap, injected: &[&str]) ->
                     .map(|v| String::from_utf8_lossy(v.as_bytes()))
                     .collect::<Vec<_>>()
                     .join(", ");
-                push_str(&mut out, &redact(run, &joined));
+                push_str(&mut out, &cap_header_value(redact(run, &joined)));
             }
         }
     }
@@ -749,10 +847,53 @@ mod tests {
 
     /// Every line is either in the trace or counted in a `dropped` line.
     #[test]
+    fn the_trace_stops_at_its_cap_with_one_marker_even_when_reopened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.jsonl");
+        let line = format!("{{\"url\":\"{}\"}}", "u".repeat(90));
+        for _ in 0..2 {
+            let sink = TraceSink::open_capped(&path, 64, 1000).unwrap();
+            for _ in 0..30 {
+                sink.send(line.clone().into_bytes());
+            }
+            drop(sink);
+            // The writer ends once it has drained the closed queue.
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains(TRUNCATED_EVENT) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // 100-byte lines: nine fit in 1000 bytes, then the marker, once.
+        assert_eq!(lines.len(), 10, "{text}");
+        assert!(lines[..9].iter().all(|l| *l == line));
+        let marker: serde_json::Value = serde_json::from_str(lines[9]).unwrap();
+        assert_eq!(marker["event"], TRUNCATED_EVENT);
+        assert_eq!(marker["max_bytes"], 1000);
+    }
+
+    #[test]
+    fn header_values_are_cut_after_redaction() {
+        let long = format!("{}é{}", "a".repeat(4095), "b".repeat(100));
+        let cut = cap_header_value(long.as_str().into());
+        assert_eq!(
+            cut,
+            format!("{}[moat: 102 more bytes not recorded]", "a".repeat(4095))
+        );
+        assert_eq!(cap_header_value("short".into()), "short");
+    }
+
+    #[test]
     fn lines_the_full_queue_drops_are_counted_in_the_trace() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("network.jsonl");
-        let sink = TraceSink::open(&path, 1).unwrap();
+        let sink = TraceSink::open_capped(&path, 1, u64::MAX).unwrap();
         for i in 0..2000 {
             sink.send(format!("{{\"n\":{i}}}").into_bytes());
         }
@@ -872,7 +1013,7 @@ mod tests {
             trace: None,
             tunnels: vec![],
         };
-        let sink = TraceSink::open(&tmp.path().join("t.jsonl"), 16).unwrap();
+        let sink = TraceSink::open_capped(&tmp.path().join("t.jsonl"), 16, u64::MAX).unwrap();
         let run = Arc::new(
             crate::run::build_run(
                 reg,
@@ -965,7 +1106,7 @@ mod tests {
             trace: None,
             tunnels: vec![],
         };
-        let sink = TraceSink::open(&path, 16).unwrap();
+        let sink = TraceSink::open_capped(&path, 16, u64::MAX).unwrap();
         let run = Arc::new(
             crate::run::build_run(
                 reg,

@@ -322,26 +322,15 @@ fn kept_name(kept: &moat_agents::KeptState) -> String {
 /// registry's credentials, to be merged into the agent's view), only a
 /// regular file, at most [`moat_agents::KEPT_STATE_LIMIT`] bytes.
 fn read_kept(path: &Path) -> Option<Vec<u8>> {
-    read_regular(path, moat_agents::KEPT_STATE_LIMIT as u64)
+    let (dir, name) = (path.parent()?, path.file_name()?);
+    read_regular(dir, Path::new(name), moat_agents::KEPT_STATE_LIMIT as u64)
 }
 
-/// A regular file the sandbox wrote, at most `limit` bytes, opened without
-/// following a link (nor blocking on a FIFO).
-fn read_regular(path: &Path, limit: u64) -> Option<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > limit {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+/// A regular file the sandbox wrote under `dir` (moat's own), at most
+/// `limit` bytes, opened without following a link (nor blocking on a
+/// FIFO); anything else is skipped.
+fn read_regular(dir: &Path, relative: &Path, limit: u64) -> Option<Vec<u8>> {
+    moat_home::read_bounded(dir, relative, limit).ok().flatten()
 }
 
 /// The most of one transcript copied into a run's directory.
@@ -381,10 +370,10 @@ pub fn keep_run_transcripts(
             if !meta.is_file() || !fresh || meta.len() > TRANSCRIPT_LIMIT {
                 continue;
             }
-            let Some(bytes) = read_regular(&path, TRANSCRIPT_LIMIT) else {
+            let Ok(relative) = path.strip_prefix(&kept) else {
                 continue;
             };
-            let Ok(relative) = path.strip_prefix(&kept) else {
+            let Some(bytes) = read_regular(&kept, relative, TRANSCRIPT_LIMIT) else {
                 continue;
             };
             let dest = target.join(relative);

@@ -150,6 +150,14 @@ fn trace_note(line: &str) -> Option<String> {
                 .and_then(|t| t.as_str())
                 .unwrap_or("an unknown time")
         )),
+        "trace_truncated" => Some(format!(
+            "trace truncated at {} bytes (MOAT_MAX_TRACE_BYTES); later requests of the run \
+             are not recorded",
+            value
+                .get("max_bytes")
+                .and_then(|b| b.as_u64())
+                .map_or_else(|| "its cap of".to_owned(), |b| b.to_string())
+        )),
         other => Some(format!("moat event {other:?}")),
     }
 }

@@ -31,6 +31,15 @@
 //!   outside any run, so it is the user's: accepted silently;
 //! - otherwise refused, naming the run and listing what changed.
 //!
+//! A run has its whole workspace mounted, so it can write a moat.yaml into
+//! any subdirectory too. The record keeps the last run that ended
+//! (`last_run`), and a workspace inside one moat ran in is judged against
+//! that enclosing run as well: its first use with a config present is
+//! refused (the empty state is the accepted one), and a change to it is
+//! not "the user's" if an enclosing run is open or ended after it was
+//! accepted. A directory nobody ran moat in, nor in any parent, is first
+//! use as before.
+//!
 //! At a run's end ([`close_run`], on every path out of the run) the run
 //! leaves the open set and, if the workspace now differs from the accepted
 //! state, taints it. A run that never records its end (killed, crashed)
@@ -99,6 +108,10 @@ pub enum TrustError {
         /// Why.
         error: std::io::Error,
     },
+    /// A workspace file moat reads is a link, a FIFO, a device or too
+    /// large.
+    #[error(transparent)]
+    File(#[from] moat_home::BoundedReadError),
     /// `.moat/` is too large to fingerprint.
     #[error(
         "{} holds more than {limit} entries; moat fingerprints it before every run so that a \
@@ -159,12 +172,16 @@ impl Review {
     pub fn summary(&self) -> String {
         let what = subject(&self.changes);
         let run = format!("run {} ({})", self.culprit.run_id, self.culprit.run_name);
+        let mounted = match &self.culprit.workspace {
+            Some(outer) => format!("{} mounted, which contains it", outer.display()),
+            None => "the workspace mounted".to_owned(),
+        };
         let when = match self.culprit.how {
-            RunEnd::Open => format!("while {run} has the workspace mounted"),
-            RunEnd::Ended => format!("while {run} had the workspace mounted"),
-            RunEnd::Crashed => format!(
-                "while {run} had the workspace mounted (it stopped without recording its end)"
-            ),
+            RunEnd::Open => format!("while {run} has {mounted}"),
+            RunEnd::Ended => format!("while {run} had {mounted}"),
+            RunEnd::Crashed => {
+                format!("while {run} had {mounted} (it stopped without recording its end)")
+            }
         };
         format!("{what} in {} changed {when}", self.workspace.display())
     }
@@ -239,12 +256,14 @@ pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let current = Snapshot::capture(&workspace)?;
+    let enclosing = enclosing_run(home, &workspace);
     let Some(mut record) = load(home, &workspace)? else {
-        save(home, &first_record(&workspace, current))?;
-        return Ok(Trusted::FirstUse);
+        let (record, verdict) = state::first_use(workspace, &current, enclosing.as_ref());
+        save(home, &record)?;
+        return verdict_result(&record, verdict, &current);
     };
     let before = serde_json::to_vec(&record).unwrap_or_default();
-    let verdict = state::at_start(&mut record, &current, &supervisor_alive);
+    let verdict = state::at_start(&mut record, &current, &supervisor_alive, enclosing.as_ref());
     // Most runs change nothing: no write, no fsync.
     if serde_json::to_vec(&record).unwrap_or_default() != before {
         save(home, &record)?;
@@ -310,17 +329,19 @@ pub fn open_run(
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let current = Snapshot::capture(&workspace)?;
-    let mut record = match load(home, &workspace)? {
+    let enclosing = enclosing_run(home, &workspace);
+    let (mut record, verdict) = match load(home, &workspace)? {
         Some(mut record) => {
-            let verdict = state::at_start(&mut record, &current, &supervisor_alive);
-            if let Err(e) = verdict_result(&record, verdict, &current) {
-                save(home, &record)?;
-                return Err(e);
-            }
-            record
+            let verdict =
+                state::at_start(&mut record, &current, &supervisor_alive, enclosing.as_ref());
+            (record, verdict)
         }
-        None => first_record(&workspace, current.clone()),
+        None => state::first_use(workspace.clone(), &current, enclosing.as_ref()),
     };
+    if let Err(e) = verdict_result(&record, verdict, &current) {
+        save(home, &record)?;
+        return Err(e);
+    }
     record.open_runs.push(OpenRun {
         run_id: run_id.to_owned(),
         run_name: run_name.to_owned(),
@@ -373,7 +394,44 @@ fn first_record(workspace: &Path, current: Snapshot) -> TrustRecord {
         accepted: Accepted::now(current),
         open_runs: Vec::new(),
         taint: None,
+        last_run: None,
     }
+}
+
+/// The run of a workspace enclosing `workspace` (a parent directory moat
+/// ran in) that could have written into it most recently: one still
+/// recorded as open, else the one that ended last. A run has its whole
+/// workspace mounted, so a moat.yaml it writes in a subdirectory is as
+/// much its doing as the one at the top. Damaged records are skipped:
+/// `moat trust` in that directory repairs them.
+fn enclosing_run(home: &MoatHome, workspace: &Path) -> Option<Culprit> {
+    let mut latest: Option<Culprit> = None;
+    for dir in workspace.ancestors().skip(1) {
+        let Ok(Some(record)) = load(home, dir) else {
+            continue;
+        };
+        if let Some(run) = record.open_runs.first() {
+            let how = if supervisor_alive(run.pid) {
+                RunEnd::Open
+            } else {
+                RunEnd::Crashed
+            };
+            return Some(Culprit {
+                run_id: run.run_id.clone(),
+                run_name: run.run_name.clone(),
+                how,
+                at: run.started_at,
+                workspace: Some(dir.to_owned()),
+            });
+        }
+        if let Some(mut run) = record.last_run {
+            if latest.as_ref().is_none_or(|l| run.at > l.at) {
+                run.workspace = Some(dir.to_owned());
+                latest = Some(run);
+            }
+        }
+    }
+    latest
 }
 
 fn canonical(workspace: &Path) -> Result<PathBuf, TrustError> {

@@ -18,6 +18,10 @@ pub(crate) const MOAT_DIR: &str = ".moat";
 /// ever; moat's own files there are a handful.
 const MAX_MOAT_DIR_ENTRIES: usize = 10_000;
 
+/// The largest `.moat/` file fingerprinted: hashing is streamed, but an
+/// 8 GB sparse file planted by a run would still stall every start.
+const MAX_MOAT_FILE_BYTES: u64 = 64 << 20;
+
 /// One config file as found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConfigFile {
@@ -25,7 +29,8 @@ pub(crate) struct ConfigFile {
     pub text: String,
     /// SHA-256 of the bytes.
     pub sha256: String,
-    /// Where the file is a symlink to, if it is one.
+    /// Where the file was a symlink to. Links are refused now (never
+    /// followed); kept so records written before still load and compare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink: Option<String>,
 }
@@ -50,29 +55,19 @@ impl Snapshot {
     pub(crate) fn capture(workspace: &Path) -> Result<Snapshot, TrustError> {
         let mut snapshot = Snapshot::default();
         for name in CONFIG_FILE_NAMES {
-            let path = workspace.join(name);
-            let symlink = match std::fs::symlink_metadata(&path) {
-                Ok(meta) if meta.file_type().is_symlink() => Some(
-                    std::fs::read_link(&path)
-                        .map(|t| t.display().to_string())
-                        .unwrap_or_default(),
-                ),
-                Ok(_) => None,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(TrustError::read(&path, e)),
-            };
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                // A dangling symlink: recorded as one, with no text.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(TrustError::read(&path, e)),
+            // No link followed, nothing but a regular file of at most
+            // 1 MiB: a run may have made it a link to /dev/zero or a FIFO.
+            let Some(bytes) =
+                moat_home::read_bounded(workspace, Path::new(name), moat_config::MAX_CONFIG_BYTES)?
+            else {
+                continue;
             };
             snapshot.config_files.insert(
                 name.to_owned(),
                 ConfigFile {
                     text: String::from_utf8_lossy(&bytes).into_owned(),
                     sha256: hex::encode(Sha256::digest(&bytes)),
-                    symlink,
+                    symlink: None,
                 },
             );
         }
@@ -112,7 +107,7 @@ fn walk_moat_dir(
         let target = std::fs::read_link(&path).map_err(|e| TrustError::read(&path, e))?;
         out.insert(key, format!("symlink:{}", target.display()));
     } else if kind.is_file() {
-        out.insert(key, format!("sha256:{}", hash_file(&path)?));
+        out.insert(key, format!("sha256:{}", hash_file(workspace, relative)?));
     } else if kind.is_dir() {
         out.insert(key, "dir".to_owned());
         let mut names: Vec<_> = std::fs::read_dir(&path)
@@ -130,14 +125,33 @@ fn walk_moat_dir(
     Ok(())
 }
 
-fn hash_file(path: &Path) -> Result<String, TrustError> {
-    let mut file = std::fs::File::open(path).map_err(|e| TrustError::read(path, e))?;
+/// The SHA-256 of a `.moat/` file, read as a bounded regular file with no
+/// link followed (it was a regular file when listed; a run may swap it).
+fn hash_file(workspace: &Path, relative: &Path) -> Result<String, TrustError> {
+    let Some((mut file, _)) = moat_home::open_bounded(workspace, relative, MAX_MOAT_FILE_BYTES)?
+    else {
+        return Ok("missing".to_owned());
+    };
+    let path = workspace.join(relative);
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
+    let mut read: u64 = 0;
     loop {
-        let n = file.read(&mut buf).map_err(|e| TrustError::read(path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| TrustError::read(&path, e))?;
         if n == 0 {
             break;
+        }
+        read += n as u64;
+        if read > MAX_MOAT_FILE_BYTES {
+            // It grew while hashed.
+            return Err(moat_home::BoundedReadError::TooLarge {
+                path,
+                size: read,
+                limit: MAX_MOAT_FILE_BYTES,
+            }
+            .into());
         }
         hasher.update(&buf[..n]);
     }
@@ -252,10 +266,20 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         let file = name.to_owned();
         match (old.config_files.get(name), new.config_files.get(name)) {
             (None, None) => {}
-            (None, Some(_)) => out.push(Change::ConfigFile {
-                file,
-                how: FileChange::Added,
-            }),
+            (None, Some(b)) => {
+                out.push(Change::ConfigFile {
+                    file: file.clone(),
+                    how: FileChange::Added,
+                });
+                // What it sets, so that a review shows the mounts and
+                // grants it adds, not just that a file appeared.
+                if let Some(changes) = moat_config::diff_keys("", &b.text) {
+                    out.extend(changes.into_iter().map(|change| Change::Key {
+                        file: file.clone(),
+                        change,
+                    }));
+                }
+            }
             (Some(_), None) => out.push(Change::ConfigFile {
                 file,
                 how: FileChange::Removed,
@@ -388,7 +412,11 @@ mod tests {
         let new = with(&[("moat.yaml", "network: {policy: permissive}\n")]);
         assert_eq!(
             lines(&old, &new),
-            ["added: moat.yaml", "removed: agent.yaml"]
+            [
+                "added: moat.yaml",
+                "added: network.policy (permissive)",
+                "removed: agent.yaml"
+            ]
         );
         let old = with(&[("moat.yaml", "network: {policy: strict}\n")]);
         let new = with(&[("moat.yaml", "network:\n  policy: permissive\n# hi\n")]);

@@ -25,6 +25,11 @@ pub(crate) struct TrustRecord {
     /// differing from `accepted`; cleared by `moat trust` or by restoring.
     #[serde(default)]
     pub taint: Option<Culprit>,
+    /// The last run that had the workspace mounted and ended (or was found
+    /// dead): a workspace inside this one changed since then may be that
+    /// run's doing. Records written before this field have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<Culprit>,
 }
 
 /// The accepted snapshot.
@@ -75,6 +80,10 @@ pub struct Culprit {
     pub how: RunEnd,
     /// When it was seen to end (or, for an open run, when it started).
     pub at: DateTime<Utc>,
+    /// The enclosing workspace it had mounted, when that is not the
+    /// workspace judged (it wrote into a subdirectory of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
 }
 
 /// How the culprit run stands.
@@ -113,11 +122,15 @@ pub(crate) enum Verdict {
 
 /// Decides whether the current state may be used, updating `record`
 /// (which the caller saves whatever the verdict: dead runs are reaped).
-/// `alive` says whether a supervisor pid still runs.
+/// `alive` says whether a supervisor pid still runs. `enclosing` is the
+/// latest run of a workspace that contains this one ([`enclosing_run`]):
+/// it could write here too, so a change made since it started is not
+/// taken as the user's.
 pub(crate) fn at_start(
     record: &mut TrustRecord,
     current: &Snapshot,
     alive: &dyn Fn(u32) -> bool,
+    enclosing: Option<&Culprit>,
 ) -> Verdict {
     let digest = current.digest();
     let changed = digest != record.accepted.digest;
@@ -126,17 +139,29 @@ pub(crate) fn at_start(
     let (dead, live): (Vec<OpenRun>, Vec<OpenRun>) =
         record.open_runs.drain(..).partition(|r| !alive(r.pid));
     record.open_runs = live;
+    let dead: Vec<Culprit> = dead
+        .into_iter()
+        .map(|run| Culprit {
+            run_id: run.run_id,
+            run_name: run.run_name,
+            how: RunEnd::Crashed,
+            at: Utc::now(),
+            workspace: None,
+        })
+        .collect();
     if changed && record.taint.is_none() {
-        if let Some(run) = dead.into_iter().next() {
-            record.taint = Some(Culprit {
-                run_id: run.run_id,
-                run_name: run.run_name,
-                how: RunEnd::Crashed,
-                at: Utc::now(),
-            });
-        }
+        record.taint = dead.first().cloned();
+    }
+    // It may have written into subdirectories too (see `first_use`).
+    if let Some(run) = dead.into_iter().next() {
+        record.last_run = Some(run);
     }
     if !changed {
+        // Seen as accepted after the enclosing run ended: a later edit is
+        // not that run's (saves the user a `moat trust` for their own edit).
+        if enclosing.is_some_and(|run| run.how == RunEnd::Ended && run.at > record.accepted.at) {
+            record.accepted.at = Utc::now();
+        }
         return if record.taint.take().is_some() {
             Verdict::Trusted(Trusted::Restored)
         } else {
@@ -152,7 +177,16 @@ pub(crate) fn at_start(
             run_name: run.run_name.clone(),
             how: RunEnd::Open,
             at: run.started_at,
+            workspace: None,
         });
+    }
+    if let Some(run) = enclosing.filter(|run| suspect(run, record.accepted.at)) {
+        // Tainted only once the enclosing run is over: while it is open,
+        // the blame could still move to a later one.
+        if run.how != RunEnd::Open {
+            record.taint = Some(run.clone());
+        }
+        return Verdict::Refused(run.clone());
     }
     record.accepted = Accepted::now(current.clone());
     Verdict::Trusted(Trusted::ChangedOutsideRuns)
@@ -166,13 +200,51 @@ pub(crate) fn at_close(record: &mut TrustRecord, run_id: &str, current: &Snapsho
         return;
     };
     let run = record.open_runs.remove(index);
+    let ended = Culprit {
+        run_id: run.run_id,
+        run_name: run.run_name,
+        how: RunEnd::Ended,
+        at: Utc::now(),
+        workspace: None,
+    };
     if current.digest() != record.accepted.digest && record.taint.is_none() {
-        record.taint = Some(Culprit {
-            run_id: run.run_id,
-            run_name: run.run_name,
-            how: RunEnd::Ended,
-            at: Utc::now(),
-        });
+        record.taint = Some(ended.clone());
+    }
+    record.last_run = Some(ended);
+}
+
+/// Whether a run of an enclosing workspace could have made a change
+/// found now in a workspace whose state was accepted at `accepted_at`:
+/// it is open (or died without a trace of when), or it ended after.
+pub(crate) fn suspect(run: &Culprit, accepted_at: DateTime<Utc>) -> bool {
+    run.how != RunEnd::Ended || run.at > accepted_at
+}
+
+/// A first use of a workspace: trusted as it is, unless a run of an
+/// enclosing workspace could have written what is there (`enclosing`,
+/// see [`at_start`]) and there is something: then the accepted state is
+/// the empty one and the run is blamed, so `moat trust` must accept it.
+pub(crate) fn first_use(
+    workspace: PathBuf,
+    current: &Snapshot,
+    enclosing: Option<&Culprit>,
+) -> (TrustRecord, Verdict) {
+    let mut record = TrustRecord {
+        workspace,
+        accepted: Accepted::now(current.clone()),
+        open_runs: Vec::new(),
+        taint: None,
+        last_run: None,
+    };
+    match enclosing {
+        Some(run) if *current != Snapshot::default() => {
+            record.accepted = Accepted::now(Snapshot::default());
+            if run.how != RunEnd::Open {
+                record.taint = Some(run.clone());
+            }
+            (record, Verdict::Refused(run.clone()))
+        }
+        _ => (record, Verdict::Trusted(Trusted::FirstUse)),
     }
 }
 
@@ -200,6 +272,7 @@ mod tests {
             accepted: Accepted::now(snapshot(text)),
             open_runs: Vec::new(),
             taint: None,
+            last_run: None,
         }
     }
 
@@ -227,12 +300,12 @@ mod tests {
     fn unchanged_and_user_edits_are_trusted() {
         let mut r = record("a");
         assert_eq!(
-            at_start(&mut r, &snapshot("a"), ALIVE),
+            at_start(&mut r, &snapshot("a"), ALIVE, None),
             Verdict::Trusted(Trusted::Unchanged)
         );
         // Edited with no run open and no taint: the user's edit.
         assert_eq!(
-            at_start(&mut r, &snapshot("b"), ALIVE),
+            at_start(&mut r, &snapshot("b"), ALIVE, None),
             Verdict::Trusted(Trusted::ChangedOutsideRuns)
         );
         assert_eq!(r.accepted.digest, snapshot("b").digest());
@@ -244,25 +317,25 @@ mod tests {
         open(&mut r, "run_1", 10);
         // While the run is open, a change is refused (its author unknown).
         assert_eq!(
-            refused_by(at_start(&mut r, &snapshot("b"), ALIVE)),
+            refused_by(at_start(&mut r, &snapshot("b"), ALIVE, None)),
             ("run_1".into(), RunEnd::Open)
         );
         // The run ends with the change in place: it is blamed.
         at_close(&mut r, "run_1", &snapshot("b"));
         assert!(r.open_runs.is_empty());
         assert_eq!(
-            refused_by(at_start(&mut r, &snapshot("b"), ALIVE)),
+            refused_by(at_start(&mut r, &snapshot("b"), ALIVE, None)),
             ("run_1".into(), RunEnd::Ended)
         );
         // Still refused for a further edit, and the acceptance is kept.
         assert!(matches!(
-            at_start(&mut r, &snapshot("c"), ALIVE),
+            at_start(&mut r, &snapshot("c"), ALIVE, None),
             Verdict::Refused(_)
         ));
         assert_eq!(r.accepted.digest, snapshot("a").digest());
         // Restoring the accepted version clears the taint.
         assert_eq!(
-            at_start(&mut r, &snapshot("a"), ALIVE),
+            at_start(&mut r, &snapshot("a"), ALIVE, None),
             Verdict::Trusted(Trusted::Restored)
         );
         assert_eq!(r.taint, None);
@@ -275,7 +348,7 @@ mod tests {
         at_close(&mut r, "run_1", &snapshot("a"));
         assert_eq!(r.taint, None);
         assert_eq!(
-            at_start(&mut r, &snapshot("b"), ALIVE),
+            at_start(&mut r, &snapshot("b"), ALIVE, None),
             Verdict::Trusted(Trusted::ChangedOutsideRuns)
         );
         // Closing a run that is not open changes nothing.
@@ -288,7 +361,7 @@ mod tests {
         let mut r = record("a");
         open(&mut r, "run_1", 10);
         assert_eq!(
-            refused_by(at_start(&mut r, &snapshot("b"), DEAD)),
+            refused_by(at_start(&mut r, &snapshot("b"), DEAD, None)),
             ("run_1".into(), RunEnd::Crashed)
         );
         assert!(r.open_runs.is_empty());
@@ -296,7 +369,7 @@ mod tests {
         let mut r = record("a");
         open(&mut r, "run_1", 10);
         assert_eq!(
-            at_start(&mut r, &snapshot("a"), DEAD),
+            at_start(&mut r, &snapshot("a"), DEAD, None),
             Verdict::Trusted(Trusted::Unchanged)
         );
         assert!(r.open_runs.is_empty());
@@ -311,8 +384,57 @@ mod tests {
         at_close(&mut r, "run_1", &snapshot("b"));
         at_close(&mut r, "run_2", &snapshot("c"));
         assert_eq!(
-            refused_by(at_start(&mut r, &snapshot("c"), ALIVE)),
+            refused_by(at_start(&mut r, &snapshot("c"), ALIVE, None)),
             ("run_1".into(), RunEnd::Ended)
         );
+    }
+
+    #[test]
+    fn runs_of_an_enclosing_workspace_make_changes_here_suspect() {
+        let outer = |how: RunEnd, at: DateTime<Utc>| Culprit {
+            run_id: "run_outer".into(),
+            run_name: "outer".into(),
+            how,
+            at,
+            workspace: Some("/".into()),
+        };
+        // First use with something there: refused, the empty state accepted.
+        let ended = outer(RunEnd::Ended, Utc::now());
+        let (mut r, verdict) = first_use("/ws/sub".into(), &snapshot("a"), Some(&ended));
+        assert_eq!(refused_by(verdict), ("run_outer".into(), RunEnd::Ended));
+        assert_eq!(r.accepted.snapshot, Snapshot::default());
+        // Removing what the run wrote restores the accepted (empty) state.
+        assert_eq!(
+            at_start(&mut r, &Snapshot::default(), ALIVE, Some(&ended)),
+            Verdict::Trusted(Trusted::Restored)
+        );
+        // Nothing there, or no enclosing run: first use as ever.
+        let (_, verdict) = first_use("/ws/sub".into(), &Snapshot::default(), Some(&ended));
+        assert_eq!(verdict, Verdict::Trusted(Trusted::FirstUse));
+        let (_, verdict) = first_use("/ws/sub".into(), &snapshot("a"), None);
+        assert_eq!(verdict, Verdict::Trusted(Trusted::FirstUse));
+
+        // A change after an enclosing run ended after the acceptance: refused.
+        let mut r = record("a");
+        let later = outer(RunEnd::Ended, r.accepted.at + chrono::Duration::seconds(1));
+        assert!(matches!(
+            at_start(&mut r, &snapshot("b"), ALIVE, Some(&later)),
+            Verdict::Refused(_)
+        ));
+        // One that ended before it was accepted: the user's edit.
+        let mut r = record("a");
+        let earlier = outer(RunEnd::Ended, r.accepted.at - chrono::Duration::seconds(1));
+        assert_eq!(
+            at_start(&mut r, &snapshot("b"), ALIVE, Some(&earlier)),
+            Verdict::Trusted(Trusted::ChangedOutsideRuns)
+        );
+        // An enclosing run still open: refused, not yet tainted.
+        let mut r = record("a");
+        let open = outer(RunEnd::Open, r.accepted.at - chrono::Duration::seconds(1));
+        assert!(matches!(
+            at_start(&mut r, &snapshot("b"), ALIVE, Some(&open)),
+            Verdict::Refused(_)
+        ));
+        assert_eq!(r.taint, None);
     }
 }

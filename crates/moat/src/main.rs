@@ -21,23 +21,20 @@ macro_rules! outln {
 }
 
 /// `eprintln!` for warnings and notes: a closed standard error is
-/// ignored instead of panicking.
+/// ignored instead of panicking; control characters are escaped (see
+/// [`output::escape_controls`]).
 macro_rules! errln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
 }
 
 /// `eprint!` for prompts and notes: a closed standard error is ignored
-/// instead of panicking.
+/// instead of panicking; control characters are escaped.
 macro_rules! err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(stderr, $($arg)*);
-        let _ = stderr.flush();
-    }};
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!($($arg)*))
+    };
 }
 
 mod cli;

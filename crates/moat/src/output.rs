@@ -1,6 +1,8 @@
 //! Everything the CLI prints that is not a command's own result: errors
 //! and debug logs.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write;
 
 /// Logging for every moat process: JSON lines at debug level into
@@ -103,13 +105,58 @@ fn debug_log_file() -> Option<std::fs::File> {
 /// error (a full disk behind a redirection) is reported and ends it with
 /// status 1. Never panics, unlike `println!`.
 pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let text = args
+        .as_str()
+        .map_or_else(|| Cow::Owned(args.to_string()), Cow::Borrowed);
     let result = {
         let mut out = std::io::stdout().lock();
-        out.write_fmt(args)
+        out.write_all(escape_controls(&text).as_bytes())
     };
     if let Err(err) = result {
         stdout_failed(&err);
     }
+}
+
+/// Writes a note, warning or prompt to standard error (the `errln!` and
+/// `err!` macros), escaped as [`write_stdout`] does; a closed standard
+/// error is ignored.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let text = args
+        .as_str()
+        .map_or_else(|| Cow::Owned(args.to_string()), Cow::Borrowed);
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_all(escape_controls(&text).as_bytes());
+    let _ = stderr.flush();
+}
+
+/// `text` with every control character made visible, for a terminal.
+///
+/// Much of what moat prints comes from a sandbox: moat.yaml values in a
+/// trust review, URLs and headers in a trace, error messages. An ESC, CR
+/// or OSC sequence in it would be obeyed by the user's terminal (clear a
+/// line, hide an added mount, set the title), and so would a C1 control
+/// such as CSI (U+009B). All of them — C0 but `\n` and `\t`, DEL and C1 —
+/// become `\u001b`-style escapes. JSON's form of escape, so the same pass
+/// keeps JSON output valid and meaning the same: serde_json already
+/// escapes C0 in strings, but writes DEL and C1 raw.
+///
+/// Every line the CLI prints goes through this (`out!`, `outln!`,
+/// `err!`, `errln!`, errors); only a run's own output (`moat run`, the
+/// replay of `moat logs`) reaches the terminal as the program wrote it.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Ends the process after standard output failed: quietly with status 0
@@ -136,8 +183,7 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 /// Prints an error and its causes: `Error: outer: cause: root`.
 pub fn print_error(err: &anyhow::Error) {
     let text = error_line(err);
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "Error: {text}");
+    write_stderr(format_args!("Error: {text}\n"));
 }
 
 /// An error and its causes joined by `: `. Each error in moat either shows
@@ -202,6 +248,20 @@ mod tests {
             error_line(&err),
             "loading the grants: reading /x/credentials: permission denied"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_visibly() {
+        assert!(matches!(escape_controls("plain\tline\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("a\u{1b}[2K\rb\u{7}\u{7f}\u{9b}31m\n"),
+            "a\\u001b[2K\\u000db\\u0007\\u007f\\u009b31m\n"
+        );
+        // JSON keeps its meaning.
+        let json = serde_json::to_string("x\u{9b}\u{1b}").unwrap();
+        let escaped = escape_controls(&json);
+        let back: String = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(back, "x\u{9b}\u{1b}");
     }
 
     #[test]

@@ -196,3 +196,120 @@ fn bad_references() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r#"Error: no run matches "run_ffffffffffff". List runs with: moat list"#);
 }
+
+/// No raw control character in `text` but the newlines of its layout.
+fn assert_no_controls(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters: {text:?}"
+    );
+}
+
+/// Issue #22 (7b): a URL is the sandbox's text; a C1 CSI (U+009B) in it
+/// reaches the terminal escaped, and `--json` stays the same JSON.
+#[test]
+fn control_characters_from_a_run_are_shown_escaped() {
+    let t = TraceEnv::new();
+    std::fs::write(
+        t.env.dir.path().join("project/moat.yaml"),
+        "network:\n  policy: strict\n",
+    )
+    .unwrap();
+    let script =
+        "curl -s -o /dev/null \"http://blocked.test/$(printf '\\302\\233')31mred\" || true";
+    t.run(&["run", "--", "sh", "-c", script]).success();
+
+    let trace = t.run(&["trace", "--network"]);
+    trace.success();
+    assert_no_controls(&trace.stdout);
+    assert!(
+        trace.stdout.contains(r"http://blocked.test/\u009b31mred"),
+        "{}",
+        trace.stdout
+    );
+    let json = t.run(&["trace", "--network", "--json"]);
+    json.success();
+    assert_no_controls(&json.stdout);
+    let record: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(record["url"], "http://blocked.test/\u{9b}31mred");
+}
+
+/// Issue #22 (8): blocked requests with large headers, as fast as a
+/// sandbox can send them, wrote gigabytes of trace. The trace stops at
+/// its cap (`MOAT_MAX_TRACE_BYTES`) with one marker line, header values
+/// are recorded cut, and the audit log stops growing too.
+#[test]
+fn the_trace_stops_at_its_cap_with_one_marker_line() {
+    const CAP: u64 = 64 * 1024;
+    let t = TraceEnv::new();
+    std::fs::write(
+        t.env.dir.path().join("project/moat.yaml"),
+        "network:\n  policy: strict\n",
+    )
+    .unwrap();
+    let script = "big=$(head -c 6000 /dev/zero | tr '\\0' a); i=0; \
+                  while [ $i -lt 300 ]; do \
+                  curl -s -o /dev/null -H \"X-Big: $big\" http://blocked.test/$i; i=$((i+1)); \
+                  done";
+    t.run_with(
+        &["run", "--", "sh", "-c", script],
+        &[("MOAT_MAX_TRACE_BYTES", &CAP.to_string())],
+    )
+    .success();
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+
+    let text = std::fs::read_to_string(t.network(&id)).unwrap();
+    // Near the cap: at most one record over it, never a flood.
+    assert!(text.len() as u64 <= CAP + 8 * 1024, "{} bytes", text.len());
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let markers: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "trace_truncated")
+        .collect();
+    assert_eq!(markers.len(), 1, "{text}");
+    assert_eq!(markers[0]["max_bytes"], CAP);
+    assert_eq!(lines.last(), Some(markers[0]));
+    // Each header value is kept to 4 KiB, with a note of what was cut.
+    let big = lines[0]["req_headers"]["x-big"].as_str().unwrap();
+    assert!(big.len() < 4200, "{}", big.len());
+    assert!(
+        big.ends_with("[moat: 1904 more bytes not recorded]"),
+        "{big}"
+    );
+
+    // The audit log's share is capped alike, with one entry saying so;
+    // the run's end is still recorded and the chain still verifies.
+    let audit_path = t.env.moat_home().join("runs").join(&id).join("audit.jsonl");
+    let audit = std::fs::read_to_string(&audit_path).unwrap();
+    assert!(
+        audit.len() as u64 <= CAP + 8 * 1024,
+        "{} bytes",
+        audit.len()
+    );
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let capped: Vec<_> = entries
+        .iter()
+        .filter(|e| e["data"]["action"] == "capped")
+        .collect();
+    assert_eq!(capped.len(), 1, "{audit}");
+    assert_eq!(capped[0]["data"]["max_bytes"], CAP);
+    assert_eq!(entries.last().unwrap()["data"]["action"], "stopped");
+    t.run(&["audit", &id]).success();
+
+    let shown = t.run(&["trace", &id, "--network"]);
+    shown.success();
+    let all = format!("{}{}", shown.stdout, shown.stderr);
+    assert!(
+        all.contains(&format!(
+            "trace truncated at {CAP} bytes (MOAT_MAX_TRACE_BYTES)"
+        )),
+        "{all}"
+    );
+}

@@ -421,3 +421,209 @@ fn a_detached_run_that_edits_its_config_is_refused_next_time() {
     assert!(out.stderr.contains("added: env.B (two)"), "{}", out.stderr);
     assert!(!out.stdout.contains("run_"), "{}", out.stdout);
 }
+
+/// `moat ARGS` from the project, killed if it outlives `limit` (a test
+/// that hangs on a FIFO must fail, not hang the suite): the result and
+/// how long it took.
+fn run_bounded(
+    t: &common::ProxiedEnv,
+    args: &[&str],
+    limit: Duration,
+) -> (common::Result, Duration) {
+    use std::io::Read as _;
+    let started = Instant::now();
+    let mut child = t
+        .moat()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drained on threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    let result = common::Result::from(std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    });
+    (result, elapsed)
+}
+
+/// Issue #22 (6): a run can make moat.yaml anything it likes; the host
+/// must read it as a bounded regular file or refuse it quickly.
+#[test]
+fn moat_yaml_linked_to_dev_zero_is_refused_quickly() {
+    let t = env();
+    std::os::unix::fs::symlink("/dev/zero", t.project().join("moat.yaml")).unwrap();
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(20));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("moat.yaml") && out.stderr.contains("symbolic link"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("To fix:"), "{}", out.stderr);
+}
+
+#[test]
+fn moat_yaml_as_a_fifo_is_refused_quickly() {
+    let t = env();
+    let fifo = t.project().join("moat.yaml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(20));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("moat.yaml") && out.stderr.contains("not a regular file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn moat_yaml_of_8_gb_is_refused_by_its_size() {
+    let t = env();
+    let file = std::fs::File::create(t.project().join("moat.yaml")).unwrap();
+    // Sparse: no disk used, but 8 GB to whoever reads it whole.
+    file.set_len(8 << 30).unwrap();
+    drop(file);
+    let (out, took) = run_bounded(&t, &["run", "--", "echo", "ran"], Duration::from_secs(60));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    out.failure();
+    assert!(
+        out.stderr
+            .contains("moat.yaml is 8 GiB; moat reads at most 1 MiB"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("To fix:"), "{}", out.stderr);
+}
+
+/// Issue #22 (7a): a run writes a moat.yaml into a subdirectory of its
+/// workspace; a later `moat run sub` must not take it as first use, and
+/// a change to a nested workspace already trusted is a run's too.
+#[test]
+fn nested_moat_yaml_written_by_a_run_is_refused_until_trusted() {
+    let t = env();
+    let outside = t.env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    write(&outside.join("secret.txt"), "host secret\n");
+    let attack = format!(
+        "mkdir -p /workspace/sub && printf 'mounts:\\n  - {}:/stolen:ro\\n' > /workspace/sub/moat.yaml",
+        outside.display()
+    );
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", &attack])
+        .success();
+
+    let read = [
+        "run",
+        "sub",
+        "--",
+        "sh",
+        "-c",
+        "cat /stolen/secret.txt; echo ran",
+    ];
+    let out = t.run(&read);
+    out.failure();
+    assert!(!out.stdout.contains("host secret"), "{}", out.stdout);
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    insta::assert_snapshot!(redact(&t, &out.stderr), @r"
+    Error: moat.yaml in [TMP]/project/sub changed while run run_[ID] (agent) had [TMP]/project mounted, which contains it, so moat will not apply it without your review.
+      added: moat.yaml
+      added: mounts[0] ([TMP]/outside:/stolen:ro)
+    To fix: review the changes, then run
+      moat trust [TMP]/project/sub
+    or restore the version you accepted.
+    ");
+
+    // The user reviews it and says yes.
+    t.run(&["trust", "sub"]).success();
+    let out = t.run(&read);
+    out.success();
+    assert_eq!(out.stdout, "host secret\nran\n");
+
+    // A later run of the enclosing workspace changes it again.
+    t.run(&[
+        "run",
+        "-n",
+        "agent2",
+        "--",
+        "sh",
+        "-c",
+        "echo 'env: {X: changed}' >> /workspace/sub/moat.yaml",
+    ])
+    .success();
+    let out = t.run(&read);
+    out.failure();
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(out.stderr.contains("agent2"), "{}", out.stderr);
+    assert!(out.stderr.contains("added: env.X"), "{}", out.stderr);
+
+    // A directory next to it that no run could write is first use, as ever.
+    let own = t.env.dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    write(&own.join("moat.yaml"), "env:\n  X: mine\n");
+    let out = t.run(&["run", own.to_str().unwrap(), "--", "sh", "-c", "echo $X"]);
+    out.success();
+    assert_eq!(out.stdout, "mine\n");
+}
+
+/// Issue #22 (7b): what a run writes into moat.yaml reaches the user's
+/// terminal in the review; escape sequences in it (clear the line, return
+/// to its start, set the title) could hide an added mount. They are shown
+/// escaped, never sent.
+#[test]
+fn the_trust_review_shows_control_bytes_escaped() {
+    let t = env();
+    write(&t.project().join("moat.yaml"), "env:\n  X: plain\n");
+    // YAML's own escapes put ESC, CR, BEL and a C1 CSI into the value.
+    let attack = r#"printf 'env:\n  X: "\\e[2K\\r\\e]0;title\\a\\x9b31mlooks fine"\nmounts:\n  - /etc:/e:ro\n' > /workspace/moat.yaml"#;
+    t.run(&["run", "-n", "agent", "--", "sh", "-c", attack])
+        .success();
+    let refused = t.run(&["run", "--", "true"]);
+    refused.failure();
+    let trusted = t.run(&["trust"]);
+    trusted.success();
+    for text in [&refused.stderr, &trusted.stdout] {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "raw control characters: {text:?}"
+        );
+        assert!(
+            text.contains(
+                r"changed: env.X (plain → \u001b[2K\u000d\u001b]0;title\u0007\u009b31mlooks fine)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("added: mounts[0] (/etc:/e:ro)"), "{text}");
+    }
+}

@@ -129,7 +129,7 @@ impl Proxy {
             tracing::warn!(run = %registration.run_id, "run registered again; the old token is revoked");
         }
         let trace = registration.trace.as_ref().and_then(|path| {
-            TraceSink::open(path, self.inner.config.trace_queue)
+            TraceSink::open(path, &self.inner.config)
                 .map_err(|e| tracing::warn!(run = %registration.run_id, error = %e.detail(), "trace disabled"))
                 .ok()
         });
@@ -150,7 +150,7 @@ impl Proxy {
     /// and appended to).
     pub fn try_register(&self, registration: RunRegistration) -> Result<RunToken, ProxyError> {
         let trace = match &registration.trace {
-            Some(path) => Some(TraceSink::open(path, self.inner.config.trace_queue)?),
+            Some(path) => Some(TraceSink::open(path, &self.inner.config)?),
             None => None,
         };
         let token = RunToken::generate();
