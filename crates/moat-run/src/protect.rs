@@ -378,13 +378,11 @@ fn find_module_git_dirs(workspace: &Path, dir: &Path, depth: usize, out: &mut Ve
 /// The git directory a `.git` file in `repo` points to (`gitdir: …`),
 /// relative to the workspace, when it lies inside it.
 fn linked_git_dir(workspace: &Path, repo: &Path) -> Option<PathBuf> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(workspace.join(repo).join(".git"))
-        .ok()?
-        .take(4096)
-        .read_to_string(&mut text)
-        .ok()?;
+    // A regular file of a few bytes, read without following links.
+    let bytes = moat_home::read_bounded(workspace, &repo.join(".git"), 4096)
+        .ok()
+        .flatten()?;
+    let text = String::from_utf8(bytes).ok()?;
     let target = text.lines().next()?.strip_prefix("gitdir:")?.trim();
     beneath(workspace, &workspace.join(repo).join(target))
 }
