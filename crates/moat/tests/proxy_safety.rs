@@ -540,3 +540,89 @@ fn an_mcp_credential_cannot_be_sent_as_the_host() {
     }
     assert!(t.upstream.requests().is_empty());
 }
+
+/// A container removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Issue #22: another container on a Docker bridge of this machine is
+/// not an upstream, under a permissive policy too: the proxy refuses it
+/// with the reason, and the container's server sees nothing.
+#[test]
+fn a_container_on_a_bridge_of_this_machine_is_not_an_upstream() {
+    if !common::docker_available() {
+        return;
+    }
+    let name = format!("moat-test-bridge-peer-{}", std::process::id());
+    let server = r#"use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die; while (my $c = $s->accept) { my $l; while (defined($l = <$c>) && $l =~ /\S/) {} print $c "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npeer"; close $c; }"#;
+    let started = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &name,
+            "local/debian:bookworm",
+            "perl",
+            "-e",
+            server,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let _container = Container(name.clone());
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip:?}");
+    // The peer answers this machine directly, so only the proxy stands
+    // between it and the sandbox.
+    let mut answered = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect((ip.as_str(), 8080)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut answered);
+            if answered.ends_with("peer") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered.ends_with("peer"), "{answered:?}");
+
+    let t = env();
+    let script = format!(
+        "curl -sS -w '\\nstatus=%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://{ip}:8080/\n\
+         curl -sS -o /dev/null -w 'connect=%{{http_connect}}\\n' -p --noproxy '' -x \"$HTTP_PROXY\" http://{ip}:8080/ 2>/dev/null\n\
+         true\n"
+    );
+    let out = t.run(&["run", "--", "sh", "-c", &script]);
+    out.success();
+    assert!(
+        out.stdout.contains("status=403"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("connect=403"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("a private network of this machine"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("peer"), "{}", out.stdout);
+}
