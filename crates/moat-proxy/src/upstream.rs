@@ -765,12 +765,10 @@ pub(crate) fn host_address_refused(
     } else {
         format!(" ({ip})")
     };
-    const HOST_FIX: &str = "To give the sandbox a host service, list its port under \
-        network.host in moat.yaml";
     let what = match local {
-        LocalKind::Loopback => "this machine (its loopback)".to_owned(),
-        LocalKind::Unspecified => "this machine (the unspecified address)".to_owned(),
-        LocalKind::Own => "this machine (an address of its own)".to_owned(),
+        LocalKind::Loopback => "its loopback",
+        LocalKind::Unspecified => "the unspecified address",
+        LocalKind::Own => "one of its interfaces",
         LocalKind::LinkLocal => {
             return ProxyError::new(
                 ErrorKind::HostAddress,
@@ -784,7 +782,7 @@ pub(crate) fn host_address_refused(
             return ProxyError::new(
                 ErrorKind::HostAddress,
                 format!(
-                    "moat: {host}:{port}{shown} is on {network}, a private network of this machine \
+                    "moat: {host}:{port}{shown} is on {network}, a private network of the host machine \
                      (interface {interface}, e.g. a container bridge), whose members sandboxes cannot \
                      reach through the proxy. To give the sandbox such a service, publish its port \
                      on the host, list the port under network.host in moat.yaml \
@@ -796,8 +794,9 @@ pub(crate) fn host_address_refused(
     ProxyError::new(
         ErrorKind::HostAddress,
         format!(
-            "moat: {host}:{port}{shown} is {what}, which sandboxes cannot reach. {HOST_FIX} \
-             (network: {{host: [{port}]}}) and connect to $MOAT_HOST_GATEWAY:{port}."
+            "moat: {host}:{port}{shown} is an address of the host machine ({what}), which sandboxes \
+             cannot reach. To give the sandbox a host service, list its port under network.host in \
+             moat.yaml (network: {{host: [{port}]}}) and connect to $MOAT_HOST_GATEWAY:{port}."
         ),
     )
 }
@@ -857,9 +856,23 @@ impl Interface {
             _ => false,
         };
         (same && is_private(self.addr)).then(|| LocalKind::Network {
-            network: format!("{}/{}", self.addr, self.prefix),
+            network: format!("{}/{}", network_of(self.addr, self.prefix), self.prefix),
             interface: self.name.clone(),
         })
+    }
+}
+
+/// The network address of `addr/prefix` (172.17.0.1/16 -> 172.17.0.0).
+fn network_of(addr: IpAddr, prefix: u32) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - prefix.min(32)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - prefix.min(128)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
     }
 }
 
@@ -1130,7 +1143,7 @@ mod tests {
         assert_eq!(
             bridge.classify("172.17.3.9".parse().unwrap()),
             Some(LocalKind::Network {
-                network: "172.17.0.1/16".into(),
+                network: "172.17.0.0/16".into(),
                 interface: "docker0".into()
             })
         );

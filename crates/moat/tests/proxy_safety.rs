@@ -414,7 +414,7 @@ fn no_spelling_of_the_host_reaches_a_host_service() {
         out.stdout
     );
     let trace = run_file(&t, "network.jsonl");
-    assert!(trace.contains("this machine"), "{trace}");
+    assert!(trace.contains("an address of the host machine"), "{trace}");
 }
 
 /// Issue #22: an address rule holds for every spelling of the address
@@ -620,7 +620,7 @@ fn a_container_on_a_bridge_of_this_machine_is_not_an_upstream() {
     );
     assert!(out.stdout.contains("connect=403"), "{}", out.stdout);
     assert!(
-        out.stdout.contains("a private network of this machine"),
+        out.stdout.contains("a private network of the host machine"),
         "{}",
         out.stdout
     );
