@@ -10,8 +10,8 @@ use moat_policy::{HostPattern, HostRules, Policy, Rule};
 
 use crate::mount::{check_exclude, check_target, parse_mode, parse_mount_string, resolve_source};
 use crate::spec::{
-    check_env_name, check_grant, check_header_name, check_mcp_name, check_mcp_url, check_run_name,
-    parse_dependency,
+    check_env_name, check_grant, check_mcp_auth_header, check_mcp_name, check_mcp_url,
+    check_run_name, parse_dependency,
 };
 use crate::suggest::closest;
 use crate::yaml::{Node, Resolved, Value};
@@ -727,7 +727,7 @@ fn mcp_auth(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<McpAuth> {
                 grant = Some(s);
             }
             _ => {
-                check_header_name(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                check_mcp_auth_header(&s).map_err(|m| ctx.invalid(value, &p, m))?;
                 header = Some(s);
             }
         }

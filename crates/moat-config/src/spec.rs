@@ -207,6 +207,38 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The header an MCP server's credential is sent in: any valid name but
+/// those that frame the message, route it, or belong to the hop between
+/// client and proxy. A token sent as `Host` or `Content-Length` would
+/// change where or how the request goes (and show in places a credential
+/// never should), and a hop header is dropped before it leaves.
+pub(crate) fn check_mcp_auth_header(name: &str) -> Result<(), String> {
+    check_header_name(name)?;
+    let lower = name.to_ascii_lowercase();
+    let why = match lower.as_str() {
+        "host" | "forwarded" | "x-forwarded-host" | "x-forwarded-for" | "x-forwarded-proto"
+        | "x-original-url" | "x-rewrite-url" => Some("routes the request"),
+        "x-http-method-override" | "x-http-method" | "x-method-override" => {
+            Some("changes the request's method")
+        }
+        "content-length" | "transfer-encoding" | "content-encoding" | "expect" | "trailer" => {
+            Some("frames the request's body")
+        }
+        "connection" | "upgrade" | "te" | "keep-alive" => {
+            Some("is a hop-by-hop header, dropped or acted on by the proxy")
+        }
+        _ if lower.starts_with("proxy-") => Some("is for the proxy, which drops it"),
+        _ => None,
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{name:?} cannot carry an MCP server's credential: it {why}. \
+             Use the header the server reads its token from, such as Authorization or X-Api-Key (header: Authorization)"
+        )),
+    }
+}
+
 /// https anywhere; plain http only to this machine, where nothing travels
 /// over a network.
 pub(crate) fn check_mcp_url(raw: &str) -> Result<url::Url, String> {
@@ -325,6 +357,29 @@ mod tests {
         assert!(check_env_name("A-B").is_err());
         assert!(check_header_name("X-Api-Key").is_ok());
         assert!(check_header_name("X Api").is_err());
+        for ok in ["Authorization", "X-Api-Key", "x-custom-token", "Cookie"] {
+            assert!(check_mcp_auth_header(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "Upgrade",
+            "TE",
+            "Trailer",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "X-HTTP-Method-Override",
+            "X-Original-URL",
+            ":authority",
+        ] {
+            let e = check_mcp_auth_header(bad).map_err(|e| e.to_string());
+            assert!(e.is_err(), "{bad}");
+        }
+        assert!(check_mcp_auth_header("Host")
+            .is_err_and(|e| e.contains("routes the request") && e.contains("Authorization")));
         assert!(check_mcp_name("linear").is_ok());
         assert!(check_mcp_name("a/b").is_err());
     }

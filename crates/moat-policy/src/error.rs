@@ -10,6 +10,11 @@ pub enum PolicyError {
     #[error("invalid host pattern {pattern:?}: {reason}")]
     InvalidHost { pattern: String, reason: String },
 
+    /// A request's host that names no destination unambiguously
+    /// ([`CanonicalHost`](crate::CanonicalHost)).
+    #[error("invalid host {host:?}: {reason}")]
+    InvalidRequestHost { host: String, reason: String },
+
     #[error(
         "invalid network rule {rule:?}: expected \"allow\" or \"deny\", then a METHOD (or *), \
          then a path starting with / ({reason})"

@@ -1,7 +1,215 @@
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use crate::PolicyError;
+
+/// A request's host in the one form every check and the dialler use.
+///
+/// Resolvers accept many spellings of one destination: `localhost.`
+/// (the trailing dot of a fully qualified name), `0x7f000001`, `127.1`,
+/// `0177.0.0.1` (inet_aton's hex, octal and 1-to-4-part forms),
+/// `[::ffff:127.0.0.1]` (IPv4-mapped IPv6). A check that compared the
+/// text as sent would see a different host than the one connected to, so
+/// a request's host is parsed once, into this, and everything after —
+/// policy, the host-address check, the connect-to mapping, the
+/// connection itself — sees this form only:
+///
+/// - names lower-cased, without the trailing dot; names with an empty
+///   label (`localhost..`, `.a`) or a character no host name has are
+///   refused;
+/// - IPv4 in any inet_aton spelling as a dotted quad; a name whose last
+///   label is a number is an address or refused (as URL parsers do);
+/// - IPv6 compressed and in brackets, IPv4-mapped and IPv4-compatible
+///   IPv6 as the IPv4 dotted quad.
+///
+/// ```
+/// use moat_policy::CanonicalHost;
+///
+/// let h = CanonicalHost::parse("0x7F000001")?;
+/// assert_eq!(h.as_str(), "127.0.0.1");
+/// assert_eq!(CanonicalHost::parse("[::ffff:7f00:1]")?, h);
+/// assert_eq!(CanonicalHost::parse("LocalHost.")?.as_str(), "localhost");
+/// assert!(CanonicalHost::parse("localhost..").is_err());
+/// # Ok::<(), moat_policy::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CanonicalHost {
+    /// As in a URI: the name, the dotted quad, or `[ipv6]`.
+    text: String,
+    ip: Option<IpAddr>,
+}
+
+impl CanonicalHost {
+    /// Parses a host as a request names it (no port; IPv6 in brackets or
+    /// bare).
+    pub fn parse(host: &str) -> Result<Self, PolicyError> {
+        let err = |reason: &str| PolicyError::InvalidRequestHost {
+            host: host.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if host.is_empty() {
+            return Err(err("the host is empty"));
+        }
+        let bracketed = host.strip_prefix('[').map(|h| h.strip_suffix(']'));
+        let v6 = match bracketed {
+            Some(Some(inner)) => Some(inner),
+            Some(None) => return Err(err("an IPv6 address in brackets is missing its ]")),
+            None if host.contains(':') => Some(host),
+            None => None,
+        };
+        if let Some(v6) = v6 {
+            let addr: Ipv6Addr = v6
+                .parse()
+                .map_err(|_| err("expected an IPv6 address, such as [::1]"))?;
+            return Ok(Self::from_ip(IpAddr::V6(addr)));
+        }
+        let lowered = host.to_ascii_lowercase();
+        let name = lowered.strip_suffix('.').unwrap_or(&lowered);
+        if name.is_empty() || name.split('.').any(str::is_empty) {
+            return Err(err(
+                "empty label (two dots in a row, a leading dot or only a dot); write the host name without them",
+            ));
+        }
+        if name.len() > MAX_HOST_LEN {
+            return Err(err("host names are at most 253 characters"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.'))
+        {
+            return Err(err(&format!(
+                "invalid character {c:?}; host names use letters, digits, '-' and '.'"
+            )));
+        }
+        let last = name.rsplit('.').next().unwrap_or(name);
+        if is_number(last) {
+            return match parse_ipv4(name) {
+                Some(v4) => Ok(Self::from_ip(IpAddr::V4(v4))),
+                None => Err(err(
+                    "it ends in a number but is not an IPv4 address (each part at most 255, in decimal, 0x hex or 0 octal)",
+                )),
+            };
+        }
+        Ok(Self {
+            text: name.to_owned(),
+            ip: None,
+        })
+    }
+
+    /// The host of an IP address: IPv4-mapped and IPv4-compatible IPv6
+    /// as IPv4.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                // `::a.b.c.d`, not `::` or `::1`, which are IPv6's own.
+                None if v6.segments()[..6] == [0; 6] && v6.segments()[6] != 0 => {
+                    let [.., a, b, c, d] = v6.octets();
+                    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+                }
+                None => IpAddr::V6(v6),
+            },
+            v4 => v4,
+        };
+        let text = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        Self { text, ip: Some(ip) }
+    }
+
+    /// As in a URI: `api.github.com`, `127.0.0.1`, `[::1]`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Without IPv6's brackets, as a resolver or TLS server name wants.
+    pub fn bare(&self) -> &str {
+        self.text
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.text)
+    }
+
+    /// The address, for an IP host.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
+    }
+
+    /// `localhost` or a name under it, which resolvers answer with
+    /// loopback without asking DNS (RFC 6761).
+    pub fn is_localhost(&self) -> bool {
+        self.ip.is_none() && (self.text == "localhost" || self.text.ends_with(".localhost"))
+    }
+}
+
+impl fmt::Display for CanonicalHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for CanonicalHost {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Whether a label is a number as inet_aton reads one (decimal, `0x`
+/// hex, `0` octal): then the name is meant as an address (WHATWG URL's
+/// "ends in a number").
+fn is_number(label: &str) -> bool {
+    match label.strip_prefix("0x") {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// inet_aton: one to four parts, each decimal, `0x` hex or `0` octal; the
+/// last part fills the bytes the others leave (`127.1` is 127.0.0.1).
+fn parse_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) = match part.strip_prefix("0x") {
+            Some(hex) => (hex, 16),
+            None if part.len() > 1 && part.starts_with('0') => (&part[1..], 8),
+            None => (*part, 10),
+        };
+        let n = if digits.is_empty() {
+            0
+        } else {
+            u64::from_str_radix(digits, radix).ok()?
+        };
+        numbers.push(n);
+    }
+    let (last, first) = numbers.split_last()?;
+    if first.iter().any(|n| *n > 255) {
+        return None;
+    }
+    // The last part fills 4, 3, 2 or 1 bytes.
+    let room: u32 = match first.len() {
+        0 => 32,
+        1 => 24,
+        2 => 16,
+        _ => 8,
+    };
+    if *last >= 1u64 << room {
+        return None;
+    }
+    let mut value = *last;
+    let mut shift = 24;
+    for n in first {
+        value |= n << shift;
+        shift -= 8;
+    }
+    u32::try_from(value).ok().map(Ipv4Addr::from)
+}
 
 /// A host name to match requests against: exact (`api.github.com`) or a
 /// wildcard over subdomains (`*.example.com`).
@@ -57,11 +265,11 @@ impl HostPattern {
         }
         if let Some(inner) = s.strip_prefix('[') {
             return match inner.strip_suffix(']') {
-                Some(addr) if is_ipv6_literal(addr) => match canonical_ip(s) {
-                    Some(canonical) => Ok(Self {
-                        kind: Kind::Exact(canonical),
+                Some(addr) if is_ipv6_literal(addr) => match CanonicalHost::parse(s) {
+                    Ok(canonical) => Ok(Self {
+                        kind: Kind::Exact(canonical.text),
                     }),
-                    None => Err(err("expected an IPv6 address in brackets, such as [::1]")),
+                    Err(_) => Err(err("expected an IPv6 address in brackets, such as [::1]")),
                 },
                 _ if inner.contains("]:") => Err(err(
                     "ports are not supported; write the host name only (e.g. [::1])",
@@ -94,7 +302,13 @@ impl HostPattern {
         let kind = if wildcard {
             Kind::Subdomains(name.to_owned())
         } else {
-            Kind::Exact(name.to_owned())
+            // An address in any spelling is stored as requests are
+            // compared: `0x7f000001` is 127.0.0.1.
+            let canonical = CanonicalHost::parse(name).map_err(|e| match e {
+                PolicyError::InvalidRequestHost { reason, .. } => err(&reason),
+                other => other,
+            })?;
+            Kind::Exact(canonical.text)
         };
         Ok(Self { kind })
     }
@@ -106,20 +320,22 @@ impl HostPattern {
     ///
     /// IPv6 literals match in any spelling, bracketed or bare (`::1`,
     /// `[0:0::1]:443`).
+    /// A host that is no valid host name ([`CanonicalHost::parse`])
+    /// matches nothing.
     pub fn matches(&self, host: &str) -> bool {
-        let host = strip_port(host);
-        let host = host.strip_suffix('.').unwrap_or(host);
+        CanonicalHost::parse(strip_port(host)).is_ok_and(|h| self.matches_canonical(&h))
+    }
+
+    /// [`matches`](Self::matches) for a host already in canonical form.
+    pub fn matches_canonical(&self, host: &CanonicalHost) -> bool {
         match &self.kind {
-            Kind::Exact(name) if name.starts_with('[') => {
-                canonical_ip(host).is_some_and(|h| h == *name)
-            }
-            Kind::Exact(name) => host.eq_ignore_ascii_case(name),
+            Kind::Exact(name) => host.text == *name,
+            // Addresses have no subdomains.
+            Kind::Subdomains(_) if host.ip.is_some() => false,
             Kind::Subdomains(suffix) => {
-                let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                let (h, s) = (host.text.as_bytes(), suffix.as_bytes());
                 // Needs at least one byte of subdomain plus the dot.
-                h.len() > s.len() + 1
-                    && h[h.len() - s.len() - 1] == b'.'
-                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                h.len() > s.len() + 1 && h[h.len() - s.len() - 1] == b'.' && h.ends_with(s)
             }
         }
     }
@@ -151,16 +367,6 @@ fn is_ipv6_literal(addr: &str) -> bool {
         && addr
             .chars()
             .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-}
-
-/// `[canonical]` for an IPv6 literal, bracketed or bare; `None` otherwise.
-pub(crate) fn canonical_ip(host: &str) -> Option<String> {
-    let inner = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let addr: std::net::Ipv6Addr = inner.parse().ok()?;
-    Some(format!("[{addr}]"))
 }
 
 /// Drops a trailing `:digits` from `host`, unless what remains is a bare
@@ -310,6 +516,113 @@ mod tests {
         assert!(reason("bücher.de").contains("punycode"));
         assert!(reason(&"a".repeat(64)).contains("longer than 63"));
         assert!(reason(&["a"; 130].join(".")).contains("at most 253"));
+    }
+
+    fn canon(s: &str) -> String {
+        match CanonicalHost::parse(s) {
+            Ok(h) => h.to_string(),
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_an_address_is_one_host() {
+        for s in [
+            "127.0.0.1",
+            "127.0.0.1.",
+            "0x7f000001",
+            "0X7F000001",
+            "2130706433",
+            "127.1",
+            "127.0.1",
+            "0177.0.0.1",
+            "0177.0.0.01",
+            "0x7f.0.0.1",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+            "::ffff:7f00:1",
+            "[::127.0.0.1]",
+        ] {
+            assert_eq!(canon(s), "127.0.0.1", "{s}");
+        }
+        for s in [
+            "93.184.216.34",
+            "0x5db8d822",
+            "1572395042",
+            "93.184.55330",
+            "0135.0270.0330.042",
+            "93.12113954",
+        ] {
+            assert_eq!(canon(s), "93.184.216.34", "{s}");
+        }
+        assert_eq!(canon("169.254.169.254."), "169.254.169.254");
+        assert_eq!(canon("0"), "0.0.0.0");
+        assert_eq!(canon("[0:0::1]"), "[::1]");
+        assert_eq!(canon("[::]"), "[::]");
+        assert_eq!(canon("[FE80::1]"), "[fe80::1]");
+    }
+
+    #[test]
+    fn names_lose_case_and_the_trailing_dot_and_nothing_else() {
+        assert_eq!(canon("LocalHost."), "localhost");
+        assert_eq!(canon("API.github.com"), "api.github.com");
+        assert_eq!(canon("1.2.3.com"), "1.2.3.com");
+        assert_eq!(canon("0x.com"), "0x.com");
+        assert_eq!(canon("0x1g"), "0x1g");
+        assert!(CanonicalHost::parse("a.localhost.").is_ok_and(|h| h.is_localhost()));
+        assert!(!CanonicalHost::parse("localhost.com").is_ok_and(|h| h.is_localhost()));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "localhost..",
+            ".localhost",
+            "a..b",
+            "a b",
+            "a/b",
+            "a%2e",
+            "[::1",
+            "[zz]",
+        ] {
+            assert!(CanonicalHost::parse(bad).is_err(), "{bad:?}");
+        }
+        // Ends in a number, so an address, but not a valid one.
+        for bad in [
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "1.2.3.256",
+            "4294967296",
+            "08.0.0.1",
+            "example.123",
+        ] {
+            let e = CanonicalHost::parse(bad).map(|h| h.to_string());
+            assert!(
+                e.as_ref()
+                    .is_err_and(|e| e.to_string().contains("ends in a number")),
+                "{bad:?}: {e:?}"
+            );
+        }
+        assert!(CanonicalHost::parse("localhost..")
+            .is_err_and(|e| e.to_string().contains("empty label")));
+    }
+
+    #[test]
+    fn address_patterns_match_every_spelling() {
+        let pat = p("127.0.0.1");
+        for s in [
+            "0x7f000001",
+            "127.1:8080",
+            "[::ffff:127.0.0.1]:80",
+            "127.0.0.1.",
+        ] {
+            assert!(pat.matches(s), "{s}");
+        }
+        assert_eq!(p("0x7f000001"), pat);
+        assert_eq!(p("[::ffff:127.0.0.1]").to_string(), "127.0.0.1");
+        assert!(!pat.matches("127.0.0.2"));
+        assert!(!p("*.0.0.1").matches("127.0.0.1"));
+        assert!(!pat.matches("localhost.."));
+        assert!(reason("1.2.3.4.5").contains("ends in a number"));
     }
 
     #[test]

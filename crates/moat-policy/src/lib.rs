@@ -2,6 +2,9 @@
 //! and the allow/deny decision the proxy makes for every connection and
 //! request.
 //!
+//! - [`CanonicalHost`]: a request's host in the one form every check
+//!   compares and the proxy dials (`localhost.`, `0x7f000001` and
+//!   `[::ffff:127.0.0.1]` are `localhost`, `127.0.0.1`, `127.0.0.1`).
 //! - [`HostPattern`]: `api.github.com` or `*.example.com` (any depth of
 //!   subdomain, never the apex itself).
 //! - [`Rule`]: `allow GET /repos/*/issues`, `deny * /admin/**`.
@@ -37,7 +40,7 @@ mod policy;
 mod rule;
 
 pub use crate::error::PolicyError;
-pub use crate::host::HostPattern;
+pub use crate::host::{CanonicalHost, HostPattern};
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
 pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
 

@@ -1,9 +1,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::host::{canonical_ip, strip_port};
-use crate::rule::{canonical_path, strip_query};
-use crate::{Action, HostPattern, PolicyError, Rule};
+use crate::host::strip_port;
+use crate::rule::{canonical_path, method_params, strip_query};
+use crate::{Action, CanonicalHost, HostPattern, PolicyError, Rule};
 
 /// What happens to traffic no entry or rule speaks about.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -122,6 +122,9 @@ pub enum DenyReason {
         method: String,
         path: String,
     },
+    /// The request's host names no destination unambiguously (see
+    /// [`CanonicalHost`]).
+    InvalidHost { host: String, reason: String },
 }
 
 impl DenyReason {
@@ -161,10 +164,16 @@ impl DenyReason {
             ),
             Self::AmbiguousPath { host, method, path } => format!(
                 "Moat: request blocked by network policy.\n\
-                 {} {} on host {host:?} has an ambiguous path (a malformed or double escape, a control character or a ';' parameter), and the host has rules.\n\
-                 Request the path in its plain form (e.g. /a/b, not /a%2562 or /a;x).",
+                 {} {} on host {host:?} has an ambiguous path (a malformed or double escape, a control character, a ';' parameter, or a segment ending in a dot or space), and the host has rules.\n\
+                 Request the path in its plain form (e.g. /a/b, not /a%2562, /a;x or /a.).",
                 clean(method),
                 clean(path),
+            ),
+            Self::InvalidHost { host, reason } => format!(
+                "Moat: request blocked by network policy.\n\
+                 Host {:?} is not a valid host name: {reason}.\n\
+                 Write the host plainly (e.g. api.github.com or 93.184.216.34).",
+                clean(host),
             ),
             Self::NoRuleMatched { host, method, path } => format!(
                 "Moat: request blocked by network policy.\n\
@@ -206,8 +215,8 @@ impl NetworkPolicy {
 
     /// [`decide`](Self::decide) for a request that may also name other
     /// methods in method-override headers (`X-HTTP-Method-Override`,
-    /// `X-HTTP-Method`, `X-Method-Override`): servers honouring them run
-    /// those methods, so each must be allowed too. The first denial wins.
+    /// `X-HTTP-Method`, `X-Method-Override`); see
+    /// [`decide_request_for`](Self::decide_request_for).
     pub fn decide_request(
         &self,
         host: &str,
@@ -215,18 +224,49 @@ impl NetworkPolicy {
         overrides: &[&str],
         path: &str,
     ) -> Decision {
-        let decision = self.decide(host, method, path);
-        if !decision.is_allowed() {
-            return decision;
+        match parse_host(host) {
+            Ok(host) => self.decide_request_for(&host, method, overrides, path, &[]),
+            Err(reason) => Decision::Deny(reason),
         }
-        for o in overrides {
-            let o = o.trim();
-            if o.is_empty() {
-                continue;
-            }
-            let d = self.decide(host, o, path);
-            if !d.is_allowed() {
-                return d;
+    }
+
+    /// The decision for a request that may claim other methods and
+    /// paths than its own: method-override headers (`overrides`), a
+    /// `_method` query parameter, and paths in `X-Original-URL` or
+    /// `X-Rewrite-URL` (`claimed_paths`). Servers honouring them run what
+    /// is claimed, so every method on every path, claimed or not, must be
+    /// allowed; the first denial wins.
+    ///
+    /// Checking what is claimed, rather than refusing every request that
+    /// claims anything, keeps clients working that tunnel `PATCH` or
+    /// `DELETE` through `POST` this way (some Google and Microsoft APIs
+    /// ask for it), while the rules decide exactly as they would had the
+    /// request said it plainly.
+    pub fn decide_request_for(
+        &self,
+        host: &CanonicalHost,
+        method: &str,
+        overrides: &[&str],
+        path: &str,
+        claimed_paths: &[&str],
+    ) -> Decision {
+        let claimed: Vec<String> = claimed_paths.iter().map(|p| claimed_path(p)).collect();
+        let paths: Vec<&str> = std::iter::once(path)
+            .chain(claimed.iter().map(String::as_str))
+            .collect();
+        let params: Vec<String> = paths.iter().flat_map(|p| method_params(p)).collect();
+        let methods: Vec<&str> = std::iter::once(method)
+            .chain(overrides.iter().copied())
+            .chain(params.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .collect();
+        for path in &paths {
+            for method in &methods {
+                let decision = self.decide_for(host, method, path);
+                if !decision.is_allowed() {
+                    return decision;
+                }
             }
         }
         Decision::Allow
@@ -252,10 +292,20 @@ impl NetworkPolicy {
     /// `Allowed` is only returned when [`decide`](Self::decide) would allow
     /// every request to the host, and `Denied` only when it would deny
     /// every one, so a proxy may act on it without intercepting.
+    /// A host that is not a valid host name is denied.
     pub fn host_decision(&self, host: &str) -> HostDecision {
+        match parse_host(host) {
+            Ok(host) => self.host_decision_for(&host),
+            Err(reason) => HostDecision::Denied(reason),
+        }
+    }
+
+    /// [`host_decision`](Self::host_decision) for a host already in
+    /// canonical form.
+    pub fn host_decision_for(&self, host: &CanonicalHost) -> HostDecision {
         let mut matched = false;
         let mut may_deny = false;
-        for entry in self.hosts.iter().filter(|e| e.host.matches(host)) {
+        for entry in self.hosts.iter().filter(|e| e.host.matches_canonical(host)) {
             matched = true;
             if entry.rules.is_empty() {
                 // This entry allows everything that reaches it.
@@ -267,7 +317,7 @@ impl NetworkPolicy {
             }
             may_deny |= entry.rules.iter().any(|r| r.action == Action::Deny);
         }
-        if !matched && self.granted.iter().any(|g| g.matches(host)) {
+        if !matched && self.granted.iter().any(|g| g.matches_canonical(host)) {
             return HostDecision::Allowed;
         }
         match (matched, self.policy) {
@@ -295,10 +345,20 @@ impl NetworkPolicy {
     /// have rules, an ambiguous path is denied whatever the rules say.
     /// Granted hosts ([`grant_host`](Self::grant_host)) are allowed only
     /// when no entry matches the host.
+    ///
+    /// A host that is not a valid host name is denied.
     pub fn decide(&self, host: &str, method: &str, path: &str) -> Decision {
+        match parse_host(host) {
+            Ok(host) => self.decide_for(&host, method, path),
+            Err(reason) => Decision::Deny(reason),
+        }
+    }
+
+    /// [`decide`](Self::decide) for a host already in canonical form.
+    pub fn decide_for(&self, host: &CanonicalHost, method: &str, path: &str) -> Decision {
         let mut matched = false;
         let mut segments: Option<Option<Vec<String>>> = None;
-        for entry in self.hosts.iter().filter(|e| e.host.matches(host)) {
+        for entry in self.hosts.iter().filter(|e| e.host.matches_canonical(host)) {
             matched = true;
             if entry.rules.is_empty() {
                 return Decision::Allow;
@@ -331,7 +391,7 @@ impl NetworkPolicy {
                 };
             }
         }
-        if !matched && self.granted.iter().any(|g| g.matches(host)) {
+        if !matched && self.granted.iter().any(|g| g.matches_canonical(host)) {
             return Decision::Allow;
         }
         match (matched, self.policy) {
@@ -351,7 +411,7 @@ impl NetworkPolicy {
     }
 }
 
-fn ambiguous(host: &str, method: &str, path: &str) -> DenyReason {
+fn ambiguous(host: &CanonicalHost, method: &str, path: &str) -> DenyReason {
     DenyReason::AmbiguousPath {
         host: display_host(host),
         method: method.to_owned(),
@@ -359,10 +419,41 @@ fn ambiguous(host: &str, method: &str, path: &str) -> DenyReason {
     }
 }
 
-/// The host as it should appear in a message: lower case, without port.
-fn display_host(host: &str) -> String {
-    let host = strip_port(host);
-    canonical_ip(host).unwrap_or_else(|| host.to_ascii_lowercase())
+/// The host as it should appear in a message: canonical, without port.
+fn display_host(host: &CanonicalHost) -> String {
+    host.as_str().to_owned()
+}
+
+/// A host as a request carries it (a `:port` ignored, so a port can never
+/// slip past a host rule), canonical, or the denial of a host that is
+/// none.
+fn parse_host(host: &str) -> Result<CanonicalHost, DenyReason> {
+    CanonicalHost::parse(strip_port(host)).map_err(|e| match e {
+        PolicyError::InvalidRequestHost { host, reason } => {
+            DenyReason::InvalidHost { host, reason }
+        }
+        other => DenyReason::InvalidHost {
+            host: host.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+/// The path an `X-Original-URL` or `X-Rewrite-URL` names: its path part
+/// when it is a whole URL, rooted otherwise.
+fn claimed_path(value: &str) -> String {
+    let value = value.trim();
+    if let Some((_, rest)) = value.split_once("://") {
+        return match rest.find('/') {
+            Some(i) => rest.get(i..).unwrap_or("/").to_owned(),
+            None => "/".to_owned(),
+        };
+    }
+    if value.starts_with('/') {
+        value.to_owned()
+    } else {
+        format!("/{value}")
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +676,14 @@ mod tests {
 mod bypass_tests {
     use super::*;
 
+    fn policy(policy: Policy, hosts: Vec<HostRules>) -> NetworkPolicy {
+        NetworkPolicy {
+            policy,
+            hosts,
+            granted: Vec::new(),
+        }
+    }
+
     fn entry(h: &str, rules: &[&str]) -> HostRules {
         HostRules {
             host: HostPattern::parse(h).unwrap_or_else(|e| panic!("{e}")),
@@ -701,6 +800,71 @@ mod bypass_tests {
         assert!(p.decide("uploads.github.com", "POST", "/x").is_allowed());
         assert_eq!(p.host_decision("uploads.github.com"), HostDecision::Allowed);
         assert!(!p.decide("example.com", "GET", "/").is_allowed());
+    }
+
+    #[test]
+    fn claimed_methods_and_paths_are_decided_too() {
+        let p = policy(
+            Policy::Permissive,
+            vec![entry(
+                "api.example.com",
+                &["deny * /admin/**", "deny DELETE /**"],
+            )],
+        );
+        let d = |m: &str, o: &[&str], path: &str, claimed: &[&str]| match CanonicalHost::parse(
+            "api.example.com",
+        ) {
+            Ok(h) => p.decide_request_for(&h, m, o, path, claimed).is_allowed(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(d("POST", &[], "/x", &[]));
+        assert!(!d("POST", &[], "/x?_method=DELETE", &[]));
+        assert!(!d("POST", &[], "/x?_method=delete", &[]));
+        assert!(!d("POST", &["DELETE"], "/x", &[]));
+        assert!(!d("GET", &[], "/public", &["/admin/x"]));
+        assert!(!d(
+            "GET",
+            &[],
+            "/public",
+            &["https://api.example.com/admin/x?y"]
+        ));
+        assert!(!d("GET", &[], "/public", &["admin/x"]));
+        assert!(d("GET", &[], "/public?_method=GET", &["/other"]));
+    }
+
+    #[test]
+    fn hosts_are_compared_canonical() {
+        let p = policy(
+            Policy::Strict,
+            vec![
+                entry("93.184.216.34", &["deny * /admin/**"]),
+                entry("localhost", &[]),
+            ],
+        );
+        for h in [
+            "0x5db8d822",
+            "1572395042:443",
+            "[::ffff:5db8:d822]",
+            "93.184.216.34.",
+        ] {
+            assert!(!p.decide(h, "GET", "/admin/x").is_allowed(), "{h}");
+            assert!(
+                !p.decide(h, "GET", "/x").is_allowed(),
+                "{h}: strict, no allow rule"
+            );
+        }
+        assert!(p.decide("LOCALHOST.", "GET", "/").is_allowed());
+        let Decision::Deny(reason) = p.decide("localhost..", "GET", "/") else {
+            panic!("localhost.. allowed");
+        };
+        assert!(
+            reason.message().contains("not a valid host name"),
+            "{reason}"
+        );
+        assert!(matches!(
+            p.host_decision("a..b"),
+            HostDecision::Denied(DenyReason::InvalidHost { .. })
+        ));
     }
 
     #[test]

@@ -113,7 +113,10 @@ impl PathPattern {
                 }
                 _ => {
                     let literal = percent_decode(seg);
-                    if literal.contains([';', '\\', '/', '%']) || literal.chars().any(char::is_control) {
+                    if literal.contains([';', '\\', '/', '%'])
+                        || literal.ends_with(['.', ' '])
+                        || literal.chars().any(char::is_control)
+                    {
                         return Err(format!(
                             "segment {seg:?} names no canonical path: request paths are matched decoded, with ';' parameters, control characters and double encoding refused and '\\' or %2F splitting segments"
                         ));
@@ -250,7 +253,8 @@ pub(crate) fn strip_query(path: &str) -> &str {
 ///   backslash separate segments like `/` (many servers decode them before
 ///   routing); empty and `.` segments are dropped and `..` removes the
 ///   segment before it.
-/// - Ambiguous, hence `None`: a malformed escape (`%zz`, a trailing `%`),
+/// - Ambiguous, hence `None`: a segment ending in a dot or a space
+///   (`/admin.`, `/admin%20/x`), a malformed escape (`%zz`, a trailing `%`),
 ///   an escape that still decodes to an escape (`%2561`, double encoding),
 ///   a NUL or any other control character (raw or encoded), bytes that are
 ///   not UTF-8 once decoded, and `;` parameters (`/admin;x`, `/..;/`),
@@ -288,10 +292,33 @@ pub fn canonical_path(path: &str) -> Option<Vec<String>> {
             ".." => {
                 out.pop();
             }
+            // Windows-backed servers (IIS, and so ASP.NET) drop a
+            // segment's trailing dots and spaces, others keep them:
+            // `/admin.` is /admin to one and not to the other.
+            _ if seg.ends_with(['.', ' ']) => return None,
             _ => out.push(seg.to_owned()),
         }
     }
     Some(out)
+}
+
+/// The methods a path's query claims in `_method` parameters, which
+/// frameworks (Laravel, Symfony, Rails' Rack middleware among them) run
+/// instead of the request's own: `/x?_method=DELETE` is `["DELETE"]`.
+pub(crate) fn method_params(path: &str) -> Vec<String> {
+    let path = path.split('#').next().unwrap_or_default();
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split(['&', ';'])
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            // Form encoding: `+` is a space; a key may be escaped too.
+            let key = percent_decode(&key.replace('+', " "));
+            (key.trim() == "_method").then(|| percent_decode(&value.replace('+', " ")))
+        })
+        .collect()
 }
 
 /// Decodes `%XX` escapes; malformed escapes are kept as written and
@@ -470,6 +497,36 @@ mod tests {
         // Malformed escapes are ambiguous: they match nothing.
         assert!(!path("/**").matches("/a%zz"));
         assert!(path("/caf%C3%A9").matches("/café"));
+    }
+
+    #[test]
+    fn a_segment_ending_in_a_dot_or_space_is_ambiguous() {
+        for p in [
+            "/admin.",
+            "/admin%2e",
+            "/admin%2E/x",
+            "/admin%20",
+            "/admin%20/x",
+            "/admin../x",
+            "/a/...",
+        ] {
+            assert_eq!(canonical_path(p), None, "{p}");
+        }
+        assert!(path("/v1.2/x").matches("/v1.2/x"));
+        assert!(path("/my%20file/x").matches("/my file/x"));
+        assert!(reason("deny * /admin.").contains("names no canonical path"));
+        assert!(reason("deny * /admin%20").contains("names no canonical path"));
+    }
+
+    #[test]
+    fn method_parameters_are_read_from_the_query() {
+        assert_eq!(method_params("/x?_method=DELETE"), ["DELETE"]);
+        assert_eq!(
+            method_params("/x?a=1&%5Fmethod=PUT;_method=patch#f"),
+            ["PUT", "patch"]
+        );
+        assert!(method_params("/x?method=DELETE&_methodx=1").is_empty());
+        assert!(method_params("/x#?_method=DELETE").is_empty());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use moat_policy::CanonicalHost;
+
 use crate::error::ProxyError;
 
 /// Settings of a [`Proxy`](crate::Proxy), fixed at construction.
@@ -166,8 +168,18 @@ impl ConnectTo {
             }
             Ok(h.trim_end_matches('.').to_ascii_lowercase())
         };
+        // Requests are matched in their canonical form, so the rule's host
+        // is written in it too (`0x7f000001` is 127.0.0.1).
+        let from = if from_host.is_empty() {
+            String::new()
+        } else {
+            CanonicalHost::parse(from_host)
+                .map_err(|e| err(&e.to_string()))?
+                .bare()
+                .to_owned()
+        };
         Ok(ConnectTo {
-            from_host: host(from_host)?,
+            from_host: from,
             from_port: port(from_port)?,
             to_host: host(to_host)?,
             to_port: port(to_port)?,
@@ -184,16 +196,29 @@ impl ConnectTo {
             .collect()
     }
 
-    fn matches(&self, host: &str, port: u16) -> bool {
-        (self.from_host.is_empty() || self.from_host.eq_ignore_ascii_case(host))
+    fn matches(&self, host: &CanonicalHost, port: u16) -> bool {
+        (self.from_host.is_empty() || self.from_host == host.bare())
             && self.from_port.is_none_or(|p| p == port)
     }
 
+    /// The first of `rules` that applies to `host:port`.
+    pub fn find<'a>(
+        rules: &'a [ConnectTo],
+        host: &CanonicalHost,
+        port: u16,
+    ) -> Option<&'a ConnectTo> {
+        rules.iter().find(|r| r.matches(host, port))
+    }
+
     /// Where to connect for `host:port` given `rules`: the first matching
-    /// rule's target, or `host:port` itself.
+    /// rule's target, or `host:port` itself (canonical, see
+    /// [`CanonicalHost`]; a host that is none matches no rule).
     pub fn resolve(rules: &[ConnectTo], host: &str, port: u16) -> (String, u16) {
-        let host = host.trim_end_matches('.');
-        match rules.iter().find(|r| r.matches(host, port)) {
+        let Ok(canonical) = CanonicalHost::parse(host) else {
+            return (host.to_owned(), port);
+        };
+        let host = canonical.bare();
+        match Self::find(rules, &canonical, port) {
             Some(rule) => (
                 if rule.to_host.is_empty() {
                     host.to_owned()

@@ -183,12 +183,47 @@ fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
             route.name
         )));
     }
+    if let Some((name, _)) = route.headers.iter().find(|(n, _)| frames_or_routes(n)) {
+        return Err(ProxyError::config(format!(
+            "the MCP route {:?} would send its credential as {name}, which frames or routes the \
+             request; use a header such as Authorization",
+            route.name
+        )));
+    }
     Ok(ParsedMcp {
         name: route.name,
         base,
         secrets: Secrets::of(route.headers.iter().map(|(_, v)| v.expose())),
         headers: route.headers,
     })
+}
+
+/// Whether a credential sent as `name` would decide where or how a
+/// request goes rather than ride along: `Host`, body framing, hop-by-hop
+/// and proxy headers, method and path overrides. moat.yaml refuses these
+/// for MCP servers already; the proxy holds to it whoever registers.
+fn frames_or_routes(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "content-encoding"
+            | "expect"
+            | "trailer"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "keep-alive"
+            | "forwarded"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("x-forwarded-")
 }
 
 /// Builds the proxy's view of a run. With `strict`, an invalid MCP route is
@@ -385,6 +420,34 @@ mod tests {
             .insert(build_run(reg, token, None, &CancellationToken::new(), true).unwrap())
             .unwrap();
         registry
+    }
+
+    #[test]
+    fn an_mcp_credential_cannot_frame_or_route_the_request() {
+        let route = |header: &str| McpRoute {
+            name: "docs".into(),
+            url: "https://mcp.example.com/mcp".into(),
+            headers: vec![(
+                HeaderName::from_bytes(header.as_bytes()).unwrap(),
+                SecretValue::new("tok").unwrap(),
+            )],
+        };
+        for bad in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Proxy-Authorization",
+            "X-Forwarded-Host",
+        ] {
+            let e = parse_route(route(bad)).err().map(|e| e.detail());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("Authorization")),
+                "{bad}: {e:?}"
+            );
+        }
+        for ok in ["Authorization", "X-Api-Key"] {
+            assert!(parse_route(route(ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]

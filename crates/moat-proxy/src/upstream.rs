@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use moat_policy::CanonicalHost;
+
 use crate::config::{ConnectTo, ProxyConfig};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1::{H1Conn, Release, SendFailure};
@@ -624,7 +626,7 @@ struct ConnectorInner {
 }
 
 /// Opens TCP connections to upstreams: applies the connect-to overrides
-/// and keeps sandboxes off the proxy's own machine.
+/// and keeps sandboxes off the proxy's own machine and its networks.
 #[derive(Debug, Clone)]
 pub(crate) struct Dialer {
     connect_to: Vec<ConnectTo>,
@@ -639,39 +641,59 @@ impl Dialer {
         }
     }
 
-    /// The refusal [`dial`](Self::dial) would give, known without
-    /// resolving: for IP literals and `localhost` names.
-    pub(crate) fn refuses_at_once(&self, host: &str, port: u16) -> Option<ProxyError> {
-        let host = bare_host(host);
-        if self.allow_host_addresses {
-            return None;
+    /// Where `host:port` is dialled: the connect-to rule's target, and
+    /// whether the rule chose the address (then the caller chose it, and
+    /// it is not checked). A rule that changes only the port leaves the
+    /// client's host, which is checked as any other.
+    fn route(&self, host: &CanonicalHost, port: u16) -> (String, u16, bool) {
+        match ConnectTo::find(&self.connect_to, host, port) {
+            Some(rule) => (
+                if rule.to_host.is_empty() {
+                    host.bare().to_owned()
+                } else {
+                    rule.to_host.clone()
+                },
+                rule.to_port.unwrap_or(port),
+                !rule.to_host.is_empty(),
+            ),
+            None => (host.bare().to_owned(), port, false),
         }
-        let (to_host, to_port) = ConnectTo::resolve(&self.connect_to, host, port);
-        if bare_host(&to_host) != host || to_port != port {
-            return None;
-        }
-        let ip = if host == "localhost" || host.ends_with(".localhost") {
-            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-        } else {
-            host.parse::<IpAddr>().ok()?
-        };
-        is_host_address(ip).then(|| host_address_refused(host, port, ip))
     }
 
-    /// Connects to `host:port` (a name, or an IP literal, IPv6 in brackets
-    /// or not), trying each address it resolves to. Addresses of this
-    /// machine are refused unless the config allows them, a connect-to
-    /// override chose the destination, or the caller says the destination
-    /// was given to the run (`granted`: a host port, an SSH endpoint).
+    /// The refusal [`dial`](Self::dial) would give, known without
+    /// resolving: for IP hosts and `localhost` names.
+    pub(crate) fn refuses_at_once(&self, host: &CanonicalHost, port: u16) -> Option<ProxyError> {
+        if self.allow_host_addresses || self.route(host, port).2 {
+            return None;
+        }
+        let ip = if host.is_localhost() {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            host.ip()?
+        };
+        local_destination(ip).map(|local| host_address_refused(host, port, ip, &local))
+    }
+
+    /// Connects to `host:port`, trying each address it resolves to.
+    /// Addresses of this machine and of its private networks are refused
+    /// unless the config allows them, a connect-to override chose the
+    /// destination, or the caller says the destination was given to the
+    /// run (`granted`: a host port, an SSH endpoint). What is checked is
+    /// each address as resolved, the one connected to, whatever the
+    /// host's spelling.
     pub(crate) async fn dial(
         &self,
-        host: &str,
+        host: &CanonicalHost,
         port: u16,
         granted: bool,
     ) -> Result<TcpStream, ProxyError> {
-        let host = bare_host(host);
-        let (to_host, to_port) = ConnectTo::resolve(&self.connect_to, host, port);
-        let overridden = bare_host(&to_host) != host || to_port != port;
+        let (to_host, to_port, chosen) = self.route(host, port);
+        let checked = !granted && !chosen && !self.allow_host_addresses;
+        // `localhost` is loopback whatever a hosts file says (RFC 6761).
+        if checked && host.is_localhost() {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            return Err(host_address_refused(host, port, ip, &LocalKind::Loopback));
+        }
         let resolved = tokio::net::lookup_host((bare_host(&to_host), to_port))
             .await
             .map_err(|e| {
@@ -684,9 +706,11 @@ impl Dialer {
         let mut refused = None;
         let mut last_error = None;
         for addr in resolved {
-            if !granted && !overridden && !self.allow_host_addresses && is_host_address(addr.ip()) {
-                refused.get_or_insert(addr.ip());
-                continue;
+            if checked {
+                if let Some(local) = local_destination(addr.ip()) {
+                    refused.get_or_insert((addr.ip(), local));
+                    continue;
+                }
             }
             match TcpStream::connect(addr).await {
                 Ok(tcp) => {
@@ -702,7 +726,7 @@ impl Dialer {
                 format!("moat: cannot connect to upstream {host}:{port}"),
             )
             .with_source(e)),
-            (None, Some(ip)) => Err(host_address_refused(host, port, ip)),
+            (None, Some((ip, local))) => Err(host_address_refused(host, port, ip, &local)),
             (None, None) => Err(ProxyError::new(
                 ErrorKind::UpstreamConnect,
                 format!("moat: upstream {host} resolves to no address"),
@@ -711,36 +735,214 @@ impl Dialer {
     }
 }
 
-/// The refusal of a destination on the proxy's own machine, with the fix.
-pub(crate) fn host_address_refused(host: &str, port: u16, ip: IpAddr) -> ProxyError {
-    let shown = if host == ip.to_string() {
+/// Why an address is not an upstream: where it leads on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LocalKind {
+    /// `127.0.0.0/8`, `::1`.
+    Loopback,
+    /// `0.0.0.0`, `::` (connecting there reaches this machine).
+    Unspecified,
+    /// `169.254.0.0/16`, `fe80::/10`: cloud metadata services answer there.
+    LinkLocal,
+    /// An address of one of this machine's interfaces.
+    Own,
+    /// Another address of a private network one of this machine's
+    /// interfaces is on (a Docker or Podman bridge's containers, a VM
+    /// network): `network` as `address/prefix`, and the interface.
+    Network { network: String, interface: String },
+}
+
+/// The refusal of a destination on the proxy's own machine or its
+/// networks, with the cause and the fix.
+pub(crate) fn host_address_refused(
+    host: &CanonicalHost,
+    port: u16,
+    ip: IpAddr,
+    local: &LocalKind,
+) -> ProxyError {
+    let shown = if host.bare() == ip.to_string() {
         String::new()
     } else {
         format!(" ({ip})")
     };
+    let what = match local {
+        LocalKind::Loopback => "its loopback",
+        LocalKind::Unspecified => "the unspecified address",
+        LocalKind::Own => "one of its interfaces",
+        LocalKind::LinkLocal => {
+            return ProxyError::new(
+                ErrorKind::HostAddress,
+                format!(
+                    "moat: {host}:{port}{shown} is a link-local address, where cloud metadata \
+                     services answer; sandboxes cannot reach it through the proxy, under any policy."
+                ),
+            )
+        }
+        LocalKind::Network { network, interface } => {
+            return ProxyError::new(
+                ErrorKind::HostAddress,
+                format!(
+                    "moat: {host}:{port}{shown} is on {network}, a private network of the host machine \
+                     (interface {interface}, e.g. a container bridge), whose members sandboxes cannot \
+                     reach through the proxy. To give the sandbox such a service, publish its port \
+                     on the host, list the port under network.host in moat.yaml \
+                     (network: {{host: [{port}]}}) and connect to $MOAT_HOST_GATEWAY:{port}."
+                ),
+            )
+        }
+    };
     ProxyError::new(
         ErrorKind::HostAddress,
         format!(
-            "moat: {host}:{port}{shown} is an address of the host machine, which sandboxes cannot \
-             reach. To give the sandbox a host service, list its port under network.host in \
+            "moat: {host}:{port}{shown} is an address of the host machine ({what}), which sandboxes \
+             cannot reach. To give the sandbox a host service, list its port under network.host in \
              moat.yaml (network: {{host: [{port}]}}) and connect to $MOAT_HOST_GATEWAY:{port}."
         ),
     )
 }
 
-/// Whether `ip` belongs to the machine the proxy runs on: loopback, the
-/// unspecified address, an address of one of its interfaces (the kernel
-/// lets a socket bind only to those), or link-local (cloud metadata
-/// services answer there).
-pub(crate) fn is_host_address(ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    let special = ip.is_loopback()
-        || ip.is_unspecified()
-        || match ip {
-            IpAddr::V4(v4) => v4.is_link_local(),
-            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+/// Where `ip` leads on the machine the proxy runs on, if it does:
+/// loopback, the unspecified address, link-local (cloud metadata), an
+/// address of one of its interfaces (the kernel lets a socket bind only
+/// to those), or another address of a private network one of its
+/// interfaces is on (containers on a bridge).
+pub(crate) fn local_destination(ip: IpAddr) -> Option<LocalKind> {
+    let ip = CanonicalHost::from_ip(ip).ip().unwrap_or(ip);
+    if ip.is_loopback() {
+        return Some(LocalKind::Loopback);
+    }
+    if ip.is_unspecified() {
+        return Some(LocalKind::Unspecified);
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    if link_local {
+        return Some(LocalKind::LinkLocal);
+    }
+    if !binds_anywhere() && std::net::UdpSocket::bind((ip, 0)).is_ok() {
+        return Some(LocalKind::Own);
+    }
+    interfaces().iter().find_map(|iface| iface.classify(ip))
+}
+
+/// One address of one of this machine's interfaces, with its netmask.
+#[derive(Debug, Clone)]
+pub(crate) struct Interface {
+    pub(crate) name: String,
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u32,
+}
+
+impl Interface {
+    /// What `ip` is to this interface: its own address, or another on its
+    /// network when that network is private (a public subnet's other
+    /// members are the internet's).
+    pub(crate) fn classify(&self, ip: IpAddr) -> Option<LocalKind> {
+        if ip == self.addr {
+            return Some(LocalKind::Own);
+        }
+        let same = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => same_prefix(
+                u128::from(u32::from(a)),
+                u128::from(u32::from(b)),
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                same_prefix(u128::from(a), u128::from(b), 128, self.prefix)
+            }
+            _ => false,
         };
-    special || (!binds_anywhere() && std::net::UdpSocket::bind((ip, 0)).is_ok())
+        (same && is_private(self.addr)).then(|| LocalKind::Network {
+            network: format!("{}/{}", network_of(self.addr, self.prefix), self.prefix),
+            interface: self.name.clone(),
+        })
+    }
+}
+
+/// The network address of `addr/prefix` (172.17.0.1/16 -> 172.17.0.0).
+fn network_of(addr: IpAddr, prefix: u32) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - prefix.min(32)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - prefix.min(128)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+fn same_prefix(a: u128, b: u128, bits: u32, prefix: u32) -> bool {
+    let prefix = prefix.min(bits);
+    prefix == 0 || (a ^ b) >> (bits - prefix) == 0
+}
+
+/// RFC 1918, shared address space (RFC 6598, carrier-grade NAT and
+/// some VM networks), and IPv6 unique local addresses.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => v6.segments()[0] & 0xfe00 == 0xfc00,
+    }
+}
+
+/// This machine's interface addresses, read again at most once a second:
+/// Docker and Podman add a bridge per network they create.
+fn interfaces() -> Arc<Vec<Interface>> {
+    type Cache = Mutex<Option<(Instant, Arc<Vec<Interface>>)>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(None));
+    if let Ok(guard) = cache.lock() {
+        if let Some((at, list)) = guard.as_ref() {
+            if at.elapsed() < Duration::from_secs(1) {
+                return list.clone();
+            }
+        }
+    }
+    let list = Arc::new(read_interfaces());
+    if let Ok(mut guard) = cache.lock() {
+        *guard = Some((Instant::now(), list.clone()));
+    }
+    list
+}
+
+fn read_interfaces() -> Vec<Interface> {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            // Own addresses are still caught by binding; only bridge
+            // peers go unrecognised.
+            tracing::warn!(error = %e, "listing this machine's interfaces");
+            return Vec::new();
+        }
+    };
+    addrs
+        .filter_map(|a| {
+            let (addr, mask) = (a.address?, a.netmask?);
+            let (addr, prefix) =
+                if let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                    (IpAddr::V4(addr.ip()), u32::from(mask.ip()).count_ones())
+                } else if let (Some(addr), Some(mask)) =
+                    (addr.as_sockaddr_in6(), mask.as_sockaddr_in6())
+                {
+                    (IpAddr::V6(addr.ip()), u128::from(mask.ip()).count_ones())
+                } else {
+                    return None;
+                };
+            Some(Interface {
+                name: a.interface_name,
+                addr,
+                prefix,
+            })
+        })
+        .collect()
 }
 
 /// Whether this machine lets sockets bind to addresses it does not have
@@ -805,12 +1007,11 @@ async fn connect(inner: Arc<ConnectorInner>, uri: Uri) -> Result<UpstreamIo, Pro
             )))
         }
     };
-    let host = bare_host(uri.host().unwrap_or_default()).to_owned();
-    if host.is_empty() {
-        return Err(ProxyError::bad_request("moat: request without a host"));
-    }
+    let canonical = CanonicalHost::parse(uri.host().unwrap_or_default())
+        .map_err(|e| ProxyError::bad_request(format!("moat: {e}")))?;
+    let host = canonical.bare().to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = inner.dialer.dial(&host, port, false).await?;
+    let tcp = inner.dialer.dial(&canonical, port, false).await?;
     if !tls {
         return Ok(UpstreamIo::Plain(tcp));
     }
@@ -918,3 +1119,88 @@ impl AsyncWrite for UpstreamIo {
 /// What the pooled client reads and writes; hyper-util implements
 /// `Connection` for `TokioIo<T: Connection>`.
 pub(crate) type PooledIo = TokioIo<UpstreamIo>;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn iface(addr: &str, prefix: u32) -> Interface {
+        Interface {
+            name: "docker0".into(),
+            addr: addr.parse().unwrap(),
+            prefix,
+        }
+    }
+
+    #[test]
+    fn a_private_networks_other_members_are_this_machines_too() {
+        let bridge = iface("172.17.0.1", 16);
+        assert_eq!(
+            bridge.classify("172.17.0.1".parse().unwrap()),
+            Some(LocalKind::Own)
+        );
+        assert_eq!(
+            bridge.classify("172.17.3.9".parse().unwrap()),
+            Some(LocalKind::Network {
+                network: "172.17.0.0/16".into(),
+                interface: "docker0".into()
+            })
+        );
+        assert_eq!(bridge.classify("172.18.0.2".parse().unwrap()), None);
+        assert_eq!(bridge.classify("fd00::2".parse().unwrap()), None);
+        // A public subnet's other members are the internet's.
+        assert_eq!(
+            iface("192.0.2.2", 24).classify("192.0.2.9".parse().unwrap()),
+            None
+        );
+        let ula = iface("fd00::2", 64);
+        assert!(matches!(
+            ula.classify("fd00::99".parse().unwrap()),
+            Some(LocalKind::Network { .. })
+        ));
+        assert_eq!(ula.classify("fd01::99".parse().unwrap()), None);
+        assert!(matches!(
+            iface("100.64.1.1", 10).classify("100.100.0.1".parse().unwrap()),
+            Some(LocalKind::Network { .. })
+        ));
+    }
+
+    #[test]
+    fn loopback_metadata_and_mapped_forms_are_refused_without_interfaces() {
+        for (ip, local) in [
+            ("127.0.0.1", LocalKind::Loopback),
+            ("127.9.9.9", LocalKind::Loopback),
+            ("::1", LocalKind::Loopback),
+            ("::ffff:127.0.0.1", LocalKind::Loopback),
+            ("0.0.0.0", LocalKind::Unspecified),
+            ("::", LocalKind::Unspecified),
+            ("169.254.169.254", LocalKind::LinkLocal),
+            ("::ffff:169.254.169.254", LocalKind::LinkLocal),
+            ("fe80::1", LocalKind::LinkLocal),
+        ] {
+            assert_eq!(local_destination(ip.parse().unwrap()), Some(local), "{ip}");
+        }
+    }
+
+    #[test]
+    fn only_a_rule_that_names_the_address_chooses_it() {
+        let dialer = Dialer {
+            connect_to: ConnectTo::parse_list("a.test:80:127.0.0.1:8080,:443::8443").unwrap(),
+            allow_host_addresses: false,
+        };
+        let host = |h: &str| CanonicalHost::parse(h).unwrap();
+        assert_eq!(
+            dialer.route(&host("A.test."), 80),
+            ("127.0.0.1".into(), 8080, true)
+        );
+        // Only the port changed: the client's host is still checked.
+        assert_eq!(
+            dialer.route(&host("localhost."), 443),
+            ("localhost".into(), 8443, false)
+        );
+        assert!(dialer.refuses_at_once(&host("localhost."), 443).is_some());
+        assert!(dialer.refuses_at_once(&host("0x7f000001"), 9).is_some());
+        assert!(dialer.refuses_at_once(&host("a.test"), 80).is_none());
+    }
+}

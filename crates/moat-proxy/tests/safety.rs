@@ -674,3 +674,126 @@ async fn a_late_client_first_protocol_still_gets_through() {
         .unwrap();
     assert_eq!(&got, b"220 hello\r\nLATE LINE\r\n");
 }
+
+/// Issue #22: a trailing dot, an empty label or another spelling of an
+/// address of this machine is still this machine. Each form is refused
+/// before anything is dialled, in absolute form and as a `CONNECT`, with
+/// the reason and the fix; the server behind them is never reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_this_machine_is_refused() {
+    let plain = http_upstream().await;
+    let port = plain.addr.port();
+    let h = Harness::start_config(
+        TestCa::new(),
+        &format!("mapped.test:80:127.0.0.1:{port}"),
+        |c| {
+            c.allow_host_addresses = false;
+            c.connect_timeout = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let token = h.register("spell", permissive(), &[]);
+    let auth = basic(token.expose());
+    let this_machine = [
+        "localhost.",
+        "LOCALHOST.",
+        "127.0.0.1.",
+        "a.localhost.",
+        "0x7f000001",
+        "2130706433",
+        "127.1",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ];
+    for host in this_machine {
+        let target = format!("{host}:{port}");
+        let resp = raw(
+            &h,
+            &format!(
+                "GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(resp.status, 403, "{host}: {resp:?}");
+        assert!(
+            resp.body.contains("an address of the host machine"),
+            "{host}: {resp:?}"
+        );
+        assert!(resp.body.contains("network.host"), "{host}: {resp:?}");
+        let (resp, _) = connect(h.addr, Some(&auth), &target).await;
+        assert_eq!(resp.status, 403, "CONNECT {host}: {resp:?}");
+    }
+    // Names that are no host name at all are refused as such.
+    for host in ["localhost..", "..", "a..b"] {
+        let target = format!("{host}:{port}");
+        let (resp, _) = connect(h.addr, Some(&auth), &target).await;
+        assert_eq!(resp.status, 400, "CONNECT {host}: {resp:?}");
+        assert!(resp.body.contains("empty label"), "{host}: {resp:?}");
+    }
+    // Cloud metadata, with and without the dot: refused at once, not
+    // dialled (which would time out here).
+    for host in ["169.254.169.254", "169.254.169.254.", "0xa9fea9fe"] {
+        let (resp, _) = connect(h.addr, Some(&auth), &format!("{host}:80")).await;
+        assert_eq!(resp.status, 403, "CONNECT {host}: {resp:?}");
+        assert!(resp.body.contains("link-local"), "{host}: {resp:?}");
+    }
+    assert!(plain.requests().is_empty(), "{:?}", plain.requests());
+    // A name the caller mapped is still the caller's choice.
+    let resp = raw(
+        &h,
+        &format!("GET http://mapped.test/ok HTTP/1.1\r\nHost: mapped.test\r\nProxy-Authorization: {auth}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+}
+
+/// Issue #22: a host rule on an IPv4 address holds for every spelling
+/// of it that a resolver accepts (inet_aton forms, IPv4-mapped IPv6, a
+/// trailing dot), and an allowed address is allowed in any spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_spellings_cannot_dodge_a_host_rule() {
+    let plain = http_upstream().await;
+    let port = plain.addr.port();
+    let h = Harness::start_config(TestCa::new(), "", |_| {}).await;
+    let mut denying = permissive();
+    denying.hosts.push(HostRules {
+        host: HostPattern::parse("127.0.0.1").unwrap(),
+        rules: vec![Rule::parse("deny * /admin/**").unwrap()],
+    });
+    let deny = basic(h.register("deny", denying, &[]).expose());
+    let mut strict = NetworkPolicy::new(Policy::Strict);
+    strict.allow_host(HostPattern::parse("0x7f000001").unwrap());
+    let allow = basic(h.register("allow", strict, &[]).expose());
+    let spellings = [
+        "127.0.0.1",
+        "127.0.0.1.",
+        "0x7f000001",
+        "0X7F000001",
+        "2130706433",
+        "127.1",
+        "127.0.1",
+        "0177.0.0.1",
+        "0177.0.0.01",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ];
+    for host in spellings {
+        let target = format!("{host}:{port}");
+        let get = |path: &str, auth: &str| {
+            format!(
+                "GET http://{target}{path} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+            )
+        };
+        let resp = raw(&h, &get("/admin/x", &deny)).await;
+        assert_eq!(resp.status, 407, "{host}: {resp:?}");
+        assert!(resp.body.contains("deny * /admin/**"), "{host}: {resp:?}");
+        let resp = raw(&h, &get("/ok", &allow)).await;
+        assert_eq!(resp.status, 200, "{host}: {resp:?}");
+    }
+    assert!(plain
+        .requests()
+        .iter()
+        .all(|r| !r.path.starts_with("/admin")));
+}

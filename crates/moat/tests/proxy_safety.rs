@@ -350,3 +350,279 @@ fn a_silent_upstream_gets_a_504_in_the_configured_time() {
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+/// Sends one raw request line through the run's proxy from inside the
+/// sandbox (bash and /dev/tcp, so no client rewrites the host first, as
+/// curl does with `0x7f000001`), printing `LABEL STATUS`.
+fn raw_through_proxy(label: &str, request_line: &str) -> String {
+    format!(
+        r#"p=${{HTTP_PROXY#http://}}; hp=${{p#*@}}; hp=${{hp%/}}
+auth=$(printf %s "${{p%@*}}" | base64 -w0)
+exec 3<>/dev/tcp/${{hp%:*}}/${{hp##*:}}
+printf '%s\r\nHost: x\r\nProxy-Authorization: Basic %s\r\nConnection: close\r\n\r\n' '{request_line}' "$auth" >&3
+echo "{label} $(timeout 10 head -n1 <&3 | cut -d' ' -f2)"
+exec 3<&-
+"#
+    )
+}
+
+/// Issue #22: the host's loopback spelled with a trailing dot, an empty
+/// label or as another form of the address is still the host: no host
+/// service is reached through the proxy, in absolute form or `CONNECT`.
+#[test]
+fn no_spelling_of_the_host_reaches_a_host_service() {
+    let t = env();
+    let service = common::FakeApi::start(|_| (200, "{\"host\":\"service\"}".into()));
+    let port = service.url.rsplit(':').next().unwrap().to_owned();
+    let mut script = String::new();
+    for host in [
+        "localhost.",
+        "127.0.0.1.",
+        "localhost..",
+        "[::ffff:127.0.0.1]",
+    ] {
+        script.push_str(&format!(
+            "curl -sS -o /dev/null -w 'get {host} %{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" 'http://{host}:{port}/'\n\
+             curl -sS -o /dev/null -w 'connect {host} %{{http_connect}}\\n' -p --noproxy '' -x \"$HTTP_PROXY\" 'http://{host}:{port}/' 2>/dev/null\n"
+        ));
+    }
+    for host in ["0x7f000001", "2130706433", "127.1", "0177.0.0.1"] {
+        script.push_str(&raw_through_proxy(
+            &format!("raw {host}"),
+            &format!("GET http://{host}:{port}/ HTTP/1.1"),
+        ));
+    }
+    script.push_str(&raw_through_proxy(
+        "raw-connect localhost.",
+        &format!("CONNECT localhost.:{port} HTTP/1.1"),
+    ));
+    script.push_str("true\n");
+    let out = t.run(&["run", "--", "bash", "-c", &script]);
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 13, "{}\n{}", out.stdout, out.stderr);
+    for line in &lines {
+        assert!(
+            line.ends_with(" 403") || line.ends_with(" 400"),
+            "{line}\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        service.seen.lock().unwrap().is_empty(),
+        "a host service was reached:\n{}",
+        out.stdout
+    );
+    let trace = run_file(&t, "network.jsonl");
+    assert!(trace.contains("an address of the host machine"), "{trace}");
+}
+
+/// Issue #22: an address rule holds for every spelling of the address
+/// (inet_aton forms, IPv4-mapped IPv6, a trailing dot).
+#[test]
+fn ip_spellings_cannot_dodge_an_address_rule() {
+    let t = env();
+    let api = common::FakeApi::start(|_| (200, "{}".into()));
+    let port = api.url.rsplit(':').next().unwrap().to_owned();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  rules:\n    - 93.184.216.34: [\"deny * /**\"]\n",
+    )
+    .unwrap();
+    let routes = connect_to(&t, &format!("93.184.216.34:80:127.0.0.1:{port}"));
+    let mut script = String::new();
+    for host in [
+        "93.184.216.34",
+        "93.184.216.34.",
+        "0x5db8d822",
+        "1572395042",
+        "93.184.55330",
+        "0135.0270.0330.042",
+        "[::ffff:93.184.216.34]",
+        "[::ffff:5db8:d822]",
+    ] {
+        script.push_str(&raw_through_proxy(
+            host,
+            &format!("GET http://{host}/ HTTP/1.1"),
+        ));
+    }
+    let out = t.run_with(
+        &["run", "--", "bash", "-c", &script],
+        &[("MOAT_CONNECT_TO", &routes)],
+    );
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "{}\n{}", out.stdout, out.stderr);
+    for line in &lines {
+        assert!(line.ends_with(" 407"), "{line}\n{}", out.stdout);
+    }
+    assert!(api.seen.lock().unwrap().is_empty());
+}
+
+/// Issue #22: a trailing dot or space in a segment (which some servers
+/// drop), and the method or path a request claims in a query parameter
+/// or header, cannot dodge a rule.
+#[test]
+fn trailing_dots_spaces_and_claimed_paths_cannot_dodge_a_rule() {
+    let t = env();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "network:\n  rules:\n    - api.example.com: [\"deny * /admin/**\", \"deny DELETE /**\"]\n",
+    )
+    .unwrap();
+    let requests = [
+        ("dot", "'https://api.example.com/admin.'"),
+        ("dot-x", "'https://api.example.com/admin./x'"),
+        ("enc-dot", "'https://api.example.com/admin%2e'"),
+        ("space", "'https://api.example.com/admin%20'"),
+        ("space-x", "'https://api.example.com/admin%20/x'"),
+        (
+            "method-param",
+            "-X POST 'https://api.example.com/public?_method=DELETE'",
+        ),
+        (
+            "original-url",
+            "-H 'X-Original-URL: /admin/x' 'https://api.example.com/public'",
+        ),
+        (
+            "rewrite-url",
+            "-H 'X-Rewrite-URL: /admin/x' 'https://api.example.com/public'",
+        ),
+    ];
+    let mut script = String::new();
+    for (label, args) in requests {
+        script.push_str(&format!(
+            "curl -sS --path-as-is -o /dev/null -w '{label} %{{http_code}}\\n' {args}\n"
+        ));
+    }
+    script.push_str("curl -sS -o /dev/null -w 'ok %{http_code}\\n' 'https://api.example.com/public?_method=GET'\n");
+    let out = t.run(&["run", "--", "sh", "-c", &script]);
+    out.success();
+    for (label, _) in requests {
+        assert!(
+            out.stdout.contains(&format!("{label} 407")),
+            "{label} not denied:\n{}",
+            out.stdout
+        );
+    }
+    assert!(out.stdout.contains("ok 200"), "{}", out.stdout);
+    let seen = t.upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}
+
+/// Issue #22: an MCP server's credential cannot be sent as a header that
+/// frames or routes the request (`Host`, `Content-Length`...).
+#[test]
+fn an_mcp_credential_cannot_be_sent_as_the_host() {
+    let t = env();
+    for header in [
+        "Host",
+        "content-length",
+        "Transfer-Encoding",
+        "Proxy-Authorization",
+    ] {
+        std::fs::write(
+            t.project().join("moat.yaml"),
+            format!("mcp:\n  - name: docs\n    url: https://api.example.com/mcp\n    auth: {{grant: mcp:docs, header: {header}}}\n"),
+        )
+        .unwrap();
+        let out = t.run(&["run", "--", "true"]);
+        assert_eq!(
+            out.code,
+            Some(1),
+            "{header}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stderr.contains("moat.yaml:4"), "{}", out.stderr);
+        assert!(out.stderr.contains("auth.header"), "{}", out.stderr);
+        assert!(out.stderr.contains("Authorization"), "{}", out.stderr);
+    }
+    assert!(t.upstream.requests().is_empty());
+}
+
+/// A container removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Issue #22: another container on a Docker bridge of this machine is
+/// not an upstream, under a permissive policy too: the proxy refuses it
+/// with the reason, and the container's server sees nothing.
+#[test]
+fn a_container_on_a_bridge_of_this_machine_is_not_an_upstream() {
+    if !common::docker_available() {
+        return;
+    }
+    let name = format!("moat-test-bridge-peer-{}", std::process::id());
+    let server = r#"use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die; while (my $c = $s->accept) { my $l; while (defined($l = <$c>) && $l =~ /\S/) {} print $c "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npeer"; close $c; }"#;
+    let started = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &name,
+            "local/debian:bookworm",
+            "perl",
+            "-e",
+            server,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let _container = Container(name.clone());
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip:?}");
+    // The peer answers this machine directly, so only the proxy stands
+    // between it and the sandbox.
+    let mut answered = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect((ip.as_str(), 8080)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut answered);
+            if answered.ends_with("peer") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered.ends_with("peer"), "{answered:?}");
+
+    let t = env();
+    let script = format!(
+        "curl -sS -w '\\nstatus=%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://{ip}:8080/\n\
+         curl -sS -o /dev/null -w 'connect=%{{http_connect}}\\n' -p --noproxy '' -x \"$HTTP_PROXY\" http://{ip}:8080/ 2>/dev/null\n\
+         true\n"
+    );
+    let out = t.run(&["run", "--", "sh", "-c", &script]);
+    out.success();
+    assert!(
+        out.stdout.contains("status=403"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("connect=403"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("a private network of the host machine"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("peer"), "{}", out.stdout);
+}

@@ -11,31 +11,51 @@ pub(super) fn handle_connect(
     let Some(authority) = req.uri().authority() else {
         return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
     };
-    let host = authority.host().to_ascii_lowercase();
-    if host.is_empty() {
+    if authority.host().is_empty() {
         return text(StatusCode::BAD_REQUEST, "moat: CONNECT needs host:port");
     }
     let port = authority.port_u16().unwrap_or(443);
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    if let HostDecision::Denied(reason) = run.policy.host_decision(&bare) {
+    let host = match canonical_host(authority.host()) {
+        Ok(host) => host,
+        Err(e) => {
+            let shown = authority.host().to_owned();
+            let refused = (e.status().as_u16(), e.detail());
+            trace_refused_connect(
+                &inner,
+                &run,
+                &req,
+                &shown,
+                port,
+                (refused.0, &refused.1),
+                None,
+            );
+            return error_response(&e);
+        }
+    };
+    if let HostDecision::Denied(reason) = run.policy.host_decision_for(&host) {
         let message = reason.message();
         let refused = (407, "blocked by network policy");
-        trace_refused_connect(&inner, &run, &req, &host, port, refused, Some(&message));
+        trace_refused_connect(
+            &inner,
+            &run,
+            &req,
+            host.as_str(),
+            port,
+            refused,
+            Some(&message),
+        );
         return blocked(&reason);
     }
-    if let Some(e) = inner.upstream.dialer.refuses_at_once(&bare, port) {
+    if let Some(e) = inner.upstream.dialer.refuses_at_once(&host, port) {
         let refused = (e.status().as_u16(), e.detail());
         trace_refused_connect(
             &inner,
             &run,
             &req,
-            &host,
+            host.as_str(),
             port,
             (refused.0, &refused.1),
-            None,
+            Some(&refused.1),
         );
         return error_response(&e);
     }
@@ -80,14 +100,15 @@ fn trace_refused_connect(
     ex.finish();
 }
 
-/// The `CONNECT` target, when the run may open a raw TCP tunnel to it.
-pub(super) fn tunnel_target(run: &Run, req: &Request<ProxyBody>) -> Option<(String, u16)> {
+/// The `CONNECT` target, when the run may open a raw TCP tunnel to it
+/// (compared canonical: `127.0.0.1.` is the granted 127.0.0.1).
+pub(super) fn tunnel_target(run: &Run, req: &Request<ProxyBody>) -> Option<(CanonicalHost, u16)> {
     let authority = req.uri().authority()?;
-    let host = authority.host().to_ascii_lowercase();
+    let host = CanonicalHost::parse(authority.host()).ok()?;
     let port = authority.port_u16()?;
     run.tunnels
         .iter()
-        .any(|t| t.host == host && t.port == port)
+        .any(|t| t.port == port && CanonicalHost::parse(&t.host).is_ok_and(|h| h == host))
         .then_some((host, port))
 }
 
@@ -98,7 +119,7 @@ pub(super) fn tunnel_target(run: &Run, req: &Request<ProxyBody>) -> Option<(Stri
 pub(super) async fn handle_tcp_tunnel(
     inner: Arc<Inner>,
     run: Arc<Run>,
-    host: String,
+    host: CanonicalHost,
     port: u16,
     req: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
@@ -233,7 +254,7 @@ where
                 Some(true) => Speech::Tls,
                 // Without HTTP inside, TLS is the client's own business,
                 // unless there is a credential to inject.
-                _ if injections(&run, bare_host(&target.host)).label.is_some() => Speech::Tls,
+                _ if injections(&run, target.host.bare()).label.is_some() => Speech::Tls,
                 Some(false) => Speech::Other,
                 None => return,
             }
@@ -313,7 +334,7 @@ where
         }
         Err(_) => return None,
     };
-    let bare = target.host.trim_start_matches('[').trim_end_matches(']');
+    let bare = target.host.bare();
     // The client's SNI names the certificate; without SNI (or for IP
     // targets, which have none) the CONNECT target does.
     let name = start
@@ -414,8 +435,11 @@ where
         None,
         inner.config.trace_body_bytes,
     );
-    let bare = bare_host(&target.host);
-    if !matches!(run.policy.host_decision(bare), HostDecision::Allowed) {
+    let bare = target.host.bare();
+    if !matches!(
+        run.policy.host_decision_for(&target.host),
+        HostDecision::Allowed
+    ) {
         if let Some(ex) = exchange {
             ex.set_error(407, "blocked by network policy");
             ex.set_body(
@@ -434,7 +458,7 @@ where
     }
     let connect = tokio::time::timeout(
         inner.config.connect_timeout,
-        inner.upstream.dialer.dial(bare, target.port, false),
+        inner.upstream.dialer.dial(&target.host, target.port, false),
     )
     .await;
     let upstream = match connect {

@@ -20,6 +20,10 @@ pub(super) const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Headers some servers and frameworks (IIS, Symfony, Zend) route by
+/// instead of the request line: the path they name is checked too.
+pub(super) const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// What a request gets injected: headers, the trace label, and the forms
 /// of the values its response is scrubbed of.
 #[derive(Default)]
@@ -62,7 +66,7 @@ pub(super) async fn handle_inner(
         Ok(u) => u,
         Err(e) => return error_response(&e),
     };
-    let inject = injections(&run, &target.host);
+    let inject = injections(&run, target.host.bare());
     forward(&inner, run, uri, true, inject, req, binding).await
 }
 
@@ -151,22 +155,29 @@ pub(super) async fn forward(
     let method = req.method().clone();
     // Only what records requests, and error messages, need it as text.
     let url = || uri.to_string();
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    // Every route here (absolute form, tunnels, the MCP relay) is
+    // checked on the host in its one canonical form.
+    let canonical = match canonical_host(uri.host().unwrap_or_default()) {
+        Ok(host) => host,
+        Err(e) => return error_response(&e),
+    };
+    let host = canonical.bare().to_owned();
     if check_policy {
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let overrides: Vec<&str> = METHOD_OVERRIDES
-            .iter()
-            .flat_map(|name| req.headers().get_all(*name))
-            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
-            .collect();
+        // A value that is not text cannot name a method or path a rule
+        // allows: it stands as one no rule matches.
+        let claimed = |names: &[&str]| -> Vec<&str> {
+            names
+                .iter()
+                .flat_map(|name| req.headers().get_all(*name))
+                .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+                .collect()
+        };
+        let overrides = claimed(&METHOD_OVERRIDES);
+        let paths = claimed(&PATH_OVERRIDES);
         if let Decision::Deny(reason) =
             run.policy
-                .decide_request(&host, method.as_str(), &overrides, pq)
+                .decide_request_for(&canonical, method.as_str(), &overrides, pq, &paths)
         {
             let message = reason.message();
             if let Some(ex) = Exchange::new(

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use moat_policy::{Decision, HostDecision};
+use moat_policy::{CanonicalHost, Decision, HostDecision};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistrati
 use crate::scrub::{Scrubbed, Secrets};
 use crate::secret::RunToken;
 use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
-use crate::upstream::{bare_host, Binding, Upstream};
+use crate::upstream::{Binding, Upstream};
 use crate::ProxyBody;
 
 mod connect;
@@ -326,12 +326,12 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Where a request goes: scheme, host (as in a URI, IPv6 in brackets) and
-/// port.
+/// Where a request goes: scheme, host (canonical: what every check
+/// compares and the dialler connects to) and port.
 #[derive(Debug, Clone)]
 struct Target {
     scheme: &'static str,
-    host: String,
+    host: CanonicalHost,
     port: u16,
 }
 
@@ -339,7 +339,7 @@ impl Target {
     fn authority(&self) -> String {
         let default = matches!((self.scheme, self.port), ("https", 443) | ("http", 80));
         if default {
-            self.host.clone()
+            self.host.to_string()
         } else {
             format!("{}:{}", self.host, self.port)
         }
@@ -383,7 +383,7 @@ async fn handle_outer(
             Ok(u) => u,
             Err(e) => return error_response(&e),
         };
-        let inject = injections(&run, &target.host);
+        let inject = injections(&run, target.host.bare());
         return forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await;
     }
     if req.uri().path().starts_with("/mcp/") {
@@ -422,10 +422,21 @@ fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
         .ok_or_else(|| ProxyError::bad_request("moat: the request URL has no host"))?;
     Ok(Target {
         scheme,
-        host: host.to_ascii_lowercase(),
+        host: canonical_host(host)?,
         port: uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+    })
+}
+
+/// A request's host in its one canonical form, or the `400` of a host
+/// that names no destination unambiguously (`localhost..`, `256.1.1.1`).
+fn canonical_host(host: &str) -> Result<CanonicalHost, ProxyError> {
+    CanonicalHost::parse(host).map_err(|e| {
+        ProxyError::bad_request(format!(
+            "moat: {e}. Moat refuses hosts it cannot read one way only, so that no spelling \
+             of a host gets past its checks."
+        ))
     })
 }
 

@@ -92,6 +92,7 @@ pub(super) fn deny_details(reason: &moat_policy::DenyReason) -> String {
         D::AmbiguousPath { method, path, .. } => {
             format!("{method} {path} has an ambiguous path")
         }
+        D::InvalidHost { host, .. } => format!("host {host} is not a valid host name"),
     }
 }
 
