@@ -746,9 +746,9 @@ pub(crate) enum LocalKind {
     LinkLocal,
     /// An address of one of this machine's interfaces.
     Own,
-    /// Another address of a private network one of this machine's
-    /// interfaces is on (a Docker or Podman bridge's containers, a VM
-    /// network): `network` as `address/prefix`, and the interface.
+    /// Another address of the private network of one of this machine's
+    /// bridges (a Docker or Podman network's containers, libvirt's VMs):
+    /// `network` as `address/prefix`, and the interface.
     Network { network: String, interface: String },
 }
 
@@ -833,12 +833,17 @@ pub(crate) struct Interface {
     pub(crate) name: String,
     pub(crate) addr: IpAddr,
     pub(crate) prefix: u32,
+    /// A Linux bridge (`docker0`, `br-…`, `podman0`, `virbr0`): its other
+    /// members are this machine's containers and VMs. The network of an
+    /// ordinary interface (the office LAN, a VPC subnet) is the user's to
+    /// reach under `permissive`.
+    pub(crate) bridge: bool,
 }
 
 impl Interface {
     /// What `ip` is to this interface: its own address, or another on its
-    /// network when that network is private (a public subnet's other
-    /// members are the internet's).
+    /// network when it is a bridge with a private network (a public
+    /// subnet's other members are the internet's).
     pub(crate) fn classify(&self, ip: IpAddr) -> Option<LocalKind> {
         if ip == self.addr {
             return Some(LocalKind::Own);
@@ -855,7 +860,7 @@ impl Interface {
             }
             _ => false,
         };
-        (same && is_private(self.addr)).then(|| LocalKind::Network {
+        (same && self.bridge && is_private(self.addr)).then(|| LocalKind::Network {
             network: format!("{}/{}", network_of(self.addr, self.prefix), self.prefix),
             interface: self.name.clone(),
         })
@@ -936,10 +941,15 @@ fn read_interfaces() -> Vec<Interface> {
                 } else {
                     return None;
                 };
+            let bridge = std::path::Path::new("/sys/class/net")
+                .join(&a.interface_name)
+                .join("bridge")
+                .is_dir();
             Some(Interface {
                 name: a.interface_name,
                 addr,
                 prefix,
+                bridge,
             })
         })
         .collect()
@@ -1130,7 +1140,23 @@ mod tests {
             name: "docker0".into(),
             addr: addr.parse().unwrap(),
             prefix,
+            bridge: true,
         }
+    }
+
+    #[test]
+    fn the_network_of_an_ordinary_interface_is_reachable() {
+        let lan = Interface {
+            name: "eth0".into(),
+            addr: "10.1.2.3".parse().unwrap(),
+            prefix: 16,
+            bridge: false,
+        };
+        assert_eq!(
+            lan.classify("10.1.2.3".parse().unwrap()),
+            Some(LocalKind::Own)
+        );
+        assert_eq!(lan.classify("10.1.9.9".parse().unwrap()), None);
     }
 
     #[test]

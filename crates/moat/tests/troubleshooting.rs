@@ -57,10 +57,16 @@ const PROVOKED: &[&str] = &[
     "service failed to become ready",
     "service provisioning failed",
     "services need a container runtime",
+    "Read-only file system (or Is a directory) on .git/hooks, .vscode, .claude, .envrc…",
+    "the run created the git repository … what in it would run programs on the host was disabled",
 ];
 
 /// Headings not provoked here, and why.
 const NOT_PROVOKED: &[(&str, &str)] = &[
+    (
+        "a remote added inside the sandbox is gone afterwards",
+        "no message: the remote is absent on the host (tests/workspace_floors.rs checks it)",
+    ),
     (
         "SSH grants under gVisor need runsc to open host Unix sockets",
         "needs a runsc registered without --host-uds=open; .ci/run registers it with",
@@ -643,6 +649,46 @@ fn sandbox_boundary_errors_are_documented() {
     documented(
         "cannot map the ownership of the workspace for the sandbox",
         &t.normalize(&out.stderr),
+    );
+}
+
+#[test]
+fn workspace_floor_messages() {
+    let t = Env::new();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(t.project())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    git(&["init", "-q"]);
+    let out = t.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo x > .git/hooks/pre-commit; touch .envrc; echo x > .mcp.json",
+    ]);
+    assert_ne!(out.code, Some(0));
+    documented(
+        "Read-only file system (or Is a directory) on .git/hooks, .vscode, .claude, .envrc…",
+        &out.stderr,
+    );
+
+    let out = t.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "mkdir vendored && cd vendored && git init -q && echo x > .git/hooks/post-commit \
+         && git config core.fsmonitor evil",
+    ]);
+    out.success();
+    documented(
+        "the run created the git repository … what in it would run programs on the host was disabled",
+        &out.stderr,
     );
 }
 
