@@ -171,6 +171,92 @@ impl Protection {
     }
 }
 
+/// Notices in a run's output a write refused on a protected path (the
+/// tool's own words: `cannot create .git/hooks/pre-commit: Read-only file
+/// system`) and says, once per path, why and how to allow it: the kernel's
+/// refusal happens inside the sandbox, where moat cannot see it, but the
+/// tool that met it usually prints the path.
+#[derive(Debug, Default)]
+pub struct RefusedWriteHint {
+    /// `(shown, tail)`: the path as the run knows it, and the part from
+    /// the protected entry on (`.git/hooks`), which is what a tool in a
+    /// nested repository prints.
+    paths: Vec<(String, String)>,
+    said: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// What tools print when a protected path refused a write (EROFS, EISDIR
+/// for a placeholder, EACCES, EBUSY for a rename over it).
+const REFUSALS: &[&str] = &[
+    "Read-only file system",
+    "Is a directory",
+    "Permission denied",
+    "Device or resource busy",
+];
+
+impl RefusedWriteHint {
+    /// For the protected paths of a run.
+    pub fn new(protected: &[ProtectedPath]) -> Self {
+        let paths = protected
+            .iter()
+            .map(|p| {
+                let shown = p.path.to_string_lossy().into_owned();
+                let comps: Vec<String> = p
+                    .path
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                // `.git/hooks` of `libs/a/.git/hooks`; `.vscode` of `libs/a/.vscode`.
+                let start = comps
+                    .iter()
+                    .position(|c| c == ".git" || REPOSITORY_ENTRIES.contains(&c.as_str()))
+                    .unwrap_or(0);
+                (shown, comps[start..].join("/"))
+            })
+            .collect();
+        RefusedWriteHint {
+            paths,
+            said: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The hint for one line of the run's output, the first time it names
+    /// a refused write on a protected path.
+    pub fn scan(&self, line: &str) -> Option<String> {
+        if self.paths.is_empty() || !REFUSALS.iter().any(|r| line.contains(r)) {
+            return None;
+        }
+        let shown = self
+            .paths
+            .iter()
+            .find(|(shown, _)| names(line, shown))
+            .or_else(|| self.paths.iter().find(|(_, tail)| names(line, tail)))
+            .map(|(shown, _)| shown.clone())?;
+        let mut said = self.said.lock().ok()?;
+        if !said.insert(shown.clone()) {
+            return None;
+        }
+        Some(format!(
+            "{shown} is protected (the host acts on what is there), so the sandbox sees it \
+             read-only; to let this run write it: --allow-write {shown} (for the workspace: \
+             allow_write: [{shown}] in moat.yaml)"
+        ))
+    }
+}
+
+/// Whether `line` names `path` as a whole path (not `.envrc2`, not
+/// `x.envrc`).
+fn names(line: &str, path: &str) -> bool {
+    let boundary = |c: Option<char>| {
+        c.is_none_or(|c| {
+            c.is_whitespace() || matches!(c, '/' | '\'' | '"' | ':' | '`' | '(' | ')' | ',')
+        })
+    };
+    line.match_indices(path).any(|(at, _)| {
+        boundary(line[..at].chars().next_back()) && boundary(line[at + path.len()..].chars().next())
+    })
+}
+
 /// The protected paths of `workspace` that exist now (what `moat trust`
 /// shows), `allowed` left out.
 pub fn protected_now(workspace: &Path, allowed: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {
@@ -467,6 +553,39 @@ mod tests {
         assert!(!ws.join(".claude").exists());
         assert!(ws.join(".envrc").is_file());
         assert!(ws.join(".git/hooks").is_dir(), "git's own directories stay");
+    }
+
+    #[test]
+    fn a_refused_write_on_a_protected_path_is_explained_once() {
+        let protected: Vec<ProtectedPath> = [".git/hooks", ".envrc", "libs/a/.vscode"]
+            .iter()
+            .map(|p| ProtectedPath {
+                path: PathBuf::from(p),
+                view: ProtectedView::ReadOnly,
+            })
+            .collect();
+        let hint = RefusedWriteHint::new(&protected);
+        assert!(hint
+            .scan("sh: 1: cannot create .git/hooks/pre-commit: Read-only file system")
+            .unwrap()
+            .starts_with(".git/hooks is protected"));
+        assert_eq!(
+            hint.scan("sh: 1: cannot create .git/hooks/post-commit: Read-only file system"),
+            None,
+            "once per path"
+        );
+        assert!(hint
+            .scan("touch: cannot touch '.envrc': Read-only file system")
+            .is_some());
+        assert!(hint
+            .scan("cannot create .vscode/tasks.json: Read-only file system")
+            .unwrap()
+            .contains("--allow-write libs/a/.vscode"));
+        assert_eq!(
+            hint.scan("cannot create x.envrc2: Read-only file system"),
+            None
+        );
+        assert_eq!(hint.scan("all good in .envrc"), None);
     }
 
     #[test]

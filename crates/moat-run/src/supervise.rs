@@ -668,16 +668,19 @@ fn run_sandbox(
                 error: e,
             })?,
         );
+    let hint = Arc::new(crate::protect::RefusedWriteHint::new(&plan.protected));
     let output = OutputSinks {
         stdout: Box::new(LoggedOutput::new(
             std::io::stdout(),
             LogStream::Stdout,
             logs.clone(),
+            hint.clone(),
         )),
         stderr: Box::new(LoggedOutput::new(
             std::io::stderr(),
             LogStream::Stderr,
             logs,
+            hint,
         )),
     };
     let running = driver.start(&request, &prepared, output)?;
@@ -703,16 +706,24 @@ struct LoggedOutput<W: Write> {
     logs: Arc<LogWriter>,
     pending: Vec<u8>,
     inner_gone: bool,
+    /// Explains, on our stderr, a write refused on a protected path.
+    hint: Arc<crate::protect::RefusedWriteHint>,
 }
 
 impl<W: Write> LoggedOutput<W> {
-    fn new(inner: W, stream: LogStream, logs: Arc<LogWriter>) -> Self {
+    fn new(
+        inner: W,
+        stream: LogStream,
+        logs: Arc<LogWriter>,
+        hint: Arc<crate::protect::RefusedWriteHint>,
+    ) -> Self {
         LoggedOutput {
             inner,
             stream,
             logs,
             pending: Vec::new(),
             inner_gone: false,
+            hint,
         }
     }
 
@@ -724,6 +735,12 @@ impl<W: Write> LoggedOutput<W> {
             let _ = self
                 .logs
                 .write_line(self.stream, text.trim_end_matches('\r'));
+            if let Some(hint) = self.hint.scan(&text) {
+                let _ = writeln!(std::io::stderr(), "moat: {hint}");
+                let _ = self
+                    .logs
+                    .write_line(LogStream::Stderr, &format!("moat: {hint}"));
+            }
         }
         // A very long line without a newline is recorded in pieces.
         if self.pending.len() > 64 * 1024 {

@@ -76,39 +76,14 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
         };
         match p.view {
             ProtectedView::ReadOnly => {
-                let tree = open_tree(
-                    &parent,
-                    name,
-                    OpenTreeFlags::OPEN_TREE_CLONE
-                        | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                        | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| fail("taking a copy of its mount", &e))?;
-                sys::mount_setattr_tree(
-                    tree.as_fd(),
-                    false,
-                    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-                    None,
-                )
-                .map_err(|e| fail("making it read-only", &e))?;
-                cover(&tree, &parent, name).map_err(|e| fail("mounting over it", &e))?;
+                pin_read_only(&parent, name).map_err(|(what, e)| fail(what, &e))?
             }
             ProtectedView::SandboxCopy => {
                 let Some(contents) =
                     read_regular(&parent, name).map_err(|e| fail("reading", &e))?
                 else {
                     // Not a regular file (a link, a directory): read-only.
-                    let tree = open_tree(
-                        &parent,
-                        name,
-                        OpenTreeFlags::OPEN_TREE_CLONE
-                            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| fail("taking a copy of its mount", &e))?;
-                    sys::mount_setattr_tree(tree.as_fd(), false, sys::MOUNT_ATTR_RDONLY, None)
-                        .map_err(|e| fail("making it read-only", &e))?;
-                    cover(&tree, &parent, name).map_err(|e| fail("mounting over it", &e))?;
+                    pin_read_only(&parent, name).map_err(|(what, e)| fail(what, &e))?;
                     continue;
                 };
                 if copies == 0 {
@@ -133,6 +108,35 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
         }
     }
     Ok(())
+}
+
+/// Covers `name` in `parent` with a read-only clone of itself (a link
+/// pinned as it is); the error says which step failed.
+fn pin_read_only(
+    parent: &OwnedFd,
+    name: &std::ffi::OsStr,
+) -> Result<(), (&'static str, rustix::io::Errno)> {
+    let tree = open_tree(
+        parent,
+        name,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| ("taking a copy of its mount", e))?;
+    sys::mount_setattr_tree(
+        tree.as_fd(),
+        false,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        None,
+    )
+    .map_err(|e| {
+        (
+            "making it read-only",
+            rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+        )
+    })?;
+    cover(&tree, parent, name).map_err(|e| ("mounting over it", e))
 }
 
 /// Attaches `tree` over `name` in `parent`, never following a link there.

@@ -256,7 +256,8 @@ pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let current = Snapshot::capture(&workspace)?;
-    let enclosing = enclosing_run(home, &workspace);
+    let enclosing =
+        enclosing_run(home, &workspace).filter(|run| could_have_written(run, &workspace));
     let Some(mut record) = load(home, &workspace)? else {
         let (record, verdict) = state::first_use(workspace, &current, enclosing.as_ref());
         save(home, &record)?;
@@ -329,7 +330,8 @@ pub fn open_run(
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let current = Snapshot::capture(&workspace)?;
-    let enclosing = enclosing_run(home, &workspace);
+    let enclosing =
+        enclosing_run(home, &workspace).filter(|run| could_have_written(run, &workspace));
     let (mut record, verdict) = match load(home, &workspace)? {
         Some(mut record) => {
             let verdict =
@@ -432,6 +434,77 @@ fn enclosing_run(home: &MoatHome, workspace: &Path) -> Option<Culprit> {
         }
     }
     latest
+}
+
+/// Whether `run`, of a workspace enclosing `workspace`, could have
+/// written the configuration there now, judged by when each piece last
+/// changed: its ctime, which the kernel sets and no process can set back
+/// (`utimensat` moves only mtime and atime). What changed only (10 ms)
+/// before an open run started, or after an ended run's end, was not its doing;
+/// a crashed run's span is unknown, so it stays suspect.
+fn could_have_written(run: &Culprit, workspace: &Path) -> bool {
+    let Some(newest) = newest_change(workspace) else {
+        return true;
+    };
+    // File times come from a coarse clock that may lag the one runs are
+    // stamped with by up to a clock tick (10 ms at 100 Hz): that margin
+    // either way.
+    let margin = chrono::TimeDelta::milliseconds(10);
+    match run.how {
+        RunEnd::Open => newest >= run.at - margin,
+        RunEnd::Ended => newest <= run.at + margin,
+        RunEnd::Crashed => true,
+    }
+}
+
+/// The latest ctime among `workspace`'s moat.yaml, agent.yaml and
+/// `.moat/` (a bounded walk that follows no link); `None` when unknown.
+fn newest_change(workspace: &Path) -> Option<chrono::DateTime<chrono::Utc>> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ctime = |meta: &std::fs::Metadata| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(
+            meta.ctime(),
+            u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+        )
+    };
+    let mut newest = None;
+    let mut note = |meta: &std::fs::Metadata| -> Option<()> {
+        let at = ctime(meta)?;
+        if newest.is_none_or(|n| at > n) {
+            newest = Some(at);
+        }
+        Some(())
+    };
+    for name in moat_config::CONFIG_FILE_NAMES {
+        if let Ok(meta) = std::fs::symlink_metadata(workspace.join(name)) {
+            note(&meta)?;
+        }
+    }
+    let mut dirs = vec![workspace.join(snapshot::MOAT_DIR)];
+    let mut seen = 0usize;
+    while let Some(dir) = dirs.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        note(&meta)?;
+        if !meta.is_dir() {
+            continue;
+        }
+        let entries = std::fs::read_dir(&dir).ok()?;
+        for entry in entries {
+            seen += 1;
+            if seen > 10_000 {
+                return None;
+            }
+            let path = entry.ok()?.path();
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            note(&meta)?;
+            if meta.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    newest
 }
 
 fn canonical(workspace: &Path) -> Result<PathBuf, TrustError> {

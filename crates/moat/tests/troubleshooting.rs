@@ -672,10 +672,20 @@ fn workspace_floor_messages() {
         "echo x > .git/hooks/pre-commit; touch .envrc; echo x > .mcp.json",
     ]);
     assert_ne!(out.code, Some(0));
-    documented(
-        "Read-only file system (or Is a directory) on .git/hooks, .vscode, .claude, .envrc…",
-        &out.stderr,
-    );
+    // moat's explanation follows each tool's line once that line is
+    // complete: the order of the two depends on how the output arrives,
+    // so each line is looked for on its own.
+    let heading =
+        "Read-only file system (or Is a directory) on .git/hooks, .vscode, .claude, .envrc…";
+    let section = section(heading);
+    assert_eq!(out.stderr.lines().count(), 6, "{}", out.stderr);
+    for line in out.stderr.lines() {
+        assert!(
+            section.contains(&format!("\n{line}\n")),
+            "docs/troubleshooting.md, section {heading:?}, must show the line:\n{line}\n\nIt has:\n{section}"
+        );
+    }
+    assert!(PROVOKED.contains(&heading));
 
     let out = t.run(&[
         "run",

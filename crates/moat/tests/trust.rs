@@ -602,6 +602,43 @@ fn nested_moat_yaml_written_by_a_run_is_refused_until_trusted() {
 /// to its start, set the title) could hide an added mount. They are shown
 /// escaped, never sent.
 #[test]
+fn a_nested_moat_yaml_is_judged_by_when_it_changed_while_an_enclosing_run_is_open() {
+    let t = env();
+    // Written by the user before any run: trusted even while a run of the
+    // enclosing workspace is open.
+    std::fs::create_dir_all(t.project().join("mine")).unwrap();
+    write(&t.project().join("mine/moat.yaml"), "name: mine\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut long = t.moat();
+    long.args([
+        "run",
+        "-n",
+        "long",
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.5; mkdir -p /workspace/theirs; echo 'name: theirs' > /workspace/theirs/moat.yaml; \
+         touch -d '2001-01-01' /workspace/theirs/moat.yaml; sleep 3",
+    ]);
+    let long = long.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !t.project().join("theirs/moat.yaml").exists() {
+        assert!(std::time::Instant::now() < deadline, "the run never wrote");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    t.run(&["run", "mine", "--", "true"]).success();
+    // Written by the open run, its times set back: its ctime gives it away.
+    let out = t.run(&["run", "theirs", "--", "true"]);
+    out.failure();
+    assert!(
+        out.stderr.contains("while run run_") && out.stderr.contains("(long) has"),
+        "{}",
+        out.stderr
+    );
+    let _ = long.wait_with_output();
+}
+
+#[test]
 fn the_trust_review_shows_control_bytes_escaped() {
     let t = env();
     write(&t.project().join("moat.yaml"), "env:\n  X: plain\n");

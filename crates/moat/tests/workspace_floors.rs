@@ -284,8 +284,10 @@ fn protected_paths_are_named_with_the_fix() {
     let out = ws.run(&[], "echo x > .git/hooks/post-commit");
     assert_ne!(out.code, Some(0));
     assert!(
-        out.stderr.contains("Read-only file system"),
-        "{}",
+        out.stderr.contains("Read-only file system")
+            && out.stderr.contains("moat: .git/hooks is protected")
+            && out.stderr.contains("--allow-write .git/hooks"),
+        "the run's stderr should name the protected path and the fix:\n{}",
         out.stderr
     );
     let trust = ws.env.run(&["trust", ws.project().to_str().unwrap()]);
