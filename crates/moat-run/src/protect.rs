@@ -36,7 +36,7 @@
 //! the protection.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use moat_sandbox::{ProtectedPath, ProtectedView};
@@ -130,10 +130,10 @@ impl Protection {
                 match missing {
                     Missing::Skip => continue,
                     Missing::GitDir => {
-                        create_dir(&full, 0o755)?;
+                        create_dir(workspace, &path, 0o755)?;
                     }
                     Missing::Placeholder => {
-                        if !create_dir(&full, PLACEHOLDER_MODE)? {
+                        if !create_dir(workspace, &path, PLACEHOLDER_MODE)? {
                             continue;
                         }
                         protection.placeholders.push(path.clone());
@@ -339,38 +339,57 @@ enum Missing {
     Placeholder,
 }
 
-/// Creates `path` with `mode` without following a symlink in its place.
-/// `Ok(false)` when the workspace cannot be written there (a read-only
-/// file system, a directory not ours): the sandbox cannot write it
-/// either.
-fn create_dir(path: &Path, mode: u32) -> Result<bool, RunError> {
-    let Some(parent) = path.parent() else {
+/// Creates `rel` in `workspace` with `mode`, resolving its parent beneath
+/// the workspace without following any link (a run may have swapped a
+/// directory for one). `Ok(false)` when it cannot be created there (a
+/// parent that is a file or a link, a read-only file system, a directory
+/// not ours): the sandbox cannot write it either.
+fn create_dir(workspace: &Path, rel: &Path, mode: u32) -> Result<bool, RunError> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let full = workspace.join(rel);
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Ok(false);
     };
-    match std::fs::symlink_metadata(parent) {
-        Ok(meta) if meta.is_dir() => {}
-        // A parent that is a file or a link (`.git` as a gitfile): nothing
-        // can be created there through it.
-        _ => return Ok(false),
-    }
-    match std::fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => {
-            // The umask may have taken bits away; the mode is the marker.
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io_error(path, "setting the mode of", e))?;
-            Ok(true)
+    let root = rustix::fs::open(
+        workspace,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error(workspace, "opening", e.into()))?;
+    let parent = if parent.as_os_str().is_empty() {
+        root
+    } else {
+        match rustix::fs::openat2(
+            &root,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(false),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(true),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
-            ) =>
-        {
-            Ok(false)
+    };
+    match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => return Ok(true),
+        Err(rustix::io::Errno::ROFS | rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+            return Ok(false)
         }
-        Err(e) => Err(io_error(path, "creating", e)),
+        Err(e) => return Err(io_error(&full, "creating", e.into())),
     }
+    // The umask may have taken bits away, and the mode is the marker: set
+    // it on what was created, never through a link put in its place.
+    let dir = rustix::fs::openat(
+        &parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error(&full, "opening", e.into()))?;
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode))
+        .map_err(|e| io_error(&full, "setting the mode of", e.into()))?;
+    Ok(true)
 }
 
 fn io_error(path: &Path, what: &str, error: std::io::Error) -> RunError {
