@@ -484,14 +484,6 @@ fn check_support_passes() {
     );
 }
 
-fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// `setpriv` arguments that run a command as uid and gid 65534.
 const AS_NOBODY: [&str; 4] = [
     "setpriv",
@@ -504,16 +496,19 @@ const AS_NOBODY: [&str; 4] = [
 /// must live as long as it is used), when this test runs as root and uid
 /// 65534 may create user namespaces here; `None` says why not.
 fn harness_for_nobody() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !running_as_root() {
-        println!("skipped: not root, cannot switch to uid 65534 (the other tests already run unprivileged)");
+    // Not root: the other tests already run unprivileged.
+    if !moat_testkit::require::root() {
         return None;
     }
     let probe = Command::new(AS_NOBODY[0])
         .args(&AS_NOBODY[1..])
         .args(["unshare", "-U", "-r", "true"])
         .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        println!("skipped: uid 65534 may not create user namespaces here ({probe:?})");
+    if !moat_testkit::require::available(
+        "ROOT",
+        (!matches!(probe, Ok(s) if s.success()))
+            .then(|| format!("uid 65534 may not create user namespaces here ({probe:?})")),
+    ) {
         return None;
     }
     let bin_dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use moat_ssh::wire::{self, msg};
 use moat_ssh::{AgentFilter, AgentProxy, SshAction, SshEvent, SshGrant};
-use moat_testkit::ssh::{current_user, keygen, openssh_missing, public_key, SshAgent, Sshd};
+use moat_testkit::ssh::{current_user, keygen, public_key, SshAgent, Sshd};
 
 struct World {
     dir: tempfile::TempDir,
@@ -24,8 +24,7 @@ struct World {
 }
 
 fn world() -> Option<World> {
-    if let Some(why) = openssh_missing() {
-        eprintln!("skipping: {why}");
+    if !moat_testkit::require::openssh() {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod models;
+pub mod require;
 pub mod ssh;
 
 use std::net::SocketAddr;

@@ -282,10 +282,7 @@ m,sl=pty.openpty(); os.write(sl,b\"t\"); print(os.read(m,1).decode())' && \
 
 #[test]
 fn fork_bomb_and_memory_hog_do_not_stop_another_run() {
-    if !running_as_root() {
-        println!(
-            "skipped: per-run cgroups need root here; rlimits are covered by the runtime tests"
-        );
+    if !moat_testkit::require::root() {
         return;
     }
     let t = Boundary::new();
@@ -347,11 +344,12 @@ fn fork_bomb_and_memory_hog_do_not_stop_another_run() {
 
 #[test]
 fn memory_limit_is_refused_clearly_without_cgroups() {
-    if running_as_root() {
-        println!("skipped: root has cgroups here; the refusal is for callers without them");
-        return;
-    }
-    let t = Boundary::new();
+    // Root has cgroups here; the refusal is for callers without them.
+    let t = if running_as_root() {
+        Boundary::for_user(NOBODY)
+    } else {
+        Boundary::new()
+    };
     std::fs::write(t.project().join("moat.yaml"), "container:\n  memory: 256\n").unwrap();
     let out = t.sh("true");
     assert_ne!(out.code, Some(0));
@@ -363,8 +361,7 @@ fn memory_limit_is_refused_clearly_without_cgroups() {
 /// onto the caller): every way of making one is refused.
 #[test]
 fn no_setuid_or_setgid_file_leaves_a_root_callers_sandbox() {
-    if !running_as_root() {
-        println!("skipped: running the files as another user needs root");
+    if !moat_testkit::require::root() {
         return;
     }
     let t = Boundary::new();
@@ -376,8 +373,7 @@ fn no_setuid_or_setgid_file_leaves_a_root_callers_sandbox() {
 /// The same for a non-root caller (files setuid to the caller).
 #[test]
 fn no_setuid_or_setgid_file_leaves_a_non_root_callers_sandbox() {
-    if !running_as_root() {
-        println!("skipped: switching to another user needs root");
+    if !moat_testkit::require::root() {
         return;
     }
     let t = Boundary::for_user(NOBODY);
@@ -419,8 +415,7 @@ fn assert_pid1_not_traceable(t: &Boundary) {
 
 #[test]
 fn pid1_cannot_be_traced_from_a_root_callers_sandbox() {
-    if !running_as_root() {
-        println!("skipped: the tests do not run as root");
+    if !moat_testkit::require::root() {
         return;
     }
     assert_pid1_not_traceable(&Boundary::new());

@@ -444,13 +444,12 @@ fn containers_of_a_crashed_cli_are_removed_by_stop() {
 /// real OpenSSH on both ends.
 #[test]
 fn ssh_grant_clones_in_containers_under_gvisor_and_runc() {
-    use moat_testkit::ssh::{current_user, git_repo, keygen, openssh_missing, public_key};
+    use moat_testkit::ssh::{current_user, git_repo, keygen, public_key};
     use moat_testkit::ssh::{SshAgent, Sshd};
     if !common::docker_available() {
         return;
     }
-    if let Some(why) = openssh_missing() {
-        eprintln!("skipping: {why}");
+    if !moat_testkit::require::openssh() {
         return;
     }
     let t = DockerEnv::new();

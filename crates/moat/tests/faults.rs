@@ -102,20 +102,7 @@ fn broken_pipes_end_quietly_with_status_0() {
 }
 
 fn docker_available() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "no Docker daemon with the local/debian:bookworm image (bash .ci/run builds it)";
-        if std::env::var("MOAT_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("MOAT_REQUIRE_DOCKER=1 but {msg}");
-        }
-        eprintln!("skipping Docker test: {msg}");
-    }
-    ok
+    moat_testkit::require::docker()
 }
 
 /// `moat run` on Docker, from the project of `t`.
@@ -552,20 +539,16 @@ impl Tmpfs {
             ])
             .arg(path)
             .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(path.to_path_buf())),
-            Ok(o) => {
-                eprintln!(
-                    "skipping full-disk test: mount -t tmpfs failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipping full-disk test: cannot run mount: {e}");
-                None
-            }
-        }
+        let missing = match out {
+            Ok(o) if o.status.success() => return Some(Tmpfs(path.to_path_buf())),
+            Ok(o) => format!(
+                "mount -t tmpfs failed (the full-disk tests need root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => format!("cannot run mount (the full-disk tests need root): {e}"),
+        };
+        moat_testkit::require::available("ROOT", Some(missing));
+        None
     }
 
     /// Fills the file system to the last byte with `name`.

@@ -15,21 +15,7 @@ use moat_testkit::{EchoUpstream, TestCa};
 const GH_TOKEN: &str = "ghp_podmanE2eSecret0123456789abcdefghij";
 
 fn podman_available() -> bool {
-    let ok = std::process::Command::new("podman")
-        .args(["image", "exists", "localhost/local/debian:bookworm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg =
-            "no Podman with the localhost/local/debian:bookworm image (bash .ci/run loads it)";
-        if std::env::var("MOAT_REQUIRE_PODMAN").as_deref() == Ok("1") {
-            panic!("MOAT_REQUIRE_PODMAN=1 but {msg}");
-        }
-        eprintln!("skipping Podman test: {msg}");
-    }
-    ok
+    moat_testkit::require::podman()
 }
 
 struct PodmanEnv {

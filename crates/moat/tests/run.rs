@@ -406,8 +406,7 @@ fn bad_moat_yaml_names_file_line_and_key() {
 /// pass through.
 #[test]
 fn interactive_runs_get_their_own_terminal() {
-    if !std::path::Path::new("/usr/bin/script").exists() {
-        eprintln!("skipping: /usr/bin/script (util-linux) not found");
+    if !moat_testkit::require::script() {
         return;
     }
     let t = RunEnv::new();

@@ -544,8 +544,10 @@ fn docker_dind_on_podman_says_it_needs_docker() {
         .args(["image", "exists", "localhost/local/debian:bookworm"])
         .status()
         .is_ok_and(|s| s.success());
-    if !podman {
-        eprintln!("skipping: no Podman with the local base image");
+    if !moat_testkit::require::available(
+        "PODMAN",
+        (!podman).then(|| "no Podman with the local base image".to_owned()),
+    ) {
         return;
     }
     let p = Project::new("dependencies: [docker:dind]\n");

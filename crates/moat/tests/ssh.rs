@@ -10,9 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::TestEnv;
-use moat_testkit::ssh::{
-    current_user, git_repo, keygen, openssh_missing, public_key, SshAgent, Sshd,
-};
+use moat_testkit::ssh::{current_user, git_repo, keygen, public_key, SshAgent, Sshd};
 
 struct SshWorld {
     env: TestEnv,
@@ -26,8 +24,7 @@ struct SshWorld {
 
 impl SshWorld {
     fn new() -> Option<Self> {
-        if let Some(why) = openssh_missing() {
-            eprintln!("skipping: {why}");
+        if !moat_testkit::require::openssh() {
             return None;
         }
         let env = TestEnv::new();

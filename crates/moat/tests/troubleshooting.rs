@@ -248,9 +248,8 @@ fn ssh_errors() {
     documented("SSH grants require SSH_AUTH_SOCK to be set", &out.stderr);
 
     // With a real agent holding two keys.
-    use moat_testkit::ssh::{keygen, openssh_missing, SshAgent};
-    if let Some(why) = openssh_missing() {
-        eprintln!("skipping the agent errors: {why}");
+    use moat_testkit::ssh::{keygen, SshAgent};
+    if !moat_testkit::require::openssh() {
         return;
     }
     let dir = t.env.dir.path();
@@ -631,8 +630,8 @@ fn sandbox_boundary_errors_are_documented() {
         &t.normalize(&out.stderr),
     );
 
-    if !rustix::process::getuid().is_root() {
-        println!("not provoked: ID-mapped mounts are needed for root callers only");
+    // ID-mapped mounts are needed for root callers only.
+    if !moat_testkit::require::root() {
         return;
     }
     std::fs::remove_file(t.project().join("moat.yaml")).unwrap();

@@ -536,17 +536,7 @@ fn docker_runs_cannot_plant_either() {
 
 #[test]
 fn podman_runs_cannot_plant_either() {
-    let ok = Command::new("podman")
-        .args(["image", "exists", "localhost/local/debian:bookworm"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert_ne!(
-            std::env::var("MOAT_REQUIRE_PODMAN").as_deref(),
-            Ok("1"),
-            "MOAT_REQUIRE_PODMAN=1 but Podman has no localhost/local/debian:bookworm (bash .ci/run loads it)"
-        );
-        eprintln!("skipping Podman test: no localhost/local/debian:bookworm");
+    if !moat_testkit::require::podman() {
         return;
     }
     container_runs_cannot_plant("podman");

@@ -362,20 +362,7 @@ pub fn line_server() -> u16 {
 /// `MOAT_REQUIRE_DOCKER=1` (CI), which makes it fail.
 #[allow(dead_code)] // not every test file uses every helper
 pub fn docker_available() -> bool {
-    let ok = std::process::Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "no Docker daemon with the local/debian:bookworm image (bash .ci/run builds it)";
-        if std::env::var("MOAT_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("MOAT_REQUIRE_DOCKER=1 but {msg}");
-        }
-        eprintln!("skipping Docker test: {msg}");
-    }
-    ok
+    moat_testkit::require::docker()
 }
 
 const POSTGRES_STANDIN: &str = r#"# moat test stand-in for the official postgres image's contract:
