@@ -3,24 +3,29 @@
 //!
 //! In order: resolve the user's mounts and the workspace to real paths and
 //! refuse any that reach moat's or the user's secrets (`mounts.rs`: floors
-//! no configuration can lower), resolve the run's grants (every missing one reported at
-//! once), check MCP grants, claim the run name, record the run, register
-//! it with the proxy daemon (starting the daemon if needed), build the
-//! sandbox's environment and files (proxy variables with the run token,
-//! the CA and a trust bundle, placeholders), the sandbox's private network
-//! with transparent capture (`moat-capture`), start the SSH agent proxy for
-//! SSH grants, record the run as open on its workspace (`moat-trust`:
-//! what it changes there is reviewed before the next run applies it),
-//! start the sandbox, stream its
-//! output to the terminal and to `logs.jsonl`, forward signals, and on exit
-//! unregister the run and record how it ended.
+//! no configuration can lower), check MCP grants, resolve the run's grants
+//! (every missing one reported at once), claim the run name and record the
+//! run, record it as open on its workspace (`moat-trust`: what it changes
+//! there is reviewed before the next run applies it), find the workspace's
+//! protected paths and create their placeholders (`protect.rs`: what the
+//! host acts on later is read-only inside), register the run with the proxy
+//! daemon (starting the daemon if needed), build the sandbox's environment
+//! and files (proxy variables with the run token, the CA and a trust
+//! bundle, placeholders), the sandbox's private network with transparent
+//! capture (`moat-capture`), start the SSH agent proxy for SSH grants,
+//! start the sandbox, stream its output to the terminal and to
+//! `logs.jsonl` (explaining a write refused on a protected path), forward
+//! signals, and on exit unregister the run, disarm the git repositories it
+//! created (`gitsweep.rs`), close it on its workspace, release the
+//! placeholders and record how it ended.
 //!
 //! It does not parse `moat.yaml` or flags (the binary merges them into a
 //! [`RunPlan`]) and does not implement sandboxes or the proxy: it picks a
 //! runtime from its table of drivers (`drivers.rs`: Docker, Podman, then
-//! the native sandbox) and drives it through the `moat-sandbox` traits,
-//! never asking which runtime it is; it talks to `moat-daemon` for the
-//! proxy.
+//! the native sandbox) and drives it through the `moat-sandbox` traits; the
+//! one exception is service sidecars, planned with `moat-runtime-docker`'s
+//! types (issue #23 moves them into the sandbox interface). It talks to
+//! `moat-daemon` for the proxy.
 
 mod agent;
 mod drivers;
