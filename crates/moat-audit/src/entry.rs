@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// The field of every entry's data naming its run
+/// ([`crate::AuditWriter::open_for_run`]).
+pub const RUN_ID_FIELD: &str = "run_id";
+
 /// One line of `audit.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -367,7 +367,7 @@ pub(crate) fn check_run(report: &mut LogReport, lines: &[LogLine], run_id: Optio
     let entries: Vec<&Entry> = lines.iter().filter_map(|(_, e)| e.as_ref().ok()).collect();
     let named = |e: &Entry| {
         e.data
-            .get(crate::writer::RUN_ID_FIELD)
+            .get(crate::entry::RUN_ID_FIELD)
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };

@@ -12,13 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::entry::RUN_ID_FIELD;
 use crate::verify::{Attestation, SigFile};
 use crate::{AuditError, Entry, SigningKey};
 
 type Reply<T> = SyncSender<Result<T, String>>;
-
-/// The field of every entry's data naming its run ([`AuditWriter::open_for_run`]).
-pub const RUN_ID_FIELD: &str = "run_id";
 
 enum Msg {
     Event {

@@ -7,8 +7,8 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::connect::DockerRuntime;
+use crate::container::Container;
 use crate::error::DockerError;
-use crate::spec::Container;
 
 /// Writes one chunk of a container's output where it belongs (a TTY's
 /// output is all `stdout`), flushed so prompts show.

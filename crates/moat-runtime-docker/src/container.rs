@@ -21,12 +21,26 @@ use crate::guard::PendingGuard;
 pub use crate::guard::GUARD_READY;
 pub use crate::spec::*;
 
-pub(crate) fn labels_for(spec: &ContainerSpec, role: &str) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
-    labels.insert(LABEL_RUN_ID.into(), spec.run_id.clone());
-    labels.insert(LABEL_MANAGED.into(), "true".into());
-    labels.insert(LABEL_ROLE.into(), role.into());
-    labels
+/// A created container (and its network guard under the strict policy).
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Engine id of the workload container.
+    pub id: String,
+    /// Its name (`moat-<run_id>`).
+    pub name: String,
+    /// Engine id of the network guard holding the firewalled network
+    /// namespace, under [`NetworkPolicy::Strict`].
+    pub guard_id: Option<String>,
+    /// Whether it was created with a TTY.
+    pub tty: bool,
+    /// Engine ids of its service sidecars (and of its Docker daemon).
+    pub sidecar_ids: Vec<String>,
+    /// The network moat created for the run (`docker:dind`'s).
+    pub network: Option<String>,
+    /// The guard was started with the workload created, not known to be
+    /// ready yet: the workload's entrypoint waits for it, and
+    /// [`crate::DockerRuntime::start`] reports its failure.
+    pub(crate) guard_pending: Option<crate::guard::PendingGuard>,
 }
 
 fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {

@@ -17,8 +17,8 @@ use bollard::models::{
 };
 
 use crate::connect::DockerRuntime;
-use crate::container::{ContainerSpec, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID};
 use crate::error::DockerError;
+use crate::spec::{ContainerSpec, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID};
 
 /// The daemon's host name in the sandbox.
 pub const DIND_HOST: &str = "dind";

@@ -10,9 +10,9 @@ use bollard::query_parameters::{AttachContainerOptionsBuilder, WaitContainerOpti
 use futures_util::StreamExt;
 
 use crate::connect::DockerRuntime;
-use crate::container::labels_for;
 use crate::error::DockerError;
 use crate::gate::MOAT_IN_CONTAINER;
+use crate::spec::labels_for;
 use crate::spec::{ContainerSpec, CAPTURE_DNS_PORT, CAPTURE_RELAY_PORT};
 
 /// How long the network guard may take to apply its firewall and start

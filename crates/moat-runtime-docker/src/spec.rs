@@ -296,28 +296,6 @@ pub(crate) fn first_host(subnet: &str) -> Option<String> {
     Some(std::net::Ipv4Addr::from((u32::from(addr) & mask) + 1).to_string())
 }
 
-/// A created container (and its network guard under the strict policy).
-#[derive(Debug, Clone)]
-pub struct Container {
-    /// Engine id of the workload container.
-    pub id: String,
-    /// Its name (`moat-<run_id>`).
-    pub name: String,
-    /// Engine id of the network guard holding the firewalled network
-    /// namespace, under [`NetworkPolicy::Strict`].
-    pub guard_id: Option<String>,
-    /// Whether it was created with a TTY.
-    pub tty: bool,
-    /// Engine ids of its service sidecars (and of its Docker daemon).
-    pub sidecar_ids: Vec<String>,
-    /// The network moat created for the run (`docker:dind`'s).
-    pub network: Option<String>,
-    /// The guard was started with the workload created, not known to be
-    /// ready yet: the workload's entrypoint waits for it, and
-    /// [`crate::DockerRuntime::start`] reports its failure.
-    pub(crate) guard_pending: Option<crate::guard::PendingGuard>,
-}
-
 /// A container carrying `moat.managed=true`, as found by
 /// [`DockerRuntime::list_managed`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +312,20 @@ pub struct ManagedContainer {
     pub image: String,
     /// Engine state (`running`, `exited`, `created`...).
     pub state: String,
+}
+
+/// The labels of a container moat creates for `spec` in `role`
+/// (`workload`, `guard`, …): the user's, then moat's own.
+pub(crate) fn labels_for(
+    spec: &ContainerSpec,
+    role: &str,
+) -> std::collections::HashMap<String, String> {
+    let mut labels: std::collections::HashMap<String, String> =
+        spec.labels.iter().cloned().collect();
+    labels.insert(LABEL_RUN_ID.into(), spec.run_id.clone());
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(LABEL_ROLE.into(), role.into());
+    labels
 }
 
 #[cfg(test)]

@@ -90,7 +90,7 @@ pub(crate) fn prepared_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, S
         if !unshared {
             return Err(format!(
                 "cannot create a user namespace. {}",
-                crate::support::namespace_hint()
+                crate::userns::namespace_hint()
             ));
         }
         let proc = format!("/proc/{child}");

@@ -354,7 +354,7 @@ fn init_is_gone(alive_r: &OwnedFd) -> bool {
 fn explain_unshare_error(e: &io::Error) -> String {
     format!(
         "cannot create the sandbox namespaces: {e}. {}",
-        crate::support::namespace_hint()
+        crate::userns::namespace_hint()
     )
 }
 

@@ -66,6 +66,7 @@ mod seccomp;
 mod spec;
 mod support;
 mod sys;
+mod userns;
 
 pub use crate::driver::NativeDriver;
 pub use crate::error::SandboxError;
