@@ -381,17 +381,8 @@ fn services_on_a_dependency_that_is_not_one_is_refused() {
 
 #[test]
 fn services_on_podman() {
-    let podman = Command::new("podman")
-        .args(["image", "exists", "localhost/local/debian:bookworm"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !podman || !common::docker_available() {
-        assert_ne!(
-            std::env::var("MOAT_REQUIRE_PODMAN").as_deref(),
-            Ok("1"),
-            "MOAT_REQUIRE_PODMAN=1 but Podman or its base image is missing"
-        );
-        eprintln!("skipping: no Podman with the local base image");
+    // The stand-ins are built with Docker.
+    if !moat_testkit::require::podman() || !common::docker_available() {
         return;
     }
     // The stand-ins, built by Docker, copied into Podman's store.
@@ -540,14 +531,7 @@ DOCKER_BUILDKIT=0 docker build -q -t moat-dind-built . >/dev/null && docker imag
 
 #[test]
 fn docker_dind_on_podman_says_it_needs_docker() {
-    let podman = Command::new("podman")
-        .args(["image", "exists", "localhost/local/debian:bookworm"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !moat_testkit::require::available(
-        "PODMAN",
-        (!podman).then(|| "no Podman with the local base image".to_owned()),
-    ) {
+    if !moat_testkit::require::podman() {
         return;
     }
     let p = Project::new("dependencies: [docker:dind]\n");
