@@ -44,16 +44,6 @@ impl fmt::Debug for InjectionSpec {
     }
 }
 
-/// One host entry of the run's network policy, as written in moat.yaml.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostRuleSpec {
-    /// Host pattern.
-    pub host: moat_policy::HostPattern,
-    /// `allow|deny METHOD PATH` rules, in order.
-    #[serde(default)]
-    pub rules: Vec<moat_policy::Rule>,
-}
-
 /// An MCP server the run may reach through `/mcp/<name>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct McpSpec {
@@ -77,9 +67,9 @@ pub struct RunSpec {
     pub supervisor_pid: Option<u32>,
     /// `permissive` or `strict`.
     pub policy: moat_policy::Policy,
-    /// Host entries and rules.
+    /// Host entries and rules, as written in moat.yaml.
     #[serde(default)]
-    pub rules: Vec<HostRuleSpec>,
+    pub rules: Vec<moat_policy::HostRules>,
     /// Extra allowed hosts (`--allow-host`).
     #[serde(default)]
     pub allow_hosts: Vec<moat_policy::HostPattern>,
@@ -314,7 +304,7 @@ mod tests {
                 run_id: "run_0123456789ab".into(),
                 supervisor_pid: Some(1),
                 policy: moat_policy::Policy::Strict,
-                rules: vec![HostRuleSpec {
+                rules: vec![moat_policy::HostRules {
                     host: moat_policy::HostPattern::parse("api.example.com").unwrap(),
                     rules: vec![moat_policy::Rule::parse("allow GET /**").unwrap()],
                 }],
@@ -359,6 +349,34 @@ mod tests {
             decode::<Request>(&vec![b' '; MAX_MESSAGE + 1]),
             Err(ProtocolError::TooLarge)
         ));
+    }
+
+    #[test]
+    fn tampered_policy_values_are_refused() {
+        let register = |rules: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","rules":{rules}}}}}"#
+            )
+        };
+        assert!(decode::<Request>(
+            register(r#"[{"host":"api.github.com","rules":["allow GET /**"]}]"#).as_bytes()
+        )
+        .is_ok());
+        for rules in [
+            r#"[{"host":"api.github.com","rules":["allow GET /a/../admin"]}]"#,
+            r#"[{"host":"api.github.com","rules":["permit GET /"]}]"#,
+            r#"[{"host":"*.","rules":[]}]"#,
+            r#"[{"host":"api.github.com","rules":[{"action":"allow","method":"GET","path":"/"}]}]"#,
+            r#"["api.github.com"]"#,
+        ] {
+            assert!(
+                matches!(
+                    decode::<Request>(register(rules).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{rules}"
+            );
+        }
     }
 
     #[tokio::test]

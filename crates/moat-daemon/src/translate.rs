@@ -3,23 +3,15 @@
 //! header injections. Anything malformed is refused with a message naming
 //! it, before the run gets a token.
 
-use moat_policy::{HostPattern, HostRules, NetworkPolicy};
+use moat_policy::{HostPattern, NetworkPolicy};
 
 use crate::protocol::RunSpec;
 
 /// Builds the engine registration for `run`.
 pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String> {
-    let hosts = run
-        .rules
-        .iter()
-        .map(|entry| HostRules {
-            host: entry.host.clone(),
-            rules: entry.rules.clone(),
-        })
-        .collect();
     let mut network = NetworkPolicy {
         policy: run.policy,
-        hosts,
+        hosts: run.rules.clone(),
         granted: Vec::new(),
     };
     for host in &run.allow_hosts {

@@ -77,6 +77,7 @@ mod wire {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use crate::HostRules;
 
         #[test]
         fn values_cross_as_written_and_garbage_does_not() {
@@ -90,6 +91,41 @@ mod wire {
             let p: Policy = serde_json::from_str("\"strict\"").unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(p, Policy::Strict);
             assert!(serde_json::from_str::<Policy>("\"lax\"").is_err());
+        }
+
+        #[test]
+        fn host_rules_round_trip_and_tampered_entries_are_refused() {
+            let entry = HostRules {
+                host: HostPattern::parse("*.github.com").unwrap_or_else(|e| panic!("{e}")),
+                rules: vec![
+                    Rule::parse("deny DELETE /**").unwrap_or_else(|e| panic!("{e}")),
+                    Rule::parse("allow GET /repos/*/issues").unwrap_or_else(|e| panic!("{e}")),
+                ],
+            };
+            let json = serde_json::to_string(&entry).unwrap_or_default();
+            assert_eq!(
+                json,
+                r#"{"host":"*.github.com","rules":["deny DELETE /**","allow GET /repos/*/issues"]}"#
+            );
+            let back: HostRules = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, entry);
+            let bare: HostRules = serde_json::from_str(r#"{"host":"api.github.com"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(bare.rules.is_empty());
+
+            let refused = |json: &str| match serde_json::from_str::<HostRules>(json) {
+                Ok(h) => panic!("{json} was accepted as {h:?}"),
+                Err(e) => e.to_string(),
+            };
+            // A rule that was never written by a parser: refused, not trusted.
+            assert!(
+                refused(r#"{"host":"api.github.com","rules":["allow GET /a/../admin"]}"#)
+                    .contains("is not allowed")
+            );
+            assert!(refused(r#"{"host":"*","rules":[]}"#).contains("invalid host pattern"));
+            assert!(refused(r#"{"host":"a.test","rules":[{"action":"allow"}]}"#)
+                .contains("expected a string"));
+            assert!(refused(r#"{"host":"a.test","extra":1}"#).contains("unknown field"));
         }
     }
 }

@@ -241,12 +241,7 @@ pub fn execute(
             plan.command.clone(),
         );
         meta.grants = grants.iter().map(ToString::to_string).collect();
-        meta.policy = if plan.network.strict {
-            "strict"
-        } else {
-            "permissive"
-        }
-        .into();
+        meta.policy = plan.network.policy.to_string();
         meta.runtime = driver.name().into();
         meta.interactive = plan.interactive;
         meta.detached = plan.detached;
@@ -471,11 +466,7 @@ fn run_spec(
     RunSpec {
         run_id: meta.id.to_string(),
         supervisor_pid: Some(std::process::id()),
-        policy: if plan.network.strict {
-            moat_policy::Policy::Strict
-        } else {
-            moat_policy::Policy::Permissive
-        },
+        policy: plan.network.policy,
         rules: plan.network.rules.clone(),
         allow_hosts: plan.network.allow_hosts.clone(),
         injections,
