@@ -22,8 +22,9 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// A header to inject on requests to hosts matching `host`.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InjectionSpec {
-    /// Exact host or `*.` wildcard.
-    pub host: String,
+    /// Exact host or `*.` wildcard (crosses as written, parsed again when
+    /// read).
+    pub host: moat_policy::HostPattern,
     /// Header name.
     pub name: String,
     /// Header value (a secret).
@@ -37,7 +38,29 @@ pub struct InjectionSpec {
 impl fmt::Debug for InjectionSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InjectionSpec")
-            .field("host", &self.host)
+            .field("host", &format_args!("{}", self.host))
+            .field("name", &self.name)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A header the MCP relay adds on requests to its server.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeaderSpec {
+    /// Header name.
+    pub name: String,
+    /// Header value (a secret).
+    #[serde(with = "moat_secret::exposed")]
+    pub value: Secret,
+    /// The grant it comes from, for the trace and audit (`github`).
+    #[serde(default)]
+    pub grant: String,
+}
+
+impl fmt::Debug for HeaderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderSpec")
             .field("name", &self.name)
             .field("grant", &self.grant)
             .finish_non_exhaustive()
@@ -53,7 +76,7 @@ pub struct McpSpec {
     pub url: url::Url,
     /// Headers to add (secrets).
     #[serde(default)]
-    pub headers: Vec<InjectionSpec>,
+    pub headers: Vec<HeaderSpec>,
 }
 
 /// Everything the daemon needs to serve a run.
@@ -310,7 +333,7 @@ mod tests {
                 }],
                 allow_hosts: vec![],
                 injections: vec![InjectionSpec {
-                    host: "api.github.com".into(),
+                    host: moat_policy::HostPattern::parse("api.github.com").unwrap(),
                     name: "Authorization".into(),
                     value: Secret::new("Bearer ghp_secret"),
                     grant: "github".into(),
@@ -375,6 +398,21 @@ mod tests {
                     Err(ProtocolError::Malformed(_))
                 ),
                 "{rules}"
+            );
+        }
+        let injection = |host: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","injections":[{{"host":{host},"name":"Authorization","value":"Bearer x"}}]}}}}"#
+            )
+        };
+        assert!(decode::<Request>(injection(r#""*.github.com""#).as_bytes()).is_ok());
+        for host in [r#""api.github.com:443""#, r#""https://x""#, r#""""#, "null"] {
+            assert!(
+                matches!(
+                    decode::<Request>(injection(host).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{host}"
             );
         }
     }

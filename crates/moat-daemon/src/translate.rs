@@ -22,7 +22,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
     // under a strict policy.
     let mut injections: Vec<moat_proxy::Injection> = Vec::new();
     for spec in &run.injections {
-        let pattern = HostPattern::parse(&spec.host).map_err(|e| e.to_string())?;
+        let pattern = &spec.host;
         let name = moat_proxy::HeaderName::from_bytes(spec.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?} for {}", spec.name, spec.host))?;
         let value = moat_proxy::SecretValue::new(spec.value.expose()).map_err(|_| {
@@ -31,17 +31,14 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
                 spec.host, spec.grant
             )
         })?;
-        match injections
-            .iter_mut()
-            .find(|i| i.host.to_string() == pattern.to_string())
-        {
+        match injections.iter_mut().find(|i| i.host == *pattern) {
             Some(existing) => existing.headers.push((name, value)),
             None => {
                 // Allowed only where the user wrote nothing about the
                 // host: their rules for it take precedence.
                 network.grant_host(pattern.clone());
                 injections.push(moat_proxy::Injection {
-                    host: pattern,
+                    host: pattern.clone(),
                     headers: vec![(name, value)],
                 });
             }

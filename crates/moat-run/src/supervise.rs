@@ -9,7 +9,7 @@ use moat_credentials::{
     resolve_grants, CredentialError, CredentialStore, GrantName, ProviderRegistry, ResolveError,
 };
 use moat_daemon::{
-    ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, Secret, StartOptions,
+    ClientError, DaemonClient, HeaderSpec, InjectionSpec, McpSpec, RunSpec, Secret, StartOptions,
 };
 use moat_home::{FileLock, MoatHome};
 use moat_sandbox::{
@@ -70,6 +70,15 @@ pub enum RunError {
         grant: String,
         /// Why it may not.
         why: String,
+    },
+    /// A grant's provider injects headers on a host that is not a host
+    /// pattern (a hand-edited provider definition).
+    #[error("grant '{grant}' cannot be injected: {error}")]
+    InjectionHost {
+        /// The grant.
+        grant: String,
+        /// Why its host does not parse.
+        error: moat_policy::PolicyError,
     },
     /// Another active run has this name.
     #[error(
@@ -363,7 +372,7 @@ fn start_and_wait(
     // Container runtimes reach the proxy on their bridge's gateway
     // address; the daemon listens there too, on the same port.
     let route = driver.proxy_route()?;
-    let mut spec = run_spec(route.listen.clone(), plan, resolved, meta, run_dir);
+    let mut spec = run_spec(route.listen.clone(), plan, resolved, meta, run_dir)?;
     spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
     let kept_spec = spec.clone();
     let (client, registration) = runtime.block_on(async {
@@ -429,12 +438,18 @@ fn run_spec(
     resolved: &[moat_credentials::ResolvedGrant],
     meta: &RunMetadata,
     run_dir: &std::path::Path,
-) -> RunSpec {
+) -> Result<RunSpec, RunError> {
     let mut injections = Vec::new();
     for grant in resolved {
         for inj in &grant.injections {
+            let host = moat_policy::HostPattern::parse(&inj.host).map_err(|error| {
+                RunError::InjectionHost {
+                    grant: grant.grant.to_string(),
+                    error,
+                }
+            })?;
             injections.push(InjectionSpec {
-                host: inj.host.clone(),
+                host,
                 name: inj.name.clone(),
                 value: Secret::new(inj.value.expose()),
                 grant: grant.grant.to_string(),
@@ -452,8 +467,7 @@ fn run_spec(
                 .as_ref()
                 .and_then(|(grant, header)| {
                     resolved.iter().find(|r| &r.grant == grant).map(|r| {
-                        vec![InjectionSpec {
-                            host: String::new(),
+                        vec![HeaderSpec {
                             name: header.clone(),
                             value: Secret::new(r.credential.secret.expose()),
                             grant: grant.to_string(),
@@ -463,7 +477,7 @@ fn run_spec(
                 .unwrap_or_default(),
         })
         .collect();
-    RunSpec {
+    Ok(RunSpec {
         run_id: meta.id.to_string(),
         supervisor_pid: Some(std::process::id()),
         policy: plan.network.policy,
@@ -478,7 +492,7 @@ fn run_spec(
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,
-    }
+    })
 }
 
 /// The sandbox request: the environment, files and mounts every runtime
