@@ -10,7 +10,7 @@ use moat_policy::{HostRules, NetworkPolicy, Policy};
 pub struct ProjectConfig {
     pub name: Option<String>,
     pub agent: Option<String>,
-    /// `github`, `ssh:HOST`, `mcp:NAME`, `oauth:NAME`; syntax-checked only.
+    /// `github`, `ssh:HOST`, `mcp:NAME`; syntax-checked only.
     pub grants: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<Mount>,
