@@ -187,7 +187,8 @@ pub struct ContainerLimits {
 /// One remote MCP server the proxy relays to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpServer {
-    pub name: String,
+    /// Relay path `/mcp/<name>`, grant `mcp:<name>`.
+    pub name: moat_policy::McpServerName,
     /// https, or http for a loopback host only.
     pub url: url::Url,
     pub auth: Option<McpAuth>,

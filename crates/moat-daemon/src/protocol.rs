@@ -70,8 +70,9 @@ impl fmt::Debug for HeaderSpec {
 /// An MCP server the run may reach through `/mcp/<name>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct McpSpec {
-    /// Name in the relay path.
-    pub name: String,
+    /// Name in the relay path (crosses as written, parsed again when
+    /// read).
+    pub name: moat_policy::McpServerName,
     /// Upstream URL.
     pub url: url::Url,
     /// Headers to add (secrets).
@@ -413,6 +414,21 @@ mod tests {
                     Err(ProtocolError::Malformed(_))
                 ),
                 "{host}"
+            );
+        }
+        let mcp = |name: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","mcp":[{{"name":{name},"url":"https://mcp.example.com/mcp"}}]}}}}"#
+            )
+        };
+        assert!(decode::<Request>(mcp(r#""linear""#).as_bytes()).is_ok());
+        for name in [r#""..""#, r#""a/b""#, r#""""#, "7"] {
+            assert!(
+                matches!(
+                    decode::<Request>(mcp(name).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{name}"
             );
         }
     }

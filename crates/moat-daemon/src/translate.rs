@@ -70,7 +70,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
             }
         }
         mcp.push(moat_proxy::McpRoute {
-            name: server.name.clone(),
+            name: server.name.to_string(),
             url: server.url.to_string(),
             headers,
         });

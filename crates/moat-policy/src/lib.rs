@@ -8,6 +8,8 @@
 //! - [`HostPattern`]: `api.github.com` or `*.example.com` (any depth of
 //!   subdomain, never the apex itself).
 //! - [`Rule`]: `allow GET /repos/*/issues`, `deny * /admin/**`.
+//! - [`McpServerName`]: `linear`, the `<name>` of the MCP relay's
+//!   `/mcp/<name>` and of the grant `mcp:<name>`.
 //! - [`NetworkPolicy`]: a [`Policy`] default plus ordered [`HostRules`];
 //!   [`NetworkPolicy::host_decision`] answers at `CONNECT` time,
 //!   [`NetworkPolicy::decide`] per request.
@@ -36,11 +38,13 @@
 
 mod error;
 mod host;
+mod mcp;
 mod policy;
 mod rule;
 
 pub use crate::error::PolicyError;
 pub use crate::host::{CanonicalHost, HostPattern};
+pub use crate::mcp::McpServerName;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
 pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
 
@@ -49,7 +53,7 @@ pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
 mod wire {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::{HostPattern, Policy, Rule};
+    use crate::{HostPattern, McpServerName, Policy, Rule};
 
     macro_rules! as_written {
         ($ty:ty, $parse:expr) => {
@@ -70,6 +74,7 @@ mod wire {
 
     as_written!(HostPattern, HostPattern::parse);
     as_written!(Rule, Rule::parse);
+    as_written!(McpServerName, McpServerName::parse);
     as_written!(Policy, |t: &str| t.parse::<Policy>().map_err(|_| format!(
         "invalid network policy {t:?}: use permissive or strict"
     )));

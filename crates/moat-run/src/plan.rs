@@ -23,7 +23,7 @@ pub struct MountPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpPlan {
     /// Name (relay path `/mcp/<name>`).
-    pub name: String,
+    pub name: moat_policy::McpServerName,
     /// Upstream URL.
     pub url: url::Url,
     /// The grant holding its token, and the header it goes in.

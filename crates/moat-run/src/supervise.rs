@@ -165,7 +165,7 @@ fn check_mcp_hosts(
         });
         if !covered {
             return Err(RunError::McpGrantMisused {
-                server: mcp.name.clone(),
+                server: mcp.name.to_string(),
                 grant: grant.to_string(),
                 why: format!(
                     "the server's host {host} is not one of its hosts ({})",
@@ -205,7 +205,7 @@ pub fn execute(
                 // and only for one of its hosts (checked once resolved).
                 if !plan.grants.contains(grant) {
                     return Err(RunError::McpGrantMisused {
-                        server: mcp.name.clone(),
+                        server: mcp.name.to_string(),
                         grant: grant.to_string(),
                         why: "the run does not hold it (add it to grants: or --grant, or use the server's own token)".into(),
                     });
@@ -215,7 +215,7 @@ pub fn execute(
             let stem = grant.file_stem().unwrap_or_default();
             if !credentials.contains(&stem) {
                 return Err(RunError::McpGrantMissing {
-                    server: mcp.name.clone(),
+                    server: mcp.name.to_string(),
                 });
             }
             grants.push(grant.clone());
