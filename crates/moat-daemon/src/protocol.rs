@@ -189,7 +189,7 @@ pub struct RunSummary {
     /// Run id.
     pub run_id: String,
     /// Policy.
-    pub policy: String,
+    pub policy: moat_policy::Policy,
     /// Grants injected.
     pub grants: Vec<String>,
     /// When it registered.
