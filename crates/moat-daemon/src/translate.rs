@@ -1,7 +1,8 @@
 //! Turning a control-protocol [`RunSpec`] into the proxy engine's
-//! registration: parse the policy, rules and host patterns, and build the
-//! header injections. Anything malformed is refused with a message naming
-//! it, before the run gets a token.
+//! registration: group the header injections by host pattern and build
+//! the MCP routes. The policy, rules, host patterns and MCP names were
+//! parsed when the request was decoded; a malformed header name or value
+//! is refused here with a message naming it, before the run gets a token.
 
 use moat_policy::{HostPattern, NetworkPolicy};
 
