@@ -664,12 +664,15 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
             match key {
                 "name" => {
                     let n = ctx.string(value, &kp, Some(key))?;
-                    check_mcp_name(&n).map_err(|m| ctx.invalid(value, &kp, m))?;
+                    let n = check_mcp_name(&n).map_err(|m| ctx.invalid(value, &kp, m))?;
                     if let Some(first) = out.iter().position(|s| s.name == n) {
                         return Err(ctx.invalid(
                             value,
                             &kp,
-                            format!("{n:?} is already the name of {path}[{first}]; names must be unique"),
+                            format!(
+                                "{:?} is already the name of {path}[{first}]; names must be unique",
+                                n.as_str()
+                            ),
                         ));
                     }
                     name = Some(n);
@@ -700,8 +703,9 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
                     node,
                     &join(&p, "auth.grant"),
                     format!(
-                        "MCP server {name:?} may not use grant {:?}: it is neither the server's own token nor one of this file's grants. \
+                        "MCP server {:?} may not use grant {:?}: it is neither the server's own token nor one of this file's grants. \
                          Store a token for the server with `moat grant mcp {name}` and write grant: mcp:{name}",
+                        name.as_str(),
                         auth.grant
                     ),
                 ));

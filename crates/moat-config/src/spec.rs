@@ -150,25 +150,26 @@ fn is_simple_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-pub(crate) fn check_mcp_name(name: &str) -> Result<(), String> {
-    if is_simple_name(name) && !name.contains('.') {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid MCP server name: use letters, digits, '-' and '_', starting with a letter or digit"
-        ))
-    }
+pub(crate) fn check_mcp_name(name: &str) -> Result<moat_policy::McpServerName, String> {
+    moat_policy::McpServerName::parse(name).map_err(|e| e.to_string())
 }
 
-const GRANT_SYNTAX: &str = "expected a provider name (github), ssh:HOST, mcp:NAME or oauth:NAME";
+const GRANT_SYNTAX: &str = "expected a provider name (github), ssh:HOST or mcp:NAME";
 
+/// The grammar of `moat_credentials::GrantName::parse`, checked here so a
+/// grant the run could not resolve is refused with its line.
 pub(crate) fn check_grant(grant: &str) -> Result<(), String> {
     let ok = match grant.split_once(':') {
         None => is_simple_name(grant) && !grant.contains('.'),
         Some(("ssh", host)) => moat_policy::HostPattern::parse(host)
             .map(|p| !p.is_wildcard())
             .unwrap_or(false),
-        Some(("mcp" | "oauth", name)) => is_simple_name(name) && !name.contains('.'),
+        Some(("mcp", name)) => moat_policy::McpServerName::parse(name).is_ok(),
+        Some(("oauth", _)) => {
+            return Err(format!(
+                "grant {grant:?}: oauth grants are not supported by this version of moat yet; remove it"
+            ))
+        }
         Some(_) => false,
     };
     if ok {
@@ -321,13 +322,7 @@ mod tests {
 
     #[test]
     fn grants() {
-        for g in [
-            "github",
-            "ssh:github.com",
-            "mcp:linear",
-            "oauth:notion",
-            "brave-search",
-        ] {
+        for g in ["github", "ssh:github.com", "mcp:linear", "brave-search"] {
             assert_eq!(check_grant(g), Ok(()), "{g}");
         }
         for g in [
@@ -339,6 +334,7 @@ mod tests {
             "git hub",
             "a.b",
             "ssh:a:22",
+            "oauth:notion",
         ] {
             assert!(check_grant(g).is_err(), "{g}");
         }
@@ -382,6 +378,9 @@ mod tests {
             .is_err_and(|e| e.contains("routes the request") && e.contains("Authorization")));
         assert!(check_mcp_name("linear").is_ok());
         assert!(check_mcp_name("a/b").is_err());
+        assert!(check_mcp_name("..").is_err());
+        assert!(check_mcp_name("docs.internal").is_err());
+        assert!(check_grant("mcp:docs.internal").is_err());
     }
 
     #[test]

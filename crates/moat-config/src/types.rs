@@ -10,7 +10,7 @@ use moat_policy::{HostRules, NetworkPolicy, Policy};
 pub struct ProjectConfig {
     pub name: Option<String>,
     pub agent: Option<String>,
-    /// `github`, `ssh:HOST`, `mcp:NAME`, `oauth:NAME`; syntax-checked only.
+    /// `github`, `ssh:HOST`, `mcp:NAME`; syntax-checked only.
     pub grants: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<Mount>,
@@ -187,7 +187,8 @@ pub struct ContainerLimits {
 /// One remote MCP server the proxy relays to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpServer {
-    pub name: String,
+    /// Relay path `/mcp/<name>`, grant `mcp:<name>`.
+    pub name: moat_policy::McpServerName,
     /// https, or http for a loopback host only.
     pub url: url::Url,
     pub auth: Option<McpAuth>,

@@ -82,6 +82,7 @@ fn invalid_values() {
         "name: \"\"\n",
         "agent: \"  \"\n",
         "grants: [github, \"ssh:*.x.com\", \"vault:x\"]\n",
+        "grants: [github, \"oauth:notion\"]\n",
         "env:\n  1BAD: x\n",
         "command: []\n",
         "runtime: kubernetes\n",

@@ -7,7 +7,7 @@ use moat_config::{
     load, parse, ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount,
     ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig,
 };
-use moat_policy::{Decision, HostDecision, HostPattern, Policy};
+use moat_policy::{Decision, HostDecision, HostPattern, McpServerName, Policy};
 
 const FULL: &str = include_str!("fixtures/full.yaml");
 
@@ -136,7 +136,7 @@ fn full_example_parses_into_the_expected_config() {
         cfg.mcp,
         [
             McpServer {
-                name: "linear".to_owned(),
+                name: McpServerName::parse("linear").unwrap(),
                 url: url("https://mcp.linear.app/mcp"),
                 auth: Some(McpAuth {
                     grant: "mcp:linear".to_owned(),
@@ -144,7 +144,7 @@ fn full_example_parses_into_the_expected_config() {
                 }),
             },
             McpServer {
-                name: "local".to_owned(),
+                name: McpServerName::parse("local").unwrap(),
                 url: url("http://localhost:3001/mcp"),
                 auth: None,
             },

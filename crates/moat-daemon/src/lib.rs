@@ -20,8 +20,7 @@ mod translate;
 pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, DEFAULT_PORT};
 pub use crate::lockfile::{DaemonInfo, DaemonPaths};
 pub use crate::protocol::{
-    HostRuleSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret,
-    SshHostSpec,
+    HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret, SshHostSpec,
 };
 pub use crate::server::{serve, DaemonConfig, DaemonError};
 pub use crate::translate::url_host;

@@ -22,8 +22,9 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// A header to inject on requests to hosts matching `host`.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InjectionSpec {
-    /// Exact host or `*.` wildcard.
-    pub host: String,
+    /// Exact host or `*.` wildcard (crosses as written, parsed again when
+    /// read).
+    pub host: moat_policy::HostPattern,
     /// Header name.
     pub name: String,
     /// Header value (a secret).
@@ -37,33 +38,46 @@ pub struct InjectionSpec {
 impl fmt::Debug for InjectionSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InjectionSpec")
-            .field("host", &self.host)
+            .field("host", &format_args!("{}", self.host))
             .field("name", &self.name)
             .field("grant", &self.grant)
             .finish_non_exhaustive()
     }
 }
 
-/// One host entry of the run's network policy, as written in moat.yaml.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HostRuleSpec {
-    /// Host pattern.
-    pub host: moat_policy::HostPattern,
-    /// `allow|deny METHOD PATH` rules, in order.
+/// A header the MCP relay adds on requests to its server.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeaderSpec {
+    /// Header name.
+    pub name: String,
+    /// Header value (a secret).
+    #[serde(with = "moat_secret::exposed")]
+    pub value: Secret,
+    /// The grant it comes from, for the trace and audit (`github`).
     #[serde(default)]
-    pub rules: Vec<moat_policy::Rule>,
+    pub grant: String,
+}
+
+impl fmt::Debug for HeaderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderSpec")
+            .field("name", &self.name)
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An MCP server the run may reach through `/mcp/<name>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct McpSpec {
-    /// Name in the relay path.
-    pub name: String,
+    /// Name in the relay path (crosses as written, parsed again when
+    /// read).
+    pub name: moat_policy::McpServerName,
     /// Upstream URL.
     pub url: url::Url,
     /// Headers to add (secrets).
     #[serde(default)]
-    pub headers: Vec<InjectionSpec>,
+    pub headers: Vec<HeaderSpec>,
 }
 
 /// Everything the daemon needs to serve a run.
@@ -77,9 +91,9 @@ pub struct RunSpec {
     pub supervisor_pid: Option<u32>,
     /// `permissive` or `strict`.
     pub policy: moat_policy::Policy,
-    /// Host entries and rules.
+    /// Host entries and rules, as written in moat.yaml.
     #[serde(default)]
-    pub rules: Vec<HostRuleSpec>,
+    pub rules: Vec<moat_policy::HostRules>,
     /// Extra allowed hosts (`--allow-host`).
     #[serde(default)]
     pub allow_hosts: Vec<moat_policy::HostPattern>,
@@ -175,7 +189,7 @@ pub struct RunSummary {
     /// Run id.
     pub run_id: String,
     /// Policy.
-    pub policy: String,
+    pub policy: moat_policy::Policy,
     /// Grants injected.
     pub grants: Vec<String>,
     /// When it registered.
@@ -314,13 +328,13 @@ mod tests {
                 run_id: "run_0123456789ab".into(),
                 supervisor_pid: Some(1),
                 policy: moat_policy::Policy::Strict,
-                rules: vec![HostRuleSpec {
+                rules: vec![moat_policy::HostRules {
                     host: moat_policy::HostPattern::parse("api.example.com").unwrap(),
                     rules: vec![moat_policy::Rule::parse("allow GET /**").unwrap()],
                 }],
                 allow_hosts: vec![],
                 injections: vec![InjectionSpec {
-                    host: "api.github.com".into(),
+                    host: moat_policy::HostPattern::parse("api.github.com").unwrap(),
                     name: "Authorization".into(),
                     value: Secret::new("Bearer ghp_secret"),
                     grant: "github".into(),
@@ -359,6 +373,64 @@ mod tests {
             decode::<Request>(&vec![b' '; MAX_MESSAGE + 1]),
             Err(ProtocolError::TooLarge)
         ));
+    }
+
+    #[test]
+    fn tampered_policy_values_are_refused() {
+        let register = |rules: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","rules":{rules}}}}}"#
+            )
+        };
+        assert!(decode::<Request>(
+            register(r#"[{"host":"api.github.com","rules":["allow GET /**"]}]"#).as_bytes()
+        )
+        .is_ok());
+        for rules in [
+            r#"[{"host":"api.github.com","rules":["allow GET /a/../admin"]}]"#,
+            r#"[{"host":"api.github.com","rules":["permit GET /"]}]"#,
+            r#"[{"host":"*.","rules":[]}]"#,
+            r#"[{"host":"api.github.com","rules":[{"action":"allow","method":"GET","path":"/"}]}]"#,
+            r#"["api.github.com"]"#,
+        ] {
+            assert!(
+                matches!(
+                    decode::<Request>(register(rules).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{rules}"
+            );
+        }
+        let injection = |host: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","injections":[{{"host":{host},"name":"Authorization","value":"Bearer x"}}]}}}}"#
+            )
+        };
+        assert!(decode::<Request>(injection(r#""*.github.com""#).as_bytes()).is_ok());
+        for host in [r#""api.github.com:443""#, r#""https://x""#, r#""""#, "null"] {
+            assert!(
+                matches!(
+                    decode::<Request>(injection(host).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{host}"
+            );
+        }
+        let mcp = |name: &str| {
+            format!(
+                r#"{{"op":"register","run":{{"run_id":"run_0123456789ab","policy":"strict","mcp":[{{"name":{name},"url":"https://mcp.example.com/mcp"}}]}}}}"#
+            )
+        };
+        assert!(decode::<Request>(mcp(r#""linear""#).as_bytes()).is_ok());
+        for name in [r#""..""#, r#""a/b""#, r#""""#, "7"] {
+            assert!(
+                matches!(
+                    decode::<Request>(mcp(name).as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{name}"
+            );
+        }
     }
 
     #[tokio::test]

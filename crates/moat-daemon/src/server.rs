@@ -451,7 +451,7 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         RunEntry {
             spec_summary: RunSummary {
                 run_id: run.run_id.clone(),
-                policy: run.policy.to_string(),
+                policy: run.policy,
                 grants,
                 registered_at: Utc::now(),
             },

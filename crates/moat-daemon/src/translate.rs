@@ -1,25 +1,18 @@
 //! Turning a control-protocol [`RunSpec`] into the proxy engine's
-//! registration: parse the policy, rules and host patterns, and build the
-//! header injections. Anything malformed is refused with a message naming
-//! it, before the run gets a token.
+//! registration: group the header injections by host pattern and build
+//! the MCP routes. The policy, rules, host patterns and MCP names were
+//! parsed when the request was decoded; a malformed header name or value
+//! is refused here with a message naming it, before the run gets a token.
 
-use moat_policy::{HostPattern, HostRules, NetworkPolicy};
+use moat_policy::{HostPattern, NetworkPolicy};
 
 use crate::protocol::RunSpec;
 
 /// Builds the engine registration for `run`.
 pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String> {
-    let hosts = run
-        .rules
-        .iter()
-        .map(|entry| HostRules {
-            host: entry.host.clone(),
-            rules: entry.rules.clone(),
-        })
-        .collect();
     let mut network = NetworkPolicy {
         policy: run.policy,
-        hosts,
+        hosts: run.rules.clone(),
         granted: Vec::new(),
     };
     for host in &run.allow_hosts {
@@ -30,7 +23,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
     // under a strict policy.
     let mut injections: Vec<moat_proxy::Injection> = Vec::new();
     for spec in &run.injections {
-        let pattern = HostPattern::parse(&spec.host).map_err(|e| e.to_string())?;
+        let pattern = &spec.host;
         let name = moat_proxy::HeaderName::from_bytes(spec.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?} for {}", spec.name, spec.host))?;
         let value = moat_proxy::SecretValue::new(spec.value.expose()).map_err(|_| {
@@ -39,17 +32,14 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
                 spec.host, spec.grant
             )
         })?;
-        match injections
-            .iter_mut()
-            .find(|i| i.host.to_string() == pattern.to_string())
-        {
+        match injections.iter_mut().find(|i| i.host == *pattern) {
             Some(existing) => existing.headers.push((name, value)),
             None => {
                 // Allowed only where the user wrote nothing about the
                 // host: their rules for it take precedence.
                 network.grant_host(pattern.clone());
                 injections.push(moat_proxy::Injection {
-                    host: pattern,
+                    host: pattern.clone(),
                     headers: vec![(name, value)],
                 });
             }
@@ -81,7 +71,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, String
             }
         }
         mcp.push(moat_proxy::McpRoute {
-            name: server.name.clone(),
+            name: server.name.to_string(),
             url: server.url.to_string(),
             headers,
         });

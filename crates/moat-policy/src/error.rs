@@ -20,4 +20,11 @@ pub enum PolicyError {
          then a path starting with / ({reason})"
     )]
     InvalidRule { rule: String, reason: String },
+
+    /// An [`McpServerName`](crate::McpServerName) that does not parse.
+    #[error(
+        "{name:?} is not a valid MCP server name: use letters, digits, '-' and '_', starting \
+         with a letter or digit"
+    )]
+    InvalidMcpName { name: String },
 }

@@ -8,6 +8,8 @@
 //! - [`HostPattern`]: `api.github.com` or `*.example.com` (any depth of
 //!   subdomain, never the apex itself).
 //! - [`Rule`]: `allow GET /repos/*/issues`, `deny * /admin/**`.
+//! - [`McpServerName`]: `linear`, the `<name>` of the MCP relay's
+//!   `/mcp/<name>` and of the grant `mcp:<name>`.
 //! - [`NetworkPolicy`]: a [`Policy`] default plus ordered [`HostRules`];
 //!   [`NetworkPolicy::host_decision`] answers at `CONNECT` time,
 //!   [`NetworkPolicy::decide`] per request.
@@ -36,11 +38,13 @@
 
 mod error;
 mod host;
+mod mcp;
 mod policy;
 mod rule;
 
 pub use crate::error::PolicyError;
 pub use crate::host::{CanonicalHost, HostPattern};
+pub use crate::mcp::McpServerName;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
 pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
 
@@ -49,7 +53,7 @@ pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};
 mod wire {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::{HostPattern, Policy, Rule};
+    use crate::{HostPattern, McpServerName, Policy, Rule};
 
     macro_rules! as_written {
         ($ty:ty, $parse:expr) => {
@@ -70,6 +74,7 @@ mod wire {
 
     as_written!(HostPattern, HostPattern::parse);
     as_written!(Rule, Rule::parse);
+    as_written!(McpServerName, McpServerName::parse);
     as_written!(Policy, |t: &str| t.parse::<Policy>().map_err(|_| format!(
         "invalid network policy {t:?}: use permissive or strict"
     )));
@@ -77,6 +82,7 @@ mod wire {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use crate::HostRules;
 
         #[test]
         fn values_cross_as_written_and_garbage_does_not() {
@@ -90,6 +96,41 @@ mod wire {
             let p: Policy = serde_json::from_str("\"strict\"").unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(p, Policy::Strict);
             assert!(serde_json::from_str::<Policy>("\"lax\"").is_err());
+        }
+
+        #[test]
+        fn host_rules_round_trip_and_tampered_entries_are_refused() {
+            let entry = HostRules {
+                host: HostPattern::parse("*.github.com").unwrap_or_else(|e| panic!("{e}")),
+                rules: vec![
+                    Rule::parse("deny DELETE /**").unwrap_or_else(|e| panic!("{e}")),
+                    Rule::parse("allow GET /repos/*/issues").unwrap_or_else(|e| panic!("{e}")),
+                ],
+            };
+            let json = serde_json::to_string(&entry).unwrap_or_default();
+            assert_eq!(
+                json,
+                r#"{"host":"*.github.com","rules":["deny DELETE /**","allow GET /repos/*/issues"]}"#
+            );
+            let back: HostRules = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, entry);
+            let bare: HostRules = serde_json::from_str(r#"{"host":"api.github.com"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(bare.rules.is_empty());
+
+            let refused = |json: &str| match serde_json::from_str::<HostRules>(json) {
+                Ok(h) => panic!("{json} was accepted as {h:?}"),
+                Err(e) => e.to_string(),
+            };
+            // A rule that was never written by a parser: refused, not trusted.
+            assert!(
+                refused(r#"{"host":"api.github.com","rules":["allow GET /a/../admin"]}"#)
+                    .contains("is not allowed")
+            );
+            assert!(refused(r#"{"host":"*","rules":[]}"#).contains("invalid host pattern"));
+            assert!(refused(r#"{"host":"a.test","rules":[{"action":"allow"}]}"#)
+                .contains("expected a string"));
+            assert!(refused(r#"{"host":"a.test","extra":1}"#).contains("unknown field"));
         }
     }
 }

@@ -39,9 +39,15 @@ impl fmt::Display for Policy {
 
 /// One entry of `network.rules`: a host pattern and its ordered rules.
 /// No rules means the whole host is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialised as `{"host": "api.github.com", "rules": ["deny * /admin/**"]}`,
+/// each value in its written form and parsed again when read, so only an
+/// entry that parses crosses (to the proxy daemon).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostRules {
     pub host: HostPattern,
+    #[serde(default)]
     pub rules: Vec<Rule>,
 }
 

@@ -29,7 +29,8 @@ pub struct Injection {
 /// `http://<proxy>/mcp/<name>[/rest]`.
 #[derive(Debug, Clone)]
 pub struct McpRoute {
-    /// The route name: letters, digits, `-`, `_` and `.`.
+    /// The route name: an [`McpServerName`](moat_policy::McpServerName)
+    /// (letters, digits, `-` and `_`).
     pub name: String,
     /// The upstream URL (`https://...` or `http://...`); `/mcp/<name>/rest`
     /// maps to `<url>/rest`, the query string is kept.
@@ -163,16 +164,8 @@ impl Run {
 }
 
 fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
-    let valid_name = !route.name.is_empty()
-        && route
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid_name {
-        return Err(ProxyError::config(format!(
-            "invalid MCP route name {:?}: use letters, digits, '-', '_' and '.'",
-            route.name
-        )));
+    if let Err(e) = moat_policy::McpServerName::parse(&route.name) {
+        return Err(ProxyError::config(format!("invalid MCP route: {e}")));
     }
     let base: Uri = route.url.parse().map_err(|e| {
         ProxyError::config(format!("invalid MCP URL for {:?}", route.name)).with_source(e)
@@ -447,6 +440,24 @@ mod tests {
         }
         for ok in ["Authorization", "X-Api-Key"] {
             assert!(parse_route(route(ok)).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn an_mcp_route_name_is_an_mcp_server_name() {
+        let route = |name: &str| McpRoute {
+            name: name.into(),
+            url: "https://mcp.example.com/mcp".into(),
+            headers: Vec::new(),
+        };
+        assert!(parse_route(route("brave-search_2")).is_ok());
+        for bad in ["", "..", "a.b", "a/b", "-x"] {
+            let e = parse_route(route(bad)).err().map(|e| e.detail());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("is not a valid MCP server name")),
+                "{bad}: {e:?}"
+            );
         }
     }
 

@@ -119,7 +119,7 @@ pub fn plan_agent(
         .mcp
         .iter()
         .map(|m| McpRelay {
-            name: m.name.clone(),
+            name: m.name.to_string(),
             url: format!("http://{PROXY_MARKER}/mcp/{}", m.name),
             headers: vec![("Proxy-Authorization".into(), AUTHORIZATION_MARKER.into())],
         })

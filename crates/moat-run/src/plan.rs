@@ -3,7 +3,6 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use moat_credentials::GrantName;
-use moat_daemon::HostRuleSpec;
 use moat_home::Profile;
 
 /// A bind mount requested by the user.
@@ -24,7 +23,7 @@ pub struct MountPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McpPlan {
     /// Name (relay path `/mcp/<name>`).
-    pub name: String,
+    pub name: moat_policy::McpServerName,
     /// Upstream URL.
     pub url: url::Url,
     /// The grant holding its token, and the header it goes in.
@@ -34,10 +33,10 @@ pub struct McpPlan {
 /// The run's network policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetworkPlan {
-    /// `strict` (allow list) instead of `permissive`.
-    pub strict: bool,
+    /// `permissive`, or `strict` (allow list).
+    pub policy: moat_policy::Policy,
     /// Host entries with their rules.
-    pub rules: Vec<HostRuleSpec>,
+    pub rules: Vec<moat_policy::HostRules>,
     /// `--allow-host` entries.
     pub allow_hosts: Vec<moat_policy::HostPattern>,
     /// `network.host`: host TCP ports the sandbox may reach.
@@ -287,19 +286,8 @@ impl RunPlan {
         }
 
         let network = NetworkPlan {
-            strict: config.is_some_and(|c| c.network.policy == moat_policy::Policy::Strict),
-            rules: config
-                .map(|c| {
-                    c.network
-                        .rules
-                        .iter()
-                        .map(|h| HostRuleSpec {
-                            host: h.host.clone(),
-                            rules: h.rules.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            policy: config.map(|c| c.network.policy).unwrap_or_default(),
+            rules: config.map(|c| c.network.rules.clone()).unwrap_or_default(),
             allow_hosts: flags
                 .allow_hosts
                 .iter()

@@ -9,7 +9,7 @@ use moat_credentials::{
     resolve_grants, CredentialError, CredentialStore, GrantName, ProviderRegistry, ResolveError,
 };
 use moat_daemon::{
-    ClientError, DaemonClient, InjectionSpec, McpSpec, RunSpec, Secret, StartOptions,
+    ClientError, DaemonClient, HeaderSpec, InjectionSpec, McpSpec, RunSpec, Secret, StartOptions,
 };
 use moat_home::{FileLock, MoatHome};
 use moat_sandbox::{
@@ -70,6 +70,15 @@ pub enum RunError {
         grant: String,
         /// Why it may not.
         why: String,
+    },
+    /// A grant's provider injects headers on a host that is not a host
+    /// pattern (a hand-edited provider definition).
+    #[error("grant '{grant}' cannot be injected: {error}")]
+    InjectionHost {
+        /// The grant.
+        grant: String,
+        /// Why its host does not parse.
+        error: moat_policy::PolicyError,
     },
     /// Another active run has this name.
     #[error(
@@ -156,7 +165,7 @@ fn check_mcp_hosts(
         });
         if !covered {
             return Err(RunError::McpGrantMisused {
-                server: mcp.name.clone(),
+                server: mcp.name.to_string(),
                 grant: grant.to_string(),
                 why: format!(
                     "the server's host {host} is not one of its hosts ({})",
@@ -196,7 +205,7 @@ pub fn execute(
                 // and only for one of its hosts (checked once resolved).
                 if !plan.grants.contains(grant) {
                     return Err(RunError::McpGrantMisused {
-                        server: mcp.name.clone(),
+                        server: mcp.name.to_string(),
                         grant: grant.to_string(),
                         why: "the run does not hold it (add it to grants: or --grant, or use the server's own token)".into(),
                     });
@@ -206,7 +215,7 @@ pub fn execute(
             let stem = grant.file_stem().unwrap_or_default();
             if !credentials.contains(&stem) {
                 return Err(RunError::McpGrantMissing {
-                    server: mcp.name.clone(),
+                    server: mcp.name.to_string(),
                 });
             }
             grants.push(grant.clone());
@@ -241,12 +250,7 @@ pub fn execute(
             plan.command.clone(),
         );
         meta.grants = grants.iter().map(ToString::to_string).collect();
-        meta.policy = if plan.network.strict {
-            "strict"
-        } else {
-            "permissive"
-        }
-        .into();
+        meta.policy = plan.network.policy.to_string();
         meta.runtime = driver.name().into();
         meta.interactive = plan.interactive;
         meta.detached = plan.detached;
@@ -368,7 +372,7 @@ fn start_and_wait(
     // Container runtimes reach the proxy on their bridge's gateway
     // address; the daemon listens there too, on the same port.
     let route = driver.proxy_route()?;
-    let mut spec = run_spec(route.listen.clone(), plan, resolved, meta, run_dir);
+    let mut spec = run_spec(route.listen.clone(), plan, resolved, meta, run_dir)?;
     spec.ssh_hosts = ssh.map(|s| s.host_specs()).unwrap_or_default();
     let kept_spec = spec.clone();
     let (client, registration) = runtime.block_on(async {
@@ -434,12 +438,18 @@ fn run_spec(
     resolved: &[moat_credentials::ResolvedGrant],
     meta: &RunMetadata,
     run_dir: &std::path::Path,
-) -> RunSpec {
+) -> Result<RunSpec, RunError> {
     let mut injections = Vec::new();
     for grant in resolved {
         for inj in &grant.injections {
+            let host = moat_policy::HostPattern::parse(&inj.host).map_err(|error| {
+                RunError::InjectionHost {
+                    grant: grant.grant.to_string(),
+                    error,
+                }
+            })?;
             injections.push(InjectionSpec {
-                host: inj.host.clone(),
+                host,
                 name: inj.name.clone(),
                 value: Secret::new(inj.value.expose()),
                 grant: grant.grant.to_string(),
@@ -457,8 +467,7 @@ fn run_spec(
                 .as_ref()
                 .and_then(|(grant, header)| {
                     resolved.iter().find(|r| &r.grant == grant).map(|r| {
-                        vec![InjectionSpec {
-                            host: String::new(),
+                        vec![HeaderSpec {
                             name: header.clone(),
                             value: Secret::new(r.credential.secret.expose()),
                             grant: grant.to_string(),
@@ -468,14 +477,10 @@ fn run_spec(
                 .unwrap_or_default(),
         })
         .collect();
-    RunSpec {
+    Ok(RunSpec {
         run_id: meta.id.to_string(),
         supervisor_pid: Some(std::process::id()),
-        policy: if plan.network.strict {
-            moat_policy::Policy::Strict
-        } else {
-            moat_policy::Policy::Permissive
-        },
+        policy: plan.network.policy,
         rules: plan.network.rules.clone(),
         allow_hosts: plan.network.allow_hosts.clone(),
         injections,
@@ -487,7 +492,7 @@ fn run_spec(
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,
-    }
+    })
 }
 
 /// The sandbox request: the environment, files and mounts every runtime
