@@ -21,7 +21,8 @@ pub mod tunnel;
 pub mod wire;
 
 pub use crate::agent::{
-    agent_socket_from_env, list_identities, AgentFilter, AgentProxy, SshAction, SshEvent,
+    agent_key_count, agent_socket_from_env, list_identities, AgentFilter, AgentProxy, SshAction,
+    SshEvent,
 };
 pub use crate::error::SshError;
 pub use crate::grants::{

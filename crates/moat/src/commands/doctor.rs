@@ -3,11 +3,8 @@
 //! fixed; warnings (an optional piece missing) do not.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use moat_credentials::CredentialStore;
@@ -388,7 +385,7 @@ fn ssh_agent() -> Check {
         return problem(Status::Warn, "ssh agent", "SSH_AUTH_SOCK is not set", fix);
     };
     let sock = PathBuf::from(sock);
-    match agent_key_count(&sock) {
+    match moat_ssh::agent_key_count(&sock) {
         Ok(n) => ok(
             "ssh agent",
             format!("answering at {} ({n} key(s))", sock.display()),
@@ -400,25 +397,6 @@ fn ssh_agent() -> Check {
             fix,
         ),
     }
-}
-
-/// Sends SSH2_AGENTC_REQUEST_IDENTITIES and reads the key count.
-fn agent_key_count(sock: &Path) -> std::io::Result<u32> {
-    let mut s = UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(&[0, 0, 0, 1, 11])?;
-    let mut header = [0u8; 9];
-    s.read_exact(&mut header)?;
-    if header[4] != 12 {
-        return Err(std::io::Error::other(format!(
-            "unexpected answer type {}",
-            header[4]
-        )));
-    }
-    Ok(u32::from_be_bytes([
-        header[5], header[6], header[7], header[8],
-    ]))
 }
 
 /// Free space where MOAT_HOME is (or would be).
