@@ -77,6 +77,34 @@ impl Obtained {
     }
 }
 
+/// npm's public registry: an npm grant for it records no host.
+pub const NPM_DEFAULT_REGISTRY: &str = "registry.npmjs.org";
+
+/// Obtains the secret for `moat grant PROVIDER`: the providers with a
+/// source of their own (Claude Code's login, `~/.npmrc`) and [`obtain`]
+/// for every other one. `from_file` is read for claude only and `npm_host`
+/// for npm only; refusing them for other providers is the caller's job.
+pub fn obtain_for_provider(
+    spec: &ProviderSpec,
+    from_file: Option<&Path>,
+    npm_host: Option<&str>,
+    opts: &SourceOptions,
+) -> Result<Obtained, CredentialError> {
+    match spec.name.as_str() {
+        "claude" => obtain_claude(from_file, opts),
+        "npm" => {
+            let host = npm_host.unwrap_or(NPM_DEFAULT_REGISTRY);
+            let mut found = obtain_npm(spec, host, opts)?;
+            // The proxy injects the token for this host only.
+            if host != NPM_DEFAULT_REGISTRY {
+                found.metadata.insert("host".into(), host.to_string());
+            }
+            Ok(found)
+        }
+        _ => obtain(spec, opts),
+    }
+}
+
 /// Obtains the secret for `spec`: stdin if asked, then its environment
 /// variables, then its command, then a prompt.
 pub fn obtain(spec: &ProviderSpec, opts: &SourceOptions) -> Result<Obtained, CredentialError> {
@@ -374,6 +402,45 @@ mod tests {
         assert!(err.to_string().starts_with("Claude Code token has expired"));
         std::fs::write(&path, "garbage").unwrap();
         assert!(import_claude_file(&path).is_err());
+    }
+
+    /// The built-in spec of `name`, with its secret read from `var` only.
+    fn spec(name: &str, var: &str) -> ProviderSpec {
+        let registry = crate::ProviderRegistry::load(Path::new("/nonexistent/providers.yaml"))
+            .expect("built-in providers");
+        let mut spec = registry.require(name).expect("built in").clone();
+        spec.env = vec![var.to_string()];
+        spec.command = Vec::new();
+        spec
+    }
+
+    #[test]
+    fn provider_dispatch_reads_each_providers_own_source() {
+        // A name no other test sets: tests share the environment.
+        let var = "MOAT_TEST_OBTAIN_FOR_PROVIDER_TOKEN";
+        std::env::set_var(var, "tok");
+        let opts = SourceOptions::default();
+
+        let npm = spec("npm", var);
+        let found = obtain_for_provider(&npm, None, None, &opts).unwrap();
+        assert_eq!(found.secret.expose(), "tok");
+        assert!(!found.metadata.contains_key("host"));
+        let found = obtain_for_provider(&npm, None, Some("npm.corp.test"), &opts).unwrap();
+        assert_eq!(found.metadata["host"], "npm.corp.test");
+
+        let github = spec("github", var);
+        let found = obtain_for_provider(&github, None, None, &opts).unwrap();
+        assert_eq!(found.origin, var);
+
+        // claude reads --from-file, not the provider's variables.
+        let claude = spec("claude", var);
+        let err = obtain_for_provider(&claude, Some(Path::new("/nonexistent/c.json")), None, &opts)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/c.json does not exist"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Enterprise, `MOAT_ANTHROPIC_API_URL`); plain `http://` is accepted only
 //! for loopback addresses, so a token is never sent in clear over a network.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use url::Url;
@@ -90,6 +92,21 @@ fn client() -> Result<reqwest::Client, CredentialError> {
     builder
         .build()
         .map_err(|e| CredentialError::Rejected(format!("creating HTTP client: {e}")))
+}
+
+/// A pending check of a secret with its provider's API.
+pub type PendingValidation<'a> =
+    Pin<Box<dyn Future<Output = Result<Validation, CredentialError>> + Send + 'a>>;
+
+/// The check of `secret` for `provider`, for the providers moat knows how
+/// to check (GitHub, Anthropic); `None` for the others, whose secrets are
+/// stored unchecked.
+pub fn by_provider<'a>(provider: &str, secret: &'a Secret) -> Option<PendingValidation<'a>> {
+    match provider {
+        "github" => Some(Box::pin(github(secret))),
+        "anthropic" => Some(Box::pin(anthropic(secret))),
+        _ => None,
+    }
 }
 
 /// Validates a GitHub token with `GET /user`.
@@ -201,6 +218,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_github_and_anthropic_are_checked() {
+        let secret = Secret::new("tok".to_string());
+        assert!(by_provider("github", &secret).is_some());
+        assert!(by_provider("anthropic", &secret).is_some());
+        assert!(by_provider("npm", &secret).is_none());
+        assert!(by_provider("openai", &secret).is_none());
+    }
 
     #[test]
     fn endpoints_join_under_a_path_prefix() {

@@ -17,7 +17,9 @@
 //! `logs.jsonl` (explaining a write refused on a protected path), forward
 //! signals, and on exit unregister the run, disarm the git repositories it
 //! created (`gitsweep.rs`), close it on its workspace, release the
-//! placeholders and record how it ended.
+//! placeholders and record how it ended. `moat run -d` first starts that
+//! same command in the background and waits for its run to be recorded
+//! (`detach.rs`).
 //!
 //! It does not parse `moat.yaml` or flags (the binary merges them into a
 //! [`RunPlan`]) and does not implement sandboxes or the proxy: it picks a
@@ -28,6 +30,7 @@
 //! `moat-daemon` for the proxy.
 
 mod agent;
+mod detach;
 mod drivers;
 mod environment;
 mod gitsweep;
@@ -43,6 +46,7 @@ pub use crate::agent::{
     agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, AgentRunError,
     STAGING_IN_SANDBOX,
 };
+pub use crate::detach::{detach, without_detach_flag, DetachError, Detached, DETACHED_CHILD};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,
     select_driver, RuntimeStatus, Selection, SelectionError,

@@ -494,8 +494,9 @@ impl std::fmt::Debug for OutputSinks {
     }
 }
 
-/// A check for `moat doctor`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A check for `moat doctor`. Serialized as one object of
+/// `moat doctor --json`, so field names are part of that output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DoctorCheck {
     /// What is checked (`docker`, `gvisor`...).
     pub name: String,
@@ -504,11 +505,13 @@ pub struct DoctorCheck {
     /// What was found.
     pub message: String,
     /// The command or change that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
 
-/// How a [`DoctorCheck`] went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a [`DoctorCheck`] went (`ok`, `warn`, `fail` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
     /// Fine.
     Ok,

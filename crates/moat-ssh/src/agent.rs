@@ -5,6 +5,7 @@
 //! plain. Each connection gets its own connection to the user's agent, so
 //! one misbehaving client cannot interleave with another's answers.
 
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,30 @@ pub fn list_identities(path: &Path) -> Result<Vec<Identity>, SshError> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })
+}
+
+/// How many keys the agent at `path` holds, for `moat doctor`: one
+/// `REQUEST_IDENTITIES` and only the answer's header (length, type, count)
+/// read, so a large or odd key list cannot make the check fail. Short
+/// timeouts, unlike [`list_identities`]: doctor reports a wedged agent
+/// instead of waiting for it.
+pub fn agent_key_count(path: &Path) -> std::io::Result<u32> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(&[0, 0, 0, 1, msg::REQUEST_IDENTITIES])?;
+    // u32 frame length, u8 type, u32 key count.
+    let mut header = [0u8; 9];
+    s.read_exact(&mut header)?;
+    if header[4] != msg::IDENTITIES_ANSWER {
+        return Err(std::io::Error::other(format!(
+            "unexpected answer type {}",
+            header[4]
+        )));
+    }
+    Ok(u32::from_be_bytes([
+        header[5], header[6], header[7], header[8],
+    ]))
 }
 
 /// What the proxy did with a request, for the run's audit trail.
@@ -444,4 +469,46 @@ fn verify_bind(host_key: &[u8], session_id: &[u8], signature: &[u8]) -> Result<(
     let signature = Signature::try_from(signature).map_err(|e| format!("signature: {e}"))?;
     Verifier::verify(&key, session_id, &signature)
         .map_err(|_| "the host key's signature over the session does not verify".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent that answers one request with `answer`, in a temp dir.
+    fn fake_agent(answer: &'static [u8]) -> (tempfile::TempDir, PathBuf, JoinHandle<Vec<u8>>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 5];
+            stream.read_exact(&mut request).expect("request");
+            // The probe may give up first on a bad answer: that is fine.
+            let _ = stream.write_all(answer);
+            request.to_vec()
+        });
+        (dir, path, handle)
+    }
+
+    #[test]
+    fn key_count_reads_the_identities_answer_header() {
+        // Two keys; the key blobs after the count are never read.
+        let (_dir, path, agent) = fake_agent(&[0, 0, 0, 5, 12, 0, 0, 0, 2]);
+        assert_eq!(agent_key_count(&path).expect("count"), 2);
+        assert_eq!(agent.join().expect("agent"), [0, 0, 0, 1, 11]);
+    }
+
+    #[test]
+    fn key_count_reports_a_wrong_answer_type_and_a_short_answer() {
+        let (_dir, path, agent) = fake_agent(&[0, 0, 0, 1, 5, 0, 0, 0, 0]);
+        let err = agent_key_count(&path).expect_err("failure answer");
+        assert_eq!(err.to_string(), "unexpected answer type 5");
+        agent.join().expect("agent");
+
+        let (_dir, path, agent) = fake_agent(&[0, 0]);
+        let err = agent_key_count(&path).expect_err("short answer");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        agent.join().expect("agent");
+    }
 }

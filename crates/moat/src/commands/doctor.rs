@@ -2,67 +2,22 @@
 //! problem the command that fixes it. Exits non-zero when something must be
 //! fixed; warnings (an optional piece missing) do not.
 
-use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use moat_credentials::CredentialStore;
 use moat_daemon::{lockfile, DaemonClient, DaemonPaths};
-use serde::Serialize;
+use moat_sandbox::{CheckStatus, DoctorCheck};
 
 use super::{block_on, Context};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Status {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Status::Ok => "[ok]  ",
-            Status::Warn => "[warn]",
-            Status::Fail => "[fail]",
-        })
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct Check {
-    name: String,
-    status: Status,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fix: Option<String>,
-}
-
-fn ok(name: &str, message: impl Into<String>) -> Check {
-    Check {
-        name: name.into(),
-        status: Status::Ok,
-        message: message.into(),
-        fix: None,
-    }
-}
-
-fn problem(
-    status: Status,
-    name: &str,
-    message: impl Into<String>,
-    fix: impl Into<String>,
-) -> Check {
-    Check {
-        name: name.into(),
-        status,
-        message: message.into(),
-        fix: Some(fix.into()),
+/// The check's status as the first column of a report line.
+fn label(status: CheckStatus) -> &'static str {
+    match status {
+        CheckStatus::Ok => "[ok]  ",
+        CheckStatus::Warn => "[warn]",
+        CheckStatus::Fail => "[fail]",
     }
 }
 
@@ -83,7 +38,7 @@ pub fn doctor(ctx: &Context, args: crate::cli::DoctorArgs) -> Result<ExitCode> {
     report(ctx, &checks)
 }
 
-fn all_checks(ctx: &Context) -> Result<Vec<Check>> {
+fn all_checks(ctx: &Context) -> Result<Vec<DoctorCheck>> {
     let mut checks = runtimes()?;
     checks.extend(daemon(ctx)?);
     checks.push(ca_files(ctx));
@@ -104,14 +59,17 @@ fn all_checks(ctx: &Context) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-fn report(ctx: &Context, checks: &[Check]) -> Result<ExitCode> {
-    let failures = checks.iter().filter(|c| c.status == Status::Fail).count();
+fn report(ctx: &Context, checks: &[DoctorCheck]) -> Result<ExitCode> {
+    let failures = checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .count();
     if ctx.json {
         outln!("{}", serde_json::to_string_pretty(checks)?);
     } else {
         let mut out = String::new();
         for c in checks {
-            out.push_str(&format!("{} {}: {}\n", c.status, c.name, c.message));
+            out.push_str(&format!("{} {}: {}\n", label(c.status), c.name, c.message));
             if let Some(fix) = &c.fix {
                 for (i, line) in fix.lines().enumerate() {
                     let label = if i == 0 { "fix:" } else { "    " };
@@ -119,11 +77,14 @@ fn report(ctx: &Context, checks: &[Check]) -> Result<ExitCode> {
                 }
             }
         }
-        let warnings = checks.iter().filter(|c| c.status == Status::Warn).count();
+        let warnings = checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Warn)
+            .count();
         out.push_str(&match (failures, warnings) {
             (0, 0) => "\nAll checks passed.\n".to_owned(),
             (0, w) => format!("\nNo problems that stop moat; {w} warning(s).\n"),
-            (f, _) => format!("\n{f} problem(s) need fixing.\n"),
+            (f, _) => format!("\n{f} DoctorCheck::problem(s) need fixing.\n"),
         });
         out!("{out}");
     }
@@ -136,43 +97,31 @@ fn report(ctx: &Context, checks: &[Check]) -> Result<ExitCode> {
 
 /// Every runtime moat knows (its driver's own checks). A missing runtime
 /// is a warning while another one works.
-fn runtimes() -> Result<Vec<Check>> {
-    Ok(moat_run::doctor_checks()
-        .into_iter()
-        .map(|c| Check {
-            name: c.name,
-            status: match c.status {
-                moat_sandbox::CheckStatus::Ok => Status::Ok,
-                moat_sandbox::CheckStatus::Warn => Status::Warn,
-                moat_sandbox::CheckStatus::Fail => Status::Fail,
-            },
-            message: c.message,
-            fix: c.fix,
-        })
-        .collect())
+fn runtimes() -> Result<Vec<DoctorCheck>> {
+    Ok(moat_run::doctor_checks())
 }
 
-fn daemon(ctx: &Context) -> Result<Vec<Check>> {
+fn daemon(ctx: &Context) -> Result<Vec<DoctorCheck>> {
     let paths = DaemonPaths::new(&ctx.home);
     let info = match lockfile::read_info(&paths.lock) {
         Ok(Some(info)) => info,
         Ok(None) if paths.lock.exists() => {
-            return Ok(vec![problem(
-                Status::Fail,
+            return Ok(vec![DoctorCheck::problem(
+                CheckStatus::Fail,
                 "proxy daemon",
                 format!("{} is damaged", paths.lock.display()),
                 format!("rm {}", paths.lock.display()),
             )])
         }
         Ok(None) => {
-            return Ok(vec![ok(
+            return Ok(vec![DoctorCheck::ok(
                 "proxy daemon",
                 "not running (it starts with the next run)",
             )])
         }
         Err(e) => {
-            return Ok(vec![problem(
-                Status::Fail,
+            return Ok(vec![DoctorCheck::problem(
+                CheckStatus::Fail,
                 "proxy daemon",
                 e.to_string(),
                 format!("rm {}", paths.lock.display()),
@@ -180,8 +129,8 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
         }
     };
     if !lockfile::daemon_running(&paths) {
-        return Ok(vec![problem(
-            Status::Warn,
+        return Ok(vec![DoctorCheck::problem(
+            CheckStatus::Warn,
             "proxy daemon",
             format!(
                 "stale lock file: pid {} in {} is not running",
@@ -196,8 +145,8 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
         )]);
     }
     if !paths.control_socket.exists() {
-        return Ok(vec![problem(
-            Status::Fail,
+        return Ok(vec![DoctorCheck::problem(
+            CheckStatus::Fail,
             "proxy daemon",
             format!(
                 "pid {} runs but its control socket {} is missing",
@@ -209,20 +158,20 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
     }
     let mut checks = Vec::new();
     match block_on(DaemonClient::connect_existing(&ctx.home))? {
-        Ok(Some(_)) => checks.push(ok(
+        Ok(Some(_)) => checks.push(DoctorCheck::ok(
             "proxy daemon",
             format!(
                 "running (pid {}, port {}, version {})",
                 info.pid, info.port, info.version
             ),
         )),
-        Ok(None) => checks.push(ok(
+        Ok(None) => checks.push(DoctorCheck::ok(
             "proxy daemon",
             "not running (it starts with the next run)",
         )),
         Err(e) => {
-            checks.push(problem(
-                Status::Fail,
+            checks.push(DoctorCheck::problem(
+                CheckStatus::Fail,
                 "proxy daemon",
                 first_line(&e.to_string()).to_owned(),
                 e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
@@ -232,8 +181,8 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
     }
     let ours = env!("CARGO_PKG_VERSION");
     if info.version != ours {
-        checks.push(problem(
-            Status::Warn,
+        checks.push(DoctorCheck::problem(
+            CheckStatus::Warn,
             "proxy daemon version",
             format!("the daemon is moat {}, this is moat {ours}", info.version),
             "once no run is active: moat proxy restart",
@@ -242,8 +191,8 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
     if let Ok(requested) = std::env::var("MOAT_PROXY_PORT") {
         if let Ok(port) = requested.trim().parse::<u16>() {
             if port != 0 && port != info.port {
-                checks.push(problem(
-                    Status::Fail,
+                checks.push(DoctorCheck::problem(
+                    CheckStatus::Fail,
                     "proxy port",
                     format!(
                         "proxy port mismatch: running on {}, requested {port}",
@@ -258,18 +207,20 @@ fn daemon(ctx: &Context) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-fn ca_files(ctx: &Context) -> Check {
+fn ca_files(ctx: &Context) -> DoctorCheck {
     let dir = ctx.home.ca_dir();
     let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     match (cert.exists(), key.exists()) {
-        (false, false) => ok(
+        (false, false) => DoctorCheck::ok(
             "interception CA",
             "not created yet (the proxy daemon creates it)",
         ),
         (true, true) => match moat_home::mode_of(&key) {
-            Ok(mode) if mode & 0o077 == 0 => ok("interception CA", format!("{}", dir.display())),
-            Ok(mode) => problem(
-                Status::Fail,
+            Ok(mode) if mode & 0o077 == 0 => {
+                DoctorCheck::ok("interception CA", format!("{}", dir.display()))
+            }
+            Ok(mode) => DoctorCheck::problem(
+                CheckStatus::Fail,
                 "interception CA",
                 format!(
                     "{} has permissions {mode:04o} (expected 0600)",
@@ -277,15 +228,15 @@ fn ca_files(ctx: &Context) -> Check {
                 ),
                 format!("chmod 600 {}", key.display()),
             ),
-            Err(e) => problem(
-                Status::Fail,
+            Err(e) => DoctorCheck::problem(
+                CheckStatus::Fail,
                 "interception CA",
                 e.to_string(),
                 format!("check the permissions of {}", dir.display()),
             ),
         },
-        _ => problem(
-            Status::Fail,
+        _ => DoctorCheck::problem(
+            CheckStatus::Fail,
             "interception CA",
             format!("only one of ca.crt and ca.key exists in {}", dir.display()),
             format!(
@@ -298,14 +249,16 @@ fn ca_files(ctx: &Context) -> Check {
 }
 
 /// A secret file: absent is fine, any group or other bit is a failure.
-fn private_file(name: &str, path: &Path, absent: &str) -> Check {
+fn private_file(name: &str, path: &Path, absent: &str) -> DoctorCheck {
     if !path.exists() {
-        return ok(name, absent);
+        return DoctorCheck::ok(name, absent);
     }
     match moat_home::mode_of(path) {
-        Ok(mode) if mode & 0o077 == 0 => ok(name, format!("{} (0600)", path.display())),
-        Ok(mode) => problem(
-            Status::Fail,
+        Ok(mode) if mode & 0o077 == 0 => {
+            DoctorCheck::ok(name, format!("{} (0600)", path.display()))
+        }
+        Ok(mode) => DoctorCheck::problem(
+            CheckStatus::Fail,
             name,
             format!(
                 "{name} has insecure permissions: {} has permissions {mode:04o} (expected 0600).",
@@ -313,8 +266,8 @@ fn private_file(name: &str, path: &Path, absent: &str) -> Check {
             ),
             format!("chmod 600 {}", path.display()),
         ),
-        Err(e) => problem(
-            Status::Fail,
+        Err(e) => DoctorCheck::problem(
+            CheckStatus::Fail,
             name,
             e.to_string(),
             format!("check {}", path.display()),
@@ -329,13 +282,13 @@ fn grant_command(provider: &str) -> String {
     }
 }
 
-fn credentials(ctx: &Context) -> Vec<Check> {
+fn credentials(ctx: &Context) -> Vec<DoctorCheck> {
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
     let entries = match store.list() {
         Ok(entries) => entries,
         Err(e) => {
-            return vec![problem(
-                Status::Fail,
+            return vec![DoctorCheck::problem(
+                CheckStatus::Fail,
                 "credentials",
                 first_line(&e.to_string()).to_owned(),
                 e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
@@ -343,7 +296,7 @@ fn credentials(ctx: &Context) -> Vec<Check> {
         }
     };
     if entries.is_empty() {
-        return vec![ok(
+        return vec![DoctorCheck::ok(
             "credentials",
             format!("none stored (profile {})", ctx.profile_name()),
         )];
@@ -354,8 +307,8 @@ fn credentials(ctx: &Context) -> Vec<Check> {
         .map(|entry| {
             let name = format!("credential {}", entry.provider);
             match entry.credential {
-                Ok(c) if c.is_expired(now) => problem(
-                    Status::Fail,
+                Ok(c) if c.is_expired(now) => DoctorCheck::problem(
+                    CheckStatus::Fail,
                     &name,
                     format!(
                         "expired at {}",
@@ -363,15 +316,15 @@ fn credentials(ctx: &Context) -> Vec<Check> {
                     ),
                     grant_command(&entry.provider),
                 ),
-                Ok(c) => ok(
+                Ok(c) => DoctorCheck::ok(
                     &name,
                     match c.expires_at {
                         Some(t) => format!("decrypts; expires {}", t.format("%Y-%m-%d %H:%M UTC")),
                         None => "decrypts".to_owned(),
                     },
                 ),
-                Err(e) => problem(
-                    Status::Fail,
+                Err(e) => DoctorCheck::problem(
+                    CheckStatus::Fail,
                     &name,
                     format!("cannot be decrypted: {e} (the encryption key changed?)"),
                     grant_command(&entry.provider),
@@ -382,19 +335,24 @@ fn credentials(ctx: &Context) -> Vec<Check> {
 }
 
 /// `SSH_AUTH_SOCK` set, and the agent answering a key list request.
-fn ssh_agent() -> Check {
+fn ssh_agent() -> DoctorCheck {
     let fix = "eval \"$(ssh-agent -s)\" && ssh-add (needed only for ssh: grants)";
     let Some(sock) = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) else {
-        return problem(Status::Warn, "ssh agent", "SSH_AUTH_SOCK is not set", fix);
+        return DoctorCheck::problem(
+            CheckStatus::Warn,
+            "ssh agent",
+            "SSH_AUTH_SOCK is not set",
+            fix,
+        );
     };
     let sock = PathBuf::from(sock);
-    match agent_key_count(&sock) {
-        Ok(n) => ok(
+    match moat_ssh::agent_key_count(&sock) {
+        Ok(n) => DoctorCheck::ok(
             "ssh agent",
             format!("answering at {} ({n} key(s))", sock.display()),
         ),
-        Err(e) => problem(
-            Status::Warn,
+        Err(e) => DoctorCheck::problem(
+            CheckStatus::Warn,
             "ssh agent",
             format!("{} does not answer: {e}", sock.display()),
             fix,
@@ -402,27 +360,8 @@ fn ssh_agent() -> Check {
     }
 }
 
-/// Sends SSH2_AGENTC_REQUEST_IDENTITIES and reads the key count.
-fn agent_key_count(sock: &Path) -> std::io::Result<u32> {
-    let mut s = UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(&[0, 0, 0, 1, 11])?;
-    let mut header = [0u8; 9];
-    s.read_exact(&mut header)?;
-    if header[4] != 12 {
-        return Err(std::io::Error::other(format!(
-            "unexpected answer type {}",
-            header[4]
-        )));
-    }
-    Ok(u32::from_be_bytes([
-        header[5], header[6], header[7], header[8],
-    ]))
-}
-
 /// Free space where MOAT_HOME is (or would be).
-fn disk(home: &Path) -> Check {
+fn disk(home: &Path) -> DoctorCheck {
     let mut dir = home;
     while !dir.exists() {
         match dir.parent() {
@@ -437,15 +376,15 @@ fn disk(home: &Path) -> Check {
             let fix = "free space on that filesystem: moat clean removes stopped runs, or set \
                        MOAT_HOME to a larger disk";
             if free < 100_000_000 {
-                problem(Status::Fail, "disk", text, fix)
+                DoctorCheck::problem(CheckStatus::Fail, "disk", text, fix)
             } else if free < 1_000_000_000 {
-                problem(Status::Warn, "disk", text, fix)
+                DoctorCheck::problem(CheckStatus::Warn, "disk", text, fix)
             } else {
-                ok("disk", text)
+                DoctorCheck::ok("disk", text)
             }
         }
-        Err(e) => problem(
-            Status::Warn,
+        Err(e) => DoctorCheck::problem(
+            CheckStatus::Warn,
             "disk",
             format!("cannot read free space of {}: {e}", dir.display()),
             "check that the directory is readable",
@@ -454,7 +393,7 @@ fn disk(home: &Path) -> Check {
 }
 
 /// Where the agent's executable comes from for the native runtime.
-fn agent_binary(agent: &dyn moat_agents::Agent) -> Check {
+fn agent_binary(agent: &dyn moat_agents::Agent) -> DoctorCheck {
     use moat_agents::install;
     let name = format!("agent {}", agent.name());
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -463,9 +402,9 @@ fn agent_binary(agent: &dyn moat_agents::Agent) -> Check {
         install::find_in_cache(agent, &cache)
     });
     match found {
-        Some(source) => ok(&name, source.describe()),
-        None => problem(
-            Status::Warn,
+        Some(source) => DoctorCheck::ok(&name, source.describe()),
+        None => DoctorCheck::problem(
+            CheckStatus::Warn,
             &name,
             format!("{} is not installed", agent.binary()),
             format!(
@@ -479,14 +418,14 @@ fn agent_binary(agent: &dyn moat_agents::Agent) -> Check {
 
 /// `moat doctor AGENT`: the agent's executable, its grant and its
 /// configuration, each with the fix.
-fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
+fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<DoctorCheck> {
     let mut checks = vec![agent_binary(agent)];
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
     let now = chrono::Utc::now();
     let grant = agent.grants().iter().find(|g| store.contains(g));
     checks.push(match grant {
-        None => problem(
-            Status::Fail,
+        None => DoctorCheck::problem(
+            CheckStatus::Fail,
             "grant",
             format!("none of {} is granted", agent.grants().join(", ")),
             agent
@@ -497,8 +436,8 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
                 .join("\n"),
         ),
         Some(g) => match store.load(g) {
-            Ok(c) if c.is_expired(now) => problem(
-                Status::Fail,
+            Ok(c) if c.is_expired(now) => DoctorCheck::problem(
+                CheckStatus::Fail,
                 "grant",
                 format!(
                     "{g} expired at {}",
@@ -506,9 +445,9 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
                 ),
                 format!("moat grant {g}"),
             ),
-            Ok(_) => ok("grant", format!("{g} (the sandbox gets a placeholder)")),
-            Err(e) => problem(
-                Status::Fail,
+            Ok(_) => DoctorCheck::ok("grant", format!("{g} (the sandbox gets a placeholder)")),
+            Err(e) => DoctorCheck::problem(
+                CheckStatus::Fail,
                 "grant",
                 first_line(&e.to_string()).to_owned(),
                 e.to_string().lines().skip(1).collect::<Vec<_>>().join("\n"),
@@ -539,15 +478,15 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
     };
     checks.push(
         match agent.stage(&ctx_stage, &moat_agents::LaunchOptions::default()) {
-            Ok(launch) => ok(
+            Ok(launch) => DoctorCheck::ok(
                 "configuration",
                 format!(
                     "{} file(s) staged from your settings and moat.yaml",
                     launch.files.len()
                 ),
             ),
-            Err(e) => problem(
-                Status::Fail,
+            Err(e) => DoctorCheck::problem(
+                CheckStatus::Fail,
                 "configuration",
                 e.to_string(),
                 "fix the file or key named above",
@@ -559,15 +498,20 @@ fn agent_checks(ctx: &Context, agent: &dyn moat_agents::Agent) -> Vec<Check> {
 
 /// One request to the agent's API from a native sandbox holding only the
 /// placeholder: the proxy must inject the credential and the API accept it.
-fn injection_check(agent: &dyn moat_agents::Agent, grant: &str) -> Check {
+fn injection_check(agent: &dyn moat_agents::Agent, grant: &str) -> DoctorCheck {
     let name = "proxy injection";
     let url = agent.probe_url(grant);
     let Ok(exe) = std::env::current_exe() else {
-        return problem(Status::Warn, name, "cannot locate the moat binary", "");
+        return DoctorCheck::problem(CheckStatus::Warn, name, "cannot locate the moat binary", "");
     };
     let dir = std::env::temp_dir().join(format!("moat-doctor-{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_err() {
-        return problem(Status::Warn, name, "cannot make a scratch workspace", "");
+        return DoctorCheck::problem(
+            CheckStatus::Warn,
+            name,
+            "cannot make a scratch workspace",
+            "",
+        );
     }
     let out = std::process::Command::new(exe)
         .args([
@@ -595,23 +539,30 @@ fn injection_check(agent: &dyn moat_agents::Agent, grant: &str) -> Check {
     let _ = std::fs::remove_dir_all(&dir);
     let out = match out {
         Ok(out) => out,
-        Err(e) => return problem(Status::Warn, name, format!("cannot run moat: {e}"), ""),
+        Err(e) => {
+            return DoctorCheck::problem(
+                CheckStatus::Warn,
+                name,
+                format!("cannot run moat: {e}"),
+                "",
+            )
+        }
     };
     let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     match code.as_str() {
-        "200" => ok(
+        "200" => DoctorCheck::ok(
             name,
             format!("{url} accepted the {grant} credential the proxy injected"),
         ),
-        "401" | "403" => problem(
-            Status::Fail,
+        "401" | "403" => DoctorCheck::problem(
+            CheckStatus::Fail,
             name,
             format!("{url} refused the {grant} credential ({code})"),
             format!("moat grant {grant}"),
         ),
-        _ => problem(
-            Status::Warn,
+        _ => DoctorCheck::problem(
+            CheckStatus::Warn,
             name,
             format!(
                 "no answer from {url} ({})",

@@ -63,18 +63,12 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
             if name != "claude" && args.from_file.is_some() {
                 bail!("--from-file applies to claude only");
             }
-            let mut obtained = match name.as_str() {
-                "claude" => source::obtain_claude(args.from_file.as_deref(), &opts)?,
-                "npm" => {
-                    let host = args.host.as_deref().unwrap_or("registry.npmjs.org");
-                    let mut found = source::obtain_npm(spec, host, &opts)?;
-                    if host != "registry.npmjs.org" {
-                        found.metadata.insert("host".into(), host.to_string());
-                    }
-                    found
-                }
-                _ => source::obtain(spec, &opts)?,
-            };
+            let mut obtained = source::obtain_for_provider(
+                spec,
+                args.from_file.as_deref(),
+                args.host.as_deref(),
+                &opts,
+            )?;
             obtained.secret.check_header_safe(&grant.grant_command())?;
             errln!("Using {} from {}", secret_noun(spec), obtained.origin);
             if !args.no_validate {
@@ -94,11 +88,10 @@ fn secret_noun(spec: &ProviderSpec) -> &'static str {
 }
 
 fn validate_into(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result<()> {
-    let outcome = match spec.name.as_str() {
-        "github" => block_on(validate::github(&obtained.secret))??,
-        "anthropic" => block_on(validate::anthropic(&obtained.secret))??,
-        _ => return Ok(()),
+    let Some(check) = validate::by_provider(&spec.name, &obtained.secret) else {
+        return Ok(());
     };
+    let outcome = block_on(check)??;
     match outcome {
         Validation::Valid { identity, scopes } => {
             if let Some(login) = identity {

@@ -9,8 +9,7 @@ use moat_run::RunPlan;
 use super::Context;
 use crate::cli::RunArgs;
 
-/// Set in the background process that supervises a detached run.
-pub(super) const DETACHED_CHILD: &str = "MOAT_RUN_DETACHED_CHILD";
+use moat_run::DETACHED_CHILD;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
@@ -66,76 +65,23 @@ pub(super) fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
     Ok(canonical)
 }
 
-/// Starts the same `moat run` (without `-d`) as a background supervisor in
-/// its own process group, and returns once its run is recorded as running.
-/// If it fails before that, its error is shown here with its exit code.
+/// `moat run -d`: starts this same command without `-d` in the background
+/// (see [`moat_run::detach`]) and shows its run, or its early error with
+/// its exit code.
 pub(super) fn detach(ctx: &Context) -> Result<ExitCode> {
-    use std::os::unix::process::CommandExt as _;
-    use std::time::{Duration, Instant};
-
     let exe = std::env::current_exe().context("locating the moat executable")?;
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    let mut after_dashes = false;
-    for arg in std::env::args_os().skip(1) {
-        if !after_dashes && (arg == "-d" || arg == "--detach") {
-            continue;
-        }
-        if arg == "--" {
-            after_dashes = true;
-        }
-        args.push(arg);
-    }
-    moat_home::ensure_private_dir(&ctx.home.runs_dir())?;
-    let log_path = ctx
-        .home
-        .runs_dir()
-        .join(format!(".detach-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut child = std::process::Command::new(exe)
-        .args(&args)
-        .env(DETACHED_CHILD, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the background run")?;
-    let store = moat_storage::RunStore::new(ctx.home.clone());
-    let child_pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((runs, _)) = store.list() {
-            if let Some(run) = runs.iter().find(|r| {
-                r.supervisor_pid == Some(child_pid)
-                    && matches!(
-                        r.state,
-                        moat_storage::RunState::Running | moat_storage::RunState::Stopped
-                    )
-            }) {
-                let _ = std::fs::remove_file(&log_path);
-                outln!("{}", run.id);
-                errln!(
-                    "Started {} ({}) in the background.\nFollow its output: moat logs -f {}\nStop it: moat stop {}",
-                    run.name, run.id, run.name, run.name
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let _ = std::fs::remove_file(&log_path);
-            err!("{output}");
-            return Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ));
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the background run did not start within 30 seconds; see {}",
-                log_path.display()
+    let args = moat_run::without_detach_flag(std::env::args_os().skip(1));
+    match moat_run::detach(&ctx.home, &exe, &args)? {
+        moat_run::Detached::Started { id, name } => {
+            outln!("{id}");
+            errln!(
+                "Started {name} ({id}) in the background.\nFollow its output: moat logs -f {name}\nStop it: moat stop {name}"
             );
+            Ok(ExitCode::SUCCESS)
         }
-        std::thread::sleep(Duration::from_millis(20));
+        moat_run::Detached::Exited { output, code } => {
+            err!("{output}");
+            Ok(ExitCode::from(code))
+        }
     }
 }

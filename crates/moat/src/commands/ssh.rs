@@ -1,8 +1,7 @@
 //! `moat grant ssh --host`, `moat revoke ssh:HOST`, and the `ssh`
 //! ProxyCommand that runs inside sandboxes.
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::TcpStream;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -212,127 +211,16 @@ pub fn revoke(ctx: &Context, host: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `moat __ssh-connect HOST PORT`: `CONNECT HOST:PORT` through the proxy
-/// named by `HTTPS_PROXY` (with the run's token), then copy bytes between
-/// the tunnel and stdin/stdout, as `ssh` expects of a ProxyCommand.
+/// `moat __ssh-connect HOST PORT`: the ssh ProxyCommand inside a sandbox
+/// (see [`moat_ssh::tunnel`]).
 pub fn connect(host: &str, port: u16) -> Result<ExitCode> {
-    let proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .context("no proxy in HTTPS_PROXY: moat __ssh-connect runs inside a moat sandbox")?;
-    let rest = proxy
-        .strip_prefix("http://")
-        .context("HTTPS_PROXY must be an http:// URL")?;
-    let rest = rest.split('/').next().unwrap_or(rest);
-    let (auth, authority) = match rest.rsplit_once('@') {
-        Some((auth, authority)) => (Some(auth), authority),
-        None => (None, rest),
-    };
-    let mut stream = TcpStream::connect(authority)
-        .with_context(|| format!("connecting to moat's proxy at {authority}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n");
-    if let Some(auth) = auth {
-        request.push_str(&format!(
-            "Proxy-Authorization: Basic {}\r\n",
-            base64_encode(auth.as_bytes())
-        ));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-
-    // Read the answer's head byte by byte: anything after it belongs to ssh.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if head.len() > 16 * 1024 {
-            bail!("moat's proxy sent an oversized answer to CONNECT {host}:{port}");
-        }
-        match stream.read(&mut byte)? {
-            0 => bail!("moat's proxy closed the connection to {host}:{port}"),
-            _ => head.push(byte[0]),
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let status = head.lines().next().unwrap_or_default().to_string();
-    if status.split_whitespace().nth(1) != Some("200") {
-        let mut body = String::new();
-        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-        let _ = (&stream).take(4096).read_to_string(&mut body);
-        bail!(
-            "moat's proxy refused the SSH connection to {host}:{port} ({status}){}\n\
-             Only hosts granted with `moat grant ssh --host HOST` and passed with --grant ssh:HOST are reachable.",
-            if body.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", body.trim())
-            }
-        );
-    }
-
-    let mut upstream_reader = stream.try_clone()?;
-    let mut upstream_writer = stream;
-    // Plain read/write loops, not io::copy: its splice(2) fast path fails
-    // under gVisor on ssh's ProxyCommand pipes.
-    let uploader = std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if upstream_writer.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = upstream_writer.shutdown(std::net::Shutdown::Write);
-    });
-    // Standard output is line-buffered; SSH packets are binary, so every
-    // chunk is flushed as it arrives or the peer would wait forever.
-    let mut stdout = std::io::stdout().lock();
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match upstream_reader.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if stdout
-                    .write_all(&buf[..n])
-                    .and_then(|()| stdout.flush())
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
-    // ssh closes our stdin when it is done; the uploader ends with it, and
-    // does not need to be waited for once the server side has closed.
-    drop(uploader);
+    moat_ssh::tunnel::proxy_command(host, port)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"moat:abc"), "bW9hdDphYmM=");
-    }
 
     #[test]
     fn host_keys_parse_from_lines_and_known_hosts_format() {
