@@ -52,24 +52,48 @@ pub fn read_config_file(workspace: &Path, name: &str) -> Result<Option<Vec<u8>>,
     )?)
 }
 
+/// A config file as read once for a run: which file, its bytes, and
+/// what they say. The bytes let the run check, as it opens, that the file
+/// is still the one it was planned from (see `moat_trust::ConfigUsed`).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// `moat.yaml` or `agent.yaml`.
+    pub name: &'static str,
+    /// The file's bytes as read.
+    pub bytes: Vec<u8>,
+    /// What they say.
+    pub config: ProjectConfig,
+}
+
 /// Reads `workspace/moat.yaml`, or `workspace/agent.yaml` if there is no
-/// `moat.yaml`. `Ok(None)` when neither exists.
-pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
+/// `moat.yaml`, keeping the bytes read. `Ok(None)` when neither exists.
+pub fn load_with_source(workspace: &Path) -> Result<Option<LoadedConfig>, ConfigError> {
     for name in CONFIG_FILE_NAMES {
         let file = workspace.join(name);
         let Some(bytes) = read_config_file(workspace, name)? else {
             continue;
         };
-        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+        let text = std::str::from_utf8(&bytes).map_err(|_| ConfigError::Read {
             file: file.clone(),
             error: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "the file is not UTF-8 text",
             ),
         })?;
-        return parse(&text, &file, workspace).map(Some);
+        let config = parse(text, &file, workspace)?;
+        return Ok(Some(LoadedConfig {
+            name,
+            bytes,
+            config,
+        }));
     }
     Ok(None)
+}
+
+/// Reads `workspace/moat.yaml`, or `workspace/agent.yaml` if there is no
+/// `moat.yaml`. `Ok(None)` when neither exists.
+pub fn load(workspace: &Path) -> Result<Option<ProjectConfig>, ConfigError> {
+    Ok(load_with_source(workspace)?.map(|loaded| loaded.config))
 }
 
 /// Parses and validates the text of a config file. `file` is only used in

@@ -102,6 +102,9 @@ pub struct RunPlan {
     /// The workspace paths the sandbox sees read-only, found when the run
     /// starts (see `protect`).
     pub protected: Vec<moat_sandbox::ProtectedPath>,
+    /// The config file the plan was made from (its fingerprint): the run
+    /// opens only if the workspace still holds that file.
+    pub config_used: Option<moat_trust::ConfigUsed>,
 }
 
 /// A service dependency and what moat.yaml's `services.<name>` says of it.
@@ -366,6 +369,7 @@ impl RunPlan {
             services,
             allow_write,
             protected: Vec::new(),
+            config_used: None,
         })
     }
 }

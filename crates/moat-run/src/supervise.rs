@@ -269,7 +269,13 @@ pub fn execute(
     // out that returns here: a run killed before closing stays open, which
     // is what makes its changes suspect.
     let mut notices = Vec::new();
-    let result = match moat_trust::open_run(home, &plan.workspace, meta.id.as_str(), &meta.name) {
+    let result = match moat_trust::open_run(
+        home,
+        &plan.workspace,
+        meta.id.as_str(),
+        &meta.name,
+        plan.config_used.as_ref(),
+    ) {
         Ok(()) => {
             let protection =
                 crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write);

@@ -78,6 +78,9 @@ use sha2::{Digest as _, Sha256};
 pub use crate::snapshot::{Change, FileChange};
 pub use crate::state::{Culprit, RunEnd, Trusted};
 
+/// The config files in the order a run loads them (the first present wins).
+const CONFIG_NAMES_IN_ORDER: [&str; 2] = moat_config::CONFIG_FILE_NAMES;
+
 use crate::snapshot::Snapshot;
 use crate::state::{Accepted, OpenRun, TrustRecord, Verdict};
 
@@ -99,6 +102,20 @@ pub enum TrustError {
     ChangedDuringReview {
         /// The workspace.
         workspace: PathBuf,
+    },
+    /// The config file changed between the moment the run read it and
+    /// the moment it opened on the workspace.
+    #[error(
+        "{file} in {} changed while the run was starting (after moat read it, before the \
+         sandbox opened); nothing was run.\nTo fix: run again; if something else is editing \
+         {file}, let it finish first.",
+        workspace.display()
+    )]
+    ChangedWhileStarting {
+        /// The workspace.
+        workspace: PathBuf,
+        /// `moat.yaml` or `agent.yaml`.
+        file: String,
     },
     /// A workspace file could not be read.
     #[error("reading {path}: {error}")]
@@ -318,18 +335,51 @@ pub fn accept(
     Ok(acceptance)
 }
 
+/// The config file a run was planned from, by its fingerprint: what
+/// [`open_run`] checks the workspace still holds, so a file swapped
+/// between the run's reading it and its opening (and swapped back before
+/// the trust check sees it) cannot be what the run applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigUsed {
+    name: String,
+    sha256: String,
+}
+
+impl ConfigUsed {
+    /// For the file `name` (`moat.yaml`, `agent.yaml`) whose bytes were `bytes`.
+    pub fn new(name: &str, bytes: &[u8]) -> Self {
+        ConfigUsed {
+            name: name.to_owned(),
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+}
+
 /// Records that run `run_id` (supervised by this process) has the
 /// workspace mounted from now on, after checking again under the lock
-/// that the configuration is trusted.
+/// that the configuration is trusted and, when `used` is given, that it
+/// is the one the run was planned from.
 pub fn open_run(
     home: &MoatHome,
     workspace: &Path,
     run_id: &str,
     run_name: &str,
+    used: Option<&ConfigUsed>,
 ) -> Result<(), TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let current = Snapshot::capture(&workspace)?;
+    if let Some(used) = used {
+        let now = CONFIG_NAMES_IN_ORDER
+            .iter()
+            .find_map(|name| current.config_files.get(*name).map(|f| (*name, &f.sha256)));
+        if now != Some((used.name.as_str(), &used.sha256)) {
+            return Err(TrustError::ChangedWhileStarting {
+                workspace,
+                file: used.name.clone(),
+            });
+        }
+    }
     let enclosing =
         enclosing_run(home, &workspace).filter(|run| could_have_written(run, &workspace));
     let (mut record, verdict) = match load(home, &workspace)? {
@@ -571,11 +621,36 @@ mod tests {
     }
 
     #[test]
+    fn a_run_opens_only_on_the_config_it_was_planned_from() {
+        let (_dir, home, ws) = setup();
+        std::fs::write(ws.join("moat.yaml"), "name: a\n").unwrap();
+        let planned = ConfigUsed::new("moat.yaml", b"name: a\n");
+        // Swapped after the plan read it (and swapped back or not): the
+        // workspace no longer holds what the plan was made from.
+        std::fs::write(ws.join("moat.yaml"), "name: b\n").unwrap();
+        let err = open_run(&home, &ws, "run_000000000001", "a", Some(&planned)).unwrap_err();
+        assert!(
+            matches!(&err, TrustError::ChangedWhileStarting { file, .. } if file == "moat.yaml"),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains("changed while the run was starting"));
+        // agent.yaml planned, moat.yaml now present (it wins): refused too.
+        std::fs::write(ws.join("agent.yaml"), "name: b\n").unwrap();
+        let agent = ConfigUsed::new("agent.yaml", b"name: b\n");
+        assert!(open_run(&home, &ws, "run_000000000001", "a", Some(&agent)).is_err());
+        // The same file: opens.
+        let same = ConfigUsed::new("moat.yaml", b"name: b\n");
+        open_run(&home, &ws, "run_000000000001", "a", Some(&same)).unwrap();
+    }
+
+    #[test]
     fn a_run_that_edits_its_config_is_refused_until_accepted() {
         let (_dir, home, ws) = setup();
         std::fs::write(ws.join("moat.yaml"), "network:\n  policy: strict\n").unwrap();
         assert_eq!(check(&home, &ws).unwrap(), Trusted::FirstUse);
-        open_run(&home, &ws, "run_000000000001", "agent").unwrap();
+        open_run(&home, &ws, "run_000000000001", "agent", None).unwrap();
         std::fs::write(ws.join("moat.yaml"), "network:\n  policy: permissive\n").unwrap();
         close_run(&home, &ws, "run_000000000001").unwrap();
 
@@ -593,7 +668,7 @@ mod tests {
             )
         );
         // The runtime's own open re-check refuses too.
-        assert!(open_run(&home, &ws, "run_000000000002", "x").is_err());
+        assert!(open_run(&home, &ws, "run_000000000002", "x", None).is_err());
 
         let accepted = accept(&home, &ws, Some(&review.digest)).unwrap();
         assert_eq!(accepted.changes.len(), 1);
@@ -624,7 +699,7 @@ mod tests {
     #[test]
     fn user_edits_between_runs_are_accepted() {
         let (_dir, home, ws) = setup();
-        open_run(&home, &ws, "run_000000000001", "a").unwrap();
+        open_run(&home, &ws, "run_000000000001", "a", None).unwrap();
         close_run(&home, &ws, "run_000000000001").unwrap();
         std::fs::write(ws.join("moat.yaml"), "name: mine\n").unwrap();
         assert_eq!(check(&home, &ws).unwrap(), Trusted::ChangedOutsideRuns);

@@ -21,7 +21,10 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         return super::run::detach(ctx);
     }
     let detached = args.detach || detached_child;
-    let config = moat_config::load(&workspace)?;
+    // Read once: the plan is made from these bytes, and the run opens
+    // only if the workspace still holds them.
+    let loaded = moat_config::load_with_source(&workspace)?;
+    let config = loaded.as_ref().map(|l| l.config.clone());
     // A prompt is answered and printed; otherwise the agent talks with
     // the user, on a terminal when there is one.
     let interactive = !detached && args.prompt.is_none() && std::io::stdin().is_terminal();
@@ -33,6 +36,9 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         ctx.verbose,
     );
     let mut plan = super::plan_run(ctx, workspace, &flags, config.as_ref())?;
+    plan.config_used = loaded
+        .as_ref()
+        .map(|l| moat_trust::ConfigUsed::new(l.name, &l.bytes));
     let opts = LaunchOptions {
         prompt: args.prompt.clone(),
         continue_last: args.continue_last,
