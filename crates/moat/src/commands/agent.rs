@@ -12,7 +12,7 @@ use crate::cli::AgentArgs;
 
 pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
-    let workspace = super::run::resolve_workspace(args.path.as_deref())?;
+    let workspace = super::resolve_workspace(args.path.as_deref())?;
     let detached_child = std::env::var_os(moat_run::DETACHED_CHILD).is_some();
     if !detached_child {
         super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;

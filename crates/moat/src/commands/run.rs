@@ -1,9 +1,8 @@
 //! `moat run`: merge flags with `moat.yaml` into a plan and execute it.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use moat_run::RunPlan;
 
 use super::Context;
@@ -13,7 +12,7 @@ use moat_run::DETACHED_CHILD;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
-    let workspace = resolve_workspace(args.path.as_deref())?;
+    let workspace = super::resolve_workspace(args.path.as_deref())?;
     // moat.yaml is only read once it is trusted. The background supervisor
     // of `run -d` was checked by its parent, which can still ask the user;
     // `moat_run::execute` re-checks under the trust lock as it opens the run.
@@ -54,19 +53,6 @@ pub(super) fn execute(ctx: &Context, plan: &RunPlan) -> Result<ExitCode> {
     }
     tracing::debug!(run_id = %outcome.id, code = outcome.exit_code, "run finished");
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
-}
-
-pub(super) fn resolve_workspace(path: Option<&Path>) -> Result<PathBuf> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_dir().context("reading the current directory")?,
-    };
-    let canonical = std::fs::canonicalize(&path)
-        .with_context(|| format!("workspace {} does not exist", path.display()))?;
-    if !canonical.is_dir() {
-        bail!("workspace {} is not a directory", path.display());
-    }
-    Ok(canonical)
 }
 
 /// `moat run -d`: starts this same command without `-d` in the background

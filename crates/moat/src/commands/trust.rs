@@ -13,7 +13,7 @@ use crate::cli::TrustArgs;
 /// `moat trust [PATH]`: shows what changed since the accepted state and
 /// accepts the workspace as it is now.
 pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
-    let workspace = super::run::resolve_workspace(args.path.as_deref())?;
+    let workspace = super::resolve_workspace(args.path.as_deref())?;
     let accepted = moat_trust::accept(&ctx.home, &workspace, None)?;
     let ws = workspace.display();
     if accepted.first_use {
