@@ -33,7 +33,7 @@ mod body;
 pub(crate) mod server;
 
 use self::body::{read_into, DecodedBody, Framing};
-use crate::upstream::UpstreamIo;
+use crate::io::UpstreamIo;
 use crate::{BoxError, ProxyBody};
 
 /// Most header lines a response may have (hyper's default).
