@@ -21,14 +21,19 @@ pub fn available(switch: &str, missing: Option<String>) -> bool {
     false
 }
 
-/// A Docker engine with the local base image (`DOCKER`).
-pub fn docker() -> bool {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", "local/debian:bookworm"])
+/// Whether `program args…` succeeds (an engine that has an image).
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+}
+
+/// A Docker engine with the local base image (`DOCKER`).
+pub fn docker() -> bool {
+    let ok = succeeds("docker", &["image", "inspect", "local/debian:bookworm"]);
     available(
         "DOCKER",
         (!ok).then(|| {
@@ -39,12 +44,10 @@ pub fn docker() -> bool {
 
 /// Podman with the local base image (`PODMAN`).
 pub fn podman() -> bool {
-    let ok = Command::new("podman")
-        .args(["image", "exists", "localhost/local/debian:bookworm"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = succeeds(
+        "podman",
+        &["image", "exists", "localhost/local/debian:bookworm"],
+    );
     available(
         "PODMAN",
         (!ok).then(|| {

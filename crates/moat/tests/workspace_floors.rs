@@ -83,6 +83,20 @@ impl Workspace {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The owner adds a file and commits in the repository at `dir` on the
+    /// host, then asks for its status: what would run a planted program.
+    fn owner_commits_in(&self, dir: &Path) {
+        std::fs::write(dir.join("f"), "f\n").unwrap();
+        assert!(self.host_git_in(dir, &["add", "f"]).status.success());
+        let commit = self.host_git_in(dir, &["commit", "-q", "-m", "host commit"]);
+        assert!(
+            commit.status.success(),
+            "{}",
+            String::from_utf8_lossy(&commit.stderr)
+        );
+        assert!(self.host_git_in(dir, &["status"]).status.success());
+    }
+
     fn run(&self, args: &[&str], script: &str) -> common::Result {
         self.run_env(args, script, &[])
     }
@@ -241,15 +255,7 @@ fn nested_repositories_are_protected_too() {
     let out = ws.run(&[], &plant("libs/sub"));
     out.success();
     assert_all_refused(&out);
-    std::fs::write(sub.join("f"), "f\n").unwrap();
-    assert!(ws.host_git_in(&sub, &["add", "f"]).status.success());
-    let commit = ws.host_git_in(&sub, &["commit", "-q", "-m", "c"]);
-    assert!(
-        commit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&commit.stderr)
-    );
-    assert!(ws.host_git_in(&sub, &["status"]).status.success());
+    ws.owner_commits_in(&sub);
     assert_eq!(ws.marks_left(), Vec::<String>::new(), "{}", out.stdout);
 }
 
@@ -565,15 +571,7 @@ echo made"#;
     out.success();
     assert!(out.stdout.contains("made"), "{}", out.stderr);
     for dir in [ws.project(), ws.project().join("vendored")] {
-        std::fs::write(dir.join("f"), "f\n").unwrap();
-        assert!(ws.host_git_in(&dir, &["add", "f"]).status.success());
-        let commit = ws.host_git_in(&dir, &["commit", "-q", "-m", "host"]);
-        assert!(
-            commit.status.success(),
-            "{}",
-            String::from_utf8_lossy(&commit.stderr)
-        );
-        assert!(ws.host_git_in(&dir, &["status"]).status.success());
+        ws.owner_commits_in(&dir);
         assert!(!ws.host_git_in(&dir, &["st"]).status.success());
         // What was not a program is kept.
         let url = ws.host_git_in(&dir, &["config", "remote.origin.url"]);

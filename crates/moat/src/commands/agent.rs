@@ -24,7 +24,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     // Read once: the plan is made from these bytes, and the run opens
     // only if the workspace still holds them.
     let loaded = moat_config::load_with_source(&workspace)?;
-    let config = loaded.as_ref().map(|l| l.config.clone());
+    let config = loaded.as_ref().map(|l| &l.config);
     // A prompt is answered and printed; otherwise the agent talks with
     // the user, on a terminal when there is one.
     let interactive = !detached && args.prompt.is_none() && std::io::stdin().is_terminal();
@@ -35,7 +35,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         detached,
         ctx.verbose,
     );
-    let mut plan = super::plan_run(ctx, workspace, &flags, config.as_ref())?;
+    let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
     plan.config_used = loaded
         .as_ref()
         .map(|l| moat_trust::ConfigUsed::new(l.name, &l.bytes));
@@ -53,7 +53,6 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     }
     let mut driver = selection.driver;
     let section = config
-        .as_ref()
         .and_then(|c| c.agents.get(agent.name()).cloned())
         .unwrap_or_default();
     moat_run::plan_agent(

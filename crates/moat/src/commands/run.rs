@@ -28,14 +28,14 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     // Read once: the plan is made from these bytes, and the run opens
     // only if the workspace still holds them.
     let loaded = moat_config::load_with_source(&workspace)?;
-    let config = loaded.as_ref().map(|l| l.config.clone());
+    let config = loaded.as_ref().map(|l| &l.config);
     let flags = args.run.flags(
         args.command.clone(),
         args.interactive,
         detached,
         ctx.verbose,
     );
-    let mut plan = super::plan_run(ctx, workspace, &flags, config.as_ref())?;
+    let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
     plan.config_used = loaded.map(|l| moat_trust::ConfigUsed::new(l.name, &l.bytes));
     execute(ctx, &plan)
 }
