@@ -117,8 +117,7 @@ pub enum BoundedReadError {
     /// The file, or a directory on the way to it, is a symbolic link.
     #[error(
         "{} is a symbolic link (or lies behind one); moat does not follow links in a directory \
-         a sandbox can write, since a run could point them anywhere on the host.\nTo fix: \
-         replace the link with a regular file, or remove it.",
+         a sandbox can write, since a run could point them anywhere on the host",
         path.display()
     )]
     Link {
@@ -128,8 +127,7 @@ pub enum BoundedReadError {
     /// A FIFO, a device, a socket or a directory.
     #[error(
         "{} is {kind}, not a regular file; moat reads only regular files there, so a run \
-         cannot make it wait for ever or read without end.\nTo fix: remove it, or replace it \
-         with a regular file.",
+         cannot make it wait for ever or read without end",
         path.display()
     )]
     NotRegular {
@@ -140,11 +138,9 @@ pub enum BoundedReadError {
     },
     /// Larger than the caller reads.
     #[error(
-        "{} is {}; moat reads at most {} of it.\nTo fix: shrink it below {}, or remove it if \
-         you did not write it (a run may have).",
+        "{} is {}; moat reads at most {} of it",
         path.display(),
         human_bytes(*size),
-        human_bytes(*limit),
         human_bytes(*limit)
     )]
     TooLarge {
@@ -163,6 +159,33 @@ pub enum BoundedReadError {
         /// The underlying error.
         error: io::Error,
     },
+}
+
+impl moat_hint::Hint for BoundedReadError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            BoundedReadError::Link { .. } => {
+                "To fix: replace the link with a regular file, or remove it.".to_owned()
+            }
+            BoundedReadError::NotRegular { .. } => {
+                "To fix: remove it, or replace it with a regular file.".to_owned()
+            }
+            BoundedReadError::TooLarge { limit, .. } => format!(
+                "To fix: shrink it below {}, or remove it if you did not write it (a run may have).",
+                human_bytes(*limit)
+            ),
+            BoundedReadError::Io { .. } => return None,
+        };
+        Some(fix.into())
+    }
+}
+
+impl moat_hint::Hint for HomeError {
+    /// An I/O failure under `MOAT_HOME` has no fix moat can name: its
+    /// message already says which file and why.
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        None
+    }
 }
 
 /// `1 MiB`, `8.0 GiB`, `512 bytes`: binary units, as the limits are set.
@@ -423,7 +446,7 @@ mod tests {
         assert_eq!(
             err.to_string().lines().next().unwrap(),
             format!(
-                "{}/d/ok is 2 bytes; moat reads at most 1 bytes of it.",
+                "{}/d/ok is 2 bytes; moat reads at most 1 bytes of it",
                 base.display()
             )
         );

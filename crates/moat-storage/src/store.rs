@@ -8,13 +8,13 @@ use crate::{RunId, RunMetadata, RunState};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// No run matches.
-    #[error("no run matches {0:?}. List runs with: moat list")]
+    #[error("no run matches {0:?}")]
     NotFound(String),
     /// No run exists at all.
-    #[error("no runs yet. Start one with: moat run -- <command>")]
+    #[error("no runs yet")]
     NoRuns,
     /// A name matches several runs; the user must pick an id.
-    #[error("{name:?} matches {} runs: {}. Use a run id", ids.len(), ids.join(", "))]
+    #[error("{name:?} matches {} runs: {}", ids.len(), ids.join(", "))]
     Ambiguous {
         /// The name given.
         name: String,
@@ -22,7 +22,7 @@ pub enum StorageError {
         ids: Vec<String>,
     },
     /// `metadata.json` is damaged.
-    #[error("{path}: damaged run metadata ({reason}). Remove the run with: moat destroy {id}")]
+    #[error("{path}: damaged run metadata ({reason})")]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -44,6 +44,20 @@ pub enum StorageError {
         /// Cause.
         error: std::io::Error,
     },
+}
+
+impl moat_hint::Hint for StorageError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            StorageError::NotFound(_) => "List runs with: moat list".to_owned(),
+            StorageError::NoRuns => "Start one with: moat run -- <command>".to_owned(),
+            StorageError::Ambiguous { .. } => "Name the run by its id.".to_owned(),
+            StorageError::Damaged { id, .. } => format!("Remove the run with: moat destroy {id}"),
+            StorageError::Home(error) => return moat_hint::Hint::hint(error),
+            StorageError::Io { .. } => return None,
+        };
+        Some(fix.into())
+    }
 }
 
 /// The runs under `MOAT_HOME/runs`.

@@ -39,6 +39,7 @@ macro_rules! err {
 
 mod cli;
 mod commands;
+mod hints;
 mod output;
 
 use std::process::ExitCode;

@@ -180,9 +180,10 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints an error and its causes: `Error: outer: cause: root`.
+/// Prints an error, its causes and their fixes: `Error: outer: cause: root`,
+/// then each fix after a blank line.
 pub fn print_error(err: &anyhow::Error) {
-    let text = error_line(err);
+    let text = moat_hint::render(&error_line(err), &crate::hints::fixes(err));
     write_stderr(format_args!("Error: {text}\n"));
 }
 

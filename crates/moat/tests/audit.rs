@@ -339,7 +339,11 @@ fn unknown_runs_and_missing_logs_are_clear_errors() {
     let t = AuditEnv::new();
     let out = t.run(&["audit", "nope"]);
     out.failure();
-    insta::assert_snapshot!(out.stderr, @r#"Error: no run matches "nope". List runs with: moat list"#);
+    insta::assert_snapshot!(out.stderr, @r#"
+    Error: no run matches "nope"
+
+    List runs with: moat list
+    "#);
     let out = t.run(&["audit", "verify", "missing.json"]);
     out.failure();
     assert!(

@@ -181,7 +181,11 @@ fn bad_references() {
     let t = TraceEnv::new();
     let out = t.run(&["trace", "--network"]);
     out.failure();
-    insta::assert_snapshot!(out.stderr, @"Error: no runs yet. Start one with: moat run -- <command>");
+    insta::assert_snapshot!(out.stderr, @r"
+    Error: no runs yet
+
+    Start one with: moat run -- <command>
+    ");
     let out = t.run(&["run", "--name", "quiet", "--", "true"]);
     out.success();
     let out = t.run(&["trace", "quiet", "--network"]);
@@ -194,7 +198,11 @@ fn bad_references() {
     );
     let out = t.run(&["trace", "run_ffffffffffff"]);
     out.failure();
-    insta::assert_snapshot!(out.stderr, @r#"Error: no run matches "run_ffffffffffff". List runs with: moat list"#);
+    insta::assert_snapshot!(out.stderr, @r#"
+    Error: no run matches "run_ffffffffffff"
+
+    List runs with: moat list
+    "#);
 }
 
 /// No raw control character in `text` but the newlines of its layout.

@@ -156,7 +156,7 @@ pub fn stop(ctx: &Context, args: RunRef) -> Result<ExitCode> {
         Some(q) => store.find(Some(q), |_| true)?,
         None => store
             .find(None, |r| r.state.is_active())
-            .map_err(|_| anyhow::anyhow!("no running runs. List runs with: moat list"))?,
+            .map_err(|_| crate::hints::failure("no running runs", "List runs with: moat list"))?,
     };
     store.reconcile(&mut run)?;
     if !run.state.is_active() {
@@ -181,7 +181,7 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
     let mut run = match args.run.as_deref() {
         Some(q) => store.find(Some(q), |_| true)?,
         None => store.find(None, |r| !r.state.is_active()).map_err(|_| {
-            anyhow::anyhow!("no stopped runs to destroy. List runs with: moat list")
+            crate::hints::failure("no stopped runs to destroy", "List runs with: moat list")
         })?,
     };
     store.reconcile(&mut run)?;

@@ -20,12 +20,14 @@ pub fn trace(ctx: &Context, args: TraceArgs) -> Result<ExitCode> {
     let run = store.find(args.run.as_deref(), |_| true)?;
     let dir = store.dir(&run.id);
     if !dir.is_dir() {
-        anyhow::bail!(
-            "the directory of run {} is missing ({}). Remove the run with: moat destroy {}",
-            run.id,
-            dir.display(),
-            run.id
-        );
+        return Err(crate::hints::failure(
+            format!(
+                "the directory of run {} is missing ({})",
+                run.id,
+                dir.display()
+            ),
+            format!("Remove the run with: moat destroy {}", run.id),
+        ));
     }
     if !args.network && args.har.is_none() {
         return timeline(ctx, &run, &dir);
