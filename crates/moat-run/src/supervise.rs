@@ -134,6 +134,20 @@ pub enum RunError {
     },
 }
 
+impl moat_hint::Hint for RunError {
+    /// A transparent variant hides its inner error from the chain of
+    /// sources, so it hands on that error's fix.
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            RunError::Grants(error) => error.hint(),
+            RunError::Daemon(error) => error.hint(),
+            RunError::Storage(error) => error.hint(),
+            RunError::Credentials(error) => error.hint(),
+            _ => None,
+        }
+    }
+}
+
 impl From<moat_home::HomeError> for RunError {
     fn from(e: moat_home::HomeError) -> Self {
         RunError::Storage(StorageError::Home(e))

@@ -27,6 +27,11 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
+        moat_credentials::CredentialError,
+        moat_credentials::ResolveError,
+        moat_credentials::MissingGrants,
+        moat_daemon::ClientError,
+        moat_run::RunError,
     );
     None
 }
