@@ -143,6 +143,7 @@ impl moat_hint::Hint for RunError {
             RunError::Daemon(error) => error.hint(),
             RunError::Storage(error) => error.hint(),
             RunError::Credentials(error) => error.hint(),
+            RunError::Ssh(error) => error.hint(),
             _ => None,
         }
     }

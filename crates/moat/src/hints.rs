@@ -32,6 +32,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_credentials::MissingGrants,
         moat_daemon::ClientError,
         moat_run::RunError,
+        moat_ssh::SshError,
     );
     None
 }
