@@ -1,6 +1,6 @@
 //! What a run did, as text a person reads: the timeline of `moat trace`,
 //! one line per request of `moat trace --network`, the sections and the
-//! verdict of `moat audit`.
+//! verdict of `moat audit`, the rows of `moat list`.
 //!
 //! This crate owns the wording and layout of those reports and their JSON
 //! forms. It reads what the stores already parsed (`moat-storage`'s run
@@ -9,10 +9,12 @@
 
 mod audit;
 mod network;
+mod runs;
 mod timeline;
 
 pub use audit::{audit_json, audit_sections, audit_verdict, first_problem, RULE};
 pub use network::{request_details, request_line};
+pub use runs::{run_row, RUN_COLUMNS};
 pub use timeline::{Event, Timeline};
 
 use chrono::{DateTime, Utc};
