@@ -42,63 +42,73 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("reading the audit log of run {}", run.id))?;
 
-    if let Some(file) = args.export {
-        if !report.intact() {
-            bail!(
-                "the audit log of run {} fails verification ({}); it is not exported. \
-                 See the details with: moat audit {}",
-                run.id,
-                first_problem(&report),
-                run.id
-            );
+    match args.export {
+        Some(file) => export(&run.id, &log, &report, &file),
+        None => {
+            print_report(ctx, run.id.as_str(), &report, expected.is_some());
+            Ok(exit(&report))
         }
-        let entries = moat_audit::read_log(&log)?
-            .into_iter()
-            .filter_map(|(_, e)| e.ok())
-            .collect::<Vec<_>>();
-        let bundle = Bundle::new(entries, moat_audit::read_attestations(&log)?);
-        bundle
-            .write(&file)
-            .with_context(|| format!("writing {}", file.display()))?;
-        outln!(
-            "Exported {} entries and {} attestation(s) of run {} to {}",
-            bundle.entries.len(),
-            bundle.attestations.len(),
-            run.id,
-            file.display()
-        );
-        outln!(
-            "Verify it anywhere with: moat audit verify {}",
-            file.display()
-        );
-        return Ok(ExitCode::SUCCESS);
     }
+}
 
-    if ctx.json {
-        outln!("{}", audit_json(run.id.as_str(), &report));
-    } else {
-        let mut out = format!("Auditing run: {}\n{RULE}\n", run.id);
-        let key_note = if expected.is_none() {
-            Some("installation public key not found; signatures checked against their own keys")
-        } else {
-            None
-        };
-        let whose = if expected.is_some() {
-            "this installation's key"
-        } else {
-            "not pinned: this installation's signing.pub is missing"
-        };
-        out.push_str(&audit_sections(
-            &report,
-            "Local Signatures",
-            key_note,
-            whose,
+/// `moat audit RUN --export FILE`: an intact log and its attestations as
+/// a bundle anyone can verify.
+fn export(
+    run: &moat_storage::RunId,
+    log: &Path,
+    report: &LogReport,
+    file: &Path,
+) -> Result<ExitCode> {
+    if !report.intact() {
+        return Err(crate::hints::failure(
+            format!(
+                "the audit log of run {run} fails verification ({}); it is not exported",
+                first_problem(report)
+            ),
+            format!("See the details with: moat audit {run}"),
         ));
-        out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
-        out.push_str(&audit_verdict(&report));
-        out!("{out}");
     }
-    Ok(exit(&report))
+    let entries = moat_audit::read_log(log)?
+        .into_iter()
+        .filter_map(|(_, e)| e.ok())
+        .collect::<Vec<_>>();
+    let bundle = Bundle::new(entries, moat_audit::read_attestations(log)?);
+    bundle
+        .write(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    outln!(
+        "Exported {} entries and {} attestation(s) of run {run} to {}",
+        bundle.entries.len(),
+        bundle.attestations.len(),
+        file.display()
+    );
+    outln!(
+        "Verify it anywhere with: moat audit verify {}",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run's verification, as text or JSON. `pinned` says whether the
+/// installation's public key was there to check the signers against.
+fn print_report(ctx: &Context, run: &str, report: &LogReport, pinned: bool) {
+    if ctx.json {
+        outln!("{}", audit_json(run, report));
+        return;
+    }
+    let mut out = format!("Auditing run: {run}\n{RULE}\n");
+    let (key_note, whose) = if pinned {
+        (None, "this installation's key")
+    } else {
+        (
+            Some("installation public key not found; signatures checked against their own keys"),
+            "not pinned: this installation's signing.pub is missing",
+        )
+    };
+    out.push_str(&audit_sections(report, "Local Signatures", key_note, whose));
+    out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
+    out.push_str(&audit_verdict(report));
+    out!("{out}");
 }
 
 fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> Result<ExitCode> {
