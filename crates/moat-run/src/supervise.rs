@@ -299,7 +299,12 @@ pub fn execute(
                 }
                 Err(_) => Ok(0),
             };
-            if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
+            if let Err(e) = moat_trust::close_run(
+                home,
+                &plan.workspace,
+                meta.id.as_str(),
+                plan.config_used.as_ref(),
+            ) {
                 tracing::warn!(error = %e, "recording the run's end in the trust record");
             }
             match protection {
