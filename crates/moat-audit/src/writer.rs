@@ -13,10 +13,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::entry::RUN_ID_FIELD;
-use crate::verify::{Attestation, SigFile};
+use crate::error::WriteFailure;
+use crate::verify::{Attestation, LineError, SigFile};
 use crate::{AuditError, Entry, SigningKey};
 
-type Reply<T> = SyncSender<Result<T, String>>;
+type Reply<T> = SyncSender<Result<T, WriteFailure>>;
 
 enum Msg {
     Event {
@@ -249,7 +250,7 @@ impl AuditWriter {
         result
     }
 
-    fn request<T>(&self, msg: Msg, rx: Receiver<Result<T, String>>) -> Result<T, AuditError> {
+    fn request<T>(&self, msg: Msg, rx: Receiver<Result<T, WriteFailure>>) -> Result<T, AuditError> {
         let gone = || AuditError::WriterGone {
             path: self.path.clone(),
         };
@@ -278,7 +279,7 @@ fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
         Some((line, Ok(_))) => Err(AuditError::Damaged {
             path: path.to_path_buf(),
             line,
-            reason: "no newline at the end".into(),
+            reason: LineError::Unterminated,
         }),
         Some((line, Err(reason))) => Err(AuditError::Damaged {
             path: path.to_path_buf(),
@@ -316,7 +317,7 @@ struct Thread {
     lost_reason: Option<String>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
-    failed: Option<String>,
+    failed: Option<WriteFailure>,
     run_id: Option<String>,
 }
 
@@ -431,7 +432,7 @@ impl Thread {
                 self.pending.push(b'\n');
                 self.head = Some(entry);
             }
-            Err(e) => self.fail(e.to_string()),
+            Err(e) => self.fail(WriteFailure::Encode(Arc::new(e))),
         }
     }
 
@@ -455,7 +456,7 @@ impl Thread {
                 self.head = self.durable_head.clone();
                 self.lost += self.pending_events + self.carry;
                 self.lost_reason = Some(e.to_string());
-                self.fail(e.to_string());
+                self.fail(WriteFailure::Io(Arc::new(e)));
             }
         }
         self.pending.clear();
@@ -463,7 +464,7 @@ impl Thread {
         self.carry = 0;
     }
 
-    fn fail(&mut self, reason: String) {
+    fn fail(&mut self, reason: WriteFailure) {
         if self.failed.is_none() {
             tracing::warn!(
                 "cannot write the audit log {}: {reason}. The events lost are counted in the \
@@ -474,14 +475,14 @@ impl Thread {
         }
     }
 
-    fn status(&self) -> Result<(), String> {
+    fn status(&self) -> Result<(), WriteFailure> {
         match &self.failed {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
     }
 
-    fn seal(&mut self, key: &SigningKey) -> Result<Option<Attestation>, String> {
+    fn seal(&mut self, key: &SigningKey) -> Result<Option<Attestation>, WriteFailure> {
         self.status()?;
         let Some(head) = &self.head else {
             return Ok(None);
@@ -489,17 +490,23 @@ impl Thread {
         let att = Attestation::sign(head, key);
         let sig_path = crate::sig_path(&self.path);
         let mut file = match moat_home::read_if_exists(&sig_path) {
-            Ok(Some(bytes)) => serde_json::from_slice::<SigFile>(&bytes)
-                .map_err(|e| format!("{} is damaged ({e}); move it away", sig_path.display()))?,
+            Ok(Some(bytes)) => serde_json::from_slice::<SigFile>(&bytes).map_err(|e| {
+                WriteFailure::DamagedSignatures {
+                    path: sig_path.clone(),
+                    error: Arc::new(e),
+                }
+            })?,
             Ok(None) => SigFile {
                 version: 1,
                 attestations: Vec::new(),
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(WriteFailure::Home(Arc::new(e))),
         };
         file.attestations.push(att.clone());
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        moat_home::write_private_atomic(&sig_path, &bytes).map_err(|e| e.to_string())?;
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| WriteFailure::Encode(Arc::new(e)))?;
+        moat_home::write_private_atomic(&sig_path, &bytes)
+            .map_err(|e| WriteFailure::Home(Arc::new(e)))?;
         Ok(Some(att))
     }
 }

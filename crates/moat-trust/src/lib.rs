@@ -97,8 +97,7 @@ pub enum TrustError {
     /// before it was recorded.
     #[error(
         "the configuration in {} changed again while you were reviewing it; nothing was \
-         accepted.\nTo fix: run moat trust {} again.",
-        workspace.display(),
+         accepted.",
         workspace.display()
     )]
     ChangedDuringReview {
@@ -109,8 +108,7 @@ pub enum TrustError {
     /// the moment it opened on the workspace.
     #[error(
         "{file} in {} changed while the run was starting (after moat read it, before the \
-         sandbox opened); nothing was run.\nTo fix: run again; if something else is editing \
-         {file}, let it finish first.",
+         sandbox opened); nothing was run.",
         workspace.display()
     )]
     ChangedWhileStarting {
@@ -134,7 +132,7 @@ pub enum TrustError {
     /// `.moat/` is too large to fingerprint.
     #[error(
         "{} holds more than {limit} entries; moat fingerprints it before every run so that a \
-         run cannot change it unnoticed.\nTo fix: keep caches and large data out of .moat/.",
+         run cannot change it unnoticed.",
         dir.display()
     )]
     TooManyFiles {
@@ -144,12 +142,7 @@ pub enum TrustError {
         limit: usize,
     },
     /// The trust record is not valid JSON.
-    #[error(
-        "the trust record {} is damaged ({message}).\nTo fix: review the workspace's moat.yaml \
-         and .moat/, then run moat trust {}",
-        path.display(),
-        workspace.display()
-    )]
+    #[error("the trust record {} is damaged ({message}).", path.display())]
     DamagedRecord {
         /// The record file.
         path: PathBuf,
@@ -161,6 +154,32 @@ pub enum TrustError {
     /// Writing the record, or its lock.
     #[error(transparent)]
     Home(#[from] HomeError),
+}
+
+impl moat_hint::Hint for TrustError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            TrustError::Untrusted(review) => review.fix(),
+            TrustError::ChangedDuringReview { workspace } => {
+                format!("To fix: run moat trust {} again.", workspace.display())
+            }
+            TrustError::ChangedWhileStarting { file, .. } => format!(
+                "To fix: run again; if something else is editing {file}, let it finish first."
+            ),
+            TrustError::TooManyFiles { .. } => {
+                "To fix: keep caches and large data out of .moat/.".to_owned()
+            }
+            TrustError::DamagedRecord { workspace, .. } => format!(
+                "To fix: review the workspace's moat.yaml and .moat/, then run moat trust {}",
+                workspace.display()
+            ),
+            // Transparent: the inner error is hidden from the chain.
+            TrustError::File(inner) => return inner.hint(),
+            TrustError::Home(inner) => return inner.hint(),
+            TrustError::Read { .. } => return None,
+        };
+        Some(moat_hint::Fix::new(fix))
+    }
 }
 
 impl TrustError {
@@ -209,17 +228,24 @@ impl Review {
     pub fn change_lines(&self) -> String {
         changes_text(&self.changes)
     }
+
+    /// How the user settles it.
+    pub fn fix(&self) -> String {
+        format!(
+            "To fix: review the changes, then run\n  moat trust {}\nor restore the version you \
+             accepted.",
+            self.workspace.display()
+        )
+    }
 }
 
 impl std::fmt::Display for Review {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ws = self.workspace.display();
         write!(
             f,
-            "{}, so moat will not apply it without your review.\n{}To fix: review the \
-             changes, then run\n  moat trust {ws}\nor restore the version you accepted.",
+            "{}, so moat will not apply it without your review.\n{}",
             self.summary(),
-            self.change_lines()
+            self.change_lines().trim_end()
         )
     }
 }
@@ -732,8 +758,15 @@ mod tests {
             format!(
                 "moat.yaml in {ws_text} changed while run run_000000000001 (agent) had the \
                  workspace mounted, so moat will not apply it without your review.\n  \
-                 changed: network.policy (strict → permissive)\nTo fix: review the changes, \
-                 then run\n  moat trust {ws_text}\nor restore the version you accepted."
+                 changed: network.policy (strict → permissive)"
+            )
+        );
+        let error = TrustError::Untrusted(review.clone());
+        assert_eq!(
+            moat_hint::Hint::hint(&error).unwrap().as_str(),
+            format!(
+                "To fix: review the changes, then run\n  moat trust {ws_text}\nor restore the \
+                 version you accepted."
             )
         );
         // The runtime's own open re-check refuses too.
@@ -783,9 +816,10 @@ mod tests {
         check(&home, &ws, None).unwrap();
         let path = record_stem(&home, &ws.canonicalize().unwrap()).with_extension("json");
         std::fs::write(&path, "{").unwrap();
-        let err = check(&home, &ws, None).unwrap_err().to_string();
-        assert!(err.contains("is damaged"), "{err}");
-        assert!(err.contains("moat trust"), "{err}");
+        let err = check(&home, &ws, None).unwrap_err();
+        assert!(err.to_string().contains("is damaged"), "{err}");
+        let fix = moat_hint::Hint::hint(&err).unwrap();
+        assert!(fix.as_str().contains("then run moat trust"), "{fix}");
         accept(&home, &ws, None, None).unwrap();
         assert_eq!(check(&home, &ws, None).unwrap(), Trusted::Unchanged);
     }

@@ -24,9 +24,11 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
     }
     ask!(
         Failure,
+        moat_audit::AuditError,
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
+        moat_trust::TrustError,
     );
     None
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::Context;
 use crate::cli::TrustArgs;
@@ -123,11 +123,14 @@ fn ensure_trusted(
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     if !matches!(answer.trim(), "y" | "Y" | "yes") {
-        bail!(
-            "not trusted, so nothing was run. Review the changes, then run\n  moat trust {}\nor \
-             restore the version you accepted.",
-            workspace.display()
-        );
+        return Err(crate::hints::failure(
+            "not trusted, so nothing was run.",
+            format!(
+                "Review the changes, then run\n  moat trust {}\nor restore the version you \
+                 accepted.",
+                workspace.display()
+            ),
+        ));
     }
     moat_trust::accept(&ctx.home, workspace, used, Some(&review.digest))?;
     Ok(())
