@@ -25,6 +25,8 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
     ask!(
         Failure,
         moat_audit::AuditError,
+        moat_config::ConfigError,
+        moat_config::SpecError,
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
