@@ -24,6 +24,8 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
     }
     ask!(
         Failure,
+        moat_agents::AgentError,
+        moat_agents::install::InstallError,
         moat_audit::AuditError,
         moat_config::ConfigError,
         moat_config::SpecError,
