@@ -61,6 +61,7 @@ use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
+use crate::error::SetupError;
 use crate::protocol::{read_spec, write_status, Status};
 use crate::rootfs::{self, HostPaths, Ids};
 use crate::spec::{NetworkMode, SandboxSpec, DEFAULT_PATH, WORKSPACE_IN_SANDBOX};
@@ -116,34 +117,31 @@ fn run_init(args: Vec<OsString>) -> i32 {
             return SETUP_FAILED;
         }
     };
-    let fail = |message: String| {
+    let fail = |error: SetupError| {
+        let message = error.to_string();
         let _ = write_status(&status, &Status::Error { message });
         SETUP_FAILED
     };
     let spec = match read_spec(&lifeline) {
         Ok(spec) => spec,
-        Err(e) => return fail(format!("cannot read the sandbox spec: {e}")),
+        Err(e) => return fail(SetupError::step("cannot read the sandbox spec", e)),
     };
     if let Err(e) = spec.validate() {
-        return fail(e.to_string());
+        return fail(SetupError::Spec(e));
     }
 
     let mut blocked: Vec<i32> = FORWARDED.to_vec();
     blocked.push(libc::SIGCHLD);
     let signals = match SignalSet::block(&blocked) {
         Ok(s) => s,
-        Err(e) => return fail(format!("cannot block signals: {e}")),
+        Err(e) => return fail(SetupError::step("cannot block signals", e)),
     };
 
     let outer_uid = rustix::process::getuid().as_raw();
     let outer_gid = rustix::process::getgid().as_raw();
     let root_caller = outer_uid == 0;
     if !root_caller && outer_gid == 0 {
-        return fail(
-            "moat will not run a sandbox whose group maps onto the host's root group (gid 0): \
-             run it with another primary group (e.g. `sg users -c 'moat run ...'`)"
-                .into(),
-        );
+        return fail(SetupError::RootGroup);
     }
     // The command never runs as root. A root caller's sandbox user is
     // uid 1000 inside, mapped onto an unprivileged host id (see identity.rs).
@@ -153,7 +151,7 @@ fn run_init(args: Vec<OsString>) -> i32 {
     };
     let mut paths = match HostPaths::resolve(&spec) {
         Ok(p) => p,
-        Err(message) => return fail(message),
+        Err(error) => return fail(error),
     };
 
     // Not CLONE_NEWPID yet: after it, this process could no longer create
@@ -163,14 +161,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
         flags |= UnshareFlags::NEWNET;
     }
     if root_caller {
-        if let Err(message) = enter_unprivileged_userns(ids, &mut paths) {
-            return fail(message);
+        if let Err(error) = enter_unprivileged_userns(ids, &mut paths) {
+            return fail(error);
         }
     } else {
         flags |= UnshareFlags::NEWUSER;
     }
     if let Err(e) = sys::unshare_namespaces(flags) {
-        return fail(explain_unshare_error(&e));
+        return fail(explain_unshare_error(e));
     }
     if !root_caller {
         if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
@@ -191,21 +189,26 @@ fn run_init(args: Vec<OsString>) -> i32 {
             capture,
         } => {
             if let Err(e) = sys::loopback_up() {
-                return fail(format!("cannot bring up loopback in the sandbox: {e}"));
+                return fail(SetupError::step(
+                    "cannot bring up loopback in the sandbox",
+                    e,
+                ));
             }
             let relay = match TcpListener::bind(("127.0.0.1", *relay_port)) {
                 Ok(l) => l,
-                Err(e) => {
-                    return fail(format!(
-                        "cannot listen on 127.0.0.1:{relay_port} in the sandbox: {e}"
-                    ))
+                Err(error) => {
+                    return fail(SetupError::Listen {
+                        what: "cannot listen on 127.0.0.1:",
+                        port: *relay_port,
+                        error,
+                    })
                 }
             };
             let captured = match capture {
                 None => None,
                 Some(c) => match crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports) {
                     Ok(sockets) => Some((sockets, c.proxy_authorization.clone())),
-                    Err(message) => return fail(message),
+                    Err(error) => return fail(error),
                 },
             };
             Some(HelperNetwork {
@@ -219,18 +222,21 @@ fn run_init(args: Vec<OsString>) -> i32 {
     // From here on processes of the sandbox start: they must be born in
     // its cgroup, which the caller confirms.
     if let Err(e) = crate::protocol::read_go(&lifeline) {
-        return fail(format!("the caller did not let the sandbox start: {e}"));
+        return fail(SetupError::step(
+            "the caller did not let the sandbox start",
+            e,
+        ));
     }
     // Rooted at the sandbox's own cgroup, now that the init is in it.
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWCGROUP) {
-        return fail(explain_unshare_error(&e));
+        return fail(explain_unshare_error(e));
     }
 
     // The helper: watches the lifeline and runs the relay. It is listening
     // already (the socket is bound), so it is ready before the command runs.
     let init_pid = rustix::process::getpid();
     match sys::fork_single_threaded() {
-        Err(e) => return fail(format!("cannot fork the sandbox helper: {e}")),
+        Err(e) => return fail(SetupError::step("cannot fork the sandbox helper", e)),
         Ok(Fork::Child) => {
             drop(status);
             std::process::exit(run_helper(init_pid, lifeline, listener));
@@ -242,14 +248,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
     }
 
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWPID) {
-        return fail(explain_unshare_error(&e));
+        return fail(explain_unshare_error(e));
     }
     let (alive_r, alive_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return fail(format!("cannot create a pipe: {e}")),
+        Err(e) => return fail(SetupError::step("cannot create a pipe", e)),
     };
     match sys::fork_single_threaded() {
-        Err(e) => fail(format!("cannot fork the sandbox's PID 1: {e}")),
+        Err(e) => fail(SetupError::step("cannot fork the sandbox's PID 1", e)),
         Ok(Fork::Child) => {
             drop(alive_w);
             // First: what PID 1 creates must belong to a user the namespace
@@ -260,7 +266,10 @@ fn run_init(args: Vec<OsString>) -> i32 {
             // credentials resets.
             if root_caller {
                 if let Err(e) = become_sandbox_user(ids) {
-                    std::process::exit(fail(format!("cannot switch to the sandbox user: {e}")));
+                    std::process::exit(fail(SetupError::step(
+                        "cannot switch to the sandbox user",
+                        e,
+                    )));
                 }
             }
             if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
@@ -351,18 +360,18 @@ fn init_is_gone(alive_r: &OwnedFd) -> bool {
     )
 }
 
-fn explain_unshare_error(e: &io::Error) -> String {
-    format!(
-        "cannot create the sandbox namespaces: {e}. {}",
-        crate::userns::namespace_hint()
-    )
+fn explain_unshare_error(error: io::Error) -> SetupError {
+    SetupError::Namespaces {
+        what: "cannot create the sandbox namespaces",
+        error,
+    }
 }
 
 /// For a root caller: prepares the ID-mapped mount trees and enters a
 /// user namespace whose only user is the sandbox's, mapped onto an
 /// unprivileged host id. The init keeps host root's identity (unmapped
 /// inside) until PID 1 switches to the sandbox user.
-fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), String> {
+fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), SetupError> {
     let (host_uid, host_gid) = crate::identity::host_ids_for_root();
     let idmap = crate::identity::prepared_userns(
         &format!("0 {host_uid} 1\n"),
@@ -377,12 +386,12 @@ fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), Stri
         userns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::User),
     )
-    .map_err(|e| format!("cannot enter the sandbox's user namespace: {e}"))
+    .map_err(|e| SetupError::step("cannot enter the sandbox's user namespace", e))
 }
 
-fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), String> {
+fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), SetupError> {
     let write = |path: &str, content: String| {
-        fs::write(path, content).map_err(|e| format!("cannot write {path}: {e}"))
+        fs::write(path, content).map_err(|e| SetupError::path("cannot write", Path::new(path), e))
     };
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{} {outer_uid} 1\n", ids.uid))?;
@@ -448,33 +457,40 @@ struct Pid1Setup {
 /// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
 /// and forwards until the command exits.
 fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
-    let fail = |message: String| {
+    let fail = |error: SetupError| {
+        let message = error.to_string();
         let _ = write_status(status, &Status::Error { message });
         SETUP_FAILED
     };
     let filters = match crate::seccomp::Filters::build() {
         Ok(f) => f,
-        Err(message) => return fail(message),
+        Err(error) => return fail(error),
     };
     let ids = setup.ids;
     rootfs::set_umask();
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWNS) {
-        return fail(format!("cannot create the sandbox mount namespace: {e}"));
+        return fail(SetupError::step(
+            "cannot create the sandbox mount namespace",
+            e,
+        ));
     }
-    if let Err(message) = rootfs::build(spec, ids, setup.paths, setup.tmpfs_size) {
-        return fail(message);
+    if let Err(error) = rootfs::build(spec, ids, setup.paths, setup.tmpfs_size) {
+        return fail(error);
     }
     if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
-        return fail(format!("cannot set the hostname {:?}: {e}", spec.hostname));
+        return fail(SetupError::Hostname {
+            hostname: spec.hostname.clone(),
+            error: e.into(),
+        });
     }
     if let Err(e) = drop_privileges() {
-        return fail(format!("cannot drop privileges: {e}"));
+        return fail(SetupError::step("cannot drop privileges", e));
     }
     if let Err(e) = apply_rlimits(&spec.limits) {
-        return fail(format!("cannot set resource limits: {e}"));
+        return fail(SetupError::step("cannot set resource limits", e));
     }
-    if let Err(message) = filters.install() {
-        return fail(message);
+    if let Err(error) = filters.install() {
+        return fail(error);
     }
     // The command runs as PID 1's own user, so it could ptrace PID 1 and
     // keep it stopped: nothing would reap the command any more and the run
@@ -487,7 +503,10 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
     if let Err(e) =
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
     {
-        return fail(format!("cannot make the sandbox's PID 1 untraceable: {e}"));
+        return fail(SetupError::step(
+            "cannot make the sandbox's PID 1 untraceable",
+            e,
+        ));
     }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;
