@@ -266,56 +266,82 @@ impl fmt::Display for Change {
 pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut out = Vec::new();
     for name in CONFIG_FILE_NAMES {
-        let file = name.to_owned();
-        match (old.config_files.get(name), new.config_files.get(name)) {
-            (None, None) => {}
-            (None, Some(b)) => {
+        diff_config_file(
+            name,
+            old.config_files.get(name),
+            new.config_files.get(name),
+            &mut out,
+        );
+    }
+    diff_moat_dir(&old.moat_dir, &new.moat_dir, &mut out);
+    diff_mount_sources(&old.mount_sources, &new.mount_sources, &mut out);
+    out
+}
+
+/// How config file `name` changed: as a whole, or key by key.
+fn diff_config_file(
+    name: &str,
+    old: Option<&ConfigFile>,
+    new: Option<&ConfigFile>,
+    out: &mut Vec<Change>,
+) {
+    let file = name.to_owned();
+    match (old, new) {
+        (None, None) => {}
+        (None, Some(b)) => {
+            out.push(Change::ConfigFile {
+                file: file.clone(),
+                how: FileChange::Added,
+            });
+            // What it sets, so that a review shows the mounts and
+            // grants it adds, not just that a file appeared.
+            if let Some(changes) = moat_config::diff_keys("", &b.text) {
+                out.extend(changes.into_iter().map(|change| Change::Key {
+                    file: file.clone(),
+                    change,
+                }));
+            }
+        }
+        (Some(_), None) => out.push(Change::ConfigFile {
+            file,
+            how: FileChange::Removed,
+        }),
+        (Some(a), Some(b)) => {
+            if a.symlink != b.symlink {
                 out.push(Change::ConfigFile {
                     file: file.clone(),
-                    how: FileChange::Added,
+                    how: FileChange::Symlink(b.symlink.clone()),
                 });
-                // What it sets, so that a review shows the mounts and
-                // grants it adds, not just that a file appeared.
-                if let Some(changes) = moat_config::diff_keys("", &b.text) {
-                    out.extend(changes.into_iter().map(|change| Change::Key {
-                        file: file.clone(),
-                        change,
-                    }));
-                }
             }
-            (Some(_), None) => out.push(Change::ConfigFile {
-                file,
-                how: FileChange::Removed,
-            }),
-            (Some(a), Some(b)) => {
-                if a.symlink != b.symlink {
-                    out.push(Change::ConfigFile {
-                        file: file.clone(),
-                        how: FileChange::Symlink(b.symlink.clone()),
-                    });
-                }
-                if a.sha256 == b.sha256 {
-                    continue;
-                }
-                match moat_config::diff_keys(&a.text, &b.text) {
-                    Some(changes) if changes.is_empty() => out.push(Change::ConfigFile {
-                        file,
-                        how: FileChange::FormattingOnly,
-                    }),
-                    Some(changes) => out.extend(changes.into_iter().map(|change| Change::Key {
-                        file: file.clone(),
-                        change,
-                    })),
-                    None => out.push(Change::ConfigFile {
-                        file,
-                        how: FileChange::NotYaml,
-                    }),
-                }
+            if a.sha256 == b.sha256 {
+                return;
+            }
+            match moat_config::diff_keys(&a.text, &b.text) {
+                Some(changes) if changes.is_empty() => out.push(Change::ConfigFile {
+                    file,
+                    how: FileChange::FormattingOnly,
+                }),
+                Some(changes) => out.extend(changes.into_iter().map(|change| Change::Key {
+                    file: file.clone(),
+                    change,
+                })),
+                None => out.push(Change::ConfigFile {
+                    file,
+                    how: FileChange::NotYaml,
+                }),
             }
         }
     }
-    for (path, state) in &new.moat_dir {
-        match old.moat_dir.get(path) {
+}
+
+/// Entries of `.moat/` added, changed (or made links) and removed.
+fn diff_moat_dir(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    out: &mut Vec<Change>,
+) {
+    for (path, state) in new {
+        match old.get(path) {
             None => out.push(Change::MoatDir {
                 path: path.clone(),
                 how: FileChange::Added,
@@ -330,18 +356,25 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             Some(_) => {}
         }
     }
-    for path in old.moat_dir.keys() {
-        if !new.moat_dir.contains_key(path) {
+    for path in old.keys() {
+        if !new.contains_key(path) {
             out.push(Change::MoatDir {
                 path: path.clone(),
                 how: FileChange::Removed,
             });
         }
     }
-    // Added or removed sources show up as moat.yaml keys; what only this
-    // shows is a source that resolves elsewhere.
-    for (source, now) in &new.mount_sources {
-        if let Some(was) = old.mount_sources.get(source) {
+}
+
+/// Mount sources that now resolve elsewhere: what only the snapshot
+/// shows (sources added or removed show up as moat.yaml keys).
+fn diff_mount_sources(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    out: &mut Vec<Change>,
+) {
+    for (source, now) in new {
+        if let Some(was) = old.get(source) {
             if was != now {
                 out.push(Change::MountSource {
                     source: PathBuf::from(source),
@@ -351,7 +384,6 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
