@@ -104,26 +104,7 @@ impl AuditWriter {
                 moat_home::ensure_private_dir(dir)?;
             }
         }
-        let mut torn: u64 = 0;
-        let head = match std::fs::read(path) {
-            // A run's writer continues a log whose writer was killed in the
-            // middle of a record (its daemon died): the incomplete record
-            // is cut away, and the cut recorded first thing.
-            Ok(bytes) if run_id.is_some() && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
-                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                torn = (bytes.len() - keep) as u64;
-                let head = last_entry(path, &bytes[..keep])?;
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|f| f.set_len(keep as u64))
-                    .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
-                head
-            }
-            Ok(bytes) => last_entry(path, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(AuditError::io("reading", path, e)),
-        };
+        let (head, torn) = read_head(path, run_id.is_some())?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -158,16 +139,7 @@ impl AuditWriter {
         };
         let mut state = state;
         if torn > 0 {
-            state.write(
-                crate::now_ts(),
-                "audit",
-                json!({
-                    "action": "truncated",
-                    "bytes": torn,
-                    "reason": "an incomplete record, left when moat stopped while writing, was cut away",
-                }),
-            );
-            state.sync();
+            state.record_cut(torn);
         }
         let thread = std::thread::Builder::new()
             .name("moat-audit".into())
@@ -266,6 +238,30 @@ impl AuditWriter {
             }),
             Err(_) => Err(gone()),
         }
+    }
+}
+
+/// The last entry of the log at `path` (`None`: none yet) and how many
+/// bytes of an incomplete last record were cut away. A run's writer
+/// (`continue_torn`) continues a log whose writer was killed in the middle
+/// of a record (its daemon died): the incomplete record is cut away, and
+/// the cut recorded first thing.
+fn read_head(path: &Path, continue_torn: bool) -> Result<(Option<Entry>, u64), AuditError> {
+    match std::fs::read(path) {
+        Ok(bytes) if continue_torn && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let torn = (bytes.len() - keep) as u64;
+            let head = last_entry(path, &bytes[..keep])?;
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(keep as u64))
+                .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
+            Ok((head, torn))
+        }
+        Ok(bytes) => Ok((last_entry(path, &bytes)?, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, 0)),
+        Err(e) => Err(AuditError::io("reading", path, e)),
     }
 }
 
@@ -462,6 +458,20 @@ impl Thread {
         self.pending.clear();
         self.pending_events = 0;
         self.carry = 0;
+    }
+
+    /// Records that `bytes` of an incomplete last record were cut away.
+    fn record_cut(&mut self, bytes: u64) {
+        self.write(
+            crate::now_ts(),
+            "audit",
+            json!({
+                "action": "truncated",
+                "bytes": bytes,
+                "reason": "an incomplete record, left when moat stopped while writing, was cut away",
+            }),
+        );
+        self.sync();
     }
 
     fn fail(&mut self, reason: WriteFailure) {
