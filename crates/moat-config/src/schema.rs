@@ -16,8 +16,8 @@ use crate::spec::{
 use crate::suggest::closest;
 use crate::yaml::{Node, Resolved, Value};
 use crate::{
-    ConfigError, ContainerLimits, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
-    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SpecError,
+    ConfigError, ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount,
+    NetworkConfig, ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SpecError,
 };
 
 type R<T> = Result<T, ConfigError>;
@@ -314,12 +314,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
                 cfg.name = Some(name);
             }
             "agent" => cfg.agent = Some(ctx.non_empty_string(value, path, Some(key))?),
-            "grants" => {
-                for (grant, node, p) in ctx.string_list(value, path)? {
-                    check_grant(&grant).map_err(|e| ctx.bad_value(node, &p, None, e))?;
-                    cfg.grants.push(grant);
-                }
-            }
+            "grants" => cfg.grants = grants(ctx, value, path)?,
             "env" => cfg.env = ctx.env_map(value, path)?,
             "mounts" => cfg.mounts = mounts(ctx, value, path)?,
             "network" => cfg.network = network(ctx, value, path)?,
@@ -331,55 +326,18 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
                     .map_err(|m| ctx.invalid(value, path, m))?;
                 cfg.runtime = Some(kind);
             }
-            "sandbox" => {
-                cfg.sandbox = match value.resolve() {
-                    Some(Resolved::Null) => SandboxMode::Sandboxed,
-                    Some(Resolved::Str("")) => SandboxMode::Sandboxed,
-                    Some(Resolved::Str("none")) => SandboxMode::Disabled,
-                    _ => {
-                        return Err(ctx.invalid(
-                            value,
-                            path,
-                            format!(
-                                "expected \"\" (sandbox on, the default) or \"none\", found {}",
-                                describe(value)
-                            ),
-                        ))
-                    }
-                }
-            }
-            "dependencies" => {
-                for (spec, node, p) in ctx.string_list(value, path)? {
-                    let dep = parse_dependency(&spec)
-                        .map_err(|e| ctx.bad_value(node, &p, Some(&spec), e))?;
-                    cfg.dependencies.push(dep);
-                }
-            }
+            "sandbox" => cfg.sandbox = sandbox_mode(ctx, value, path)?,
+            "dependencies" => cfg.dependencies = dependencies(ctx, value, path)?,
             "base_image" => cfg.base_image = Some(ctx.non_empty_string(value, path, Some(key))?),
             "hooks" => cfg.hooks = hooks(ctx, value, path)?,
             "container" => cfg.container = container(ctx, value, path)?,
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
-            "allow_write" => {
-                for (spec, node, p) in ctx.string_list(value, path)? {
-                    let allowed = crate::mount::allow_write_path(&spec)
-                        .map_err(|e| ctx.bad_value(node, &p, Some(&spec), e))?;
-                    cfg.allow_write.push(allowed);
-                }
-            }
+            "allow_write" => cfg.allow_write = allow_write(ctx, value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
-            // What each agent's section means is the agent's business
-            // (moat-agents checks it when the agent starts).
             "claude" | "codex" | "gemini" => {
-                if !matches!(value.value, crate::yaml::Value::Map(_)) {
-                    return Err(ctx.wrong_type(
-                        value,
-                        path,
-                        "a mapping of the agent's settings",
-                        None,
-                    ));
-                }
-                cfg.agents.insert(key.to_owned(), to_json(value));
+                cfg.agents
+                    .insert(key.to_owned(), agent_section(ctx, value, path)?);
             }
             // `fields` has rejected every other key.
             _ => {}
@@ -392,6 +350,59 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
         cfg.services = services(ctx, node, "services", &cfg)?;
     }
     Ok(cfg)
+}
+
+fn grants(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
+    let mut out = Vec::new();
+    for (grant, item, p) in ctx.string_list(node, path)? {
+        check_grant(&grant).map_err(|e| ctx.bad_value(item, &p, None, e))?;
+        out.push(grant);
+    }
+    Ok(out)
+}
+
+fn sandbox_mode(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SandboxMode> {
+    match node.resolve() {
+        Some(Resolved::Null) => Ok(SandboxMode::Sandboxed),
+        Some(Resolved::Str("")) => Ok(SandboxMode::Sandboxed),
+        Some(Resolved::Str("none")) => Ok(SandboxMode::Disabled),
+        _ => Err(ctx.invalid(
+            node,
+            path,
+            format!(
+                "expected \"\" (sandbox on, the default) or \"none\", found {}",
+                describe(node)
+            ),
+        )),
+    }
+}
+
+fn dependencies(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Dependency>> {
+    let mut out = Vec::new();
+    for (spec, item, p) in ctx.string_list(node, path)? {
+        let dep = parse_dependency(&spec).map_err(|e| ctx.bad_value(item, &p, Some(&spec), e))?;
+        out.push(dep);
+    }
+    Ok(out)
+}
+
+fn allow_write(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (spec, item, p) in ctx.string_list(node, path)? {
+        let allowed = crate::mount::allow_write_path(&spec)
+            .map_err(|e| ctx.bad_value(item, &p, Some(&spec), e))?;
+        out.push(allowed);
+    }
+    Ok(out)
+}
+
+/// An agent's section, kept as JSON: what it means is the agent's
+/// business (moat-agents checks it when the agent starts).
+fn agent_section(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<serde_json::Value> {
+    if !matches!(node.value, crate::yaml::Value::Map(_)) {
+        return Err(ctx.wrong_type(node, path, "a mapping of the agent's settings", None));
+    }
+    Ok(to_json(node))
 }
 
 /// What a node is, for "expected X, found Y": strings are quoted so the
@@ -697,28 +708,7 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
         for (key, value) in ctx.fields(item, &p, &["name", "url", "auth"], &["policy"])? {
             let kp = join(&p, key);
             match key {
-                "name" => {
-                    let n = ctx.string(value, &kp, Some(key))?;
-                    let n = moat_policy::McpServerName::parse(&n).map_err(|error| {
-                        ConfigError::Policy {
-                            file: ctx.file.to_owned(),
-                            line: value.line,
-                            path: kp.clone(),
-                            error,
-                        }
-                    })?;
-                    if let Some(first) = out.iter().position(|s| s.name == n) {
-                        return Err(ctx.invalid(
-                            value,
-                            &kp,
-                            format!(
-                                "{:?} is already the name of {path}[{first}]; names must be unique",
-                                n.as_str()
-                            ),
-                        ));
-                    }
-                    name = Some(n);
-                }
+                "name" => name = Some(mcp_name(ctx, value, &kp, path, &out)?),
                 "url" => {
                     let u = ctx.string(value, &kp, Some(key))?;
                     url = Some(check_mcp_url(&u).map_err(|e| ctx.bad_value(value, &kp, None, e))?);
@@ -734,28 +724,8 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
             )
         };
         let name = name.ok_or_else(|| missing("name"))?;
-        // A server gets its own token (`mcp:NAME`), or a grant of the run
-        // whose hosts include the server's (checked when the run starts,
-        // where the providers are known); anything else would hand one
-        // service's credential to another.
         if let Some((auth, node)) = &auth {
-            let own = auth.grant.starts_with("mcp:") || auth.grant.starts_with("mcp-");
-            if !own && !grants.contains(&auth.grant) {
-                return Err(ctx.invalid_with_fix(
-                    node,
-                    &join(&p, "auth.grant"),
-                    format!(
-                        "MCP server {:?} may not use grant {:?}: it is neither the server's own \
-                         token nor one of this file's grants.",
-                        name.as_str(),
-                        auth.grant
-                    ),
-                    format!(
-                        "Store a token for the server with `moat grant mcp {name}` and write \
-                         grant: mcp:{name}"
-                    ),
-                ));
-            }
+            check_mcp_grant(ctx, &name, auth, node, &join(&p, "auth.grant"), grants)?;
         }
         out.push(McpServer {
             name,
@@ -764,6 +734,67 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
         });
     }
     Ok(out)
+}
+
+/// An MCP server's name, unique among those before it (`earlier`, of the
+/// list at `list_path`).
+fn mcp_name(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    path: &str,
+    list_path: &str,
+    earlier: &[McpServer],
+) -> R<moat_policy::McpServerName> {
+    let text = ctx.string(node, path, Some("name"))?;
+    let name = moat_policy::McpServerName::parse(&text).map_err(|error| ConfigError::Policy {
+        file: ctx.file.to_owned(),
+        line: node.line,
+        path: path.to_owned(),
+        error,
+    })?;
+    if let Some(first) = earlier.iter().position(|s| s.name == name) {
+        return Err(ctx.invalid(
+            node,
+            path,
+            format!(
+                "{:?} is already the name of {list_path}[{first}]; names must be unique",
+                name.as_str()
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// A server gets its own token (`mcp:NAME`), or a grant of the run whose
+/// hosts include the server's (checked when the run starts, where the
+/// providers are known); anything else would hand one service's
+/// credential to another.
+fn check_mcp_grant(
+    ctx: &Ctx<'_>,
+    name: &moat_policy::McpServerName,
+    auth: &McpAuth,
+    node: &Node,
+    path: &str,
+    grants: &[String],
+) -> R<()> {
+    let own = auth.grant.starts_with("mcp:") || auth.grant.starts_with("mcp-");
+    if own || grants.contains(&auth.grant) {
+        return Ok(());
+    }
+    Err(ctx.invalid_with_fix(
+        node,
+        path,
+        format!(
+            "MCP server {:?} may not use grant {:?}: it is neither the server's own token nor \
+             one of this file's grants.",
+            name.as_str(),
+            auth.grant
+        ),
+        format!(
+            "Store a token for the server with `moat grant mcp {name}` and write grant: \
+             mcp:{name}"
+        ),
+    ))
 }
 
 fn mcp_auth(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<McpAuth> {
