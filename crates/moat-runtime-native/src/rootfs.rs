@@ -334,7 +334,8 @@ fn show(m: HostMount) -> SetupResult<()> {
 }
 
 /// Builds the whole tree and leaves the process in `/workspace`, with the
-/// host root detached. `tmpfs_size` caps each writable tmpfs (bytes).
+/// host root detached. `tmpfs_size` caps each writable tmpfs (bytes). The
+/// steps run in this order: each mounts onto what the one before made.
 pub(crate) fn build(
     spec: &SandboxSpec,
     ids: Ids,
@@ -342,78 +343,10 @@ pub(crate) fn build(
     tmpfs_size: u64,
 ) -> SetupResult<()> {
     let sized = |mode: &str| format!("mode={mode},size={tmpfs_size}");
-
-    mount_change(
-        "/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-    )
-    .map_err(|e| SetupError::step("cannot make the mount tree private", e))?;
-
-    // The new root: a tmpfs over /tmp, then pivot into it.
-    mount_tmpfs(
-        Path::new("/tmp"),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0755,size=64m",
-    )?;
-    mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
-    rustix::process::pivot_root("/tmp", "/tmp/oldroot")
-        .map_err(|e| SetupError::step("pivot_root into the new root failed", e))?;
-    std::env::set_current_dir("/")
-        .map_err(|e| SetupError::step("cannot chdir to the new root", e))?;
-
-    // /usr and the merged-/usr links.
-    mkdir_p(Path::new("/usr"), 0o755)?;
-    bind(&host(Path::new("/usr")), Path::new("/usr"), true)?;
-    for name in ROOT_LINKS {
-        let src = host(&Path::new("/").join(name));
-        let dst = Path::new("/").join(name);
-        match fs::symlink_metadata(&src) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
-                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
-            }
-            Ok(meta) if meta.is_dir() => {
-                mkdir_p(&dst, 0o755)?;
-                bind(&src, &dst, true)?;
-            }
-            _ => {}
-        }
-    }
-
-    mkdir_p(Path::new(LAYERS), 0o700)?;
-    mount_tmpfs(
-        Path::new(LAYERS),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0700,size=64m",
-    )?;
-    let mut handled = vec![false; spec.workload.files.len()];
-    build_etc(spec, ids, &mut handled)?;
-    // The overlays keep their own reference to their layers.
-    unmount(LAYERS, UnmountFlags::DETACH)
-        .map_err(|e| err("cannot detach", Path::new(LAYERS), e))?;
-    fs::remove_dir(LAYERS).map_err(|e| err("cannot remove", Path::new(LAYERS), e))?;
-
-    mkdir_p(Path::new("/tmp"), 0o1777)?;
-    mount_tmpfs(
-        Path::new("/tmp"),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        &sized("1777"),
-    )?;
-    mkdir_p(Path::new("/var"), 0o755)?;
-    symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
-    mkdir_p(Path::new("/run"), 0o755)?;
-
-    mkdir_p(Path::new("/proc"), 0o555)?;
-    mount(
-        "proc",
-        "/proc",
-        "proc",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
-    )
-    .map_err(|e| SetupError::step("cannot mount /proc in the sandbox", e))?;
-    restrict_proc()?;
-
+    pivot_into_new_root()?;
+    show_usr()?;
+    let handled = build_etc_in_layers(spec, ids)?;
+    mount_tmp_and_proc(&sized("1777"))?;
     build_dev(&sized("1777"))?;
 
     let ws = Path::new(WORKSPACE_IN_SANDBOX);
@@ -432,29 +365,9 @@ pub(crate) fn build(
         show(m)?;
     }
     if let Some(sock) = paths.proxy_socket {
-        show(sock)?;
-        if let Some(name) = proxy_socket_name(spec) {
-            let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
-            symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
-                .map_err(|e| err("cannot link", link, e))?;
-        }
+        show_proxy_socket(spec, sock)?;
     }
-
-    for (file, _) in spec
-        .workload
-        .files
-        .iter()
-        .zip(&handled)
-        .filter(|(_, done)| !**done)
-    {
-        write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
-        let writable_parent = [Path::new("/tmp"), home.as_path()]
-            .iter()
-            .any(|p| file.path_in_sandbox.starts_with(p));
-        if writable_parent {
-            bind(&file.path_in_sandbox, &file.path_in_sandbox, true)?;
-        }
-    }
+    write_remaining_files(spec, &handled, &home)?;
 
     unmount(OLD_ROOT, UnmountFlags::DETACH)
         .map_err(|e| SetupError::step("cannot detach the host root", e))?;
@@ -463,6 +376,121 @@ pub(crate) fn build(
     remount_read_only(Path::new("/"))?;
 
     std::env::set_current_dir(ws).map_err(|e| err("cannot enter", ws, e))?;
+    Ok(())
+}
+
+/// A private mount tree, and a tmpfs over /tmp as the new root, the
+/// host's kept at [`OLD_ROOT`].
+fn pivot_into_new_root() -> SetupResult<()> {
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| SetupError::step("cannot make the mount tree private", e))?;
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755,size=64m",
+    )?;
+    mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
+    rustix::process::pivot_root("/tmp", "/tmp/oldroot")
+        .map_err(|e| SetupError::step("pivot_root into the new root failed", e))?;
+    std::env::set_current_dir("/").map_err(|e| SetupError::step("cannot chdir to the new root", e))
+}
+
+/// /usr and the merged-/usr links, read-only.
+fn show_usr() -> SetupResult<()> {
+    mkdir_p(Path::new("/usr"), 0o755)?;
+    bind(&host(Path::new("/usr")), Path::new("/usr"), true)?;
+    for name in ROOT_LINKS {
+        let src = host(&Path::new("/").join(name));
+        let dst = Path::new("/").join(name);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
+                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
+            }
+            Ok(meta) if meta.is_dir() => {
+                mkdir_p(&dst, 0o755)?;
+                bind(&src, &dst, true)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// /etc, its overlays built on a scratch tmpfs that is detached after
+/// (the overlays keep their own reference to their layers). Returns which
+/// injected files it wrote.
+fn build_etc_in_layers(spec: &SandboxSpec, ids: Ids) -> SetupResult<Vec<bool>> {
+    mkdir_p(Path::new(LAYERS), 0o700)?;
+    mount_tmpfs(
+        Path::new(LAYERS),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0700,size=64m",
+    )?;
+    let mut handled = vec![false; spec.workload.files.len()];
+    build_etc(spec, ids, &mut handled)?;
+    unmount(LAYERS, UnmountFlags::DETACH)
+        .map_err(|e| err("cannot detach", Path::new(LAYERS), e))?;
+    fs::remove_dir(LAYERS).map_err(|e| err("cannot remove", Path::new(LAYERS), e))?;
+    Ok(handled)
+}
+
+/// A writable /tmp (with /var/tmp linked to it), /run, and /proc.
+fn mount_tmp_and_proc(tmp_options: &str) -> SetupResult<()> {
+    mkdir_p(Path::new("/tmp"), 0o1777)?;
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        tmp_options,
+    )?;
+    mkdir_p(Path::new("/var"), 0o755)?;
+    symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
+    mkdir_p(Path::new("/run"), 0o755)?;
+
+    mkdir_p(Path::new("/proc"), 0o555)?;
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| SetupError::step("cannot mount /proc in the sandbox", e))?;
+    restrict_proc()
+}
+
+/// The proxy socket's directory, and the link to the socket beside it.
+fn show_proxy_socket(spec: &SandboxSpec, sock: HostMount) -> SetupResult<()> {
+    show(sock)?;
+    if let Some(name) = proxy_socket_name(spec) {
+        let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
+        symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
+            .map_err(|e| err("cannot link", link, e))?;
+    }
+    Ok(())
+}
+
+/// The injected files /etc did not take, read-only where their directory
+/// is writable (/tmp, the home).
+fn write_remaining_files(spec: &SandboxSpec, handled: &[bool], home: &Path) -> SetupResult<()> {
+    for (file, _) in spec
+        .workload
+        .files
+        .iter()
+        .zip(handled)
+        .filter(|(_, done)| !**done)
+    {
+        write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
+        let writable_parent = [Path::new("/tmp"), home]
+            .iter()
+            .any(|p| file.path_in_sandbox.starts_with(p));
+        if writable_parent {
+            bind(&file.path_in_sandbox, &file.path_in_sandbox, true)?;
+        }
+    }
     Ok(())
 }
 
