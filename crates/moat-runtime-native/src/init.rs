@@ -103,25 +103,10 @@ fn parse_fd(arg: Option<&OsString>) -> Option<i32> {
 }
 
 fn run_init(args: Vec<OsString>) -> i32 {
-    let (Some(spec_fd), Some(status_fd)) = (parse_fd(args.first()), parse_fd(args.get(1))) else {
-        eprintln!("moat: {INIT_MARKER} is internal to moat and not meant to be run by hand");
+    let Some((lifeline, status)) = control_channels(&args) else {
         return SETUP_FAILED;
     };
-    let (lifeline, status) = match (
-        sys::adopt_inherited_fd(spec_fd),
-        sys::adopt_inherited_fd(status_fd),
-    ) {
-        (Ok(l), Ok(s)) => (File::from(l), File::from(s)),
-        _ => {
-            eprintln!("moat: sandbox init started without its control descriptors");
-            return SETUP_FAILED;
-        }
-    };
-    let fail = |error: SetupError| {
-        let message = error.to_string();
-        let _ = write_status(&status, &Status::Error { message });
-        SETUP_FAILED
-    };
+    let fail = |error: SetupError| report(&status, error);
     let spec = match read_spec(&lifeline) {
         Ok(spec) => spec,
         Err(e) => return fail(SetupError::step("cannot read the sandbox spec", e)),
@@ -130,9 +115,7 @@ fn run_init(args: Vec<OsString>) -> i32 {
         return fail(SetupError::Spec(e));
     }
 
-    let mut blocked: Vec<i32> = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let signals = match SignalSet::block(&blocked) {
+    let signals = match block_signals() {
         Ok(s) => s,
         Err(e) => return fail(SetupError::step("cannot block signals", e)),
     };
@@ -140,83 +123,21 @@ fn run_init(args: Vec<OsString>) -> i32 {
     let outer_uid = rustix::process::getuid().as_raw();
     let outer_gid = rustix::process::getgid().as_raw();
     let root_caller = outer_uid == 0;
-    if !root_caller && outer_gid == 0 {
-        return fail(SetupError::RootGroup);
-    }
-    // The command never runs as root. A root caller's sandbox user is
-    // uid 1000 inside, mapped onto an unprivileged host id (see identity.rs).
-    let ids = Ids {
-        uid: if root_caller { 1000 } else { outer_uid },
-        gid: if root_caller { 1000 } else { outer_gid },
+    let ids = match sandbox_ids(outer_uid, outer_gid) {
+        Ok(ids) => ids,
+        Err(error) => return fail(error),
     };
     let mut paths = match HostPaths::resolve(&spec) {
         Ok(p) => p,
         Err(error) => return fail(error),
     };
-
-    // Not CLONE_NEWPID yet: after it, this process could no longer create
-    // threads (the kernel refuses CLONE_THREAD), and the helper needs some.
-    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
-    if matches!(spec.network, NetworkMode::Isolated { .. }) {
-        flags |= UnshareFlags::NEWNET;
+    if let Err(error) = enter_namespaces(&spec, ids, (outer_uid, outer_gid), &mut paths) {
+        return fail(error);
     }
-    if root_caller {
-        if let Err(error) = enter_unprivileged_userns(ids, &mut paths) {
-            return fail(error);
-        }
-    } else {
-        flags |= UnshareFlags::NEWUSER;
-    }
-    if let Err(e) = sys::unshare_namespaces(flags) {
-        return fail(explain_unshare_error(e));
-    }
-    if !root_caller {
-        if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
-            return fail(e);
-        }
-    }
-    let tmpfs_size = spec.limits.tmpfs_bytes.unwrap_or_else(|| {
-        crate::cgroup::total_memory()
-            .map(|m| m / 4)
-            .unwrap_or(1 << 30)
-    });
-
-    let listener = match &spec.network {
-        NetworkMode::Host => None,
-        NetworkMode::Isolated {
-            relay_port,
-            proxy_socket,
-            capture,
-        } => {
-            if let Err(e) = sys::loopback_up() {
-                return fail(SetupError::step(
-                    "cannot bring up loopback in the sandbox",
-                    e,
-                ));
-            }
-            let relay = match TcpListener::bind(("127.0.0.1", *relay_port)) {
-                Ok(l) => l,
-                Err(error) => {
-                    return fail(SetupError::Listen {
-                        what: "cannot listen on 127.0.0.1:",
-                        port: *relay_port,
-                        error,
-                    })
-                }
-            };
-            let captured = match capture {
-                None => None,
-                Some(c) => match crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports) {
-                    Ok(sockets) => Some((sockets, c.proxy_authorization.clone())),
-                    Err(error) => return fail(error),
-                },
-            };
-            Some(HelperNetwork {
-                relay,
-                proxy_socket: proxy_socket.clone(),
-                captured,
-            })
-        }
+    let tmpfs_size = tmpfs_size(&spec);
+    let listener = match helper_network(&spec) {
+        Ok(listener) => listener,
+        Err(error) => return fail(error),
     };
 
     // From here on processes of the sandbox start: they must be born in
@@ -250,12 +171,149 @@ fn run_init(args: Vec<OsString>) -> i32 {
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWPID) {
         return fail(explain_unshare_error(e));
     }
+    let setup = Pid1Setup {
+        ids,
+        paths,
+        tmpfs_size,
+    };
+    fork_pid1(&spec, setup, root_caller, &status, &signals)
+}
+
+/// Blocks the signals the init forwards, and SIGCHLD, to wait for them.
+fn block_signals() -> io::Result<SignalSet> {
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    SignalSet::block(&blocked)
+}
+
+/// The size of each writable tmpfs: as asked, else a quarter of memory.
+fn tmpfs_size(spec: &SandboxSpec) -> u64 {
+    spec.limits.tmpfs_bytes.unwrap_or_else(|| {
+        crate::cgroup::total_memory()
+            .map(|m| m / 4)
+            .unwrap_or(1 << 30)
+    })
+}
+
+/// The spec channel (the lifeline) and the status channel, inherited at
+/// the descriptors named by the arguments.
+fn control_channels(args: &[OsString]) -> Option<(File, File)> {
+    let (Some(spec_fd), Some(status_fd)) = (parse_fd(args.first()), parse_fd(args.get(1))) else {
+        eprintln!("moat: {INIT_MARKER} is internal to moat and not meant to be run by hand");
+        return None;
+    };
+    match (
+        sys::adopt_inherited_fd(spec_fd),
+        sys::adopt_inherited_fd(status_fd),
+    ) {
+        (Ok(l), Ok(s)) => Some((File::from(l), File::from(s))),
+        _ => {
+            eprintln!("moat: sandbox init started without its control descriptors");
+            None
+        }
+    }
+}
+
+/// Tells the caller why the sandbox could not be built; returns the
+/// init's exit code for it.
+fn report(status: &File, error: SetupError) -> i32 {
+    let message = error.to_string();
+    let _ = write_status(status, &Status::Error { message });
+    SETUP_FAILED
+}
+
+/// The sandbox user's ids. The command never runs as root: a root
+/// caller's sandbox user is uid 1000 inside, mapped onto an unprivileged
+/// host id (see identity.rs).
+fn sandbox_ids(outer_uid: u32, outer_gid: u32) -> Result<Ids, SetupError> {
+    let root_caller = outer_uid == 0;
+    if !root_caller && outer_gid == 0 {
+        return Err(SetupError::RootGroup);
+    }
+    Ok(Ids {
+        uid: if root_caller { 1000 } else { outer_uid },
+        gid: if root_caller { 1000 } else { outer_gid },
+    })
+}
+
+/// The sandbox's user, IPC, UTS (and, isolated, network) namespaces; not
+/// CLONE_NEWPID yet: after it, this process could no longer create
+/// threads (the kernel refuses CLONE_THREAD), and the helper needs some.
+fn enter_namespaces(
+    spec: &SandboxSpec,
+    ids: Ids,
+    (outer_uid, outer_gid): (u32, u32),
+    paths: &mut HostPaths,
+) -> Result<(), SetupError> {
+    let root_caller = outer_uid == 0;
+    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
+    if matches!(spec.network, NetworkMode::Isolated { .. }) {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if root_caller {
+        enter_unprivileged_userns(ids, paths)?;
+    } else {
+        flags |= UnshareFlags::NEWUSER;
+    }
+    sys::unshare_namespaces(flags).map_err(explain_unshare_error)?;
+    if !root_caller {
+        write_id_maps(ids, outer_uid, outer_gid)?;
+    }
+    Ok(())
+}
+
+/// In an isolated network: loopback up, and the sockets the helper serves
+/// (the relay, the captured ports), bound now so they are ready before
+/// the command runs.
+fn helper_network(spec: &SandboxSpec) -> Result<Option<HelperNetwork>, SetupError> {
+    let NetworkMode::Isolated {
+        relay_port,
+        proxy_socket,
+        capture,
+    } = &spec.network
+    else {
+        return Ok(None);
+    };
+    sys::loopback_up()
+        .map_err(|e| SetupError::step("cannot bring up loopback in the sandbox", e))?;
+    let relay =
+        TcpListener::bind(("127.0.0.1", *relay_port)).map_err(|error| SetupError::Listen {
+            what: "cannot listen on 127.0.0.1:",
+            port: *relay_port,
+            error,
+        })?;
+    let captured = match capture {
+        None => None,
+        Some(c) => Some((
+            crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports)?,
+            c.proxy_authorization.clone(),
+        )),
+    };
+    Ok(Some(HelperNetwork {
+        relay,
+        proxy_socket: proxy_socket.clone(),
+        captured,
+    }))
+}
+
+/// Forks the sandbox's PID 1 (in the new pid namespace) and, in the init,
+/// supervises it until it exits; returns the init's exit code.
+fn fork_pid1(
+    spec: &SandboxSpec,
+    setup: Pid1Setup,
+    root_caller: bool,
+    status: &File,
+    signals: &SignalSet,
+) -> i32 {
     let (alive_r, alive_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return fail(SetupError::step("cannot create a pipe", e)),
+        Err(e) => return report(status, SetupError::step("cannot create a pipe", e)),
     };
     match sys::fork_single_threaded() {
-        Err(e) => fail(SetupError::step("cannot fork the sandbox's PID 1", e)),
+        Err(e) => report(
+            status,
+            SetupError::step("cannot fork the sandbox's PID 1", e),
+        ),
         Ok(Fork::Child) => {
             drop(alive_w);
             // First: what PID 1 creates must belong to a user the namespace
@@ -265,11 +323,11 @@ fn run_init(args: Vec<OsString>) -> i32 {
             // clears them. Before the death signal, which a change of
             // credentials resets.
             if root_caller {
-                if let Err(e) = become_sandbox_user(ids) {
-                    std::process::exit(fail(SetupError::step(
-                        "cannot switch to the sandbox user",
-                        e,
-                    )));
+                if let Err(e) = become_sandbox_user(setup.ids) {
+                    std::process::exit(report(
+                        status,
+                        SetupError::step("cannot switch to the sandbox user", e),
+                    ));
                 }
             }
             if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
@@ -278,19 +336,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
                 std::process::exit(SETUP_FAILED);
             }
             drop(alive_r);
-            let setup = Pid1Setup {
-                ids,
-                paths,
-                tmpfs_size,
-            };
-            std::process::exit(run_pid1(&spec, setup, &status, &signals))
+            std::process::exit(run_pid1(spec, setup, status, signals))
         }
         Ok(Fork::Parent(pid)) => {
             drop(alive_r);
             let Some(pid1) = Pid::from_raw(pid) else {
                 return SETUP_FAILED;
             };
-            let code = supervise_pid1(pid1, &status, &signals);
+            let code = supervise_pid1(pid1, status, signals);
             drop(alive_w);
             code
         }
@@ -454,44 +507,24 @@ struct Pid1Setup {
     tmpfs_size: u64,
 }
 
-/// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
-/// and forwards until the command exits.
-fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
-    let fail = |error: SetupError| {
-        let message = error.to_string();
-        let _ = write_status(status, &Status::Error { message });
-        SETUP_FAILED
-    };
-    let filters = match crate::seccomp::Filters::build() {
-        Ok(f) => f,
-        Err(error) => return fail(error),
-    };
+/// Everything PID 1 sets up before the command, in this order: the
+/// system-call filter is compiled first and installed only after the
+/// steps that make calls it may forbid (mounts, privilege changes,
+/// limits).
+fn build_sandbox(spec: &SandboxSpec, setup: Pid1Setup) -> Result<(), SetupError> {
+    let filters = crate::seccomp::Filters::build()?;
     let ids = setup.ids;
     rootfs::set_umask();
-    if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWNS) {
-        return fail(SetupError::step(
-            "cannot create the sandbox mount namespace",
-            e,
-        ));
-    }
-    if let Err(error) = rootfs::build(spec, ids, setup.paths, setup.tmpfs_size) {
-        return fail(error);
-    }
-    if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
-        return fail(SetupError::Hostname {
-            hostname: spec.hostname.clone(),
-            error: e.into(),
-        });
-    }
-    if let Err(e) = drop_privileges() {
-        return fail(SetupError::step("cannot drop privileges", e));
-    }
-    if let Err(e) = apply_rlimits(&spec.limits) {
-        return fail(SetupError::step("cannot set resource limits", e));
-    }
-    if let Err(error) = filters.install() {
-        return fail(error);
-    }
+    sys::unshare_namespaces(UnshareFlags::NEWNS)
+        .map_err(|e| SetupError::step("cannot create the sandbox mount namespace", e))?;
+    rootfs::build(spec, ids, setup.paths, setup.tmpfs_size)?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).map_err(|e| SetupError::Hostname {
+        hostname: spec.hostname.clone(),
+        error: e.into(),
+    })?;
+    drop_privileges().map_err(|e| SetupError::step("cannot drop privileges", e))?;
+    apply_rlimits(&spec.limits).map_err(|e| SetupError::step("cannot set resource limits", e))?;
+    filters.install()?;
     // The command runs as PID 1's own user, so it could ptrace PID 1 and
     // keep it stopped: nothing would reap the command any more and the run
     // would never end. A non-dumpable process can only be traced with
@@ -500,13 +533,15 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
     // after its change of user, but only while fs.suid_dumpable is 0.) Set
     // last: PID 1's own files in /proc turn root's, and it has no more use
     // for them; the command's exec makes the command dumpable again.
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        return fail(SetupError::step(
-            "cannot make the sandbox's PID 1 untraceable",
-            e,
-        ));
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| SetupError::step("cannot make the sandbox's PID 1 untraceable", e))
+}
+
+/// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
+/// and forwards until the command exits.
+fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
+    if let Err(error) = build_sandbox(spec, setup) {
+        return report(status, error);
     }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;
