@@ -144,6 +144,7 @@ impl moat_hint::Hint for RunError {
             RunError::Storage(error) => error.hint(),
             RunError::Credentials(error) => error.hint(),
             RunError::Ssh(error) => error.hint(),
+            RunError::Trust(error) => error.hint(),
             _ => None,
         }
     }
@@ -314,7 +315,12 @@ pub fn execute(
                 }
                 Err(_) => Ok(0),
             };
-            if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
+            if let Err(e) = moat_trust::close_run(
+                home,
+                &plan.workspace,
+                meta.id.as_str(),
+                plan.config_used.as_ref(),
+            ) {
                 tracing::warn!(error = %e, "recording the run's end in the trust record");
             }
             match protection {

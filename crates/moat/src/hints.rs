@@ -24,6 +24,11 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
     }
     ask!(
         Failure,
+        moat_agents::AgentError,
+        moat_agents::install::InstallError,
+        moat_audit::AuditError,
+        moat_config::ConfigError,
+        moat_config::SpecError,
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
@@ -33,6 +38,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_daemon::ClientError,
         moat_run::RunError,
         moat_ssh::SshError,
+        moat_trust::TrustError,
     );
     None
 }
