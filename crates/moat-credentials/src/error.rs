@@ -140,17 +140,17 @@ pub enum CredentialError {
     #[error("invalid grant {0:?}: expected a provider name (github), ssh:HOST or mcp:NAME")]
     InvalidGrant(String),
 
-    /// The secret is needed but prompting is not possible or not allowed.
-    #[error("{0}")]
-    NoSecret(String),
+    /// No secret was found, read or entered.
+    #[error(transparent)]
+    NoSecret(#[from] crate::refusal::NoSecret),
 
     /// A Claude Code OAuth token is past its expiry.
     #[error("Claude Code token has expired")]
     ClaudeTokenExpired,
 
-    /// Validation at grant time rejected the token.
-    #[error("{0}")]
-    Rejected(String),
+    /// The secret, or the means to check it, was refused.
+    #[error(transparent)]
+    Rejected(#[from] crate::refusal::Rejection),
 
     /// The providers file under `MOAT_HOME` is malformed.
     #[error("{path}: {message}")]
@@ -224,6 +224,8 @@ impl moat_hint::Hint for CredentialError {
                  `claude` and log in, or `claude setup-token`), then run:\n  moat grant claude"
                 .to_owned(),
             CredentialError::Home(error) => return error.hint(),
+            CredentialError::NoSecret(error) => return error.hint(),
+            CredentialError::Rejected(error) => return error.hint(),
             _ => return None,
         };
         Some(fix.into())

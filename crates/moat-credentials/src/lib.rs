@@ -25,6 +25,7 @@ mod error;
 mod grant;
 mod key;
 mod provider;
+mod refusal;
 mod resolve;
 mod secret;
 pub mod source;
@@ -43,6 +44,7 @@ pub use crate::provider::{
     GrantName, HeaderInjection, HeaderSpec, HeaderValue, HostInjection, Placeholder, ProviderKind,
     ProviderRegistry, ProviderSpec, ANTHROPIC_OAUTH_BETA,
 };
+pub use crate::refusal::{NoSecret, Rejection};
 pub use crate::resolve::{
     resolve_grants, MissingGrant, MissingGrants, MissingReason, ResolveError, ResolvedGrant,
 };

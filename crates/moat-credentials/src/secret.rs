@@ -28,13 +28,13 @@ impl HeaderSafe for Secret {
         } else {
             "a non-ASCII character"
         };
-        Err(crate::CredentialError::Rejected(format!(
-            "the secret for {grant} contains {what} (character {} of {}); it was not stored.\n\
-             Tokens are printable ASCII without spaces or line breaks, and moat sends them as HTTP header values.\n\
-             Copy the token again in one piece, then run: moat grant {grant}",
-            i + 1,
-            self.expose().chars().count()
-        )))
+        Err(crate::Rejection::NotHeaderSafe {
+            grant: grant.to_owned(),
+            what,
+            at: i + 1,
+            len: self.expose().chars().count(),
+        }
+        .into())
     }
 }
 
@@ -54,13 +54,12 @@ mod header_safe_tests {
             "bell\u{7}",
             "caf\u{e9}",
         ] {
-            let e = Secret::new(bad)
-                .check_header_safe("github")
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("moat grant github"), "{e}");
+            let err = Secret::new(bad).check_header_safe("github").unwrap_err();
+            let e = err.to_string();
+            assert!(e.starts_with("the secret for github contains "), "{e}");
             assert!(!e.contains("X-Evil") && !e.contains("bell"), "{e}");
+            let fix = moat_hint::Hint::hint(&err).unwrap();
+            assert!(fix.as_str().ends_with("moat grant github"), "{fix}");
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use crate::{CredentialError, CredentialSource, ProviderSpec, Secret};
+use crate::{CredentialError, CredentialSource, NoSecret, ProviderSpec, Secret};
 
 /// How `moat grant` may obtain a secret.
 #[derive(Debug, Clone, Default)]
@@ -170,12 +170,8 @@ pub fn obtain_claude(
     opts: &SourceOptions,
 ) -> Result<Obtained, CredentialError> {
     let found = if let Some(file) = file {
-        import_claude_file(file)?.ok_or_else(|| {
-            CredentialError::NoSecret(format!(
-                "{} does not exist. Log in with Claude Code first (run `claude`), or paste a token \
-                 from `claude setup-token`: moat grant claude",
-                file.display()
-            ))
+        import_claude_file(file)?.ok_or_else(|| NoSecret::ClaudeFileMissing {
+            path: file.to_path_buf(),
         })?
     } else if opts.from_stdin {
         read_stdin("claude")?
@@ -239,19 +235,16 @@ fn import_claude_file(path: &Path) -> Result<Option<Obtained>, CredentialError> 
             }))
         }
     };
-    let parsed: ClaudeFile = serde_json::from_slice(&bytes).map_err(|e| {
-        CredentialError::NoSecret(format!(
-            "{} is not a Claude Code credentials file ({e}). Log in again with `claude`, \
-             then run: moat grant claude",
-            path.display()
-        ))
-    })?;
+    let parsed: ClaudeFile =
+        serde_json::from_slice(&bytes).map_err(|error| NoSecret::ClaudeFileMalformed {
+            path: path.to_path_buf(),
+            error,
+        })?;
     let Some(oauth) = parsed.oauth else {
-        return Err(CredentialError::NoSecret(format!(
-            "{} holds no Claude Code OAuth login (no claudeAiOauth entry). Log in with `claude`, \
-             then run: moat grant claude",
-            path.display()
-        )));
+        return Err(NoSecret::ClaudeFileNoLogin {
+            path: path.to_path_buf(),
+        }
+        .into());
     };
     let mut found = Obtained::new(
         oauth.access_token,
@@ -309,32 +302,42 @@ fn run_command(argv: &[String]) -> Option<Secret> {
 
 fn read_stdin(what: &str) -> Result<Obtained, CredentialError> {
     let mut text = zeroize::Zeroizing::new(String::new());
-    std::io::stdin().read_to_string(&mut text).map_err(|e| {
-        CredentialError::NoSecret(format!("reading the {what} secret from stdin: {e}"))
-    })?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|error| NoSecret::Stdin {
+            what: what.to_owned(),
+            error,
+        })?;
     let secret = Secret::new(text.as_str());
     if secret.is_empty() {
-        return Err(CredentialError::NoSecret(format!(
-            "standard input was empty: pipe the {what} secret into moat grant --stdin"
-        )));
+        return Err(NoSecret::StdinEmpty {
+            what: what.to_owned(),
+        }
+        .into());
     }
     Ok(Obtained::new(secret, CredentialSource::Prompt, "stdin"))
 }
 
 fn prompt(what: &str, sources: &str, opts: &SourceOptions) -> Result<Obtained, CredentialError> {
     if let Some(blocker) = opts.prompt_blocker() {
-        return Err(CredentialError::NoSecret(format!(
-            "no {what} secret found, and {blocker}.\n\
-             Provide it through {sources}, or pipe it in: moat grant {what} --stdin"
-        )));
+        return Err(NoSecret::PromptBlocked {
+            what: what.to_owned(),
+            blocker: blocker.to_string(),
+            sources: sources.to_owned(),
+        }
+        .into());
     }
     let value = rpassword::prompt_password(format!("Paste the {what} token (input hidden): "))
-        .map_err(|e| CredentialError::NoSecret(format!("reading the {what} secret: {e}")))?;
+        .map_err(|error| NoSecret::Prompt {
+            what: what.to_owned(),
+            error,
+        })?;
     let secret = Secret::new(value);
     if secret.is_empty() {
-        return Err(CredentialError::NoSecret(format!(
-            "no {what} secret entered; nothing was stored"
-        )));
+        return Err(NoSecret::NothingEntered {
+            what: what.to_owned(),
+        }
+        .into());
     }
     Ok(Obtained::new(secret, CredentialSource::Prompt, "prompt"))
 }

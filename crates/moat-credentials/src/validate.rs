@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::{CredentialError, Secret};
+use crate::{CredentialError, Rejection, Secret};
 
 /// The outcome of a validation that did not reject the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,19 +33,25 @@ pub fn api_base(env_var: &str, default: &str) -> Result<Url, CredentialError> {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
-    let url = Url::parse(raw.trim()).map_err(|e| {
-        CredentialError::Rejected(format!("{env_var}={raw:?} is not a valid URL: {e}"))
+    let url = Url::parse(raw.trim()).map_err(|error| Rejection::BadUrl {
+        var: env_var.to_owned(),
+        value: raw.clone(),
+        error,
     })?;
     match url.scheme() {
         "https" => Ok(url),
         "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(CredentialError::Rejected(format!(
-            "{env_var}={raw:?} uses plain http:// for a non-loopback host; tokens would travel \
-             unencrypted. Use https://, or http:// only with localhost/127.0.0.1/[::1]"
-        ))),
-        other => Err(CredentialError::Rejected(format!(
-            "{env_var}={raw:?} has unsupported scheme {other:?}; use https://"
-        ))),
+        "http" => Err(Rejection::PlainHttp {
+            var: env_var.to_owned(),
+            value: raw,
+        }
+        .into()),
+        other => Err(Rejection::Scheme {
+            var: env_var.to_owned(),
+            value: raw.clone(),
+            scheme: other.to_owned(),
+        }
+        .into()),
     }
 }
 
@@ -64,8 +70,13 @@ fn endpoint(base: &Url, path: &str) -> Result<Url, CredentialError> {
         let p = format!("{}/", base.path());
         base.set_path(&p);
     }
-    base.join(path)
-        .map_err(|e| CredentialError::Rejected(format!("building {path} URL: {e}")))
+    base.join(path).map_err(|error| {
+        Rejection::Endpoint {
+            path: path.to_owned(),
+            error,
+        }
+        .into()
+    })
 }
 
 fn client() -> Result<reqwest::Client, CredentialError> {
@@ -74,24 +85,20 @@ fn client() -> Result<reqwest::Client, CredentialError> {
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5));
     if let Some(path) = std::env::var_os("MOAT_UPSTREAM_CA_FILE").filter(|v| !v.is_empty()) {
-        let pem = std::fs::read(&path).map_err(|e| {
-            CredentialError::Rejected(format!(
-                "MOAT_UPSTREAM_CA_FILE={}: {e}",
-                std::path::Path::new(&path).display()
-            ))
+        let path = std::path::PathBuf::from(path);
+        let pem = std::fs::read(&path).map_err(|error| Rejection::CaFile {
+            path: path.clone(),
+            error,
         })?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            CredentialError::Rejected(format!(
-                "MOAT_UPSTREAM_CA_FILE={}: not a PEM certificate bundle: {e}",
-                std::path::Path::new(&path).display()
-            ))
-        })? {
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| Rejection::CaBundle { path, error })?
+        {
             builder = builder.add_root_certificate(cert);
         }
     }
     builder
         .build()
-        .map_err(|e| CredentialError::Rejected(format!("creating HTTP client: {e}")))
+        .map_err(|error| Rejection::Client(error).into())
 }
 
 /// A pending check of a secret with its provider's API.
@@ -132,18 +139,10 @@ pub async fn github(token: &Secret) -> Result<Validation, CredentialError> {
     };
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(CredentialError::Rejected(
-            "invalid token (401 Unauthorized)\n\
-             GitHub rejected the token: it is wrong, expired or revoked.\n\
-             Create a new one (or run `gh auth login`), then run: moat grant github"
-                .to_string(),
-        ));
+        return Err(Rejection::GithubUnauthorized.into());
     }
     if !status.is_success() {
-        return Err(CredentialError::Rejected(format!(
-            "GitHub answered {status} to GET {url}; the token was not stored.\n\
-             If this is GitHub Enterprise, set MOAT_GITHUB_API_URL to its API URL."
-        )));
+        return Err(Rejection::GithubStatus { status, url }.into());
     }
     let scopes = response
         .headers()
@@ -187,16 +186,10 @@ pub async fn anthropic(key: &Secret) -> Result<Validation, CredentialError> {
     };
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(CredentialError::Rejected(
-            "invalid API key (check that the key is correct and not expired)\n\
-             Create a key in the Anthropic Console, then run: moat grant anthropic"
-                .to_string(),
-        ));
+        return Err(Rejection::AnthropicUnauthorized.into());
     }
     if !status.is_success() {
-        return Err(CredentialError::Rejected(format!(
-            "Anthropic answered {status} to GET {url}; the key was not stored."
-        )));
+        return Err(Rejection::AnthropicStatus { status, url }.into());
     }
     Ok(Validation::Valid {
         identity: None,

@@ -35,6 +35,8 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_credentials::CredentialError,
         moat_credentials::ResolveError,
         moat_credentials::MissingGrants,
+        moat_credentials::NoSecret,
+        moat_credentials::Rejection,
         moat_daemon::ClientError,
         moat_run::RunError,
         moat_ssh::SshError,

@@ -113,6 +113,7 @@ fn github_401_is_rejected_and_nothing_is_stored() {
     Using token from GH_TOKEN
     Error: invalid token (401 Unauthorized)
     GitHub rejected the token: it is wrong, expired or revoked.
+
     Create a new one (or run `gh auth login`), then run: moat grant github
     ");
     assert!(!env.moat_home().join("credentials/github.enc").exists());
@@ -141,6 +142,7 @@ fn anthropic_invalid_key() {
     insta::assert_snapshot!(bad.stderr, @r"
     Using API key from ANTHROPIC_API_KEY
     Error: invalid API key (check that the key is correct and not expired)
+
     Create a key in the Anthropic Console, then run: moat grant anthropic
     ");
     env.run_with(
