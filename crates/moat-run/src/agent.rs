@@ -66,6 +66,26 @@ pub enum AgentRunError {
     },
 }
 
+/// Adds the agent's npm package, and Node.js to run it, to the image's
+/// dependencies unless moat.yaml has them (at whatever version it asks).
+fn install_in_image(image: &mut moat_sandbox::ImageRecipe, agent: &dyn Agent) {
+    use moat_config::{Dependency, DependencyKind};
+    let deps = &mut image.dependencies;
+    let wanted = [
+        (DependencyKind::Registry, "node"),
+        (DependencyKind::Npm, agent.npm_package()),
+    ];
+    for (kind, name) in wanted {
+        if !deps.iter().any(|d| d.kind == kind && d.name == name) {
+            deps.push(Dependency {
+                kind,
+                name: name.to_owned(),
+                version: None,
+            });
+        }
+    }
+}
+
 /// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime, with
 /// the agent's section of moat.yaml (`Null` when there is none).
 pub fn plan_agent(
@@ -102,14 +122,7 @@ pub fn plan_agent(
         }
         source.program_in_sandbox().to_string_lossy().into_owned()
     } else {
-        let package = format!("npm:{}", agent.npm_package());
-        let deps = &mut plan.image.dependencies;
-        if !deps.iter().any(|d| d == "node" || d.starts_with("node@")) {
-            deps.push("node".into());
-        }
-        if !deps.iter().any(|d| d.starts_with(&package)) {
-            deps.push(package);
-        }
+        install_in_image(&mut plan.image, agent);
         agent.binary().to_owned()
     };
 

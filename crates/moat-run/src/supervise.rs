@@ -539,38 +539,7 @@ fn sandbox_request(
         "MOAT_HOST_GATEWAY".to_owned(),
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
-    let mut sidecars = Vec::new();
-    for service in &plan.services {
-        let (sidecar, vars) = moat_runtime_docker::services::plan_sidecar(
-            &service.dependency,
-            &service.options,
-            &service_password(),
-        )
-        .map_err(|e| RunError::Driver(DriverError::runtime(e)))?;
-        // The user's own variables of the same name win.
-        for (name, value) in vars {
-            if !plan.env.iter().any(|(k, _)| *k == name) {
-                variables.push((name, value));
-            }
-        }
-        sidecars.push(sidecar);
-    }
-    if !sidecars.is_empty()
-        && !plan
-            .env
-            .iter()
-            .any(|(k, _)| k == "NO_PROXY" || k == "no_proxy")
-    {
-        // Services are reached directly, never through the proxy.
-        for (name, value) in variables.iter_mut() {
-            if name == "NO_PROXY" || name == "no_proxy" {
-                for sidecar in &sidecars {
-                    value.push(',');
-                    value.push_str(&sidecar.name);
-                }
-            }
-        }
-    }
+    let sidecars = plan_sidecars(plan, &mut variables);
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
         context: "locating the moat binary for the sandbox's capture relay".into(),
         error: e,
@@ -629,6 +598,41 @@ fn sandbox_request(
         sidecars,
         sidecar_logs: run_dir.join("services"),
     })
+}
+
+/// The sidecars of the plan's services, each with a fresh password; their
+/// variables join the sandbox's (the user's own of the same name win),
+/// and `NO_PROXY` names them: services are reached directly, never
+/// through the proxy.
+fn plan_sidecars(
+    plan: &RunPlan,
+    variables: &mut Vec<(String, String)>,
+) -> Vec<moat_sandbox::Sidecar> {
+    let mut sidecars = Vec::new();
+    for service in &plan.services {
+        let planned = service.plan(&service_password());
+        for (name, value) in planned.env {
+            if !plan.env.iter().any(|(k, _)| *k == name) {
+                variables.push((name, value));
+            }
+        }
+        sidecars.push(planned.sidecar);
+    }
+    let user_no_proxy = plan
+        .env
+        .iter()
+        .any(|(k, _)| k == "NO_PROXY" || k == "no_proxy");
+    if !sidecars.is_empty() && !user_no_proxy {
+        for (name, value) in variables.iter_mut() {
+            if name == "NO_PROXY" || name == "no_proxy" {
+                for sidecar in &sidecars {
+                    value.push(',');
+                    value.push_str(&sidecar.name);
+                }
+            }
+        }
+    }
+    sidecars
 }
 
 /// A service's password: 32 random letters and digits, fresh for each run.

@@ -39,7 +39,7 @@ fn wants_docker(request: &SandboxRequest, kind: &str) -> bool {
         .image
         .dependencies
         .iter()
-        .any(|d| d.trim().strip_prefix("docker:") == Some(kind))
+        .any(|d| d.kind == moat_config::DependencyKind::Docker && d.name == kind)
 }
 
 /// How long a stopped container may take to exit before it is killed.

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::connect::DockerRuntime;
-use crate::deps::{parse_dependencies, DepType, Dependency};
+use crate::deps::{resolve_dependencies, DepType, Dependency};
 use crate::error::DockerError;
 use crate::versions::{Resolver, Runtimes};
 
@@ -146,8 +146,8 @@ pub enum ProgressMode {
 /// What image a run needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRequest {
-    /// The dependencies as written in moat.yaml (`node@20`, `git`, `npm:x`).
-    pub dependencies: Vec<String>,
+    /// The dependencies of moat.yaml (`node@20`, `git`, `npm:x`).
+    pub dependencies: Vec<moat_config::Dependency>,
     /// `base_image:` from moat.yaml; [`DEFAULT_BASE_IMAGE`] when `None`.
     pub base_image: Option<String>,
     /// Host user's uid and gid: `moatuser` gets them, so files written to
@@ -175,7 +175,7 @@ impl ImageRequest {
     /// A request with the defaults: no dependencies, default base image,
     /// no hooks, progress on stderr.
     pub fn new(
-        dependencies: Vec<String>,
+        dependencies: Vec<moat_config::Dependency>,
         uid: u32,
         gid: u32,
         log_path: impl Into<PathBuf>,
@@ -192,6 +192,13 @@ impl ImageRequest {
             log_path: log_path.into(),
             cache_dir: None,
         }
+    }
+}
+
+impl ImageRequest {
+    /// The dependencies as moat.yaml writes them, for messages.
+    fn written_dependencies(&self) -> Vec<String> {
+        self.dependencies.iter().map(ToString::to_string).collect()
     }
 }
 
@@ -508,7 +515,7 @@ impl DockerRuntime {
         request: &ImageRequest,
         map: &ImageMap,
     ) -> Result<ResolvedImage, DockerError> {
-        let mut deps = parse_dependencies(&request.dependencies)?;
+        let mut deps = resolve_dependencies(&request.dependencies)?;
         // Services run beside the sandbox, not in its image.
         deps.retain(|d| d.info.kind != DepType::Service);
         let wanted_base = request.base_image.as_deref().unwrap_or(DEFAULT_BASE_IMAGE);
@@ -557,7 +564,7 @@ impl DockerRuntime {
                 Some(cache) => cache.join("node"),
                 None => std::env::temp_dir().join("moat-node"),
             };
-            let named = |e| crate::versions::naming_deps(e, &request.dependencies);
+            let named = |e| crate::versions::naming_deps(e, &request.written_dependencies());
             context_files.push((
                 NODE_TARBALL,
                 resolver.fetch(&node.node, &dir).await.map_err(named)?,
@@ -641,7 +648,7 @@ impl DockerRuntime {
     ) -> Result<(), DockerError> {
         let log_path = &request.log_path;
         let build_error = |step: Option<String>, cause: String| DockerError::Build {
-            deps: request.dependencies.clone(),
+            deps: request.written_dependencies(),
             step,
             cause,
             log: log_path.clone(),
@@ -737,6 +744,7 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deps::parse_dependencies;
 
     #[test]
     fn image_map_env_and_json() {

@@ -20,8 +20,9 @@
 //! explicit rlimits Podman containers need (`container.rs`).
 //!
 //! It must not touch credentials, policy, the proxy, `MOAT_HOME` (whose
-//! path it only receives as a parameter) or moat.yaml parsing: the run
-//! orchestrator decides what goes into an [`ImageRequest`] and a
+//! path it only receives as a parameter) or moat.yaml parsing (it takes
+//! `dependencies:` as `moat-config` parsed them, and the services as
+//! `moat-sandbox` describes them): the run orchestrator decides what goes into an [`ImageRequest`] and a
 //! [`ContainerSpec`] (environment with the proxy variables, the moat CA as
 //! an [`InjectedFile`], the proxy address for [`NetworkPolicy::Strict`]) and
 //! this crate only carries it out.
@@ -110,7 +111,9 @@ pub use crate::container::{
     SandboxRuntime, GUARD_READY, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
     WORKSPACE_IN_CONTAINER,
 };
-pub use crate::deps::{deps_info, deps_list, parse_dependencies, DepInfo, DepType, Dependency};
+pub use crate::deps::{
+    deps_info, deps_list, parse_dependencies, resolve_dependencies, DepInfo, DepType, Dependency,
+};
 pub use crate::driver::ContainerDriver;
 pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
 pub use crate::gate::{await_guard_then_exec, GateError, AWAIT_GUARD_SUBCOMMAND};

@@ -5,7 +5,9 @@
 //! This crate owns the one description every runtime consumes — the
 //! workspace, bind mounts, injected files, environment, the way to the
 //! proxy, standard streams, SSH additions, resource limits and, for
-//! runtimes that run images, the image recipe — and the driver trait each
+//! runtimes that run images, the image recipe and the services beside the
+//! sandbox ([`services`]: what each is, and the [`Sidecar`] a request for
+//! one becomes) — and the driver trait each
 //! runtime implements in its own crate (`moat-runtime-native`,
 //! `moat-runtime-docker` for Docker and Podman). It also owns the caller's
 //! terminal as drivers share it ([`terminal`]: size, raw mode, relay to a
@@ -56,6 +58,7 @@
 //! harmless (the native runtime has no image) or refused by its driver
 //! with an error that says so.
 
+pub mod services;
 pub mod setid;
 pub mod terminal;
 
@@ -322,8 +325,10 @@ pub struct Limits {
 /// that use the host's userland ignore it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImageRecipe {
-    /// `dependencies:` as written.
-    pub dependencies: Vec<String>,
+    /// `dependencies:`, as moat.yaml parsed them (services included: an
+    /// image-based runtime installs no service, but `docker:host` and
+    /// `docker:dind` change the image).
+    pub dependencies: Vec<moat_config::Dependency>,
     /// `base_image:`.
     pub base_image: Option<String>,
     /// `hooks.post_build_root`.
@@ -447,6 +452,24 @@ impl SandboxRequest {
             }
         }
         env
+    }
+
+    /// What only a container runtime gives: the sidecars, then the
+    /// engines of `dependencies:` (`docker:host`, `docker:dind`), as
+    /// written. A runtime without containers refuses a request that has
+    /// any ([`DriverError::ServicesUnsupported`]).
+    pub fn container_services(&self) -> Vec<String> {
+        let engines = self
+            .image
+            .dependencies
+            .iter()
+            .filter(|d| d.kind == moat_config::DependencyKind::Docker)
+            .map(ToString::to_string);
+        self.sidecars
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(engines)
+            .collect()
     }
 
     /// The injected files, SSH's included.

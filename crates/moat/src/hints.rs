@@ -27,6 +27,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
+        moat_run::PlanError,
     );
     None
 }
