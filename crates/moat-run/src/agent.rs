@@ -40,7 +40,7 @@ const STATE_IN_SANDBOX: &str = "/var/lib/moat/agent-state";
 #[derive(Debug, thiserror::Error)]
 pub enum AgentRunError {
     /// No grant serves the agent.
-    #[error("{agent} needs a credential, and none is granted.\nTo fix:\n{}\nThen run again.", fixes.iter().map(|f| format!("  moat grant {f}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{agent} needs a credential, and none is granted.")]
     NoGrant {
         /// The agent's command.
         agent: &'static str,
@@ -82,6 +82,25 @@ fn install_in_image(image: &mut moat_sandbox::ImageRecipe, agent: &dyn Agent) {
                 name: name.to_owned(),
                 version: None,
             });
+        }
+    }
+}
+
+impl moat_hint::Hint for AgentRunError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            AgentRunError::NoGrant { fixes, .. } => {
+                let grants: Vec<String> =
+                    fixes.iter().map(|f| format!("  moat grant {f}")).collect();
+                Some(moat_hint::Fix::new(format!(
+                    "To fix:\n{}\nThen run again.",
+                    grants.join("\n")
+                )))
+            }
+            AgentRunError::Stage(_)
+            | AgentRunError::Install(_)
+            | AgentRunError::Credentials(_)
+            | AgentRunError::Dir { .. } => None,
         }
     }
 }

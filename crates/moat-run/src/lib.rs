@@ -50,7 +50,7 @@ pub use crate::agent::{
 pub use crate::detach::{detach, without_detach_flag, DetachError, Detached, DETACHED_CHILD};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,
-    select_driver, RuntimeStatus, Selection, SelectionError,
+    select_driver, RuntimeStatus, Selection, SelectionError, Unavailable,
 };
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};

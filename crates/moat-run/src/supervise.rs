@@ -47,10 +47,7 @@ pub enum RunError {
     #[error(transparent)]
     Grants(#[from] ResolveError),
     /// An MCP server's grant is not stored.
-    #[error(
-        "MCP server '{server}' requires grant 'mcp-{server}' but it's not configured\n\
-         To fix:\n  moat grant mcp {server}\nThen run again."
-    )]
+    #[error("MCP server '{server}' requires grant 'mcp-{server}' but it's not configured")]
     McpGrantMissing {
         /// The MCP server's name.
         server: String,
@@ -59,9 +56,7 @@ pub enum RunError {
     /// token nor one the run holds for the server's host.
     #[error(
         "MCP server '{server}' may not use grant '{grant}': {why}.\n\
-         Moat would hand that credential to the MCP server's host.\n\
-         To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
-         and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
+         Moat would hand that credential to the MCP server's host."
     )]
     McpGrantMisused {
         /// The MCP server's name.
@@ -81,9 +76,7 @@ pub enum RunError {
         error: moat_policy::PolicyError,
     },
     /// Another active run has this name.
-    #[error(
-        "agent \"{0}\" is already running. Use --name to specify a different name, or stop the existing agent first"
-    )]
+    #[error("agent \"{0}\" is already running.")]
     AlreadyRunning(String),
     /// The proxy daemon failed.
     #[error(transparent)]
@@ -113,8 +106,8 @@ pub enum RunError {
     Ssh(#[from] moat_ssh::SshError),
     /// A mount, or the workspace, would put a protected host path into
     /// the sandbox (the message names the mount, the path and why).
-    #[error("{0}")]
-    MountRefused(String),
+    #[error(transparent)]
+    MountRefused(#[from] crate::mounts::MountRefused),
     /// The workspace's configuration changed during a run and was not
     /// reviewed, or its trust record could not be kept.
     #[error(transparent)]
@@ -127,11 +120,40 @@ pub enum RunError {
     },
     /// The proxy daemon went away during the run and could not be
     /// brought back, so the run was stopped.
-    #[error("{cause}")]
-    DaemonLost {
-        /// What the watchdog saw, and the fix.
-        cause: String,
-    },
+    #[error(transparent)]
+    DaemonLost(Box<crate::watchdog::DaemonLost>),
+}
+
+impl moat_hint::Hint for RunError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            RunError::McpGrantMissing { server } => Some(moat_hint::Fix::new(format!(
+                "To fix:\n  moat grant mcp {server}\nThen run again."
+            ))),
+            RunError::McpGrantMisused { server, .. } => Some(moat_hint::Fix::new(format!(
+                "To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
+                 and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
+            ))),
+            RunError::AlreadyRunning(_) => Some(moat_hint::Fix::new(
+                "Use --name to specify a different name, or stop the existing agent first",
+            )),
+            // Transparent: the inner error is not in the chain of causes.
+            RunError::Driver(e) => e.hint(),
+            RunError::Selection(e) => e.hint(),
+            RunError::Storage(e) => e.hint(),
+            RunError::MountRefused(e) => e.hint(),
+            RunError::AllowWrite(_)
+            | RunError::Grants(_)
+            | RunError::InjectionHost { .. }
+            | RunError::Daemon(_)
+            | RunError::Io { .. }
+            | RunError::Credentials(_)
+            | RunError::Ssh(_)
+            | RunError::Trust(_)
+            | RunError::DiskFull { .. }
+            | RunError::DaemonLost(_) => None,
+        }
+    }
 }
 
 impl From<moat_home::HomeError> for RunError {
@@ -470,7 +492,7 @@ fn start_and_wait(
     drop(watchdog);
     unregister(&runtime);
     match failure {
-        Some(cause) => Err(RunError::DaemonLost { cause }),
+        Some(lost) => Err(RunError::DaemonLost(Box::new(lost))),
         None => result,
     }
 }

@@ -279,11 +279,9 @@ pub fn resolve_dependencies(
     for dep in &resolved {
         if let Some(runtime) = dep.info.requires {
             if !resolved.iter().any(|d| d.info.name == runtime) {
-                return Err(DockerError::InvalidDependency {
+                return Err(DockerError::MissingRuntime {
                     name: dep.spec.clone(),
-                    message: format!(
-                        "it needs the {runtime} runtime: add `{runtime}` to the dependencies"
-                    ),
+                    runtime,
                 });
             }
         }
@@ -468,12 +466,15 @@ mod tests {
 
     #[test]
     fn misspelt_names_suggest_the_nearest() {
-        let err = parse_dependencies(&specs(&["pyhton"]))
-            .err()
-            .map(|e| e.to_string());
+        use moat_hint::Hint as _;
+        let err = parse_dependencies(&specs(&["pyhton"])).err();
         assert_eq!(
-            err.as_deref(),
-            Some("unknown dependency \"pyhton\": did you mean python?\nRun `moat deps list` to see every known dependency.")
+            err.as_ref().map(ToString::to_string).as_deref(),
+            Some("unknown dependency \"pyhton\": did you mean python?")
+        );
+        assert_eq!(
+            err.and_then(|e| e.hint()).map(|f| f.to_string()).as_deref(),
+            Some("Run `moat deps list` to see every known dependency.")
         );
         assert_eq!(suggest("ripgrp"), vec!["ripgrep".to_owned()]);
         assert_eq!(suggest("nmp:"), vec!["npm:".to_owned()]);
@@ -482,12 +483,16 @@ mod tests {
 
     #[test]
     fn dynamic_needs_its_runtime() {
-        let err = parse_dependencies(&specs(&["npm:typescript"]))
-            .err()
-            .map(|e| e.to_string());
-        assert!(err
-            .unwrap_or_default()
-            .contains("add `node` to the dependencies"));
+        use moat_hint::Hint as _;
+        let err = parse_dependencies(&specs(&["npm:typescript"])).err();
+        assert_eq!(
+            err.as_ref().map(ToString::to_string).as_deref(),
+            Some("invalid dependency \"npm:typescript\": it needs the node runtime")
+        );
+        assert_eq!(
+            err.and_then(|e| e.hint()).map(|f| f.to_string()).as_deref(),
+            Some("Add `node` to the dependencies.")
+        );
         assert!(parse_dependencies(&specs(&["git@2"])).is_err());
         assert!(parse_dependencies(&specs(&["node@lts;rm"])).is_err());
         assert!(parse_dependencies(&specs(&["npm:a b"])).is_err());

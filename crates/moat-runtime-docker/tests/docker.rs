@@ -249,11 +249,16 @@ async fn missing_gvisor_runtime_is_a_clear_error() {
         "{text}"
     );
     assert!(text.contains("runsc-not-registered"));
-    assert!(text.contains("apt-get install runsc"));
+    assert!(!text.contains('\n'), "the message is one line: {text}");
+    let fix = moat_hint::Hint::hint(&err)
+        .map(|f| f.to_string())
+        .unwrap_or_default();
+    assert!(fix.contains("apt-get install runsc"), "{fix}");
     assert!(
-        text.contains("--no-sandbox")
-            && text.contains("MOAT_NO_SANDBOX=1")
-            && text.contains("sandbox: none")
+        fix.contains("--no-sandbox")
+            && fix.contains("MOAT_NO_SANDBOX=1")
+            && fix.contains("sandbox: none"),
+        "{fix}"
     );
 }
 
@@ -291,7 +296,13 @@ async fn misspelt_dependency_suggests_the_nearest() {
     let err = rt.resolve_image(&req, &image_map()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown dependency \"jqq\": did you mean jq?\nRun `moat deps list` to see every known dependency."
+        "unknown dependency \"jqq\": did you mean jq?"
+    );
+    assert_eq!(
+        moat_hint::Hint::hint(&err)
+            .map(|f| f.to_string())
+            .as_deref(),
+        Some("Run `moat deps list` to see every known dependency.")
     );
 }
 

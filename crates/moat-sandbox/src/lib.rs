@@ -582,19 +582,16 @@ pub struct Leftover {
 }
 
 /// Why a driver failed. Each runtime words its own errors (they are part
-/// of the product); this carries them unchanged.
+/// of the product); this carries them unchanged, with their fixes.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The runtime's error, as its crate words it.
     #[error(transparent)]
-    Runtime(Box<dyn std::error::Error + Send + Sync + 'static>),
+    Runtime(RuntimeError),
     /// The request has services (sidecars, `docker:host`) and this runtime
     /// runs no containers.
     #[error(
-        "services ({services}) need a container runtime: the {runtime} runtime runs no containers.\n\
-         To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
-         --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
-         or remove them from dependencies: in moat.yaml"
+        "services ({services}) need a container runtime: the {runtime} runtime runs no containers."
     )]
     ServicesUnsupported {
         /// The runtime's name.
@@ -610,6 +607,49 @@ pub enum DriverError {
         /// The OS error.
         error: std::io::Error,
     },
+}
+
+impl moat_hint::Hint for DriverError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            DriverError::Runtime(error) => error.fix.clone(),
+            DriverError::ServicesUnsupported { .. } => Some(moat_hint::Fix::new(
+                "To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
+                 --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
+                 or remove them from dependencies: in moat.yaml",
+            )),
+            DriverError::Io { .. } => None,
+        }
+    }
+}
+
+/// A runtime crate's error, seen through the driver: its words (as its
+/// `Display` and sources) and its fix, taken when it was wrapped, since
+/// the runtime's type is unknown here.
+#[derive(Debug)]
+pub struct RuntimeError {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    fix: Option<moat_hint::Fix>,
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RuntimeError {
+    // The runtime's error itself is this one's words: its causes follow.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl RuntimeError {
+    /// The runtime's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
 }
 
 /// An error and its causes in one line, `outer: cause: root`, for places
@@ -628,9 +668,21 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl DriverError {
-    /// Wraps a runtime crate's error.
+    /// Wraps a runtime crate's error that has no fix to offer.
     pub fn runtime(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        DriverError::Runtime(Box::new(error))
+        DriverError::Runtime(RuntimeError {
+            error: Box::new(error),
+            fix: None,
+        })
+    }
+
+    /// Wraps a runtime crate's error with its fix.
+    pub fn hinted(error: impl std::error::Error + moat_hint::Hint + Send + Sync + 'static) -> Self {
+        let fix = error.hint();
+        DriverError::Runtime(RuntimeError {
+            error: Box::new(error),
+            fix,
+        })
     }
 
     /// A failed local operation.
@@ -927,5 +979,41 @@ mod tests {
         );
         assert_eq!(r.all_mounts().len(), 1);
         assert_eq!(r.all_files().len(), 1);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("engine down")]
+    struct EngineDown;
+
+    impl moat_hint::Hint for EngineDown {
+        fn hint(&self) -> Option<moat_hint::Fix> {
+            Some(moat_hint::Fix::new("Start the engine."))
+        }
+    }
+
+    #[test]
+    fn a_driver_error_keeps_the_runtime_words_and_fix() {
+        use moat_hint::Hint as _;
+        let wrapped = DriverError::hinted(EngineDown);
+        assert_eq!(wrapped.to_string(), "engine down");
+        assert_eq!(
+            wrapped.hint(),
+            Some(moat_hint::Fix::new("Start the engine."))
+        );
+        assert_eq!(DriverError::runtime(EngineDown).hint(), None);
+
+        let mut r = request();
+        r.image.dependencies = vec![moat_config::Dependency::parse("docker:host").unwrap()];
+        let unsupported = DriverError::ServicesUnsupported {
+            runtime: "native",
+            services: r.container_services().join(", "),
+        };
+        assert_eq!(
+            unsupported.to_string(),
+            "services (docker:host) need a container runtime: the native runtime runs no containers."
+        );
+        assert!(unsupported
+            .hint()
+            .is_some_and(|f| f.as_str().starts_with("To fix: install Docker")));
     }
 }

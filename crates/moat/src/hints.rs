@@ -28,6 +28,12 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_home::BoundedReadError,
         moat_storage::StorageError,
         moat_run::PlanError,
+        moat_run::RunError,
+        moat_run::SelectionError,
+        moat_run::AgentRunError,
+        moat_run::StopError,
+        moat_sandbox::DriverError,
+        moat_runtime_docker::DockerError,
     );
     None
 }
