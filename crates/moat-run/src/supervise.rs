@@ -41,8 +41,17 @@ pub struct RunOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// An `--allow-write`/`allow_write:` path that cannot be allowed alone.
-    #[error("cannot allow writes to {0}")]
-    AllowWrite(String),
+    #[error(
+        "cannot allow writes to {}: it is inside {}, which is protected as a whole.",
+        allow.display(),
+        inside.display()
+    )]
+    AllowWrite {
+        /// As asked (relative to the workspace).
+        allow: std::path::PathBuf,
+        /// The protected path it lies in.
+        inside: std::path::PathBuf,
+    },
     /// Grants missing, expired or unreadable (all listed).
     #[error(transparent)]
     Grants(#[from] ResolveError),
@@ -142,8 +151,11 @@ impl moat_hint::Hint for RunError {
             RunError::Selection(e) => e.hint(),
             RunError::Storage(e) => e.hint(),
             RunError::MountRefused(e) => e.hint(),
-            RunError::AllowWrite(_)
-            | RunError::Grants(_)
+            RunError::AllowWrite { inside, .. } => Some(moat_hint::Fix::new(format!(
+                "To fix: allow {} (everything in it becomes writable for the run).",
+                inside.display()
+            ))),
+            RunError::Grants(_)
             | RunError::InjectionHost { .. }
             | RunError::Daemon(_)
             | RunError::Io { .. }

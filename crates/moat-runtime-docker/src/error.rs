@@ -186,6 +186,10 @@ pub enum DockerError {
         path: PathBuf,
     },
 
+    /// The workload cannot run on any runtime.
+    #[error("invalid container spec: {0}")]
+    Workload(moat_sandbox::InvalidWorkload),
+
     /// The caller's spec or settings are invalid.
     #[error("invalid container spec: {message}")]
     InvalidSpec {
@@ -289,6 +293,7 @@ impl moat_hint::Hint for DockerError {
             | DockerError::ServiceStart { .. }
             | DockerError::FirewallSetup { .. }
             | DockerError::InvalidSpec { .. }
+            | DockerError::Workload(_)
             | DockerError::ImageMap { .. }
             | DockerError::Engine { .. }
             | DockerError::Io { .. } => return None,

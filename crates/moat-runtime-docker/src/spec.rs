@@ -197,11 +197,7 @@ impl ContainerSpec {
         if self.image.is_empty() {
             return invalid("the image is empty".into());
         }
-        self.workload
-            .validate(&[])
-            .map_err(|e| DockerError::InvalidSpec {
-                message: e.to_string(),
-            })?;
+        self.workload.validate(&[]).map_err(DockerError::Workload)?;
         self.validate_binds()?;
         self.validate_protected()?;
         self.validate_limits_and_proxy()?;

@@ -170,90 +170,131 @@ impl Workload {
     /// native sandbox's `/proc` and `/dev`), refused as mount targets and
     /// as places for files.
     pub fn validate(&self, reserved: &[&str]) -> Result<(), InvalidWorkload> {
-        let invalid = |message: String| Err(InvalidWorkload(message));
         if self.command.first().is_none_or(String::is_empty) {
-            return invalid("the command is empty: give at least a program name".into());
+            return Err(InvalidWorkload::EmptyCommand);
         }
         if self.command.iter().any(|a| a.contains('\0')) {
-            return invalid("a command argument contains a NUL byte".into());
+            return Err(InvalidWorkload::NulInCommand);
         }
-        for (key, value) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-                return invalid(format!(
-                    "invalid environment variable name or value: {key:?}"
-                ));
-            }
+        if let Some((key, _)) = self.env.iter().find(|(key, value)| {
+            key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0')
+        }) {
+            return Err(InvalidWorkload::Env(key.clone()));
         }
         if !self.workspace.is_absolute() {
-            return invalid(format!(
-                "the workspace path must be absolute: {}",
-                self.workspace.display()
-            ));
+            return Err(InvalidWorkload::RelativeWorkspace(self.workspace.clone()));
         }
         if let Some(p) = self.protected.iter().find(|p| !p.is_clean()) {
-            return invalid(format!(
-                "a protected workspace path must be relative without '.' or '..': {}",
-                p.path.display()
-            ));
+            return Err(InvalidWorkload::UncleanProtected(p.path.clone()));
         }
-        let managed = |path: &std::path::Path| {
-            path.starts_with(WORKSPACE_IN_SANDBOX) || reserved.iter().any(|r| path.starts_with(r))
-        };
-        let managed_names = reserved
-            .iter()
-            .copied()
-            .chain([WORKSPACE_IN_SANDBOX])
-            .collect::<Vec<_>>()
-            .join(", ");
+        let managed = Managed(reserved);
         for m in &self.mounts {
             if !m.source.is_absolute() {
-                return invalid(format!(
-                    "mount source must be an absolute host path: {}",
-                    m.source.display()
-                ));
+                return Err(InvalidWorkload::RelativeMountSource(m.source.clone()));
             }
             if !clean_absolute(&m.target) {
-                return invalid(format!(
-                    "mount target must be an absolute path other than / without '.' or '..': {}",
-                    m.target.display()
-                ));
+                return Err(InvalidWorkload::MountTarget(m.target.clone()));
             }
-            if managed(&m.target) {
-                return invalid(format!(
-                    "mount target {} is inside {managed_names}, which the sandbox manages",
-                    m.target.display()
-                ));
+            if managed.holds(&m.target) {
+                return Err(InvalidWorkload::ManagedMountTarget {
+                    target: m.target.clone(),
+                    managed: managed.names(),
+                });
             }
         }
         for f in &self.files {
             if !clean_absolute(&f.path_in_sandbox) {
-                return invalid(format!(
-                    "injected file path must be an absolute path other than / without '.' or '..': {}",
-                    f.path_in_sandbox.display()
-                ));
+                return Err(InvalidWorkload::FilePath(f.path_in_sandbox.clone()));
             }
-            if managed(&f.path_in_sandbox)
-                || self
-                    .mounts
-                    .iter()
-                    .any(|m| f.path_in_sandbox.starts_with(&m.target))
-            {
-                return invalid(format!(
-                    "injected file {} would be written inside {managed_names} or an extra mount \
-                     (i.e. on the host): choose a path elsewhere",
-                    f.path_in_sandbox.display()
-                ));
+            let in_mount = self
+                .mounts
+                .iter()
+                .any(|m| f.path_in_sandbox.starts_with(&m.target));
+            if managed.holds(&f.path_in_sandbox) || in_mount {
+                return Err(InvalidWorkload::FileOnHost {
+                    path: f.path_in_sandbox.clone(),
+                    managed: managed.names(),
+                });
             }
         }
         Ok(())
     }
 }
 
-/// Why a [`Workload`] cannot run on any runtime: what is wrong, in words
-/// for the user.
+/// The paths the sandbox manages: the workspace and the runtime's own
+/// (`reserved`).
+struct Managed<'a>(&'a [&'a str]);
+
+impl Managed<'_> {
+    fn holds(&self, path: &std::path::Path) -> bool {
+        path.starts_with(WORKSPACE_IN_SANDBOX) || self.0.iter().any(|r| path.starts_with(r))
+    }
+
+    fn names(&self) -> String {
+        self.0
+            .iter()
+            .copied()
+            .chain([WORKSPACE_IN_SANDBOX])
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a [`Workload`] cannot run on any runtime.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidWorkload(String);
+pub enum InvalidWorkload {
+    /// No program to run.
+    #[error("the command is empty: give at least a program name")]
+    EmptyCommand,
+    /// An argument with a NUL byte.
+    #[error("a command argument contains a NUL byte")]
+    NulInCommand,
+    /// A variable that cannot be set.
+    #[error("invalid environment variable name or value: {0:?}")]
+    Env(String),
+    /// A relative workspace.
+    #[error("the workspace path must be absolute: {}", .0.display())]
+    RelativeWorkspace(PathBuf),
+    /// A protected path that is not clean and relative.
+    #[error("a protected workspace path must be relative without '.' or '..': {}", .0.display())]
+    UncleanProtected(PathBuf),
+    /// A mount from a relative host path.
+    #[error("mount source must be an absolute host path: {}", .0.display())]
+    RelativeMountSource(PathBuf),
+    /// A mount target that is not a clean absolute path.
+    #[error(
+        "mount target must be an absolute path other than / without '.' or '..': {}",
+        .0.display()
+    )]
+    MountTarget(PathBuf),
+    /// A mount over what the sandbox manages.
+    #[error("mount target {} is inside {managed}, which the sandbox manages", target.display())]
+    ManagedMountTarget {
+        /// The target.
+        target: PathBuf,
+        /// The managed paths, comma-separated.
+        managed: String,
+    },
+    /// A file path that is not a clean absolute path.
+    #[error(
+        "injected file path must be an absolute path other than / without '.' or '..': {}",
+        .0.display()
+    )]
+    FilePath(PathBuf),
+    /// A file that would be written on the host. The files are moat's
+    /// choice, never the user's: the words are for whoever changes moat.
+    #[error(
+        "injected file {} would be written inside {managed} or an extra mount \
+         (i.e. on the host): choose a path elsewhere",
+        path.display()
+    )]
+    FileOnHost {
+        /// Its path inside.
+        path: PathBuf,
+        /// The managed paths, comma-separated.
+        managed: String,
+    },
+}
 
 /// An absolute path without `.` or `..` components, and not `/`.
 fn clean_absolute(path: &std::path::Path) -> bool {
