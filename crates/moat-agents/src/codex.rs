@@ -133,6 +133,15 @@ fn config(ctx: &StageContext<'_>, opts: &LaunchOptions) -> Result<DocumentMut, A
     projects.insert(&ctx.workspace.to_string_lossy(), Item::Table(trusted));
     doc["projects"] = Item::Table(projects);
 
+    let servers = mcp_servers(ctx)?;
+    if !servers.is_empty() {
+        doc["mcp_servers"] = Item::Table(servers);
+    }
+    Ok(doc)
+}
+
+/// `[mcp_servers]`: the run's relays, then the section's stdio servers.
+fn mcp_servers(ctx: &StageContext<'_>) -> Result<Table, AgentError> {
     let mut servers = Table::new();
     servers.set_implicit(true);
     for relay in ctx.mcp_relays {
@@ -148,50 +157,53 @@ fn config(ctx: &StageContext<'_>, opts: &LaunchOptions) -> Result<DocumentMut, A
         servers.insert(&relay.name, Item::Table(t));
     }
     for server in json::stdio_servers("codex", ctx.section, true)? {
-        let mut t = Table::new();
-        t["command"] = value(server.command.as_str());
-        let mut args = Array::new();
-        for a in &server.args {
-            args.push(a.as_str());
-        }
-        t["args"] = value(args);
-        let mut env = InlineTable::new();
-        for (k, v) in &server.env {
-            env.insert(k, v.as_str().into());
-        }
-        if let Some(grant) = ctx
-            .section
-            .get("mcp")
-            .and_then(|m| m.get(&server.name))
-            .and_then(|s| s.get("grant"))
-            .and_then(serde_json::Value::as_str)
-        {
-            let (Some(variable), Some((_, placeholder))) = (
-                grant_variable(grant),
-                ctx.placeholders.iter().find(|(g, _)| g == grant),
-            ) else {
-                return Err(AgentError::Section {
-                    section: "codex",
-                    key: format!("mcp.{}.grant", server.name),
-                    problem: format!(
-                        "{grant:?} must be one of github, openai, anthropic, gemini and among the run's grants"
-                    ),
-                });
-            };
-            env.insert(variable, placeholder.as_str().into());
-        }
-        if !env.is_empty() {
-            t["env"] = value(env);
-        }
-        if let Some(cwd) = &server.cwd {
-            t["cwd"] = value(cwd.as_str());
-        }
-        servers.insert(&server.name, Item::Table(t));
+        servers.insert(&server.name, Item::Table(stdio_server(ctx, &server)?));
     }
-    if !servers.is_empty() {
-        doc["mcp_servers"] = Item::Table(servers);
+    Ok(servers)
+}
+
+/// One stdio server's table; its grant, if any, becomes the placeholder
+/// in the environment variable its tool reads.
+fn stdio_server(ctx: &StageContext<'_>, server: &json::StdioServer) -> Result<Table, AgentError> {
+    let mut t = Table::new();
+    t["command"] = value(server.command.as_str());
+    let mut args = Array::new();
+    for a in &server.args {
+        args.push(a.as_str());
     }
-    Ok(doc)
+    t["args"] = value(args);
+    let mut env = InlineTable::new();
+    for (k, v) in &server.env {
+        env.insert(k, v.as_str().into());
+    }
+    if let Some(grant) = ctx
+        .section
+        .get("mcp")
+        .and_then(|m| m.get(&server.name))
+        .and_then(|s| s.get("grant"))
+        .and_then(serde_json::Value::as_str)
+    {
+        let (Some(variable), Some((_, placeholder))) = (
+            grant_variable(grant),
+            ctx.placeholders.iter().find(|(g, _)| g == grant),
+        ) else {
+            return Err(AgentError::Section {
+                section: "codex",
+                key: format!("mcp.{}.grant", server.name),
+                problem: format!(
+                    "{grant:?} must be one of github, openai, anthropic, gemini and among the run's grants"
+                ),
+            });
+        };
+        env.insert(variable, placeholder.as_str().into());
+    }
+    if !env.is_empty() {
+        t["env"] = value(env);
+    }
+    if let Some(cwd) = &server.cwd {
+        t["cwd"] = value(cwd.as_str());
+    }
+    Ok(t)
 }
 
 fn host_config(home: &Path) -> Result<DocumentMut, AgentError> {

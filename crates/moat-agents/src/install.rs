@@ -69,7 +69,7 @@ impl AgentSource {
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// Neither on `PATH` nor installable without npm.
-    #[error("{binary} is not installed and npm is not available to install {package}.\nInstall it on the host (npm install -g {package}) or install Node.js and npm, then run again.")]
+    #[error("{binary} is not installed and npm is not available to install {package}.")]
     NoNpm {
         /// The agent's executable.
         binary: &'static str,
@@ -77,7 +77,7 @@ pub enum InstallError {
         package: &'static str,
     },
     /// npm failed.
-    #[error("installing {package} with npm failed: {output}\nCheck that the npm registry is reachable (or install it on the host: npm install -g {package}).")]
+    #[error("installing {package} with npm failed: {output}")]
     Npm {
         /// The npm package.
         package: &'static str,
@@ -102,6 +102,23 @@ pub enum InstallError {
         /// The cause.
         error: std::io::Error,
     },
+}
+
+impl moat_hint::Hint for InstallError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            InstallError::NoNpm { package, .. } => format!(
+                "Install it on the host (npm install -g {package}) or install Node.js and npm, \
+                 then run again."
+            ),
+            InstallError::Npm { package, .. } => format!(
+                "Check that the npm registry is reachable (or install it on the host: npm \
+                 install -g {package})."
+            ),
+            _ => return None,
+        };
+        Some(moat_hint::Fix::new(fix))
+    }
 }
 
 /// The agent on `path` (a `PATH` value), if any.
@@ -300,12 +317,17 @@ mod tests {
     #[test]
     fn without_npm_the_error_says_how_to_install() {
         let cache = tempfile::tempdir().unwrap();
-        let err = install(&Claude, cache.path(), Path::new("/nonexistent/npm"))
-            .unwrap_err()
-            .to_string();
+        let err = install(&Claude, cache.path(), Path::new("/nonexistent/npm")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "claude is not installed and npm is not available to install \
+             @anthropic-ai/claude-code."
+        );
+        let fix = moat_hint::Hint::hint(&err).unwrap();
         assert!(
-            err.contains("npm install -g @anthropic-ai/claude-code"),
-            "{err}"
+            fix.as_str()
+                .contains("npm install -g @anthropic-ai/claude-code"),
+            "{fix}"
         );
     }
 }

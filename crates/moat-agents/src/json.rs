@@ -185,6 +185,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_broken_host_settings_file_names_the_file_and_its_fix_apart() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("settings.json");
+        std::fs::write(&path, "[1]").unwrap_or_else(|e| panic!("{e}"));
+        let Err(err) = read_host_object(&path) else {
+            panic!("an array was accepted");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a JSON object", path.display())
+        );
+        let fix = moat_hint::Hint::hint(&err).unwrap_or_else(|| panic!("no fix"));
+        assert!(
+            fix.as_str().contains("set MOAT_SKIP_HOST_AGENT_SETTINGS=1"),
+            "{fix}"
+        );
+    }
+
+    #[test]
     fn paths_are_removed_where_present() {
         let Value::Object(mut m) = json!({"a": {"b": 1, "c": 2}, "d": 3}) else {
             panic!()

@@ -198,7 +198,7 @@ pub enum AgentError {
         problem: String,
     },
     /// The user's own settings file on the host could not be used.
-    #[error("{}: {problem}; fix or move the file, or set MOAT_SKIP_HOST_AGENT_SETTINGS=1 to start from moat's defaults", path.display())]
+    #[error("{}: {problem}", path.display())]
     HostSettings {
         /// The file.
         path: PathBuf,
@@ -206,8 +206,22 @@ pub enum AgentError {
         problem: String,
     },
     /// `-c` and `-r` together.
-    #[error("--continue and --resume cannot be used together: pick one")]
+    #[error("--continue and --resume cannot be used together")]
     ContinueAndResume,
+}
+
+impl moat_hint::Hint for AgentError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            AgentError::HostSettings { .. } => {
+                "To fix: fix or move the file, or set MOAT_SKIP_HOST_AGENT_SETTINGS=1 to start \
+                 from moat's defaults."
+            }
+            AgentError::ContinueAndResume => "To fix: pick one.",
+            AgentError::Section { .. } => return None,
+        };
+        Some(moat_hint::Fix::new(fix))
+    }
 }
 
 fn staged(path: PathBuf, contents: impl Into<Vec<u8>>, mode: u32) -> StagedFile {

@@ -1,4 +1,7 @@
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::verify::LineError;
 
 /// A failure to read, write or sign an audit log.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +21,7 @@ pub enum AuditError {
     Home(#[from] moat_home::HomeError),
     /// The log cannot be appended to because its last record is damaged.
     #[error(
-        "the audit log {} is damaged at line {line} ({reason}); moat will not append to it. \
-         Check it with: moat audit <run>, then move it away to start a new log",
+        "the audit log {} is damaged at line {line} ({reason}); moat will not append to it.",
         path.display()
     )]
     Damaged {
@@ -28,15 +30,15 @@ pub enum AuditError {
         /// The damaged line (1-based).
         line: usize,
         /// What is wrong with it.
-        reason: String,
+        reason: LineError,
     },
     /// The signing key file is unusable.
     #[error("audit signing key {}: {problem}", path.display())]
     Key {
         /// The key file.
         path: PathBuf,
-        /// What is wrong and how to fix it.
-        problem: String,
+        /// What is wrong.
+        problem: KeyProblem,
     },
     /// A bundle or attestations file is not valid JSON of the right shape.
     #[error("{} is not a valid {what}: {reason}", path.display())]
@@ -60,8 +62,82 @@ pub enum AuditError {
         /// The log.
         path: PathBuf,
         /// The cause.
-        reason: String,
+        reason: WriteFailure,
     },
+}
+
+/// What is wrong with the signing key file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    /// Others may read it.
+    #[error("has permissions {mode:04o} (expected 0600)")]
+    Permissions {
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Not a 32-byte seed.
+    #[error("is {len} bytes long (expected 32): the file is damaged")]
+    WrongLength {
+        /// Its length.
+        len: usize,
+    },
+    /// 32 bytes that are no Ed25519 seed.
+    #[error("is not a valid Ed25519 seed")]
+    NotASeed,
+}
+
+/// Why the writer thread could not write or seal the log. Shared: the
+/// thread keeps the first failure and reports it to every later request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteFailure {
+    /// Writing or syncing the file.
+    #[error("{0}")]
+    Io(Arc<std::io::Error>),
+    /// An entry could not be encoded.
+    #[error("encoding an entry: {0}")]
+    Encode(Arc<serde_json::Error>),
+    /// The attestations file beside the log is not valid.
+    #[error("{} is damaged ({error})", path.display())]
+    DamagedSignatures {
+        /// The attestations file.
+        path: PathBuf,
+        /// The parser's error.
+        error: Arc<serde_json::Error>,
+    },
+    /// Reading or writing the attestations file.
+    #[error("{0}")]
+    Home(Arc<moat_home::HomeError>),
+}
+
+impl moat_hint::Hint for AuditError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            AuditError::Damaged { .. } => {
+                "Check it with: moat audit <run>, then move it away to start a new log".to_owned()
+            }
+            AuditError::Key { path, problem } => match problem {
+                KeyProblem::Permissions { .. } => {
+                    format!("Restrict them with: chmod 600 {}", path.display())
+                }
+                KeyProblem::WrongLength { .. } => "Move it away to create a new key (logs \
+                                                   signed by the old key then need its \
+                                                   signing.pub to verify)"
+                    .to_owned(),
+                KeyProblem::NotASeed => "Move it away to create a new key".to_owned(),
+            },
+            AuditError::Write {
+                reason: WriteFailure::DamagedSignatures { path, .. },
+                ..
+            } => format!("Move {} away.", path.display()),
+            // Transparent: the inner error is hidden from the chain.
+            AuditError::Home(inner) => return moat_hint::Hint::hint(inner),
+            AuditError::Io { .. }
+            | AuditError::Format { .. }
+            | AuditError::WriterGone { .. }
+            | AuditError::Write { .. } => return None,
+        };
+        Some(moat_hint::Fix::new(fix))
+    }
 }
 
 impl AuditError {

@@ -8,6 +8,7 @@ use rand::RngCore;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use zeroize::Zeroizing;
 
+use crate::error::KeyProblem;
 use crate::AuditError;
 
 /// The Ed25519 key that signs audit log heads. One per `MOAT_HOME`:
@@ -71,10 +72,7 @@ impl SigningKey {
         if mode & 0o077 != 0 {
             return Err(AuditError::Key {
                 path: path.clone(),
-                problem: format!(
-                    "has permissions {mode:04o} (expected 0600). Restrict them with: chmod 600 {}",
-                    path.display()
-                ),
+                problem: KeyProblem::Permissions { mode },
             });
         }
         let Some(seed) = read_if_exists(&path)? else {
@@ -88,16 +86,12 @@ impl SigningKey {
         if seed.len() != 32 {
             return Err(AuditError::Key {
                 path,
-                problem: format!(
-                    "is {} bytes long (expected 32): the file is damaged. Move it away to create \
-                     a new key (logs signed by the old key then need its signing.pub to verify)",
-                    seed.len()
-                ),
+                problem: KeyProblem::WrongLength { len: seed.len() },
             });
         }
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| AuditError::Key {
             path: path.clone(),
-            problem: "is not a valid Ed25519 seed; move it away to create a new key".into(),
+            problem: KeyProblem::NotASeed,
         })?;
         Ok(SigningKey { pair, path })
     }
@@ -158,15 +152,34 @@ mod tests {
             std::fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        let err = SigningKey::load(dir).unwrap_err().to_string();
-        assert!(err.contains("is 5 bytes long (expected 32)"), "{err}");
+        let err = SigningKey::load(dir).unwrap_err();
+        assert!(
+            err.to_string().contains("is 5 bytes long (expected 32)"),
+            "{err}"
+        );
+        let fix = moat_hint::Hint::hint(&err).unwrap();
+        assert!(
+            fix.as_str().starts_with("Move it away to create a new key"),
+            "{fix}"
+        );
         std::fs::set_permissions(
             SigningKey::key_path(dir),
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        let err = SigningKey::load(dir).unwrap_err().to_string();
-        assert!(err.contains("permissions 0644 (expected 0600)"), "{err}");
-        assert!(err.contains("chmod 600"), "{err}");
+        let err = SigningKey::load(dir).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("has permissions 0644 (expected 0600)"),
+            "{err}"
+        );
+        let fix = moat_hint::Hint::hint(&err).unwrap();
+        assert_eq!(
+            fix.as_str(),
+            format!(
+                "Restrict them with: chmod 600 {}",
+                SigningKey::key_path(dir).display()
+            )
+        );
     }
 }

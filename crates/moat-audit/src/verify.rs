@@ -65,8 +65,8 @@ pub enum ChainError {
     Unreadable {
         /// 1-based line number.
         line: usize,
-        /// Parser message.
-        reason: String,
+        /// Why it is no entry.
+        reason: LineError,
     },
     /// `seq` does not follow the previous entry's.
     #[error("sequence gap: expected {expected}, got {got}")]
@@ -120,7 +120,7 @@ pub enum ChainError {
 pub enum SignatureError {
     /// The attestations file is not readable.
     #[error("attestations unreadable: {0}")]
-    Unreadable(String),
+    Unreadable(SharedError),
     /// The signature does not verify.
     #[error("attestation {index}: invalid signature over seq {seq}")]
     InvalidSignature {
@@ -230,7 +230,51 @@ impl LogReport {
 
 /// One line of the log: its 1-based number and the entry, or why it is
 /// not one.
-pub type LogLine = (usize, Result<Entry, String>);
+pub type LogLine = (usize, Result<Entry, LineError>);
+
+/// Why a line of the log is not an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// Nothing on it.
+    #[error("empty line")]
+    Empty,
+    /// Not JSON of an entry's shape; the parser's message (kept as text so
+    /// a report can be cloned and compared).
+    #[error("{message}")]
+    NotAnEntry {
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// The last line has no newline after it.
+    #[error("no newline at the end")]
+    Unterminated,
+}
+
+/// An [`AuditError`] inside a report, which is cloned and compared: two
+/// are equal when they are the same error.
+#[derive(Debug, Clone)]
+pub struct SharedError(std::sync::Arc<AuditError>);
+
+impl SharedError {
+    /// The error.
+    pub fn error(&self) -> &AuditError {
+        &self.0
+    }
+}
+
+impl PartialEq for SharedError {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedError {}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Reads every line of the log at `path`.
 pub fn read_log(path: &Path) -> Result<Vec<LogLine>, AuditError> {
@@ -248,9 +292,11 @@ pub(crate) fn parse_lines(bytes: &[u8]) -> Vec<LogLine> {
         .enumerate()
         .map(|(i, line)| {
             let parsed = if line.is_empty() {
-                Err("empty line".to_owned())
+                Err(LineError::Empty)
             } else {
-                serde_json::from_slice::<Entry>(line).map_err(|e| e.to_string())
+                serde_json::from_slice::<Entry>(line).map_err(|e| LineError::NotAnEntry {
+                    message: e.to_string(),
+                })
             };
             (i + 1, parsed)
         })
@@ -302,7 +348,11 @@ pub fn verify_run_log(path: &Path, opts: &VerifyOptions<'_>) -> Result<LogReport
                 require_seal(&mut report, &lines, &atts);
             }
         }
-        Err(e) => report.signature = Some(SignatureError::Unreadable(e.to_string())),
+        Err(e) => {
+            report.signature = Some(SignatureError::Unreadable(SharedError(
+                std::sync::Arc::new(e),
+            )))
+        }
     }
     Ok(report)
 }

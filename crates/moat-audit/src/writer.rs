@@ -13,10 +13,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::entry::RUN_ID_FIELD;
-use crate::verify::{Attestation, SigFile};
+use crate::error::WriteFailure;
+use crate::verify::{Attestation, LineError, SigFile};
 use crate::{AuditError, Entry, SigningKey};
 
-type Reply<T> = SyncSender<Result<T, String>>;
+type Reply<T> = SyncSender<Result<T, WriteFailure>>;
 
 enum Msg {
     Event {
@@ -103,26 +104,7 @@ impl AuditWriter {
                 moat_home::ensure_private_dir(dir)?;
             }
         }
-        let mut torn: u64 = 0;
-        let head = match std::fs::read(path) {
-            // A run's writer continues a log whose writer was killed in the
-            // middle of a record (its daemon died): the incomplete record
-            // is cut away, and the cut recorded first thing.
-            Ok(bytes) if run_id.is_some() && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
-                let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                torn = (bytes.len() - keep) as u64;
-                let head = last_entry(path, &bytes[..keep])?;
-                OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .and_then(|f| f.set_len(keep as u64))
-                    .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
-                head
-            }
-            Ok(bytes) => last_entry(path, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(AuditError::io("reading", path, e)),
-        };
+        let (head, torn) = read_head(path, run_id.is_some())?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,16 +139,7 @@ impl AuditWriter {
         };
         let mut state = state;
         if torn > 0 {
-            state.write(
-                crate::now_ts(),
-                "audit",
-                json!({
-                    "action": "truncated",
-                    "bytes": torn,
-                    "reason": "an incomplete record, left when moat stopped while writing, was cut away",
-                }),
-            );
-            state.sync();
+            state.record_cut(torn);
         }
         let thread = std::thread::Builder::new()
             .name("moat-audit".into())
@@ -249,7 +222,7 @@ impl AuditWriter {
         result
     }
 
-    fn request<T>(&self, msg: Msg, rx: Receiver<Result<T, String>>) -> Result<T, AuditError> {
+    fn request<T>(&self, msg: Msg, rx: Receiver<Result<T, WriteFailure>>) -> Result<T, AuditError> {
         let gone = || AuditError::WriterGone {
             path: self.path.clone(),
         };
@@ -268,6 +241,30 @@ impl AuditWriter {
     }
 }
 
+/// The last entry of the log at `path` (`None`: none yet) and how many
+/// bytes of an incomplete last record were cut away. A run's writer
+/// (`continue_torn`) continues a log whose writer was killed in the middle
+/// of a record (its daemon died): the incomplete record is cut away, and
+/// the cut recorded first thing.
+fn read_head(path: &Path, continue_torn: bool) -> Result<(Option<Entry>, u64), AuditError> {
+    match std::fs::read(path) {
+        Ok(bytes) if continue_torn && !bytes.is_empty() && !bytes.ends_with(b"\n") => {
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let torn = (bytes.len() - keep) as u64;
+            let head = last_entry(path, &bytes[..keep])?;
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(keep as u64))
+                .map_err(|e| AuditError::io("cutting the incomplete record of", path, e))?;
+            Ok((head, torn))
+        }
+        Ok(bytes) => Ok((last_entry(path, &bytes)?, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, 0)),
+        Err(e) => Err(AuditError::io("reading", path, e)),
+    }
+}
+
 /// The last entry of an existing log; an error when the last line is not
 /// an entry (appending would bury the damage).
 fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
@@ -278,7 +275,7 @@ fn last_entry(path: &Path, bytes: &[u8]) -> Result<Option<Entry>, AuditError> {
         Some((line, Ok(_))) => Err(AuditError::Damaged {
             path: path.to_path_buf(),
             line,
-            reason: "no newline at the end".into(),
+            reason: LineError::Unterminated,
         }),
         Some((line, Err(reason))) => Err(AuditError::Damaged {
             path: path.to_path_buf(),
@@ -316,7 +313,7 @@ struct Thread {
     lost_reason: Option<String>,
     dropped: Arc<AtomicU64>,
     path: PathBuf,
-    failed: Option<String>,
+    failed: Option<WriteFailure>,
     run_id: Option<String>,
 }
 
@@ -431,7 +428,7 @@ impl Thread {
                 self.pending.push(b'\n');
                 self.head = Some(entry);
             }
-            Err(e) => self.fail(e.to_string()),
+            Err(e) => self.fail(WriteFailure::Encode(Arc::new(e))),
         }
     }
 
@@ -455,7 +452,7 @@ impl Thread {
                 self.head = self.durable_head.clone();
                 self.lost += self.pending_events + self.carry;
                 self.lost_reason = Some(e.to_string());
-                self.fail(e.to_string());
+                self.fail(WriteFailure::Io(Arc::new(e)));
             }
         }
         self.pending.clear();
@@ -463,7 +460,21 @@ impl Thread {
         self.carry = 0;
     }
 
-    fn fail(&mut self, reason: String) {
+    /// Records that `bytes` of an incomplete last record were cut away.
+    fn record_cut(&mut self, bytes: u64) {
+        self.write(
+            crate::now_ts(),
+            "audit",
+            json!({
+                "action": "truncated",
+                "bytes": bytes,
+                "reason": "an incomplete record, left when moat stopped while writing, was cut away",
+            }),
+        );
+        self.sync();
+    }
+
+    fn fail(&mut self, reason: WriteFailure) {
         if self.failed.is_none() {
             tracing::warn!(
                 "cannot write the audit log {}: {reason}. The events lost are counted in the \
@@ -474,14 +485,14 @@ impl Thread {
         }
     }
 
-    fn status(&self) -> Result<(), String> {
+    fn status(&self) -> Result<(), WriteFailure> {
         match &self.failed {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
     }
 
-    fn seal(&mut self, key: &SigningKey) -> Result<Option<Attestation>, String> {
+    fn seal(&mut self, key: &SigningKey) -> Result<Option<Attestation>, WriteFailure> {
         self.status()?;
         let Some(head) = &self.head else {
             return Ok(None);
@@ -489,17 +500,23 @@ impl Thread {
         let att = Attestation::sign(head, key);
         let sig_path = crate::sig_path(&self.path);
         let mut file = match moat_home::read_if_exists(&sig_path) {
-            Ok(Some(bytes)) => serde_json::from_slice::<SigFile>(&bytes)
-                .map_err(|e| format!("{} is damaged ({e}); move it away", sig_path.display()))?,
+            Ok(Some(bytes)) => serde_json::from_slice::<SigFile>(&bytes).map_err(|e| {
+                WriteFailure::DamagedSignatures {
+                    path: sig_path.clone(),
+                    error: Arc::new(e),
+                }
+            })?,
             Ok(None) => SigFile {
                 version: 1,
                 attestations: Vec::new(),
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(WriteFailure::Home(Arc::new(e))),
         };
         file.attestations.push(att.clone());
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        moat_home::write_private_atomic(&sig_path, &bytes).map_err(|e| e.to_string())?;
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| WriteFailure::Encode(Arc::new(e)))?;
+        moat_home::write_private_atomic(&sig_path, &bytes)
+            .map_err(|e| WriteFailure::Home(Arc::new(e)))?;
         Ok(Some(att))
     }
 }

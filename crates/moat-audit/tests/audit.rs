@@ -207,8 +207,16 @@ fn truncation_is_caught_by_the_attestation() {
     );
     assert!(!report.incomplete(), "{report:?}");
     // And the writer refuses to append to it.
-    let err = AuditWriter::open(&f.log, 4).unwrap_err().to_string();
-    assert!(err.contains("damaged at line 3"), "{err}");
+    let err = AuditWriter::open(&f.log, 4).unwrap_err();
+    assert!(err.to_string().contains("damaged at line 3"), "{err}");
+    assert!(
+        err.to_string().ends_with("); moat will not append to it."),
+        "{err}"
+    );
+    assert_eq!(
+        moat_hint::Hint::hint(&err).unwrap().as_str(),
+        "Check it with: moat audit <run>, then move it away to start a new log"
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ mod yaml;
 use std::path::{Path, PathBuf};
 
 pub use crate::diff::{diff_keys, KeyChange};
-pub use crate::error::ConfigError;
+pub use crate::error::{ConfigError, SpecError};
 pub use crate::mount::parse_allow_write;
 pub use crate::types::{
     ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,

@@ -1,17 +1,15 @@
 use std::path::{Component, Path, PathBuf};
 
-use crate::{ConfigError, Mount};
-
-const MOUNT_SYNTAX: &str = "expected SRC:DST[:ro|rw]";
+use crate::{ConfigError, Mount, SpecError};
 
 impl Mount {
     /// Parses a `-m/--mount SRC:DST[:ro|rw]` flag; a relative `SRC` is
     /// resolved against `workspace`.
     pub fn parse_cli(spec: &str, workspace: &Path) -> Result<Mount, ConfigError> {
-        parse_mount_string(spec, workspace).map_err(|message| ConfigError::InvalidSpec {
+        parse_mount_string(spec, workspace).map_err(|error| ConfigError::InvalidSpec {
             what: "mount",
             spec: spec.to_owned(),
-            message,
+            error: Box::new(error),
         })
     }
 }
@@ -20,48 +18,38 @@ impl Mount {
 /// (`--allow-write PATH`, moat.yaml `allow_write:`): relative to the
 /// workspace, without `..`; `./` and trailing slashes are dropped.
 pub fn parse_allow_write(spec: &str) -> Result<PathBuf, ConfigError> {
-    allow_write_path(spec).map_err(|message| ConfigError::InvalidSpec {
+    allow_write_path(spec).map_err(|error| ConfigError::InvalidSpec {
         what: "allow-write path",
         spec: spec.to_owned(),
-        message,
+        error: Box::new(error),
     })
 }
 
-pub(crate) fn allow_write_path(spec: &str) -> Result<PathBuf, String> {
+pub(crate) fn allow_write_path(spec: &str) -> Result<PathBuf, SpecError> {
     let path = Path::new(spec);
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(
-                    "write it relative to the workspace (e.g. .vscode or .git/config)".into(),
-                )
-            }
-            Component::ParentDir => {
-                return Err("'..' is not allowed: the path must stay inside the workspace".into())
-            }
+            Component::RootDir | Component::Prefix(_) => return Err(SpecError::AllowWriteAbsolute),
+            Component::ParentDir => return Err(SpecError::AllowWriteParent),
         }
     }
     if out.as_os_str().is_empty() {
-        return Err("name a path inside the workspace (e.g. .vscode or .git/config)".into());
+        return Err(SpecError::AllowWriteEmpty);
     }
     Ok(out)
 }
 
 /// The string form shared by moat.yaml and the CLI.
-pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, String> {
+pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, SpecError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (src, dst, read_only) = match parts.as_slice() {
         [src, dst] => (*src, *dst, false),
         [src, dst, mode] => (*src, *dst, parse_mode(mode)?),
-        [_] => return Err(format!("missing :DST; {MOUNT_SYNTAX}")),
-        _ => {
-            return Err(format!(
-                "too many ':'; {MOUNT_SYNTAX} (use the object form for paths containing ':')"
-            ))
-        }
+        [_] => return Err(SpecError::MissingTarget),
+        _ => return Err(SpecError::TooManyColons),
     };
     let (source, relative) = resolve_source(src, workspace)?;
     Ok(Mount {
@@ -73,11 +61,13 @@ pub(crate) fn parse_mount_string(spec: &str, workspace: &Path) -> Result<Mount, 
     })
 }
 
-pub(crate) fn parse_mode(mode: &str) -> Result<bool, String> {
+pub(crate) fn parse_mode(mode: &str) -> Result<bool, SpecError> {
     match mode {
         "ro" => Ok(true),
         "rw" => Ok(false),
-        _ => Err(format!("mode must be \"ro\" or \"rw\", found {mode:?}")),
+        _ => Err(SpecError::Mode {
+            mode: mode.to_owned(),
+        }),
     }
 }
 
@@ -85,14 +75,14 @@ pub(crate) fn parse_mode(mode: &str) -> Result<bool, String> {
 /// workspace. A relative source must stay inside the workspace: `../x`
 /// would reach whatever sits beside the project, and moat.yaml is a file a
 /// sandboxed agent can write.
-pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bool), String> {
+pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bool), SpecError> {
     if src.is_empty() {
-        return Err(format!("the source is empty; {MOUNT_SYNTAX}"));
+        return Err(SpecError::EmptySource);
     }
     if src.starts_with('~') {
-        return Err(format!(
-            "source {src:?}: ~ is not expanded; write the absolute path"
-        ));
+        return Err(SpecError::Tilde {
+            given: src.to_owned(),
+        });
     }
     if Path::new(src).is_absolute() {
         return Ok((normalize(Path::new(src)), false));
@@ -100,65 +90,55 @@ pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bo
     let workspace = normalize(workspace);
     let source = normalize(&workspace.join(src));
     if !source.starts_with(&workspace) {
-        return Err(format!(
-            "source {src:?} leaves the workspace (it is {}); a relative source must stay inside \
-             the project. Write the absolute path to mount something outside it",
-            source.display()
-        ));
+        return Err(SpecError::LeavesWorkspace {
+            given: src.to_owned(),
+            resolved: source,
+        });
     }
     Ok((source, true))
 }
 
 /// Inside the sandbox, moat's own: a mount there could stand in for what
 /// moat relies on (a container's entrypoint waits there for its firewall).
-const MOAT_OWN_DIR: &str = "/run/moat";
+pub(crate) const MOAT_OWN_DIR: &str = "/run/moat";
 
-pub(crate) fn check_target(dst: &str) -> Result<PathBuf, String> {
+pub(crate) fn check_target(dst: &str) -> Result<PathBuf, SpecError> {
     if dst.is_empty() {
-        return Err(format!("the target is empty; {MOUNT_SYNTAX}"));
+        return Err(SpecError::EmptyTarget);
     }
+    let target = || dst.to_owned();
     let path = Path::new(dst);
     if !path.is_absolute() {
-        return Err(format!(
-            "target {dst:?} must be an absolute path inside the sandbox, like /data"
-        ));
+        return Err(SpecError::TargetRelative { target: target() });
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!("target {dst:?} must not contain .."));
+        return Err(SpecError::TargetParent { target: target() });
     }
-    let target = normalize(path);
-    if target == Path::new("/") {
-        return Err("the target cannot be / itself".to_owned());
+    let normalized = normalize(path);
+    if normalized == Path::new("/") {
+        return Err(SpecError::TargetRoot);
     }
-    if target.starts_with(MOAT_OWN_DIR) {
-        return Err(format!(
-            "target {dst:?} is under {MOAT_OWN_DIR}, where moat puts its own files (the proxy \
-             socket, the SSH agent, the moat binary the sandbox starts with); choose another target"
-        ));
+    if normalized.starts_with(MOAT_OWN_DIR) {
+        return Err(SpecError::TargetMoatOwn { target: target() });
     }
-    Ok(target)
+    Ok(normalized)
 }
 
-pub(crate) fn check_exclude(exclude: &str) -> Result<PathBuf, String> {
+pub(crate) fn check_exclude(exclude: &str) -> Result<PathBuf, SpecError> {
     let path = Path::new(exclude);
+    let named = || exclude.to_owned();
     if exclude.is_empty() {
-        return Err("an exclude path is empty".to_owned());
+        return Err(SpecError::EmptyExclude);
     }
     if path.is_absolute() {
-        return Err(format!(
-            "exclude {exclude:?} must be relative to the mount target, like node_modules"
-        ));
+        return Err(SpecError::ExcludeAbsolute { exclude: named() });
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(format!(
-            "exclude {exclude:?} must stay inside the mount (no ..)"
-        ));
+        return Err(SpecError::ExcludeParent { exclude: named() });
     }
     let normalized = normalize(path);
     if normalized.as_os_str().is_empty() {
-        return Err(format!(
-            "exclude {exclude:?} names the whole mount; remove the mount instead"
-        ));
+        return Err(SpecError::ExcludeWholeMount { exclude: named() });
     }
     Ok(normalized)
 }
@@ -193,8 +173,16 @@ mod tests {
             allow_write_path(".git/config").unwrap(),
             Path::new(".git/config")
         );
-        assert!(allow_write_path("/etc").unwrap_err().contains("relative"));
-        assert!(allow_write_path("a/../../b").unwrap_err().contains("'..'"));
+        let absolute = allow_write_path("/etc").unwrap_err();
+        assert_eq!(absolute.to_string(), "the path is absolute");
+        assert_eq!(
+            moat_hint::Hint::hint(&absolute).unwrap().as_str(),
+            "To fix: write it relative to the workspace (e.g. .vscode or .git/config)."
+        );
+        assert!(allow_write_path("a/../../b")
+            .unwrap_err()
+            .to_string()
+            .contains("'..'"));
         assert!(allow_write_path(".").is_err());
         assert!(parse_allow_write("").is_err());
     }
@@ -250,8 +238,12 @@ mod tests {
         assert_eq!(
             err("../cache:/c"),
             "invalid mount \"../cache:/c\": source \"../cache\" leaves the workspace (it is \
-             /cache); a relative source must stay inside the project. Write the absolute path \
-             to mount something outside it"
+             /cache); a relative source must stay inside the project."
+        );
+        let leaves = Mount::parse_cli("../cache:/c", Path::new("/ws")).unwrap_err();
+        assert_eq!(
+            moat_hint::Hint::hint(&leaves).unwrap().as_str(),
+            "To fix: write the absolute path to mount something outside it."
         );
         assert!(err("data/../../x:/c").contains("leaves the workspace"));
     }

@@ -10,14 +10,14 @@ use moat_policy::{HostPattern, HostRules, Policy, Rule};
 
 use crate::mount::{check_exclude, check_target, parse_mode, parse_mount_string, resolve_source};
 use crate::spec::{
-    check_env_name, check_grant, check_mcp_auth_header, check_mcp_name, check_mcp_url,
-    check_run_name, parse_dependency,
+    check_env_name, check_grant, check_mcp_auth_header, check_mcp_url, check_run_name,
+    parse_dependency,
 };
 use crate::suggest::closest;
 use crate::yaml::{Node, Resolved, Value};
 use crate::{
-    ConfigError, ContainerLimits, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
-    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig,
+    ConfigError, ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount,
+    NetworkConfig, ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SpecError,
 };
 
 type R<T> = Result<T, ConfigError>;
@@ -85,6 +85,42 @@ impl Ctx<'_> {
             line: node.line,
             path: path.to_owned(),
             message: message.into(),
+            fix: None,
+        }
+    }
+
+    /// [`Ctx::invalid`] with the one thing to change.
+    fn invalid_with_fix(
+        &self,
+        node: &Node,
+        path: &str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: node.line,
+            path: path.to_owned(),
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    /// A value that does not parse; `spec` is shown before the error
+    /// when the error does not name the value itself.
+    fn bad_value(
+        &self,
+        node: &Node,
+        path: &str,
+        spec: Option<&str>,
+        error: SpecError,
+    ) -> ConfigError {
+        ConfigError::BadValue {
+            file: self.file.to_owned(),
+            line: node.line,
+            path: path.to_owned(),
+            spec: spec.map(str::to_owned),
+            error: Box::new(error),
         }
     }
 
@@ -93,7 +129,7 @@ impl Ctx<'_> {
         node: &Node,
         path: &str,
         expected: &'static str,
-        hint: String,
+        fix: Option<String>,
     ) -> ConfigError {
         ConfigError::WrongType {
             file: self.file.to_owned(),
@@ -101,7 +137,7 @@ impl Ctx<'_> {
             path: path.to_owned(),
             expected,
             found: found(node),
-            hint,
+            fix,
         }
     }
 
@@ -149,7 +185,7 @@ impl Ctx<'_> {
                 .map(|(k, v)| (k.text().unwrap_or(""), k, v))
                 .collect()),
             _ if node.resolve() == Some(Resolved::Null) => Ok(Vec::new()),
-            _ => Err(self.wrong_type(node, path, "a mapping", String::new())),
+            _ => Err(self.wrong_type(node, path, "a mapping", None)),
         }
     }
 
@@ -161,9 +197,9 @@ impl Ctx<'_> {
             _ => {
                 let hint = match (node.resolve(), path.rsplit('.').next()) {
                     (Some(Resolved::Str(s)), Some(key)) if !key.ends_with(']') => {
-                        format!(". Write it as a list: {key}: [{s}]")
+                        Some(format!("Write it as a list: {key}: [{s}]"))
                     }
-                    _ => String::new(),
+                    _ => None,
                 };
                 Err(self.wrong_type(node, path, "a list", hint))
             }
@@ -174,23 +210,28 @@ impl Ctx<'_> {
     fn string(&self, node: &Node, path: &str, key: Option<&str>) -> R<String> {
         match node.resolve() {
             Some(Resolved::Str(s)) => Ok(s.to_owned()),
-            Some(Resolved::Null) => Err(self.wrong_type(node, path, "a string", String::new())),
+            Some(Resolved::Null) => Err(self.wrong_type(node, path, "a string", None)),
             Some(_) => {
                 let text = node.text().unwrap_or("");
                 let hint = match key {
-                    Some(k) => format!(". Quote it: {k}: \"{text}\""),
-                    None => format!(". Quote it: \"{text}\""),
+                    Some(k) => format!("Quote it: {k}: \"{text}\""),
+                    None => format!("Quote it: \"{text}\""),
                 };
-                Err(self.wrong_type(node, path, "a string", hint))
+                Err(self.wrong_type(node, path, "a string", Some(hint)))
             }
-            None => Err(self.wrong_type(node, path, "a string", String::new())),
+            None => Err(self.wrong_type(node, path, "a string", None)),
         }
     }
 
     fn non_empty_string(&self, node: &Node, path: &str, key: Option<&str>) -> R<String> {
         let s = self.string(node, path, key)?;
         if s.trim().is_empty() {
-            return Err(self.invalid(node, path, "must not be empty; remove the key instead"));
+            return Err(self.invalid_with_fix(
+                node,
+                path,
+                "must not be empty",
+                "To fix: remove the key instead.",
+            ));
         }
         Ok(s)
     }
@@ -198,7 +239,7 @@ impl Ctx<'_> {
     fn bool(&self, node: &Node, path: &str) -> R<bool> {
         match node.resolve() {
             Some(Resolved::Bool(b)) => Ok(b),
-            _ => Err(self.wrong_type(node, path, "true or false", String::new())),
+            _ => Err(self.wrong_type(node, path, "true or false", None)),
         }
     }
 
@@ -210,7 +251,7 @@ impl Ctx<'_> {
             Some(Resolved::Int(i)) => {
                 Err(self.invalid(node, path, format!("must be greater than 0, found {i}")))
             }
-            _ => Err(self.wrong_type(node, path, what, String::new())),
+            _ => Err(self.wrong_type(node, path, what, None)),
         }
     }
 
@@ -229,14 +270,14 @@ impl Ctx<'_> {
         let mut env = BTreeMap::new();
         for (key, key_node, value) in self.map(node, path)? {
             let p = join(path, key);
-            check_env_name(key).map_err(|m| self.invalid(key_node, &p, m))?;
+            check_env_name(key).map_err(|e| self.bad_value(key_node, &p, None, e))?;
             let v = match value.resolve() {
                 Some(Resolved::Null) => {
                     return Err(self.wrong_type(
                         value,
                         &p,
                         "a string",
-                        format!(". Write {key}: \"\" for an empty value"),
+                        Some(format!("Write {key}: \"\" for an empty value")),
                     ))
                 }
                 _ => self.string(value, &p, Some(key))?,
@@ -259,7 +300,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             path: "top level".to_owned(),
             expected: "a mapping of settings (name: ..., grants: [...])",
             found: found(root),
-            hint: String::new(),
+            fix: None,
         });
     }
     let mut services_node = None;
@@ -269,16 +310,11 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
         match key {
             "name" => {
                 let name = ctx.string(value, path, Some(key))?;
-                check_run_name(&name).map_err(|m| ctx.invalid(value, path, m))?;
+                check_run_name(&name).map_err(|e| ctx.bad_value(value, path, None, e))?;
                 cfg.name = Some(name);
             }
             "agent" => cfg.agent = Some(ctx.non_empty_string(value, path, Some(key))?),
-            "grants" => {
-                for (grant, node, p) in ctx.string_list(value, path)? {
-                    check_grant(&grant).map_err(|m| ctx.invalid(node, &p, m))?;
-                    cfg.grants.push(grant);
-                }
-            }
+            "grants" => cfg.grants = grants(ctx, value, path)?,
             "env" => cfg.env = ctx.env_map(value, path)?,
             "mounts" => cfg.mounts = mounts(ctx, value, path)?,
             "network" => cfg.network = network(ctx, value, path)?,
@@ -290,55 +326,18 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
                     .map_err(|m| ctx.invalid(value, path, m))?;
                 cfg.runtime = Some(kind);
             }
-            "sandbox" => {
-                cfg.sandbox = match value.resolve() {
-                    Some(Resolved::Null) => SandboxMode::Sandboxed,
-                    Some(Resolved::Str("")) => SandboxMode::Sandboxed,
-                    Some(Resolved::Str("none")) => SandboxMode::Disabled,
-                    _ => {
-                        return Err(ctx.invalid(
-                            value,
-                            path,
-                            format!(
-                                "expected \"\" (sandbox on, the default) or \"none\", found {}",
-                                describe(value)
-                            ),
-                        ))
-                    }
-                }
-            }
-            "dependencies" => {
-                for (spec, node, p) in ctx.string_list(value, path)? {
-                    let dep = parse_dependency(&spec)
-                        .map_err(|m| ctx.invalid(node, &p, format!("{spec:?}: {m}")))?;
-                    cfg.dependencies.push(dep);
-                }
-            }
+            "sandbox" => cfg.sandbox = sandbox_mode(ctx, value, path)?,
+            "dependencies" => cfg.dependencies = dependencies(ctx, value, path)?,
             "base_image" => cfg.base_image = Some(ctx.non_empty_string(value, path, Some(key))?),
             "hooks" => cfg.hooks = hooks(ctx, value, path)?,
             "container" => cfg.container = container(ctx, value, path)?,
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
-            "allow_write" => {
-                for (spec, node, p) in ctx.string_list(value, path)? {
-                    let allowed = crate::mount::allow_write_path(&spec)
-                        .map_err(|m| ctx.invalid(node, &p, format!("{spec:?}: {m}")))?;
-                    cfg.allow_write.push(allowed);
-                }
-            }
+            "allow_write" => cfg.allow_write = allow_write(ctx, value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
-            // What each agent's section means is the agent's business
-            // (moat-agents checks it when the agent starts).
             "claude" | "codex" | "gemini" => {
-                if !matches!(value.value, crate::yaml::Value::Map(_)) {
-                    return Err(ctx.wrong_type(
-                        value,
-                        path,
-                        "a mapping of the agent's settings",
-                        String::new(),
-                    ));
-                }
-                cfg.agents.insert(key.to_owned(), to_json(value));
+                cfg.agents
+                    .insert(key.to_owned(), agent_section(ctx, value, path)?);
             }
             // `fields` has rejected every other key.
             _ => {}
@@ -351,6 +350,59 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
         cfg.services = services(ctx, node, "services", &cfg)?;
     }
     Ok(cfg)
+}
+
+fn grants(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
+    let mut out = Vec::new();
+    for (grant, item, p) in ctx.string_list(node, path)? {
+        check_grant(&grant).map_err(|e| ctx.bad_value(item, &p, None, e))?;
+        out.push(grant);
+    }
+    Ok(out)
+}
+
+fn sandbox_mode(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SandboxMode> {
+    match node.resolve() {
+        Some(Resolved::Null) => Ok(SandboxMode::Sandboxed),
+        Some(Resolved::Str("")) => Ok(SandboxMode::Sandboxed),
+        Some(Resolved::Str("none")) => Ok(SandboxMode::Disabled),
+        _ => Err(ctx.invalid(
+            node,
+            path,
+            format!(
+                "expected \"\" (sandbox on, the default) or \"none\", found {}",
+                describe(node)
+            ),
+        )),
+    }
+}
+
+fn dependencies(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Dependency>> {
+    let mut out = Vec::new();
+    for (spec, item, p) in ctx.string_list(node, path)? {
+        let dep = parse_dependency(&spec).map_err(|e| ctx.bad_value(item, &p, Some(&spec), e))?;
+        out.push(dep);
+    }
+    Ok(out)
+}
+
+fn allow_write(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (spec, item, p) in ctx.string_list(node, path)? {
+        let allowed = crate::mount::allow_write_path(&spec)
+            .map_err(|e| ctx.bad_value(item, &p, Some(&spec), e))?;
+        out.push(allowed);
+    }
+    Ok(out)
+}
+
+/// An agent's section, kept as JSON: what it means is the agent's
+/// business (moat-agents checks it when the agent starts).
+fn agent_section(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<serde_json::Value> {
+    if !matches!(node.value, crate::yaml::Value::Map(_)) {
+        return Err(ctx.wrong_type(node, path, "a mapping of the agent's settings", None));
+    }
+    Ok(to_json(node))
 }
 
 /// What a node is, for "expected X, found Y": strings are quoted so the
@@ -383,7 +435,7 @@ fn command(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
         ));
     }
     if !matches!(node.value, Value::Seq(_)) {
-        return Err(ctx.wrong_type(node, path, "a list of arguments", String::new()));
+        return Err(ctx.wrong_type(node, path, "a list of arguments", None));
     }
     let args: Vec<String> = ctx
         .string_list(node, path)?
@@ -391,10 +443,11 @@ fn command(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
         .map(|(s, _, _)| s)
         .collect();
     if args.is_empty() {
-        return Err(ctx.invalid(
+        return Err(ctx.invalid_with_fix(
             node,
             path,
-            "the command is empty; remove the key to use the image's default command",
+            "the command is empty",
+            "To fix: remove the key to use the image's default command.",
         ));
     }
     Ok(args)
@@ -410,7 +463,7 @@ fn mounts(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Mount>> {
             _ => {
                 let spec = ctx.string(item, &p, None)?;
                 parse_mount_string(&spec, ctx.workspace)
-                    .map_err(|m| ctx.invalid(item, &p, format!("{spec:?}: {m}")))?
+                    .map_err(|e| ctx.bad_value(item, &p, Some(&spec), e))?
             }
         };
         if let Some((_, first, line)) = targets.iter().find(|(t, _, _)| *t == mount.target) {
@@ -437,22 +490,22 @@ fn mount_object(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Mount> {
         match key {
             "source" => {
                 let s = ctx.string(value, &p, Some(key))?;
-                let (resolved, is_relative) =
-                    resolve_source(&s, ctx.workspace).map_err(|m| ctx.invalid(value, &p, m))?;
+                let (resolved, is_relative) = resolve_source(&s, ctx.workspace)
+                    .map_err(|e| ctx.bad_value(value, &p, None, e))?;
                 source = Some(resolved);
                 relative = is_relative;
             }
             "target" => {
                 let s = ctx.string(value, &p, Some(key))?;
-                target = Some(check_target(&s).map_err(|m| ctx.invalid(value, &p, m))?);
+                target = Some(check_target(&s).map_err(|e| ctx.bad_value(value, &p, None, e))?);
             }
             "mode" => {
                 let s = ctx.string(value, &p, Some(key))?;
-                read_only = parse_mode(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                read_only = parse_mode(&s).map_err(|e| ctx.bad_value(value, &p, None, e))?;
             }
             _ => {
                 for (s, item, ip) in ctx.string_list(value, &p)? {
-                    exclude.push(check_exclude(&s).map_err(|m| ctx.invalid(item, &ip, m))?);
+                    exclude.push(check_exclude(&s).map_err(|e| ctx.bad_value(item, &ip, None, e))?);
                 }
             }
         }
@@ -502,12 +555,7 @@ fn network(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<NetworkConfig> {
                     let port = match item.resolve() {
                         Some(Resolved::Int(n)) => u16::try_from(n).ok().filter(|n| *n > 0),
                         _ => {
-                            return Err(ctx.wrong_type(
-                                item,
-                                &ip,
-                                "a port number (1-65535)",
-                                String::new(),
-                            ))
+                            return Err(ctx.wrong_type(item, &ip, "a port number (1-65535)", None))
                         }
                     };
                     let port = port.ok_or_else(|| {
@@ -628,7 +676,7 @@ fn container(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<ContainerLimits> {
                 let cpus = match value.resolve() {
                     Some(Resolved::Int(i)) => i as f64,
                     Some(Resolved::Float(f)) => f,
-                    _ => return Err(ctx.wrong_type(value, &p, "a number of CPUs", String::new())),
+                    _ => return Err(ctx.wrong_type(value, &p, "a number of CPUs", None)),
                 };
                 if !(cpus.is_finite() && cpus > 0.0) {
                     return Err(ctx.invalid(
@@ -649,37 +697,21 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
     for (i, item) in ctx.seq(node, path)?.iter().enumerate() {
         let p = index(path, i);
         if let Some(Resolved::Str(name)) = item.resolve() {
-            return Err(ctx.invalid(
+            return Err(ctx.invalid_with_fix(
                 item,
                 &p,
-                format!(
-                    "catalog entries ({name:?}) are not supported by this version of moat yet; \
-                     write {{name: {name}, url: https://...}}"
-                ),
+                format!("catalog entries ({name:?}) are not supported by this version of moat yet"),
+                format!("To fix: write {{name: {name}, url: https://...}}"),
             ));
         }
         let (mut name, mut url, mut auth) = (None, None, None);
         for (key, value) in ctx.fields(item, &p, &["name", "url", "auth"], &["policy"])? {
             let kp = join(&p, key);
             match key {
-                "name" => {
-                    let n = ctx.string(value, &kp, Some(key))?;
-                    let n = check_mcp_name(&n).map_err(|m| ctx.invalid(value, &kp, m))?;
-                    if let Some(first) = out.iter().position(|s| s.name == n) {
-                        return Err(ctx.invalid(
-                            value,
-                            &kp,
-                            format!(
-                                "{:?} is already the name of {path}[{first}]; names must be unique",
-                                n.as_str()
-                            ),
-                        ));
-                    }
-                    name = Some(n);
-                }
+                "name" => name = Some(mcp_name(ctx, value, &kp, path, &out)?),
                 "url" => {
                     let u = ctx.string(value, &kp, Some(key))?;
-                    url = Some(check_mcp_url(&u).map_err(|m| ctx.invalid(value, &kp, m))?);
+                    url = Some(check_mcp_url(&u).map_err(|e| ctx.bad_value(value, &kp, None, e))?);
                 }
                 _ => auth = Some((mcp_auth(ctx, value, &kp)?, value)),
             }
@@ -692,24 +724,8 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
             )
         };
         let name = name.ok_or_else(|| missing("name"))?;
-        // A server gets its own token (`mcp:NAME`), or a grant of the run
-        // whose hosts include the server's (checked when the run starts,
-        // where the providers are known); anything else would hand one
-        // service's credential to another.
         if let Some((auth, node)) = &auth {
-            let own = auth.grant.starts_with("mcp:") || auth.grant.starts_with("mcp-");
-            if !own && !grants.contains(&auth.grant) {
-                return Err(ctx.invalid(
-                    node,
-                    &join(&p, "auth.grant"),
-                    format!(
-                        "MCP server {:?} may not use grant {:?}: it is neither the server's own token nor one of this file's grants. \
-                         Store a token for the server with `moat grant mcp {name}` and write grant: mcp:{name}",
-                        name.as_str(),
-                        auth.grant
-                    ),
-                ));
-            }
+            check_mcp_grant(ctx, &name, auth, node, &join(&p, "auth.grant"), grants)?;
         }
         out.push(McpServer {
             name,
@@ -720,6 +736,67 @@ fn mcp(ctx: &Ctx<'_>, node: &Node, path: &str, grants: &[String]) -> R<Vec<McpSe
     Ok(out)
 }
 
+/// An MCP server's name, unique among those before it (`earlier`, of the
+/// list at `list_path`).
+fn mcp_name(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    path: &str,
+    list_path: &str,
+    earlier: &[McpServer],
+) -> R<moat_policy::McpServerName> {
+    let text = ctx.string(node, path, Some("name"))?;
+    let name = moat_policy::McpServerName::parse(&text).map_err(|error| ConfigError::Policy {
+        file: ctx.file.to_owned(),
+        line: node.line,
+        path: path.to_owned(),
+        error,
+    })?;
+    if let Some(first) = earlier.iter().position(|s| s.name == name) {
+        return Err(ctx.invalid(
+            node,
+            path,
+            format!(
+                "{:?} is already the name of {list_path}[{first}]; names must be unique",
+                name.as_str()
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// A server gets its own token (`mcp:NAME`), or a grant of the run whose
+/// hosts include the server's (checked when the run starts, where the
+/// providers are known); anything else would hand one service's
+/// credential to another.
+fn check_mcp_grant(
+    ctx: &Ctx<'_>,
+    name: &moat_policy::McpServerName,
+    auth: &McpAuth,
+    node: &Node,
+    path: &str,
+    grants: &[String],
+) -> R<()> {
+    let own = auth.grant.starts_with("mcp:") || auth.grant.starts_with("mcp-");
+    if own || grants.contains(&auth.grant) {
+        return Ok(());
+    }
+    Err(ctx.invalid_with_fix(
+        node,
+        path,
+        format!(
+            "MCP server {:?} may not use grant {:?}: it is neither the server's own token nor \
+             one of this file's grants.",
+            name.as_str(),
+            auth.grant
+        ),
+        format!(
+            "Store a token for the server with `moat grant mcp {name}` and write grant: \
+             mcp:{name}"
+        ),
+    ))
+}
+
 fn mcp_auth(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<McpAuth> {
     let (mut grant, mut header) = (None, None);
     for (key, value) in ctx.fields(node, path, &["grant", "header"], &[])? {
@@ -727,11 +804,11 @@ fn mcp_auth(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<McpAuth> {
         let s = ctx.string(value, &p, Some(key))?;
         match key {
             "grant" => {
-                check_grant(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                check_grant(&s).map_err(|e| ctx.bad_value(value, &p, None, e))?;
                 grant = Some(s);
             }
             _ => {
-                check_mcp_auth_header(&s).map_err(|m| ctx.invalid(value, &p, m))?;
+                check_mcp_auth_header(&s).map_err(|e| ctx.bad_value(value, &p, None, e))?;
                 header = Some(s);
             }
         }
@@ -797,12 +874,11 @@ fn services(
             }
         }
         if !svc.wait && !svc.provision.is_empty() {
-            return Err(ctx.invalid(
+            return Err(ctx.invalid_with_fix(
                 value,
                 &p,
-                "provision runs once the service is ready, so it needs the wait; \
-                 remove wait: false or the provision list"
-                    .to_owned(),
+                "provision runs once the service is ready, so it needs the wait",
+                "To fix: remove wait: false or the provision list.",
             ));
         }
         out.insert(name.to_owned(), svc);

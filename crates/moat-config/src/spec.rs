@@ -4,15 +4,15 @@
 
 use std::str::FromStr;
 
-use crate::{ConfigError, Dependency, DependencyKind};
+use crate::{ConfigError, Dependency, DependencyKind, SpecError};
 
 impl Dependency {
     /// Parses `name`, `name@version` or `prefix:pkg[@version]`.
     pub fn parse(spec: &str) -> Result<Dependency, ConfigError> {
-        parse_dependency(spec).map_err(|message| ConfigError::InvalidSpec {
+        parse_dependency(spec).map_err(|error| ConfigError::InvalidSpec {
             what: "dependency",
             spec: spec.to_owned(),
-            message,
+            error: Box::new(error),
         })
     }
 }
@@ -24,29 +24,22 @@ impl FromStr for Dependency {
     }
 }
 
-const DEP_SYNTAX: &str = "expected NAME, NAME@VERSION or PREFIX:PACKAGE[@VERSION] with PREFIX one of npm, pip, uv, go, cargo, docker";
-
-pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
+pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, SpecError> {
     if spec.is_empty() {
-        return Err(format!("the dependency is empty; {DEP_SYNTAX}"));
+        return Err(SpecError::EmptyDependency);
     }
     if let Some(c) = spec.chars().find(|c| c.is_whitespace()) {
-        return Err(format!(
-            "{c:?} is not allowed; write one dependency per list item"
-        ));
+        return Err(SpecError::Whitespace(c));
     }
     let Some((prefix, rest)) = spec.split_once(':') else {
         if spec == "docker" {
-            return Err(
-                "use docker:host (the host's Docker socket) or docker:dind (Docker in Docker)"
-                    .to_owned(),
-            );
+            return Err(SpecError::DockerWithoutMode);
         }
         let (name, version) = split_version(spec)?;
         if !is_registry_name(name) {
-            return Err(format!(
-                "{name:?} is not a dependency name (lowercase letters, digits, '.', '-', '_'); {DEP_SYNTAX}"
-            ));
+            return Err(SpecError::DependencyName {
+                name: name.to_owned(),
+            });
         }
         return Ok(Dependency {
             kind: DependencyKind::Registry,
@@ -59,7 +52,9 @@ pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
         .find(|(p, _)| *p == prefix)
         .map(|(_, k)| *k)
     else {
-        return Err(format!("unknown prefix {prefix:?}; {DEP_SYNTAX}"));
+        return Err(SpecError::UnknownPrefix {
+            prefix: prefix.to_owned(),
+        });
     };
     if kind == DependencyKind::Docker {
         return match rest {
@@ -68,9 +63,9 @@ pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
                 name: rest.to_owned(),
                 version: None,
             }),
-            _ => Err(format!(
-                "expected docker:host or docker:dind, found docker:{rest}"
-            )),
+            _ => Err(SpecError::DockerMode {
+                found: rest.to_owned(),
+            }),
         };
     }
     let (name, version) = split_version(rest)?;
@@ -82,9 +77,10 @@ pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "@/._~+-".contains(c));
     if !valid {
-        return Err(format!(
-            "{name:?} is not a valid {prefix} package name; {DEP_SYNTAX}"
-        ));
+        return Err(SpecError::PackageName {
+            name: name.to_owned(),
+            prefix: prefix.to_owned(),
+        });
     }
     Ok(Dependency {
         kind,
@@ -95,7 +91,7 @@ pub(crate) fn parse_dependency(spec: &str) -> Result<Dependency, String> {
 
 /// Splits at the last `@` that is not the first character, so scoped npm
 /// packages (`@scope/pkg@1`) keep their leading `@`.
-fn split_version(s: &str) -> Result<(&str, Option<String>), String> {
+fn split_version(s: &str) -> Result<(&str, Option<String>), SpecError> {
     match s.rfind('@').filter(|i| *i > 0) {
         None => Ok((s, None)),
         Some(i) => {
@@ -105,9 +101,9 @@ fn split_version(s: &str) -> Result<(&str, Option<String>), String> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
             if !valid {
-                return Err(format!(
-                    "version {version:?} after '@' is not valid (e.g. node@22, npm:typescript@5.4.2)"
-                ));
+                return Err(SpecError::Version {
+                    version: version.to_owned(),
+                });
             }
             Ok((name, Some(version.to_owned())))
         }
@@ -125,7 +121,7 @@ fn is_registry_name(name: &str) -> bool {
 
 /// `lowercase letters, digits, '-', '_'`, starting alphanumeric, ≤ 63: it
 /// becomes part of host names and container names.
-pub(crate) fn check_run_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_run_name(name: &str) -> Result<(), SpecError> {
     let ok = name.len() <= 63
         && name
             .chars()
@@ -137,9 +133,9 @@ pub(crate) fn check_run_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid run name: use at most 63 lowercase letters, digits, '-' and '_', starting with a letter or digit"
-        ))
+        Err(SpecError::RunName {
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -150,15 +146,9 @@ fn is_simple_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
-pub(crate) fn check_mcp_name(name: &str) -> Result<moat_policy::McpServerName, String> {
-    moat_policy::McpServerName::parse(name).map_err(|e| e.to_string())
-}
-
-const GRANT_SYNTAX: &str = "expected a provider name (github), ssh:HOST or mcp:NAME";
-
 /// The grammar of `moat_credentials::GrantName::parse`, checked here so a
 /// grant the run could not resolve is refused with its line.
-pub(crate) fn check_grant(grant: &str) -> Result<(), String> {
+pub(crate) fn check_grant(grant: &str) -> Result<(), SpecError> {
     let ok = match grant.split_once(':') {
         None => is_simple_name(grant) && !grant.contains('.'),
         Some(("ssh", host)) => moat_policy::HostPattern::parse(host)
@@ -166,20 +156,22 @@ pub(crate) fn check_grant(grant: &str) -> Result<(), String> {
             .unwrap_or(false),
         Some(("mcp", name)) => moat_policy::McpServerName::parse(name).is_ok(),
         Some(("oauth", _)) => {
-            return Err(format!(
-                "grant {grant:?}: oauth grants are not supported by this version of moat yet; remove it"
-            ))
+            return Err(SpecError::OauthGrant {
+                grant: grant.to_owned(),
+            })
         }
         Some(_) => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid grant {grant:?}: {GRANT_SYNTAX}"))
+        Err(SpecError::Grant {
+            grant: grant.to_owned(),
+        })
     }
 }
 
-pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_env_name(name: &str) -> Result<(), SpecError> {
     let ok = name
         .chars()
         .next()
@@ -188,13 +180,13 @@ pub(crate) fn check_env_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid environment variable name (letters, digits and '_', not starting with a digit)"
-        ))
+        Err(SpecError::EnvName {
+            name: name.to_owned(),
+        })
     }
 }
 
-pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_header_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -202,9 +194,9 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid HTTP header name (e.g. Authorization)"
-        ))
+        Err(SpecError::HeaderName {
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -213,7 +205,7 @@ pub(crate) fn check_header_name(name: &str) -> Result<(), String> {
 /// client and proxy. A token sent as `Host` or `Content-Length` would
 /// change where or how the request goes (and show in places a credential
 /// never should), and a hop header is dropped before it leaves.
-pub(crate) fn check_mcp_auth_header(name: &str) -> Result<(), String> {
+pub(crate) fn check_mcp_auth_header(name: &str) -> Result<(), SpecError> {
     check_header_name(name)?;
     let lower = name.to_ascii_lowercase();
     let why = match lower.as_str() {
@@ -233,29 +225,30 @@ pub(crate) fn check_mcp_auth_header(name: &str) -> Result<(), String> {
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(format!(
-            "{name:?} cannot carry an MCP server's credential: it {why}. \
-             Use the header the server reads its token from, such as Authorization or X-Api-Key (header: Authorization)"
-        )),
+        Some(why) => Err(SpecError::CredentialHeader {
+            name: name.to_owned(),
+            why,
+        }),
     }
 }
 
 /// https anywhere; plain http only to this machine, where nothing travels
 /// over a network.
-pub(crate) fn check_mcp_url(raw: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(raw).map_err(|e| {
-        format!("{raw:?} is not a valid URL ({e}); expected e.g. https://mcp.example.com/mcp")
+pub(crate) fn check_mcp_url(raw: &str) -> Result<url::Url, SpecError> {
+    let url = url::Url::parse(raw).map_err(|error| SpecError::Url {
+        url: raw.to_owned(),
+        error,
     })?;
     let host = url.host_str().unwrap_or("");
     match url.scheme() {
         "https" if !host.is_empty() => Ok(url),
         "http" if matches!(host, "localhost" | "127.0.0.1" | "[::1]") => Ok(url),
-        "http" => Err(format!(
-            "{raw:?} uses http; use https (plain http is only allowed for localhost, 127.0.0.1 and [::1])"
-        )),
-        _ => Err(format!(
-            "{raw:?} must be an https:// URL (or http:// to localhost)"
-        )),
+        "http" => Err(SpecError::PlainHttp {
+            url: raw.to_owned(),
+        }),
+        _ => Err(SpecError::NotHttps {
+            url: raw.to_owned(),
+        }),
     }
 }
 
@@ -308,7 +301,15 @@ mod tests {
         ] {
             assert_eq!(dep(s).to_string(), s);
         }
-        assert!(dep_err("docker").contains("docker:host"));
+        assert_eq!(
+            dep_err("docker"),
+            "invalid dependency \"docker\": docker needs a mode"
+        );
+        let docker = Dependency::parse("docker").unwrap_err();
+        assert!(moat_hint::Hint::hint(&docker)
+            .unwrap()
+            .as_str()
+            .contains("use docker:host (the host's Docker socket) or docker:dind"));
         assert!(dep_err("docker:x").contains("docker:host or docker:dind"));
         assert!(dep_err("brew:jq").contains("unknown prefix \"brew\""));
         assert!(dep_err("Node").contains("not a dependency name"));
@@ -317,7 +318,15 @@ mod tests {
         assert!(dep_err("npm:").contains("not a valid npm package name"));
         assert!(dep_err("npm:a;rm").contains("not a valid npm package name"));
         assert!(dep_err("").contains("empty"));
-        assert!(dep_err("a b").contains("one dependency per list item"));
+        assert_eq!(
+            dep_err("a b"),
+            "invalid dependency \"a b\": ' ' is not allowed"
+        );
+        let spaced = Dependency::parse("a b").unwrap_err();
+        assert!(moat_hint::Hint::hint(&spaced)
+            .unwrap()
+            .as_str()
+            .contains("one dependency per list item"));
     }
 
     #[test]
@@ -374,12 +383,15 @@ mod tests {
             let e = check_mcp_auth_header(bad).map_err(|e| e.to_string());
             assert!(e.is_err(), "{bad}");
         }
-        assert!(check_mcp_auth_header("Host")
-            .is_err_and(|e| e.contains("routes the request") && e.contains("Authorization")));
-        assert!(check_mcp_name("linear").is_ok());
-        assert!(check_mcp_name("a/b").is_err());
-        assert!(check_mcp_name("..").is_err());
-        assert!(check_mcp_name("docs.internal").is_err());
+        let host = check_mcp_auth_header("Host").unwrap_err();
+        assert_eq!(
+            host.to_string(),
+            "\"Host\" cannot carry an MCP server's credential: it routes the request."
+        );
+        assert!(moat_hint::Hint::hint(&host)
+            .unwrap()
+            .as_str()
+            .contains("such as Authorization or X-Api-Key"));
         assert!(check_grant("mcp:docs.internal").is_err());
     }
 
@@ -389,7 +401,8 @@ mod tests {
         assert!(check_mcp_url("http://localhost:3000/mcp").is_ok());
         assert!(check_mcp_url("http://127.0.0.1/mcp").is_ok());
         assert!(check_mcp_url("http://[::1]:9/mcp").is_ok());
-        assert!(check_mcp_url("http://example.com/mcp").is_err_and(|e| e.contains("uses http")));
+        assert!(check_mcp_url("http://example.com/mcp")
+            .is_err_and(|e| e.to_string().contains("uses http")));
         assert!(check_mcp_url("ftp://example.com").is_err());
         assert!(check_mcp_url("not a url").is_err());
     }

@@ -5,7 +5,7 @@
 //! tree keeps both, and resolves plain scalars only when asked, using the
 //! YAML 1.2 core schema (so `yes` is a string, not a boolean).
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span, StrInput};
+use saphyr_parser::{Event, Parser, ScalarStyle, Span, StrInput, Tag};
 
 /// Nesting deeper than this is refused: no moat.yaml needs it, and the
 /// builder recurses once per level.
@@ -211,71 +211,15 @@ impl<'a> Builder<'a> {
         }
         let value = match event {
             Event::Scalar(text, style, _anchor, tag) => {
-                let forced_string = match tag.as_deref() {
-                    None => false,
-                    Some(t) if t.is_yaml_core_schema() && t.suffix == "str" => true,
-                    Some(t) => {
-                        let shown = if t.is_yaml_core_schema() {
-                            format!("!!{}", t.suffix)
-                        } else {
-                            format!("{}{}", t.handle, t.suffix)
-                        };
-                        return Err(self.error_at(
-                            (line, col),
-                            &format!(
-                                "YAML tags ({shown}) are not supported in moat.yaml; remove the tag"
-                            ),
-                        ));
-                    }
-                };
-                Value::Scalar {
-                    text: text.into_owned(),
-                    plain: style == ScalarStyle::Plain && !forced_string,
-                }
+                self.scalar(text.into_owned(), style, tag.as_deref(), (line, col))?
             }
             Event::SequenceStart(_, tag) => {
                 self.reject_tag(tag.is_some(), (line, col))?;
-                let mut items = Vec::new();
-                loop {
-                    let (event, span) = self.next()?;
-                    if event == Event::SequenceEnd {
-                        break;
-                    }
-                    items.push(self.node(event, span, depth + 1)?);
-                }
-                Value::Seq(items)
+                self.sequence(depth)?
             }
             Event::MappingStart(_, tag) => {
                 self.reject_tag(tag.is_some(), (line, col))?;
-                let mut entries: Vec<(Node, Node)> = Vec::new();
-                loop {
-                    let (event, span) = self.next()?;
-                    if event == Event::MappingEnd {
-                        break;
-                    }
-                    let key = self.node(event, span, depth + 1)?;
-                    let Some(key_text) = key.text() else {
-                        return Err(self.error_at(
-                            (key.line, key.col),
-                            "mapping keys must be plain strings, not lists or mappings",
-                        ));
-                    };
-                    if let Some((first, _)) =
-                        entries.iter().find(|(k, _)| k.text() == Some(key_text))
-                    {
-                        return Err(self.error_at(
-                            (key.line, key.col),
-                            &format!(
-                                "duplicate key {key_text:?} (first defined on line {})",
-                                first.line
-                            ),
-                        ));
-                    }
-                    let (event, span) = self.next()?;
-                    let value = self.node(event, span, depth + 1)?;
-                    entries.push((key, value));
-                }
-                Value::Map(entries)
+                self.mapping(depth)?
             }
             Event::Alias(_) => {
                 return Err(self.error_at(
@@ -286,6 +230,80 @@ impl<'a> Builder<'a> {
             _ => return Err(self.error_at((line, col), "unexpected YAML event")),
         };
         Ok(Node { line, col, value })
+    }
+
+    /// A scalar; `!!str` is the only tag taken (it makes the text a string).
+    fn scalar(
+        &self,
+        text: String,
+        style: ScalarStyle,
+        tag: Option<&Tag>,
+        at: (usize, usize),
+    ) -> Result<Value, YamlError> {
+        let forced_string = match tag {
+            None => false,
+            Some(t) if t.is_yaml_core_schema() && t.suffix == "str" => true,
+            Some(t) => {
+                let shown = if t.is_yaml_core_schema() {
+                    format!("!!{}", t.suffix)
+                } else {
+                    format!("{}{}", t.handle, t.suffix)
+                };
+                return Err(self.error_at(
+                    at,
+                    &format!("YAML tags ({shown}) are not supported in moat.yaml; remove the tag"),
+                ));
+            }
+        };
+        Ok(Value::Scalar {
+            text,
+            plain: style == ScalarStyle::Plain && !forced_string,
+        })
+    }
+
+    /// The items of a sequence whose start was just read, up to its end.
+    fn sequence(&mut self, depth: usize) -> Result<Value, YamlError> {
+        let mut items = Vec::new();
+        loop {
+            let (event, span) = self.next()?;
+            if event == Event::SequenceEnd {
+                break;
+            }
+            items.push(self.node(event, span, depth + 1)?);
+        }
+        Ok(Value::Seq(items))
+    }
+
+    /// The entries of a mapping whose start was just read, up to its end:
+    /// keys plain strings, each once.
+    fn mapping(&mut self, depth: usize) -> Result<Value, YamlError> {
+        let mut entries: Vec<(Node, Node)> = Vec::new();
+        loop {
+            let (event, span) = self.next()?;
+            if event == Event::MappingEnd {
+                break;
+            }
+            let key = self.node(event, span, depth + 1)?;
+            let Some(key_text) = key.text() else {
+                return Err(self.error_at(
+                    (key.line, key.col),
+                    "mapping keys must be plain strings, not lists or mappings",
+                ));
+            };
+            if let Some((first, _)) = entries.iter().find(|(k, _)| k.text() == Some(key_text)) {
+                return Err(self.error_at(
+                    (key.line, key.col),
+                    &format!(
+                        "duplicate key {key_text:?} (first defined on line {})",
+                        first.line
+                    ),
+                ));
+            }
+            let (event, span) = self.next()?;
+            let value = self.node(event, span, depth + 1)?;
+            entries.push((key, value));
+        }
+        Ok(Value::Map(entries))
     }
 
     fn reject_tag(&self, tagged: bool, at: (usize, usize)) -> Result<(), YamlError> {

@@ -19,11 +19,19 @@ fn report(cases: &[&str]) -> String {
     for yaml in cases {
         let result = match try_parse(yaml) {
             Ok(cfg) => format!("UNEXPECTEDLY OK: {cfg:?}"),
-            Err(e) => e.to_string(),
+            Err(e) => with_fix(&e),
         };
         let _ = writeln!(out, "{}\n=> {result}\n", yaml.trim_end());
     }
     out
+}
+
+/// The error's message, then its fix (as the binary prints it, apart).
+fn with_fix(error: &ConfigError) -> String {
+    match moat_hint::Hint::hint(error) {
+        Some(fix) => format!("{error}\n   fix: {fix}"),
+        None => error.to_string(),
+    }
 }
 
 #[test]
@@ -174,7 +182,7 @@ fn cli_specs() {
         let _ = writeln!(
             out,
             "{spec} => {}",
-            r.map_or_else(|e| e.to_string(), |m| format!("{m:?}"))
+            r.map_or_else(|e| with_fix(&e), |m| format!("{m:?}"))
         );
     }
     for spec in ["docker", "brew:jq", "Node@1"] {
@@ -182,7 +190,7 @@ fn cli_specs() {
         let _ = writeln!(
             out,
             "{spec} => {}",
-            r.map_or_else(|e| e.to_string(), |d| d.to_string())
+            r.map_or_else(|e| with_fix(&e), |d| d.to_string())
         );
     }
     assert_snapshot!(out);

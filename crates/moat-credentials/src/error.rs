@@ -65,23 +65,18 @@ impl DecryptError {
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     /// No credential is stored for the provider.
-    #[error("credential not found: {provider}\n\nRun: moat grant {grant_command}{profile_hint}")]
+    #[error("credential not found: {provider}")]
     NotFound {
         /// The provider asked for.
         provider: String,
         /// What to pass to `moat grant` to create it.
         grant_command: String,
-        /// A hint about profiles, or empty.
-        profile_hint: String,
+        /// The profile looked in; `None` is the default profile.
+        profile: Option<String>,
     },
 
     /// The stored file exists but cannot be decrypted.
-    #[error(
-        "decrypting credential for {provider}: {error}\n\
-         {advice}\n\
-         To re-authenticate: moat grant {grant_command}",
-        advice = error.advice()
-    )]
+    #[error("decrypting credential for {provider}: {error}")]
     Decrypt {
         /// The provider whose file failed.
         provider: String,
@@ -96,9 +91,7 @@ pub enum CredentialError {
     #[error(
         "the encryption key is missing: {path} does not exist{keychain}, but {count} \
          credential file(s) encrypted with it remain under {dir}.\n\
-         moat will not create a new key, which could not read them.\n\
-         To fix: restore the key from a backup to {path} (32 bytes, mode 0600), \
-         or, to start over, delete the credentials (rm -r {dir}) and grant them again.",
+         moat will not create a new key, which could not read them.",
         keychain = if *keychain { " (nor is one in the OS keychain, where reachable)" } else { "" }
     )]
     KeyMissing {
@@ -114,8 +107,7 @@ pub enum CredentialError {
 
     /// The key file is readable by others; it is not used.
     #[error(
-        "key file has insecure permissions: {path} has permissions {mode:04o} (expected 0600).\n\
-         Fix: chmod 600 {path}"
+        "key file has insecure permissions: {path} has permissions {mode:04o} (expected 0600)."
     )]
     InsecureKeyFile {
         /// The key file.
@@ -126,9 +118,7 @@ pub enum CredentialError {
 
     /// The key file is not 32 bytes long.
     #[error(
-        "key file {path} has the wrong length: {len} bytes (expected 32).\n\
-         It is not a moat key. Move it aside and grant your credentials again:\n  \
-         mv {path} {path}.bad && moat grant <provider>"
+        "key file {path} has the wrong length: {len} bytes (expected 32). It is not a moat key."
     )]
     KeyFileLength {
         /// The key file.
@@ -138,9 +128,7 @@ pub enum CredentialError {
     },
 
     /// A provider name that moat does not know.
-    #[error(
-        "unknown provider {name:?}{suggestion}\nList the providers with: moat grant providers"
-    )]
+    #[error("unknown provider {name:?}{suggestion}")]
     UnknownProvider {
         /// The name given.
         name: String,
@@ -157,11 +145,7 @@ pub enum CredentialError {
     NoSecret(String),
 
     /// A Claude Code OAuth token is past its expiry.
-    #[error(
-        "Claude Code token has expired\n\
-         Re-authenticate with Claude Code (run `claude` and log in, or `claude setup-token`), then run:\n  \
-         moat grant claude"
-    )]
+    #[error("Claude Code token has expired")]
     ClaudeTokenExpired,
 
     /// Validation at grant time rejected the token.
@@ -186,6 +170,62 @@ pub enum CredentialError {
     Home(#[from] moat_home::HomeError),
 
     /// Encoding a credential failed (should not happen).
-    #[error("encoding credential: {0}")]
-    Encode(String),
+    #[error("encoding credential")]
+    Encode(#[source] serde_json::Error),
+
+    /// AES-GCM refused the key or the plaintext (should not happen: the
+    /// key's length is checked when it is read).
+    #[error("encrypting credential: AES-GCM {0} failed")]
+    Encrypt(&'static str),
+}
+
+impl moat_hint::Hint for CredentialError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            CredentialError::NotFound {
+                grant_command,
+                profile,
+                ..
+            } => match profile {
+                Some(p) => format!(
+                    "Run: moat grant {grant_command}\n(looked in profile {p:?}; credentials \
+                     granted without --profile live in the default profile)"
+                ),
+                None => format!(
+                    "Run: moat grant {grant_command}\nIf you granted it under a profile, \
+                     select it: export MOAT_PROFILE=<name>"
+                ),
+            },
+            CredentialError::Decrypt {
+                grant_command,
+                error,
+                ..
+            } => format!(
+                "{}\nTo re-authenticate: moat grant {grant_command}",
+                error.advice()
+            ),
+            CredentialError::KeyMissing { path, dir, .. } => format!(
+                "To fix: restore the key from a backup to {} (32 bytes, mode 0600), or, to \
+                 start over, delete the credentials (rm -r {}) and grant them again.",
+                path.display(),
+                dir.display()
+            ),
+            CredentialError::InsecureKeyFile { path, .. } => {
+                format!("Fix: chmod 600 {}", path.display())
+            }
+            CredentialError::KeyFileLength { path, .. } => format!(
+                "Move it aside and grant your credentials again:\n  mv {0} {0}.bad && moat grant <provider>",
+                path.display()
+            ),
+            CredentialError::UnknownProvider { .. } => {
+                "List the providers with: moat grant providers".to_owned()
+            }
+            CredentialError::ClaudeTokenExpired => "Re-authenticate with Claude Code (run \
+                 `claude` and log in, or `claude setup-token`), then run:\n  moat grant claude"
+                .to_owned(),
+            CredentialError::Home(error) => return error.hint(),
+            _ => return None,
+        };
+        Some(fix.into())
+    }
 }

@@ -340,7 +340,8 @@ mod tests {
             text.contains(&home.key_file().display().to_string()),
             "{text}"
         );
-        assert!(text.contains("restore the key"), "{text}");
+        let fix = moat_hint::Hint::hint(&err).unwrap().to_string();
+        assert!(fix.contains("restore the key"), "{fix}");
         assert!(!home.key_file().exists());
         // Once the credentials are gone, a key is created as usual.
         std::fs::remove_dir_all(home.credentials_dir(None)).unwrap();

@@ -22,6 +22,7 @@
 //! hands out [`HeaderInjection`]s and nothing more.
 
 mod error;
+mod grant;
 mod key;
 mod provider;
 mod resolve;
@@ -34,6 +35,9 @@ pub use crate::source::SourceOptions;
 pub use crate::validate::Validation;
 
 pub use crate::error::{CredentialError, DecryptError};
+pub use crate::grant::{
+    check_obtained, describe, format_time, grant_display_name, masked, Checked, GrantRow, Stored,
+};
 pub use crate::key::{EncryptionKey, KeyBackend, KEY_LEN};
 pub use crate::provider::{
     GrantName, HeaderInjection, HeaderSpec, HeaderValue, HostInjection, Placeholder, ProviderKind,

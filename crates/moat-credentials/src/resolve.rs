@@ -54,16 +54,23 @@ pub struct MissingGrants(pub Vec<MissingGrant>);
 
 impl fmt::Display for MissingGrants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "missing grants:")?;
+        // Each grant's own fix stays beside it: the list is the message.
+        write!(f, "missing grants:")?;
         for m in &self.0 {
-            writeln!(f, "  - {}: {}", m.grant, m.reason)?;
+            write!(f, "\n  - {}: {}", m.grant, m.reason)?;
             if m.reason == MissingReason::UnknownProvider {
-                writeln!(f, "    List the providers with: moat grant providers")?;
+                write!(f, "\n    List the providers with: moat grant providers")?;
             } else {
-                writeln!(f, "    Run: moat grant {}", m.grant.grant_command())?;
+                write!(f, "\n    Run: moat grant {}", m.grant.grant_command())?;
             }
         }
-        write!(f, "\nConfigure the grants above, then run again.")
+        Ok(())
+    }
+}
+
+impl moat_hint::Hint for MissingGrants {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        Some("Configure the grants above, then run again.".into())
     }
 }
 
@@ -90,6 +97,15 @@ pub enum ResolveError {
     /// The store itself is unusable (for example an insecure key file).
     #[error(transparent)]
     Store(#[from] CredentialError),
+}
+
+impl moat_hint::Hint for ResolveError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            ResolveError::Missing(missing) => missing.hint(),
+            ResolveError::Store(error) => error.hint(),
+        }
+    }
 }
 
 /// Resolves `grants` into credentials, or into one error listing every
@@ -215,8 +231,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "missing grants:\n  - github: not configured\n    Run: moat grant github\n  \
-             - claude: encryption key changed\n    Run: moat grant claude\n\n\
-             Configure the grants above, then run again."
+             - claude: encryption key changed\n    Run: moat grant claude"
+        );
+        assert_eq!(
+            moat_hint::Hint::hint(&err).unwrap().as_str(),
+            "Configure the grants above, then run again."
         );
     }
 

@@ -164,9 +164,8 @@ impl CredentialStore {
     /// Encrypts and writes `credential`, replacing any previous one.
     pub fn save(&self, credential: &Credential) -> Result<PathBuf, CredentialError> {
         let key = self.key()?;
-        let plaintext = Zeroizing::new(
-            serde_json::to_vec(credential).map_err(|e| CredentialError::Encode(e.to_string()))?,
-        );
+        let plaintext =
+            Zeroizing::new(serde_json::to_vec(credential).map_err(CredentialError::Encode)?);
         let bytes = seal(key, &credential.provider, &plaintext)?;
         let path = self.path(&credential.provider);
         write_private_atomic(&path, &bytes)?;
@@ -289,16 +288,10 @@ impl CredentialStore {
     }
 
     fn not_found(&self, provider: &str) -> CredentialError {
-        let profile_hint = match &self.profile {
-            Some(p) => format!(
-                "\n(looked in profile {p:?}; credentials granted without --profile live in the default profile)"
-            ),
-            None => "\nIf you granted it under a profile, select it: export MOAT_PROFILE=<name>".to_string(),
-        };
         CredentialError::NotFound {
             provider: display_name(provider),
             grant_command: grant_command_for(provider),
-            profile_hint,
+            profile: self.profile.as_ref().map(|p| p.as_str().to_owned()),
         }
     }
 }
@@ -331,7 +324,7 @@ fn key_check(key: &EncryptionKey) -> Result<[u8; KEY_CHECK_LEN], CredentialError
                 aad: b"moat-key-check:v1",
             },
         )
-        .map_err(|_| CredentialError::Encode("AES-GCM key check failed".into()))?;
+        .map_err(|_| CredentialError::Encrypt("key check"))?;
     let mut out = [0u8; KEY_CHECK_LEN];
     out.copy_from_slice(&tag[..KEY_CHECK_LEN]);
     Ok(out)
@@ -349,7 +342,7 @@ fn seal(key: &EncryptionKey, provider: &str, plaintext: &[u8]) -> Result<Vec<u8>
                 aad: &aad(provider),
             },
         )
-        .map_err(|_| CredentialError::Encode("AES-GCM encryption failed".into()))?;
+        .map_err(|_| CredentialError::Encrypt("encryption"))?;
     let check = key_check(key)?;
     let mut out =
         Vec::with_capacity(MAGIC.len() + 1 + KEY_CHECK_LEN + NONCE_LEN + ciphertext.len());
@@ -459,11 +452,15 @@ mod tests {
             text.starts_with("decrypting credential for github: wrong key: "),
             "{text}"
         );
+        let fix = moat_hint::Hint::hint(&err).unwrap().to_string();
         assert!(
-            text.contains("Restore the key it was written with"),
-            "{text}"
+            fix.starts_with("Restore the key it was written with"),
+            "{fix}"
         );
-        assert!(text.ends_with("To re-authenticate: moat grant github"));
+        assert!(
+            fix.ends_with("To re-authenticate: moat grant github"),
+            "{fix}"
+        );
     }
 
     #[test]
@@ -561,8 +558,9 @@ mod tests {
     fn missing_credential_is_not_found() {
         let tmp = tempfile::tempdir().unwrap();
         let err = store(tmp.path(), 1).load("github").unwrap_err();
-        assert!(err.to_string().starts_with("credential not found: github"));
+        assert_eq!(err.to_string(), "credential not found: github");
         let err = store(tmp.path(), 1).remove("mcp-x").unwrap_err();
-        assert!(err.to_string().contains("Run: moat grant mcp x"));
+        let fix = moat_hint::Hint::hint(&err).unwrap().to_string();
+        assert!(fix.starts_with("Run: moat grant mcp x\n"), "{fix}");
     }
 }

@@ -23,9 +23,7 @@ pub enum ClientError {
     /// way: its state is cleaned up by the next client.)
     #[error(
         "connecting to daemon: {cause}\n\
-         A moat daemon (pid {pid} in {lock}) holds this MOAT_HOME but does not answer: it may be hung.\n\
-         Stop it and retry: kill {pid}\n\
-         If that does not help, check whether another process uses {socket}."
+         A moat daemon (pid {pid} in {lock}) holds this MOAT_HOME but does not answer: it may be hung."
     )]
     Connect {
         /// What failed.
@@ -38,12 +36,7 @@ pub enum ClientError {
         socket: String,
     },
     /// The daemon was spawned but never answered.
-    #[error(
-        "daemon did not start within 5 seconds\n\
-         Check its log: {log}\n\
-         If {lock} names a pid that is not running, remove it and retry:\n  \
-         rm {lock}"
-    )]
+    #[error("daemon did not start within 5 seconds")]
     StartTimeout {
         /// The daemon log.
         log: String,
@@ -51,10 +44,7 @@ pub enum ClientError {
         lock: String,
     },
     /// The running daemon listens on another port than requested.
-    #[error(
-        "proxy port mismatch: running on {running}, requested {requested}. \
-         Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy"
-    )]
+    #[error("proxy port mismatch: running on {running}, requested {requested}")]
     PortMismatch {
         /// The daemon's port.
         running: u16,
@@ -62,25 +52,66 @@ pub enum ClientError {
         requested: u16,
     },
     /// The daemon refused the run (incompatible version, bad policy...).
-    #[error(
-        "registering run with proxy daemon: {cause}\n\
-         Stop active runs so the daemon shuts down (it exits 5 minutes after the last run), \
-         or stop it now with: moat proxy stop\n\
-         Then start the run again."
-    )]
+    #[error("registering run with proxy daemon: {cause}")]
     Register {
         /// The daemon's reason.
         cause: String,
     },
-    /// The daemon answered something unexpected.
+    /// The daemon's answer could not be decoded.
+    #[error("proxy daemon: undecodable answer")]
+    Decode(#[source] protocol::ProtocolError),
+    /// The daemon refused a request.
     #[error("proxy daemon: {0}")]
-    Protocol(String),
+    Refused(String),
+    /// The daemon answered with another kind of response than asked for.
+    #[error("proxy daemon: unexpected answer {0}")]
+    Unexpected(&'static str),
+    /// `MOAT_PROXY_PORT` is not a port number.
+    #[error("MOAT_PROXY_PORT={0:?} is not a port number (0-65535)")]
+    BadPort(String),
     /// Spawning the daemon failed.
-    #[error("starting proxy daemon: {0}")]
-    Spawn(String),
+    #[error("starting proxy daemon: {action}")]
+    Spawn {
+        /// What failed ("locating the moat executable", "running /usr/bin/moat", ...).
+        action: String,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
     /// File operations under MOAT_HOME failed.
     #[error(transparent)]
     Home(#[from] moat_home::HomeError),
+}
+
+impl moat_hint::Hint for ClientError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            ClientError::Connect { pid, socket, .. } => format!(
+                "Stop it and retry: kill {pid}\n\
+                 If that does not help, check whether another process uses {socket}."
+            ),
+            ClientError::StartTimeout { log, lock } => format!(
+                "Check its log: {log}\n\
+                 If {lock} names a pid that is not running, remove it and retry:\n  rm {lock}"
+            ),
+            ClientError::PortMismatch { .. } => {
+                "Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy".to_owned()
+            }
+            ClientError::Register { .. } => "Stop active runs so the daemon shuts down \
+                 (it exits 5 minutes after the last run), or stop it now with: moat proxy stop\n\
+                 Then start the run again."
+                .to_owned(),
+            ClientError::Home(error) => return error.hint(),
+            ClientError::BadPort(_) => "Set MOAT_PROXY_PORT to a port number, or unset it \
+                                        for the default (8080)."
+                .to_owned(),
+            ClientError::Decode(_)
+            | ClientError::Refused(_)
+            | ClientError::Unexpected(_)
+            | ClientError::Spawn { .. } => return None,
+        };
+        Some(fix.into())
+    }
 }
 
 /// How to start the daemon when none runs.
@@ -100,11 +131,11 @@ impl StartOptions {
     /// Reads `MOAT_PROXY_PORT` and `MOAT_DAEMON_IDLE_TIMEOUT`.
     pub fn from_env() -> Result<Self, ClientError> {
         let port = match std::env::var("MOAT_PROXY_PORT") {
-            Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u16>().map_err(|_| {
-                ClientError::Spawn(format!(
-                    "MOAT_PROXY_PORT={v:?} is not a port number (0-65535)"
-                ))
-            })?),
+            Ok(v) if !v.trim().is_empty() => Some(
+                v.trim()
+                    .parse::<u16>()
+                    .map_err(|_| ClientError::BadPort(v.clone()))?,
+            ),
             _ => None,
         };
         let idle_timeout_secs = std::env::var("MOAT_DAEMON_IDLE_TIMEOUT")
@@ -158,7 +189,7 @@ impl DaemonClient {
         let lock_path = paths.spawn_lock.clone();
         let _spawn = tokio::task::spawn_blocking(move || FileLock::acquire(&lock_path))
             .await
-            .map_err(|e| ClientError::Spawn(e.to_string()))??;
+            .map_err(|e| spawn_err("waiting for the spawn lock", e.into()))??;
         if let Some(client) = Self::connect_existing(home).await? {
             client.check_port(opts)?;
             return Ok(client);
@@ -225,7 +256,7 @@ impl DaemonClient {
             .await
             .map_err(|_| connect_err("no answer within 10 seconds".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
-        protocol::decode(&line).map_err(|e| ClientError::Protocol(e.to_string()))
+        protocol::decode(&line).map_err(ClientError::Decode)
     }
 
     /// Version handshake, then registration. Returns the daemon's answer
@@ -251,7 +282,7 @@ impl DaemonClient {
             Response::Error { message } => return Err(ClientError::Register { cause: message }),
             other => {
                 return Err(ClientError::Register {
-                    cause: format!("unexpected answer to hello: {other:?}"),
+                    cause: format!("unexpected answer to hello: {}", other.kind()),
                 })
             }
         }
@@ -272,7 +303,7 @@ impl DaemonClient {
             }),
             Response::Error { message } => Err(ClientError::Register { cause: message }),
             other => Err(ClientError::Register {
-                cause: format!("unexpected answer: {other:?}"),
+                cause: format!("unexpected answer: {}", other.kind()),
             }),
         }
     }
@@ -286,10 +317,8 @@ impl DaemonClient {
             .await?
         {
             Response::Ok => Ok(()),
-            Response::Error { message } => Err(ClientError::Protocol(message)),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected answer: {other:?}"
-            ))),
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Unexpected(other.kind())),
         }
     }
 
@@ -310,10 +339,8 @@ impl DaemonClient {
             .await?
         {
             Response::Ok => Ok(()),
-            Response::Error { message } => Err(ClientError::Protocol(message)),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected answer: {other:?}"
-            ))),
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Unexpected(other.kind())),
         }
     }
 
@@ -351,6 +378,13 @@ fn cleanup_stale(paths: &DaemonPaths) {
     }
 }
 
+fn spawn_err(action: &str, error: std::io::Error) -> ClientError {
+    ClientError::Spawn {
+        action: action.to_owned(),
+        error,
+    }
+}
+
 fn spawn_daemon(
     home: &MoatHome,
     paths: &DaemonPaths,
@@ -358,17 +392,18 @@ fn spawn_daemon(
 ) -> Result<(), ClientError> {
     let exe = match std::env::var_os("MOAT_EXECUTABLE").filter(|v| !v.is_empty()) {
         Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()
-            .map_err(|e| ClientError::Spawn(format!("locating the moat executable: {e}")))?,
+        None => {
+            std::env::current_exe().map_err(|e| spawn_err("locating the moat executable", e))?
+        }
     };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&paths.log)
-        .map_err(|e| ClientError::Spawn(format!("opening {}: {e}", paths.log.display())))?;
+        .map_err(|e| spawn_err(&format!("opening {}", paths.log.display()), e))?;
     let log_err = log
         .try_clone()
-        .map_err(|e| ClientError::Spawn(e.to_string()))?;
+        .map_err(|e| spawn_err(&format!("opening {}", paths.log.display()), e))?;
     let mut cmd = std::process::Command::new(&exe);
     cmd.arg("__daemon")
         .env("MOAT_HOME", home.root())
@@ -388,7 +423,7 @@ fn spawn_daemon(
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .spawn()
-        .map_err(|e| ClientError::Spawn(format!("running {}: {e}", exe.display())))?;
+        .map_err(|e| spawn_err(&format!("running {}", exe.display()), e))?;
     // Reap it if it exits early, so it never lingers as a zombie of ours.
     std::thread::spawn(move || {
         let _ = child.wait();

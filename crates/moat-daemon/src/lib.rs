@@ -15,6 +15,7 @@ pub mod client;
 pub mod lockfile;
 pub mod protocol;
 mod server;
+mod status;
 mod translate;
 
 pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, DEFAULT_PORT};
@@ -23,4 +24,5 @@ pub use crate::protocol::{
     HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret, SshHostSpec,
 };
 pub use crate::server::{serve, DaemonConfig, DaemonError};
+pub use crate::status::DaemonStatus;
 pub use crate::translate::url_host;

@@ -248,6 +248,19 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The answer's kind, as its `result` field names it on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "hello",
+            Response::Registered { .. } => "registered",
+            Response::Ok => "ok",
+            Response::Status { .. } => "status",
+            Response::Error { .. } => "error",
+        }
+    }
+}
+
 /// A control message that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
@@ -255,8 +268,8 @@ pub enum ProtocolError {
     #[error("control message too large (over {MAX_MESSAGE} bytes)")]
     TooLarge,
     /// Not valid JSON for the expected type.
-    #[error("malformed control message: {0}")]
-    Malformed(String),
+    #[error("malformed control message")]
+    Malformed(#[source] serde_json::Error),
     /// The peer closed the connection.
     #[error("connection closed")]
     Closed,
@@ -270,7 +283,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ProtocolEr
     if line.len() > MAX_MESSAGE {
         return Err(ProtocolError::TooLarge);
     }
-    serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    serde_json::from_slice(line).map_err(ProtocolError::Malformed)
 }
 
 /// Encodes one message as a line.

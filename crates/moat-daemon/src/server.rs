@@ -121,50 +121,9 @@ struct State {
 pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     let paths = DaemonPaths::new(&config.home);
     ensure_private_dir(&paths.dir)?;
-    // A CLI probing whether a daemon runs holds the lock for a moment:
-    // retry briefly before concluding another daemon has it.
-    let mut attempts = 0;
-    let _instance = loop {
-        if let Some(lock) = FileLock::try_acquire(&paths.instance_lock)? {
-            break lock;
-        }
-        attempts += 1;
-        if attempts >= 20 {
-            return Err(DaemonError::AlreadyRunning(
-                config.home.root().display().to_string(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-
-    let ca =
-        moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir).map_err(DaemonError::Ca)?;
-    let ca_pem = ca.cert_pem().to_string();
-    let proxy_config = moat_proxy::ProxyConfig::from_env().map_err(DaemonError::Proxy)?;
-    let trace_max_bytes = proxy_config.trace_max_bytes;
-    let proxy = moat_proxy::Proxy::new(proxy_config, ca).map_err(DaemonError::Proxy)?;
-    let audits = Audits::new(&config.home, trace_max_bytes);
-    proxy.set_observer(audits.clone());
-
-    let tcp = TcpListener::bind(("127.0.0.1", config.port))
-        .await
-        .map_err(|e| DaemonError::PortInUse {
-            port: config.port,
-            cause: e.to_string(),
-        })?;
-    let port = tcp
-        .local_addr()
-        .map_err(|e| DaemonError::Io {
-            action: "reading address of",
-            path: "proxy listener".into(),
-            error: e,
-        })?
-        .port();
-    if let Some(sock_dir) = paths.proxy_socket.parent() {
-        ensure_private_dir(sock_dir)?;
-    }
-    let proxy_unix = bind_private_unix(&paths.proxy_socket)?;
-    let control = bind_private_unix(&paths.control_socket)?;
+    let _instance = acquire_instance(&config, &paths).await?;
+    let (proxy, ca_pem, audits) = start_proxy(&config, &paths)?;
+    let (tcp, port, proxy_unix, control) = bind_listeners(&config, &paths).await?;
 
     let info = DaemonInfo {
         pid: std::process::id(),
@@ -173,7 +132,6 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         api: API_VERSION,
         started_at: Utc::now(),
     };
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let state = Arc::new(Mutex::new(State {
         proxy: proxy.clone(),
         runs: BTreeMap::new(),
@@ -198,8 +156,80 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     // Only now that everything listens do clients learn of us.
     write_info(&paths.lock, &info)?;
     tracing::info!(pid = info.pid, port, "proxy daemon serving");
+    control_loop(&control, &state, config.idle_timeout).await;
 
-    let idle_timeout = config.idle_timeout;
+    tcp_task.abort();
+    unix_task.abort();
+    shut_down(&state, &proxy, &audits, &paths, &info).await;
+    Ok(())
+}
+
+/// This `MOAT_HOME`'s instance lock. A CLI probing whether a daemon runs
+/// holds it for a moment: retry briefly before concluding another daemon
+/// has it.
+async fn acquire_instance(
+    config: &DaemonConfig,
+    paths: &DaemonPaths,
+) -> Result<FileLock, DaemonError> {
+    for _ in 0..20 {
+        if let Some(lock) = FileLock::try_acquire(&paths.instance_lock)? {
+            return Ok(lock);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(DaemonError::AlreadyRunning(
+        config.home.root().display().to_string(),
+    ))
+}
+
+/// The interception CA, the proxy engine and the audit logs it reports to.
+fn start_proxy(
+    config: &DaemonConfig,
+    paths: &DaemonPaths,
+) -> Result<(moat_proxy::Proxy, String, Arc<Audits>), DaemonError> {
+    let ca =
+        moat_proxy::CertificateAuthority::load_or_create(&paths.ca_dir).map_err(DaemonError::Ca)?;
+    let ca_pem = ca.cert_pem().to_string();
+    let proxy_config = moat_proxy::ProxyConfig::from_env().map_err(DaemonError::Proxy)?;
+    let trace_max_bytes = proxy_config.trace_max_bytes;
+    let proxy = moat_proxy::Proxy::new(proxy_config, ca).map_err(DaemonError::Proxy)?;
+    let audits = Audits::new(&config.home, trace_max_bytes);
+    proxy.set_observer(audits.clone());
+    Ok((proxy, ca_pem, audits))
+}
+
+/// The proxy's TCP port on 127.0.0.1 (and the port it got), its Unix
+/// socket for network-isolated sandboxes, and the control socket.
+async fn bind_listeners(
+    config: &DaemonConfig,
+    paths: &DaemonPaths,
+) -> Result<(TcpListener, u16, UnixListener, UnixListener), DaemonError> {
+    let tcp = TcpListener::bind(("127.0.0.1", config.port))
+        .await
+        .map_err(|e| DaemonError::PortInUse {
+            port: config.port,
+            cause: e.to_string(),
+        })?;
+    let port = tcp
+        .local_addr()
+        .map_err(|e| DaemonError::Io {
+            action: "reading address of",
+            path: "proxy listener".into(),
+            error: e,
+        })?
+        .port();
+    if let Some(sock_dir) = paths.proxy_socket.parent() {
+        ensure_private_dir(sock_dir)?;
+    }
+    let proxy_unix = bind_private_unix(&paths.proxy_socket)?;
+    let control = bind_private_unix(&paths.control_socket)?;
+    Ok((tcp, port, proxy_unix, control))
+}
+
+/// Serves control requests until a stop request, a signal, or the idle
+/// timeout.
+async fn control_loop(control: &UnixListener, state: &Arc<Mutex<State>>, idle_timeout: Duration) {
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -213,24 +243,32 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
                 }
             }
             _ = tick.tick() => {
-                if housekeeping(&state, idle_timeout) {
+                if housekeeping(state, idle_timeout) {
                     tracing::info!("idle timeout reached; exiting");
-                    break;
+                    return;
                 }
             }
             _ = shutdown_rx.changed() => {
                 tracing::info!("stop requested; exiting");
-                break;
+                return;
             }
             _ = shutdown_signal() => {
                 tracing::info!("signal received; exiting");
-                break;
+                return;
             }
         }
     }
+}
 
-    tcp_task.abort();
-    unix_task.abort();
+/// Ends every run's registration and audit log, then removes the lock
+/// (only if it is still ours) and the sockets.
+async fn shut_down(
+    state: &Arc<Mutex<State>>,
+    proxy: &moat_proxy::Proxy,
+    audits: &Arc<Audits>,
+    paths: &DaemonPaths,
+    info: &DaemonInfo,
+) {
     let run_ids: Vec<String> = match state.lock() {
         Ok(s) => s.runs.keys().cloned().collect(),
         Err(_) => Vec::new(),
@@ -241,7 +279,6 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     for id in audits.run_ids() {
         audits.stop(&id, Some("daemon stopped")).await;
     }
-    // Remove the lock only if it is still ours.
     if let Ok(Some(current)) = crate::lockfile::read_info(&paths.lock) {
         if current.pid == info.pid {
             let _ = std::fs::remove_file(&paths.lock);
@@ -249,7 +286,6 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&paths.control_socket);
     let _ = std::fs::remove_file(&paths.proxy_socket);
-    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -415,7 +451,7 @@ fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<
 }
 
 fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
-    let registration = crate::translate::registration(&run)?;
+    let registration = crate::translate::registration(&run).map_err(|e| e.to_string())?;
     for addr in &run.listen {
         let ip: std::net::IpAddr = addr
             .parse()

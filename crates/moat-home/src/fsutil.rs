@@ -248,59 +248,29 @@ pub fn open_bounded(
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut dir =
         rustix::fs::openat(CWD, base, dir_flags, Mode::empty()).map_err(|e| io_error(e.into()))?;
-    // ELOOP and ENOTDIR both say "not what was expected here"; which
-    // one a link gives depends on the flags, so the entry is looked at.
-    let refused =
-        |dir: &rustix::fd::OwnedFd, name: &std::ffi::OsStr, errno: rustix::io::Errno| match errno {
-            rustix::io::Errno::NOENT => Ok(None),
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
-                let link = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| {
-                        rustix::fs::FileType::from_raw_mode(st.st_mode)
-                            == rustix::fs::FileType::Symlink
-                    });
-                if link {
-                    Err(BoundedReadError::Link { path: path.clone() })
-                } else {
-                    Err(BoundedReadError::NotRegular {
-                        path: path.clone(),
-                        kind: "behind something that is not a directory",
-                    })
-                }
-            }
-            e => Err(io_error(e.into())),
-        };
+    let refused = |dir: &rustix::fd::OwnedFd, name: &std::ffi::OsStr, errno| {
+        refused_open(dir, name, errno, &path)
+    };
     for name in dirs {
         dir = match rustix::fs::openat(&dir, *name, dir_flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(e) => return refused(&dir, name, e),
+            Err(e) => return refused(&dir, name, e).map(|()| None),
         };
     }
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(&dir, *file_name, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(e) => return refused(&dir, file_name, e),
+        Err(e) => return refused(&dir, file_name, e).map(|()| None),
     };
     let file = File::from(fd);
     let meta = file.metadata().map_err(io_error)?;
     let kind = meta.file_type();
     if !kind.is_file() {
-        use std::os::unix::fs::FileTypeExt as _;
-        let kind = if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else if kind.is_dir() {
-            "a directory"
-        } else {
-            "something else"
-        };
-        return Err(BoundedReadError::NotRegular { path, kind });
+        return Err(BoundedReadError::NotRegular {
+            path,
+            kind: kind_name(kind),
+        });
     }
     if meta.len() > limit {
         return Err(BoundedReadError::TooLarge {
@@ -310,6 +280,59 @@ pub fn open_bounded(
         });
     }
     Ok(Some((file, meta.len())))
+}
+
+/// Why opening `name` in `dir` failed: absent is `Ok`, a link or a
+/// non-directory on the way is refused by name. ELOOP and ENOTDIR both say
+/// "not what was expected here"; which one a link gives depends on the
+/// flags, so the entry is looked at.
+fn refused_open(
+    dir: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    errno: rustix::io::Errno,
+    path: &Path,
+) -> Result<(), BoundedReadError> {
+    match errno {
+        rustix::io::Errno::NOENT => Ok(()),
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            let link = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+                });
+            Err(if link {
+                BoundedReadError::Link {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                BoundedReadError::NotRegular {
+                    path: path.to_path_buf(),
+                    kind: "behind something that is not a directory",
+                }
+            })
+        }
+        e => Err(BoundedReadError::Io {
+            path: path.to_path_buf(),
+            error: e.into(),
+        }),
+    }
+}
+
+/// "a FIFO", "a directory": what a file that is not regular is.
+fn kind_name(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "something else"
+    }
 }
 
 /// The bytes of `base/relative`, opened as [`open_bounded`] does; a file

@@ -9,10 +9,12 @@
 //!
 //! It must not know what the files contain: no credentials, no run formats.
 
+mod debuglog;
 mod fsutil;
 mod layout;
 mod profile;
 
+pub use crate::debuglog::{dir_size, open_debug_log};
 pub use crate::fsutil::{
     ensure_private_dir, human_bytes, mode_of, open_bounded, read_bounded, read_if_exists,
     write_private_atomic, write_private_atomic_unsynced, BoundedReadError, FileLock, HomeError,

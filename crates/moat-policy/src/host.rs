@@ -298,7 +298,7 @@ impl HostPattern {
                 "* is only allowed as the whole first label, as in *.example.com",
             ));
         }
-        validate_host_name(name).map_err(|reason| err(&reason))?;
+        validate_host_name(name).map_err(|reason| err(&reason.to_string()))?;
         let kind = if wildcard {
             Kind::Subdomains(name.to_owned())
         } else {
@@ -391,26 +391,39 @@ pub(crate) fn strip_port(host: &str) -> &str {
     }
 }
 
-fn validate_host_name(name: &str) -> Result<(), String> {
+/// What is wrong with the name part of a host pattern.
+#[derive(Debug, thiserror::Error)]
+enum HostNameProblem {
+    #[error("expected a domain after *., as in *.example.com")]
+    Empty,
+    #[error("non-ASCII host names must be written in their punycode form (xn--...)")]
+    NotAscii,
+    #[error("host names are at most {MAX_HOST_LEN} characters")]
+    TooLong,
+    #[error("empty label (two dots in a row, or a leading dot)")]
+    EmptyLabel,
+    #[error("label {0:?} is longer than {MAX_LABEL_LEN} characters")]
+    LongLabel(String),
+    #[error("invalid character {0:?}; host names use letters, digits, '-' and '.'")]
+    BadCharacter(char),
+}
+
+fn validate_host_name(name: &str) -> Result<(), HostNameProblem> {
     if name.is_empty() {
-        return Err("expected a domain after *., as in *.example.com".to_owned());
+        return Err(HostNameProblem::Empty);
     }
     if !name.is_ascii() {
-        return Err(
-            "non-ASCII host names must be written in their punycode form (xn--...)".to_owned(),
-        );
+        return Err(HostNameProblem::NotAscii);
     }
     if name.len() > MAX_HOST_LEN {
-        return Err(format!("host names are at most {MAX_HOST_LEN} characters"));
+        return Err(HostNameProblem::TooLong);
     }
     for label in name.split('.') {
         if label.is_empty() {
-            return Err("empty label (two dots in a row, or a leading dot)".to_owned());
+            return Err(HostNameProblem::EmptyLabel);
         }
         if label.len() > MAX_LABEL_LEN {
-            return Err(format!(
-                "label {label:?} is longer than {MAX_LABEL_LEN} characters"
-            ));
+            return Err(HostNameProblem::LongLabel(label.to_owned()));
         }
         // Underscores are not valid in host names but appear in real ones
         // (e.g. some internal services); accepting them costs nothing.
@@ -418,9 +431,7 @@ fn validate_host_name(name: &str) -> Result<(), String> {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
         {
-            return Err(format!(
-                "invalid character {c:?}; host names use letters, digits, '-' and '.'"
-            ));
+            return Err(HostNameProblem::BadCharacter(c));
         }
     }
     Ok(())

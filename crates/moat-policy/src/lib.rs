@@ -42,7 +42,7 @@ mod mcp;
 mod policy;
 mod rule;
 
-pub use crate::error::PolicyError;
+pub use crate::error::{PolicyError, RuleProblem};
 pub use crate::host::{CanonicalHost, HostPattern};
 pub use crate::mcp::McpServerName;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};

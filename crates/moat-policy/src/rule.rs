@@ -1,6 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::RuleProblem;
 use crate::PolicyError;
 
 /// What a matching [`Rule`] does with the request.
@@ -29,7 +30,7 @@ pub enum MethodPattern {
 impl MethodPattern {
     /// Parses `*` or an upper-case method token. Lower case is refused
     /// rather than folded so the file reads the way requests are logged.
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, RuleProblem> {
         if s == "*" {
             return Ok(Self::Any);
         }
@@ -37,13 +38,10 @@ impl MethodPattern {
             && s.chars()
                 .all(|c| c.is_ascii_alphabetic() || c == '-' || c == '_');
         if !is_token {
-            return Err(format!("{s:?} is not an HTTP method"));
+            return Err(RuleProblem::NotAMethod(s.to_owned()));
         }
         if s.chars().any(|c| c.is_ascii_lowercase()) {
-            return Err(format!(
-                "method {s:?} must be upper case: {:?}",
-                s.to_ascii_uppercase()
-            ));
+            return Err(RuleProblem::LowerCaseMethod(s.to_owned()));
         }
         Ok(Self::Exact(s.to_owned()))
     }
@@ -86,40 +84,28 @@ enum Segment {
 }
 
 impl PathPattern {
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, RuleProblem> {
         if !s.starts_with('/') {
-            return Err(format!("path {s:?} must start with /"));
+            return Err(RuleProblem::RelativePath(s.to_owned()));
         }
         if let Some(i) = s.find(['?', '#']) {
             let tail = s.get(i..).unwrap_or_default();
-            return Err(format!(
-                "query strings are not matched; remove {tail:?} from the path"
-            ));
+            return Err(RuleProblem::Query(tail.to_owned()));
         }
         let mut segments = Vec::new();
         for seg in s.split('/').filter(|seg| !seg.is_empty()) {
             segments.push(match seg {
                 "*" => Segment::One,
                 "**" => Segment::Any,
-                "." | ".." => {
-                    return Err(format!(
-                        "path segment {seg:?} is not allowed; write the path without . or .."
-                    ))
-                }
-                _ if seg.contains('*') => {
-                    return Err(format!(
-                        "segment {seg:?}: * must be a whole segment (/*/ for one segment, /**/ for any number)"
-                    ))
-                }
+                "." | ".." => return Err(RuleProblem::DotSegment(seg.to_owned())),
+                _ if seg.contains('*') => return Err(RuleProblem::PartialStar(seg.to_owned())),
                 _ => {
                     let literal = percent_decode(seg);
                     if literal.contains([';', '\\', '/', '%'])
                         || literal.ends_with(['.', ' '])
                         || literal.chars().any(char::is_control)
                     {
-                        return Err(format!(
-                            "segment {seg:?} names no canonical path: request paths are matched decoded, with ';' parameters, control characters and double encoding refused and '\\' or %2F splitting segments"
-                        ));
+                        return Err(RuleProblem::NonCanonicalSegment(seg.to_owned()));
                     }
                     Segment::Literal(literal)
                 }
@@ -172,38 +158,30 @@ pub struct Rule {
 impl Rule {
     /// Parses `ACTION METHOD PATH`, separated by whitespace.
     pub fn parse(s: &str) -> Result<Rule, PolicyError> {
-        let err = |reason: String| PolicyError::InvalidRule {
+        let err = |reason: RuleProblem| PolicyError::InvalidRule {
             rule: s.to_owned(),
             reason,
         };
         let mut words = s.split_whitespace();
         let action = match words.next() {
-            None => return Err(err("the rule is empty".to_owned())),
+            None => return Err(err(RuleProblem::Empty)),
             Some(w) if w.eq_ignore_ascii_case("allow") => Action::Allow,
             Some(w) if w.eq_ignore_ascii_case("deny") => Action::Deny,
-            Some(w) => {
-                return Err(err(format!(
-                    "found {w:?} where \"allow\" or \"deny\" belongs"
-                )))
-            }
+            Some(w) => return Err(err(RuleProblem::NotAnAction(w.to_owned()))),
         };
         let method = match words.next() {
-            None => return Err(err("missing the METHOD and the path".to_owned())),
+            None => return Err(err(RuleProblem::NoMethodNorPath)),
             Some(w) if w.starts_with('/') => {
-                return Err(err(format!(
-                    "missing the METHOD before {w:?}; use * for any method"
-                )))
+                return Err(err(RuleProblem::NoMethodBefore(w.to_owned())))
             }
             Some(w) => MethodPattern::parse(w).map_err(err)?,
         };
         let path = match words.next() {
-            None => return Err(err("missing the path".to_owned())),
+            None => return Err(err(RuleProblem::NoPath)),
             Some(w) => PathPattern::parse(w).map_err(err)?,
         };
         if let Some(extra) = words.next() {
-            return Err(err(format!(
-                "unexpected {extra:?} after the path; a path cannot contain spaces"
-            )));
+            return Err(err(RuleProblem::AfterPath(extra.to_owned())));
         }
         Ok(Rule {
             action,

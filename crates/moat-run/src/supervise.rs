@@ -146,22 +146,23 @@ impl moat_hint::Hint for RunError {
             RunError::AlreadyRunning(_) => Some(moat_hint::Fix::new(
                 "Use --name to specify a different name, or stop the existing agent first",
             )),
-            // Transparent: the inner error is not in the chain of causes.
-            RunError::Driver(e) => e.hint(),
-            RunError::Selection(e) => e.hint(),
-            RunError::Storage(e) => e.hint(),
-            RunError::MountRefused(e) => e.hint(),
             RunError::AllowWrite { inside, .. } => Some(moat_hint::Fix::new(format!(
                 "To fix: allow {} (everything in it becomes writable for the run).",
                 inside.display()
             ))),
-            RunError::Grants(_)
-            | RunError::InjectionHost { .. }
-            | RunError::Daemon(_)
+            // A transparent variant hides its inner error from the chain
+            // of sources, so it hands on that error's fix.
+            RunError::Driver(e) => e.hint(),
+            RunError::Selection(e) => e.hint(),
+            RunError::Storage(e) => e.hint(),
+            RunError::MountRefused(e) => e.hint(),
+            RunError::Grants(e) => e.hint(),
+            RunError::Daemon(e) => e.hint(),
+            RunError::Credentials(e) => e.hint(),
+            RunError::Ssh(e) => e.hint(),
+            RunError::Trust(e) => e.hint(),
+            RunError::InjectionHost { .. }
             | RunError::Io { .. }
-            | RunError::Credentials(_)
-            | RunError::Ssh(_)
-            | RunError::Trust(_)
             | RunError::DiskFull { .. }
             | RunError::DaemonLost(_) => None,
         }
@@ -376,7 +377,12 @@ fn run_in_workspace(
         }
         Err(_) => Ok(0),
     };
-    if let Err(e) = moat_trust::close_run(home, &plan.workspace, meta.id.as_str()) {
+    if let Err(e) = moat_trust::close_run(
+        home,
+        &plan.workspace,
+        meta.id.as_str(),
+        plan.config_used.as_ref(),
+    ) {
         tracing::warn!(error = %e, "recording the run's end in the trust record");
     }
     let result = match protection {

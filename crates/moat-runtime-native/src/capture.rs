@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use moat_capture::{Diverted, ProxyAuthorization, ProxyEndpoint, Relay};
 
+use crate::error::SetupError;
 use crate::spec::HOST_GATEWAY_ADDR;
 
 /// The sockets the init bound for the helper (binding port 53 and the
@@ -38,17 +39,18 @@ impl CaptureSockets {
     /// Routes every IPv4 address to loopback and binds the responder, one
     /// listener per captured port on every address, and one per host port
     /// on the gateway address.
-    pub(crate) fn bind(ports: &[u16], host_ports: &[u16]) -> Result<CaptureSockets, String> {
+    pub(crate) fn bind(ports: &[u16], host_ports: &[u16]) -> Result<CaptureSockets, SetupError> {
         route_all_ipv4_locally()
-            .map_err(|e| format!("cannot route addresses to the capture relay: {e}"))?;
-        let dns = UdpSocket::bind(("127.0.0.1", 53))
-            .map_err(|e| format!("cannot listen for DNS on 127.0.0.1:53 in the sandbox: {e}"))?;
-        let relay = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|e| format!("cannot listen for captured connections in the sandbox: {e}"))?;
-        let relay_port = relay
-            .local_addr()
-            .map_err(|e| format!("cannot listen for captured connections in the sandbox: {e}"))?
-            .port();
+            .map_err(|e| SetupError::step("cannot route addresses to the capture relay", e))?;
+        let dns = UdpSocket::bind(("127.0.0.1", 53)).map_err(|error| SetupError::Listen {
+            what: "cannot listen for DNS on 127.0.0.1:",
+            port: 53,
+            error,
+        })?;
+        let relay_failed =
+            |e| SetupError::step("cannot listen for captured connections in the sandbox", e);
+        let relay = TcpListener::bind(("127.0.0.1", 0)).map_err(relay_failed)?;
+        let relay_port = relay.local_addr().map_err(relay_failed)?.port();
         if crate::nft::redirect_to_relay(relay_port).is_ok() {
             return Ok(CaptureSockets {
                 dns,
@@ -58,13 +60,22 @@ impl CaptureSockets {
         drop(relay);
         let mut listeners = Vec::new();
         for port in ports {
-            let listener = TcpListener::bind(("0.0.0.0", *port))
-                .map_err(|e| format!("cannot capture port {port} in the sandbox: {e}"))?;
+            let listener =
+                TcpListener::bind(("0.0.0.0", *port)).map_err(|error| SetupError::Listen {
+                    what: "cannot capture port ",
+                    port: *port,
+                    error,
+                })?;
             listeners.push((listener, Diverted::LocalAddress));
         }
         for port in host_ports {
-            let listener = TcpListener::bind((HOST_GATEWAY_ADDR, *port))
-                .map_err(|e| format!("cannot listen for host port {port} in the sandbox: {e}"))?;
+            let listener = TcpListener::bind((HOST_GATEWAY_ADDR, *port)).map_err(|error| {
+                SetupError::Listen {
+                    what: "cannot listen for host port ",
+                    port: *port,
+                    error,
+                }
+            })?;
             listeners.push((listener, Diverted::HostPort(*port)));
         }
         Ok(CaptureSockets { dns, listeners })

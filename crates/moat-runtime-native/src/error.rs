@@ -1,6 +1,7 @@
 //! Errors of the native runtime.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 /// Why a sandbox could not be started, signalled or waited for.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,203 @@ impl SandboxError {
         SandboxError::Io {
             context: context.into(),
             error: source,
+        }
+    }
+}
+
+/// Why the sandbox init could not build the sandbox. It is sent to the
+/// caller as text over the status channel (the init is another process),
+/// where it becomes [`SandboxError::Setup`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    /// A call on one path failed.
+    #[error("{what} {}: {error}", path.display())]
+    Path {
+        /// What moat was doing ("cannot create directory").
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A step that names no single path failed.
+    #[error("{what}: {error}")]
+    Step {
+        /// The step ("cannot block signals").
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A bind mount of a host path failed.
+    #[error("cannot bind-mount {} onto {}: {error}", from.display(), onto.display())]
+    Bind {
+        /// The host path, as the host names it.
+        from: PathBuf,
+        /// The path in the sandbox.
+        onto: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// Listening on a port inside the sandbox failed.
+    #[error("{what}{port} in the sandbox: {error}")]
+    Listen {
+        /// "cannot capture port ", "cannot listen on 127.0.0.1:".
+        what: &'static str,
+        /// The port.
+        port: u16,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The namespaces could not be created.
+    #[error("{what}: {error}. {}", crate::userns::namespace_hint())]
+    Namespaces {
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The proxy's socket cannot be resolved.
+    #[error("proxy socket {} cannot be used: {error} (is the moat proxy running?)", path.display())]
+    ProxySocket {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The proxy's socket is `/`.
+    #[error("proxy socket {} has no directory", path.display())]
+    ProxySocketWithoutDir {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The proxy's socket directory holds other files.
+    #[error(
+        "the proxy socket {} shares its directory with other files, so a sandbox cannot be \
+         shown it (the running proxy daemon is from an older moat). Restart it with: \
+         moat proxy restart",
+        path.display()
+    )]
+    SharedSocketDir {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The workspace cannot be resolved.
+    #[error(
+        "workspace {} cannot be used: {error} (create the directory or run from an existing \
+         project)",
+        path.display()
+    )]
+    Workspace {
+        /// The workspace as given.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The workspace is a file.
+    #[error("workspace {} is not a directory", path.display())]
+    WorkspaceNotADirectory {
+        /// The workspace as given.
+        path: PathBuf,
+    },
+    /// A mount's source cannot be resolved.
+    #[error("mount source {} cannot be used: {error} (fix or remove this mount)", path.display())]
+    MountSource {
+        /// The source as given.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The workspace's file system cannot ID-map.
+    #[error(
+        "cannot map the ownership of {} for the sandbox ({error}).\n\
+         A sandbox started by root runs as an unprivileged user and writes the files \
+         root owns through an ID-mapped mount, which this file system does not support \
+         (Linux 5.12 or later with ext4, xfs, btrfs, tmpfs or overlayfs is needed).\n\
+         To fix: move the project to such a file system, run moat as a regular user, \
+         or use --runtime docker",
+        path.display()
+    )]
+    IdMap {
+        /// The host path.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// Mount options with a NUL byte.
+    #[error("mount options {options:?} hold a NUL byte")]
+    MountOptions {
+        /// The options.
+        options: String,
+    },
+    /// A protected path moved while the run started.
+    #[error(
+        "cannot protect {} in the workspace ({what}: {error}); the workspace changed while \
+         the run started. Run again.",
+        path.display()
+    )]
+    Protect {
+        /// The path, relative to the workspace.
+        path: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// Preparing a user namespace for a root caller.
+    #[error("cannot create a user namespace. {}", crate::userns::namespace_hint())]
+    UserNamespace,
+    /// Writing a user namespace's id map.
+    #[error("cannot write {path} ({map}): {error}")]
+    IdMapFile {
+        /// `/proc/PID/uid_map`.
+        path: String,
+        /// The line written.
+        map: String,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The system-call filter.
+    #[error("{what}: {error}")]
+    Filter {
+        /// The step.
+        what: &'static str,
+        /// seccompiler's error.
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The hostname was refused.
+    #[error("cannot set the hostname {hostname:?}: {error}")]
+    Hostname {
+        /// The hostname.
+        hostname: String,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A root caller whose group is the host's root group.
+    #[error(
+        "moat will not run a sandbox whose group maps onto the host's root group (gid 0): \
+         run it with another primary group (e.g. `sg users -c 'moat run ...'`)"
+    )]
+    RootGroup,
+    /// The spec does not hold together.
+    #[error(transparent)]
+    Spec(#[from] SandboxError),
+}
+
+impl SetupError {
+    /// A failed call on `path`.
+    pub(crate) fn path(what: &'static str, path: &Path, error: impl Into<io::Error>) -> Self {
+        SetupError::Path {
+            what,
+            path: path.to_path_buf(),
+            error: error.into(),
+        }
+    }
+
+    /// A failed step.
+    pub(crate) fn step(what: &'static str, error: impl Into<io::Error>) -> Self {
+        SetupError::Step {
+            what,
+            error: error.into(),
         }
     }
 }

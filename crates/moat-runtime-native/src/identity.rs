@@ -25,6 +25,7 @@ use std::os::fd::OwnedFd;
 
 use rustix::thread::UnshareFlags;
 
+use crate::error::SetupError;
 use crate::sys::{self, Fork};
 
 /// Host uid and gid of a root caller's sandbox when root has no
@@ -59,15 +60,20 @@ pub(crate) fn host_ids_for_root() -> (u32, u32) {
 /// A new user namespace with the given `uid_map` and `gid_map`, written
 /// from this (parent-namespace, privileged) process; returns a descriptor
 /// of it. Call only while single-threaded.
-pub(crate) fn prepared_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, String> {
+pub(crate) fn prepared_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, SetupError> {
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| format!("cannot create a pipe: {e}"))
+            .map_err(|e| SetupError::step("cannot create a pipe", e))
     };
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let child = match sys::fork_single_threaded() {
-        Err(e) => return Err(format!("cannot fork to prepare a user namespace: {e}")),
+        Err(e) => {
+            return Err(SetupError::step(
+                "cannot fork to prepare a user namespace",
+                e,
+            ))
+        }
         Ok(Fork::Child) => {
             drop(ready_r);
             drop(go_w);
@@ -88,19 +94,23 @@ pub(crate) fn prepared_userns(uid_map: &str, gid_map: &str) -> Result<OwnedFd, S
         let mut byte = [0u8; 1];
         let unshared = fs::File::from(ready_r).read(&mut byte).ok() == Some(1) && byte[0] == b'1';
         if !unshared {
-            return Err(format!(
-                "cannot create a user namespace. {}",
-                crate::userns::namespace_hint()
-            ));
+            return Err(SetupError::UserNamespace);
         }
         let proc = format!("/proc/{child}");
-        fs::write(format!("{proc}/uid_map"), uid_map)
-            .map_err(|e| format!("cannot write {proc}/uid_map ({}): {e}", uid_map.trim()))?;
-        fs::write(format!("{proc}/gid_map"), gid_map)
-            .map_err(|e| format!("cannot write {proc}/gid_map ({}): {e}", gid_map.trim()))?;
-        fs::File::open(format!("{proc}/ns/user"))
+        let write_map = |name: &str, map: &str| {
+            let path = format!("{proc}/{name}");
+            fs::write(&path, map).map_err(|error| SetupError::IdMapFile {
+                path,
+                map: map.trim().to_owned(),
+                error,
+            })
+        };
+        write_map("uid_map", uid_map)?;
+        write_map("gid_map", gid_map)?;
+        let ns = format!("{proc}/ns/user");
+        fs::File::open(&ns)
             .map(OwnedFd::from)
-            .map_err(|e| format!("cannot open {proc}/ns/user: {e}"))
+            .map_err(|e| SetupError::path("cannot open", std::path::Path::new(&ns), e))
     })();
     drop(go_w);
     if let Some(pid) = rustix::process::Pid::from_raw(child) {

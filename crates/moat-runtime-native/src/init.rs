@@ -61,6 +61,7 @@ use rustix::fs::OFlags;
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
+use crate::error::SetupError;
 use crate::protocol::{read_spec, write_status, Status};
 use crate::rootfs::{self, HostPaths, Ids};
 use crate::spec::{NetworkMode, SandboxSpec, DEFAULT_PATH, WORKSPACE_IN_SANDBOX};
@@ -102,135 +103,61 @@ fn parse_fd(arg: Option<&OsString>) -> Option<i32> {
 }
 
 fn run_init(args: Vec<OsString>) -> i32 {
-    let (Some(spec_fd), Some(status_fd)) = (parse_fd(args.first()), parse_fd(args.get(1))) else {
-        eprintln!("moat: {INIT_MARKER} is internal to moat and not meant to be run by hand");
+    let Some((lifeline, status)) = control_channels(&args) else {
         return SETUP_FAILED;
     };
-    let (lifeline, status) = match (
-        sys::adopt_inherited_fd(spec_fd),
-        sys::adopt_inherited_fd(status_fd),
-    ) {
-        (Ok(l), Ok(s)) => (File::from(l), File::from(s)),
-        _ => {
-            eprintln!("moat: sandbox init started without its control descriptors");
-            return SETUP_FAILED;
-        }
-    };
-    let fail = |message: String| {
-        let _ = write_status(&status, &Status::Error { message });
-        SETUP_FAILED
-    };
+    let fail = |error: SetupError| report(&status, error);
     let spec = match read_spec(&lifeline) {
         Ok(spec) => spec,
-        Err(e) => return fail(format!("cannot read the sandbox spec: {e}")),
+        Err(e) => return fail(SetupError::step("cannot read the sandbox spec", e)),
     };
     if let Err(e) = spec.validate() {
-        return fail(e.to_string());
+        return fail(SetupError::Spec(e));
     }
 
-    let mut blocked: Vec<i32> = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let signals = match SignalSet::block(&blocked) {
+    let signals = match block_signals() {
         Ok(s) => s,
-        Err(e) => return fail(format!("cannot block signals: {e}")),
+        Err(e) => return fail(SetupError::step("cannot block signals", e)),
     };
 
     let outer_uid = rustix::process::getuid().as_raw();
     let outer_gid = rustix::process::getgid().as_raw();
     let root_caller = outer_uid == 0;
-    if !root_caller && outer_gid == 0 {
-        return fail(
-            "moat will not run a sandbox whose group maps onto the host's root group (gid 0): \
-             run it with another primary group (e.g. `sg users -c 'moat run ...'`)"
-                .into(),
-        );
-    }
-    // The command never runs as root. A root caller's sandbox user is
-    // uid 1000 inside, mapped onto an unprivileged host id (see identity.rs).
-    let ids = Ids {
-        uid: if root_caller { 1000 } else { outer_uid },
-        gid: if root_caller { 1000 } else { outer_gid },
+    let ids = match sandbox_ids(outer_uid, outer_gid) {
+        Ok(ids) => ids,
+        Err(error) => return fail(error),
     };
     let mut paths = match HostPaths::resolve(&spec) {
         Ok(p) => p,
-        Err(message) => return fail(message),
+        Err(error) => return fail(error),
     };
-
-    // Not CLONE_NEWPID yet: after it, this process could no longer create
-    // threads (the kernel refuses CLONE_THREAD), and the helper needs some.
-    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
-    if matches!(spec.network, NetworkMode::Isolated { .. }) {
-        flags |= UnshareFlags::NEWNET;
+    if let Err(error) = enter_namespaces(&spec, ids, (outer_uid, outer_gid), &mut paths) {
+        return fail(error);
     }
-    if root_caller {
-        if let Err(message) = enter_unprivileged_userns(ids, &mut paths) {
-            return fail(message);
-        }
-    } else {
-        flags |= UnshareFlags::NEWUSER;
-    }
-    if let Err(e) = sys::unshare_namespaces(flags) {
-        return fail(explain_unshare_error(&e));
-    }
-    if !root_caller {
-        if let Err(e) = write_id_maps(ids, outer_uid, outer_gid) {
-            return fail(e);
-        }
-    }
-    let tmpfs_size = spec.limits.tmpfs_bytes.unwrap_or_else(|| {
-        crate::cgroup::total_memory()
-            .map(|m| m / 4)
-            .unwrap_or(1 << 30)
-    });
-
-    let listener = match &spec.network {
-        NetworkMode::Host => None,
-        NetworkMode::Isolated {
-            relay_port,
-            proxy_socket,
-            capture,
-        } => {
-            if let Err(e) = sys::loopback_up() {
-                return fail(format!("cannot bring up loopback in the sandbox: {e}"));
-            }
-            let relay = match TcpListener::bind(("127.0.0.1", *relay_port)) {
-                Ok(l) => l,
-                Err(e) => {
-                    return fail(format!(
-                        "cannot listen on 127.0.0.1:{relay_port} in the sandbox: {e}"
-                    ))
-                }
-            };
-            let captured = match capture {
-                None => None,
-                Some(c) => match crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports) {
-                    Ok(sockets) => Some((sockets, c.proxy_authorization.clone())),
-                    Err(message) => return fail(message),
-                },
-            };
-            Some(HelperNetwork {
-                relay,
-                proxy_socket: proxy_socket.clone(),
-                captured,
-            })
-        }
+    let tmpfs_size = tmpfs_size(&spec);
+    let listener = match helper_network(&spec) {
+        Ok(listener) => listener,
+        Err(error) => return fail(error),
     };
 
     // From here on processes of the sandbox start: they must be born in
     // its cgroup, which the caller confirms.
     if let Err(e) = crate::protocol::read_go(&lifeline) {
-        return fail(format!("the caller did not let the sandbox start: {e}"));
+        return fail(SetupError::step(
+            "the caller did not let the sandbox start",
+            e,
+        ));
     }
     // Rooted at the sandbox's own cgroup, now that the init is in it.
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWCGROUP) {
-        return fail(explain_unshare_error(&e));
+        return fail(explain_unshare_error(e));
     }
 
     // The helper: watches the lifeline and runs the relay. It is listening
     // already (the socket is bound), so it is ready before the command runs.
     let init_pid = rustix::process::getpid();
     match sys::fork_single_threaded() {
-        Err(e) => return fail(format!("cannot fork the sandbox helper: {e}")),
+        Err(e) => return fail(SetupError::step("cannot fork the sandbox helper", e)),
         Ok(Fork::Child) => {
             drop(status);
             std::process::exit(run_helper(init_pid, lifeline, listener));
@@ -242,14 +169,151 @@ fn run_init(args: Vec<OsString>) -> i32 {
     }
 
     if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWPID) {
-        return fail(explain_unshare_error(&e));
+        return fail(explain_unshare_error(e));
     }
+    let setup = Pid1Setup {
+        ids,
+        paths,
+        tmpfs_size,
+    };
+    fork_pid1(&spec, setup, root_caller, &status, &signals)
+}
+
+/// Blocks the signals the init forwards, and SIGCHLD, to wait for them.
+fn block_signals() -> io::Result<SignalSet> {
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    SignalSet::block(&blocked)
+}
+
+/// The size of each writable tmpfs: as asked, else a quarter of memory.
+fn tmpfs_size(spec: &SandboxSpec) -> u64 {
+    spec.limits.tmpfs_bytes.unwrap_or_else(|| {
+        crate::cgroup::total_memory()
+            .map(|m| m / 4)
+            .unwrap_or(1 << 30)
+    })
+}
+
+/// The spec channel (the lifeline) and the status channel, inherited at
+/// the descriptors named by the arguments.
+fn control_channels(args: &[OsString]) -> Option<(File, File)> {
+    let (Some(spec_fd), Some(status_fd)) = (parse_fd(args.first()), parse_fd(args.get(1))) else {
+        eprintln!("moat: {INIT_MARKER} is internal to moat and not meant to be run by hand");
+        return None;
+    };
+    match (
+        sys::adopt_inherited_fd(spec_fd),
+        sys::adopt_inherited_fd(status_fd),
+    ) {
+        (Ok(l), Ok(s)) => Some((File::from(l), File::from(s))),
+        _ => {
+            eprintln!("moat: sandbox init started without its control descriptors");
+            None
+        }
+    }
+}
+
+/// Tells the caller why the sandbox could not be built; returns the
+/// init's exit code for it.
+fn report(status: &File, error: SetupError) -> i32 {
+    let message = error.to_string();
+    let _ = write_status(status, &Status::Error { message });
+    SETUP_FAILED
+}
+
+/// The sandbox user's ids. The command never runs as root: a root
+/// caller's sandbox user is uid 1000 inside, mapped onto an unprivileged
+/// host id (see identity.rs).
+fn sandbox_ids(outer_uid: u32, outer_gid: u32) -> Result<Ids, SetupError> {
+    let root_caller = outer_uid == 0;
+    if !root_caller && outer_gid == 0 {
+        return Err(SetupError::RootGroup);
+    }
+    Ok(Ids {
+        uid: if root_caller { 1000 } else { outer_uid },
+        gid: if root_caller { 1000 } else { outer_gid },
+    })
+}
+
+/// The sandbox's user, IPC, UTS (and, isolated, network) namespaces; not
+/// CLONE_NEWPID yet: after it, this process could no longer create
+/// threads (the kernel refuses CLONE_THREAD), and the helper needs some.
+fn enter_namespaces(
+    spec: &SandboxSpec,
+    ids: Ids,
+    (outer_uid, outer_gid): (u32, u32),
+    paths: &mut HostPaths,
+) -> Result<(), SetupError> {
+    let root_caller = outer_uid == 0;
+    let mut flags = UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
+    if matches!(spec.network, NetworkMode::Isolated { .. }) {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if root_caller {
+        enter_unprivileged_userns(ids, paths)?;
+    } else {
+        flags |= UnshareFlags::NEWUSER;
+    }
+    sys::unshare_namespaces(flags).map_err(explain_unshare_error)?;
+    if !root_caller {
+        write_id_maps(ids, outer_uid, outer_gid)?;
+    }
+    Ok(())
+}
+
+/// In an isolated network: loopback up, and the sockets the helper serves
+/// (the relay, the captured ports), bound now so they are ready before
+/// the command runs.
+fn helper_network(spec: &SandboxSpec) -> Result<Option<HelperNetwork>, SetupError> {
+    let NetworkMode::Isolated {
+        relay_port,
+        proxy_socket,
+        capture,
+    } = &spec.network
+    else {
+        return Ok(None);
+    };
+    sys::loopback_up()
+        .map_err(|e| SetupError::step("cannot bring up loopback in the sandbox", e))?;
+    let relay =
+        TcpListener::bind(("127.0.0.1", *relay_port)).map_err(|error| SetupError::Listen {
+            what: "cannot listen on 127.0.0.1:",
+            port: *relay_port,
+            error,
+        })?;
+    let captured = match capture {
+        None => None,
+        Some(c) => Some((
+            crate::capture::CaptureSockets::bind(&c.ports, &c.host_ports)?,
+            c.proxy_authorization.clone(),
+        )),
+    };
+    Ok(Some(HelperNetwork {
+        relay,
+        proxy_socket: proxy_socket.clone(),
+        captured,
+    }))
+}
+
+/// Forks the sandbox's PID 1 (in the new pid namespace) and, in the init,
+/// supervises it until it exits; returns the init's exit code.
+fn fork_pid1(
+    spec: &SandboxSpec,
+    setup: Pid1Setup,
+    root_caller: bool,
+    status: &File,
+    signals: &SignalSet,
+) -> i32 {
     let (alive_r, alive_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return fail(format!("cannot create a pipe: {e}")),
+        Err(e) => return report(status, SetupError::step("cannot create a pipe", e)),
     };
     match sys::fork_single_threaded() {
-        Err(e) => fail(format!("cannot fork the sandbox's PID 1: {e}")),
+        Err(e) => report(
+            status,
+            SetupError::step("cannot fork the sandbox's PID 1", e),
+        ),
         Ok(Fork::Child) => {
             drop(alive_w);
             // First: what PID 1 creates must belong to a user the namespace
@@ -259,8 +323,11 @@ fn run_init(args: Vec<OsString>) -> i32 {
             // clears them. Before the death signal, which a change of
             // credentials resets.
             if root_caller {
-                if let Err(e) = become_sandbox_user(ids) {
-                    std::process::exit(fail(format!("cannot switch to the sandbox user: {e}")));
+                if let Err(e) = become_sandbox_user(setup.ids) {
+                    std::process::exit(report(
+                        status,
+                        SetupError::step("cannot switch to the sandbox user", e),
+                    ));
                 }
             }
             if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
@@ -269,19 +336,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
                 std::process::exit(SETUP_FAILED);
             }
             drop(alive_r);
-            let setup = Pid1Setup {
-                ids,
-                paths,
-                tmpfs_size,
-            };
-            std::process::exit(run_pid1(&spec, setup, &status, &signals))
+            std::process::exit(run_pid1(spec, setup, status, signals))
         }
         Ok(Fork::Parent(pid)) => {
             drop(alive_r);
             let Some(pid1) = Pid::from_raw(pid) else {
                 return SETUP_FAILED;
             };
-            let code = supervise_pid1(pid1, &status, &signals);
+            let code = supervise_pid1(pid1, status, signals);
             drop(alive_w);
             code
         }
@@ -351,18 +413,18 @@ fn init_is_gone(alive_r: &OwnedFd) -> bool {
     )
 }
 
-fn explain_unshare_error(e: &io::Error) -> String {
-    format!(
-        "cannot create the sandbox namespaces: {e}. {}",
-        crate::userns::namespace_hint()
-    )
+fn explain_unshare_error(error: io::Error) -> SetupError {
+    SetupError::Namespaces {
+        what: "cannot create the sandbox namespaces",
+        error,
+    }
 }
 
 /// For a root caller: prepares the ID-mapped mount trees and enters a
 /// user namespace whose only user is the sandbox's, mapped onto an
 /// unprivileged host id. The init keeps host root's identity (unmapped
 /// inside) until PID 1 switches to the sandbox user.
-fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), String> {
+fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), SetupError> {
     let (host_uid, host_gid) = crate::identity::host_ids_for_root();
     let idmap = crate::identity::prepared_userns(
         &format!("0 {host_uid} 1\n"),
@@ -377,12 +439,12 @@ fn enter_unprivileged_userns(ids: Ids, paths: &mut HostPaths) -> Result<(), Stri
         userns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::User),
     )
-    .map_err(|e| format!("cannot enter the sandbox's user namespace: {e}"))
+    .map_err(|e| SetupError::step("cannot enter the sandbox's user namespace", e))
 }
 
-fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), String> {
+fn write_id_maps(ids: Ids, outer_uid: u32, outer_gid: u32) -> Result<(), SetupError> {
     let write = |path: &str, content: String| {
-        fs::write(path, content).map_err(|e| format!("cannot write {path}: {e}"))
+        fs::write(path, content).map_err(|e| SetupError::path("cannot write", Path::new(path), e))
     };
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("{} {outer_uid} 1\n", ids.uid))?;
@@ -445,37 +507,24 @@ struct Pid1Setup {
     tmpfs_size: u64,
 }
 
-/// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
-/// and forwards until the command exits.
-fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
-    let fail = |message: String| {
-        let _ = write_status(status, &Status::Error { message });
-        SETUP_FAILED
-    };
-    let filters = match crate::seccomp::Filters::build() {
-        Ok(f) => f,
-        Err(message) => return fail(message),
-    };
+/// Everything PID 1 sets up before the command, in this order: the
+/// system-call filter is compiled first and installed only after the
+/// steps that make calls it may forbid (mounts, privilege changes,
+/// limits).
+fn build_sandbox(spec: &SandboxSpec, setup: Pid1Setup) -> Result<(), SetupError> {
+    let filters = crate::seccomp::Filters::build()?;
     let ids = setup.ids;
     rootfs::set_umask();
-    if let Err(e) = sys::unshare_namespaces(UnshareFlags::NEWNS) {
-        return fail(format!("cannot create the sandbox mount namespace: {e}"));
-    }
-    if let Err(message) = rootfs::build(spec, ids, setup.paths, setup.tmpfs_size) {
-        return fail(message);
-    }
-    if let Err(e) = rustix::system::sethostname(spec.hostname.as_bytes()) {
-        return fail(format!("cannot set the hostname {:?}: {e}", spec.hostname));
-    }
-    if let Err(e) = drop_privileges() {
-        return fail(format!("cannot drop privileges: {e}"));
-    }
-    if let Err(e) = apply_rlimits(&spec.limits) {
-        return fail(format!("cannot set resource limits: {e}"));
-    }
-    if let Err(message) = filters.install() {
-        return fail(message);
-    }
+    sys::unshare_namespaces(UnshareFlags::NEWNS)
+        .map_err(|e| SetupError::step("cannot create the sandbox mount namespace", e))?;
+    rootfs::build(spec, ids, setup.paths, setup.tmpfs_size)?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).map_err(|e| SetupError::Hostname {
+        hostname: spec.hostname.clone(),
+        error: e.into(),
+    })?;
+    drop_privileges().map_err(|e| SetupError::step("cannot drop privileges", e))?;
+    apply_rlimits(&spec.limits).map_err(|e| SetupError::step("cannot set resource limits", e))?;
+    filters.install()?;
     // The command runs as PID 1's own user, so it could ptrace PID 1 and
     // keep it stopped: nothing would reap the command any more and the run
     // would never end. A non-dumpable process can only be traced with
@@ -484,10 +533,15 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
     // after its change of user, but only while fs.suid_dumpable is 0.) Set
     // last: PID 1's own files in /proc turn root's, and it has no more use
     // for them; the command's exec makes the command dumpable again.
-    if let Err(e) =
-        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-    {
-        return fail(format!("cannot make the sandbox's PID 1 untraceable: {e}"));
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| SetupError::step("cannot make the sandbox's PID 1 untraceable", e))
+}
+
+/// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
+/// and forwards until the command exits.
+fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
+    if let Err(error) = build_sandbox(spec, setup) {
+        return report(status, error);
     }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;

@@ -27,6 +27,7 @@ use moat_sandbox::{ProtectedPath, ProtectedView};
 use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use rustix::mount::{move_mount, open_tree, MountFlags, MoveMountFlags, OpenTreeFlags};
 
+use crate::error::SetupError;
 use crate::rootfs::{Ids, SetupResult};
 use crate::spec::WORKSPACE_IN_SANDBOX;
 use crate::sys;
@@ -48,22 +49,20 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| format!("cannot open {WORKSPACE_IN_SANDBOX}: {e}"))?;
+    .map_err(|e| SetupError::path("cannot open", Path::new(WORKSPACE_IN_SANDBOX), e))?;
     let mut copies = 0usize;
     for p in protected {
-        let shown = p.path.display();
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            format!(
-                "cannot protect {shown} in the workspace ({what}: {e}); the workspace changed \
-                 while the run started. Run again."
-            )
+        let fail = |what: &'static str, error: std::io::Error| SetupError::Protect {
+            path: p.path.clone(),
+            what,
+            error,
         };
         let (parent, name) = match (p.path.parent(), p.path.file_name()) {
             (Some(parent), Some(name)) => (parent, name),
-            _ => return Err(fail("not a path", &"empty")),
+            _ => return Err(fail("not a path", std::io::Error::other("empty"))),
         };
         let parent = if parent.as_os_str().is_empty() {
-            workspace.try_clone().map_err(|e| fail("opening", &e))?
+            workspace.try_clone().map_err(|e| fail("opening", e))?
         } else {
             rustix::fs::openat2(
                 &workspace,
@@ -72,18 +71,17 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
                 Mode::empty(),
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
             )
-            .map_err(|e| fail("opening its directory", &e))?
+            .map_err(|e| fail("opening its directory", e.into()))?
         };
         match p.view {
             ProtectedView::ReadOnly => {
-                pin_read_only(&parent, name).map_err(|(what, e)| fail(what, &e))?
+                pin_read_only(&parent, name).map_err(|(what, e)| fail(what, e.into()))?
             }
             ProtectedView::SandboxCopy => {
-                let Some(contents) =
-                    read_regular(&parent, name).map_err(|e| fail("reading", &e))?
+                let Some(contents) = read_regular(&parent, name).map_err(|e| fail("reading", e))?
                 else {
                     // Not a regular file (a link, a directory): read-only.
-                    pin_read_only(&parent, name).map_err(|(what, e)| fail(what, &e))?;
+                    pin_read_only(&parent, name).map_err(|(what, e)| fail(what, e.into()))?;
                     continue;
                 };
                 if copies == 0 {
@@ -92,7 +90,7 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
                 copies += 1;
                 let dir = Path::new(COPIES_DIR).join(copies.to_string());
                 let link = private_copy(&dir, name, &contents, ids)
-                    .map_err(|e| fail("making the sandbox's copy", &e))?;
+                    .map_err(|e| fail("making the sandbox's copy", e))?;
                 let tree = open_tree(
                     CWD,
                     &link,
@@ -100,10 +98,10 @@ pub(crate) fn apply(protected: &[ProtectedPath], ids: Ids) -> SetupResult<()> {
                         | OpenTreeFlags::OPEN_TREE_CLOEXEC
                         | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
                 )
-                .map_err(|e| fail("taking the link to the copy", &e))?;
-                cover(&tree, &parent, name).map_err(|e| fail("mounting over it", &e))?;
+                .map_err(|e| fail("taking the link to the copy", e.into()))?;
+                cover(&tree, &parent, name).map_err(|e| fail("mounting over it", e.into()))?;
                 // The mount holds the link; its name can go.
-                fs::remove_file(&link).map_err(|e| fail("tidying", &e))?;
+                fs::remove_file(&link).map_err(|e| fail("tidying", e))?;
             }
         }
     }
@@ -187,7 +185,7 @@ fn copies_tmpfs(ids: Ids) -> SetupResult<()> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(|e| SetupError::path("cannot create", dir, e))?;
     crate::rootfs::mount_tmpfs(
         dir,
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,

@@ -21,6 +21,7 @@ use rustix::mount::{
     unmount, MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 
+use crate::error::SetupError;
 use crate::sys;
 
 use crate::spec::{
@@ -32,27 +33,21 @@ use crate::spec::{
 /// must hold nothing but the socket (a daemon from an older moat serves it
 /// beside its control socket and lock, which no sandbox may see).
 fn socket_dir(proxy_socket: &Path) -> SetupResult<PathBuf> {
-    let socket = fs::canonicalize(proxy_socket).map_err(|e| {
-        format!(
-            "proxy socket {} cannot be used: {e} (is the moat proxy running?)",
-            proxy_socket.display()
-        )
+    let socket = fs::canonicalize(proxy_socket).map_err(|error| SetupError::ProxySocket {
+        path: proxy_socket.to_path_buf(),
+        error,
     })?;
-    let dir = socket
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| format!("proxy socket {} has no directory", socket.display()))?;
+    let dir = socket.parent().map(Path::to_path_buf).ok_or_else(|| {
+        SetupError::ProxySocketWithoutDir {
+            path: socket.clone(),
+        }
+    })?;
     let others = fs::read_dir(&dir)
         .map_err(|e| err("cannot list", &dir, e))?
         .flatten()
         .any(|e| Some(e.file_name().as_os_str()) != socket.file_name());
     if others {
-        return Err(format!(
-            "the proxy socket {} shares its directory with other files, so a sandbox cannot be \
-             shown it (the running proxy daemon is from an older moat). Restart it with: \
-             moat proxy restart",
-            socket.display()
-        ));
+        return Err(SetupError::SharedSocketDir { path: socket });
     }
     Ok(dir)
 }
@@ -104,8 +99,8 @@ pub(crate) struct Ids {
     pub(crate) gid: u32,
 }
 
-/// A setup failure, already phrased for the user.
-pub(crate) type SetupResult<T> = Result<T, String>;
+/// A step of building the sandbox.
+pub(crate) type SetupResult<T> = Result<T, SetupError>;
 
 /// A host file or directory to show in the sandbox.
 #[derive(Debug)]
@@ -138,25 +133,21 @@ pub(crate) struct HostPaths {
 
 impl HostPaths {
     pub(crate) fn resolve(spec: &SandboxSpec) -> SetupResult<HostPaths> {
-        let workspace = fs::canonicalize(&spec.workload.workspace).map_err(|e| {
-            format!(
-                "workspace {} cannot be used: {e} (create the directory or run from an existing project)",
-                spec.workload.workspace.display()
-            )
-        })?;
+        let workspace =
+            fs::canonicalize(&spec.workload.workspace).map_err(|error| SetupError::Workspace {
+                path: spec.workload.workspace.clone(),
+                error,
+            })?;
         if !workspace.is_dir() {
-            return Err(format!(
-                "workspace {} is not a directory",
-                spec.workload.workspace.display()
-            ));
+            return Err(SetupError::WorkspaceNotADirectory {
+                path: spec.workload.workspace.clone(),
+            });
         }
         let mut mounts = Vec::new();
         for m in &spec.workload.mounts {
-            let source = fs::canonicalize(&m.source).map_err(|e| {
-                format!(
-                    "mount source {} cannot be used: {e} (fix or remove this mount)",
-                    m.source.display()
-                )
+            let source = fs::canonicalize(&m.source).map_err(|error| SetupError::MountSource {
+                path: m.source.clone(),
+                error,
             })?;
             mounts.push(HostMount {
                 is_dir: source.is_dir(),
@@ -221,17 +212,12 @@ impl HostPaths {
                 attrs | sys::MOUNT_ATTR_IDMAP,
                 Some(idmap),
             );
-            if let Err(e) = mapped {
+            if let Err(error) = mapped {
                 if !m.read_only {
-                    return Err(format!(
-                        "cannot map the ownership of {} for the sandbox ({e}).\n\
-                         A sandbox started by root runs as an unprivileged user and writes the files \
-                         root owns through an ID-mapped mount, which this file system does not support \
-                         (Linux 5.12 or later with ext4, xfs, btrfs, tmpfs or overlayfs is needed).\n\
-                         To fix: move the project to such a file system, run moat as a regular user, \
-                         or use --runtime docker",
-                        path.display()
-                    ));
+                    return Err(SetupError::IdMap {
+                        path: path.clone(),
+                        error,
+                    });
                 }
                 // Read-only: world-readable files stay readable unmapped.
                 sys::mount_setattr_tree(tree.as_fd(), recursive, attrs, None)
@@ -248,8 +234,15 @@ fn host(p: &Path) -> PathBuf {
     Path::new(OLD_ROOT).join(p.strip_prefix("/").unwrap_or(p))
 }
 
-fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{what} {}: {e}", path.display())
+fn err(what: &'static str, path: &Path, e: impl Into<io::Error>) -> SetupError {
+    SetupError::path(what, path, e)
+}
+
+/// Mount options as the kernel takes them.
+fn options_text(options: &str) -> SetupResult<CString> {
+    CString::new(options).map_err(|_| SetupError::MountOptions {
+        options: options.to_owned(),
+    })
 }
 
 fn mkdir_p(path: &Path, mode: u32) -> SetupResult<()> {
@@ -275,7 +268,7 @@ fn touch(path: &Path) -> SetupResult<()> {
 }
 
 pub(crate) fn mount_tmpfs(target: &Path, flags: MountFlags, options: &str) -> SetupResult<()> {
-    let data = CString::new(options).map_err(|e| e.to_string())?;
+    let data = options_text(options)?;
     mount("tmpfs", target, "tmpfs", flags, Some(data.as_c_str()))
         .map_err(|e| err("cannot mount a tmpfs on", target, e))
 }
@@ -305,16 +298,13 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> SetupResult<()> {
     } else {
         mount_bind_recursive(source, target)
     };
-    result.map_err(|e| {
-        format!(
-            "cannot bind-mount {} onto {}: {e}",
-            source
-                .strip_prefix(OLD_ROOT)
-                .map(|p| Path::new("/").join(p))
-                .unwrap_or_else(|_| source.to_path_buf())
-                .display(),
-            target.display()
-        )
+    result.map_err(|e| SetupError::Bind {
+        from: source
+            .strip_prefix(OLD_ROOT)
+            .map(|p| Path::new("/").join(p))
+            .unwrap_or_else(|_| source.to_path_buf()),
+        onto: target.to_path_buf(),
+        error: e.into(),
     })?;
     if read_only {
         remount_read_only(target)?;
@@ -344,7 +334,8 @@ fn show(m: HostMount) -> SetupResult<()> {
 }
 
 /// Builds the whole tree and leaves the process in `/workspace`, with the
-/// host root detached. `tmpfs_size` caps each writable tmpfs (bytes).
+/// host root detached. `tmpfs_size` caps each writable tmpfs (bytes). The
+/// steps run in this order: each mounts onto what the one before made.
 pub(crate) fn build(
     spec: &SandboxSpec,
     ids: Ids,
@@ -352,77 +343,10 @@ pub(crate) fn build(
     tmpfs_size: u64,
 ) -> SetupResult<()> {
     let sized = |mode: &str| format!("mode={mode},size={tmpfs_size}");
-
-    mount_change(
-        "/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
-    )
-    .map_err(|e| format!("cannot make the mount tree private: {e}"))?;
-
-    // The new root: a tmpfs over /tmp, then pivot into it.
-    mount_tmpfs(
-        Path::new("/tmp"),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0755,size=64m",
-    )?;
-    mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
-    rustix::process::pivot_root("/tmp", "/tmp/oldroot")
-        .map_err(|e| format!("pivot_root into the new root failed: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("cannot chdir to the new root: {e}"))?;
-
-    // /usr and the merged-/usr links.
-    mkdir_p(Path::new("/usr"), 0o755)?;
-    bind(&host(Path::new("/usr")), Path::new("/usr"), true)?;
-    for name in ROOT_LINKS {
-        let src = host(&Path::new("/").join(name));
-        let dst = Path::new("/").join(name);
-        match fs::symlink_metadata(&src) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
-                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
-            }
-            Ok(meta) if meta.is_dir() => {
-                mkdir_p(&dst, 0o755)?;
-                bind(&src, &dst, true)?;
-            }
-            _ => {}
-        }
-    }
-
-    mkdir_p(Path::new(LAYERS), 0o700)?;
-    mount_tmpfs(
-        Path::new(LAYERS),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=0700,size=64m",
-    )?;
-    let mut handled = vec![false; spec.workload.files.len()];
-    build_etc(spec, ids, &mut handled)?;
-    // The overlays keep their own reference to their layers.
-    unmount(LAYERS, UnmountFlags::DETACH)
-        .map_err(|e| err("cannot detach", Path::new(LAYERS), e))?;
-    fs::remove_dir(LAYERS).map_err(|e| err("cannot remove", Path::new(LAYERS), e))?;
-
-    mkdir_p(Path::new("/tmp"), 0o1777)?;
-    mount_tmpfs(
-        Path::new("/tmp"),
-        MountFlags::NOSUID | MountFlags::NODEV,
-        &sized("1777"),
-    )?;
-    mkdir_p(Path::new("/var"), 0o755)?;
-    symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
-    mkdir_p(Path::new("/run"), 0o755)?;
-
-    mkdir_p(Path::new("/proc"), 0o555)?;
-    mount(
-        "proc",
-        "/proc",
-        "proc",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
-    )
-    .map_err(|e| format!("cannot mount /proc in the sandbox: {e}"))?;
-    restrict_proc()?;
-
+    pivot_into_new_root()?;
+    show_usr()?;
+    let handled = build_etc_in_layers(spec, ids)?;
+    mount_tmp_and_proc(&sized("1777"))?;
     build_dev(&sized("1777"))?;
 
     let ws = Path::new(WORKSPACE_IN_SANDBOX);
@@ -441,37 +365,132 @@ pub(crate) fn build(
         show(m)?;
     }
     if let Some(sock) = paths.proxy_socket {
-        show(sock)?;
-        if let Some(name) = proxy_socket_name(spec) {
-            let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
-            symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
-                .map_err(|e| err("cannot link", link, e))?;
+        show_proxy_socket(spec, sock)?;
+    }
+    write_remaining_files(spec, &handled, &home)?;
+
+    unmount(OLD_ROOT, UnmountFlags::DETACH)
+        .map_err(|e| SetupError::step("cannot detach the host root", e))?;
+    fs::remove_dir(OLD_ROOT).map_err(|e| err("cannot remove", Path::new(OLD_ROOT), e))?;
+    remount_read_only(Path::new("/dev"))?;
+    remount_read_only(Path::new("/"))?;
+
+    std::env::set_current_dir(ws).map_err(|e| err("cannot enter", ws, e))?;
+    Ok(())
+}
+
+/// A private mount tree, and a tmpfs over /tmp as the new root, the
+/// host's kept at [`OLD_ROOT`].
+fn pivot_into_new_root() -> SetupResult<()> {
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| SetupError::step("cannot make the mount tree private", e))?;
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755,size=64m",
+    )?;
+    mkdir_p(Path::new("/tmp/oldroot"), 0o700)?;
+    rustix::process::pivot_root("/tmp", "/tmp/oldroot")
+        .map_err(|e| SetupError::step("pivot_root into the new root failed", e))?;
+    std::env::set_current_dir("/").map_err(|e| SetupError::step("cannot chdir to the new root", e))
+}
+
+/// /usr and the merged-/usr links, read-only.
+fn show_usr() -> SetupResult<()> {
+    mkdir_p(Path::new("/usr"), 0o755)?;
+    bind(&host(Path::new("/usr")), Path::new("/usr"), true)?;
+    for name in ROOT_LINKS {
+        let src = host(&Path::new("/").join(name));
+        let dst = Path::new("/").join(name);
+        match fs::symlink_metadata(&src) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&src).map_err(|e| err("cannot read link", &src, e))?;
+                symlink(&target, &dst).map_err(|e| err("cannot create link", &dst, e))?;
+            }
+            Ok(meta) if meta.is_dir() => {
+                mkdir_p(&dst, 0o755)?;
+                bind(&src, &dst, true)?;
+            }
+            _ => {}
         }
     }
+    Ok(())
+}
 
+/// /etc, its overlays built on a scratch tmpfs that is detached after
+/// (the overlays keep their own reference to their layers). Returns which
+/// injected files it wrote.
+fn build_etc_in_layers(spec: &SandboxSpec, ids: Ids) -> SetupResult<Vec<bool>> {
+    mkdir_p(Path::new(LAYERS), 0o700)?;
+    mount_tmpfs(
+        Path::new(LAYERS),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0700,size=64m",
+    )?;
+    let mut handled = vec![false; spec.workload.files.len()];
+    build_etc(spec, ids, &mut handled)?;
+    unmount(LAYERS, UnmountFlags::DETACH)
+        .map_err(|e| err("cannot detach", Path::new(LAYERS), e))?;
+    fs::remove_dir(LAYERS).map_err(|e| err("cannot remove", Path::new(LAYERS), e))?;
+    Ok(handled)
+}
+
+/// A writable /tmp (with /var/tmp linked to it), /run, and /proc.
+fn mount_tmp_and_proc(tmp_options: &str) -> SetupResult<()> {
+    mkdir_p(Path::new("/tmp"), 0o1777)?;
+    mount_tmpfs(
+        Path::new("/tmp"),
+        MountFlags::NOSUID | MountFlags::NODEV,
+        tmp_options,
+    )?;
+    mkdir_p(Path::new("/var"), 0o755)?;
+    symlink("/tmp", "/var/tmp").map_err(|e| err("cannot create link", Path::new("/var/tmp"), e))?;
+    mkdir_p(Path::new("/run"), 0o755)?;
+
+    mkdir_p(Path::new("/proc"), 0o555)?;
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| SetupError::step("cannot mount /proc in the sandbox", e))?;
+    restrict_proc()
+}
+
+/// The proxy socket's directory, and the link to the socket beside it.
+fn show_proxy_socket(spec: &SandboxSpec, sock: HostMount) -> SetupResult<()> {
+    show(sock)?;
+    if let Some(name) = proxy_socket_name(spec) {
+        let link = Path::new(PROXY_SOCKET_IN_SANDBOX);
+        symlink(Path::new(PROXY_SOCKET_DIR_IN_SANDBOX).join(name), link)
+            .map_err(|e| err("cannot link", link, e))?;
+    }
+    Ok(())
+}
+
+/// The injected files /etc did not take, read-only where their directory
+/// is writable (/tmp, the home).
+fn write_remaining_files(spec: &SandboxSpec, handled: &[bool], home: &Path) -> SetupResult<()> {
     for (file, _) in spec
         .workload
         .files
         .iter()
-        .zip(&handled)
+        .zip(handled)
         .filter(|(_, done)| !**done)
     {
         write_injected(&file.path_in_sandbox, &file.contents, file.mode)?;
-        let writable_parent = [Path::new("/tmp"), home.as_path()]
+        let writable_parent = [Path::new("/tmp"), home]
             .iter()
             .any(|p| file.path_in_sandbox.starts_with(p));
         if writable_parent {
             bind(&file.path_in_sandbox, &file.path_in_sandbox, true)?;
         }
     }
-
-    unmount(OLD_ROOT, UnmountFlags::DETACH)
-        .map_err(|e| format!("cannot detach the host root: {e}"))?;
-    fs::remove_dir(OLD_ROOT).map_err(|e| err("cannot remove", Path::new(OLD_ROOT), e))?;
-    remount_read_only(Path::new("/dev"))?;
-    remount_read_only(Path::new("/"))?;
-
-    std::env::set_current_dir(ws).map_err(|e| err("cannot enter", ws, e))?;
     Ok(())
 }
 
@@ -599,7 +618,7 @@ fn mount_etc_dir(spec: &SandboxSpec, name: &str, handled: &mut [bool]) -> SetupR
             write_injected(&layer.join(rel), &file.contents, file.mode)?;
         }
         let options = format!("lowerdir={}:{}", layer.display(), src.display());
-        let data = CString::new(options).map_err(|e| e.to_string())?;
+        let data = options_text(&options)?;
         let overlay = mount(
             "overlay",
             &dir,
@@ -793,6 +812,6 @@ mod tests {
         );
         std::fs::write(tmp.path().join("daemon.lock"), "{}").unwrap();
         let e = socket_dir(&sock).unwrap_err();
-        assert!(e.contains("moat proxy restart"), "{e}");
+        assert!(e.to_string().contains("moat proxy restart"), "{e}");
     }
 }

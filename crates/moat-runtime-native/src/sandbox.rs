@@ -120,34 +120,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         .arg(spec_r.as_raw_fd().to_string())
         .arg(status_w.as_raw_fd().to_string())
         .env_clear();
-    let mut pty_master = None;
-    match spec.stdio {
-        StdioMode::Pty { rows, cols } => {
-            let (master, slave) = open_pty(rows, cols)?;
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map_err(|e| SandboxError::io("cannot duplicate the terminal", e))
-            };
-            cmd.stdin(Stdio::from(dup(&slave)?))
-                .stdout(Stdio::from(dup(&slave)?))
-                .stderr(Stdio::from(slave));
-            pty_master = Some(master);
-        }
-        StdioMode::Inherit => {
-            cmd.stdin(Stdio::inherit())
-                .stdout(Stdio::inherit())
-                .stderr(Stdio::inherit());
-        }
-        StdioMode::Piped | StdioMode::PipedOutput => {
-            cmd.stdin(if spec.stdio == StdioMode::Piped {
-                Stdio::null()
-            } else {
-                Stdio::inherit()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        }
-    }
+    let pty_master = wire_stdio(&mut cmd, spec)?;
     sys::keep_fds_across_exec(&mut cmd, vec![spec_r.as_raw_fd(), status_w.as_raw_fd()]);
     let mut child = cmd
         .spawn()
@@ -155,19 +128,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     drop(spec_r);
     drop(status_w);
 
-    let reap = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-    let pidfd = Pid::from_raw(child.id() as i32)
-        .ok_or_else(|| SandboxError::Setup {
-            message: "the sandbox init has an invalid pid".into(),
-        })
-        .and_then(|pid| {
-            pidfd_open(pid, PidfdFlags::empty())
-                .map_err(|e| SandboxError::io("cannot open a pidfd for the sandbox", e.into()))
-        });
-    let pidfd = match pidfd {
+    let pidfd = match open_pidfd(&child) {
         Ok(fd) => fd,
         Err(e) => {
             reap(&mut child);
@@ -185,30 +146,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     if written.is_ok() {
         written = lifeline.write_all(&[GO]);
     }
-    let mut status = BufReader::new(File::from(status_r));
-    let mut line = String::new();
-    let _ = status.read_line(&mut line);
-    match parse_status(&line) {
-        Some(Status::Ready) => {}
-        Some(Status::Error { message }) => {
-            reap(&mut child);
-            return Err(SandboxError::Setup { message });
-        }
-        _ => {
-            let exited = child.wait();
-            let how = match (exited, written) {
-                (_, Err(e)) => format!("it did not accept the spec ({e})"),
-                (Ok(st), _) => format!("it exited with {st}"),
-                (Err(e), _) => format!("cannot wait for it: {e}"),
-            };
-            return Err(SandboxError::Setup {
-                message: format!(
-                    "the sandbox init stopped before the sandbox was ready: {how}. \
-                     Does this program call moat_runtime_native::init::maybe_run_init() first in main?"
-                ),
-            });
-        }
-    }
+    let status = wait_ready(&mut child, status_r, written)?;
 
     Ok(Sandbox {
         stdout: child.stdout.take(),
@@ -223,6 +161,90 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         pty: pty_master,
         cgroup,
     })
+}
+
+fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Gives the init the sandbox's stdio as `spec` asks; returns the
+/// terminal's master side when the sandbox gets a terminal of its own.
+fn wire_stdio(cmd: &mut Command, spec: &SandboxSpec) -> Result<Option<OwnedFd>, SandboxError> {
+    match spec.stdio {
+        StdioMode::Pty { rows, cols } => {
+            let (master, slave) = open_pty(rows, cols)?;
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| SandboxError::io("cannot duplicate the terminal", e))
+            };
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            return Ok(Some(master));
+        }
+        StdioMode::Inherit => {
+            cmd.stdin(Stdio::inherit())
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        }
+        StdioMode::Piped | StdioMode::PipedOutput => {
+            cmd.stdin(if spec.stdio == StdioMode::Piped {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        }
+    }
+    Ok(None)
+}
+
+/// A pidfd of the init, to signal it without racing pid reuse.
+fn open_pidfd(child: &Child) -> Result<OwnedFd, SandboxError> {
+    Pid::from_raw(child.id() as i32)
+        .ok_or_else(|| SandboxError::Setup {
+            message: "the sandbox init has an invalid pid".into(),
+        })
+        .and_then(|pid| {
+            pidfd_open(pid, PidfdFlags::empty())
+                .map_err(|e| SandboxError::io("cannot open a pidfd for the sandbox", e.into()))
+        })
+}
+
+/// Reads the init's first status: `Ready`, or why the sandbox could not
+/// be built (the init is reaped then). `written`: how sending the spec
+/// went, which explains an init that stopped without a word.
+fn wait_ready(
+    child: &mut Child,
+    status_r: OwnedFd,
+    written: std::io::Result<()>,
+) -> Result<BufReader<File>, SandboxError> {
+    let mut status = BufReader::new(File::from(status_r));
+    let mut line = String::new();
+    let _ = status.read_line(&mut line);
+    match parse_status(&line) {
+        Some(Status::Ready) => Ok(status),
+        Some(Status::Error { message }) => {
+            reap(child);
+            Err(SandboxError::Setup { message })
+        }
+        _ => {
+            let exited = child.wait();
+            let how = match (exited, written) {
+                (_, Err(e)) => format!("it did not accept the spec ({e})"),
+                (Ok(st), _) => format!("it exited with {st}"),
+                (Err(e), _) => format!("cannot wait for it: {e}"),
+            };
+            Err(SandboxError::Setup {
+                message: format!(
+                    "the sandbox init stopped before the sandbox was ready: {how}. \
+                     Does this program call moat_runtime_native::init::maybe_run_init() first in main?"
+                ),
+            })
+        }
+    }
 }
 
 /// A new pseudo-terminal of `rows` × `cols`: (master, slave).

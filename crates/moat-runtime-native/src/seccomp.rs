@@ -31,6 +31,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::SetupError;
+
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -166,13 +168,19 @@ const PERSONALITIES: &[u64] = &[0, 0x0008, 0x20000, 0x20008, 0x40000, 0xffff_fff
 
 impl Filters {
     /// Compiles both programs for the running architecture.
-    pub(crate) fn build() -> Result<Filters, String> {
-        let arch = TargetArch::try_from(std::env::consts::ARCH)
-            .map_err(|e| format!("no system-call filter for this architecture: {e}"))?;
+    pub(crate) fn build() -> Result<Filters, SetupError> {
+        let arch =
+            TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SetupError::Filter {
+                what: "no system-call filter for this architecture",
+                error: Box::new(e),
+            })?;
         let compile = |filter: Result<SeccompFilter, seccompiler::BackendError>| {
             filter
                 .and_then(BpfProgram::try_from)
-                .map_err(|e| format!("cannot build the system-call filter: {e}"))
+                .map_err(|e| SetupError::Filter {
+                    what: "cannot build the system-call filter",
+                    error: Box::new(e),
+                })
         };
         Ok(Filters {
             allow: compile(allow_filter(arch))?,
@@ -182,10 +190,12 @@ impl Filters {
 
     /// Installs both programs on the calling thread (and what it starts
     /// afterwards). Sets `no_new_privs`, which the kernel requires.
-    pub(crate) fn install(&self) -> Result<(), String> {
+    pub(crate) fn install(&self) -> Result<(), SetupError> {
         for program in [&self.allow, &self.deny] {
-            seccompiler::apply_filter(program)
-                .map_err(|e| format!("cannot install the system-call filter: {e}"))?;
+            seccompiler::apply_filter(program).map_err(|e| SetupError::Filter {
+                what: "cannot install the system-call filter",
+                error: Box::new(e),
+            })?;
         }
         Ok(())
     }

@@ -172,12 +172,18 @@ impl SandboxSpec {
 
     /// Checks what can be checked before anything is started.
     pub fn validate(&self) -> Result<(), SandboxError> {
-        let invalid = |message: String| Err(SandboxError::InvalidSpec { message });
         self.workload
             .validate(&["/proc", "/dev"])
             .map_err(|e| SandboxError::InvalidSpec {
                 message: e.to_string(),
             })?;
+        self.validate_names()?;
+        self.validate_limits()?;
+        self.validate_network()
+    }
+
+    /// The sandbox user's name and the hostname.
+    fn validate_names(&self) -> Result<(), SandboxError> {
         if !valid_user_name(&self.user) {
             return invalid(format!(
                 "invalid user name {:?}: use 1-32 characters of a-z, 0-9, '_' or '-', not starting with a digit or '-'",
@@ -202,6 +208,11 @@ impl SandboxSpec {
                 self.hostname
             ));
         }
+        Ok(())
+    }
+
+    /// Limits under which nothing could start.
+    fn validate_limits(&self) -> Result<(), SandboxError> {
         let limits = &self.limits;
         if limits.pids < 16 || limits.open_files < 64 {
             return invalid(format!(
@@ -210,45 +221,50 @@ impl SandboxSpec {
             ));
         }
         if limits.memory_bytes.is_some_and(|m| m < 16 << 20) {
-            return invalid("the memory limit must be at least 16 MiB".into());
+            return invalid("the memory limit must be at least 16 MiB");
         }
         if limits.millicpus == Some(0) {
-            return invalid("the CPU limit must be more than 0".into());
+            return invalid("the CPU limit must be more than 0");
         }
-        if let NetworkMode::Isolated {
+        Ok(())
+    }
+
+    /// The relay, the proxy socket and the captured ports of an isolated
+    /// network.
+    fn validate_network(&self) -> Result<(), SandboxError> {
+        let NetworkMode::Isolated {
             relay_port,
             proxy_socket,
             capture,
         } = &self.network
-        {
-            if let Some(capture) = capture {
-                if !capture.proxy_authorization.is_valid() {
-                    return invalid(
-                        "the proxy authorization must be one printable header value".into(),
-                    );
-                }
-                if capture.host_ports.contains(&0) {
-                    return invalid("host port 0 cannot be reached".into());
-                }
-                if capture.ports.contains(relay_port)
-                    || capture.ports.contains(&0)
-                    || capture.ports.contains(&53)
-                {
-                    return invalid(format!(
-                        "captured ports {:?} may not include 0, 53 or the relay port {relay_port}",
-                        capture.ports
-                    ));
-                }
+        else {
+            return Ok(());
+        };
+        if let Some(capture) = capture {
+            if !capture.proxy_authorization.is_valid() {
+                return invalid("the proxy authorization must be one printable header value");
             }
-            if *relay_port == 0 {
-                return invalid("the relay port must not be 0".into());
+            if capture.host_ports.contains(&0) {
+                return invalid("host port 0 cannot be reached");
             }
-            if !proxy_socket.is_absolute() {
+            if capture.ports.contains(relay_port)
+                || capture.ports.contains(&0)
+                || capture.ports.contains(&53)
+            {
                 return invalid(format!(
-                    "the proxy socket path must be absolute: {}",
-                    proxy_socket.display()
+                    "captured ports {:?} may not include 0, 53 or the relay port {relay_port}",
+                    capture.ports
                 ));
             }
+        }
+        if *relay_port == 0 {
+            return invalid("the relay port must not be 0");
+        }
+        if !proxy_socket.is_absolute() {
+            return invalid(format!(
+                "the proxy socket path must be absolute: {}",
+                proxy_socket.display()
+            ));
         }
         Ok(())
     }
@@ -257,6 +273,13 @@ impl SandboxSpec {
     pub fn home_in_sandbox(&self) -> PathBuf {
         PathBuf::from("/home").join(&self.user)
     }
+}
+
+/// An inconsistent spec, with what is wrong.
+fn invalid(message: impl Into<String>) -> Result<(), SandboxError> {
+    Err(SandboxError::InvalidSpec {
+        message: message.into(),
+    })
 }
 
 fn valid_user_name(name: &str) -> bool {

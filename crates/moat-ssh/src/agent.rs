@@ -335,110 +335,20 @@ fn upstream_call(session: &mut Session, shared: &Shared, payload: &[u8]) -> Opti
     }
 }
 
+/// The answer to one request from the sandbox: listing and signing go
+/// through the grant filter, the session binding is verified, and
+/// anything that would change the agent is refused.
 fn handle(
     request: &Request<'_>,
     payload: &[u8],
     session: &mut Session,
     shared: &Shared,
 ) -> Vec<u8> {
-    let filter = &shared.filter;
     match request {
-        Request::RequestIdentities => {
-            let Some(answer) = upstream_call(session, shared, payload) else {
-                return failure();
-            };
-            let Ok(ids) = wire::decode_identities(&answer) else {
-                return failure();
-            };
-            let shown: Vec<Identity> = ids
-                .into_iter()
-                .filter(|id| filter.allows_key(&id.key))
-                .collect();
-            (shared.audit)(&SshEvent {
-                action: SshAction::List,
-                host: None,
-                fingerprint: None,
-                detail: Some(format!("{} key(s) listed", shown.len())),
-            });
-            wire::encode_identities(&shown)
-        }
-        Request::Sign { key, data, .. } => {
-            let key_fp = fingerprint(key).ok();
-            let deny = |detail: String, host: Option<String>| {
-                tracing::info!(fingerprint = ?key_fp, host = ?host, "refused an SSH signature: {detail}");
-                (shared.audit)(&SshEvent {
-                    action: SshAction::SignDenied,
-                    host,
-                    fingerprint: key_fp.clone(),
-                    detail: Some(detail),
-                });
-                failure()
-            };
-            if !filter.allows_key(key) {
-                return deny("key is not granted to this run".into(), None);
-            }
-            let Some((host_key, session_id)) = &session.bound else {
-                return deny(
-                    "the client did not bind the session to a host key (OpenSSH 8.9 or later is needed)"
-                        .into(),
-                    None,
-                );
-            };
-            let Some(granted) = filter.host_for(key, host_key) else {
-                let seen = fingerprint(host_key).unwrap_or_else(|_| "unparsable".into());
-                return deny(
-                    format!("server host key {seen} is not pinned for any host granted this key"),
-                    None,
-                );
-            };
-            if wire::userauth_session_id(data) != Some(session_id.as_slice()) {
-                return deny(
-                    "data to sign is not a user authentication for the bound session".into(),
-                    Some(granted.host.clone()),
-                );
-            }
-            let Some(answer) = upstream_call(session, shared, payload) else {
-                return deny(
-                    "the SSH agent did not answer".into(),
-                    Some(granted.host.clone()),
-                );
-            };
-            if answer.first() == Some(&msg::SIGN_RESPONSE) {
-                (shared.audit)(&SshEvent {
-                    action: SshAction::SignAllowed,
-                    host: Some(granted.host.clone()),
-                    fingerprint: Some(granted.fingerprint.clone()),
-                    detail: None,
-                });
-                answer
-            } else {
-                deny(
-                    "the SSH agent refused to sign".into(),
-                    Some(granted.host.clone()),
-                )
-            }
-        }
+        Request::RequestIdentities => list_identities_filtered(payload, session, shared),
+        Request::Sign { key, data, .. } => sign(key, data, payload, session, shared),
         Request::Extension { name, body } if *name == wire::SESSION_BIND => {
-            match wire::decode_session_bind(body) {
-                Ok(bind) if bind.forwarding => {
-                    tracing::warn!("refused agent forwarding out of the sandbox");
-                    failure()
-                }
-                Ok(bind) => match verify_bind(bind.host_key, bind.session_id, bind.signature) {
-                    Ok(()) => {
-                        session.bound = Some((bind.host_key.to_vec(), bind.session_id.to_vec()));
-                        wire::status(msg::SUCCESS)
-                    }
-                    Err(detail) => {
-                        tracing::warn!("refused an SSH session binding: {detail}");
-                        failure()
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed session-bind");
-                    failure()
-                }
-            }
+            bind_session(body, session)
         }
         Request::Extension { name, .. } => {
             tracing::debug!(extension = %name, "refused an SSH agent extension");
@@ -456,6 +366,114 @@ fn handle(
                 fingerprint: None,
                 detail: Some(request.kind().into()),
             });
+            failure()
+        }
+    }
+}
+
+/// The agent's keys that are granted to this run, and only those.
+fn list_identities_filtered(payload: &[u8], session: &mut Session, shared: &Shared) -> Vec<u8> {
+    let Some(answer) = upstream_call(session, shared, payload) else {
+        return failure();
+    };
+    let Ok(ids) = wire::decode_identities(&answer) else {
+        return failure();
+    };
+    let shown: Vec<Identity> = ids
+        .into_iter()
+        .filter(|id| shared.filter.allows_key(&id.key))
+        .collect();
+    (shared.audit)(&SshEvent {
+        action: SshAction::List,
+        host: None,
+        fingerprint: None,
+        detail: Some(format!("{} key(s) listed", shown.len())),
+    });
+    wire::encode_identities(&shown)
+}
+
+/// A signature, only with a granted key, only for a session bound to a
+/// pinned host key of a host granted that key, and only over that
+/// session's user authentication.
+fn sign(
+    key: &[u8],
+    data: &[u8],
+    payload: &[u8],
+    session: &mut Session,
+    shared: &Shared,
+) -> Vec<u8> {
+    let filter = &shared.filter;
+    let key_fp = fingerprint(key).ok();
+    let deny = |detail: String, host: Option<String>| {
+        tracing::info!(fingerprint = ?key_fp, host = ?host, "refused an SSH signature: {detail}");
+        (shared.audit)(&SshEvent {
+            action: SshAction::SignDenied,
+            host,
+            fingerprint: key_fp.clone(),
+            detail: Some(detail),
+        });
+        failure()
+    };
+    if !filter.allows_key(key) {
+        return deny("key is not granted to this run".into(), None);
+    }
+    let Some((host_key, session_id)) = &session.bound else {
+        return deny(
+            "the client did not bind the session to a host key (OpenSSH 8.9 or later is needed)"
+                .into(),
+            None,
+        );
+    };
+    let Some(granted) = filter.host_for(key, host_key) else {
+        let seen = fingerprint(host_key).unwrap_or_else(|_| "unparsable".into());
+        return deny(
+            format!("server host key {seen} is not pinned for any host granted this key"),
+            None,
+        );
+    };
+    let host = Some(granted.host.clone());
+    if wire::userauth_session_id(data) != Some(session_id.as_slice()) {
+        return deny(
+            "data to sign is not a user authentication for the bound session".into(),
+            host,
+        );
+    }
+    let Some(answer) = upstream_call(session, shared, payload) else {
+        return deny("the SSH agent did not answer".into(), host);
+    };
+    if answer.first() != Some(&msg::SIGN_RESPONSE) {
+        return deny("the SSH agent refused to sign".into(), host);
+    }
+    (shared.audit)(&SshEvent {
+        action: SshAction::SignAllowed,
+        host,
+        fingerprint: Some(granted.fingerprint.clone()),
+        detail: None,
+    });
+    answer
+}
+
+/// `session-bind@openssh.com`: remembers the server's host key and
+/// session once its signature checks out; forwarding out of the sandbox
+/// is refused.
+fn bind_session(body: &[u8], session: &mut Session) -> Vec<u8> {
+    match wire::decode_session_bind(body) {
+        Ok(bind) if bind.forwarding => {
+            tracing::warn!("refused agent forwarding out of the sandbox");
+            failure()
+        }
+        Ok(bind) => match verify_bind(bind.host_key, bind.session_id, bind.signature) {
+            Ok(()) => {
+                session.bound = Some((bind.host_key.to_vec(), bind.session_id.to_vec()));
+                wire::status(msg::SUCCESS)
+            }
+            Err(detail) => {
+                tracing::warn!("refused an SSH session binding: {detail}");
+                failure()
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed session-bind");
             failure()
         }
     }

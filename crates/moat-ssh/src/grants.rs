@@ -273,7 +273,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no SSH keys configured for hosts: [gitlab.com]\nGrant SSH access first:\n  moat grant ssh --host gitlab.com"
+            "no SSH keys configured for hosts: [gitlab.com]"
+        );
+        assert_eq!(
+            moat_hint::Hint::hint(&err).unwrap().as_str(),
+            "Grant SSH access first:\n  moat grant ssh --host gitlab.com"
         );
         assert!(store.remove("github.com").unwrap());
         assert!(!store.remove("github.com").unwrap());

@@ -15,6 +15,7 @@
 //! and record the [`SshEvent`]s it reports.
 
 mod agent;
+mod choose;
 mod error;
 mod grants;
 pub mod tunnel;
@@ -24,6 +25,7 @@ pub use crate::agent::{
     agent_key_count, agent_socket_from_env, list_identities, AgentFilter, AgentProxy, SshAction,
     SshEvent,
 };
+pub use crate::choose::{find_key, identity_listing, known_hosts_files, parse_host_keys};
 pub use crate::error::SshError;
 pub use crate::grants::{
     fingerprint, key_blob, known_host_keys, openssh_line, SshGrant, SshGrantStore,

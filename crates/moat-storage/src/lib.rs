@@ -18,7 +18,9 @@ mod names;
 mod store;
 mod trace;
 
-pub use crate::logs::{read_logs, LogLine, LogStream, LogWriter, DEFAULT_MAX_LOG_BYTES};
+pub use crate::logs::{
+    read_logs, read_service_logs, LogLine, LogStream, LogWriter, DEFAULT_MAX_LOG_BYTES,
+};
 pub use crate::metadata::{RunMetadata, RunState};
 pub use crate::names::{generate_name, validate_name, RunId};
 pub use crate::store::{

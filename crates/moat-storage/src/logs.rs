@@ -212,6 +212,38 @@ pub fn read_logs(path: &Path, tail: Option<usize>) -> io::Result<(Vec<LogLine>, 
     Ok((lines.into_iter().collect(), damaged))
 }
 
+/// The saved output of a run's service sidecars (`services/NAME.log`,
+/// written when the run ended or a sidecar failed): each service's name
+/// and its last `lines` lines, services in name order.
+pub fn read_service_logs(dir: &Path, lines: usize) -> io::Result<Vec<(String, Vec<String>)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut logs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    let mut out = Vec::new();
+    for path in logs {
+        let service = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&path)?;
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect();
+        out.push((service, tail));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -487,7 +487,8 @@ mod tests {
         let (runs, damaged) = store.list().unwrap();
         assert!(runs.is_empty());
         assert_eq!(damaged.len(), 1);
-        assert!(damaged[0].to_string().contains("moat destroy"));
+        let fix = moat_hint::Hint::hint(&damaged[0]).unwrap();
+        assert!(fix.as_str().contains("moat destroy"), "{fix}");
     }
 
     #[test]

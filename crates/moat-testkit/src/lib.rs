@@ -122,6 +122,72 @@ pub struct EchoUpstream {
 /// How a test upstream answers: the request as recorded, and its body.
 pub type Responder = Arc<dyn Fn(&Seen, &[u8]) -> Response<Full<Bytes>> + Send + Sync>;
 
+/// A TLS server config for `hosts`, with a leaf from `ca`, speaking h2
+/// and HTTP/1.1.
+fn tls_acceptor(ca: &TestCa, hosts: &[&str]) -> tokio_rustls::TlsAcceptor {
+    let (cert, key) = ca.leaf(hosts);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// What a request said, its body not read yet.
+fn record_of(req: &Request<hyper::body::Incoming>) -> Seen {
+    Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: Vec::new(),
+    }
+}
+
+/// Records one request and answers it: a WebSocket upgrade when
+/// `websockets` allows one, else what `respond` says.
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    respond: Responder,
+    websockets: bool,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let mut record = record_of(&req);
+    let req = if websockets {
+        match models::accept_websocket(&record, req) {
+            Ok(response) => {
+                seen.lock().expect("lock").push(record);
+                return Ok(response);
+            }
+            Err(req) => req,
+        }
+    } else {
+        req
+    };
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let response = respond(&record, &body);
+    record.body = body.to_vec();
+    seen.lock().expect("lock").push(record);
+    Ok(response)
+}
+
 impl EchoUpstream {
     /// Starts serving `hosts` with a certificate from `ca`.
     pub fn start(ca: &TestCa, hosts: &[&str]) -> Self {
@@ -146,17 +212,7 @@ impl EchoUpstream {
     /// Starts serving `hosts` with a certificate from `ca`, answering with
     /// `respond`.
     pub fn start_with(ca: &TestCa, hosts: &[&str], respond: Responder) -> Self {
-        let (cert, key) = ca.leaf(hosts);
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(ca, hosts);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -185,51 +241,8 @@ impl EchoUpstream {
                     };
                     let service =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let seen = seen.clone();
-                            let respond = respond.clone();
                             let websockets = websockets.load(std::sync::atomic::Ordering::Relaxed);
-                            async move {
-                                let mut record = Seen {
-                                    method: req.method().to_string(),
-                                    path: req
-                                        .uri()
-                                        .path_and_query()
-                                        .map(|p| p.to_string())
-                                        .unwrap_or_default(),
-                                    headers: req
-                                        .headers()
-                                        .iter()
-                                        .map(|(k, v)| {
-                                            (
-                                                k.as_str().to_string(),
-                                                v.to_str().unwrap_or("").to_string(),
-                                            )
-                                        })
-                                        .collect(),
-                                    body: Vec::new(),
-                                };
-                                let req = if websockets {
-                                    match models::accept_websocket(&record, req) {
-                                        Ok(response) => {
-                                            seen.lock().expect("lock").push(record);
-                                            return Ok::<_, hyper::Error>(response);
-                                        }
-                                        Err(req) => req,
-                                    }
-                                } else {
-                                    req
-                                };
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let response = respond(&record, &body);
-                                record.body = body.to_vec();
-                                seen.lock().expect("lock").push(record);
-                                Ok::<_, hyper::Error>(response)
-                            }
+                            answer(req, seen.clone(), respond.clone(), websockets)
                         });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),

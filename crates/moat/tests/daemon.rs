@@ -267,7 +267,8 @@ fn idle_exit_and_port_mismatch() {
     assert_eq!(
         String::from_utf8_lossy(&mismatch.stderr),
         format!(
-            "Error: proxy port mismatch: running on {port}, requested {other}. Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy\n"
+            "Error: proxy port mismatch: running on {port}, requested {other}\n\n\
+             Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy\n"
         )
     );
     let pid = t.lock()["pid"].as_i64().unwrap();
@@ -296,6 +297,7 @@ fn daemon_that_cannot_start_times_out_with_its_log() {
     let stderr = t.env.redact(&String::from_utf8_lossy(&out.stderr));
     insta::assert_snapshot!(stderr, @r"
     Error: daemon did not start within 5 seconds
+
     Check its log: [TMP]/moat/proxy/daemon.log
     If [TMP]/moat/proxy/daemon.lock names a pid that is not running, remove it and retry:
       rm [TMP]/moat/proxy/daemon.lock

@@ -183,6 +183,7 @@ fn claude_expired_token_at_grant() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r"
     Error: Claude Code token has expired
+
     Re-authenticate with Claude Code (run `claude` and log in, or `claude setup-token`), then run:
       moat grant claude
     ");
@@ -241,6 +242,7 @@ fn tampered_credential_file_is_reported_and_left_untouched() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r"
     Error: decrypting credential for openai: corrupted file: it was written with this key but its contents were altered
+
     The file cannot be repaired; replace the credential.
     To re-authenticate: moat grant openai
     ");
@@ -297,6 +299,7 @@ fn insecure_key_file_is_refused() {
     out.failure();
     insta::assert_snapshot!(env.redact(&out.stderr), @r"
     Error: key file has insecure permissions: [TMP]/moat/key has permissions 0644 (expected 0600).
+
     Fix: chmod 600 [TMP]/moat/key
     ");
     // The fix named works.
@@ -415,6 +418,7 @@ fn unknown_provider_suggests_the_nearest() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r#"
     Error: unknown provider "gihtub" (did you mean "github"?)
+
     List the providers with: moat grant providers
     "#);
 }

@@ -245,7 +245,7 @@ fn ssh_errors_say_what_to_do() {
     out.failure();
     assert!(
         out.stderr.contains(
-            "no SSH keys configured for hosts: [github.com]\nGrant SSH access first:\n  moat grant ssh --host github.com"
+            "no SSH keys configured for hosts: [github.com]\n\nGrant SSH access first:\n  moat grant ssh --host github.com"
         ),
         "{}",
         out.stderr
@@ -261,7 +261,7 @@ fn ssh_errors_say_what_to_do() {
     out.failure();
     assert!(
         out.stderr.contains(
-            "SSH grants require SSH_AUTH_SOCK to be set\nStart your SSH agent with: eval \"$(ssh-agent -s)\" && ssh-add"
+            "SSH grants require SSH_AUTH_SOCK to be set\n\nStart your SSH agent with: eval \"$(ssh-agent -s)\" && ssh-add"
         ),
         "{}",
         out.stderr

@@ -82,6 +82,7 @@ fn moat_yaml_edited_inside_a_run_is_refused_until_trusted() {
     Error: moat.yaml in [TMP]/project changed while run run_[ID] (agent) had the workspace mounted, so moat will not apply it without your review.
       changed: network.policy (strict → permissive)
       added: mounts[0] ([TMP]/moat:/stolen:ro)
+
     To fix: review the changes, then run
       moat trust [TMP]/project
     or restore the version you accepted.
@@ -161,6 +162,7 @@ fn mount_source_swapped_for_a_symlink_is_refused() {
     insta::assert_snapshot!(redact(&t, &out.stderr), @r"
     Error: a mount source in [TMP]/project changed while run run_[ID] (agent) had the workspace mounted, so moat will not apply it without your review.
       changed: mount source [TMP]/project/data (now resolves to [TMP]/moat; was [TMP]/project/data)
+
     To fix: review the changes, then run
       moat trust [TMP]/project
     or restore the version you accepted.
@@ -567,6 +569,7 @@ fn nested_moat_yaml_written_by_a_run_is_refused_until_trusted() {
     Error: moat.yaml in [TMP]/project/sub changed while run run_[ID] (agent) had [TMP]/project mounted, which contains it, so moat will not apply it without your review.
       added: moat.yaml
       added: mounts[0] ([TMP]/outside:/stolen:ro)
+
     To fix: review the changes, then run
       moat trust [TMP]/project/sub
     or restore the version you accepted.

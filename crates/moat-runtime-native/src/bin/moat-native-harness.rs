@@ -23,31 +23,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     if arg == "--check" {
-        return match moat_runtime_native::check_support() {
-            Ok(()) => {
-                println!("native sandbox: supported");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("native sandbox: {e}");
-                ExitCode::from(1)
-            }
-        };
+        return check();
     }
-    let spec: SandboxSpec = match std::fs::read(&arg)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(spec) => spec,
-        Err(e) => {
-            eprintln!("moat-harness: cannot read spec {arg}: {e}");
-            return ExitCode::from(2);
-        }
+    let Some(spec) = read_spec(&arg) else {
+        return ExitCode::from(2);
     };
-    let mut spec = spec;
-    if std::env::var_os("MOAT_HARNESS_PIPED").is_some() {
-        spec.stdio = StdioMode::Piped;
-    }
 
     let mut sandbox = match moat_runtime_native::spawn(&spec) {
         Ok(s) => s,
@@ -65,22 +45,7 @@ fn main() -> ExitCode {
         readers.push(thread::spawn(move || relay_lines(err, "err", true)));
     }
 
-    let signal = std::env::var("MOAT_HARNESS_SIGNAL")
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok());
-    let after = std::env::var("MOAT_HARNESS_SIGNAL_AFTER_MS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
-    if let Some(sig) = signal {
-        let signaller = sandbox.signaller();
-        thread::spawn(move || {
-            thread::sleep(Duration::from_millis(after));
-            if let Err(e) = signaller.signal(sig) {
-                eprintln!("moat-harness: signal: {e}");
-            }
-        });
-    }
+    signal_later(&sandbox);
 
     let exit = match sandbox.wait() {
         Ok(exit) => exit,
@@ -100,6 +65,60 @@ fn main() -> ExitCode {
         );
     }
     ExitCode::from(u8::try_from(exit.code).unwrap_or(255))
+}
+
+/// `--check`: whether this machine can run the native sandbox.
+fn check() -> ExitCode {
+    match moat_runtime_native::check_support() {
+        Ok(()) => {
+            println!("native sandbox: supported");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("native sandbox: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The spec in the JSON file `path`, piped when `MOAT_HARNESS_PIPED` asks;
+/// `None` (said on stderr) when it cannot be read.
+fn read_spec(path: &str) -> Option<SandboxSpec> {
+    let read = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<SandboxSpec>(&b).map_err(|e| e.to_string()));
+    let mut spec = match read {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("moat-harness: cannot read spec {path}: {e}");
+            return None;
+        }
+    };
+    if std::env::var_os("MOAT_HARNESS_PIPED").is_some() {
+        spec.stdio = StdioMode::Piped;
+    }
+    Some(spec)
+}
+
+/// Sends `MOAT_HARNESS_SIGNAL` to the sandbox after
+/// `MOAT_HARNESS_SIGNAL_AFTER_MS`, when asked.
+fn signal_later(sandbox: &moat_runtime_native::Sandbox) {
+    let signal = std::env::var("MOAT_HARNESS_SIGNAL")
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok());
+    let after = std::env::var("MOAT_HARNESS_SIGNAL_AFTER_MS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    if let Some(sig) = signal {
+        let signaller = sandbox.signaller();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(after));
+            if let Err(e) = signaller.signal(sig) {
+                eprintln!("moat-harness: signal: {e}");
+            }
+        });
+    }
 }
 
 fn relay_lines(stream: impl Read, prefix: &str, to_stderr: bool) {

@@ -14,16 +14,12 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
     let workspace = super::resolve_workspace(args.path.as_deref())?;
     let detached_child = std::env::var_os(moat_run::DETACHED_CHILD).is_some();
-    if !detached_child {
-        super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
-    }
+    // Read once, used once trusted (see `run`).
+    let loaded = super::trust::load_trusted(ctx, &workspace, args.run.no_prompt, !detached_child)?;
     if args.detach && !detached_child {
         return super::run::detach(ctx);
     }
     let detached = args.detach || detached_child;
-    // Read once: the plan is made from these bytes, and the run opens
-    // only if the workspace still holds them.
-    let loaded = moat_config::load_with_source(&workspace)?;
     let config = loaded.as_ref().map(|l| &l.config);
     // A prompt is answered and printed; otherwise the agent talks with
     // the user, on a terminal when there is one.
@@ -36,9 +32,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         ctx.verbose,
     );
     let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
-    plan.config_used = loaded
-        .as_ref()
-        .map(|l| moat_trust::ConfigUsed::new(l.name, &l.bytes));
+    plan.config_used = loaded.as_ref().map(moat_trust::ConfigUsed::new);
     let opts = LaunchOptions {
         prompt: args.prompt.clone(),
         continue_last: args.continue_last,

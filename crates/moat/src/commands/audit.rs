@@ -7,12 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 use moat_audit::{verify_bundle_pinned, verify_run_log, Bundle, LogReport, VerifyOptions};
+use moat_report::{audit_json, audit_sections, audit_verdict, first_problem, RULE};
 use moat_storage::RunStore;
 
 use super::Context;
 use crate::cli::{AuditArgs, AuditCommand};
-
-const RULE: &str = "==================================================";
 
 pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
     if let Some(AuditCommand::Verify { file, key, trusted }) = args.command {
@@ -43,58 +42,73 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
     )
     .with_context(|| format!("reading the audit log of run {}", run.id))?;
 
-    if let Some(file) = args.export {
-        if !report.intact() {
-            bail!(
-                "the audit log of run {} fails verification ({}); it is not exported. \
-                 See the details with: moat audit {}",
-                run.id,
-                first_problem(&report),
-                run.id
-            );
+    match args.export {
+        Some(file) => export(&run.id, &log, &report, &file),
+        None => {
+            print_report(ctx, run.id.as_str(), &report, expected.is_some());
+            Ok(exit(&report))
         }
-        let entries = moat_audit::read_log(&log)?
-            .into_iter()
-            .filter_map(|(_, e)| e.ok())
-            .collect::<Vec<_>>();
-        let bundle = Bundle::new(entries, moat_audit::read_attestations(&log)?);
-        bundle
-            .write(&file)
-            .with_context(|| format!("writing {}", file.display()))?;
-        outln!(
-            "Exported {} entries and {} attestation(s) of run {} to {}",
-            bundle.entries.len(),
-            bundle.attestations.len(),
-            run.id,
-            file.display()
-        );
-        outln!(
-            "Verify it anywhere with: moat audit verify {}",
-            file.display()
-        );
-        return Ok(ExitCode::SUCCESS);
     }
+}
 
-    if ctx.json {
-        outln!("{}", report_json(run.id.as_str(), &report));
-    } else {
-        let mut out = format!("Auditing run: {}\n{RULE}\n", run.id);
-        let key_note = if expected.is_none() {
-            Some("installation public key not found; signatures checked against their own keys")
-        } else {
-            None
-        };
-        let whose = if expected.is_some() {
-            "this installation's key"
-        } else {
-            "not pinned: this installation's signing.pub is missing"
-        };
-        out.push_str(&sections(&report, "Local Signatures", key_note, whose));
-        out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
-        out.push_str(&verdict(&report));
-        out!("{out}");
+/// `moat audit RUN --export FILE`: an intact log and its attestations as
+/// a bundle anyone can verify.
+fn export(
+    run: &moat_storage::RunId,
+    log: &Path,
+    report: &LogReport,
+    file: &Path,
+) -> Result<ExitCode> {
+    if !report.intact() {
+        return Err(crate::hints::failure(
+            format!(
+                "the audit log of run {run} fails verification ({}); it is not exported",
+                first_problem(report)
+            ),
+            format!("See the details with: moat audit {run}"),
+        ));
     }
-    Ok(exit(&report))
+    let entries = moat_audit::read_log(log)?
+        .into_iter()
+        .filter_map(|(_, e)| e.ok())
+        .collect::<Vec<_>>();
+    let bundle = Bundle::new(entries, moat_audit::read_attestations(log)?);
+    bundle
+        .write(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    outln!(
+        "Exported {} entries and {} attestation(s) of run {run} to {}",
+        bundle.entries.len(),
+        bundle.attestations.len(),
+        file.display()
+    );
+    outln!(
+        "Verify it anywhere with: moat audit verify {}",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run's verification, as text or JSON. `pinned` says whether the
+/// installation's public key was there to check the signers against.
+fn print_report(ctx: &Context, run: &str, report: &LogReport, pinned: bool) {
+    if ctx.json {
+        outln!("{}", audit_json(run, report));
+        return;
+    }
+    let mut out = format!("Auditing run: {run}\n{RULE}\n");
+    let (key_note, whose) = if pinned {
+        (None, "this installation's key")
+    } else {
+        (
+            Some("installation public key not found; signatures checked against their own keys"),
+            "not pinned: this installation's signing.pub is missing",
+        )
+    };
+    out.push_str(&audit_sections(report, "Local Signatures", key_note, whose));
+    out.push_str("\nExternal Attestations (Sigstore/Rekor)\n  - No Rekor proofs found\n");
+    out.push_str(&audit_verdict(report));
+    out!("{out}");
 }
 
 fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> Result<ExitCode> {
@@ -117,19 +131,19 @@ fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> 
     };
     let report = verify_bundle_pinned(&bundle, pinned.as_deref());
     if ctx.json {
-        outln!("{}", report_json(&file.display().to_string(), &report));
+        outln!("{}", audit_json(&file.display().to_string(), &report));
         return Ok(exit(&report));
     }
     let mut out = format!("Verifying bundle: {}\n{RULE}\n", file.display());
     if let Some(run) = &report.run_id {
         let _ = writeln!(out, "Run: {run}");
     }
-    out.push_str(&sections(&report, "Signatures", None, whose));
+    out.push_str(&audit_sections(&report, "Signatures", None, whose));
     // A forged bundle signed by another key: name the key that signed.
     if let Some(moat_audit::SignatureError::UnknownKey { key, .. }) = &report.signature {
         let _ = writeln!(out, "  - Signed by {key}, not by the pinned key");
     }
-    out.push_str(&verdict(&report));
+    out.push_str(&audit_verdict(&report));
     out!("{out}");
     Ok(exit(&report))
 }
@@ -163,114 +177,6 @@ fn installation_key(ctx: &Context) -> Result<Option<Vec<u8>>> {
             path.display()
         ),
     }
-}
-
-fn sections(report: &LogReport, signatures: &str, key_note: Option<&str>, whose: &str) -> String {
-    let mut out = String::from("Log Integrity\n");
-    match &report.chain {
-        None => {
-            let _ = writeln!(
-                out,
-                "  [ok] Hash chain: {} entries, no gaps, all hashes valid",
-                report.entries
-            );
-        }
-        Some(e) => {
-            let _ = writeln!(out, "  [FAIL] Hash chain: {e}");
-        }
-    }
-    let _ = write!(out, "\n{signatures}\n");
-    match &report.signature {
-        Some(e) => {
-            let _ = writeln!(out, "  [FAIL] {e}");
-        }
-        None if report.attestations == 0 => {
-            out.push_str(
-                "  [warn] No attestations: the log is sealed when its run ends; \
-                 until then removing its last entries cannot be detected\n",
-            );
-        }
-        None => {
-            let _ = writeln!(
-                out,
-                "  [ok] {} attestation(s), all signatures valid",
-                report.attestations
-            );
-            if report.unsigned_after > 0 {
-                let _ = writeln!(
-                    out,
-                    "  [warn] {} entries after the last attestation are not signed yet",
-                    report.unsigned_after
-                );
-            }
-        }
-    }
-    for signer in &report.signers {
-        let _ = writeln!(out, "  - Signed by {signer} ({whose})");
-    }
-    if report.unbound {
-        out.push_str(
-            "  [warn] No record names its run (a log from an older moat): it cannot be \
-             told apart from another run's log\n",
-        );
-    }
-    if let Some(note) = key_note {
-        let _ = writeln!(out, "  - {note}");
-    }
-    out
-}
-
-/// The problem the verdict names: the first broken record, unless it is
-/// a record cut short that the seal says was whole (then the seal's).
-fn first_problem(report: &LogReport) -> String {
-    let cut_short = matches!(
-        report.chain,
-        Some(moat_audit::ChainError::Incomplete { .. })
-    );
-    if cut_short && !report.incomplete() {
-        if let Some(signature) = &report.signature {
-            return signature.to_string();
-        }
-    }
-    report
-        .chain
-        .as_ref()
-        .map(ToString::to_string)
-        .or_else(|| report.signature.as_ref().map(ToString::to_string))
-        .unwrap_or_default()
-}
-
-fn verdict(report: &LogReport) -> String {
-    if report.intact() {
-        format!("{RULE}\nVERDICT: [ok] INTACT - No tampering detected\n")
-    } else if report.incomplete() {
-        format!(
-            "{RULE}\nVERDICT: [FAIL] INCOMPLETE - {}; the records before it verify\n",
-            first_problem(report)
-        )
-    } else {
-        format!(
-            "{RULE}\nVERDICT: [FAIL] TAMPERED - {}\n",
-            first_problem(report)
-        )
-    }
-}
-
-fn report_json(subject: &str, report: &LogReport) -> String {
-    serde_json::json!({
-        "subject": subject,
-        "intact": report.intact(),
-        "incomplete": report.incomplete(),
-        "run_id": report.run_id,
-        "signers": report.signers,
-        "entries": report.entries,
-        "last_hash": report.last_hash,
-        "attestations": report.attestations,
-        "unsigned_after": report.unsigned_after,
-        "chain_error": report.chain.as_ref().map(ToString::to_string),
-        "signature_error": report.signature.as_ref().map(ToString::to_string),
-    })
-    .to_string()
 }
 
 fn exit(report: &LogReport) -> ExitCode {

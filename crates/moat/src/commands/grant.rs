@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use moat_credentials::source::{self, SourceOptions};
 use moat_credentials::HeaderSafe as _;
 use moat_credentials::{
-    validate, Credential, CredentialStore, GrantName, ProviderRegistry, ProviderSpec, Validation,
+    format_time, grant_display_name, Checked, CredentialStore, GrantName, GrantRow,
+    ProviderRegistry, ProviderSpec,
 };
-use serde::Serialize;
 
 use super::{block_on, Context};
 use crate::cli::{GrantArgs, GrantCommand, RevokeArgs};
@@ -70,47 +70,28 @@ pub fn grant(ctx: &Context, args: GrantArgs) -> Result<ExitCode> {
                 &opts,
             )?;
             obtained.secret.check_header_safe(&grant.grant_command())?;
-            errln!("Using {} from {}", secret_noun(spec), obtained.origin);
+            errln!("Using {} from {}", spec.kind.secret_noun(), obtained.origin);
             if !args.no_validate {
-                validate_into(spec, &mut obtained)?;
+                check(spec, &mut obtained)?;
             }
             store_obtained(ctx, &grant, obtained, spec.kind)
         }
     }
 }
 
-fn secret_noun(spec: &ProviderSpec) -> &'static str {
-    match spec.kind {
-        moat_credentials::ProviderKind::ApiKey => "API key",
-        moat_credentials::ProviderKind::Token => "token",
-        moat_credentials::ProviderKind::Oauth => "OAuth token",
-    }
-}
-
-fn validate_into(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result<()> {
-    let Some(check) = validate::by_provider(&spec.name, &obtained.secret) else {
-        return Ok(());
-    };
-    let outcome = block_on(check)??;
-    match outcome {
-        Validation::Valid { identity, scopes } => {
-            if let Some(login) = identity {
-                errln!("Authenticated as: {login}");
-                obtained.metadata.insert("login".into(), login);
-            } else {
-                errln!("Validated {} with its API", spec.name);
-            }
-            if !scopes.is_empty() {
-                obtained.scopes = scopes;
-            }
-        }
-        Validation::Unreachable(why) => {
-            errln!(
-                "Warning: could not validate the {} {} ({why}); storing it anyway.",
-                spec.name,
-                secret_noun(spec)
-            );
-        }
+/// Checks a new secret with its provider's API, saying what was found.
+fn check(spec: &ProviderSpec, obtained: &mut source::Obtained) -> Result<()> {
+    match block_on(moat_credentials::check_obtained(spec, obtained))?? {
+        Checked::NotChecked => {}
+        Checked::Accepted {
+            account: Some(login),
+        } => errln!("Authenticated as: {login}"),
+        Checked::Accepted { account: None } => errln!("Validated {} with its API", spec.name),
+        Checked::Unreachable(why) => errln!(
+            "Warning: could not validate the {} {} ({why}); storing it anyway.",
+            spec.name,
+            spec.kind.secret_noun()
+        ),
     }
     Ok(())
 }
@@ -121,21 +102,8 @@ fn store_obtained(
     obtained: source::Obtained,
     kind: moat_credentials::ProviderKind,
 ) -> Result<ExitCode> {
-    let Some(stem) = grant.file_stem() else {
-        bail!("{grant} holds no secret");
-    };
-    obtained.secret.check_header_safe(&grant.grant_command())?;
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
-    let mut credential = Credential::new(&stem, obtained.secret, obtained.source);
-    credential.kind = kind;
-    credential.expires_at = obtained.expires_at;
-    credential.scopes = obtained.scopes;
-    credential.metadata = obtained.metadata;
-    credential
-        .metadata
-        .insert("origin".into(), obtained.origin.clone());
-    let path = store.save(&credential)?;
-    let key = store.key()?;
+    let stored = store.store_obtained(grant, obtained, kind)?;
     let profile = match &ctx.profile {
         Some(p) => format!(" in profile {p}"),
         None => String::new(),
@@ -143,57 +111,21 @@ fn store_obtained(
     outln!("Granted {grant}{profile}.");
     errln!(
         "Stored encrypted at {} (key: {}).",
-        path.display(),
-        key.backend()
+        stored.path.display(),
+        stored.key_backend
     );
-    if let Some(exp) = credential.expires_at {
+    if let Some(exp) = stored.expires_at {
         errln!("The token expires {}.", format_time(exp));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct ListRow {
-    provider: String,
-    profile: String,
-    kind: Option<String>,
-    source: Option<String>,
-    granted_at: Option<DateTime<Utc>>,
-    expires_at: Option<DateTime<Utc>>,
-    status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 fn list(ctx: &Context) -> Result<ExitCode> {
     let store = CredentialStore::new(ctx.home.clone(), ctx.profile.clone());
-    let now = Utc::now();
-    let rows: Vec<ListRow> = store
-        .list()?
+    let rows: Vec<GrantRow> = store
+        .grant_rows(ctx.profile_name(), Utc::now())?
         .into_iter()
-        .map(|entry| match entry.credential {
-            Ok(c) => ListRow {
-                provider: display_provider(&entry.provider),
-                profile: ctx.profile_name().to_string(),
-                kind: Some(c.kind.to_string()),
-                source: Some(c.source.to_string()),
-                granted_at: Some(c.granted_at),
-                expires_at: c.expires_at,
-                status: if c.is_expired(now) { "expired" } else { "ok" }.to_string(),
-                error: None,
-            },
-            Err(e) => ListRow {
-                provider: display_provider(&entry.provider),
-                profile: ctx.profile_name().to_string(),
-                kind: None,
-                source: None,
-                granted_at: None,
-                expires_at: None,
-                status: "unreadable".to_string(),
-                error: Some(e.to_string()),
-            },
-        })
-        .chain(super::ssh::grants(ctx)?.into_iter().map(|g| ListRow {
+        .chain(super::ssh::grants(ctx)?.into_iter().map(|g| GrantRow {
             provider: format!("ssh:{}", g.host),
             profile: ctx.profile_name().to_string(),
             kind: Some("ssh-key".into()),
@@ -242,13 +174,6 @@ fn list(ctx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn display_provider(stem: &str) -> String {
-    match stem.strip_prefix("mcp-") {
-        Some(name) => format!("mcp:{name}"),
-        None => stem.to_string(),
-    }
-}
-
 fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<ExitCode> {
     let grant = GrantName::parse(provider)?;
     let Some(stem) = grant.file_stem() else {
@@ -260,15 +185,9 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
         GrantName::Provider(name) => registry.get(name),
         _ => None,
     };
-    let hint = c.secret.hint();
-    let token = if hint.is_empty() {
-        "****".to_string()
-    } else {
-        format!("****{hint}")
-    };
     if ctx.json {
         let value = serde_json::json!({
-            "provider": display_provider(&stem),
+            "provider": grant_display_name(&stem),
             "profile": ctx.profile_name(),
             "kind": c.kind.to_string(),
             "source": c.source.to_string(),
@@ -277,50 +196,13 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
             "expires_at": c.expires_at,
             "scopes": c.scopes,
             "account": c.metadata.get("login"),
-            "token": token,
+            "token": moat_credentials::masked(&c),
             "hosts": spec.map(|s| s.host_patterns()).unwrap_or_default(),
         });
         outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut lines = vec![
-        ("Provider", display_provider(&stem)),
-        ("Profile", ctx.profile_name().to_string()),
-        ("Type", c.kind.to_string()),
-        (
-            "Source",
-            match c.metadata.get("origin") {
-                Some(o) => format!("{} ({o})", c.source),
-                None => c.source.to_string(),
-            },
-        ),
-        ("Granted", format_time(c.granted_at)),
-        (
-            "Expires",
-            c.expires_at
-                .map(format_time)
-                .unwrap_or_else(|| "never".into()),
-        ),
-    ];
-    if let Some(login) = c.metadata.get("login") {
-        lines.push(("Account", login.clone()));
-    }
-    if !c.scopes.is_empty() {
-        lines.push(("Scopes", c.scopes.join(", ")));
-    }
-    lines.push(("Token", token));
-    if let Some(spec) = spec {
-        let hosts: Vec<String> = spec
-            .hosts
-            .iter()
-            .map(|h| {
-                let names: Vec<&str> = h.headers.iter().map(|x| x.name.as_str()).collect();
-                format!("{} ({})", h.host, names.join(", "))
-            })
-            .collect();
-        lines.push(("Injects", hosts.join("; ")));
-    }
-    for (k, v) in lines {
+    for (k, v) in moat_credentials::describe(&stem, ctx.profile_name(), &c, spec) {
         outln!("{:<9} {v}", format!("{k}:"));
     }
     if c.is_expired(Utc::now()) {
@@ -388,8 +270,4 @@ pub fn revoke(ctx: &Context, args: RevokeArgs) -> Result<ExitCode> {
     };
     outln!("Revoked {grant}{profile}.");
     Ok(ExitCode::SUCCESS)
-}
-
-fn format_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M UTC").to_string()
 }

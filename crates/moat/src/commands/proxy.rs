@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use moat_daemon::{DaemonClient, DaemonConfig, Request, Response, StartOptions};
+use moat_daemon::{DaemonClient, DaemonConfig, StartOptions};
 
 use super::{block_on, Context};
 use crate::cli::{ProxyArgs, ProxyCommand};
@@ -72,8 +72,8 @@ fn status(ctx: &Context) -> Result<ExitCode> {
     let Some(client) = block_on(DaemonClient::connect_existing(&ctx.home))?? else {
         return not_running();
     };
-    let response = match block_on(client.request(&Request::Status))? {
-        Ok(response) => response,
+    let status = match block_on(client.status())? {
+        Ok(status) => status,
         // A daemon at the end of its idle time may exit between the
         // connection and the answer: then it is simply not running.
         Err(e) => match block_on(DaemonClient::connect_existing(&ctx.home))?? {
@@ -81,49 +81,10 @@ fn status(ctx: &Context) -> Result<ExitCode> {
             Some(_) => return Err(e.into()),
         },
     };
-    let Response::Status {
-        pid,
-        port,
-        version,
-        started_at,
-        runs,
-        idle_exit_in_secs,
-    } = response
-    else {
-        anyhow::bail!("proxy daemon: unexpected answer to status: {response:?}");
-    };
     if ctx.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "running": true,
-                "pid": pid,
-                "port": port,
-                "version": version,
-                "started_at": started_at,
-                "runs": runs,
-                "idle_exit_in_secs": idle_exit_in_secs,
-            }))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let uptime = (chrono::Utc::now() - started_at).num_seconds().max(0);
-    outln!("Proxy daemon: running");
-    outln!("  PID:     {pid}");
-    outln!("  Port:    {port}");
-    outln!("  Version: {version}");
-    outln!("  Uptime:  {uptime}s");
-    outln!("  Runs:    {}", runs.len());
-    for r in &runs {
-        let grants = if r.grants.is_empty() {
-            "no grants".to_string()
-        } else {
-            r.grants.join(", ")
-        };
-        outln!("    {}  {}  {}", r.run_id, r.policy, grants);
-    }
-    if let Some(secs) = idle_exit_in_secs {
-        outln!("  Idle:    exits in {secs}s unless a run starts");
+        outln!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        out!("{}", status.render(chrono::Utc::now()));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,21 +13,18 @@ use moat_run::DETACHED_CHILD;
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
     let workspace = super::resolve_workspace(args.path.as_deref())?;
-    // moat.yaml is only read once it is trusted. The background supervisor
-    // of `run -d` was checked by its parent, which can still ask the user;
-    // `moat_run::execute` re-checks under the trust lock as it opens the run.
-    if !detached_child {
-        super::trust::ensure_trusted(ctx, &workspace, args.run.no_prompt)?;
-    }
+    // moat.yaml is read once, and used only once it is trusted. The
+    // background supervisor of `run -d` was checked by its parent, which
+    // can still ask the user; `moat_run::execute` re-checks under the
+    // trust lock as it opens the run. The plan is made from these bytes,
+    // and the run opens only if the workspace still holds them.
+    let loaded = super::trust::load_trusted(ctx, &workspace, args.run.no_prompt, !detached_child)?;
     if args.detach && !detached_child {
         return detach(ctx);
     }
     // The background supervisor of `run -d` is this same command without
     // `-d`, marked by the environment.
     let detached = args.detach || detached_child;
-    // Read once: the plan is made from these bytes, and the run opens
-    // only if the workspace still holds them.
-    let loaded = moat_config::load_with_source(&workspace)?;
     let config = loaded.as_ref().map(|l| &l.config);
     let flags = args.run.flags(
         args.command.clone(),
@@ -36,7 +33,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         ctx.verbose,
     );
     let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
-    plan.config_used = loaded.map(|l| moat_trust::ConfigUsed::new(l.name, &l.bytes));
+    plan.config_used = loaded.as_ref().map(moat_trust::ConfigUsed::new);
     execute(ctx, &plan)
 }
 

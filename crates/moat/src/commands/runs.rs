@@ -22,7 +22,10 @@ fn store(ctx: &Context) -> RunStore {
 fn runs(store: &RunStore) -> Result<Vec<RunMetadata>> {
     let (mut runs, damaged) = store.list()?;
     for d in damaged {
-        errln!("Warning: {d}");
+        match moat_hint::Hint::hint(&d) {
+            Some(fix) => errln!("Warning: {d}. {fix}"),
+            None => errln!("Warning: {d}"),
+        }
     }
     for run in &mut runs {
         RunStore::reconcile_view(run);
@@ -41,39 +44,10 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
         outln!("No runs. Start one with: moat run -- <command>");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = runs
-        .iter()
-        .map(|r| {
-            vec![
-                r.name.clone(),
-                r.id.to_string(),
-                r.runtime.clone(),
-                r.state.to_string(),
-                age(r),
-                r.exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
-        table(
-            &["NAME", "RUN ID", "RUNTIME", "STATE", "AGE", "EXIT"],
-            &rows
-        )
-    );
+    let now = Utc::now();
+    let rows: Vec<Vec<String>> = runs.iter().map(|r| moat_report::run_row(r, now)).collect();
+    out!("{}", table(&moat_report::RUN_COLUMNS, &rows));
     Ok(ExitCode::SUCCESS)
-}
-
-fn age(r: &RunMetadata) -> String {
-    let secs = (Utc::now() - r.created_at).num_seconds().max(0);
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
-    }
 }
 
 pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
@@ -122,28 +96,14 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> Result<ExitCode> {
     }
 }
 
-/// The output of the run's service sidecars (saved when the run ended or
-/// a sidecar failed), the last `lines` lines of each.
+/// The output of the run's service sidecars, the last `lines` lines of
+/// each.
 fn print_service_logs(out: &mut impl Write, dir: &std::path::Path, lines: usize) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    let mut logs: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    for path in logs {
-        let service = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let all: Vec<&str> = text.lines().collect();
+    let logs = moat_storage::read_service_logs(dir, lines)
+        .with_context(|| format!("reading the service logs in {}", dir.display()))?;
+    for (service, tail) in logs {
         writeln!(out, "--- service {service} ---")?;
-        for line in &all[all.len().saturating_sub(lines)..] {
+        for line in tail {
             writeln!(out, "{service} | {line}")?;
         }
     }

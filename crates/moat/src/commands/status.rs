@@ -8,20 +8,6 @@ use moat_storage::RunStore;
 
 use super::{block_on, Context};
 
-fn dir_size(path: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
-}
-
 pub fn status(ctx: &Context) -> Result<ExitCode> {
     let runtimes = moat_run::runtime_statuses();
     let daemon = block_on(DaemonClient::connect_existing(&ctx.home))?
@@ -35,7 +21,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
         RunStore::reconcile_view(r);
     }
     let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
-    let disk = dir_size(&ctx.home.runs_dir());
+    let disk = moat_home::dir_size(&ctx.home.runs_dir());
 
     if ctx.json {
         let value = serde_json::json!({
@@ -50,7 +36,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
             "active_runs": active.iter().map(|r| serde_json::json!({
                 "name": r.name, "id": r.id, "runtime": r.runtime, "state": r.state,
                 "started_at": r.started_at,
-                "disk_bytes": dir_size(&store.dir(&r.id)),
+                "disk_bytes": moat_home::dir_size(&store.dir(&r.id)),
             })).collect::<Vec<_>>(),
             "total_runs": runs.len(),
             "total_disk_bytes": disk,
@@ -88,7 +74,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
                 r.name,
                 r.id,
                 r.runtime,
-                dir_size(&store.dir(&r.id)) as f64 / 1e6
+                moat_home::dir_size(&store.dir(&r.id)) as f64 / 1e6
             );
         }
     }

@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::Context;
 use crate::cli::TrustArgs;
@@ -14,7 +14,12 @@ use crate::cli::TrustArgs;
 /// accepts the workspace as it is now.
 pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
     let workspace = super::resolve_workspace(args.path.as_deref())?;
-    let accepted = moat_trust::accept(&ctx.home, &workspace, None)?;
+    // Read once: fingerprinted with what it mounts, then shown below. One
+    // that does not load has no mount sources (the trust check reported
+    // it).
+    let loaded = moat_config::load_with_source(&workspace).ok().flatten();
+    let used = loaded.as_ref().map(moat_trust::ConfigUsed::new);
+    let accepted = moat_trust::accept(&ctx.home, &workspace, used.as_ref(), None)?;
     let ws = workspace.display();
     if accepted.first_use {
         outln!("Trusted {ws} as it is now: its moat.yaml, .moat/ and mount sources (first use).");
@@ -26,19 +31,14 @@ pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
             moat_trust::changes_text(&accepted.changes)
         );
     }
-    print_protected(&workspace);
+    let allowed = loaded.map(|l| l.config.allow_write).unwrap_or_default();
+    print_protected(&workspace, &allowed);
     Ok(ExitCode::SUCCESS)
 }
 
 /// What runs of `workspace` see read-only, and how to let one write.
-fn print_protected(workspace: &Path) {
-    // A moat.yaml that does not load was reported by the trust check.
-    let allowed = moat_config::load(workspace)
-        .ok()
-        .flatten()
-        .map(|c| c.allow_write)
-        .unwrap_or_default();
-    let existing = match moat_run::protected_now(workspace, &allowed) {
+fn print_protected(workspace: &Path, allowed: &[std::path::PathBuf]) {
+    let existing = match moat_run::protected_now(workspace, allowed) {
         Ok(paths) => paths,
         Err(e) => {
             outln!("Protected paths: {e}");
@@ -70,10 +70,37 @@ fn print_protected(workspace: &Path) {
     );
 }
 
+/// Reads the workspace's config file once for a run and, when `check`,
+/// refuses it if it changed during a run, unless the user, asked at a
+/// terminal, accepts the changes. The config is returned only once
+/// trusted: one that does not load is reported after the check, so a
+/// change made during a run shows as that, whatever it broke.
+pub(super) fn load_trusted(
+    ctx: &Context,
+    workspace: &Path,
+    no_prompt: bool,
+    check: bool,
+) -> Result<Option<moat_config::LoadedConfig>> {
+    let loaded = moat_config::load_with_source(workspace);
+    if check {
+        let used = match &loaded {
+            Ok(Some(loaded)) => Some(moat_trust::ConfigUsed::new(loaded)),
+            Ok(None) | Err(_) => None,
+        };
+        ensure_trusted(ctx, workspace, used.as_ref(), no_prompt)?;
+    }
+    Ok(loaded?)
+}
+
 /// Refuses a workspace whose configuration changed during a run, unless
 /// the user, asked at a terminal, accepts the changes.
-pub(super) fn ensure_trusted(ctx: &Context, workspace: &Path, no_prompt: bool) -> Result<()> {
-    let review = match moat_trust::check(&ctx.home, workspace) {
+fn ensure_trusted(
+    ctx: &Context,
+    workspace: &Path,
+    used: Option<&moat_trust::ConfigUsed>,
+    no_prompt: bool,
+) -> Result<()> {
+    let review = match moat_trust::check(&ctx.home, workspace, used) {
         Ok(why) => {
             tracing::debug!(?why, workspace = %workspace.display(), "configuration trusted");
             return Ok(());
@@ -96,12 +123,15 @@ pub(super) fn ensure_trusted(ctx: &Context, workspace: &Path, no_prompt: bool) -
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     if !matches!(answer.trim(), "y" | "Y" | "yes") {
-        bail!(
-            "not trusted, so nothing was run. Review the changes, then run\n  moat trust {}\nor \
-             restore the version you accepted.",
-            workspace.display()
-        );
+        return Err(crate::hints::failure(
+            "not trusted, so nothing was run.",
+            format!(
+                "Review the changes, then run\n  moat trust {}\nor restore the version you \
+                 accepted.",
+                workspace.display()
+            ),
+        ));
     }
-    moat_trust::accept(&ctx.home, workspace, Some(&review.digest))?;
+    moat_trust::accept(&ctx.home, workspace, used, Some(&review.digest))?;
     Ok(())
 }
