@@ -40,7 +40,7 @@ const STATE_IN_SANDBOX: &str = "/var/lib/moat/agent-state";
 #[derive(Debug, thiserror::Error)]
 pub enum AgentRunError {
     /// No grant serves the agent.
-    #[error("{agent} needs a credential, and none is granted.\nTo fix:\n{}\nThen run again.", fixes.iter().map(|f| format!("  moat grant {f}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{agent} needs a credential, and none is granted.")]
     NoGrant {
         /// The agent's command.
         agent: &'static str,
@@ -66,6 +66,45 @@ pub enum AgentRunError {
     },
 }
 
+/// Adds the agent's npm package, and Node.js to run it, to the image's
+/// dependencies unless moat.yaml has them (at whatever version it asks).
+fn install_in_image(image: &mut moat_sandbox::ImageRecipe, agent: &dyn Agent) {
+    use moat_config::{Dependency, DependencyKind};
+    let deps = &mut image.dependencies;
+    let wanted = [
+        (DependencyKind::Registry, "node"),
+        (DependencyKind::Npm, agent.npm_package()),
+    ];
+    for (kind, name) in wanted {
+        if !deps.iter().any(|d| d.kind == kind && d.name == name) {
+            deps.push(Dependency {
+                kind,
+                name: name.to_owned(),
+                version: None,
+            });
+        }
+    }
+}
+
+impl moat_hint::Hint for AgentRunError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            AgentRunError::NoGrant { fixes, .. } => {
+                let grants: Vec<String> =
+                    fixes.iter().map(|f| format!("  moat grant {f}")).collect();
+                Some(moat_hint::Fix::new(format!(
+                    "To fix:\n{}\nThen run again.",
+                    grants.join("\n")
+                )))
+            }
+            AgentRunError::Stage(_)
+            | AgentRunError::Install(_)
+            | AgentRunError::Credentials(_)
+            | AgentRunError::Dir { .. } => None,
+        }
+    }
+}
+
 /// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime, with
 /// the agent's section of moat.yaml (`Null` when there is none).
 pub fn plan_agent(
@@ -78,40 +117,8 @@ pub fn plan_agent(
 ) -> Result<(), AgentRunError> {
     let grant = choose_grant(home, plan, agent)?;
     let registry = ProviderRegistry::load(&home.providers_file())?;
-    let placeholder = registry
-        .get(grant)
-        .and_then(|p| p.placeholder.as_ref())
-        .map(|p| p.value.clone())
-        .unwrap_or_default();
-    let placeholders: Vec<(String, String)> = plan
-        .grants
-        .iter()
-        .filter_map(|g| match g {
-            GrantName::Provider(name) => registry
-                .get(name)
-                .and_then(|p| p.placeholder.as_ref())
-                .map(|p| (name.clone(), p.value.clone())),
-            _ => None,
-        })
-        .collect();
-
-    let program = if driver.uses_host_programs() {
-        let source = locate(agent)?;
-        if let AgentSource::Package { dir, .. } = &source {
-            mount_over(plan, dir.clone(), AGENT_DIR_IN_SANDBOX, true);
-        }
-        source.program_in_sandbox().to_string_lossy().into_owned()
-    } else {
-        let package = format!("npm:{}", agent.npm_package());
-        let deps = &mut plan.image.dependencies;
-        if !deps.iter().any(|d| d == "node" || d.starts_with("node@")) {
-            deps.push("node".into());
-        }
-        if !deps.iter().any(|d| d.starts_with(&package)) {
-            deps.push(package);
-        }
-        agent.binary().to_owned()
-    };
+    let (placeholder, placeholders) = placeholders(&registry, plan, grant);
+    let program = program(driver, agent, plan)?;
 
     // The relay's address and the run's token exist only once the run is
     // registered: the files carry markers the command replaces at start.
@@ -141,33 +148,110 @@ pub fn plan_agent(
         section,
     };
     let mut launch = moat_agents::launch(agent, &ctx, opts)?;
-    // The agent's own state, kept per workspace where the home's files
-    // can be kept (the caller's uid writes them): last run's, under ours.
-    let kept = match agent.kept_state() {
-        Some(kept) if driver.uses_host_programs() => {
-            let dir = workspace_dir("agent-state", agent, &plan.workspace)?;
-            let staged_path = sandbox_home.join(kept.file);
-            if let Some(file) = launch.files.iter_mut().find(|f| f.path == staged_path) {
-                if let (Ok(staged), Some(previous)) = (
-                    serde_json::from_slice::<serde_json::Value>(&file.contents),
-                    read_kept(&dir.join(kept_name(&kept))),
-                ) {
-                    let merged = kept.merge(&previous, &staged);
-                    file.contents =
-                        serde_json::to_vec_pretty(&merged).unwrap_or(file.contents.clone());
-                }
-            }
-            mount_over(plan, dir, STATE_IN_SANDBOX, false);
-            Some(kept)
-        }
-        _ => None,
-    };
+    let kept = keep_state(driver, agent, plan, &sandbox_home, &mut launch.files)?;
+    let copies = stage_files(plan, launch.files, &sandbox_home);
+    let setup = setup_script(driver, agent, plan, &copies, !relays.is_empty(), kept)?;
+    let mut command = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        setup,
+        format!("moat-{}", agent.name()),
+    ];
+    command.extend(launch.argv);
+    plan.command = command;
+    for (k, v) in launch.env {
+        plan.env.retain(|(name, _)| name != &k);
+        plan.env.push((k, v));
+    }
+    if !plan.grants.iter().any(|g| g.to_string() == grant) {
+        plan.grants.push(GrantName::Provider(grant.to_owned()));
+    }
+    Ok(())
+}
 
-    // Staged files wait, readable, outside the home; the wrapper copies
-    // them in as the sandbox user.
+/// The placeholder of the agent's grant, and those of the run's provider
+/// grants, by provider.
+fn placeholders(
+    registry: &ProviderRegistry,
+    plan: &RunPlan,
+    grant: &str,
+) -> (String, Vec<(String, String)>) {
+    let placeholder = registry
+        .get(grant)
+        .and_then(|p| p.placeholder.as_ref())
+        .map(|p| p.value.clone())
+        .unwrap_or_default();
+    let placeholders: Vec<(String, String)> = plan
+        .grants
+        .iter()
+        .filter_map(|g| match g {
+            GrantName::Provider(name) => registry
+                .get(name)
+                .and_then(|p| p.placeholder.as_ref())
+                .map(|p| (name.clone(), p.value.clone())),
+            _ => None,
+        })
+        .collect();
+    (placeholder, placeholders)
+}
+
+/// The agent's executable inside: the host's install, mounted, when the
+/// runtime uses the host's programs; else installed in the image.
+fn program(
+    driver: &dyn SandboxDriver,
+    agent: &dyn Agent,
+    plan: &mut RunPlan,
+) -> Result<String, AgentRunError> {
+    if driver.uses_host_programs() {
+        let source = locate(agent)?;
+        if let AgentSource::Package { dir, .. } = &source {
+            mount_over(plan, dir.clone(), AGENT_DIR_IN_SANDBOX, true);
+        }
+        Ok(source.program_in_sandbox().to_string_lossy().into_owned())
+    } else {
+        install_in_image(&mut plan.image, agent);
+        Ok(agent.binary().to_owned())
+    }
+}
+
+/// The agent's own state, kept per workspace where the home's files can
+/// be kept (the caller's uid writes them): last run's merged under the
+/// staged file, and its directory mounted.
+fn keep_state(
+    driver: &dyn SandboxDriver,
+    agent: &dyn Agent,
+    plan: &mut RunPlan,
+    sandbox_home: &Path,
+    files: &mut [moat_agents::StagedFile],
+) -> Result<Option<moat_agents::KeptState>, AgentRunError> {
+    let Some(kept) = agent.kept_state().filter(|_| driver.uses_host_programs()) else {
+        return Ok(None);
+    };
+    let dir = workspace_dir("agent-state", agent, &plan.workspace)?;
+    let staged_path = sandbox_home.join(kept.file);
+    if let Some(file) = files.iter_mut().find(|f| f.path == staged_path) {
+        if let (Ok(staged), Some(previous)) = (
+            serde_json::from_slice::<serde_json::Value>(&file.contents),
+            read_kept(&dir.join(kept_name(&kept))),
+        ) {
+            let merged = kept.merge(&previous, &staged);
+            file.contents = serde_json::to_vec_pretty(&merged).unwrap_or(file.contents.clone());
+        }
+    }
+    mount_over(plan, dir, STATE_IN_SANDBOX, false);
+    Ok(Some(kept))
+}
+
+/// Staged files wait, readable, outside the home; the wrapper copies them
+/// in as the sandbox user. Returns their paths relative to the home.
+fn stage_files(
+    plan: &mut RunPlan,
+    files: Vec<moat_agents::StagedFile>,
+    sandbox_home: &Path,
+) -> Vec<PathBuf> {
     let mut copies = Vec::new();
-    for file in launch.files {
-        let Ok(relative) = file.path.strip_prefix(&sandbox_home) else {
+    for file in files {
+        let Ok(relative) = file.path.strip_prefix(sandbox_home) else {
             continue;
         };
         copies.push(relative.to_owned());
@@ -177,10 +261,23 @@ pub fn plan_agent(
             mode: 0o644,
         });
     }
+    copies
+}
 
+/// The shell the agent starts in: copy the staged home, fill in the proxy
+/// markers, link the kept sessions, then run the agent (and keep its state
+/// once it exits).
+fn setup_script(
+    driver: &dyn SandboxDriver,
+    agent: &dyn Agent,
+    plan: &mut RunPlan,
+    copies: &[PathBuf],
+    has_relays: bool,
+    kept: Option<moat_agents::KeptState>,
+) -> Result<String, AgentRunError> {
     let mut setup = String::from("umask 077\nmkdir -p \"$HOME\"\n");
     setup.push_str(&format!("cp -R {STAGING_IN_SANDBOX}/. \"$HOME\"/\n"));
-    if !relays.is_empty() {
+    if has_relays {
         let files: Vec<String> = copies
             .iter()
             .map(|c| format!("\"$HOME/{}\"", c.display()))
@@ -214,22 +311,7 @@ pub fn plan_agent(
         }
         None => setup.push_str("exec \"$@\""),
     }
-    let mut command = vec![
-        "/bin/sh".to_owned(),
-        "-c".to_owned(),
-        setup,
-        format!("moat-{}", agent.name()),
-    ];
-    command.extend(launch.argv);
-    plan.command = command;
-    for (k, v) in launch.env {
-        plan.env.retain(|(name, _)| name != &k);
-        plan.env.push((k, v));
-    }
-    if !plan.grants.iter().any(|g| g.to_string() == grant) {
-        plan.grants.push(GrantName::Provider(grant.to_owned()));
-    }
-    Ok(())
+    Ok(setup)
 }
 
 /// The first of the agent's grants the run names, else the first one the

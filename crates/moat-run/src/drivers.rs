@@ -37,7 +37,7 @@ struct Entry {
 fn container(engine: Engine, probe: Probe) -> Result<Box<dyn SandboxDriver>, DriverError> {
     ContainerDriver::connect(engine, probe == Probe::Run)
         .map(|d| Box::new(d) as Box<dyn SandboxDriver>)
-        .map_err(DriverError::runtime)
+        .map_err(DriverError::hinted)
 }
 
 const RUNTIMES: &[Entry] = &[
@@ -74,33 +74,70 @@ const RUNTIMES: &[Entry] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SelectionError {
     /// The runtime asked for cannot be used.
-    #[error(
-        "{title} runtime requested (via MOAT_RUNTIME or moat.yaml) but not available: {cause}\n\
-         \n\
-         To use another runtime: unset MOAT_RUNTIME (and remove `runtime: {name}` from moat.yaml)"
-    )]
+    #[error("{title} runtime requested (via MOAT_RUNTIME or moat.yaml) but not available")]
     RequestedButUnavailable {
         /// As messages name it.
         title: &'static str,
         /// As users write it.
         name: &'static str,
         /// The runtime's own explanation, with its fix.
-        cause: String,
+        #[source]
+        error: DriverError,
     },
     /// Apple containers, asked for on a machine that has none.
-    #[error(
-        "Apple containers are only available on macOS 26 or later; on this machine use \
-         --runtime native, --runtime docker or --runtime podman (or unset MOAT_RUNTIME)"
-    )]
+    #[error("Apple containers are only available on macOS 26 or later")]
     AppleUnavailable,
     /// Nothing can run sandboxes here.
-    #[error("no runtime available: {0}")]
-    NoneAvailable(String),
+    #[error("no runtime available: {}", unavailable_list(.0))]
+    NoneAvailable(Vec<Unavailable>),
     /// A name no runtime has.
-    #[error(
-        "unknown runtime {0:?}: use native, docker, podman or apple (from --runtime, MOAT_RUNTIME or moat.yaml)"
-    )]
+    #[error("unknown runtime {0:?} (from --runtime, MOAT_RUNTIME or moat.yaml)")]
     Unknown(String),
+}
+
+impl moat_hint::Hint for SelectionError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            SelectionError::RequestedButUnavailable { name, .. } => Some(moat_hint::Fix::new(
+                format!(
+                    "To use another runtime: unset MOAT_RUNTIME (and remove `runtime: {name}` from moat.yaml)"
+                ),
+            )),
+            SelectionError::AppleUnavailable => Some(moat_hint::Fix::new(
+                "On this machine use --runtime native, --runtime docker or --runtime podman \
+                 (or unset MOAT_RUNTIME)",
+            )),
+            SelectionError::Unknown(_) => Some(moat_hint::Fix::new(
+                "Use native, docker, podman or apple.",
+            )),
+            SelectionError::NoneAvailable(_) => None,
+        }
+    }
+}
+
+/// A runtime of the table that could not be reached.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// As messages name it.
+    pub title: &'static str,
+    /// Why.
+    pub error: DriverError,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cause = moat_sandbox::error_chain(&self.error);
+        let first = cause.lines().next().unwrap_or_default();
+        write!(f, "{} is not available ({first})", self.title)
+    }
+}
+
+fn unavailable_list(unavailable: &[Unavailable]) -> String {
+    unavailable
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A chosen runtime, and what to tell the user about the choice.
@@ -128,10 +165,10 @@ pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionErro
                 driver,
                 notice: None,
             }),
-            Err(e) => Err(SelectionError::RequestedButUnavailable {
+            Err(error) => Err(SelectionError::RequestedButUnavailable {
                 title: entry.title,
                 name: entry.name,
-                cause: moat_sandbox::error_chain(&e),
+                error,
             }),
         };
     }
@@ -145,18 +182,22 @@ pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionErro
         }
         match (entry.probe)(Probe::Run) {
             Ok(driver) => {
-                let notice = (!unavailable.is_empty())
-                    .then(|| format!("{}; using {}.", unavailable.join("; "), entry.chosen_as));
+                let notice = (!unavailable.is_empty()).then(|| {
+                    format!(
+                        "{}; using {}.",
+                        unavailable_list(&unavailable),
+                        entry.chosen_as
+                    )
+                });
                 return Ok(Selection { driver, notice });
             }
-            Err(e) => {
-                let cause = moat_sandbox::error_chain(&e);
-                let first = cause.lines().next().unwrap_or_default().to_owned();
-                unavailable.push(format!("{} is not available ({first})", entry.title));
-            }
+            Err(error) => unavailable.push(Unavailable {
+                title: entry.title,
+                error,
+            }),
         }
     }
-    Err(SelectionError::NoneAvailable(unavailable.join("; ")))
+    Err(SelectionError::NoneAvailable(unavailable))
 }
 
 /// Every runtime that can be reached without starting anything.

@@ -24,10 +24,11 @@
 //! It does not parse `moat.yaml` or flags (the binary merges them into a
 //! [`RunPlan`]) and does not implement sandboxes or the proxy: it picks a
 //! runtime from its table of drivers (`drivers.rs`: Docker, Podman, then
-//! the native sandbox) and drives it through the `moat-sandbox` traits; the
-//! one exception is service sidecars, planned with `moat-runtime-docker`'s
-//! types (issue #23 moves them into the sandbox interface). It talks to
-//! `moat-daemon` for the proxy.
+//! the native sandbox) and drives it through the `moat-sandbox` traits.
+//! Services (`dependencies: [postgres]`) are `moat-sandbox` requests too:
+//! the plan carries each as a [`moat_sandbox::services::ServiceRequest`],
+//! turned into a sidecar with its fresh password when the run starts; a
+//! driver runs it or refuses it. It talks to `moat-daemon` for the proxy.
 
 mod agent;
 mod detach;
@@ -49,7 +50,7 @@ pub use crate::agent::{
 pub use crate::detach::{detach, without_detach_flag, DetachError, Detached, DETACHED_CHILD};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,
-    select_driver, RuntimeStatus, Selection, SelectionError,
+    select_driver, RuntimeStatus, Selection, SelectionError, Unavailable,
 };
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};

@@ -15,9 +15,7 @@ const AFTER_KILL: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
     /// The run's metadata names no supervisor to signal.
-    #[error(
-        "run {run_id} has no supervising process recorded; remove it with: moat destroy {run_id}"
-    )]
+    #[error("run {run_id} has no supervising process recorded")]
     NoSupervisor {
         /// The run.
         run_id: String,
@@ -39,6 +37,18 @@ pub enum StopError {
     /// Run storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl moat_hint::Hint for StopError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            StopError::NoSupervisor { run_id } => Some(moat_hint::Fix::new(format!(
+                "Remove it with: moat destroy {run_id}"
+            ))),
+            StopError::Storage(e) => e.hint(),
+            StopError::InvalidPid { .. } | StopError::Ignored { .. } => None,
+        }
+    }
 }
 
 /// Asks the run's supervisor to stop (SIGTERM), then insists (SIGKILL)

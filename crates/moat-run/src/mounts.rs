@@ -94,33 +94,144 @@ impl Floors {
         }
     }
 
-    /// Why `real` may not be mounted, completing "mount X: …".
-    pub(crate) fn violation(&self, real: &Path) -> Option<String> {
-        for floor in &self.0 {
-            let shown = floor.path.display();
-            if real == floor.path {
-                return Some(format!(
-                    "its source resolves to {shown}, which {}",
-                    floor.why
-                ));
-            }
-            if real.starts_with(&floor.path) {
-                return Some(format!(
-                    "its source resolves to {}, inside {shown}, which {}",
-                    real.display(),
-                    floor.why
-                ));
-            }
-            if floor.path.starts_with(real) {
-                return Some(format!(
-                    "its source {} contains {shown}, which {}",
-                    real.display(),
-                    floor.why
-                ));
-            }
-        }
-        None
+    /// Why `real` may not be mounted: the first floor it is, lies in or
+    /// contains.
+    pub(crate) fn violation(&self, real: &Path) -> Option<Violation> {
+        self.0.iter().find_map(|floor| {
+            let relation = if real == floor.path {
+                Relation::Is
+            } else if real.starts_with(&floor.path) {
+                Relation::Inside
+            } else if floor.path.starts_with(real) {
+                Relation::Contains
+            } else {
+                return None;
+            };
+            Some(Violation {
+                real: real.to_owned(),
+                floor: floor.clone(),
+                relation,
+                of_workspace: false,
+            })
+        })
     }
+}
+
+/// How a real path meets a floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// It is the floor.
+    Is,
+    /// It lies inside the floor.
+    Inside,
+    /// It contains the floor.
+    Contains,
+}
+
+/// A path that would show the sandbox a floor; its `Display` completes
+/// "mount X: …" (or "workspace X: …").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The real path asked for.
+    pub real: PathBuf,
+    floor: Floor,
+    /// How it meets the floor.
+    pub relation: Relation,
+    /// Said of the workspace rather than of a mount's source.
+    of_workspace: bool,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (shown, why) = (self.floor.path.display(), self.floor.why);
+        match self.relation {
+            Relation::Is => write!(f, "its source resolves to {shown}, which {why}"),
+            Relation::Inside => write!(
+                f,
+                "its source resolves to {}, inside {shown}, which {why}",
+                self.real.display()
+            ),
+            Relation::Contains if self.of_workspace => {
+                write!(f, "it contains {shown}, which {why}")
+            }
+            Relation::Contains => write!(
+                f,
+                "its source {} contains {shown}, which {why}",
+                self.real.display()
+            ),
+        }
+    }
+}
+
+/// Why a mount, or the workspace, may not be shown to the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum MountRefused {
+    /// The workspace is, lies in or contains a floor.
+    #[error("workspace {}: {violation}; moat never mounts it into a sandbox.", workspace.display())]
+    Workspace {
+        /// The workspace.
+        workspace: PathBuf,
+        /// The floor it meets.
+        violation: Violation,
+    },
+    /// A relative source leads out of the workspace.
+    #[error(
+        "mount {mount}: its source leads out of the workspace {} ({escape}); a relative \
+         source must stay inside the project.",
+        workspace.display()
+    )]
+    Escapes {
+        /// The mount as written.
+        mount: String,
+        /// The workspace.
+        workspace: PathBuf,
+        /// Where it leads.
+        escape: Escape,
+    },
+    /// A source is, lies in or contains a floor.
+    #[error("mount {mount}: {violation}; moat never mounts it into a sandbox.")]
+    Floor {
+        /// The mount as written.
+        mount: String,
+        /// The floor it meets.
+        violation: Violation,
+    },
+}
+
+impl moat_hint::Hint for MountRefused {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        Some(moat_hint::Fix::new(match self {
+            MountRefused::Workspace { .. } => {
+                "To fix: run moat in a project directory that does not contain it."
+            }
+            MountRefused::Escapes { .. } => {
+                "To fix: point it at a path inside the workspace, or write an absolute path to \
+                 mount something outside it."
+            }
+            MountRefused::Floor { .. } => "To fix: remove the mount or point it elsewhere.",
+        }))
+    }
+}
+
+/// Where a relative mount source leads instead of inside the workspace,
+/// or why that could not be told.
+#[derive(Debug, thiserror::Error)]
+pub enum Escape {
+    /// It resolves outside.
+    #[error("it resolves to {}", .0.display())]
+    ResolvesTo(PathBuf),
+    /// A symlink leads out (to nothing that exists).
+    #[error("{} is a symlink out of it", .0.display())]
+    SymlinkOut(PathBuf),
+    /// The workspace could not be opened.
+    #[error("opening the workspace: {0}")]
+    OpenWorkspace(std::io::Error),
+    /// Where the opened source is could not be read.
+    #[error("reading where it leads: {0}")]
+    ReadLink(std::io::Error),
+    /// Opening the source failed.
+    #[error("opening it: {0}")]
+    Open(rustix::io::Errno),
 }
 
 /// The user's mounts, resolved to real paths and checked, and the
@@ -131,40 +242,34 @@ pub(crate) fn prepare(
     mounts: &[MountPlan],
 ) -> Result<Vec<MountPlan>, RunError> {
     let real_workspace = real_path_lenient(workspace);
-    if let Some(why) = floors.violation(&real_workspace) {
-        return Err(RunError::MountRefused(format!(
-            "workspace {}: {}; moat never mounts it into a sandbox.\nTo fix: run moat in a \
-             project directory that does not contain it.",
-            workspace.display(),
-            why.replacen(
-                &format!("its source {} contains", real_workspace.display()),
-                "it contains",
-                1
-            )
-            .replacen("its source", "it", 1)
-        )));
+    if let Some(violation) = floors.violation(&real_workspace) {
+        return Err(MountRefused::Workspace {
+            workspace: workspace.to_owned(),
+            violation: Violation {
+                of_workspace: true,
+                ..violation
+            },
+        }
+        .into());
     }
     let mut out = Vec::with_capacity(mounts.len());
     for mount in mounts {
         let spec = shown_spec(mount, workspace);
         let real = if mount.relative {
-            resolve_beneath(workspace, &mount.source).map_err(|escape| {
-                RunError::MountRefused(format!(
-                    "mount {spec}: its source leads out of the workspace {} ({escape}); a \
-                     relative source must stay inside the project.\nTo fix: point it at a \
-                     path inside the workspace, or write an absolute path to mount something \
-                     outside it.",
-                    workspace.display()
-                ))
+            resolve_beneath(workspace, &mount.source).map_err(|escape| MountRefused::Escapes {
+                mount: spec.clone(),
+                workspace: workspace.to_owned(),
+                escape,
             })?
         } else {
             real_path_lenient(&mount.source)
         };
-        if let Some(why) = floors.violation(&real) {
-            return Err(RunError::MountRefused(format!(
-                "mount {spec}: {why}; moat never mounts it into a sandbox.\nTo fix: remove \
-                 the mount or point it elsewhere."
-            )));
+        if let Some(violation) = floors.violation(&real) {
+            return Err(MountRefused::Floor {
+                mount: spec,
+                violation,
+            }
+            .into());
         }
         out.push(MountPlan {
             source: real,
@@ -189,12 +294,12 @@ fn shown_spec(mount: &MountPlan, workspace: &Path) -> String {
 /// component, symlinks included, step outside `workspace`, and returns the
 /// real path of what was opened. A source that does not exist is returned
 /// as named: the runtime reports it. `Err` says where it leads instead.
-pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf, String> {
+pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf, Escape> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
 
     let outside = || match std::fs::canonicalize(source) {
-        Ok(real) => format!("it resolves to {}", real.display()),
-        Err(_) => format!("{} is a symlink out of it", source.display()),
+        Ok(real) => Escape::ResolvesTo(real),
+        Err(_) => Escape::SymlinkOut(source.to_owned()),
     };
     let Ok(relative) = source.strip_prefix(workspace) else {
         return Err(outside());
@@ -205,7 +310,7 @@ pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf
     if relative.as_os_str().is_empty() {
         return Ok(workspace.to_owned());
     }
-    let dir = std::fs::File::open(workspace).map_err(|e| format!("opening the workspace: {e}"))?;
+    let dir = std::fs::File::open(workspace).map_err(Escape::OpenWorkspace)?;
     let opened = rustix::fs::openat2(
         &dir,
         relative,
@@ -215,7 +320,7 @@ pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf
     );
     match opened {
         Ok(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|e| format!("reading where it leads: {e}")),
+            .map_err(Escape::ReadLink),
         Err(rustix::io::Errno::XDEV) => Err(outside()),
         Err(rustix::io::Errno::NOENT) => {
             // Missing, or a dangling symlink: only the latter can lead out.
@@ -234,7 +339,7 @@ pub(crate) fn resolve_beneath(workspace: &Path, source: &Path) -> Result<PathBuf
             Ok(_) => Err(outside()),
             Err(_) => Ok(source.to_owned()),
         },
-        Err(e) => Err(format!("opening it: {e}")),
+        Err(e) => Err(Escape::Open(e)),
     }
 }
 
@@ -286,15 +391,17 @@ mod tests {
     fn floors_refuse_into_and_parent_but_not_siblings() {
         let f = floors(&[(Path::new("/h/.moat"), "holds moat's credentials")]);
         assert_eq!(
-            f.violation(Path::new("/h/.moat")).unwrap(),
+            f.violation(Path::new("/h/.moat")).unwrap().to_string(),
             "its source resolves to /h/.moat, which holds moat's credentials"
         );
         assert_eq!(
-            f.violation(Path::new("/h/.moat/credentials")).unwrap(),
+            f.violation(Path::new("/h/.moat/credentials"))
+                .unwrap()
+                .to_string(),
             "its source resolves to /h/.moat/credentials, inside /h/.moat, which holds moat's credentials"
         );
         assert_eq!(
-            f.violation(Path::new("/h")).unwrap(),
+            f.violation(Path::new("/h")).unwrap().to_string(),
             "its source /h contains /h/.moat, which holds moat's credentials"
         );
         assert!(f.violation(Path::new("/")).is_some());
@@ -345,11 +452,15 @@ mod tests {
         );
         let secret = root.join("secret").display().to_string();
         assert_eq!(
-            resolve_beneath(&ws, &ws.join("abs")).unwrap_err(),
+            resolve_beneath(&ws, &ws.join("abs"))
+                .unwrap_err()
+                .to_string(),
             format!("it resolves to {secret}")
         );
         assert_eq!(
-            resolve_beneath(&ws, &ws.join("rel")).unwrap_err(),
+            resolve_beneath(&ws, &ws.join("rel"))
+                .unwrap_err()
+                .to_string(),
             format!("it resolves to {secret}")
         );
         assert!(resolve_beneath(&ws, &ws.join("rel/x")).is_err());
@@ -386,18 +497,21 @@ mod tests {
         );
         // The same symlink written as an absolute source: taken as written,
         // and refused by the floor.
-        let err = prepare(&f, &ws, &[mount(&ws.join("data"), false)])
-            .unwrap_err()
-            .to_string();
+        let err = prepare(&f, &ws, &[mount(&ws.join("data"), false)]).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             format!(
                 "mount {ws}/data:/data:ro: its source resolves to {mh}, which holds moat's \
-                 credentials; moat never mounts it into a sandbox.\nTo fix: remove the mount \
-                 or point it elsewhere.",
+                 credentials; moat never mounts it into a sandbox.",
                 ws = ws.display(),
                 mh = moat_home.display()
             )
+        );
+        assert_eq!(
+            moat_hint::Hint::hint(&err)
+                .map(|f| f.to_string())
+                .as_deref(),
+            Some("To fix: remove the mount or point it elsewhere.")
         );
         let err = prepare(&f, &root.join("home"), &[])
             .unwrap_err()

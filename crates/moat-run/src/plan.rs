@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use moat_credentials::GrantName;
 use moat_home::Profile;
+use moat_sandbox::services::{ServiceOptions, ServiceRequest};
 
 /// A bind mount requested by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +96,7 @@ pub struct RunPlan {
     /// configuration.
     pub files: Vec<moat_sandbox::InjectedFile>,
     /// Service dependencies (`postgres@17`...), started beside the sandbox.
-    pub services: Vec<ServicePlan>,
+    pub services: Vec<ServiceRequest>,
     /// Protected workspace paths the sandbox may change anyway
     /// (`--allow-write`, moat.yaml `allow_write:`), relative.
     pub allow_write: Vec<PathBuf>,
@@ -105,15 +106,6 @@ pub struct RunPlan {
     /// The config file the plan was made from (its fingerprint): the run
     /// opens only if the workspace still holds that file.
     pub config_used: Option<moat_trust::ConfigUsed>,
-}
-
-/// A service dependency and what moat.yaml's `services.<name>` says of it.
-#[derive(Debug, Clone)]
-pub struct ServicePlan {
-    /// The dependency as written (`postgres@17`).
-    pub dependency: moat_runtime_docker::Dependency,
-    /// Its options.
-    pub options: moat_runtime_docker::services::ServiceOptions,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -156,7 +148,7 @@ pub enum PlanError {
     /// `services.<name>` for a dependency that is not a service.
     #[error(
         "moat.yaml services.{name}: {name} is not a service, so it has no sidecar to configure \
-         (services are {known}); remove services.{name}"
+         (services are {known})"
     )]
     NotAService {
         /// The key.
@@ -165,7 +157,7 @@ pub enum PlanError {
         known: String,
     },
     /// Neither `--` nor moat.yaml gives a command.
-    #[error("no command to run: give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml")]
+    #[error("no command to run")]
     NoCommand,
     /// A malformed `--env`.
     #[error("invalid --env {pair:?}: {problem}")]
@@ -194,6 +186,25 @@ pub enum PlanError {
     },
 }
 
+impl moat_hint::Hint for PlanError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            PlanError::NotAService { name, .. } => {
+                Some(format!("Remove services.{name} from moat.yaml.").into())
+            }
+            PlanError::NoCommand => Some(
+                "Give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml."
+                    .into(),
+            ),
+            PlanError::Env { .. }
+            | PlanError::Grant(_)
+            | PlanError::Mount(_)
+            | PlanError::Name(_)
+            | PlanError::AllowHost { .. } => None,
+        }
+    }
+}
+
 impl RunPlan {
     /// The plan for `flags` in `workspace` with its moat.yaml (`config`):
     /// flags win, grants add up, mounts override by target, `env` by name;
@@ -212,113 +223,13 @@ impl RunPlan {
             .clone()
             .or(runtime_env.filter(|v| !v.trim().is_empty()))
             .or_else(|| config.and_then(|c| c.runtime.map(|r| r.to_string())));
-        let command = if !flags.command.is_empty() {
-            flags.command.clone()
-        } else if let Some(cmd) = config.and_then(|c| c.command.clone()) {
-            cmd
-        } else {
-            return Err(PlanError::NoCommand);
-        };
-        // hooks.pre_run runs in /workspace before the command, every
-        // start; a failing hook stops the run with its exit code.
-        let command = match config.and_then(|c| c.hooks.pre_run.clone()) {
-            Some(hook) => {
-                let mut wrapped = vec![
-                    "/bin/sh".to_string(),
-                    "-c".to_string(),
-                    format!("set -e\n{hook}\nexec \"$@\""),
-                    "moat-pre-run".to_string(),
-                ];
-                wrapped.extend(command);
-                wrapped
-            }
-            None => command,
-        };
-
-        let mut grants: Vec<GrantName> = Vec::new();
-        let config_grants = config.map(|c| c.grants.as_slice()).unwrap_or_default();
-        for g in config_grants.iter().chain(flags.grants.iter()) {
-            let grant = GrantName::parse(g)?;
-            if !grants.contains(&grant) {
-                grants.push(grant);
-            }
-        }
-
-        let mut env: Vec<(String, String)> = config
-            .map(|c| c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        for pair in &flags.env {
-            let Some((k, v)) = pair.split_once('=') else {
-                return Err(PlanError::Env {
-                    pair: pair.clone(),
-                    problem: "expected KEY=VALUE",
-                });
-            };
-            if k.is_empty() {
-                return Err(PlanError::Env {
-                    pair: pair.clone(),
-                    problem: "the variable name is empty",
-                });
-            }
-            env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v.to_string()));
-        }
-
-        let mut mounts: Vec<MountPlan> = config
-            .map(|c| {
-                c.mounts
-                    .iter()
-                    .map(|m| MountPlan {
-                        source: m.source.clone(),
-                        target: m.target.clone(),
-                        read_only: m.read_only,
-                        relative: m.relative,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for spec in &flags.mounts {
-            let m = moat_config::Mount::parse_cli(spec, &workspace)?;
-            mounts.retain(|x| x.target != m.target);
-            mounts.push(MountPlan {
-                source: m.source,
-                target: m.target,
-                read_only: m.read_only,
-                relative: m.relative,
-            });
-        }
-
-        let network = NetworkPlan {
-            policy: config.map(|c| c.network.policy).unwrap_or_default(),
-            rules: config.map(|c| c.network.rules.clone()).unwrap_or_default(),
-            allow_hosts: flags
-                .allow_hosts
-                .iter()
-                .map(|h| {
-                    moat_policy::HostPattern::parse(h).map_err(|source| PlanError::AllowHost {
-                        host: h.clone(),
-                        error: source,
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            host_ports: config
-                .map(|c| c.network.host_ports.clone())
-                .unwrap_or_default(),
-        };
-
-        let mut mcp = Vec::new();
-        for server in config.map(|c| c.mcp.as_slice()).unwrap_or_default() {
-            let auth = match &server.auth {
-                Some(a) => Some((GrantName::parse(&a.grant)?, a.header.clone())),
-                None => None,
-            };
-            mcp.push(McpPlan {
-                name: server.name.clone(),
-                url: server.url.clone(),
-                auth,
-            });
-        }
-
+        // In this order, so the first mistake of several is the one told.
+        let command = command(flags, config)?;
+        let grants = grants(flags, config)?;
+        let env = env(flags, config)?;
+        let mounts = mounts(flags, config, &workspace)?;
+        let network = network(flags, config)?;
+        let mcp = mcp(config)?;
         let name = flags
             .name
             .clone()
@@ -326,37 +237,30 @@ impl RunPlan {
         if let Some(n) = &name {
             moat_storage::validate_name(n).map_err(PlanError::Name)?;
         }
-        let no_sandbox = flags.no_sandbox
-            || no_sandbox_env
-            || config.is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
-        let image = moat_sandbox::ImageRecipe {
-            dependencies: config
-                .map(|c| c.dependencies.iter().map(|d| d.to_string()).collect())
-                .unwrap_or_default(),
-            base_image: config.and_then(|c| c.base_image.clone()),
-            post_build_root: config.and_then(|c| c.hooks.post_build_root.clone()),
-            post_build: config.and_then(|c| c.hooks.post_build.clone()),
-            rebuild: flags.rebuild,
-            verbose: flags.verbose,
-        };
-        let services = config.map(service_plans).transpose()?.unwrap_or_default();
+        let services = config
+            .map(service_requests)
+            .transpose()?
+            .unwrap_or_default();
         let mut allow_write = config.map(|c| c.allow_write.clone()).unwrap_or_default();
         for spec in &flags.allow_write {
             allow_write.push(moat_config::parse_allow_write(spec)?);
         }
+        let no_sandbox = flags.no_sandbox
+            || no_sandbox_env
+            || config.is_some_and(|c| c.sandbox == moat_config::SandboxMode::Disabled);
         Ok(RunPlan {
             workspace,
-            name,
             command,
             grants,
             env,
             mounts,
             network,
             mcp,
+            name,
             interactive: !flags.detached
                 && (flags.interactive || config.is_some_and(|c| c.interactive)),
             runtime,
-            image,
+            image: image_recipe(flags, config),
             extra_isolation: !no_sandbox,
             keep: flags.keep,
             limits: LimitsPlan {
@@ -374,43 +278,184 @@ impl RunPlan {
     }
 }
 
-/// The service dependencies of moat.yaml with their `services:` options.
-/// A `services:` entry must name a service.
-fn service_plans(config: &moat_config::ProjectConfig) -> Result<Vec<ServicePlan>, PlanError> {
-    let mut plans = Vec::new();
-    for dep in &config.dependencies {
-        // Other kinds are the image builder's business (and errors).
-        let Ok(mut parsed) = moat_runtime_docker::parse_dependencies(&[dep.to_string()]) else {
-            continue;
-        };
-        let Some(dependency) = parsed.pop() else {
-            continue;
-        };
-        if dependency.info.kind != moat_runtime_docker::DepType::Service {
-            continue;
+/// The command after `--`, else moat.yaml's, wrapped in `hooks.pre_run`.
+fn command(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> Result<Vec<String>, PlanError> {
+    let command = if !flags.command.is_empty() {
+        flags.command.clone()
+    } else if let Some(cmd) = config.and_then(|c| c.command.clone()) {
+        cmd
+    } else {
+        return Err(PlanError::NoCommand);
+    };
+    // hooks.pre_run runs in /workspace before the command, every
+    // start; a failing hook stops the run with its exit code.
+    Ok(match config.and_then(|c| c.hooks.pre_run.clone()) {
+        Some(hook) => {
+            let mut wrapped = vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                format!("set -e\n{hook}\nexec \"$@\""),
+                "moat-pre-run".to_string(),
+            ];
+            wrapped.extend(command);
+            wrapped
         }
-        let options = config
-            .services
-            .get(dependency.info.name)
-            .map(|s| moat_runtime_docker::services::ServiceOptions {
-                env: s.env.clone(),
-                image: s.image.clone(),
-                memory_mb: s.memory_mb,
-                wait: s.wait,
-                provision: s.provision.clone(),
+        None => command,
+    })
+}
+
+/// moat.yaml's grants, then `--grant`'s, each once.
+fn grants(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> Result<Vec<GrantName>, PlanError> {
+    let mut grants: Vec<GrantName> = Vec::new();
+    let config_grants = config.map(|c| c.grants.as_slice()).unwrap_or_default();
+    for g in config_grants.iter().chain(flags.grants.iter()) {
+        let grant = GrantName::parse(g)?;
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+    Ok(grants)
+}
+
+/// moat.yaml's `env`, each `--env KEY=VALUE` replacing its name.
+fn env(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> Result<Vec<(String, String)>, PlanError> {
+    let mut env: Vec<(String, String)> = config
+        .map(|c| c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    for pair in &flags.env {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(PlanError::Env {
+                pair: pair.clone(),
+                problem: "expected KEY=VALUE",
+            });
+        };
+        if k.is_empty() {
+            return Err(PlanError::Env {
+                pair: pair.clone(),
+                problem: "the variable name is empty",
+            });
+        }
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    Ok(env)
+}
+
+/// moat.yaml's mounts, each `--mount` replacing the one at its target.
+fn mounts(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+    workspace: &std::path::Path,
+) -> Result<Vec<MountPlan>, PlanError> {
+    let planned = |m: &moat_config::Mount| MountPlan {
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+        relative: m.relative,
+    };
+    let mut mounts: Vec<MountPlan> = config
+        .map(|c| c.mounts.iter().map(planned).collect())
+        .unwrap_or_default();
+    for spec in &flags.mounts {
+        let m = moat_config::Mount::parse_cli(spec, workspace)?;
+        mounts.retain(|x| x.target != m.target);
+        mounts.push(planned(&m));
+    }
+    Ok(mounts)
+}
+
+/// moat.yaml's `network:` with the `--allow-host` patterns.
+fn network(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> Result<NetworkPlan, PlanError> {
+    Ok(NetworkPlan {
+        policy: config.map(|c| c.network.policy).unwrap_or_default(),
+        rules: config.map(|c| c.network.rules.clone()).unwrap_or_default(),
+        allow_hosts: flags
+            .allow_hosts
+            .iter()
+            .map(|h| {
+                moat_policy::HostPattern::parse(h).map_err(|source| PlanError::AllowHost {
+                    host: h.clone(),
+                    error: source,
+                })
             })
-            .unwrap_or_default();
-        plans.push(ServicePlan {
-            dependency,
-            options,
+            .collect::<Result<_, _>>()?,
+        host_ports: config
+            .map(|c| c.network.host_ports.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// moat.yaml's MCP servers, their grants parsed.
+fn mcp(config: Option<&moat_config::ProjectConfig>) -> Result<Vec<McpPlan>, PlanError> {
+    let mut mcp = Vec::new();
+    for server in config.map(|c| c.mcp.as_slice()).unwrap_or_default() {
+        let auth = match &server.auth {
+            Some(a) => Some((GrantName::parse(&a.grant)?, a.header.clone())),
+            None => None,
+        };
+        mcp.push(McpPlan {
+            name: server.name.clone(),
+            url: server.url.clone(),
+            auth,
         });
     }
-    if let Some(name) = config.services.keys().find(|name| {
-        !plans
-            .iter()
-            .any(|p| p.dependency.info.name == name.as_str())
-    }) {
-        let known: Vec<&str> = moat_runtime_docker::services::SERVICES
+    Ok(mcp)
+}
+
+/// What an image-based runtime builds from: moat.yaml's dependencies, as
+/// it parsed them, its base image and build hooks.
+fn image_recipe(
+    flags: &RunFlags,
+    config: Option<&moat_config::ProjectConfig>,
+) -> moat_sandbox::ImageRecipe {
+    moat_sandbox::ImageRecipe {
+        dependencies: config.map(|c| c.dependencies.clone()).unwrap_or_default(),
+        base_image: config.and_then(|c| c.base_image.clone()),
+        post_build_root: config.and_then(|c| c.hooks.post_build_root.clone()),
+        post_build: config.and_then(|c| c.hooks.post_build.clone()),
+        rebuild: flags.rebuild,
+        verbose: flags.verbose,
+    }
+}
+
+/// The services among moat.yaml's dependencies with their `services:`
+/// options. A `services:` entry must name a service.
+fn service_requests(config: &moat_config::ProjectConfig) -> Result<Vec<ServiceRequest>, PlanError> {
+    let requests: Vec<ServiceRequest> = config
+        .dependencies
+        .iter()
+        .filter(|dep| dep.kind == moat_config::DependencyKind::Registry)
+        .filter_map(|dep| {
+            let service = moat_sandbox::services::service_def(&dep.name)?;
+            Some(ServiceRequest {
+                service,
+                version: dep.version.clone(),
+                options: config
+                    .services
+                    .get(&dep.name)
+                    .map(service_options)
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    if let Some(name) = config
+        .services
+        .keys()
+        .find(|name| !requests.iter().any(|r| r.service.name == name.as_str()))
+    {
+        let known: Vec<&str> = moat_sandbox::services::SERVICES
             .iter()
             .map(|s| s.name)
             .collect();
@@ -419,7 +464,18 @@ fn service_plans(config: &moat_config::ProjectConfig) -> Result<Vec<ServicePlan>
             known: known.join(", "),
         });
     }
-    Ok(plans)
+    Ok(requests)
+}
+
+/// moat.yaml's `services.<name>`.
+fn service_options(config: &moat_config::ServiceConfig) -> ServiceOptions {
+    ServiceOptions {
+        env: config.env.clone(),
+        image: config.image.clone(),
+        memory_mb: config.memory_mb,
+        wait: config.wait,
+        provision: config.provision.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -555,5 +611,64 @@ mod tests {
         )
         .unwrap();
         assert!(!p.extra_isolation);
+    }
+
+    #[test]
+    fn services_are_typed_from_dependencies_and_services_must_name_one() {
+        use moat_hint::Hint as _;
+        let (dir, c) = config(
+            "command: [\"true\"]\ndependencies: [postgres@16, git, redis]\nservices:\n  postgres:\n    wait: false\n",
+        );
+        let p = plan(&dir, &RunFlags::default(), &c);
+        let services: Vec<(&str, Option<&str>, bool)> = p
+            .services
+            .iter()
+            .map(|s| (s.service.name, s.version.as_deref(), s.options.wait))
+            .collect();
+        assert_eq!(
+            services,
+            [("postgres", Some("16"), false), ("redis", None, true)]
+        );
+        assert_eq!(p.image.dependencies, c.dependencies);
+
+        let (dir, c) = config("command: [\"true\"]\ndependencies: [git]\nservices:\n  git: {}\n");
+        let err = RunPlan::from_flags(
+            dir.path().to_owned(),
+            &RunFlags::default(),
+            Some(&c),
+            None,
+            false,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "moat.yaml services.git: git is not a service, so it has no sidecar to configure \
+             (services are postgres, mysql, redis)"
+        );
+        assert_eq!(
+            err.hint().map(|f| f.to_string()).as_deref(),
+            Some("Remove services.git from moat.yaml.")
+        );
+    }
+
+    #[test]
+    fn a_missing_command_says_where_to_give_one() {
+        use moat_hint::Hint as _;
+        let (dir, c) = config("name: x\n");
+        let err = RunPlan::from_flags(
+            dir.path().to_owned(),
+            &RunFlags::default(),
+            Some(&c),
+            None,
+            false,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "no command to run");
+        assert_eq!(
+            err.hint().map(|f| f.to_string()).as_deref(),
+            Some("Give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml.")
+        );
     }
 }

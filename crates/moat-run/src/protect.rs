@@ -303,13 +303,10 @@ fn wanted(
             .iter()
             .find(|(p, _, _)| allow.starts_with(p) && allow != p)
         {
-            return Err(RunError::AllowWrite(format!(
-                "{} is inside {}, which is protected as a whole.\nTo fix: allow {} \
-                 (everything in it becomes writable for the run).",
-                allow.display(),
-                inside.display(),
-                inside.display()
-            )));
+            return Err(RunError::AllowWrite {
+                allow: allow.clone(),
+                inside: inside.clone(),
+            });
         }
     }
     wanted.retain(|(p, _, _)| !allowed.iter().any(|a| p.starts_with(a)));
@@ -611,9 +608,18 @@ mod tests {
     fn allowing_part_of_a_protected_directory_names_the_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let err = Protection::prepare(tmp.path(), &[PathBuf::from(".claude/commands")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(".claude/commands is inside .claude"), "{err}");
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot allow writes to .claude/commands: it is inside .claude, which is protected as a whole."
+        );
+        assert_eq!(
+            moat_hint::Hint::hint(&err)
+                .map(|f| f.to_string())
+                .as_deref(),
+            Some("To fix: allow .claude (everything in it becomes writable for the run).")
+        );
         assert!(!tmp.path().join(".claude").exists());
     }
 }

@@ -41,16 +41,22 @@ pub struct RunOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// An `--allow-write`/`allow_write:` path that cannot be allowed alone.
-    #[error("cannot allow writes to {0}")]
-    AllowWrite(String),
+    #[error(
+        "cannot allow writes to {}: it is inside {}, which is protected as a whole.",
+        allow.display(),
+        inside.display()
+    )]
+    AllowWrite {
+        /// As asked (relative to the workspace).
+        allow: std::path::PathBuf,
+        /// The protected path it lies in.
+        inside: std::path::PathBuf,
+    },
     /// Grants missing, expired or unreadable (all listed).
     #[error(transparent)]
     Grants(#[from] ResolveError),
     /// An MCP server's grant is not stored.
-    #[error(
-        "MCP server '{server}' requires grant 'mcp-{server}' but it's not configured\n\
-         To fix:\n  moat grant mcp {server}\nThen run again."
-    )]
+    #[error("MCP server '{server}' requires grant 'mcp-{server}' but it's not configured")]
     McpGrantMissing {
         /// The MCP server's name.
         server: String,
@@ -59,9 +65,7 @@ pub enum RunError {
     /// token nor one the run holds for the server's host.
     #[error(
         "MCP server '{server}' may not use grant '{grant}': {why}.\n\
-         Moat would hand that credential to the MCP server's host.\n\
-         To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
-         and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
+         Moat would hand that credential to the MCP server's host."
     )]
     McpGrantMisused {
         /// The MCP server's name.
@@ -81,9 +85,7 @@ pub enum RunError {
         error: moat_policy::PolicyError,
     },
     /// Another active run has this name.
-    #[error(
-        "agent \"{0}\" is already running. Use --name to specify a different name, or stop the existing agent first"
-    )]
+    #[error("agent \"{0}\" is already running.")]
     AlreadyRunning(String),
     /// The proxy daemon failed.
     #[error(transparent)]
@@ -113,8 +115,8 @@ pub enum RunError {
     Ssh(#[from] moat_ssh::SshError),
     /// A mount, or the workspace, would put a protected host path into
     /// the sandbox (the message names the mount, the path and why).
-    #[error("{0}")]
-    MountRefused(String),
+    #[error(transparent)]
+    MountRefused(#[from] crate::mounts::MountRefused),
     /// The workspace's configuration changed during a run and was not
     /// reviewed, or its trust record could not be kept.
     #[error(transparent)]
@@ -127,25 +129,42 @@ pub enum RunError {
     },
     /// The proxy daemon went away during the run and could not be
     /// brought back, so the run was stopped.
-    #[error("{cause}")]
-    DaemonLost {
-        /// What the watchdog saw, and the fix.
-        cause: String,
-    },
+    #[error(transparent)]
+    DaemonLost(Box<crate::watchdog::DaemonLost>),
 }
 
 impl moat_hint::Hint for RunError {
-    /// A transparent variant hides its inner error from the chain of
-    /// sources, so it hands on that error's fix.
     fn hint(&self) -> Option<moat_hint::Fix> {
         match self {
-            RunError::Grants(error) => error.hint(),
-            RunError::Daemon(error) => error.hint(),
-            RunError::Storage(error) => error.hint(),
-            RunError::Credentials(error) => error.hint(),
-            RunError::Ssh(error) => error.hint(),
-            RunError::Trust(error) => error.hint(),
-            _ => None,
+            RunError::McpGrantMissing { server } => Some(moat_hint::Fix::new(format!(
+                "To fix:\n  moat grant mcp {server}\nThen run again."
+            ))),
+            RunError::McpGrantMisused { server, .. } => Some(moat_hint::Fix::new(format!(
+                "To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
+                 and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
+            ))),
+            RunError::AlreadyRunning(_) => Some(moat_hint::Fix::new(
+                "Use --name to specify a different name, or stop the existing agent first",
+            )),
+            RunError::AllowWrite { inside, .. } => Some(moat_hint::Fix::new(format!(
+                "To fix: allow {} (everything in it becomes writable for the run).",
+                inside.display()
+            ))),
+            // A transparent variant hides its inner error from the chain
+            // of sources, so it hands on that error's fix.
+            RunError::Driver(e) => e.hint(),
+            RunError::Selection(e) => e.hint(),
+            RunError::Storage(e) => e.hint(),
+            RunError::MountRefused(e) => e.hint(),
+            RunError::Grants(e) => e.hint(),
+            RunError::Daemon(e) => e.hint(),
+            RunError::Credentials(e) => e.hint(),
+            RunError::Ssh(e) => e.hint(),
+            RunError::Trust(e) => e.hint(),
+            RunError::InjectionHost { .. }
+            | RunError::Io { .. }
+            | RunError::DiskFull { .. }
+            | RunError::DaemonLost(_) => None,
         }
     }
 }
@@ -210,147 +229,25 @@ pub fn execute(
     };
     let credentials = CredentialStore::new(home.clone(), plan.profile.clone());
     let registry = ProviderRegistry::load(&home.providers_file())?;
-
-    // MCP servers first: their message names the server, which is what the
-    // user wrote in moat.yaml.
-    let mut grants: Vec<GrantName> = plan.grants.clone();
-    for mcp in &plan.mcp {
-        if let Some((grant, _)) = &mcp.auth {
-            if !matches!(grant, GrantName::Mcp(_)) {
-                // Another service's grant: only one the run already holds,
-                // and only for one of its hosts (checked once resolved).
-                if !plan.grants.contains(grant) {
-                    return Err(RunError::McpGrantMisused {
-                        server: mcp.name.to_string(),
-                        grant: grant.to_string(),
-                        why: "the run does not hold it (add it to grants: or --grant, or use the server's own token)".into(),
-                    });
-                }
-                continue;
-            }
-            let stem = grant.file_stem().unwrap_or_default();
-            if !credentials.contains(&stem) {
-                return Err(RunError::McpGrantMissing {
-                    server: mcp.name.to_string(),
-                });
-            }
-            grants.push(grant.clone());
-        }
-    }
+    let grants = grants_with_mcp(plan, &credentials)?;
     let resolved = resolve_grants(&credentials, &registry, &grants, Utc::now())?;
     check_mcp_hosts(plan, &resolved)?;
     let ssh = crate::ssh::SshAccess::resolve(home, plan.profile.as_ref(), &grants)?;
 
     let runs = RunStore::new(home.clone());
     moat_home::ensure_private_dir(&home.runs_dir())?;
-    let mut meta = {
-        // Claiming a name and recording the run happen under one lock, so
-        // two runs cannot take the same name.
-        let _names = FileLock::acquire(&home.runs_dir().join(".names.lock"))?;
-        let name = match &plan.name {
-            Some(name) => {
-                if let Some(mut existing) = runs.active_named(name)? {
-                    runs.reconcile(&mut existing)?;
-                    if existing.state.is_active() {
-                        return Err(RunError::AlreadyRunning(name.clone()));
-                    }
-                }
-                name.clone()
-            }
-            None => unique_name(&runs)?,
-        };
-        let mut meta = RunMetadata::new(
-            RunId::generate(),
-            name,
-            plan.workspace.clone(),
-            plan.command.clone(),
-        );
-        meta.grants = grants.iter().map(ToString::to_string).collect();
-        meta.policy = plan.network.policy.to_string();
-        meta.runtime = driver.name().into();
-        meta.interactive = plan.interactive;
-        meta.detached = plan.detached;
-        meta.supervisor_pid = Some(std::process::id());
-        meta.supervisor_start = moat_storage::process_start_time(std::process::id());
-        runs.create(&meta)?;
-        // Room to record the run's end even if MOAT_HOME fills up meanwhile.
-        if let Err(e) = runs.reserve(&meta.id) {
-            tracing::warn!(error = %e, "setting space aside for the run's final state");
-        }
-        meta
-    };
+    let mut meta = record_start(&runs, home, plan, &grants, driver.name())?;
     let run_dir = runs.dir(&meta.id);
-
-    // Open on the workspace before the sandbox exists, closed on every way
-    // out that returns here: a run killed before closing stays open, which
-    // is what makes its changes suspect.
-    let mut notices = Vec::new();
-    let result = match moat_trust::open_run(
+    let (result, notices) = run_in_workspace(
         home,
-        &plan.workspace,
-        meta.id.as_str(),
-        &meta.name,
-        plan.config_used.as_ref(),
-    ) {
-        Ok(()) => {
-            let protection =
-                crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write);
-            let result = match &protection {
-                Ok(protection) => {
-                    let plan = &RunPlan {
-                        protected: protection.paths.clone(),
-                        ..plan.clone()
-                    };
-                    let result = start_and_wait(
-                        home,
-                        plan,
-                        driver,
-                        &resolved,
-                        ssh.as_ref(),
-                        &mut meta,
-                        &run_dir,
-                    );
-                    notices = protection.disarm_created_repositories();
-                    result
-                }
-                Err(_) => Ok(0),
-            };
-            if let Err(e) = moat_trust::close_run(
-                home,
-                &plan.workspace,
-                meta.id.as_str(),
-                plan.config_used.as_ref(),
-            ) {
-                tracing::warn!(error = %e, "recording the run's end in the trust record");
-            }
-            match protection {
-                Ok(protection) => {
-                    // Placeholders stay while another run may show them.
-                    let others =
-                        moat_trust::open_runs(home, &plan.workspace).map_or(true, |n| n > 0);
-                    protection.release(others);
-                    result
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e.into()),
-    };
-    match &result {
-        Ok(code) => {
-            meta.state = RunState::Stopped;
-            meta.exit_code = Some(*code);
-        }
-        Err(e) => {
-            meta.state = RunState::Failed;
-            meta.error = Some(moat_sandbox::error_chain(e));
-        }
-    }
-    meta.stopped_at = Some(Utc::now());
-    // On a full disk this records the run as failed, with the reason.
-    if let Some(reason) = runs.save_final(&mut meta)? {
-        return Err(RunError::DiskFull { reason });
-    }
+        plan,
+        driver,
+        &resolved,
+        ssh.as_ref(),
+        &mut meta,
+        &run_dir,
+    );
+    record_end(&runs, &mut meta, &result)?;
     if result.is_err() {
         for notice in &notices {
             tracing::warn!("{notice}");
@@ -363,6 +260,165 @@ pub fn execute(
         exit_code,
         notices,
     })
+}
+
+/// The run's grants and its MCP servers' own tokens. MCP servers are
+/// checked first: their message names the server, which is what the user
+/// wrote in moat.yaml.
+fn grants_with_mcp(
+    plan: &RunPlan,
+    credentials: &CredentialStore,
+) -> Result<Vec<GrantName>, RunError> {
+    let mut grants: Vec<GrantName> = plan.grants.clone();
+    for mcp in &plan.mcp {
+        let Some((grant, _)) = &mcp.auth else {
+            continue;
+        };
+        if !matches!(grant, GrantName::Mcp(_)) {
+            // Another service's grant: only one the run already holds,
+            // and only for one of its hosts (checked once resolved).
+            if !plan.grants.contains(grant) {
+                return Err(RunError::McpGrantMisused {
+                    server: mcp.name.to_string(),
+                    grant: grant.to_string(),
+                    why: "the run does not hold it (add it to grants: or --grant, or use the server's own token)".into(),
+                });
+            }
+            continue;
+        }
+        let stem = grant.file_stem().unwrap_or_default();
+        if !credentials.contains(&stem) {
+            return Err(RunError::McpGrantMissing {
+                server: mcp.name.to_string(),
+            });
+        }
+        grants.push(grant.clone());
+    }
+    Ok(grants)
+}
+
+/// Claims the run's name and records the run as created. Both happen
+/// under one lock, so two runs cannot take the same name.
+fn record_start(
+    runs: &RunStore,
+    home: &MoatHome,
+    plan: &RunPlan,
+    grants: &[GrantName],
+    runtime: &str,
+) -> Result<RunMetadata, RunError> {
+    let _names = FileLock::acquire(&home.runs_dir().join(".names.lock"))?;
+    let name = match &plan.name {
+        Some(name) => {
+            if let Some(mut existing) = runs.active_named(name)? {
+                runs.reconcile(&mut existing)?;
+                if existing.state.is_active() {
+                    return Err(RunError::AlreadyRunning(name.clone()));
+                }
+            }
+            name.clone()
+        }
+        None => unique_name(runs)?,
+    };
+    let mut meta = RunMetadata::new(
+        RunId::generate(),
+        name,
+        plan.workspace.clone(),
+        plan.command.clone(),
+    );
+    meta.grants = grants.iter().map(ToString::to_string).collect();
+    meta.policy = plan.network.policy.to_string();
+    meta.runtime = runtime.into();
+    meta.interactive = plan.interactive;
+    meta.detached = plan.detached;
+    meta.supervisor_pid = Some(std::process::id());
+    meta.supervisor_start = moat_storage::process_start_time(std::process::id());
+    runs.create(&meta)?;
+    // Room to record the run's end even if MOAT_HOME fills up meanwhile.
+    if let Err(e) = runs.reserve(&meta.id) {
+        tracing::warn!(error = %e, "setting space aside for the run's final state");
+    }
+    Ok(meta)
+}
+
+/// Runs the sandbox while the run is open on its workspace and its
+/// protected paths are in place. Opened before the sandbox exists, closed
+/// on every way out that returns here: a run killed before closing stays
+/// open, which is what makes its changes suspect. Returns the exit code
+/// and what the user must hear (repositories the run created, disarmed).
+fn run_in_workspace(
+    home: &MoatHome,
+    plan: &RunPlan,
+    driver: &mut dyn SandboxDriver,
+    resolved: &[moat_credentials::ResolvedGrant],
+    ssh: Option<&crate::ssh::SshAccess>,
+    meta: &mut RunMetadata,
+    run_dir: &std::path::Path,
+) -> (Result<i32, RunError>, Vec<String>) {
+    if let Err(e) = moat_trust::open_run(
+        home,
+        &plan.workspace,
+        meta.id.as_str(),
+        &meta.name,
+        plan.config_used.as_ref(),
+    ) {
+        return (Err(e.into()), Vec::new());
+    }
+    let mut notices = Vec::new();
+    let protection = crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write);
+    let result = match &protection {
+        Ok(protection) => {
+            let plan = &RunPlan {
+                protected: protection.paths.clone(),
+                ..plan.clone()
+            };
+            let result = start_and_wait(home, plan, driver, resolved, ssh, meta, run_dir);
+            notices = protection.disarm_created_repositories();
+            result
+        }
+        Err(_) => Ok(0),
+    };
+    if let Err(e) = moat_trust::close_run(
+        home,
+        &plan.workspace,
+        meta.id.as_str(),
+        plan.config_used.as_ref(),
+    ) {
+        tracing::warn!(error = %e, "recording the run's end in the trust record");
+    }
+    let result = match protection {
+        Ok(protection) => {
+            // Placeholders stay while another run may show them.
+            let others = moat_trust::open_runs(home, &plan.workspace).map_or(true, |n| n > 0);
+            protection.release(others);
+            result
+        }
+        Err(e) => Err(e),
+    };
+    (result, notices)
+}
+
+/// Records how the run ended. On a full disk this records the run as
+/// failed, with the reason, and says so.
+fn record_end(
+    runs: &RunStore,
+    meta: &mut RunMetadata,
+    result: &Result<i32, RunError>,
+) -> Result<(), RunError> {
+    match result {
+        Ok(code) => {
+            meta.state = RunState::Stopped;
+            meta.exit_code = Some(*code);
+        }
+        Err(e) => {
+            meta.state = RunState::Failed;
+            meta.error = Some(moat_sandbox::error_chain(e));
+        }
+    }
+    meta.stopped_at = Some(Utc::now());
+    if let Some(reason) = runs.save_final(meta)? {
+        return Err(RunError::DiskFull { reason });
+    }
+    Ok(())
 }
 
 fn unique_name(runs: &RunStore) -> Result<String, RunError> {
@@ -454,7 +510,7 @@ fn start_and_wait(
     drop(watchdog);
     unregister(&runtime);
     match failure {
-        Some(cause) => Err(RunError::DaemonLost { cause }),
+        Some(lost) => Err(RunError::DaemonLost(Box::new(lost))),
         None => result,
     }
 }
@@ -536,62 +592,13 @@ fn sandbox_request(
     home: &MoatHome,
 ) -> Result<SandboxRequest, RunError> {
     let port = registration.port.max(1);
-    let proxy_authority = format!("{}:{port}", route.host_in_sandbox);
-    let env = SandboxEnv {
-        run_id: meta.id.as_str(),
-        run_name: &meta.name,
-        proxy_url: format!(
-            "http://moat:{}@{proxy_authority}",
-            registration.token.expose()
-        ),
-        proxy_authority: proxy_authority.clone(),
-        proxy_authorization: format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("moat:{}", registration.token.expose()))
-        ),
-        ca_pem: &registration.ca_cert_pem,
-        grants: resolved,
-        user_env: &plan.env,
-        interactive: plan.interactive,
-    };
+    let env = sandbox_env(route, plan, resolved, meta, registration);
     let mut variables = env.variables();
     variables.push((
         "MOAT_HOST_GATEWAY".to_owned(),
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
-    let mut sidecars = Vec::new();
-    for service in &plan.services {
-        let (sidecar, vars) = moat_runtime_docker::services::plan_sidecar(
-            &service.dependency,
-            &service.options,
-            &service_password(),
-        )
-        .map_err(|e| RunError::Driver(DriverError::runtime(e)))?;
-        // The user's own variables of the same name win.
-        for (name, value) in vars {
-            if !plan.env.iter().any(|(k, _)| *k == name) {
-                variables.push((name, value));
-            }
-        }
-        sidecars.push(sidecar);
-    }
-    if !sidecars.is_empty()
-        && !plan
-            .env
-            .iter()
-            .any(|(k, _)| k == "NO_PROXY" || k == "no_proxy")
-    {
-        // Services are reached directly, never through the proxy.
-        for (name, value) in variables.iter_mut() {
-            if name == "NO_PROXY" || name == "no_proxy" {
-                for sidecar in &sidecars {
-                    value.push(',');
-                    value.push_str(&sidecar.name);
-                }
-            }
-        }
-    }
+    let sidecars = plan_sidecars(plan, &mut variables);
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
         context: "locating the moat binary for the sandbox's capture relay".into(),
         error: e,
@@ -623,11 +630,7 @@ fn sandbox_request(
         proxy: ProxyAccess {
             port,
             socket: registration.proxy_socket.clone(),
-            authorization: ProxyAuthorization::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("moat:{}", registration.token.expose()))
-            )),
+            authorization: ProxyAuthorization::new(env.proxy_authorization.clone()),
             host_ports: plan.network.host_ports.clone(),
             relay_binary,
         },
@@ -650,6 +653,69 @@ fn sandbox_request(
         sidecars,
         sidecar_logs: run_dir.join("services"),
     })
+}
+
+/// What the sandbox's environment is made from: the proxy as the sandbox
+/// reaches it, with the run's token, and the grants' placeholders.
+fn sandbox_env<'a>(
+    route: &ProxyRoute,
+    plan: &'a RunPlan,
+    resolved: &'a [moat_credentials::ResolvedGrant],
+    meta: &'a RunMetadata,
+    registration: &'a moat_daemon::Registration,
+) -> SandboxEnv<'a> {
+    let port = registration.port.max(1);
+    let proxy_authority = format!("{}:{port}", route.host_in_sandbox);
+    let token = registration.token.expose();
+    SandboxEnv {
+        run_id: meta.id.as_str(),
+        run_name: &meta.name,
+        proxy_url: format!("http://moat:{token}@{proxy_authority}"),
+        proxy_authority,
+        proxy_authorization: format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("moat:{token}"))
+        ),
+        ca_pem: &registration.ca_cert_pem,
+        grants: resolved,
+        user_env: &plan.env,
+        interactive: plan.interactive,
+    }
+}
+
+/// The sidecars of the plan's services, each with a fresh password; their
+/// variables join the sandbox's (the user's own of the same name win),
+/// and `NO_PROXY` names them: services are reached directly, never
+/// through the proxy.
+fn plan_sidecars(
+    plan: &RunPlan,
+    variables: &mut Vec<(String, String)>,
+) -> Vec<moat_sandbox::Sidecar> {
+    let mut sidecars = Vec::new();
+    for service in &plan.services {
+        let planned = service.plan(&service_password());
+        for (name, value) in planned.env {
+            if !plan.env.iter().any(|(k, _)| *k == name) {
+                variables.push((name, value));
+            }
+        }
+        sidecars.push(planned.sidecar);
+    }
+    let user_no_proxy = plan
+        .env
+        .iter()
+        .any(|(k, _)| k == "NO_PROXY" || k == "no_proxy");
+    if !sidecars.is_empty() && !user_no_proxy {
+        for (name, value) in variables.iter_mut() {
+            if name == "NO_PROXY" || name == "no_proxy" {
+                for sidecar in &sidecars {
+                    value.push(',');
+                    value.push_str(&sidecar.name);
+                }
+            }
+        }
+    }
+    sidecars
 }
 
 /// A service's password: 32 random letters and digits, fresh for each run.

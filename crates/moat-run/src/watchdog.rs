@@ -24,11 +24,30 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long a new daemon may take to serve the run again.
 pub(crate) const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The run's proxy daemon went away and no new one could serve the run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the proxy daemon of run {run_id} stopped and no new one could serve it within {seconds} s \
+     ({}); the run is stopped. See {}",
+    last_error.as_ref().map(ToString::to_string).unwrap_or_default(),
+    log.display()
+)]
+pub struct DaemonLost {
+    /// The run.
+    pub run_id: String,
+    /// How long a new daemon was waited for.
+    pub seconds: u64,
+    /// The last attempt's error.
+    pub last_error: Option<Box<moat_daemon::ClientError>>,
+    /// The daemon's log.
+    pub log: PathBuf,
+}
+
 /// The running check; stopped on drop.
 pub(crate) struct Watchdog {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<DaemonLost>>>,
 }
 
 impl Watchdog {
@@ -65,9 +84,10 @@ impl Watchdog {
         }
     }
 
-    /// Why the run had to stop, when its daemon could not be brought back.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
+    /// Why the run had to stop, when its daemon could not be brought back
+    /// (told once).
+    pub(crate) fn failure(&self) -> Option<DaemonLost> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
     }
 }
 
@@ -88,7 +108,7 @@ struct Watch {
     port: u16,
     spec: RunSpec,
     trace: Option<PathBuf>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<DaemonLost>>>,
 }
 
 impl Watch {
@@ -136,7 +156,7 @@ impl Watch {
         &mut self,
         rt: &tokio::runtime::Runtime,
         stopped: &mpsc::Receiver<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DaemonLost> {
         let lost_at = Utc::now();
         let start = Instant::now();
         let run_id = self.spec.run_id.clone();
@@ -148,7 +168,7 @@ impl Watch {
         let mut opts = moat_daemon::StartOptions::from_env().unwrap_or_default();
         opts.port = Some(self.port);
         let mut noted = false;
-        let mut last_error = String::new();
+        let mut last_error = None;
         while start.elapsed() < RESTORE_TIMEOUT {
             let attempt = rt.block_on(async {
                 let client = DaemonClient::connect_or_start(&self.home, &opts).await?;
@@ -183,19 +203,19 @@ impl Watch {
                     self.daemon = client.info;
                     return Ok(());
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = Some(Box::new(e)),
             }
             match stopped.recv_timeout(Duration::from_millis(300)) {
                 Err(RecvTimeoutError::Timeout) => {}
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
-        Err(format!(
-            "the proxy daemon of run {run_id} stopped and no new one could serve it within {} s \
-             ({last_error}); the run is stopped. See {}",
-            RESTORE_TIMEOUT.as_secs(),
-            self.paths.log.display()
-        ))
+        Err(DaemonLost {
+            run_id,
+            seconds: RESTORE_TIMEOUT.as_secs(),
+            last_error,
+            log: self.paths.log.clone(),
+        })
     }
 
     /// A line in the run's trace marking the gap.

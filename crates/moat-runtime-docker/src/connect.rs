@@ -17,6 +17,149 @@ const REQUEST_TIMEOUT_SECS: u64 = 24 * 3600;
 /// The name of the gVisor OCI runtime as registered with dockerd.
 pub const GVISOR_RUNTIME: &str = "runsc";
 
+/// Why an engine's endpoint did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// `DOCKER_HOST` names neither a Unix socket nor a TCP address.
+    #[error("unsupported DOCKER_HOST {0:?} (use unix:///path/to/docker.sock or tcp://host:port)")]
+    Unsupported(String),
+    /// The client could not be set up for it.
+    #[error("{0}")]
+    Open(bollard::errors::Error),
+    /// Nothing answered in time.
+    #[error("no answer from {endpoint} within {seconds} s")]
+    NoAnswer {
+        /// The endpoint.
+        endpoint: String,
+        /// The time allowed.
+        seconds: u64,
+    },
+    /// The engine answered with an error, or the connection failed.
+    #[error("{endpoint}: {error}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// The client's error.
+        error: bollard::errors::Error,
+    },
+}
+
+impl EndpointError {
+    fn no_answer(endpoint: &str) -> Self {
+        EndpointError::NoAnswer {
+            endpoint: endpoint.to_owned(),
+            seconds: PING_TIMEOUT.as_secs(),
+        }
+    }
+}
+
+/// Why no Docker daemon answered.
+#[derive(Debug)]
+pub enum DaemonCause {
+    /// No socket file exists where one is looked for.
+    NoSocket {
+        /// The paths tried.
+        tried: Vec<String>,
+    },
+    /// Each endpoint tried, and why it did not answer.
+    Endpoints(Vec<EndpointError>),
+}
+
+impl std::fmt::Display for DaemonCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonCause::NoSocket { tried } => {
+                write!(f, "no Docker socket found (tried {})", tried.join(", "))
+            }
+            DaemonCause::Endpoints(causes) => {
+                for (i, cause) in causes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{cause}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A Podman socket that does not answer.
+#[derive(Debug)]
+pub struct SocketState {
+    /// Where.
+    pub path: PathBuf,
+    /// Whether the file is there (a stale socket) or not.
+    pub exists: bool,
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.exists {
+            "nothing answers on the Podman socket"
+        } else {
+            "no Podman socket at"
+        };
+        write!(f, "{state} {}", self.path.display())
+    }
+}
+
+/// Why Podman's API service cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanCause {
+    /// The socket `CONTAINER_HOST` names does not answer.
+    #[error("{0} (from CONTAINER_HOST)")]
+    NamedSocketDown(SocketState),
+    /// Podman is not installed.
+    #[error("podman is not installed")]
+    NotInstalled,
+    /// The service is not running, and moat may not start it.
+    #[error("its API service is not running ({0})")]
+    ServiceNotRunning(SocketState),
+    /// Starting the service failed.
+    #[error(transparent)]
+    Service(PodmanServiceError),
+    /// The service did not answer.
+    #[error(transparent)]
+    Endpoint(EndpointError),
+}
+
+/// Why [`ensure_podman_service`] could not start Podman's API service.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanServiceError {
+    /// The socket path has no directory.
+    #[error("{} has no parent directory", .0.display())]
+    NoParent(PathBuf),
+    /// A file operation or starting the process failed.
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The service ended as soon as it started.
+    #[error("podman system service exited at once ({0})")]
+    ExitedAtOnce(std::process::ExitStatus),
+    /// The service did not answer in time.
+    #[error("podman system service did not answer on {} within {seconds} s", socket.display())]
+    NoAnswer {
+        /// The socket.
+        socket: PathBuf,
+        /// The time allowed.
+        seconds: u64,
+    },
+}
+
+impl PodmanServiceError {
+    fn io(context: impl Into<String>, error: std::io::Error) -> Self {
+        PodmanServiceError::Io {
+            context: context.into(),
+            error,
+        }
+    }
+}
+
 /// How long a Podman API service that moat started may take to answer.
 const PODMAN_SERVICE_START: Duration = Duration::from_secs(10);
 
@@ -99,27 +242,28 @@ fn socket_answers(path: &Path) -> bool {
 /// it already does; otherwise removes a stale socket file and starts
 /// `podman system service` there. Concurrent callers (parallel runs) are
 /// serialised by a lock beside the socket, so only one service starts.
-pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, String> {
+pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, PodmanServiceError> {
     if socket_answers(socket) {
         return Ok(PodmanService::Running);
     }
     let dir = socket
         .parent()
-        .ok_or_else(|| format!("{} has no parent directory", socket.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        .ok_or_else(|| PodmanServiceError::NoParent(socket.to_owned()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PodmanServiceError::io(format!("creating {}", dir.display()), e))?;
     let lock_path = dir.join(".moat-service.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+        .map_err(|e| PodmanServiceError::io(format!("opening {}", lock_path.display()), e))?;
     let lock = tokio::task::spawn_blocking(move || {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map(|()| lock)
     })
     .await
-    .map_err(|e| format!("waiting for {}: {e}", lock_path.display()))?
-    .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    .map_err(|e| PodmanServiceError::io(format!("waiting for {}", lock_path.display()), e.into()))?
+    .map_err(|e| PodmanServiceError::io(format!("locking {}", lock_path.display()), e.into()))?;
     // Another caller may have started it while this one waited.
     if socket_answers(socket) {
         return Ok(PodmanService::Running);
@@ -128,9 +272,9 @@ pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, Strin
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(format!(
-                "removing the stale socket {}: {e}",
-                socket.display()
+            return Err(PodmanServiceError::io(
+                format!("removing the stale socket {}", socket.display()),
+                e,
             ))
         }
     }
@@ -142,7 +286,7 @@ pub async fn ensure_podman_service(socket: &Path) -> Result<PodmanService, Strin
 /// Starts `podman system service` on `socket`, detached from this process
 /// (its own session, no standard streams, no timeout), so that later runs
 /// reuse it; waits until the socket answers.
-async fn start_podman_service(socket: &Path) -> Result<u32, String> {
+async fn start_podman_service(socket: &Path) -> Result<u32, PodmanServiceError> {
     use std::os::unix::process::CommandExt as _;
     let mut command = std::process::Command::new("podman");
     // It outlives this process: it must not keep this process's working
@@ -172,18 +316,17 @@ async fn start_podman_service(socket: &Path) -> Result<u32, String> {
         .process_group(0);
     let mut child = command
         .spawn()
-        .map_err(|e| format!("starting podman system service: {e}"))?;
+        .map_err(|e| PodmanServiceError::io("starting podman system service", e))?;
     let deadline = tokio::time::Instant::now() + PODMAN_SERVICE_START;
     while !socket_answers(socket) {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("podman system service exited at once ({status})"));
+            return Err(PodmanServiceError::ExitedAtOnce(status));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "podman system service did not answer on {} within {} s",
-                socket.display(),
-                PODMAN_SERVICE_START.as_secs()
-            ));
+            return Err(PodmanServiceError::NoAnswer {
+                socket: socket.to_owned(),
+                seconds: PODMAN_SERVICE_START.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -257,7 +400,7 @@ pub fn candidate_endpoints(
         .collect()
 }
 
-fn open(endpoint: &str, version: &ClientVersion) -> Result<Docker, String> {
+fn open(endpoint: &str, version: &ClientVersion) -> Result<Docker, EndpointError> {
     let result = if let Some(path) = endpoint.strip_prefix("unix://") {
         Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
     } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
@@ -265,28 +408,25 @@ fn open(endpoint: &str, version: &ClientVersion) -> Result<Docker, String> {
     } else if endpoint.starts_with('/') {
         Docker::connect_with_unix(endpoint, REQUEST_TIMEOUT_SECS, version)
     } else {
-        return Err(format!(
-            "unsupported DOCKER_HOST {endpoint:?} (use unix:///path/to/docker.sock or tcp://host:port)"
-        ));
+        return Err(EndpointError::Unsupported(endpoint.to_owned()));
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(EndpointError::Open)
 }
 
 /// Pings the daemon and agrees on an API version: bollard speaks a recent
 /// one, and an older daemon rejects it naming the newest it supports.
-async fn handshake(endpoint: &str) -> Result<Docker, String> {
+async fn handshake(endpoint: &str) -> Result<Docker, EndpointError> {
     let docker = open(endpoint, API_DEFAULT_VERSION)?;
     let first = tokio::time::timeout(PING_TIMEOUT, docker.clone().negotiate_version()).await;
     match first {
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {} s",
-            PING_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(EndpointError::no_answer(endpoint)),
         Ok(Ok(docker)) => Ok(docker),
         Ok(Err(e)) => {
-            let message = e.to_string();
-            let Some(version) = max_supported_version(&message) else {
-                return Err(format!("{endpoint}: {message}"));
+            let Some(version) = max_supported_version(&e.to_string()) else {
+                return Err(EndpointError::Refused {
+                    endpoint: endpoint.to_owned(),
+                    error: e,
+                });
             };
             ping_at(endpoint, &version).await
         }
@@ -294,14 +434,14 @@ async fn handshake(endpoint: &str) -> Result<Docker, String> {
 }
 
 /// Opens `endpoint` at API `version` and pings it within [`PING_TIMEOUT`].
-async fn ping_at(endpoint: &str, version: &ClientVersion) -> Result<Docker, String> {
+async fn ping_at(endpoint: &str, version: &ClientVersion) -> Result<Docker, EndpointError> {
     let docker = open(endpoint, version)?;
     match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {} s",
-            PING_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
+        Err(_) => Err(EndpointError::no_answer(endpoint)),
+        Ok(Err(e)) => Err(EndpointError::Refused {
+            endpoint: endpoint.to_owned(),
+            error: e,
+        }),
         Ok(Ok(_)) => Ok(docker),
     }
 }
@@ -316,7 +456,7 @@ const PODMAN_COMPAT_API: ClientVersion = ClientVersion {
 /// Pings Podman's API at a fixed version: negotiating asks `/version`,
 /// which Podman answers in about 500 ms (it gathers its whole host
 /// information); `/_ping` answers at once.
-async fn handshake_podman(endpoint: &str) -> Result<Docker, String> {
+async fn handshake_podman(endpoint: &str) -> Result<Docker, EndpointError> {
     ping_at(endpoint, &PODMAN_COMPAT_API).await
 }
 
@@ -375,13 +515,14 @@ impl DockerRuntime {
             }
         }
         let cause = if causes.is_empty() {
-            let tried: Vec<&str> = endpoints
-                .iter()
-                .map(|e| e.strip_prefix("unix://").unwrap_or(e))
-                .collect();
-            format!("no Docker socket found (tried {})", tried.join(", "))
+            DaemonCause::NoSocket {
+                tried: endpoints
+                    .iter()
+                    .map(|e| e.strip_prefix("unix://").unwrap_or(e).to_owned())
+                    .collect(),
+            }
         } else {
-            causes.join("; ")
+            DaemonCause::Endpoints(causes)
         };
         Err(DockerError::DaemonNotAccessible { cause })
     }
@@ -404,38 +545,35 @@ impl DockerRuntime {
             rustix::process::getuid().is_root(),
             xdg.as_deref(),
         );
-        let not_accessible = |cause: String| DockerError::PodmanNotAccessible {
+        let not_accessible = |cause: PodmanCause| DockerError::PodmanNotAccessible {
             cause,
             endpoint: endpoint.clone(),
         };
         let mut started_service = false;
         if let Some(path) = endpoint.strip_prefix("unix://").map(Path::new) {
             if !socket_answers(path) {
-                let state = if path.exists() {
-                    "nothing answers on the Podman socket"
-                } else {
-                    "no Podman socket at"
+                let socket = SocketState {
+                    path: path.to_owned(),
+                    exists: path.exists(),
                 };
                 if explicit {
-                    return Err(not_accessible(format!(
-                        "{state} {} (from CONTAINER_HOST)",
-                        path.display()
-                    )));
+                    return Err(not_accessible(PodmanCause::NamedSocketDown(socket)));
                 }
                 if !podman_installed() {
-                    return Err(not_accessible("podman is not installed".into()));
+                    return Err(not_accessible(PodmanCause::NotInstalled));
                 }
                 if !may_start {
-                    return Err(not_accessible(format!(
-                        "its API service is not running ({state} {})",
-                        path.display()
-                    )));
+                    return Err(not_accessible(PodmanCause::ServiceNotRunning(socket)));
                 }
-                let service = ensure_podman_service(path).await.map_err(not_accessible)?;
+                let service = ensure_podman_service(path)
+                    .await
+                    .map_err(|e| not_accessible(PodmanCause::Service(e)))?;
                 started_service = matches!(service, PodmanService::Started { .. });
             }
         }
-        let docker = handshake_podman(&endpoint).await.map_err(not_accessible)?;
+        let docker = handshake_podman(&endpoint)
+            .await
+            .map_err(|e| not_accessible(PodmanCause::Endpoint(e)))?;
         Ok(DockerRuntime {
             docker,
             endpoint,
@@ -604,13 +742,21 @@ mod tests {
 
     #[tokio::test]
     async fn missing_sockets_give_the_product_message() {
-        let err = DockerRuntime::connect_to(&["unix:///nonexistent/docker.sock".into()], false)
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.starts_with("docker daemon not accessible: no Docker socket found (tried /nonexistent/docker.sock)"), "{err}");
-        assert!(err.contains("sudo systemctl start docker"));
-        assert!(err.contains("sudo usermod -aG docker $USER"));
+        use moat_hint::Hint as _;
+        let Err(err) =
+            DockerRuntime::connect_to(&["unix:///nonexistent/docker.sock".into()], false).await
+        else {
+            panic!("connected to a socket that does not exist");
+        };
+        assert_eq!(
+            err.to_string(),
+            "docker daemon not accessible: no Docker socket found (tried /nonexistent/docker.sock)"
+        );
+        let fix = err.hint().map(|f| f.to_string()).unwrap_or_default();
+        assert!(
+            fix.starts_with("To fix:\n  - Start the daemon: sudo systemctl start docker"),
+            "{fix}"
+        );
+        assert!(fix.contains("sudo usermod -aG docker $USER"), "{fix}");
     }
 }

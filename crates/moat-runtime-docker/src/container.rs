@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWrite;
 
 use crate::connect::DockerRuntime;
+use crate::dind::Dind;
 use crate::error::DockerError;
 use crate::gate::{gated_entrypoint, MOAT_IN_CONTAINER};
 use crate::guard::PendingGuard;
@@ -41,6 +42,24 @@ pub struct Container {
     /// ready yet: the workload's entrypoint waits for it, and
     /// [`crate::DockerRuntime::start`] reports its failure.
     pub(crate) guard_pending: Option<crate::guard::PendingGuard>,
+}
+
+/// Over the workspace's bind: what the host acts on, read-only (a
+/// container cannot be given a private copy of .git/config, which needs a
+/// mount inside it, so git there cannot change it); then the extra mounts.
+fn protected_and_mount_binds(spec: &ContainerSpec) -> Vec<String> {
+    let protected = spec.workload.protected.iter().map(|p| {
+        format!(
+            "{}:{}:ro",
+            spec.workload.workspace.join(&p.path).display(),
+            Path::new(WORKSPACE_IN_CONTAINER).join(&p.path).display()
+        )
+    });
+    let mounts = spec.workload.mounts.iter().map(|m| {
+        let mode = if m.read_only { ":ro" } else { "" };
+        format!("{}:{}{mode}", m.source.display(), m.target.display())
+    });
+    protected.chain(mounts).collect()
 }
 
 fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
@@ -165,67 +184,11 @@ impl DockerRuntime {
         if let SandboxRuntime::Gvisor { runtime } = &spec.runtime {
             self.require_gvisor(runtime).await?;
         }
-        let dind = match &spec.dind {
-            Some(image) if !matches!(spec.network, NetworkPolicy::Permissive) => {
-                Some(self.start_dind(spec, image).await?)
-            }
-            Some(_) => {
-                return Err(DockerError::InvalidSpec {
-                    message: "docker:dind needs the network guard (a strict or captured network)"
-                        .into(),
-                })
-            }
-            None => None,
-        };
-        let guard = match &spec.network {
-            NetworkPolicy::Permissive if !spec.sidecars.is_empty() => {
-                Err(DockerError::InvalidSpec {
-                    message:
-                        "service sidecars need the network guard (a strict or captured network)"
-                            .into(),
-                })
-            }
-            NetworkPolicy::Permissive => Ok(None),
-            NetworkPolicy::Strict {
-                proxy_host,
-                proxy_port,
-            } => self
-                .create_guard(spec, proxy_host, *proxy_port, None, dind.as_ref())
-                .await
-                .map(Some),
-            NetworkPolicy::Captured {
-                proxy_host,
-                proxy_port,
-                authorization,
-                relay_binary,
-            } => self
-                .create_guard(
-                    spec,
-                    proxy_host,
-                    *proxy_port,
-                    Some((authorization, relay_binary)),
-                    dind.as_ref(),
-                )
-                .await
-                .map(Some),
-        };
-        let guard = match (guard, &dind) {
-            (Ok(Some(g)), Some(d)) => match self.connect_guard(d, &g).await {
-                Ok(()) => Ok(Some(g)),
-                Err(e) => {
-                    self.remove_by_id(&g).await.ok();
-                    Err(e)
-                }
-            },
-            (guard, _) => guard,
-        };
-        let guard_id = match guard {
+        let dind = self.dind_for(spec).await?;
+        let guard_id = match self.guard_for(spec, dind.as_ref()).await {
             Ok(g) => g,
             Err(e) => {
-                if let Some(d) = &dind {
-                    self.remove_by_id(&d.container).await.ok();
-                    self.remove_network(&d.network).await;
-                }
+                self.remove_partial(None, None, dind.as_ref()).await;
                 return Err(e);
             }
         };
@@ -243,36 +206,14 @@ impl DockerRuntime {
         // The workload is created while the guard starts (and the services
         // get ready in its namespace): joining a created container's
         // network is allowed; the workload starts only once all are up.
-        let guard_up = async {
-            let Some(g) = guard_id.as_deref() else {
-                return Ok((Vec::new(), None));
-            };
-            if guard_waited_by_gate {
-                let launched = self.launch_guard(g).await?;
-                return Ok((Vec::new(), Some(PendingGuard::watch(launched))));
-            }
-            self.start_guard(g).await?;
-            if let Some(d) = &dind {
-                self.dind_ready(spec, d).await?;
-            }
-            if spec.sidecars.is_empty() {
-                return Ok((Vec::new(), None));
-            }
-            let ids = self.start_sidecars(spec, g).await?;
-            match self
-                .sidecars_ready(spec, &ids, spec.sidecar_logs.as_deref())
-                .await
-            {
-                Ok(()) => Ok((ids, None)),
-                Err(e) => {
-                    self.remove_all(&ids).await;
-                    Err(e)
-                }
-            }
-        };
         let (workload, guard_up) = tokio::join!(
             self.create_workload(spec, guard_id.as_deref(), gate),
-            guard_up
+            self.bring_up_guard(
+                spec,
+                guard_id.as_deref(),
+                dind.as_ref(),
+                guard_waited_by_gate
+            )
         );
         let (created, failure) = match (workload, guard_up) {
             (Ok(id), Ok((mut sidecar_ids, guard_pending))) => {
@@ -295,17 +236,125 @@ impl DockerRuntime {
                 (None, e)
             }
         };
-        if let Some(id) = &created {
+        self.remove_partial(created.as_deref(), guard_id.as_deref(), dind.as_ref())
+            .await;
+        Err(failure)
+    }
+
+    /// `docker:dind`: its daemon started, which needs the network guard.
+    async fn dind_for(&self, spec: &ContainerSpec) -> Result<Option<Dind>, DockerError> {
+        match &spec.dind {
+            Some(image) if !matches!(spec.network, NetworkPolicy::Permissive) => {
+                Ok(Some(self.start_dind(spec, image).await?))
+            }
+            Some(_) => Err(DockerError::InvalidSpec {
+                message: "docker:dind needs the network guard (a strict or captured network)"
+                    .into(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The network guard the policy asks for (created, not started), on
+    /// the dind daemon's network too when there is one; none when
+    /// permissive, which sidecars cannot be.
+    async fn guard_for(
+        &self,
+        spec: &ContainerSpec,
+        dind: Option<&Dind>,
+    ) -> Result<Option<String>, DockerError> {
+        let guard = match &spec.network {
+            NetworkPolicy::Permissive if !spec.sidecars.is_empty() => {
+                return Err(DockerError::InvalidSpec {
+                    message:
+                        "service sidecars need the network guard (a strict or captured network)"
+                            .into(),
+                })
+            }
+            NetworkPolicy::Permissive => return Ok(None),
+            NetworkPolicy::Strict {
+                proxy_host,
+                proxy_port,
+            } => {
+                self.create_guard(spec, proxy_host, *proxy_port, None, dind)
+                    .await?
+            }
+            NetworkPolicy::Captured {
+                proxy_host,
+                proxy_port,
+                authorization,
+                relay_binary,
+            } => {
+                self.create_guard(
+                    spec,
+                    proxy_host,
+                    *proxy_port,
+                    Some((authorization, relay_binary)),
+                    dind,
+                )
+                .await?
+            }
+        };
+        if let Some(d) = dind {
+            if let Err(e) = self.connect_guard(d, &guard).await {
+                self.remove_by_id(&guard).await.ok();
+                return Err(e);
+            }
+        }
+        Ok(Some(guard))
+    }
+
+    /// Starts the guard, then the dind daemon and the sidecars in its
+    /// namespace, each ready; or, when the gate waits for it, launches it
+    /// and returns the watch on its readiness. Returns the sidecars' ids.
+    async fn bring_up_guard(
+        &self,
+        spec: &ContainerSpec,
+        guard_id: Option<&str>,
+        dind: Option<&Dind>,
+        waited_by_gate: bool,
+    ) -> Result<(Vec<String>, Option<PendingGuard>), DockerError> {
+        let Some(g) = guard_id else {
+            return Ok((Vec::new(), None));
+        };
+        if waited_by_gate {
+            let launched = self.launch_guard(g).await?;
+            return Ok((Vec::new(), Some(PendingGuard::watch(launched))));
+        }
+        self.start_guard(g).await?;
+        if let Some(d) = dind {
+            self.dind_ready(spec, d).await?;
+        }
+        if spec.sidecars.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let ids = self.start_sidecars(spec, g).await?;
+        match self
+            .sidecars_ready(spec, &ids, spec.sidecar_logs.as_deref())
+            .await
+        {
+            Ok(()) => Ok((ids, None)),
+            Err(e) => {
+                self.remove_all(&ids).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what a failed [`DockerRuntime::create`] made.
+    async fn remove_partial(
+        &self,
+        workload: Option<&str>,
+        guard: Option<&str>,
+        dind: Option<&Dind>,
+    ) {
+        for id in [workload, guard].into_iter().flatten() {
             self.remove_by_id(id).await.ok();
         }
-        if let Some(g) = &guard_id {
-            self.remove_by_id(g).await.ok();
-        }
-        if let Some(d) = &dind {
+        if let Some(d) = dind {
             self.remove_by_id(&d.container).await.ok();
             self.remove_network(&d.network).await;
         }
-        Err(failure)
     }
 
     /// Creates the workload; with `gate` (the host's moat binary), its
@@ -346,48 +395,7 @@ impl DockerRuntime {
             }
             None => None,
         };
-        // Over the workspace's bind: what the host acts on, read-only. A
-        // container cannot be given a private copy of .git/config (that
-        // needs a mount inside it), so git there cannot change it.
-        for p in &spec.workload.protected {
-            binds.push(format!(
-                "{}:{}:ro",
-                spec.workload.workspace.join(&p.path).display(),
-                Path::new(WORKSPACE_IN_CONTAINER).join(&p.path).display()
-            ));
-        }
-        for m in &spec.workload.mounts {
-            let mode = if m.read_only { ":ro" } else { "" };
-            binds.push(format!(
-                "{}:{}{mode}",
-                m.source.display(),
-                m.target.display()
-            ));
-        }
-        let (network_mode, extra_hosts) = match guard {
-            // /etc/hosts (with host.docker.internal) comes from the guard.
-            Some(g) => (Some(format!("container:{g}")), None),
-            None => (
-                self.own_network_mode(),
-                Some(vec![self.host_gateway_entry()]),
-            ),
-        };
-        let host_config = HostConfig {
-            binds: Some(binds),
-            memory: spec
-                .memory_mb
-                .map(|m| (m as i64).saturating_mul(1024 * 1024)),
-            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
-            runtime: Some(spec.runtime.oci_name().to_owned()),
-            network_mode,
-            extra_hosts,
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            ulimits: self.container_ulimits(),
-            group_add: (!spec.groups.is_empty())
-                .then(|| spec.groups.iter().map(u32::to_string).collect()),
-            ..Default::default()
-        };
+        binds.extend(protected_and_mount_binds(spec));
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint,
@@ -409,33 +417,68 @@ impl DockerRuntime {
             attach_stdin: Some(spec.interactive),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            host_config: Some(host_config),
+            host_config: Some(self.workload_host_config(spec, binds, guard)),
             ..Default::default()
         };
         let name = spec.container_name();
         let created = self.create_named(&name, body).await.map_err(|e| {
             DockerError::engine(format!("creating container {name} from {}", spec.image), e)
         })?;
-        if !spec.workload.files.is_empty() {
-            let upload = async {
-                let archive = tar_files(&spec.workload.files)?;
-                self.docker
-                    .upload_to_container(
-                        &created,
-                        Some(UploadToContainerOptionsBuilder::new().path("/").build()),
-                        bollard::body_full(archive.into()),
-                    )
-                    .await
-                    .map_err(|e| {
-                        DockerError::engine("putting the injected files into the container", e)
-                    })
-            };
-            if let Err(e) = upload.await {
-                self.remove_by_id(&created).await.ok();
-                return Err(e);
-            }
+        if let Err(e) = self.upload_files(&created, spec).await {
+            self.remove_by_id(&created).await.ok();
+            return Err(e);
         }
         Ok(created)
+    }
+
+    /// The workload's binds, limits and network: the guard's namespace, or
+    /// its own with the host gateway entry. Every capability dropped.
+    fn workload_host_config(
+        &self,
+        spec: &ContainerSpec,
+        binds: Vec<String>,
+        guard: Option<&str>,
+    ) -> HostConfig {
+        let (network_mode, extra_hosts) = match guard {
+            // /etc/hosts (with host.docker.internal) comes from the guard.
+            Some(g) => (Some(format!("container:{g}")), None),
+            None => (
+                self.own_network_mode(),
+                Some(vec![self.host_gateway_entry()]),
+            ),
+        };
+        HostConfig {
+            binds: Some(binds),
+            memory: spec
+                .memory_mb
+                .map(|m| (m as i64).saturating_mul(1024 * 1024)),
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            runtime: Some(spec.runtime.oci_name().to_owned()),
+            network_mode,
+            extra_hosts,
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            ulimits: self.container_ulimits(),
+            group_add: (!spec.groups.is_empty())
+                .then(|| spec.groups.iter().map(u32::to_string).collect()),
+            ..Default::default()
+        }
+    }
+
+    /// Puts the injected files into the created container.
+    async fn upload_files(&self, created: &str, spec: &ContainerSpec) -> Result<(), DockerError> {
+        if spec.workload.files.is_empty() {
+            return Ok(());
+        }
+        let archive = tar_files(&spec.workload.files)?;
+        self.docker
+            .upload_to_container(
+                created,
+                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| DockerError::engine("putting the injected files into the container", e))
     }
 
     /// Starts a created container; when its guard was started with it, also

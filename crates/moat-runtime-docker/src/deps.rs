@@ -1,6 +1,7 @@
-//! The registry of known dependencies (data), parsing of what users write
-//! in `dependencies:` and the `moat deps list` / `moat deps info` queries.
+//! The registry of known dependencies (data), checking what users write
+//! in `dependencies:` against it, and the `moat deps list` / `moat deps info` queries.
 
+use moat_sandbox::services::{self, ServiceDef};
 use serde::Serialize;
 
 use crate::error::DockerError;
@@ -86,16 +87,14 @@ const fn apt(
     }
 }
 
-const fn service(
-    name: &'static str,
-    description: &'static str,
-    default_version: &'static str,
-) -> DepInfo {
+/// A service of `moat-sandbox`'s catalogue: its name and default version
+/// are the catalogue's.
+const fn service(def: &ServiceDef, description: &'static str) -> DepInfo {
     DepInfo {
-        name,
+        name: def.name,
         kind: DepType::Service,
         description,
-        default_version: Some(default_version),
+        default_version: Some(def.default_version),
         apt_packages: &[],
         requires: None,
         provides:
@@ -174,19 +173,16 @@ pub const REGISTRY: &[DepInfo] = &[
     apt("shellcheck", "Shell script linter", &["shellcheck"]),
     apt("procps", "ps, top, free", &["procps"]),
     service(
-        "postgres",
+        &services::POSTGRES,
         "PostgreSQL database (sidecar; MOAT_POSTGRES_URL, _HOST, _PORT, _USER, _PASSWORD, _DB)",
-        "17",
     ),
     service(
-        "mysql",
+        &services::MYSQL,
         "MySQL database (sidecar; MOAT_MYSQL_URL, _HOST, _PORT, _USER, _PASSWORD, _DB)",
-        "8",
     ),
     service(
-        "redis",
+        &services::REDIS,
         "Redis key-value store (sidecar; MOAT_REDIS_URL, _HOST, _PORT, _PASSWORD)",
-        "7",
     ),
     DepInfo {
         name: "docker:",
@@ -270,66 +266,105 @@ pub struct Dependency {
     pub package: Option<String>,
 }
 
-/// Parses and checks a list of dependencies: unknown names (with the
-/// nearest suggestions), malformed versions, dynamic kinds without their
-/// runtime.
-pub fn parse_dependencies(specs: &[String]) -> Result<Vec<Dependency>, DockerError> {
-    let mut out = Vec::new();
-    for spec in specs {
-        out.push(parse_one(spec.trim())?);
-    }
-    for dep in &out {
+/// Checks `dependencies:`, as moat.yaml parsed them, against the
+/// registry: unknown names (with the nearest suggestions), versions the
+/// registry cannot give, dynamic kinds without their runtime.
+pub fn resolve_dependencies(
+    written: &[moat_config::Dependency],
+) -> Result<Vec<Dependency>, DockerError> {
+    let resolved = written
+        .iter()
+        .map(resolve_one)
+        .collect::<Result<Vec<_>, _>>()?;
+    for dep in &resolved {
         if let Some(runtime) = dep.info.requires {
-            if !out.iter().any(|d| d.info.name == runtime) {
-                return Err(DockerError::InvalidDependency {
+            if !resolved.iter().any(|d| d.info.name == runtime) {
+                return Err(DockerError::MissingRuntime {
                     name: dep.spec.clone(),
-                    message: format!(
-                        "it needs the {runtime} runtime: add `{runtime}` to the dependencies"
-                    ),
+                    runtime,
                 });
             }
         }
     }
-    Ok(out)
+    Ok(resolved)
 }
 
-fn parse_one(spec: &str) -> Result<Dependency, DockerError> {
+/// Parses dependencies written as text (`node@20`, `npm:typescript`) and
+/// checks them as [`resolve_dependencies`] does, for callers that hold
+/// text rather than a parsed moat.yaml.
+pub fn parse_dependencies(specs: &[String]) -> Result<Vec<Dependency>, DockerError> {
+    let written = specs
+        .iter()
+        .map(|spec| {
+            let spec = spec.trim();
+            moat_config::Dependency::parse(spec).map_err(|e| DockerError::InvalidDependency {
+                name: spec.to_owned(),
+                message: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    resolve_dependencies(&written)
+}
+
+fn resolve_one(written: &moat_config::Dependency) -> Result<Dependency, DockerError> {
+    match written.kind.prefix() {
+        Some(prefix) => resolve_package(written, prefix),
+        None => resolve_registry_entry(written),
+    }
+}
+
+/// `prefix:package[@version]`: a package of a language's registry, or
+/// `docker:host`/`docker:dind`. The version stays part of the package, as
+/// the installers take it.
+fn resolve_package(
+    written: &moat_config::Dependency,
+    prefix: &str,
+) -> Result<Dependency, DockerError> {
+    let spec = written.to_string();
+    let key = format!("{prefix}:");
+    let info = REGISTRY
+        .iter()
+        .find(|d| d.name == key)
+        .ok_or_else(|| unknown(&spec, &key))?;
+    let package = match &written.version {
+        Some(version) => format!("{}@{version}", written.name),
+        None => written.name.clone(),
+    };
     let invalid = |message: String| DockerError::InvalidDependency {
-        name: spec.to_owned(),
+        name: spec.clone(),
         message,
     };
-    if let Some((prefix, package)) = spec.split_once(':') {
-        let key = format!("{prefix}:");
-        let info = REGISTRY
-            .iter()
-            .find(|d| d.name == key)
-            .ok_or_else(|| unknown(spec, &key))?;
-        if info.kind == DepType::Docker && !matches!(package, "host" | "dind") {
-            return Err(invalid(format!(
-                "expected docker:host or docker:dind, found docker:{package}"
-            )));
-        }
-        if package.is_empty() || !package.chars().all(safe_package_char) {
-            return Err(invalid(format!(
-                "the package name {package:?} is empty or has characters other than letters, digits and @ / . _ - ~ ^ = < >"
-            )));
-        }
-        return Ok(Dependency {
-            spec: spec.to_owned(),
-            info,
-            version: None,
-            package: Some(package.to_owned()),
-        });
+    if info.kind == DepType::Docker && !matches!(package.as_str(), "host" | "dind") {
+        return Err(invalid(format!(
+            "expected docker:host or docker:dind, found docker:{package}"
+        )));
     }
-    let (name, version) = match spec.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (spec, None),
-    };
+    if package.is_empty() || !package.chars().all(safe_package_char) {
+        return Err(invalid(format!(
+            "the package name {package:?} is empty or has characters other than letters, digits and @ / . _ - ~ ^ = < >"
+        )));
+    }
+    Ok(Dependency {
+        spec,
+        info,
+        version: None,
+        package: Some(package),
+    })
+}
+
+/// `name[@version]`: an entry of moat's own registry.
+fn resolve_registry_entry(written: &moat_config::Dependency) -> Result<Dependency, DockerError> {
+    let spec = written.to_string();
+    let name = written.name.as_str();
     let info = REGISTRY
         .iter()
         .find(|d| d.name == name && d.kind != DepType::Dynamic)
-        .ok_or_else(|| unknown(spec, name))?;
-    let version = match (version, info.default_version) {
+        .ok_or_else(|| unknown(&spec, name))?;
+    let invalid = |message: String| DockerError::InvalidDependency {
+        name: spec.clone(),
+        message,
+    };
+    let version = match (written.version.as_deref(), info.default_version) {
         (Some(v), Some(_)) => {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_digit() || c == '.') {
                 return Err(invalid(format!(
@@ -346,7 +381,7 @@ fn parse_one(spec: &str) -> Result<Dependency, DockerError> {
         (None, default) => default.map(str::to_owned),
     };
     Ok(Dependency {
-        spec: spec.to_owned(),
+        spec,
         info,
         version,
         package: None,
@@ -431,12 +466,15 @@ mod tests {
 
     #[test]
     fn misspelt_names_suggest_the_nearest() {
-        let err = parse_dependencies(&specs(&["pyhton"]))
-            .err()
-            .map(|e| e.to_string());
+        use moat_hint::Hint as _;
+        let err = parse_dependencies(&specs(&["pyhton"])).err();
         assert_eq!(
-            err.as_deref(),
-            Some("unknown dependency \"pyhton\": did you mean python?\nRun `moat deps list` to see every known dependency.")
+            err.as_ref().map(ToString::to_string).as_deref(),
+            Some("unknown dependency \"pyhton\": did you mean python?")
+        );
+        assert_eq!(
+            err.and_then(|e| e.hint()).map(|f| f.to_string()).as_deref(),
+            Some("Run `moat deps list` to see every known dependency.")
         );
         assert_eq!(suggest("ripgrp"), vec!["ripgrep".to_owned()]);
         assert_eq!(suggest("nmp:"), vec!["npm:".to_owned()]);
@@ -445,12 +483,16 @@ mod tests {
 
     #[test]
     fn dynamic_needs_its_runtime() {
-        let err = parse_dependencies(&specs(&["npm:typescript"]))
-            .err()
-            .map(|e| e.to_string());
-        assert!(err
-            .unwrap_or_default()
-            .contains("add `node` to the dependencies"));
+        use moat_hint::Hint as _;
+        let err = parse_dependencies(&specs(&["npm:typescript"])).err();
+        assert_eq!(
+            err.as_ref().map(ToString::to_string).as_deref(),
+            Some("invalid dependency \"npm:typescript\": it needs the node runtime")
+        );
+        assert_eq!(
+            err.and_then(|e| e.hint()).map(|f| f.to_string()).as_deref(),
+            Some("Add `node` to the dependencies.")
+        );
         assert!(parse_dependencies(&specs(&["git@2"])).is_err());
         assert!(parse_dependencies(&specs(&["node@lts;rm"])).is_err());
         assert!(parse_dependencies(&specs(&["npm:a b"])).is_err());

@@ -39,7 +39,7 @@ fn wants_docker(request: &SandboxRequest, kind: &str) -> bool {
         .image
         .dependencies
         .iter()
-        .any(|d| d.trim().strip_prefix("docker:") == Some(kind))
+        .any(|d| d.kind == moat_config::DependencyKind::Docker && d.name == kind)
 }
 
 /// How long a stopped container may take to exit before it is killed.
@@ -159,6 +159,104 @@ impl ContainerDriver {
         })
     }
 
+    /// The request's sidecars with their images mapped, pulled unless
+    /// local.
+    fn prepare_sidecars(
+        &mut self,
+        request: &SandboxRequest,
+        map: &ImageMap,
+    ) -> Result<(), DriverError> {
+        let sidecars: Vec<moat_sandbox::Sidecar> = request
+            .sidecars
+            .iter()
+            .map(|s| moat_sandbox::Sidecar {
+                image: map.resolve(&s.image).to_owned(),
+                ..s.clone()
+            })
+            .collect();
+        self.block_on(self.engine.ensure_sidecar_images(&sidecars))
+            .map_err(DriverError::hinted)?;
+        self.sidecars = sidecars;
+        Ok(())
+    }
+
+    /// `docker:dind`: the daemon's image, mapped and present. Docker only.
+    fn prepare_dind(&mut self, map: &ImageMap) -> Result<(), DriverError> {
+        let engine = self.engine.engine_kind();
+        if engine != Engine::Docker {
+            return Err(DriverError::hinted(DockerError::DindNeedsDocker {
+                runtime: engine.name(),
+            }));
+        }
+        let image = map.resolve(crate::dind::DIND_IMAGE).to_owned();
+        self.block_on(self.engine.ensure_image(&image))
+            .map_err(|cause| {
+                DriverError::hinted(DockerError::ServiceImageUnavailable {
+                    service: "docker:dind".into(),
+                    image: image.clone(),
+                    cause,
+                })
+            })?;
+        self.dind_image = Some(image);
+        Ok(())
+    }
+
+    /// `docker:host`: the engine's Unix socket and its group.
+    fn prepare_engine_socket(&mut self) -> Result<(), DriverError> {
+        let socket = self.engine.unix_socket().ok_or_else(|| {
+            DriverError::hinted(DockerError::InvalidDependency {
+                name: "docker:host".into(),
+                message: format!(
+                    "the engine listens at {}, not on a Unix socket moat could mount",
+                    self.engine.endpoint()
+                ),
+            })
+        })?;
+        let gid = std::fs::metadata(&socket)
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .map_err(|e| DriverError::io(format!("reading {}", socket.display()), e))?;
+        self.engine_socket = Some((socket, gid));
+        Ok(())
+    }
+
+    /// `docker:host` or `docker:dind`: the engine the sandbox reaches, and
+    /// `DOCKER_HOST` naming it.
+    fn add_engine(&self, spec: &mut ContainerSpec) {
+        if let Some((socket, gid)) = &self.engine_socket {
+            spec.workload.mounts.push(moat_sandbox::BindMount {
+                source: socket.clone(),
+                target: ENGINE_SOCKET_IN_SANDBOX.into(),
+                read_only: false,
+            });
+            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.workload.env.push((
+                "DOCKER_HOST".into(),
+                format!("unix://{ENGINE_SOCKET_IN_SANDBOX}"),
+            ));
+            spec.groups.push(*gid);
+        }
+        if let Some(image) = &self.dind_image {
+            spec.dind = Some(image.clone());
+            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
+            spec.workload.env.push((
+                "DOCKER_HOST".into(),
+                format!(
+                    "tcp://{}:{}",
+                    crate::dind::DIND_HOST,
+                    crate::dind::DIND_PORT
+                ),
+            ));
+            // The docker CLI honours the proxy variables for a tcp://
+            // daemon; this one is reached directly.
+            for (name, value) in spec.workload.env.iter_mut() {
+                if name == "NO_PROXY" || name == "no_proxy" {
+                    value.push(',');
+                    value.push_str(crate::dind::DIND_HOST);
+                }
+            }
+        }
+    }
+
     fn container_spec(&self, request: &SandboxRequest, image: &str) -> ContainerSpec {
         let (uid, gid) = caller_ids();
         let mut spec = ContainerSpec::new(
@@ -197,39 +295,7 @@ impl ContainerDriver {
         spec.hostname = request.hostname.clone();
         spec.sidecars = self.sidecars.clone();
         spec.sidecar_logs = Some(request.sidecar_logs.clone());
-        if let Some((socket, gid)) = &self.engine_socket {
-            spec.workload.mounts.push(moat_sandbox::BindMount {
-                source: socket.clone(),
-                target: ENGINE_SOCKET_IN_SANDBOX.into(),
-                read_only: false,
-            });
-            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
-            spec.workload.env.push((
-                "DOCKER_HOST".into(),
-                format!("unix://{ENGINE_SOCKET_IN_SANDBOX}"),
-            ));
-            spec.groups.push(*gid);
-        }
-        if let Some(image) = &self.dind_image {
-            spec.dind = Some(image.clone());
-            spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
-            spec.workload.env.push((
-                "DOCKER_HOST".into(),
-                format!(
-                    "tcp://{}:{}",
-                    crate::dind::DIND_HOST,
-                    crate::dind::DIND_PORT
-                ),
-            ));
-            // The docker CLI honours the proxy variables for a tcp://
-            // daemon; this one is reached directly.
-            for (name, value) in spec.workload.env.iter_mut() {
-                if name == "NO_PROXY" || name == "no_proxy" {
-                    value.push(',');
-                    value.push_str(crate::dind::DIND_HOST);
-                }
-            }
-        }
+        self.add_engine(&mut spec);
         // Whatever the policy, the container's only way out is the proxy:
         // clients that ignore the proxy variables are captured by the guard.
         spec.network = NetworkPolicy::Captured {
@@ -240,6 +306,27 @@ impl ContainerDriver {
         };
         spec
     }
+}
+
+/// The image the request's recipe asks for, built as the caller's ids.
+fn image_request(request: &SandboxRequest) -> ImageRequest {
+    let (uid, gid) = caller_ids();
+    let recipe = &request.image;
+    let mut image_request = ImageRequest::new(
+        recipe.dependencies.clone(),
+        uid,
+        gid,
+        request.build_log.clone(),
+    );
+    image_request.base_image = recipe.base_image.clone();
+    image_request.hooks = BuildHooks {
+        post_build_root: recipe.post_build_root.iter().cloned().collect(),
+        post_build: recipe.post_build.iter().cloned().collect(),
+    };
+    image_request.rebuild = recipe.rebuild;
+    image_request.verbose = recipe.verbose;
+    image_request.cache_dir = request.settings_dir.as_ref().map(|d| d.join("cache"));
+    image_request
 }
 
 fn caller_ids() -> (u32, u32) {
@@ -330,7 +417,7 @@ impl SandboxDriver for ContainerDriver {
     fn proxy_route(&mut self) -> Result<ProxyRoute, DriverError> {
         let listen = self
             .block_on(self.engine.proxy_listen_addresses())
-            .map_err(DriverError::runtime)?;
+            .map_err(DriverError::hinted)?;
         Ok(ProxyRoute {
             listen,
             host_in_sandbox: HOST_GATEWAY_NAME.into(),
@@ -341,81 +428,23 @@ impl SandboxDriver for ContainerDriver {
         let mut notes = Vec::new();
         let oci = self
             .block_on(self.oci_runtime(request, &mut notes))
-            .map_err(DriverError::runtime)?;
+            .map_err(DriverError::hinted)?;
         self.oci = Some(oci);
-        let (uid, gid) = caller_ids();
-        let recipe = &request.image;
-        let map = ImageMap::load(request.settings_dir.as_deref()).map_err(DriverError::runtime)?;
-        let mut image_request = ImageRequest::new(
-            recipe.dependencies.clone(),
-            uid,
-            gid,
-            request.build_log.clone(),
-        );
-        image_request.base_image = recipe.base_image.clone();
-        image_request.hooks = BuildHooks {
-            post_build_root: recipe.post_build_root.iter().cloned().collect(),
-            post_build: recipe.post_build.iter().cloned().collect(),
-        };
-        image_request.rebuild = recipe.rebuild;
-        image_request.verbose = recipe.verbose;
-        image_request.cache_dir = request.settings_dir.as_ref().map(|d| d.join("cache"));
+        let map = ImageMap::load(request.settings_dir.as_deref()).map_err(DriverError::hinted)?;
         let image = self
-            .block_on(self.engine.resolve_image(&image_request, &map))
-            .map_err(DriverError::runtime)?;
+            .block_on(self.engine.resolve_image(&image_request(request), &map))
+            .map_err(DriverError::hinted)?;
         notes.extend(image.notes);
-        let sidecars: Vec<moat_sandbox::Sidecar> = request
-            .sidecars
-            .iter()
-            .map(|s| moat_sandbox::Sidecar {
-                image: map.resolve(&s.image).to_owned(),
-                ..s.clone()
-            })
-            .collect();
-        self.block_on(self.engine.ensure_sidecar_images(&sidecars))
-            .map_err(DriverError::runtime)?;
-        self.sidecars = sidecars;
+        self.prepare_sidecars(request, &map)?;
         self.engine_socket = None;
         self.dind_image = None;
         if wants_docker(request, "dind") {
-            if self.engine.engine_kind() != Engine::Docker {
-                return Err(DriverError::runtime(DockerError::InvalidDependency {
-                    name: "docker:dind".into(),
-                    message: format!(
-                        "Docker in Docker needs the Docker runtime (the {} runtime cannot give \
-                         the daemon the privileges it needs). To fix: MOAT_RUNTIME=docker moat run, \
-                         or use docker:host",
-                        self.engine.engine_kind().name()
-                    ),
-                }));
-            }
-            let image = map.resolve(crate::dind::DIND_IMAGE).to_owned();
-            self.block_on(self.engine.ensure_image(&image))
-                .map_err(|cause| {
-                    DriverError::runtime(DockerError::ServiceImageUnavailable {
-                        service: "docker:dind".into(),
-                        image: image.clone(),
-                        cause,
-                    })
-                })?;
+            self.prepare_dind(&map)?;
             notes.push(DOCKER_DIND_WARNING.to_owned());
-            self.dind_image = Some(image);
         }
         if wants_docker(request, "host") {
-            let socket = self.engine.unix_socket().ok_or_else(|| {
-                DriverError::runtime(DockerError::InvalidDependency {
-                    name: "docker:host".into(),
-                    message: format!(
-                        "the engine listens at {}, not on a Unix socket moat could mount",
-                        self.engine.endpoint()
-                    ),
-                })
-            })?;
-            let gid = std::fs::metadata(&socket)
-                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
-                .map_err(|e| DriverError::io(format!("reading {}", socket.display()), e))?;
+            self.prepare_engine_socket()?;
             notes.push(DOCKER_HOST_WARNING.to_owned());
-            self.engine_socket = Some((socket, gid));
         }
         Ok(Prepared {
             image: Some(image.tag),
@@ -430,7 +459,7 @@ impl SandboxDriver for ContainerDriver {
         output: OutputSinks,
     ) -> Result<Box<dyn RunningSandbox + '_>, DriverError> {
         let image = prepared.image.clone().ok_or_else(|| {
-            DriverError::runtime(DockerError::InvalidSpec {
+            DriverError::hinted(DockerError::InvalidSpec {
                 message: "no image was prepared for the container".into(),
             })
         })?;
@@ -463,7 +492,7 @@ impl SandboxDriver for ContainerDriver {
                 }
             }
         });
-        let (container, attached) = started.map_err(DriverError::runtime)?;
+        let (container, attached) = started.map_err(DriverError::hinted)?;
         let control = Arc::new(ContainerControl {
             engine: self.engine.clone(),
             container: container.clone(),
@@ -488,7 +517,7 @@ impl SandboxDriver for ContainerDriver {
     fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError> {
         let found = self
             .block_on(self.engine.list_managed())
-            .map_err(DriverError::runtime)?;
+            .map_err(DriverError::hinted)?;
         Ok(found
             .into_iter()
             .map(|c| Leftover {
@@ -500,7 +529,7 @@ impl SandboxDriver for ContainerDriver {
 
     fn remove_leftover(&mut self, leftover: &Leftover) -> Result<(), DriverError> {
         self.block_on(self.engine.remove_by_id(&leftover.id))
-            .map_err(DriverError::runtime)?;
+            .map_err(DriverError::hinted)?;
         // The run's own network goes with its last container.
         if let Some(run) = &leftover.run_id {
             self.block_on(
@@ -616,7 +645,7 @@ impl RunningSandbox for ContainerRunning<'_> {
                 let _ = writeln!(std::io::stderr(), "moat: removing the container: {e}");
             }
         }
-        let code = result.map_err(DriverError::runtime)?;
+        let code = result.map_err(DriverError::hinted)?;
         Ok(i32::try_from(code).unwrap_or(1))
     }
 }

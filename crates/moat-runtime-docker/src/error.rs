@@ -11,30 +11,17 @@ pub const NO_SANDBOX_WARNING: &str = "Warning: Running without gVisor reduces co
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// No daemon answered on any candidate socket (or `DOCKER_HOST`).
-    #[error(
-        "docker daemon not accessible: {cause}\n\
-         \n\
-         To fix:\n\
-         \x20 - Start the daemon: sudo systemctl start docker (Linux), or start Docker Desktop\n\
-         \x20 - If it is running but you lack permission: sudo usermod -aG docker $USER, then log out and back in"
-    )]
+    #[error("docker daemon not accessible: {cause}")]
     DaemonNotAccessible {
         /// Why (socket missing, permission denied, timeout...).
-        cause: String,
+        cause: crate::connect::DaemonCause,
     },
 
     /// Podman's API service cannot be reached or started.
-    #[error(
-        "podman not accessible: {cause}\n\
-         \n\
-         To fix:\n\
-         \x20 - Install Podman: sudo apt-get install podman (moat starts its API service itself)\n\
-         \x20 - Or start the service yourself: podman system service --time=0 {endpoint} &\n\
-         \x20 - If CONTAINER_HOST is set, it must name Podman's socket, e.g. unix:///run/podman/podman.sock"
-    )]
+    #[error("podman not accessible: {cause}")]
     PodmanNotAccessible {
         /// Why (not installed, socket missing, no answer...).
-        cause: String,
+        cause: crate::connect::PodmanCause,
         /// The socket moat used.
         endpoint: String,
     },
@@ -43,10 +30,7 @@ pub enum DockerError {
     /// grants and `docker:host` need.
     #[error(
         "{purpose} under gVisor need runsc to open host Unix sockets ({socket}), \
-         and the {runtime:?} runtime is registered without --host-uds=open.\n\
-         To fix: add \"--host-uds=open\" to its runtimeArgs in /etc/docker/daemon.json, e.g.\n  \
-         {{\"runtimes\":{{\"{runtime}\":{{\"path\":\"/usr/bin/runsc\",\"runtimeArgs\":[\"--network=host\",\"--host-uds=open\"]}}}}}}\n\
-         then restart dockerd; or run this project without gVisor: moat run --no-sandbox"
+         and the {runtime:?} runtime is registered without --host-uds=open."
     )]
     GvisorHostUdsClosed {
         /// What needs them (`SSH grants`).
@@ -58,27 +42,14 @@ pub enum DockerError {
     },
 
     /// The gVisor OCI runtime is not registered with the daemon.
-    #[error(
-        "gVisor (runsc) is required but not available: {detail}\n\
-         \n\
-         To install it (Debian/Ubuntu):\n\
-         \x20 sudo apt-get install runsc\n\
-         \x20 then register it in /etc/docker/daemon.json:\n\
-         \x20   {{\"runtimes\": {{\"runsc\": {{\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}}}}\n\
-         \x20 and restart dockerd: sudo systemctl restart docker\n\
-         \n\
-         To run without gVisor (less isolation): moat run --no-sandbox, or `sandbox: none` in moat.yaml, or MOAT_NO_SANDBOX=1"
-    )]
+    #[error("gVisor (runsc) is required but not available: {detail}")]
     GvisorUnavailable {
         /// Which runtime was asked for and which ones the daemon has.
         detail: String,
     },
 
     /// A dependency name that is not in the registry.
-    #[error(
-        "unknown dependency {name:?}{}\nRun `moat deps list` to see every known dependency.",
-        did_you_mean(suggestions)
-    )]
+    #[error("unknown dependency {name:?}{}", did_you_mean(suggestions))]
     UnknownDependency {
         /// As written by the user.
         name: String,
@@ -91,8 +62,28 @@ pub enum DockerError {
     InvalidDependency {
         /// As written by the user.
         name: String,
-        /// What is wrong and how to fix it.
+        /// What is wrong.
         message: String,
+    },
+
+    /// A package of a language's registry without that language.
+    #[error("invalid dependency {name:?}: it needs the {runtime} runtime")]
+    MissingRuntime {
+        /// As written by the user (`npm:typescript`).
+        name: String,
+        /// The runtime it needs (`node`).
+        runtime: &'static str,
+    },
+
+    /// `docker:dind` on an engine that cannot give its daemon the
+    /// privileges it needs.
+    #[error(
+        "invalid dependency \"docker:dind\": Docker in Docker needs the Docker runtime \
+         (the {runtime} runtime cannot give the daemon the privileges it needs)"
+    )]
+    DindNeedsDocker {
+        /// The engine's name (`podman`).
+        runtime: &'static str,
     },
 
     /// A runtime version `dependencies:` asks for cannot be provided.
@@ -120,32 +111,23 @@ pub enum DockerError {
     },
 
     /// The base image is neither local nor pullable.
-    #[error(
-        "base image {image} is not available: {cause}\n\
-         Without a reachable registry, map it to a local image: MOAT_IMAGE_MAP={image}=<local image> \
-         (or an entry in images.json under MOAT_HOME)"
-    )]
+    #[error("base image {image} is not available: {cause}")]
     BaseImageUnavailable {
         /// The image name after mapping.
         image: String,
         /// Why.
-        cause: String,
+        cause: crate::image::ImageUnavailable,
     },
 
     /// A service's image is neither local nor pullable.
-    #[error(
-        "{service} service image {image} is not available: {cause}\n\
-         To fix: pull it (docker pull {image}), choose another with services.{service}.image in moat.yaml, \
-         or, without a reachable registry, map it to a local image: MOAT_IMAGE_MAP={image}=<local image> \
-         (or an entry in images.json under MOAT_HOME)"
-    )]
+    #[error("{service} service image {image} is not available: {cause}")]
     ServiceImageUnavailable {
         /// The service (`postgres`).
         service: String,
         /// The image after mapping.
         image: String,
         /// Why.
-        cause: String,
+        cause: crate::image::ImageUnavailable,
     },
 
     /// A service's container could not be created or started.
@@ -158,12 +140,7 @@ pub enum DockerError {
     },
 
     /// A service did not pass its readiness check in time.
-    #[error(
-        "{service} service failed to become ready: {cause}{}\n\
-         Check run logs:\n  moat logs {run_id}\n\
-         Or disable wait:\n  services:\n    {service}:\n      wait: false",
-        quoted_log(log)
-    )]
+    #[error("{service} service failed to become ready: {cause}{}", quoted_log(log))]
     ServiceNotReady {
         /// The service.
         service: String,
@@ -176,11 +153,7 @@ pub enum DockerError {
     },
 
     /// A provisioning command failed once the service was ready.
-    #[error(
-        "{service} service provisioning failed: `{command}`: {cause}\n\
-         Check the provisioning commands in moat.yaml (services.{service}.provision) \
-         and verify they work against the service image you specified ({image})."
-    )]
+    #[error("{service} service provisioning failed: `{command}`: {cause}")]
     ServiceProvisioning {
         /// The service.
         service: String,
@@ -198,6 +171,24 @@ pub enum DockerError {
         /// Why (e.g. the image has no iptables).
         cause: String,
     },
+
+    /// A protected workspace path is a symbolic link: a container would
+    /// see its target, not the link.
+    #[error(
+        "{} is a symbolic link, and the host acts on what is there (a container \
+         would see the link's target read-only).",
+        host.display()
+    )]
+    ProtectedLink {
+        /// The link on the host.
+        host: PathBuf,
+        /// Relative to the workspace.
+        path: PathBuf,
+    },
+
+    /// The workload cannot run on any runtime.
+    #[error("invalid container spec: {0}")]
+    Workload(moat_sandbox::InvalidWorkload),
 
     /// The caller's spec or settings are invalid.
     #[error("invalid container spec: {message}")]
@@ -235,6 +226,80 @@ pub enum DockerError {
         /// The OS error.
         error: std::io::Error,
     },
+}
+
+impl moat_hint::Hint for DockerError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        let text = match self {
+            DockerError::DaemonNotAccessible { .. } => "To fix:\n\
+                 \x20 - Start the daemon: sudo systemctl start docker (Linux), or start Docker Desktop\n\
+                 \x20 - If it is running but you lack permission: sudo usermod -aG docker $USER, then log out and back in"
+                .to_owned(),
+            DockerError::PodmanNotAccessible { endpoint, .. } => format!(
+                "To fix:\n\
+                 \x20 - Install Podman: sudo apt-get install podman (moat starts its API service itself)\n\
+                 \x20 - Or start the service yourself: podman system service --time=0 {endpoint} &\n\
+                 \x20 - If CONTAINER_HOST is set, it must name Podman's socket, e.g. unix:///run/podman/podman.sock"
+            ),
+            DockerError::GvisorHostUdsClosed { runtime, .. } => format!(
+                "To fix: add \"--host-uds=open\" to its runtimeArgs in /etc/docker/daemon.json, e.g.\n  \
+                 {{\"runtimes\":{{\"{runtime}\":{{\"path\":\"/usr/bin/runsc\",\"runtimeArgs\":[\"--network=host\",\"--host-uds=open\"]}}}}}}\n\
+                 then restart dockerd; or run this project without gVisor: moat run --no-sandbox"
+            ),
+            DockerError::GvisorUnavailable { .. } => "To install it (Debian/Ubuntu):\n\
+                 \x20 sudo apt-get install runsc\n\
+                 \x20 then register it in /etc/docker/daemon.json:\n\
+                 \x20   {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n\
+                 \x20 and restart dockerd: sudo systemctl restart docker\n\
+                 \n\
+                 To run without gVisor (less isolation): moat run --no-sandbox, or `sandbox: none` in moat.yaml, or MOAT_NO_SANDBOX=1"
+                .to_owned(),
+            DockerError::UnknownDependency { .. } => {
+                "Run `moat deps list` to see every known dependency.".to_owned()
+            }
+            DockerError::MissingRuntime { runtime, .. } => {
+                format!("Add `{runtime}` to the dependencies.")
+            }
+            DockerError::DindNeedsDocker { .. } => {
+                "To fix: MOAT_RUNTIME=docker moat run, or use docker:host".to_owned()
+            }
+            DockerError::BaseImageUnavailable { image, .. } => format!(
+                "Without a reachable registry, map it to a local image: MOAT_IMAGE_MAP={image}=<local image> \
+                 (or an entry in images.json under MOAT_HOME)"
+            ),
+            DockerError::ServiceImageUnavailable { service, image, .. } => format!(
+                "To fix: pull it (docker pull {image}), choose another with services.{service}.image in moat.yaml, \
+                 or, without a reachable registry, map it to a local image: MOAT_IMAGE_MAP={image}=<local image> \
+                 (or an entry in images.json under MOAT_HOME)"
+            ),
+            DockerError::ServiceNotReady {
+                service, run_id, ..
+            } => format!(
+                "Check run logs:\n  moat logs {run_id}\n\
+                 Or disable wait:\n  services:\n    {service}:\n      wait: false"
+            ),
+            DockerError::ServiceProvisioning { service, image, .. } => format!(
+                "Check the provisioning commands in moat.yaml (services.{service}.provision) \
+                 and verify they work against the service image you specified ({image})."
+            ),
+            DockerError::ProtectedLink { path, .. } => format!(
+                "To fix: replace the link by what it points to, run with --allow-write {} to \
+                 leave it unprotected, or use --runtime native",
+                path.display()
+            ),
+            DockerError::InvalidDependency { .. }
+            | DockerError::UnavailableVersion { .. }
+            | DockerError::Build { .. }
+            | DockerError::ServiceStart { .. }
+            | DockerError::FirewallSetup { .. }
+            | DockerError::InvalidSpec { .. }
+            | DockerError::Workload(_)
+            | DockerError::ImageMap { .. }
+            | DockerError::Engine { .. }
+            | DockerError::Io { .. } => return None,
+        };
+        Some(moat_hint::Fix::new(text))
+    }
 }
 
 impl DockerError {
@@ -296,5 +361,54 @@ mod tests {
         }
         .to_string();
         assert_eq!(m, "building image with dependencies [node@20, python@3.12]: exit 100\nFailed step: Step 3/6 : RUN apt-get install\nFull build log: /tmp/b.log");
+    }
+
+    fn fix(error: &DockerError) -> String {
+        use moat_hint::Hint as _;
+        error.hint().map(|f| f.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_fix_is_kept_apart_from_the_message() {
+        let gvisor = DockerError::GvisorUnavailable {
+            detail: "the Docker daemon has no OCI runtime named \"runsc\"".into(),
+        };
+        assert_eq!(
+            gvisor.to_string(),
+            "gVisor (runsc) is required but not available: the Docker daemon has no OCI runtime named \"runsc\""
+        );
+        assert!(fix(&gvisor).contains(
+            "    {\"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=host\", \"--host-uds=open\"]}}}\n"
+        ));
+        let not_ready = DockerError::ServiceNotReady {
+            service: "postgres".into(),
+            cause: "its container exited (code 1) before it was ready".into(),
+            log: "boom\n".into(),
+            run_id: "run_1".into(),
+        };
+        assert_eq!(
+            not_ready.to_string(),
+            "postgres service failed to become ready: its container exited (code 1) before it was ready\nIts last lines:\n  | boom"
+        );
+        assert_eq!(
+            fix(&not_ready),
+            "Check run logs:\n  moat logs run_1\nOr disable wait:\n  services:\n    postgres:\n      wait: false"
+        );
+        let link = DockerError::ProtectedLink {
+            host: "/w/.envrc".into(),
+            path: ".envrc".into(),
+        };
+        assert_eq!(
+            link.to_string(),
+            "/w/.envrc is a symbolic link, and the host acts on what is there (a container would see the link's target read-only)."
+        );
+        assert_eq!(
+            fix(&link),
+            "To fix: replace the link by what it points to, run with --allow-write .envrc to leave it unprotected, or use --runtime native"
+        );
+        assert_eq!(
+            fix(&DockerError::DindNeedsDocker { runtime: "podman" }),
+            "To fix: MOAT_RUNTIME=docker moat run, or use docker:host"
+        );
     }
 }

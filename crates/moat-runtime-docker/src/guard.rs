@@ -90,6 +90,74 @@ shift 4
 exec "$@"
 "#;
 
+/// What the guard runs after its firewall, with what it needs for that.
+struct GuardRole {
+    entrypoint: Vec<String>,
+    env: Option<Vec<String>>,
+    binds: Option<Vec<String>>,
+}
+
+/// The guard's entrypoint: the firewall script for `proxy_host:proxy_port`,
+/// then `sleep`, or with `capture` the capture relay (the moat binary,
+/// mounted, with the run's proxy authorization).
+fn guard_role(
+    proxy_host: &str,
+    proxy_port: u16,
+    capture: Option<(&moat_capture::ProxyAuthorization, &PathBuf)>,
+) -> GuardRole {
+    let mut entrypoint = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        GUARD_SCRIPT.to_owned(),
+        "moat-guard".to_owned(),
+        proxy_host.to_owned(),
+        proxy_port.to_string(),
+    ];
+    let (env, binds) = match capture {
+        None => {
+            // A shell as PID 1 ends on SIGTERM only with a trap of its
+            // own (see `DockerRuntime::remove`).
+            entrypoint.extend(
+                [
+                    "",
+                    "",
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM INT; sleep 2147483647 & wait",
+                ]
+                .map(String::from),
+            );
+            (None, None)
+        }
+        Some((authorization, relay_binary)) => {
+            entrypoint.extend([
+                CAPTURE_RELAY_PORT.to_string(),
+                CAPTURE_DNS_PORT.to_string(),
+                MOAT_IN_CONTAINER.to_owned(),
+                "__capture-relay".to_owned(),
+                format!("{proxy_host}:{proxy_port}"),
+                CAPTURE_RELAY_PORT.to_string(),
+                CAPTURE_DNS_PORT.to_string(),
+            ]);
+            (
+                Some(vec![format!(
+                    "MOAT_CAPTURE_AUTHORIZATION={}",
+                    authorization.expose()
+                )]),
+                Some(vec![format!(
+                    "{}:{MOAT_IN_CONTAINER}:ro",
+                    relay_binary.display()
+                )]),
+            )
+        }
+    };
+    GuardRole {
+        entrypoint,
+        env,
+        binds,
+    }
+}
+
 impl DockerRuntime {
     /// Creates the network guard (runc, NET_ADMIN; its entrypoint applies
     /// the firewall in its network namespace, then runs only `sleep`, or
@@ -104,52 +172,11 @@ impl DockerRuntime {
         dind: Option<&crate::dind::Dind>,
     ) -> Result<String, DockerError> {
         let name = format!("{}-netguard", spec.container_name());
-        let mut entrypoint = vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            GUARD_SCRIPT.to_owned(),
-            "moat-guard".to_owned(),
-            proxy_host.to_owned(),
-            proxy_port.to_string(),
-        ];
-        let (mut env, binds) = match capture {
-            None => {
-                // A shell as PID 1 ends on SIGTERM only with a trap of its
-                // own (see `DockerRuntime::remove`).
-                entrypoint.extend(
-                    [
-                        "",
-                        "",
-                        "sh",
-                        "-c",
-                        "trap 'exit 0' TERM INT; sleep 2147483647 & wait",
-                    ]
-                    .map(String::from),
-                );
-                (None, None)
-            }
-            Some((authorization, relay_binary)) => {
-                entrypoint.extend([
-                    CAPTURE_RELAY_PORT.to_string(),
-                    CAPTURE_DNS_PORT.to_string(),
-                    MOAT_IN_CONTAINER.to_owned(),
-                    "__capture-relay".to_owned(),
-                    format!("{proxy_host}:{proxy_port}"),
-                    CAPTURE_RELAY_PORT.to_string(),
-                    CAPTURE_DNS_PORT.to_string(),
-                ]);
-                (
-                    Some(vec![format!(
-                        "MOAT_CAPTURE_AUTHORIZATION={}",
-                        authorization.expose()
-                    )]),
-                    Some(vec![format!(
-                        "{}:{MOAT_IN_CONTAINER}:ro",
-                        relay_binary.display()
-                    )]),
-                )
-            }
-        };
+        let GuardRole {
+            entrypoint,
+            mut env,
+            binds,
+        } = guard_role(proxy_host, proxy_port, capture);
         if let Some(d) = dind {
             env.get_or_insert_with(Vec::new)
                 .push(format!("MOAT_DIRECT_NET={}", d.subnet));
@@ -170,24 +197,7 @@ impl DockerRuntime {
                 network_mode: self.own_network_mode(),
                 // The workload's /etc/hosts is the guard's; sidecars
                 // share its loopback.
-                extra_hosts: Some(
-                    [
-                        self.host_gateway_entry(),
-                        format!(
-                            "{}:{}",
-                            moat_capture::HOST_GATEWAY_NAME,
-                            moat_capture::HOST_GATEWAY_ADDR
-                        ),
-                    ]
-                    .into_iter()
-                    .chain(
-                        spec.sidecars
-                            .iter()
-                            .map(|s| format!("{}:127.0.0.1", s.name)),
-                    )
-                    .chain(dind.map(|d| format!("{}:{}", crate::dind::DIND_HOST, d.address)))
-                    .collect(),
-                ),
+                extra_hosts: Some(self.guard_hosts(spec, dind)),
                 cap_drop: Some(vec!["ALL".into()]),
                 // SETUID/SETGID: the capture relay drops to nobody.
                 cap_add: Some(
@@ -210,6 +220,27 @@ impl DockerRuntime {
             .await
             .map_err(|e| DockerError::engine(format!("creating the network guard {name}"), e))?;
         Ok(created)
+    }
+
+    /// The guard's `/etc/hosts` entries: the host gateway under both its
+    /// names, each sidecar on loopback, the dind daemon.
+    fn guard_hosts(&self, spec: &ContainerSpec, dind: Option<&crate::dind::Dind>) -> Vec<String> {
+        [
+            self.host_gateway_entry(),
+            format!(
+                "{}:{}",
+                moat_capture::HOST_GATEWAY_NAME,
+                moat_capture::HOST_GATEWAY_ADDR
+            ),
+        ]
+        .into_iter()
+        .chain(
+            spec.sidecars
+                .iter()
+                .map(|s| format!("{}:127.0.0.1", s.name)),
+        )
+        .chain(dind.map(|d| format!("{}:{}", crate::dind::DIND_HOST, d.address)))
+        .collect()
     }
 
     /// Starts the guard and reads its output until [`GUARD_READY`]; when it

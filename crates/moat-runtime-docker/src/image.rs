@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::connect::DockerRuntime;
-use crate::deps::{parse_dependencies, DepType, Dependency};
+use crate::deps::{resolve_dependencies, DepType, Dependency};
 use crate::error::DockerError;
 use crate::versions::{Resolver, Runtimes};
 
@@ -146,8 +146,8 @@ pub enum ProgressMode {
 /// What image a run needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRequest {
-    /// The dependencies as written in moat.yaml (`node@20`, `git`, `npm:x`).
-    pub dependencies: Vec<String>,
+    /// The dependencies of moat.yaml (`node@20`, `git`, `npm:x`).
+    pub dependencies: Vec<moat_config::Dependency>,
     /// `base_image:` from moat.yaml; [`DEFAULT_BASE_IMAGE`] when `None`.
     pub base_image: Option<String>,
     /// Host user's uid and gid: `moatuser` gets them, so files written to
@@ -175,7 +175,7 @@ impl ImageRequest {
     /// A request with the defaults: no dependencies, default base image,
     /// no hooks, progress on stderr.
     pub fn new(
-        dependencies: Vec<String>,
+        dependencies: Vec<moat_config::Dependency>,
         uid: u32,
         gid: u32,
         log_path: impl Into<PathBuf>,
@@ -193,6 +193,24 @@ impl ImageRequest {
             cache_dir: None,
         }
     }
+}
+
+impl ImageRequest {
+    /// The dependencies as moat.yaml writes them, for messages.
+    fn written_dependencies(&self) -> Vec<String> {
+        self.dependencies.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// Why an image is neither local nor pullable.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageUnavailable {
+    /// Not local, and the registry refused it or could not be reached.
+    #[error("not present locally, and pulling it failed: {0}")]
+    PullFailed(bollard::errors::Error),
+    /// Pulled, or said to be, and still not there.
+    #[error("{0}")]
+    Inspect(bollard::errors::Error),
 }
 
 /// The outcome of [`DockerRuntime::resolve_image`].
@@ -249,20 +267,6 @@ pub fn generate_dockerfile(
     } else {
         (uid, gid)
     };
-    let mut apt: Vec<&str> = vec!["ca-certificates", "iptables"];
-    for d in deps {
-        apt.extend_from_slice(d.info.apt_packages);
-    }
-    apt.sort_unstable();
-    apt.dedup();
-    let has = |name: &str| deps.iter().any(|d| d.info.name == name);
-    let dynamic = |prefix: &str| -> Vec<String> {
-        deps.iter()
-            .filter(|d| d.info.kind == DepType::Dynamic && d.info.name == prefix)
-            .filter_map(|d| d.package.clone())
-            .collect()
-    };
-
     let mut f = String::new();
     let _ = writeln!(
         f,
@@ -277,8 +281,29 @@ pub fn generate_dockerfile(
     let _ = writeln!(
         f,
         "RUN apt-get update \\\n && apt-get install -y --no-install-recommends {} \\\n && rm -rf /var/lib/apt/lists/*",
-        apt.join(" ")
+        apt_packages(deps).join(" ")
     );
+    write_node(&mut f, runtimes);
+    write_versions(&mut f, deps);
+    write_packages(&mut f, &PackageSets::of(deps), build_ca);
+    write_user(&mut f, uid, gid, hooks);
+    f
+}
+
+/// The Debian packages: moat's own (the CA store, the guard's iptables)
+/// and the dependencies', each once.
+fn apt_packages(deps: &[Dependency]) -> Vec<&'static str> {
+    let mut apt: Vec<&str> = vec!["ca-certificates", "iptables"];
+    for d in deps {
+        apt.extend_from_slice(d.info.apt_packages);
+    }
+    apt.sort_unstable();
+    apt.dedup();
+    apt
+}
+
+/// Node.js and npm from the release tarballs in the build context.
+fn write_node(f: &mut String, runtimes: &Runtimes) {
     if let Some(node) = &runtimes.node {
         // Verified against the registry's digests on the host (see
         // versions.rs); the digests are here so the tag covers them.
@@ -298,6 +323,11 @@ pub fn generate_dockerfile(
             "RUN tar -xzf /tmp/moat-node/{NODE_TARBALL} -C /usr/local --strip-components=1 package/bin/node \\\n && mkdir -p /usr/local/lib/node_modules/npm \\\n && tar -xzf /tmp/moat-node/{NPM_TARBALL} -C /usr/local/lib/node_modules/npm --strip-components=1 \\\n && ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \\\n && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \\\n && rm -rf /tmp/moat-node"
         );
     }
+}
+
+/// `/etc/moat/versions`: the runtimes' versions as installed.
+fn write_versions(f: &mut String, deps: &[Dependency]) {
+    let has = |name: &str| deps.iter().any(|d| d.info.name == name);
     let mut versions = vec![
         "mkdir -p /etc/moat".to_owned(),
         ": > /etc/moat/versions".to_owned(),
@@ -314,24 +344,41 @@ pub fn generate_dockerfile(
         versions.push("echo \"go $(go version)\" >> /etc/moat/versions".into());
     }
     let _ = writeln!(f, "RUN {}", versions.join(" && "));
+}
 
-    let npm = dynamic("npm:");
-    let pip = dynamic("pip:");
-    let uv = dynamic("uv:");
-    let go = dynamic("go:");
-    // Package downloads trust the host's CA bundle too: behind a
-    // TLS-intercepting proxy the image's own roots fail where the host's
-    // succeed. Its digest is here so the tag covers it.
-    let ca_env = match build_ca {
-        Some(sha256) if !(npm.is_empty() && pip.is_empty() && uv.is_empty() && go.is_empty()) => {
-            let _ = writeln!(f, "# the host's CA bundle, sha256 {sha256}");
-            let _ = writeln!(f, "COPY {BUILD_CA} /etc/moat/{BUILD_CA}");
-            format!(
-                "NPM_CONFIG_CAFILE=/etc/moat/{BUILD_CA} PIP_CERT=/etc/moat/{BUILD_CA} SSL_CERT_FILE=/etc/moat/{BUILD_CA} "
-            )
+/// The packages of the dynamic kinds (`npm:`, `pip:`, `uv:`, `go:`).
+struct PackageSets {
+    npm: Vec<String>,
+    pip: Vec<String>,
+    uv: Vec<String>,
+    go: Vec<String>,
+}
+
+impl PackageSets {
+    fn of(deps: &[Dependency]) -> Self {
+        let dynamic = |prefix: &str| -> Vec<String> {
+            deps.iter()
+                .filter(|d| d.info.kind == DepType::Dynamic && d.info.name == prefix)
+                .filter_map(|d| d.package.clone())
+                .collect()
+        };
+        PackageSets {
+            npm: dynamic("npm:"),
+            pip: dynamic("pip:"),
+            uv: dynamic("uv:"),
+            go: dynamic("go:"),
         }
-        _ => String::new(),
-    };
+    }
+
+    fn is_empty(&self) -> bool {
+        self.npm.is_empty() && self.pip.is_empty() && self.uv.is_empty() && self.go.is_empty()
+    }
+}
+
+/// The language packages, each kind with its installer.
+fn write_packages(f: &mut String, sets: &PackageSets, build_ca: Option<&str>) {
+    let PackageSets { npm, pip, uv, go } = sets;
+    let ca_env = write_build_ca(f, sets, build_ca);
     if !npm.is_empty() {
         let pkgs: Vec<String> = npm.iter().map(|p| shell_quote(p)).collect();
         let _ = writeln!(
@@ -363,6 +410,28 @@ pub fn generate_dockerfile(
             tools.join(" && ")
         );
     }
+    write_go(f, go, &ca_env);
+}
+
+/// Package downloads trust the host's CA bundle too: behind a
+/// TLS-intercepting proxy the image's own roots fail where the host's
+/// succeed. Its digest is written so the tag covers it. Returns the
+/// variables that point the installers at it.
+fn write_build_ca(f: &mut String, sets: &PackageSets, build_ca: Option<&str>) -> String {
+    match build_ca {
+        Some(sha256) if !sets.is_empty() => {
+            let _ = writeln!(f, "# the host's CA bundle, sha256 {sha256}");
+            let _ = writeln!(f, "COPY {BUILD_CA} /etc/moat/{BUILD_CA}");
+            format!(
+                "NPM_CONFIG_CAFILE=/etc/moat/{BUILD_CA} PIP_CERT=/etc/moat/{BUILD_CA} SSL_CERT_FILE=/etc/moat/{BUILD_CA} "
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// `go install MODULE@VERSION` (default `@latest`) into /usr/local/bin.
+fn write_go(f: &mut String, go: &[String], ca_env: &str) {
     if !go.is_empty() {
         let installs: Vec<String> = go
             .iter()
@@ -381,6 +450,11 @@ pub fn generate_dockerfile(
             installs.join(" && ")
         );
     }
+}
+
+/// `moatuser` with the caller's ids, the build hooks (root's, then the
+/// user's) and the working directory.
+fn write_user(f: &mut String, uid: u32, gid: u32, hooks: &BuildHooks) {
     let _ = writeln!(
         f,
         "RUN (getent group {gid} >/dev/null || groupadd -g {gid} moatuser) \\\n && useradd -o -m -u {uid} -g {gid} -s /bin/bash moatuser \\\n && mkdir -p /workspace && chown {uid}:{gid} /workspace"
@@ -394,7 +468,6 @@ pub fn generate_dockerfile(
         let _ = writeln!(f, "RUN {}", one_line(cmd));
     }
     let _ = writeln!(f, "WORKDIR /workspace");
-    f
 }
 
 /// A hook as one Dockerfile line: newlines continue the shell command.
@@ -508,7 +581,7 @@ impl DockerRuntime {
         request: &ImageRequest,
         map: &ImageMap,
     ) -> Result<ResolvedImage, DockerError> {
-        let mut deps = parse_dependencies(&request.dependencies)?;
+        let mut deps = resolve_dependencies(&request.dependencies)?;
         // Services run beside the sandbox, not in its image.
         deps.retain(|d| d.info.kind != DepType::Service);
         let wanted_base = request.base_image.as_deref().unwrap_or(DEFAULT_BASE_IMAGE);
@@ -557,7 +630,7 @@ impl DockerRuntime {
                 Some(cache) => cache.join("node"),
                 None => std::env::temp_dir().join("moat-node"),
             };
-            let named = |e| crate::versions::naming_deps(e, &request.dependencies);
+            let named = |e| crate::versions::naming_deps(e, &request.written_dependencies());
             context_files.push((
                 NODE_TARBALL,
                 resolver.fetch(&node.node, &dir).await.map_err(named)?,
@@ -590,46 +663,38 @@ impl DockerRuntime {
 
     /// Pulls `image` unless it is local; the error says why it cannot be
     /// had.
-    pub(crate) async fn ensure_image(&self, image: &str) -> Result<(), String> {
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
-        }
-        let options = CreateImageOptionsBuilder::new().from_image(image).build();
-        let mut pull = self.docker.create_image(Some(options), None, None);
-        while let Some(item) = pull.next().await {
-            if let Err(e) = item {
-                return Err(format!("not present locally, and pulling it failed: {e}"));
-            }
-        }
-        self.docker
-            .inspect_image(image)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<(), ImageUnavailable> {
+        self.local_or_pulled(image).await.map(|_| ())
     }
 
     /// The id of `image`, pulling it when it is not local.
     async fn ensure_base_image(&self, image: &str) -> Result<String, DockerError> {
+        match self.local_or_pulled(image).await {
+            Ok(found) => Ok(found.id.unwrap_or_default()),
+            Err(cause) => Err(DockerError::BaseImageUnavailable {
+                image: image.to_owned(),
+                cause,
+            }),
+        }
+    }
+
+    /// `image` as the engine has it, pulled first when it is not local.
+    async fn local_or_pulled(
+        &self,
+        image: &str,
+    ) -> Result<bollard::models::ImageInspect, ImageUnavailable> {
         if let Ok(found) = self.docker.inspect_image(image).await {
-            return Ok(found.id.unwrap_or_default());
+            return Ok(found);
         }
         let options = CreateImageOptionsBuilder::new().from_image(image).build();
         let mut pull = self.docker.create_image(Some(options), None, None);
         while let Some(item) = pull.next().await {
-            if let Err(e) = item {
-                return Err(DockerError::BaseImageUnavailable {
-                    image: image.to_owned(),
-                    cause: format!("not present locally, and pulling it failed: {e}"),
-                });
-            }
+            item.map_err(ImageUnavailable::PullFailed)?;
         }
-        match self.docker.inspect_image(image).await {
-            Ok(found) => Ok(found.id.unwrap_or_default()),
-            Err(e) => Err(DockerError::BaseImageUnavailable {
-                image: image.to_owned(),
-                cause: e.to_string(),
-            }),
-        }
+        self.docker
+            .inspect_image(image)
+            .await
+            .map_err(ImageUnavailable::Inspect)
     }
 
     async fn build(
@@ -641,20 +706,12 @@ impl DockerRuntime {
     ) -> Result<(), DockerError> {
         let log_path = &request.log_path;
         let build_error = |step: Option<String>, cause: String| DockerError::Build {
-            deps: request.dependencies.clone(),
+            deps: request.written_dependencies(),
             step,
             cause,
             log: log_path.clone(),
         };
-        if let Some(parent) = log_path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| DockerError::io(format!("creating {}", parent.display()), e))?;
-        }
-        let mut log = std::fs::File::create(log_path).map_err(|e| {
-            DockerError::io(format!("creating build log {}", log_path.display()), e)
-        })?;
-        let _ = writeln!(log, "# moat: building {tag}\n{dockerfile}\n# build output");
-
+        let log = open_build_log(log_path, tag, dockerfile)?;
         let context = build_context(dockerfile, context_files)?;
         let mut labels = std::collections::HashMap::new();
         labels.insert("moat.managed", "true");
@@ -666,62 +723,24 @@ impl DockerRuntime {
             .nocache(request.rebuild)
             .labels(&labels)
             .build();
-        let reporter = Reporter::new(request.progress, request.verbose);
+        let mut transcript = BuildTranscript {
+            log,
+            reporter: Reporter::new(request.progress, request.verbose),
+            step: None,
+            failure: None,
+        };
         let mut stream =
             self.docker
                 .build_image(options, None, Some(bollard::body_full(context.into())));
-        let mut step: Option<String> = None;
-        let mut failure: Option<String> = None;
         while let Some(item) = stream.next().await {
-            match item {
-                Ok(BuildInfo {
-                    stream: Some(text), ..
-                }) => {
-                    let _ = log.write_all(text.as_bytes());
-                    reporter.output(&text);
-                    for line in text.lines() {
-                        if line.starts_with("Step ") {
-                            step = Some(line.trim().to_owned());
-                            reporter.step(line.trim());
-                        }
-                    }
-                }
-                Ok(BuildInfo {
-                    error: Some(message),
-                    ..
-                }) => {
-                    let _ = writeln!(log, "ERROR: {message}");
-                    failure = Some(message);
-                }
-                Ok(BuildInfo {
-                    error_detail: Some(detail),
-                    ..
-                }) => {
-                    let message = detail.message.unwrap_or_default();
-                    let _ = writeln!(log, "ERROR: {message}");
-                    failure = Some(message);
-                }
-                Ok(BuildInfo {
-                    status: Some(status),
-                    ..
-                }) => {
-                    let _ = writeln!(log, "{status}");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let message = match e {
-                        bollard::errors::Error::DockerStreamError { error } => error,
-                        other => other.to_string(),
-                    };
-                    let _ = writeln!(log, "ERROR: {message}");
-                    failure = Some(message);
-                    break;
-                }
+            if !transcript.record(item) {
+                break;
             }
         }
-        reporter.finish();
-        let _ = log.flush();
-        if let Some(cause) = failure {
+        transcript.reporter.finish();
+        let _ = transcript.log.flush();
+        let step = transcript.step;
+        if let Some(cause) = transcript.failure {
             return Err(build_error(step, cause.trim().to_owned()));
         }
         if !self.image_exists(tag).await? {
@@ -734,9 +753,83 @@ impl DockerRuntime {
     }
 }
 
+/// The build log, truncated, headed by the image's tag and Dockerfile.
+fn open_build_log(
+    log_path: &Path,
+    tag: &str,
+    dockerfile: &str,
+) -> Result<std::fs::File, DockerError> {
+    if let Some(parent) = log_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DockerError::io(format!("creating {}", parent.display()), e))?;
+    }
+    let mut log = std::fs::File::create(log_path)
+        .map_err(|e| DockerError::io(format!("creating build log {}", log_path.display()), e))?;
+    let _ = writeln!(log, "# moat: building {tag}\n{dockerfile}\n# build output");
+    Ok(log)
+}
+
+/// What a build said, as it says it: written to the log, shown by the
+/// reporter; the step it reached and its failure kept for the error.
+struct BuildTranscript {
+    log: std::fs::File,
+    reporter: Reporter,
+    step: Option<String>,
+    failure: Option<String>,
+}
+
+impl BuildTranscript {
+    /// Records one message of the engine; false once the stream failed.
+    fn record(&mut self, item: Result<BuildInfo, bollard::errors::Error>) -> bool {
+        match item {
+            Ok(BuildInfo {
+                stream: Some(text), ..
+            }) => {
+                let _ = self.log.write_all(text.as_bytes());
+                self.reporter.output(&text);
+                for line in text.lines() {
+                    if line.starts_with("Step ") {
+                        self.step = Some(line.trim().to_owned());
+                        self.reporter.step(line.trim());
+                    }
+                }
+            }
+            Ok(BuildInfo {
+                error: Some(message),
+                ..
+            }) => self.fail(message),
+            Ok(BuildInfo {
+                error_detail: Some(detail),
+                ..
+            }) => self.fail(detail.message.unwrap_or_default()),
+            Ok(BuildInfo {
+                status: Some(status),
+                ..
+            }) => {
+                let _ = writeln!(self.log, "{status}");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.fail(match e {
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => other.to_string(),
+                });
+                return false;
+            }
+        }
+        true
+    }
+
+    fn fail(&mut self, message: String) {
+        let _ = writeln!(self.log, "ERROR: {message}");
+        self.failure = Some(message);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deps::parse_dependencies;
 
     #[test]
     fn image_map_env_and_json() {

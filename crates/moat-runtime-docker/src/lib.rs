@@ -20,8 +20,9 @@
 //! explicit rlimits Podman containers need (`container.rs`).
 //!
 //! It must not touch credentials, policy, the proxy, `MOAT_HOME` (whose
-//! path it only receives as a parameter) or moat.yaml parsing: the run
-//! orchestrator decides what goes into an [`ImageRequest`] and a
+//! path it only receives as a parameter) or moat.yaml parsing (it takes
+//! `dependencies:` as `moat-config` parsed them, and the services as
+//! `moat-sandbox` describes them): the run orchestrator decides what goes into an [`ImageRequest`] and a
 //! [`ContainerSpec`] (environment with the proxy variables, the moat CA as
 //! an [`InjectedFile`], the proxy address for [`NetworkPolicy::Strict`]) and
 //! this crate only carries it out.
@@ -103,18 +104,22 @@ pub mod versions;
 
 pub use crate::connect::{
     candidate_endpoints, ensure_podman_service, podman_endpoint, podman_registers_runtime,
-    DockerRuntime, Engine, PodmanService, GVISOR_RUNTIME, PING_TIMEOUT,
+    DaemonCause, DockerRuntime, EndpointError, Engine, PodmanCause, PodmanService,
+    PodmanServiceError, SocketState, GVISOR_RUNTIME, PING_TIMEOUT,
 };
 pub use crate::container::{
     BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
     SandboxRuntime, GUARD_READY, HOST_GATEWAY_NAME, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID,
     WORKSPACE_IN_CONTAINER,
 };
-pub use crate::deps::{deps_info, deps_list, parse_dependencies, DepInfo, DepType, Dependency};
+pub use crate::deps::{
+    deps_info, deps_list, parse_dependencies, resolve_dependencies, DepInfo, DepType, Dependency,
+};
 pub use crate::driver::ContainerDriver;
 pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
 pub use crate::gate::{await_guard_then_exec, GateError, AWAIT_GUARD_SUBCOMMAND};
 pub use crate::image::{
-    generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ProgressMode, ResolvedImage,
-    DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV, IMAGE_MAP_FILE,
+    generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ImageUnavailable, ProgressMode,
+    ResolvedImage, DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV,
+    IMAGE_MAP_FILE,
 };

@@ -1,6 +1,7 @@
-//! Service sidecars (`dependencies: [postgres@17, mysql@8, redis@7]`): what
-//! each service is (image, port, credentials, readiness check, the
-//! variables the sandbox gets), and starting them beside a sandbox.
+//! Service sidecars (`dependencies: [postgres@17, mysql@8, redis@7]`):
+//! starting them beside a sandbox. What each service is (image, port,
+//! credentials, readiness check, the variables the sandbox gets) is
+//! `moat-sandbox`'s catalogue ([`moat_sandbox::services`]).
 //!
 //! A sidecar joins the network namespace of the sandbox's network guard:
 //! the sandbox reaches it on loopback under the service's name (an
@@ -9,7 +10,6 @@
 //! engine network is created, so Docker and Podman (whose containers use
 //! slirp4netns) work the same way, and start-up saves a network create.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use moat_sandbox::Sidecar;
 
 use crate::connect::DockerRuntime;
 use crate::container::{ContainerSpec, LABEL_MANAGED, LABEL_ROLE, LABEL_RUN_ID};
-use crate::deps::{DepType, Dependency};
+use crate::deps::Dependency;
 use crate::error::DockerError;
 
 /// How long a service may take to pass its readiness check.
@@ -38,216 +38,27 @@ const LOG_LINES_QUOTED: usize = 15;
 /// The role label of sidecar containers.
 pub const SERVICE_ROLE: &str = "service";
 
-/// What one service is. `{password}`, `{user}` and `{db}` in the command,
-/// readiness check and URL are replaced by the run's values; `{host}` and
-/// `{port}` in the URL too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServiceDef {
-    /// The dependency name (`postgres`), also the host name in the sandbox.
-    pub name: &'static str,
-    /// The official image's repository; the tag is the version.
-    pub image: &'static str,
-    /// The port it serves on.
-    pub port: u16,
-    /// `MOAT_<PREFIX>_*` variables in the sandbox.
-    pub env_prefix: &'static str,
-    /// The user the sandbox connects as, when the service has users.
-    pub user: Option<&'static str>,
-    /// The sidecar variable naming another user (`POSTGRES_USER`).
-    pub user_env: Option<&'static str>,
-    /// The database, when the service has databases.
-    pub db: Option<&'static str>,
-    /// The sidecar variable naming the database (`POSTGRES_DB`).
-    pub db_env: Option<&'static str>,
-    /// The sidecar variable carrying the password; `None` when the
-    /// password is a command argument.
-    pub password_env: Option<&'static str>,
-    /// The sidecar's command; empty for the image's own.
-    pub command: &'static [&'static str],
-    /// The readiness check, run inside the sidecar.
-    pub ready: &'static [&'static str],
-    /// The connection URL given to the sandbox.
-    pub url: &'static str,
-}
-
-/// Every service moat can start.
-pub const SERVICES: &[ServiceDef] = &[
-    ServiceDef {
-        name: "postgres",
-        image: "postgres",
-        port: 5432,
-        env_prefix: "POSTGRES",
-        user: Some("postgres"),
-        user_env: Some("POSTGRES_USER"),
-        db: Some("postgres"),
-        db_env: Some("POSTGRES_DB"),
-        password_env: Some("POSTGRES_PASSWORD"),
-        command: &[],
-        ready: &[
-            "pg_isready",
-            "-h",
-            "localhost",
-            "-U",
-            "{user}",
-            "-d",
-            "{db}",
-        ],
-        url: "postgresql://{user}:{password}@{host}:{port}/{db}",
-    },
-    ServiceDef {
-        name: "mysql",
-        image: "mysql",
-        port: 3306,
-        env_prefix: "MYSQL",
-        user: Some("root"),
-        user_env: None,
-        db: Some("moat"),
-        db_env: Some("MYSQL_DATABASE"),
-        password_env: Some("MYSQL_ROOT_PASSWORD"),
-        command: &[],
-        ready: &[
-            "mysqladmin",
-            "ping",
-            "-h",
-            "127.0.0.1",
-            "-u",
-            "root",
-            "--password={password}",
-        ],
-        url: "mysql://{user}:{password}@{host}:{port}/{db}",
-    },
-    ServiceDef {
-        name: "redis",
-        image: "redis",
-        port: 6379,
-        env_prefix: "REDIS",
-        user: None,
-        user_env: None,
-        db: None,
-        db_env: None,
-        password_env: None,
-        command: &["redis-server", "--requirepass", "{password}"],
-        ready: &["redis-cli", "--no-auth-warning", "-a", "{password}", "PING"],
-        url: "redis://:{password}@{host}:{port}",
-    },
-];
-
-/// The definition of service `name`.
-pub fn service_def(name: &str) -> Option<&'static ServiceDef> {
-    SERVICES.iter().find(|s| s.name == name)
-}
-
-/// What moat.yaml says of one service (`services.<name>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceOptions {
-    /// Variables for the sidecar; they override moat's (`POSTGRES_DB`,
-    /// `POSTGRES_PASSWORD`), and the sandbox's variables follow them.
-    pub env: BTreeMap<String, String>,
-    /// Another image than the official one.
-    pub image: Option<String>,
-    /// Memory limit, MiB.
-    pub memory_mb: Option<u64>,
-    /// Wait for readiness before the command starts.
-    pub wait: bool,
-    /// Shell commands run in the sidecar once it is ready.
-    pub provision: Vec<String>,
-}
-
-impl Default for ServiceOptions {
-    fn default() -> Self {
-        ServiceOptions {
-            env: BTreeMap::new(),
-            image: None,
-            memory_mb: None,
-            wait: true,
-            provision: Vec::new(),
-        }
-    }
-}
-
-/// The service dependencies among `deps`.
-pub fn service_dependencies(deps: &[Dependency]) -> Vec<&Dependency> {
-    deps.iter()
-        .filter(|d| d.info.kind == DepType::Service)
-        .collect()
-}
+pub use moat_sandbox::services::{service_def, ServiceDef, ServiceOptions, SERVICES};
 
 /// The sidecar for `dep` (a service dependency) with `options`, and the
-/// variables the sandbox gets. `password` is the run's fresh one, used
-/// unless `options` sets the service's password variable.
+/// variables the sandbox gets (`moat deps info` shows them). `password`
+/// is used unless `options` sets the service's password variable.
 pub fn plan_sidecar(
     dep: &Dependency,
     options: &ServiceOptions,
     password: &str,
 ) -> Result<(Sidecar, Vec<(String, String)>), DockerError> {
-    let def = service_def(dep.info.name).ok_or_else(|| DockerError::InvalidDependency {
+    let service = service_def(dep.info.name).ok_or_else(|| DockerError::InvalidDependency {
         name: dep.spec.clone(),
         message: "it is not a service".into(),
     })?;
-    let version = dep.version.as_deref().or(dep.info.default_version);
-    let image = match (&options.image, version) {
-        (Some(image), _) => image.clone(),
-        (None, Some(v)) => format!("{}:{v}", def.image),
-        (None, None) => def.image.to_owned(),
-    };
-    let from_env = |key: Option<&str>| key.and_then(|k| options.env.get(k)).cloned();
-    let password = def
-        .password_env
-        .and_then(|k| options.env.get(k))
-        .cloned()
-        .unwrap_or_else(|| password.to_owned());
-    let user = from_env(def.user_env).or(def.user.map(str::to_owned));
-    let db = from_env(def.db_env).or(def.db.map(str::to_owned));
-    let port = def.port.to_string();
-    let fill = |template: &str| {
-        template
-            .replace("{password}", &password)
-            .replace("{user}", user.as_deref().unwrap_or_default())
-            .replace("{db}", db.as_deref().unwrap_or_default())
-            .replace("{host}", def.name)
-            .replace("{port}", &port)
-    };
-
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(key) = def.password_env {
-        env.insert(key.to_owned(), password.clone());
+    let planned = moat_sandbox::services::ServiceRequest {
+        service,
+        version: dep.version.clone(),
+        options: options.clone(),
     }
-    if let (Some(key), Some(db)) = (def.db_env, &db) {
-        env.insert(key.to_owned(), db.clone());
-    }
-    env.extend(options.env.clone());
-
-    let prefix = format!("MOAT_{}", def.env_prefix);
-    let mut vars = vec![
-        (format!("{prefix}_URL"), fill(def.url)),
-        (format!("{prefix}_HOST"), def.name.to_owned()),
-        (format!("{prefix}_PORT"), port.clone()),
-    ];
-    if let Some(user) = &user {
-        vars.push((format!("{prefix}_USER"), user.clone()));
-    }
-    vars.push((format!("{prefix}_PASSWORD"), password.clone()));
-    if let Some(db) = &db {
-        vars.push((format!("{prefix}_DB"), db.clone()));
-    }
-
-    let sidecar = Sidecar {
-        name: def.name.to_owned(),
-        image,
-        env: env.into_iter().collect(),
-        command: def.command.iter().map(|a| fill(a)).collect(),
-        port: def.port,
-        ready: def.ready.iter().map(|a| fill(a)).collect(),
-        provision: options
-            .provision
-            .iter()
-            .map(|c| vec!["sh".to_owned(), "-c".to_owned(), c.clone()])
-            .collect(),
-        memory_mb: options.memory_mb,
-        wait: options.wait,
-        secrets: vec![password],
-    };
-    Ok((sidecar, vars))
+    .plan(password);
+    Ok((planned.sidecar, planned.env))
 }
 
 /// `text` with every secret of `sidecar` replaced by `****`.
@@ -583,90 +394,27 @@ mod tests {
         parse_dependencies(&[spec.to_owned()]).unwrap().remove(0)
     }
 
-    fn var<'a>(vars: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        vars.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     #[test]
-    fn postgres_defaults() {
-        let (sidecar, vars) =
-            plan_sidecar(&dep("postgres@16"), &ServiceOptions::default(), "pw").unwrap();
-        assert_eq!(sidecar.image, "postgres:16");
-        assert_eq!(sidecar.port, 5432);
-        assert!(sidecar
-            .env
-            .contains(&("POSTGRES_PASSWORD".into(), "pw".into())));
-        assert_eq!(
-            var(&vars, "MOAT_POSTGRES_URL"),
-            Some("postgresql://postgres:pw@postgres:5432/postgres")
-        );
-        assert_eq!(var(&vars, "MOAT_POSTGRES_HOST"), Some("postgres"));
-        assert_eq!(var(&vars, "MOAT_POSTGRES_USER"), Some("postgres"));
-        assert_eq!(var(&vars, "MOAT_POSTGRES_DB"), Some("postgres"));
-        assert_eq!(
-            sidecar.ready,
-            [
-                "pg_isready",
-                "-h",
-                "localhost",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres"
-            ]
-        );
-    }
-
-    #[test]
-    fn default_version_and_overrides_propagate() {
-        let mut options = ServiceOptions::default();
-        options.env.insert("POSTGRES_DB".into(), "myapp".into());
-        options
-            .env
-            .insert("POSTGRES_PASSWORD".into(), "chosen".into());
-        let (sidecar, vars) = plan_sidecar(&dep("postgres"), &options, "random").unwrap();
-        assert_eq!(sidecar.image, "postgres:17");
-        assert_eq!(
-            var(&vars, "MOAT_POSTGRES_URL"),
-            Some("postgresql://postgres:chosen@postgres:5432/myapp")
-        );
-        assert_eq!(sidecar.secrets, ["chosen"]);
-    }
-
-    #[test]
-    fn redis_password_is_an_argument() {
-        let (sidecar, vars) =
-            plan_sidecar(&dep("redis@7"), &ServiceOptions::default(), "pw").unwrap();
-        assert_eq!(sidecar.command, ["redis-server", "--requirepass", "pw"]);
-        assert_eq!(var(&vars, "MOAT_REDIS_URL"), Some("redis://:pw@redis:6379"));
-        assert_eq!(var(&vars, "MOAT_REDIS_USER"), None);
-        assert!(sidecar.env.is_empty());
-    }
-
-    #[test]
-    fn mysql_gets_its_database() {
-        let (sidecar, vars) =
-            plan_sidecar(&dep("mysql"), &ServiceOptions::default(), "pw").unwrap();
-        assert_eq!(sidecar.image, "mysql:8");
-        assert!(sidecar
-            .env
-            .contains(&("MYSQL_DATABASE".into(), "moat".into())));
-        assert_eq!(
-            var(&vars, "MOAT_MYSQL_URL"),
-            Some("mysql://root:pw@mysql:3306/moat")
-        );
-    }
-
-    #[test]
-    fn provisioning_runs_in_a_shell_and_secrets_are_redacted() {
+    fn a_service_dependency_plans_its_sidecar_and_secrets_are_redacted() {
         let options = ServiceOptions {
             provision: vec!["psql -c 'select 1'".into()],
             ..ServiceOptions::default()
         };
-        let (sidecar, _) = plan_sidecar(&dep("postgres"), &options, "s3cret").unwrap();
-        assert_eq!(sidecar.provision, [["sh", "-c", "psql -c 'select 1'"]]);
+        let (sidecar, vars) = plan_sidecar(&dep("postgres@16"), &options, "s3cret").unwrap();
+        assert_eq!(sidecar.image, "postgres:16");
+        assert!(vars.contains(&("MOAT_POSTGRES_PASSWORD".into(), "s3cret".into())));
         assert_eq!(redact(&sidecar, "auth s3cret failed"), "auth **** failed");
+        assert!(plan_sidecar(&dep("git"), &options, "pw").is_err());
+    }
+
+    #[test]
+    fn every_service_of_the_registry_is_in_the_catalogue() {
+        for info in crate::deps_list(Some(crate::DepType::Service)) {
+            assert!(service_def(info.name).is_some(), "{}", info.name);
+        }
+        assert_eq!(
+            crate::deps_list(Some(crate::DepType::Service)).len(),
+            SERVICES.len()
+        );
     }
 }

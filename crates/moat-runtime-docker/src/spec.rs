@@ -197,13 +197,26 @@ impl ContainerSpec {
         if self.image.is_empty() {
             return invalid("the image is empty".into());
         }
-        self.workload
-            .validate(&[])
-            .map_err(|e| DockerError::InvalidSpec {
-                message: e.to_string(),
-            })?;
-        // The engine's own requirements: what it binds must exist, and its
-        // bind syntax (`source:target`) has no room for a ':'.
+        self.workload.validate(&[]).map_err(DockerError::Workload)?;
+        self.validate_binds()?;
+        self.validate_protected()?;
+        self.validate_limits_and_proxy()?;
+        if self.hostname.is_empty()
+            || self.hostname.len() > 63
+            || !self
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return invalid(format!("invalid hostname {:?}", self.hostname));
+        }
+        Ok(())
+    }
+
+    /// The engine's own requirements: what it binds must exist, and its
+    /// bind syntax (`source:target`) has no room for a ':'.
+    fn validate_binds(&self) -> Result<(), DockerError> {
+        let invalid = |message: String| Err(DockerError::InvalidSpec { message });
         if !self.workload.workspace.is_dir() {
             return invalid(format!(
                 "the workspace must be an existing directory: {}",
@@ -220,11 +233,16 @@ impl ContainerSpec {
                 }
             }
         }
-        // Protected workspace paths are bound read-only over themselves.
-        // The engine follows a link in a bind's source: a protected name
-        // that is a link would show the container whatever it points to
-        // on the host, so such a workspace is refused rather than half
-        // protected (the native runtime pins the link itself).
+        Ok(())
+    }
+
+    /// Protected workspace paths are bound read-only over themselves.
+    /// The engine follows a link in a bind's source: a protected name
+    /// that is a link would show the container whatever it points to on
+    /// the host, so such a workspace is refused rather than half
+    /// protected (the native runtime pins the link itself).
+    fn validate_protected(&self) -> Result<(), DockerError> {
+        let invalid = |message: String| Err(DockerError::InvalidSpec { message });
         for p in &self.workload.protected {
             let host = self.workload.workspace.join(&p.path);
             if p.path.to_string_lossy().contains(':') {
@@ -234,16 +252,19 @@ impl ContainerSpec {
                 ));
             }
             if std::fs::symlink_metadata(&host).is_ok_and(|m| m.file_type().is_symlink()) {
-                return invalid(format!(
-                    "{} is a symbolic link, and the host acts on what is there (a container \
-                     would see the link's target read-only). To fix: replace the link by what \
-                     it points to, run with --allow-write {} to leave it unprotected, or use \
-                     --runtime native",
-                    host.display(),
-                    p.path.display()
-                ));
+                return Err(DockerError::ProtectedLink {
+                    host,
+                    path: p.path.clone(),
+                });
             }
         }
+        Ok(())
+    }
+
+    /// Positive limits, and under the strict policy a proxy address that
+    /// is one.
+    fn validate_limits_and_proxy(&self) -> Result<(), DockerError> {
+        let invalid = |message: String| Err(DockerError::InvalidSpec { message });
         if self.memory_mb == Some(0) {
             return invalid("memory_mb must be positive".into());
         }
@@ -265,15 +286,6 @@ impl ContainerSpec {
             {
                 return invalid(format!("invalid proxy address {proxy_host}:{proxy_port}"));
             }
-        }
-        if self.hostname.is_empty()
-            || self.hostname.len() > 63
-            || !self
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return invalid(format!("invalid hostname {:?}", self.hostname));
         }
         Ok(())
     }

@@ -115,10 +115,18 @@ async fn ensure_local_base(rt: &DockerRuntime) {
 static DEPS_IMAGE: OnceCell<String> = OnceCell::const_new();
 static BUILD_LOCK: Mutex<()> = Mutex::const_new(());
 
+/// `dependencies:` as moat.yaml would parse them.
+fn deps(specs: &[&str]) -> Vec<moat_config::Dependency> {
+    specs
+        .iter()
+        .map(|spec| moat_config::Dependency::parse(spec).unwrap())
+        .collect()
+}
+
 fn git_jq_request() -> ImageRequest {
     let (uid, gid) = test_ids();
     let log = std::env::temp_dir().join(format!("moat-docker-test-build-{uid}.log"));
-    let mut req = ImageRequest::new(vec!["git".into(), "jq".into()], uid, gid, log);
+    let mut req = ImageRequest::new(deps(&["git", "jq"]), uid, gid, log);
     req.progress = ProgressMode::Plain;
     req
 }
@@ -241,11 +249,16 @@ async fn missing_gvisor_runtime_is_a_clear_error() {
         "{text}"
     );
     assert!(text.contains("runsc-not-registered"));
-    assert!(text.contains("apt-get install runsc"));
+    assert!(!text.contains('\n'), "the message is one line: {text}");
+    let fix = moat_hint::Hint::hint(&err)
+        .map(|f| f.to_string())
+        .unwrap_or_default();
+    assert!(fix.contains("apt-get install runsc"), "{fix}");
     assert!(
-        text.contains("--no-sandbox")
-            && text.contains("MOAT_NO_SANDBOX=1")
-            && text.contains("sandbox: none")
+        fix.contains("--no-sandbox")
+            && fix.contains("MOAT_NO_SANDBOX=1")
+            && fix.contains("sandbox: none"),
+        "{fix}"
     );
 }
 
@@ -279,11 +292,17 @@ async fn deps_image_is_built_once_and_reused() {
 async fn misspelt_dependency_suggests_the_nearest() {
     let Some(rt) = runtime().await else { return };
     let mut req = git_jq_request();
-    req.dependencies = vec!["git".into(), "jqq".into()];
+    req.dependencies = deps(&["git", "jqq"]);
     let err = rt.resolve_image(&req, &image_map()).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown dependency \"jqq\": did you mean jq?\nRun `moat deps list` to see every known dependency."
+        "unknown dependency \"jqq\": did you mean jq?"
+    );
+    assert_eq!(
+        moat_hint::Hint::hint(&err)
+            .map(|f| f.to_string())
+            .as_deref(),
+        Some("Run `moat deps list` to see every known dependency.")
     );
 }
 

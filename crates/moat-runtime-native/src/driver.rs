@@ -71,18 +71,7 @@ impl SandboxDriver for NativeDriver {
     }
 
     fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError> {
-        let engines = request
-            .image
-            .dependencies
-            .iter()
-            .map(|d| d.trim())
-            .filter(|d| d.starts_with("docker:"));
-        let services: Vec<&str> = request
-            .sidecars
-            .iter()
-            .map(|s| s.name.as_str())
-            .chain(engines)
-            .collect();
+        let services = request.container_services();
         if !services.is_empty() {
             return Err(DriverError::ServicesUnsupported {
                 runtime: "native",

@@ -5,7 +5,9 @@
 //! This crate owns the one description every runtime consumes — the
 //! workspace, bind mounts, injected files, environment, the way to the
 //! proxy, standard streams, SSH additions, resource limits and, for
-//! runtimes that run images, the image recipe — and the driver trait each
+//! runtimes that run images, the image recipe and the services beside the
+//! sandbox ([`services`]: what each is, and the [`Sidecar`] a request for
+//! one becomes) — and the driver trait each
 //! runtime implements in its own crate (`moat-runtime-native`,
 //! `moat-runtime-docker` for Docker and Podman). It also owns the caller's
 //! terminal as drivers share it ([`terminal`]: size, raw mode, relay to a
@@ -56,6 +58,7 @@
 //! harmless (the native runtime has no image) or refused by its driver
 //! with an error that says so.
 
+pub mod services;
 pub mod setid;
 pub mod terminal;
 
@@ -167,90 +170,131 @@ impl Workload {
     /// native sandbox's `/proc` and `/dev`), refused as mount targets and
     /// as places for files.
     pub fn validate(&self, reserved: &[&str]) -> Result<(), InvalidWorkload> {
-        let invalid = |message: String| Err(InvalidWorkload(message));
         if self.command.first().is_none_or(String::is_empty) {
-            return invalid("the command is empty: give at least a program name".into());
+            return Err(InvalidWorkload::EmptyCommand);
         }
         if self.command.iter().any(|a| a.contains('\0')) {
-            return invalid("a command argument contains a NUL byte".into());
+            return Err(InvalidWorkload::NulInCommand);
         }
-        for (key, value) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-                return invalid(format!(
-                    "invalid environment variable name or value: {key:?}"
-                ));
-            }
+        if let Some((key, _)) = self.env.iter().find(|(key, value)| {
+            key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0')
+        }) {
+            return Err(InvalidWorkload::Env(key.clone()));
         }
         if !self.workspace.is_absolute() {
-            return invalid(format!(
-                "the workspace path must be absolute: {}",
-                self.workspace.display()
-            ));
+            return Err(InvalidWorkload::RelativeWorkspace(self.workspace.clone()));
         }
         if let Some(p) = self.protected.iter().find(|p| !p.is_clean()) {
-            return invalid(format!(
-                "a protected workspace path must be relative without '.' or '..': {}",
-                p.path.display()
-            ));
+            return Err(InvalidWorkload::UncleanProtected(p.path.clone()));
         }
-        let managed = |path: &std::path::Path| {
-            path.starts_with(WORKSPACE_IN_SANDBOX) || reserved.iter().any(|r| path.starts_with(r))
-        };
-        let managed_names = reserved
-            .iter()
-            .copied()
-            .chain([WORKSPACE_IN_SANDBOX])
-            .collect::<Vec<_>>()
-            .join(", ");
+        let managed = Managed(reserved);
         for m in &self.mounts {
             if !m.source.is_absolute() {
-                return invalid(format!(
-                    "mount source must be an absolute host path: {}",
-                    m.source.display()
-                ));
+                return Err(InvalidWorkload::RelativeMountSource(m.source.clone()));
             }
             if !clean_absolute(&m.target) {
-                return invalid(format!(
-                    "mount target must be an absolute path other than / without '.' or '..': {}",
-                    m.target.display()
-                ));
+                return Err(InvalidWorkload::MountTarget(m.target.clone()));
             }
-            if managed(&m.target) {
-                return invalid(format!(
-                    "mount target {} is inside {managed_names}, which the sandbox manages",
-                    m.target.display()
-                ));
+            if managed.holds(&m.target) {
+                return Err(InvalidWorkload::ManagedMountTarget {
+                    target: m.target.clone(),
+                    managed: managed.names(),
+                });
             }
         }
         for f in &self.files {
             if !clean_absolute(&f.path_in_sandbox) {
-                return invalid(format!(
-                    "injected file path must be an absolute path other than / without '.' or '..': {}",
-                    f.path_in_sandbox.display()
-                ));
+                return Err(InvalidWorkload::FilePath(f.path_in_sandbox.clone()));
             }
-            if managed(&f.path_in_sandbox)
-                || self
-                    .mounts
-                    .iter()
-                    .any(|m| f.path_in_sandbox.starts_with(&m.target))
-            {
-                return invalid(format!(
-                    "injected file {} would be written inside {managed_names} or an extra mount \
-                     (i.e. on the host): choose a path elsewhere",
-                    f.path_in_sandbox.display()
-                ));
+            let in_mount = self
+                .mounts
+                .iter()
+                .any(|m| f.path_in_sandbox.starts_with(&m.target));
+            if managed.holds(&f.path_in_sandbox) || in_mount {
+                return Err(InvalidWorkload::FileOnHost {
+                    path: f.path_in_sandbox.clone(),
+                    managed: managed.names(),
+                });
             }
         }
         Ok(())
     }
 }
 
-/// Why a [`Workload`] cannot run on any runtime: what is wrong, in words
-/// for the user.
+/// The paths the sandbox manages: the workspace and the runtime's own
+/// (`reserved`).
+struct Managed<'a>(&'a [&'a str]);
+
+impl Managed<'_> {
+    fn holds(&self, path: &std::path::Path) -> bool {
+        path.starts_with(WORKSPACE_IN_SANDBOX) || self.0.iter().any(|r| path.starts_with(r))
+    }
+
+    fn names(&self) -> String {
+        self.0
+            .iter()
+            .copied()
+            .chain([WORKSPACE_IN_SANDBOX])
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a [`Workload`] cannot run on any runtime.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidWorkload(String);
+pub enum InvalidWorkload {
+    /// No program to run.
+    #[error("the command is empty: give at least a program name")]
+    EmptyCommand,
+    /// An argument with a NUL byte.
+    #[error("a command argument contains a NUL byte")]
+    NulInCommand,
+    /// A variable that cannot be set.
+    #[error("invalid environment variable name or value: {0:?}")]
+    Env(String),
+    /// A relative workspace.
+    #[error("the workspace path must be absolute: {}", .0.display())]
+    RelativeWorkspace(PathBuf),
+    /// A protected path that is not clean and relative.
+    #[error("a protected workspace path must be relative without '.' or '..': {}", .0.display())]
+    UncleanProtected(PathBuf),
+    /// A mount from a relative host path.
+    #[error("mount source must be an absolute host path: {}", .0.display())]
+    RelativeMountSource(PathBuf),
+    /// A mount target that is not a clean absolute path.
+    #[error(
+        "mount target must be an absolute path other than / without '.' or '..': {}",
+        .0.display()
+    )]
+    MountTarget(PathBuf),
+    /// A mount over what the sandbox manages.
+    #[error("mount target {} is inside {managed}, which the sandbox manages", target.display())]
+    ManagedMountTarget {
+        /// The target.
+        target: PathBuf,
+        /// The managed paths, comma-separated.
+        managed: String,
+    },
+    /// A file path that is not a clean absolute path.
+    #[error(
+        "injected file path must be an absolute path other than / without '.' or '..': {}",
+        .0.display()
+    )]
+    FilePath(PathBuf),
+    /// A file that would be written on the host. The files are moat's
+    /// choice, never the user's: the words are for whoever changes moat.
+    #[error(
+        "injected file {} would be written inside {managed} or an extra mount \
+         (i.e. on the host): choose a path elsewhere",
+        path.display()
+    )]
+    FileOnHost {
+        /// Its path inside.
+        path: PathBuf,
+        /// The managed paths, comma-separated.
+        managed: String,
+    },
+}
 
 /// An absolute path without `.` or `..` components, and not `/`.
 fn clean_absolute(path: &std::path::Path) -> bool {
@@ -322,8 +366,10 @@ pub struct Limits {
 /// that use the host's userland ignore it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImageRecipe {
-    /// `dependencies:` as written.
-    pub dependencies: Vec<String>,
+    /// `dependencies:`, as moat.yaml parsed them (services included: an
+    /// image-based runtime installs no service, but `docker:host` and
+    /// `docker:dind` change the image).
+    pub dependencies: Vec<moat_config::Dependency>,
     /// `base_image:`.
     pub base_image: Option<String>,
     /// `hooks.post_build_root`.
@@ -449,6 +495,24 @@ impl SandboxRequest {
         env
     }
 
+    /// What only a container runtime gives: the sidecars, then the
+    /// engines of `dependencies:` (`docker:host`, `docker:dind`), as
+    /// written. A runtime without containers refuses a request that has
+    /// any ([`DriverError::ServicesUnsupported`]).
+    pub fn container_services(&self) -> Vec<String> {
+        let engines = self
+            .image
+            .dependencies
+            .iter()
+            .filter(|d| d.kind == moat_config::DependencyKind::Docker)
+            .map(ToString::to_string);
+        self.sidecars
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(engines)
+            .collect()
+    }
+
     /// The injected files, SSH's included.
     pub fn all_files(&self) -> Vec<InjectedFile> {
         let mut files = self.files.clone();
@@ -559,19 +623,16 @@ pub struct Leftover {
 }
 
 /// Why a driver failed. Each runtime words its own errors (they are part
-/// of the product); this carries them unchanged.
+/// of the product); this carries them unchanged, with their fixes.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The runtime's error, as its crate words it.
     #[error(transparent)]
-    Runtime(Box<dyn std::error::Error + Send + Sync + 'static>),
+    Runtime(RuntimeError),
     /// The request has services (sidecars, `docker:host`) and this runtime
     /// runs no containers.
     #[error(
-        "services ({services}) need a container runtime: the {runtime} runtime runs no containers.\n\
-         To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
-         --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
-         or remove them from dependencies: in moat.yaml"
+        "services ({services}) need a container runtime: the {runtime} runtime runs no containers."
     )]
     ServicesUnsupported {
         /// The runtime's name.
@@ -587,6 +648,49 @@ pub enum DriverError {
         /// The OS error.
         error: std::io::Error,
     },
+}
+
+impl moat_hint::Hint for DriverError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            DriverError::Runtime(error) => error.fix.clone(),
+            DriverError::ServicesUnsupported { .. } => Some(moat_hint::Fix::new(
+                "To fix: install Docker (sudo apt-get install docker.io) or Podman, then run with \
+                 --runtime docker or --runtime podman (or `runtime: docker` in moat.yaml); \
+                 or remove them from dependencies: in moat.yaml",
+            )),
+            DriverError::Io { .. } => None,
+        }
+    }
+}
+
+/// A runtime crate's error, seen through the driver: its words (as its
+/// `Display` and sources) and its fix, taken when it was wrapped, since
+/// the runtime's type is unknown here.
+#[derive(Debug)]
+pub struct RuntimeError {
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+    fix: Option<moat_hint::Fix>,
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RuntimeError {
+    // The runtime's error itself is this one's words: its causes follow.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl RuntimeError {
+    /// The runtime's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
 }
 
 /// An error and its causes in one line, `outer: cause: root`, for places
@@ -605,9 +709,21 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl DriverError {
-    /// Wraps a runtime crate's error.
+    /// Wraps a runtime crate's error that has no fix to offer.
     pub fn runtime(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        DriverError::Runtime(Box::new(error))
+        DriverError::Runtime(RuntimeError {
+            error: Box::new(error),
+            fix: None,
+        })
+    }
+
+    /// Wraps a runtime crate's error with its fix.
+    pub fn hinted(error: impl std::error::Error + moat_hint::Hint + Send + Sync + 'static) -> Self {
+        let fix = error.hint();
+        DriverError::Runtime(RuntimeError {
+            error: Box::new(error),
+            fix,
+        })
     }
 
     /// A failed local operation.
@@ -904,5 +1020,41 @@ mod tests {
         );
         assert_eq!(r.all_mounts().len(), 1);
         assert_eq!(r.all_files().len(), 1);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("engine down")]
+    struct EngineDown;
+
+    impl moat_hint::Hint for EngineDown {
+        fn hint(&self) -> Option<moat_hint::Fix> {
+            Some(moat_hint::Fix::new("Start the engine."))
+        }
+    }
+
+    #[test]
+    fn a_driver_error_keeps_the_runtime_words_and_fix() {
+        use moat_hint::Hint as _;
+        let wrapped = DriverError::hinted(EngineDown);
+        assert_eq!(wrapped.to_string(), "engine down");
+        assert_eq!(
+            wrapped.hint(),
+            Some(moat_hint::Fix::new("Start the engine."))
+        );
+        assert_eq!(DriverError::runtime(EngineDown).hint(), None);
+
+        let mut r = request();
+        r.image.dependencies = vec![moat_config::Dependency::parse("docker:host").unwrap()];
+        let unsupported = DriverError::ServicesUnsupported {
+            runtime: "native",
+            services: r.container_services().join(", "),
+        };
+        assert_eq!(
+            unsupported.to_string(),
+            "services (docker:host) need a container runtime: the native runtime runs no containers."
+        );
+        assert!(unsupported
+            .hint()
+            .is_some_and(|f| f.as_str().starts_with("To fix: install Docker")));
     }
 }

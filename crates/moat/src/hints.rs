@@ -38,7 +38,13 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_credentials::NoSecret,
         moat_credentials::Rejection,
         moat_daemon::ClientError,
+        moat_run::PlanError,
         moat_run::RunError,
+        moat_run::SelectionError,
+        moat_run::AgentRunError,
+        moat_run::StopError,
+        moat_sandbox::DriverError,
+        moat_runtime_docker::DockerError,
         moat_ssh::SshError,
         moat_trust::TrustError,
     );

@@ -245,7 +245,7 @@ fn names_storage_and_lifecycle() {
     dup.failure();
     assert_eq!(
         dup.stderr,
-        "Error: agent \"my-agent\" is already running. Use --name to specify a different name, or stop the existing agent first\n"
+        "Error: agent \"my-agent\" is already running.\n\nUse --name to specify a different name, or stop the existing agent first\n"
     );
 
     let list = t.run(&["list"]);
@@ -330,6 +330,7 @@ fn mcp_server_without_its_grant() {
     out.failure();
     insta::assert_snapshot!(out.stderr, @r"
     Error: MCP server 'my-server' requires grant 'mcp-my-server' but it's not configured
+
     To fix:
       moat grant mcp my-server
     Then run again.

@@ -112,6 +112,7 @@ fn moat_yaml_edited_inside_a_run_is_refused_until_trusted() {
     assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
     insta::assert_snapshot!(redact(&t, &out.stderr), @r"
     Error: mount [TMP]/moat:/stolen:ro: its source resolves to [TMP]/moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+
     To fix: remove the mount or point it elsewhere.
     ");
 
@@ -174,6 +175,7 @@ fn mount_source_swapped_for_a_symlink_is_refused() {
     assert!(!out.stdout.contains("credentials"), "{}", out.stdout);
     insta::assert_snapshot!(redact(&t, &out.stderr), @r"
     Error: mount ./data:/data:ro: its source leads out of the workspace [TMP]/project (it resolves to [TMP]/moat); a relative source must stay inside the project.
+
     To fix: point it at a path inside the workspace, or write an absolute path to mount something outside it.
     ");
 }
@@ -196,6 +198,7 @@ fn relative_mount_sources_stay_inside_the_workspace() {
     assert!(!out.stdout.contains("outside"), "{}", out.stdout);
     insta::assert_snapshot!(redact(&t, &out.stderr), @r"
     Error: mount ./link:/o: its source leads out of the workspace [TMP]/project (it resolves to [TMP]/outside); a relative source must stay inside the project.
+
     To fix: point it at a path inside the workspace, or write an absolute path to mount something outside it.
     ");
 
@@ -242,11 +245,13 @@ fn floors_keep_moat_home_ssh_and_sockets_out() {
     let m = format!("{}:/x", moat_home.display());
     insta::assert_snapshot!(refused(&["-m", &m], &[]), @r"
     Error: mount [TMP]/moat:/x: its source resolves to [TMP]/moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+
     To fix: remove the mount or point it elsewhere.
     ");
     let m = format!("{}:/x", home.join(".ssh").display());
     insta::assert_snapshot!(refused(&["-m", &m], &[]), @r"
     Error: mount [TMP]/home/.ssh:/x: its source resolves to [TMP]/home/.ssh, which holds your SSH keys; moat never mounts it into a sandbox.
+
     To fix: remove the mount or point it elsewhere.
     ");
     // HOME contains ~/.ssh and the keychain's files.
@@ -275,6 +280,7 @@ fn floors_keep_moat_home_ssh_and_sockets_out() {
     let m = format!("{}:/x", home.display());
     insta::assert_snapshot!(refused(&["-m", &m], &[("MOAT_HOME", nested)]), @r"
     Error: mount [TMP]/home:/x: its source [TMP]/home contains [TMP]/home/.moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+
     To fix: remove the mount or point it elsewhere.
     ");
     let out = t.run_with(
@@ -285,6 +291,7 @@ fn floors_keep_moat_home_ssh_and_sockets_out() {
     assert!(!out.stdout.contains("ran"));
     insta::assert_snapshot!(redact(&t, &out.stderr), @r"
     Error: workspace [TMP]/home: it contains [TMP]/home/.moat, which holds moat's credentials, key and daemon sockets; moat never mounts it into a sandbox.
+
     To fix: run moat in a project directory that does not contain it.
     ");
 
