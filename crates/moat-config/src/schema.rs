@@ -323,7 +323,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
                 let s = ctx.string(value, path, Some(key))?;
                 let kind = s
                     .parse::<RuntimeKind>()
-                    .map_err(|m| ctx.invalid(value, path, m))?;
+                    .map_err(|m| ctx.invalid(value, path, m.to_string()))?;
                 cfg.runtime = Some(kind);
             }
             "sandbox" => cfg.sandbox = sandbox_mode(ctx, value, path)?,

@@ -79,17 +79,20 @@ pub enum RuntimeKind {
     Apple,
 }
 
+/// A runtime name moat does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected \"native\", \"docker\", \"podman\" or \"apple\", found {0:?}")]
+pub struct UnknownRuntime(pub String);
+
 impl FromStr for RuntimeKind {
-    type Err = String;
+    type Err = UnknownRuntime;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
+        match s.trim() {
             "native" => Ok(Self::Native),
             "docker" => Ok(Self::Docker),
             "podman" => Ok(Self::Podman),
             "apple" => Ok(Self::Apple),
-            _ => Err(format!(
-                "expected \"native\", \"docker\", \"podman\" or \"apple\", found {s:?}"
-            )),
+            _ => Err(UnknownRuntime(s.to_owned())),
         }
     }
 }

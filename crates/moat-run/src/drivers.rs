@@ -4,6 +4,7 @@
 //! knows which runtimes exist; everything else drives a
 //! [`SandboxDriver`].
 
+use moat_config::RuntimeKind;
 use moat_runtime_docker::{ContainerDriver, Engine};
 use moat_runtime_native::NativeDriver;
 use moat_sandbox::{CheckStatus, DoctorCheck, DriverError, SandboxDriver};
@@ -20,8 +21,8 @@ enum Probe {
 
 /// One runtime of the table.
 struct Entry {
-    /// As users write it.
-    name: &'static str,
+    /// Which runtime.
+    kind: RuntimeKind,
     /// As messages name it.
     title: &'static str,
     /// As the notice of an automatic choice names it.
@@ -42,7 +43,7 @@ fn container(engine: Engine, probe: Probe) -> Result<Box<dyn SandboxDriver>, Dri
 
 const RUNTIMES: &[Entry] = &[
     Entry {
-        name: "docker",
+        kind: RuntimeKind::Docker,
         title: "Docker",
         chosen_as: "Docker",
         docker_compatible: false,
@@ -52,7 +53,7 @@ const RUNTIMES: &[Entry] = &[
               sandbox meanwhile",
     },
     Entry {
-        name: "podman",
+        kind: RuntimeKind::Podman,
         title: "Podman",
         chosen_as: "Podman",
         docker_compatible: true,
@@ -61,7 +62,7 @@ const RUNTIMES: &[Entry] = &[
               (podman system service) itself on the first Podman run",
     },
     Entry {
-        name: "native",
+        kind: RuntimeKind::Native,
         title: "native sandbox",
         chosen_as: "the native Linux sandbox",
         docker_compatible: false,
@@ -78,8 +79,8 @@ pub enum SelectionError {
     RequestedButUnavailable {
         /// As messages name it.
         title: &'static str,
-        /// As users write it.
-        name: &'static str,
+        /// Which runtime.
+        kind: RuntimeKind,
         /// The runtime's own explanation, with its fix.
         #[source]
         error: DriverError,
@@ -90,25 +91,19 @@ pub enum SelectionError {
     /// Nothing can run sandboxes here.
     #[error("no runtime available: {}", unavailable_list(.0))]
     NoneAvailable(Vec<Unavailable>),
-    /// A name no runtime has.
-    #[error("unknown runtime {0:?} (from --runtime, MOAT_RUNTIME or moat.yaml)")]
-    Unknown(String),
 }
 
 impl moat_hint::Hint for SelectionError {
     fn hint(&self) -> Option<moat_hint::Fix> {
         match self {
-            SelectionError::RequestedButUnavailable { name, .. } => Some(moat_hint::Fix::new(
+            SelectionError::RequestedButUnavailable { kind, .. } => Some(moat_hint::Fix::new(
                 format!(
-                    "To use another runtime: unset MOAT_RUNTIME (and remove `runtime: {name}` from moat.yaml)"
+                    "To use another runtime: unset MOAT_RUNTIME (and remove `runtime: {kind}` from moat.yaml)"
                 ),
             )),
             SelectionError::AppleUnavailable => Some(moat_hint::Fix::new(
                 "On this machine use --runtime native, --runtime docker or --runtime podman \
                  (or unset MOAT_RUNTIME)",
-            )),
-            SelectionError::Unknown(_) => Some(moat_hint::Fix::new(
-                "Use native, docker, podman or apple.",
             )),
             SelectionError::NoneAvailable(_) => None,
         }
@@ -151,15 +146,12 @@ pub struct Selection {
 }
 
 /// The runtime named by `requested`, or the first available.
-pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionError> {
-    if let Some(name) = requested.map(str::trim) {
-        if name == "apple" {
+pub fn select_driver(requested: Option<RuntimeKind>) -> Result<Selection, SelectionError> {
+    if let Some(kind) = requested {
+        let Some(entry) = RUNTIMES.iter().find(|e| e.kind == kind) else {
+            // The table holds every runtime but Apple's.
             return Err(SelectionError::AppleUnavailable);
-        }
-        let entry = RUNTIMES
-            .iter()
-            .find(|e| e.name == name)
-            .ok_or_else(|| SelectionError::Unknown(name.to_owned()))?;
+        };
         return match (entry.probe)(Probe::Run) {
             Ok(driver) => Ok(Selection {
                 driver,
@@ -167,7 +159,7 @@ pub fn select_driver(requested: Option<&str>) -> Result<Selection, SelectionErro
             }),
             Err(error) => Err(SelectionError::RequestedButUnavailable {
                 title: entry.title,
-                name: entry.name,
+                kind: entry.kind,
                 error,
             }),
         };
@@ -211,8 +203,8 @@ pub fn reachable_drivers() -> Vec<Box<dyn SandboxDriver>> {
 /// What `moat status` says of one runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeStatus {
-    /// As users write it.
-    pub name: &'static str,
+    /// Which runtime.
+    pub kind: RuntimeKind,
     /// Whether runs can use it now.
     pub available: bool,
     /// Its checks in one line (where it answers, gVisor...), or why it
@@ -243,13 +235,13 @@ pub fn runtime_statuses() -> Vec<RuntimeStatus> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 RuntimeStatus {
-                    name: entry.name,
+                    kind: entry.kind,
                     available,
                     message,
                 }
             }
             Err(e) => RuntimeStatus {
-                name: entry.name,
+                kind: entry.kind,
                 available: false,
                 message: format!(
                     "not available: {}",
@@ -276,7 +268,7 @@ pub fn doctor_checks() -> Vec<DoctorCheck> {
                 let cause = moat_sandbox::error_chain(&e);
                 checks.push(DoctorCheck::problem(
                     CheckStatus::Fail,
-                    entry.name,
+                    &entry.kind.to_string(),
                     format!(
                         "not reachable: {}",
                         cause.lines().next().unwrap_or_default()
@@ -307,7 +299,7 @@ pub fn doctor_checks() -> Vec<DoctorCheck> {
 pub fn remove_run_leftovers(store: &RunStore, run: &RunMetadata) -> usize {
     let drivers = RUNTIMES
         .iter()
-        .filter(|e| e.name == run.runtime)
+        .filter(|e| run.runtime.parse::<RuntimeKind>() == Ok(e.kind))
         .filter_map(|e| (e.probe)(Probe::Look).ok())
         .collect();
     remove_from(drivers, store, Some(run.id.as_str()))

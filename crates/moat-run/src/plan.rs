@@ -2,6 +2,7 @@
 use std::path::Path;
 use std::path::PathBuf;
 
+use moat_config::RuntimeKind;
 use moat_credentials::GrantName;
 use moat_home::Profile;
 use moat_sandbox::services::{ServiceOptions, ServiceRequest};
@@ -77,7 +78,7 @@ pub struct RunPlan {
     pub interactive: bool,
     /// The runtime asked for (`--runtime`, `MOAT_RUNTIME`, `runtime:`);
     /// `None` picks the first available.
-    pub runtime: Option<String>,
+    pub runtime: Option<RuntimeKind>,
     /// The sandbox's image, for runtimes that run one.
     pub image: moat_sandbox::ImageRecipe,
     /// The runtime's extra isolation (gVisor); false with `--no-sandbox`,
@@ -125,7 +126,7 @@ pub struct RunFlags {
     /// `--allow-host`.
     pub allow_hosts: Vec<String>,
     /// `--runtime`: before `MOAT_RUNTIME` and moat.yaml `runtime`.
-    pub runtime: Option<String>,
+    pub runtime: Option<RuntimeKind>,
     /// `-i`.
     pub interactive: bool,
     /// `--keep`.
@@ -145,6 +146,9 @@ pub struct RunFlags {
 /// Why flags and moat.yaml do not make a run.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// `MOAT_RUNTIME` names no runtime.
+    #[error("MOAT_RUNTIME: {0}")]
+    RuntimeEnv(moat_config::UnknownRuntime),
     /// `services.<name>` for a dependency that is not a service.
     #[error(
         "moat.yaml services.{name}: {name} is not a service, so it has no sidecar to configure \
@@ -196,6 +200,9 @@ impl moat_hint::Hint for PlanError {
                 "Give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml."
                     .into(),
             ),
+            PlanError::RuntimeEnv(_) => {
+                Some("Set MOAT_RUNTIME to native, docker, podman or apple, or unset it.".into())
+            }
             PlanError::Env { .. }
             | PlanError::Grant(_)
             | PlanError::Mount(_)
@@ -218,11 +225,18 @@ impl RunPlan {
         no_sandbox_env: bool,
         profile: Option<Profile>,
     ) -> Result<RunPlan, PlanError> {
+        let runtime_env = match runtime_env.filter(|v| !v.trim().is_empty()) {
+            Some(value) => Some(
+                value
+                    .parse::<RuntimeKind>()
+                    .map_err(PlanError::RuntimeEnv)?,
+            ),
+            None => None,
+        };
         let runtime = flags
             .runtime
-            .clone()
-            .or(runtime_env.filter(|v| !v.trim().is_empty()))
-            .or_else(|| config.and_then(|c| c.runtime.map(|r| r.to_string())));
+            .or(runtime_env)
+            .or_else(|| config.and_then(|c| c.runtime));
         // In this order, so the first mistake of several is the one told.
         let command = command(flags, config)?;
         let grants = grants(flags, config)?;
@@ -527,15 +541,15 @@ mod tests {
         assert!(!data[0].read_only);
         assert_eq!(p.mounts.len(), 2);
         assert_eq!(p.command, ["echo", "yaml"]);
-        assert_eq!(p.runtime.as_deref(), Some("docker"));
+        assert_eq!(p.runtime, Some(RuntimeKind::Docker));
     }
 
     #[test]
     fn runtime_flag_then_environment_then_yaml() {
         let (dir, c) = config("runtime: docker\ncommand: [\"true\"]\n");
-        let from = |flag: Option<&str>, env: Option<&str>| {
+        let from = |flag: Option<RuntimeKind>, env: Option<&str>| {
             let flags = RunFlags {
-                runtime: flag.map(str::to_owned),
+                runtime: flag,
                 ..Default::default()
             };
             RunPlan::from_flags(
@@ -546,16 +560,19 @@ mod tests {
                 false,
                 None,
             )
-            .unwrap()
-            .runtime
+            .map(|plan| plan.runtime)
         };
-        assert_eq!(
-            from(Some("native"), Some("podman")).as_deref(),
-            Some("native")
-        );
-        assert_eq!(from(None, Some("podman")).as_deref(), Some("podman"));
-        assert_eq!(from(None, Some(" ")).as_deref(), Some("docker"));
-        assert_eq!(from(None, None).as_deref(), Some("docker"));
+        use RuntimeKind::{Docker, Native, Podman};
+        assert_eq!(from(Some(Native), Some("podman")).unwrap(), Some(Native));
+        assert_eq!(from(None, Some("podman")).unwrap(), Some(Podman));
+        assert_eq!(from(None, Some(" ")).unwrap(), Some(Docker));
+        assert_eq!(from(None, None).unwrap(), Some(Docker));
+        // A MOAT_RUNTIME no runtime has is refused when the run is
+        // planned, with the values it may take.
+        let err = from(None, Some("dokcer")).unwrap_err();
+        assert!(matches!(err, PlanError::RuntimeEnv(_)), "{err}");
+        assert!(err.to_string().contains("found \"dokcer\""), "{err}");
+        assert!(moat_hint::Hint::hint(&err).is_some());
     }
 
     #[test]

@@ -146,7 +146,7 @@ pub struct RunOptions {
     pub allow_write: Vec<String>,
     /// Runtime: native, docker, podman or apple (default: detected).
     #[arg(long, value_name = "RUNTIME")]
-    pub runtime: Option<String>,
+    pub runtime: Option<moat_config::RuntimeKind>,
     /// Container runtimes: keep the container after it exits.
     #[arg(long)]
     pub keep: bool,

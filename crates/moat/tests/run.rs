@@ -319,6 +319,27 @@ fn missing_grants_are_reported_together_before_anything_starts() {
 }
 
 #[test]
+fn a_runtime_name_no_runtime_has_is_refused_before_anything_starts() {
+    let t = RunEnv::new();
+    let out = t.run_with(&["run", "--", "true"], &[("MOAT_RUNTIME", "dokcer")]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r#"
+    Error: MOAT_RUNTIME: expected "native", "docker", "podman" or "apple", found "dokcer"
+
+    Set MOAT_RUNTIME to native, docker, podman or apple, or unset it.
+    "#);
+    // A flag's value is clap's to refuse: a usage error, status 2.
+    let out = t.run(&["run", "--runtime", "dokcer", "--", "true"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("invalid value 'dokcer' for '--runtime <RUNTIME>'"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn mcp_server_without_its_grant() {
     let t = RunEnv::new();
     std::fs::write(

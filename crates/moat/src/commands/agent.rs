@@ -41,7 +41,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
         model: args.model.clone(),
         extra_args: args.args.clone(),
     };
-    let selection = moat_run::select_driver(plan.runtime.as_deref())?;
+    let selection = moat_run::select_driver(plan.runtime)?;
     if let Some(notice) = &selection.notice {
         errln!("moat: {notice}");
     }

@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
 
 /// Picks the plan's runtime and runs it; the exit code is the command's.
 pub(super) fn execute(ctx: &Context, plan: &RunPlan) -> Result<ExitCode> {
-    let selection = moat_run::select_driver(plan.runtime.as_deref())?;
+    let selection = moat_run::select_driver(plan.runtime)?;
     if let Some(notice) = &selection.notice {
         errln!("moat: {notice}");
     }

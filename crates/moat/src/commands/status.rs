@@ -26,7 +26,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
     if ctx.json {
         let value = serde_json::json!({
             "runtimes": runtimes.iter().map(|r| serde_json::json!({
-                "name": r.name,
+                "name": r.kind.to_string(),
                 "status": if r.available { "ok" } else { "warning" },
                 "message": r.message,
             })).collect::<Vec<_>>(),
@@ -48,7 +48,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
     for r in &runtimes {
         outln!(
             "  {}: {}{}",
-            r.name,
+            r.kind,
             if r.available { "available, " } else { "" },
             r.message
         );
