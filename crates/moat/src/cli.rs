@@ -179,7 +179,7 @@ impl RunOptions {
             mounts: self.mounts.clone(),
             name: self.name.clone(),
             allow_hosts: self.allow_hosts.clone(),
-            runtime: self.runtime.clone(),
+            runtime: self.runtime,
             interactive,
             keep: self.keep,
             no_sandbox: self.no_sandbox,
