@@ -56,6 +56,9 @@ pub enum AgentRunError {
     /// The providers file could not be read.
     #[error(transparent)]
     Credentials(#[from] moat_credentials::CredentialError),
+    /// The run itself failed.
+    #[error(transparent)]
+    Run(#[from] crate::RunError),
     /// A host directory for the agent could not be made.
     #[error("cannot create {}: {error}", path.display())]
     Dir {
@@ -97,12 +100,41 @@ impl moat_hint::Hint for AgentRunError {
                     grants.join("\n")
                 )))
             }
-            AgentRunError::Stage(_)
-            | AgentRunError::Install(_)
-            | AgentRunError::Credentials(_)
-            | AgentRunError::Dir { .. } => None,
+            // Transparent variants hide the inner error from the chain
+            // of sources: they hand on its fix.
+            AgentRunError::Stage(e) => e.hint(),
+            AgentRunError::Install(e) => e.hint(),
+            AgentRunError::Credentials(e) => e.hint(),
+            AgentRunError::Run(e) => e.hint(),
+            AgentRunError::Dir { .. } => None,
         }
     }
+}
+
+/// Runs `agent` with `plan` on `driver`: stages it as `opts` and its
+/// moat.yaml section ask, runs it, and, for a runtime using the host's
+/// programs, keeps its state and the run's transcripts for the next run.
+pub fn run_agent(
+    home: &MoatHome,
+    driver: &mut dyn SandboxDriver,
+    agent: &dyn Agent,
+    opts: &LaunchOptions,
+    section: &serde_json::Value,
+    plan: &mut RunPlan,
+) -> Result<crate::RunOutcome, AgentRunError> {
+    plan_agent(home, driver, agent, opts, section, plan)?;
+    let started = std::time::SystemTime::now();
+    let outcome = crate::execute(home, plan, driver);
+    if driver.uses_host_programs() {
+        // Also after a failed run: the kept state must not keep the run's
+        // token in its MCP headers.
+        keep_agent_state(agent, &plan.workspace)?;
+        if let Ok(done) = &outcome {
+            let run_dir = home.runs_dir().join(&done.id);
+            keep_run_transcripts(agent, &plan.workspace, &run_dir, started)?;
+        }
+    }
+    Ok(outcome?)
 }
 
 /// Makes `plan` run `agent` as `opts` asks, on `driver`'s runtime, with

@@ -44,7 +44,7 @@ mod supervise;
 mod watchdog;
 
 pub use crate::agent::{
-    agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, AgentRunError,
+    agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, run_agent, AgentRunError,
     STAGING_IN_SANDBOX,
 };
 pub use crate::detach::{detach, without_detach_flag, DetachError, Detached, DETACHED_CHILD};
@@ -54,7 +54,7 @@ pub use crate::drivers::{
 };
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
-pub use crate::protect::{protected_now, REPOSITORY_ENTRIES};
+pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunError, RunOutcome};
 pub use moat_sandbox::ImageRecipe;

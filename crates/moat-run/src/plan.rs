@@ -203,11 +203,11 @@ impl moat_hint::Hint for PlanError {
             PlanError::RuntimeEnv(_) => {
                 Some("Set MOAT_RUNTIME to native, docker, podman or apple, or unset it.".into())
             }
-            PlanError::Env { .. }
-            | PlanError::Grant(_)
-            | PlanError::Mount(_)
-            | PlanError::Name(_)
-            | PlanError::AllowHost { .. } => None,
+            // Transparent: the inner error's fix, which the chain of
+            // sources would not show.
+            PlanError::Grant(e) => e.hint(),
+            PlanError::Mount(e) => e.hint(),
+            PlanError::Env { .. } | PlanError::Name(_) | PlanError::AllowHost { .. } => None,
         }
     }
 }

@@ -257,6 +257,35 @@ fn names(line: &str, path: &str) -> bool {
     })
 }
 
+/// What runs of `workspace` see read-only, and how to let one write, as
+/// `moat trust` tells it: the protected paths that exist now (`allowed`
+/// left out), then the names protected wherever they are missing.
+pub fn protected_summary(workspace: &Path, allowed: &[PathBuf]) -> Result<String, RunError> {
+    let shown: Vec<String> = protected_now(workspace, allowed)?
+        .iter()
+        .map(|p| {
+            let git_config = p.file_name().is_some_and(|n| n == "config")
+                && p.parent()
+                    .is_some_and(|d| d.ends_with(".git") || d.starts_with(".git"));
+            if git_config {
+                format!("{} (git inside changes a private copy)", p.display())
+            } else {
+                p.display().to_string()
+            }
+        })
+        .collect();
+    let existing = if shown.is_empty() {
+        String::new()
+    } else {
+        format!("{}; and ", shown.join(", "))
+    };
+    Ok(format!(
+        "Runs see read-only what the host acts on: {existing}wherever missing, {}.\n\
+         To let a run write one: moat run --allow-write PATH, or allow_write: [PATH] in moat.yaml.",
+        REPOSITORY_ENTRIES.join(" ")
+    ))
+}
+
 /// The protected paths of `workspace` that exist now (what `moat trust`
 /// shows), `allowed` left out.
 pub fn protected_now(workspace: &Path, allowed: &[PathBuf]) -> Result<Vec<PathBuf>, RunError> {

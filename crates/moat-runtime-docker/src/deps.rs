@@ -232,6 +232,43 @@ pub const REGISTRY: &[DepInfo] = &[
     },
 ];
 
+impl DepInfo {
+    /// The text of `moat deps info NAME`: its fields, and for a service
+    /// its image, readiness check and the variables the sandbox gets
+    /// (`<password>` standing for each run's fresh one).
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "Name:        {}\nType:        {}\nDefault:     {}\nDescription: {}\nProvides:    {}\n",
+            self.name,
+            self.kind.as_str(),
+            self.default_version.unwrap_or("-"),
+            self.description,
+            self.provides
+        );
+        if !self.apt_packages.is_empty() {
+            out.push_str(&format!("Packages:    {}\n", self.apt_packages.join(", ")));
+        }
+        if let Some(r) = self.requires {
+            out.push_str(&format!("Requires:    {r}\n"));
+        }
+        if let Some(def) = moat_sandbox::services::service_def(self.name) {
+            out.push_str(&format!("Image:       {}:<version>\n", def.image));
+            out.push_str(&format!("Readiness:   {}\n", def.ready.join(" ")));
+            out.push_str(
+                "In the sandbox (<password>: 32 random characters, fresh for each run):\n",
+            );
+            let example = moat_sandbox::services::ServiceRequest {
+                version: self.default_version.map(str::to_owned),
+                ..moat_sandbox::services::ServiceRequest::new(def)
+            };
+            for (name, value) in example.plan("<password>").env {
+                out.push_str(&format!("  {name}={value}\n"));
+            }
+        }
+        out
+    }
+}
+
 /// Lists the registry, optionally only one kind (`moat deps list [--type]`).
 pub fn deps_list(kind: Option<DepType>) -> Vec<&'static DepInfo> {
     REGISTRY

@@ -579,3 +579,35 @@ fn mysql_is_reachable_with_its_variables() {
         out.stdout
     );
 }
+
+/// `moat deps info` of a service shows what the sandbox gets, and an
+/// unknown type is refused with the types it may take. Needs no engine.
+#[test]
+fn deps_info_of_a_service_and_an_unknown_type() {
+    let env = TestEnv::new();
+    let out = env.run(&["deps", "info", "postgres"]);
+    out.success();
+    insta::assert_snapshot!(out.stdout, @r"
+    Name:        postgres
+    Type:        service
+    Default:     17
+    Description: PostgreSQL database (sidecar; MOAT_POSTGRES_URL, _HOST, _PORT, _USER, _PASSWORD, _DB)
+    Provides:    a sidecar container from the official image NAME:VERSION (or services.NAME.image), reached from the sandbox as NAME with a fresh password per run; Docker and Podman runtimes only
+    Image:       postgres:<version>
+    Readiness:   pg_isready -h localhost -U {user} -d {db}
+    In the sandbox (<password>: 32 random characters, fresh for each run):
+      MOAT_POSTGRES_URL=postgresql://postgres:<password>@postgres:5432/postgres
+      MOAT_POSTGRES_HOST=postgres
+      MOAT_POSTGRES_PORT=5432
+      MOAT_POSTGRES_USER=postgres
+      MOAT_POSTGRES_PASSWORD=<password>
+      MOAT_POSTGRES_DB=postgres
+    ");
+    let out = env.run(&["deps", "list", "--type", "bogus"]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r#"
+    Error: unknown dependency type "bogus"
+
+    Use runtime, apt, tool or dynamic.
+    "#);
+}

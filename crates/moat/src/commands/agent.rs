@@ -1,5 +1,5 @@
 //! `moat claude`, `moat codex`, `moat gemini`: a run whose command is the
-//! agent, staged by `moat-agents` and `moat_run::plan_agent`.
+//! agent, staged by `moat-agents` and run by `moat_run::run_agent`.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -49,25 +49,14 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let section = config
         .and_then(|c| c.agents.get(agent.name()).cloned())
         .unwrap_or_default();
-    moat_run::plan_agent(
+    let outcome = moat_run::run_agent(
         &ctx.home,
-        driver.as_ref(),
+        driver.as_mut(),
         agent,
         &opts,
         &section,
         &mut plan,
-    )?;
-    let started = std::time::SystemTime::now();
-    let outcome = moat_run::execute(&ctx.home, &plan, driver.as_mut());
-    if driver.uses_host_programs() {
-        // Also after a failed run: the kept state must not keep the run's
-        // token in its MCP headers.
-        moat_run::keep_agent_state(agent, &plan.workspace)?;
-        if let Ok(done) = &outcome {
-            let run_dir = ctx.home.runs_dir().join(&done.id);
-            moat_run::keep_run_transcripts(agent, &plan.workspace, &run_dir, started)?;
-        }
-    }
+    );
     let outcome = outcome?;
     for notice in &outcome.notices {
         errln!("moat: {notice}");

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use moat_runtime_docker::{deps_info, deps_list, DepType};
 
 use super::Context;
@@ -17,7 +17,10 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
                 Some(k) => match DepType::parse(k) {
                     Some(t) => Some(t),
                     None => {
-                        bail!("unknown dependency type {k:?}: use runtime, apt, tool or dynamic")
+                        return Err(crate::hints::failure(
+                            format!("unknown dependency type {k:?}"),
+                            "Use runtime, apt, tool or dynamic.",
+                        ))
                     }
                 },
             };
@@ -55,37 +58,7 @@ pub fn deps(ctx: &Context, args: DepsArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DepsCommand::Info { name } => {
-            let d = deps_info(&name)?;
-            outln!("Name:        {}", d.name);
-            outln!("Type:        {}", d.kind.as_str());
-            outln!("Default:     {}", d.default_version.unwrap_or("-"));
-            outln!("Description: {}", d.description);
-            outln!("Provides:    {}", d.provides);
-            if !d.apt_packages.is_empty() {
-                outln!("Packages:    {}", d.apt_packages.join(", "));
-            }
-            if let Some(r) = d.requires {
-                outln!("Requires:    {r}");
-            }
-            if let Some(def) = moat_runtime_docker::services::service_def(d.name) {
-                outln!("Image:       {}:<version>", def.image);
-                outln!("Readiness:   {}", def.ready.join(" "));
-                outln!("In the sandbox (<password>: 32 random characters, fresh for each run):");
-                let example = moat_runtime_docker::Dependency {
-                    spec: d.name.to_owned(),
-                    info: d,
-                    version: d.default_version.map(str::to_owned),
-                    package: None,
-                };
-                let (_, vars) = moat_runtime_docker::services::plan_sidecar(
-                    &example,
-                    &moat_runtime_docker::services::ServiceOptions::default(),
-                    "<password>",
-                )?;
-                for (name, value) in vars {
-                    outln!("  {name}={value}");
-                }
-            }
+            out!("{}", deps_info(&name)?.describe());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -32,42 +32,11 @@ pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
         );
     }
     let allowed = loaded.map(|l| l.config.allow_write).unwrap_or_default();
-    print_protected(&workspace, &allowed);
+    match moat_run::protected_summary(&workspace, &allowed) {
+        Ok(text) => outln!("{text}"),
+        Err(e) => outln!("Protected paths: {e}"),
+    }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What runs of `workspace` see read-only, and how to let one write.
-fn print_protected(workspace: &Path, allowed: &[std::path::PathBuf]) {
-    let existing = match moat_run::protected_now(workspace, allowed) {
-        Ok(paths) => paths,
-        Err(e) => {
-            outln!("Protected paths: {e}");
-            return;
-        }
-    };
-    let shown: Vec<String> = existing
-        .iter()
-        .map(|p| {
-            if p.file_name().is_some_and(|n| n == "config")
-                && p.parent()
-                    .is_some_and(|d| d.ends_with(".git") || d.starts_with(".git"))
-            {
-                format!("{} (git inside changes a private copy)", p.display())
-            } else {
-                p.display().to_string()
-            }
-        })
-        .collect();
-    let existing = if shown.is_empty() {
-        String::new()
-    } else {
-        format!("{}; and ", shown.join(", "))
-    };
-    outln!(
-        "Runs see read-only what the host acts on: {existing}wherever missing, {}.\n\
-         To let a run write one: moat run --allow-write PATH, or allow_write: [PATH] in moat.yaml.",
-        moat_run::REPOSITORY_ENTRIES.join(" ")
-    );
 }
 
 /// Reads the workspace's config file once for a run and, when `check`,
