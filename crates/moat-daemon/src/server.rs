@@ -33,17 +33,23 @@ impl DaemonConfig {
     /// (seconds, default 300).
     pub fn from_env(home: MoatHome) -> Result<Self, DaemonError> {
         let port = match std::env::var("MOAT_PROXY_PORT") {
-            Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-                DaemonError::Config(format!("MOAT_PROXY_PORT={v:?} is not a port number"))
-            })?,
+            Ok(v) if !v.trim().is_empty() => {
+                v.trim().parse().map_err(|_| DaemonError::Setting {
+                    name: "MOAT_PROXY_PORT",
+                    value: v.clone(),
+                    expected: "a port number",
+                })?
+            }
             _ => crate::DEFAULT_PORT,
         };
         let idle = match std::env::var("MOAT_DAEMON_IDLE_TIMEOUT") {
-            Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-                DaemonError::Config(format!(
-                    "MOAT_DAEMON_IDLE_TIMEOUT={v:?} is not a number of seconds"
-                ))
-            })?,
+            Ok(v) if !v.trim().is_empty() => {
+                v.trim().parse().map_err(|_| DaemonError::Setting {
+                    name: "MOAT_DAEMON_IDLE_TIMEOUT",
+                    value: v.clone(),
+                    expected: "a number of seconds",
+                })?
+            }
             _ => 300,
         };
         Ok(DaemonConfig {
@@ -54,20 +60,42 @@ impl DaemonConfig {
     }
 }
 
+impl moat_hint::Hint for DaemonError {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        match self {
+            DaemonError::PortInUse { port, .. } => Some(moat_hint::Fix::new(format!(
+                "Set MOAT_PROXY_PORT to a free port (or stop the program using {port})"
+            ))),
+            DaemonError::AlreadyRunning(_) => {
+                Some("See it with: moat proxy status; stop it with: moat proxy stop".into())
+            }
+            DaemonError::Setting { name, .. } => {
+                Some(format!("Fix {name}, or unset it for the default.").into())
+            }
+            DaemonError::Home(e) => e.hint(),
+            DaemonError::Ca(_) | DaemonError::Proxy(_) | DaemonError::Io { .. } => None,
+        }
+    }
+}
+
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// Bad configuration.
-    #[error("{0}")]
-    Config(String),
+    /// A setting from the environment that does not parse.
+    #[error("{name}={value:?} is not {expected}")]
+    Setting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
     /// Another daemon holds this MOAT_HOME.
     #[error("another moat proxy daemon already serves {0}")]
     AlreadyRunning(String),
     /// The port is taken.
-    #[error(
-        "proxy port {port} is not available: {cause}. Set MOAT_PROXY_PORT to a free port \
-         (or stop the program using {port})"
-    )]
+    #[error("proxy port {port} is not available: {cause}")]
     PortInUse {
         /// The port.
         port: u16,

@@ -38,6 +38,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_credentials::NoSecret,
         moat_credentials::Rejection,
         moat_daemon::ClientError,
+        moat_daemon::DaemonError,
         moat_run::PlanError,
         moat_run::RunError,
         moat_run::SelectionError,
