@@ -571,10 +571,25 @@ pub(super) async fn serve_inner<IO>(
         Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
         return;
     }
-    // HTTP/1.1: moat's lean server takes the plain requests, hyper's the
-    // rest of the connection from the first one it does not.
+    serve_h1(io, handle, cancel, config_timeout, max_buf).await;
+}
+
+/// Serves a tunnel's HTTP/1.1 connection: moat's lean server takes the
+/// plain requests, hyper's the rest of the connection from the first one
+/// it does not.
+async fn serve_h1<IO, F, Fut>(
+    io: IO,
+    handle: F,
+    cancel: CancellationToken,
+    header_timeout: Duration,
+    max_buf: usize,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let opts = ServeOptions {
-        header_timeout: config_timeout,
+        header_timeout,
         max_head: max_buf,
         proxy_forms: false,
     };
@@ -592,7 +607,7 @@ pub(super) async fn serve_inner<IO>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(max_buf);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
