@@ -26,9 +26,11 @@ use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 use crate::h1::{self, server::ServeOptions, server::Served, server::Tunnel};
 use crate::io::Prefixed;
 use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
-use crate::scrub::{Scrubbed, Secrets};
+use crate::scrub::body::Scrubbed;
+use crate::scrub::Secrets;
 use crate::secret::RunToken;
-use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
+use crate::trace::exchange::{Exchange, Side, Tapped};
+use crate::trace::{RequestObserver, TraceSink};
 use crate::upstream::{Binding, Upstream};
 use crate::ProxyBody;
 
