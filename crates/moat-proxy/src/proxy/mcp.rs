@@ -37,7 +37,7 @@ pub(super) async fn handle_mcp(
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await
+    forward(&inner, run.clone(), uri, inject, req, Some(binding)).await
 }
 
 pub(super) fn mcp_uri(

@@ -386,7 +386,7 @@ async fn handle_outer(
             Err(e) => return error_response(&e),
         };
         let inject = injections(&run, target.host.bare());
-        return forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await;
+        return forward(&inner, run.clone(), uri, inject, req, Some(binding)).await;
     }
     if req.uri().path().starts_with("/mcp/") {
         return match inner.registry.authenticate(req.headers(), true) {
