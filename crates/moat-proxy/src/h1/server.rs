@@ -30,9 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::body::{read_into, DecodedBody, Framing};
-use super::{content_length, has_token, MAX_HEADERS};
+use super::wire::{content_length, has_token, MAX_HEADERS};
+use crate::body::ProxyBody;
+use crate::error::BoxError;
 use crate::io::Prefixed;
-use crate::{BoxError, ProxyBody};
 
 /// How a connection served by [`serve`] ended.
 pub(crate) enum Served<IO> {

@@ -1,7 +1,27 @@
 //! Forwarding one request upstream: injection, policy, hop-by-hop
 //! headers, the trace, response scrubbing.
 
-use super::*;
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use moat_policy::{CanonicalHost, Decision};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::ProxyBody;
+use crate::config::ProxyConfig;
+use crate::error::{ErrorKind, ProxyError};
+use crate::run::{AuthFailure, Run};
+use crate::scrub::body::Scrubbed;
+use crate::scrub::Secrets;
+use crate::trace::exchange::{Exchange, Side, Tapped};
+use crate::upstream::{Binding, Upstream};
+
+use super::responses::{auth_failure, blocked, error_response, mark, text, CLEARTEXT_REASON};
+use super::shared::Inner;
+use super::target::{canonical_host, path_and_query, Target};
 
 /// Whether `host` (bare, lower case) names the loopback interface.
 pub(super) fn is_loopback(host: &str) -> bool {
@@ -554,7 +574,10 @@ fn relay_upgrade(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::trace::RequestEvent;
+    use crate::proxy::responses::{empty, full, BLOCKED_REASON};
+    use crate::run::{build_run, RunRegistration};
+    use crate::secret::RunToken;
+    use crate::trace::{RequestEvent, RequestObserver};
     use moat_policy::{HostPattern, HostRules, NetworkPolicy, Policy, Rule};
 
     const SECRET: &str = "ghp_SECRETsecret0123456789";
