@@ -177,7 +177,7 @@ pub(super) async fn forward(
     req: Request<ProxyBody>,
     binding: Option<&Binding>,
 ) -> Response<ProxyBody> {
-    let request = match Forwarding::new(&inner.config, run, uri, req.method().clone()) {
+    let mut request = match Forwarding::new(&inner.config, run, uri, req.method().clone()) {
         Ok(request) => request,
         Err(e) => return error_response(&e),
     };
@@ -314,7 +314,13 @@ impl<'a> Forwarding<'a> {
 
     /// The request as it goes upstream (see [`upstream_headers`]), its body
     /// tapped for the trace, which opens here when the run records requests.
-    fn upstream_request_filter(&self, mut req: Request<ProxyBody>, inject: Injected) -> Outbound {
+    /// The URI goes with it (not copied): the phases after this one read
+    /// `host`, never `uri`.
+    fn upstream_request_filter(
+        &mut self,
+        mut req: Request<ProxyBody>,
+        inject: Injected,
+    ) -> Outbound {
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -329,7 +335,7 @@ impl<'a> Forwarding<'a> {
         let mut request =
             Request::new(Tapped::new(body, trace.clone(), Side::Request).boxed_unsync());
         *request.method_mut() = parts.method;
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = std::mem::take(&mut self.uri);
         *request.headers_mut() = headers;
         Outbound {
             request,
@@ -852,7 +858,7 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let run = run_with(permissive(), &seen);
         let config = ProxyConfig::default();
-        let post = request_to(&config, &run, Method::POST, "https://api.example.com/v1");
+        let mut post = request_to(&config, &run, Method::POST, "https://api.example.com/v1");
         let mut req = Request::new(full("{}"));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = "/v1".parse().unwrap();
