@@ -124,7 +124,8 @@ curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat daemon check: %{http_code
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat daemon (h2 upstream) check: %{http_code}\n' -x "$DAEMON_URL" "$MOAT_H2_URL"
 curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'moat check: %{http_code}\n' \
     -x "http://moat:$TOKEN@127.0.0.1:$MOAT_PORT" "$MOAT_URL"
-curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_code} (want 407)\n' \
+# A refused CONNECT: curl reports its status as http_connect (http_code is 000).
+curl -sS --cacert "$W/trust.pem" -o /dev/null -w 'no token: %{http_connect} (want 407)\n' \
     -x "http://127.0.0.1:$MOAT_PORT" "$URL" 2>/dev/null || true
 
 hey_run() { # name, url, extra args...

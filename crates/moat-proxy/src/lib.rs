@@ -38,6 +38,7 @@
 //! from the store, persist runs, or touch any file besides the CA files and
 //! the trace files it is given.
 
+mod body;
 mod ca;
 mod config;
 mod error;
@@ -61,6 +62,3 @@ pub use crate::secret::{RunToken, SecretValue};
 pub use crate::trace::{RequestEvent, RequestObserver};
 pub use http::HeaderName;
 pub use moat_policy::{HostPattern, NetworkPolicy};
-
-/// The body type flowing through the proxy.
-pub(crate) type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;

@@ -33,11 +33,12 @@ use tokio_rustls::TlsConnector;
 
 use moat_policy::CanonicalHost;
 
+use crate::body::ProxyBody;
 use crate::config::{ConnectTo, ProxyConfig};
+use crate::error::BoxError;
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1::{H1Conn, Release, SendFailure};
 use crate::io::{PooledIo, UpstreamIo};
-use crate::{BoxError, ProxyBody};
 
 /// The pooled upstream clients.
 #[derive(Clone)]

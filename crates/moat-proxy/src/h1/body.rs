@@ -10,8 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncRead;
 
-use super::{H1Error, MAX_HEAD, READ_SIZE};
-use crate::BoxError;
+use super::wire::{H1Error, MAX_HEAD, READ_SIZE};
+use crate::error::BoxError;
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,34 +31,16 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 mod body;
 pub(crate) mod server;
+mod wire;
 
 use self::body::{read_into, DecodedBody, Framing};
+pub(crate) use self::wire::H1Error;
+use self::wire::{content_length, has_token, MAX_HEAD, MAX_HEADERS};
+use crate::body::ProxyBody;
 use crate::io::UpstreamIo;
-use crate::{BoxError, ProxyBody};
 
-/// Most header lines a response may have (hyper's default).
-const MAX_HEADERS: usize = 100;
-/// Largest response head, and largest chunk-size or trailer section.
-const MAX_HEAD: usize = 64 * 1024;
-/// How much is read at once.
-const READ_SIZE: usize = 8 * 1024;
 /// The first read of a response, for its head.
 const HEAD_READ_SIZE: usize = 2 * 1024;
-
-/// Why an exchange on an upstream HTTP/1.1 connection failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum H1Error {
-    #[error("the connection closed before a response")]
-    Closed,
-    #[error("the connection closed in the middle of the response body")]
-    Truncated,
-    #[error("connection error: {0}")]
-    Io(#[from] io::Error),
-    #[error("invalid response: {0}")]
-    Invalid(&'static str),
-    #[error("the request body failed: {0}")]
-    RequestBody(BoxError),
-}
 
 /// One upstream HTTP/1.1 connection, idle between requests.
 pub(crate) struct H1Conn {
@@ -376,14 +358,6 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Parsed>, H1Error> {
     Ok(Some((len, head, Some(framing), reusable)))
 }
 
-fn has_token(map: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    map.get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 fn last_coding_is_chunked(map: &HeaderMap) -> bool {
     map.get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -391,28 +365,6 @@ fn last_coding_is_chunked(map: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// The one length every `Content-Length` value gives.
-fn content_length(map: &HeaderMap) -> Result<u64, H1Error> {
-    let mut length = None;
-    for value in map.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err(H1Error::Invalid("invalid Content-Length"));
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(H1Error::Invalid("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    length.ok_or(H1Error::Invalid("invalid Content-Length"))
 }
 
 /// What follows a response head: the bytes already read and how to

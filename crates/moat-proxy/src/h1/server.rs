@@ -30,9 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use super::body::{read_into, DecodedBody, Framing};
-use super::{content_length, has_token, MAX_HEADERS};
+use super::wire::{content_length, has_token, MAX_HEADERS};
+use crate::body::ProxyBody;
+use crate::error::BoxError;
 use crate::io::Prefixed;
-use crate::{BoxError, ProxyBody};
 
 /// How a connection served by [`serve`] ended.
 pub(crate) enum Served<IO> {
@@ -323,9 +324,42 @@ async fn write_response<W: AsyncWrite + Unpin>(
     close: bool,
     connect: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status;
+    let (parts, body) = response.into_parts();
     let mut out = Vec::with_capacity(1024);
+    let length = match write_head(&mut out, &parts, &body, head_only, close, connect) {
+        BodyFraming::None => {
+            wr.write_all(&out).await?;
+            wr.flush().await?;
+            return Ok(true);
+        }
+        BodyFraming::Length(n) => Some(n),
+        BodyFraming::Chunked => None,
+    };
+    write_body(wr, body, out, length).await
+}
+
+/// How a response's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFraming {
+    /// There is none (`HEAD`, `1xx`, `204`, `304`).
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    Chunked,
+}
+
+/// Puts the response head in `out` with moat's own framing headers (the
+/// declared `Content-Length`, else the body's exact size, else chunked;
+/// none on a tunnel's answer), and says how the body follows.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+    head_only: bool,
+    close: bool,
+    connect: bool,
+) -> BodyFraming {
+    let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -355,31 +389,43 @@ async fn write_response<W: AsyncWrite + Unpin>(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let length = if no_body {
-        None
+    let framing = if no_body {
+        BodyFraming::None
     } else {
-        declared.or_else(|| body.size_hint().exact())
+        match declared.or_else(|| body.size_hint().exact()) {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::Chunked,
+        }
     };
-    match (no_body, length) {
+    match framing {
         // RFC 9110 9.3.6: no framing on a tunnel's answer.
         _ if connect => {}
-        (true, _) => {
+        BodyFraming::None => {
             if let (true, Some(n)) = (head_only, declared) {
                 out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
             }
         }
-        (false, Some(n)) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        (false, None) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if no_body {
-        wr.write_all(&out).await?;
-        wr.flush().await?;
-        return Ok(true);
-    }
+    framing
+}
+
+/// Writes `body` after what `out` holds (the head), `length` bytes or
+/// chunked when `None`, gathering pieces ready together into one write;
+/// whether it matched its length (a body cut short or longer does not).
+async fn write_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut body: ProxyBody,
+    mut out: Vec<u8>,
+    length: Option<u64>,
+) -> io::Result<bool> {
     let mut written: u64 = 0;
     loop {
         let next = match frame_now(&mut body).await {

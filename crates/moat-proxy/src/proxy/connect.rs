@@ -1,7 +1,31 @@
 //! `CONNECT` and captured connections: tunnels, telling TLS, HTTP and
 //! other protocols apart from the first bytes, interception, splicing.
 
-use super::*;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use moat_policy::{CanonicalHost, HostDecision};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{boxed_request, ProxyBody};
+use crate::error::{BoxError, Fault};
+use crate::h1::{self, server::ServeOptions, server::Served, server::Tunnel};
+use crate::io::Prefixed;
+use crate::run::Run;
+use crate::trace::exchange::{Exchange, Side};
+
+use super::forward::{handle_inner, injections};
+use super::responses::{blocked, empty, error_response, text};
+use super::shared::Inner;
+use super::target::{canonical_host, Target};
 
 pub(super) fn handle_connect(
     inner: Arc<Inner>,
@@ -571,10 +595,25 @@ pub(super) async fn serve_inner<IO>(
         Box::pin(serve_h2(io, service, cancel, &activity, config_timeout)).await;
         return;
     }
-    // HTTP/1.1: moat's lean server takes the plain requests, hyper's the
-    // rest of the connection from the first one it does not.
+    serve_h1(io, handle, cancel, config_timeout, max_buf).await;
+}
+
+/// Serves a tunnel's HTTP/1.1 connection: moat's lean server takes the
+/// plain requests, hyper's the rest of the connection from the first one
+/// it does not.
+async fn serve_h1<IO, F, Fut>(
+    io: IO,
+    handle: F,
+    cancel: CancellationToken,
+    header_timeout: Duration,
+    max_buf: usize,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let opts = ServeOptions {
-        header_timeout: config_timeout,
+        header_timeout,
         max_head: max_buf,
         proxy_forms: false,
     };
@@ -592,7 +631,7 @@ pub(super) async fn serve_inner<IO>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(max_buf);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
@@ -653,5 +692,80 @@ pub(super) async fn serve_h2<IO, S>(
                 }
             }
         }
+    }
+}
+
+/// Requests in flight on one connection, and since when there are none.
+pub(super) struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+        }
+    }
+
+    pub(super) fn enter(self: &Arc<Self>) -> BusyGuard {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut since) = self.idle_since.lock() {
+            *since = None;
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// How long no request has been in flight; `None` while one is.
+    pub(super) fn idle_for(&self) -> Option<Duration> {
+        self.idle_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+    }
+}
+
+/// Held from a request's arrival until its response body is done.
+pub(super) struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let left = self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if left == 1 {
+            if let Ok(mut since) = self.0.idle_since.lock() {
+                *since = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body that keeps its connection counted busy until dropped.
+pub(super) struct Busy {
+    pub(super) body: ProxyBody,
+    pub(super) _busy: BusyGuard,
+}
+
+impl hyper::body::Body for Busy {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -1,6 +1,18 @@
 //! The MCP relay: `/mcp/<name>` routes to the configured servers.
 
-use super::*;
+use std::sync::Arc;
+
+use http::header::{self};
+use http::{Request, Response, StatusCode, Uri};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::run::{ParsedMcp, Run};
+use crate::upstream::Binding;
+
+use super::forward::{forward, Injected};
+use super::responses::{error_response, text};
+use super::shared::Inner;
 
 pub(super) async fn handle_mcp(
     inner: Arc<Inner>,
@@ -37,7 +49,7 @@ pub(super) async fn handle_mcp(
     // The client may have authenticated with `Authorization: Bearer
     // <token>`: it never goes upstream (route headers replace it).
     req.headers_mut().remove(header::AUTHORIZATION);
-    forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await
+    forward(&inner, run.clone(), uri, inject, req, Some(binding)).await
 }
 
 pub(super) fn mcp_uri(
@@ -68,6 +80,7 @@ pub(super) fn mcp_uri(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::scrub::Secrets;
 
     #[test]
     fn mcp_paths_map_onto_the_route_url() {

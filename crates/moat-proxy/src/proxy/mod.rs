@@ -1,53 +1,49 @@
 //! The proxy handle, its listeners and how a connection is told apart
 //! (an explicit request, a `CONNECT`, a captured connection); the rest
 //! in `responses` (its own answers), `connect` (tunnels and captured
-//! protocols), `forward` (one request upstream) and `mcp` (the relay).
+//! protocols), `forward` (one request upstream), `mcp` (the relay),
+//! `shared` (the state every connection shares) and `target` (where a
+//! request goes). Each imports what it uses by name, and the files
+//! depend one way: `mod` on all, `connect` and `mcp` on `forward`, all
+//! three on `responses`, `shared` and `target`, which depend on none.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use moat_policy::{CanonicalHost, Decision, HostDecision};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{boxed_request, ProxyBody};
 use crate::ca::CertificateAuthority;
 use crate::config::ProxyConfig;
-use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
+use crate::error::{Fault, ProxyError};
 use crate::h1::{self, server::ServeOptions, server::Served, server::Tunnel};
-use crate::io::Prefixed;
-use crate::run::{build_run, AuthFailure, ParsedMcp, Registry, Run, RunRegistration};
-use crate::scrub::{Scrubbed, Secrets};
+use crate::run::{build_run, Registry, Run, RunRegistration};
 use crate::secret::RunToken;
-use crate::trace::{Exchange, RequestObserver, Side, Tapped, TraceSink};
+use crate::trace::{RequestObserver, TraceSink};
 use crate::upstream::{Binding, Upstream};
-use crate::ProxyBody;
 
 mod connect;
 mod forward;
 mod mcp;
 mod responses;
+mod shared;
+mod target;
 
-use connect::*;
-use forward::*;
-use mcp::*;
-use responses::*;
-pub use responses::{BLOCKED_REASON, CLEARTEXT_REASON};
-
-/// The body of `407` without credentials.
-pub const MISSING_AUTH_BODY: &str = "Proxy authentication required";
-
-/// The body of `407` with credentials matching no run.
-pub const INVALID_TOKEN_BODY: &str = "Invalid proxy token";
+use connect::{handle_connect, handle_tcp_tunnel, tunnel_target};
+use forward::{forward, injections};
+use mcp::handle_mcp;
+use responses::{auth_failure, error_response, text};
+pub use responses::{BLOCKED_REASON, CLEARTEXT_REASON, INVALID_TOKEN_BODY, MISSING_AUTH_BODY};
+use shared::Inner;
+use target::{path_and_query, target_of};
 
 /// The proxy engine: a cheaply clonable handle (all clones share one
 /// state). Register runs, then serve TCP and/or Unix listeners.
@@ -59,16 +55,6 @@ pub const INVALID_TOKEN_BODY: &str = "Invalid proxy token";
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
-}
-
-struct Inner {
-    config: ProxyConfig,
-    ca: Arc<CertificateAuthority>,
-    registry: Registry,
-    upstream: Upstream,
-    shutdown: CancellationToken,
-    /// Told of every finished request (the daemon's audit log).
-    observer: std::sync::OnceLock<Arc<dyn RequestObserver>>,
 }
 
 impl fmt::Debug for Proxy {
@@ -314,45 +300,10 @@ impl Proxy {
     }
 }
 
-/// A request as hyper's server reads it, with moat's body type (the lean
-/// server's requests have it already).
-fn boxed_request(req: Request<Incoming>) -> Request<ProxyBody> {
-    req.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
-}
-
 async fn accept_error(e: std::io::Error) {
     // Out of file descriptors and the like: back off instead of spinning.
     tracing::warn!(error = %e, "accepting a connection");
     tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-/// Where a request goes: scheme, host (canonical: what every check
-/// compares and the dialler connects to) and port.
-#[derive(Debug, Clone)]
-struct Target {
-    scheme: &'static str,
-    host: CanonicalHost,
-    port: u16,
-}
-
-impl Target {
-    fn authority(&self) -> String {
-        let default = matches!((self.scheme, self.port), ("https", 443) | ("http", 80));
-        if default {
-            self.host.to_string()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
-        Uri::builder()
-            .scheme(self.scheme)
-            .authority(self.authority())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ProxyError::bad_request("moat: invalid request target").with_source(e))
-    }
 }
 
 async fn handle_outer(
@@ -384,7 +335,7 @@ async fn handle_outer(
             Err(e) => return error_response(&e),
         };
         let inject = injections(&run, target.host.bare());
-        return forward(&inner, run.clone(), uri, true, inject, req, Some(binding)).await;
+        return forward(&inner, run.clone(), uri, inject, req, Some(binding)).await;
     }
     if req.uri().path().starts_with("/mcp/") {
         return match inner.registry.authenticate(req.headers(), true) {
@@ -396,121 +347,4 @@ async fn handle_outer(
         StatusCode::BAD_REQUEST,
         "moat: this is moat's proxy; send absolute-form or CONNECT requests, or /mcp/<name>",
     )
-}
-
-fn path_and_query(uri: &Uri) -> String {
-    uri.path_and_query()
-        .map(|pq| pq.as_str())
-        .filter(|pq| pq.starts_with('/'))
-        .unwrap_or("/")
-        .to_owned()
-}
-
-fn target_of(uri: &Uri) -> Result<Target, ProxyError> {
-    let scheme = match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case("http") => "http",
-        Some(s) if s.eq_ignore_ascii_case("https") => "https",
-        _ => {
-            return Err(ProxyError::bad_request(
-                "moat: only http and https URLs can be proxied",
-            ))
-        }
-    };
-    let host = uri
-        .host()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| ProxyError::bad_request("moat: the request URL has no host"))?;
-    Ok(Target {
-        scheme,
-        host: canonical_host(host)?,
-        port: uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 }),
-    })
-}
-
-/// A request's host in its one canonical form, or the `400` of a host
-/// that names no destination unambiguously (`localhost..`, `256.1.1.1`).
-fn canonical_host(host: &str) -> Result<CanonicalHost, ProxyError> {
-    CanonicalHost::parse(host).map_err(|e| {
-        ProxyError::bad_request(format!(
-            "moat: {e}. Moat refuses hosts it cannot read one way only, so that no spelling \
-             of a host gets past its checks."
-        ))
-    })
-}
-
-/// Requests in flight on one connection, and since when there are none.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    idle_since: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
-        }
-    }
-
-    fn enter(self: &Arc<Self>) -> BusyGuard {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut since) = self.idle_since.lock() {
-            *since = None;
-        }
-        BusyGuard(self.clone())
-    }
-
-    /// How long no request has been in flight; `None` while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        self.idle_since
-            .lock()
-            .ok()
-            .and_then(|s| s.map(|t| t.elapsed()))
-    }
-}
-
-/// Held from a request's arrival until its response body is done.
-struct BusyGuard(Arc<Activity>);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        let left = self
-            .0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        if left == 1 {
-            if let Ok(mut since) = self.0.idle_since.lock() {
-                *since = Some(std::time::Instant::now());
-            }
-        }
-    }
-}
-
-/// A response body that keeps its connection counted busy until dropped.
-struct Busy {
-    body: ProxyBody,
-    _busy: BusyGuard,
-}
-
-impl hyper::body::Body for Busy {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
 }

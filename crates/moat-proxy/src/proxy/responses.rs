@@ -2,7 +2,22 @@
 //! (keeping the seed's status with a reason phrase and `Proxy-Status`),
 //! and errors.
 
-use super::*;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::body::ProxyBody;
+use crate::error::{Fault, ProxyError};
+use crate::run::AuthFailure;
+
+/// The body of `407` without credentials.
+pub const MISSING_AUTH_BODY: &str = "Proxy authentication required";
+
+/// The body of `407` with credentials matching no run.
+pub const INVALID_TOKEN_BODY: &str = "Invalid proxy token";
 
 pub(super) fn text(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
     let mut resp = Response::new(full(body.into()));
