@@ -25,6 +25,12 @@ pub enum RegistrationError {
         /// The host pattern and grant, or MCP server, it was for.
         target: String,
     },
+    /// An MCP server's URL that HTTP cannot send to.
+    #[error("the URL of MCP server {server} is not one HTTP can send to")]
+    McpUrl {
+        /// The server.
+        server: String,
+    },
 }
 
 /// Builds the engine registration for `run`.
@@ -113,9 +119,15 @@ fn mcp_routes(
                 }
             }
         }
+        // `url::Url` (as moat.yaml was parsed) to `http::Uri` (what the
+        // proxy sends with): the one conversion between the two types.
+        let url =
+            http::Uri::try_from(server.url.as_str()).map_err(|_| RegistrationError::McpUrl {
+                server: server.name.to_string(),
+            })?;
         mcp.push(moat_proxy::McpRoute {
-            name: server.name.to_string(),
-            url: server.url.to_string(),
+            name: server.name.clone(),
+            url,
             headers,
         });
     }

@@ -29,12 +29,11 @@ pub struct Injection {
 /// `http://<proxy>/mcp/<name>[/rest]`.
 #[derive(Debug, Clone)]
 pub struct McpRoute {
-    /// The route name: an [`McpServerName`](moat_policy::McpServerName)
-    /// (letters, digits, `-` and `_`).
-    pub name: String,
+    /// The route name (letters, digits, `-` and `_`).
+    pub name: moat_policy::McpServerName,
     /// The upstream URL (`https://...` or `http://...`); `/mcp/<name>/rest`
     /// maps to `<url>/rest`, the query string is kept.
-    pub url: String,
+    pub url: Uri,
     /// Headers injected on every relayed request (replacing the client's).
     pub headers: Vec<(HeaderName, SecretValue)>,
 }
@@ -164,12 +163,7 @@ impl Run {
 }
 
 fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
-    if let Err(e) = moat_policy::McpServerName::parse(&route.name) {
-        return Err(ProxyError::config(format!("invalid MCP route: {e}")));
-    }
-    let base: Uri = route.url.parse().map_err(|e| {
-        ProxyError::config(format!("invalid MCP URL for {:?}", route.name)).with_source(e)
-    })?;
+    let base = route.url;
     if !matches!(base.scheme_str(), Some("http" | "https")) || base.host().is_none() {
         return Err(ProxyError::config(format!(
             "the MCP URL for {:?} must be an absolute http(s) URL",
@@ -184,7 +178,7 @@ fn parse_route(route: McpRoute) -> Result<ParsedMcp, ProxyError> {
         )));
     }
     Ok(ParsedMcp {
-        name: route.name,
+        name: route.name.as_str().to_owned(),
         base,
         secrets: Secrets::of(route.headers.iter().map(|(_, v)| v.expose())),
         headers: route.headers,
@@ -418,8 +412,8 @@ mod tests {
     #[test]
     fn an_mcp_credential_cannot_frame_or_route_the_request() {
         let route = |header: &str| McpRoute {
-            name: "docs".into(),
-            url: "https://mcp.example.com/mcp".into(),
+            name: moat_policy::McpServerName::parse("docs").unwrap(),
+            url: Uri::from_static("https://mcp.example.com/mcp"),
             headers: vec![(
                 HeaderName::from_bytes(header.as_bytes()).unwrap(),
                 SecretValue::new("tok").unwrap(),
@@ -444,18 +438,18 @@ mod tests {
     }
 
     #[test]
-    fn an_mcp_route_name_is_an_mcp_server_name() {
-        let route = |name: &str| McpRoute {
-            name: name.into(),
-            url: "https://mcp.example.com/mcp".into(),
+    fn an_mcp_route_must_be_an_absolute_http_url() {
+        let route = |url: &'static str| McpRoute {
+            name: moat_policy::McpServerName::parse("brave-search_2").unwrap(),
+            url: Uri::from_static(url),
             headers: Vec::new(),
         };
-        assert!(parse_route(route("brave-search_2")).is_ok());
-        for bad in ["", "..", "a.b", "a/b", "-x"] {
+        assert!(parse_route(route("https://mcp.example.com/mcp")).is_ok());
+        for bad in ["/mcp", "ftp://mcp.example.com/"] {
             let e = parse_route(route(bad)).err().map(|e| e.detail());
             assert!(
                 e.as_deref()
-                    .is_some_and(|e| e.contains("is not a valid MCP server name")),
+                    .is_some_and(|e| e.contains("must be an absolute http(s) URL")),
                 "{bad}: {e:?}"
             );
         }

@@ -514,8 +514,8 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
                 p
             },
             mcp: vec![McpRoute {
-                name: "gh".into(),
-                url: "https://mcp.test/mcp".into(),
+                name: moat_policy::McpServerName::parse("gh").unwrap(),
+                url: http::Uri::from_static("https://mcp.test/mcp"),
                 headers: vec![(
                     HeaderName::from_static("x-mcp-token"),
                     SecretValue::new("mcp-secret-123").unwrap(),

@@ -154,8 +154,8 @@ fn mcp_registration(h: &Harness, policy: NetworkPolicy, url: &str) -> RunRegistr
         injections: vec![],
         policy,
         mcp: vec![McpRoute {
-            name: "gh".into(),
-            url: url.into(),
+            name: moat_policy::McpServerName::parse("gh").unwrap(),
+            url: url.parse().unwrap(),
             headers: vec![(
                 HeaderName::from_static("x-mcp-token"),
                 SecretValue::new("mcp-secret-123").unwrap(),
