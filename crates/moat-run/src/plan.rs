@@ -178,8 +178,8 @@ pub enum PlanError {
     #[error(transparent)]
     Mount(#[from] moat_config::ConfigError),
     /// A run name that cannot be used.
-    #[error("{0}")]
-    Name(String),
+    #[error(transparent)]
+    Name(#[from] moat_storage::InvalidName),
     /// An `--allow-host` that is not a host pattern.
     #[error("invalid --allow-host {host:?}: {error}")]
     AllowHost {
@@ -207,7 +207,8 @@ impl moat_hint::Hint for PlanError {
             // sources would not show.
             PlanError::Grant(e) => e.hint(),
             PlanError::Mount(e) => e.hint(),
-            PlanError::Env { .. } | PlanError::Name(_) | PlanError::AllowHost { .. } => None,
+            PlanError::Name(e) => e.hint(),
+            PlanError::Env { .. } | PlanError::AllowHost { .. } => None,
         }
     }
 }

@@ -22,7 +22,7 @@ pub use crate::logs::{
     read_logs, read_service_logs, LogLine, LogStream, LogWriter, DEFAULT_MAX_LOG_BYTES,
 };
 pub use crate::metadata::{RunMetadata, RunState};
-pub use crate::names::{generate_name, validate_name, RunId};
+pub use crate::names::{generate_name, validate_name, InvalidName, RunId};
 pub use crate::store::{
     is_disk_full, process_alive, process_start_time, supervisor_alive, RunStore, StorageError,
     RESERVE_FILE,

@@ -57,7 +57,7 @@ pub fn generate_name() -> String {
 /// Checks a user-chosen run name: lowercase letters, digits, `-` and `_`,
 /// starting with a letter or digit, at most 63 characters (it becomes a
 /// hostname).
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), InvalidName> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -70,10 +70,22 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid run name {name:?}: use lowercase letters, digits, '-' and '_' (at most 63, \
-             starting with a letter or digit)"
-        ))
+        Err(InvalidName(name.to_owned()))
+    }
+}
+
+/// A run name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid run name {0:?}")]
+pub struct InvalidName(pub String);
+
+impl moat_hint::Hint for InvalidName {
+    fn hint(&self) -> Option<moat_hint::Fix> {
+        Some(
+            "Use lowercase letters, digits, '-' and '_' (at most 63, starting with a letter or \
+             digit)."
+                .into(),
+        )
     }
 }
 

@@ -32,6 +32,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_home::HomeError,
         moat_home::BoundedReadError,
         moat_storage::StorageError,
+        moat_storage::InvalidName,
         moat_credentials::CredentialError,
         moat_credentials::ResolveError,
         moat_credentials::MissingGrants,
