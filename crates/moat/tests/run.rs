@@ -340,6 +340,18 @@ fn a_runtime_name_no_runtime_has_is_refused_before_anything_starts() {
 }
 
 #[test]
+fn an_invalid_run_name_is_refused_with_the_names_it_may_take() {
+    let t = RunEnv::new();
+    let out = t.run(&["run", "--name", "My Agent", "--", "true"]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r#"
+    Error: invalid run name "My Agent"
+
+    Use lowercase letters, digits, '-' and '_' (at most 63, starting with a letter or digit).
+    "#);
+}
+
+#[test]
 fn mcp_server_without_its_grant() {
     let t = RunEnv::new();
     std::fs::write(
