@@ -1,8 +1,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::verify::LineError;
-
 /// A failure to read, write or sign an audit log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -153,4 +151,22 @@ impl AuditError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, AuditError::Io { error: source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
+}
+
+/// Why a line of the log is not an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// Nothing on it.
+    #[error("empty line")]
+    Empty,
+    /// Not JSON of an entry's shape; the parser's message (kept as text so
+    /// a report can be cloned and compared).
+    #[error("{message}")]
+    NotAnEntry {
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// The last line has no newline after it.
+    #[error("no newline at the end")]
+    Unterminated,
 }

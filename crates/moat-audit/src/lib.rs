@@ -38,11 +38,11 @@ mod writer;
 pub use crate::bundle::{verify_bundle, verify_bundle_pinned, Bundle, BUNDLE_VERSION};
 pub use crate::entry::RUN_ID_FIELD;
 pub use crate::entry::{canonical_json, entry_hash, now_ts, Entry};
-pub use crate::error::{AuditError, KeyProblem, WriteFailure};
+pub use crate::error::{AuditError, KeyProblem, LineError, WriteFailure};
 pub use crate::key::SigningKey;
 pub use crate::verify::{
-    read_attestations, read_log, verify_log, verify_run_log, Attestation, ChainError, LineError,
-    LogLine, LogReport, SharedError, SignatureError, VerifyOptions,
+    read_attestations, read_log, verify_log, verify_run_log, Attestation, ChainError, LogLine,
+    LogReport, SharedError, SignatureError, VerifyOptions,
 };
 pub use crate::writer::AuditWriter;
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::LineError;
 use crate::{AuditError, Entry, SigningKey};
 
 /// A signature by the installation key over the hash of entry `seq` (the
@@ -231,24 +232,6 @@ impl LogReport {
 /// One line of the log: its 1-based number and the entry, or why it is
 /// not one.
 pub type LogLine = (usize, Result<Entry, LineError>);
-
-/// Why a line of the log is not an entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
-    /// Nothing on it.
-    #[error("empty line")]
-    Empty,
-    /// Not JSON of an entry's shape; the parser's message (kept as text so
-    /// a report can be cloned and compared).
-    #[error("{message}")]
-    NotAnEntry {
-        /// What the JSON parser said.
-        message: String,
-    },
-    /// The last line has no newline after it.
-    #[error("no newline at the end")]
-    Unterminated,
-}
 
 /// An [`AuditError`] inside a report, which is cloned and compared: two
 /// are equal when they are the same error.

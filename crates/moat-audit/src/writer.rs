@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::entry::RUN_ID_FIELD;
-use crate::error::WriteFailure;
-use crate::verify::{Attestation, LineError, SigFile};
+use crate::error::{LineError, WriteFailure};
+use crate::verify::{Attestation, SigFile};
 use crate::{AuditError, Entry, SigningKey};
 
 type Reply<T> = SyncSender<Result<T, WriteFailure>>;

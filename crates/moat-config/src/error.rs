@@ -204,7 +204,7 @@ pub enum SpecError {
     #[error(
         "target {target:?} is under {}, where moat puts its own files (the proxy socket, the \
          SSH agent, the moat binary the sandbox starts with)",
-        crate::mount::MOAT_OWN_DIR
+        crate::reserved::MOAT_OWN_DIR
     )]
     TargetMoatOwn { target: String },
     #[error("an exclude path is empty")]

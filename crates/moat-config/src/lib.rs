@@ -18,6 +18,7 @@
 mod diff;
 mod error;
 mod mount;
+mod reserved;
 mod schema;
 mod spec;
 mod suggest;

@@ -1,5 +1,6 @@
 use std::path::{Component, Path, PathBuf};
 
+use crate::reserved::MOAT_OWN_DIR;
 use crate::{ConfigError, Mount, SpecError};
 
 impl Mount {
@@ -97,10 +98,6 @@ pub(crate) fn resolve_source(src: &str, workspace: &Path) -> Result<(PathBuf, bo
     }
     Ok((source, true))
 }
-
-/// Inside the sandbox, moat's own: a mount there could stand in for what
-/// moat relies on (a container's entrypoint waits there for its firewall).
-pub(crate) const MOAT_OWN_DIR: &str = "/run/moat";
 
 pub(crate) fn check_target(dst: &str) -> Result<PathBuf, SpecError> {
     if dst.is_empty() {

@@ -21,6 +21,7 @@
 //! It must not know about runs, sandboxes or the proxy's wire format: it
 //! hands out [`HeaderInjection`]s and nothing more.
 
+mod credential;
 mod error;
 mod grant;
 mod key;
@@ -35,13 +36,14 @@ pub mod validate;
 pub use crate::source::SourceOptions;
 pub use crate::validate::Validation;
 
+pub use crate::credential::{Credential, CredentialSource, ProviderKind};
 pub use crate::error::{CredentialError, DecryptError};
 pub use crate::grant::{
     check_obtained, describe, format_time, grant_display_name, masked, Checked, GrantRow, Stored,
 };
 pub use crate::key::{EncryptionKey, KeyBackend, KEY_LEN};
 pub use crate::provider::{
-    GrantName, HeaderInjection, HeaderSpec, HeaderValue, HostInjection, Placeholder, ProviderKind,
+    GrantName, HeaderInjection, HeaderSpec, HeaderValue, HostInjection, Placeholder,
     ProviderRegistry, ProviderSpec, ANTHROPIC_OAUTH_BETA,
 };
 pub use crate::refusal::{NoSecret, Rejection};
@@ -49,4 +51,4 @@ pub use crate::resolve::{
     resolve_grants, MissingGrant, MissingGrants, MissingReason, ResolveError, ResolvedGrant,
 };
 pub use crate::secret::{HeaderSafe, Secret};
-pub use crate::store::{Credential, CredentialSource, CredentialStore, StoredEntry};
+pub use crate::store::{CredentialStore, StoredEntry};

@@ -3,29 +3,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{Credential, CredentialError, Secret};
-
-/// What kind of secret a provider stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderKind {
-    /// A personal access token.
-    Token,
-    /// An API key.
-    ApiKey,
-    /// An OAuth access token (may expire).
-    Oauth,
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProviderKind::Token => "token",
-            ProviderKind::ApiKey => "api-key",
-            ProviderKind::Oauth => "oauth",
-        })
-    }
-}
+use crate::{Credential, CredentialError, ProviderKind, Secret};
 
 /// How the secret becomes a header value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

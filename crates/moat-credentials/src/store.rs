@@ -1,88 +1,13 @@
-use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use chrono::{DateTime, Utc};
 use moat_home::{read_if_exists, write_private_atomic, MoatHome, Profile};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{CredentialError, DecryptError, EncryptionKey, ProviderKind, Secret};
-
-/// Where a stored secret came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CredentialSource {
-    /// An environment variable.
-    Env,
-    /// Another tool's CLI (`gh auth token`).
-    Cli,
-    /// Typed or pasted at a prompt, or read from stdin.
-    Prompt,
-    /// Imported from another tool's credentials file.
-    Import,
-}
-
-impl fmt::Display for CredentialSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CredentialSource::Env => "env",
-            CredentialSource::Cli => "cli",
-            CredentialSource::Prompt => "prompt",
-            CredentialSource::Import => "import",
-        })
-    }
-}
-
-/// A stored credential: the secret and what moat knows about it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Credential {
-    /// The file stem: provider name, or `mcp-<name>`.
-    pub provider: String,
-    /// The secret.
-    #[serde(with = "moat_secret::exposed")]
-    pub secret: Secret,
-    /// What the secret is.
-    pub kind: ProviderKind,
-    /// Where it came from.
-    pub source: CredentialSource,
-    /// When it was stored.
-    pub granted_at: DateTime<Utc>,
-    /// When it stops working, if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Scopes, if the provider has them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scopes: Vec<String>,
-    /// Provider extras that are not secret (GitHub login, npm host).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl Credential {
-    /// A token credential granted now.
-    pub fn new(provider: &str, secret: Secret, source: CredentialSource) -> Self {
-        Credential {
-            provider: provider.to_string(),
-            secret,
-            kind: ProviderKind::Token,
-            source,
-            granted_at: Utc::now(),
-            expires_at: None,
-            scopes: Vec::new(),
-            metadata: BTreeMap::new(),
-        }
-    }
-
-    /// Whether the credential is past its expiry at `now`.
-    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
-    }
-}
+use crate::{Credential, CredentialError, DecryptError, EncryptionKey};
 
 /// One file in the store, decrypted or not.
 #[derive(Debug)]
@@ -412,7 +337,7 @@ fn open(key: &EncryptionKey, provider: &str, bytes: &[u8]) -> Result<Credential,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::KeyBackend;
+    use crate::{CredentialSource, KeyBackend, Secret};
 
     fn store(dir: &std::path::Path, key: u8) -> CredentialStore {
         CredentialStore::with_key(

@@ -34,6 +34,7 @@ mod agent;
 mod detach;
 mod drivers;
 mod environment;
+mod error;
 mod gitsweep;
 mod lifecycle;
 mod mounts;
@@ -52,9 +53,10 @@ pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,
     select_driver, RuntimeStatus, Selection, SelectionError, Unavailable,
 };
+pub use crate::error::RunError;
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
 pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
-pub use crate::supervise::{execute, RunError, RunOutcome};
+pub use crate::supervise::{execute, RunOutcome};
 pub use moat_sandbox::ImageRecipe;

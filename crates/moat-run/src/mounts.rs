@@ -30,7 +30,7 @@ use std::path::{Component, Path, PathBuf};
 
 use moat_home::MoatHome;
 
-use crate::{MountPlan, RunError};
+use crate::MountPlan;
 
 /// A host path no sandbox may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +240,7 @@ pub(crate) fn prepare(
     floors: &Floors,
     workspace: &Path,
     mounts: &[MountPlan],
-) -> Result<Vec<MountPlan>, RunError> {
+) -> Result<Vec<MountPlan>, MountRefused> {
     let real_workspace = real_path_lenient(workspace);
     if let Some(violation) = floors.violation(&real_workspace) {
         return Err(MountRefused::Workspace {
@@ -249,8 +249,7 @@ pub(crate) fn prepare(
                 of_workspace: true,
                 ..violation
             },
-        }
-        .into());
+        });
     }
     let mut out = Vec::with_capacity(mounts.len());
     for mount in mounts {
@@ -268,8 +267,7 @@ pub(crate) fn prepare(
             return Err(MountRefused::Floor {
                 mount: spec,
                 violation,
-            }
-            .into());
+            });
         }
         out.push(MountPlan {
             source: real,

@@ -14,14 +14,14 @@ pub enum DockerError {
     #[error("docker daemon not accessible: {cause}")]
     DaemonNotAccessible {
         /// Why (socket missing, permission denied, timeout...).
-        cause: crate::connect::DaemonCause,
+        cause: DaemonCause,
     },
 
     /// Podman's API service cannot be reached or started.
     #[error("podman not accessible: {cause}")]
     PodmanNotAccessible {
         /// Why (not installed, socket missing, no answer...).
-        cause: crate::connect::PodmanCause,
+        cause: PodmanCause,
         /// The socket moat used.
         endpoint: String,
     },
@@ -116,7 +116,7 @@ pub enum DockerError {
         /// The image name after mapping.
         image: String,
         /// Why.
-        cause: crate::image::ImageUnavailable,
+        cause: ImageUnavailable,
     },
 
     /// A service's image is neither local nor pullable.
@@ -127,7 +127,7 @@ pub enum DockerError {
         /// The image after mapping.
         image: String,
         /// Why.
-        cause: crate::image::ImageUnavailable,
+        cause: ImageUnavailable,
     },
 
     /// A service's container could not be created or started.
@@ -345,6 +345,142 @@ fn quoted_log(log: &str) -> String {
         out.push_str(line);
     }
     out
+}
+
+/// Why an engine's endpoint did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// `DOCKER_HOST` names neither a Unix socket nor a TCP address.
+    #[error("unsupported DOCKER_HOST {0:?} (use unix:///path/to/docker.sock or tcp://host:port)")]
+    Unsupported(String),
+    /// The client could not be set up for it.
+    #[error("{0}")]
+    Open(bollard::errors::Error),
+    /// Nothing answered in time.
+    #[error("no answer from {endpoint} within {seconds} s")]
+    NoAnswer {
+        /// The endpoint.
+        endpoint: String,
+        /// The time allowed.
+        seconds: u64,
+    },
+    /// The engine answered with an error, or the connection failed.
+    #[error("{endpoint}: {error}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// The client's error.
+        error: bollard::errors::Error,
+    },
+}
+
+/// Why no Docker daemon answered.
+#[derive(Debug)]
+pub enum DaemonCause {
+    /// No socket file exists where one is looked for.
+    NoSocket {
+        /// The paths tried.
+        tried: Vec<String>,
+    },
+    /// Each endpoint tried, and why it did not answer.
+    Endpoints(Vec<EndpointError>),
+}
+
+impl std::fmt::Display for DaemonCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonCause::NoSocket { tried } => {
+                write!(f, "no Docker socket found (tried {})", tried.join(", "))
+            }
+            DaemonCause::Endpoints(causes) => {
+                for (i, cause) in causes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{cause}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A Podman socket that does not answer.
+#[derive(Debug)]
+pub struct SocketState {
+    /// Where.
+    pub path: PathBuf,
+    /// Whether the file is there (a stale socket) or not.
+    pub exists: bool,
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.exists {
+            "nothing answers on the Podman socket"
+        } else {
+            "no Podman socket at"
+        };
+        write!(f, "{state} {}", self.path.display())
+    }
+}
+
+/// Why Podman's API service cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanCause {
+    /// The socket `CONTAINER_HOST` names does not answer.
+    #[error("{0} (from CONTAINER_HOST)")]
+    NamedSocketDown(SocketState),
+    /// Podman is not installed.
+    #[error("podman is not installed")]
+    NotInstalled,
+    /// The service is not running, and moat may not start it.
+    #[error("its API service is not running ({0})")]
+    ServiceNotRunning(SocketState),
+    /// Starting the service failed.
+    #[error(transparent)]
+    Service(PodmanServiceError),
+    /// The service did not answer.
+    #[error(transparent)]
+    Endpoint(EndpointError),
+}
+
+/// Why [`crate::ensure_podman_service`] could not start Podman's API service.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanServiceError {
+    /// The socket path has no directory.
+    #[error("{} has no parent directory", .0.display())]
+    NoParent(PathBuf),
+    /// A file operation or starting the process failed.
+    #[error("{context}: {error}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The service ended as soon as it started.
+    #[error("podman system service exited at once ({0})")]
+    ExitedAtOnce(std::process::ExitStatus),
+    /// The service did not answer in time.
+    #[error("podman system service did not answer on {} within {seconds} s", socket.display())]
+    NoAnswer {
+        /// The socket.
+        socket: PathBuf,
+        /// The time allowed.
+        seconds: u64,
+    },
+}
+
+/// Why an image is neither local nor pullable.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageUnavailable {
+    /// Not local, and the registry refused it or could not be reached.
+    #[error("not present locally, and pulling it failed: {0}")]
+    PullFailed(bollard::errors::Error),
+    /// Pulled, or said to be, and still not there.
+    #[error("{0}")]
+    Inspect(bollard::errors::Error),
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::connect::DockerRuntime;
 use crate::deps::{resolve_dependencies, DepType, Dependency};
-use crate::error::DockerError;
+use crate::error::{DockerError, ImageUnavailable};
 use crate::versions::{Resolver, Runtimes};
 
 /// The base image when the configuration names none.
@@ -200,17 +200,6 @@ impl ImageRequest {
     fn written_dependencies(&self) -> Vec<String> {
         self.dependencies.iter().map(ToString::to_string).collect()
     }
-}
-
-/// Why an image is neither local nor pullable.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageUnavailable {
-    /// Not local, and the registry refused it or could not be reached.
-    #[error("not present locally, and pulling it failed: {0}")]
-    PullFailed(bollard::errors::Error),
-    /// Pulled, or said to be, and still not there.
-    #[error("{0}")]
-    Inspect(bollard::errors::Error),
 }
 
 /// The outcome of [`DockerRuntime::resolve_image`].

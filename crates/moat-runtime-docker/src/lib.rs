@@ -104,8 +104,7 @@ pub mod versions;
 
 pub use crate::connect::{
     candidate_endpoints, ensure_podman_service, podman_endpoint, podman_registers_runtime,
-    DaemonCause, DockerRuntime, EndpointError, Engine, PodmanCause, PodmanService,
-    PodmanServiceError, SocketState, GVISOR_RUNTIME, PING_TIMEOUT,
+    DockerRuntime, Engine, PodmanService, GVISOR_RUNTIME, PING_TIMEOUT,
 };
 pub use crate::container::{
     BindMount, Container, ContainerSpec, InjectedFile, ManagedContainer, NetworkPolicy,
@@ -116,10 +115,12 @@ pub use crate::deps::{
     deps_info, deps_list, parse_dependencies, resolve_dependencies, DepInfo, DepType, Dependency,
 };
 pub use crate::driver::ContainerDriver;
-pub use crate::error::{DockerError, NO_SANDBOX_WARNING};
+pub use crate::error::{
+    DaemonCause, DockerError, EndpointError, ImageUnavailable, PodmanCause, PodmanServiceError,
+    SocketState, NO_SANDBOX_WARNING,
+};
 pub use crate::gate::{await_guard_then_exec, GateError, AWAIT_GUARD_SUBCOMMAND};
 pub use crate::image::{
-    generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ImageUnavailable, ProgressMode,
-    ResolvedImage, DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV,
-    IMAGE_MAP_FILE,
+    generate_dockerfile, BuildHooks, ImageMap, ImageRequest, ProgressMode, ResolvedImage,
+    DEFAULT_BASE_IMAGE, DEPS_IMAGE_REPO, FALLBACK_UID, IMAGE_MAP_ENV, IMAGE_MAP_FILE,
 };

@@ -63,7 +63,8 @@ use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
 use crate::error::SetupError;
 use crate::protocol::{read_spec, write_status, Status};
-use crate::rootfs::{self, HostPaths, Ids};
+use crate::rootfs::{self, HostPaths};
+use crate::setup::Ids;
 use crate::spec::{NetworkMode, SandboxSpec, DEFAULT_PATH, WORKSPACE_IN_SANDBOX};
 use crate::sys::{self, CaughtSignal, Fork, SignalSet};
 

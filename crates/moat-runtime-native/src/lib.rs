@@ -63,6 +63,7 @@ mod relay;
 mod rootfs;
 mod sandbox;
 mod seccomp;
+mod setup;
 mod spec;
 mod support;
 mod sys;

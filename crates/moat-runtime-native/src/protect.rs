@@ -28,7 +28,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags, CWD};
 use rustix::mount::{move_mount, open_tree, MountFlags, MoveMountFlags, OpenTreeFlags};
 
 use crate::error::SetupError;
-use crate::rootfs::{Ids, SetupResult};
+use crate::setup::{Ids, SetupResult};
 use crate::spec::WORKSPACE_IN_SANDBOX;
 use crate::sys;
 
@@ -186,7 +186,7 @@ fn copies_tmpfs(ids: Ids) -> SetupResult<()> {
         .mode(0o755)
         .create(dir)
         .map_err(|e| SetupError::path("cannot create", dir, e))?;
-    crate::rootfs::mount_tmpfs(
+    crate::setup::mount_tmpfs(
         dir,
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         &format!("mode=0700,size=4m,uid={},gid={}", ids.uid, ids.gid),

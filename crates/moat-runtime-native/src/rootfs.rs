@@ -7,7 +7,6 @@
 //! tmpfs remounted read-only. Host paths given by the caller are
 //! canonicalised *before* the pivot, so a symlink cannot redirect a bind.
 
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -22,6 +21,7 @@ use rustix::mount::{
 };
 
 use crate::error::SetupError;
+use crate::setup::{err, mount_tmpfs, options_text, Ids, SetupResult};
 use crate::sys;
 
 use crate::spec::{
@@ -91,16 +91,6 @@ const ETC_SKIP: &[&str] = &["private"];
 
 /// Host root-level entries reproduced as they are (symlink or read-only dir).
 const ROOT_LINKS: &[&str] = &["bin", "sbin", "lib", "lib64", "lib32", "libx32"];
-
-/// Numeric ids of the sandbox user inside the sandbox.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Ids {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-}
-
-/// A step of building the sandbox.
-pub(crate) type SetupResult<T> = Result<T, SetupError>;
 
 /// A host file or directory to show in the sandbox.
 #[derive(Debug)]
@@ -234,17 +224,6 @@ fn host(p: &Path) -> PathBuf {
     Path::new(OLD_ROOT).join(p.strip_prefix("/").unwrap_or(p))
 }
 
-fn err(what: &'static str, path: &Path, e: impl Into<io::Error>) -> SetupError {
-    SetupError::path(what, path, e)
-}
-
-/// Mount options as the kernel takes them.
-fn options_text(options: &str) -> SetupResult<CString> {
-    CString::new(options).map_err(|_| SetupError::MountOptions {
-        options: options.to_owned(),
-    })
-}
-
 fn mkdir_p(path: &Path, mode: u32) -> SetupResult<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -265,12 +244,6 @@ fn touch(path: &Path) -> SetupResult<()> {
         .open(path)
         .map(drop)
         .map_err(|e| err("cannot create mount point", path, e))
-}
-
-pub(crate) fn mount_tmpfs(target: &Path, flags: MountFlags, options: &str) -> SetupResult<()> {
-    let data = options_text(options)?;
-    mount("tmpfs", target, "tmpfs", flags, Some(data.as_c_str()))
-        .map_err(|e| err("cannot mount a tmpfs on", target, e))
 }
 
 /// Per-mount flags that a remount in a user namespace must keep (the kernel

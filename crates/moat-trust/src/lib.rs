@@ -69,220 +69,25 @@
 //! Not here: what may be mounted at all (`moat-run`'s floors, which no
 //! accepted config can lower) and the prompt (the binary).
 
+mod error;
+mod review;
 mod snapshot;
 mod state;
 
 use std::path::{Path, PathBuf};
 
-use moat_home::{FileLock, HomeError, MoatHome};
+use moat_home::{FileLock, MoatHome};
 use sha2::{Digest as _, Sha256};
 
-pub use crate::snapshot::{Change, FileChange};
-pub use crate::state::{Culprit, RunEnd, Trusted};
+pub use crate::error::TrustError;
+pub use crate::review::{changes_text, Change, Culprit, FileChange, Review, RunEnd};
+pub use crate::state::Trusted;
 
 /// The config files in the order a run loads them (the first present wins).
 const CONFIG_NAMES_IN_ORDER: [&str; 2] = moat_config::CONFIG_FILE_NAMES;
 
 use crate::snapshot::Snapshot;
 use crate::state::{Accepted, OpenRun, TrustRecord, Verdict};
-
-/// Why the trust check could not pass.
-#[derive(Debug, thiserror::Error)]
-pub enum TrustError {
-    /// The configuration changed during a run and the user has not
-    /// reviewed it.
-    #[error("{0}")]
-    Untrusted(Box<Review>),
-    /// `moat trust` was answered for one version and the files changed
-    /// before it was recorded.
-    #[error(
-        "the configuration in {} changed again while you were reviewing it; nothing was \
-         accepted.",
-        workspace.display()
-    )]
-    ChangedDuringReview {
-        /// The workspace.
-        workspace: PathBuf,
-    },
-    /// The config file changed between the moment the run read it and
-    /// the moment it opened on the workspace.
-    #[error(
-        "{file} in {} changed while the run was starting (after moat read it, before the \
-         sandbox opened); nothing was run.",
-        workspace.display()
-    )]
-    ChangedWhileStarting {
-        /// The workspace.
-        workspace: PathBuf,
-        /// `moat.yaml` or `agent.yaml`.
-        file: String,
-    },
-    /// A workspace file could not be read.
-    #[error("reading {path}: {error}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// A workspace file moat reads is a link, a FIFO, a device or too
-    /// large.
-    #[error(transparent)]
-    File(#[from] moat_home::BoundedReadError),
-    /// `.moat/` is too large to fingerprint.
-    #[error(
-        "{} holds more than {limit} entries; moat fingerprints it before every run so that a \
-         run cannot change it unnoticed.",
-        dir.display()
-    )]
-    TooManyFiles {
-        /// The `.moat` directory.
-        dir: PathBuf,
-        /// The limit.
-        limit: usize,
-    },
-    /// The trust record is not valid JSON.
-    #[error("the trust record {} is damaged ({message}).", path.display())]
-    DamagedRecord {
-        /// The record file.
-        path: PathBuf,
-        /// The workspace.
-        workspace: PathBuf,
-        /// The parse error.
-        message: String,
-    },
-    /// Writing the record, or its lock.
-    #[error(transparent)]
-    Home(#[from] HomeError),
-}
-
-impl moat_hint::Hint for TrustError {
-    fn hint(&self) -> Option<moat_hint::Fix> {
-        let fix = match self {
-            TrustError::Untrusted(review) => review.fix(),
-            TrustError::ChangedDuringReview { workspace } => {
-                format!("To fix: run moat trust {} again.", workspace.display())
-            }
-            TrustError::ChangedWhileStarting { file, .. } => format!(
-                "To fix: run again; if something else is editing {file}, let it finish first."
-            ),
-            TrustError::TooManyFiles { .. } => {
-                "To fix: keep caches and large data out of .moat/.".to_owned()
-            }
-            TrustError::DamagedRecord { workspace, .. } => format!(
-                "To fix: review the workspace's moat.yaml and .moat/, then run moat trust {}",
-                workspace.display()
-            ),
-            // Transparent: the inner error is hidden from the chain.
-            TrustError::File(inner) => return inner.hint(),
-            TrustError::Home(inner) => return inner.hint(),
-            TrustError::Read { .. } => return None,
-        };
-        Some(moat_hint::Fix::new(fix))
-    }
-}
-
-impl TrustError {
-    pub(crate) fn read(path: &Path, source: std::io::Error) -> Self {
-        TrustError::Read {
-            path: path.to_owned(),
-            error: source,
-        }
-    }
-}
-
-/// A refused change, for the error message or a prompt.
-#[derive(Debug, Clone)]
-pub struct Review {
-    /// The workspace.
-    pub workspace: PathBuf,
-    /// The run blamed.
-    pub culprit: Culprit,
-    /// What differs from the accepted state.
-    pub changes: Vec<Change>,
-    /// The digest of what was shown, for [`accept`].
-    pub digest: String,
-}
-
-impl Review {
-    /// "moat.yaml in /p changed while run run_x (name) had the workspace
-    /// mounted".
-    pub fn summary(&self) -> String {
-        let what = subject(&self.changes);
-        let run = format!("run {} ({})", self.culprit.run_id, self.culprit.run_name);
-        let mounted = match &self.culprit.workspace {
-            Some(outer) => format!("{} mounted, which contains it", outer.display()),
-            None => "the workspace mounted".to_owned(),
-        };
-        let when = match self.culprit.how {
-            RunEnd::Open => format!("while {run} has {mounted}"),
-            RunEnd::Ended => format!("while {run} had {mounted}"),
-            RunEnd::Crashed => {
-                format!("while {run} had {mounted} (it stopped without recording its end)")
-            }
-        };
-        format!("{what} in {} changed {when}", self.workspace.display())
-    }
-
-    /// One line per change, indented.
-    pub fn change_lines(&self) -> String {
-        changes_text(&self.changes)
-    }
-
-    /// How the user settles it.
-    pub fn fix(&self) -> String {
-        format!(
-            "To fix: review the changes, then run\n  moat trust {}\nor restore the version you \
-             accepted.",
-            self.workspace.display()
-        )
-    }
-}
-
-impl std::fmt::Display for Review {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}, so moat will not apply it without your review.\n{}",
-            self.summary(),
-            self.change_lines().trim_end()
-        )
-    }
-}
-
-/// `  changed: …\n` for each change.
-pub fn changes_text(changes: &[Change]) -> String {
-    changes.iter().map(|c| format!("  {c}\n")).collect()
-}
-
-fn subject(changes: &[Change]) -> String {
-    let mut files: Vec<&str> = Vec::new();
-    let mut push = |name: &'static str| {
-        if !files.contains(&name) {
-            files.push(name);
-        }
-    };
-    for change in changes {
-        match change {
-            Change::Key { file, .. } | Change::ConfigFile { file, .. } => {
-                match moat_config::CONFIG_FILE_NAMES
-                    .iter()
-                    .find(|n| **n == file.as_str())
-                {
-                    Some(name) => push(name),
-                    None => push("the config file"),
-                }
-            }
-            Change::MoatDir { .. } => push(".moat/"),
-            Change::MountSource { .. } => push("a mount source"),
-        }
-    }
-    match files.as_slice() {
-        [] => "moat's configuration".to_owned(),
-        [one] => (*one).to_owned(),
-        many => many.join(" and "),
-    }
-}
 
 /// What [`accept`] recorded.
 #[derive(Debug, Clone)]

@@ -1,15 +1,15 @@
 //! What of a workspace decides what a run may do, captured and compared.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use moat_config::{KeyChange, CONFIG_FILE_NAMES};
+use moat_config::CONFIG_FILE_NAMES;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::TrustError;
+use crate::error::TrustError;
+use crate::review::{Change, FileChange};
 
 /// The directory of project files moat reads besides moat.yaml.
 pub(crate) const MOAT_DIR: &str = ".moat";
@@ -177,89 +177,6 @@ fn resolve_mount_sources(sources: &[PathBuf]) -> BTreeMap<String, String> {
             (source.display().to_string(), resolved)
         })
         .collect()
-}
-
-/// One difference between the accepted snapshot and the current one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A key of a config file.
-    Key {
-        /// `moat.yaml` or `agent.yaml`.
-        file: String,
-        /// What changed.
-        change: KeyChange,
-    },
-    /// A config file as a whole: created, deleted, made a symlink,
-    /// unparseable, or changed in comments and layout only.
-    ConfigFile {
-        /// `moat.yaml` or `agent.yaml`.
-        file: String,
-        /// How, in words.
-        how: FileChange,
-    },
-    /// An entry under `.moat/`.
-    MoatDir {
-        /// `.moat/...`.
-        path: String,
-        /// How.
-        how: FileChange,
-    },
-    /// A mount source now resolves somewhere else.
-    MountSource {
-        /// The source as moat.yaml names it (made absolute).
-        source: PathBuf,
-        /// Where it resolved when accepted.
-        was: String,
-        /// Where it resolves now.
-        now: String,
-    },
-}
-
-/// How a whole file changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileChange {
-    /// Created.
-    Added,
-    /// Deleted.
-    Removed,
-    /// Its contents (or kind) changed.
-    Changed,
-    /// Its keys are the same: comments or layout only.
-    FormattingOnly,
-    /// One version is not valid YAML, so keys cannot be compared.
-    NotYaml,
-    /// Now a symlink (to this), or no longer one.
-    Symlink(Option<String>),
-}
-
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Change::Key { file, change } if file == CONFIG_FILE_NAMES[0] => write!(f, "{change}"),
-            Change::Key { file, change } => write!(f, "{file}: {change}"),
-            Change::ConfigFile { file, how } | Change::MoatDir { path: file, how } => match how {
-                FileChange::Added => write!(f, "added: {file}"),
-                FileChange::Removed => write!(f, "removed: {file}"),
-                FileChange::Changed => write!(f, "changed: {file}"),
-                FileChange::FormattingOnly => {
-                    write!(f, "changed: {file} (comments or layout only)")
-                }
-                FileChange::NotYaml => write!(
-                    f,
-                    "changed: {file} (not valid YAML, so keys cannot be compared; read it)"
-                ),
-                FileChange::Symlink(Some(target)) => {
-                    write!(f, "changed: {file} (now a symlink to {target})")
-                }
-                FileChange::Symlink(None) => write!(f, "changed: {file} (no longer a symlink)"),
-            },
-            Change::MountSource { source, was, now } => write!(
-                f,
-                "changed: mount source {} (now resolves to {now}; was {was})",
-                source.display()
-            ),
-        }
-    }
 }
 
 /// What changed from `old` to `new`, config files first.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::review::{Culprit, RunEnd};
 use crate::snapshot::Snapshot;
 
 /// What moat remembers about one workspace (`MOAT_HOME/trust/<hash>.json`).
@@ -67,36 +68,6 @@ pub(crate) struct OpenRun {
     pub digest_at_start: String,
     /// When it started.
     pub started_at: DateTime<Utc>,
-}
-
-/// The run a refused change is blamed on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Culprit {
-    /// Run id.
-    pub run_id: String,
-    /// Run name.
-    pub run_name: String,
-    /// Whether the run is still open, ended, or crashed.
-    pub how: RunEnd,
-    /// When it was seen to end (or, for an open run, when it started).
-    pub at: DateTime<Utc>,
-    /// The enclosing workspace it had mounted, when that is not the
-    /// workspace judged (it wrote into a subdirectory of its own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<PathBuf>,
-}
-
-/// How the culprit run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunEnd {
-    /// It still has the workspace mounted.
-    Open,
-    /// It ended and recorded its end.
-    Ended,
-    /// Its supervisor disappeared without recording an end (killed,
-    /// crashed, machine rebooted).
-    Crashed,
 }
 
 /// Why a run may start.
