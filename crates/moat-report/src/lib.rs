@@ -14,7 +14,7 @@ mod timeline;
 
 pub use audit::{audit_json, audit_sections, audit_verdict, first_problem, RULE};
 pub use network::{request_details, request_line};
-pub use runs::{run_row, RUN_COLUMNS};
+pub use runs::{run_row, run_table, RUN_COLUMNS};
 pub use timeline::{Event, Timeline};
 
 use chrono::{DateTime, Utc};

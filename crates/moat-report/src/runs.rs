@@ -20,6 +20,30 @@ pub fn run_row(r: &RunMetadata, now: DateTime<Utc>) -> Vec<String> {
     ]
 }
 
+/// The columns and rows of `moat list`: [`RUN_COLUMNS`], with a
+/// WORKTREE column (the branch, after AGE) only when some run has one.
+pub fn run_table(
+    runs: &[RunMetadata],
+    now: DateTime<Utc>,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let worktrees = runs.iter().any(|r| r.worktree_branch.is_some());
+    let mut columns = RUN_COLUMNS.to_vec();
+    if worktrees {
+        columns.insert(5, "WORKTREE");
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let mut row = run_row(r, now);
+            if worktrees {
+                row.insert(5, r.worktree_branch.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
+        })
+        .collect();
+    (columns, rows)
+}
+
 /// `42s`, `5m`, `3h`, `2d`: the largest whole unit.
 fn age(secs: i64) -> String {
     let secs = secs.max(0);
@@ -34,6 +58,24 @@ fn age(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worktree_column_shows_only_when_a_run_has_one() {
+        let now = Utc::now();
+        let mut run = RunMetadata::new(
+            moat_storage::RunId::generate(),
+            "a".into(),
+            "/w".into(),
+            vec![],
+        );
+        let (columns, _) = run_table(std::slice::from_ref(&run), now);
+        assert!(!columns.contains(&"WORKTREE"));
+        run.worktree_branch = Some("feature/a".into());
+        let (columns, rows) = run_table(&[run], now);
+        assert_eq!(columns[5], "WORKTREE");
+        assert_eq!(rows[0][5], "feature/a");
+        assert_eq!(rows[0].len(), columns.len());
+    }
 
     #[test]
     fn ages_use_the_largest_whole_unit() {

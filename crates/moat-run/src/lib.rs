@@ -43,6 +43,7 @@ mod protect;
 mod ssh;
 mod supervise;
 mod watchdog;
+pub mod worktree;
 
 pub use crate::agent::{
     agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, run_agent, AgentRunError,

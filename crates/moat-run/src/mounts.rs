@@ -45,6 +45,7 @@ pub(crate) struct Floor {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Floors(pub Vec<Floor>);
 
+const HOME_WHY: &str = "holds moat's credentials, key and daemon sockets";
 const DOCKER_WHY: &str = "is the Docker daemon's socket (root on this machine)";
 const PODMAN_WHY: &str = "is the Podman socket (it starts containers as you)";
 
@@ -54,10 +55,7 @@ impl Floors {
     pub(crate) fn from_env(home: &MoatHome) -> Floors {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let mut floors = Floors::default();
-        floors.add(
-            home.root(),
-            "holds moat's credentials, key and daemon sockets",
-        );
+        floors.add(home.root(), HOME_WHY);
         if let Some(user_home) = var("HOME").map(PathBuf::from) {
             floors.add(
                 &user_home.join(".local/share/keyrings"),
@@ -101,6 +99,12 @@ impl Floors {
             let relation = if real == floor.path {
                 Relation::Is
             } else if real.starts_with(&floor.path) {
+                // `moat wt`'s checkouts hold no secret of moat's.
+                if floor.why == HOME_WHY
+                    && real.starts_with(floor.path.join(crate::worktree::WORKTREES_DIR))
+                {
+                    return None;
+                }
                 Relation::Inside
             } else if floor.path.starts_with(real) {
                 Relation::Contains

@@ -107,6 +107,9 @@ pub struct RunPlan {
     /// The config file the plan was made from (its fingerprint): the run
     /// opens only if the workspace still holds that file.
     pub config_used: Option<moat_trust::ConfigUsed>,
+    /// The git worktree the run works in (`moat wt`, `--worktree`); its
+    /// directory is the workspace.
+    pub worktree: Option<crate::worktree::Worktree>,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -141,6 +144,8 @@ pub struct RunFlags {
     pub detached: bool,
     /// `--allow-write PATH`: added to moat.yaml's `allow_write`.
     pub allow_write: Vec<String>,
+    /// `--worktree BRANCH` / `moat wt`: the run is named after the branch.
+    pub worktree: Option<String>,
 }
 
 /// Why flags and moat.yaml do not make a run.
@@ -249,6 +254,10 @@ impl RunPlan {
             .name
             .clone()
             .or_else(|| config.and_then(|c| c.name.clone()));
+        let name = match &flags.worktree {
+            Some(branch) => Some(crate::worktree::run_name(name.as_deref(), branch)),
+            None => name,
+        };
         if let Some(n) = &name {
             moat_storage::validate_name(n).map_err(PlanError::Name)?;
         }
@@ -289,6 +298,7 @@ impl RunPlan {
             allow_write,
             protected: Vec::new(),
             config_used: None,
+            worktree: None,
         })
     }
 }

@@ -81,8 +81,19 @@ pub fn execute(
     // Before anything is resolved or started: from here on the plan's
     // mount sources are real paths that passed the floors.
     let floors = crate::mounts::Floors::from_env(home);
+    // A worktree's git directories come first: the user's mounts may
+    // cover parts of them, never the other way round.
+    let git_dirs = plan.worktree.iter().flat_map(|w| w.mounts());
+    let mounts: Vec<_> = (git_dirs.map(|m| crate::MountPlan {
+        source: m.source,
+        target: m.target,
+        read_only: m.read_only,
+        relative: false,
+    }))
+    .chain(plan.mounts.iter().cloned())
+    .collect();
     let plan = &RunPlan {
-        mounts: crate::mounts::prepare(&floors, &plan.workspace, &plan.mounts)?,
+        mounts: crate::mounts::prepare(&floors, &plan.workspace, &mounts)?,
         ..plan.clone()
     };
     let credentials = CredentialStore::new(home.clone(), plan.profile.clone());
@@ -190,6 +201,9 @@ fn record_start(
     meta.detached = plan.detached;
     meta.supervisor_pid = Some(std::process::id());
     meta.supervisor_start = moat_storage::process_start_time(std::process::id());
+    if let Some(worktree) = &plan.worktree {
+        worktree.record(&mut meta);
+    }
     runs.create(&meta)?;
     // Room to record the run's end even if MOAT_HOME fills up meanwhile.
     if let Err(e) = runs.reserve(&meta.id) {
@@ -225,8 +239,16 @@ fn run_in_workspace(
     let protection = crate::protect::Protection::prepare(&plan.workspace, &plan.allow_write);
     let result = match &protection {
         Ok(protection) => {
+            let mut protected = protection.paths.clone();
+            if plan.worktree.is_some() {
+                // The worktree's `.git` file names its git directory.
+                protected.push(moat_sandbox::ProtectedPath {
+                    path: ".git".into(),
+                    view: moat_sandbox::ProtectedView::ReadOnly,
+                });
+            }
             let plan = &RunPlan {
-                protected: protection.paths.clone(),
+                protected,
                 ..plan.clone()
             };
             let result = start_and_wait(home, plan, driver, resolved, ssh, meta, run_dir);

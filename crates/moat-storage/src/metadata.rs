@@ -99,6 +99,15 @@ pub struct RunMetadata {
     /// Runtime-specific extras.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
+    /// `moat wt` / `--worktree`: the branch the run's worktree checks out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_branch: Option<String>,
+    /// The worktree's directory (the run's workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_path: Option<PathBuf>,
+    /// The id of the repository the worktree belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree_repo_id: Option<String>,
 }
 
 impl RunMetadata {
@@ -126,6 +135,9 @@ impl RunMetadata {
             exit_code: None,
             error: None,
             extra: BTreeMap::new(),
+            worktree_branch: None,
+            worktree_path: None,
+            worktree_repo_id: None,
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum Command {
     Codex(AgentArgs),
     /// Run Gemini CLI in a sandbox (a grant of gemini).
     Gemini(AgentArgs),
+    /// Run a command in a git worktree of BRANCH; list or remove them.
+    Wt(WtArgs),
     /// Manage the proxy daemon shared by all runs.
     Proxy(ProxyArgs),
     /// Dependencies available to `dependencies:` in moat.yaml.
@@ -161,6 +163,9 @@ pub struct RunOptions {
     /// inputs exists.
     #[arg(long)]
     pub rebuild: bool,
+    /// Work in a git worktree of BRANCH (created from HEAD when missing).
+    #[arg(long, visible_alias = "wt", value_name = "BRANCH")]
+    pub worktree: Option<String>,
 }
 
 impl RunOptions {
@@ -187,6 +192,7 @@ impl RunOptions {
             verbose,
             detached,
             allow_write: self.allow_write.clone(),
+            worktree: self.worktree.clone(),
         }
     }
 }
@@ -222,6 +228,30 @@ pub struct AgentArgs {
     pub detach: bool,
     #[command(flatten)]
     pub run: RunOptions,
+}
+
+/// `moat wt BRANCH [-- CMD]`, `moat wt list`, `moat wt clean [BRANCH]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WtArgs {
+    #[command(subcommand)]
+    pub command: Option<WtCommand>,
+    /// The branch (created from HEAD when missing).
+    #[arg(required = true)]
+    pub branch: Option<String>,
+    #[command(flatten)]
+    pub args: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WtCommand {
+    /// The worktrees of this repository and their runs.
+    List,
+    /// Remove the worktrees whose runs stopped (branches stay).
+    Clean {
+        /// Only this branch's worktree.
+        branch: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,11 @@ use crate::cli::AgentArgs;
 
 pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
-    let workspace = super::resolve_workspace(args.path.as_deref())?;
+    let (workspace, worktree) = moat_run::worktree::workspace(
+        &ctx.home,
+        super::resolve_workspace(args.path.as_deref())?,
+        args.run.worktree.as_deref(),
+    )?;
     let detached_child = std::env::var_os(moat_run::DETACHED_CHILD).is_some();
     // Read once, used once trusted (see `run`).
     let loaded = super::trust::load_trusted(ctx, &workspace, args.run.no_prompt, !detached_child)?;
@@ -33,6 +37,7 @@ pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     );
     let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
     plan.config_used = loaded.as_ref().map(moat_trust::ConfigUsed::new);
+    plan.worktree = worktree;
     let opts = LaunchOptions {
         prompt: args.prompt.clone(),
         continue_last: args.continue_last,

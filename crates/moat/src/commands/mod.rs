@@ -13,6 +13,7 @@ mod ssh;
 mod status;
 mod trace;
 mod trust;
+mod wt;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Claude(args) => agent::agent(&Context::from_global(&cli.global)?, "claude", args),
         Command::Codex(args) => agent::agent(&Context::from_global(&cli.global)?, "codex", args),
         Command::Gemini(args) => agent::agent(&Context::from_global(&cli.global)?, "gemini", args),
+        Command::Wt(args) => wt::wt(&Context::from_global(&cli.global)?, args),
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),

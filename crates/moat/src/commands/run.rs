@@ -12,7 +12,11 @@ use moat_run::DETACHED_CHILD;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
-    let workspace = super::resolve_workspace(args.path.as_deref())?;
+    let (workspace, worktree) = moat_run::worktree::workspace(
+        &ctx.home,
+        super::resolve_workspace(args.path.as_deref())?,
+        args.run.worktree.as_deref(),
+    )?;
     // moat.yaml is read once, and used only once it is trusted. The
     // background supervisor of `run -d` was checked by its parent, which
     // can still ask the user; `moat_run::execute` re-checks under the
@@ -34,6 +38,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     );
     let mut plan = super::plan_run(ctx, workspace, &flags, config)?;
     plan.config_used = loaded.as_ref().map(moat_trust::ConfigUsed::new);
+    plan.worktree = worktree;
     execute(ctx, &plan)
 }
 

@@ -44,9 +44,8 @@ pub fn list(ctx: &Context) -> Result<ExitCode> {
         outln!("No runs. Start one with: moat run -- <command>");
         return Ok(ExitCode::SUCCESS);
     }
-    let now = Utc::now();
-    let rows: Vec<Vec<String>> = runs.iter().map(|r| moat_report::run_row(r, now)).collect();
-    out!("{}", table(&moat_report::RUN_COLUMNS, &rows));
+    let (columns, rows) = moat_report::run_table(&runs, Utc::now());
+    out!("{}", table(&columns, &rows));
     Ok(ExitCode::SUCCESS)
 }
 
