@@ -646,7 +646,13 @@ fn run_sandbox(
                 error: e,
             })?,
         );
-    let hint = Arc::new(crate::protect::RefusedWriteHint::new(&plan.protected));
+    // A worktree's `.git` file is not what a refused write under the
+    // repository's git directory (`/…/.git/hooks`) is about.
+    let explained: Vec<_> = (plan.protected.iter())
+        .filter(|p| plan.worktree.is_none() || p.path != std::path::Path::new(".git"))
+        .cloned()
+        .collect();
+    let hint = Arc::new(crate::protect::RefusedWriteHint::new(&explained));
     let output = OutputSinks {
         stdout: Box::new(LoggedOutput::new(
             std::io::stdout(),

@@ -392,6 +392,21 @@ pub fn list(home: &MoatHome, repo: &Repository) -> Result<Vec<Listed>, WorktreeE
     Ok(listed)
 }
 
+impl Listed {
+    /// The columns of `moat wt list`.
+    pub const COLUMNS: [&'static str; 4] = ["BRANCH", "RUN", "STATE", "PATH"];
+
+    /// This worktree's row under [`Listed::COLUMNS`].
+    pub fn row(&self) -> Vec<String> {
+        vec![
+            self.branch.clone(),
+            self.run.clone().unwrap_or_else(|| "-".into()),
+            self.state.clone(),
+            self.path.display().to_string(),
+        ]
+    }
+}
+
 /// What `moat wt clean` did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Cleaned {

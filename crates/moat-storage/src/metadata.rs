@@ -141,3 +141,27 @@ impl RunMetadata {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn metadata_from_before_worktrees_still_loads() {
+        let mut meta = RunMetadata::new(
+            RunId::generate(),
+            "a".into(),
+            "/w".into(),
+            vec!["true".into()],
+        );
+        let json = serde_json::to_string(&meta).unwrap();
+        assert!(!json.contains("worktree"), "{json}");
+        let old: RunMetadata = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.worktree_branch, None);
+        meta.worktree_branch = Some("feature/a".into());
+        let json = serde_json::to_string(&meta).unwrap();
+        let new: RunMetadata = serde_json::from_str(&json).unwrap();
+        assert_eq!(new.worktree_branch.as_deref(), Some("feature/a"));
+    }
+}

@@ -36,6 +36,7 @@ const PROVOKED: &[&str] = &[
     "Podman runtime requested but not available",
     "Apple containers are only available on macOS",
     "agent is already running",
+    "run is already active in the worktree",
     "daemon did not start within 5 seconds",
     "moat.yaml: unknown key",
     "no run matches",
@@ -872,4 +873,28 @@ fn services_on_the_native_runtime() {
     let out = t.run_with(&["run", "--runtime", "native", "--", "true"], &[]);
     out.failure();
     documented("services need a container runtime", &out.stderr);
+}
+
+#[test]
+fn worktree_errors() {
+    let t = Env::new();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(t.project())
+            .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "first"]);
+    t.run(&["wt", "fix-tests", "-d", "--", "sleep", "30"])
+        .success();
+    let out = t.run(&["wt", "fix-tests", "--", "true"]);
+    out.failure();
+    documented("run is already active in the worktree", &out.stderr);
+    t.run(&["stop", "fix-tests"]).success();
 }

@@ -30,18 +30,7 @@ pub fn wt(ctx: &Context, mut args: WtArgs) -> Result<ExitCode> {
             cleaned.removed
         }
     };
-    let rows: Vec<Vec<String>> = listed
-        .iter()
-        .map(|w| {
-            let run = w.run.clone().unwrap_or_else(|| "-".into());
-            vec![
-                w.branch.clone(),
-                run,
-                w.state.clone(),
-                w.path.display().to_string(),
-            ]
-        })
-        .collect();
-    out!("{}", table(&["BRANCH", "RUN", "STATE", "PATH"], &rows));
+    let rows: Vec<Vec<String>> = listed.iter().map(worktree::Listed::row).collect();
+    out!("{}", table(&worktree::Listed::COLUMNS, &rows));
     Ok(ExitCode::SUCCESS)
 }
