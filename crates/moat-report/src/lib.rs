@@ -10,11 +10,13 @@
 mod audit;
 mod network;
 mod runs;
+mod text;
 mod timeline;
 
 pub use audit::{audit_json, audit_sections, audit_verdict, first_problem, RULE};
 pub use network::{request_details, request_line};
 pub use runs::{run_row, run_table, RUN_COLUMNS};
+pub use text::{escape_controls, table};
 pub use timeline::{Event, Timeline};
 
 use chrono::{DateTime, Utc};

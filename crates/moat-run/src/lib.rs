@@ -43,6 +43,7 @@ mod protect;
 mod ssh;
 mod supervise;
 mod watchdog;
+mod workspace;
 pub mod worktree;
 
 pub use crate::agent::{
@@ -60,4 +61,5 @@ pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, Ru
 pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};
 pub use crate::supervise::{execute, RunOutcome};
+pub use crate::workspace::{resolve_workspace, run_workspace, WorkspaceError};
 pub use moat_sandbox::ImageRecipe;

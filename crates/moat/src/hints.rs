@@ -42,6 +42,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_daemon::DaemonError,
         moat_run::PlanError,
         moat_run::RunError,
+        moat_run::WorkspaceError,
         moat_run::SelectionError,
         moat_run::AgentRunError,
         moat_run::StopError,

@@ -12,9 +12,9 @@ use crate::cli::AgentArgs;
 
 pub fn agent(ctx: &Context, name: &str, args: AgentArgs) -> Result<ExitCode> {
     let agent = moat_agents::by_name(name).context("unknown agent")?;
-    let (workspace, worktree) = moat_run::worktree::workspace(
+    let (workspace, worktree) = moat_run::run_workspace(
         &ctx.home,
-        super::resolve_workspace(args.path.as_deref())?,
+        args.path.as_deref(),
         args.run.worktree.as_deref(),
     )?;
     let detached_child = std::env::var_os(moat_run::DETACHED_CHILD).is_some();

@@ -143,21 +143,3 @@ pub fn plan_run(
         ctx.profile.clone(),
     )
 }
-
-/// The workspace of `moat run`, `moat trust` and the agent commands:
-/// `path`, else the current directory, as its real path.
-pub(crate) fn resolve_workspace(
-    path: Option<&std::path::Path>,
-) -> anyhow::Result<std::path::PathBuf> {
-    use anyhow::Context as _;
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_dir().context("reading the current directory")?,
-    };
-    let canonical = std::fs::canonicalize(&path)
-        .with_context(|| format!("workspace {} does not exist", path.display()))?;
-    if !canonical.is_dir() {
-        anyhow::bail!("workspace {} is not a directory", path.display());
-    }
-    Ok(canonical)
-}

@@ -12,9 +12,9 @@ use moat_run::DETACHED_CHILD;
 
 pub fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     let detached_child = std::env::var_os(DETACHED_CHILD).is_some();
-    let (workspace, worktree) = moat_run::worktree::workspace(
+    let (workspace, worktree) = moat_run::run_workspace(
         &ctx.home,
-        super::resolve_workspace(args.path.as_deref())?,
+        args.path.as_deref(),
         args.run.worktree.as_deref(),
     )?;
     // moat.yaml is read once, and used only once it is trusted. The

@@ -13,7 +13,7 @@ use crate::cli::TrustArgs;
 /// `moat trust [PATH]`: shows what changed since the accepted state and
 /// accepts the workspace as it is now.
 pub fn trust(ctx: &Context, args: TrustArgs) -> Result<ExitCode> {
-    let workspace = super::resolve_workspace(args.path.as_deref())?;
+    let workspace = moat_run::resolve_workspace(args.path.as_deref())?;
     // Read once: fingerprinted with what it mounts, then shown below. One
     // that does not load has no mount sources (the trust check reported
     // it).

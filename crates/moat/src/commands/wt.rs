@@ -10,7 +10,7 @@ use crate::cli::{WtArgs, WtCommand};
 use crate::output::table;
 
 pub fn wt(ctx: &Context, mut args: WtArgs) -> Result<ExitCode> {
-    let dir = super::resolve_workspace(args.args.path.as_deref())?;
+    let dir = moat_run::resolve_workspace(args.args.path.as_deref())?;
     let listed = match args.command {
         None => {
             args.args.run.worktree = args.branch;
