@@ -62,6 +62,30 @@ fn protected_and_mount_binds(spec: &ContainerSpec) -> Vec<String> {
     protected.chain(mounts).collect()
 }
 
+/// Options of the tmpfs over an excluded path: writable by whoever runs
+/// inside, programs allowed (`node_modules/.bin`), never set-id or devices.
+const EXCLUDE_TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev,mode=1777";
+
+/// A tmpfs over each excluded path, the workspace's and the mounts'
+/// (`<target>/<exclude>`): empty inside, and what the sandbox writes there
+/// never reaches the host.
+fn excluded_tmpfs(spec: &ContainerSpec) -> Option<std::collections::HashMap<String, String>> {
+    let workload = &spec.workload;
+    let workspace = workload
+        .workspace_exclude
+        .iter()
+        .map(|e| Path::new(WORKSPACE_IN_CONTAINER).join(e));
+    let mounts = workload
+        .mounts
+        .iter()
+        .flat_map(|m| m.exclude.iter().map(|e| m.target.join(e)));
+    let tmpfs: std::collections::HashMap<String, String> = workspace
+        .chain(mounts)
+        .map(|p| (p.display().to_string(), EXCLUDE_TMPFS_OPTIONS.to_owned()))
+        .collect();
+    (!tmpfs.is_empty()).then_some(tmpfs)
+}
+
 fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
     for f in files {
@@ -449,6 +473,7 @@ impl DockerRuntime {
         };
         HostConfig {
             binds: Some(binds),
+            tmpfs: excluded_tmpfs(spec),
             memory: spec
                 .memory_mb
                 .map(|m| (m as i64).saturating_mul(1024 * 1024)),
