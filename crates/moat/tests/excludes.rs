@@ -2,9 +2,9 @@
 //! path is an empty, writable tmpfs inside the sandbox, on the workspace
 //! (`{source: ., target: /workspace}`) and on an extra mount (read-only
 //! ones included), and nothing written there reaches the host. A symlinked
-//! exclude is refused before the run starts. Native runtime here; the
-//! Docker test is skipped (with the reason) when no Docker daemon is
-//! reachable, unless MOAT_REQUIRE_DOCKER=1.
+//! exclude is refused before the run starts. Native runtime, Docker and
+//! Podman; a container test is skipped (with the reason) when its engine
+//! is not reachable, unless MOAT_REQUIRE_DOCKER=1 / MOAT_REQUIRE_PODMAN=1.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +28,7 @@ const PROBE: &str = "
   echo sandbox > /workspace/dist/out
   echo sandbox > /app/node_modules/f
   cat /workspace/node_modules/f /app/node_modules/f
+  cp /bin/true /workspace/node_modules/t && /workspace/node_modules/t && echo exec
   echo seen > /workspace/kept
 ";
 
@@ -60,6 +61,7 @@ const EXPECTED: &str = "/workspace/node_modules: []
 /app/node_modules: []
 sandbox
 sandbox
+exec
 ";
 
 #[test]
@@ -102,15 +104,12 @@ fn a_symlinked_exclude_is_refused_before_the_run() {
     );
 }
 
-#[test]
-fn docker_excluded_paths_are_empty_writable_and_stay_off_the_host() {
-    if !common::docker_available() {
-        return;
-    }
+/// The probe on a container runtime (`docker` or `podman`), with the
+/// project handed to the image's user (uid 1000), as it would be the
+/// user's own checkout.
+fn on_container_runtime(runtime: &str) {
     let t = common::ProxiedEnv::new(&[]);
     project(&t.project());
-    // The image's user (uid 1000) owns the project, as it would be the
-    // user's own checkout.
     let chown = std::process::Command::new("chown")
         .args(["-R", "1000:1000"])
         .arg(t.project())
@@ -119,7 +118,7 @@ fn docker_excluded_paths_are_empty_writable_and_stay_off_the_host() {
     assert!(chown.success());
     let out = common::Result::from(
         t.moat()
-            .env("MOAT_RUNTIME", "docker")
+            .env("MOAT_RUNTIME", runtime)
             .env("MOAT_DAEMON_IDLE_TIMEOUT", "5")
             .env(
                 "MOAT_IMAGE_MAP",
@@ -132,4 +131,20 @@ fn docker_excluded_paths_are_empty_writable_and_stay_off_the_host() {
     out.success();
     assert_eq!(out.stdout, EXPECTED);
     assert_host_untouched(&t.project());
+}
+
+#[test]
+fn docker_excluded_paths_are_empty_writable_and_stay_off_the_host() {
+    if !common::docker_available() {
+        return;
+    }
+    on_container_runtime("docker");
+}
+
+#[test]
+fn podman_excluded_paths_are_empty_writable_and_stay_off_the_host() {
+    if !moat_testkit::require::podman() {
+        return;
+    }
+    on_container_runtime("podman");
 }
