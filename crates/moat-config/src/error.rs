@@ -215,6 +215,12 @@ pub enum SpecError {
     ExcludeParent { exclude: String },
     #[error("exclude {exclude:?} names the whole mount")]
     ExcludeWholeMount { exclude: String },
+    #[error("exclude {exclude:?} is listed twice")]
+    ExcludeRepeated { exclude: String },
+    #[error("exclude {exclude:?} lies inside exclude {other:?}, which hides it already")]
+    ExcludeInside { exclude: String, other: String },
+    #[error("exclude {exclude:?} contains exclude {other:?}, listed before it")]
+    ExcludeContains { exclude: String, other: String },
 }
 
 impl moat_hint::Hint for SpecError {
@@ -244,6 +250,19 @@ impl moat_hint::Hint for SpecError {
             }
             Self::TargetMoatOwn { .. } => "To fix: choose another target.",
             Self::ExcludeWholeMount { .. } => "To fix: remove the mount instead.",
+            Self::ExcludeAbsolute { .. } => {
+                "To fix: write it relative to the mount's target (node_modules hides \
+                 <target>/node_modules)."
+            }
+            Self::ExcludeParent { .. } => {
+                "To fix: name a path inside the mount, or exclude it from the mount that holds it."
+            }
+            Self::ExcludeRepeated { .. } | Self::ExcludeInside { .. } => {
+                "To fix: remove this entry."
+            }
+            Self::ExcludeContains { .. } => {
+                "To fix: keep only the outer directory; it hides everything beneath it."
+            }
             _ => return None,
         };
         Some(moat_hint::Fix::new(fix))

@@ -140,6 +140,38 @@ pub(crate) fn check_exclude(exclude: &str) -> Result<PathBuf, SpecError> {
     Ok(normalized)
 }
 
+/// Checks that `exclude` (as written: `given`) neither repeats nor
+/// overlaps one of the mount's `earlier` excludes: one tmpfs inside
+/// another would hide nothing more, and a runtime would mount them in an
+/// order that decides which one is seen.
+pub(crate) fn check_exclude_among(
+    exclude: &Path,
+    given: &str,
+    earlier: &[PathBuf],
+) -> Result<(), SpecError> {
+    let shown = |p: &Path| p.display().to_string();
+    for other in earlier {
+        if other == exclude {
+            return Err(SpecError::ExcludeRepeated {
+                exclude: given.to_owned(),
+            });
+        }
+        if exclude.starts_with(other) {
+            return Err(SpecError::ExcludeInside {
+                exclude: given.to_owned(),
+                other: shown(other),
+            });
+        }
+        if other.starts_with(exclude) {
+            return Err(SpecError::ExcludeContains {
+                exclude: given.to_owned(),
+                other: shown(other),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Removes `.` and resolves `..` lexically: the source may not exist yet,
 /// and following symlinks here would check the wrong machine's view anyway.
 pub(crate) fn normalize(path: &Path) -> PathBuf {
@@ -255,5 +287,18 @@ mod tests {
         assert!(check_exclude("../up").is_err());
         assert!(check_exclude("").is_err());
         assert!(check_exclude(".").is_err());
+        let earlier = [PathBuf::from("node_modules"), PathBuf::from("a/b")];
+        let among = |e: &str| check_exclude_among(&check_exclude(e).unwrap(), e, &earlier);
+        assert_eq!(among("node_modules_x"), Ok(()));
+        assert_eq!(among("a/bc"), Ok(()));
+        assert!(matches!(
+            among("./node_modules/"),
+            Err(SpecError::ExcludeRepeated { .. })
+        ));
+        assert!(matches!(
+            among("node_modules/.bin"),
+            Err(SpecError::ExcludeInside { .. })
+        ));
+        assert!(matches!(among("a"), Err(SpecError::ExcludeContains { .. })));
     }
 }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use moat_policy::{HostPattern, HostRules, Policy, Rule};
 
-use crate::mount::{check_exclude, check_target, parse_mode, parse_mount_string, resolve_source};
+use crate::mount::{
+    check_exclude, check_exclude_among, check_target, parse_mode, parse_mount_string,
+    resolve_source,
+};
 use crate::spec::{
     check_env_name, check_grant, check_mcp_auth_header, check_mcp_url, check_run_name,
     parse_dependency,
@@ -505,7 +508,10 @@ fn mount_object(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Mount> {
             }
             _ => {
                 for (s, item, ip) in ctx.string_list(value, &p)? {
-                    exclude.push(check_exclude(&s).map_err(|e| ctx.bad_value(item, &ip, None, e))?);
+                    let path = check_exclude(&s)
+                        .and_then(|e| check_exclude_among(&e, &s, &exclude).map(|()| e))
+                        .map_err(|e| ctx.bad_value(item, &ip, None, e))?;
+                    exclude.push(path);
                 }
             }
         }

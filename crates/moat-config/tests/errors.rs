@@ -134,6 +134,10 @@ fn mounts() {
         "mounts:\n  - {source: a, target: /a, mode: readonly}\n",
         "mounts:\n  - {source: a, target: /a, exclude: [/abs]}\n",
         "mounts:\n  - {source: a, target: /a, exclude: [../up]}\n",
+        "mounts:\n  - {source: a, target: /a, exclude: [.]}\n",
+        "mounts:\n  - source: a\n    target: /a\n    exclude:\n      - node_modules\n      - ./node_modules/\n",
+        "mounts:\n  - source: a\n    target: /a\n    exclude:\n      - node_modules\n      - node_modules/.cache\n",
+        "mounts:\n  - source: a\n    target: /a\n    exclude:\n      - build/cache\n      - build\n",
         "mounts:\n  - 5\n",
     ]));
 }

@@ -559,5 +559,6 @@ fn mount_over(plan: &mut RunPlan, source: PathBuf, target: &str, read_only: bool
         target: PathBuf::from(target),
         read_only,
         relative: false,
+        exclude: Vec::new(),
     });
 }

@@ -200,6 +200,35 @@ pub enum MountRefused {
         /// The floor it meets.
         violation: Violation,
     },
+    /// An excluded path that cannot be hidden as it is.
+    #[error(
+        "mount {mount}: exclude {} {why}; moat hides only a directory beneath the mount.",
+        exclude.display()
+    )]
+    Exclude {
+        /// The mount as written.
+        mount: String,
+        /// The exclude, relative to the mount.
+        exclude: PathBuf,
+        /// What it is instead.
+        why: ExcludeRefused,
+    },
+}
+
+/// Why an excluded path cannot be hidden.
+#[derive(Debug, thiserror::Error)]
+pub enum ExcludeRefused {
+    /// A symbolic link, at its end or on the way: hiding what it points
+    /// to would hide something else than what was named, perhaps outside
+    /// the mount.
+    #[error("is, or passes through, a symbolic link")]
+    Symlink,
+    /// A file, or below one.
+    #[error("is not a directory")]
+    NotADirectory,
+    /// Opening it failed otherwise.
+    #[error("cannot be opened ({0})")]
+    Open(rustix::io::Errno),
 }
 
 impl moat_hint::Hint for MountRefused {
@@ -213,6 +242,16 @@ impl moat_hint::Hint for MountRefused {
                  mount something outside it."
             }
             MountRefused::Floor { .. } => "To fix: remove the mount or point it elsewhere.",
+            MountRefused::Exclude { why, .. } => match why {
+                ExcludeRefused::Symlink => {
+                    "To fix: exclude the directory the link points to (its path beneath the \
+                     mount), or replace the link by a directory."
+                }
+                ExcludeRefused::NotADirectory => {
+                    "To fix: exclude the directory that holds it, or remove it from the list."
+                }
+                ExcludeRefused::Open(_) => "To fix: make it readable, or remove it from the list.",
+            },
         }))
     }
 }
@@ -273,12 +312,92 @@ pub(crate) fn prepare(
                 violation,
             });
         }
+        let mut exclude = Vec::with_capacity(mount.exclude.len());
+        for path in &mount.exclude {
+            let exists = check_exclude(&real, path).map_err(|why| MountRefused::Exclude {
+                mount: spec.clone(),
+                exclude: path.clone(),
+                why,
+            })?;
+            // Missing under a read-only mount: nothing to hide, and nothing
+            // can be written there.
+            if exists || !mount.read_only {
+                exclude.push(path.clone());
+            }
+        }
         out.push(MountPlan {
             source: real,
+            exclude,
             ..mount.clone()
         });
     }
     Ok(out)
+}
+
+/// Checks on the host that `exclude` names a directory beneath `source`
+/// (or nothing yet: `false`), reached without a symbolic link. The
+/// runtime checks again as it mounts, from inside; this says it before
+/// anything starts.
+fn check_exclude(source: &Path, exclude: &Path) -> Result<bool, ExcludeRefused> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+
+    let Ok(dir) = std::fs::File::open(source) else {
+        return Ok(true); // The runtime reports a missing source.
+    };
+    let opened = rustix::fs::openat2(
+        &dir,
+        exclude,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    );
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => {
+            return Err(ExcludeRefused::Symlink)
+        }
+        Err(rustix::io::Errno::NOTDIR) => return Err(ExcludeRefused::NotADirectory),
+        // Kernels before 5.6: the runtime's own check decides.
+        Err(rustix::io::Errno::NOSYS) => return Ok(true),
+        Err(e) => return Err(ExcludeRefused::Open(e)),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(ExcludeRefused::Open)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Directory => Ok(true),
+        FileType::Symlink => Err(ExcludeRefused::Symlink),
+        _ => Err(ExcludeRefused::NotADirectory),
+    }
+}
+
+/// The mounts as the sandbox takes them, and the workspace's excludes: a
+/// writable mount of the workspace itself at `/workspace` (moat.yaml
+/// `{source: ., target: /workspace, exclude: [...]}`) is the workspace
+/// mount every sandbox has, so it only brings its excludes. Any other
+/// mount at `/workspace` stays, for the sandbox to refuse.
+pub(crate) fn for_sandbox(
+    workspace: &Path,
+    mounts: &[MountPlan],
+) -> (Vec<moat_sandbox::BindMount>, Vec<PathBuf>) {
+    let real_workspace = real_path_lenient(workspace);
+    let mut workspace_exclude = Vec::new();
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let of_workspace = m.target == Path::new(moat_sandbox::WORKSPACE_IN_SANDBOX)
+            && !m.read_only
+            && real_path_lenient(&m.source) == real_workspace;
+        if of_workspace {
+            workspace_exclude.extend(m.exclude.iter().cloned());
+            continue;
+        }
+        out.push(moat_sandbox::BindMount {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+            exclude: m.exclude.clone(),
+        });
+    }
+    (out, workspace_exclude)
 }
 
 /// The mount as the user wrote it: `./data:/data:ro`.
@@ -386,6 +505,7 @@ mod tests {
             target: "/data".into(),
             read_only: true,
             relative,
+            exclude: Vec::new(),
         }
     }
 
@@ -468,6 +588,69 @@ mod tests {
         assert!(resolve_beneath(&ws, &ws.join("rel/x")).is_err());
         assert!(resolve_beneath(&ws, &ws.join("dangling")).is_err());
         assert!(resolve_beneath(&ws, &root.join("secret")).is_err());
+    }
+
+    #[test]
+    fn excludes_are_directories_beneath_the_mount_reached_without_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(ws.join("node_modules/.bin")).unwrap();
+        std::fs::create_dir_all(ws.join("real")).unwrap();
+        std::fs::write(ws.join("file"), "").unwrap();
+        std::os::unix::fs::symlink("real", ws.join("link")).unwrap();
+        std::os::unix::fs::symlink("/etc", ws.join("out")).unwrap();
+        let check = |e: &str| check_exclude(&ws, Path::new(e));
+        assert!(check("node_modules").unwrap());
+        assert!(check("node_modules/.bin").unwrap());
+        assert!(!check("dist").unwrap());
+        assert!(matches!(check("link"), Err(ExcludeRefused::Symlink)));
+        assert!(matches!(check("link/x"), Err(ExcludeRefused::Symlink)));
+        assert!(matches!(check("out"), Err(ExcludeRefused::Symlink)));
+        assert!(matches!(check("file"), Err(ExcludeRefused::NotADirectory)));
+        assert!(matches!(
+            check("file/x"),
+            Err(ExcludeRefused::NotADirectory)
+        ));
+
+        // Missing under a read-only mount: dropped; under a writable one:
+        // kept (the runtime makes its mount point).
+        let with = |read_only, exclude: &[&str]| MountPlan {
+            read_only,
+            exclude: exclude.iter().map(PathBuf::from).collect(),
+            ..mount(&ws, true)
+        };
+        let kept = |read_only| {
+            prepare(
+                &Floors::default(),
+                &ws,
+                &[with(read_only, &["node_modules", "dist"])],
+            )
+            .unwrap()
+            .remove(0)
+            .exclude
+        };
+        assert_eq!(kept(true), [PathBuf::from("node_modules")]);
+        assert_eq!(kept(false).len(), 2);
+        let err = prepare(&Floors::default(), &ws, &[with(false, &["link"])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mount .:/data: exclude link is, or passes through, a symbolic link; moat hides \
+             only a directory beneath the mount."
+        );
+
+        // The workspace mounted at /workspace gives the workspace's
+        // excludes; a read-only one stays a mount (the sandbox refuses it).
+        let at_workspace = |read_only| MountPlan {
+            target: "/workspace".into(),
+            ..with(read_only, &["node_modules"])
+        };
+        let (mounts, workspace) = for_sandbox(&ws, &[at_workspace(false), with(true, &["a"])]);
+        assert_eq!(workspace, [PathBuf::from("node_modules")]);
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].exclude, [PathBuf::from("a")]);
+        let (mounts, workspace) = for_sandbox(&ws, &[at_workspace(true)]);
+        assert!(workspace.is_empty());
+        assert_eq!(mounts.len(), 1);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct MountPlan {
     /// Written relative to the workspace: it must resolve inside it, even
     /// through symlinks (checked when the plan is executed).
     pub relative: bool,
+    /// Paths relative to `target` hidden behind an empty, writable tmpfs
+    /// (moat.yaml `exclude:`).
+    pub exclude: Vec<PathBuf>,
 }
 
 /// An MCP server reachable through the proxy's relay.
@@ -386,6 +389,7 @@ fn mounts(
         target: m.target.clone(),
         read_only: m.read_only,
         relative: m.relative,
+        exclude: m.exclude.clone(),
     };
     let mut mounts: Vec<MountPlan> = config
         .map(|c| c.mounts.iter().map(planned).collect())

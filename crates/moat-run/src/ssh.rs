@@ -166,11 +166,13 @@ impl SshAccess {
                     source: running.dir().to_path_buf(),
                     target: AGENT_DIR_IN_SANDBOX.into(),
                     read_only: false,
+                    exclude: Vec::new(),
                 },
                 BindMount {
                     source: moat,
                     target: MOAT_IN_SANDBOX.into(),
                     read_only: true,
+                    exclude: Vec::new(),
                 },
             ],
             env: vec![(

@@ -479,6 +479,7 @@ fn sandbox_request(
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
     let sidecars = plan_sidecars(plan, &mut variables);
+    let (mounts, workspace_exclude) = crate::mounts::for_sandbox(&plan.workspace, &plan.mounts);
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
         context: "locating the moat binary for the sandbox's capture relay".into(),
         error: e,
@@ -489,16 +490,9 @@ fn sandbox_request(
         workspace: plan.workspace.clone(),
         command: plan.command.clone(),
         env: variables,
-        mounts: plan
-            .mounts
-            .iter()
-            .map(|m| moat_sandbox::BindMount {
-                source: m.source.clone(),
-                target: m.target.clone(),
-                read_only: m.read_only,
-            })
-            .collect(),
+        mounts,
         protected: plan.protected.clone(),
+        workspace_exclude,
         files: env
             .files()
             .into_iter()

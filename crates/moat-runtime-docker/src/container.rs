@@ -62,6 +62,47 @@ fn protected_and_mount_binds(spec: &ContainerSpec) -> Vec<String> {
     protected.chain(mounts).collect()
 }
 
+/// Options of the tmpfs over an excluded path: writable by whoever runs
+/// inside, programs allowed (`node_modules/.bin`), never set-id or devices.
+const EXCLUDE_TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev,mode=1777";
+
+/// The excluded paths inside, the workspace's and the mounts'
+/// (`<target>/<exclude>`).
+fn excluded_paths(spec: &ContainerSpec) -> Vec<String> {
+    let workload = &spec.workload;
+    let workspace = workload
+        .workspace_exclude
+        .iter()
+        .map(|e| Path::new(WORKSPACE_IN_CONTAINER).join(e));
+    let mounts = workload
+        .mounts
+        .iter()
+        .flat_map(|m| m.exclude.iter().map(|e| m.target.join(e)));
+    workspace
+        .chain(mounts)
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+/// A tmpfs over each excluded path (`HostConfig.Tmpfs`, mounted after the
+/// binds it lies in): empty inside, and what the sandbox writes there never
+/// reaches the host. Podman copies what the path holds into a new tmpfs
+/// unless told `notmpcopyup` (that would show the host's files), and makes
+/// it root's, mode 0755, unless told `U` (owned by the container's user).
+fn excluded_tmpfs(
+    paths: &[String],
+    podman: bool,
+) -> Option<std::collections::HashMap<String, String>> {
+    let options = if podman {
+        format!("{EXCLUDE_TMPFS_OPTIONS},notmpcopyup,U")
+    } else {
+        EXCLUDE_TMPFS_OPTIONS.to_owned()
+    };
+    let tmpfs: std::collections::HashMap<String, String> =
+        paths.iter().map(|p| (p.clone(), options.clone())).collect();
+    (!tmpfs.is_empty()).then_some(tmpfs)
+}
+
 fn tar_files(files: &[InjectedFile]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
     for f in files {
@@ -447,8 +488,10 @@ impl DockerRuntime {
                 Some(vec![self.host_gateway_entry()]),
             ),
         };
+        let podman = self.engine_kind() == crate::connect::Engine::Podman;
         HostConfig {
             binds: Some(binds),
+            tmpfs: excluded_tmpfs(&excluded_paths(spec), podman),
             memory: spec
                 .memory_mb
                 .map(|m| (m as i64).saturating_mul(1024 * 1024)),

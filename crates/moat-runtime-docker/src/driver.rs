@@ -227,6 +227,7 @@ impl ContainerDriver {
                 source: socket.clone(),
                 target: ENGINE_SOCKET_IN_SANDBOX.into(),
                 read_only: false,
+                exclude: Vec::new(),
             });
             spec.workload.env.retain(|(k, _)| k != "DOCKER_HOST");
             spec.workload.env.push((

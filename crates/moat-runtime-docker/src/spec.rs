@@ -374,6 +374,7 @@ mod tests {
             source: std::env::temp_dir(),
             target: "/a:b".into(),
             read_only: true,
+            exclude: Vec::new(),
         });
         assert!(s.validate().is_err(), "':' has no place in a bind");
         let mut s = spec();

@@ -201,6 +201,23 @@ pub(crate) enum SetupError {
         /// The OS error.
         error: io::Error,
     },
+    /// An excluded path that cannot be hidden.
+    #[error(
+        "cannot exclude {} from the mount at {} ({what}: {error}); moat hides only a \
+         directory beneath the mount.",
+        path.display(),
+        target.display()
+    )]
+    Exclude {
+        /// The mount's target inside the sandbox.
+        target: PathBuf,
+        /// The path, relative to the target.
+        path: PathBuf,
+        /// The step, or what the path is.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
     /// Preparing a user namespace for a root caller.
     #[error("cannot create a user namespace. {}", crate::userns::namespace_hint())]
     UserNamespace,

@@ -54,6 +54,7 @@ mod capture;
 mod cgroup;
 mod driver;
 mod error;
+mod exclude;
 mod identity;
 pub mod init;
 mod nft;

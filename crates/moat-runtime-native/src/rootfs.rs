@@ -109,6 +109,8 @@ pub(crate) struct HostMount {
     target: PathBuf,
     read_only: bool,
     is_dir: bool,
+    /// Paths beneath `target` hidden behind a tmpfs (see `exclude.rs`).
+    exclude: Vec<PathBuf>,
 }
 
 /// Host paths from the spec, canonicalised by the init while it still sees
@@ -144,6 +146,7 @@ impl HostPaths {
                 source: HostSource::Path(source),
                 target: m.target.clone(),
                 read_only: m.read_only,
+                exclude: m.exclude.clone(),
             });
         }
         let proxy_socket = match &spec.network {
@@ -156,6 +159,7 @@ impl HostPaths {
                 target: PathBuf::from(PROXY_SOCKET_DIR_IN_SANDBOX),
                 read_only: true,
                 is_dir: true,
+                exclude: Vec::new(),
             }),
         };
         Ok(HostPaths {
@@ -164,6 +168,8 @@ impl HostPaths {
                 target: PathBuf::from(WORKSPACE_IN_SANDBOX),
                 read_only: false,
                 is_dir: true,
+                // Its excludes come after its protected paths (`build`).
+                exclude: Vec::new(),
             },
             mounts,
             proxy_socket,
@@ -286,6 +292,21 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> SetupResult<()> {
 }
 
 /// Shows `m` at its target: a bind of its host path (translated to where
+/// the host root is now), or its detached tree moved into place; then
+/// hides its excluded paths behind tmpfs of at most `tmpfs_size` bytes.
+fn show_excluding(mut m: HostMount, ids: Ids, tmpfs_size: u64) -> SetupResult<()> {
+    let exclude = std::mem::take(&mut m.exclude);
+    let (target, read_only) = (m.target.clone(), m.read_only);
+    show(m)?;
+    let excluded = crate::exclude::Excluded {
+        target: &target,
+        paths: &exclude,
+        read_only,
+    };
+    crate::exclude::apply(&excluded, ids, tmpfs_size)
+}
+
+/// Shows `m` at its target: a bind of its host path (translated to where
 /// the host root is now), or its detached tree moved into place.
 fn show(m: HostMount) -> SetupResult<()> {
     if m.is_dir {
@@ -323,8 +344,14 @@ pub(crate) fn build(
     build_dev(&sized("1777"))?;
 
     let ws = Path::new(WORKSPACE_IN_SANDBOX);
+    let workspace_exclude = crate::exclude::Excluded {
+        target: ws,
+        paths: &spec.workload.workspace_exclude,
+        read_only: false,
+    };
     show(paths.workspace)?;
     crate::protect::apply(&spec.workload.protected, ids)?;
+    crate::exclude::apply(&workspace_exclude, ids, tmpfs_size)?;
 
     let home = spec.home_in_sandbox();
     mkdir_p(&home, 0o755)?;
@@ -335,7 +362,7 @@ pub(crate) fn build(
     )?;
 
     for m in paths.mounts {
-        show(m)?;
+        show_excluding(m, ids, tmpfs_size)?;
     }
     if let Some(sock) = paths.proxy_socket {
         show_proxy_socket(spec, sock)?;

@@ -323,6 +323,7 @@ mod tests {
             source: "/etc".into(),
             target: "/proc/x".into(),
             read_only: true,
+            exclude: Vec::new(),
         });
         assert!(s.validate().is_err());
     }

@@ -183,11 +183,13 @@ fn extra_mounts_read_only_and_read_write() {
             source: ro.path().into(),
             target: "/data/ro".into(),
             read_only: true,
+            exclude: Vec::new(),
         },
         BindMount {
             source: rw.path().into(),
             target: "/data/rw".into(),
             read_only: false,
+            exclude: Vec::new(),
         },
     ];
     let r = run(&s);
@@ -440,6 +442,49 @@ fn command_not_found_exits_127() {
 }
 
 #[test]
+fn excluded_paths_are_tmpfs_and_links_are_refused_inside() {
+    let ws = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("node_modules")).unwrap();
+    std::fs::write(src.path().join("node_modules/f"), "host").unwrap();
+    let mut s = spec(
+        ws.path(),
+        sh("cd /data/node_modules && ls -A && echo in > f && cat f; if test -d /data/new; then echo new; fi"),
+    );
+    let mount = BindMount {
+        source: src.path().into(),
+        target: "/data".into(),
+        read_only: true,
+        exclude: vec!["node_modules".into(), "new".into()],
+    };
+    s.workload.mounts = vec![mount.clone()];
+    let r = run(&s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Missing under a read-only mount: left alone, the host unwritten.
+    assert_eq!(r.stdout, "in\n");
+    assert!(!src.path().join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(src.path().join("node_modules/f")).unwrap(),
+        "host"
+    );
+
+    // A link swapped in after moat-run's check: refused by the init.
+    std::fs::remove_dir_all(src.path().join("node_modules")).unwrap();
+    std::os::unix::fs::symlink("/etc", src.path().join("node_modules")).unwrap();
+    s.workload.command = vec!["true".into()];
+    let r = run(&s);
+    assert_eq!(r.code, 120);
+    assert!(
+        r.stderr.contains(
+            "cannot exclude node_modules from the mount at /data (it is, or passes through, a \
+             symbolic link"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn setup_errors_name_the_path() {
     let r = run(&spec(
         Path::new("/nonexistent/moat-project"),
@@ -458,6 +503,7 @@ fn setup_errors_name_the_path() {
         source: "/nonexistent/source-dir".into(),
         target: "/data".into(),
         read_only: true,
+        exclude: Vec::new(),
     });
     let r = run(&s);
     assert_eq!(r.code, 120);

@@ -83,6 +83,21 @@ pub struct BindMount {
     pub target: PathBuf,
     /// Mount read-only (recommended) instead of read-write.
     pub read_only: bool,
+    /// Paths relative to `target` (clean, normal components only) hidden
+    /// behind an empty, writable tmpfs of their own: what the sandbox
+    /// writes there never reaches the host, even under a read-only mount.
+    /// A runtime resolves each beneath the mount without following
+    /// symbolic links.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<PathBuf>,
+}
+
+/// Whether `path` is a clean relative path (no `..`, no root, not empty).
+pub fn clean_relative(path: &std::path::Path) -> bool {
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// A path of the workspace the sandbox may read but not change: what the
@@ -114,11 +129,7 @@ pub enum ProtectedView {
 impl ProtectedPath {
     /// Whether `path` is a clean relative path (no `..`, no root, not empty).
     pub fn is_clean(&self) -> bool {
-        !self.path.as_os_str().is_empty()
-            && self
-                .path
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)))
+        clean_relative(&self.path)
     }
 }
 
@@ -158,6 +169,10 @@ pub struct Workload {
     pub command: Vec<String>,
     /// Workspace paths the command may read but not change.
     pub protected: Vec<ProtectedPath>,
+    /// Workspace paths hidden behind an empty, writable tmpfs, as a
+    /// mount's [`BindMount::exclude`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspace_exclude: Vec<PathBuf>,
 }
 
 impl Workload {
@@ -186,6 +201,14 @@ impl Workload {
         }
         if let Some(p) = self.protected.iter().find(|p| !p.is_clean()) {
             return Err(InvalidWorkload::UncleanProtected(p.path.clone()));
+        }
+        let excludes = self
+            .mounts
+            .iter()
+            .flat_map(|m| &m.exclude)
+            .chain(&self.workspace_exclude);
+        if let Some(e) = excludes.into_iter().find(|e| !clean_relative(e)) {
+            return Err(InvalidWorkload::UncleanExclude(e.clone()));
         }
         let managed = Managed(reserved);
         for m in &self.mounts {
@@ -258,6 +281,9 @@ pub enum InvalidWorkload {
     /// A protected path that is not clean and relative.
     #[error("a protected workspace path must be relative without '.' or '..': {}", .0.display())]
     UncleanProtected(PathBuf),
+    /// An excluded path that is not clean and relative.
+    #[error("an excluded path must be relative to its mount without '.' or '..': {}", .0.display())]
+    UncleanExclude(PathBuf),
     /// A mount from a relative host path.
     #[error("mount source must be an absolute host path: {}", .0.display())]
     RelativeMountSource(PathBuf),
@@ -432,6 +458,9 @@ pub struct SandboxRequest {
     pub mounts: Vec<BindMount>,
     /// Workspace paths the command may read but not change.
     pub protected: Vec<ProtectedPath>,
+    /// Workspace paths hidden behind an empty, writable tmpfs (moat.yaml
+    /// `{source: ., target: /workspace, exclude: [...]}`).
+    pub workspace_exclude: Vec<PathBuf>,
     /// Files put into the sandbox before the command starts.
     pub files: Vec<InjectedFile>,
     /// SSH access, when the run has SSH grants.
@@ -471,6 +500,7 @@ impl SandboxRequest {
             env: self.all_env(),
             command: self.command.clone(),
             protected: self.protected.clone(),
+            workspace_exclude: self.workspace_exclude.clone(),
         }
     }
 
@@ -849,6 +879,7 @@ mod tests {
             source: source.into(),
             target: target.into(),
             read_only: true,
+            exclude: Vec::new(),
         }
     }
 
@@ -927,6 +958,23 @@ mod tests {
                 },
             ),
             (
+                "exclude ..",
+                Workload {
+                    mounts: vec![BindMount {
+                        exclude: vec!["a/../../b".into()],
+                        ..mount("/srv", "/data")
+                    }],
+                    ..workload()
+                },
+            ),
+            (
+                "absolute workspace exclude",
+                Workload {
+                    workspace_exclude: vec!["/etc".into()],
+                    ..workload()
+                },
+            ),
+            (
                 "file ..",
                 Workload {
                     files: vec![file("/etc/../root/x")],
@@ -973,6 +1021,7 @@ mod tests {
             ],
             mounts: vec![],
             protected: vec![],
+            workspace_exclude: vec![],
             files: vec![],
             ssh: None,
             proxy: ProxyAccess {
@@ -1003,6 +1052,7 @@ mod tests {
                 source: "/a".into(),
                 target: "/run/moat/ssh".into(),
                 read_only: false,
+                exclude: Vec::new(),
             }],
             env: vec![("SSH_AUTH_SOCK".into(), "/run/moat/ssh/s".into())],
             files: vec![InjectedFile {

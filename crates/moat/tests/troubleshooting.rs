@@ -54,6 +54,7 @@ const PROVOKED: &[&str] = &[
     "the SSH agent holds several keys",
     "moat.yaml changed while a run had the workspace mounted",
     "moat never mounts it into a sandbox",
+    "exclude … is, or passes through, a symbolic link",
     "cannot map the ownership of the workspace for the sandbox",
     "service failed to become ready",
     "service provisioning failed",
@@ -648,6 +649,24 @@ fn sandbox_boundary_errors_are_documented() {
     out.failure();
     documented(
         "cannot map the ownership of the workspace for the sandbox",
+        &t.normalize(&out.stderr),
+    );
+}
+
+#[test]
+fn a_symlinked_mount_exclude_is_documented() {
+    let t = Env::new();
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "mounts:\n  - {source: ., target: /workspace, exclude: [node_modules]}\n",
+    )
+    .unwrap();
+    std::fs::create_dir(t.project().join("vendor")).unwrap();
+    std::os::unix::fs::symlink("vendor", t.project().join("node_modules")).unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented(
+        "exclude … is, or passes through, a symbolic link",
         &t.normalize(&out.stderr),
     );
 }
