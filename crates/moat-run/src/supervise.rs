@@ -89,6 +89,7 @@ pub fn execute(
         target: m.target,
         read_only: m.read_only,
         relative: false,
+        exclude: Vec::new(),
     }))
     .chain(plan.mounts.iter().cloned())
     .collect();

@@ -301,6 +301,7 @@ impl Worktree {
             target: source.clone(),
             source,
             read_only,
+            exclude: Vec::new(),
         };
         let mut mounts = vec![mount(self.common_dir.clone(), true)];
         for name in ["objects", "refs", "logs"] {
