@@ -449,6 +449,27 @@ pub fn clean(
     Ok(cleaned)
 }
 
+/// `moat clean`: the worktrees of every repository `runs` worked in
+/// whose runs have all stopped, removed (branches are kept). A
+/// repository that moved or a worktree git no longer knows is skipped.
+pub fn clean_for_runs(home: &MoatHome, runs: &[RunMetadata]) -> Vec<Listed> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut removed = Vec::new();
+    for path in runs.iter().filter_map(|r| r.worktree_path.as_deref()) {
+        let Ok(repo) = Repository::discover(path) else {
+            continue;
+        };
+        if seen.contains(&repo.common_dir) {
+            continue;
+        }
+        seen.push(repo.common_dir.clone());
+        if let Ok(cleaned) = clean(home, &repo, None) {
+            removed.extend(cleaned.removed);
+        }
+    }
+    removed
+}
+
 /// Removes the empty directories a branch with slashes left (`feature/`).
 fn remove_empty_parents(path: &Path, base: &Path) {
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());

@@ -194,3 +194,28 @@ fn a_run_still_active_in_the_worktree_is_named_with_the_fix() {
     bad.failure();
     assert!(bad.stderr.contains("invalid branch name"), "{}", bad.stderr);
 }
+
+#[test]
+fn moat_clean_removes_the_worktrees_of_stopped_runs_and_keeps_their_branches() {
+    let repo = Repo::new();
+    repo.wt("tidy/me", &format!("echo x > x && git add x && {COMMIT} x"))
+        .success();
+    let listed = repo.moat_args(&["wt", "list"]);
+    listed.success();
+    assert!(listed.stdout.contains("tidy/me"), "{}", listed.stdout);
+    let clean = repo.moat_args(&["clean", "--force"]);
+    clean.success();
+    assert!(
+        clean
+            .stdout
+            .contains("Removed the worktree of tidy/me (the branch stays)."),
+        "{}",
+        clean.stdout
+    );
+    let listed = repo.moat_args(&["wt", "list"]);
+    assert!(!listed.stdout.contains("tidy/me"), "{}", listed.stdout);
+    assert!(repo
+        .git(&["branch", "--list", "tidy/me"])
+        .contains("tidy/me"));
+    assert!(repo.git(&["log", "--oneline", "tidy/me"]).contains(" x"));
+}

@@ -214,6 +214,9 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     }
     let containers = moat_run::remove_leftovers(&store);
     outln!("Removed {} runs.", stopped.len());
+    for w in moat_run::worktree::clean_for_runs(&ctx.home, &stopped) {
+        outln!("Removed the worktree of {} (the branch stays).", w.branch);
+    }
     if containers > 0 {
         outln!("Removed {containers} leftover containers.");
     }
