@@ -55,11 +55,12 @@ pub fn format_prune(report: &PruneReport, dry_run: bool) -> String {
     for r in &report.removed {
         out.push_str(&format!("{verb} {} ({})\n", r.id, r.trigger.as_str()));
     }
-    out.push_str(&format!(
-        "{} snapshots {verb}, {} kept",
-        report.removed.len(),
-        report.kept
-    ));
+    let (removed, kept) = (report.removed.len(), report.kept);
+    out.push_str(&if dry_run {
+        format!("would remove {removed} snapshot(s), keep {kept}")
+    } else {
+        format!("removed {removed} snapshot(s), kept {kept}")
+    });
     if !dry_run {
         out.push_str(&format!(
             "; {} blobs deleted ({})",

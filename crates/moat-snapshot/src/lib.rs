@@ -12,6 +12,7 @@
 //! counted in the record. `.git` is snapshotted like any directory: it is
 //! part of what must be restorable. Everything is `0600`/`0700`.
 
+pub mod action;
 mod error;
 mod format;
 mod model;
@@ -20,6 +21,7 @@ mod restore;
 pub mod store;
 mod take;
 
+pub use crate::action::{perform, Action};
 pub use crate::error::SnapshotError;
 pub use crate::format::{format_list, format_prune, format_taken};
 pub use crate::model::{decode_name, encode_name, Entry, Kind, Record, Trigger};
