@@ -107,6 +107,8 @@ pub struct RunPlan {
     /// The config file the plan was made from (its fingerprint): the run
     /// opens only if the workspace still holds that file.
     pub config_used: Option<moat_trust::ConfigUsed>,
+    /// moat.yaml `snapshots:` (the pre-run snapshot is on by default).
+    pub snapshots: moat_config::SnapshotConfig,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -289,6 +291,7 @@ impl RunPlan {
             allow_write,
             protected: Vec::new(),
             config_used: None,
+            snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
         })
     }
 }

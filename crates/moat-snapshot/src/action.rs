@@ -111,3 +111,31 @@ fn restore(
         report.written
     ))
 }
+
+/// The pre-run snapshot of `workspace` for `run_id`, taken before the
+/// sandbox starts when `exclude` is given (`None`: disabled in moat.yaml).
+/// A failure is logged, not fatal: the run goes on without it.
+pub fn pre_run(
+    home: &MoatHome,
+    workspace: &std::path::Path,
+    run_id: &str,
+    exclude: Option<&[String]>,
+) {
+    let Some(exclude) = exclude else {
+        return;
+    };
+    let opts = TakeOptions {
+        run_id: Some(run_id.to_owned()),
+        label: None,
+        trigger: Trigger::PreRun,
+        exclude: exclude.to_vec(),
+    };
+    let taken = Store::open(home, workspace).and_then(|store| store.take(&opts));
+    match taken {
+        Ok(r) => tracing::debug!(id = %r.id, new_bytes = r.new_bytes, "pre-run snapshot"),
+        Err(e) => tracing::warn!(
+            "the pre-run snapshot of {} failed: {e}",
+            workspace.display()
+        ),
+    }
+}

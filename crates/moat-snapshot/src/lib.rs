@@ -21,7 +21,7 @@ mod restore;
 pub mod store;
 mod take;
 
-pub use crate::action::{perform, Action};
+pub use crate::action::{perform, pre_run, Action};
 pub use crate::error::SnapshotError;
 pub use crate::format::{format_list, format_prune, format_taken};
 pub use crate::model::{decode_name, encode_name, Entry, Kind, Record, Trigger};

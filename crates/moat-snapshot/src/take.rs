@@ -98,6 +98,12 @@ impl Store {
                 files_read: 0,
             },
         };
+        // A store inside the workspace (MOAT_HOME there) is never copied
+        // into itself.
+        let snapshots_root = self.dir.parent().unwrap_or(&self.dir);
+        if let Ok(rel) = snapshots_root.strip_prefix(&self.workspace) {
+            walk.exclude.insert(rel.to_path_buf());
+        }
         let prev_root = previous.map(|p| p.root);
         let root = walk.dir(&self.workspace, Path::new(""), prev_root.as_deref())?;
         walk.record.root = root;

@@ -199,3 +199,37 @@ fn walk_all(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_store_inside_the_workspace_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    fs::create_dir_all(&ws).unwrap();
+    fs::write(ws.join("a"), "a").unwrap();
+    let store = Store::open(&MoatHome::at(ws.join(".moat-home")), &ws).unwrap();
+    let snap = store.take(&opts(Trigger::Manual)).unwrap();
+    // The home's other files (the lock's directory) are there, the store not.
+    let names: Vec<String> = store
+        .read_tree(&snap.root)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["a", ".moat-home"]
+            .iter()
+            .rev()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    );
+    let home = store
+        .read_tree(
+            &store.read_tree(&snap.root).unwrap()[0]
+                .hash
+                .clone()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(home.is_empty(), "{home:?}");
+}
