@@ -19,7 +19,7 @@ pub fn format_taken(r: &Record) -> String {
     );
     if r.skipped_count > 0 {
         line.push_str(&format!(
-            "; {} special files left out ({})",
+            "; {} left out: {}",
             r.skipped_count,
             r.skipped.join(", ")
         ));

@@ -104,7 +104,7 @@ impl Store {
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(src)
-            .map_err(SnapshotError::io("reading", src))?;
+            .map_err(SnapshotError::io("opening", src))?;
         let meta = input
             .metadata()
             .map_err(SnapshotError::io("reading", src))?;

@@ -105,7 +105,12 @@ impl Store {
             walk.exclude.insert(rel.to_path_buf());
         }
         let prev_root = previous.map(|p| p.root);
-        let root = walk.dir(&self.workspace, Path::new(""), prev_root.as_deref())?;
+        let root = walk
+            .dir(&self.workspace, Path::new(""), prev_root.as_deref())?
+            .ok_or_else(|| {
+                let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+                SnapshotError::io("listing", &self.workspace)(denied)
+            })?;
         walk.record.root = root;
         walk.record.created_at = Utc::now();
         self.save_record(&walk.record)?;
@@ -115,8 +120,13 @@ impl Store {
 
 impl Walk<'_> {
     /// Stores the directory `abs` (`rel` in the workspace); `prev` is its
-    /// tree in the previous snapshot.
-    fn dir(&mut self, abs: &Path, rel: &Path, prev: Option<&str>) -> R<String> {
+    /// tree in the previous snapshot. `None`: the caller may not list it.
+    fn dir(&mut self, abs: &Path, rel: &Path, prev: Option<&str>) -> R<Option<String>> {
+        let listing = match fs::read_dir(abs) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
+            Err(e) => return Err(SnapshotError::io("listing", abs)(e)),
+        };
         self.record.dirs += 1;
         let prev: HashMap<String, Entry> = match prev {
             Some(h) => self.store.read_tree(h).unwrap_or_default(),
@@ -125,8 +135,7 @@ impl Walk<'_> {
         .into_iter()
         .map(|e| (e.name.clone(), e))
         .collect();
-        let mut names: Vec<_> = fs::read_dir(abs)
-            .map_err(SnapshotError::io("listing", abs))?
+        let mut names: Vec<_> = listing
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(SnapshotError::io("listing", abs))?;
@@ -147,7 +156,17 @@ impl Walk<'_> {
             self.record.new_bytes += size;
             self.record.new_objects += 1;
         }
-        Ok(hash)
+        Ok(Some(hash))
+    }
+
+    /// Leaves `rel` out of the snapshot, counted, with why.
+    fn skip(&mut self, rel: &Path, why: &str) {
+        self.record.skipped_count += 1;
+        if self.record.skipped.len() < 20 {
+            self.record
+                .skipped
+                .push(format!("{} ({why})", rel.display()));
+        }
     }
 
     fn entry(
@@ -183,7 +202,11 @@ impl Walk<'_> {
             let old_tree = old
                 .filter(|o| o.kind == Kind::Dir)
                 .and_then(|o| o.hash.clone());
-            entry.hash = Some(self.dir(abs, rel, old_tree.as_deref())?);
+            let Some(tree) = self.dir(abs, rel, old_tree.as_deref())? else {
+                self.skip(rel, "unreadable");
+                return Ok(None);
+            };
+            entry.hash = Some(tree);
         } else if ft.is_symlink() {
             entry.kind = Kind::Symlink;
             let target = fs::read_link(abs).map_err(SnapshotError::io("reading link", abs))?;
@@ -191,19 +214,20 @@ impl Walk<'_> {
             self.record.symlinks += 1;
         } else if ft.is_file() {
             entry.size = meta.len();
-            self.file(abs, &mut entry, old)?;
-        } else {
-            self.record.skipped_count += 1;
-            if self.record.skipped.len() < 20 {
-                self.record.skipped.push(rel.to_string_lossy().into_owned());
+            if !self.file(abs, &mut entry, old)? {
+                self.skip(rel, "unreadable");
+                return Ok(None);
             }
+        } else {
+            self.skip(rel, "special file");
             return Ok(None);
         }
         Ok(Some(entry))
     }
 
-    fn file(&mut self, abs: &Path, entry: &mut Entry, old: Option<&Entry>) -> R<()> {
-        self.record.files += 1;
+    /// Stores a file, or reuses its recorded hash; `false` when the caller
+    /// may not read it.
+    fn file(&mut self, abs: &Path, entry: &mut Entry, old: Option<&Entry>) -> R<bool> {
         let unchanged = old.filter(|o| {
             o.kind == Kind::File
                 && o.size == entry.size
@@ -216,9 +240,19 @@ impl Walk<'_> {
             entry.hash = old.hash.clone();
             // The recorded ctime stays, so the file stays trusted next time.
             self.record.bytes += entry.size;
-            return Ok(());
+            self.record.files += 1;
+            return Ok(true);
         }
-        let (hash, len, new) = self.store.put_file(abs, &mut self.made)?;
+        let (hash, len, new) = match self.store.put_file(abs, &mut self.made) {
+            Ok(stored) => stored,
+            Err(SnapshotError::Io {
+                action: "opening",
+                error,
+                ..
+            }) if error.kind() == std::io::ErrorKind::PermissionDenied => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.record.files += 1;
         entry.size = len;
         entry.hash = Some(hash);
         self.record.bytes += len;
@@ -228,6 +262,6 @@ impl Walk<'_> {
             self.record.new_bytes += len;
             self.record.new_objects += 1;
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -147,7 +147,7 @@ fn special_files_are_left_out_and_counted() {
     .unwrap();
     let snap = store.take(&opts(Trigger::Manual)).unwrap();
     assert_eq!(snap.skipped_count, 1);
-    assert_eq!(snap.skipped, vec!["fifo".to_owned()]);
+    assert_eq!(snap.skipped, vec!["fifo (special file)".to_owned()]);
 }
 
 #[test]
@@ -232,4 +232,47 @@ fn a_store_inside_the_workspace_is_left_out() {
         )
         .unwrap();
     assert!(home.is_empty(), "{home:?}");
+}
+
+#[test]
+fn files_and_directories_the_caller_cannot_read_are_left_out_and_counted() {
+    if !rustix::process::geteuid().is_root() {
+        return; // needs a second identity; tests run as root here
+    }
+    let (tmp, ws, _) = fixture();
+    fs::write(ws.join("secret"), "root only").unwrap();
+    fs::set_permissions(ws.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(ws.join("locked")).unwrap();
+    fs::write(ws.join("locked/x"), "x").unwrap();
+    fs::set_permissions(ws.join("locked"), fs::Permissions::from_mode(0o700)).unwrap();
+    for dir in [
+        tmp.path(),
+        ws.as_path(),
+        &ws.join("src"),
+        &ws.join("src/deep"),
+        &ws.join("empty"),
+    ] {
+        let mode = fs::metadata(dir).unwrap().permissions().mode();
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o755)).unwrap();
+    }
+    let home = tmp.path().join("nobody-home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    // This thread only: an unprivileged identity (the others keep root).
+    let snap = std::thread::spawn(move || {
+        rustix::thread::set_thread_res_uid(
+            rustix::process::Uid::from_raw_unchecked(65534),
+            rustix::process::Uid::from_raw_unchecked(65534),
+            rustix::process::Uid::from_raw_unchecked(0),
+        )
+        .unwrap();
+        let store = Store::open(&MoatHome::at(&home), &ws).unwrap();
+        store.take(&opts(Trigger::PreRun))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(snap.skipped_count, 2);
+    assert_eq!(snap.skipped, ["locked (unreadable)", "secret (unreadable)"]);
+    assert_eq!(snap.files, 5);
 }
