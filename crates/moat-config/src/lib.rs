@@ -32,7 +32,7 @@ pub use crate::error::{ConfigError, SpecError};
 pub use crate::mount::parse_allow_write;
 pub use crate::types::{
     ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
-    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, UnknownRuntime,
+    ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SnapshotConfig, UnknownRuntime,
 };
 
 /// File names looked up in the workspace, in order.

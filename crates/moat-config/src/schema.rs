@@ -20,7 +20,8 @@ use crate::suggest::closest;
 use crate::yaml::{Node, Resolved, Value};
 use crate::{
     ConfigError, ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount,
-    NetworkConfig, ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SpecError,
+    NetworkConfig, ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SnapshotConfig,
+    SpecError,
 };
 
 type R<T> = Result<T, ConfigError>;
@@ -46,6 +47,7 @@ const TOP_KEYS: &[&str] = &[
     "codex",
     "gemini",
     "allow_write",
+    "snapshots",
 ];
 
 /// Keys moat.yaml has elsewhere that this version does not implement yet:
@@ -60,7 +62,6 @@ const TOP_NOT_YET: &[&str] = &[
     "copilot",
     "pi",
     "language_servers",
-    "snapshots",
     "tracing",
 ];
 
@@ -336,6 +337,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "container" => cfg.container = container(ctx, value, path)?,
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
             "allow_write" => cfg.allow_write = allow_write(ctx, value, path)?,
+            "snapshots" => cfg.snapshots = snapshots(ctx, value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
             "claude" | "codex" | "gemini" => {
@@ -666,6 +668,54 @@ fn hooks(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Hooks> {
         }
     }
     Ok(hooks)
+}
+
+fn snapshots(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SnapshotConfig> {
+    let mut cfg = SnapshotConfig::default();
+    let known = &["disabled", "triggers", "exclude"];
+    for (key, value) in ctx.fields(node, path, known, &["retention"])? {
+        let p = join(path, key);
+        match key {
+            "disabled" => cfg.disabled = ctx.bool(value, &p)?,
+            "triggers" => {
+                let known = &[
+                    "disable_pre_run",
+                    "disable_git_commits",
+                    "disable_builds",
+                    "disable_idle",
+                ];
+                for (k, v) in ctx.fields(value, &p, known, &["idle_threshold_seconds"])? {
+                    let on = ctx.bool(v, &join(&p, k))?;
+                    if k == "disable_pre_run" {
+                        cfg.disable_pre_run = on;
+                    }
+                }
+            }
+            _ => {
+                for (_, v) in ctx.fields(value, &p, &["additional"], &["ignore_gitignore"])? {
+                    cfg.exclude = snapshot_excludes(ctx, v, &join(&p, "additional"))?;
+                }
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+/// `snapshots.exclude.additional`: relative paths inside the workspace.
+fn snapshot_excludes(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<String>> {
+    let mut out = Vec::new();
+    for (s, item, p) in ctx.string_list(node, path)? {
+        let rel = s.trim_start_matches("./").trim_end_matches('/');
+        let inside = !rel.is_empty()
+            && !rel.starts_with('/')
+            && !rel.split('/').any(|c| c == ".." || c == ".");
+        if !inside {
+            let message = format!("must be a path inside the workspace, found {s:?}");
+            return Err(ctx.invalid(item, &p, message));
+        }
+        out.push(rel.to_owned());
+    }
+    Ok(out)
 }
 
 fn container(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<ContainerLimits> {

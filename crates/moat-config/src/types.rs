@@ -31,6 +31,30 @@ pub struct ProjectConfig {
     /// `allow_write:`: protected workspace paths the sandbox may change
     /// (relative, normalised: `.vscode`, `.git/config`).
     pub allow_write: Vec<PathBuf>,
+    /// `snapshots:`.
+    pub snapshots: SnapshotConfig,
+}
+
+/// `snapshots:` in moat.yaml. The git-commit, build and idle triggers are
+/// not implemented: their `disable_*` switches are accepted (there is
+/// nothing to turn off), `idle_threshold_seconds`, `retention` and
+/// `exclude.ignore_gitignore` are "not supported yet".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// `disabled: true`: no automatic snapshot at all.
+    pub disabled: bool,
+    /// `triggers.disable_pre_run: true`.
+    pub disable_pre_run: bool,
+    /// `exclude.additional`: paths relative to the workspace, normalised
+    /// (`./target/` is `target`).
+    pub exclude: Vec<String>,
+}
+
+impl SnapshotConfig {
+    /// Whether a snapshot is taken before the sandbox starts.
+    pub fn pre_run(&self) -> bool {
+        !self.disabled && !self.disable_pre_run
+    }
 }
 
 /// `network:` in moat.yaml.

@@ -113,6 +113,8 @@ pub struct RunPlan {
     /// The git worktree the run works in (`moat wt`, `--worktree`); its
     /// directory is the workspace.
     pub worktree: Option<crate::worktree::Worktree>,
+    /// moat.yaml `snapshots:` (the pre-run snapshot is on by default).
+    pub snapshots: moat_config::SnapshotConfig,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -302,6 +304,7 @@ impl RunPlan {
             protected: Vec::new(),
             config_used: None,
             worktree: None,
+            snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
         })
     }
 }

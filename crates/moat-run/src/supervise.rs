@@ -108,6 +108,11 @@ pub fn execute(
     moat_home::ensure_private_dir(&home.runs_dir())?;
     let mut meta = record_start(&runs, home, plan, &grants, driver.name())?;
     let run_dir = runs.dir(&meta.id);
+    let pre_run = plan
+        .snapshots
+        .pre_run()
+        .then_some(&plan.snapshots.exclude[..]);
+    moat_snapshot::pre_run(home, &plan.workspace, meta.id.as_str(), pre_run);
     let (result, notices) = run_in_workspace(
         home,
         plan,

@@ -71,6 +71,8 @@ pub enum Command {
     /// Review and accept a workspace's moat.yaml, .moat/ and mount sources
     /// after a run changed them.
     Trust(TrustArgs),
+    /// Snapshot a run's workspace; list, restore or prune its snapshots.
+    Snapshot(SnapshotArgs),
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -464,4 +466,41 @@ pub enum GrantCommand {
 pub struct RevokeArgs {
     /// Provider to revoke (`mcp:NAME` for an MCP server token).
     pub provider: String,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SnapshotArgs {
+    /// Run id, id prefix or name.
+    #[arg(required = true)]
+    pub run: Option<String>,
+    /// A label for the snapshot.
+    #[arg(long)]
+    pub label: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<SnapshotAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// List a run's snapshots.
+    List { run: String },
+    /// Restore a snapshot (default: the run's latest) in place, or into --to DIR.
+    Restore {
+        /// Run id, id prefix or name.
+        run: String,
+        /// Snapshot id or unique prefix.
+        id: Option<String>,
+        /// A new or empty directory to restore into.
+        #[arg(long, value_name = "DIR")]
+        to: Option<std::path::PathBuf>,
+    },
+    /// Remove all but the newest snapshots (the pre-run one is always kept).
+    Prune {
+        run: String,
+        #[arg(long, default_value_t = 5)]
+        keep: usize,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

@@ -50,6 +50,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_sandbox::DriverError,
         moat_runtime_docker::DockerError,
         moat_ssh::SshError,
+        moat_snapshot::SnapshotError,
         moat_trust::TrustError,
     );
     None

@@ -61,6 +61,7 @@ const PROVOKED: &[&str] = &[
     "services need a container runtime",
     "Read-only file system (or Is a directory) on .git/hooks, .vscode, .claude, .envrc…",
     "the run created the git repository … what in it would run programs on the host was disabled",
+    "is mounted by active run: restoring in place would change files under it",
 ];
 
 /// Headings not provoked here, and why.
@@ -916,4 +917,27 @@ fn worktree_errors() {
     out.failure();
     documented("run is already active in the worktree", &out.stderr);
     t.run(&["stop", "fix-tests"]).success();
+}
+
+#[test]
+fn an_in_place_restore_under_an_active_run() {
+    let t = Env::new();
+    let out = t.run(&["run", "-d", "--name", "bg", "--", "sleep", "30"]);
+    out.success();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !t
+        .run(&["snapshot", "list", "bg"])
+        .stdout
+        .contains("pre-run")
+    {
+        assert!(std::time::Instant::now() < deadline, "no pre-run snapshot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = t.run(&["snapshot", "restore", "bg"]);
+    t.run(&["stop", "bg"]).success();
+    out.failure();
+    documented(
+        "is mounted by active run: restoring in place would change files under it",
+        &t.normalize(&out.stderr),
+    );
 }

@@ -9,6 +9,7 @@ mod grant;
 mod proxy;
 mod run;
 mod runs;
+mod snapshot;
 mod ssh;
 mod status;
 mod trace;
@@ -113,6 +114,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::doctor(&Context::from_global(&cli.global)?, args),
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
+        Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
     }
 }
 
