@@ -32,6 +32,7 @@ mod bundle;
 mod entry;
 mod error;
 mod key;
+mod pin;
 mod verify;
 mod writer;
 
@@ -40,6 +41,7 @@ pub use crate::entry::RUN_ID_FIELD;
 pub use crate::entry::{canonical_json, entry_hash, now_ts, Entry};
 pub use crate::error::{AuditError, KeyProblem, LineError, WriteFailure};
 pub use crate::key::SigningKey;
+pub use crate::pin::{installation_key, parse_public_key, pinned_key, PinError};
 pub use crate::verify::{
     read_attestations, read_log, verify_log, verify_run_log, Attestation, ChainError, LogLine,
     LogReport, SharedError, SignatureError, VerifyOptions,

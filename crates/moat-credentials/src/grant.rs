@@ -139,6 +139,42 @@ impl CredentialStore {
     }
 }
 
+impl ProviderSpec {
+    /// `builtin` or `custom` (from `providers.yaml`).
+    fn origin(&self) -> &'static str {
+        if self.builtin {
+            "builtin"
+        } else {
+            "custom"
+        }
+    }
+
+    /// This provider as `moat grant providers --json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "description": self.description,
+            "kind": self.kind.to_string(),
+            "type": self.origin(),
+            "hosts": self.host_patterns(),
+            "placeholder": self.placeholder.as_ref().map(|ph| &ph.env),
+        })
+    }
+
+    /// The columns of `moat grant providers`.
+    pub const COLUMNS: [&'static str; 4] = ["PROVIDER", "DESCRIPTION", "TYPE", "HOSTS"];
+
+    /// This provider's row under [`ProviderSpec::COLUMNS`].
+    pub fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.description.clone(),
+            self.origin().to_owned(),
+            self.host_patterns().join(", "),
+        ]
+    }
+}
+
 /// A stored grant as `moat grant list` shows it (and `--json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantRow {

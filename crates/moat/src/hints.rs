@@ -27,6 +27,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_agents::AgentError,
         moat_agents::install::InstallError,
         moat_audit::AuditError,
+        moat_audit::PinError,
         moat_config::ConfigError,
         moat_config::SpecError,
         moat_home::HomeError,

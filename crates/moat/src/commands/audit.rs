@@ -28,7 +28,7 @@ pub fn audit(ctx: &Context, args: AuditArgs) -> Result<ExitCode> {
             log.display()
         );
     }
-    let expected = installation_key(ctx)?;
+    let expected = moat_audit::installation_key(&ctx.home.audit_dir())?;
     // A run whose supervisor is gone has ended, whatever its metadata
     // says (read-only: the metadata is not rewritten here).
     let finished = !run.state.is_active() || !moat_storage::supervisor_alive(&run);
@@ -113,22 +113,7 @@ fn print_report(ctx: &Context, run: &str, report: &LogReport, pinned: bool) {
 
 fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> Result<ExitCode> {
     let bundle = Bundle::read(file)?;
-    let (pinned, whose) = match (key, trusted) {
-        (Some(key), _) => (Some(parse_key(key)?), "pinned with --key"),
-        (None, true) => match installation_key(ctx)? {
-            Some(k) => (Some(k), "this installation's key, pinned with --trusted"),
-            None => bail!(
-                "--trusted: this installation has no audit key ({} does not exist). \
-                 Pass the signer's public key with --key PUBKEY",
-                moat_audit::SigningKey::pub_path(&ctx.home.audit_dir()).display()
-            ),
-        },
-        (None, false) => (
-            None,
-            "not pinned: anyone can re-sign a bundle; check it is your installation's \
-             (MOAT_HOME/audit/signing.pub) or pass --key PUBKEY or --trusted",
-        ),
-    };
+    let (pinned, whose) = moat_audit::pinned_key(&ctx.home.audit_dir(), key, trusted)?;
     let report = verify_bundle_pinned(&bundle, pinned.as_deref());
     if ctx.json {
         outln!("{}", audit_json(&file.display().to_string(), &report));
@@ -146,37 +131,6 @@ fn verify_file(ctx: &Context, file: &Path, key: Option<&str>, trusted: bool) -> 
     out.push_str(&audit_verdict(&report));
     out!("{out}");
     Ok(exit(&report))
-}
-
-/// A public key given as 64 hex digits or as a file holding them.
-fn parse_key(arg: &str) -> Result<Vec<u8>> {
-    let text = match hex::decode(arg.trim()) {
-        Ok(key) if key.len() == 32 => return Ok(key),
-        _ => std::fs::read_to_string(arg).with_context(|| {
-            format!("--key {arg}: neither 64 hex digits nor a readable public key file")
-        })?,
-    };
-    match hex::decode(text.trim()) {
-        Ok(key) if key.len() == 32 => Ok(key),
-        _ => bail!("--key {arg}: the file does not hold a public key (64 hex digits)"),
-    }
-}
-
-/// This installation's public key (`MOAT_HOME/audit/signing.pub`).
-fn installation_key(ctx: &Context) -> Result<Option<Vec<u8>>> {
-    let path = moat_audit::SigningKey::pub_path(&ctx.home.audit_dir());
-    let Some(bytes) = moat_home::read_if_exists(&path)? else {
-        return Ok(None);
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    match hex::decode(text.trim()) {
-        Ok(key) if key.len() == 32 => Ok(Some(key)),
-        _ => bail!(
-            "{} is damaged (expected 64 hex digits). Moat rewrites it from signing.key: \
-             remove it and run: moat doctor",
-            path.display()
-        ),
-    }
 }
 
 fn exit(report: &LogReport) -> ExitCode {

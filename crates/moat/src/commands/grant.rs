@@ -219,40 +219,14 @@ fn show(ctx: &Context, registry: &ProviderRegistry, provider: &str) -> Result<Ex
 }
 
 fn providers(ctx: &Context, registry: &ProviderRegistry) -> Result<ExitCode> {
+    let all = registry.all();
     if ctx.json {
-        let rows: Vec<_> = registry
-            .all()
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "name": p.name,
-                    "description": p.description,
-                    "kind": p.kind.to_string(),
-                    "type": if p.builtin { "builtin" } else { "custom" },
-                    "hosts": p.host_patterns(),
-                    "placeholder": p.placeholder.as_ref().map(|ph| &ph.env),
-                })
-            })
-            .collect();
+        let rows: Vec<_> = all.iter().map(|p| p.to_json()).collect();
         outln!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let rows: Vec<Vec<String>> = all.iter().map(|p| p.row()).collect();
+        out!("{}", table(&ProviderSpec::COLUMNS, &rows));
     }
-    let rows: Vec<Vec<String>> = registry
-        .all()
-        .iter()
-        .map(|p| {
-            vec![
-                p.name.clone(),
-                p.description.clone(),
-                if p.builtin { "builtin" } else { "custom" }.to_string(),
-                p.host_patterns().join(", "),
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
-        table(&["PROVIDER", "DESCRIPTION", "TYPE", "HOSTS"], &rows)
-    );
     Ok(ExitCode::SUCCESS)
 }
 
