@@ -200,6 +200,11 @@ pub fn open(home: &MoatHome, repo: &Repository, branch: &str) -> Result<Worktree
     moat_home::ensure_private_dir(&root)?;
     moat_home::ensure_private_dir(&repo.worktrees_dir(home))?;
     let path = repo.worktrees_dir(home).join(branch);
+    // One `moat wt` of the repository at a time from here to the worktree
+    // made: `git worktree prune` in one would remove the half-made entry
+    // of another (its `gitdir` not written yet), and two could both find
+    // the same worktree free.
+    let _lock = moat_home::FileLock::acquire(&repo.worktrees_dir(home).join(".lock"))?;
     if let Some(run) = active_run(home, &path)? {
         return Err(WorktreeError::Active {
             run: run.name,
