@@ -27,7 +27,7 @@ pub use crate::format::{format_list, format_prune, format_taken};
 pub use crate::model::{decode_name, encode_name, Entry, Kind, Record, Trigger};
 pub use crate::prune::{PruneReport, DEFAULT_KEEP};
 pub use crate::restore::RestoreReport;
-pub use crate::store::{workspace_id, Store};
+pub use crate::store::{stores_dir, workspace_id, Store};
 pub use crate::take::{TakeOptions, RACY_MARGIN_NS};
 
 #[cfg(test)]

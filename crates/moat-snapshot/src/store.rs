@@ -33,14 +33,19 @@ pub fn workspace_id(workspace: &Path) -> String {
     hex::encode(&digest[..8])
 }
 
+/// Where every workspace's snapshot store lives: `MOAT_HOME/snapshots`.
+pub fn stores_dir(home: &MoatHome) -> std::path::PathBuf {
+    home.root().join("snapshots")
+}
+
 impl Store {
     /// The store of `workspace` (made absolute and canonical) in `home`,
     /// created `0700` if absent.
     pub fn open(home: &MoatHome, workspace: &Path) -> R<Store> {
         let workspace = fs::canonicalize(workspace)
             .map_err(SnapshotError::io("resolving workspace", workspace))?;
-        let dir = home.root().join("snapshots").join(workspace_id(&workspace));
-        ensure_private_dir(&home.root().join("snapshots"))?;
+        let dir = stores_dir(home).join(workspace_id(&workspace));
+        ensure_private_dir(&stores_dir(home))?;
         for sub in ["blobs", "snaps", "tmp"] {
             ensure_private_dir(&dir.join(sub))?;
         }

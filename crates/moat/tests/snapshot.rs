@@ -88,6 +88,20 @@ fn the_pre_run_snapshot_restores_the_exact_tree() {
 
     let ids = snapshot_ids(&t, "edits");
     assert_eq!(ids.len(), 1);
+    // `moat status` counts the store.
+    let status = t.run(&["status"]);
+    assert!(
+        status.stdout.lines().any(|l| l.starts_with("Snapshots: ")
+            && l.ends_with(&format!(
+                "MB under {}",
+                t.env.moat_home().join("snapshots").display()
+            ))),
+        "{}",
+        status.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&t.run(&["status", "--json"]).stdout).unwrap();
+    assert!(json["snapshots_bytes"].as_u64().unwrap() > 0, "{json}");
     let table = t.run(&["snapshot", "list", "edits"]).stdout;
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(r"snap_[0-9a-f]{12}", "snap_[ID]      ");

@@ -22,6 +22,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
     }
     let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
     let disk = moat_home::dir_size(&ctx.home.runs_dir());
+    let snapshots = moat_home::dir_size(&moat_snapshot::stores_dir(&ctx.home));
 
     if ctx.json {
         let value = serde_json::json!({
@@ -40,6 +41,7 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "total_runs": runs.len(),
             "total_disk_bytes": disk,
+            "snapshots_bytes": snapshots,
         });
         outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
@@ -85,6 +87,11 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
         active.len(),
         disk as f64 / 1e6,
         ctx.home.runs_dir().display()
+    );
+    outln!(
+        "Snapshots: {:.1} MB under {}",
+        snapshots as f64 / 1e6,
+        moat_snapshot::stores_dir(&ctx.home).display()
     );
     Ok(ExitCode::SUCCESS)
 }
