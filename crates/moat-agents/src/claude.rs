@@ -76,12 +76,8 @@ impl Agent for Claude {
         })
     }
 
-    fn stage(
-        &self,
-        ctx: &StageContext<'_>,
-        opts: &LaunchOptions,
-    ) -> Result<AgentLaunch, AgentError> {
-        let mut argv = vec![ctx.program.clone()];
+    fn argv(&self, program: &str, opts: &LaunchOptions) -> Vec<String> {
+        let mut argv = vec![program.to_owned()];
         if !opts.keep_permission_prompts {
             argv.push("--dangerously-skip-permissions".into());
         }
@@ -98,6 +94,15 @@ impl Agent for Claude {
             argv.extend(["-p".into(), prompt.clone()]);
         }
         argv.extend(opts.extra_args.iter().cloned());
+        argv
+    }
+
+    fn stage(
+        &self,
+        ctx: &StageContext<'_>,
+        opts: &LaunchOptions,
+    ) -> Result<AgentLaunch, AgentError> {
+        let argv = self.argv(&ctx.program, opts);
 
         let mut env = vec![
             // Updates would write into the read-only install; telemetry

@@ -71,12 +71,8 @@ impl Agent for Codex {
         ".codex/sessions"
     }
 
-    fn stage(
-        &self,
-        ctx: &StageContext<'_>,
-        opts: &LaunchOptions,
-    ) -> Result<AgentLaunch, AgentError> {
-        let mut argv = vec![ctx.program.clone()];
+    fn argv(&self, program: &str, opts: &LaunchOptions) -> Vec<String> {
+        let mut argv = vec![program.to_owned()];
         if opts.prompt.is_some() {
             // A workspace need not be a git repository.
             argv.extend(["exec".into(), "--skip-git-repo-check".into()]);
@@ -94,6 +90,15 @@ impl Agent for Codex {
         if let Some(prompt) = &opts.prompt {
             argv.push(prompt.clone());
         }
+        argv
+    }
+
+    fn stage(
+        &self,
+        ctx: &StageContext<'_>,
+        opts: &LaunchOptions,
+    ) -> Result<AgentLaunch, AgentError> {
+        let argv = self.argv(&ctx.program, opts);
         let config = config(ctx, opts)?;
         let auth = json!({"OPENAI_API_KEY": ctx.placeholder});
         Ok(AgentLaunch {

@@ -54,12 +54,8 @@ impl Agent for Gemini {
         ".gemini/tmp"
     }
 
-    fn stage(
-        &self,
-        ctx: &StageContext<'_>,
-        opts: &LaunchOptions,
-    ) -> Result<AgentLaunch, AgentError> {
-        let mut argv = vec![ctx.program.clone()];
+    fn argv(&self, program: &str, opts: &LaunchOptions) -> Vec<String> {
+        let mut argv = vec![program.to_owned()];
         if !opts.keep_permission_prompts {
             argv.push("--yolo".into());
         }
@@ -76,6 +72,15 @@ impl Agent for Gemini {
             argv.extend(["--prompt".into(), prompt.clone()]);
         }
         argv.extend(opts.extra_args.iter().cloned());
+        argv
+    }
+
+    fn stage(
+        &self,
+        ctx: &StageContext<'_>,
+        opts: &LaunchOptions,
+    ) -> Result<AgentLaunch, AgentError> {
+        let argv = self.argv(&ctx.program, opts);
 
         let trusted = json!({ ctx.workspace.to_string_lossy(): "TRUST_FOLDER" });
         Ok(AgentLaunch {

@@ -53,6 +53,10 @@ pub trait Agent: Sync {
     fn kept_state(&self) -> Option<KeptState> {
         None
     }
+    /// The command line of one session: `program` (the agent's
+    /// executable inside) with the flags `opts` ask for. A second session
+    /// in a running sandbox (`moat join`) uses it as is.
+    fn argv(&self, program: &str, opts: &LaunchOptions) -> Vec<String>;
     /// The command line and the files of one launch.
     fn stage(
         &self,

@@ -191,6 +191,7 @@ pub fn plan_agent(
     ];
     command.extend(launch.argv);
     plan.command = command;
+    plan.agent = Some(agent.name().to_owned());
     for (k, v) in launch.env {
         plan.env.retain(|(name, _)| name != &k);
         plan.env.push((k, v));

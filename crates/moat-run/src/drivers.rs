@@ -293,6 +293,22 @@ pub fn doctor_checks() -> Vec<DoctorCheck> {
     checks
 }
 
+/// The runtime a run was started on, connected without starting
+/// anything (a running run's runtime is up).
+pub(crate) fn driver_for_run(run: &RunMetadata) -> Result<Box<dyn SandboxDriver>, DriverError> {
+    let kind = run
+        .runtime
+        .parse::<RuntimeKind>()
+        .map_err(|e| DriverError::io("reading the run's runtime", std::io::Error::other(e)))?;
+    let entry = RUNTIMES.iter().find(|e| e.kind == kind).ok_or_else(|| {
+        DriverError::io(
+            format!("the {kind} runtime"),
+            std::io::Error::other("not available on this machine"),
+        )
+    })?;
+    (entry.probe)(Probe::Look)
+}
+
 /// Removes what the run's runtime still holds for it (a container left by
 /// a supervisor that died). Quietly does nothing when that runtime cannot
 /// be reached.

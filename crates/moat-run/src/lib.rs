@@ -35,6 +35,7 @@ mod detach;
 mod drivers;
 mod environment;
 mod error;
+mod exec;
 mod gitsweep;
 mod lifecycle;
 mod mounts;
@@ -56,6 +57,7 @@ pub use crate::drivers::{
     select_driver, RuntimeStatus, Selection, SelectionError, Unavailable,
 };
 pub use crate::error::RunError;
+pub use crate::exec::{exec_in_run, join_run, ExecError};
 pub use crate::lifecycle::{stop_run, StopError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
 pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};

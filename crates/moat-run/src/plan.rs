@@ -115,6 +115,8 @@ pub struct RunPlan {
     pub worktree: Option<crate::worktree::Worktree>,
     /// moat.yaml `snapshots:` (the pre-run snapshot is on by default).
     pub snapshots: moat_config::SnapshotConfig,
+    /// The agent the run starts (`moat claude`…), for `moat join`.
+    pub agent: Option<String>,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -305,6 +307,7 @@ impl RunPlan {
             config_used: None,
             worktree: None,
             snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
+            agent: None,
         })
     }
 }

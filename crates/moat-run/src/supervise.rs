@@ -205,6 +205,7 @@ fn record_start(
     meta.runtime = runtime.into();
     meta.interactive = plan.interactive;
     meta.detached = plan.detached;
+    meta.agent = plan.agent.clone();
     meta.supervisor_pid = Some(std::process::id());
     meta.supervisor_start = moat_storage::process_start_time(std::process::id());
     if let Some(worktree) = &plan.worktree {
@@ -532,6 +533,7 @@ fn sandbox_request(
         keep: plan.keep,
         sidecars,
         sidecar_logs: run_dir.join("services"),
+        exec_socket: run_dir.join(moat_storage::EXEC_SOCKET),
     })
 }
 
@@ -684,7 +686,7 @@ fn run_sandbox(
 /// run log. When ours fails (the terminal or pipe went away), the output
 /// is still recorded to the end: the sandbox is never left blocked on a
 /// reader that stopped, and the exit code is not lost.
-struct LoggedOutput<W: Write> {
+pub(crate) struct LoggedOutput<W: Write> {
     inner: W,
     stream: LogStream,
     logs: Arc<LogWriter>,
@@ -695,7 +697,7 @@ struct LoggedOutput<W: Write> {
 }
 
 impl<W: Write> LoggedOutput<W> {
-    fn new(
+    pub(crate) fn new(
         inner: W,
         stream: LogStream,
         logs: Arc<LogWriter>,
@@ -766,7 +768,7 @@ impl<W: Write> Drop for LoggedOutput<W> {
 
 /// Forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT (and, with a terminal,
 /// window size changes) to the sandbox until dropped.
-fn forward_signals(control: Arc<dyn SandboxControl>, terminal: bool) -> SignalForwarder {
+pub(crate) fn forward_signals(control: Arc<dyn SandboxControl>, terminal: bool) -> SignalForwarder {
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -820,7 +822,7 @@ fn forward_signals(control: Arc<dyn SandboxControl>, terminal: bool) -> SignalFo
     }
 }
 
-struct SignalForwarder {
+pub(crate) struct SignalForwarder {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }

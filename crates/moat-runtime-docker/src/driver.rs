@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use moat_sandbox::{
-    terminal, CheckStatus, DoctorCheck, DriverError, Leftover, OutputSinks, Prepared, ProxyRoute,
-    RunningSandbox, SandboxControl, SandboxDriver, SandboxRequest, Stdio,
+    terminal, CheckStatus, DoctorCheck, DriverError, ExecRequest, Leftover, OutputSinks, Prepared,
+    ProxyRoute, RunningSandbox, SandboxControl, SandboxDriver, SandboxRequest, Stdio,
 };
 use tokio::io::AsyncWrite;
 
@@ -86,6 +86,12 @@ impl ContainerDriver {
     /// The connection, for what the trait does not cover.
     pub fn engine(&self) -> &DockerRuntime {
         &self.engine
+    }
+
+    /// A handle to this driver's runtime, for work spawned from other
+    /// threads (it runs while the main thread blocks in a call).
+    pub(crate) fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime.handle().clone()
     }
 
     /// Runs `future` on this driver's runtime.
@@ -515,6 +521,14 @@ impl SandboxDriver for ContainerDriver {
         }))
     }
 
+    fn exec(
+        &mut self,
+        request: &ExecRequest,
+        output: OutputSinks,
+    ) -> Result<Box<dyn RunningSandbox + '_>, DriverError> {
+        crate::exec::start(self, request, output)
+    }
+
     fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError> {
         let found = self
             .block_on(self.engine.list_managed())
@@ -653,7 +667,7 @@ impl RunningSandbox for ContainerRunning<'_> {
 
 /// Our stdin as a channel (a blocking read has no place on the async
 /// runtime, which must be able to shut down).
-fn stdin_channel() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+pub(crate) fn stdin_channel() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
     let (keys, stdin) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let _ = terminal::forward_stdin("moat-stdin", move |bytes| {
         keys.blocking_send(bytes.to_vec()).is_ok()
@@ -664,7 +678,7 @@ fn stdin_channel() -> tokio::sync::mpsc::Receiver<Vec<u8>> {
 /// A caller's blocking sink as an async writer: the sinks write to a
 /// terminal or a file, quickly, and this runtime does nothing else
 /// meanwhile.
-struct SyncSink(Box<dyn Write + Send>);
+pub(crate) struct SyncSink(pub(crate) Box<dyn Write + Send>);
 
 impl AsyncWrite for SyncSink {
     fn poll_write(

@@ -95,6 +95,7 @@ pub mod deps;
 pub mod dind;
 mod driver;
 mod error;
+mod exec;
 mod gate;
 mod guard;
 mod image;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use moat_sandbox::{
-    terminal, CheckStatus, DoctorCheck, DriverError, Leftover, OutputSinks, Prepared, ProxyRoute,
-    RunningSandbox, SandboxControl, SandboxDriver, SandboxRequest, Stdio,
+    terminal, CheckStatus, DoctorCheck, DriverError, ExecRequest, Leftover, OutputSinks, Prepared,
+    ProxyRoute, RunningSandbox, SandboxControl, SandboxDriver, SandboxRequest, Stdio,
 };
 
 use crate::{CaptureSpec, NetworkMode, Sandbox, SandboxSpec, Signaller, StdioMode};
@@ -117,6 +117,14 @@ impl SandboxDriver for NativeDriver {
         }))
     }
 
+    fn exec(
+        &mut self,
+        request: &ExecRequest,
+        output: OutputSinks,
+    ) -> Result<Box<dyn RunningSandbox + '_>, DriverError> {
+        crate::exec_driver::start(request, output)
+    }
+
     fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError> {
         // A native sandbox dies with its supervisor: nothing outlives a run.
         Ok(Vec::new())
@@ -156,6 +164,7 @@ fn sandbox_spec(request: &SandboxRequest) -> SandboxSpec {
         .limits
         .cpus
         .map(|cpus| (cpus * 1000.0).round().clamp(1.0, f64::from(u32::MAX)) as u32);
+    spec.exec_socket = Some(request.exec_socket.clone());
     spec.stdio = match request.stdio {
         Stdio::Terminal => match terminal::size() {
             Some((rows, cols)) => StdioMode::Pty { rows, cols },
@@ -169,7 +178,7 @@ fn sandbox_spec(request: &SandboxRequest) -> SandboxSpec {
 }
 
 /// Copies a sandbox stream to its sink as it arrives.
-fn pump<R>(mut from: R, mut to: Box<dyn Write + Send>) -> JoinHandle<()>
+pub(crate) fn pump<R>(mut from: R, mut to: Box<dyn Write + Send>) -> JoinHandle<()>
 where
     R: Read + Send + 'static,
 {

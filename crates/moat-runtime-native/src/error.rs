@@ -52,6 +52,25 @@ pub enum SandboxError {
     /// The signal number is not a signal this platform knows.
     #[error("unknown signal number {0}")]
     UnknownSignal(i32),
+
+    /// Nothing serves a sandbox's exec socket: the sandbox has ended (or
+    /// was started without one).
+    #[error("nothing serves {}: {error}", socket.display())]
+    NotServing {
+        /// The socket.
+        socket: std::path::PathBuf,
+        /// Why connecting failed.
+        error: io::Error,
+    },
+
+    /// A command given to a running sandbox could not be started.
+    #[error("{message}")]
+    ExecFailed {
+        /// The sandbox's explanation (`command not found in sandbox: x`).
+        message: String,
+        /// What a shell would exit with: 127 not found, 126 not executable.
+        code: i32,
+    },
 }
 
 impl SandboxError {

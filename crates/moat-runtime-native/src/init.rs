@@ -107,6 +107,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
     let Some((lifeline, status)) = control_channels(&args) else {
         return SETUP_FAILED;
     };
+    // `moat exec`'s socket, bound by the caller when the spec asks for one.
+    let exec_listener = match parse_fd(args.get(2)).map(sys::adopt_inherited_fd) {
+        None => None,
+        Some(Ok(fd)) => Some(std::os::unix::net::UnixListener::from(fd)),
+        Some(Err(e)) => {
+            return report(&status, SetupError::step("cannot adopt the exec socket", e))
+        }
+    };
     let fail = |error: SetupError| report(&status, error);
     let spec = match read_spec(&lifeline) {
         Ok(spec) => spec,
@@ -161,6 +169,7 @@ fn run_init(args: Vec<OsString>) -> i32 {
         Err(e) => return fail(SetupError::step("cannot fork the sandbox helper", e)),
         Ok(Fork::Child) => {
             drop(status);
+            drop(exec_listener);
             std::process::exit(run_helper(init_pid, lifeline, listener));
         }
         Ok(Fork::Parent(_)) => {
@@ -176,6 +185,7 @@ fn run_init(args: Vec<OsString>) -> i32 {
         ids,
         paths,
         tmpfs_size,
+        exec_listener,
     };
     fork_pid1(&spec, setup, root_caller, &status, &signals)
 }
@@ -506,6 +516,8 @@ struct Pid1Setup {
     ids: Ids,
     paths: HostPaths,
     tmpfs_size: u64,
+    /// Served by a process of the sandbox once it is built (`crate::exec`).
+    exec_listener: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Everything PID 1 sets up before the command, in this order: the
@@ -540,9 +552,18 @@ fn build_sandbox(spec: &SandboxSpec, setup: Pid1Setup) -> Result<(), SetupError>
 
 /// PID 1 of the sandbox: builds the filesystem, starts the command, reaps
 /// and forwards until the command exits.
-fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
+fn run_pid1(spec: &SandboxSpec, mut setup: Pid1Setup, status: &File, signals: &SignalSet) -> i32 {
+    let exec_listener = setup.exec_listener.take();
     if let Err(error) = build_sandbox(spec, setup) {
         return report(status, error);
+    }
+    // Forked once the sandbox is built: the server is inside all of it.
+    if let Some(listener) = exec_listener {
+        match sys::fork_single_threaded() {
+            Ok(Fork::Child) => crate::exec::serve(listener, spec),
+            Ok(Fork::Parent(_)) => {}
+            Err(e) => return report(status, SetupError::step("cannot start the exec server", e)),
+        }
     }
     if write_status(status, &Status::Ready).is_err() {
         return SETUP_FAILED;
@@ -616,7 +637,7 @@ fn run_pid1(spec: &SandboxSpec, setup: Pid1Setup, status: &File, signals: &Signa
 
 /// The command's environment: the spec's, plus defaults for HOME, USER and
 /// PATH when the spec does not set them.
-fn command_env(spec: &SandboxSpec) -> Vec<(String, String)> {
+pub(crate) fn command_env(spec: &SandboxSpec) -> Vec<(String, String)> {
     let mut env = spec.workload.env.clone();
     let home = spec.home_in_sandbox().to_string_lossy().into_owned();
     for (key, value) in [
@@ -633,7 +654,7 @@ fn command_env(spec: &SandboxSpec) -> Vec<(String, String)> {
 
 /// Finds `name` like a shell would: as given if it contains `/`, else in
 /// each `PATH` entry.
-fn resolve_program(name: &str, path_var: &str) -> Option<PathBuf> {
+pub(crate) fn resolve_program(name: &str, path_var: &str) -> Option<PathBuf> {
     if name.contains('/') {
         let p = PathBuf::from(name);
         return p.exists().then_some(p);

@@ -55,6 +55,8 @@ mod cgroup;
 mod driver;
 mod error;
 mod exclude;
+mod exec;
+mod exec_driver;
 mod identity;
 pub mod init;
 mod nft;
@@ -72,6 +74,7 @@ mod userns;
 
 pub use crate::driver::NativeDriver;
 pub use crate::error::SandboxError;
+pub use crate::exec::{exec, ExecExit, ExecSession, ExecSignaller, ExecStdio, ExecStreams};
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
     BindMount, CaptureSpec, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode,

@@ -115,18 +115,26 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     let (spec_r, spec_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
 
+    let exec_listener = spec
+        .exec_socket
+        .as_deref()
+        .map(crate::exec::bind)
+        .transpose()?;
+    let mut inherited = vec![spec_r.as_raw_fd(), status_w.as_raw_fd()];
+    inherited.extend(exec_listener.as_ref().map(|l| l.as_raw_fd()));
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(INIT_MARKER)
-        .arg(spec_r.as_raw_fd().to_string())
-        .arg(status_w.as_raw_fd().to_string())
+        .args(inherited.iter().map(|fd| fd.to_string()))
         .env_clear();
     let pty_master = wire_stdio(&mut cmd, spec)?;
-    sys::keep_fds_across_exec(&mut cmd, vec![spec_r.as_raw_fd(), status_w.as_raw_fd()]);
+    sys::keep_fds_across_exec(&mut cmd, inherited);
     let mut child = cmd
         .spawn()
         .map_err(|e| SandboxError::io("cannot start the sandbox init (/proc/self/exe)", e))?;
     drop(spec_r);
     drop(status_w);
+    // Only the sandbox serves it: once it is gone, connecting fails.
+    drop(exec_listener);
 
     let pidfd = match open_pidfd(&child) {
         Ok(fd) => fd,
@@ -248,7 +256,7 @@ fn wait_ready(
 }
 
 /// A new pseudo-terminal of `rows` × `cols`: (master, slave).
-fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), SandboxError> {
+pub(crate) fn open_pty(rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd), SandboxError> {
     use rustix::fs::{Mode, OFlags};
     use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
     let fail = |what: &str, e: rustix::io::Errno| SandboxError::io(what, e.into());

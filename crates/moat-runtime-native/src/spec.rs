@@ -44,6 +44,10 @@ pub struct SandboxSpec {
     /// What the whole sandbox may consume.
     #[serde(default)]
     pub limits: ResourceLimits,
+    /// A host path where the sandbox serves [`crate::exec`] for its whole
+    /// life (`moat exec`); `None`: no more commands after the first.
+    #[serde(default)]
+    pub exec_socket: Option<PathBuf>,
 }
 
 /// Resource limits of one sandbox, so that one runaway command cannot take
@@ -167,6 +171,7 @@ impl SandboxSpec {
             network: NetworkMode::Host,
             stdio: StdioMode::Inherit,
             limits: ResourceLimits::default(),
+            exec_socket: None,
         }
     }
 

@@ -146,6 +146,23 @@ pub(crate) fn controlling_terminal_before_exec(cmd: &mut Command) {
     }
 }
 
+/// Unblocks every signal in the calling thread (a process forked from
+/// one that blocks the signals it forwards, but forwards nothing).
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given.
+    if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `set` was initialised just above; null old-set is allowed.
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
 /// A set of blocked signals that the init collects with [`SignalSet::wait`].
 #[derive(Debug)]
 pub(crate) struct SignalSet(libc::sigset_t);

@@ -487,6 +487,31 @@ pub struct SandboxRequest {
     /// Where each sidecar's output is saved (`<name>.log`) when the run
     /// ends or the sidecar fails, for `moat logs`.
     pub sidecar_logs: PathBuf,
+    /// Where a runtime without an engine to ask serves more commands
+    /// into the sandbox for `moat exec` (a Unix socket on the host,
+    /// 0600, in the run's storage); the same path comes back in
+    /// [`ExecRequest::exec_socket`].
+    pub exec_socket: PathBuf,
+}
+
+/// A command started in a running sandbox (`moat exec`, `moat join`):
+/// inside everything the run's command is inside, with its environment
+/// and working directory.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// The run.
+    pub run_id: String,
+    /// The runtime's id for the sandbox (a container id), as
+    /// [`RunningSandbox::runtime_id`] gave it at start.
+    pub runtime_id: Option<String>,
+    /// [`SandboxRequest::exec_socket`] of the run.
+    pub exec_socket: PathBuf,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// [`Stdio::Terminal`]: a terminal of its own, relayed;
+    /// [`Stdio::Logged`]: the caller's stdin piped in, output to the
+    /// sinks; [`Stdio::Detached`]: empty stdin, output to the sinks.
+    pub stdio: Stdio,
 }
 
 impl SandboxRequest {
@@ -806,6 +831,16 @@ pub trait SandboxDriver: Send + std::fmt::Debug {
         output: OutputSinks,
     ) -> Result<Box<dyn RunningSandbox + '_>, DriverError>;
 
+    /// Starts `request.command` in a run's running sandbox. The returned
+    /// handle's [`RunningSandbox::wait`] gives the command's exit code
+    /// (127 when it is not found, 137 when the run ends meanwhile, the
+    /// reason then written to `output.stderr`); it removes nothing.
+    fn exec(
+        &mut self,
+        request: &ExecRequest,
+        output: OutputSinks,
+    ) -> Result<Box<dyn RunningSandbox + '_>, DriverError>;
+
     /// What this runtime holds for runs (running or not).
     fn leftovers(&mut self) -> Result<Vec<Leftover>, DriverError>;
 
@@ -1040,6 +1075,7 @@ mod tests {
             keep: false,
             sidecars: Vec::new(),
             sidecar_logs: PathBuf::from("/tmp/services"),
+            exec_socket: PathBuf::from("/tmp/exec.sock"),
         }
     }
 

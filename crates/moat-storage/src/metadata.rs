@@ -99,6 +99,10 @@ pub struct RunMetadata {
     /// Runtime-specific extras.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
+    /// The agent the run started (`claude`, `codex`, `gemini`), for
+    /// `moat join`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// `moat wt` / `--worktree`: the branch the run's worktree checks out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_branch: Option<String>,
@@ -135,6 +139,7 @@ impl RunMetadata {
             exit_code: None,
             error: None,
             extra: BTreeMap::new(),
+            agent: None,
             worktree_branch: None,
             worktree_path: None,
             worktree_repo_id: None,

@@ -60,6 +60,10 @@ impl moat_hint::Hint for StorageError {
     }
 }
 
+/// The socket in a run's directory where its sandbox takes more commands
+/// (`moat exec`, `moat join`) while it runs.
+pub const EXEC_SOCKET: &str = "exec.sock";
+
 /// The runs under `MOAT_HOME/runs`.
 #[derive(Debug, Clone)]
 pub struct RunStore {

@@ -73,6 +73,10 @@ pub enum Command {
     Trust(TrustArgs),
     /// Snapshot a run's workspace; list, restore or prune its snapshots.
     Snapshot(SnapshotArgs),
+    /// Run a command in a running run's sandbox; moat exits with its code.
+    Exec(ExecArgs),
+    /// Start another session of a running run's agent in its sandbox.
+    Join(JoinArgs),
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -312,6 +316,36 @@ pub enum ProxyCommand {
     Status,
     /// Stop and start the daemon, keeping its port.
     Restart,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run id, id prefix or name.
+    pub run: String,
+    /// A terminal of its own (when stdin is one).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// The command (after --).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Run id, id prefix or name.
+    pub run: String,
+    /// The run's agent.
+    #[arg(value_parser = ["claude", "codex", "gemini"])]
+    pub agent: String,
+    /// Answer one prompt and exit.
+    #[arg(short = 'p', long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Continue the last session.
+    #[arg(short = 'c', long = "continue", conflicts_with = "resume")]
+    pub continue_last: bool,
+    /// Resume a session by its id.
+    #[arg(short = 'r', long, value_name = "ID")]
+    pub resume: Option<String>,
 }
 
 /// A run named by id, id prefix or name.

@@ -632,3 +632,69 @@ fn each_run_keeps_its_transcripts() {
         "a link was followed"
     );
 }
+
+/// `moat join`: a second Claude Code session in a running run's sandbox
+/// (the first one busy in a tool call), answered through the proxy with
+/// the run's grant, its output kept in the run's `logs.1.jsonl`; another
+/// agent than the run's is refused with the right command.
+#[test]
+fn a_second_claude_session_joins_a_running_run() {
+    let Some(t) = AgentEnv::new() else { return };
+    t.grant("anthropic", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
+    let started = t.run(
+        &[
+            "claude",
+            "-d",
+            "--name",
+            "busy",
+            "-p",
+            "MOAT-TOOL: touch /tmp/busy; sleep 120",
+        ],
+        &[],
+    );
+    started.success();
+    let id = started.stdout.trim().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while t
+        .run(&["exec", "busy", "--", "test", "-f", "/tmp/busy"], &[])
+        .code
+        != Some(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first session never ran its tool"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    let out = t.run(&["join", "busy", "claude", "-p", "Say hello"], &[]);
+    out.success();
+    assert!(
+        out.stdout.contains(models::ANSWER),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let log = t
+        .env
+        .moat_home()
+        .join("runs")
+        .join(&id)
+        .join("logs.1.jsonl");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains(models::ANSWER), "{logged}");
+    assert_eq!(
+        t.saw("x-api-key").last().map(String::as_str),
+        Some(ANTHROPIC_KEY)
+    );
+
+    let out = t.run(&["join", "busy", "codex", "-p", "hi"], &[]);
+    out.failure();
+    assert!(
+        out.stderr.contains("runs claude, not codex")
+            && out.stderr.contains("moat join busy claude"),
+        "{}",
+        out.stderr
+    );
+    t.run(&["stop", "busy"], &[]).success();
+}

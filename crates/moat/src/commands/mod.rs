@@ -115,6 +115,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
         Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
+        Command::Exec(args) => runs::exec(&Context::from_global(&cli.global)?, args),
+        Command::Join(args) => runs::join(&Context::from_global(&cli.global)?, args),
     }
 }
 

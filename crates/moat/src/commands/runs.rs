@@ -222,3 +222,24 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn exec(ctx: &Context, args: crate::cli::ExecArgs) -> Result<ExitCode> {
+    let store = store(ctx);
+    let run = store.find(Some(&args.run), |_| true)?;
+    let code = moat_run::exec_in_run(&store, &run, args.command, args.interactive)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+pub fn join(ctx: &Context, args: crate::cli::JoinArgs) -> Result<ExitCode> {
+    let store = store(ctx);
+    let run = store.find(Some(&args.run), |_| true)?;
+    let agent = moat_agents::by_name(&args.agent).context("unknown agent")?;
+    let opts = moat_agents::LaunchOptions {
+        prompt: args.prompt,
+        continue_last: args.continue_last,
+        resume: args.resume,
+        ..Default::default()
+    };
+    let code = moat_run::join_run(&store, &run, agent, &opts)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
