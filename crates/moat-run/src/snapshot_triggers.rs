@@ -119,14 +119,8 @@ impl Watch {
                     dirty = Some(Instant::now());
                 }
             }
-            if self.git {
-                let head = git_head(&self.workspace);
-                if head.is_some() && head != self.head {
-                    let short = head.as_deref().map(|h| &h[..12.min(h.len())]);
-                    self.take(Trigger::GitCommit, short.map(|s| format!("commit {s}")));
-                    self.head = head;
-                    dirty = None;
-                }
+            if self.commit_landed() {
+                dirty = None;
             }
             let threshold = self.idle.as_ref().map(|(t, _)| *t);
             if let (Some(since), Some(t)) = (dirty, threshold) {
@@ -136,6 +130,23 @@ impl Watch {
                 }
             }
         }
+        // A commit made just before the run ended is not missed.
+        self.commit_landed();
+    }
+
+    /// Takes a `git-commit` snapshot if HEAD moved to a new commit.
+    fn commit_landed(&mut self) -> bool {
+        if !self.git {
+            return false;
+        }
+        let head = git_head(&self.workspace);
+        if head.is_none() || head == self.head {
+            return false;
+        }
+        let short = head.as_deref().map(|h| &h[..12.min(h.len())]);
+        self.take(Trigger::GitCommit, short.map(|s| format!("commit {s}")));
+        self.head = head;
+        true
     }
 
     fn take(&self, trigger: Trigger, label: Option<String>) {
