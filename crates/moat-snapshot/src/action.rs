@@ -197,6 +197,12 @@ pub fn automatic(
         }
     };
     tracing::debug!(id = %record.id, trigger = trigger.as_str(), "snapshot");
+    if !home.run_dir(run_id).exists() {
+        // Destroyed meanwhile (`moat destroy --force`): nothing may keep
+        // its snapshots.
+        let _ = store.forget_run(run_id);
+        return None;
+    }
     if let Err(e) = store.retain(run_id, retention.max_count, retention.delete_initial) {
         tracing::warn!("applying snapshots.retention failed: {e}");
     }

@@ -338,3 +338,24 @@ fn forgetting_a_run_frees_only_the_blobs_no_other_run_needs() {
         .collect();
     assert!(blobs.is_empty(), "{blobs:?}");
 }
+
+#[test]
+fn an_automatic_snapshot_of_a_run_destroyed_meanwhile_is_not_kept() {
+    let (tmp, ws, store) = fixture();
+    let home = MoatHome::at(tmp.path().join("home"));
+    let retention = crate::Retention {
+        max_count: 10,
+        delete_initial: false,
+    };
+    let auto = |run: &str| crate::automatic(&home, &ws, run, Trigger::Idle, None, &[], retention);
+    fs::create_dir_all(home.run_dir("run_alive")).unwrap();
+    assert!(auto("run_alive").is_some());
+    assert!(auto("run_gone").is_none());
+    let runs: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(runs, [Some("run_alive".to_owned())]);
+}
