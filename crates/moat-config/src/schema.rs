@@ -672,22 +672,19 @@ fn hooks(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Hooks> {
 
 fn snapshots(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SnapshotConfig> {
     let mut cfg = SnapshotConfig::default();
-    let known = &["disabled", "triggers", "exclude"];
-    for (key, value) in ctx.fields(node, path, known, &["retention"])? {
+    let known = &["disabled", "triggers", "exclude", "retention"];
+    for (key, value) in ctx.fields(node, path, known, &[])? {
         let p = join(path, key);
         match key {
             "disabled" => cfg.disabled = ctx.bool(value, &p)?,
-            "triggers" => {
-                let known = &[
-                    "disable_pre_run",
-                    "disable_git_commits",
-                    "disable_builds",
-                    "disable_idle",
-                ];
-                for (k, v) in ctx.fields(value, &p, known, &["idle_threshold_seconds"])? {
-                    let on = ctx.bool(v, &join(&p, k))?;
-                    if k == "disable_pre_run" {
-                        cfg.disable_pre_run = on;
+            "triggers" => snapshot_triggers(ctx, value, &p, &mut cfg)?,
+            "retention" => {
+                for (k, v) in ctx.fields(value, &p, &["max_count", "delete_initial"], &[])? {
+                    let kp = join(&p, k);
+                    if k == "max_count" {
+                        cfg.max_count = Some(ctx.positive_int(v, &kp, "a number of snapshots")?);
+                    } else {
+                        cfg.delete_initial = ctx.bool(v, &kp)?;
                     }
                 }
             }
@@ -699,6 +696,42 @@ fn snapshots(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SnapshotConfig> {
         }
     }
     Ok(cfg)
+}
+
+/// `snapshots.triggers`.
+fn snapshot_triggers(ctx: &Ctx<'_>, node: &Node, path: &str, cfg: &mut SnapshotConfig) -> R<()> {
+    let known = &[
+        "disable_pre_run",
+        "disable_git_commits",
+        "disable_builds",
+        "disable_idle",
+        "idle_threshold_seconds",
+    ];
+    for (k, v) in ctx.fields(node, path, known, &[])? {
+        let p = join(path, k);
+        if k == "idle_threshold_seconds" {
+            cfg.idle_threshold_seconds = Some(ctx.positive_int(v, &p, "a number of seconds")?);
+            continue;
+        }
+        let on = ctx.bool(v, &p)?;
+        match k {
+            "disable_pre_run" => cfg.disable_pre_run = on,
+            "disable_git_commits" => cfg.disable_git_commits = on,
+            "disable_idle" => cfg.disable_idle = on,
+            _ if !on => {
+                return Err(ctx.invalid_with_fix(
+                    v,
+                    &p,
+                    "moat has no build trigger: it does not see which commands run \
+                     in the sandbox, so no snapshot is taken on builds",
+                    "Remove the key (or set it to true); snapshots are still taken \
+                     before the run, on git commits and when the workspace goes idle",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `snapshots.exclude.additional`: relative paths inside the workspace.

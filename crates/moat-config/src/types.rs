@@ -35,25 +35,62 @@ pub struct ProjectConfig {
     pub snapshots: SnapshotConfig,
 }
 
-/// `snapshots:` in moat.yaml. The git-commit, build and idle triggers are
-/// not implemented: their `disable_*` switches are accepted (there is
-/// nothing to turn off), `idle_threshold_seconds`, `retention` and
-/// `exclude.ignore_gitignore` are "not supported yet".
+/// `snapshots:` in moat.yaml. The pre-run, git-commit and idle triggers
+/// are on unless turned off. There is no build trigger: moat does not see
+/// which commands run in the sandbox, so `disable_builds: false` is an
+/// error and `disable_builds: true` states what is already so.
+/// `exclude.ignore_gitignore` is "not supported yet".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotConfig {
     /// `disabled: true`: no automatic snapshot at all.
     pub disabled: bool,
     /// `triggers.disable_pre_run: true`.
     pub disable_pre_run: bool,
+    /// `triggers.disable_git_commits: true`.
+    pub disable_git_commits: bool,
+    /// `triggers.disable_idle: true`.
+    pub disable_idle: bool,
+    /// `triggers.idle_threshold_seconds` (`None`: [`DEFAULT_IDLE_SECONDS`]).
+    pub idle_threshold_seconds: Option<u64>,
+    /// `retention.max_count` (`None`: [`DEFAULT_MAX_COUNT`]).
+    pub max_count: Option<u64>,
+    /// `retention.delete_initial: true`: retention may remove the pre-run
+    /// snapshot too.
+    pub delete_initial: bool,
     /// `exclude.additional`: paths relative to the workspace, normalised
     /// (`./target/` is `target`).
     pub exclude: Vec<String>,
 }
 
+/// Seconds without a change in the workspace before an idle snapshot.
+pub const DEFAULT_IDLE_SECONDS: u64 = 30;
+
+/// How many snapshots of a run retention keeps by default.
+pub const DEFAULT_MAX_COUNT: u64 = 10;
+
 impl SnapshotConfig {
     /// Whether a snapshot is taken before the sandbox starts.
     pub fn pre_run(&self) -> bool {
         !self.disabled && !self.disable_pre_run
+    }
+
+    /// Whether a snapshot is taken when a commit lands during the run.
+    pub fn git_commits(&self) -> bool {
+        !self.disabled && !self.disable_git_commits
+    }
+
+    /// The idle threshold when the idle trigger is on.
+    pub fn idle(&self) -> Option<std::time::Duration> {
+        (!self.disabled && !self.disable_idle).then(|| {
+            std::time::Duration::from_secs(
+                self.idle_threshold_seconds.unwrap_or(DEFAULT_IDLE_SECONDS),
+            )
+        })
+    }
+
+    /// How many snapshots of a run retention keeps.
+    pub fn max_count(&self) -> u64 {
+        self.max_count.unwrap_or(DEFAULT_MAX_COUNT)
     }
 }
 

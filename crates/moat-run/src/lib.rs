@@ -41,6 +41,7 @@ mod lifecycle;
 mod mounts;
 mod plan;
 mod protect;
+mod snapshot_triggers;
 mod ssh;
 mod supervise;
 mod watchdog;

@@ -113,6 +113,12 @@ pub fn execute(
         .pre_run()
         .then_some(&plan.snapshots.exclude[..]);
     moat_snapshot::pre_run(home, &plan.workspace, meta.id.as_str(), pre_run);
+    let triggers = crate::snapshot_triggers::Triggers::start(
+        home,
+        &plan.workspace,
+        meta.id.as_str(),
+        &plan.snapshots,
+    );
     let (result, notices) = run_in_workspace(
         home,
         plan,
@@ -122,6 +128,7 @@ pub fn execute(
         &mut meta,
         &run_dir,
     );
+    drop(triggers);
     record_end(&runs, &mut meta, &result)?;
     if result.is_err() {
         for notice in &notices {

@@ -20,9 +20,14 @@ pub enum Action {
     Take {
         /// Its label.
         label: Option<String>,
+        /// Print its record as JSON.
+        json: bool,
     },
     /// List the run's snapshots.
-    List,
+    List {
+        /// As a JSON array of records.
+        json: bool,
+    },
     /// Restore one (the run's latest when `id` is `None`), in place
     /// unless `to` is given.
     Restore {
@@ -54,7 +59,7 @@ pub fn perform(home: &MoatHome, run: &str, action: Action) -> Result<String, Sna
             .collect())
     };
     match action {
-        Action::Take { label } => {
+        Action::Take { label, json } => {
             let exclude = mine()?
                 .first()
                 .map(|r| r.exclude.clone())
@@ -65,9 +70,14 @@ pub fn perform(home: &MoatHome, run: &str, action: Action) -> Result<String, Sna
                 trigger: Trigger::Manual,
                 exclude,
             };
-            Ok(format!("{}\n", format_taken(&store.take(&opts)?)))
+            let record = store.take(&opts)?;
+            if json {
+                return to_json(&record);
+            }
+            Ok(format!("{}\n", format_taken(&record)))
         }
-        Action::List => Ok(format_list(&mine()?)),
+        Action::List { json: true } => to_json(&mine()?),
+        Action::List { json: false } => Ok(format_list(&mine()?)),
         Action::Restore { id: snap, to } => {
             let record = match snap {
                 Some(s) => store.find(&s)?,
@@ -82,6 +92,12 @@ pub fn perform(home: &MoatHome, run: &str, action: Action) -> Result<String, Sna
             Ok(format_prune(&store.prune(&id, keep, dry_run)?, dry_run))
         }
     }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String, SnapshotError> {
+    serde_json::to_string_pretty(value)
+        .map(|s| s + "\n")
+        .map_err(|e| SnapshotError::damaged(std::path::Path::new("snapshot record"), e))
 }
 
 fn restore(
@@ -138,4 +154,57 @@ pub fn pre_run(
             workspace.display()
         ),
     }
+}
+
+/// moat.yaml `snapshots.retention`, applied after each automatic snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// At most this many snapshots of the run.
+    pub max_count: usize,
+    /// The pre-run snapshot may go too.
+    pub delete_initial: bool,
+}
+
+/// An automatic snapshot of `workspace` for `run_id` (`trigger`, with a
+/// label), then `retention`. A failure is logged, not fatal.
+pub fn automatic(
+    home: &MoatHome,
+    workspace: &std::path::Path,
+    run_id: &str,
+    trigger: Trigger,
+    label: Option<String>,
+    exclude: &[String],
+    retention: Retention,
+) -> Option<Record> {
+    let opts = TakeOptions {
+        run_id: Some(run_id.to_owned()),
+        label,
+        trigger,
+        exclude: exclude.to_vec(),
+    };
+    let store = match Store::open(home, workspace) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::warn!("the {} snapshot failed: {e}", trigger.as_str());
+            return None;
+        }
+    };
+    let record = match store.take(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("the {} snapshot failed: {e}", trigger.as_str());
+            return None;
+        }
+    };
+    tracing::debug!(id = %record.id, trigger = trigger.as_str(), "snapshot");
+    if !home.run_dir(run_id).exists() {
+        // Destroyed meanwhile (`moat destroy --force`): nothing may keep
+        // its snapshots.
+        let _ = store.forget_run(run_id);
+        return None;
+    }
+    if let Err(e) = store.retain(run_id, retention.max_count, retention.delete_initial) {
+        tracing::warn!("applying snapshots.retention failed: {e}");
+    }
+    Some(record)
 }

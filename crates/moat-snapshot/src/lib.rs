@@ -21,13 +21,13 @@ mod restore;
 pub mod store;
 mod take;
 
-pub use crate::action::{perform, pre_run, Action};
+pub use crate::action::{automatic, perform, pre_run, Action, Retention};
 pub use crate::error::SnapshotError;
 pub use crate::format::{format_list, format_prune, format_taken};
 pub use crate::model::{decode_name, encode_name, Entry, Kind, Record, Trigger};
 pub use crate::prune::{PruneReport, DEFAULT_KEEP};
 pub use crate::restore::RestoreReport;
-pub use crate::store::{stores_dir, workspace_id, Store};
+pub use crate::store::{forget_run, forget_runs, stores_dir, workspace_id, Store};
 pub use crate::take::{TakeOptions, RACY_MARGIN_NS};
 
 #[cfg(test)]

@@ -13,6 +13,17 @@ type R<T> = Result<T, SnapshotError>;
 /// How many snapshots `moat snapshot prune` keeps by default.
 pub const DEFAULT_KEEP: usize = 5;
 
+/// Whether a removal deletes, and when it collects unreferenced blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Only say what would go.
+    DryRun,
+    /// Collect garbage even when no snapshot went (leftovers of a crash).
+    Collect,
+    /// Collect garbage only when a snapshot went.
+    IfRemoved,
+}
+
 /// What a prune removed (or would remove, for a dry run).
 #[derive(Debug, Clone, Default)]
 pub struct PruneReport {
@@ -31,22 +42,57 @@ impl Store {
     /// Keeps the `keep` newest snapshots of `run_id` and its pre-run
     /// snapshot; removes its others, then the blobs nothing references.
     pub fn prune(&self, run_id: &str, keep: usize, dry_run: bool) -> R<PruneReport> {
+        let dry_run = if dry_run { Mode::DryRun } else { Mode::Collect };
+        self.remove_where(run_id, dry_run, |i, r| {
+            i < keep || r.trigger == Trigger::PreRun
+        })
+    }
+
+    /// moat.yaml `snapshots.retention`: at most `max_count` snapshots of
+    /// `run_id`, the pre-run one among them unless `delete_initial`; the
+    /// newest is always kept.
+    pub fn retain(&self, run_id: &str, max_count: usize, delete_initial: bool) -> R<PruneReport> {
+        let has_pre_run = self
+            .list()?
+            .iter()
+            .any(|r| r.run_id.as_deref() == Some(run_id) && r.trigger == Trigger::PreRun);
+        let keep_pre_run = has_pre_run && !delete_initial;
+        let newest = max_count.saturating_sub(usize::from(keep_pre_run)).max(1);
+        self.remove_where(run_id, Mode::IfRemoved, |i, r| {
+            i < newest || (keep_pre_run && r.trigger == Trigger::PreRun)
+        })
+    }
+
+    /// Removes every snapshot of `run_id` (the run is gone), then the
+    /// blobs no other run's snapshot references.
+    pub fn forget_run(&self, run_id: &str) -> R<PruneReport> {
+        self.remove_where(run_id, Mode::IfRemoved, |_, _| false)
+    }
+
+    /// Removes the snapshots of `run_id` for which `keep(i, record)` is
+    /// false (`i`: 0 for the newest), then unreferenced blobs.
+    fn remove_where(
+        &self,
+        run_id: &str,
+        mode: Mode,
+        keep: impl Fn(usize, &Record) -> bool,
+    ) -> R<PruneReport> {
         let _lock = self.lock()?;
         let mine: Vec<Record> = self
             .list()?
             .into_iter()
             .filter(|r| r.run_id.as_deref() == Some(run_id))
             .collect();
-        let newest_first = mine.iter().rev();
         let mut report = PruneReport::default();
-        for (i, r) in newest_first.enumerate() {
-            if i < keep || r.trigger == Trigger::PreRun {
+        for (i, r) in mine.iter().rev().enumerate() {
+            if keep(i, r) {
                 report.kept += 1;
             } else {
                 report.removed.push(r.clone());
             }
         }
-        if dry_run {
+        let nothing = report.removed.is_empty() && mode == Mode::IfRemoved;
+        if mode == Mode::DryRun || nothing {
             return Ok(report);
         }
         for r in &report.removed {

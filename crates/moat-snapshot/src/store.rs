@@ -250,3 +250,50 @@ impl Store {
         }
     }
 }
+
+/// Removes the snapshots of the run `run_id` from every workspace's store
+/// (a destroyed run), and the blobs no other run's snapshot needs.
+/// Returns the snapshots removed and the bytes freed.
+pub fn forget_run(home: &MoatHome, run_id: &str) -> R<(usize, u64)> {
+    let root = stores_dir(home);
+    let listing = match fs::read_dir(&root) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(SnapshotError::io("listing", &root)(e)),
+    };
+    let (mut removed, mut freed) = (0, 0);
+    for entry in listing {
+        let dir = entry.map_err(SnapshotError::io("listing", &root))?.path();
+        if !dir.join("snaps").is_dir() {
+            continue;
+        }
+        // The workspace may be gone: the store is opened by its directory.
+        let workspace = fs::read(dir.join("workspace"))
+            .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()))
+            .unwrap_or_default();
+        let store = Store { dir, workspace };
+        let report = store.forget_run(run_id)?;
+        removed += report.removed.len();
+        freed += report.bytes_freed;
+    }
+    Ok((removed, freed))
+}
+
+/// [`forget_run`] for each of `runs` (removed by `moat destroy` or
+/// `moat clean`): the line to print, if any snapshot went. A failure is
+/// logged: the runs are gone either way.
+pub fn forget_runs<'a>(home: &MoatHome, runs: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let (mut count, mut freed) = (0, 0);
+    for run in runs {
+        match forget_run(home, run) {
+            Ok((n, bytes)) => (count, freed) = (count + n, freed + bytes),
+            Err(e) => tracing::warn!("removing the snapshots of {run}: {e}"),
+        }
+    }
+    (count > 0).then(|| {
+        format!(
+            "Removed {count} snapshots ({} freed).",
+            moat_home::human_bytes(freed)
+        )
+    })
+}

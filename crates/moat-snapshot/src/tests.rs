@@ -276,3 +276,86 @@ fn files_and_directories_the_caller_cannot_read_are_left_out_and_counted() {
     assert_eq!(snap.skipped, ["locked (unreadable)", "secret (unreadable)"]);
     assert_eq!(snap.files, 5);
 }
+
+fn run_opts(run: &str, trigger: Trigger) -> TakeOptions {
+    TakeOptions {
+        run_id: Some(run.into()),
+        ..opts(trigger)
+    }
+}
+
+#[test]
+fn retention_keeps_max_count_with_the_pre_run_one_unless_delete_initial() {
+    let (_tmp, ws, store) = fixture();
+    let pre = store.take(&opts(Trigger::PreRun)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        fs::write(ws.join("b"), format!("version {i}\n")).unwrap();
+        ids.push(store.take(&opts(Trigger::Idle)).unwrap().id);
+    }
+    let report = store.retain("run_000000000001", 3, false).unwrap();
+    assert_eq!(report.removed.len(), 2);
+    let left: Vec<String> = store.list().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, [pre.id.clone(), ids[2].clone(), ids[3].clone()]);
+    // Nothing over the count: nothing removed.
+    assert!(store
+        .retain("run_000000000001", 3, false)
+        .unwrap()
+        .removed
+        .is_empty());
+    store.retain("run_000000000001", 2, true).unwrap();
+    let left: Vec<String> = store.list().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, [ids[2].clone(), ids[3].clone()]);
+    // The newest always stays.
+    store.retain("run_000000000001", 1, false).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+}
+
+#[test]
+fn forgetting_a_run_frees_only_the_blobs_no_other_run_needs() {
+    let (tmp, ws, store) = fixture();
+    let home = MoatHome::at(tmp.path().join("home"));
+    store.take(&run_opts("run_a", Trigger::PreRun)).unwrap();
+    fs::write(ws.join("only-a"), "unique to run a's snapshot").unwrap();
+    store.take(&run_opts("run_a", Trigger::Manual)).unwrap();
+    fs::remove_file(ws.join("only-a")).unwrap();
+    let b = store.take(&run_opts("run_b", Trigger::PreRun)).unwrap();
+    let (removed, freed) = crate::forget_run(&home, "run_a").unwrap();
+    assert_eq!(removed, 2);
+    assert!(freed > 0);
+    let left: Vec<String> = store.list().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(left, std::slice::from_ref(&b.id));
+    // Run b's snapshot is whole: it restores the tree.
+    let dest = tmp.path().join("dest");
+    store.restore_to(&b, &dest).unwrap();
+    assert_eq!(listing(&dest), listing(&ws));
+    // Gone with its workspace too: the store is found by its directory.
+    fs::remove_dir_all(&ws).unwrap();
+    assert_eq!(crate::forget_run(&home, "run_b").unwrap().0, 1);
+    let blobs: Vec<PathBuf> = walk_all(&store.dir().join("blobs"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(blobs.is_empty(), "{blobs:?}");
+}
+
+#[test]
+fn an_automatic_snapshot_of_a_run_destroyed_meanwhile_is_not_kept() {
+    let (tmp, ws, store) = fixture();
+    let home = MoatHome::at(tmp.path().join("home"));
+    let retention = crate::Retention {
+        max_count: 10,
+        delete_initial: false,
+    };
+    let auto = |run: &str| crate::automatic(&home, &ws, run, Trigger::Idle, None, &[], retention);
+    fs::create_dir_all(home.run_dir("run_alive")).unwrap();
+    assert!(auto("run_alive").is_some());
+    assert!(auto("run_gone").is_none());
+    let runs: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(runs, [Some("run_alive".to_owned())]);
+}

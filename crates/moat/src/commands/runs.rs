@@ -160,6 +160,9 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
     moat_run::remove_run_leftovers(&store, &run);
     store.remove(&run.id)?;
     outln!("Destroyed {} ({}).", run.name, run.id);
+    if let Some(line) = moat_snapshot::forget_runs(&ctx.home, [run.id.as_str()]) {
+        outln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,6 +217,10 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
     }
     let containers = moat_run::remove_leftovers(&store);
     outln!("Removed {} runs.", stopped.len());
+    if let Some(line) = moat_snapshot::forget_runs(&ctx.home, stopped.iter().map(|r| r.id.as_str()))
+    {
+        outln!("{line}");
+    }
     for w in moat_run::worktree::clean_for_runs(&ctx.home, &stopped) {
         outln!("Removed the worktree of {} (the branch stays).", w.branch);
     }

@@ -12,9 +12,12 @@ pub fn snapshot(ctx: &Context, args: SnapshotArgs) -> Result<ExitCode> {
     let (run, action) = match args.action {
         None => (
             args.run.unwrap_or_default(),
-            Action::Take { label: args.label },
+            Action::Take {
+                label: args.label,
+                json: ctx.json,
+            },
         ),
-        Some(A::List { run }) => (run, Action::List),
+        Some(A::List { run }) => (run, Action::List { json: ctx.json }),
         Some(A::Restore { run, id, to }) => (run, Action::Restore { id, to }),
         Some(A::Prune { run, keep, dry_run }) => (run, Action::Prune { keep, dry_run }),
     };
