@@ -115,6 +115,8 @@ pub struct RunPlan {
     pub worktree: Option<crate::worktree::Worktree>,
     /// moat.yaml `snapshots:` (the pre-run snapshot is on by default).
     pub snapshots: moat_config::SnapshotConfig,
+    /// `--workspace-mode`, else moat.yaml `workspace.mode`.
+    pub workspace_mode: moat_config::WorkspaceMode,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -151,6 +153,8 @@ pub struct RunFlags {
     pub allow_write: Vec<String>,
     /// `--worktree BRANCH` / `moat wt`: the run is named after the branch.
     pub worktree: Option<String>,
+    /// `--workspace-mode`: replaces moat.yaml `workspace.mode`.
+    pub workspace_mode: Option<moat_config::WorkspaceMode>,
 }
 
 /// Why flags and moat.yaml do not make a run.
@@ -305,6 +309,10 @@ impl RunPlan {
             config_used: None,
             worktree: None,
             snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
+            workspace_mode: flags
+                .workspace_mode
+                .or(config.map(|c| c.workspace_mode))
+                .unwrap_or_default(),
         })
     }
 }

@@ -426,6 +426,12 @@ impl SandboxDriver for ContainerDriver {
     }
 
     fn prepare(&mut self, request: &SandboxRequest) -> Result<Prepared, DriverError> {
+        if request.workspace_mode == moat_config::WorkspaceMode::Volume {
+            let runtime = self.name();
+            return Err(DriverError::hinted(DockerError::VolumeModeUnsupported {
+                runtime,
+            }));
+        }
         let mut notes = Vec::new();
         let oci = self
             .block_on(self.oci_runtime(request, &mut notes))

@@ -58,6 +58,7 @@ mod exclude;
 mod identity;
 pub mod init;
 mod nft;
+mod overlay;
 mod protect;
 mod protocol;
 mod relay;

@@ -31,8 +31,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command in a sandbox, with granted credentials injected by the
-    /// proxy.
+    /// Run a command in a sandbox, with granted credentials injected by the proxy.
     Run(RunArgs),
     /// Run Claude Code in a sandbox (a grant of claude or anthropic).
     Claude(AgentArgs),
@@ -73,6 +72,12 @@ pub enum Command {
     Trust(TrustArgs),
     /// Snapshot a run's workspace; list, restore or prune its snapshots.
     Snapshot(SnapshotArgs),
+    /// List what a volume-mode run changed (A/M/D PATH); --apply writes it into the workspace.
+    Diff {
+        run: String,
+        #[arg(long)]
+        apply: bool,
+    },
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -161,13 +166,15 @@ pub struct RunOptions {
     /// MOAT_NO_SANDBOX=1 or `sandbox: none`).
     #[arg(long)]
     pub no_sandbox: bool,
-    /// Container runtimes: rebuild the image even if one with the same
-    /// inputs exists.
+    /// Container runtimes: rebuild the image even if one with the same inputs exists.
     #[arg(long)]
     pub rebuild: bool,
     /// Work in a git worktree of BRANCH (created from HEAD when missing).
     #[arg(long, visible_alias = "wt", value_name = "BRANCH")]
     pub worktree: Option<String>,
+    /// bind (the workspace itself) or volume (a copy-on-write copy, see moat diff).
+    #[arg(long, value_name = "MODE")]
+    pub workspace_mode: Option<moat_config::WorkspaceMode>,
 }
 
 impl RunOptions {
@@ -195,6 +202,7 @@ impl RunOptions {
             detached,
             allow_write: self.allow_write.clone(),
             worktree: self.worktree.clone(),
+            workspace_mode: self.workspace_mode,
         }
     }
 }
@@ -208,8 +216,7 @@ pub struct AgentArgs {
     /// Arguments passed to the agent (after --).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
-    /// Answer one prompt and exit (non-interactive); the exit code is the
-    /// agent's.
+    /// Answer one prompt and exit (non-interactive); the exit code is the agent's.
     #[arg(short = 'p', long, value_name = "TEXT")]
     pub prompt: Option<String>,
     /// Continue the last session of this workspace.

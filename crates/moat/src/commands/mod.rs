@@ -115,6 +115,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
         Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
+        Command::Diff { run, apply } => {
+            let ctx = Context::from_global(&cli.global)?;
+            let text = moat_overlay::perform(&ctx.home, &run, apply, ctx.json)?;
+            out!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
