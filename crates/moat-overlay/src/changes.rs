@@ -266,3 +266,56 @@ fn remove(path: &Path) -> Result<(), OverlayError> {
         Some(_) => fs::remove_file(path).map_err(OverlayError::io("cannot remove", path)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn write(p: &Path, s: &str) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, s).unwrap();
+    }
+
+    #[test]
+    fn an_opaque_directory_deletes_the_lower_entries_it_does_not_readd() {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("lower"), t.path().join("upper"));
+        write(&lower.join("d/a"), "a");
+        write(&lower.join("d/b"), "b");
+        write(&upper.join("d/b"), "b");
+        write(&upper.join("d/c"), "c");
+        rustix::fs::setxattr(
+            upper.join("d"),
+            "user.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let got: Vec<String> = changes(&upper, &lower)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // `b` was re-added with the same bytes: not a change.
+        assert_eq!(got, ["D d/a", "A d/c"]);
+    }
+
+    #[test]
+    fn a_file_copied_up_unchanged_is_not_a_change_but_a_new_mode_is() {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper) = (t.path().join("lower"), t.path().join("upper"));
+        write(&lower.join("same"), "x");
+        write(&upper.join("same"), "x");
+        write(&lower.join("exec"), "x");
+        write(&upper.join("exec"), "x");
+        fs::set_permissions(upper.join("exec"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(lower.join("exec"), fs::Permissions::from_mode(0o644)).unwrap();
+        let got: Vec<String> = changes(&upper, &lower)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(got, ["M exec"]);
+    }
+}
