@@ -185,3 +185,49 @@ fn volume_mode_in_a_git_worktree_is_refused_before_the_run_starts() {
     );
     assert_eq!(tree(&t.project()), before);
 }
+
+#[test]
+fn apply_is_refused_while_the_run_is_running_and_in_place_restore_always() {
+    let t = common::ProxiedEnv::new(&[]);
+    write(&t.project().join("f"), "host\n");
+    let script = "echo run > f; touch /tmp/done; sleep 300";
+    t.run(&[
+        "run",
+        "-d",
+        "--workspace-mode",
+        "volume",
+        "--name",
+        "live",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .success();
+    // Wait until the run has written (no deadline: the test harness has one).
+    while t.run(&["diff", "live"]).stdout != "M f\n" {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = t.run(&["diff", "live", "--apply"]);
+    out.failure();
+    assert!(out.stderr.contains("is still running"), "{}", out.stderr);
+    assert!(out.stderr.contains("moat stop"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(t.project().join("f")).unwrap(),
+        "host\n"
+    );
+    t.run(&["stop", "live"]).success();
+    let out = t.run(&["snapshot", "restore", "live"]);
+    out.failure();
+    assert!(
+        out.stderr.contains("workspace.mode: volume"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--to DIR"), "{}", out.stderr);
+    t.run(&["diff", "live", "--apply"]).success();
+    assert_eq!(
+        std::fs::read_to_string(t.project().join("f")).unwrap(),
+        "run\n"
+    );
+}
