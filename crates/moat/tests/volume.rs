@@ -231,3 +231,64 @@ fn apply_is_refused_while_the_run_is_running_and_in_place_restore_always() {
         "run\n"
     );
 }
+
+/// A non-root caller (root runs the test as uid 4242 with `setpriv`; a
+/// non-root runner is that caller already in the tests above): its
+/// overlay is mounted in its own user namespace, without ID-mapping.
+#[test]
+fn a_non_root_caller_gets_the_copy_too() {
+    use std::os::unix::fs::chown;
+    if !rustix::process::geteuid().is_root() {
+        return; // The tests above ran as this non-root caller.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ws, home) = (dir.path().join("ws"), dir.path().join("home"));
+    write(&ws.join("a"), "host\n");
+    write(&ws.join("d"), "gone\n");
+    std::fs::create_dir_all(&home).unwrap();
+    for p in [dir.path(), &ws, &ws.join("a"), &ws.join("d"), &home] {
+        chown(p, Some(4242), Some(4242)).unwrap();
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = tree(&ws);
+    let moat = |args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "4242",
+                "--regid",
+                "4242",
+                "--clear-groups",
+                "env",
+            ])
+            .arg(format!("HOME={}", home.display()))
+            .arg(format!("MOAT_HOME={}", home.display()))
+            .args([
+                "MOAT_RUNTIME=native",
+                "MOAT_PROXY_PORT=0",
+                "MOAT_DAEMON_IDLE_TIMEOUT=2",
+            ])
+            .arg(env!("CARGO_BIN_EXE_moat"))
+            .args(args)
+            .current_dir(&ws)
+            .output()
+            .unwrap();
+        common::Result::from(out)
+    };
+    let script = "echo run > a && rm d && echo n > n && cat a";
+    let out = moat(&[
+        "run",
+        "--workspace-mode",
+        "volume",
+        "--name",
+        "nr",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    out.success();
+    assert_eq!(out.stdout, "run\n");
+    assert_eq!(tree(&ws), before, "the host tree changed");
+    assert_eq!(moat(&["diff", "nr"]).stdout, "M a\nD d\nA n\n");
+}
