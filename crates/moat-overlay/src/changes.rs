@@ -124,6 +124,56 @@ fn walk(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> Result
     Ok(())
 }
 
+/// What a container run changed: its extracted `tree` (Docker, Podman)
+/// against `workspace`, whole, `excluded` paths (a tmpfs in the run) left
+/// out on both sides. Sorted by path.
+pub fn tree_changes(
+    tree: &Path,
+    workspace: &Path,
+    excluded: &[PathBuf],
+) -> Result<Vec<Change>, OverlayError> {
+    let mut out = Vec::new();
+    compare(tree, workspace, Path::new(""), excluded, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn compare(
+    tree: &Path,
+    host: &Path,
+    rel: &Path,
+    excluded: &[PathBuf],
+    out: &mut Vec<Change>,
+) -> Result<(), OverlayError> {
+    let mut names = entries(&tree.join(rel))?;
+    names.extend(entries(&host.join(rel))?);
+    names.sort();
+    names.dedup();
+    for name in names {
+        let path = rel.join(&name);
+        if excluded.contains(&path) {
+            continue;
+        }
+        match (lstat(&tree.join(&path))?, lstat(&host.join(&path))?) {
+            (Some(_), None) => all_below(tree, &path, ChangeKind::Added, out)?,
+            (None, Some(_)) => all_below(host, &path, ChangeKind::Deleted, out)?,
+            (Some(t), Some(h)) => {
+                if differs(&tree.join(&path), &t, &host.join(&path), &h)? {
+                    out.push(Change {
+                        path: path.clone(),
+                        kind: ChangeKind::Modified,
+                    });
+                }
+                if t.is_dir() && h.is_dir() {
+                    compare(tree, host, &path, excluded, out)?;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(())
+}
+
 fn gone(path: &Path) -> OverlayError {
     OverlayError::io("cannot read", path)(io::ErrorKind::NotFound.into())
 }

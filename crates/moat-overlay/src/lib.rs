@@ -12,12 +12,15 @@
 //!   left with the same bytes and mode is not a change.
 //! - [`apply`]: writes those changes into the host workspace
 //!   (`moat diff <run> --apply`).
+//! - [`tree_changes`]: the same for a container run (Docker, Podman),
+//!   whose volume's tree was extracted into `workspace-copy/tree` when it
+//!   ended: compared with the workspace whole.
 //! - [`perform`]: both, for a run named by id, id prefix or name.
 
 mod changes;
 mod error;
 
-pub use crate::changes::{apply, changes, Change, ChangeKind};
+pub use crate::changes::{apply, changes, tree_changes, Change, ChangeKind};
 pub use crate::error::OverlayError;
 
 use std::path::PathBuf;
@@ -45,19 +48,31 @@ pub fn perform(
     if meta.workspace_mode.as_deref() != Some("volume") {
         return Err(OverlayError::NotAVolumeRun { run: id });
     }
-    let upper: PathBuf = runs.dir(&meta.id).join(WORKSPACE_COPY_DIR).join("upper");
-    if !upper.is_dir() {
+    let copy: PathBuf = runs.dir(&meta.id).join(WORKSPACE_COPY_DIR);
+    let (upper, tree) = (copy.join("upper"), copy.join("tree"));
+    let (source, list) = if upper.is_dir() {
+        (upper.clone(), changes(&upper, &meta.workspace)?)
+    } else if tree.is_dir() {
+        let excluded = std::fs::read_to_string(copy.join("excluded")).unwrap_or_default();
+        let excluded: Vec<PathBuf> = excluded.lines().map(PathBuf::from).collect();
+        (
+            tree.clone(),
+            tree_changes(&tree, &meta.workspace, &excluded)?,
+        )
+    } else if meta.state.is_active() {
+        // A container run's tree is extracted when it ends.
+        return Err(OverlayError::StillRunning { run: id });
+    } else {
         return Err(OverlayError::NoCopy {
             run: id,
-            path: upper,
+            path: copy,
         });
-    }
+    };
     if apply_changes && meta.state.is_active() {
         return Err(OverlayError::StillRunning { run: id });
     }
-    let list = changes(&upper, &meta.workspace)?;
     if apply_changes {
-        apply(&list, &upper, &meta.workspace)?;
+        apply(&list, &source, &meta.workspace)?;
     }
     if json {
         let text = serde_json::to_string_pretty(&list).map_err(OverlayError::Json)?;

@@ -10,16 +10,6 @@ pub const NO_SANDBOX_WARNING: &str = "Warning: Running without gVisor reduces co
 /// What goes wrong in the Docker runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    /// `workspace.mode: volume` on a container runtime (not built yet).
-    #[error(
-        "workspace.mode: volume is not supported on the {runtime} runtime yet \
-         (the host workspace would be bound read-write, which volume mode promises not to do)"
-    )]
-    VolumeModeUnsupported {
-        /// `docker` or `podman`.
-        runtime: &'static str,
-    },
-
     /// No daemon answered on any candidate socket (or `DOCKER_HOST`).
     #[error("docker daemon not accessible: {cause}")]
     DaemonNotAccessible {
@@ -241,10 +231,6 @@ pub enum DockerError {
 impl moat_hint::Hint for DockerError {
     fn hint(&self) -> Option<moat_hint::Fix> {
         let text = match self {
-            DockerError::VolumeModeUnsupported { .. } => "To fix: run it on the native runtime \
-                 (--runtime native), or use --workspace-mode bind (the run then writes the host \
-                 workspace directly)."
-                .to_owned(),
             DockerError::DaemonNotAccessible { .. } => "To fix:\n\
                  \x20 - Start the daemon: sudo systemctl start docker (Linux), or start Docker Desktop\n\
                  \x20 - If it is running but you lack permission: sudo usermod -aG docker $USER, then log out and back in"

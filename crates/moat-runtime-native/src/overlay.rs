@@ -65,3 +65,16 @@ pub(crate) fn mount_at(target: &Path) -> SetupResult<()> {
     }
     Ok(())
 }
+
+/// Removes the overlay's `work/` once the sandbox is gone: the kernel
+/// leaves a `work/work` of mode 000 in it, which would keep a non-root
+/// caller from removing the run's directory (`moat destroy`). The upper
+/// layer stays: it is the run's copy.
+pub(crate) fn remove_work_dir(work: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let inner = work.join("work");
+    let _ = fs::set_permissions(&inner, fs::Permissions::from_mode(0o700));
+    // Best effort: failing here must not turn the run's exit into an
+    // error; a leftover `work/` only costs an empty directory.
+    let _ = fs::remove_dir_all(work);
+}

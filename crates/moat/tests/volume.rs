@@ -291,4 +291,82 @@ fn a_non_root_caller_gets_the_copy_too() {
     assert_eq!(out.stdout, "run\n");
     assert_eq!(tree(&ws), before, "the host tree changed");
     assert_eq!(moat(&["diff", "nr"]).stdout, "M a\nD d\nA n\n");
+    // The overlay's work directory (the kernel leaves a mode-000 one in
+    // it) does not keep the caller from removing the run.
+    moat(&["destroy", "nr"]).success();
+}
+
+/// Volume mode on a container runtime: the named volume `moat-ws-<id>`
+/// filled with the workspace, the host tree untouched, the run's tree
+/// extracted when it ends (`moat diff`, `--apply`), the volume removed.
+fn on_container_runtime(runtime: &str) {
+    let t = common::ProxiedEnv::new(&[]);
+    project(&t.project());
+    let before = tree(&t.project());
+    let moat = |args: &[&str]| {
+        common::Result::from(
+            t.moat()
+                .env("MOAT_RUNTIME", runtime)
+                .env("MOAT_DAEMON_IDLE_TIMEOUT", "5")
+                .env(
+                    "MOAT_IMAGE_MAP",
+                    "debian:bookworm-slim=local/debian:bookworm",
+                )
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let out = moat(&[
+        "run",
+        "--workspace-mode",
+        "volume",
+        "--name",
+        "cv",
+        "--",
+        "sh",
+        "-c",
+        EDITS,
+    ]);
+    out.success();
+    assert_eq!(out.stdout, "x\n");
+    assert_eq!(tree(&t.project()), before, "the host tree changed");
+    let diff = moat(&["diff", "cv"]);
+    diff.success();
+    assert_eq!(diff.stdout, DIFF);
+    let meta = std::fs::read_dir(t.env.moat_home().join("runs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("run_"))
+        .unwrap();
+    let volume = format!("moat-ws-{}", meta.file_name().to_string_lossy());
+    let inspect = std::process::Command::new(runtime)
+        .args(["volume", "inspect", &volume])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "{volume} was left behind");
+    moat(&["diff", "cv", "--apply"]).success();
+    assert_eq!(moat(&["diff", "cv"]).stdout, "");
+    let p = t.project();
+    assert_eq!(
+        std::fs::read_to_string(p.join("edit.txt")).unwrap(),
+        "after\n"
+    );
+    assert!(!p.join("olddir").exists());
+}
+
+#[test]
+fn docker_volume_mode_leaves_the_host_untouched_and_diff_lists_the_edits() {
+    if !common::docker_available() {
+        return;
+    }
+    on_container_runtime("docker");
+}
+
+#[test]
+fn podman_volume_mode_leaves_the_host_untouched_and_diff_lists_the_edits() {
+    if !moat_testkit::require::podman() {
+        return;
+    }
+    on_container_runtime("podman");
 }
