@@ -257,10 +257,12 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
 /// parents before children. Set-id bits are not carried over.
 pub fn apply(list: &[Change], upper: &Path, workspace: &Path) -> Result<(), OverlayError> {
     for c in list.iter().rev().filter(|c| c.kind == ChangeKind::Deleted) {
+        through_link(workspace, &c.path)?;
         remove(&workspace.join(&c.path))?;
     }
     for c in list.iter().filter(|c| c.kind != ChangeKind::Deleted) {
         let (src, dst) = (upper.join(&c.path), workspace.join(&c.path));
+        through_link(workspace, &c.path)?;
         let m = lstat(&src)?.ok_or_else(|| gone(&src))?;
         let existing = lstat(&dst)?;
         if m.is_dir() {
@@ -286,6 +288,22 @@ pub fn apply(list: &[Change], upper: &Path, workspace: &Path) -> Result<(), Over
         let perms = fs::Permissions::from_mode(m.mode() & MODE_BITS);
         fs::set_permissions(&dst, perms)
             .map_err(OverlayError::io("cannot set the mode of", &dst))?;
+    }
+    Ok(())
+}
+
+/// Refuses `rel` when a directory on its way in `workspace` is a
+/// symbolic link (the workspace changed since the run, or the list does
+/// not come from it): nothing is written outside the workspace.
+fn through_link(workspace: &Path, rel: &Path) -> Result<(), OverlayError> {
+    let mut at = workspace.to_path_buf();
+    for c in rel.parent().into_iter().flat_map(Path::components) {
+        at.push(c);
+        if lstat(&at)?.is_some_and(|m| m.file_type().is_symlink()) {
+            return Err(OverlayError::io("refusing to write through the link", &at)(
+                io::ErrorKind::InvalidInput.into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -349,6 +367,26 @@ mod tests {
             .collect();
         // `b` was re-added with the same bytes: not a change.
         assert_eq!(got, ["D d/a", "A d/c"]);
+    }
+
+    #[test]
+    fn apply_writes_nothing_through_a_link_in_the_workspace() {
+        let t = tempfile::tempdir().unwrap();
+        let (ws, upper, outside) = (
+            t.path().join("ws"),
+            t.path().join("up"),
+            t.path().join("out"),
+        );
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(&ws).unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("d")).unwrap();
+        write(&upper.join("d/x"), "x");
+        let list = [Change {
+            path: "d/x".into(),
+            kind: ChangeKind::Added,
+        }];
+        assert!(apply(&list, &upper, &ws).is_err());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]

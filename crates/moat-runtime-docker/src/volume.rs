@@ -8,8 +8,7 @@
 //! with the container unless `--keep`.
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use bollard::query_parameters::{
@@ -161,6 +160,11 @@ pub(crate) fn unpack(archive: &[u8], tree: &Path, excluded: &[PathBuf]) -> std::
             continue;
         }
         let dst = tree.join(&rel);
+        // A repeated entry replaces the earlier one; nothing is written
+        // through a link an earlier entry made.
+        if fs::symlink_metadata(&dst).is_ok_and(|m| !m.is_dir()) {
+            fs::remove_file(&dst)?;
+        }
         let mode = entry.header().mode()? & 0o777;
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
@@ -168,9 +172,12 @@ pub(crate) fn unpack(archive: &[u8], tree: &Path, excluded: &[PathBuf]) -> std::
                 fs::set_permissions(&dst, fs::Permissions::from_mode(mode | 0o700))?;
             }
             tar::EntryType::Regular => {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes)?;
-                fs::write(&dst, bytes)?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&dst)?;
+                std::io::copy(&mut entry, &mut file)?;
                 fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
             }
             tar::EntryType::Symlink => {
@@ -273,5 +280,65 @@ impl DockerRuntime {
             }) => Ok(()),
             Err(e) => Err(DockerError::engine(format!("removing volume {name}"), e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn archive(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            // Names written raw: the builder refuses `..`, an archive
+            // from a container need not.
+            let mut header = tar::Header::new_old();
+            let name = path.as_bytes();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name);
+            header.set_entry_type(*kind);
+            header.set_mode(0o6755);
+            if *kind == tar::EntryType::Symlink {
+                header.set_link_name(data).unwrap();
+                header.set_size(0);
+                header.set_cksum();
+                builder.append(&header, std::io::empty()).unwrap();
+            } else {
+                header.set_size(data.len() as u64);
+                header.set_cksum();
+                builder.append(&header, data.as_bytes()).unwrap();
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn nothing_is_written_outside_the_tree_or_set_id() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let outside_s = outside.display().to_string();
+        let tar = archive(&[
+            ("workspace/l", tar::EntryType::Symlink, &outside_s),
+            ("workspace/l/x", tar::EntryType::Regular, "through a link"),
+            (
+                "workspace/f",
+                tar::EntryType::Symlink,
+                &format!("{outside_s}/g"),
+            ),
+            ("workspace/f", tar::EntryType::Regular, "replaces the link"),
+            ("workspace/../escape", tar::EntryType::Regular, "up"),
+            ("workspace/ok", tar::EntryType::Regular, "ok"),
+        ]);
+        let tree = t.path().join("tree");
+        unpack(&tar, &tree, &[]).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(!t.path().join("escape").exists());
+        assert_eq!(
+            fs::read_to_string(tree.join("f")).unwrap(),
+            "replaces the link"
+        );
+        let mode = fs::metadata(tree.join("ok")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
     }
 }
