@@ -74,8 +74,9 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// List what a volume-mode run changed (A/M/D PATH); --apply writes it into the workspace.
     Diff {
+        #[arg(help = "Run id, id prefix or name")]
         run: String,
-        #[arg(long)]
+        #[arg(long, help = "Write them into the workspace (after the run)")]
         apply: bool,
     },
     /// Print the version.
@@ -399,8 +400,7 @@ pub enum AuditCommand {
         /// holding them (the installation's MOAT_HOME/audit/signing.pub).
         #[arg(long, value_name = "PUBKEY", conflicts_with = "trusted")]
         key: Option<String>,
-        /// Require signatures by this installation's key
-        /// (MOAT_HOME/audit/signing.pub).
+        /// Require signatures by this installation's key (MOAT_HOME/audit/signing.pub).
         #[arg(long)]
         trusted: bool,
     },
