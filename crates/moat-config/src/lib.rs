@@ -33,6 +33,7 @@ pub use crate::mount::parse_allow_write;
 pub use crate::types::{
     ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
     ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SnapshotConfig, UnknownRuntime,
+    UnknownWorkspaceMode, WorkspaceMode,
 };
 
 /// File names looked up in the workspace, in order.

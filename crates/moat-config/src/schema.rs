@@ -21,7 +21,7 @@ use crate::yaml::{Node, Resolved, Value};
 use crate::{
     ConfigError, ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount,
     NetworkConfig, ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SnapshotConfig,
-    SpecError,
+    SpecError, WorkspaceMode,
 };
 
 type R<T> = Result<T, ConfigError>;
@@ -48,6 +48,7 @@ const TOP_KEYS: &[&str] = &[
     "gemini",
     "allow_write",
     "snapshots",
+    "workspace",
 ];
 
 /// Keys moat.yaml has elsewhere that this version does not implement yet:
@@ -55,7 +56,6 @@ const TOP_KEYS: &[&str] = &[
 const TOP_NOT_YET: &[&str] = &[
     "version",
     "secrets",
-    "workspace",
     "volumes",
     "ports",
     "clipboard",
@@ -338,6 +338,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "interactive" => cfg.interactive = ctx.bool(value, path)?,
             "allow_write" => cfg.allow_write = allow_write(ctx, value, path)?,
             "snapshots" => cfg.snapshots = snapshots(ctx, value, path)?,
+            "workspace" => cfg.workspace_mode = workspace(ctx, value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
             "claude" | "codex" | "gemini" => {
@@ -380,6 +381,24 @@ fn sandbox_mode(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SandboxMode> {
             ),
         )),
     }
+}
+
+/// `workspace:`: only `mode` so far.
+fn workspace(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<WorkspaceMode> {
+    let mut mode = WorkspaceMode::default();
+    for (key, value) in ctx.fields(node, path, &["mode"], &[])? {
+        let p = join(path, key);
+        let s = ctx.string(value, &p, Some(key))?;
+        mode = s.parse().map_err(|e: crate::types::UnknownWorkspaceMode| {
+            ctx.invalid_with_fix(
+                value,
+                &p,
+                e.to_string(),
+                "To fix: write `mode: volume` (the run works on a copy) or `mode: bind` (the default).",
+            )
+        })?;
+    }
+    Ok(mode)
 }
 
 fn dependencies(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<Vec<Dependency>> {

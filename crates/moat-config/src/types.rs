@@ -33,6 +33,45 @@ pub struct ProjectConfig {
     pub allow_write: Vec<PathBuf>,
     /// `snapshots:`.
     pub snapshots: SnapshotConfig,
+    /// `workspace.mode`.
+    pub workspace_mode: WorkspaceMode,
+}
+
+/// `workspace.mode` / `--workspace-mode`: how the sandbox sees the
+/// workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum WorkspaceMode {
+    /// The host tree itself, read-write (the default).
+    #[default]
+    Bind,
+    /// A copy-on-write copy: the host tree is not written during the run;
+    /// `moat diff` shows the changes, `moat diff --apply` brings them back.
+    Volume,
+}
+
+/// A workspace mode moat does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected \"bind\" or \"volume\", found {0:?}")]
+pub struct UnknownWorkspaceMode(pub String);
+
+impl FromStr for WorkspaceMode {
+    type Err = UnknownWorkspaceMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "bind" => Ok(Self::Bind),
+            "volume" => Ok(Self::Volume),
+            _ => Err(UnknownWorkspaceMode(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for WorkspaceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Bind => "bind",
+            Self::Volume => "volume",
+        })
+    }
 }
 
 /// `snapshots:` in moat.yaml. The pre-run, git-commit and idle triggers

@@ -117,6 +117,8 @@ pub struct RunPlan {
     pub snapshots: moat_config::SnapshotConfig,
     /// The agent the run starts (`moat claude`…), for `moat join`.
     pub agent: Option<String>,
+    /// `--workspace-mode`, else moat.yaml `workspace.mode`.
+    pub workspace_mode: moat_config::WorkspaceMode,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -153,6 +155,8 @@ pub struct RunFlags {
     pub allow_write: Vec<String>,
     /// `--worktree BRANCH` / `moat wt`: the run is named after the branch.
     pub worktree: Option<String>,
+    /// `--workspace-mode`: replaces moat.yaml `workspace.mode`.
+    pub workspace_mode: Option<moat_config::WorkspaceMode>,
 }
 
 /// Why flags and moat.yaml do not make a run.
@@ -171,6 +175,16 @@ pub enum PlanError {
         name: String,
         /// The services there are.
         known: String,
+    },
+    /// `workspace.mode: volume` in a git worktree.
+    #[error(
+        "workspace.mode: volume cannot work on a git worktree ({}: .git is a file): its commits \
+         would be written to the repository's .git on the host, outside the run's copy",
+        workspace.display()
+    )]
+    VolumeWorktree {
+        /// The workspace.
+        workspace: PathBuf,
     },
     /// Neither `--` nor moat.yaml gives a command.
     #[error("no command to run")]
@@ -208,6 +222,11 @@ impl moat_hint::Hint for PlanError {
             PlanError::NotAService { name, .. } => {
                 Some(format!("Remove services.{name} from moat.yaml.").into())
             }
+            PlanError::VolumeWorktree { .. } => Some(
+                "To fix: use --workspace-mode bind for a worktree run, or run volume mode from \
+                 the repository's main checkout."
+                    .into(),
+            ),
             PlanError::NoCommand => Some(
                 "Give one after --, e.g. moat run -- echo hello, or set `command:` in moat.yaml."
                     .into(),
@@ -250,6 +269,11 @@ impl RunPlan {
             .runtime
             .or(runtime_env)
             .or_else(|| config.and_then(|c| c.runtime));
+        let workspace_mode = flags
+            .workspace_mode
+            .or(config.map(|c| c.workspace_mode))
+            .unwrap_or_default();
+        check_volume_mode(workspace_mode, &workspace, flags.worktree.is_some())?;
         // In this order, so the first mistake of several is the one told.
         let command = command(flags, config)?;
         let grants = grants(flags, config)?;
@@ -308,8 +332,25 @@ impl RunPlan {
             worktree: None,
             snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
             agent: None,
+            workspace_mode,
         })
     }
+}
+
+/// Volume mode refuses a git worktree (`.git` is a file): its commits go
+/// to the repository's common `.git`, outside the copy, on the host.
+fn check_volume_mode(
+    mode: moat_config::WorkspaceMode,
+    workspace: &std::path::Path,
+    worktree: bool,
+) -> Result<(), PlanError> {
+    let git_file = std::fs::symlink_metadata(workspace.join(".git")).is_ok_and(|m| m.is_file());
+    if mode == moat_config::WorkspaceMode::Volume && (worktree || git_file) {
+        return Err(PlanError::VolumeWorktree {
+            workspace: workspace.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// The command after `--`, else moat.yaml's, wrapped in `hooks.pre_run`.

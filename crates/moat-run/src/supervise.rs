@@ -218,6 +218,9 @@ fn record_start(
     if let Some(worktree) = &plan.worktree {
         worktree.record(&mut meta);
     }
+    if plan.workspace_mode == moat_config::WorkspaceMode::Volume {
+        meta.workspace_mode = Some(plan.workspace_mode.to_string());
+    }
     runs.create(&meta)?;
     // Room to record the run's end even if MOAT_HOME fills up meanwhile.
     if let Err(e) = runs.reserve(&meta.id) {
@@ -502,6 +505,8 @@ fn sandbox_request(
         run_id: meta.id.to_string(),
         hostname: meta.name.replace('_', "-"),
         workspace: plan.workspace.clone(),
+        workspace_mode: plan.workspace_mode,
+        workspace_copy: run_dir.join(moat_sandbox::WORKSPACE_COPY_DIR),
         command: plan.command.clone(),
         env: variables,
         mounts,

@@ -62,6 +62,22 @@ fn protected_and_mount_binds(spec: &ContainerSpec) -> Vec<String> {
     protected.chain(mounts).collect()
 }
 
+/// The workspace at `/workspace`: bound from the host, or in volume mode
+/// the run's volume, with the host workspace read-only beside it.
+fn workspace_binds(spec: &ContainerSpec) -> Vec<String> {
+    let host = spec.workload.workspace.display();
+    match spec.workload.workspace_overlay {
+        None => vec![format!("{host}:{WORKSPACE_IN_CONTAINER}")],
+        Some(_) => vec![
+            format!(
+                "{}:{WORKSPACE_IN_CONTAINER}",
+                crate::volume::volume_name(&spec.run_id)
+            ),
+            format!("{host}:{}:ro", crate::volume::HOST_WORKSPACE),
+        ],
+    }
+}
+
 /// Options of the tmpfs over an excluded path: writable by whoever runs
 /// inside, programs allowed (`node_modules/.bin`), never set-id or devices.
 const EXCLUDE_TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev,mode=1777";
@@ -407,10 +423,7 @@ impl DockerRuntime {
         guard: Option<&str>,
         gate: Option<&Path>,
     ) -> Result<String, DockerError> {
-        let mut binds = vec![format!(
-            "{}:{WORKSPACE_IN_CONTAINER}",
-            spec.workload.workspace.display()
-        )];
+        let mut binds = workspace_binds(spec);
         // The command, or the image's own when none is given: with the gate
         // as entrypoint, the engine would no longer add the image's.
         let mut command = spec.workload.command.clone();
@@ -465,7 +478,11 @@ impl DockerRuntime {
         let created = self.create_named(&name, body).await.map_err(|e| {
             DockerError::engine(format!("creating container {name} from {}", spec.image), e)
         })?;
-        if let Err(e) = self.upload_files(&created, spec).await {
+        let mut filled = self.upload_files(&created, spec).await;
+        if filled.is_ok() && spec.workload.workspace_overlay.is_some() {
+            filled = self.fill_workspace(&created, spec).await;
+        }
+        if let Err(e) = filled {
             self.remove_by_id(&created).await.ok();
             return Err(e);
         }

@@ -499,6 +499,25 @@ impl SandboxDriver for ContainerDriver {
                 }
             }
         });
+        let volume = spec
+            .workload
+            .workspace_overlay
+            .clone()
+            .map(|copy| WorkspaceVolume {
+                run_id: spec.run_id.clone(),
+                copy,
+                // Protected paths are the host's, bound read-only over
+                // the volume: the run cannot have changed them.
+                excluded: (spec.workload.workspace_exclude.iter().cloned())
+                    .chain(spec.workload.protected.iter().map(|p| p.path.clone()))
+                    .collect(),
+            });
+        if started.is_err() {
+            if let Some(v) = &volume {
+                self.block_on(self.engine.remove_workspace_volume(&v.run_id))
+                    .ok();
+            }
+        }
         let (container, attached) = started.map_err(DriverError::hinted)?;
         let control = Arc::new(ContainerControl {
             engine: self.engine.clone(),
@@ -518,6 +537,7 @@ impl SandboxDriver for ContainerDriver {
             keep: request.keep,
             sidecar_logs: request.sidecar_logs.clone(),
             control,
+            volume,
         }))
     }
 
@@ -606,6 +626,14 @@ struct ContainerRunning<'d> {
     keep: bool,
     sidecar_logs: std::path::PathBuf,
     control: Arc<ContainerControl>,
+    volume: Option<WorkspaceVolume>,
+}
+
+/// Volume mode: the run's workspace volume, and where its tree goes.
+struct WorkspaceVolume {
+    run_id: String,
+    copy: std::path::PathBuf,
+    excluded: Vec<std::path::PathBuf>,
 }
 
 impl RunningSandbox for ContainerRunning<'_> {
@@ -655,9 +683,26 @@ impl RunningSandbox for ContainerRunning<'_> {
                 &self.sidecar_logs,
             ));
         }
+        if let Some(v) = &self.volume {
+            let copy = engine.extract_workspace(&container.id, &v.run_id, &v.copy, &v.excluded);
+            if let Err(e) = self.driver.block_on(copy) {
+                let _ = writeln!(std::io::stderr(), "moat: keeping the run's workspace: {e}");
+            }
+        }
         if !self.keep {
             if let Err(e) = self.driver.block_on(engine.remove(&container)) {
                 let _ = writeln!(std::io::stderr(), "moat: removing the container: {e}");
+            }
+            if let Some(v) = &self.volume {
+                if let Err(e) = self
+                    .driver
+                    .block_on(engine.remove_workspace_volume(&v.run_id))
+                {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "moat: removing the workspace volume: {e}"
+                    );
+                }
             }
         }
         let code = result.map_err(DriverError::hinted)?;

@@ -102,6 +102,7 @@ mod image;
 pub mod services;
 mod spec;
 pub mod versions;
+mod volume;
 
 pub use crate::connect::{
     candidate_endpoints, ensure_podman_service, podman_endpoint, podman_registers_runtime,

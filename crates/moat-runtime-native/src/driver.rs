@@ -114,6 +114,11 @@ impl SandboxDriver for NativeDriver {
             pumps,
             relay,
             control,
+            overlay_work: spec
+                .workload
+                .workspace_overlay
+                .as_ref()
+                .map(|c| c.join("work")),
         }))
     }
 
@@ -222,6 +227,8 @@ struct NativeRunning {
     pumps: Vec<JoinHandle<()>>,
     relay: Option<terminal::TerminalRelay>,
     control: Arc<NativeControl>,
+    /// Volume mode: the overlay's `work/`, removed when the sandbox is gone.
+    overlay_work: Option<std::path::PathBuf>,
 }
 
 impl RunningSandbox for NativeRunning {
@@ -240,6 +247,9 @@ impl RunningSandbox for NativeRunning {
         }
         if let Some(relay) = self.relay.take() {
             relay.finish();
+        }
+        if let Some(work) = self.overlay_work.take() {
+            crate::overlay::remove_work_dir(&work);
         }
         Ok(exit.code)
     }

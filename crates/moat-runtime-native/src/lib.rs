@@ -60,6 +60,7 @@ mod exec_driver;
 mod identity;
 pub mod init;
 mod nft;
+mod overlay;
 mod protect;
 mod protocol;
 mod relay;

@@ -119,6 +119,9 @@ pub(crate) struct HostMount {
 #[derive(Debug)]
 pub(crate) struct HostPaths {
     workspace: HostMount,
+    /// Volume mode: the run's copy directory, the overlay's upper side
+    /// (the workspace is then its read-only lower side).
+    overlay: Option<HostMount>,
     mounts: Vec<HostMount>,
     proxy_socket: Option<HostMount>,
 }
@@ -162,15 +165,30 @@ impl HostPaths {
                 exclude: Vec::new(),
             }),
         };
+        let overlay = match &spec.workload.workspace_overlay {
+            None => None,
+            Some(copy) => Some(HostMount {
+                source: HostSource::Path(crate::overlay::prepare_copy_dir(copy)?),
+                target: PathBuf::from(crate::overlay::COPY_STAGE),
+                read_only: false,
+                is_dir: true,
+                exclude: Vec::new(),
+            }),
+        };
+        let (target, read_only) = match overlay {
+            None => (WORKSPACE_IN_SANDBOX, false),
+            Some(_) => (crate::overlay::LOWER_STAGE, true),
+        };
         Ok(HostPaths {
             workspace: HostMount {
                 source: HostSource::Path(workspace),
-                target: PathBuf::from(WORKSPACE_IN_SANDBOX),
-                read_only: false,
+                target: PathBuf::from(target),
+                read_only,
                 is_dir: true,
                 // Its excludes come after its protected paths (`build`).
                 exclude: Vec::new(),
             },
+            overlay,
             mounts,
             proxy_socket,
         })
@@ -183,6 +201,7 @@ impl HostPaths {
     /// sandbox's user namespace.
     pub(crate) fn detach_idmapped(&mut self, idmap: BorrowedFd<'_>) -> SetupResult<()> {
         let all = std::iter::once(&mut self.workspace)
+            .chain(self.overlay.iter_mut())
             .chain(self.mounts.iter_mut())
             .chain(self.proxy_socket.iter_mut());
         for m in all {
@@ -350,6 +369,10 @@ pub(crate) fn build(
         read_only: false,
     };
     show(paths.workspace)?;
+    if let Some(copy) = paths.overlay {
+        show(copy)?;
+        crate::overlay::mount_at(ws)?;
+    }
     crate::protect::apply(&spec.workload.protected, ids)?;
     crate::exclude::apply(&workspace_exclude, ids, tmpfs_size)?;
 

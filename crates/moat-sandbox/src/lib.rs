@@ -73,6 +73,11 @@ pub use moat_capture::{ProxyAuthorization, HOST_GATEWAY_ADDR, HOST_GATEWAY_NAME}
 /// Where the project directory appears in every sandbox (also its cwd).
 pub const WORKSPACE_IN_SANDBOX: &str = "/workspace";
 
+/// A volume-mode run's copy of its workspace, in the run's directory
+/// (`MOAT_HOME/runs/<id>/workspace-copy`): on native the overlay's
+/// `upper/` (what the run changed) and `work/`.
+pub const WORKSPACE_COPY_DIR: &str = "workspace-copy";
+
 /// A host path made visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindMount {
@@ -173,6 +178,11 @@ pub struct Workload {
     /// mount's [`BindMount::exclude`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workspace_exclude: Vec<PathBuf>,
+    /// Volume mode: the directory holding the overlay's `upper/` and
+    /// `work/`; `/workspace` is then the workspace read-only beneath
+    /// them, and the host tree is not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_overlay: Option<PathBuf>,
 }
 
 impl Workload {
@@ -449,6 +459,13 @@ pub struct SandboxRequest {
     /// Host project directory (absolute), bound read-write at
     /// [`WORKSPACE_IN_SANDBOX`].
     pub workspace: PathBuf,
+    /// `bind`: the workspace itself; `volume`: a copy-on-write copy kept
+    /// in `workspace_copy`, the host tree untouched.
+    pub workspace_mode: moat_config::WorkspaceMode,
+    /// The run's own directory for its copy of the workspace (volume
+    /// mode): an overlay's `upper/` and `work/` on native, the extracted
+    /// tree on container runtimes. See [`WORKSPACE_COPY_DIR`].
+    pub workspace_copy: PathBuf,
     /// Program and arguments.
     pub command: Vec<String>,
     /// Environment, in precedence order (a later entry replaces an
@@ -526,6 +543,8 @@ impl SandboxRequest {
             command: self.command.clone(),
             protected: self.protected.clone(),
             workspace_exclude: self.workspace_exclude.clone(),
+            workspace_overlay: (self.workspace_mode == moat_config::WorkspaceMode::Volume)
+                .then(|| self.workspace_copy.clone()),
         }
     }
 
@@ -1049,6 +1068,8 @@ mod tests {
             run_id: "run_1".into(),
             hostname: "moat".into(),
             workspace: "/w".into(),
+            workspace_mode: moat_config::WorkspaceMode::Bind,
+            workspace_copy: "/runs/run_1/workspace-copy".into(),
             command: vec!["true".into()],
             env: vec![
                 ("SSH_AUTH_SOCK".into(), "/host".into()),

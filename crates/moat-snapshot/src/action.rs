@@ -79,6 +79,9 @@ pub fn perform(home: &MoatHome, run: &str, action: Action) -> Result<String, Sna
         Action::List { json: true } => to_json(&mine()?),
         Action::List { json: false } => Ok(format_list(&mine()?)),
         Action::Restore { id: snap, to } => {
+            if to.is_none() && meta.workspace_mode.as_deref() == Some("volume") {
+                return Err(SnapshotError::VolumeRunInPlace { run: id });
+            }
             let record = match snap {
                 Some(s) => store.find(&s)?,
                 None => mine()?

@@ -33,6 +33,13 @@ pub enum SnapshotError {
         /// The run id.
         run: String,
     },
+    /// In-place restore for a volume-mode run: its snapshots are of the
+    /// host tree it never wrote.
+    #[error("run {run} worked on a copy of its workspace (workspace.mode: volume): restoring in place would change the host tree the run never touched")]
+    VolumeRunInPlace {
+        /// The run id.
+        run: String,
+    },
     /// An id prefix matches several snapshots.
     #[error("{id:?} matches {count} snapshots")]
     Ambiguous {
@@ -95,6 +102,10 @@ impl moat_hint::Hint for SnapshotError {
                 "List snapshots with: moat snapshot list <run>".to_owned()
             }
             SnapshotError::NoSnapshots { run } => format!("Take one with: moat snapshot {run}"),
+            SnapshotError::VolumeRunInPlace { run } => format!(
+                "To fix: restore into another directory with --to DIR, or bring the run's \
+                 changes into the workspace with moat diff {run} --apply"
+            ),
             SnapshotError::WorkspaceInUse { runs, .. } => {
                 let run = runs.first().map(String::as_str).unwrap_or("<run>");
                 format!(

@@ -112,6 +112,10 @@ pub struct RunMetadata {
     /// The id of the repository the worktree belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree_repo_id: Option<String>,
+    /// `volume` when the run works on a copy-on-write copy of the
+    /// workspace (`moat diff`); absent for a bind-mounted workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_mode: Option<String>,
 }
 
 impl RunMetadata {
@@ -143,6 +147,7 @@ impl RunMetadata {
             worktree_branch: None,
             worktree_path: None,
             worktree_repo_id: None,
+            workspace_mode: None,
         }
     }
 }

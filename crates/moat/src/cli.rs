@@ -31,8 +31,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a command in a sandbox, with granted credentials injected by the
-    /// proxy.
+    /// Run a command in a sandbox, with granted credentials injected by the proxy.
     Run(RunArgs),
     /// Run Claude Code in a sandbox (a grant of claude or anthropic).
     Claude(AgentArgs),
@@ -77,6 +76,13 @@ pub enum Command {
     Exec(ExecArgs),
     /// Start another session of a running run's agent in its sandbox.
     Join(JoinArgs),
+    /// List what a volume-mode run changed (A/M/D PATH); --apply writes it into the workspace.
+    Diff {
+        #[arg(help = "Run id, id prefix or name")]
+        run: String,
+        #[arg(long, help = "Write them into the workspace (after the run)")]
+        apply: bool,
+    },
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -165,13 +171,15 @@ pub struct RunOptions {
     /// MOAT_NO_SANDBOX=1 or `sandbox: none`).
     #[arg(long)]
     pub no_sandbox: bool,
-    /// Container runtimes: rebuild the image even if one with the same
-    /// inputs exists.
+    /// Container runtimes: rebuild the image even if one with the same inputs exists.
     #[arg(long)]
     pub rebuild: bool,
     /// Work in a git worktree of BRANCH (created from HEAD when missing).
     #[arg(long, visible_alias = "wt", value_name = "BRANCH")]
     pub worktree: Option<String>,
+    /// bind (the workspace itself) or volume (a copy-on-write copy, see moat diff).
+    #[arg(long, value_name = "MODE")]
+    pub workspace_mode: Option<moat_config::WorkspaceMode>,
 }
 
 impl RunOptions {
@@ -199,6 +207,7 @@ impl RunOptions {
             detached,
             allow_write: self.allow_write.clone(),
             worktree: self.worktree.clone(),
+            workspace_mode: self.workspace_mode,
         }
     }
 }
@@ -212,8 +221,7 @@ pub struct AgentArgs {
     /// Arguments passed to the agent (after --).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
-    /// Answer one prompt and exit (non-interactive); the exit code is the
-    /// agent's.
+    /// Answer one prompt and exit (non-interactive); the exit code is the agent's.
     #[arg(short = 'p', long, value_name = "TEXT")]
     pub prompt: Option<String>,
     /// Continue the last session of this workspace.
@@ -426,8 +434,7 @@ pub enum AuditCommand {
         /// holding them (the installation's MOAT_HOME/audit/signing.pub).
         #[arg(long, value_name = "PUBKEY", conflicts_with = "trusted")]
         key: Option<String>,
-        /// Require signatures by this installation's key
-        /// (MOAT_HOME/audit/signing.pub).
+        /// Require signatures by this installation's key (MOAT_HOME/audit/signing.pub).
         #[arg(long)]
         trusted: bool,
     },

@@ -53,6 +53,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_runtime_docker::DockerError,
         moat_ssh::SshError,
         moat_snapshot::SnapshotError,
+        moat_overlay::OverlayError,
         moat_trust::TrustError,
     );
     None

@@ -117,6 +117,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
         Command::Exec(args) => runs::exec(&Context::from_global(&cli.global)?, args),
         Command::Join(args) => runs::join(&Context::from_global(&cli.global)?, args),
+        Command::Diff { run, apply } => {
+            let ctx = Context::from_global(&cli.global)?;
+            let text = moat_overlay::perform(&ctx.home, &run, apply, ctx.json)?;
+            out!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
