@@ -234,6 +234,7 @@ pub fn open(home: &MoatHome, repo: &Repository, branch: &str) -> Result<Worktree
         _ => return Err(WorktreeError::NotAWorktree(path)),
     };
     prepare_git_dirs(repo, &private_dir)?;
+    hand_back_to_owner(&repo.common_dir, &path);
     Ok(Worktree {
         branch: branch.to_owned(),
         path: std::fs::canonicalize(&path).unwrap_or(path),
@@ -268,6 +269,43 @@ fn add(repo: &Repository, branch: &str, path: &Path) -> Result<(), WorktreeError
         )?;
     }
     Ok(())
+}
+
+/// When root runs moat in a user's repository, what root's git made in
+/// it (the worktree, its branch, refs and logs) is handed to the
+/// repository's owner, as git run by that user would have made it: the
+/// user keeps full use of the repository, and a container runtime, which
+/// runs a root caller's command as an unprivileged user, can commit.
+/// Best effort: a file left root's is only less convenient.
+fn hand_back_to_owner(common_dir: &Path, worktree: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(common_dir) else {
+        return;
+    };
+    if !rustix::process::geteuid().is_root() || meta.uid() == 0 {
+        return;
+    }
+    let owner = (meta.uid(), meta.gid());
+    for top in [common_dir, worktree] {
+        chown_roots_entries(top, owner);
+    }
+}
+
+/// Gives `owner` every entry under `path` (links not followed) that root
+/// owns.
+fn chown_roots_entries(path: &Path, (uid, gid): (u32, u32)) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.uid() == 0 {
+        let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_roots_entries(&entry.path(), (uid, gid));
+        }
+    }
 }
 
 /// What must exist before the sandbox starts for every protected part

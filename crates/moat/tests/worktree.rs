@@ -11,20 +11,65 @@ use std::process::Command;
 
 struct Repo {
     env: common::TestEnv,
+    /// The runtime's variables (none: native).
+    runtime: &'static [(&'static str, &'static str)],
+}
+
+/// Docker under gVisor, with an image that has git (from `dependencies:`,
+/// built once and cached like the other Docker tests' images).
+const DOCKER: &[(&str, &str)] = &[
+    ("MOAT_RUNTIME", "docker"),
+    (
+        "MOAT_IMAGE_MAP",
+        "debian:bookworm-slim=local/debian:bookworm",
+    ),
+];
+
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 const COMMIT: &str = "git -c user.email=t@t -c user.name=t commit -qm";
 
 impl Repo {
     fn new() -> Self {
+        Repo::on(&[])
+    }
+
+    fn on(runtime: &'static [(&'static str, &'static str)]) -> Self {
         let repo = Repo {
             env: common::TestEnv::new(),
+            runtime,
         };
         std::fs::create_dir_all(repo.project()).unwrap();
         repo.git(&["init", "-q", "-b", "main"]);
         std::fs::write(repo.project().join("README"), "hello\n").unwrap();
         repo.git(&["add", "README"]);
+        if !runtime.is_empty() {
+            std::fs::write(repo.project().join("moat.yaml"), "dependencies: [git]\n").unwrap();
+            repo.git(&["add", "moat.yaml"]);
+        }
         repo.git(&["commit", "-q", "-m", "first"]);
+        if !runtime.is_empty() && rustix_is_root() {
+            // A user's repository, which root runs moat in: the container
+            // runs as that user (see common::give_to_sandbox_user).
+            let status = Command::new("chown")
+                .args(["-R", "1000:1000"])
+                .arg(repo.project())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            common::give_to_sandbox_user(&repo.project());
+            // Root's git (the test's and moat's) in another user's
+            // repository, as that user's root would set it up.
+            std::fs::write(
+                repo.env.home().join(".gitconfig"),
+                "[safe]\n\tdirectory = *\n",
+            )
+            .unwrap();
+        }
         repo
     }
 
@@ -68,6 +113,7 @@ impl Repo {
         let mut cmd = self.env.moat();
         cmd.env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
             .env("MOAT_PROXY_PORT", "0")
+            .envs(self.runtime.iter().copied())
             .current_dir(self.project());
         cmd
     }
@@ -88,7 +134,18 @@ impl Repo {
 
 #[test]
 fn runs_commit_on_their_own_branches_and_leave_the_main_checkout_alone() {
-    let repo = Repo::new();
+    commit_on_own_branches(Repo::new());
+}
+
+#[test]
+fn runs_commit_on_their_own_branches_in_containers_too() {
+    if !common::docker_available() {
+        return;
+    }
+    commit_on_own_branches(Repo::on(DOCKER));
+}
+
+fn commit_on_own_branches(repo: Repo) {
     let head = repo.git(&["rev-parse", "HEAD"]);
     let script = |f: &str| format!("echo {f} > {f} && git add {f} && {COMMIT} {f}");
     let (a, b) = std::thread::scope(|s| {
@@ -134,7 +191,18 @@ fn runs_commit_on_their_own_branches_and_leave_the_main_checkout_alone() {
 
 #[test]
 fn hooks_and_config_of_the_repository_stay_out_of_reach() {
-    let repo = Repo::new();
+    hooks_and_config_out_of_reach(Repo::new());
+}
+
+#[test]
+fn hooks_and_config_of_the_repository_stay_out_of_reach_in_containers() {
+    if !common::docker_available() {
+        return;
+    }
+    hooks_and_config_out_of_reach(Repo::on(DOCKER));
+}
+
+fn hooks_and_config_out_of_reach(repo: Repo) {
     let common = repo.project().join(".git");
     let marks = repo.marks();
     let hook = format!(
