@@ -197,6 +197,29 @@ pub struct GrantRow {
     pub error: Option<String>,
 }
 
+impl GrantRow {
+    /// The columns of `moat grant list`.
+    pub const COLUMNS: [&'static str; 5] = ["PROVIDER", "PROFILE", "GRANTED", "SOURCE", "EXPIRES"];
+
+    /// This grant's cells under [`GrantRow::COLUMNS`].
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.provider.clone(),
+            self.profile.clone(),
+            self.granted_at
+                .map(crate::format_time)
+                .unwrap_or_else(|| "-".into()),
+            self.source.clone().unwrap_or_else(|| "-".into()),
+            match (&self.status[..], self.expires_at) {
+                ("unreadable", _) => "unreadable: run moat grant again".to_string(),
+                ("expired", Some(t)) => format!("expired {}", crate::format_time(t)),
+                (_, Some(t)) => crate::format_time(t),
+                _ => "never".to_string(),
+            },
+        ]
+    }
+}
+
 /// A credential file's stem as the user names the grant: `mcp-x` is
 /// `mcp:x`.
 pub fn grant_display_name(stem: &str) -> String {

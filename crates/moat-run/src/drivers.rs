@@ -332,6 +332,7 @@ fn remove_from(
     store: &RunStore,
     run_id: Option<&str>,
 ) -> usize {
+    let home = store.home().root().display().to_string();
     let mut removed = 0;
     for mut driver in drivers {
         let Ok(leftovers) = driver.leftovers() else {
@@ -345,6 +346,12 @@ fn remove_from(
             let Some(owner) = leftover.run_id.as_deref() else {
                 continue;
             };
+            // Another installation's (another MOAT_HOME on this engine) is
+            // never ours to judge; an unlabelled one only when its run is.
+            let ours = leftover.owner.as_deref().map(|o| o == home.as_str());
+            if ours == Some(false) {
+                continue;
+            }
             let wanted = match run_id {
                 Some(id) => owner == id,
                 None => match RunId::parse(owner).map(|id| store.load(&id)) {
@@ -353,7 +360,7 @@ fn remove_from(
                         !meta.state.is_active()
                     }
                     // A container whose run is gone from storage is an orphan.
-                    _ => true,
+                    _ => ours == Some(true),
                 },
             };
             if !wanted {

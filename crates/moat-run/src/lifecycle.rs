@@ -99,3 +99,45 @@ fn stop_supervisor(store: &RunStore, run: &RunMetadata) -> Result<(), StopError>
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Removes a run that is not active: what its runtime still holds, its
+/// storage, and its snapshots' records (blobs no other run uses with
+/// them). Returns what to tell about the snapshots, if any were removed.
+pub fn destroy_run(
+    home: &moat_home::MoatHome,
+    store: &RunStore,
+    run: &RunMetadata,
+) -> Result<Option<String>, StorageError> {
+    crate::drivers::remove_run_leftovers(store, run);
+    store.remove(&run.id)?;
+    Ok(moat_snapshot::forget_runs(home, [run.id.as_str()]))
+}
+
+/// Removes stopped `runs` (`moat clean`): their storage, snapshots'
+/// records, worktrees (their branches stay) and every container left
+/// for a run that is no longer active. Returns one line per thing done.
+pub fn remove_runs(
+    home: &moat_home::MoatHome,
+    store: &RunStore,
+    runs: &[RunMetadata],
+) -> Result<Vec<String>, StorageError> {
+    for r in runs {
+        store.remove(&r.id)?;
+    }
+    let containers = crate::drivers::remove_leftovers(store);
+    let mut done = vec![format!("Removed {} runs.", runs.len())];
+    done.extend(moat_snapshot::forget_runs(
+        home,
+        runs.iter().map(|r| r.id.as_str()),
+    ));
+    for w in crate::worktree::clean_for_runs(home, runs) {
+        done.push(format!(
+            "Removed the worktree of {} (the branch stays).",
+            w.branch
+        ));
+    }
+    if containers > 0 {
+        done.push(format!("Removed {containers} leftover containers."));
+    }
+    Ok(done)
+}

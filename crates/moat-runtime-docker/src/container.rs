@@ -736,6 +736,7 @@ impl DockerRuntime {
                         .unwrap_or_default(),
                     run_id: labels.get(LABEL_RUN_ID).cloned(),
                     role: labels.get(LABEL_ROLE).cloned(),
+                    home: labels.get(crate::spec::LABEL_HOME).cloned(),
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 }

@@ -132,7 +132,7 @@ impl DockerRuntime {
             cause,
         };
         let network = run_network_name(&spec.run_id);
-        let mut labels = HashMap::new();
+        let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
         labels.insert(LABEL_RUN_ID.to_owned(), spec.run_id.clone());
         labels.insert(LABEL_MANAGED.to_owned(), "true".to_owned());
         self.docker

@@ -300,6 +300,10 @@ impl ContainerDriver {
         spec.cpus = request.limits.cpus;
         spec.runtime = self.oci.clone().unwrap_or(SandboxRuntime::Runc);
         spec.hostname = request.hostname.clone();
+        if let Some(home) = &request.settings_dir {
+            spec.labels
+                .push((crate::spec::LABEL_HOME.into(), home.display().to_string()));
+        }
         spec.sidecars = self.sidecars.clone();
         spec.sidecar_logs = Some(request.sidecar_logs.clone());
         self.add_engine(&mut spec);
@@ -558,6 +562,7 @@ impl SandboxDriver for ContainerDriver {
             .map(|c| Leftover {
                 id: c.id,
                 run_id: c.run_id,
+                owner: c.home,
             })
             .collect())
     }

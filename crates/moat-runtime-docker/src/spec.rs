@@ -19,6 +19,10 @@ pub const HOST_GATEWAY_NAME: &str = "host.docker.internal";
 pub const LABEL_RUN_ID: &str = "moat.run-id";
 /// Label marking everything moat created (`moat.managed=true`).
 pub const LABEL_MANAGED: &str = "moat.managed";
+/// Label naming the moat installation (its `MOAT_HOME`) a container
+/// belongs to: one installation's `moat clean` leaves another's alone on
+/// a shared engine.
+pub const LABEL_HOME: &str = "moat.home";
 /// Label telling the workload (`workload`) from its network guard
 /// (`netguard`) and its service sidecars (`service`).
 pub const LABEL_ROLE: &str = "moat.role";
@@ -320,6 +324,8 @@ pub struct ManagedContainer {
     pub run_id: Option<String>,
     /// `moat.role`: `workload` or `netguard`.
     pub role: Option<String>,
+    /// `moat.home`: the installation it belongs to.
+    pub home: Option<String>,
     /// Image name.
     pub image: String,
     /// Engine state (`running`, `exited`, `created`...).

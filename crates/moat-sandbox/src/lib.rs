@@ -694,6 +694,9 @@ pub struct Leftover {
     pub id: String,
     /// The run it belongs to, when it says.
     pub run_id: Option<String>,
+    /// The installation it belongs to ([`SandboxRequest::settings_dir`]),
+    /// when it says: only that installation removes it.
+    pub owner: Option<String>,
 }
 
 /// Why a driver failed. Each runtime words its own errors (they are part

@@ -76,6 +76,11 @@ impl RunStore {
         RunStore { home }
     }
 
+    /// The installation it belongs to.
+    pub fn home(&self) -> &MoatHome {
+        &self.home
+    }
+
     /// A run's directory.
     pub fn dir(&self, id: &RunId) -> PathBuf {
         self.home.run_dir(id.as_str())

@@ -729,3 +729,29 @@ fn no_setuid_or_setgid_file_leaves_a_container_under_gvisor_and_runc() {
         common::assert_no_setid_left(&out, &t.project(), &[t.env.dir.path()], 65534);
     }
 }
+
+/// Two installations (two MOAT_HOMEs) on one engine: `moat clean` in one
+/// removes nothing of the other's running run (it used to take every
+/// container whose run it did not know for an orphan).
+#[test]
+fn clean_leaves_another_installations_containers_alone() {
+    if !common::docker_available() {
+        return;
+    }
+    let mine = DockerEnv::new();
+    let other = DockerEnv::new();
+    let started = mine.run(&["run", "-d", "--name", "keep", "--", "sleep", "300"], &[]);
+    started.success();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while mine.run(&["exec", "keep", "--", "true"], &[]).code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    other.run(&["clean", "--force"], &[]).success();
+    let out = mine.run(&["exec", "keep", "--", "echo", "still here"], &[]);
+    assert_eq!(out.stdout, "still here\n", "{}", out.stderr);
+    mine.run(&["stop", "keep"], &[]).success();
+}

@@ -147,30 +147,8 @@ fn list(ctx: &Context) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.provider.clone(),
-                r.profile.clone(),
-                r.granted_at.map(format_time).unwrap_or_else(|| "-".into()),
-                r.source.clone().unwrap_or_else(|| "-".into()),
-                match (&r.status[..], r.expires_at) {
-                    ("unreadable", _) => "unreadable: run moat grant again".to_string(),
-                    ("expired", Some(t)) => format!("expired {}", format_time(t)),
-                    (_, Some(t)) => format_time(t),
-                    _ => "never".to_string(),
-                },
-            ]
-        })
-        .collect();
-    out!(
-        "{}",
-        table(
-            &["PROVIDER", "PROFILE", "GRANTED", "SOURCE", "EXPIRES"],
-            &cells
-        )
-    );
+    let cells: Vec<Vec<String>> = rows.iter().map(GrantRow::cells).collect();
+    out!("{}", table(&GrantRow::COLUMNS, &cells));
     Ok(ExitCode::SUCCESS)
 }
 

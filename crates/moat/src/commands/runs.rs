@@ -157,10 +157,9 @@ pub fn destroy(ctx: &Context, args: DestroyArgs) -> Result<ExitCode> {
         }
         moat_run::stop_run(&store, &run)?;
     }
-    moat_run::remove_run_leftovers(&store, &run);
-    store.remove(&run.id)?;
+    let snapshots = moat_run::destroy_run(&ctx.home, &store, &run)?;
     outln!("Destroyed {} ({}).", run.name, run.id);
-    if let Some(line) = moat_snapshot::forget_runs(&ctx.home, [run.id.as_str()]) {
+    if let Some(line) = snapshots {
         outln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
@@ -212,20 +211,8 @@ pub fn clean(ctx: &Context, args: CleanArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    for r in &stopped {
-        store.remove(&r.id)?;
-    }
-    let containers = moat_run::remove_leftovers(&store);
-    outln!("Removed {} runs.", stopped.len());
-    if let Some(line) = moat_snapshot::forget_runs(&ctx.home, stopped.iter().map(|r| r.id.as_str()))
-    {
+    for line in moat_run::remove_runs(&ctx.home, &store, &stopped)? {
         outln!("{line}");
-    }
-    for w in moat_run::worktree::clean_for_runs(&ctx.home, &stopped) {
-        outln!("Removed the worktree of {} (the branch stays).", w.branch);
-    }
-    if containers > 0 {
-        outln!("Removed {containers} leftover containers.");
     }
     Ok(ExitCode::SUCCESS)
 }
