@@ -31,6 +31,7 @@
 //! driver runs it or refuses it. It talks to `moat-daemon` for the proxy.
 
 mod agent;
+mod apply;
 mod detach;
 mod drivers;
 mod environment;
@@ -52,6 +53,7 @@ pub use crate::agent::{
     agent_cache_dir, keep_agent_state, keep_run_transcripts, plan_agent, run_agent, AgentRunError,
     STAGING_IN_SANDBOX,
 };
+pub use crate::apply::{diff_run, DiffOutcome};
 pub use crate::detach::{detach, without_detach_flag, DetachError, Detached, DETACHED_CHILD};
 pub use crate::drivers::{
     doctor_checks, reachable_drivers, remove_leftovers, remove_run_leftovers, runtime_statuses,

@@ -342,6 +342,12 @@ fn wanted(
     Ok(wanted)
 }
 
+/// The git directories of the repositories in `workspace` (relative), as
+/// the protection finds them.
+pub(crate) fn git_dirs(workspace: &Path) -> Vec<PathBuf> {
+    find_repositories(workspace).1
+}
+
 /// Removes `path` if it is one of moat's placeholders.
 fn remove_placeholder(path: &Path) {
     let Ok(meta) = std::fs::symlink_metadata(path) else {

@@ -370,3 +370,56 @@ fn podman_volume_mode_leaves_the_host_untouched_and_diff_lists_the_edits() {
     }
     on_container_runtime("podman");
 }
+
+/// A repository the run created in its copy comes back through
+/// `moat diff --apply` disarmed, as a bind run's is when it ends: its
+/// hooks renamed, the configuration keys that run programs removed, and
+/// nothing of it runs at the next host `git commit` there.
+#[test]
+fn a_repository_created_in_a_volume_run_comes_back_disarmed() {
+    let t = common::ProxiedEnv::new(&[]);
+    let marks = t.env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!(
+        "git init -q sub && printf '#!/bin/sh\\ntouch {m}/hook\\n' > sub/.git/hooks/post-commit \
+         && chmod +x sub/.git/hooks/post-commit && git -C sub config core.fsmonitor 'touch {m}/fsmonitor'",
+        m = marks.display()
+    );
+    let out = t.run(&[
+        "run",
+        "--name",
+        "mk",
+        "--workspace-mode",
+        "volume",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    out.success();
+    let applied = t.run(&["diff", "mk", "--apply"]);
+    applied.success();
+    assert!(applied.stdout.contains("post-commit"), "{}", applied.stdout);
+    let sub = t.project().join("sub");
+    assert!(!sub.join(".git/hooks/post-commit").exists());
+    assert!(sub.join(".git/hooks/post-commit.moat-disabled").exists());
+    let config = std::fs::read_to_string(sub.join(".git/config")).unwrap();
+    assert!(!config.contains("fsmonitor"), "{config}");
+    write(&sub.join("f"), "f\n");
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&sub)
+            .env("GIT_AUTHOR_NAME", "o")
+            .env("GIT_AUTHOR_EMAIL", "o@o")
+            .env("GIT_COMMITTER_NAME", "o")
+            .env("GIT_COMMITTER_EMAIL", "o@o")
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["add", "f"]);
+    git(&["commit", "-q", "-m", "host"]);
+    git(&["status"]);
+    assert_eq!(std::fs::read_dir(&marks).unwrap().count(), 0, "nothing ran");
+}

@@ -119,8 +119,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Join(args) => runs::join(&Context::from_global(&cli.global)?, args),
         Command::Diff { run, apply } => {
             let ctx = Context::from_global(&cli.global)?;
-            let text = moat_overlay::perform(&ctx.home, &run, apply, ctx.json)?;
-            out!("{text}");
+            let done = moat_run::diff_run(&ctx.home, &run, apply, ctx.json)?;
+            out!("{}", done.text);
+            for notice in done.notices {
+                errln!("moat: {notice}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
