@@ -39,6 +39,7 @@ const PROVOKED: &[&str] = &[
     "run is already active in the worktree",
     "daemon did not start within 5 seconds",
     "moat.yaml: unknown key",
+    "moat has no build trigger",
     "no run matches",
     "damaged network trace lines",
     "has no audit log",
@@ -387,6 +388,14 @@ fn runtime_configuration_and_run_errors() {
     let out = t.run(&["run", "--", "true"]);
     out.failure();
     documented("moat.yaml: unknown key", &t.normalize(&out.stderr));
+    std::fs::write(
+        t.project().join("moat.yaml"),
+        "snapshots:\n  triggers:\n    disable_builds: false\n",
+    )
+    .unwrap();
+    let out = t.run(&["run", "--", "true"]);
+    out.failure();
+    documented("moat has no build trigger", &t.normalize(&out.stderr));
     std::fs::remove_file(t.project().join("moat.yaml")).unwrap();
 
     let out = t.run(&["run", "-d", "--name", "my-agent", "--", "sleep", "30"]);
