@@ -696,5 +696,34 @@ fn a_second_claude_session_joins_a_running_run() {
         "{}",
         out.stderr
     );
+
+    // A joined session busy in its own tool call ends with the run.
+    let mut joined = t.moat();
+    joined.args([
+        "join",
+        "busy",
+        "claude",
+        "-p",
+        "MOAT-TOOL: touch /tmp/joined; sleep 200",
+    ]);
+    let joined = joined
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while t
+        .run(&["exec", "busy", "--", "test", "-f", "/tmp/joined"], &[])
+        .code
+        != Some(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(60),
+            "the joined session never ran its tool"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     t.run(&["stop", "busy"], &[]).success();
+    let out = common::Result::from(joined.wait_with_output().unwrap());
+    assert_eq!(out.code, Some(137), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("the run ended"), "{}", out.stderr);
 }
