@@ -37,5 +37,5 @@ for project in empty tree; do
       -n "volume (round $round)" "$MOAT run --runtime native --workspace-mode volume -- true"
   done
   # Each run leaves its directory (and its upper layer) in MOAT_HOME.
-  "$MOAT" clean --all >/dev/null 2>&1 || true
+  "$MOAT" clean --force >/dev/null 2>&1 || true
 done
