@@ -505,6 +505,7 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
         .proxy
         .try_register(RunRegistration {
             run_id: "mcp".into(),
+            name: String::new(),
             injections: vec![],
             // The relay obeys the policy: the daemon grants the host of an
             // MCP server whose credential the run holds.
