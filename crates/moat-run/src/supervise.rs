@@ -459,6 +459,7 @@ fn run_spec(
         .collect();
     Ok(RunSpec {
         run_id: meta.id.to_string(),
+        name: meta.name.clone(),
         supervisor_pid: Some(std::process::id()),
         policy: plan.network.policy,
         rules: plan.network.rules.clone(),

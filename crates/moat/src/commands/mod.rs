@@ -6,6 +6,7 @@ mod audit;
 mod deps;
 mod doctor;
 mod grant;
+mod policy;
 mod proxy;
 mod run;
 mod runs;
@@ -117,6 +118,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
         Command::Exec(args) => runs::exec(&Context::from_global(&cli.global)?, args),
         Command::Join(args) => runs::join(&Context::from_global(&cli.global)?, args),
+        Command::Allow(a) => policy::change(&Context::from_global(&cli.global)?, a, true),
+        Command::Deny(a) => policy::change(&Context::from_global(&cli.global)?, a, false),
+        Command::Policy { run } => policy::show(&Context::from_global(&cli.global)?, &run),
         Command::Diff { run, apply } => {
             let ctx = Context::from_global(&cli.global)?;
             let done = moat_run::diff_run(&ctx.home, &run, apply, ctx.json)?;
