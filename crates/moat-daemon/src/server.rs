@@ -515,6 +515,7 @@ fn change_policy(
     change: moat_policy::LiveChange,
     by: &str,
 ) -> Response {
+    let started = std::time::Instant::now();
     let Some(entry) = s.runs.get_mut(run_id) else {
         return not_registered(run_id);
     };
@@ -531,6 +532,11 @@ fn change_policy(
     if let Err(e) = s.audits.append(run_id, "policy", data) {
         tracing::warn!(run_id, error = %e, "policy change not audited");
     }
+    tracing::info!(
+        run_id,
+        micros = started.elapsed().as_micros() as u64,
+        "policy changed"
+    );
     Response::Policy {
         view: entry.live.view(run_id),
     }
