@@ -36,6 +36,11 @@ try allowed
 step 2
 try denied
 step 3
+"#;
+
+/// The rest of the native test's command: one TLS connection held across
+/// a `moat deny`.
+const KEPT_CONNECTION: &str = r#"
 python3 - <<'PY'
 import base64, http.client, os, ssl, urllib.parse
 proxy = urllib.parse.urlsplit(os.environ["HTTPS_PROXY"])
@@ -64,12 +69,25 @@ struct Live {
 
 impl Live {
     fn start(yaml: &str) -> Live {
+        Live::start_on(yaml, "native", &format!("{SCRIPT}{KEPT_CONNECTION}"))
+    }
+
+    fn start_on(yaml: &str, runtime: &str, script: &str) -> Live {
         let t = common::ProxiedEnv::new(&["api.example.com"]);
         std::fs::write(t.project().join("moat.yaml"), yaml).unwrap();
+        if runtime == "docker" {
+            // The container's user writes the markers.
+            common::give_to_sandbox_user(&t.project());
+        }
         let control = t.env.moat_home().join("proxy").join("daemon.sock");
-        let script = SCRIPT.replace("$CONTROL", &control.display().to_string());
+        let script = script.replace("$CONTROL", &control.display().to_string());
         let child = t
             .moat()
+            .env("MOAT_RUNTIME", runtime)
+            .env(
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            )
             .args(["run", "--name", "web-1", "--", "bash", "-c", &script])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -81,9 +99,20 @@ impl Live {
         }
     }
 
-    fn at_mark(&self, n: u32) {
+    fn at_mark(&mut self, n: u32) {
         let mark = self.t.project().join(format!("mark-{n}"));
-        wait_for(&format!("mark {n}"), || mark.exists());
+        let mut exited = false;
+        wait_for(&format!("mark {n}"), || {
+            exited = matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+            mark.exists() || exited
+        });
+        if exited && !mark.exists() {
+            let out = self.finish();
+            panic!(
+                "the run ended before mark {n}:\n{}\n{}",
+                out.stdout, out.stderr
+            );
+        }
     }
 
     fn go(&self, n: u32) {
@@ -252,6 +281,41 @@ fn policy_prints_what_is_in_force_and_where_it_came_from() {
         stopped.stderr.contains("is not running") && stopped.stderr.contains("network.rules"),
         "{}",
         stopped.stderr
+    );
+}
+
+#[test]
+fn allow_and_deny_change_a_running_docker_run_s_policy() {
+    if !common::docker_available() {
+        return;
+    }
+    let mut live = Live::start_on("network:\n  policy: strict\n", "docker", SCRIPT);
+    live.at_mark(1);
+    live.t.run(&["allow", "web-1", "api.example.com"]).success();
+    live.go(1);
+    live.at_mark(2);
+    live.t.run(&["deny", "web-1", "api.example.com"]).success();
+    live.go(2);
+    live.at_mark(3);
+    live.go(3);
+    let out = live.finish();
+    out.success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "blocked=000/407",
+            "control=absent",
+            "allowed=200/200",
+            "denied=000/407"
+        ],
+        "{}",
+        out.stderr
+    );
+    let body = std::fs::read_to_string(live.t.project().join("body.txt")).unwrap();
+    assert!(
+        body.ends_with("Or allow it for this run now: moat allow web-1 api.example.com"),
+        "{body}"
     );
 }
 
