@@ -130,6 +130,11 @@ pub struct RunSpec {
     /// the policy: the user asked for exactly these.
     #[serde(default)]
     pub host_ports: Vec<u16>,
+    /// `moat allow` / `moat deny` changes to apply again, in order: set
+    /// when a run registers again with a new daemon after its daemon died
+    /// (read back from the run's audit log), so they outlive the daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<moat_policy::LiveChange>,
     /// The token to keep: set when a run registers again with a new
     /// daemon after its daemon died, so its sandbox's proxy URL stays
     /// valid. `None`: the daemon makes a fresh one.
@@ -383,6 +388,7 @@ mod tests {
                 audit_path: None,
                 ssh_hosts: vec![],
                 host_ports: vec![],
+                changes: vec![],
                 profile: None,
                 listen: vec![],
             }),

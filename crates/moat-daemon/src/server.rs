@@ -543,8 +543,11 @@ fn change_policy(
 }
 
 fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
-    let registration = crate::translate::registration(&run).map_err(|e| e.to_string())?;
-    let live = crate::live::LivePolicy::new(&run, registration.policy.clone());
+    let mut registration = crate::translate::registration(&run).map_err(|e| e.to_string())?;
+    let mut live = crate::live::LivePolicy::new(&run, registration.policy.clone());
+    for change in &run.changes {
+        registration.policy = live.change(change.clone());
+    }
     for addr in &run.listen {
         let ip: std::net::IpAddr = addr
             .parse()

@@ -201,3 +201,50 @@ fn table(meta: &RunMetadata, view: &PolicyView) -> String {
     }
     out
 }
+
+/// The `moat allow` / `moat deny` changes recorded in a run's audit log
+/// (`policy` entries), in order; lines that are not one are skipped. The
+/// log lives under `MOAT_HOME`, which no sandbox reaches.
+pub(crate) fn changes_in_audit_log(path: &std::path::Path) -> Vec<LiveChange> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["type"] == "policy")
+        .filter_map(|entry| {
+            let d = &entry["data"];
+            let change = serde_json::json!({
+                "action": d["action"], "host": d["host"], "rules": d["rules"],
+            });
+            serde_json::from_value(change).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_come_back_from_the_audit_log_in_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("audit.jsonl");
+        std::fs::write(
+            &log,
+            concat!(
+                r#"{"seq":1,"type":"run","data":{"action":"allow"}}"#, "\n",
+                r#"{"seq":2,"type":"policy","data":{"action":"allow","host":"api.example.com","rules":[],"by":"uid 0 pid 1"}}"#, "\n",
+                "torn\n",
+                r#"{"seq":3,"type":"policy","data":{"action":"deny","host":"api.example.com","rules":["deny DELETE /**"],"by":"uid 0 pid 2"}}"#, "\n",
+                r#"{"seq":4,"type":"policy","data":{"action":"deny","host":"*","rules":[]}}"#, "\n",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let changes = changes_in_audit_log(&log);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].action, LiveAction::Allow);
+        assert_eq!(changes[1].rules[0].to_string(), "deny DELETE /**");
+        assert!(changes_in_audit_log(&dir.path().join("none")).is_empty());
+    }
+}

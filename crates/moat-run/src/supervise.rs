@@ -470,6 +470,7 @@ fn run_spec(
         audit_path: Some(run_dir.join("audit.jsonl")),
         ssh_hosts: Vec::new(),
         host_ports: plan.network.host_ports.clone(),
+        changes: Vec::new(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,

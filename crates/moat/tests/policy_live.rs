@@ -319,6 +319,50 @@ fn allow_and_deny_change_a_running_docker_run_s_policy() {
     );
 }
 
+#[test]
+fn changes_outlive_a_daemon_killed_under_the_run() {
+    let mut live = Live::start("network:\n  policy: strict\n");
+    live.at_mark(1);
+    live.t.run(&["deny", "web-1", "elsewhere.test"]).success();
+    live.t.run(&["allow", "web-1", "api.example.com"]).success();
+    let status: serde_json::Value =
+        serde_json::from_str(&live.t.run(&["proxy", "status", "--json"]).stdout).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    // The run's watchdog starts a new daemon and registers the run again.
+    wait_for("the run served by a new daemon", || {
+        let out = live.t.run(&["proxy", "status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        v["pid"].as_u64().is_some_and(|p| p != pid)
+            && v["runs"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let policy = live.t.run(&["policy", "web-1"]);
+    policy.success();
+    assert!(policy.stdout.contains("2 change(s)"), "{}", policy.stdout);
+    live.go(1);
+    live.at_mark(2);
+    live.t.run(&["deny", "web-1", "api.example.com"]).success();
+    for n in 2..=4 {
+        live.go(n);
+    }
+    let out = live.finish();
+    let lines: Vec<&str> = out.stdout.lines().take(4).collect();
+    assert_eq!(
+        lines,
+        [
+            "blocked=000/407",
+            "control=absent",
+            "allowed=200/200",
+            "denied=000/407"
+        ],
+        "{}",
+        out.stderr
+    );
+}
+
 /// `2026-12-07T23:40:00Z` becomes `[TIME]`.
 fn regex_lite_times(text: &str) -> String {
     let mut out = String::new();
