@@ -150,6 +150,7 @@ impl NetworkConfig {
             policy: self.policy,
             hosts: self.rules.clone(),
             granted: Vec::new(),
+            denied: Vec::new(),
         }
     }
 }

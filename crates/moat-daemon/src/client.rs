@@ -344,6 +344,15 @@ impl DaemonClient {
         }
     }
 
+    /// `PolicyChange` or `PolicyShow`: the run's policy now in force.
+    pub async fn policy(&self, request: &Request) -> Result<crate::PolicyView, ClientError> {
+        match self.request(request).await? {
+            Response::Policy { view } => Ok(view),
+            Response::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
     /// Asks the daemon to exit and waits (up to 5 s) until it has.
     pub async fn stop(&self) -> Result<(), ClientError> {
         let _ = self.request(&Request::Stop).await?;

@@ -12,6 +12,7 @@
 
 mod audit;
 pub mod client;
+mod live;
 pub mod lockfile;
 pub mod protocol;
 mod server;
@@ -19,6 +20,7 @@ mod status;
 mod translate;
 
 pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, DEFAULT_PORT};
+pub use crate::live::{PolicyEntry, PolicyView};
 pub use crate::lockfile::{DaemonInfo, DaemonPaths};
 pub use crate::protocol::{
     HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret, SshHostSpec,

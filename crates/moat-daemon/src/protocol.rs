@@ -85,6 +85,10 @@ pub struct McpSpec {
 pub struct RunSpec {
     /// Run id.
     pub run_id: String,
+    /// Run name, for the `moat allow <name> <host>` a blocked request's
+    /// message names (empty: the id).
+    #[serde(default)]
+    pub name: String,
     /// The moat process supervising the run; when it dies, the daemon
     /// unregisters the run by itself.
     #[serde(default)]
@@ -126,6 +130,11 @@ pub struct RunSpec {
     /// the policy: the user asked for exactly these.
     #[serde(default)]
     pub host_ports: Vec<u16>,
+    /// `moat allow` / `moat deny` changes to apply again, in order: set
+    /// when a run registers again with a new daemon after its daemon died
+    /// (read back from the run's audit log), so they outlive the daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<moat_policy::LiveChange>,
     /// The token to keep: set when a run registers again with a new
     /// daemon after its daemon died, so its sandbox's proxy URL stays
     /// valid. `None`: the daemon makes a fresh one.
@@ -176,6 +185,20 @@ pub enum Request {
         kind: String,
         /// Entry data: a JSON object.
         data: serde_json::Value,
+    },
+    /// Change a registered run's network policy at once (`moat allow`,
+    /// `moat deny`); recorded in its audit log. The answer is the policy
+    /// now in force.
+    PolicyChange {
+        /// Run id.
+        run_id: String,
+        /// The change (every value parsed again when decoded).
+        change: moat_policy::LiveChange,
+    },
+    /// The network policy in force for a registered run (`moat policy`).
+    PolicyShow {
+        /// Run id.
+        run_id: String,
     },
     /// Daemon status.
     Status,
@@ -241,6 +264,11 @@ pub enum Response {
         /// Seconds until the idle exit, when no run is registered.
         idle_exit_in_secs: Option<u64>,
     },
+    /// A run's policy in force (`PolicyChange`, `PolicyShow`).
+    Policy {
+        /// The policy and where each entry came from.
+        view: crate::live::PolicyView,
+    },
     /// The request failed.
     Error {
         /// What went wrong and what to do.
@@ -256,6 +284,7 @@ impl Response {
             Response::Registered { .. } => "registered",
             Response::Ok => "ok",
             Response::Status { .. } => "status",
+            Response::Policy { .. } => "policy",
             Response::Error { .. } => "error",
         }
     }
@@ -339,6 +368,7 @@ mod tests {
         let req = Request::Register {
             run: Box::new(RunSpec {
                 run_id: "run_0123456789ab".into(),
+                name: "web-1".into(),
                 supervisor_pid: Some(1),
                 policy: moat_policy::Policy::Strict,
                 rules: vec![moat_policy::HostRules {
@@ -358,6 +388,7 @@ mod tests {
                 audit_path: None,
                 ssh_hosts: vec![],
                 host_ports: vec![],
+                changes: vec![],
                 profile: None,
                 listen: vec![],
             }),
@@ -444,6 +475,37 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn policy_requests_cross_parsed_and_tampered_ones_are_refused() {
+        let change = r#"{"op":"policy_change","run_id":"run_0123456789ab","change":{"action":"allow","host":"api.example.com","rules":["allow GET /v1/**"]}}"#;
+        match decode::<Request>(change.as_bytes()) {
+            Ok(Request::PolicyChange { run_id, change }) => {
+                assert_eq!(run_id, "run_0123456789ab");
+                assert_eq!(change.action, moat_policy::LiveAction::Allow);
+                assert_eq!(change.rules[0].to_string(), "allow GET /v1/**");
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"op":"policy_change","run_id":"r","change":{"action":"allow","host":"*"}}"#,
+            r#"{"op":"policy_change","run_id":"r","change":{"action":"permit","host":"a.test"}}"#,
+            r#"{"op":"policy_change","run_id":"r","change":{"action":"deny","host":"a.test","rules":["deny GET /a/../b"]}}"#,
+            r#"{"op":"policy_change","run_id":"r"}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode::<Request>(bad.as_bytes()),
+                    Err(ProtocolError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            decode::<Request>(br#"{"op":"policy_show","run_id":"r"}"#).unwrap(),
+            Request::PolicyShow { run_id: "r".into() }
+        );
     }
 
     #[tokio::test]

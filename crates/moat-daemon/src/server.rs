@@ -128,6 +128,8 @@ struct RunEntry {
     /// The supervisor's pid and its start time, read when it registered:
     /// a reused pid is not taken for the supervisor.
     supervisor: Option<(u32, Option<u64>)>,
+    /// Its policy, with `moat allow` / `moat deny` changes.
+    live: crate::live::LivePolicy,
 }
 
 struct State {
@@ -385,6 +387,11 @@ async fn handle_control(
     state: Arc<Mutex<State>>,
     shutdown: watch::Sender<bool>,
 ) {
+    // Who asks, from the kernel: the audit log's `by` of a policy change.
+    let by = match stream.peer_cred() {
+        Ok(c) => format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)),
+        Err(_) => "unknown".to_owned(),
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let line = match tokio::time::timeout(Duration::from_secs(10), protocol::read_line(&mut reader))
@@ -410,6 +417,7 @@ async fn handle_control(
                 },
                 &state,
                 &shutdown,
+                &by,
             );
             // Answer only once the log is sealed, so `moat audit` right
             // after the run sees the attestation.
@@ -418,7 +426,7 @@ async fn handle_control(
             }
             response
         }
-        Ok(request) => answer(request, &state, &shutdown),
+        Ok(request) => answer(request, &state, &shutdown, &by),
         Err(e) => {
             tracing::warn!(error = %e, "rejected control message");
             Response::Error {
@@ -429,7 +437,12 @@ async fn handle_control(
     let _ = write.write_all(&protocol::encode(&response)).await;
 }
 
-fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<bool>) -> Response {
+fn answer(
+    request: Request,
+    state: &Arc<Mutex<State>>,
+    shutdown: &watch::Sender<bool>,
+    by: &str,
+) -> Response {
     let Ok(mut s) = state.lock() else {
         return Response::Error {
             message: "daemon state is poisoned; restart it with: moat proxy restart".into(),
@@ -471,6 +484,13 @@ fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<
             Ok(()) => Response::Ok,
             Err(message) => Response::Error { message },
         },
+        Request::PolicyChange { run_id, change } => change_policy(&mut s, &run_id, change, by),
+        Request::PolicyShow { run_id } => match s.runs.get(&run_id) {
+            Some(r) => Response::Policy {
+                view: r.live.view(&run_id),
+            },
+            None => not_registered(&run_id),
+        },
         Request::Stop => {
             let _ = shutdown.send(true);
             Response::Ok
@@ -478,8 +498,56 @@ fn answer(request: Request, state: &Arc<Mutex<State>>, shutdown: &watch::Sender<
     }
 }
 
+fn not_registered(run_id: &str) -> Response {
+    Response::Error {
+        message: format!(
+            "run {run_id} is not registered with the proxy daemon (it is not running). \
+             List running runs with: moat list"
+        ),
+    }
+}
+
+/// `moat allow` / `moat deny`: the run's policy is replaced in the proxy
+/// at once, and the change goes to its audit log.
+fn change_policy(
+    s: &mut State,
+    run_id: &str,
+    change: moat_policy::LiveChange,
+    by: &str,
+) -> Response {
+    let started = std::time::Instant::now();
+    let Some(entry) = s.runs.get_mut(run_id) else {
+        return not_registered(run_id);
+    };
+    let data = serde_json::json!({
+        "action": change.action,
+        "host": change.host,
+        "rules": change.rules,
+        "by": by,
+    });
+    let policy = entry.live.change(change);
+    if !s.proxy.set_policy(run_id, policy) {
+        return not_registered(run_id);
+    }
+    if let Err(e) = s.audits.append(run_id, "policy", data) {
+        tracing::warn!(run_id, error = %e, "policy change not audited");
+    }
+    tracing::info!(
+        run_id,
+        micros = started.elapsed().as_micros() as u64,
+        "policy changed"
+    );
+    Response::Policy {
+        view: entry.live.view(run_id),
+    }
+}
+
 fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
-    let registration = crate::translate::registration(&run).map_err(|e| e.to_string())?;
+    let mut registration = crate::translate::registration(&run).map_err(|e| e.to_string())?;
+    let mut live = crate::live::LivePolicy::new(&run, registration.policy.clone());
+    for change in &run.changes {
+        registration.policy = live.change(change.clone());
+    }
     for addr in &run.listen {
         let ip: std::net::IpAddr = addr
             .parse()
@@ -520,6 +588,7 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
                 registered_at: Utc::now(),
             },
             supervisor: run.supervisor_pid.map(|pid| (pid, process_start_time(pid))),
+            live,
         },
     );
     s.idle_since = None;

@@ -39,6 +39,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, Regist
         policy: run.policy,
         hosts: run.rules.clone(),
         granted: Vec::new(),
+        denied: Vec::new(),
     };
     for host in &run.allow_hosts {
         network.allow_host(host.clone());
@@ -47,6 +48,7 @@ pub fn registration(run: &RunSpec) -> Result<moat_proxy::RunRegistration, Regist
     let mcp = mcp_routes(run, &mut network)?;
     Ok(moat_proxy::RunRegistration {
         run_id: run.run_id.clone(),
+        name: run.name.clone(),
         injections,
         policy: network,
         mcp,

@@ -13,6 +13,8 @@
 //! - [`NetworkPolicy`]: a [`Policy`] default plus ordered [`HostRules`];
 //!   [`NetworkPolicy::host_decision`] answers at `CONNECT` time,
 //!   [`NetworkPolicy::decide`] per request.
+//! - [`LiveChange`]: a running run's `moat allow` / `moat deny`,
+//!   [`NetworkPolicy::apply`]'d on top of what the run started with.
 //!
 //! ```
 //! use moat_policy::{Decision, HostPattern, HostRules, NetworkPolicy, Policy, Rule};
@@ -38,12 +40,14 @@
 
 mod error;
 mod host;
+mod live;
 mod mcp;
 mod policy;
 mod rule;
 
 pub use crate::error::{PolicyError, RuleProblem};
 pub use crate::host::{CanonicalHost, HostPattern};
+pub use crate::live::{LiveAction, LiveChange, LiveChangeError};
 pub use crate::mcp::McpServerName;
 pub use crate::policy::{Decision, DenyReason, HostDecision, HostRules, NetworkPolicy, Policy};
 pub use crate::rule::{canonical_path, Action, MethodPattern, PathPattern, Rule};

@@ -70,6 +70,10 @@ pub struct NetworkPolicy {
     /// ([`NetworkPolicy::grant_host`]): consulted only for hosts no entry
     /// of `hosts` matches, so the user's rules for a host always win.
     pub granted: Vec<HostPattern>,
+    /// Hosts denied outright for the rest of the run (`moat deny RUN
+    /// HOST`): consulted before everything else, so they win over
+    /// moat.yaml, grants, `--allow-host` and earlier `moat allow`s.
+    pub denied: Vec<HostPattern>,
 }
 
 /// The answer at `CONNECT` time, before any TLS work.
@@ -131,6 +135,8 @@ pub enum DenyReason {
     /// The request's host names no destination unambiguously (see
     /// [`CanonicalHost`]).
     InvalidHost { host: String, reason: String },
+    /// `moat deny RUN PATTERN` denied the host for the rest of the run.
+    HostDenied { host: String, pattern: String },
 }
 
 impl DenyReason {
@@ -181,6 +187,11 @@ impl DenyReason {
                  Write the host plainly (e.g. api.github.com or 93.184.216.34).",
                 clean(host),
             ),
+            Self::HostDenied { host, pattern } => format!(
+                "Moat: request blocked by network policy.\n\
+                 Host {host:?} was denied for this run with: moat deny {pattern}.\n\
+                 Allow it again with moat allow, or in network.rules in moat.yaml for the next run."
+            ),
             Self::NoRuleMatched { host, method, path } => format!(
                 "Moat: request blocked by network policy.\n\
                  {} {} on host {host:?} matches no allow rule, and the policy is strict.\n\
@@ -204,7 +215,19 @@ impl NetworkPolicy {
             policy,
             hosts: Vec::new(),
             granted: Vec::new(),
+            denied: Vec::new(),
         }
+    }
+
+    /// The `moat deny` pattern denying `host` outright, if any.
+    fn denial(&self, host: &CanonicalHost) -> Option<DenyReason> {
+        self.denied
+            .iter()
+            .find(|d| d.matches_canonical(host))
+            .map(|d| DenyReason::HostDenied {
+                host: display_host(host),
+                pattern: d.to_string(),
+            })
     }
 
     /// Allows a host because the run holds a credential for it. Unlike
@@ -309,6 +332,9 @@ impl NetworkPolicy {
     /// [`host_decision`](Self::host_decision) for a host already in
     /// canonical form.
     pub fn host_decision_for(&self, host: &CanonicalHost) -> HostDecision {
+        if let Some(reason) = self.denial(host) {
+            return HostDecision::Denied(reason);
+        }
         let mut matched = false;
         let mut may_deny = false;
         for entry in self.hosts.iter().filter(|e| e.host.matches_canonical(host)) {
@@ -362,6 +388,9 @@ impl NetworkPolicy {
 
     /// [`decide`](Self::decide) for a host already in canonical form.
     pub fn decide_for(&self, host: &CanonicalHost, method: &str, path: &str) -> Decision {
+        if let Some(reason) = self.denial(host) {
+            return Decision::Deny(reason);
+        }
         let mut matched = false;
         let mut segments: Option<Option<Vec<String>>> = None;
         for entry in self.hosts.iter().filter(|e| e.host.matches_canonical(host)) {
@@ -491,6 +520,7 @@ mod tests {
             policy: p,
             hosts: entries,
             granted: Vec::new(),
+            denied: Vec::new(),
         }
     }
 
@@ -687,6 +717,7 @@ mod bypass_tests {
             policy,
             hosts,
             granted: Vec::new(),
+            denied: Vec::new(),
         }
     }
 

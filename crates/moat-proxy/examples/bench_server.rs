@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let proxy = Proxy::new(config, ca)?;
         let token = proxy.try_register(RunRegistration {
             run_id: "bench".into(),
+            name: String::new(),
             injections: vec![Injection {
                 host: HostPattern::parse(inject_host)?,
                 headers: vec![(

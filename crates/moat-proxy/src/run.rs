@@ -52,6 +52,9 @@ pub struct McpRoute {
 pub struct RunRegistration {
     /// The run id (unique among registered runs).
     pub run_id: String,
+    /// The run's name, for the `moat allow <name> <host>` a blocked
+    /// request's message names (the id when empty).
+    pub name: String,
     /// Credentials to inject.
     pub injections: Vec<Injection>,
     /// The run's network policy.
@@ -107,7 +110,14 @@ pub(crate) struct Run {
     pub(crate) injections: Vec<Injection>,
     /// One per injection, in the same order.
     pub(crate) prepared: Vec<PreparedInjection>,
-    pub(crate) policy: NetworkPolicy,
+    /// The policy in force: replaced whole by [`Proxy::set_policy`]
+    /// (`moat allow`/`moat deny`); every request reads it afresh, so a
+    /// change applies to the next request of an open connection too.
+    ///
+    /// [`Proxy::set_policy`]: crate::Proxy::set_policy
+    policy: RwLock<Arc<NetworkPolicy>>,
+    /// What `moat allow` is given to name this run.
+    pub(crate) name: String,
     pub(crate) tunnels: Vec<TcpTunnel>,
     pub(crate) mcp: Vec<ParsedMcp>,
     pub(crate) trace: Option<TraceSink>,
@@ -141,6 +151,39 @@ impl Drop for Run {
 }
 
 impl Run {
+    /// The policy in force now.
+    pub(crate) fn policy(&self) -> Arc<NetworkPolicy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            // A writer panicked mid-swap: the Arc inside is still whole.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_policy(&self, policy: NetworkPolicy) {
+        let policy = Arc::new(policy);
+        match self.policy.write() {
+            Ok(mut p) => *p = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_policy_for_test(&self, policy: NetworkPolicy) {
+        self.set_policy(policy);
+    }
+
+    /// A denial's message: the reason's lines, then the `moat allow`
+    /// command that would let the request through in this run.
+    pub(crate) fn deny_message(&self, reason: &moat_policy::DenyReason) -> String {
+        let mut message = reason.message();
+        if let Some(command) = reason.allow_command(&self.name) {
+            message.push_str("\nOr allow it for this run now: ");
+            message.push_str(&command);
+        }
+        message
+    }
+
     pub(crate) fn is_active(&self) -> bool {
         !self.cancel.is_cancelled()
     }
@@ -254,12 +297,18 @@ pub(crate) fn build_run(
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     secrets.dedup();
     let redactor = Redactor::new(&secrets);
+    let name = if reg.name.is_empty() {
+        reg.run_id.clone()
+    } else {
+        reg.name
+    };
     Ok(Run {
         id: reg.run_id,
         digest: token.digest(),
         prepared: reg.injections.iter().map(PreparedInjection::of).collect(),
         injections: reg.injections,
-        policy: reg.policy,
+        policy: RwLock::new(Arc::new(reg.policy)),
+        name,
         tunnels: reg.tunnels,
         mcp,
         trace,
@@ -307,6 +356,21 @@ impl Registry {
         let run = map.remove(&digest)?;
         run.cancel.cancel();
         Some(run)
+    }
+
+    /// Replaces the policy of run `run_id`; false when it is not
+    /// registered.
+    pub(crate) fn set_policy(&self, run_id: &str, policy: NetworkPolicy) -> bool {
+        let Ok(map) = self.by_digest.read() else {
+            return false;
+        };
+        match map.values().find(|r| r.id == run_id) {
+            Some(run) => {
+                run.set_policy(policy);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn ids(&self) -> Vec<String> {
@@ -396,6 +460,7 @@ mod tests {
     fn registry_with(token: &RunToken) -> Registry {
         let reg = RunRegistration {
             run_id: "r1".into(),
+            name: String::new(),
             injections: vec![],
             policy: NetworkPolicy::default(),
             mcp: vec![],

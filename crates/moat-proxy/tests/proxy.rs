@@ -162,8 +162,18 @@ async fn requires_a_valid_token() {
     assert_eq!((resp.status, resp.body.as_str()), (407, INVALID_TOKEN_BODY));
 }
 
+/// The body of a block in run `strict` (registered without a name): the
+/// reason's three lines, then the `moat allow` command.
+fn blocked_body(reason: &moat_policy::DenyReason) -> String {
+    format!(
+        "{}\nOr allow it for this run now: {}",
+        reason.message(),
+        reason.allow_command("strict").unwrap()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strict_policy_blocks_with_the_three_line_message() {
+async fn strict_policy_blocks_with_the_three_line_message_and_the_allow_command() {
     let (h, upstream) = github().await;
     let plain = http_upstream().await;
     let mut policy = NetworkPolicy::new(Policy::Strict);
@@ -180,8 +190,8 @@ async fn strict_policy_blocks_with_the_three_line_message() {
         panic!("expected a denial");
     };
     assert_eq!(resp.status, 407);
-    assert_eq!(resp.body, reason.message());
-    assert_eq!(resp.body.lines().count(), 3);
+    assert_eq!(resp.body, blocked_body(&reason));
+    assert_eq!(resp.body.lines().count(), 4);
 
     // Plain HTTP to a host outside the list.
     let target = format!("127.0.0.1:{}", plain.addr.port());
@@ -195,8 +205,11 @@ async fn strict_policy_blocks_with_the_three_line_message() {
     let moat_policy::Decision::Deny(reason) = policy.decide("127.0.0.1", "GET", "/x") else {
         panic!("expected a denial");
     };
-    assert_eq!((resp.status, resp.body.clone()), (407, reason.message()));
-    assert_eq!(resp.body.lines().count(), 3);
+    assert_eq!(
+        (resp.status, resp.body.clone()),
+        (407, blocked_body(&reason))
+    );
+    assert_eq!(resp.body.lines().count(), 4);
     assert!(plain.requests().is_empty());
 
     // Inside an intercepted tunnel: GET allowed, DELETE denied by rule.
@@ -219,7 +232,11 @@ async fn strict_policy_blocks_with_the_three_line_message() {
     else {
         panic!("expected a denial");
     };
-    assert_eq!(body, reason.message());
+    assert_eq!(body, blocked_body(&reason));
+    assert!(
+        body.ends_with("moat allow strict api.github.com 'DELETE /repos/a/b'"),
+        "{body}"
+    );
     assert_eq!(
         upstream.requests().len(),
         1,
@@ -505,6 +522,7 @@ async fn mcp_relay_injects_route_headers_and_hides_the_token() {
         .proxy
         .try_register(RunRegistration {
             run_id: "mcp".into(),
+            name: String::new(),
             injections: vec![],
             // The relay obeys the policy: the daemon grants the host of an
             // MCP server whose credential the run holds.

@@ -151,6 +151,7 @@ async fn mcp_harness() -> (Harness, Upstream) {
 fn mcp_registration(h: &Harness, policy: NetworkPolicy, url: &str) -> RunRegistration {
     RunRegistration {
         run_id: "mcp".into(),
+        name: String::new(),
         injections: vec![],
         policy,
         mcp: vec![McpRoute {

@@ -93,6 +93,12 @@ mod tests {
             request_line(&r),
             "[03:04:05.678] CONNECT blocked.test:443 407 (0ms) BLOCKED: Host \"blocked.test\" is not in the allow list.\n"
         );
+        let r = record(
+            r#"{"ts":"2025-01-02T03:04:05.678Z","method":"CONNECT","url":"blocked.test:443","status_code":407,"duration_ms":0.1,"policy":"deny","resp_body":"Moat: request blocked by network policy.\nHost \"blocked.test\" is not in the allow list.\nAdd it.\nOr allow it for this run now: moat allow web-1 blocked.test"}"#,
+        );
+        assert!(request_line(&r).ends_with(
+            "BLOCKED: Host \"blocked.test\" is not in the allow list. Allow it now: moat allow web-1 blocked.test\n"
+        ));
     }
 
     #[test]

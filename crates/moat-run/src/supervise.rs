@@ -459,6 +459,7 @@ fn run_spec(
         .collect();
     Ok(RunSpec {
         run_id: meta.id.to_string(),
+        name: meta.name.clone(),
         supervisor_pid: Some(std::process::id()),
         policy: plan.network.policy,
         rules: plan.network.rules.clone(),
@@ -469,6 +470,7 @@ fn run_spec(
         audit_path: Some(run_dir.join("audit.jsonl")),
         ssh_hosts: Vec::new(),
         host_ports: plan.network.host_ports.clone(),
+        changes: Vec::new(),
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,

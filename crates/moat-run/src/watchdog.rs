@@ -169,6 +169,12 @@ impl Watch {
         opts.port = Some(self.port);
         let mut noted = false;
         let mut last_error = None;
+        // `moat allow` / `moat deny` changes outlive the daemon: the new one
+        // gets them back from the run's audit log.
+        let mut spec = self.spec.clone();
+        if let Some(log) = &spec.audit_path {
+            spec.changes = crate::policy_live::changes_in_audit_log(log);
+        }
         while start.elapsed() < RESTORE_TIMEOUT {
             let attempt = rt.block_on(async {
                 let client = DaemonClient::connect_or_start(&self.home, &opts).await?;
@@ -178,7 +184,7 @@ impl Watch {
                     self.note_in_trace(lost_at, start.elapsed());
                     noted = true;
                 }
-                client.register(self.spec.clone()).await?;
+                client.register(spec.clone()).await?;
                 Ok::<_, moat_daemon::ClientError>(client)
             });
             match attempt {

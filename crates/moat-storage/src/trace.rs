@@ -74,14 +74,23 @@ impl TraceRecord {
     }
 
     /// The policy's reason for a refusal: the second line of moat's deny
-    /// message (`Host "x" is not in the allow list.`).
+    /// message (`Host "x" is not in the allow list.`), and the `moat allow`
+    /// command its last line names, if any.
     pub fn block_reason(&self) -> String {
-        self.resp_body
-            .as_deref()
+        let body = self.resp_body.as_deref();
+        let reason = body
             .and_then(|b| b.lines().nth(1))
             .map(str::to_owned)
             .or_else(|| self.error.clone())
-            .unwrap_or_else(|| "blocked by network policy".into())
+            .unwrap_or_else(|| "blocked by network policy".into());
+        let command = body.and_then(|b| {
+            b.lines()
+                .find_map(|l| l.strip_prefix("Or allow it for this run now: "))
+        });
+        match command {
+            Some(command) => format!("{reason} Allow it now: {command}"),
+            None => reason,
+        }
     }
 }
 

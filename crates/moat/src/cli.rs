@@ -83,6 +83,15 @@ pub enum Command {
         #[arg(long, help = "Write them into the workspace (after the run)")]
         apply: bool,
     },
+    /// Allow HOST (or only RULEs such as 'GET /v1/**') in a running run, from its next request on.
+    Allow(PolicyArgs),
+    /// Deny HOST (or only RULEs such as 'DELETE /**') in a running run, from its next request on.
+    Deny(PolicyArgs),
+    /// Print a running run's network policy and where each entry came from.
+    Policy {
+        #[arg(help = "Run id, id prefix or name")]
+        run: String,
+    },
     /// Print the version.
     Version,
     /// The proxy daemon process (started by moat itself).
@@ -544,4 +553,14 @@ pub enum SnapshotAction {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[arg(help = "Run id, id prefix or name")]
+    pub run: String,
+    #[arg(help = "Host as in network.rules: api.example.com or *.example.com")]
+    pub host: String,
+    #[arg(help = "METHOD PATH rules as in network.rules, e.g. 'GET /repos/**'")]
+    pub rules: Vec<String>,
 }

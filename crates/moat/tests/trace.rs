@@ -77,7 +77,7 @@ fn network_lines_details_json_and_har() {
     out.success();
     insta::assert_snapshot!(stable(&out.stdout), @r#"
     [HH:MM:SS.mmm] GET https://api.github.com/user 200 (DUR)
-    [HH:MM:SS.mmm] CONNECT blocked.test:443 407 (DUR) BLOCKED: Host "blocked.test" is not in the allow list.
+    [HH:MM:SS.mmm] CONNECT blocked.test:443 407 (DUR) BLOCKED: Host "blocked.test" is not in the allow list. Allow it now: moat allow traced blocked.test
     "#);
 
     let out = t.run(&["trace", "traced", "--network", "-v"]);

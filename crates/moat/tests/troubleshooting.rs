@@ -18,6 +18,7 @@ const PROVOKED: &[&str] = &[
     "Proxy authentication required (407)",
     "Invalid proxy token (407)",
     "request blocked by network policy (407)",
+    "only a running run's policy can change",
     "refused to send the credential over plain HTTP (403)",
     "upstream sent no response (504)",
     "is an address of the host machine (403)",
@@ -236,9 +237,25 @@ fn proxy_errors() {
         "network:\n  policy: strict\n",
     )
     .unwrap();
-    let out = t.run(&["run", "--", "curl", "-sS", "http://blocked.test/"]);
+    let out = t.run(&[
+        "run",
+        "--name",
+        "my-agent",
+        "--",
+        "curl",
+        "-sS",
+        "http://blocked.test/",
+    ]);
     out.success();
     documented("request blocked by network policy (407)", &out.stdout);
+    let out = t.run(&["allow", "my-agent", "blocked.test"]);
+    out.failure();
+    let list: serde_json::Value = serde_json::from_str(&t.run(&["list", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap();
+    documented(
+        "only a running run's policy can change",
+        &out.stderr.replace(id, "run_0123456789ab"),
+    );
 }
 
 #[test]

@@ -56,8 +56,8 @@ pub(super) fn handle_connect(
             return error_response(&e);
         }
     };
-    if let HostDecision::Denied(reason) = run.policy.host_decision_for(&host) {
-        let message = reason.message();
+    if let HostDecision::Denied(reason) = run.policy().host_decision_for(&host) {
+        let message = run.deny_message(&reason);
         let refused = (407, "blocked by network policy");
         trace_refused_connect(
             &inner,
@@ -68,7 +68,7 @@ pub(super) fn handle_connect(
             refused,
             Some(&message),
         );
-        return blocked(&reason);
+        return blocked(&reason, &message);
     }
     if let Some(e) = inner.upstream.dialer.refuses_at_once(&host, port) {
         let refused = (e.status().as_u16(), e.detail());
@@ -461,7 +461,7 @@ where
     );
     let bare = target.host.bare();
     if !matches!(
-        run.policy.host_decision_for(&target.host),
+        run.policy().host_decision_for(&target.host),
         HostDecision::Allowed
     ) {
         if let Some(ex) = exchange {
@@ -472,7 +472,9 @@ where
                     "Moat: connection blocked by network policy.\n\
                      {authority} is not HTTP or TLS, and the policy has rules for host {bare:?} \
                      that moat cannot check on it.\n\
-                     Allow the whole host in network.rules in moat.yaml (- {bare}) or use policy: permissive."
+                     Allow the whole host in network.rules in moat.yaml (- {bare}) or use policy: permissive.\n\
+                     Or allow it for this run now: moat allow {} {bare}",
+                    run.name
                 )
                 .as_bytes(),
             );

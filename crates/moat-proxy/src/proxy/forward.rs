@@ -262,7 +262,7 @@ impl<'a> Forwarding<'a> {
         let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let methods = claimed(headers, &METHOD_OVERRIDES);
         let paths = claimed(headers, &PATH_OVERRIDES);
-        let decision = self.run.policy.decide_request_for(
+        let decision = self.run.policy().decide_request_for(
             &self.host,
             self.method.as_str(),
             &methods,
@@ -270,9 +270,9 @@ impl<'a> Forwarding<'a> {
             &paths,
         );
         if let Decision::Deny(reason) = decision {
-            let message = reason.message();
+            let message = self.run.deny_message(&reason);
             self.record_refusal(headers, None, 407, "blocked by network policy", &message);
-            return Some(blocked(&reason));
+            return Some(blocked(&reason, &message));
         }
         None
     }
@@ -614,6 +614,7 @@ mod tests {
     fn run_with(policy: NetworkPolicy, seen: &Arc<Seen>) -> Arc<Run> {
         let registration = RunRegistration {
             run_id: "r".into(),
+            name: String::new(),
             injections: vec![crate::run::Injection {
                 host: HostPattern::parse("api.example.com").unwrap(),
                 headers: vec![(
@@ -701,6 +702,40 @@ mod tests {
         assert_eq!(
             seen.all(),
             vec![(Some(407), false, "blocked by network policy".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_applies_to_the_next_request_of_a_run_already_held() {
+        let seen = Arc::new(Seen::default());
+        // The Arc<Run> a connection authenticated and keeps.
+        let run = run_with(strict(&[]), &seen);
+        let registry = crate::run::Registry::default();
+        let config = ProxyConfig::default();
+        let headers = HeaderMap::new();
+        let refusal = request_to(&config, &run, Method::GET, "https://other.example/x")
+            .policy_filter(&headers)
+            .unwrap();
+        let body = body_text(refusal).await;
+        assert!(
+            body.ends_with(
+                "Add it to network.rules in moat.yaml or use policy: permissive.\n\
+                 Or allow it for this run now: moat allow r other.example"
+            ),
+            "{body}"
+        );
+        assert!(!registry.set_policy("r", permissive()));
+        let mut live = strict(&[]);
+        live.apply(&moat_policy::LiveChange {
+            action: moat_policy::LiveAction::Allow,
+            host: HostPattern::parse("other.example").unwrap(),
+            rules: vec![],
+        });
+        run.set_policy_for_test(live);
+        assert!(
+            request_to(&config, &run, Method::GET, "https://other.example/x")
+                .policy_filter(&headers)
+                .is_none()
         );
     }
 

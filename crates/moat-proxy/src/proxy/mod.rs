@@ -173,6 +173,21 @@ impl Proxy {
         true
     }
 
+    /// Replaces a registered run's network policy at once (`moat allow`,
+    /// `moat deny`): the next request or `CONNECT` of the run is decided by
+    /// it, on connections already open too (inside an intercepted tunnel
+    /// every request is checked). A raw tunnel spliced before the change
+    /// (SSH, `network.host` ports, a non-HTTP stream the old policy
+    /// allowed whole) stays open until it closes. `false` when no such run
+    /// is registered.
+    pub fn set_policy(&self, run_id: &str, policy: moat_policy::NetworkPolicy) -> bool {
+        let done = self.inner.registry.set_policy(run_id, policy);
+        if done {
+            tracing::debug!(run = %run_id, "policy replaced");
+        }
+        done
+    }
+
     /// The ids of the registered runs, sorted.
     pub fn runs(&self) -> Vec<String> {
         self.inner.registry.ids()

@@ -108,14 +108,18 @@ pub(super) fn deny_details(reason: &moat_policy::DenyReason) -> String {
             format!("{method} {path} has an ambiguous path")
         }
         D::InvalidHost { host, .. } => format!("host {host} is not a valid host name"),
+        D::HostDenied { host, pattern } => format!("host {host} was denied by moat deny {pattern}"),
     }
 }
 
 /// The `407` for a request or `CONNECT` the run's policy blocked: the
-/// three-line message as the body, and the reason in the status line and
-/// `Proxy-Status`.
-pub(super) fn blocked(reason: &moat_policy::DenyReason) -> Response<ProxyBody> {
-    let mut resp = text(StatusCode::PROXY_AUTHENTICATION_REQUIRED, reason.message());
+/// message (the three lines, then the `moat allow` command) as the body,
+/// and the reason in the status line and `Proxy-Status`.
+pub(super) fn blocked(reason: &moat_policy::DenyReason, message: &str) -> Response<ProxyBody> {
+    let mut resp = text(
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        message.to_owned(),
+    );
     mark(
         &mut resp,
         BLOCKED_REASON,

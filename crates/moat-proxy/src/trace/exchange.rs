@@ -462,6 +462,7 @@ mod tests {
         let secret = "sk-live-0123456789abcdefghijklmnopqrstuvwxyz";
         let reg = crate::run::RunRegistration {
             run_id: "r".into(),
+            name: String::new(),
             injections: vec![crate::run::Injection {
                 host: moat_policy::HostPattern::parse("example.com").unwrap(),
                 headers: vec![(
@@ -523,6 +524,7 @@ mod tests {
         let token = crate::secret::RunToken::generate();
         let reg = crate::run::RunRegistration {
             run_id: "r".into(),
+            name: String::new(),
             injections: vec![],
             policy: moat_policy::NetworkPolicy::default(),
             mcp: vec![],
@@ -561,6 +563,7 @@ mod tests {
         let token = crate::secret::RunToken::generate();
         let reg = crate::run::RunRegistration {
             run_id: "r".into(),
+            name: String::new(),
             injections: vec![],
             policy: moat_policy::NetworkPolicy::default(),
             mcp: vec![],

@@ -342,6 +342,7 @@ impl Harness {
         self.proxy
             .try_register(RunRegistration {
                 run_id: run.into(),
+                name: String::new(),
                 injections,
                 policy,
                 mcp: vec![],

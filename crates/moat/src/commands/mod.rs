@@ -20,6 +20,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use moat_home::{MoatHome, Profile};
+use moat_run::LiveAction::{Allow, Deny};
+use moat_run::PolicyAction::Change;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 
@@ -117,6 +119,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Snapshot(args) => snapshot::snapshot(&Context::from_global(&cli.global)?, args),
         Command::Exec(args) => runs::exec(&Context::from_global(&cli.global)?, args),
         Command::Join(args) => runs::join(&Context::from_global(&cli.global)?, args),
+        Command::Allow(a) => live(&cli.global, &a.run, Change(Allow, a.host, a.rules)),
+        Command::Deny(a) => live(&cli.global, &a.run, Change(Deny, a.host, a.rules)),
+        Command::Policy { run } => live(&cli.global, &run, moat_run::PolicyAction::Show),
         Command::Diff { run, apply } => {
             let ctx = Context::from_global(&cli.global)?;
             let done = moat_run::diff_run(&ctx.home, &run, apply, ctx.json)?;
@@ -127,6 +132,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `moat allow`, `moat deny`, `moat policy`: the work is moat-run's.
+fn live(global: &GlobalArgs, run: &str, action: moat_run::PolicyAction) -> Result<ExitCode> {
+    let ctx = Context::from_global(global)?;
+    out!(
+        "{}",
+        moat_run::live_policy(&ctx.home, run, action, ctx.json)?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A current-thread runtime for commands that do a little network I/O.
