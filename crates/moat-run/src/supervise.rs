@@ -199,7 +199,7 @@ fn record_start(
             }
             name.clone()
         }
-        None => unique_name(runs)?,
+        None => runs.free_name(generate_name)?,
     };
     let mut meta = RunMetadata::new(
         RunId::generate(),
@@ -213,6 +213,7 @@ fn record_start(
     meta.interactive = plan.interactive;
     meta.detached = plan.detached;
     meta.agent = plan.agent.clone();
+    meta.ports = plan.ports.clone();
     meta.supervisor_pid = Some(std::process::id());
     meta.supervisor_start = moat_storage::process_start_time(std::process::id());
     if let Some(worktree) = &plan.worktree {
@@ -316,20 +317,6 @@ fn record_end(
         return Err(RunError::DiskFull { reason });
     }
     Ok(())
-}
-
-fn unique_name(runs: &RunStore) -> Result<String, RunError> {
-    for _ in 0..20 {
-        let name = generate_name();
-        if runs.active_named(&name)?.is_none() {
-            return Ok(name);
-        }
-    }
-    Ok(format!(
-        "{}-{}",
-        generate_name(),
-        &RunId::generate().as_str()[4..8]
-    ))
 }
 
 fn start_and_wait(
@@ -506,6 +493,7 @@ fn sandbox_request(
         hostname: meta.name.replace('_', "-"),
         workspace: plan.workspace.clone(),
         workspace_mode: plan.workspace_mode,
+        ports: plan.ports.clone(),
         workspace_copy: run_dir.join(moat_sandbox::WORKSPACE_COPY_DIR),
         command: plan.command.clone(),
         env: variables,

@@ -180,6 +180,9 @@ pub struct RunOptions {
     /// bind (the workspace itself) or volume (a copy-on-write copy, see moat diff).
     #[arg(long, value_name = "MODE")]
     pub workspace_mode: Option<moat_config::WorkspaceMode>,
+    /// Serve the run's PORT as endpoint NAME (repeatable), see moat open.
+    #[arg(long = "port", value_name = "NAME=PORT")]
+    pub ports: Vec<String>,
 }
 
 impl RunOptions {
@@ -208,6 +211,7 @@ impl RunOptions {
             allow_write: self.allow_write.clone(),
             worktree: self.worktree.clone(),
             workspace_mode: self.workspace_mode,
+            ports: self.ports.clone(),
         }
     }
 }
