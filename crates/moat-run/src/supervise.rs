@@ -534,6 +534,7 @@ fn sandbox_request(
         sidecars,
         sidecar_logs: run_dir.join("services"),
         exec_socket: run_dir.join(moat_storage::EXEC_SOCKET),
+        port_socket: run_dir.join(moat_storage::PORT_SOCKET),
     })
 }
 

@@ -64,6 +64,10 @@ impl moat_hint::Hint for StorageError {
 /// (`moat exec`, `moat join`) while it runs.
 pub const EXEC_SOCKET: &str = "exec.sock";
 
+/// The socket in a run's directory through which the daemon reaches the
+/// run's endpoints (`ports:`) on runtimes without an engine (native).
+pub const PORT_SOCKET: &str = "ports.sock";
+
 /// The runs under `MOAT_HOME/runs`.
 #[derive(Debug, Clone)]
 pub struct RunStore {
