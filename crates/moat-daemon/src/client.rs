@@ -295,11 +295,13 @@ impl DaemonClient {
                 port,
                 proxy_socket,
                 ca_cert_pem,
+                routing_port,
             } => Ok(Registration {
                 token,
                 port,
                 proxy_socket,
                 ca_cert_pem,
+                routing_port,
             }),
             Response::Error { message } => Err(ClientError::Register { cause: message }),
             other => Err(ClientError::Register {
@@ -366,6 +368,8 @@ pub struct Registration {
     pub proxy_socket: PathBuf,
     /// The CA certificate, PEM.
     pub ca_cert_pem: String,
+    /// The routing listener's port, when it listens.
+    pub routing_port: Option<u16>,
 }
 
 /// Removes a lock naming a dead process and sockets nobody serves.

@@ -14,6 +14,7 @@ mod audit;
 pub mod client;
 pub mod lockfile;
 pub mod protocol;
+mod routes;
 mod server;
 mod status;
 mod translate;
@@ -21,8 +22,10 @@ mod translate;
 pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, DEFAULT_PORT};
 pub use crate::lockfile::{DaemonInfo, DaemonPaths};
 pub use crate::protocol::{
-    HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret, SshHostSpec,
+    EndpointSpec, HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary,
+    Secret, SshHostSpec,
 };
+pub use crate::routes::DEFAULT_ROUTING_PORT;
 pub use crate::server::{serve, DaemonConfig, DaemonError};
 pub use crate::status::DaemonStatus;
 pub use crate::translate::url_host;

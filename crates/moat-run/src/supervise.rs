@@ -459,7 +459,30 @@ fn run_spec(
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,
+        name: Some(meta.name.clone()),
+        endpoints: endpoint_specs(plan, meta, run_dir),
     })
+}
+
+/// The run's endpoints as the daemon reaches them: on native, through the
+/// run's port socket (which the sandbox serves).
+fn endpoint_specs(
+    plan: &RunPlan,
+    meta: &RunMetadata,
+    run_dir: &std::path::Path,
+) -> Vec<moat_daemon::EndpointSpec> {
+    if meta.runtime != "native" {
+        return Vec::new();
+    }
+    plan.ports
+        .iter()
+        .map(|(name, port)| moat_daemon::EndpointSpec {
+            name: name.clone(),
+            port: *port,
+            socket: Some(run_dir.join(moat_storage::PORT_SOCKET)),
+            addr: None,
+        })
+        .collect()
 }
 
 /// The sandbox request: the environment, files and mounts every runtime
@@ -482,6 +505,18 @@ fn sandbox_request(
         "MOAT_HOST_GATEWAY".to_owned(),
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
+    if let Some(routing) = registration.routing_port {
+        // Each endpoint's own URL, for OAuth callbacks and webhooks.
+        for endpoint in plan.ports.keys() {
+            variables.push((
+                format!(
+                    "MOAT_URL_{}",
+                    endpoint.to_ascii_uppercase().replace('-', "_")
+                ),
+                format!("https://{endpoint}.{}.localhost:{routing}", meta.name),
+            ));
+        }
+    }
     let sidecars = plan_sidecars(plan, &mut variables);
     let (mounts, workspace_exclude) = crate::mounts::for_sandbox(&plan.workspace, &plan.mounts);
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {

@@ -134,3 +134,130 @@ fn the_port_socket_reaches_only_the_runs_endpoints_inside_its_network() {
     env.run(&["stop", "web"]).success();
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
 }
+
+/// The routing listener's port, from `moat proxy status`'s index URL.
+fn routing_port(env: &common::ProxiedEnv) -> u16 {
+    let out = env.run(&["proxy", "status"]);
+    out.success();
+    out.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Index:"))
+        .and_then(|url| url.trim().strip_prefix("https://localhost:"))
+        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no index URL in:\n{}", out.stdout))
+}
+
+/// `curl` of `url` (trusting moat's CA): the status and the body.
+fn curl(env: &common::ProxiedEnv, url: &str) -> (String, String) {
+    let ca = env.env.moat_home().join("proxy/ca/ca.crt");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(&ca)
+        .args(["-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+/// `curl` until the answer is not a 502 (the server is not listening
+/// yet); gives up after 30 s.
+fn curl_ready(env: &common::ProxiedEnv, url: &str) -> (String, String) {
+    let mut got = curl(env, url);
+    for _ in 0..300 {
+        if got.0 != "502" && got.0 != "000" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        got = curl(env, url);
+    }
+    got
+}
+
+/// `moat run -d --name NAME --port web=PORT`: a Python server answering
+/// `/who` with `NAME`.
+fn start_server(env: &common::ProxiedEnv, name: &str, port: u16) {
+    let script = format!(
+        "mkdir -p /tmp/s && echo {name} > /tmp/s/who && cd /tmp/s && \
+         exec python3 -m http.server {port} --bind 127.0.0.1"
+    );
+    let web = format!("web={port}");
+    env.run(&[
+        "run", "-d", "--name", name, "--port", &web, "--", "sh", "-c", &script,
+    ])
+    .success();
+}
+
+#[test]
+fn a_server_in_the_run_is_reached_at_its_routed_urls_until_the_run_stops() {
+    let env = common::ProxiedEnv::new(&[]);
+    start_server(&env, "site", 18432);
+    let port = routing_port(&env);
+    let https = format!("https://web.site.localhost:{port}/who");
+    assert_eq!(curl_ready(&env, &https), ("200".into(), "site\n".into()));
+    let http = format!("http://web.site.localhost:{port}/who");
+    assert_eq!(curl(&env, &http), ("200".into(), "site\n".into()));
+    // One endpoint: the run's own name answers too.
+    let short = format!("https://site.localhost:{port}/who");
+    assert_eq!(curl(&env, &short), ("200".into(), "site\n".into()));
+    // The index lists it.
+    let index = std::process::Command::new("curl")
+        .args(["-s", "-H", "Accept: application/json"])
+        .arg(format!("http://localhost:{port}/"))
+        .output()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+    assert_eq!(
+        index["runs"][0]["endpoints"]["web"],
+        format!("https://web.site.localhost:{port}")
+    );
+    // The request is in the run's trace, marked inbound.
+    let trace = std::fs::read_to_string(run_dir(&env).join("network.jsonl")).unwrap();
+    assert!(
+        trace.contains("\"url\":\"https://web.site.localhost/who\""),
+        "{trace}"
+    );
+    assert!(trace.contains("\"direction\":\"inbound\""), "{trace}");
+    env.run(&["stop", "site"]).success();
+    assert_eq!(curl(&env, &https).0, "404");
+}
+
+#[test]
+fn two_runs_serving_the_same_port_are_each_reached_at_their_own_url() {
+    let env = common::ProxiedEnv::new(&[]);
+    start_server(&env, "alpha", 18433);
+    start_server(&env, "beta", 18433);
+    let port = routing_port(&env);
+    for name in ["alpha", "beta"] {
+        let url = format!("https://web.{name}.localhost:{port}/who");
+        assert_eq!(curl_ready(&env, &url), ("200".into(), format!("{name}\n")));
+    }
+    env.run(&["stop", "alpha"]).success();
+    env.run(&["stop", "beta"]).success();
+}
+
+#[test]
+fn each_endpoint_knows_its_own_url_inside() {
+    let env = common::ProxiedEnv::new(&[]);
+    let out = env.run(&[
+        "run",
+        "--name",
+        "urls",
+        "--port",
+        "web=3000",
+        "--port",
+        "my-api=4000",
+        "--",
+        "sh",
+        "-c",
+        "echo $MOAT_URL_WEB $MOAT_URL_MY_API",
+    ]);
+    out.success();
+    // The daemon outlives the run by a moment (MOAT_DAEMON_IDLE_TIMEOUT).
+    let port = routing_port(&env);
+    assert_eq!(
+        out.stdout.trim(),
+        format!("https://web.urls.localhost:{port} https://my-api.urls.localhost:{port}")
+    );
+}
