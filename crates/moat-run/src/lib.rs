@@ -40,6 +40,7 @@ mod exec;
 mod gitsweep;
 mod lifecycle;
 mod mounts;
+mod open;
 mod plan;
 mod protect;
 mod snapshot_triggers;
@@ -62,6 +63,7 @@ pub use crate::drivers::{
 pub use crate::error::RunError;
 pub use crate::exec::{exec_in_run, join_run, ExecError};
 pub use crate::lifecycle::{destroy_run, remove_runs, stop_run, StopError};
+pub use crate::open::{endpoint_url, open_in_browser, open_url, OpenError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
 pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};
 pub use crate::ssh::{AGENT_SOCKET_IN_SANDBOX, MOAT_IN_SANDBOX};

@@ -65,6 +65,16 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// A run's timeline, or with --network its proxied requests.
     Trace(TraceArgs),
+    /// Print (and open in a browser) a run endpoint's URL; no RUN: the index.
+    Open {
+        /// Run id, id prefix or name.
+        run: Option<String>,
+        /// Endpoint (default: the run's only one).
+        endpoint: Option<String>,
+        /// Only print the URL.
+        #[arg(short, long)]
+        print: bool,
+    },
     /// Verify a run's tamper-evident audit log, or export it.
     Audit(AuditArgs),
     /// Review and accept a workspace's moat.yaml, .moat/ and mount sources

@@ -261,3 +261,33 @@ fn each_endpoint_knows_its_own_url_inside() {
         format!("https://web.urls.localhost:{port} https://my-api.urls.localhost:{port}")
     );
 }
+
+#[test]
+fn moat_open_prints_an_endpoints_url_and_list_shows_the_endpoints() {
+    let env = common::ProxiedEnv::new(&[]);
+    start_server(&env, "opened", 18434);
+    let port = routing_port(&env);
+    let out = env.run(&["open", "opened", "--print"]);
+    out.success();
+    assert_eq!(out.stdout, format!("https://web.opened.localhost:{port}\n"));
+    let out = env.run(&["open", "--print"]);
+    assert_eq!(out.stdout, format!("https://localhost:{port}/\n"));
+    let out = env.run(&["open", "opened", "api", "--print"]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r"
+    Error: run opened has endpoints web; name one of them
+
+    For example: moat open opened <endpoint>
+    ");
+    let list = env.run(&["list"]);
+    let header = list.stdout.lines().next().unwrap_or_default().to_owned();
+    assert!(header.trim_end().ends_with("ENDPOINTS"), "{}", list.stdout);
+    assert!(
+        list.stdout
+            .lines()
+            .any(|l| l.starts_with("opened") && l.trim_end().ends_with("web")),
+        "{}",
+        list.stdout
+    );
+    env.run(&["stop", "opened"]).success();
+}

@@ -111,6 +111,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Destroy(args) => runs::destroy(&Context::from_global(&cli.global)?, args),
         Command::Clean(args) => runs::clean(&Context::from_global(&cli.global)?, args),
         Command::Trace(args) => trace::trace(&Context::from_global(&cli.global)?, args),
+        Command::Open {
+            run,
+            endpoint,
+            print,
+        } => {
+            let home = Context::from_global(&cli.global)?.home;
+            let url = block_on(moat_run::open_url(&home, run, endpoint, !print))??;
+            outln!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor(args) => doctor::doctor(&Context::from_global(&cli.global)?, args),
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),
