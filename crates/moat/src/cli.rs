@@ -331,6 +331,9 @@ pub enum ProxyCommand {
         /// Stay in the foreground.
         #[arg(long)]
         foreground: bool,
+        /// Serve the runs' endpoints on ADDR (default 127.0.0.1:8081; also MOAT_ROUTING_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        routing_listen: Option<std::net::SocketAddr>,
     },
     /// Stop the daemon.
     Stop,

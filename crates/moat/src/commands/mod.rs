@@ -75,7 +75,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Wt(args) => wt::wt(&Context::from_global(&cli.global)?, args),
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
-        Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
+        Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None, None),
         Command::SshConnect { host, port } => ssh::connect(&host, port),
         Command::AwaitGuard { command } => {
             let failed = moat_runtime_docker::await_guard_then_exec(&command);
