@@ -78,6 +78,13 @@ pub fn execute(
     plan: &RunPlan,
     driver: &mut dyn SandboxDriver,
 ) -> Result<RunOutcome, RunError> {
+    // Container runtimes do not route to endpoints yet: refused, rather
+    // than URLs that answer 404.
+    if !plan.ports.is_empty() && driver.name() != "native" {
+        return Err(RunError::PortsUnsupported {
+            runtime: driver.name().into(),
+        });
+    }
     // Before anything is resolved or started: from here on the plan's
     // mount sources are real paths that passed the floors.
     let floors = crate::mounts::Floors::from_env(home);

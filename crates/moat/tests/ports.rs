@@ -291,3 +291,26 @@ fn moat_open_prints_an_endpoints_url_and_list_shows_the_endpoints() {
     );
     env.run(&["stop", "opened"]).success();
 }
+
+#[test]
+fn endpoints_on_a_container_runtime_are_refused_before_anything_starts() {
+    if !common::docker_available() {
+        return;
+    }
+    let env = common::ProxiedEnv::new(&[]);
+    let out = env.run(&[
+        "run",
+        "--runtime",
+        "docker",
+        "--port",
+        "web=3000",
+        "--",
+        "true",
+    ]);
+    out.failure();
+    insta::assert_snapshot!(out.stderr, @r"
+    Error: ports: (endpoints) are served on the native runtime only in this version, not on docker
+
+    Run it with --runtime native, or remove ports: / --port.
+    ");
+}
