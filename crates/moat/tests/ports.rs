@@ -219,6 +219,14 @@ fn a_server_in_the_run_is_reached_at_its_routed_urls_until_the_run_stops() {
         "{trace}"
     );
     assert!(trace.contains("\"direction\":\"inbound\""), "{trace}");
+    let shown = env.run(&["trace", "--network", "site"]);
+    assert!(
+        shown
+            .stdout
+            .contains("<- GET https://web.site.localhost/who"),
+        "{}",
+        shown.stdout
+    );
     env.run(&["stop", "site"]).success();
     assert_eq!(curl(&env, &https).0, "404");
 }
