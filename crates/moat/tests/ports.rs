@@ -322,3 +322,152 @@ fn endpoints_on_a_container_runtime_are_refused_before_anything_starts() {
     Run it with --runtime native, or remove ports: / --port.
     ");
 }
+
+/// Whether `program` is on PATH; without it the calling test skips with
+/// the reason printed, unless `require` is set in the environment (CI),
+/// which makes it fail.
+fn have(program: &str, require: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os(require).is_none(),
+            "{require} is set but {program} is missing (Debian: apt-get install chromium libnss3-tools)"
+        );
+        eprintln!("skipped: {program} is not installed");
+    }
+    found
+}
+
+#[test]
+fn a_browser_renders_a_page_the_run_serves_through_its_https_url() {
+    if !have("chromium", "MOAT_REQUIRE_BROWSER") || !have("certutil", "MOAT_REQUIRE_BROWSER") {
+        return;
+    }
+    let env = common::ProxiedEnv::new(&[]);
+    std::fs::write(
+        env.project().join("page.html"),
+        "<html><body><p id=\"x\">static</p><script>\
+         document.getElementById('x').textContent = 'built-by-js-' + (6 * 7);\
+         </script></body></html>\n",
+    )
+    .unwrap();
+    env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "browse",
+        "--port",
+        "web=18435",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "18435",
+        "--bind",
+        "127.0.0.1",
+    ])
+    .success();
+    let port = routing_port(&env);
+    let url = format!("https://web.browse.localhost:{port}/page.html");
+    assert_eq!(curl_ready(&env, &url).0, "200");
+    // A throwaway profile that trusts moat's CA (Chromium reads the NSS
+    // database under $HOME/.pki).
+    let browser_home = env.env.dir.path().join("browser");
+    let nssdb = browser_home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    let ca = env.env.moat_home().join("proxy/ca/ca.crt");
+    for args in [
+        vec!["-N", "-d", &db, "--empty-password"],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-n",
+            "moat",
+            "-t",
+            "C,,",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
+    ] {
+        assert!(std::process::Command::new("certutil")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let out = std::process::Command::new("chromium")
+        .env("HOME", &browser_home)
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .arg(format!(
+            "--user-data-dir={}",
+            browser_home.join("profile").display()
+        ))
+        .args(["--dump-dom", &url])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<p id=\"x\">built-by-js-42</p>"), "{dom}");
+    env.run(&["stop", "browse"]).success();
+}
+
+/// An SSE server: one event at once, then the response stays open.
+const SSE_SERVER: &str = r#"import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 18436))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    if b"GET /events" not in data:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        c.close()
+        continue
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: first-event\n\n")
+    time.sleep(3600)
+"#;
+
+#[test]
+fn server_sent_events_arrive_before_the_response_ends() {
+    let env = common::ProxiedEnv::new(&[]);
+    std::fs::write(env.project().join("sse.py"), SSE_SERVER).unwrap();
+    env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "events",
+        "--port",
+        "sse=18436",
+        "--",
+        "python3",
+        "sse.py",
+    ])
+    .success();
+    let port = routing_port(&env);
+    assert_eq!(
+        curl_ready(&env, &format!("https://events.localhost:{port}/")).0,
+        "200"
+    );
+    // The response never ends: curl gives up after 5 s (exit 28) with
+    // what it received by then.
+    let ca = env.env.moat_home().join("proxy/ca/ca.crt");
+    let out = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://sse.events.localhost:{port}/events"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(28), "the response ended");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "data: first-event\n\n"
+    );
+    env.run(&["stop", "events"]).success();
+}
