@@ -148,10 +148,19 @@ pub enum SpecError {
     #[error("version {version:?} after '@' is not valid (e.g. node@22, npm:typescript@5.4.2)")]
     Version { version: String },
     #[error(
-        "{name:?} is not a valid run name: use at most 63 lowercase letters, digits, '-' and \
-         '_', starting with a letter or digit"
+        "{name:?} is not a valid run name: use at most 63 lowercase letters, digits and '-', \
+         starting and ending with a letter or digit (it becomes a hostname)"
     )]
     RunName { name: String },
+    #[error(
+        "{name:?} is not a valid endpoint name: use at most 63 lowercase letters, digits and \
+         '-', starting and ending with a letter or digit (it becomes a hostname)"
+    )]
+    EndpointName { name: String },
+    #[error(
+        "invalid --port {spec:?}: expected NAME=PORT with a port from 1 to 65535, e.g. web=3000"
+    )]
+    PortFlag { spec: String },
     #[error("grant {grant:?}: oauth grants are not supported by this version of moat yet")]
     OauthGrant { grant: String },
     #[error("invalid grant {grant:?}: expected a provider name (github), ssh:HOST or mcp:NAME")]
@@ -262,6 +271,10 @@ impl moat_hint::Hint for SpecError {
             }
             Self::ExcludeContains { .. } => {
                 "To fix: keep only the outer directory; it hides everything beneath it."
+            }
+            Self::EndpointName { .. } => {
+                "To fix: rename it, e.g. web, api or api-2 (it is served at \
+                 https://<name>.<run>.localhost)."
             }
             _ => return None,
         };

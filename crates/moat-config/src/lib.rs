@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 pub use crate::diff::{diff_keys, KeyChange};
 pub use crate::error::{ConfigError, SpecError};
 pub use crate::mount::parse_allow_write;
+pub use crate::spec::{is_dns_label, parse_port_flag};
 pub use crate::types::{
     ContainerLimits, Dependency, DependencyKind, Hooks, McpAuth, McpServer, Mount, NetworkConfig,
     ProjectConfig, RuntimeKind, SandboxMode, ServiceConfig, SnapshotConfig, UnknownRuntime,

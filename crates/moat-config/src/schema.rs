@@ -13,8 +13,8 @@ use crate::mount::{
     resolve_source,
 };
 use crate::spec::{
-    check_env_name, check_grant, check_mcp_auth_header, check_mcp_url, check_run_name,
-    parse_dependency,
+    check_endpoint_name, check_env_name, check_grant, check_mcp_auth_header, check_mcp_url,
+    check_run_name, parse_dependency,
 };
 use crate::suggest::closest;
 use crate::yaml::{Node, Resolved, Value};
@@ -49,6 +49,7 @@ const TOP_KEYS: &[&str] = &[
     "allow_write",
     "snapshots",
     "workspace",
+    "ports",
 ];
 
 /// Keys moat.yaml has elsewhere that this version does not implement yet:
@@ -57,7 +58,6 @@ const TOP_NOT_YET: &[&str] = &[
     "version",
     "secrets",
     "volumes",
-    "ports",
     "clipboard",
     "copilot",
     "pi",
@@ -339,6 +339,7 @@ pub(crate) fn project(ctx: &Ctx<'_>, root: Option<&Node>) -> R<ProjectConfig> {
             "allow_write" => cfg.allow_write = allow_write(ctx, value, path)?,
             "snapshots" => cfg.snapshots = snapshots(ctx, value, path)?,
             "workspace" => cfg.workspace_mode = workspace(ctx, value, path)?,
+            "ports" => cfg.ports = ports(ctx, value, path)?,
             "mcp" => mcp_node = Some(value),
             "services" => services_node = Some(value),
             "claude" | "codex" | "gemini" => {
@@ -381,6 +382,32 @@ fn sandbox_mode(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<SandboxMode> {
             ),
         )),
     }
+}
+
+/// `ports:`: endpoint name (a DNS label) to the port the run serves it
+/// on inside the sandbox.
+fn ports(ctx: &Ctx<'_>, node: &Node, path: &str) -> R<BTreeMap<String, u16>> {
+    let mut out = BTreeMap::new();
+    for (name, key_node, value) in ctx.map(node, path)? {
+        let p = join(path, name);
+        check_endpoint_name(name).map_err(|e| ctx.bad_value(key_node, &p, None, e))?;
+        let port = match value.resolve() {
+            Some(Resolved::Int(n)) => u16::try_from(n).ok().filter(|n| *n > 0),
+            _ => return Err(ctx.wrong_type(value, &p, "a port number (1-65535)", None)),
+        };
+        let port = port.ok_or_else(|| {
+            ctx.invalid(
+                value,
+                &p,
+                format!(
+                    "port must be between 1 and 65535, found {}",
+                    describe(value)
+                ),
+            )
+        })?;
+        out.insert(name.to_owned(), port);
+    }
+    Ok(out)
 }
 
 /// `workspace:`: only `mode` so far.

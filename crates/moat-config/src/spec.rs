@@ -122,21 +122,51 @@ fn is_registry_name(name: &str) -> bool {
 /// `lowercase letters, digits, '-', '_'`, starting alphanumeric, ≤ 63: it
 /// becomes part of host names and container names.
 pub(crate) fn check_run_name(name: &str) -> Result<(), SpecError> {
-    let ok = name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
+    if is_dns_label(name) {
         Ok(())
     } else {
         Err(SpecError::RunName {
             name: name.to_owned(),
         })
     }
+}
+
+/// A DNS label: 1 to 63 lowercase letters, digits and '-', starting and
+/// ending with a letter or digit. Run and endpoint names become hostnames
+/// (`web.my-run.localhost`).
+pub fn is_dns_label(name: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum)
+        && name.bytes().all(|b| alnum(b) || b == b'-')
+}
+
+/// `ports:` keys and `--port NAME=PORT` names.
+pub(crate) fn check_endpoint_name(name: &str) -> Result<(), SpecError> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(SpecError::EndpointName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// `--port NAME=PORT`: an endpoint and the port inside the sandbox.
+pub fn parse_port_flag(spec: &str) -> Result<(String, u16), SpecError> {
+    let bad = || SpecError::PortFlag {
+        spec: spec.to_owned(),
+    };
+    let (name, port) = spec.split_once('=').ok_or_else(bad)?;
+    check_endpoint_name(name)?;
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(bad)?;
+    Ok((name.to_owned(), port))
 }
 
 /// Names of MCP servers, providers and grant suffixes.
@@ -351,7 +381,9 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(check_run_name("my-app_2").is_ok());
+        assert!(check_run_name("my-app-2").is_ok());
+        assert!(check_run_name("my-app_2").is_err());
+        assert!(check_run_name("a-").is_err());
         assert!(check_run_name("My").is_err());
         assert!(check_run_name("-a").is_err());
         assert!(check_run_name("").is_err());

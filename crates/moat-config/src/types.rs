@@ -35,6 +35,9 @@ pub struct ProjectConfig {
     pub snapshots: SnapshotConfig,
     /// `workspace.mode`.
     pub workspace_mode: WorkspaceMode,
+    /// `ports:`: endpoint name (a DNS label) to the port inside the
+    /// sandbox it is served on.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// `workspace.mode` / `--workspace-mode`: how the sandbox sees the

@@ -220,3 +220,17 @@ fn the_file_is_named_as_given() {
     };
     assert!(e.to_string().starts_with("sub/dir/moat.yaml:1: "), "{e}");
 }
+
+#[test]
+fn ports() {
+    assert_snapshot!(report(&[
+        "ports:\n  web: 0\n",
+        "ports:\n  web: 70000\n",
+        "ports:\n  web: \"3000\"\n",
+        "ports:\n  Web: 3000\n",
+        "ports:\n  my_web: 3000\n",
+        "ports:\n  web-: 3000\n",
+        "ports: [3000]\n",
+        "name: my_run\n",
+    ]));
+}

@@ -278,3 +278,34 @@ fn mcp_auth_grants_are_the_servers_own_or_the_files() {
     assert!(parse(&format!("{evil}grants: [github]\n")).is_ok());
     assert!(parse("mcp:\n  - name: a\n    url: https://a.example\n    auth: {grant: mcp:a, header: Authorization}\n").is_ok());
 }
+
+#[test]
+fn ports_map_endpoints_to_ports() {
+    let cfg = match parse(
+        "ports:\n  web: 3000\n  api-2: 65535\n",
+        Path::new("moat.yaml"),
+        Path::new("/ws"),
+    ) {
+        Ok(cfg) => cfg,
+        Err(e) => panic!("{e}"),
+    };
+    let want: BTreeMap<String, u16> = [("web".to_owned(), 3000), ("api-2".to_owned(), 65535)]
+        .into_iter()
+        .collect();
+    assert_eq!(cfg.ports, want);
+    assert_eq!(
+        moat_config::parse_port_flag("web=8080").ok(),
+        Some(("web".to_owned(), 8080))
+    );
+    for bad in [
+        "web",
+        "web=0",
+        "web=x",
+        "Web=80",
+        "=80",
+        "a_b=80",
+        "web=65536",
+    ] {
+        assert!(moat_config::parse_port_flag(bad).is_err(), "{bad}");
+    }
+}

@@ -122,6 +122,9 @@ pub struct StartOptions {
     pub port: Option<u16>,
     /// Idle timeout override, seconds.
     pub idle_timeout_secs: Option<u64>,
+    /// Where the routing to the runs' endpoints listens (`--routing-listen`);
+    /// `None`: `MOAT_ROUTING_LISTEN` or the default, as the daemon reads.
+    pub routing_listen: Option<std::net::SocketAddr>,
 }
 
 /// The default proxy port.
@@ -144,6 +147,7 @@ impl StartOptions {
         Ok(StartOptions {
             port,
             idle_timeout_secs,
+            routing_listen: None,
         })
     }
 }
@@ -295,11 +299,13 @@ impl DaemonClient {
                 port,
                 proxy_socket,
                 ca_cert_pem,
+                routing_port,
             } => Ok(Registration {
                 token,
                 port,
                 proxy_socket,
                 ca_cert_pem,
+                routing_port,
             }),
             Response::Error { message } => Err(ClientError::Register { cause: message }),
             other => Err(ClientError::Register {
@@ -375,6 +381,8 @@ pub struct Registration {
     pub proxy_socket: PathBuf,
     /// The CA certificate, PEM.
     pub ca_cert_pem: String,
+    /// The routing listener's port, when it listens.
+    pub routing_port: Option<u16>,
 }
 
 /// Removes a lock naming a dead process and sockets nobody serves.
@@ -423,6 +431,9 @@ fn spawn_daemon(
         cmd.env("MOAT_PROXY_PORT", port.to_string());
     } else {
         cmd.env("MOAT_PROXY_PORT", DEFAULT_PORT.to_string());
+    }
+    if let Some(addr) = opts.routing_listen {
+        cmd.env("MOAT_ROUTING_LISTEN", addr.to_string());
     }
     if let Some(idle) = opts.idle_timeout_secs {
         cmd.env("MOAT_DAEMON_IDLE_TIMEOUT", idle.to_string());

@@ -15,6 +15,7 @@ pub mod client;
 mod live;
 pub mod lockfile;
 pub mod protocol;
+mod routes;
 mod server;
 mod status;
 mod translate;
@@ -23,8 +24,10 @@ pub use crate::client::{ClientError, DaemonClient, Registration, StartOptions, D
 pub use crate::live::{PolicyEntry, PolicyView};
 pub use crate::lockfile::{DaemonInfo, DaemonPaths};
 pub use crate::protocol::{
-    HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary, Secret, SshHostSpec,
+    EndpointSpec, HeaderSpec, InjectionSpec, McpSpec, Request, Response, RunSpec, RunSummary,
+    Secret, SshHostSpec,
 };
+pub use crate::routes::DEFAULT_ROUTING_PORT;
 pub use crate::server::{serve, DaemonConfig, DaemonError};
 pub use crate::status::DaemonStatus;
 pub use crate::translate::url_host;

@@ -86,7 +86,8 @@ pub struct RunSpec {
     /// Run id.
     pub run_id: String,
     /// Run name, for the `moat allow <name> <host>` a blocked request's
-    /// message names (empty: the id).
+    /// message names and its routed hosts (`<endpoint>.<name>.localhost`);
+    /// empty: the id, and no routing.
     #[serde(default)]
     pub name: String,
     /// The moat process supervising the run; when it dies, the daemon
@@ -144,6 +145,25 @@ pub struct RunSpec {
         with = "moat_secret::exposed_option"
     )]
     pub token: Option<Secret>,
+    /// The run's endpoints (`ports:`), served by the daemon's routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// One endpoint of a run and how the daemon reaches it: through the
+/// run's port socket (native) or at an address only the host reaches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Endpoint name (a DNS label).
+    pub name: String,
+    /// The port inside the sandbox.
+    pub port: u16,
+    /// The run's port socket (`ports.sock`), native runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<std::path::PathBuf>,
+    /// The address to connect to instead (a container's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// An SSH endpoint the run may tunnel to (`CONNECT host:port`, spliced).
@@ -246,6 +266,10 @@ pub enum Response {
         proxy_socket: std::path::PathBuf,
         /// PEM of the interception CA.
         ca_cert_pem: String,
+        /// The routing listener's port (`https://<endpoint>.<run>.localhost:<port>`),
+        /// when it listens.
+        #[serde(default)]
+        routing_port: Option<u16>,
     },
     /// A request that needs no data succeeded.
     Ok,
@@ -263,6 +287,9 @@ pub enum Response {
         runs: Vec<RunSummary>,
         /// Seconds until the idle exit, when no run is registered.
         idle_exit_in_secs: Option<u64>,
+        /// The routing listener's port, when it listens.
+        #[serde(default)]
+        routing_port: Option<u16>,
     },
     /// A run's policy in force (`PolicyChange`, `PolicyShow`).
     Policy {
@@ -391,6 +418,12 @@ mod tests {
                 changes: vec![],
                 profile: None,
                 listen: vec![],
+                endpoints: vec![EndpointSpec {
+                    name: "web".into(),
+                    port: 3000,
+                    socket: Some("/m/runs/run_0123456789ab/ports.sock".into()),
+                    addr: None,
+                }],
             }),
         };
         let line = encode(&req);

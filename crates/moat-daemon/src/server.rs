@@ -26,6 +26,9 @@ pub struct DaemonConfig {
     pub port: u16,
     /// Exit this long after the last run unregisters.
     pub idle_timeout: Duration,
+    /// Where the routing to the runs' endpoints listens
+    /// (`MOAT_ROUTING_LISTEN`, default `127.0.0.1:8081`).
+    pub routing_listen: std::net::SocketAddr,
 }
 
 impl DaemonConfig {
@@ -52,10 +55,21 @@ impl DaemonConfig {
             }
             _ => 300,
         };
+        let routing_listen = match std::env::var("MOAT_ROUTING_LISTEN") {
+            Ok(v) if !v.trim().is_empty() => {
+                v.trim().parse().map_err(|_| DaemonError::Setting {
+                    name: "MOAT_ROUTING_LISTEN",
+                    value: v.clone(),
+                    expected: "an address and port (127.0.0.1:8081)",
+                })?
+            }
+            _ => std::net::SocketAddr::from(([127, 0, 0, 1], crate::DEFAULT_ROUTING_PORT)),
+        };
         Ok(DaemonConfig {
             home,
             port,
             idle_timeout: Duration::from_secs(idle),
+            routing_listen,
         })
     }
 }
@@ -144,6 +158,8 @@ struct State {
     extra_listeners: std::collections::BTreeSet<std::net::IpAddr>,
     /// The runs' audit logs.
     audits: Arc<Audits>,
+    /// Hostname routing to the runs' endpoints, when it listens.
+    router: Option<Arc<moat_proxy::Router>>,
 }
 
 /// Runs the daemon until it is stopped or idle. Removes its lock and
@@ -154,6 +170,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     let _instance = acquire_instance(&config, &paths).await?;
     let (proxy, ca_pem, audits) = start_proxy(&config, &paths)?;
     let (tcp, port, proxy_unix, control) = bind_listeners(&config, &paths).await?;
+    let router = crate::routes::start(&config, &paths).await;
 
     let info = DaemonInfo {
         pid: std::process::id(),
@@ -172,6 +189,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         idle_timeout: config.idle_timeout,
         extra_listeners: Default::default(),
         audits: audits.clone(),
+        router,
     }));
 
     let tcp_task = tokio::spawn({
@@ -351,6 +369,7 @@ fn housekeeping(state: &Arc<Mutex<State>>, idle_timeout: Duration) -> bool {
         .collect();
     for id in dead {
         tracing::info!(run_id = %id, "supervisor exited; unregistering run");
+        crate::routes::remove(s.router.as_deref(), &id);
         s.proxy.unregister(&id);
         s.runs.remove(&id);
         let audits = s.audits.clone();
@@ -460,6 +479,7 @@ fn answer(
             Err(message) => Response::Error { message },
         },
         Request::Unregister { run_id } => {
+            crate::routes::remove(s.router.as_deref(), &run_id);
             s.proxy.unregister(&run_id);
             s.runs.remove(&run_id);
             if s.runs.is_empty() {
@@ -479,6 +499,7 @@ fn answer(
             } else {
                 None
             },
+            routing_port: s.router.as_ref().map(|r| r.port()),
         },
         Request::Audit { run_id, kind, data } => match s.audits.append(&run_id, &kind, data) {
             Ok(()) => Response::Ok,
@@ -592,6 +613,7 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         },
     );
     s.idle_since = None;
+    crate::routes::insert(s.router.as_deref(), &run);
     if let Some(entry) = s.runs.get(&run.run_id) {
         s.audits.open(&run, &entry.spec_summary.grants);
     }
@@ -600,5 +622,6 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
         port: s.info.port,
         proxy_socket: s.paths.proxy_socket.clone(),
         ca_cert_pem: s.ca_pem.clone(),
+        routing_port: s.router.as_ref().map(|r| r.port()),
     })
 }

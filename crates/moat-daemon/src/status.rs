@@ -26,6 +26,8 @@ pub struct DaemonStatus {
     pub runs: Vec<RunSummary>,
     /// Seconds until it exits, when no run is registered.
     pub idle_exit_in_secs: Option<u64>,
+    /// The routing listener's port, when it listens.
+    pub routing_port: Option<u16>,
 }
 
 impl DaemonClient {
@@ -39,6 +41,7 @@ impl DaemonClient {
                 started_at,
                 runs,
                 idle_exit_in_secs,
+                routing_port,
             } => Ok(DaemonStatus {
                 running: true,
                 pid,
@@ -47,6 +50,7 @@ impl DaemonClient {
                 started_at,
                 runs,
                 idle_exit_in_secs,
+                routing_port,
             }),
             Response::Error { message } => Err(ClientError::Refused(message)),
             other => Err(ClientError::Unexpected(other.kind())),
@@ -63,6 +67,9 @@ impl DaemonStatus {
         let _ = writeln!(out, "  Port:    {}", self.port);
         let _ = writeln!(out, "  Version: {}", self.version);
         let _ = writeln!(out, "  Uptime:  {uptime}s");
+        if let Some(port) = self.routing_port {
+            let _ = writeln!(out, "  Index:   https://localhost:{port}/");
+        }
         let _ = writeln!(out, "  Runs:    {}", self.runs.len());
         for r in &self.runs {
             let grants = if r.grants.is_empty() {
@@ -100,9 +107,14 @@ mod tests {
                 registered_at: started,
             }],
             idle_exit_in_secs: Some(30),
+            routing_port: Some(8081),
         };
         let text = status.render(started + chrono::Duration::seconds(5));
         assert!(text.contains("  Uptime:  5s\n"), "{text}");
+        assert!(
+            text.contains("  Index:   https://localhost:8081/\n"),
+            "{text}"
+        );
         assert!(text.contains("    run_abc  strict  no grants\n"), "{text}");
         assert!(
             text.ends_with("  Idle:    exits in 30s unless a run starts\n"),

@@ -45,6 +45,7 @@ mod error;
 mod h1;
 mod io;
 mod proxy;
+mod routing;
 mod run;
 mod scrub;
 mod secret;
@@ -57,6 +58,7 @@ pub use crate::error::{BoxError, ErrorKind, Fault, ProxyError};
 pub use crate::proxy::{
     Proxy, BLOCKED_REASON, CLEARTEXT_REASON, INVALID_TOKEN_BODY, MISSING_AUTH_BODY,
 };
+pub use crate::routing::{Backend, Router, RunRoutes};
 pub use crate::run::{Injection, McpRoute, RunRegistration, TcpTunnel};
 pub use crate::secret::{RunToken, SecretValue};
 pub use crate::trace::{RequestEvent, RequestObserver};

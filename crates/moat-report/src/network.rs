@@ -8,14 +8,20 @@ use moat_storage::TraceRecord;
 use crate::{clock, duration};
 
 /// `[HH:MM:SS.mmm] METHOD URL STATUS (DUR)`, then `BLOCKED: reason` or
-/// `error: ...` when it applies.
+/// `error: ...` when it applies; `<-` before the method marks a request
+/// routed into the run (`ports:`).
 pub fn request_line(r: &TraceRecord) -> String {
     let status = r
         .status_code
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
+    let inbound = if r.direction.as_deref() == Some("inbound") {
+        "<- "
+    } else {
+        ""
+    };
     let mut out = format!(
-        "[{}] {} {} {status} ({})",
+        "[{}] {inbound}{} {} {status} ({})",
         clock(&r.ts),
         r.method,
         r.url,
@@ -99,6 +105,17 @@ mod tests {
         assert!(request_line(&r).ends_with(
             "BLOCKED: Host \"blocked.test\" is not in the allow list. Allow it now: moat allow web-1 blocked.test\n"
         ));
+    }
+
+    #[test]
+    fn a_request_routed_into_the_run_is_marked_inbound() {
+        let r = record(
+            r#"{"ts":"2025-01-02T03:04:05.678Z","method":"GET","url":"https://web.a.localhost/x","status_code":null,"duration_ms":1.2,"direction":"inbound"}"#,
+        );
+        assert_eq!(
+            request_line(&r),
+            "[03:04:05.678] <- GET https://web.a.localhost/x - (1ms)\n"
+        );
     }
 
     #[test]

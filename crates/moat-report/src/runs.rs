@@ -21,15 +21,23 @@ pub fn run_row(r: &RunMetadata, now: DateTime<Utc>) -> Vec<String> {
 }
 
 /// The columns and rows of `moat list`: [`RUN_COLUMNS`], with a
-/// WORKTREE column (the branch, after AGE) only when some run has one.
+/// WORKTREE column (the branch, after AGE) only when some run has one,
+/// and an ENDPOINTS column (last; see `moat open`) only when some active
+/// run serves one.
 pub fn run_table(
     runs: &[RunMetadata],
     now: DateTime<Utc>,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let worktrees = runs.iter().any(|r| r.worktree_branch.is_some());
+    let endpoints = runs
+        .iter()
+        .any(|r| r.state.is_active() && !r.ports.is_empty());
     let mut columns = RUN_COLUMNS.to_vec();
     if worktrees {
         columns.insert(5, "WORKTREE");
+    }
+    if endpoints {
+        columns.push("ENDPOINTS");
     }
     let rows = runs
         .iter()
@@ -37,6 +45,14 @@ pub fn run_table(
             let mut row = run_row(r, now);
             if worktrees {
                 row.insert(5, r.worktree_branch.clone().unwrap_or_else(|| "-".into()));
+            }
+            if endpoints {
+                let names: Vec<&str> = r.ports.keys().map(String::as_str).collect();
+                row.push(if r.state.is_active() && !names.is_empty() {
+                    names.join(",")
+                } else {
+                    "-".into()
+                });
             }
             row
         })
@@ -58,6 +74,26 @@ fn age(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoints_column_shows_only_when_an_active_run_serves_one() {
+        let now = Utc::now();
+        let mut run = RunMetadata::new(
+            moat_storage::RunId::generate(),
+            "a".into(),
+            "/w".into(),
+            vec![],
+        );
+        run.ports.insert("web".into(), 3000);
+        run.ports.insert("api".into(), 4000);
+        run.state = moat_storage::RunState::Stopped;
+        let (columns, _) = run_table(std::slice::from_ref(&run), now);
+        assert!(!columns.contains(&"ENDPOINTS"));
+        run.state = moat_storage::RunState::Running;
+        let (columns, rows) = run_table(&[run], now);
+        assert_eq!(columns.last(), Some(&"ENDPOINTS"));
+        assert_eq!(rows[0].last().map(String::as_str), Some("api,web"));
+    }
 
     #[test]
     fn the_worktree_column_shows_only_when_a_run_has_one() {

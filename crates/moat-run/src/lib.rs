@@ -40,6 +40,7 @@ mod exec;
 mod gitsweep;
 mod lifecycle;
 mod mounts;
+mod open;
 mod plan;
 mod policy_live;
 mod protect;
@@ -63,6 +64,7 @@ pub use crate::drivers::{
 pub use crate::error::RunError;
 pub use crate::exec::{exec_in_run, join_run, ExecError};
 pub use crate::lifecycle::{destroy_run, remove_runs, stop_run, StopError};
+pub use crate::open::{endpoint_url, open_in_browser, open_url, OpenError};
 pub use crate::plan::{LimitsPlan, McpPlan, MountPlan, NetworkPlan, PlanError, RunFlags, RunPlan};
 pub use crate::policy_live::{live_policy, LivePolicyError, PolicyAction};
 pub use crate::protect::{protected_now, protected_summary, REPOSITORY_ENTRIES};

@@ -119,6 +119,9 @@ pub struct RunPlan {
     pub agent: Option<String>,
     /// `--workspace-mode`, else moat.yaml `workspace.mode`.
     pub workspace_mode: moat_config::WorkspaceMode,
+    /// Endpoints (`ports:`, `--port`): name (a DNS label) to the port
+    /// inside the sandbox.
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// What the command line says about a run; [`RunPlan::from_flags`] merges
@@ -157,6 +160,8 @@ pub struct RunFlags {
     pub worktree: Option<String>,
     /// `--workspace-mode`: replaces moat.yaml `workspace.mode`.
     pub workspace_mode: Option<moat_config::WorkspaceMode>,
+    /// `--port NAME=PORT`: added to moat.yaml's `ports:` (a flag wins).
+    pub ports: Vec<String>,
 }
 
 /// Why flags and moat.yaml do not make a run.
@@ -206,6 +211,9 @@ pub enum PlanError {
     /// A run name that cannot be used.
     #[error(transparent)]
     Name(#[from] moat_storage::InvalidName),
+    /// A malformed `--port`.
+    #[error(transparent)]
+    Port(moat_config::SpecError),
     /// An `--allow-host` that is not a host pattern.
     #[error("invalid --allow-host {host:?}: {error}")]
     AllowHost {
@@ -239,6 +247,7 @@ impl moat_hint::Hint for PlanError {
             PlanError::Grant(e) => e.hint(),
             PlanError::Mount(e) => e.hint(),
             PlanError::Name(e) => e.hint(),
+            PlanError::Port(e) => e.hint(),
             PlanError::Env { .. } | PlanError::AllowHost { .. } => None,
         }
     }
@@ -281,6 +290,11 @@ impl RunPlan {
         let mounts = mounts(flags, config, &workspace)?;
         let network = network(flags, config)?;
         let mcp = mcp(config)?;
+        let mut ports = config.map(|c| c.ports.clone()).unwrap_or_default();
+        for spec in &flags.ports {
+            let (name, port) = moat_config::parse_port_flag(spec).map_err(PlanError::Port)?;
+            ports.insert(name, port);
+        }
         let name = flags
             .name
             .clone()
@@ -333,6 +347,7 @@ impl RunPlan {
             snapshots: config.map(|c| c.snapshots.clone()).unwrap_or_default(),
             agent: None,
             workspace_mode,
+            ports,
         })
     }
 }
@@ -668,6 +683,24 @@ mod tests {
                 .to_string()
                 .contains("expected KEY=VALUE")
         );
+    }
+
+    #[test]
+    fn port_flags_add_to_and_override_yaml_ports() {
+        let (dir, c) = config("command: [\"true\"]\nports:\n  web: 3000\n  api: 4000\n");
+        let flags = RunFlags {
+            ports: vec!["web=8080".into(), "docs=9000".into()],
+            ..Default::default()
+        };
+        let p = plan(&dir, &flags, &c);
+        let got: Vec<(&str, u16)> = p.ports.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(got, [("api", 4000), ("docs", 9000), ("web", 8080)]);
+        let bad = RunFlags {
+            ports: vec!["web:3000".into()],
+            ..Default::default()
+        };
+        let err = RunPlan::from_flags(dir.path().to_owned(), &bad, Some(&c), None, false, None);
+        assert!(matches!(err, Err(PlanError::Port(_))));
     }
 
     #[test]

@@ -78,6 +78,13 @@ pub fn execute(
     plan: &RunPlan,
     driver: &mut dyn SandboxDriver,
 ) -> Result<RunOutcome, RunError> {
+    // Container runtimes do not route to endpoints yet: refused, rather
+    // than URLs that answer 404.
+    if !plan.ports.is_empty() && driver.name() != "native" {
+        return Err(RunError::PortsUnsupported {
+            runtime: driver.name().into(),
+        });
+    }
     // Before anything is resolved or started: from here on the plan's
     // mount sources are real paths that passed the floors.
     let floors = crate::mounts::Floors::from_env(home);
@@ -199,7 +206,7 @@ fn record_start(
             }
             name.clone()
         }
-        None => unique_name(runs)?,
+        None => runs.free_name(generate_name)?,
     };
     let mut meta = RunMetadata::new(
         RunId::generate(),
@@ -213,6 +220,7 @@ fn record_start(
     meta.interactive = plan.interactive;
     meta.detached = plan.detached;
     meta.agent = plan.agent.clone();
+    meta.ports = plan.ports.clone();
     meta.supervisor_pid = Some(std::process::id());
     meta.supervisor_start = moat_storage::process_start_time(std::process::id());
     if let Some(worktree) = &plan.worktree {
@@ -316,20 +324,6 @@ fn record_end(
         return Err(RunError::DiskFull { reason });
     }
     Ok(())
-}
-
-fn unique_name(runs: &RunStore) -> Result<String, RunError> {
-    for _ in 0..20 {
-        let name = generate_name();
-        if runs.active_named(&name)?.is_none() {
-            return Ok(name);
-        }
-    }
-    Ok(format!(
-        "{}-{}",
-        generate_name(),
-        &RunId::generate().as_str()[4..8]
-    ))
 }
 
 fn start_and_wait(
@@ -474,7 +468,29 @@ fn run_spec(
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,
+        endpoints: endpoint_specs(plan, meta, run_dir),
     })
+}
+
+/// The run's endpoints as the daemon reaches them: on native, through the
+/// run's port socket (which the sandbox serves).
+fn endpoint_specs(
+    plan: &RunPlan,
+    meta: &RunMetadata,
+    run_dir: &std::path::Path,
+) -> Vec<moat_daemon::EndpointSpec> {
+    if meta.runtime != "native" {
+        return Vec::new();
+    }
+    plan.ports
+        .iter()
+        .map(|(name, port)| moat_daemon::EndpointSpec {
+            name: name.clone(),
+            port: *port,
+            socket: Some(run_dir.join(moat_storage::PORT_SOCKET)),
+            addr: None,
+        })
+        .collect()
 }
 
 /// The sandbox request: the environment, files and mounts every runtime
@@ -497,6 +513,18 @@ fn sandbox_request(
         "MOAT_HOST_GATEWAY".to_owned(),
         moat_sandbox::HOST_GATEWAY_NAME.to_owned(),
     ));
+    if let Some(routing) = registration.routing_port {
+        // Each endpoint's own URL, for OAuth callbacks and webhooks.
+        for endpoint in plan.ports.keys() {
+            variables.push((
+                format!(
+                    "MOAT_URL_{}",
+                    endpoint.to_ascii_uppercase().replace('-', "_")
+                ),
+                format!("https://{endpoint}.{}.localhost:{routing}", meta.name),
+            ));
+        }
+    }
     let sidecars = plan_sidecars(plan, &mut variables);
     let (mounts, workspace_exclude) = crate::mounts::for_sandbox(&plan.workspace, &plan.mounts);
     let relay_binary = std::env::current_exe().map_err(|e| RunError::Io {
@@ -508,6 +536,7 @@ fn sandbox_request(
         hostname: meta.name.replace('_', "-"),
         workspace: plan.workspace.clone(),
         workspace_mode: plan.workspace_mode,
+        ports: plan.ports.clone(),
         workspace_copy: run_dir.join(moat_sandbox::WORKSPACE_COPY_DIR),
         command: plan.command.clone(),
         env: variables,
@@ -548,6 +577,7 @@ fn sandbox_request(
         sidecars,
         sidecar_logs: run_dir.join("services"),
         exec_socket: run_dir.join(moat_storage::EXEC_SOCKET),
+        port_socket: run_dir.join(moat_storage::PORT_SOCKET),
     })
 }
 

@@ -176,7 +176,7 @@ pub fn run_name(name: Option<&str>, branch: &str) -> String {
     let branch: String = branch
         .chars()
         .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
             _ => '-',
         })
         .collect();
@@ -184,8 +184,9 @@ pub fn run_name(name: Option<&str>, branch: &str) -> String {
         Some(name) => format!("{name}-{branch}"),
         None => branch,
     };
-    let trimmed = full.trim_start_matches(['-', '_']);
-    trimmed.chars().take(63).collect()
+    // A DNS label: it becomes a hostname (`web.<run>.localhost`).
+    let label: String = full.trim_start_matches('-').chars().take(63).collect();
+    label.trim_end_matches('-').to_owned()
 }
 
 /// Makes (or reuses) the worktree of `repo` for `branch`, refusing when a
@@ -560,6 +561,12 @@ mod tests {
     fn run_names_follow_the_branch() {
         assert_eq!(run_name(None, "feature/a"), "feature-a");
         assert_eq!(run_name(Some("bot"), "Fix.1"), "bot-fix-1");
+        // A DNS label: no '_', no '-' at either end.
+        assert_eq!(run_name(None, "_my_fix/"), "my-fix");
+        assert_eq!(
+            run_name(None, &format!("{}-b", "a".repeat(62))),
+            "a".repeat(62)
+        );
     }
 
     fn repo(dir: &Path) {

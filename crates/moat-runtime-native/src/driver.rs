@@ -170,6 +170,10 @@ fn sandbox_spec(request: &SandboxRequest) -> SandboxSpec {
         .cpus
         .map(|cpus| (cpus * 1000.0).round().clamp(1.0, f64::from(u32::MAX)) as u32);
     spec.exec_socket = Some(request.exec_socket.clone());
+    if !request.ports.is_empty() {
+        spec.port_socket = Some(request.port_socket.clone());
+        spec.ports = request.ports.values().copied().collect();
+    }
     spec.stdio = match request.stdio {
         Stdio::Terminal => match terminal::size() {
             Some((rows, cols)) => StdioMode::Pty { rows, cols },

@@ -115,6 +115,14 @@ fn run_init(args: Vec<OsString>) -> i32 {
             return report(&status, SetupError::step("cannot adopt the exec socket", e))
         }
     };
+    // The way in to the sandbox's servers (`crate::ports`), likewise.
+    let port_listener = match parse_fd(args.get(3)).map(sys::adopt_inherited_fd) {
+        None => None,
+        Some(Ok(fd)) => Some(std::os::unix::net::UnixListener::from(fd)),
+        Some(Err(e)) => {
+            return report(&status, SetupError::step("cannot adopt the port socket", e))
+        }
+    };
     let fail = |error: SetupError| report(&status, error);
     let spec = match read_spec(&lifeline) {
         Ok(spec) => spec,
@@ -170,10 +178,12 @@ fn run_init(args: Vec<OsString>) -> i32 {
         Ok(Fork::Child) => {
             drop(status);
             drop(exec_listener);
-            std::process::exit(run_helper(init_pid, lifeline, listener));
+            let ports = port_listener.map(|l| (l, spec.ports.clone()));
+            std::process::exit(run_helper(init_pid, lifeline, listener, ports));
         }
         Ok(Fork::Parent(_)) => {
             drop(listener);
+            drop(port_listener);
             drop(lifeline);
         }
     }
@@ -375,7 +385,12 @@ struct HelperNetwork {
     )>,
 }
 
-fn run_helper(init_pid: Pid, mut lifeline: File, network: Option<HelperNetwork>) -> i32 {
+fn run_helper(
+    init_pid: Pid,
+    mut lifeline: File,
+    network: Option<HelperNetwork>,
+    ports: Option<(std::os::unix::net::UnixListener, Vec<u16>)>,
+) -> i32 {
     if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
         || rustix::process::getppid() != Some(init_pid)
     {
@@ -394,6 +409,12 @@ fn run_helper(init_pid: Pid, mut lifeline: File, network: Option<HelperNetwork>)
         }
         .and_then(|()| crate::relay::start(network.relay, network.proxy_socket));
         if started.is_err() {
+            let _ = rustix::process::kill_process(init_pid, Signal::KILL);
+            return SETUP_FAILED;
+        }
+    }
+    if let Some((listener, ports)) = ports {
+        if crate::ports::start(listener, ports).is_err() {
             let _ = rustix::process::kill_process(init_pid, Signal::KILL);
             return SETUP_FAILED;
         }

@@ -61,6 +61,7 @@ mod identity;
 pub mod init;
 mod nft;
 mod overlay;
+mod ports;
 mod protect;
 mod protocol;
 mod relay;
@@ -76,6 +77,7 @@ mod userns;
 pub use crate::driver::NativeDriver;
 pub use crate::error::SandboxError;
 pub use crate::exec::{exec, ExecExit, ExecSession, ExecSignaller, ExecStdio, ExecStreams};
+pub use crate::ports::connect_port;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
     BindMount, CaptureSpec, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode,

@@ -120,11 +120,23 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         .as_deref()
         .map(crate::exec::bind)
         .transpose()?;
+    let port_listener = spec
+        .port_socket
+        .as_deref()
+        .map(crate::exec::bind)
+        .transpose()?;
     let mut inherited = vec![spec_r.as_raw_fd(), status_w.as_raw_fd()];
     inherited.extend(exec_listener.as_ref().map(|l| l.as_raw_fd()));
+    inherited.extend(port_listener.as_ref().map(|l| l.as_raw_fd()));
+    // Arguments: the spec and status fds, then the exec socket's and the
+    // port socket's, `-` for one not asked for.
+    let fd_arg = |fd: Option<i32>| fd.map_or_else(|| "-".to_owned(), |fd| fd.to_string());
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(INIT_MARKER)
-        .args(inherited.iter().map(|fd| fd.to_string()))
+        .arg(spec_r.as_raw_fd().to_string())
+        .arg(status_w.as_raw_fd().to_string())
+        .arg(fd_arg(exec_listener.as_ref().map(|l| l.as_raw_fd())))
+        .arg(fd_arg(port_listener.as_ref().map(|l| l.as_raw_fd())))
         .env_clear();
     let pty_master = wire_stdio(&mut cmd, spec)?;
     sys::keep_fds_across_exec(&mut cmd, inherited);
@@ -135,6 +147,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
     drop(status_w);
     // Only the sandbox serves it: once it is gone, connecting fails.
     drop(exec_listener);
+    drop(port_listener);
 
     let pidfd = match open_pidfd(&child) {
         Ok(fd) => fd,

@@ -48,6 +48,14 @@ pub struct SandboxSpec {
     /// life (`moat exec`); `None`: no more commands after the first.
     #[serde(default)]
     pub exec_socket: Option<PathBuf>,
+    /// A host path where the sandbox serves [`crate::ports`]: the way in
+    /// to `127.0.0.1:<port>` inside for each of [`SandboxSpec::ports`].
+    #[serde(default)]
+    pub port_socket: Option<PathBuf>,
+    /// The ports a connection through [`SandboxSpec::port_socket`] may
+    /// reach (the run's endpoints).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// Resource limits of one sandbox, so that one runaway command cannot take
@@ -172,6 +180,8 @@ impl SandboxSpec {
             stdio: StdioMode::Inherit,
             limits: ResourceLimits::default(),
             exec_socket: None,
+            port_socket: None,
+            ports: Vec::new(),
         }
     }
 

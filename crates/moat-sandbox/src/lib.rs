@@ -509,6 +509,14 @@ pub struct SandboxRequest {
     /// 0600, in the run's storage); the same path comes back in
     /// [`ExecRequest::exec_socket`].
     pub exec_socket: PathBuf,
+    /// `ports:` / `--port`: endpoint name to the TCP port the run serves
+    /// it on inside the sandbox, reached from the host only through the
+    /// daemon's routing.
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// Where a runtime without an engine serves the way in to
+    /// [`SandboxRequest::ports`] (a Unix socket on the host, 0600, in the
+    /// run's storage; native: see moat-runtime-native's `ports`).
+    pub port_socket: PathBuf,
 }
 
 /// A command started in a running sandbox (`moat exec`, `moat join`):
@@ -1071,6 +1079,8 @@ mod tests {
             run_id: "run_1".into(),
             hostname: "moat".into(),
             workspace: "/w".into(),
+            ports: Default::default(),
+            port_socket: PathBuf::new(),
             workspace_mode: moat_config::WorkspaceMode::Bind,
             workspace_copy: "/runs/run_1/workspace-copy".into(),
             command: vec!["true".into()],

@@ -25,7 +25,7 @@ pub use crate::metadata::{RunMetadata, RunState};
 pub use crate::names::{generate_name, validate_name, InvalidName, RunId};
 pub use crate::store::{
     is_disk_full, process_alive, process_start_time, supervisor_alive, RunStore, StorageError,
-    EXEC_SOCKET, RESERVE_FILE,
+    EXEC_SOCKET, PORT_SOCKET, RESERVE_FILE,
 };
 pub use crate::trace::{
     read_trace, Har, HarContent, HarCreator, HarEntry, HarLog, HarMoat, HarPair, HarPostData,

@@ -116,6 +116,9 @@ pub struct RunMetadata {
     /// workspace (`moat diff`); absent for a bind-mounted workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_mode: Option<String>,
+    /// `ports:` / `--port`: endpoint name to the port inside the sandbox.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl RunMetadata {
@@ -148,6 +151,7 @@ impl RunMetadata {
             worktree_path: None,
             worktree_repo_id: None,
             workspace_mode: None,
+            ports: BTreeMap::new(),
         }
     }
 }

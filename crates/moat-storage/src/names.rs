@@ -54,19 +54,16 @@ pub fn generate_name() -> String {
     format!("{adjective}-{animal}")
 }
 
-/// Checks a user-chosen run name: lowercase letters, digits, `-` and `_`,
-/// starting with a letter or digit, at most 63 characters (it becomes a
-/// hostname).
+/// Checks a user-chosen run name: a DNS label (lowercase letters, digits
+/// and `-`, starting and ending with a letter or digit, at most 63
+/// characters), as it becomes a hostname (`web.<run>.localhost`).
 pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum)
+        && name.bytes().all(|b| alnum(b) || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -82,8 +79,8 @@ pub struct InvalidName(pub String);
 impl moat_hint::Hint for InvalidName {
     fn hint(&self) -> Option<moat_hint::Fix> {
         Some(
-            "Use lowercase letters, digits, '-' and '_' (at most 63, starting with a letter or \
-             digit)."
+            "Use lowercase letters, digits and '-' (at most 63, starting and ending with a \
+             letter or digit): the name becomes a hostname."
                 .into(),
         )
     }
@@ -115,6 +112,9 @@ mod tests {
         assert!(validate_name(&n).is_ok(), "{n}");
         assert!(validate_name("My-Agent").is_err());
         assert!(validate_name("-x").is_err());
-        assert!(validate_name("agent_2").is_ok());
+        assert!(validate_name("agent-2").is_ok());
+        // Names become hostnames (web.<run>.localhost): DNS labels only.
+        assert!(validate_name("agent_2").is_err());
+        assert!(validate_name("agent-").is_err());
     }
 }

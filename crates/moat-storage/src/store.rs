@@ -64,6 +64,10 @@ impl moat_hint::Hint for StorageError {
 /// (`moat exec`, `moat join`) while it runs.
 pub const EXEC_SOCKET: &str = "exec.sock";
 
+/// The socket in a run's directory through which the daemon reaches the
+/// run's endpoints (`ports:`) on runtimes without an engine (native).
+pub const PORT_SOCKET: &str = "ports.sock";
+
 /// The runs under `MOAT_HOME/runs`.
 #[derive(Debug, Clone)]
 pub struct RunStore {
@@ -240,6 +244,31 @@ impl RunStore {
                     ids: named.iter().map(|r| r.id.to_string()).collect(),
                 })
             }
+        }
+    }
+
+    /// A name no active run has, from `generate` (e.g.
+    /// [`crate::generate_name`]): when its first tries are all taken, the
+    /// last one gets the first free number (`brave-otter-3`). Call it
+    /// under the names lock the run is recorded under, so two runs cannot
+    /// pick the same name.
+    pub fn free_name(&self, mut generate: impl FnMut() -> String) -> Result<String, StorageError> {
+        let mut last = String::new();
+        for _ in 0..20 {
+            last = generate();
+            if self.active_named(&last)?.is_none() {
+                return Ok(last);
+            }
+        }
+        let stem: String = last.chars().take(50).collect();
+        let stem = stem.trim_end_matches('-');
+        let mut n: u64 = 2;
+        loop {
+            let name = format!("{stem}-{n}");
+            if self.active_named(&name)?.is_none() {
+                return Ok(name);
+            }
+            n += 1;
         }
     }
 
@@ -422,6 +451,25 @@ mod tests {
             "/w".into(),
             vec!["true".into()],
         )
+    }
+
+    #[test]
+    fn generated_names_are_unique_among_active_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = RunStore::new(MoatHome::at(tmp.path()));
+        for name in ["brave-otter", "brave-otter-2"] {
+            let mut m = meta(name);
+            m.state = RunState::Running;
+            store.create(&m).unwrap();
+        }
+        // Every generated name is taken: the name gets a number, and a
+        // number that is taken too is skipped.
+        let name = store.free_name(|| "brave-otter".to_owned()).unwrap();
+        assert_eq!(name, "brave-otter-3");
+        assert_eq!(
+            store.free_name(|| "calm-owl".to_owned()).unwrap(),
+            "calm-owl"
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct TraceRecord {
     /// The injection's label (host pattern) when a credential was injected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_used: Option<String>,
+    /// `inbound` for a request the daemon's routing took into the run
+    /// (`ports:`); absent for the run's own requests out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
 }
 
 fn ts_millis<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

@@ -65,6 +65,16 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// A run's timeline, or with --network its proxied requests.
     Trace(TraceArgs),
+    /// Print (and open in a browser) a run endpoint's URL; no RUN: the index.
+    Open {
+        /// Run id, id prefix or name.
+        run: Option<String>,
+        /// Endpoint (default: the run's only one).
+        endpoint: Option<String>,
+        /// Only print the URL.
+        #[arg(short, long)]
+        print: bool,
+    },
     /// Verify a run's tamper-evident audit log, or export it.
     Audit(AuditArgs),
     /// Review and accept a workspace's moat.yaml, .moat/ and mount sources
@@ -189,6 +199,9 @@ pub struct RunOptions {
     /// bind (the workspace itself) or volume (a copy-on-write copy, see moat diff).
     #[arg(long, value_name = "MODE")]
     pub workspace_mode: Option<moat_config::WorkspaceMode>,
+    /// Serve the run's PORT as endpoint NAME (repeatable), see moat open.
+    #[arg(long = "port", value_name = "NAME=PORT")]
+    pub ports: Vec<String>,
 }
 
 impl RunOptions {
@@ -217,6 +230,7 @@ impl RunOptions {
             allow_write: self.allow_write.clone(),
             worktree: self.worktree.clone(),
             workspace_mode: self.workspace_mode,
+            ports: self.ports.clone(),
         }
     }
 }
@@ -326,6 +340,9 @@ pub enum ProxyCommand {
         /// Stay in the foreground.
         #[arg(long)]
         foreground: bool,
+        /// Serve the runs' endpoints on ADDR (default 127.0.0.1:8081; also MOAT_ROUTING_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        routing_listen: Option<std::net::SocketAddr>,
     },
     /// Stop the daemon.
     Stop,

@@ -49,6 +49,7 @@ fn fix_of(error: &(dyn StdError + 'static)) -> Option<Fix> {
         moat_run::StopError,
         moat_run::ExecError,
         moat_run::LivePolicyError,
+        moat_run::OpenError,
         moat_run::worktree::WorktreeError,
         moat_sandbox::DriverError,
         moat_runtime_docker::DockerError,

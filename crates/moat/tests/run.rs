@@ -347,7 +347,7 @@ fn an_invalid_run_name_is_refused_with_the_names_it_may_take() {
     insta::assert_snapshot!(out.stderr, @r#"
     Error: invalid run name "My Agent"
 
-    Use lowercase letters, digits, '-' and '_' (at most 63, starting with a letter or digit).
+    Use lowercase letters, digits and '-' (at most 63, starting and ending with a letter or digit): the name becomes a hostname.
     "#);
 }
 

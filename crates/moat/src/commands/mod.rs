@@ -77,7 +77,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Wt(args) => wt::wt(&Context::from_global(&cli.global)?, args),
         Command::Proxy(args) => proxy::proxy(&Context::from_global(&cli.global)?, args),
         Command::Deps(args) => deps::deps(&Context::from_global(&cli.global)?, args),
-        Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None),
+        Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None, None),
         Command::SshConnect { host, port } => ssh::connect(&host, port),
         Command::AwaitGuard { command } => {
             let failed = moat_runtime_docker::await_guard_then_exec(&command);
@@ -113,6 +113,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Destroy(args) => runs::destroy(&Context::from_global(&cli.global)?, args),
         Command::Clean(args) => runs::clean(&Context::from_global(&cli.global)?, args),
         Command::Trace(args) => trace::trace(&Context::from_global(&cli.global)?, args),
+        Command::Open {
+            run,
+            endpoint,
+            print,
+        } => {
+            let home = Context::from_global(&cli.global)?.home;
+            let url = block_on(moat_run::open_url(&home, run, endpoint, !print))??;
+            outln!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor(args) => doctor::doctor(&Context::from_global(&cli.global)?, args),
         Command::Audit(args) => audit::audit(&Context::from_global(&cli.global)?, args),
         Command::Trust(args) => trust::trust(&Context::from_global(&cli.global)?, args),

@@ -1,5 +1,6 @@
 //! `moat proxy start|stop|status|restart` and the hidden `moat __daemon`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -10,13 +11,21 @@ use crate::cli::{ProxyArgs, ProxyCommand};
 
 pub fn proxy(ctx: &Context, args: ProxyArgs) -> Result<ExitCode> {
     match args.command.unwrap_or(ProxyCommand::Status) {
-        ProxyCommand::Start { port, foreground } => {
+        ProxyCommand::Start {
+            port,
+            foreground,
+            routing_listen,
+        } => {
             let mut opts = StartOptions::from_env()?;
             if port.is_some() {
                 opts.port = port;
             }
+            opts.routing_listen = routing_listen.or(opts.routing_listen);
+            if routing_listen.is_some_and(|a| !a.ip().is_loopback()) {
+                errln!("moat: warning: the runs' endpoints are reachable from other hosts on this address");
+            }
             if foreground {
-                return daemon(ctx, opts.port);
+                return daemon(ctx, opts.port, opts.routing_listen);
             }
             let client = block_on(DaemonClient::connect_or_start(&ctx.home, &opts))??;
             outln!(
@@ -91,11 +100,10 @@ fn status(ctx: &Context) -> Result<ExitCode> {
 
 /// The daemon process itself (`moat __daemon`, or `moat proxy start
 /// --foreground`).
-pub fn daemon(ctx: &Context, port: Option<u16>) -> Result<ExitCode> {
+pub fn daemon(ctx: &Context, port: Option<u16>, routing: Option<SocketAddr>) -> Result<ExitCode> {
     let mut config = DaemonConfig::from_env(ctx.home.clone())?;
-    if let Some(port) = port {
-        config.port = port;
-    }
+    config.port = port.unwrap_or(config.port);
+    config.routing_listen = routing.unwrap_or(config.routing_listen);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

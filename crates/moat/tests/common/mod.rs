@@ -271,6 +271,7 @@ impl ProxiedEnv {
         let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
         let mut cmd = self.env.moat();
         cmd.env("MOAT_PROXY_PORT", "0")
+            .env("MOAT_ROUTING_LISTEN", "127.0.0.1:0")
             .env("MOAT_DAEMON_IDLE_TIMEOUT", "2")
             .env("MOAT_UPSTREAM_CA_FILE", &self.ca_file)
             .env("MOAT_CONNECT_TO", self.upstream.connect_to(&hosts))
