@@ -58,7 +58,10 @@ async fn a_stale_socket_is_replaced_by_a_running_service() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("podman.sock");
     // What a killed service leaves: the socket file, nobody listening.
-    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    // Made by a socket that never listens: a listener, even dropped, can
+    // still accept while a process forked meanwhile by the other test
+    // holds its descriptor until it executes (seen in CI).
+    drop(std::os::unix::net::UnixDatagram::bind(&socket).unwrap());
     assert!(socket.exists());
 
     let started = ensure_podman_service(&socket).await.unwrap();
