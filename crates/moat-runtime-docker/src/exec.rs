@@ -24,9 +24,6 @@ use crate::driver::{stdin_channel, ContainerDriver, SyncSink};
 use crate::error::DockerError;
 use crate::gate::{AWAIT_GUARD_SUBCOMMAND, MOAT_IN_CONTAINER};
 
-/// What `wait` returns when the container stopped while the command ran.
-const RUN_ENDED: i32 = 128 + libc::SIGKILL;
-
 /// Starts `request` in its run's container.
 pub(crate) fn start<'d>(
     driver: &'d ContainerDriver,
@@ -176,7 +173,7 @@ impl RunningSandbox for ExecRunning<'_> {
         let engine = self.driver.engine();
         let docker = engine.client().clone();
         let (Some(attached), Some(sinks)) = (self.attached.take(), self.output.take()) else {
-            return Ok(RUN_ENDED);
+            return Ok(moat_sandbox::EXEC_RUN_ENDED);
         };
         let input = if self.stdin {
             stdin_channel()
@@ -242,8 +239,10 @@ impl RunningSandbox for ExecRunning<'_> {
             true
         });
         if code.is_none() || !container_runs {
-            let _ = writeln!(err.0, "moat: the run ended while this command ran in it");
+            let _ = writeln!(err.0, "{}", moat_sandbox::EXEC_RUN_ENDED_NOTE);
         }
-        Ok(code.map_or(RUN_ENDED, |c| i32::try_from(c).unwrap_or(1)))
+        Ok(code.map_or(moat_sandbox::EXEC_RUN_ENDED, |c| {
+            i32::try_from(c).unwrap_or(1)
+        }))
     }
 }

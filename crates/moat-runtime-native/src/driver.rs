@@ -187,7 +187,11 @@ fn sandbox_spec(request: &SandboxRequest) -> SandboxSpec {
 }
 
 /// Copies a sandbox stream to its sink as it arrives.
-pub(crate) fn pump<R>(mut from: R, mut to: Box<dyn Write + Send>) -> JoinHandle<()>
+/// Gives the sink back once the stream ends.
+pub(crate) fn pump<R>(
+    mut from: R,
+    mut to: Box<dyn Write + Send>,
+) -> JoinHandle<Box<dyn Write + Send>>
 where
     R: Read + Send + 'static,
 {
@@ -204,6 +208,7 @@ where
             let _ = to.flush();
         }
         let _ = to.flush();
+        to
     })
 }
 
@@ -228,7 +233,7 @@ impl SandboxControl for NativeControl {
 
 struct NativeRunning {
     sandbox: Sandbox,
-    pumps: Vec<JoinHandle<()>>,
+    pumps: Vec<JoinHandle<Box<dyn Write + Send>>>,
     relay: Option<terminal::TerminalRelay>,
     control: Arc<NativeControl>,
     /// Volume mode: the overlay's `work/`, removed when the sandbox is gone.

@@ -14,10 +14,6 @@ use moat_sandbox::{
 use crate::exec::{ExecExit, ExecSession, ExecSignaller, ExecStdio, ExecStreams};
 use crate::SandboxError;
 
-/// What [`RunningSandbox::wait`] returns when the run ended first, like a
-/// command killed by SIGKILL.
-const RUN_ENDED: i32 = 128 + libc::SIGKILL;
-
 /// Starts `request` in the sandbox serving its socket.
 pub(crate) fn start(
     request: &ExecRequest,
@@ -78,23 +74,11 @@ pub(crate) fn start(
                 })
                 .map_err(|e| DriverError::io("forwarding stdin", e))?;
             }
-            running.stdout = Some(pump(stdout, output.stdout));
-            running.stderr = Some(pump(stderr, output.stderr));
+            running.stdout = Some(crate::driver::pump(stdout, output.stdout));
+            running.stderr = Some(crate::driver::pump(stderr, output.stderr));
         }
     }
     Ok(Box::new(running))
-}
-
-/// Copies a stream to its sink until end-of-file; gives the sink back.
-fn pump(
-    mut from: std::fs::File,
-    mut to: Box<dyn Write + Send>,
-) -> JoinHandle<Box<dyn Write + Send>> {
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
-        let _ = to.flush();
-        to
-    })
 }
 
 struct ExecControl {
@@ -150,9 +134,9 @@ impl RunningSandbox for ExecRunning {
             ExecExit::Exited(code) => Ok(code),
             ExecExit::RunEnded => {
                 if let Some(err) = stderr.as_mut() {
-                    let _ = writeln!(err, "moat: the run ended while this command ran in it");
+                    let _ = writeln!(err, "{}", moat_sandbox::EXEC_RUN_ENDED_NOTE);
                 }
-                Ok(RUN_ENDED)
+                Ok(moat_sandbox::EXEC_RUN_ENDED)
             }
         }
     }

@@ -519,6 +519,13 @@ pub struct SandboxRequest {
     pub port_socket: PathBuf,
 }
 
+/// What [`SandboxDriver::exec`]'s command exits with when the run ends
+/// while it runs (killed with the sandbox, as by SIGKILL).
+pub const EXEC_RUN_ENDED: i32 = 128 + 9;
+
+/// What a runtime writes to the exec's stderr then.
+pub const EXEC_RUN_ENDED_NOTE: &str = "moat: the run ended while this command ran in it";
+
 /// A command started in a running sandbox (`moat exec`, `moat join`):
 /// inside everything the run's command is inside, with its environment
 /// and working directory.
