@@ -22,6 +22,7 @@
 
 #![cfg(target_os = "linux")]
 
+mod ports;
 mod sys;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ports::{connect_port, serve_ports};
 pub use crate::sys::original_destination;
 
 /// A `Proxy-Authorization` header value: a credential of the run (a
@@ -327,31 +329,46 @@ impl Relay {
     }
 }
 
+/// What a container's network guard relays.
+#[derive(Debug)]
+pub struct GuardRelay {
+    /// The proxy, `host:port` (resolved once).
+    pub proxy: String,
+    /// Where iptables redirects the namespace's TCP connections.
+    pub relay_port: u16,
+    /// Where iptables redirects its DNS.
+    pub dns_port: u16,
+    /// The run's proxy credential.
+    pub authorization: ProxyAuthorization,
+    /// The run's endpoint socket and the ports it may reach (`ports:`),
+    /// served as [`serve_ports`] does.
+    pub endpoints: Option<(PathBuf, Vec<u16>)>,
+}
+
 /// The relay of a container's network guard: DNS on `127.0.0.1:dns_port`,
 /// connections redirected by iptables to `127.0.0.1:relay_port`, handed
-/// to the proxy at `proxy` (`host:port`, resolved once). Started as root
+/// to the proxy, and with endpoints the way in to them. Started as root
 /// (the guard applies its firewall as root), it becomes `nobody` (65534)
 /// once its sockets are bound, before it serves anything, and then calls
 /// `ready` (the guard tells moat the workload may start). Serves until
 /// SIGTERM or SIGINT (the guard's main process has no default action for
 /// them, being PID 1); returns `Ok` then, an error on a setup error.
-pub fn serve_redirected(
-    proxy: &str,
-    relay_port: u16,
-    dns_port: u16,
-    authorization: ProxyAuthorization,
-    ready: impl FnOnce(),
-) -> io::Result<()> {
+pub fn serve_redirected(guard: GuardRelay, ready: impl FnOnce()) -> io::Result<()> {
     sys::block_stop_signals()?;
     use std::net::ToSocketAddrs as _;
+    let proxy = &guard.proxy;
     let proxy_addr = proxy.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("the proxy address {proxy} does not resolve"),
         )
     })?;
-    let dns = UdpSocket::bind(("127.0.0.1", dns_port))?;
-    let listener = TcpListener::bind(("127.0.0.1", relay_port))?;
+    let dns = UdpSocket::bind(("127.0.0.1", guard.dns_port))?;
+    let listener = TcpListener::bind(("127.0.0.1", guard.relay_port))?;
+    let endpoints = guard
+        .endpoints
+        .map(|(path, ports)| bind_endpoint_socket(&path).map(|l| (l, ports)))
+        .transpose()?;
     if rustix::process::getuid().is_root() {
         // Still single-threaded: the threads started below inherit it.
         let nobody_gid = rustix::process::Gid::from_raw(65534);
@@ -360,11 +377,26 @@ pub fn serve_redirected(
         rustix::thread::set_thread_res_gid(nobody_gid, nobody_gid, nobody_gid)?;
         rustix::thread::set_thread_res_uid(nobody_uid, nobody_uid, nobody_uid)?;
     }
-    let relay = Relay::new(ProxyEndpoint::Tcp(proxy_addr), authorization);
+    let relay = Relay::new(ProxyEndpoint::Tcp(proxy_addr), guard.authorization);
     relay.serve_dns(dns)?;
     relay.serve(listener, Diverted::Redirected)?;
+    if let Some((listener, ports)) = endpoints {
+        serve_ports(listener, ports)?;
+    }
     ready();
     sys::wait_for_stop_signal()
+}
+
+/// Binds the endpoint socket the host's daemon connects to. The guard's
+/// root is not the caller on the host (and has no `CAP_DAC_OVERRIDE`), so
+/// the socket is open to everyone: the run's storage directory around it
+/// is the caller's only.
+fn bind_endpoint_socket(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
 }
 
 /// Waits until the relay of this network namespace accepts connections

@@ -56,12 +56,6 @@ pub enum RunError {
     /// Another active run has this name.
     #[error("agent \"{0}\" is already running.")]
     AlreadyRunning(String),
-    /// `ports:` on a runtime whose endpoints the daemon cannot reach yet.
-    #[error("ports: (endpoints) are served on the native runtime only in this version, not on {runtime}")]
-    PortsUnsupported {
-        /// The runtime.
-        runtime: String,
-    },
     /// The proxy daemon failed.
     #[error(transparent)]
     Daemon(#[from] ClientError),
@@ -118,9 +112,6 @@ impl moat_hint::Hint for RunError {
                 "To fix: store a token for the server and use it:\n  moat grant mcp {server}\n\
                  and in moat.yaml: auth: {{grant: mcp:{server}, header: ...}}"
             ))),
-            RunError::PortsUnsupported { .. } => Some(moat_hint::Fix::new(
-                "Run it with --runtime native, or remove ports: / --port.",
-            )),
             RunError::AlreadyRunning(_) => Some(moat_hint::Fix::new(
                 "Use --name to specify a different name, or stop the existing agent first",
             )),

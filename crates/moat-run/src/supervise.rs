@@ -78,13 +78,6 @@ pub fn execute(
     plan: &RunPlan,
     driver: &mut dyn SandboxDriver,
 ) -> Result<RunOutcome, RunError> {
-    // Container runtimes do not route to endpoints yet: refused, rather
-    // than URLs that answer 404.
-    if !plan.ports.is_empty() && driver.name() != "native" {
-        return Err(RunError::PortsUnsupported {
-            runtime: driver.name().into(),
-        });
-    }
     // Before anything is resolved or started: from here on the plan's
     // mount sources are real paths that passed the floors.
     let floors = crate::mounts::Floors::from_env(home);
@@ -468,20 +461,14 @@ fn run_spec(
         listen,
         profile: plan.profile.as_ref().map(|p| p.to_string()),
         token: None,
-        endpoints: endpoint_specs(plan, meta, run_dir),
+        endpoints: endpoint_specs(plan, run_dir),
     })
 }
 
-/// The run's endpoints as the daemon reaches them: on native, through the
-/// run's port socket (which the sandbox serves).
-fn endpoint_specs(
-    plan: &RunPlan,
-    meta: &RunMetadata,
-    run_dir: &std::path::Path,
-) -> Vec<moat_daemon::EndpointSpec> {
-    if meta.runtime != "native" {
-        return Vec::new();
-    }
+/// The run's endpoints as the daemon reaches them: through the run's port
+/// socket, which the native sandbox's helper or a container's network
+/// guard serves.
+fn endpoint_specs(plan: &RunPlan, run_dir: &std::path::Path) -> Vec<moat_daemon::EndpointSpec> {
     plan.ports
         .iter()
         .map(|(name, port)| moat_daemon::EndpointSpec {

@@ -306,6 +306,12 @@ impl ContainerDriver {
         }
         spec.sidecars = self.sidecars.clone();
         spec.sidecar_logs = Some(request.sidecar_logs.clone());
+        if !request.ports.is_empty() {
+            spec.endpoints = Some((
+                request.port_socket.clone(),
+                request.ports.values().copied().collect(),
+            ));
+        }
         self.add_engine(&mut spec);
         // Whatever the policy, the container's only way out is the proxy:
         // clients that ignore the proxy variables are captured by the guard.

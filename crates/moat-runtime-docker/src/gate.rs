@@ -22,6 +22,10 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
 use crate::spec::CAPTURE_RELAY_PORT;
 
 /// Where the guard and the workload see the moat binary.
@@ -87,26 +91,98 @@ impl GateError {
 }
 
 /// Waits for the guard's relay, installs the setuid/setgid filter, then
-/// executes `command` (its first word looked up in `PATH`) in place of
-/// this process. Returns only on failure.
-pub fn await_guard_then_exec(command: &[OsString]) -> GateError {
+/// executes `command` (its first word looked up in `PATH`): in place of
+/// this process on a terminal, otherwise as its child, this process
+/// staying as the container's init ([`init`]). Returns the command's exit
+/// code when it ran as the child.
+pub fn await_guard_then_exec(command: &[OsString]) -> Result<u8, GateError> {
     let Some((program, args)) = command.split_first() else {
-        return GateError::NoCommand;
+        return Err(GateError::NoCommand);
     };
-    if let Err(e) = moat_capture::await_relay(CAPTURE_RELAY_PORT, GUARD_WAIT) {
-        return GateError::GuardNotReady(e);
-    }
-    // On this thread, the one that executes the command: a filter binds
-    // the thread that installs it and survives execve.
-    if let Err(e) = moat_sandbox::setid::SetidFilter::build().and_then(|filter| filter.install()) {
-        return GateError::Filter(e);
-    }
-    let error = std::process::Command::new(program).args(args).exec();
+    moat_capture::await_relay(CAPTURE_RELAY_PORT, GUARD_WAIT).map_err(GateError::GuardNotReady)?;
+    // On this thread, the one that starts the command: a filter binds
+    // the thread that installs it and survives fork and execve.
+    moat_sandbox::setid::SetidFilter::build()
+        .and_then(|filter| filter.install())
+        .map_err(GateError::Filter)?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    let error = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // The terminal's job control (Ctrl-C to the foreground group)
+        // needs the command as the session's leader; an interactive
+        // command handles its signals itself.
+        cmd.exec()
+    } else {
+        match init(cmd) {
+            Ok(code) => return Ok(code),
+            Err(error) => error,
+        }
+    };
     let program = program.to_string_lossy().into_owned();
-    if error.kind() == std::io::ErrorKind::NotFound {
+    Err(if error.kind() == std::io::ErrorKind::NotFound {
         GateError::NotFound { program }
     } else {
         GateError::Exec { program, error }
+    })
+}
+
+/// The signals the init passes on to the command (a container engine's
+/// stop is SIGTERM, then SIGKILL, which ends everything anyway).
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Runs `cmd` as the container's init would: the kernel gives PID 1 no
+/// default action for signals, so a command as PID 1 that installs no
+/// handler (a Python or Node server) ignores the engine's SIGTERM, and
+/// `moat stop` would wait for the engine's SIGKILL. The gate stays PID 1
+/// instead, passes those signals on, reaps orphans, and returns the
+/// command's exit code (128+N for signal N).
+fn init(mut cmd: std::process::Command) -> std::io::Result<u8> {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
+        set.add(sig);
+    }
+    let child = cmd.spawn()?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // Blocked once the child exists (a mask would be inherited, and the
+    // standard library does not reset it): a stop signal that came before
+    // is lost, as for any PID 1 without a handler, and the engine's SIGKILL
+    // follows; an exit is not, as every turn starts with the reaping.
+    set.thread_block().map_err(std::io::Error::from)?;
+    loop {
+        if let Some(code) = reap(pid) {
+            return Ok(code);
+        }
+        let sig = set.wait().map_err(std::io::Error::from)?;
+        if sig != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    }
+}
+
+/// Reaps every child that has ended, the command and orphans it left to
+/// PID 1 alike (a separate wait for orphans could take the command's
+/// status); the command's exit code once it has ended.
+fn reap(command: Pid) -> Option<u8> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, code)) if p == command => {
+                return Some(u8::try_from(code).unwrap_or(1))
+            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == command => {
+                return Some(u8::try_from(128 + sig as i32).unwrap_or(1))
+            }
+            Ok(WaitStatus::StillAlive) => return None,
+            // No child at all: the command is gone and was reaped.
+            Err(_) => return Some(1),
+            Ok(_) => {}
+        }
     }
 }
 

@@ -158,6 +158,41 @@ fn guard_role(
     }
 }
 
+/// Where the guard sees the directory of the run's endpoint socket.
+const ENDPOINTS_IN_GUARD: &str = "/moat-endpoints";
+
+/// The guard's way in to the run's endpoints (`ports:`): the directory
+/// of the endpoint socket, mounted into the guard only, and the relay's
+/// arguments to serve it. The directory is created open to all: the
+/// guard's root is not the caller on the host (rootful engines) and has no
+/// `CAP_DAC_OVERRIDE`; the run's storage around it is the caller's only.
+fn endpoint_relay(
+    socket: &std::path::Path,
+    ports: &[u16],
+) -> Result<(String, Vec<String>), DockerError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (Some(dir), Some(file)) = (socket.parent(), socket.file_name()) else {
+        return Err(DockerError::InvalidSpec {
+            message: format!("the endpoint socket {} has no directory", socket.display()),
+        });
+    };
+    let io = |e: std::io::Error| DockerError::Io {
+        context: format!("preparing the endpoint directory {}", dir.display()),
+        error: e,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).map_err(io)?;
+    let in_guard = std::path::Path::new(ENDPOINTS_IN_GUARD).join(file);
+    let mut args = vec![
+        "--endpoint-socket".to_owned(),
+        in_guard.display().to_string(),
+    ];
+    for port in ports {
+        args.extend(["--endpoint-port".to_owned(), port.to_string()]);
+    }
+    Ok((format!("{}:{ENDPOINTS_IN_GUARD}", dir.display()), args))
+}
+
 impl DockerRuntime {
     /// Creates the network guard (runc, NET_ADMIN; its entrypoint applies
     /// the firewall in its network namespace, then runs only `sleep`, or
@@ -173,10 +208,22 @@ impl DockerRuntime {
     ) -> Result<String, DockerError> {
         let name = format!("{}-netguard", spec.container_name());
         let GuardRole {
-            entrypoint,
+            mut entrypoint,
             mut env,
-            binds,
+            mut binds,
         } = guard_role(proxy_host, proxy_port, capture);
+        if let Some((socket, ports)) = &spec.endpoints {
+            if capture.is_none() {
+                return Err(DockerError::InvalidSpec {
+                    message:
+                        "endpoints (ports:) need the network guard's relay (a captured network)"
+                            .into(),
+                });
+            }
+            let (bind, args) = endpoint_relay(socket, ports)?;
+            binds.get_or_insert_with(Vec::new).push(bind);
+            entrypoint.extend(args);
+        }
         if let Some(d) = dind {
             env.get_or_insert_with(Vec::new)
                 .push(format!("MOAT_DIRECT_NET={}", d.subnet));

@@ -148,6 +148,9 @@ pub struct ContainerSpec {
     /// `docker:dind`: the daemon's image (mapped), started on a network
     /// of the run's own.
     pub dind: Option<String>,
+    /// `ports:`: the host path of the run's endpoint socket, which the
+    /// network guard's relay serves, and the ports it may reach.
+    pub endpoints: Option<(PathBuf, Vec<u16>)>,
 }
 
 impl ContainerSpec {
@@ -180,6 +183,7 @@ impl ContainerSpec {
             sidecar_logs: None,
             groups: Vec::new(),
             dind: None,
+            endpoints: None,
         }
     }
 

@@ -314,8 +314,15 @@ fn read_request(conn: &UnixStream) -> io::Result<(Request, Vec<OwnedFd>)> {
 /// Binds the socket a sandbox serves: any stale file at `path` is
 /// replaced, and only the caller may connect (0600).
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, SandboxError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let fail = |e| SandboxError::io(format!("cannot listen on {}", path.display()), e);
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -414,7 +414,7 @@ fn run_helper(
         }
     }
     if let Some((listener, ports)) = ports {
-        if crate::ports::start(listener, ports).is_err() {
+        if moat_capture::serve_ports(listener, ports).is_err() {
             let _ = rustix::process::kill_process(init_pid, Signal::KILL);
             return SETUP_FAILED;
         }

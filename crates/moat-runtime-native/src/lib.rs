@@ -61,7 +61,6 @@ mod identity;
 pub mod init;
 mod nft;
 mod overlay;
-mod ports;
 mod protect;
 mod protocol;
 mod relay;
@@ -77,7 +76,6 @@ mod userns;
 pub use crate::driver::NativeDriver;
 pub use crate::error::SandboxError;
 pub use crate::exec::{exec, ExecExit, ExecSession, ExecSignaller, ExecStdio, ExecStreams};
-pub use crate::ports::connect_port;
 pub use crate::sandbox::{spawn, Sandbox, SandboxExit, Signaller};
 pub use crate::spec::{
     BindMount, CaptureSpec, InjectedFile, NetworkMode, ResourceLimits, SandboxSpec, StdioMode,

@@ -65,8 +65,10 @@ impl moat_hint::Hint for StorageError {
 pub const EXEC_SOCKET: &str = "exec.sock";
 
 /// The socket in a run's directory through which the daemon reaches the
-/// run's endpoints (`ports:`) on runtimes without an engine (native).
-pub const PORT_SOCKET: &str = "ports.sock";
+/// run's endpoints (`ports:`). In a directory of its own: a container's
+/// network guard, which serves it, gets that directory mounted, and
+/// nothing else of the run's storage.
+pub const PORT_SOCKET: &str = "endpoints/ports.sock";
 
 /// The runs under `MOAT_HOME/runs`.
 #[derive(Debug, Clone)]

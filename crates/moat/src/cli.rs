@@ -134,6 +134,13 @@ pub enum Command {
         relay_port: u16,
         /// Port of redirected DNS.
         dns_port: u16,
+        /// The run's endpoint socket (`ports:`), bound in a directory of
+        /// the run's storage mounted into the guard.
+        #[arg(long)]
+        endpoint_socket: Option<PathBuf>,
+        /// An endpoint port the socket may reach (repeated).
+        #[arg(long = "endpoint-port")]
+        endpoint_ports: Vec<u16>,
     },
 }
 

@@ -75,7 +75,7 @@ impl Live {
     fn start_on(yaml: &str, runtime: &str, script: &str) -> Live {
         let t = common::ProxiedEnv::new(&["api.example.com"]);
         std::fs::write(t.project().join("moat.yaml"), yaml).unwrap();
-        if runtime == "docker" {
+        if runtime != "native" {
             // The container's user writes the markers.
             common::give_to_sandbox_user(&t.project());
         }
@@ -289,7 +289,19 @@ fn allow_and_deny_change_a_running_docker_run_s_policy() {
     if !common::docker_available() {
         return;
     }
-    let mut live = Live::start_on("network:\n  policy: strict\n", "docker", SCRIPT);
+    allow_and_deny_in_a_container("docker");
+}
+
+#[test]
+fn allow_and_deny_change_a_running_podman_run_s_policy() {
+    if !moat_testkit::require::podman() {
+        return;
+    }
+    allow_and_deny_in_a_container("podman");
+}
+
+fn allow_and_deny_in_a_container(runtime: &str) {
+    let mut live = Live::start_on("network:\n  policy: strict\n", runtime, SCRIPT);
     live.at_mark(1);
     live.t.run(&["allow", "web-1", "api.example.com"]).success();
     live.go(1);

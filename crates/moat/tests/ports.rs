@@ -114,7 +114,7 @@ fn the_port_socket_reaches_only_the_runs_endpoints_inside_its_network() {
         "127.0.0.1",
     ]);
     out.success();
-    let socket = run_dir(&env).join("ports.sock");
+    let socket = run_dir(&env).join("endpoints/ports.sock");
     let request = b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n";
     // Until the server listens, the helper answers '-'.
     let mut got = (b'-', String::new());
@@ -300,27 +300,106 @@ fn moat_open_prints_an_endpoints_url_and_list_shows_the_endpoints() {
     env.run(&["stop", "opened"]).success();
 }
 
+/// `moat run -d` on a container runtime: the same Python server as
+/// [`start_server`], in the local Debian image.
+fn start_server_on(env: &common::ProxiedEnv, runtime: &str, name: &str, port: u16) {
+    let script = format!(
+        "mkdir -p /tmp/s && echo {name} > /tmp/s/who && cd /tmp/s && \
+         exec python3 -m http.server {port} --bind 127.0.0.1"
+    );
+    let web = format!("web={port}");
+    env.run_with(
+        &[
+            "run", "-d", "--name", name, "--port", &web, "--", "sh", "-c", &script,
+        ],
+        &[
+            ("MOAT_RUNTIME", runtime),
+            (
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            ),
+        ],
+    )
+    .success();
+}
+
+/// Two runs in containers serving the same port, each at its own URL;
+/// no host port is published for them; gone once stopped.
+fn containers_are_routed_without_published_ports(runtime: &str, engine: &str) {
+    let env = common::ProxiedEnv::new(&[]);
+    start_server_on(&env, runtime, "cont-a", 8000);
+    start_server_on(&env, runtime, "cont-b", 8000);
+    let port = routing_port(&env);
+    for name in ["cont-a", "cont-b"] {
+        let url = format!("https://web.{name}.localhost:{port}/who");
+        assert_eq!(curl_ready(&env, &url), ("200".into(), format!("{name}\n")));
+    }
+    let http = format!("http://cont-a.localhost:{port}/who");
+    assert_eq!(curl(&env, &http), ("200".into(), "cont-a\n".into()));
+    // Nothing of the runs listens on the host's interfaces.
+    let ports = std::process::Command::new(engine)
+        .args([
+            "ps",
+            "--filter",
+            "label=moat.managed=true",
+            "--format",
+            "{{.Names}} {{.Ports}}",
+        ])
+        .output()
+        .unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout);
+    for line in ports.lines() {
+        assert!(
+            line.split_whitespace().nth(1).is_none(),
+            "a published port: {line}"
+        );
+    }
+    // Nor does the service answer on the container's own address (Docker's
+    // bridge; Podman's slirp4netns has none the host reaches): the guard's
+    // firewall takes no connection from outside.
+    let addresses = std::process::Command::new(engine)
+        .args(["ps", "--filter", "label=moat.managed=true", "-q"])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&addresses.stdout).split_whitespace() {
+        let ip = std::process::Command::new(engine)
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                id,
+            ])
+            .output()
+            .unwrap();
+        for ip in String::from_utf8_lossy(&ip.stdout).split_whitespace() {
+            let addr: std::net::SocketAddr = format!("{ip}:8000").parse().unwrap();
+            let reached =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2));
+            assert!(reached.is_err(), "{addr} answers from the host");
+        }
+    }
+    env.run_with(&["stop", "cont-a"], &[("MOAT_RUNTIME", runtime)])
+        .success();
+    env.run_with(&["stop", "cont-b"], &[("MOAT_RUNTIME", runtime)])
+        .success();
+    let url = format!("https://web.cont-a.localhost:{port}/who");
+    assert_eq!(curl(&env, &url).0, "404");
+}
+
 #[test]
-fn endpoints_on_a_container_runtime_are_refused_before_anything_starts() {
+fn docker_runs_are_routed_without_published_ports() {
     if !common::docker_available() {
         return;
     }
-    let env = common::ProxiedEnv::new(&[]);
-    let out = env.run(&[
-        "run",
-        "--runtime",
-        "docker",
-        "--port",
-        "web=3000",
-        "--",
-        "true",
-    ]);
-    out.failure();
-    insta::assert_snapshot!(out.stderr, @r"
-    Error: ports: (endpoints) are served on the native runtime only in this version, not on docker
+    containers_are_routed_without_published_ports("docker", "docker");
+}
 
-    Run it with --runtime native, or remove ports: / --port.
-    ");
+#[test]
+fn podman_runs_are_routed_without_published_ports() {
+    if !moat_testkit::require::podman() {
+        return;
+    }
+    containers_are_routed_without_published_ports("podman", "podman");
 }
 
 /// Whether `program` is on PATH; without it the calling test skips with

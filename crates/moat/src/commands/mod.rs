@@ -80,15 +80,23 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Daemon => proxy::daemon(&Context::from_global(&cli.global)?, None, None),
         Command::SshConnect { host, port } => ssh::connect(&host, port),
         Command::AwaitGuard { command } => {
-            let failed = moat_runtime_docker::await_guard_then_exec(&command);
-            let _ =
-                std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("moat: {failed}\n"));
-            Ok(ExitCode::from(failed.exit_code()))
+            match moat_runtime_docker::await_guard_then_exec(&command) {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(failed) => {
+                    let _ = std::io::Write::write_fmt(
+                        &mut std::io::stderr(),
+                        format_args!("moat: {failed}\n"),
+                    );
+                    Ok(ExitCode::from(failed.exit_code()))
+                }
+            }
         }
         Command::CaptureRelay {
             proxy,
             relay_port,
             dns_port,
+            endpoint_socket,
+            endpoint_ports,
         } => {
             let authorization = std::env::var("MOAT_CAPTURE_AUTHORIZATION")
                 .map(moat_capture::ProxyAuthorization::new)
@@ -102,7 +110,14 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
                 let _ = std::io::Write::flush(&mut stdout);
             };
-            moat_capture::serve_redirected(&proxy, relay_port, dns_port, authorization, ready)
+            let guard = moat_capture::GuardRelay {
+                proxy,
+                relay_port,
+                dns_port,
+                authorization,
+                endpoints: endpoint_socket.map(|socket| (socket, endpoint_ports)),
+            };
+            moat_capture::serve_redirected(guard, ready)
                 .context("the capture relay could not start")?;
             Ok(ExitCode::SUCCESS)
         }

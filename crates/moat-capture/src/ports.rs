@@ -1,10 +1,11 @@
-//! The way in to the sandbox's servers (`ports:`): the daemon's routing
+//! The way in to a sandbox's servers (`ports:`): the daemon's routing
 //! reaches a server the command started on the sandbox's loopback through
-//! a Unix socket on the host, [`crate::SandboxSpec::port_socket`].
+//! a Unix socket on the host (the run's `ports.sock`).
 //!
-//! The caller binds the socket (0600, in the run's storage) and the
-//! sandbox's helper serves it: the helper lives in the sandbox's network
-//! namespace but accepts on a socket bound in the host's filesystem. Each
+//! Whoever lives in the sandbox's network namespace but sees the host's
+//! filesystem serves it: the native sandbox's helper, or a container's
+//! network guard (its relay binds the socket in a directory of the run's
+//! storage mounted into the guard only, never into the workload). Each
 //! connection starts with the port as ASCII digits and a newline; the
 //! helper answers one byte, `+` once it is connected to `127.0.0.1:<port>`
 //! inside, `-` when the port is not one of the run's endpoints or nothing
@@ -23,14 +24,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::relay::pump;
+use crate::pump;
 
 /// The longest header: five digits and the newline.
 const MAX_HEADER: usize = 6;
 
 /// Starts the accept loop on an already-bound listener; `ports` are the
 /// run's endpoint ports, the only ones it connects to.
-pub(crate) fn start(listener: UnixListener, ports: Vec<u16>) -> io::Result<()> {
+pub fn serve_ports(listener: UnixListener, ports: Vec<u16>) -> io::Result<()> {
     let ports = Arc::new(ports);
     thread::Builder::new()
         .name("moat-ports".into())
@@ -82,8 +83,8 @@ fn serve_one(mut conn: UnixStream, ports: &[u16]) {
     };
     let outward = thread::Builder::new()
         .name("moat-ports-out".into())
-        .spawn(move || pump(tcp_read, conn_write));
-    pump(conn, tcp);
+        .spawn(move || pump(Box::new(tcp_read), Box::new(conn_write)));
+    pump(Box::new(conn), Box::new(tcp));
     if let Ok(handle) = outward {
         let _ = handle.join();
     }
