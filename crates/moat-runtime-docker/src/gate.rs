@@ -6,9 +6,12 @@
 //! command from running before the firewall holds is its entrypoint: the
 //! moat binary, mounted read-only, waits until the guard's relay accepts
 //! connections on loopback (the guard starts the relay only once the rules
-//! are in place), then replaces itself with the image's entrypoint and the
-//! command. The workload has no capability and `no-new-privileges`: nothing
-//! it runs can change the rules, before or after.
+//! are in place), then runs the image's entrypoint and the command: in its
+//! place on a terminal, else as its child, staying the container's init
+//! (PID 1 gets no default action for signals, so a server without a
+//! SIGTERM handler would outlast `moat stop` until the engine's SIGKILL).
+//! The workload has no capability and `no-new-privileges`: nothing it runs
+//! can change the rules, before or after.
 //!
 //! Just before it does, the gate installs the system-call filter that no
 //! setuid or setgid file gets past ([`moat_sandbox::setid`], the native
