@@ -11,8 +11,13 @@ use tokio::net::UnixStream;
 use crate::lockfile::{daemon_running, read_info, DaemonInfo, DaemonPaths};
 use crate::protocol::{self, Request, Response, RunSpec, API_VERSION};
 
-/// How long the CLI waits for a spawned daemon to become healthy.
-pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a spawned daemon may go without using any CPU before its
+/// start is declared stuck: a start is judged by its progress, not by a
+/// clock that a saturated machine would make it miss.
+pub const START_STALL: Duration = Duration::from_secs(5);
+
+/// The longest a start may take even while it keeps working.
+pub const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// Errors a CLI meets talking to the daemon. The wording of each is part
 /// of the product: the troubleshooting guide lists them with their fixes.
@@ -35,13 +40,29 @@ pub enum ClientError {
         /// Socket path.
         socket: String,
     },
-    /// The daemon was spawned but never answered.
-    #[error("daemon did not start within 5 seconds")]
-    StartTimeout {
+    /// The spawned daemon exited before it answered.
+    #[error("the proxy daemon exited while starting ({status})")]
+    StartExited {
+        /// How it ended.
+        status: String,
         /// The daemon log.
         log: String,
-        /// The lock file.
-        lock: String,
+    },
+    /// The spawned daemon runs but made no progress (no CPU used) for
+    /// [`START_STALL`], or has not answered within [`START_LIMIT`].
+    #[error(
+        "daemon did not start within {seconds} seconds\n\
+         The proxy daemon (pid {pid}) is alive but {why}."
+    )]
+    StartStuck {
+        /// Its pid.
+        pid: u32,
+        /// The window it missed: without progress, or in all.
+        seconds: u64,
+        /// What it was doing meanwhile.
+        why: String,
+        /// The daemon log.
+        log: String,
     },
     /// The running daemon listens on another port than requested.
     #[error("proxy port mismatch: running on {running}, requested {requested}")]
@@ -90,10 +111,12 @@ impl moat_hint::Hint for ClientError {
                 "Stop it and retry: kill {pid}\n\
                  If that does not help, check whether another process uses {socket}."
             ),
-            ClientError::StartTimeout { log, lock } => format!(
-                "Check its log: {log}\n\
-                 If {lock} names a pid that is not running, remove it and retry:\n  rm {lock}"
-            ),
+            ClientError::StartExited { log, .. } => {
+                format!("Check its log: {log}\nThen start the run again.")
+            }
+            ClientError::StartStuck { pid, log, .. } => {
+                format!("Check its log: {log}\nStop it and retry: kill {pid}")
+            }
             ClientError::PortMismatch { .. } => {
                 "Either unset MOAT_PROXY_PORT, or stop all agents to restart the proxy".to_owned()
             }
@@ -199,28 +222,64 @@ impl DaemonClient {
             return Ok(client);
         }
         cleanup_stale(&paths);
-        spawn_daemon(home, &paths, opts)?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        let child = spawn_daemon(home, &paths, opts)?;
+        Self::await_start(&paths, child).await
+    }
+
+    /// Waits for the daemon `child` to answer, as long as it is alive and
+    /// working; it is then reaped in the background, whatever happened.
+    async fn await_start(
+        paths: &DaemonPaths,
+        mut child: std::process::Child,
+    ) -> Result<Self, ClientError> {
+        let pid = child.id();
+        let begun = Instant::now();
+        let mut progress = Progress::new(pid);
+        let outcome = loop {
             if let Some(info) = read_info(&paths.lock)? {
-                if daemon_running(&paths) {
+                if daemon_running(paths) {
                     let client = DaemonClient {
                         paths: paths.clone(),
                         info,
                     };
                     if client.request(&Request::Status).await.is_ok() {
-                        return Ok(client);
+                        break Ok(client);
                     }
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(ClientError::StartTimeout {
-                    log: paths.log.display().to_string(),
-                    lock: paths.lock.display().to_string(),
+            let log = paths.log.display().to_string();
+            if let Ok(Some(status)) = child.try_wait() {
+                break Err(ClientError::StartExited {
+                    status: status.to_string(),
+                    log,
+                });
+            }
+            let stuck = if progress.stalled() {
+                let why = format!(
+                    "has used no CPU in the last {} s: it is stuck, not slow",
+                    START_STALL.as_secs()
+                );
+                Some((START_STALL, why))
+            } else if begun.elapsed() >= START_LIMIT {
+                Some((START_LIMIT, "kept working without answering".to_owned()))
+            } else {
+                None
+            };
+            if let Some((window, why)) = stuck {
+                break Err(ClientError::StartStuck {
+                    pid,
+                    seconds: window.as_secs(),
+                    why,
+                    log,
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
+        // Reap it if it exits, so it never lingers as a zombie of ours.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        outcome
     }
 
     fn check_port(&self, opts: &StartOptions) -> Result<(), ClientError> {
@@ -406,7 +465,7 @@ fn spawn_daemon(
     home: &MoatHome,
     paths: &DaemonPaths,
     opts: &StartOptions,
-) -> Result<(), ClientError> {
+) -> Result<std::process::Child, ClientError> {
     let exe = match std::env::var_os("MOAT_EXECUTABLE").filter(|v| !v.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => {
@@ -441,12 +500,33 @@ fn spawn_daemon(
     // Its own process group: a Ctrl-C meant for the run must not reach
     // the daemon that other runs share.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| spawn_err(&format!("running {}", exe.display()), e))?;
-    // Reap it if it exits early, so it never lingers as a zombie of ours.
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    Ok(())
+    cmd.spawn()
+        .map_err(|e| spawn_err(&format!("running {}", exe.display()), e))
+}
+
+/// Whether a starting daemon still works: the last time its CPU time grew.
+struct Progress {
+    pid: u32,
+    ticks: Option<u64>,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(pid: u32) -> Self {
+        Progress {
+            pid,
+            ticks: crate::lockfile::process_cpu_ticks(pid),
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether no CPU was used for [`START_STALL`].
+    fn stalled(&mut self) -> bool {
+        let now = crate::lockfile::process_cpu_ticks(self.pid);
+        if now != self.ticks {
+            self.ticks = now;
+            self.since = Instant::now();
+        }
+        self.since.elapsed() >= START_STALL
+    }
 }

@@ -104,6 +104,18 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// The CPU time `pid` and its waited-for children have used, in clock
+/// ticks (fields 14 to 17 of `/proc/PID/stat`): whether a process is
+/// working, whatever the machine's load.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let fields = stat_fields(pid)?;
+    fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
 /// Whether `pid` is a live process and, when `start` is known, the same
 /// process that started then (not a later one given the same pid).
 pub fn process_alive(pid: u32, start: Option<u64>) -> bool {

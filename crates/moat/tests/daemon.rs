@@ -295,16 +295,98 @@ fn daemon_that_cannot_start_times_out_with_its_log() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = t.env.redact(&String::from_utf8_lossy(&out.stderr));
+    // The pid is the fake's; a live daemon's lock is never to be removed.
+    let pid = stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_default()
+        .to_owned();
+    let stderr = stderr.replace(&pid, "<pid>");
     insta::assert_snapshot!(stderr, @r"
     Error: daemon did not start within 5 seconds
+    The proxy daemon (pid <pid>) is alive but has used no CPU in the last 5 s: it is stuck, not slow.
 
     Check its log: [TMP]/moat/proxy/daemon.log
-    If [TMP]/moat/proxy/daemon.lock names a pid that is not running, remove it and retry:
-      rm [TMP]/moat/proxy/daemon.lock
+    Stop it and retry: kill <pid>
     ");
     let _ = std::process::Command::new("pkill")
         .args(["-f", &fake.display().to_string()])
         .status();
+}
+
+/// A daemon that takes longer than any fixed deadline to start, but is
+/// working all along (here: seven seconds of CPU before the real daemon,
+/// as on a machine whose cores are saturated), is waited for.
+#[test]
+fn a_daemon_start_that_makes_progress_is_waited_for() {
+    let t = Env::new("2");
+    let slow = t.env.dir.path().join("slow-moat");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nend=$(( $(date +%s) + 7 ))\n\
+             while [ \"$(date +%s)\" -lt \"$end\" ]; do :; done\n\
+             exec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_moat")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = t
+        .moat("a")
+        .env("MOAT_EXECUTABLE", &slow)
+        .args(["run", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+}
+
+/// Busy loops on every core, killed on drop.
+struct CpuHog(Vec<std::process::Child>);
+
+impl CpuHog {
+    fn saturate() -> CpuHog {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        CpuHog(
+            (0..cores * 4)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        for hog in &mut self.0 {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+    }
+}
+
+/// The real daemon started while every core is busy with four times as
+/// many busy loops: the run waits for it and succeeds.
+#[test]
+fn a_run_starts_its_daemon_on_a_saturated_machine() {
+    let t = Env::new("2");
+    let hog = CpuHog::saturate();
+    let out = t
+        .moat("a")
+        .args(["run", "--", "echo", "ran"])
+        .output()
+        .unwrap();
+    drop(hog);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
 }
 
 #[test]
