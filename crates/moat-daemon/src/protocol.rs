@@ -290,6 +290,12 @@ pub enum Response {
         /// The routing listener's port, when it listens.
         #[serde(default)]
         routing_port: Option<u16>,
+        /// The daemon's resident memory now, bytes.
+        #[serde(default)]
+        rss_bytes: u64,
+        /// Its resident memory with no run registered, bytes.
+        #[serde(default)]
+        idle_rss_bytes: u64,
     },
     /// A run's policy in force (`PolicyChange`, `PolicyShow`).
     Policy {

@@ -160,6 +160,25 @@ struct State {
     audits: Arc<Audits>,
     /// Hostname routing to the runs' endpoints, when it listens.
     router: Option<Arc<moat_proxy::Router>>,
+    /// Resident memory with no run registered, taken as the first run of
+    /// a busy spell registers: what each run costs is measured from it.
+    idle_rss: u64,
+}
+
+/// This process's resident memory in bytes (VmRSS).
+fn own_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Runs the daemon until it is stopped or idle. Removes its lock and
@@ -190,6 +209,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         extra_listeners: Default::default(),
         audits: audits.clone(),
         router,
+        idle_rss: own_rss(),
     }));
 
     let tcp_task = tokio::spawn({
@@ -500,6 +520,8 @@ fn answer(
                 None
             },
             routing_port: s.router.as_ref().map(|r| r.port()),
+            rss_bytes: own_rss(),
+            idle_rss_bytes: s.idle_rss,
         },
         Request::Audit { run_id, kind, data } => match s.audits.append(&run_id, &kind, data) {
             Ok(()) => Response::Ok,
@@ -599,6 +621,9 @@ fn register(s: &mut State, run: RunSpec) -> Result<Response, String> {
     let mut grants: Vec<String> = run.injections.iter().map(|i| i.grant.clone()).collect();
     grants.sort();
     grants.dedup();
+    if s.runs.is_empty() {
+        s.idle_rss = own_rss();
+    }
     s.runs.insert(
         run.run_id.clone(),
         RunEntry {

@@ -28,6 +28,10 @@ pub struct DaemonStatus {
     pub idle_exit_in_secs: Option<u64>,
     /// The routing listener's port, when it listens.
     pub routing_port: Option<u16>,
+    /// Its resident memory, bytes.
+    pub rss_bytes: u64,
+    /// Its resident memory with no run registered, bytes.
+    pub idle_rss_bytes: u64,
 }
 
 impl DaemonClient {
@@ -42,6 +46,8 @@ impl DaemonClient {
                 runs,
                 idle_exit_in_secs,
                 routing_port,
+                rss_bytes,
+                idle_rss_bytes,
             } => Ok(DaemonStatus {
                 running: true,
                 pid,
@@ -51,6 +57,8 @@ impl DaemonClient {
                 runs,
                 idle_exit_in_secs,
                 routing_port,
+                rss_bytes,
+                idle_rss_bytes,
             }),
             Response::Error { message } => Err(ClientError::Refused(message)),
             other => Err(ClientError::Unexpected(other.kind())),
@@ -59,6 +67,28 @@ impl DaemonClient {
 }
 
 impl DaemonStatus {
+    /// What each registered run adds to the daemon's resident memory:
+    /// its growth over the figure with no run, shared out.
+    pub fn per_run_bytes(&self) -> Option<u64> {
+        let runs = u64::try_from(self.runs.len()).ok().filter(|n| *n > 0)?;
+        Some(self.rss_bytes.saturating_sub(self.idle_rss_bytes) / runs)
+    }
+
+    /// One line on the daemon's memory: resident, and per run when runs
+    /// are registered.
+    pub fn memory_line(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        match self.per_run_bytes() {
+            Some(per_run) => format!(
+                "{:.1} MB resident, {:.2} MB per run (over {:.1} MB with no run)",
+                mb(self.rss_bytes),
+                mb(per_run),
+                mb(self.idle_rss_bytes)
+            ),
+            None => format!("{:.1} MB resident", mb(self.rss_bytes)),
+        }
+    }
+
     /// The text of `moat proxy status`, uptime counted to `now`.
     pub fn render(&self, now: DateTime<Utc>) -> String {
         let uptime = (now - self.started_at).num_seconds().max(0);
@@ -67,6 +97,7 @@ impl DaemonStatus {
         let _ = writeln!(out, "  Port:    {}", self.port);
         let _ = writeln!(out, "  Version: {}", self.version);
         let _ = writeln!(out, "  Uptime:  {uptime}s");
+        let _ = writeln!(out, "  Memory:  {}", self.memory_line());
         if let Some(port) = self.routing_port {
             let _ = writeln!(out, "  Index:   https://localhost:{port}/");
         }
@@ -108,9 +139,17 @@ mod tests {
             }],
             idle_exit_in_secs: Some(30),
             routing_port: Some(8081),
+            rss_bytes: 30_000_000,
+            idle_rss_bytes: 26_000_000,
         };
         let text = status.render(started + chrono::Duration::seconds(5));
         assert!(text.contains("  Uptime:  5s\n"), "{text}");
+        assert!(
+            text.contains(
+                "  Memory:  30.0 MB resident, 4.00 MB per run (over 26.0 MB with no run)\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("  Index:   https://localhost:8081/\n"),
             "{text}"

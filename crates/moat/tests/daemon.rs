@@ -451,3 +451,46 @@ fn garbage_on_the_control_socket_is_refused() {
     let status = t.moat("a").args(["proxy", "status"]).output().unwrap();
     assert!(String::from_utf8_lossy(&status.stdout).contains("running"));
 }
+
+/// `moat status` shows what each running run costs the host (moat's own
+/// processes: the supervisor, the sandbox's init and helper) and what the
+/// daemon holds per run; the daemon a run started is not counted in it.
+#[test]
+fn status_shows_each_runs_host_memory_and_the_daemons_per_run_cost() {
+    let t = Env::new("300");
+    for name in ["cost-1", "cost-2"] {
+        let out = t
+            .moat("a")
+            .args(["run", "-d", "--name", name, "--", "sleep", "60"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = t.moat("a").args(["--json", "status"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = status["active_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{status}");
+    let daemon_rss = status["daemon"]["rss_bytes"].as_u64().unwrap();
+    for run in runs {
+        let host = run["host_overhead_bytes"].as_u64().unwrap();
+        // At least the supervisor and the init, and not the daemon too.
+        assert!(host > 2_000_000, "{run}");
+        let difference = host.abs_diff(runs[0]["host_overhead_bytes"].as_u64().unwrap());
+        assert!(
+            difference < daemon_rss / 2,
+            "one run counts the daemon: {status}"
+        );
+    }
+    assert!(status["daemon"]["per_run_bytes"].is_u64(), "{status}");
+    let text = t.moat("a").arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("  memory: "), "{text}");
+    assert!(text.contains("MB per run (over "), "{text}");
+    for name in ["cost-1", "cost-2"] {
+        let _ = t.moat("a").args(["stop", name]).output();
+    }
+}

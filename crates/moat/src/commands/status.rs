@@ -21,6 +21,13 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
         RunStore::reconcile_view(r);
     }
     let active: Vec<_> = runs.iter().filter(|r| r.state.is_active()).collect();
+    let daemon_status = daemon
+        .as_ref()
+        .and_then(|d| block_on(d.status()).ok()?.ok());
+    let supervisors: Vec<u32> = active.iter().filter_map(|r| r.supervisor_pid).collect();
+    let overhead = moat_run::host_overhead(&supervisors);
+    let host =
+        |r: &moat_storage::RunMetadata| r.supervisor_pid.and_then(|p| overhead.get(&p).copied());
     let disk = moat_home::dir_size(&ctx.home.runs_dir());
     let snapshots = moat_home::dir_size(&moat_snapshot::stores_dir(&ctx.home));
 
@@ -33,11 +40,14 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
             })).collect::<Vec<_>>(),
             "daemon": daemon.as_ref().map(|d| serde_json::json!({
                 "pid": d.info.pid, "port": d.info.port, "version": d.info.version,
+                "rss_bytes": daemon_status.as_ref().map(|s| s.rss_bytes),
+                "per_run_bytes": daemon_status.as_ref().and_then(|s| s.per_run_bytes()),
             })),
             "active_runs": active.iter().map(|r| serde_json::json!({
                 "name": r.name, "id": r.id, "runtime": r.runtime, "state": r.state,
                 "started_at": r.started_at,
                 "disk_bytes": moat_home::dir_size(&store.dir(&r.id)),
+                "host_overhead_bytes": host(r),
             })).collect::<Vec<_>>(),
             "total_runs": runs.len(),
             "total_disk_bytes": disk,
@@ -65,14 +75,19 @@ pub fn status(ctx: &Context) -> Result<ExitCode> {
         ),
         None => outln!("Proxy daemon: not running (it starts with the next run)"),
     }
+    if let Some(s) = &daemon_status {
+        outln!("  memory: {}", s.memory_line());
+    }
     outln!();
     if active.is_empty() {
         outln!("Active runs: none");
     } else {
-        outln!("Active runs");
+        outln!("Active runs (disk; moat's own processes' memory on the host)");
         for r in &active {
+            let memory =
+                host(r).map_or_else(|| "-".to_owned(), |b| format!("{:.1} MB", b as f64 / 1e6));
             outln!(
-                "  {:<20} {}  {:<7} {:.1} MB",
+                "  {:<20} {}  {:<7} {:.1} MB  {memory}",
                 r.name,
                 r.id,
                 r.runtime,
