@@ -22,6 +22,10 @@ use crate::guard::PendingGuard;
 pub use crate::guard::GUARD_READY;
 pub use crate::spec::*;
 
+/// How much more the kernel's OOM killer prefers a workload's processes
+/// than the host's (`oom_score_adj`).
+const WORKLOAD_OOM_SCORE_ADJ: i64 = 500;
+
 /// A created container (and its network guard under the strict policy).
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -519,6 +523,10 @@ impl DockerRuntime {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             ulimits: self.container_ulimits(),
+            // As for native runs: the run's processes go first when the
+            // host runs out of memory, before the engine, moat's daemon
+            // and the user's own programs.
+            oom_score_adj: Some(WORKLOAD_OOM_SCORE_ADJ),
             group_add: (!spec.groups.is_empty())
                 .then(|| spec.groups.iter().map(u32::to_string).collect()),
             ..Default::default()

@@ -71,6 +71,10 @@ use crate::sys::{self, CaughtSignal, Fork, SignalSet};
 /// `argv[1]` that makes [`maybe_run_init`] take over the process.
 pub const INIT_MARKER: &str = "__moat-sandbox-init";
 
+/// How much more a run's processes are preferred by the kernel's OOM
+/// killer than the host's (`/proc/PID/oom_score_adj`, -1000 to 1000).
+pub const OOM_SCORE_ADJ: i32 = 500;
+
 /// Exit code of the init when the sandbox could not be built.
 const SETUP_FAILED: i32 = 125;
 
@@ -131,6 +135,11 @@ fn run_init(args: Vec<OsString>) -> i32 {
     if let Err(e) = spec.validate() {
         return fail(SetupError::Spec(e));
     }
+    // Inherited by everything the run starts: when the host runs out of
+    // memory, the kernel picks a run's process, the largest first, before
+    // the daemon, other runs' supervisors or the user's own programs.
+    // Raising it needs no privilege; best effort.
+    let _ = std::fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ.to_string());
 
     let signals = match block_signals() {
         Ok(s) => s,

@@ -280,6 +280,15 @@ m,sl=pty.openpty(); os.write(sl,b\"t\"); print(os.read(m,1).decode())' && \
     assert_eq!(out.stdout, "sub\nt\ndone\n", "{}", out.stderr);
 }
 
+/// When the host runs out of memory, the kernel's OOM killer takes a
+/// run's process first, not the daemon or the user's own programs.
+#[test]
+fn a_runs_processes_are_the_oom_killers_first_choice() {
+    let t = Boundary::new();
+    let out = t.sh("cat /proc/self/oom_score_adj; sh -c 'cat /proc/self/oom_score_adj'");
+    assert_eq!(out.stdout, "500\n500\n", "{}", out.stderr);
+}
+
 #[test]
 fn fork_bomb_and_memory_hog_do_not_stop_another_run() {
     if !moat_testkit::require::root() {

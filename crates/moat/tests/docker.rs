@@ -372,6 +372,29 @@ fn auto_selection_falls_back_to_native_with_a_notice() {
     );
 }
 
+/// As on the native runtime, a container's processes are the OOM
+/// killer's first choice (under runc the command sees it; gVisor's own
+/// processes on the host get it from the same setting).
+#[test]
+fn a_containers_processes_are_the_oom_killers_first_choice() {
+    if !common::docker_available() {
+        return;
+    }
+    let t = DockerEnv::new();
+    let out = t.run(
+        &[
+            "run",
+            "--no-sandbox",
+            "--",
+            "cat",
+            "/proc/self/oom_score_adj",
+        ],
+        &[],
+    );
+    out.success();
+    assert!(out.stdout.ends_with("500\n"), "{}", out.stdout);
+}
+
 #[test]
 fn containers_of_a_crashed_cli_are_removed_by_stop() {
     if !common::docker_available() {
