@@ -1,33 +1,52 @@
 //! Hostname routing to the runs' endpoints (`ports:`): one listener,
-//! loopback by default, serving `http://` and `https://` on the same port.
+//! loopback by default, serving `http://` and `https://` on the same port,
+//! as an HTTP reverse proxy.
 //!
 //! `<endpoint>.<run>.localhost` reaches the endpoint of that run, and
 //! `<run>.localhost` a run with one endpoint. `localhost` itself is the
 //! index of running runs and their endpoints (HTML, or JSON for `Accept:
 //! application/json`). A TLS client gets a leaf for the name it asks for
-//! (SNI), minted by moat's CA and cached; ALPN offers `http/1.1` only, as
-//! the bytes are relayed to the sandbox's server as they are.
+//! (SNI), minted by moat's CA and cached; ALPN offers `h2` and `http/1.1`,
+//! and plain HTTP takes HTTP/2 with prior knowledge too.
 //!
-//! The decision is made once per connection, on the SNI (TLS) or the
-//! first request's `Host` (plain HTTP): after it the connection is a byte
-//! relay, so keep-alive, WebSocket upgrades and server-sent events pass
-//! through without buffering. Each routed connection appends one line,
-//! `"direction": "inbound"`, to the run's `network.jsonl`.
+//! Each request is routed on its own (so each is traced, with its status):
+//! by the SNI on TLS, where a request whose `Host` names another host is
+//! refused (421, the client opens a new connection), and by `Host` (or
+//! `:authority`) otherwise. It is forwarded over HTTP/1.1, the protocol
+//! the dev servers speak, on pooled keep-alive connections to the run's
+//! port socket (native) or address ([`Backend`]), with the client's
+//! `Host` (dev servers check it), `X-Forwarded-{Proto,Host,For}`, and no
+//! hop-by-hop header. Bodies are streamed frame by frame both ways, so
+//! server-sent events arrive as they are written; an HTTP/1.1 WebSocket
+//! upgrade is forwarded and, on `101`, both upgraded connections are
+//! joined. HTTP/2 WebSocket (RFC 8441) is not offered, so browsers use
+//! HTTP/1.1 for it. Each routed request appends one line, `"direction":
+//! "inbound"`, with its status to the run's `network.jsonl` when the
+//! response head (or the `101`) arrives.
+
+mod backend;
+mod forward;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::CertificateAuthority;
 
-/// The largest request head read to find the `Host`.
+/// The largest request head (and HTTP/2 header list) a client may send.
 const MAX_HEAD: usize = 64 * 1024;
+
+/// How long a client connection may wait for a request head (HTTP/1.1,
+/// idle keep-alive included) or an HTTP/2 ping answer.
+const CLIENT_IDLE: Duration = Duration::from_secs(60);
 
 /// Where an endpoint's server is reached from the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +73,7 @@ pub struct RunRoutes {
     pub name: String,
     /// Endpoint name to its backend.
     pub endpoints: BTreeMap<String, Backend>,
-    /// The run's `network.jsonl`, for a line per routed connection.
+    /// The run's `network.jsonl`, for a line per routed request.
     pub trace_path: Option<PathBuf>,
 }
 
@@ -64,6 +83,8 @@ pub struct Router {
     runs: Mutex<BTreeMap<String, RunRoutes>>,
     tls: Mutex<HashMap<String, Arc<ServerConfig>>>,
     port: Mutex<u16>,
+    client: backend::BackendClient,
+    server: auto::Builder<TokioExecutor>,
 }
 
 impl std::fmt::Debug for Router {
@@ -74,9 +95,6 @@ impl std::fmt::Debug for Router {
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
 impl Router {
     /// A router whose leaves `ca` signs.
     pub fn new(ca: CertificateAuthority) -> Arc<Self> {
@@ -85,6 +103,8 @@ impl Router {
             runs: Mutex::new(BTreeMap::new()),
             tls: Mutex::new(HashMap::new()),
             port: Mutex::new(0),
+            client: backend::client(),
+            server: server(),
         })
     }
 
@@ -127,27 +147,33 @@ impl Router {
             }
         }
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let Ok((conn, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
             let router = self.clone();
             tokio::spawn(async move {
                 let _ = conn.set_nodelay(true);
-                if let Err(e) = router.handle(conn).await {
+                if let Err(e) = router.handle(conn, peer.ip()).await {
                     tracing::debug!(error = %e, "routed connection");
                 }
             });
         }
     }
 
-    async fn handle(&self, conn: TcpStream) -> std::io::Result<()> {
+    /// Serves one client connection, TLS or plain.
+    async fn handle(self: Arc<Self>, conn: TcpStream, peer: IpAddr) -> std::io::Result<()> {
         let mut first = [0u8; 1];
         if conn.peek(&mut first).await? == 0 {
             return Ok(());
         }
         if first[0] != 0x16 {
-            return self.route(Box::new(conn), None, "http").await;
+            let info = forward::Conn {
+                scheme: "http",
+                sni: None,
+                peer,
+            };
+            return self.serve_http(conn, info).await;
         }
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn);
@@ -160,10 +186,33 @@ impl Router {
             .tls_config(sni.as_deref().unwrap_or("localhost"))
             .await?;
         let tls = start.into_stream(config).await?;
-        self.route(Box::new(tls), sni, "https").await
+        let info = forward::Conn {
+            scheme: "https",
+            sni,
+            peer,
+        };
+        self.serve_http(tls, info).await
     }
 
-    /// The TLS settings presenting a leaf for `host`, ALPN `http/1.1`.
+    /// Serves HTTP/1.1 or HTTP/2 on `io`, each request through
+    /// [`forward::serve`].
+    async fn serve_http<I>(self: Arc<Self>, io: I, info: forward::Conn) -> std::io::Result<()>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = Arc::new(info);
+        let router = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            forward::serve(router.clone(), info.clone(), req)
+        });
+        self.server
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    /// The TLS settings presenting a leaf for `host`, ALPN `h2` and
+    /// `http/1.1`.
     async fn tls_config(&self, host: &str) -> std::io::Result<Arc<ServerConfig>> {
         if let Some(config) = self.tls.lock().ok().and_then(|c| c.get(host).cloned()) {
             return Ok(config);
@@ -174,7 +223,7 @@ impl Router {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut config = (*base).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let config = Arc::new(config);
         if let Ok(mut cache) = self.tls.lock() {
             if cache.len() >= crate::LEAF_CACHE_CAPACITY {
@@ -183,78 +232,6 @@ impl Router {
             cache.insert(host.to_owned(), config.clone());
         }
         Ok(config)
-    }
-
-    /// Reads the first request head, then answers the index, an error, or
-    /// relays the connection to the endpoint the host names.
-    async fn route(
-        &self,
-        mut client: Box<dyn Stream>,
-        sni: Option<String>,
-        scheme: &str,
-    ) -> std::io::Result<()> {
-        let head = read_head(&mut client).await?;
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut headers);
-        if !matches!(request.parse(&head), Ok(httparse::Status::Complete(_))) {
-            return respond(&mut client, 400, "text/plain", "bad request\n").await;
-        }
-        let header = |name: &str| {
-            request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-        };
-        let host = sni
-            .or_else(|| header("host").map(str::to_owned))
-            .unwrap_or_default();
-        let host = bare_host(&host);
-        let (method, path) = (
-            request.method.unwrap_or("GET").to_owned(),
-            request.path.unwrap_or("/").to_owned(),
-        );
-        if host == "localhost" || host.parse::<std::net::IpAddr>().is_ok() {
-            let json = header("accept").is_some_and(|a| a.contains("application/json"));
-            let (kind, body) = self.index(json);
-            return respond(&mut client, 200, kind, &body).await;
-        }
-        let Some((run, endpoint, backend)) = self.lookup(&host) else {
-            let body = format!(
-                "no running run serves {host}: see https://localhost:{}/\n",
-                self.port()
-            );
-            return respond(&mut client, 404, "text/plain", &body).await;
-        };
-        let started = std::time::Instant::now();
-        let mut upstream = match connect(&backend).await {
-            Ok(upstream) => upstream,
-            Err(_) => {
-                let body = format!(
-                    "nothing answers on endpoint {endpoint} of run {} yet (is its server \
-                     listening on 127.0.0.1 in the sandbox?)\n",
-                    run.name
-                );
-                trace(
-                    &run,
-                    &method,
-                    &format!("{scheme}://{host}{path}"),
-                    Some(502),
-                    started,
-                );
-                return respond(&mut client, 502, "text/plain", &body).await;
-            }
-        };
-        trace(
-            &run,
-            &method,
-            &format!("{scheme}://{host}{path}"),
-            None,
-            started,
-        );
-        upstream.write_all(&head).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-        Ok(())
     }
 
     /// The run and endpoint `host` names (`<endpoint>.<run>.localhost`, or
@@ -323,6 +300,25 @@ impl Router {
     }
 }
 
+/// The client side's HTTP/1.1 and HTTP/2 settings: bounded heads, idle
+/// connections closed, no extended CONNECT (RFC 8441) advertised.
+fn server() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_IDLE)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(CLIENT_IDLE)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(MAX_HEAD as u32);
+    builder
+}
+
 /// `host` without its port or trailing dot, lowercase.
 fn bare_host(host: &str) -> String {
     let host = host.trim();
@@ -347,95 +343,6 @@ fn html_escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// The request head, up to and with its blank line.
-async fn read_head(client: &mut Box<dyn Stream>) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1];
-    // One byte at a time: nothing after the head is consumed, and the
-    // head is small.
-    while head.len() < MAX_HEAD {
-        if client.read(&mut chunk).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.push(chunk[0]);
-        if head.ends_with(b"\r\n\r\n") {
-            return Ok(head);
-        }
-    }
-    Err(std::io::Error::other("request head too large"))
-}
-
-async fn respond(
-    client: &mut Box<dyn Stream>,
-    status: u16,
-    kind: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Bad Gateway",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await?;
-    client.write_all(body.as_bytes()).await?;
-    client.shutdown().await
-}
-
-async fn connect(backend: &Backend) -> std::io::Result<Box<dyn Stream>> {
-    match backend {
-        Backend::Tcp(addr) => {
-            let tcp = TcpStream::connect(addr).await?;
-            let _ = tcp.set_nodelay(true);
-            Ok(Box::new(tcp))
-        }
-        Backend::Socket { path, port } => {
-            let mut conn = UnixStream::connect(path).await?;
-            conn.write_all(format!("{port}\n").as_bytes()).await?;
-            let mut answer = [0u8; 1];
-            conn.read_exact(&mut answer).await?;
-            if answer[0] != b'+' {
-                return Err(std::io::ErrorKind::ConnectionRefused.into());
-            }
-            Ok(Box::new(conn))
-        }
-    }
-}
-
-/// One line in the run's `network.jsonl` for a routed connection.
-fn trace(
-    run: &RunRoutes,
-    method: &str,
-    url: &str,
-    status: Option<u16>,
-    started: std::time::Instant,
-) {
-    let Some(trace_path) = &run.trace_path else {
-        return;
-    };
-    let line = serde_json::json!({
-        "ts": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        "method": method,
-        "url": url,
-        "status_code": status,
-        "duration_ms": started.elapsed().as_secs_f64() * 1000.0,
-        "direction": "inbound",
-    });
-    let mut bytes = line.to_string().into_bytes();
-    bytes.push(b'\n');
-    // One write on an append-only descriptor: the line is not interleaved
-    // with the proxy's own.
-    let _ = std::fs::OpenOptions::new()
-        .append(true)
-        .open(trace_path)
-        .and_then(|mut f| f.write_all(&bytes));
 }
 
 #[cfg(test)]
