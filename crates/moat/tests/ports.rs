@@ -515,19 +515,50 @@ while True:
 
 #[test]
 fn server_sent_events_arrive_before_the_response_ends() {
+    server_sent_events_on("native");
+}
+
+#[test]
+fn server_sent_events_arrive_as_sent_from_a_docker_run() {
+    if common::docker_available() {
+        server_sent_events_on("docker");
+    }
+}
+
+#[test]
+fn server_sent_events_arrive_as_sent_from_a_podman_run() {
+    if moat_testkit::require::podman() {
+        server_sent_events_on("podman");
+    }
+}
+
+fn server_sent_events_on(runtime: &str) {
     let env = common::ProxiedEnv::new(&[]);
     std::fs::write(env.project().join("sse.py"), SSE_SERVER).unwrap();
-    env.run(&[
-        "run",
-        "-d",
-        "--name",
-        "events",
-        "--port",
-        "sse=18436",
-        "--",
-        "python3",
-        "sse.py",
-    ])
+    if runtime != "native" {
+        common::give_to_sandbox_user(&env.project());
+    }
+    let on = [
+        ("MOAT_RUNTIME", runtime),
+        (
+            "MOAT_IMAGE_MAP",
+            "debian:bookworm-slim=local/debian:bookworm",
+        ),
+    ];
+    env.run_with(
+        &[
+            "run",
+            "-d",
+            "--name",
+            "events",
+            "--port",
+            "sse=18436",
+            "--",
+            "python3",
+            "sse.py",
+        ],
+        &on,
+    )
     .success();
     let port = routing_port(&env);
     assert_eq!(
@@ -548,5 +579,5 @@ fn server_sent_events_arrive_before_the_response_ends() {
         String::from_utf8_lossy(&out.stdout),
         "data: first-event\n\n"
     );
-    env.run(&["stop", "events"]).success();
+    env.run_with(&["stop", "events"], &on).success();
 }

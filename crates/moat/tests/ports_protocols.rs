@@ -1,6 +1,7 @@
 //! End-to-end tests of the routing (`ports:`) as a reverse proxy, through
-//! the real binary on the native runtime: HTTP/2 over https to a Python
-//! server in the run, a Node server's page and a WebSocket echo through
+//! the real binary on the native runtime, Docker (gVisor) and Podman:
+//! HTTP/2 over https to a Python server in the run, a Node server's page
+//! and a WebSocket echo through
 //! `wss://`, and `moat trace --network` showing one inbound line per
 //! request with its status.
 
@@ -78,23 +79,72 @@ fn inbound_lines(env: &common::ProxiedEnv, run: &str) -> Vec<String> {
         .collect()
 }
 
+/// `moat ARGS` with the runtime `runtime` (native, docker, podman); for
+/// a container, the local Debian image and a project its user can read.
+fn run_on(env: &common::ProxiedEnv, runtime: &str, args: &[&str]) -> common::Result {
+    if runtime != "native" {
+        common::give_to_sandbox_user(&env.project());
+    }
+    env.run_with(
+        args,
+        &[
+            ("MOAT_RUNTIME", runtime),
+            (
+                "MOAT_IMAGE_MAP",
+                "debian:bookworm-slim=local/debian:bookworm",
+            ),
+        ],
+    )
+}
+
+/// Whether the tests on `runtime` can run here (failing when required).
+fn runtime_available(runtime: &str) -> bool {
+    match runtime {
+        "docker" => common::docker_available(),
+        "podman" => moat_testkit::require::podman(),
+        _ => true,
+    }
+}
+
 #[test]
 fn http2_over_https_reaches_a_python_server_and_each_request_is_traced_with_its_status() {
+    http2_to_a_python_server("native");
+}
+
+#[test]
+fn http2_reaches_a_python_server_in_a_docker_run() {
+    if runtime_available("docker") {
+        http2_to_a_python_server("docker");
+    }
+}
+
+#[test]
+fn http2_reaches_a_python_server_in_a_podman_run() {
+    if runtime_available("podman") {
+        http2_to_a_python_server("podman");
+    }
+}
+
+fn http2_to_a_python_server(runtime: &str) {
     let env = common::ProxiedEnv::new(&[]);
     let script = "mkdir -p /tmp/s && echo page > /tmp/s/who && cd /tmp/s && \
                   exec python3 -m http.server 18450 --bind 127.0.0.1";
-    env.run(&[
-        "run",
-        "-d",
-        "--name",
-        "two",
-        "--port",
-        "web=18450",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ])
+    run_on(
+        &env,
+        runtime,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "two",
+            "--port",
+            "web=18450",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
     .success();
     let port = routing_port(&env);
     let base = format!("https://web.two.localhost:{port}");
@@ -124,7 +174,7 @@ fn http2_over_https_reaches_a_python_server_and_each_request_is_traced_with_its_
     ]) {
         assert!(line.contains(want), "{line} should contain {want}");
     }
-    env.run(&["stop", "two"]).success();
+    run_on(&env, runtime, &["stop", "two"]).success();
 }
 
 /// A page at `/`, and a WebSocket echo of one text frame (RFC 6455: the
@@ -173,24 +223,51 @@ ws.onerror = (e) => { console.log('error ' + (e.message || e.type)); process.exi
 
 #[test]
 fn a_node_server_in_the_run_serves_a_page_and_echoes_a_websocket_message() {
+    node_server_and_websocket("native");
+}
+
+#[test]
+fn a_node_server_in_a_docker_run_echoes_a_websocket_message() {
+    if runtime_available("docker") {
+        node_server_and_websocket("docker");
+    }
+}
+
+#[test]
+fn a_node_server_in_a_podman_run_echoes_a_websocket_message() {
+    if runtime_available("podman") {
+        node_server_and_websocket("podman");
+    }
+}
+
+fn node_server_and_websocket(runtime: &str) {
     if !have("node", "MOAT_REQUIRE_NODE") {
         return;
     }
     let env = common::ProxiedEnv::new(&[]);
     std::fs::write(env.project().join("server.js"), NODE_SERVER).unwrap();
-    let client = env.project().join("client.js");
+    if runtime != "native" {
+        // Node comes from the image built from `dependencies:`.
+        std::fs::write(env.project().join("moat.yaml"), "dependencies: [node]\n").unwrap();
+    }
+    // The client is the host's, outside the project.
+    let client = env.env.dir.path().join("client.js");
     std::fs::write(&client, NODE_CLIENT).unwrap();
-    env.run(&[
-        "run",
-        "-d",
-        "--name",
-        "nodeweb",
-        "--port",
-        "web=18451",
-        "--",
-        "node",
-        "server.js",
-    ])
+    run_on(
+        &env,
+        runtime,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "nodeweb",
+            "--port",
+            "web=18451",
+            "--",
+            "node",
+            "server.js",
+        ],
+    )
     .success();
     let port = routing_port(&env);
     let page = format!("https://web.nodeweb.localhost:{port}/");
@@ -220,5 +297,5 @@ fn a_node_server_in_the_run_serves_a_page_and_echoes_a_websocket_message() {
         last.contains("<- GET https://web.nodeweb.localhost/ 101 ("),
         "{lines:#?}"
     );
-    env.run(&["stop", "nodeweb"]).success();
+    run_on(&env, runtime, &["stop", "nodeweb"]).success();
 }
