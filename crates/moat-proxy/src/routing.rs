@@ -77,10 +77,18 @@ pub struct RunRoutes {
     pub trace_path: Option<PathBuf>,
 }
 
+/// A run in the routing table: its routes, and its trace opened once
+/// (appending), not for every request.
+#[derive(Debug)]
+struct Routed {
+    routes: RunRoutes,
+    trace: Option<std::fs::File>,
+}
+
 /// The routing table and the listener's TLS settings.
 pub struct Router {
     ca: Arc<CertificateAuthority>,
-    runs: Mutex<BTreeMap<String, RunRoutes>>,
+    runs: Mutex<BTreeMap<String, Arc<Routed>>>,
     tls: Mutex<HashMap<String, Arc<ServerConfig>>>,
     port: Mutex<u16>,
     client: backend::BackendClient,
@@ -110,8 +118,18 @@ impl Router {
 
     /// Adds (or replaces) a run's endpoints.
     pub fn insert(&self, run: RunRoutes) {
+        let trace = run.trace_path.as_ref().and_then(|path| {
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().append(true).create(true),
+                0o600,
+            )
+            .open(path)
+                .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "routed requests will not be traced"))
+                .ok()
+        });
+        let routed = Arc::new(Routed { routes: run, trace });
         if let Ok(mut runs) = self.runs.lock() {
-            runs.insert(run.run_id.clone(), run);
+            runs.insert(routed.routes.run_id.clone(), routed);
         }
     }
 
@@ -236,14 +254,15 @@ impl Router {
 
     /// The run and endpoint `host` names (`<endpoint>.<run>.localhost`, or
     /// `<run>.localhost` for a run with one endpoint).
-    fn lookup(&self, host: &str) -> Option<(RunRoutes, String, Backend)> {
+    fn lookup(&self, host: &str) -> Option<(Arc<Routed>, String, Backend)> {
         let labels = host.strip_suffix(".localhost")?;
         let runs = self.runs.lock().ok()?;
         let (endpoint, name) = match labels.split_once('.') {
             Some((endpoint, name)) => (Some(endpoint), name),
             None => (None, labels),
         };
-        let run = runs.values().find(|r| r.name == name)?;
+        let routed = runs.values().find(|r| r.routes.name == name)?;
+        let run = &routed.routes;
         let (endpoint, backend) = match endpoint {
             Some(e) => (e.to_owned(), run.endpoints.get(e)?.clone()),
             None if run.endpoints.len() == 1 => {
@@ -252,7 +271,7 @@ impl Router {
             }
             None => return None,
         };
-        Some((run.clone(), endpoint, backend))
+        Some((routed.clone(), endpoint, backend))
     }
 
     /// The index page: running runs and their endpoints' URLs.
@@ -260,7 +279,7 @@ impl Router {
         let runs: Vec<RunRoutes> = self
             .runs
             .lock()
-            .map(|r| r.values().cloned().collect())
+            .map(|r| r.values().map(|routed| routed.routes.clone()).collect())
             .unwrap_or_default();
         if json {
             let list: Vec<serde_json::Value> = runs

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{backend, bare_host, Backend, Router, RunRoutes};
+use super::{backend, bare_host, Backend, Routed, Router};
 use crate::body::{boxed_request, ProxyBody};
 use crate::error::BoxError;
 
@@ -108,7 +108,7 @@ pub(super) async fn serve(
             let body = format!(
                 "nothing answers on endpoint {endpoint} of run {} yet (is its server \
                  listening on 127.0.0.1 in the sandbox?)\n",
-                run.name
+                run.routes.name
             );
             return Ok(text(StatusCode::BAD_GATEWAY, "text/plain", body));
         }
@@ -225,8 +225,8 @@ struct TraceLine {
 
 impl TraceLine {
     /// Appends the line to the run's `network.jsonl`.
-    fn write(&self, run: &RunRoutes, status: StatusCode) {
-        let Some(trace_path) = &run.trace_path else {
+    fn write(&self, run: &Routed, status: StatusCode) {
+        let Some(mut trace) = run.trace.as_ref() else {
             return;
         };
         let line = serde_json::json!({
@@ -241,10 +241,7 @@ impl TraceLine {
         bytes.push(b'\n');
         // One write on an append-only descriptor: the line is not
         // interleaved with the proxy's own.
-        let _ = std::fs::OpenOptions::new()
-            .append(true)
-            .open(trace_path)
-            .and_then(|mut f| f.write_all(&bytes));
+        let _ = trace.write_all(&bytes);
     }
 }
 
