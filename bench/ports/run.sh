@@ -89,4 +89,7 @@ for c in 1 32; do
   row "direct (nginx on loopback)" $c "http://127.0.0.1:18481/index.html"
   row "nginx reverse proxy -> direct" $c "http://127.0.0.1:18482/index.html"
   row "moat routing -> run (http)" $c "http://127.0.0.1:$port/index.html" "web.bench-ports.localhost:$port"
+  # TLS from moat's CA (hey does not verify it, and sends the Host as
+  # the SNI, so without the port), HTTP/1.1.
+  row "moat routing -> run (https)" $c "https://127.0.0.1:$port/index.html" "web.bench-ports.localhost"
 done

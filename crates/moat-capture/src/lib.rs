@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::ports::{connect_port, serve_ports};
+pub use crate::ports::{connect_port, receive_port_socket, serve_ports};
 pub use crate::sys::original_destination;
 
 /// A `Proxy-Authorization` header value: a credential of the run (a

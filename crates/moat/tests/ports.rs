@@ -72,16 +72,19 @@ fn a_runs_endpoints_from_moat_yaml_and_flags_are_recorded() {
 /// byte and what came back.
 fn through_port_socket(socket: &std::path::Path, port: u16, request: &[u8]) -> (u8, String) {
     use std::io::{Read, Write};
-    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    conn.write_all(format!("{port}\n").as_bytes()).unwrap();
-    let mut answer = [0u8; 1];
-    conn.read_exact(&mut answer).unwrap();
+    // `+` comes with a socket connected to the server inside the run's
+    // own network: its peer is that network's loopback.
+    let Ok(mut tcp) = moat_capture::connect_port(socket, port) else {
+        return (b'-', String::new());
+    };
+    assert_eq!(
+        tcp.peer_addr().unwrap(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    );
     let mut body = String::new();
-    if answer[0] == b'+' {
-        conn.write_all(request).unwrap();
-        conn.read_to_string(&mut body).unwrap();
-    }
-    (answer[0], body)
+    tcp.write_all(request).unwrap();
+    tcp.read_to_string(&mut body).unwrap();
+    (b'+', body)
 }
 
 /// The directory of the only run in `env`.

@@ -17,7 +17,7 @@ use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::Backend;
@@ -98,26 +98,35 @@ async fn connect(backend: &Backend) -> io::Result<BackendIo> {
         Backend::Tcp(addr) => {
             let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
-            Ok(BackendIo::Tcp(tcp))
+            Ok(BackendIo(tcp))
         }
         Backend::Socket { path, port } => {
+            // The run's side connects and hands over the connected socket
+            // (see `moat_capture::serve_ports`).
             let mut conn = UnixStream::connect(path).await?;
             conn.write_all(format!("{port}\n").as_bytes()).await?;
-            let mut answer = [0u8; 1];
-            conn.read_exact(&mut answer).await?;
-            if answer[0] != b'+' {
-                return Err(io::ErrorKind::ConnectionRefused.into());
-            }
-            Ok(BackendIo::Unix(conn))
+            let fd = loop {
+                conn.readable().await?;
+                match conn.try_io(Interest::READABLE, || {
+                    moat_capture::receive_port_socket(&conn, *port)
+                }) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => break other?,
+                }
+            };
+            let tcp = std::net::TcpStream::from(fd);
+            tcp.set_nonblocking(true)?;
+            let tcp = TcpStream::from_std(tcp)?;
+            let _ = tcp.set_nodelay(true);
+            Ok(BackendIo(tcp))
         }
     }
 }
 
-/// A connection to a run's server.
-pub(super) enum BackendIo {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// A connection to a run's server: a TCP socket, connected by the daemon
+/// (`Backend::Tcp`) or by the run's side and handed over
+/// (`Backend::Socket`).
+pub(super) struct BackendIo(TcpStream);
 
 impl Connection for BackendIo {
     fn connected(&self) -> Connected {
@@ -131,10 +140,7 @@ impl AsyncRead for BackendIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            BackendIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -144,24 +150,15 @@ impl AsyncWrite for BackendIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            BackendIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendIo::Tcp(s) => Pin::new(s).poll_flush(cx),
-            BackendIo::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BackendIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            BackendIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -169,17 +166,11 @@ impl AsyncWrite for BackendIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BackendIo::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            BackendIo::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            BackendIo::Tcp(s) => s.is_write_vectored(),
-            BackendIo::Unix(s) => s.is_write_vectored(),
-        }
+        self.0.is_write_vectored()
     }
 }
 
