@@ -117,6 +117,16 @@ impl Audits {
         Ok(())
     }
 
+    /// Waits until everything queued for `run_id` is written and synced:
+    /// for entries something else reads back (a restarted daemon takes
+    /// `moat allow`/`moat deny` changes from the log).
+    pub(crate) fn flush(&self, run_id: &str) -> Result<(), String> {
+        let writer = self
+            .writer(run_id)
+            .ok_or_else(|| format!("run {run_id} has no open audit log"))?;
+        writer.flush().map_err(|e| e.to_string())
+    }
+
     /// Records the run's end, then seals and closes its log, off the async
     /// threads. Returns once the attestation is written.
     pub(crate) async fn stop(self: &Arc<Self>, run_id: &str, reason: Option<&str>) {

@@ -572,7 +572,10 @@ fn change_policy(
     if !s.proxy.set_policy(run_id, policy) {
         return not_registered(run_id);
     }
-    if let Err(e) = s.audits.append(run_id, "policy", data) {
+    // On disk before the answer: a daemon killed right after it must not
+    // lose the change, which its successor reads back from the log.
+    if let Err(e) = (s.audits.append(run_id, "policy", data)).and_then(|()| s.audits.flush(run_id))
+    {
         tracing::warn!(run_id, error = %e, "policy change not audited");
     }
     tracing::info!(
