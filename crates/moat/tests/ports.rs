@@ -138,16 +138,8 @@ fn the_port_socket_reaches_only_the_runs_endpoints_inside_its_network() {
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
 }
 
-/// The routing listener's port, from `moat proxy status`'s index URL.
 fn routing_port(env: &common::ProxiedEnv) -> u16 {
-    let out = env.run(&["proxy", "status"]);
-    out.success();
-    out.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Index:"))
-        .and_then(|url| url.trim().strip_prefix("https://localhost:"))
-        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("no index URL in:\n{}", out.stdout))
+    env.routing_port()
 }
 
 /// `curl` of `url` (trusting moat's CA): the status and the body.

@@ -12,14 +12,7 @@ mod common;
 use std::path::PathBuf;
 
 fn routing_port(env: &common::ProxiedEnv) -> u16 {
-    let out = env.run(&["proxy", "status"]);
-    out.success();
-    out.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Index:"))
-        .and_then(|url| url.trim().strip_prefix("https://localhost:"))
-        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("no index URL in:\n{}", out.stdout))
+    env.routing_port()
 }
 
 fn ca(env: &common::ProxiedEnv) -> PathBuf {

@@ -296,6 +296,19 @@ impl ProxiedEnv {
     pub fn grant_github(&self, token: &str) {
         self.env.grant_github(token);
     }
+
+    /// The routing listener's port, from `moat proxy status`'s index URL.
+    #[allow(dead_code)]
+    pub fn routing_port(&self) -> u16 {
+        let out = self.run(&["proxy", "status"]);
+        out.success();
+        out.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Index:"))
+            .and_then(|url| url.trim().strip_prefix("https://localhost:"))
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no index URL in:\n{}", out.stdout))
+    }
 }
 
 impl Drop for ProxiedEnv {
