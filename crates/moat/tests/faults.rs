@@ -601,29 +601,12 @@ fn start_run(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
+    let stdout = common::collect(child.stdout.take().unwrap());
+    let stderr = common::collect(child.stderr.take().unwrap());
     wait_until("the run to start", 20, || {
         stdout.lock().unwrap().contains("started")
     });
     (child, stdout, stderr)
-}
-
-fn collect(mut pipe: impl std::io::Read + Send + 'static) -> Collected {
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 #[test]
@@ -796,8 +779,8 @@ fn a_killed_daemon_is_replaced_and_runs_go_on() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
+        let out = common::collect(child.stdout.take().unwrap());
+        let err = common::collect(child.stderr.take().unwrap());
         (child, out, err)
     };
     let mut runs = vec![
@@ -887,8 +870,8 @@ fn a_daemon_that_cannot_be_replaced_ends_the_run_with_the_cause() {
         .spawn()
         .unwrap();
     let _stop = StopRuns(vec![t.project().join("stop")], vec![child.id()]);
-    let out = collect(child.stdout.take().unwrap());
-    let err = collect(child.stderr.take().unwrap());
+    let out = common::collect(child.stdout.take().unwrap());
+    let err = common::collect(child.stderr.take().unwrap());
     wait_until("a request through the daemon", 30, || {
         out.lock().unwrap().contains(" 200")
     });
@@ -972,8 +955,8 @@ fn soak_concurrent_runs_survive_two_daemon_kills() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
+        let out = common::collect(child.stdout.take().unwrap());
+        let err = common::collect(child.stderr.take().unwrap());
         runs.push((child, out, err));
     }
     let _stop = StopRuns(Vec::new(), runs.iter().map(|(c, _, _)| c.id()).collect());
@@ -1055,8 +1038,8 @@ fn a_killed_daemon_is_replaced_for_docker_runs_too() {
         .spawn()
         .unwrap();
     let _stop = StopRuns(vec![t.project().join("stop")], vec![child.id()]);
-    let out = collect(child.stdout.take().unwrap());
-    let err = collect(child.stderr.take().unwrap());
+    let out = common::collect(child.stdout.take().unwrap());
+    let err = common::collect(child.stderr.take().unwrap());
     wait_until("a request through the first daemon", 60, || {
         out.lock().unwrap().contains(" 200")
     });

@@ -15,7 +15,6 @@ mod common;
 
 use std::io::Read as _;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const GH_TOKEN: &str = "ghp_loadTestSecret0123456789abcdefghijkl";
@@ -25,24 +24,6 @@ fn env_n(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Reads a child's pipe into a shared string.
-fn collect(mut pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 fn daemon_pid(t: &common::ProxiedEnv) -> u32 {
@@ -126,8 +107,8 @@ fn many_runs_make_requests_at_once_without_a_failure_and_leave_nothing_behind() 
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
+        let out = common::collect(child.stdout.take().unwrap());
+        let err = common::collect(child.stderr.take().unwrap());
         runs.push((child, out, err));
     }
     let mut peak = (0, 0);

@@ -714,3 +714,24 @@ pub fn assert_no_setid_left(out: &Result, workspace: &Path, open_up: &[&Path], r
         out.stderr
     );
 }
+
+/// Reads a child's pipe into a shared string, on a thread of its own.
+#[allow(dead_code)]
+pub fn collect(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
